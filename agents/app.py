@@ -1,0 +1,131 @@
+"""The Faust application: one app object per worker process, its web views and its tasks.
+
+Faust is the process frame (worker lifecycle, signals, logging, the aiohttp web server,
+timers); the consuming itself is the Ingestor's aiokafka loop, started as an app task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from datetime import date
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from faust.app.base import BootStrategy
+from faust.web import Request, Response, View
+from retention_tracker.streams.calendar import parse_date
+from retention_tracker.streams.queries import QueryError, cohort_report, summary_report
+from retention_tracker.streams.settings import Settings
+from retention_tracker.streams.store import RedisStore, TimezoneConflict
+
+from .ingest import Ingestor
+
+log = logging.getLogger(__name__)
+
+
+def make_store(settings: Settings) -> RedisStore:
+    client = aioredis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return RedisStore(
+        client,
+        prefix=settings.key_prefix,
+        user_buckets=settings.user_buckets,
+        dedup_buckets=settings.dedup_buckets,
+        dedup_window_days=settings.dedup_window_days,
+    )
+
+
+def _date_param(request: Request, name: str) -> date | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return parse_date(raw)
+    except ValueError as exc:
+        raise QueryError(f"{name}: {exc}") from None
+
+
+class _FrameBoot(BootStrategy):
+    """Faust without its own Kafka clients: the Ingestor owns consuming and producing."""
+
+    enable_kafka = False
+
+
+class TrackerApp(faust.App):
+    BootStrategy = _FrameBoot
+
+
+def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
+    """Build the worker's app. ``fatal`` collects a one-line reason when the worker must
+    stop (e.g. a timezone conflict), for the CLI's exit code."""
+    app = TrackerApp(
+        f"{settings.group_id}-frame",
+        broker=settings.kafka_broker,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        autodiscover=False,
+        topic_disable_leader=True,
+        store="memory://",
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_ms / 1000,
+    )
+    store = make_store(settings)
+
+    def on_fatal(reason: str) -> None:
+        log.critical("%s", reason)
+        if fatal is not None:
+            fatal.append(reason)
+        os.kill(os.getpid(), signal.SIGTERM)  # the Faust worker's own graceful stop
+
+    ingestor = Ingestor(settings, store, on_fatal=on_fatal)
+    app.ingestor = ingestor  # type: ignore[attr-defined]
+    app.store = store  # type: ignore[attr-defined]
+
+    @app.task
+    async def consume() -> None:
+        await ingestor.start()
+        try:
+            await ingestor.run()
+        except TimezoneConflict:
+            pass  # on_fatal already asked the worker to stop
+        finally:
+            await ingestor.stop()
+
+    async def _answer(view: View, build: Any) -> Response:
+        try:
+            return view.json(await build())
+        except QueryError as exc:
+            return view.json({"error": str(exc)}, status=400)
+
+    @app.page("/retention/cohorts")
+    class Cohorts(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            return await _answer(
+                self,
+                lambda: cohort_report(
+                    store,
+                    settings,
+                    q.get("app", "default"),
+                    q.get("granularity", "day"),
+                    q.get("kind", "classic"),
+                    _date_param(request, "from"),
+                    _date_param(request, "to"),
+                ),
+            )
+
+    @app.page("/retention/summary")
+    class Summary(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            return await _answer(
+                self,
+                lambda: summary_report(
+                    store, settings, q.get("app", "default"), _date_param(request, "date")
+                ),
+            )
+
+    return app

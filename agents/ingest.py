@@ -1,0 +1,253 @@
+"""The consuming loop: Kafka batches -> parse -> plan -> dead letters -> one atomic Redis apply.
+
+It runs an aiokafka consumer inside the Faust app rather than a Faust agent, because the
+exactly-once design needs what an agent hides: offsets are read from Redis on assignment
+(``seek``), and a partition's batch is applied with its offsets in one Redis script call.
+Faust keeps the process frame (worker CLI, web server, timers). See README "Why not a Faust
+agent per message".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from retention_tracker.streams.backoff import Backoff
+from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
+from retention_tracker.streams.events import Event, Reject, parse_message
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.settings import Settings
+from retention_tracker.streams.store import RedisStore, TimezoneConflict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PipelineCounters:
+    """In-process figures of this worker (the exact, global ones live in Redis)."""
+
+    records: int = 0
+    batches: int = 0
+    conflicts: int = 0
+    redis_errors: int = 0
+    last_batch_s: float = 0.0
+    assigned: set[TopicPartition] = field(default_factory=set)
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: ConsumerRecord
+    reason: str
+    detail: str
+    index: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("reason", self.reason.encode()),
+            ("detail", self.detail.encode()),
+            ("index", str(self.index).encode()),
+            ("source", f"{self.record.topic}/{self.record.partition}/{self.record.offset}".encode()),
+        ]
+
+
+class _SeekToStoredOffsets(ConsumerRebalanceListener):
+    """On assignment, resume each partition where its Redis state says, not where Kafka's
+    committed offset says: Redis is the single source of truth for what is applied."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.ingestor.counters.assigned.difference_update(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.ingestor.seek_to_stored(assigned)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisStore,
+        clock_ms: Callable[[], int] = utc_now_ms,
+        backoff: Backoff = Backoff(),
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock_ms = clock_ms
+        self.backoff = backoff
+        self.on_fatal = on_fatal
+        self.counters = PipelineCounters()
+        self._calendars: dict[str, AppCalendar] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_ms,
+            max_poll_records=s.batch_max_records,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=8 << 20,
+        )
+        self.consumer.subscribe(list(s.input_topics), listener=_SeekToStoredOffsets(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def run(self) -> None:
+        """Consume until cancelled. One partition batch at a time, so a batch's offsets are
+        never stored before the batch is applied."""
+        assert self.consumer is not None
+        while True:
+            batches = await self.consumer.getmany(
+                timeout_ms=200, max_records=self.settings.batch_max_records
+            )
+            for tp, records in batches.items():
+                if records:
+                    await self._retrying(lambda tp=tp, records=records: self.process(tp, records))
+
+    async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        for tp in assigned:
+            await self._retrying(lambda tp=tp: self.store.register_shard(tp.partition))
+        for tp in assigned:
+            progress = await self._retrying(
+                lambda tp=tp: self.store.partition_progress([tp.topic])
+            )
+            stored = progress.get(tp.partition, {}).get("offsets", {}).get(tp.topic)
+            if stored is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, stored)
+            self.counters.assigned.add(tp)
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    async def _retrying(self, step: Callable[[], object]) -> object:
+        """Run a Redis step until it succeeds: while Redis is away, consumption pauses here
+        instead of dropping or buffering."""
+        delays = self.backoff.delays()
+        while True:
+            try:
+                return await step()  # type: ignore[misc]
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.counters.redis_errors += 1
+                delay = next(delays)
+                log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    # ---- one partition batch -------------------------------------------------------------
+
+    def calendar_of(self, app: str) -> AppCalendar:
+        return self._calendars[app]
+
+    async def _ensure_calendars(self, apps: set[str]) -> None:
+        for app in apps - self._calendars.keys():
+            timezone = self.settings.timezone_of(app)
+            try:
+                await self.store.fix_timezone(app, timezone)
+            except TimezoneConflict as exc:
+                if self.on_fatal is not None:
+                    self.on_fatal(str(exc))
+                raise
+            self._calendars[app] = AppCalendar(timezone)
+
+    async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        now = self.clock_ms()
+        events: list[tuple[int, int, Event]] = []
+        rejects: list[tuple[ConsumerRecord, Reject]] = []
+        for record in records:
+            parsed = parse_message(record.value, now, s.max_message_bytes, s.max_events_per_message)
+            events.extend((record.offset, index, event) for index, event in parsed.events)
+            rejects.extend((record, reject) for reject in parsed.rejects)
+        await self._ensure_calendars({event.app for _, _, event in events})
+        by_offset = {record.offset: record for record in records}
+        shard = tp.partition
+        while True:
+            loaded = await self.store.load_batch(
+                shard,
+                [tp.topic],
+                [(e.app, e.user_id) for _, _, e in events],
+                [dedup_key(e.app, e.event_id) for _, _, e in events],
+                now,
+            )
+            start = loaded.next_offsets.get(tp.topic) or 0
+            fresh = [item for item in events if item[0] >= start]
+            plan = plan_batch(
+                fresh,
+                loaded.states,
+                loaded.seen_dedup_keys,
+                loaded.watermark_ms,
+                s.horizon_days,
+                self.calendar_of,
+            )
+            letters = [
+                DeadLetter(record, r.reason, r.detail, r.index)
+                for record, r in rejects
+                if record.offset >= start
+            ]
+            letters += [
+                DeadLetter(by_offset[offset], "too_old", "older than the horizon", index)
+                for offset, index, _ in plan.too_old
+            ]
+            plan.stats.update(
+                Counter(f"rej:{r.reason}" for record, r in rejects if record.offset >= start)
+            )
+            if records[-1].offset < start:
+                break  # all of it was applied before (a restart or a rebalance replayed it)
+            await self._send_dead_letters(letters)
+            if await self.store.apply_plan(shard, loaded, {tp.topic: records[-1].offset + 1}, plan):
+                break
+            self.counters.conflicts += 1  # someone applied in between: reload and re-plan
+        self.counters.records += len(records)
+        self.counters.batches += 1
+        self.counters.positions[tp] = records[-1].offset + 1
+        self.counters.last_batch_s = time.perf_counter() - started
+
+    async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Dead letters go out before the batch is applied: a crash in between re-sends them
+        (at-least-once, deduplicate on the ``source`` header) but never loses one."""
+        if not letters:
+            return
+        assert self.producer is not None
+        futures = [
+            await self.producer.send(
+                self.settings.dlq_topic,
+                value=letter.record.value if letter.record.value is not None else b"",
+                key=letter.record.key,
+                headers=letter.headers(),
+            )
+            for letter in letters
+        ]
+        await asyncio.gather(*futures)
+
+
+def dead_letter_reason(headers: list[tuple[str, bytes]]) -> dict[str, str]:
+    """Readable form of a dead letter's headers, for tools and tests."""
+    return {name: value.decode() for name, value in headers}
+
+

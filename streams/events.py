@@ -1,0 +1,204 @@
+"""Kafka message bytes -> validated Events, or Rejects that carry a machine-readable reason.
+
+This is the contract's section 1 as code. It never raises on input: whatever arrives is
+either an Event or a Reject, so the pipeline never stops on bad data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from .settings import APP_NAME_RE
+
+EVENT_TYPES = ("install", "session", "purchase")
+FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_ATTRIBUTES = ("platform", "country", "campaign")
+
+# The closed set of reasons; counters are labelled by these, so cardinality stays bounded.
+REJECT_REASONS = (
+    "empty_message",
+    "message_too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "too_many_events",
+    "missing_field",
+    "invalid_field",
+    "unknown_type",
+    "negative_amount",
+    "naive_timestamp",
+    "invalid_timestamp",
+    "future_timestamp",
+    "too_old",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    app: str
+    event_id: str
+    type: str
+    user_id: str
+    ts_ms: int
+    platform: str | None = None
+    country: str | None = None
+    campaign: str | None = None
+    cost: float | None = None
+    amount: float | None = None
+    currency: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical §1 form, as replay and the simulator produce it."""
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "type": self.type,
+            "user_id": self.user_id,
+            "app": self.app,
+            "ts": self.ts_ms,
+        }
+        for name in ("platform", "country", "campaign", "cost", "amount", "currency"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+    detail: str
+    index: int = -1  # position in a JSON array message, -1 for the whole message
+
+
+class InvalidEvent(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _bounded_str(obj: dict[str, Any], name: str, max_len: int, required: bool) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise InvalidEvent("missing_field", name)
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+        raise InvalidEvent("invalid_field", f"{name} must be a string of 1-{max_len} chars")
+    return value
+
+
+def _number(obj: dict[str, Any], name: str) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent("invalid_field", f"{name} must be a number")
+    if not math.isfinite(value):
+        raise InvalidEvent("invalid_field", f"{name} must be finite")
+    if value < 0:
+        raise InvalidEvent("negative_amount", f"{name} must be >= 0")
+    return value
+
+
+def parse_ts_ms(value: Any) -> int:
+    """ISO-8601 with an offset, or integer epoch milliseconds; anything else is invalid."""
+    if isinstance(value, bool):
+        raise InvalidEvent("invalid_timestamp", "ts must be ISO-8601 or epoch milliseconds")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and 10 <= len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent("invalid_timestamp", "ts is not ISO-8601") from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise InvalidEvent("naive_timestamp", "ts has no UTC offset")
+        return int(parsed.timestamp() * 1000)
+    raise InvalidEvent("invalid_timestamp", "ts must be ISO-8601 or epoch milliseconds")
+
+
+def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event:
+    """One decoded JSON value -> Event, or InvalidEvent with the reason."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_an_object", "an event must be a JSON object")
+    event_id = _bounded_str(obj, "event_id", 128, required=True)
+    kind = obj.get("type")
+    if kind is None:
+        raise InvalidEvent("missing_field", "type")
+    if kind not in EVENT_TYPES:
+        raise InvalidEvent("unknown_type", "type must be install, session or purchase")
+    user_id = _bounded_str(obj, "user_id", 128, required=True)
+    app = obj.get("app", default_app)
+    if not isinstance(app, str) or not APP_NAME_RE.match(app):
+        raise InvalidEvent("invalid_field", "app must be 1-64 chars of [A-Za-z0-9._-]")
+    if "ts" not in obj or obj["ts"] is None:
+        raise InvalidEvent("missing_field", "ts")
+    ts_ms = parse_ts_ms(obj["ts"])
+    if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
+        raise InvalidEvent("future_timestamp", "ts is more than 24 h ahead of the clock")
+    attributes = {name: _bounded_str(obj, name, 64, required=False) for name in _ATTRIBUTES}
+    cost = _number(obj, "cost") if kind == "install" else None
+    amount = _number(obj, "amount")
+    if kind == "purchase" and amount is None:
+        raise InvalidEvent("missing_field", "amount")
+    currency = obj.get("currency")
+    if currency is not None and (not isinstance(currency, str) or not _CURRENCY_RE.match(currency)):
+        raise InvalidEvent("invalid_field", "currency must be an ISO 4217 code")
+    return Event(
+        app=app,
+        event_id=event_id,  # type: ignore[arg-type]
+        type=kind,
+        user_id=user_id,  # type: ignore[arg-type]
+        ts_ms=ts_ms,
+        cost=cost,
+        amount=amount if kind == "purchase" else None,
+        currency=currency if kind == "purchase" else None,
+        **attributes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    events: list[tuple[int, Event]]  # (index in the message, event); index -1 for a single object
+    rejects: list[Reject]
+
+
+def parse_message(
+    raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20, max_events: int = 1000
+) -> ParsedMessage:
+    """Decode one Kafka message value: one event object, or a JSON array of them."""
+    if not raw:
+        return ParsedMessage([], [Reject("empty_message", "null or empty message")])
+    if len(raw) > max_bytes:
+        return ParsedMessage([], [Reject("message_too_large", f"{len(raw)} bytes > {max_bytes}")])
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
+        return ParsedMessage([], [Reject(reason, str(exc)[:200])])
+    if isinstance(decoded, list):
+        if len(decoded) > max_events:
+            return ParsedMessage(
+                [], [Reject("too_many_events", f"{len(decoded)} events > {max_events}")]
+            )
+        items = list(enumerate(decoded))
+    else:
+        items = [(-1, decoded)]
+    events: list[tuple[int, Event]] = []
+    rejects: list[Reject] = []
+    for index, obj in items:
+        try:
+            events.append((index, validate_event(obj, now_ms)))
+        except InvalidEvent as exc:
+            rejects.append(Reject(exc.reason, exc.detail, index))
+    if not items:
+        rejects.append(Reject("empty_message", "empty JSON array"))
+    return ParsedMessage(events, rejects)

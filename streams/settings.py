@@ -1,0 +1,155 @@
+"""The one settings object: built once from environment variables, frozen, passed down.
+
+Every knob the tracker has is a field here, with its environment variable and default
+documented in ``SETTINGS_DOC`` (the README's configuration table is generated from it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+APP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A bad setting: the CLI prints its message as one line and exits non-zero."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    env: str
+    default: str
+    meaning: str
+
+
+SETTINGS_DOC: tuple[SettingDoc, ...] = (
+    SettingDoc("KAFKA_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma separated"),
+    SettingDoc("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis holding all state and offsets"),
+    SettingDoc("INPUT_TOPICS", "app-events", "input topics, comma separated, co-partitioned by user_id"),
+    SettingDoc("DLQ_TOPIC", "app-events.dlq", "dead-letter topic for rejected events"),
+    SettingDoc("GROUP_ID", "retention-tracker", "Kafka consumer group of the workers"),
+    SettingDoc("WEB_HOST", "127.0.0.1", "address of the worker's HTTP server"),
+    SettingDoc("WEB_PORT", "6066", "port of the worker's HTTP server (/retention/*, /metrics)"),
+    SettingDoc("TIMEZONE", "UTC", "IANA timezone of apps not named in APP_TIMEZONES"),
+    SettingDoc("APP_TIMEZONES", "", "per-app timezones: app=Zone,app2=Zone2"),
+    SettingDoc("HORIZON_DAYS", "400", "events older than this behind the watermark are rejected"),
+    SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) within this window is a duplicate"),
+    SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
+    SettingDoc("BATCH_MAX_RECORDS", "2000", "Kafka records fetched per partition batch"),
+    SettingDoc("MAX_MESSAGE_BYTES", "1048576", "larger messages are dead-lettered whole"),
+    SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
+    SettingDoc("USER_BUCKETS", "1024", "Redis hashes per partition and app holding user records"),
+    SettingDoc("DEDUP_BUCKETS", "1024", "Redis hashes per partition and generation holding event ids"),
+    SettingDoc("KEY_PREFIX", "rt", "prefix of every Redis key"),
+    SettingDoc("SESSION_TIMEOUT_MS", "6000", "Kafka consumer session timeout"),
+    SettingDoc("HEARTBEAT_MS", "1000", "Kafka consumer heartbeat interval"),
+)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _zone(name: str, where: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: unknown IANA timezone {name!r}") from None
+    return name
+
+
+def _app_timezones(raw: str) -> dict[str, str]:
+    zones: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        app, sep, zone = item.partition("=")
+        app, zone = app.strip(), zone.strip()
+        if not sep or not APP_NAME_RE.match(app):
+            raise ConfigError(f"APP_TIMEZONES: expected app=Zone, got {item!r}")
+        zones[app] = _zone(zone, f"APP_TIMEZONES[{app}]")
+    return zones
+
+
+def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in env.get(name, default).split(",") if p.strip())
+    if not items:
+        raise ConfigError(f"{name} must name at least one value")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka_broker: str = "kafka://127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    input_topics: tuple[str, ...] = ("app-events",)
+    dlq_topic: str = "app-events.dlq"
+    group_id: str = "retention-tracker"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    timezone: str = "UTC"
+    app_timezones: Mapping[str, str] = field(default_factory=dict)
+    horizon_days: int = 400
+    dedup_window_days: int = 7
+    clock: str = "wall"
+    batch_max_records: int = 2000
+    max_message_bytes: int = 1 << 20
+    max_events_per_message: int = 1000
+    user_buckets: int = 1024
+    dedup_buckets: int = 1024
+    key_prefix: str = "rt"
+    session_timeout_ms: int = 6000
+    heartbeat_ms: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        d = cls()  # the defaults (slots dataclasses have no class-level default values)
+        clock = env.get("CLOCK", "wall").strip() or "wall"
+        if clock not in ("wall", "event"):
+            raise ConfigError(f"CLOCK={clock!r} must be 'wall' or 'event'")
+        return cls(
+            kafka_broker=env.get("KAFKA_BROKER", d.kafka_broker).strip() or d.kafka_broker,
+            redis_url=env.get("REDIS_URL", d.redis_url).strip() or d.redis_url,
+            input_topics=_list(env, "INPUT_TOPICS", "app-events"),
+            dlq_topic=env.get("DLQ_TOPIC", d.dlq_topic).strip() or d.dlq_topic,
+            group_id=env.get("GROUP_ID", d.group_id).strip() or d.group_id,
+            web_host=env.get("WEB_HOST", d.web_host).strip() or d.web_host,
+            web_port=_int(env, "WEB_PORT", d.web_port, minimum=1),
+            timezone=_zone(env.get("TIMEZONE", "UTC").strip() or "UTC", "TIMEZONE"),
+            app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
+            horizon_days=_int(env, "HORIZON_DAYS", d.horizon_days, minimum=31),
+            dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),
+            clock=clock,
+            batch_max_records=_int(env, "BATCH_MAX_RECORDS", d.batch_max_records, minimum=1),
+            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=64),
+            max_events_per_message=_int(
+                env, "MAX_EVENTS_PER_MESSAGE", d.max_events_per_message, minimum=1
+            ),
+            user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
+            dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
+            key_prefix=env.get("KEY_PREFIX", d.key_prefix).strip() or d.key_prefix,
+            session_timeout_ms=_int(env, "SESSION_TIMEOUT_MS", d.session_timeout_ms, minimum=1000),
+            heartbeat_ms=_int(env, "HEARTBEAT_MS", d.heartbeat_ms, minimum=100),
+        )
+
+    def timezone_of(self, app: str) -> str:
+        return self.app_timezones.get(app, self.timezone)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """KAFKA_BROKER without the ``kafka://`` scheme Faust wants, for aiokafka."""
+        return ",".join(
+            part.strip().removeprefix("kafka://") for part in self.kafka_broker.split(",")
+        )

@@ -1,0 +1,319 @@
+"""The one module that owns Redis: key names, Lua scripts, loading a batch and applying a plan.
+
+Every key of a Kafka partition carries the hash tag ``{<partition>}``, so one partition's
+state lives in one Redis Cluster slot and each batch is a single atomic script call there.
+The partition's applied offsets live in its meta hash, written by the same script as the
+state they produced: after a crash, state and offsets roll back (or forward) together.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from .plan import Plan, UserKey
+from .user_state import UserState, decode_user, encode_user
+
+MS_PER_DAY = 86_400_000
+
+# KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets then dedup buckets.
+# ARGV: n_topics, topic..., n_users, (key_index, user_id)..., n_ids, (key_cur, key_prev, id)...
+# Returns: version, watermark_ms, next offset per topic, user record per user ('' if none),
+# then 1/0 per id (already seen in the current or previous dedup generation).
+LOAD_BATCH_LUA = """
+local meta = KEYS[1]
+local out = {redis.call('HGET', meta, 'v') or '0', redis.call('HGET', meta, 'wm') or ''}
+local i = 1
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('HGET', meta, 'off:' .. ARGV[i]) or ''; i = i + 1
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('HGET', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) or ''; i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local f = ARGV[i + 2]
+  if redis.call('HEXISTS', KEYS[tonumber(ARGV[i])], f) == 1
+     or redis.call('HEXISTS', KEYS[tonumber(ARGV[i + 1])], f) == 1 then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  i = i + 3
+end
+return out
+"""
+
+# KEYS[1]: the partition's meta hash; KEYS[2..]: every key the plan writes.
+# ARGV: expected_version, watermark_ms, n_offsets, (topic, next_offset)...,
+#       n_sets, (key_index, field, value)..., n_incrs, (key_index, field, delta)...,
+#       dedup_ttl_s, n_ids, (key_index, id)...
+# Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
+# earlier attempt applied first, and the caller must reload and re-plan. Else 1.
+APPLY_PLAN_LUA = """
+local meta = KEYS[1]
+local version = tonumber(redis.call('HGET', meta, 'v') or '0')
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', meta, 'v', version + 1)
+if ARGV[2] ~= '' then redis.call('HSET', meta, 'wm', ARGV[2]) end
+local i = 3
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1]); i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local key, f = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  if redis.call('HINCRBY', key, f, ARGV[i + 2]) == 0 then redis.call('HDEL', key, f) end
+  i = i + 3
+end
+local ttl = ARGV[i]; i = i + 1
+n = tonumber(ARGV[i]); i = i + 1
+local expiring = {}
+for _ = 1, n do
+  local key = KEYS[tonumber(ARGV[i])]
+  redis.call('HSET', key, ARGV[i + 1], '')
+  if not expiring[key] then redis.call('EXPIRE', key, ttl); expiring[key] = true end
+  i = i + 2
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Every Redis key name the tracker uses; nothing else builds one."""
+
+    prefix: str
+
+    def meta(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:meta"
+
+    def stats(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:stats"
+
+    def users(self, shard: int, app: str, bucket: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:u:{app}:{bucket}"
+
+    def aggregate(self, shard: int, app: str, family: str) -> str:
+        return f"{self.prefix}:{{{shard}}}:a:{app}:{family}"
+
+    def dedup(self, shard: int, generation: int, bucket: int) -> str:
+        return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
+
+    def apps(self) -> str:
+        """app -> timezone, fixed by the app's first accepted event."""
+        return f"{self.prefix}:apps"
+
+    def shards(self) -> str:
+        return f"{self.prefix}:shards"
+
+
+@dataclass(slots=True)
+class LoadedBatch:
+    version: int
+    watermark_ms: int | None
+    next_offsets: dict[str, int | None]
+    states: dict[UserKey, UserState | None]
+    seen_dedup_keys: set[bytes]
+    dedup_generation: int
+
+
+class TimezoneConflict(Exception):
+    """An app's data was built in one timezone and this worker is configured with another."""
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "rt",
+        user_buckets: int = 1024,
+        dedup_buckets: int = 1024,
+        dedup_window_days: int = 7,
+    ) -> None:
+        self.client = client
+        self.keys = Keyspace(prefix)
+        self.user_buckets = user_buckets
+        self.dedup_buckets = dedup_buckets
+        self.dedup_window_days = dedup_window_days
+        self._load = client.register_script(LOAD_BATCH_LUA)
+        self._apply = client.register_script(APPLY_PLAN_LUA)
+
+    # ---- write side -------------------------------------------------------------------
+
+    def _user_bucket(self, user_id: str) -> int:
+        return zlib.crc32(user_id.encode()) % self.user_buckets
+
+    def _dedup_bucket(self, key: bytes) -> int:
+        return int.from_bytes(key[:4], "little") % self.dedup_buckets
+
+    def dedup_generation(self, now_ms: int) -> int:
+        """Ids live in rotating generations of the window's length: one is remembered for
+        at least the window and at most twice it, with two lookups per event."""
+        return now_ms // MS_PER_DAY // self.dedup_window_days
+
+    async def load_batch(
+        self,
+        shard: int,
+        topics: Iterable[str],
+        users: Iterable[UserKey],
+        dedup_keys: Iterable[bytes],
+        now_ms: int,
+    ) -> LoadedBatch:
+        topics = list(topics)
+        users = list(dict.fromkeys(users))
+        dedup_keys = list(dict.fromkeys(dedup_keys))
+        generation = self.dedup_generation(now_ms)
+        key_index: dict[str, int] = {self.keys.meta(shard): 1}
+
+        def index_of(name: str) -> int:
+            return key_index.setdefault(name, len(key_index) + 1)
+
+        args: list[object] = [len(topics), *topics, len(users)]
+        for app, user_id in users:
+            args += [index_of(self.keys.users(shard, app, self._user_bucket(user_id))), user_id]
+        args.append(len(dedup_keys))
+        for key in dedup_keys:
+            bucket = self._dedup_bucket(key)
+            args += [
+                index_of(self.keys.dedup(shard, generation, bucket)),
+                index_of(self.keys.dedup(shard, generation - 1, bucket)),
+                key,
+            ]
+        reply = await self._load(keys=list(key_index), args=args)
+        pos = 2
+        offsets = {}
+        for topic in topics:
+            offsets[topic] = int(reply[pos]) if reply[pos] else None
+            pos += 1
+        states: dict[UserKey, UserState | None] = {}
+        for user in users:
+            states[user] = decode_user(reply[pos]) if reply[pos] else None
+            pos += 1
+        seen = {key for key, flag in zip(dedup_keys, reply[pos:], strict=True) if flag}
+        return LoadedBatch(
+            version=int(reply[0]),
+            watermark_ms=int(reply[1]) if reply[1] else None,
+            next_offsets=offsets,
+            states=states,
+            seen_dedup_keys=seen,
+            dedup_generation=generation,
+        )
+
+    async def apply_plan(
+        self,
+        shard: int,
+        loaded: LoadedBatch,
+        next_offsets: Mapping[str, int],
+        plan: Plan,
+    ) -> bool:
+        """Apply a plan and the offsets it covers in one atomic call; False on a version
+        conflict (nothing was written)."""
+        key_index: dict[str, int] = {self.keys.meta(shard): 1}
+
+        def index_of(name: str) -> int:
+            return key_index.setdefault(name, len(key_index) + 1)
+
+        args: list[object] = [
+            loaded.version,
+            "" if plan.watermark_ms is None else plan.watermark_ms,
+            len(next_offsets),
+        ]
+        for topic, offset in next_offsets.items():
+            args += [topic, offset]
+        args.append(len(plan.users))
+        for (app, user_id), state in plan.users.items():
+            bucket = index_of(self.keys.users(shard, app, self._user_bucket(user_id)))
+            args += [bucket, user_id, encode_user(state)]
+        increments: list[object] = []
+        for app, deltas in plan.deltas.items():
+            for (family, field), delta in deltas.items():
+                increments += [index_of(self.keys.aggregate(shard, app, family)), field, delta]
+        stats_key = index_of(self.keys.stats(shard))
+        for field, delta in plan.stats.items():
+            increments += [stats_key, field, delta]
+        args.append(len(increments) // 3)
+        args += increments
+        args += [(2 * self.dedup_window_days + 1) * 86_400, len(plan.new_dedup_keys)]
+        for key in plan.new_dedup_keys:
+            args += [index_of(self.keys.dedup(shard, loaded.dedup_generation,
+                                              self._dedup_bucket(key))), key]
+        return bool(await self._apply(keys=list(key_index), args=args))
+
+    async def register_shard(self, shard: int) -> None:
+        await self.client.sadd(self.keys.shards(), shard)
+
+    async def fix_timezone(self, app: str, timezone: str) -> None:
+        """Record the app's timezone on its first data; refuse to mix two calendars."""
+        await self.client.hsetnx(self.keys.apps(), app, timezone)
+        stored = await self.client.hget(self.keys.apps(), app)
+        if stored is not None and stored.decode() != timezone:
+            raise TimezoneConflict(
+                f"app {app!r} has data in timezone {stored.decode()!r} but this worker is "
+                f"configured with {timezone!r}; fix TIMEZONE/APP_TIMEZONES"
+            )
+
+    # ---- read side --------------------------------------------------------------------
+
+    async def shard_ids(self) -> list[int]:
+        return sorted(int(s) for s in await self.client.smembers(self.keys.shards()))
+
+    async def app_timezones(self) -> dict[str, str]:
+        raw = await self.client.hgetall(self.keys.apps())
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def read_family(self, app: str, family: str) -> Counter[str]:
+        """One aggregate family of an app, summed over every partition."""
+        total: Counter[str] = Counter()
+        shards = await self.shard_ids()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.hgetall(self.keys.aggregate(shard, app, family))
+            for part in await pipe.execute():
+                for field, value in part.items():
+                    total[field.decode()] += int(value)
+        return total
+
+    async def read_stats(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        shards = await self.shard_ids()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.hgetall(self.keys.stats(shard))
+            for part in await pipe.execute():
+                for field, value in part.items():
+                    total[field.decode()] += int(value)
+        return total
+
+    async def partition_progress(self, topics: Iterable[str]) -> dict[int, dict[str, object]]:
+        """Per partition: next offsets and watermark, for lag, health and the event clock."""
+        shards = await self.shard_ids()
+        topics = list(topics)
+        out: dict[int, dict[str, object]] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.hmget(self.keys.meta(shard), ["wm", *[f"off:{t}" for t in topics]])
+            for shard, values in zip(shards, await pipe.execute(), strict=True):
+                out[shard] = {
+                    "watermark_ms": int(values[0]) if values[0] else None,
+                    "offsets": {
+                        t: int(v) for t, v in zip(topics, values[1:], strict=True) if v
+                    },
+                }
+        return out
+
+    async def watermark_ms(self) -> int | None:
+        progress = await self.partition_progress([])
+        marks = [p["watermark_ms"] for p in progress.values() if p["watermark_ms"] is not None]
+        return max(marks) if marks else None  # type: ignore[type-var]
