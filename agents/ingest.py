@@ -50,11 +50,12 @@ class DeadLetter:
     index: int
 
     def headers(self) -> list[tuple[str, bytes]]:
+        r = self.record
         return [
             ("reason", self.reason.encode()),
             ("detail", self.detail.encode()),
             ("index", str(self.index).encode()),
-            ("source", f"{self.record.topic}/{self.record.partition}/{self.record.offset}".encode()),
+            ("source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
         ]
 
 
@@ -78,13 +79,13 @@ class Ingestor:
         settings: Settings,
         store: RedisStore,
         clock_ms: Callable[[], int] = utc_now_ms,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clock_ms = clock_ms
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
         self.on_fatal = on_fatal
         self.counters = PipelineCounters()
         self._calendars: dict[str, AppCalendar] = {}

@@ -27,9 +27,9 @@ class SettingDoc:
 
 
 SETTINGS_DOC: tuple[SettingDoc, ...] = (
-    SettingDoc("KAFKA_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma separated"),
+    SettingDoc("KAFKA_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers"),
     SettingDoc("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis holding all state and offsets"),
-    SettingDoc("INPUT_TOPICS", "app-events", "input topics, comma separated, co-partitioned by user_id"),
+    SettingDoc("INPUT_TOPICS", "app-events", "input topics (comma separated), keyed by user_id"),
     SettingDoc("DLQ_TOPIC", "app-events.dlq", "dead-letter topic for rejected events"),
     SettingDoc("GROUP_ID", "retention-tracker", "Kafka consumer group of the workers"),
     SettingDoc("WEB_HOST", "127.0.0.1", "address of the worker's HTTP server"),
@@ -37,13 +37,13 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("TIMEZONE", "UTC", "IANA timezone of apps not named in APP_TIMEZONES"),
     SettingDoc("APP_TIMEZONES", "", "per-app timezones: app=Zone,app2=Zone2"),
     SettingDoc("HORIZON_DAYS", "400", "events older than this behind the watermark are rejected"),
-    SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) within this window is a duplicate"),
+    SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
     SettingDoc("BATCH_MAX_RECORDS", "2000", "Kafka records fetched per partition batch"),
     SettingDoc("MAX_MESSAGE_BYTES", "1048576", "larger messages are dead-lettered whole"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "1024", "Redis hashes per partition and app holding user records"),
-    SettingDoc("DEDUP_BUCKETS", "1024", "Redis hashes per partition and generation holding event ids"),
+    SettingDoc("DEDUP_BUCKETS", "1024", "Redis hashes per partition holding event ids"),
     SettingDoc("KEY_PREFIX", "rt", "prefix of every Redis key"),
     SettingDoc("SESSION_TIMEOUT_MS", "6000", "Kafka consumer session timeout"),
     SettingDoc("HEARTBEAT_MS", "1000", "Kafka consumer heartbeat interval"),
