@@ -1,0 +1,154 @@
+"""What end-to-end tests share: worker processes, the CLI as a subprocess, producing, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from retention_tracker.agents.local_stack import (
+    ManagedProcess,
+    ensure_topics,
+    free_port,
+    start_process,
+    wait_for,
+)
+from retention_tracker.streams.store import Keyspace
+
+RETENTION = [sys.executable, "-m", "retention_tracker.agents"]
+
+
+@dataclass
+class Deployment:
+    """One isolated tracker on the shared broker and Redis: its own topics, group, keys."""
+
+    kafka_url: str
+    redis_url: str
+    name: str
+    log_dir: Path
+    partitions: int = 4
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_url.removeprefix("kafka://")
+
+    @property
+    def topic(self) -> str:
+        return f"events-{self.name}"
+
+    @property
+    def dlq(self) -> str:
+        return f"dlq-{self.name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BROKER=self.kafka_url,
+            REDIS_URL=self.redis_url,
+            INPUT_TOPICS=self.topic,
+            DLQ_TOPIC=self.dlq,
+            GROUP_ID=f"group-{self.name}",
+            KEY_PREFIX=f"rt-{self.name}",
+            USER_BUCKETS="16",
+            DEDUP_BUCKETS="16",
+        )
+        env.update(extra)
+        return env
+
+    def create_topics(self) -> None:
+        asyncio.run(ensure_topics(self.bootstrap, {self.topic: self.partitions, self.dlq: 1}))
+
+    def start_worker(self, index: int = 0, **extra: str) -> tuple[ManagedProcess, int]:
+        port = free_port()
+        process = start_process(
+            [*RETENTION, "worker"],
+            f"worker-{index}",
+            self.env(WEB_PORT=str(port), **extra),
+            self.log_dir / f"worker-{index}.log",
+        )
+        return process, port
+
+    def cli(self, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*RETENTION, *args], env=self.env(**extra), capture_output=True, text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"retention {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def cli_json(self, *args: str, **extra: str) -> Any:
+        return orjson.loads(self.cli(*args, "--json", **extra).stdout)
+
+    def applied_offsets(self) -> int:
+        """Sum of the next offsets stored with the state: records applied so far."""
+        client = redis.Redis.from_url(self.redis_url)
+        keys = Keyspace(f"rt-{self.name}")
+        total = 0
+        for shard in client.smembers(keys.shards()):
+            value = client.hget(keys.meta(int(shard)), f"off:{self.topic}")
+            total += int(value) if value else 0
+        client.close()
+        return total
+
+    def wait_applied(self, records: int, timeout_s: float = 90, worker: ManagedProcess | None = None
+                     ) -> None:
+        def done() -> bool:
+            if worker is not None and not worker.alive():
+                raise AssertionError(f"worker died; see {worker.log_path}")
+            return self.applied_offsets() >= records
+
+        wait_for(done, timeout_s, f"{records} records applied")
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
+            ) -> int:
+    """Send (key, value) messages and wait for every ack; returns how many were sent."""
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+            await asyncio.gather(*futures)
+            return len(futures)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
+    """Read a topic from the beginning until ``expected`` records arrived (no group)."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(records) < expected:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for part in batch.values():
+                        records.extend(part)
+        except TimeoutError:
+            pass
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(run())
+
+
+def event_messages(events: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]

@@ -1,0 +1,144 @@
+"""Real Tansu + real Redis + real `retention worker` processes: replay, crash, bad input."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from retention_tracker.agents.feeding import prepare_replay, read_jsonl
+from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.streams import reference
+from retention_tracker.streams.calendar import utc_now_ms
+from retention_tracker.streams.events import validate_event
+from retention_tracker.streams.simulation import SimulationConfig, generate_events
+
+from .harness import Deployment, consume_all, event_messages, produce
+
+pytestmark = pytest.mark.e2e
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path):
+    d = Deployment(kafka_url, redis_url, unique, tmp_path)
+    d.create_topics()
+    yield d
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"rt-{unique}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def simulated(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
+    cfg = SimulationConfig(
+        installs_per_day=25, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
+        start_ms=utc_now_ms() - days * DAY_MS,
+    )
+    return list(generate_events(cfg))
+
+
+def expected_figures(raw: list[dict[str, Any]]) -> tuple[list[Any], int]:
+    now = utc_now_ms()
+    events = [validate_event(e, now) for e in raw]
+    return events, max(e.ts_ms for e in events)
+
+
+def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> None:
+    events, watermark = expected_figures(raw)
+    for granularity in ("day", "week", "month"):
+        for kind in ("classic", "rolling"):
+            got = deployment.cli_json(
+                "report", "--granularity", granularity, "--kind", kind, CLOCK="event"
+            )
+            expected = reference.triangle(events, "default", granularity, kind, "UTC", watermark)
+            assert got["cohorts"] == expected, (granularity, kind)
+    last_day = reference.local_day(watermark, "UTC")
+    for day in (last_day, reference.local_day(watermark - 3 * DAY_MS, "UTC")):
+        got = deployment.cli_json("summary", "--date", day.isoformat())
+        assert got == reference.summary(events, "default", day, "UTC")
+
+
+def test_shuffled_file_replay_equals_reference(deployment: Deployment, tmp_path: Path) -> None:
+    raw = simulated()
+    shuffled = list(raw)
+    random.Random(1).shuffle(shuffled)
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in shuffled) + b"\nnot json\n")
+    worker, _port = deployment.start_worker()
+    with worker:
+        result = deployment.cli("replay", str(path))
+        assert "invalid_json" in result.stdout + result.stderr
+        valid, _ = prepare_replay(read_jsonl(path), utc_now_ms())
+        deployment.wait_applied(len(valid), worker=worker)
+        assert_reports_match(deployment, raw)
+
+
+def test_kill_9_mid_replay_then_restart_gives_exact_figures(deployment: Deployment) -> None:
+    raw = simulated(days=25, seed=11)
+    messages = event_messages(raw)
+    produce(deployment.bootstrap, deployment.topic, messages)
+    worker, _ = deployment.start_worker(BATCH_MAX_RECORDS="50")
+    with worker:
+        wait_for(lambda: deployment.applied_offsets() > len(messages) // 4, 60, "some progress")
+        worker.kill()
+    assert 0 < deployment.applied_offsets() < len(messages)
+    restarted, _ = deployment.start_worker(index=1)
+    with restarted:
+        deployment.wait_applied(len(messages), worker=restarted)
+        assert_reports_match(deployment, raw)
+
+
+def test_bad_input_goes_to_dead_letters_and_good_events_count(deployment: Deployment) -> None:
+    now = utc_now_ms()
+    good = {"event_id": "g1", "type": "session", "user_id": "u1", "ts": now - 1000}
+    array = [
+        {"event_id": "g2", "type": "install", "user_id": "u2", "ts": now - 2000},
+        {"event_id": "b1", "type": "session", "user_id": "u2", "ts": "2024-01-01T10:00:00"},
+        {"event_id": "g3", "type": "session", "user_id": "u2", "ts": now - 500},
+    ]
+    bad = [
+        (b"x", b"{not json"),
+        (b"x", orjson.dumps({"event_id": "b2", "type": "session", "user_id": 5, "ts": now})),
+        (b"x", orjson.dumps({"event_id": "b3", "type": "purchase", "user_id": "u",
+                             "ts": now, "amount": -1})),
+        (b"x", orjson.dumps({"event_id": "b4", "type": "login", "user_id": "u", "ts": now})),
+        (b"x", b"[" + b"1," * 400_000 + b"1]"),  # ~800 kB of array: too many events
+        (b"x", b"\xff\xfe"),
+        (b"x", None),
+    ]
+    sent = produce(deployment.bootstrap, deployment.topic,
+                   [(b"u1", orjson.dumps(good)), (b"u2", orjson.dumps(array)), *bad])
+    worker, _ = deployment.start_worker()
+    with worker:
+        deployment.wait_applied(sent, worker=worker)
+        letters = consume_all(deployment.bootstrap, deployment.dlq, expected=8)
+        reasons = sorted(dict(r.headers)["reason"].decode() for r in letters)
+        assert reasons == sorted([
+            "naive_timestamp", "invalid_json", "invalid_field", "negative_amount",
+            "unknown_type", "too_many_events", "invalid_utf8", "empty_message",
+        ])
+        naive = next(r for r in letters if dict(r.headers)["reason"] == b"naive_timestamp")
+        assert naive.value == orjson.dumps(array)  # original bytes, and which element
+        assert dict(naive.headers)["index"] == b"1"
+        summary = deployment.cli_json("summary")
+        assert (summary["dau"], summary["installs"]) == (2, 1)
+        assert worker.alive()
+
+
+def test_partition_keys_are_hash_tagged_per_partition(deployment: Deployment) -> None:
+    raw = simulated(days=3, seed=5)
+    sent = produce(deployment.bootstrap, deployment.topic, event_messages(raw))
+    worker, _ = deployment.start_worker()
+    with worker:
+        deployment.wait_applied(sent, worker=worker)
+    client = redis.Redis.from_url(deployment.redis_url)
+    keys = [k.decode() for k in client.scan_iter(match=f"rt-{deployment.name}:{{*")]
+    client.close()
+    tags = {k.split("{")[1].split("}")[0] for k in keys}
+    assert tags == {"0", "1", "2", "3"}
