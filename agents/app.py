@@ -16,6 +16,7 @@ import faust
 import redis.asyncio as aioredis
 from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
+
 from retention_tracker.streams.calendar import parse_date
 from retention_tracker.streams.queries import QueryError, cohort_report, summary_report
 from retention_tracker.streams.settings import Settings

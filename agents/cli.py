@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import click
 import orjson
 import redis.exceptions
+from aiokafka.errors import KafkaError
+
 from retention_tracker.streams.calendar import parse_date
 from retention_tracker.streams.queries import QueryError, cohort_report, summary_report
 from retention_tracker.streams.settings import ConfigError, Settings
@@ -57,6 +59,8 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         raise Fatal(f"cannot reach Redis: {exc}") from None
     except redis.exceptions.AuthenticationError as exc:
         raise Fatal(f"Redis refused the credentials: {exc}") from None
+    except KafkaError as exc:
+        raise Fatal(f"Kafka: {exc}") from None
 
 
 def _emit(doc: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
@@ -116,6 +120,96 @@ def summary(app_name: str, on: date | None, as_json: bool) -> None:
     settings = _settings()
     doc = _run(lambda: summary_report(make_store(settings), settings, app_name, on))
     _emit(doc, as_json, key_values)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--csv-map", default=None,
+              help="CSV input: our field=their column, e.g. user_id=uid,ts=time,type=event")
+@click.option("--no-sort", is_flag=True,
+              help="keep file order (default: sort by event time, see README 'Replaying')")
+@click.option("--batch", "batch_size", default=1, show_default=True,
+              help="events per Kafka message (JSON arrays of one user's events)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
+def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_size: int,
+           as_json: bool) -> None:
+    """Produce a history (JSONL of events, or CSV with --csv-map) to the input topic."""
+    from retention_tracker.streams.calendar import utc_now_ms
+
+    from .feeding import parse_mapping, prepare_replay, produce_events, read_csv, read_jsonl
+
+    settings = _settings()
+    try:
+        mapping = parse_mapping(csv_map) if csv_map else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--csv-map") from None
+
+    def rows() -> Any:
+        for path in files:
+            yield from (read_csv(path, mapping) if mapping is not None else read_jsonl(path))
+
+    try:
+        valid, rejected = prepare_replay(rows(), utc_now_ms(), sort=not no_sort)
+    except ValueError as exc:
+        raise Fatal(str(exc)) from None
+    stats = _run(lambda: produce_events(
+        settings.bootstrap_servers, settings.input_topics[0], valid, batch_size=batch_size,
+        progress=not as_json,
+    ))
+    doc = {"produced_events": stats.events, "messages": stats.messages,
+           "seconds": round(stats.seconds, 3), "rejected": dict(sorted(rejected.items()))}
+    _emit(doc, as_json, lambda d: f"{stats}\nrejected lines: " + (
+        ", ".join(f"{k}={v}" for k, v in d["rejected"].items()) or "none"))
+
+
+@cli.command()
+@click.option("--days", default=30, show_default=True, help="simulated days of traffic")
+@click.option("--installs-per-day", default=200, show_default=True)
+@click.option("--seconds-per-day", default=5.0, show_default=True,
+              help="time acceleration: wall seconds per simulated day (0 = as fast as possible)")
+@click.option("--duplicate-rate", default=0.01, show_default=True)
+@click.option("--late-rate", default=0.01, show_default=True)
+@click.option("--malformed-rate", default=0.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--batch", "batch_size", default=1, show_default=True,
+              help="events per Kafka message")
+def simulate(days: int, installs_per_day: int, seconds_per_day: float, duplicate_rate: float,
+             late_rate: float, malformed_rate: float, seed: int, batch_size: int) -> None:
+    """Live synthetic traffic: installs, a retention curve, purchases, dirt on demand."""
+    from retention_tracker.streams.calendar import utc_now_ms
+    from retention_tracker.streams.simulation import SimulationConfig
+
+    from .feeding import produce_events, simulated_stream
+
+    settings = _settings()
+    try:
+        cfg = SimulationConfig(
+            installs_per_day=installs_per_day, days=days, seed=seed,
+            start_ms=utc_now_ms() - days * 86_400_000, duplicate_rate=duplicate_rate,
+            late_rate=late_rate, malformed_rate=malformed_rate,
+        )
+    except ValueError as exc:
+        raise Fatal(str(exc)) from None
+    stats = _run(lambda: produce_events(
+        settings.bootstrap_servers, settings.input_topics[0],
+        simulated_stream(cfg, seconds_per_day), batch_size=batch_size,
+    ))
+    click.echo(str(stats))
+
+
+@cli.command()
+@click.option("--days", default=30, show_default=True)
+@click.option("--installs-per-day", default=200, show_default=True)
+@click.option("--seconds-per-day", default=5.0, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="where logs and Redis files go (default: a new temporary folder)")
+def demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: str | None) -> None:
+    """Everything on embedded defaults: broker, Redis, a worker and the simulator."""
+    from pathlib import Path
+
+    from .demo import run_demo
+
+    sys.exit(run_demo(days, installs_per_day, seconds_per_day, Path(workdir) if workdir else None))
 
 
 def main() -> None:

@@ -21,7 +21,14 @@ from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.simulation import SimulationConfig
 
 from .feeding import produce_events, simulated_stream
-from .local_stack import ensure_topics, free_port, start_broker, start_process, start_redis, wait_for
+from .local_stack import (
+    ensure_topics,
+    free_port,
+    start_broker,
+    start_process,
+    start_redis,
+    wait_for,
+)
 
 DAY_MS = 86_400_000
 

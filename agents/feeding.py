@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from tqdm import tqdm
+
 from retention_tracker.streams.events import InvalidEvent, validate_event
 from retention_tracker.streams.simulation import DAY_MS, SimulationConfig, generate_deliveries
-from tqdm import tqdm
 
 Row = tuple[int, dict[str, Any] | None, str | None]  # (line number, object, error reason)
 

@@ -9,6 +9,7 @@ import faust
 import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import Keyspace
 

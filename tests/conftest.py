@@ -20,6 +20,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+
 from retention_tracker.agents.local_stack import (
     ManagedProcess,
     start_broker,

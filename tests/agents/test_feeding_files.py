@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import orjson
 import pytest
+
 from retention_tracker.agents import feeding
 from retention_tracker.agents.feeding import (
     parse_mapping,

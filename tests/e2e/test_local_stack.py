@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from retention_tracker.agents.local_stack import (
     SYSTEM_REDIS_PORT,
     ensure_topics,

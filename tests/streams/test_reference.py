@@ -11,6 +11,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.reference import (
     add_periods,

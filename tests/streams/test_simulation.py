@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from retention_tracker.streams.events import parse_message, validate_event
 from retention_tracker.streams.simulation import (
     DAY_MS,
