@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from datetime import date
 from typing import Any
 
@@ -16,13 +17,20 @@ import faust
 import redis.asyncio as aioredis
 from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from retention_tracker.streams.calendar import parse_date
-from retention_tracker.streams.queries import QueryError, cohort_report, summary_report
+from retention_tracker.streams.queries import (
+    QueryError,
+    cohort_report,
+    live_figures,
+    summary_report,
+)
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
 
 from .ingest import Ingestor
+from .metrics import Snapshot, SnapshotCollector, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,11 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
             fatal.append(reason)
         os.kill(os.getpid(), signal.SIGTERM)  # the Faust worker's own graceful stop
 
-    ingestor = Ingestor(settings, store, on_fatal=on_fatal)
+    registry = CollectorRegistry()
+    worker_metrics = WorkerMetrics(registry)
+    collector = SnapshotCollector(settings.metrics_offsets)
+    registry.register(collector)
+    ingestor = Ingestor(settings, store, on_fatal=on_fatal, metrics=worker_metrics)
     app.ingestor = ingestor  # type: ignore[attr-defined]
     app.store = store  # type: ignore[attr-defined]
 
@@ -94,6 +106,31 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
             pass  # on_fatal already asked the worker to stop
         finally:
             await ingestor.stop()
+
+    @app.timer(interval=settings.metrics_refresh_s)
+    async def refresh_snapshot() -> None:
+        """Read the global figures from Redis off the scrape path."""
+        try:
+            collector.update(Snapshot(
+                figures=await live_figures(store, settings),
+                stats=dict(await store.read_stats()),
+                watermarks={
+                    shard: progress["watermark_ms"]  # type: ignore[misc]
+                    for shard, progress in (await store.partition_progress([])).items()
+                    if progress["watermark_ms"] is not None
+                },
+                taken_at=time.time(),
+            ))
+        except Exception:  # a failed refresh keeps the last snapshot; it is counted and logged
+            worker_metrics.snapshot_errors.inc()
+            log.exception("metrics snapshot failed")
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            # aiohttp takes the charset apart from the content type
+            content_type = CONTENT_TYPE_LATEST.split("; charset")[0]
+            return self.bytes(generate_latest(registry), content_type=content_type)
 
     async def _answer(view: View, build: Any) -> Response:
         try:

@@ -14,11 +14,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
@@ -27,20 +28,9 @@ from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
 
+from .metrics import WorkerMetrics
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class PipelineCounters:
-    """In-process figures of this worker (the exact, global ones live in Redis)."""
-
-    records: int = 0
-    batches: int = 0
-    conflicts: int = 0
-    redis_errors: int = 0
-    last_batch_s: float = 0.0
-    assigned: set[TopicPartition] = field(default_factory=set)
-    positions: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +58,8 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
         self.ingestor = ingestor
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.ingestor.counters.assigned.difference_update(revoked)
+        self.ingestor.assigned.difference_update(revoked)
+        self.ingestor.metrics.assigned.set(len(self.ingestor.assigned))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.ingestor.seek_to_stored(assigned)
@@ -82,13 +73,15 @@ class Ingestor:
         clock_ms: Callable[[], int] = utc_now_ms,
         backoff: Backoff | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clock_ms = clock_ms
         self.backoff = backoff or Backoff()
         self.on_fatal = on_fatal
-        self.counters = PipelineCounters()
+        self.metrics = metrics or WorkerMetrics(CollectorRegistry())
+        self.assigned: set[TopicPartition] = set()
         self._calendars: dict[str, AppCalendar] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -144,7 +137,8 @@ class Ingestor:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, stored)
-            self.counters.assigned.add(tp)
+            self.assigned.add(tp)
+        self.metrics.assigned.set(len(self.assigned))
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     async def _retrying(self, step: Callable[[], object]) -> object:
@@ -155,7 +149,7 @@ class Ingestor:
             try:
                 return await step()  # type: ignore[misc]
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                self.counters.redis_errors += 1
+                self.metrics.redis_errors.inc()
                 delay = next(delays)
                 log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -224,11 +218,16 @@ class Ingestor:
             await self._send_dead_letters(letters)
             if await self.store.apply_plan(shard, loaded, {tp.topic: records[-1].offset + 1}, plan):
                 break
-            self.counters.conflicts += 1  # someone applied in between: reload and re-plan
-        self.counters.records += len(records)
-        self.counters.batches += 1
-        self.counters.positions[tp] = records[-1].offset + 1
-        self.counters.last_batch_s = time.perf_counter() - started
+            self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
+        applied = [r for r in records if r.offset >= start]
+        if applied:
+            self.metrics.observe_batch(
+                len(applied), time.perf_counter() - started, max(r.timestamp for r in applied)
+            )
+        end = self.consumer.highwater(tp) if self.consumer is not None else None
+        if end is not None:
+            lag = max(0, end - (records[-1].offset + 1))
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Dead letters go out before the batch is applied: a crash in between re-sends them

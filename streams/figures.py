@@ -96,3 +96,14 @@ def day_summary(app: str, day: int, daily: Mapping[str, int]) -> dict[str, Any]:
         "new_users": new,
         "returning_users": dau - new,
     }
+
+
+def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
+             ) -> tuple[float, float] | None:
+    """Day-N classic retention of the latest daily cohort whose day N is complete, and its
+    mean over the ``cohorts`` latest such cohorts (METRICS.md §4 "Headline D1/D7/D30")."""
+    done = [r for r in rows if len(r["complete"]) > offset and r["complete"][offset]]
+    if not done:
+        return None
+    recent = [r["counts"][offset] / r["size"] for r in done[-cohorts:]]
+    return rate(done[-1]["counts"][offset], done[-1]["size"]), round(sum(recent) / len(recent), 4)

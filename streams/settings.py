@@ -45,6 +45,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("USER_BUCKETS", "1024", "Redis hashes per partition and app holding user records"),
     SettingDoc("DEDUP_BUCKETS", "1024", "Redis hashes per partition holding event ids"),
     SettingDoc("KEY_PREFIX", "rt", "prefix of every Redis key"),
+    SettingDoc("METRICS_COHORT_DAYS", "35", "daily cohorts exported on /metrics"),
+    SettingDoc("METRICS_OFFSETS", "0,1,2,3,7,14,30", "cohort offsets (days) exported on /metrics"),
+    SettingDoc("METRICS_REFRESH_S", "5", "seconds between snapshots of the Redis figures"),
     SettingDoc("SESSION_TIMEOUT_MS", "6000", "Kafka consumer session timeout"),
     SettingDoc("HEARTBEAT_MS", "1000", "Kafka consumer heartbeat interval"),
 )
@@ -89,6 +92,16 @@ def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return items
 
 
+def _offsets(raw: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
+    except ValueError:
+        raise ConfigError(f"METRICS_OFFSETS={raw!r} must be comma-separated integers") from None
+    if not values or values[0] < 0:
+        raise ConfigError(f"METRICS_OFFSETS={raw!r} must name offsets >= 0")
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_broker: str = "kafka://127.0.0.1:9092"
@@ -109,6 +122,9 @@ class Settings:
     user_buckets: int = 1024
     dedup_buckets: int = 1024
     key_prefix: str = "rt"
+    metrics_cohort_days: int = 35
+    metrics_offsets: tuple[int, ...] = (0, 1, 2, 3, 7, 14, 30)
+    metrics_refresh_s: int = 5
     session_timeout_ms: int = 6000
     heartbeat_ms: int = 1000
 
@@ -140,6 +156,9 @@ class Settings:
             user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
             dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
             key_prefix=env.get("KEY_PREFIX", d.key_prefix).strip() or d.key_prefix,
+            metrics_cohort_days=_int(env, "METRICS_COHORT_DAYS", d.metrics_cohort_days, minimum=1),
+            metrics_offsets=_offsets(env.get("METRICS_OFFSETS", "0,1,2,3,7,14,30")),
+            metrics_refresh_s=_int(env, "METRICS_REFRESH_S", d.metrics_refresh_s, minimum=1),
             session_timeout_ms=_int(env, "SESSION_TIMEOUT_MS", d.session_timeout_ms, minimum=1000),
             heartbeat_ms=_int(env, "HEARTBEAT_MS", d.heartbeat_ms, minimum=100),
         )

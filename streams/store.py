@@ -285,6 +285,22 @@ class RedisStore:
                     total[field.decode()] += int(value)
         return total
 
+    async def read_fields(self, app: str, family: str, fields: list[str]) -> Counter[str]:
+        """Chosen fields of one aggregate family, summed over every partition (for the
+        metrics snapshot, which must not read whole families on every refresh)."""
+        total: Counter[str] = Counter()
+        if not fields:
+            return total
+        shards = await self.shard_ids()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.hmget(self.keys.aggregate(shard, app, family), fields)
+            for values in await pipe.execute():
+                for name, value in zip(fields, values, strict=True):
+                    if value is not None:
+                        total[name] += int(value)
+        return total
+
     async def read_stats(self) -> Counter[str]:
         total: Counter[str] = Counter()
         shards = await self.shard_ids()

@@ -1,0 +1,73 @@
+"""The worker's HTTP side: /retention/* equal the CLI, /metrics carries the Redis figures."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from retention_tracker.agents.local_stack import wait_for
+
+from .harness import Deployment, event_messages, produce
+from .test_worker_exact import deployment, simulated  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_http_views_and_metrics_match_the_cli(deployment: Deployment) -> None:  # noqa: F811
+    sent = produce(deployment.bootstrap, deployment.topic, event_messages(simulated(days=10)))
+    worker, port = deployment.start_worker(CLOCK="event", METRICS_REFRESH_S="1")
+    base = f"http://127.0.0.1:{port}"
+    with worker:
+        deployment.wait_applied(sent, worker=worker)
+        wait_for(lambda: get(f"{base}/retention/summary")[0] == 200, 30, "web server")
+        for query, args in [
+            ("granularity=week&kind=rolling", ["--granularity", "week", "--kind", "rolling"]),
+            ("granularity=day&from=2000-01-01", ["--from", "2000-01-01"]),
+        ]:
+            status, body = get(f"{base}/retention/cohorts?{query}")
+            assert status == 200
+            cli: dict[str, Any] = deployment.cli_json("report", *args, CLOCK="event")
+            assert orjson.loads(body)["cohorts"] == cli["cohorts"]
+        status, body = get(f"{base}/retention/summary")
+        summary = deployment.cli_json("summary", CLOCK="event")
+        assert (status, orjson.loads(body)) == (200, summary)
+        status, body = get(f"{base}/retention/cohorts?granularity=hour")
+        assert status == 400 and b"granularity" in body
+        status, body = get(f"{base}/retention/summary?app=nope")
+        assert status == 400 and b"no data for app" in body
+
+        def metrics_show_dau() -> bool:
+            status, body = get(f"{base}/metrics")
+            assert status == 200, body
+            text = body.decode()
+            return samples(text, "retention_dau").get((("app", "default"),)) == summary["dau"]
+
+        wait_for(metrics_show_dau, 30, "retention_dau on /metrics")
+        text = get(f"{base}/metrics")[1].decode()
+        accepted = samples(text, "retention_events_accepted_total")
+        assert sum(accepted.values()) > 0
+        retention = samples(text, "retention_cohort_retention")
+        assert {dict(k)["kind"] for k in retention} == {"classic", "rolling"}
+        assert samples(text, "retention_worker_records_total")[()] == sent
