@@ -23,8 +23,11 @@ from retention_tracker.streams.calendar import parse_date
 from retention_tracker.streams.queries import (
     QueryError,
     cohort_report,
+    kpis_report,
     live_figures,
+    repeat_purchase_report,
     summary_report,
+    value_segments_report,
 )
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
@@ -152,6 +155,8 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
                     q.get("kind", "classic"),
                     _date_param(request, "from"),
                     _date_param(request, "to"),
+                    request.query.getall("where", []),
+                    q.get("currency"),
                 ),
             )
 
@@ -162,8 +167,33 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
             return await _answer(
                 self,
                 lambda: summary_report(
-                    store, settings, q.get("app", "default"), _date_param(request, "date")
+                    store, settings, q.get("app", "default"), _date_param(request, "date"),
+                    request.query.getall("where", []),
                 ),
             )
+
+    @app.page("/retention/kpis")
+    class Kpis(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            return await _answer(self, lambda: kpis_report(
+                store, settings, q.get("app", "default"), q.get("period", "week"),
+                q.getall("where", []),
+            ))
+
+    @app.page("/retention/rpr")
+    class RepeatPurchases(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            return await _answer(self, lambda: repeat_purchase_report(
+                store, settings, q.get("app", "default"), q.get("granularity", "month"),
+                _date_param(request, "from"), _date_param(request, "to"), q.getall("where", []),
+            ))
+
+    @app.page("/retention/segments")
+    class ValueSegments(View):
+        async def get(self, request: Request) -> Response:
+            return await _answer(self, lambda: value_segments_report(
+                store, settings, request.query.get("app", "default")))
 
     return app

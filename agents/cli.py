@@ -18,10 +18,17 @@ import redis.exceptions
 from aiokafka.errors import KafkaError
 
 from retention_tracker.streams.calendar import parse_date
-from retention_tracker.streams.queries import QueryError, cohort_report, summary_report
+from retention_tracker.streams.queries import (
+    QueryError,
+    cohort_report,
+    kpis_report,
+    repeat_purchase_report,
+    summary_report,
+    value_segments_report,
+)
 from retention_tracker.streams.settings import ConfigError, Settings
 
-from .render import key_values, triangle_table
+from .render import key_values, kpis_table, rpr_text, segments_table, triangle_table
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -70,6 +77,12 @@ def _emit(doc: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], s
         click.echo(text(doc))
 
 
+WHERE = click.option(
+    "--where", "where", multiple=True, metavar="ATTR=VALUE",
+    help="segment: platform=, country=, campaign= or value=vip|payer|free",
+)
+
+
 @click.group()
 def cli() -> None:
     """Real-time streaming retention tracker (see README.md)."""
@@ -90,21 +103,24 @@ def worker(loglevel: str) -> None:
     "--granularity", type=click.Choice(["day", "week", "month"]), default="day",
     show_default=True,
 )
-@click.option("--kind", type=click.Choice(["classic", "rolling"]), default="classic",
-              show_default=True)
+@click.option("--kind", default="classic", show_default=True,
+              type=click.Choice(["classic", "rolling", "ltv", "payer_conversion", "roas"]))
+@click.option("--currency", default=None, help="money kinds: the currency (default CURRENCY)")
+@WHERE
 @click.option("--from", "date_from", callback=_date, help="first cohort (YYYY-MM-DD)")
 @click.option("--to", "date_to", callback=_date, help="last cohort (YYYY-MM-DD)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def report(
-    app_name: str, granularity: str, kind: str, date_from: date | None, date_to: date | None,
-    as_json: bool,
+    app_name: str, granularity: str, kind: str, currency: str | None, where: tuple[str, ...],
+    date_from: date | None, date_to: date | None, as_json: bool,
 ) -> None:
-    """Print the cohort triangle, read from Redis (no worker needed)."""
+    """Print a cohort triangle (retention or money), read from Redis (no worker needed)."""
     from .app import make_store
 
     settings = _settings()
     doc = _run(lambda: cohort_report(
-        make_store(settings), settings, app_name, granularity, kind, date_from, date_to
+        make_store(settings), settings, app_name, granularity, kind, date_from, date_to,
+        where, currency,
     ))
     _emit(doc, as_json, triangle_table)
 
@@ -112,14 +128,61 @@ def report(
 @cli.command()
 @click.option("--app", "app_name", default="default", show_default=True)
 @click.option("--date", "on", callback=_date, help="the day (YYYY-MM-DD), default today")
+@WHERE
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def summary(app_name: str, on: date | None, as_json: bool) -> None:
-    """Print the day's DAU, WAU, MAU, stickiness, installs, new and returning users."""
+def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: bool) -> None:
+    """Print the day's DAU, WAU, MAU, stickiness, installs, new and returning users, money."""
     from .app import make_store
 
     settings = _settings()
-    doc = _run(lambda: summary_report(make_store(settings), settings, app_name, on))
+    doc = _run(lambda: summary_report(make_store(settings), settings, app_name, on, where))
     _emit(doc, as_json, key_values)
+
+
+@cli.command()
+@click.option("--app", "app_name", default="default", show_default=True)
+@click.option("--period", type=click.Choice(["week", "month"]), default="week",
+              show_default=True)
+@WHERE
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> None:
+    """Per period: active, new, returning, CRR, churn, revenue, payers, repeat purchase rate."""
+    from .app import make_store
+
+    settings = _settings()
+    doc = _run(lambda: kpis_report(make_store(settings), settings, app_name, period, where))
+    _emit(doc, as_json, kpis_table)
+
+
+@cli.command()
+@click.option("--app", "app_name", default="default", show_default=True)
+@click.option("--granularity", type=click.Choice(["day", "week", "month"]), default="month",
+              show_default=True, help="cohort granularity of the per-cohort rates")
+@click.option("--from", "date_from", callback=_date, help="window start (YYYY-MM-DD)")
+@click.option("--to", "date_to", callback=_date, help="window end (YYYY-MM-DD)")
+@WHERE
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def rpr(app_name: str, granularity: str, date_from: date | None, date_to: date | None,
+        where: tuple[str, ...], as_json: bool) -> None:
+    """Repeat purchase rate: lifetime, per cohort, and for a window (--from/--to)."""
+    from .app import make_store
+
+    settings = _settings()
+    doc = _run(lambda: repeat_purchase_report(
+        make_store(settings), settings, app_name, granularity, date_from, date_to, where))
+    _emit(doc, as_json, rpr_text)
+
+
+@cli.command()
+@click.option("--app", "app_name", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def segments(app_name: str, as_json: bool) -> None:
+    """VIP, payers and free users side by side: counts and D1/D7/D30 retention."""
+    from .app import make_store
+
+    settings = _settings()
+    doc = _run(lambda: value_segments_report(make_store(settings), settings, app_name))
+    _emit(doc, as_json, segments_table)
 
 
 @cli.command()

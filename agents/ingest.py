@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
 from retention_tracker.streams.events import Event, Reject, parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key, plan_batch, segment_rules
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
 
@@ -82,6 +82,7 @@ class Ingestor:
         self.on_fatal = on_fatal
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.assigned: set[TopicPartition] = set()
+        self.rules = segment_rules(settings)
         self._calendars: dict[str, AppCalendar] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -200,6 +201,7 @@ class Ingestor:
                 loaded.watermark_ms,
                 s.horizon_days,
                 self.calendar_of,
+                self.rules,
             )
             letters = [
                 DeadLetter(record, r.reason, r.detail, r.index)

@@ -4,6 +4,8 @@ Used by ``retention demo`` and by the end-to-end tests, so that neither needs Do
 distribution or the machine's own Redis. Everything listens on loopback ports chosen at
 random, every process is started in its own session (process group) and is stopped by its
 PID -- never by name, so a developer's other brokers and the Redis on 6379 are never touched.
+Should this interpreter be SIGKILLed (no teardown, no ``atexit``), Linux kills the children
+too (parent-death signal, see :func:`start_process`).
 
 Readiness is always a condition polled with a deadline (:func:`wait_for`), never a fixed
 sleep: a sleep is either too short on a loaded CI machine or wastes time everywhere else.
@@ -40,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -224,19 +227,34 @@ def _stop_leftovers() -> None:
 
 
 def start_process(
-    args: list[str], name: str, env: dict[str, str], log_path: Path
+    args: list[str],
+    name: str,
+    env: dict[str, str],
+    log_path: Path,
+    die_with_parent: bool = True,
 ) -> ManagedProcess:
     """Start ``args`` with exactly ``env`` (not merged), stdout and stderr appended to a log.
 
     The log is appended to, with a header line, so a worker restarted in a crash test keeps
     the story of its earlier lives in the same file.
+
+    ``die_with_parent``: teardown and ``atexit`` cannot run when this interpreter is
+    SIGKILLed -- the OOM killer did exactly that to a test run here and left its broker and
+    Redis behind. So on Linux the child is started through ``setpriv --pdeathsig KILL``
+    (util-linux; it sets the flag and execs, so the PID stays the child's) and is killed by
+    the kernel when we die. Only from the main thread: the kernel sends the signal when the
+    *thread* that forked exits, and a pool thread may exit long before we do.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = list(args)
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if die_with_parent and setpriv and threading.current_thread() is threading.main_thread():
+        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
     with open(log_path, "ab") as log:
         log.write(f"=== {time.strftime('%H:%M:%S')} starting {name}: {args}\n".encode())
         log.flush()
         popen = subprocess.Popen(
-            args,
+            command,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -447,8 +465,8 @@ async def ensure_topics(
     consumer started right afterwards sees every partition instead of racing the broker.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(bootstrap_servers))
-    await admin.start()
     try:
+        await admin.start()
         response: Any = await admin.create_topics(
             [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
         )

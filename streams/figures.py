@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from .calendar import AppCalendar, date_to_day, day_to_date, period_label, period_of_day
+from .user_state import MONEY_UNITS
 
 KINDS = ("classic", "rolling")
 
@@ -107,3 +109,115 @@ def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
         return None
     recent = [r["counts"][offset] / r["size"] for r in done[-cohorts:]]
     return rate(done[-1]["counts"][offset], done[-1]["size"]), round(sum(recent) / len(recent), 4)
+
+
+MONEY_KINDS = ("ltv", "payer_conversion", "roas")
+
+
+def money(units: int, divisor: int = 1) -> float:
+    """Units / divisor in currency, rounded to 4 places in decimal (as the ledger would)."""
+    return float(round(Decimal(units) / (MONEY_UNITS * divisor), 4))
+
+
+def money_rows(
+    sizes: Mapping[str, int],
+    cells: Mapping[str, int],
+    costs: Mapping[str, int],
+    kind: str,
+    granularity: str,
+    currency: str,
+    calendar: AppCalendar,
+    now_ms: int,
+    last_day: int | None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+) -> list[dict[str, Any]]:
+    """Cohort curves of money (METRICS.md §5): cumulative LTV, payer conversion, ROAS.
+    ``cells`` is the ``ltv`` family (revenue units of cohort c in period c+N, per currency)
+    for ltv and roas, the ``fpay`` family (users of c first paying in c+N) for conversion."""
+    # the triangle's frame (cohorts, widths, completeness) is the retention one
+    rows = cohort_rows(sizes, {}, "classic", granularity, calendar, now_ms, last_day,
+                       date_from, date_to)
+    by_cohort: dict[int, dict[int, int]] = {}
+    for key, value in cells.items():
+        parts = key.split(":")
+        if kind != "payer_conversion" and parts[2] != currency:
+            continue
+        by_cohort.setdefault(int(parts[0]), {})[int(parts[1])] = value
+    out = []
+    for row in rows:
+        cohort = _period_of_label(row["cohort"], granularity)
+        found = by_cohort.get(cohort, {})
+        running, cumulative = 0, []
+        for n in range(len(row["complete"])):
+            running += found.get(n, 0)
+            cumulative.append(running)
+        size = row["size"]
+        doc: dict[str, Any] = {"cohort": row["cohort"], "size": size}
+        if kind == "payer_conversion":
+            doc["counts"] = cumulative
+            doc["values"] = [rate(c, size) for c in cumulative]
+        else:
+            cost = costs.get(str(cohort), 0)
+            if kind == "roas":
+                doc["cac"] = money(cost, size) if cost else None
+            doc["revenue"] = [money(units) for units in cumulative]
+            doc["values"] = (
+                [money(units, size) for units in cumulative]
+                if kind == "ltv"
+                else [float(round(Decimal(units) / cost, 4)) if cost else None
+                      for units in cumulative]
+            )
+        doc["complete"] = row["complete"]
+        out.append(doc)
+    return out
+
+
+def _period_of_label(label: str, granularity: str) -> int:
+    if granularity == "day":
+        return date_to_day(date.fromisoformat(label))
+    if granularity == "week":
+        year, week = label.split("-W")
+        return period_of_day(date_to_day(date.fromisocalendar(int(year), int(week), 1)), "week")
+    year, month = label.split("-")
+    return int(year) * 12 + int(month) - 1
+
+
+def money_of_day(daily: Mapping[str, int], day: int, dau: int) -> dict[str, Any]:
+    """revenue, payers, ARPDAU and ARPPU of one day, per currency."""
+    prefix = f"rev:{day}:"
+    revenue = {k[len(prefix):]: v for k, v in sorted(daily.items()) if k.startswith(prefix) and v}
+    payers = int(daily.get(f"pay:{day}", 0))
+    return {
+        "revenue": {cur: money(units) for cur, units in revenue.items()},
+        "payers": payers,
+        "arpdau": {cur: money(u, dau) for cur, u in revenue.items()} if dau else {},
+        "arppu": {cur: money(u, payers) for cur, u in revenue.items()} if payers else {},
+    }
+
+
+def kpi_rows(families: Mapping[str, Mapping[str, int]], granularity: str, first: int, last: int
+             ) -> list[dict[str, Any]]:
+    """Period KPIs (METRICS.md §6) for periods first..last from the act, coh, lost, ppay,
+    prep and prev families of that granularity."""
+    act, coh, lost = families["act"], families["coh"], families["lost"]
+    rows = []
+    for period in range(first, last + 1):
+        active, new, start = act.get(str(period), 0), coh.get(str(period), 0), act.get(
+            str(period - 1), 0)
+        payers = families["ppay"].get(str(period), 0)
+        prefix = f"{period}:"
+        revenue = {k[len(prefix):]: money(v) for k, v in sorted(families["prev"].items())
+                   if k.startswith(prefix) and v}
+        rows.append({
+            "period": period_label(period, granularity),
+            "active": active,
+            "new_users": new,
+            "returning": active - new,
+            "crr": round((active - new) / start, 4) if start else None,
+            "churn": round(lost.get(str(period), 0) / start, 4) if start else None,
+            "revenue": revenue,
+            "payers": payers,
+            "rpr": rate(families["prep"].get(str(period), 0), payers),
+        })
+    return rows

@@ -10,20 +10,25 @@ No I/O here: the Redis layer loads the inputs and applies the plan atomically.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from .calendar import GRANULARITIES, AppCalendar, period_of_day
 from .events import Event
-from .user_state import UserState
+from .settings import Settings
+from .user_state import ATTRIBUTES, MONEY_UNITS, Purchases, UserState
 
 MS_PER_DAY = 86_400_000
 WAU_DAYS = 7
 MAU_DAYS = 30
 
+ALL_USERS = "all"
 UserKey = tuple[str, str]  # (app, user_id)
-CounterKey = tuple[str, str]  # (family, field), e.g. ("daily", "dau:19700")
+CounterKey = tuple[str, tuple[object, ...]]  # (family, field parts): ("daily", ("dau", 19700))
+SegmentKey = tuple[str, str, str]  # (segment, family, field), e.g. ("platform=ios", ...)
 
 
 def dedup_key(app: str, event_id: str) -> bytes:
@@ -40,43 +45,267 @@ def _window_days(days: Iterable[int], width: int) -> set[int]:
     return covered
 
 
-def user_contributions(state: UserState, calendar: AppCalendar) -> Counter[CounterKey]:
-    """What one user adds to every aggregate counter of its app (see METRICS.md §3-§4)."""
+@dataclass(frozen=True, slots=True)
+class SegmentRules:
+    """How users are segmented by value (METRICS.md §7 value_segment) and money defaults."""
+
+    default_currency: str = "USD"
+    vip_revenue_units: int = 100 * MONEY_UNITS
+    vip_purchases: int = 10
+
+
+DEFAULT_RULES = SegmentRules()
+
+
+def segment_rules(settings: Settings) -> SegmentRules:
+    return SegmentRules(
+        default_currency=settings.currency,
+        vip_revenue_units=money_units(settings.vip_revenue),
+        vip_purchases=settings.vip_purchases,
+    )
+
+
+def value_segment(state: UserState, rules: SegmentRules) -> str:
+    purchases = sum(p.count for _, _, p in state.purchases)
+    if not purchases:
+        return "free"
+    revenue = sum(p.units for _, cur, p in state.purchases if cur == rules.default_currency)
+    if revenue >= rules.vip_revenue_units or purchases >= rules.vip_purchases:
+        return "vip"
+    return "payer"
+
+
+def segments_of(state: UserState, rules: SegmentRules) -> list[str]:
+    """Every segment the user counts in: all users, each single attribute value, value."""
+    return [
+        ALL_USERS,
+        *(f"{name}={value}" for name, value, _ in state.attributes),
+        f"value={value_segment(state, rules)}",
+    ]
+
+
+def _windows_near(days: list[int], near: Iterable[int], width: int) -> list[int]:
+    """Of the days whose trailing window a day in ``near`` falls in, those that hold one of
+    ``days`` (sorted): the WAU/MAU keys a change on ``near`` can touch, and their value."""
+    candidates = {d for day in near for d in range(day, day + width)}
+    return [
+        d
+        for d in candidates
+        if (i := bisect_left(days, d - width + 1)) < len(days) and days[i] <= d
+    ]
+
+
+def user_contributions(
+    state: UserState, calendar: AppCalendar, near_days: frozenset[int] | None = None
+) -> Counter[CounterKey]:
+    """What one user adds to every aggregate counter of its app (METRICS.md §3-§6).
+
+    With ``near_days``, only the counters that a change on those days can move are given
+    (plus the few per-user ones: cohort, cost, last active, first payment, repeat buyer):
+    for two states with the same first day and segments, the difference of the scoped
+    contributions is the difference of the full ones, at a fraction of the cost."""
     contrib: Counter[CounterKey] = Counter()
     days = state.active_days
-    for day in days:
-        contrib["daily", f"dau:{day}"] += 1
-    for day in _window_days(days, WAU_DAYS):
-        contrib["daily", f"wau:{day}"] += 1
-    for day in _window_days(days, MAU_DAYS):
-        contrib["daily", f"mau:{day}"] += 1
+    scoped = near_days is not None
+    near = near_days if scoped else days
+    for day in near & days if scoped else days:
+        contrib[
+            "daily",
+            (
+                "dau",
+                day,
+            ),
+        ] += 1
+    if scoped:
+        ordered = sorted(days)
+        for day in _windows_near(ordered, near, WAU_DAYS):
+            contrib[
+                "daily",
+                (
+                    "wau",
+                    day,
+                ),
+            ] += 1
+        for day in _windows_near(ordered, near, MAU_DAYS):
+            contrib[
+                "daily",
+                (
+                    "mau",
+                    day,
+                ),
+            ] += 1
+    else:
+        for day in _window_days(days, WAU_DAYS):
+            contrib[
+                "daily",
+                (
+                    "wau",
+                    day,
+                ),
+            ] += 1
+        for day in _window_days(days, MAU_DAYS):
+            contrib[
+                "daily",
+                (
+                    "mau",
+                    day,
+                ),
+            ] += 1
     for day in state.install_days:
-        contrib["daily", f"ins:{day}"] += 1
-    contrib["daily", f"new:{state.first_day}"] += 1
+        if not scoped or day in near:
+            contrib[
+                "daily",
+                (
+                    "ins",
+                    day,
+                ),
+            ] += 1
+    contrib[
+        "daily",
+        (
+            "new",
+            state.first_day,
+        ),
+    ] += 1
+    purchases = [p for p in state.purchases if not scoped or p[0] in near]
+    for day in {day for day, _, _ in purchases}:
+        contrib[
+            "daily",
+            (
+                "pay",
+                day,
+            ),
+        ] += 1
+    for day, currency, totals in purchases:
+        contrib[
+            "daily",
+            (
+                "rev",
+                day,
+                currency,
+            ),
+        ] += totals.units
     last_day = state.last_day
-    for granularity in GRANULARITIES:
-        cohort = period_of_day(state.first_day, granularity)
-        contrib[f"coh:{granularity}", str(cohort)] += 1
-        for period in {period_of_day(day, granularity) for day in days}:
-            contrib[f"cls:{granularity}", f"{cohort}:{period - cohort}"] += 1
-        last = period_of_day(last_day, granularity) - cohort
-        contrib[f"last:{granularity}", f"{cohort}:{last}"] += 1
+    purchase_count = sum(p.count for _, _, p in state.purchases)
+    for g in GRANULARITIES:
+        cohort = period_of_day(state.first_day, g)
+        contrib[f"coh:{g}", (cohort,)] += 1
+        active = {period_of_day(day, g) for day in days}
+        near_periods = {period_of_day(day, g) for day in near} if scoped else active
+        for period in active & near_periods:
+            contrib[
+                f"cls:{g}",
+                (
+                    cohort,
+                    period - cohort,
+                ),
+            ] += 1
+            contrib[f"act:{g}", (period,)] += 1
+        lost_candidates = (
+            {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
+        )
+        for period in lost_candidates:
+            if period - 1 in active and period not in active:
+                contrib[f"lost:{g}", (period,)] += 1
+        last = period_of_day(last_day, g) - cohort
+        contrib[
+            f"last:{g}",
+            (
+                cohort,
+                last,
+            ),
+        ] += 1
+        if state.cost_units:
+            contrib[f"cost:{g}", (cohort,)] += state.cost_units
+        if not state.purchases:
+            continue
+        per_period: Counter[int] = Counter()
+        for day, currency, totals in state.purchases:
+            period = period_of_day(day, g)
+            per_period[period] += totals.count
+            if period in near_periods:
+                contrib[
+                    f"ltv:{g}",
+                    (
+                        cohort,
+                        period - cohort,
+                        currency,
+                    ),
+                ] += totals.units
+                contrib[
+                    f"prev:{g}",
+                    (
+                        period,
+                        currency,
+                    ),
+                ] += totals.units
+        first_paid = min(per_period)
+        contrib[
+            f"fpay:{g}",
+            (
+                cohort,
+                first_paid - cohort,
+            ),
+        ] += 1
+        for period, count in per_period.items():
+            if period in near_periods:
+                contrib[f"ppay:{g}", (period,)] += 1
+                if count >= 2:
+                    contrib[f"prep:{g}", (period,)] += 1
+        contrib[
+            f"rpc:{g}",
+            (
+                cohort,
+                "1",
+            ),
+        ] += 1
+        if purchase_count >= 2:
+            contrib[
+                f"rpc:{g}",
+                (
+                    cohort,
+                    "2",
+                ),
+            ] += 1
     return contrib
 
 
+def money_units(amount: float) -> int:
+    return int((Decimal(str(amount)) * MONEY_UNITS).to_integral_value())
+
+
 def add_events(
-    state: UserState | None, events: Iterable[Event], calendar: AppCalendar
+    state: UserState | None,
+    events: Iterable[Event],
+    calendar: AppCalendar,
+    rules: SegmentRules = DEFAULT_RULES,
 ) -> UserState:
     """The user's state after these (accepted, deduplicated) events, in any order."""
     first_ms = state.first_seen_ms if state else None
     last_ms = state.last_active_ms if state else None
     active = set(state.active_days) if state else set()
     installs = set(state.install_days) if state else set()
+    attributes = {name: (value, ts) for name, value, ts in state.attributes} if state else {}
+    purchases: dict[tuple[int, str], Purchases] = (
+        {(day, cur): p for day, cur, p in state.purchases} if state else {}
+    )
+    cost = state.cost_units if state else 0
     for event in events:
         day = calendar.day_of(event.ts_ms)
         active.add(day)
         if event.type == "install":
             installs.add(day)
+            if event.cost:
+                cost += money_units(event.cost)
+        elif event.type == "purchase":
+            key = (day, event.currency or rules.default_currency)
+            old = purchases.get(key, Purchases(0, 0))
+            purchases[key] = Purchases(old.count + 1, old.units + money_units(event.amount or 0))
+        for name in ATTRIBUTES:
+            value = getattr(event, name)
+            # the earliest event carrying it wins; equal times: the smallest value
+            if value is not None and (event.ts_ms, value) < _swap(attributes.get(name)):
+                attributes[name] = (value, event.ts_ms)
         if first_ms is None or event.ts_ms < first_ms:
             first_ms = event.ts_ms
         if last_ms is None or event.ts_ms > last_ms:
@@ -88,7 +317,58 @@ def add_events(
         first_day=calendar.day_of(first_ms),
         active_days=frozenset(active),
         install_days=frozenset(installs),
+        attributes=tuple((name, *attributes[name]) for name in ATTRIBUTES if name in attributes),
+        purchases=tuple((day, cur, p) for (day, cur), p in sorted(purchases.items())),
+        cost_units=cost,
     )
+
+
+def _swap(found: tuple[str, int] | None) -> tuple[int, str] | tuple[float, str]:
+    """(value, ts) ordered by time first, for the comparison above."""
+    return (float("inf"), "") if found is None else (found[1], found[0])
+
+
+def _add_user_delta(
+    pending: dict[tuple[str, ...], Counter[CounterKey]],
+    old: UserState | None,
+    new: UserState,
+    calendar: AppCalendar,
+    rules: SegmentRules,
+) -> None:
+    """contributions(new) - contributions(old), filed under the segments the user is (or
+    was) in. Users with the same segments share one Counter, expanded per segment once per
+    batch: far cheaper than adding every user's delta to every segment."""
+    new_segments = tuple(segments_of(new, rules))
+    if old is None:
+        pending.setdefault(new_segments, Counter()).update(user_contributions(new, calendar))
+        return
+    old_segments = tuple(segments_of(old, rules))
+    if old_segments == new_segments and old.first_day == new.first_day:
+        near = _changed_days(old, new)
+        target = pending.setdefault(new_segments, Counter())
+        target.update(user_contributions(new, calendar, near))
+        target.subtract(user_contributions(old, calendar, near))
+    else:  # the user moved cohort or segment: every contribution moves
+        pending.setdefault(new_segments, Counter()).update(user_contributions(new, calendar))
+        pending.setdefault(old_segments, Counter()).subtract(user_contributions(old, calendar))
+
+
+def _expand(pending: dict[tuple[str, ...], Counter[CounterKey]]) -> Counter[SegmentKey]:
+    """Per-segment-group deltas -> (segment, family, field) deltas with Redis field names."""
+    deltas: Counter[SegmentKey] = Counter()
+    for segments, contrib in pending.items():
+        for (family, parts), value in contrib.items():
+            if value:
+                name = ":".join(map(str, parts))
+                for segment in segments:
+                    deltas[segment, family, name] += value
+    return Counter({key: value for key, value in deltas.items() if value})
+
+
+def _changed_days(old: UserState, new: UserState) -> frozenset[int]:
+    """Days on which the user's contributions can differ between two states."""
+    changed = (new.active_days - old.active_days) | (new.install_days - old.install_days)
+    return changed | {day for day, _, _ in set(new.purchases) ^ set(old.purchases)}
 
 
 @dataclass(slots=True)
@@ -96,7 +376,7 @@ class Plan:
     """Everything one batch changes; applied atomically with the batch's offsets."""
 
     users: dict[UserKey, UserState] = field(default_factory=dict)
-    deltas: dict[str, Counter[CounterKey]] = field(default_factory=dict)  # app -> deltas
+    deltas: dict[str, Counter[SegmentKey]] = field(default_factory=dict)  # app -> deltas
     new_dedup_keys: list[bytes] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
@@ -110,6 +390,7 @@ def plan_batch(
     watermark_ms: int | None,
     horizon_days: int,
     calendar_of: Callable[[str], AppCalendar],
+    rules: SegmentRules = DEFAULT_RULES,
 ) -> Plan:
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
     order; ``states`` must hold every user of the batch (None for a new user)."""
@@ -117,6 +398,7 @@ def plan_batch(
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
+    pending: dict[str, dict[tuple[str, ...], Counter[CounterKey]]] = {}
     for offset, index, event in events:
         key = dedup_key(event.app, event.event_id)
         if key in seen:
@@ -136,15 +418,10 @@ def plan_batch(
         app = user_key[0]
         calendar = calendar_of(app)
         old = states[user_key]
-        new = add_events(old, user_events, calendar)
+        new = add_events(old, user_events, calendar, rules)
         if new == old:
             continue
         plan.users[user_key] = new
-        delta = plan.deltas.setdefault(app, Counter())
-        delta.update(user_contributions(new, calendar))
-        if old is not None:
-            delta.subtract(user_contributions(old, calendar))
-    for delta in plan.deltas.values():
-        for key in [k for k, v in delta.items() if v == 0]:
-            del delta[key]
+        _add_user_delta(pending.setdefault(app, {}), old, new, calendar, rules)
+    plan.deltas = {app: _expand(groups) for app, groups in pending.items()}
     return plan

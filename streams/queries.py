@@ -5,20 +5,31 @@ Both read Redis directly, so reports work with no worker running.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from .calendar import GRANULARITIES, AppCalendar, date_to_day, day_to_date, utc_now_ms
+from .calendar import GRANULARITIES, AppCalendar, date_to_day, day_to_date, period_label, utc_now_ms
 from .figures import (
     KINDS,
+    MONEY_KINDS,
     cohort_rows,
     day_summary,
     headline,
     iso_time,
+    kpi_rows,
     last_day_with_data,
+    money_of_day,
+    money_rows,
+    rate,
 )
+from .plan import ALL_USERS, segment_rules, segments_of
 from .settings import Settings
 from .store import RedisStore
+
+HEADLINE_DAYS = (1, 7, 30)
+_HEADLINE_COHORTS = 7
 
 
 class QueryError(ValueError):
@@ -42,6 +53,36 @@ async def app_calendar(store: RedisStore, settings: Settings, app: str) -> AppCa
     return AppCalendar(zones[app])
 
 
+SEGMENT_ATTRIBUTES = ("platform", "country", "campaign", "value")
+VALUE_SEGMENTS = ("vip", "payer", "free")
+
+
+def segment_of(where: Sequence[str] = ()) -> str:
+    """``--where attr=value`` -> the segment whose counters the state keeps. One attribute
+    at a time: combinations would need counters per combination (README "Segments")."""
+    if not where:
+        return ALL_USERS
+    if len(where) > 1:
+        raise QueryError(
+            "one --where at a time: the state keeps counters per single attribute value, "
+            "not per combination (see README 'Segments')"
+        )
+    name, sep, value = where[0].partition("=")
+    if not sep or name not in SEGMENT_ATTRIBUTES or not value:
+        raise QueryError(f"--where {where[0]!r}: expected one of "
+                         f"{', '.join(SEGMENT_ATTRIBUTES)} as attr=value")
+    if name == "value" and value not in VALUE_SEGMENTS:
+        raise QueryError(f"--where value=...: one of {', '.join(VALUE_SEGMENTS)}")
+    return f"{name}={value}"
+
+
+def _header(app: str, calendar: AppCalendar, segment: str, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"app": app, **extra, "timezone": calendar.timezone}
+    if segment != ALL_USERS:
+        doc["segment"] = segment
+    return doc
+
+
 async def cohort_report(
     store: RedisStore,
     settings: Settings,
@@ -50,41 +91,141 @@ async def cohort_report(
     kind: str = "classic",
     date_from: date | None = None,
     date_to: date | None = None,
+    where: Sequence[str] = (),
+    currency: str | None = None,
 ) -> dict[str, Any]:
     if granularity not in GRANULARITIES:
         raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}")
-    if kind not in KINDS:
-        raise QueryError(f"kind must be one of {', '.join(KINDS)}")
+    if kind not in KINDS + MONEY_KINDS:
+        raise QueryError(f"kind must be one of {', '.join(KINDS + MONEY_KINDS)}")
+    segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
-    daily = await store.read_family(app, "daily")
-    sizes = await store.read_family(app, f"coh:{granularity}")
-    family = "cls" if kind == "classic" else "last"
-    cells = await store.read_family(app, f"{family}:{granularity}")
-    rows = cohort_rows(
-        sizes, cells, kind, granularity, calendar, now, last_day_with_data(daily),
-        date_from, date_to,
-    )
-    return {
-        "app": app,
-        "granularity": granularity,
-        "kind": kind,
-        "timezone": calendar.timezone,
-        "as_of": iso_time(now),
-        "cohorts": rows,
-    }
+
+    async def family(name: str) -> Counter[str]:
+        return await store.read_family(app, name, segment)
+
+    last_day = last_day_with_data(await family("daily"))
+    sizes = await family(f"coh:{granularity}")
+    doc = _header(app, calendar, segment, granularity=granularity, kind=kind)
+    if kind in KINDS:
+        cells = await family(f"{'cls' if kind == 'classic' else 'last'}:{granularity}")
+        rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
+                           date_from, date_to)
+    else:
+        currency = currency or settings.currency
+        if kind != "payer_conversion":
+            doc["currency"] = currency
+        cells = await family(f"{'fpay' if kind == 'payer_conversion' else 'ltv'}:{granularity}")
+        costs = await family(f"cost:{granularity}") if kind == "roas" else Counter()
+        rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
+                          last_day, date_from, date_to)
+    return {**doc, "as_of": iso_time(now), "cohorts": rows}
 
 
 async def summary_report(
-    store: RedisStore, settings: Settings, app: str, on: date | None = None
+    store: RedisStore, settings: Settings, app: str, on: date | None = None,
+    where: Sequence[str] = (),
 ) -> dict[str, Any]:
+    segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     day = date_to_day(on) if on else calendar.day_of(await now_ms(store, settings))
-    return day_summary(app, day, await store.read_family(app, "daily"))
+    daily = await store.read_family(app, "daily", segment)
+    doc = day_summary(app, day, daily)
+    doc.update(money_of_day(daily, day, doc["dau"]))
+    if segment != ALL_USERS:
+        doc["segment"] = segment
+    return doc
 
 
-HEADLINE_DAYS = (1, 7, 30)
-_HEADLINE_COHORTS = 7
+async def kpis_report(
+    store: RedisStore, settings: Settings, app: str, period: str = "week",
+    where: Sequence[str] = (),
+) -> dict[str, Any]:
+    if period not in ("week", "month"):
+        raise QueryError("period must be week or month")
+    segment = segment_of(where)
+    calendar = await app_calendar(store, settings, app)
+    families = {
+        name: await store.read_family(app, f"{name}:{period}", segment)
+        for name in ("act", "coh", "lost", "ppay", "prep", "prev")
+    }
+    periods = [int(p) for p, n in families["act"].items() if n > 0]
+    rows = kpi_rows(families, period, min(periods), max(periods)) if periods else []
+    return {**_header(app, calendar, segment, period=period), "periods": rows}
+
+
+async def repeat_purchase_report(
+    store: RedisStore, settings: Settings, app: str, granularity: str = "month",
+    date_from: date | None = None, date_to: date | None = None, where: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Lifetime RPR overall and per cohort from counters; for a window, from the users'
+    purchase records (a scan of user state, not of events)."""
+    if granularity not in GRANULARITIES:
+        raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+    segment = segment_of(where)
+    calendar = await app_calendar(store, settings, app)
+    per_cohort = await store.read_family(app, f"rpc:{granularity}", segment)
+    cohorts = sorted({int(k.split(":")[0]) for k in per_cohort})
+
+    def rpr_doc(buyers: int, repeat: int) -> dict[str, Any]:
+        return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}
+
+    doc = _header(app, calendar, segment, granularity=granularity)
+    doc["lifetime"] = rpr_doc(
+        sum(v for k, v in per_cohort.items() if k.endswith(":1")),
+        sum(v for k, v in per_cohort.items() if k.endswith(":2")),
+    )
+    doc["cohorts"] = [
+        {"cohort": period_label(c, granularity),
+         **rpr_doc(per_cohort.get(f"{c}:1", 0), per_cohort.get(f"{c}:2", 0))}
+        for c in cohorts
+    ]
+    if date_from or date_to:
+        low = date_to_day(date_from) if date_from else None
+        high = date_to_day(date_to) if date_to else None
+        rules = segment_rules(settings)
+        buyers = repeat = 0
+        async for state in store.scan_users(app):
+            if segment != ALL_USERS and segment not in segments_of(state, rules):
+                continue
+            count = sum(
+                p.count for day, _, p in state.purchases
+                if (low is None or day >= low) and (high is None or day <= high)
+            )
+            buyers += count >= 1
+            repeat += count >= 2
+        doc["window"] = {
+            "from": date_from.isoformat() if date_from else None,
+            "to": date_to.isoformat() if date_to else None,
+            **rpr_doc(buyers, repeat),
+        }
+    return doc
+
+
+async def value_segments_report(
+    store: RedisStore, settings: Settings, app: str
+) -> dict[str, Any]:
+    """VIP, payers and free users side by side: how many, and how they retain."""
+    calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
+    segments = []
+    for value in VALUE_SEGMENTS:
+        segment = f"value={value}"
+        sizes = await store.read_family(app, "coh:day", segment)
+        daily = await store.read_family(app, "daily", segment)
+        rows = cohort_rows(sizes, await store.read_family(app, "cls:day", segment), "classic",
+                           "day", calendar, now, last_day_with_data(daily))
+        entry: dict[str, Any] = {"segment": value, "users": sum(sizes.values())}
+        for n in HEADLINE_DAYS:
+            found = headline(rows, n, _HEADLINE_COHORTS)
+            entry[f"d{n}"] = found[0] if found else None
+            entry[f"d{n}_mean7"] = found[1] if found else None
+        segments.append(entry)
+    return {"app": app, "timezone": calendar.timezone, "as_of": iso_time(now),
+            "segments": segments}
+
+
 
 
 async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The batch reference: METRICS.md sections 1-4 computed the plain way, from a list of events.
+"""The batch reference: METRICS.md sections 1-6 computed the plain way, from a list of events.
 
 The streaming worker keeps incremental state (per-user bitmaps, counters, late-event
 corrections) and it is easy to get subtly wrong. This module is what that state must equal:
@@ -19,18 +19,44 @@ Choices where the contract leaves room (kept in one place so they are easy to ch
 - A triangle lists only cohorts that have at least one user (an empty period has no rate).
 - The start of a local day is its first instant: local midnight, or the moment the clocks
   jump when a DST change skips midnight.
+- Money is exact: every `amount` and `cost` is read as `Decimal(str(x))` and summed in
+  `Decimal`. Money figures (sums, and money divided by a number of users or by a cost) are
+  computed in `Decimal` and returned as `float(round(value, 4))` (Decimal's default rounding,
+  half to even). Ratios of counts are `round(a / b, 4)` of floats, as in the triangles.
+- A purchase's currency is its `currency`, else `default_currency`; there is no conversion.
+  A purchase without an amount (validation never lets one through) counts as 0.
+- `cost` counts only on install events, on every install of the user (reinstalls included),
+  whatever its day, and is taken to be in the app's currency.
+- User attributes (platform, country, campaign) come from the user's earliest event that
+  carries the attribute; at equal times the lexicographically smallest value wins.
+- The value segment is lifetime (all the user's deduplicated events, including those after
+  `now_ms`): "vip" when the revenue in `default_currency` is >= `vip_revenue` or the number of
+  purchase events (any currency) is >= `vip_purchases`, else "payer" with at least one
+  purchase, else "free".
+- `where` selects users (all given attributes equal); every figure, including DAU, cohort
+  sizes, the last period with data and the row offsets, is then computed from the events of
+  those users only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from retention_tracker.streams.events import Event
 
 GRANULARITIES = ("day", "week", "month")
 KINDS = ("classic", "rolling")
+MONEY_KINDS = ("ltv", "payer_conversion", "roas")
+KPI_PERIODS = ("week", "month")
+ATTRIBUTES = ("platform", "country", "campaign")
+SEGMENT_KEYS = (*ATTRIBUTES, "value")
+VALUE_SEGMENTS = ("vip", "payer", "free")
+DEFAULT_CURRENCY = "USD"
+DEFAULT_VIP_REVENUE = Decimal("100")
+DEFAULT_VIP_PURCHASES = 10
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -53,6 +79,132 @@ def dedup(events: Iterable[Event]) -> list[Event]:
         seen.add(key)
         kept.append(event)
     return kept
+
+
+def app_events(events: Iterable[Event], app: str) -> list[Event]:
+    """The deduplicated events of `app`, in the original order."""
+    return [event for event in dedup(events) if event.app == app]
+
+
+# --------------------------------------------------------------------------------------
+# Money
+
+
+def money(x: float | int | str | Decimal) -> Decimal:
+    """An amount or a cost as an exact decimal: `Decimal(str(x))` (0.1 is 0.1, not 0.1000...5)."""
+    return Decimal(str(x))
+
+
+def money_out(value: Decimal) -> float:
+    """How money leaves the reference: rounded to 4 places in Decimal, then a float."""
+    return float(round(value, 4))
+
+
+def purchase_amount(event: Event) -> Decimal:
+    return money(event.amount) if event.amount is not None else Decimal(0)
+
+
+def purchase_currency(event: Event, default_currency: str) -> str:
+    return event.currency or default_currency
+
+
+# --------------------------------------------------------------------------------------
+# User attributes and segments
+
+
+def value_segment(
+    revenue: Decimal, purchases: int, vip_revenue: Decimal | int | str, vip_purchases: int
+) -> str:
+    """The value segment, "vip", "payer" or "free", from lifetime revenue and purchase count."""
+    if revenue >= money(vip_revenue) or purchases >= vip_purchases:
+        return "vip"
+    if purchases >= 1:
+        return "payer"
+    return "free"
+
+
+def user_profiles(
+    events: Iterable[Event],
+    app: str,
+    *,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> dict[str, dict]:
+    """user_id -> {"platform", "country", "campaign", "value"} for every user of `app`.
+
+    An attribute is the value on the user's earliest event that carries it (None if no event
+    does); at equal times the smallest value wins. "value" is the lifetime value segment.
+    """
+    earliest: dict[tuple[str, str], tuple[int, str]] = {}  # (user_id, attribute) -> (ts, value)
+    revenue: dict[str, Decimal] = {}  # in default_currency only
+    purchases: dict[str, int] = {}
+    users: list[str] = []
+    for event in app_events(events, app):
+        if event.user_id not in purchases:
+            users.append(event.user_id)
+            purchases[event.user_id] = 0
+            revenue[event.user_id] = Decimal(0)
+        for attribute in ATTRIBUTES:
+            value = getattr(event, attribute)
+            if value is None:
+                continue
+            key = (event.user_id, attribute)
+            candidate = (event.ts_ms, value)
+            if key not in earliest or candidate < earliest[key]:
+                earliest[key] = candidate
+        if event.type == "purchase":
+            purchases[event.user_id] += 1
+            if purchase_currency(event, default_currency) == default_currency:
+                revenue[event.user_id] += purchase_amount(event)
+    profiles: dict[str, dict] = {}
+    for user_id in users:
+        profile: dict = {}
+        for attribute in ATTRIBUTES:
+            found = earliest.get((user_id, attribute))
+            profile[attribute] = found[1] if found is not None else None
+        profile["value"] = value_segment(
+            revenue[user_id], purchases[user_id], vip_revenue, vip_purchases
+        )
+        profiles[user_id] = profile
+    return profiles
+
+
+def _check_where(where: dict[str, str]) -> None:
+    for key, value in where.items():
+        if key not in SEGMENT_KEYS:
+            raise ValueError(f"segment keys must be among {SEGMENT_KEYS}, not {key!r}")
+        if key == "value" and value not in VALUE_SEGMENTS:
+            raise ValueError(f"value segment must be one of {VALUE_SEGMENTS}, not {value!r}")
+
+
+def segment_events(
+    events: Iterable[Event],
+    app: str,
+    where: dict[str, str] | None = None,
+    *,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> list[Event]:
+    """The deduplicated events of `app` whose user is in the segment `where` (None: everyone)."""
+    kept = app_events(events, app)
+    if where is None:
+        return kept
+    _check_where(where)
+    profiles = user_profiles(
+        kept,
+        app,
+        default_currency=default_currency,
+        vip_revenue=vip_revenue,
+        vip_purchases=vip_purchases,
+    )
+    members = {
+        user_id
+        for user_id, profile in profiles.items()
+        if all(profile[key] == value for key, value in where.items())
+    }
+    return [event for event in kept if event.user_id in members]
 
 
 # --------------------------------------------------------------------------------------
@@ -146,13 +298,19 @@ def period_end_ms(start: date, granularity: str, tz: str) -> int:
 
 
 class _AppData:
-    """One app's deduplicated events reduced to what sections 3-4 need, all in local days."""
+    """One app's deduplicated events reduced to what sections 3-6 need, all in local days."""
 
-    def __init__(self, events: Iterable[Event], app: str, tz: str) -> None:
+    def __init__(
+        self, events: Iterable[Event], app: str, tz: str, default_currency: str = DEFAULT_CURRENCY
+    ) -> None:
         self.first_seen_ms: dict[User, int] = {}
         self.active_days: dict[User, set[date]] = {}
         self.users_active_on: dict[date, set[User]] = {}
         self.users_installing_on: dict[date, set[User]] = {}
+        # Every purchase event as (day, currency, amount), per user and per day.
+        self.purchases_of: dict[User, list[tuple[date, str, Decimal]]] = {}
+        self.purchases_on: dict[date, list[tuple[User, str, Decimal]]] = {}
+        self.install_cost: dict[User, Decimal] = {}  # sum of `cost` of the user's installs
         for event in dedup(events):
             if event.app != app:
                 continue
@@ -164,6 +322,14 @@ class _AppData:
             self.users_active_on.setdefault(day, set()).add(user)
             if event.type == "install":
                 self.users_installing_on.setdefault(day, set()).add(user)
+                if event.cost is not None:
+                    cost = self.install_cost.get(user, Decimal(0)) + money(event.cost)
+                    self.install_cost[user] = cost
+            if event.type == "purchase":
+                currency = purchase_currency(event, default_currency)
+                amount = purchase_amount(event)
+                self.purchases_of.setdefault(user, []).append((day, currency, amount))
+                self.purchases_on.setdefault(day, []).append((user, currency, amount))
         self.first_day: dict[User, date] = {
             user: local_day(ts, tz) for user, ts in self.first_seen_ms.items()
         }
@@ -185,6 +351,54 @@ class _AppData:
             day += timedelta(days=1)
         return users
 
+    def cohort_users(self, granularity: str) -> dict[date, list[User]]:
+        """Cohort period start -> its users (only non-empty cohorts)."""
+        cohorts: dict[date, list[User]] = {}
+        for user, first_day in self.first_day.items():
+            cohorts.setdefault(period_start(first_day, granularity), []).append(user)
+        return cohorts
+
+
+def _load(
+    events: Iterable[Event],
+    app: str,
+    tz: str,
+    where: dict[str, str] | None,
+    default_currency: str,
+    vip_revenue: Decimal | int | str,
+    vip_purchases: int,
+) -> _AppData:
+    """The `_AppData` of the users of segment `where` (None: all users of the app)."""
+    selected = segment_events(
+        events,
+        app,
+        where,
+        default_currency=default_currency,
+        vip_revenue=vip_revenue,
+        vip_purchases=vip_purchases,
+    )
+    return _AppData(selected, app, tz, default_currency)
+
+
+def _selected_cohorts(
+    cohorts: Iterable[date], granularity: str, date_from: date | None, date_to: date | None
+) -> list[date]:
+    """The cohorts (period starts) between the periods of date_from and date_to, oldest first."""
+    low = period_start(date_from, granularity) if date_from is not None else None
+    high = period_start(date_to, granularity) if date_to is not None else None
+    return [
+        cohort
+        for cohort in sorted(cohorts)
+        if (low is None or cohort >= low) and (high is None or cohort <= high)
+    ]
+
+
+def _complete_flags(cohort: date, n_offsets: int, granularity: str, tz: str, now_ms: int) -> list:
+    return [
+        period_end_ms(add_periods(cohort, n, granularity), granularity, tz) <= now_ms
+        for n in range(n_offsets)
+    ]
+
 
 # --------------------------------------------------------------------------------------
 # Section 4: retention triangles
@@ -199,38 +413,37 @@ def triangle(
     now_ms: int,
     date_from: date | None = None,
     date_to: date | None = None,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
 ) -> list[dict]:
     """The retention triangle of `app`, one dict per non-empty cohort, oldest first.
 
     Each dict is {"cohort", "size", "counts", "values", "complete"}; offsets run from 0 to
     the app's last period with data. `date_from`/`date_to` keep the cohorts whose period
     lies between the periods of those dates (inclusive); they do not shorten the rows.
+    With `where`, everything (cohorts, sizes, the last period) is over the segment's users.
     """
     _check_granularity(granularity)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    data = _AppData(events, app, tz)
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
     last_day = data.last_data_day()
     if last_day is None:
         return []
     last_period = period_start(last_day, granularity)
 
     # Each user's cohort, and the set of periods it was active in.
-    cohort_users: dict[date, list[User]] = {}
-    active_periods: dict[User, set[date]] = {}
-    for user, first_day in data.first_day.items():
-        cohort_users.setdefault(period_start(first_day, granularity), []).append(user)
-        active_periods[user] = {period_start(d, granularity) for d in data.active_days[user]}
-
-    low = period_start(date_from, granularity) if date_from is not None else None
-    high = period_start(date_to, granularity) if date_to is not None else None
+    cohort_users = data.cohort_users(granularity)
+    active_periods: dict[User, set[date]] = {
+        user: {period_start(d, granularity) for d in days}
+        for user, days in data.active_days.items()
+    }
 
     rows: list[dict] = []
-    for cohort in sorted(cohort_users):
-        if low is not None and cohort < low:
-            continue
-        if high is not None and cohort > high:
-            continue
+    for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
         users = cohort_users[cohort]
         size = len(users)
         n_offsets = period_offset(cohort, last_period, granularity) + 1
@@ -249,24 +462,169 @@ def triangle(
                     if latest >= n:
                         counts[n] += 1
         values = [round(count / size, 4) for count in counts]
-        complete = [
-            period_end_ms(add_periods(cohort, n, granularity), granularity, tz) <= now_ms
-            for n in range(n_offsets)
-        ]
         rows.append(
             {
                 "cohort": period_label(cohort, granularity),
                 "size": size,
                 "counts": counts,
                 "values": values,
-                "complete": complete,
+                "complete": _complete_flags(cohort, n_offsets, granularity, tz, now_ms),
             }
         )
     return rows
 
 
 # --------------------------------------------------------------------------------------
-# Section 3: daily figures
+# Section 5: money by cohort
+
+
+def money_triangle(
+    events: Iterable[Event],
+    app: str,
+    granularity: str,
+    kind: str,
+    tz: str,
+    now_ms: int,
+    currency: str = DEFAULT_CURRENCY,
+    date_from: date | None = None,
+    date_to: date | None = None,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> list[dict]:
+    """LTV, payer conversion or ROAS by cohort; cohorts, offsets and flags as in `triangle`.
+
+    - ltv: {"cohort", "size", "revenue", "values", "complete"}: revenue[N] is the revenue in
+      `currency` of the cohort's users in periods c..c+N; values[N] = revenue[N] / size.
+    - payer_conversion: {"cohort", "size", "counts", "values", "complete"}: counts[N] is the
+      number of the cohort's users with a purchase (any currency) in c..c+N.
+    - roas: {"cohort", "size", "cac", "revenue", "values", "complete"}: with cost = the sum of
+      `cost` of the cohort's users' installs, cac = cost / size and values[N] = revenue[N] /
+      cost; both None when cost is 0.
+    """
+    _check_granularity(granularity)
+    if kind not in MONEY_KINDS:
+        raise ValueError(f"kind must be one of {MONEY_KINDS}, not {kind!r}")
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
+    last_day = data.last_data_day()
+    if last_day is None:
+        return []
+    last_period = period_start(last_day, granularity)
+    cohort_users = data.cohort_users(granularity)
+
+    rows: list[dict] = []
+    for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
+        users = cohort_users[cohort]
+        size = len(users)
+        n_offsets = period_offset(cohort, last_period, granularity) + 1
+        revenue_in = [Decimal(0)] * n_offsets  # revenue in period c+N (not cumulative)
+        first_purchase_in = [0] * n_offsets  # users whose first purchase is in period c+N
+        cost = Decimal(0)
+        for user in users:
+            cost += data.install_cost.get(user, Decimal(0))
+            purchases = data.purchases_of.get(user, [])
+            for day, purchase_currency_, amount in purchases:
+                if purchase_currency_ == currency:
+                    revenue_in[period_offset(cohort, day, granularity)] += amount
+            if purchases:
+                first = min(period_offset(cohort, day, granularity) for day, _, _ in purchases)
+                first_purchase_in[first] += 1
+        cumulative_revenue = [sum(revenue_in[: n + 1], Decimal(0)) for n in range(n_offsets)]
+        row: dict = {"cohort": period_label(cohort, granularity), "size": size}
+        if kind == "ltv":
+            row["revenue"] = [money_out(r) for r in cumulative_revenue]
+            row["values"] = [money_out(r / size) for r in cumulative_revenue]
+        elif kind == "payer_conversion":
+            counts = [sum(first_purchase_in[: n + 1]) for n in range(n_offsets)]
+            row["counts"] = counts
+            row["values"] = [round(count / size, 4) for count in counts]
+        else:
+            row["cac"] = money_out(cost / size) if cost != 0 else None
+            row["revenue"] = [money_out(r) for r in cumulative_revenue]
+            row["values"] = [money_out(r / cost) if cost != 0 else None for r in cumulative_revenue]
+        row["complete"] = _complete_flags(cohort, n_offsets, granularity, tz, now_ms)
+        rows.append(row)
+    return rows
+
+
+def _repeat_figures(purchase_counts: dict[User, int]) -> dict:
+    """{"buyers", "repeat_buyers", "rpr"} from each user's number of purchase events."""
+    buyers = sum(1 for n in purchase_counts.values() if n >= 1)
+    repeat = sum(1 for n in purchase_counts.values() if n >= 2)
+    return {
+        "buyers": buyers,
+        "repeat_buyers": repeat,
+        "rpr": round(repeat / buyers, 4) if buyers else 0.0,
+    }
+
+
+def repeat_purchase_rate(
+    events: Iterable[Event],
+    app: str,
+    tz: str,
+    date_from: date | None = None,
+    date_to: date | None = None,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> dict:
+    """RPR over the purchases whose local day is in [date_from, date_to] (None: unbounded).
+
+    {"buyers": users with >= 1 purchase, "repeat_buyers": users with >= 2 purchase events
+    (two on one day count), "rpr": repeat_buyers / buyers, 0.0 without buyers}.
+    """
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
+    counts: dict[User, int] = {}
+    for user, purchases in data.purchases_of.items():
+        for day, _, _ in purchases:
+            if date_from is not None and day < date_from:
+                continue
+            if date_to is not None and day > date_to:
+                continue
+            counts[user] = counts.get(user, 0) + 1
+    return _repeat_figures(counts)
+
+
+def repeat_purchase_by_cohort(
+    events: Iterable[Event],
+    app: str,
+    granularity: str,
+    tz: str,
+    date_from: date | None = None,
+    date_to: date | None = None,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> dict[str, dict]:
+    """Cohort label -> lifetime `repeat_purchase_rate` figures of that cohort's users.
+
+    Every non-empty cohort is listed, oldest first; date_from/date_to select cohorts by
+    period as in `triangle` (they do not window the purchases).
+    """
+    _check_granularity(granularity)
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
+    cohort_users = data.cohort_users(granularity)
+    result: dict[str, dict] = {}
+    for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
+        counts = {user: len(data.purchases_of.get(user, [])) for user in cohort_users[cohort]}
+        result[period_label(cohort, granularity)] = _repeat_figures(counts)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Section 3 (and the daily part of section 5): daily figures
+
+
+def _money_by_currency(totals: dict[str, Decimal], divisor: int) -> dict[str, float]:
+    if not divisor:
+        return {}
+    return {currency: money_out(total / divisor) for currency, total in sorted(totals.items())}
 
 
 def _summary_of(data: _AppData, app: str, day: date) -> dict:
@@ -274,6 +632,12 @@ def _summary_of(data: _AppData, app: str, day: date) -> dict:
     wau = len(data.users_active_between(day - timedelta(days=6), day))
     mau = len(data.users_active_between(day - timedelta(days=29), day))
     new_users = len(data.new_users_on.get(day, set()))
+    revenue: dict[str, Decimal] = {}
+    payers: set[User] = set()
+    for user, currency, amount in data.purchases_on.get(day, []):
+        revenue[currency] = revenue.get(currency, Decimal(0)) + amount
+        payers.add(user)
+    revenue = {currency: total for currency, total in revenue.items() if total}
     return {
         "app": app,
         "date": day.isoformat(),
@@ -284,17 +648,46 @@ def _summary_of(data: _AppData, app: str, day: date) -> dict:
         "installs": len(data.users_installing_on.get(day, set())),
         "new_users": new_users,
         "returning_users": dau - new_users,
+        "revenue": {currency: money_out(total) for currency, total in sorted(revenue.items())},
+        "payers": len(payers),
+        "arpdau": _money_by_currency(revenue, dau),
+        "arppu": _money_by_currency(revenue, len(payers)),
     }
 
 
-def summary(events: Iterable[Event], app: str, date: date, tz: str) -> dict:
-    """DAU, WAU, MAU, stickiness, installs, new and returning users of `app` on local `date`."""
-    return _summary_of(_AppData(events, app, tz), app, date)
+def summary(
+    events: Iterable[Event],
+    app: str,
+    date: date,
+    tz: str,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> dict:
+    """Daily figures of `app` on local `date`.
+
+    DAU, WAU, MAU, stickiness, installs, new and returning users, and per currency the
+    revenue (only currencies with non-zero revenue that day), ARPDAU (revenue / DAU) and ARPPU
+    (revenue / payers, payers counted over all currencies), plus the number of payers.
+    """
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
+    return _summary_of(data, app, date)
 
 
-def daily_series(events: Iterable[Event], app: str, tz: str) -> dict[date, dict]:
+def daily_series(
+    events: Iterable[Event],
+    app: str,
+    tz: str,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> dict[date, dict]:
     """`summary` for every day from the app's first to its last day with data, gaps included."""
-    data = _AppData(events, app, tz)
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
     first, last = data.first_data_day(), data.last_data_day()
     series: dict[date, dict] = {}
     if first is None or last is None:
@@ -304,3 +697,79 @@ def daily_series(events: Iterable[Event], app: str, tz: str) -> dict[date, dict]
         series[day] = _summary_of(data, app, day)
         day += timedelta(days=1)
     return series
+
+
+# --------------------------------------------------------------------------------------
+# Section 6: period KPIs
+
+
+def kpis(
+    events: Iterable[Event],
+    app: str,
+    period: str,
+    tz: str,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> list[dict]:
+    """One row per week or month, from the first to the last period with data, oldest first.
+
+    With S = users active in P-1, E = users active in P, Nn = users whose first_seen is in P:
+    {"period", "active": E, "new_users": Nn, "returning": E - Nn, "crr": (E - Nn) / S,
+    "churn": |active in P-1 and not in P| / S (both None when S == 0), "revenue": {currency:
+    money}, "payers": users with a purchase in P, "rpr": users with >= 2 purchases in P /
+    payers (0.0 without payers)}.
+    """
+    if period not in KPI_PERIODS:
+        raise ValueError(f"period must be one of {KPI_PERIODS}, not {period!r}")
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
+    first_day, last_day = data.first_data_day(), data.last_data_day()
+    if first_day is None or last_day is None:
+        return []
+
+    active_in: dict[date, set[User]] = {}
+    for day, users in data.users_active_on.items():
+        active_in.setdefault(period_start(day, period), set()).update(users)
+    new_in: dict[date, set[User]] = {}
+    for user, day in data.first_day.items():
+        new_in.setdefault(period_start(day, period), set()).add(user)
+    revenue_in: dict[date, dict[str, Decimal]] = {}
+    purchases_in: dict[date, dict[User, int]] = {}
+    for day, purchases in data.purchases_on.items():
+        p = period_start(day, period)
+        for user, currency, amount in purchases:
+            totals = revenue_in.setdefault(p, {})
+            totals[currency] = totals.get(currency, Decimal(0)) + amount
+            counts = purchases_in.setdefault(p, {})
+            counts[user] = counts.get(user, 0) + 1
+
+    rows: list[dict] = []
+    previous: set[User] = set()  # P-1 of the first period has no data
+    current_period = period_start(first_day, period)
+    last_period = period_start(last_day, period)
+    while current_period <= last_period:
+        active = active_in.get(current_period, set())
+        new = new_in.get(current_period, set())
+        s = len(previous)
+        e = len(active)
+        lost = len(previous - active)
+        repeat = _repeat_figures(purchases_in.get(current_period, {}))
+        revenue = revenue_in.get(current_period, {})
+        rows.append(
+            {
+                "period": period_label(current_period, period),
+                "active": e,
+                "new_users": len(new),
+                "returning": e - len(new),
+                "crr": round((e - len(new)) / s, 4) if s else None,
+                "churn": round(lost / s, 4) if s else None,
+                "revenue": {c: money_out(t) for c, t in sorted(revenue.items()) if t},
+                "payers": repeat["buyers"],
+                "rpr": repeat["rpr"],
+            }
+        )
+        previous = active
+        current_period = next_period_start(current_period, period)
+    return rows

@@ -36,6 +36,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("WEB_PORT", "6066", "port of the worker's HTTP server (/retention/*, /metrics)"),
     SettingDoc("TIMEZONE", "UTC", "IANA timezone of apps not named in APP_TIMEZONES"),
     SettingDoc("APP_TIMEZONES", "", "per-app timezones: app=Zone,app2=Zone2"),
+    SettingDoc("CURRENCY", "USD", "the apps' currency: purchases without one, costs, VIP bar"),
+    SettingDoc("VIP_REVENUE", "100", "lifetime revenue (CURRENCY) that makes a user VIP"),
+    SettingDoc("VIP_PURCHASES", "10", "lifetime purchase count that makes a user VIP"),
     SettingDoc("HORIZON_DAYS", "400", "events older than this behind the watermark are rejected"),
     SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
@@ -64,6 +67,26 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a finite number >= 0")
+    return value
+
+
+def _currency(raw: str) -> str:
+    code = raw.strip() or "USD"
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise ConfigError(f"CURRENCY={raw!r} must be an ISO 4217 code such as USD")
+    return code
 
 
 def _zone(name: str, where: str) -> str:
@@ -113,6 +136,9 @@ class Settings:
     web_port: int = 6066
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
+    currency: str = "USD"
+    vip_revenue: float = 100.0
+    vip_purchases: int = 10
     horizon_days: int = 400
     dedup_window_days: int = 7
     clock: str = "wall"
@@ -145,6 +171,9 @@ class Settings:
             web_port=_int(env, "WEB_PORT", d.web_port, minimum=1),
             timezone=_zone(env.get("TIMEZONE", "UTC").strip() or "UTC", "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
+            currency=_currency(env.get("CURRENCY", "USD")),
+            vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
+            vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
             horizon_days=_int(env, "HORIZON_DAYS", d.horizon_days, minimum=31),
             dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),
             clock=clock,

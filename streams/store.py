@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -105,8 +105,9 @@ class Keyspace:
     def users(self, shard: int, app: str, bucket: int) -> str:
         return f"{self.prefix}:{{{shard}}}:u:{app}:{bucket}"
 
-    def aggregate(self, shard: int, app: str, family: str) -> str:
-        return f"{self.prefix}:{{{shard}}}:a:{app}:{family}"
+    def aggregate(self, shard: int, app: str, segment: str, family: str) -> str:
+        """Counters of one family for one segment ('all', 'platform=ios', 'value=vip')."""
+        return f"{self.prefix}:{{{shard}}}:a:{app}:{segment}:{family}"
 
     def dedup(self, shard: int, generation: int, bucket: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
@@ -238,8 +239,9 @@ class RedisStore:
             args += [bucket, user_id, encode_user(state)]
         increments: list[object] = []
         for app, deltas in plan.deltas.items():
-            for (family, field), delta in deltas.items():
-                increments += [index_of(self.keys.aggregate(shard, app, family)), field, delta]
+            for (segment, family, field), delta in deltas.items():
+                key = self.keys.aggregate(shard, app, segment, family)
+                increments += [index_of(key), field, delta]
         stats_key = index_of(self.keys.stats(shard))
         for field, delta in plan.stats.items():
             increments += [stats_key, field, delta]
@@ -273,19 +275,21 @@ class RedisStore:
         raw = await self.client.hgetall(self.keys.apps())
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def read_family(self, app: str, family: str) -> Counter[str]:
-        """One aggregate family of an app, summed over every partition."""
+    async def read_family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
+        """One aggregate family of an app's segment, summed over every partition."""
         total: Counter[str] = Counter()
         shards = await self.shard_ids()
         async with self.client.pipeline(transaction=False) as pipe:
             for shard in shards:
-                pipe.hgetall(self.keys.aggregate(shard, app, family))
+                pipe.hgetall(self.keys.aggregate(shard, app, segment, family))
             for part in await pipe.execute():
                 for field, value in part.items():
                     total[field.decode()] += int(value)
         return total
 
-    async def read_fields(self, app: str, family: str, fields: list[str]) -> Counter[str]:
+    async def read_fields(
+        self, app: str, family: str, fields: list[str], segment: str = "all"
+    ) -> Counter[str]:
         """Chosen fields of one aggregate family, summed over every partition (for the
         metrics snapshot, which must not read whole families on every refresh)."""
         total: Counter[str] = Counter()
@@ -294,12 +298,27 @@ class RedisStore:
         shards = await self.shard_ids()
         async with self.client.pipeline(transaction=False) as pipe:
             for shard in shards:
-                pipe.hmget(self.keys.aggregate(shard, app, family), fields)
+                pipe.hmget(self.keys.aggregate(shard, app, segment, family), fields)
             for values in await pipe.execute():
                 for name, value in zip(fields, values, strict=True):
                     if value is not None:
                         total[name] += int(value)
         return total
+
+    async def scan_users(self, app: str, batch: int = 64) -> AsyncIterator[UserState]:
+        """Every user record of an app, bucket by bucket (for queries no counter answers)."""
+        names = [
+            self.keys.users(shard, app, bucket)
+            for shard in await self.shard_ids()
+            for bucket in range(self.user_buckets)
+        ]
+        for start in range(0, len(names), batch):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in names[start : start + batch]:
+                    pipe.hvals(name)
+                for values in await pipe.execute():
+                    for raw in values:
+                        yield decode_user(raw)
 
     async def read_stats(self) -> Counter[str]:
         total: Counter[str] = Counter()

@@ -2,15 +2,26 @@
 
 Per user we keep only what the counters need to be updated exactly when any event,
 however late, arrives: first and last activity, the set of active days as a bitmap
-anchored at the first-seen day, and the days with an install event. A typical user
-costs ~15 bytes of value; see README "Memory".
+anchored at the first-seen day, the days with an install event, the attributes with the
+time of the event they came from, purchases summed per (day, currency), and install cost.
+A typical free user costs ~20 bytes of value; see README "Memory".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+ATTRIBUTES = ("platform", "country", "campaign")
+MONEY_UNITS = 10_000  # amounts are kept as integer 1/10,000ths: sums are exact
+
+
+@dataclass(frozen=True, slots=True)
+class Purchases:
+    """A user's purchases on one local day in one currency."""
+
+    count: int
+    units: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +31,20 @@ class UserState:
     first_day: int  # local day of first_seen_ms in the app's calendar
     active_days: frozenset[int]
     install_days: frozenset[int]
+    # attribute -> (value, ts_ms of the earliest event carrying it)
+    attributes: tuple[tuple[str, str, int], ...] = ()
+    purchases: tuple[tuple[int, str, Purchases], ...] = ()  # (day, currency, totals), sorted
+    cost_units: int = 0
 
     @property
     def last_day(self) -> int:
         return max(self.active_days)
+
+    def attribute(self, name: str) -> str | None:
+        for key, value, _ in self.attributes:
+            if key == name:
+                return value
+        return None
 
 
 def _put_varint(out: bytearray, value: int) -> None:
@@ -64,6 +85,20 @@ def encode_user(state: UserState) -> bytes:
     _put_varint(out, len(state.install_days))
     for day in sorted(state.install_days):
         _put_varint(out, day - state.first_day)
+    _put_varint(out, len(state.attributes))
+    for name, value, ts_ms in state.attributes:
+        raw = value.encode()
+        out.append(ATTRIBUTES.index(name))
+        _put_varint(out, len(raw))
+        out += raw
+        _put_varint(out, _zigzag(ts_ms - state.first_seen_ms))
+    _put_varint(out, len(state.purchases))
+    for day, currency, totals in state.purchases:
+        _put_varint(out, day - state.first_day)
+        out += currency.encode()[:3].ljust(3)
+        _put_varint(out, totals.count)
+        _put_varint(out, totals.units)
+    _put_varint(out, state.cost_units)
     span = max(state.active_days) - state.first_day + 1
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -86,6 +121,23 @@ def decode_user(data: bytes) -> UserState:
     for _ in range(count):
         offset, pos = _get_varint(data, pos)
         installs.append(first_day + offset)
+    count, pos = _get_varint(data, pos)
+    attributes = []
+    for _ in range(count):
+        name = ATTRIBUTES[data[pos]]
+        length, pos = _get_varint(data, pos + 1)
+        value = data[pos : pos + length].decode()
+        ts_delta, pos = _get_varint(data, pos + length)
+        attributes.append((name, value, first_seen_ms + _unzigzag(ts_delta)))
+    count, pos = _get_varint(data, pos)
+    purchases = []
+    for _ in range(count):
+        offset, pos = _get_varint(data, pos)
+        currency = data[pos : pos + 3].decode().rstrip()
+        n, pos = _get_varint(data, pos + 3)
+        units, pos = _get_varint(data, pos)
+        purchases.append((first_day + offset, currency, Purchases(n, units)))
+    cost_units, pos = _get_varint(data, pos)
     active = []
     for index, byte in enumerate(data[pos:]):
         while byte:
@@ -98,4 +150,7 @@ def decode_user(data: bytes) -> UserState:
         first_day=first_day,
         active_days=frozenset(active),
         install_days=frozenset(installs),
+        attributes=tuple(attributes),
+        purchases=tuple(purchases),
+        cost_units=cost_units,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -155,6 +157,37 @@ def test_graceful_stop_and_kill(tmp_path: Path) -> None:
     assert crashed.kill() == -signal.SIGKILL
     assert _gone(crashed.pid)
     assert "starting crashed" in (tmp_path / "crashed.log").read_text()
+
+
+ORPHANING_PARENT = """
+import os, sys, time
+from pathlib import Path
+from retention_tracker.agents.local_stack import start_process
+child = start_process([sys.executable, "-c", "import time; time.sleep(60)"], "orphan",
+                      dict(os.environ), Path(sys.argv[1]))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not shutil.which("setpriv"),
+    reason="parent-death signal needs Linux and util-linux setpriv",
+)
+def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
+    """What teardown and atexit cannot cover: the test process itself SIGKILLed (OOM)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHANING_PARENT, str(tmp_path / "orphan.log")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert Path(f"/proc/{child}/cmdline").read_bytes().startswith(sys.executable.encode())
+    finally:
+        parent.kill()
+        parent.wait()
+    wait_for(lambda: _gone(child), 5, "orphaned child gone")
 
 
 def test_wait_for_names_what_timed_out() -> None:

@@ -58,6 +58,23 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
             )
             expected = reference.triangle(events, "default", granularity, kind, "UTC", watermark)
             assert got["cohorts"] == expected, (granularity, kind)
+        for kind in ("ltv", "payer_conversion", "roas"):
+            got = deployment.cli_json(
+                "report", "--granularity", granularity, "--kind", kind, CLOCK="event"
+            )
+            expected = reference.money_triangle(
+                events, "default", granularity, kind, "UTC", watermark, "USD"
+            )
+            assert got["cohorts"] == expected, (granularity, kind)
+    for period in ("week", "month"):
+        got = deployment.cli_json("kpis", "--period", period)
+        assert got["periods"] == reference.kpis(events, "default", period, "UTC"), period
+    for where in ({"platform": "ios"}, {"value": "payer"}):
+        flag = "=".join(next(iter(where.items())))
+        got = deployment.cli_json("report", "--where", flag, CLOCK="event")
+        expected = reference.triangle(events, "default", "day", "classic", "UTC", watermark,
+                                      where=where)
+        assert got["cohorts"] == expected, where
     last_day = reference.local_day(watermark, "UTC")
     for day in (last_day, reference.local_day(watermark - 3 * DAY_MS, "UTC")):
         got = deployment.cli_json("summary", "--date", day.isoformat())

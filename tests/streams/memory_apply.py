@@ -10,7 +10,14 @@ from typing import Any
 
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.figures import cohort_rows, day_summary, last_day_with_data
+from retention_tracker.streams.figures import (
+    cohort_rows,
+    day_summary,
+    kpi_rows,
+    last_day_with_data,
+    money_of_day,
+    money_rows,
+)
 from retention_tracker.streams.plan import UserKey, dedup_key, plan_batch
 from retention_tracker.streams.user_state import UserState, decode_user, encode_user
 
@@ -42,26 +49,47 @@ class MemoryState:
         for user, state in plan.users.items():
             self.users[user] = encode_user(state)
         for app, deltas in plan.deltas.items():
-            for (family, name), delta in deltas.items():
-                self.counters.setdefault(f"{app}|{family}", Counter())[name] += delta
+            for (segment, family, name), delta in deltas.items():
+                self.counters.setdefault(f"{app}|{segment}|{family}", Counter())[name] += delta
         self.seen.update(plan.new_dedup_keys)
         self.watermark_ms = plan.watermark_ms
         return [event for _, _, event in plan.too_old]
 
-    def family(self, app: str, family: str) -> Counter[str]:
-        return +self.counters.get(f"{app}|{family}", Counter())
+    def family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
+        return +self.counters.get(f"{app}|{segment}|{family}", Counter())
 
-    def triangle(self, app: str, granularity: str, kind: str, now_ms: int) -> list[dict[str, Any]]:
-        cells = self.family(app, ("cls:" if kind == "classic" else "last:") + granularity)
+    def triangle(self, app: str, granularity: str, kind: str, now_ms: int, segment: str = "all"
+                 ) -> list[dict[str, Any]]:
+        cells = self.family(app, ("cls:" if kind == "classic" else "last:") + granularity,
+                            segment)
         return cohort_rows(
-            self.family(app, f"coh:{granularity}"),
+            self.family(app, f"coh:{granularity}", segment),
             cells,
             kind,
             granularity,
             self.calendar(app),
             now_ms,
-            last_day_with_data(self.family(app, "daily")),
+            last_day_with_data(self.family(app, "daily", segment)),
         )
 
-    def summary(self, app: str, day: int) -> dict[str, Any]:
-        return day_summary(app, day, self.family(app, "daily"))
+    def money_triangle(self, app: str, granularity: str, kind: str, now_ms: int,
+                       currency: str = "USD", segment: str = "all") -> list[dict[str, Any]]:
+        cells = self.family(app, ("fpay:" if kind == "payer_conversion" else "ltv:") + granularity,
+                            segment)
+        return money_rows(
+            self.family(app, f"coh:{granularity}", segment), cells,
+            self.family(app, f"cost:{granularity}", segment), kind, granularity, currency,
+            self.calendar(app), now_ms, last_day_with_data(self.family(app, "daily", segment)),
+        )
+
+    def kpis(self, app: str, period: str, segment: str = "all") -> list[dict[str, Any]]:
+        families = {name: self.family(app, f"{name}:{period}", segment)
+                    for name in ("act", "coh", "lost", "ppay", "prep", "prev")}
+        periods = [int(p) for p in families["act"]]
+        return kpi_rows(families, period, min(periods), max(periods)) if periods else []
+
+    def summary(self, app: str, day: int, segment: str = "all") -> dict[str, Any]:
+        daily = self.family(app, "daily", segment)
+        doc = day_summary(app, day, daily)
+        doc.update(money_of_day(daily, day, doc["dau"]))
+        return doc

@@ -30,6 +30,7 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
         # spread over ~75 days with hour-level detail, so weeks, months and DST all occur
         ts = BASE_MS + draw(st.integers(0, 75 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
         kind = draw(st.sampled_from(["install", "session", "session", "purchase"]))
+        money = st.sampled_from([0, 0.99, 4.99, 19.99, 120.0, 0.0001])
         events.append(
             Event(
                 app=draw(st.sampled_from(["a", "b"])),
@@ -37,7 +38,12 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
                 type=kind,
                 user_id=f"u{user}",
                 ts_ms=ts,
-                amount=1.5 if kind == "purchase" else None,
+                platform=draw(st.sampled_from([None, None, "ios", "android"])),
+                country=draw(st.sampled_from([None, "BR", "DE"])),
+                cost=draw(money) if kind == "install" else None,
+                amount=draw(money) if kind == "purchase" else None,
+                currency=draw(st.sampled_from([None, "USD", "EUR"])) if kind == "purchase"
+                else None,
             )
         )
     return events
@@ -55,17 +61,32 @@ def deliver(events: list[Event], rng: random.Random, dup_share: float) -> list[l
     return batches
 
 
+SEGMENTS = {"all": None, "platform=ios": {"platform": "ios"}, "country=DE": {"country": "DE"},
+            "value=payer": {"value": "payer"}, "value=vip": {"value": "vip"}}
+
+
 def assert_same_figures(state: MemoryState, events: list[Event], tz: str, now_ms: int) -> None:
     for app in ("a", "b"):
-        for granularity in ("day", "week", "month"):
-            for kind in ("classic", "rolling"):
-                expected = reference.triangle(events, app, granularity, kind, tz, now_ms)
-                assert state.triangle(app, granularity, kind, now_ms) == expected, (
-                    app, granularity, kind,
-                )
-        for day, figures in reference.daily_series(events, app, tz).items():
-            got = state.summary(app, date_to_day(day))
-            assert got == figures, (app, day)
+        for segment, where in SEGMENTS.items():
+            for granularity in ("day", "week", "month"):
+                for kind in ("classic", "rolling"):
+                    expected = reference.triangle(events, app, granularity, kind, tz, now_ms,
+                                                  where=where)
+                    got = state.triangle(app, granularity, kind, now_ms, segment)
+                    assert got == expected, (app, segment, granularity, kind)
+                for kind in ("ltv", "payer_conversion", "roas"):
+                    for currency in ("USD", "EUR"):
+                        expected = reference.money_triangle(
+                            events, app, granularity, kind, tz, now_ms, currency, where=where)
+                        got = state.money_triangle(app, granularity, kind, now_ms, currency,
+                                                   segment)
+                        assert got == expected, (app, segment, granularity, kind, currency)
+            for period in ("week", "month"):
+                expected = reference.kpis(events, app, period, tz, where=where)
+                assert state.kpis(app, period, segment) == expected, (app, segment, period)
+            for day, figures in reference.daily_series(events, app, tz, where=where).items():
+                got = state.summary(app, date_to_day(day), segment)
+                assert got == figures, (app, segment, day)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -129,3 +150,28 @@ def test_summary_counts_reinstall_days_and_new_users_once() -> None:
     got = state.summary("a", d3)
     assert (got["installs"], got["new_users"], got["dau"], got["returning_users"]) == (1, 1, 2, 1)
     assert got["date"] == (date(2024, 1, 1) + timedelta(days=3)).isoformat()
+
+
+def test_crr_worked_example_50_start_65_end_25_new_is_80_percent() -> None:
+    """METRICS.md §6: 50 customers at the start, 65 at the end, 25 of them new: CRR = 80%."""
+    state = MemoryState()
+    week = 7 * DAY_MS
+    events = [Event("a", f"p{u}", "session", f"old{u}", BASE_MS + u) for u in range(50)]
+    events += [Event("a", f"k{u}", "session", f"old{u}", BASE_MS + week + u) for u in range(40)]
+    events += [Event("a", f"n{u}", "install", f"new{u}", BASE_MS + week + u) for u in range(25)]
+    random.Random(0).shuffle(events)
+    state.apply(events)
+    second = state.kpis("a", "week")[1]
+    assert (second["period"], second["active"], second["new_users"]) == ("2024-W02", 65, 25)
+    assert (second["crr"], second["churn"]) == (0.8, 0.2)
+
+
+def test_money_is_exact_to_the_cent_and_duplicates_pay_once() -> None:
+    state = MemoryState()
+    buy = Event("a", "b1", "purchase", "u", BASE_MS + DAY_MS, amount=0.1, currency="USD")
+    state.apply([buy, Event("a", "i1", "install", "u", BASE_MS + 2 * DAY_MS, cost=0.3)])
+    state.apply([buy, Event("a", "b2", "purchase", "u", BASE_MS + DAY_MS, amount=0.2)])
+    day = date_to_day(date(2024, 1, 2))
+    assert state.summary("a", day)["revenue"] == {"USD": 0.3}  # not 0.30000000000000004
+    ltv = state.money_triangle("a", "day", "roas", BASE_MS + 5 * DAY_MS)
+    assert ltv[0]["cac"] == 0.3 and ltv[0]["values"][0] == 1.0

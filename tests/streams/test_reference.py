@@ -226,6 +226,10 @@ def test_small_population_daily_summaries():
         "installs": 2,
         "new_users": 2,
         "returning_users": 0,
+        "revenue": {},
+        "payers": 0,
+        "arpdau": {},
+        "arppu": {},
     }
     day2 = summary(events, "a", date(2024, 1, 2), "UTC")
     assert (day2["dau"], day2["wau"], day2["mau"], day2["stickiness"]) == (3, 4, 4, 0.75)
