@@ -10,6 +10,7 @@ agent per message".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -24,7 +25,8 @@ from prometheus_client import CollectorRegistry
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
 from retention_tracker.streams.events import Event, Reject, parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch, segment_rules
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
 
@@ -59,6 +61,9 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.ingestor.assigned.difference_update(revoked)
+        for tp in revoked:  # the new owner reports these now
+            with contextlib.suppress(KeyError):
+                self.ingestor.metrics.lag.remove(tp.topic, str(tp.partition))
         self.ingestor.metrics.assigned.set(len(self.ingestor.assigned))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

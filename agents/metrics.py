@@ -34,7 +34,7 @@ GLOBAL_GAUGES = {
     "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
     "mean of the 7 latest complete cohorts",
     "retention_watermark_seconds": "latest event time applied, per partition",
-    "retention_snapshot_timestamp_seconds": "when the Redis figures were last read",
+    "retention_worker_snapshot_timestamp_seconds": "when the Redis figures were last read",
 }
 GLOBAL_COUNTERS = {
     "retention_events_accepted": "events accepted, by app and type",
@@ -95,7 +95,7 @@ class SnapshotCollector(Collector):
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
-            gauges["retention_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
+            gauges["retention_worker_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
         yield from gauges.values()
         counters = {
             name: CounterMetricFamily(name, doc, labels=_COUNTER_LABELS[name])
@@ -129,7 +129,7 @@ _GAUGE_LABELS = {
     "retention_cohort_complete": ["app", "cohort", "offset"],
     "retention_headline_retention": ["app", "day", "stat"],
     "retention_watermark_seconds": ["partition"],
-    "retention_snapshot_timestamp_seconds": [],
+    "retention_worker_snapshot_timestamp_seconds": [],
 }
 _COUNTER_LABELS = {
     "retention_events_accepted": ["app", "type"],

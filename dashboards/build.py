@@ -1,0 +1,493 @@
+"""Grafana dashboards as code: builds ``dashboards/*.json`` with the Grafana Foundation SDK.
+
+    python -m dashboards.build           # (re)write the checked-in JSON files
+    python dashboards/build.py --check   # exit 1 if a checked-in file differs from the code
+
+Each dashboard is one function in ``DASHBOARDS`` (file stem -> builder); the Money and
+Win-back dashboards of later issues are added there the same way. Every PromQL query goes
+through :func:`query`, which also records the label set the query must return
+(``EXPECTED_LABELS``): ``tests/e2e/test_prometheus.py`` runs every query against a real
+Prometheus scraping real workers and checks the labels.
+
+Aggregation rule (see ``agents/metrics.py``): the global figures (every name not starting
+with ``retention_worker_``) are read from Redis and are the same on every worker, so they are
+combined with ``max by (app, ...)`` -- ``sum`` would multiply them by the number of workers.
+The per-worker series (``retention_worker_*``) describe one process and are ``sum``-med.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dash_b
+from grafana_foundation_sdk.builders import prometheus as prom_b
+from grafana_foundation_sdk.builders import stat as stat_b
+from grafana_foundation_sdk.builders import table as table_b
+from grafana_foundation_sdk.builders import timeseries as ts_b
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_m
+from grafana_foundation_sdk.models import dashboard as dash_m
+from grafana_foundation_sdk.models import prometheus as prom_m
+
+from retention_tracker.streams.settings import Settings
+
+OUT_DIR = Path(__file__).resolve().parent
+DATASOURCE = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
+#: Cohort offsets shown as triangle columns: the worker's default METRICS_OFFSETS, less 0
+#: (day 0 is the whole cohort, shown as the ``size`` column instead).
+OFFSETS = [n for n in Settings().metrics_offsets if n > 0]
+#: expr -> labels every series it returns must carry (exactly), filled by ``query``.
+EXPECTED_LABELS: dict[str, frozenset[str]] = {}
+#: Absolute retention bands for the coloured triangle cells (share of the cohort).
+RETENTION_BANDS = [(None, "red"), (0.05, "orange"), (0.1, "yellow"), (0.2, "light-green"),
+                   (0.35, "green")]
+
+
+def query(expr: str, legend: str = "", labels: tuple[str, ...] = (), *, instant: bool = False,
+          table: bool = False, ref: str = "A") -> prom_b.Dataquery:
+    """A Prometheus target; ``labels`` is exactly the label set its series carry."""
+    known = EXPECTED_LABELS.setdefault(expr, frozenset(labels))
+    if known != frozenset(labels):
+        raise ValueError(f"{expr!r} declared with labels {sorted(labels)} and {sorted(known)}")
+    target = prom_b.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if legend:
+        target = target.legend_format(legend)
+    if table:
+        target = target.format(prom_m.PromQueryFormat.TABLE)
+    return target.instant() if instant or table else target.range()
+
+
+def refs(*targets: prom_b.Dataquery) -> list[prom_b.Dataquery]:
+    """Give the targets of one panel the ref ids A, B, C..."""
+    return [t.ref_id(chr(ord("A") + i)) for i, t in enumerate(targets)]
+
+
+# ---- variables -----------------------------------------------------------------------------
+
+
+def datasource_variable() -> dash_b.DatasourceVariable:
+    return dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def app_variable(multi: bool) -> dash_b.QueryVariable:
+    variable = (
+        dash_b.QueryVariable("app")
+        .label("App")
+        .datasource(DATASOURCE)
+        .query("label_values(retention_dau, app)")
+        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
+    )
+    if multi:
+        variable = variable.multi(True).include_all(True).all_value(".*")
+    return variable
+
+
+def base(title: str, uid: str, description: str, multi_app: bool) -> dash_b.Dashboard:
+    return (
+        dash_b.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["retention-tracker"])
+        .timezone("browser")
+        .time("now-24h", "now")
+        .refresh("30s")
+        .tooltip(dash_m.DashboardCursorSync.CROSSHAIR)
+        .with_variable(datasource_variable())
+        .with_variable(app_variable(multi_app))
+    )
+
+
+# ---- panels --------------------------------------------------------------------------------
+
+
+def stat(title: str, targets: list[prom_b.Dataquery], unit: str = "short", width: int = 4,
+         description: str = "") -> stat_b.Panel:
+    panel = (
+        stat_b.Panel()
+        .title(title)
+        .datasource(DATASOURCE)
+        .targets(refs(*targets))
+        .unit(unit)
+        .height(4)
+        .span(width)
+        .graph_mode(common_m.BigValueGraphMode.AREA)
+        .color_mode(common_m.BigValueColorMode.NONE)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    return panel.description(description) if description else panel
+
+
+def timeseries(title: str, targets: list[prom_b.Dataquery], unit: str = "short",
+               width: int = 12, description: str = "", stacked: bool = False) -> ts_b.Panel:
+    panel = (
+        ts_b.Panel()
+        .title(title)
+        .datasource(DATASOURCE)
+        .targets(refs(*targets))
+        .unit(unit)
+        .height(8)
+        .span(width)
+        .line_width(1)
+        .fill_opacity(10)
+        .legend(
+            common_b.VizLegendOptions()
+            .display_mode(common_m.LegendDisplayMode.LIST)
+            .placement(common_m.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+    )
+    if stacked:
+        panel = panel.stacking(common_b.StackingConfig().mode(common_m.StackingMode.NORMAL))
+    return panel.description(description) if description else panel
+
+
+def right_axis(panel: ts_b.Panel, series: str) -> ts_b.Panel:
+    """Draw the series named ``series`` (its legend) against a second y axis on the right."""
+    return panel.override_by_name(
+        series, [dash_m.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+    )
+
+
+def thresholds(steps: list[tuple[float | None, str]]) -> dash_b.ThresholdsConfig:
+    return dash_b.ThresholdsConfig().mode(dash_m.ThresholdsMode.ABSOLUTE).steps(
+        [dash_m.Threshold(value=value, color=color) for value, color in steps]
+    )
+
+
+def transform(id_val: str, options: dict[str, object]) -> dash_m.DataTransformerConfig:
+    return dash_m.DataTransformerConfig(id_val=id_val, options=options)
+
+
+# ---- Live ----------------------------------------------------------------------------------
+
+
+def app_gauge(metric: str, selector: str = 'app="$app"') -> str:
+    return f"max by (app) ({metric}{{{selector}}})"
+
+
+def live() -> dash_b.Dashboard:
+    dau, installs = app_gauge("retention_dau"), app_gauge("retention_installs")
+    dau_last_week = 'max by (app) (retention_dau{app="$app"} offset 1w)'
+    returning, new = app_gauge("retention_returning_users"), app_gauge("retention_new_users")
+    wau, mau = app_gauge("retention_wau"), app_gauge("retention_mau")
+    stickiness = app_gauge("retention_stickiness")
+    board = base(
+        "Retention tracker / Live", "retention-live",
+        "Today's activity of one app, in the app's timezone. The daily figures grow during "
+        "the day and restart at midnight: compare them with the same time last week.",
+        multi_app=False,
+    )
+    for title, expr, unit in [
+        ("DAU", dau, "short"), ("WAU", wau, "short"), ("MAU", mau, "short"),
+        ("Stickiness (DAU/MAU)", stickiness, "percentunit"), ("Installs today", installs, "short"),
+        ("New users today", new, "short"),
+    ]:
+        board = board.with_panel(stat(title, [query(expr, "{{app}}", ("app",))], unit))
+    board = board.with_panel(right_axis(timeseries(
+        "DAU against installs",
+        [
+            query(dau, "DAU", ("app",)),
+            query(dau_last_week, "DAU same time last week", ("app",)),
+            query(returning, "returning users", ("app",)),
+            query(installs, "installs", ("app",)),
+        ],
+        description="Does activity hold up on its own, or is it bought with installs? DAU "
+        "that only rises with installs (right axis) while returning users stay flat means "
+        "retention is not holding: growth is paid for.",
+    ), "installs"))
+    board = board.with_panel(timeseries(
+        "Share of DAU that is new",
+        [query(f"{new} / {dau}", "new users / DAU", ("app",))],
+        unit="percentunit",
+        description="New users (first seen today) as a share of today's DAU.",
+    ))
+    board = board.with_panel(timeseries(
+        "New vs returning users",
+        [query(new, "new", ("app",)), query(returning, "returning", ("app",))],
+        stacked=True, description="DAU split into users first seen today and the others.",
+    ))
+    board = board.with_panel(timeseries(
+        "Stickiness (DAU / MAU)", [query(stickiness, "DAU/MAU", ("app",))], unit="percentunit",
+    ))
+    board = board.with_panel(timeseries(
+        "WAU and MAU",
+        [query(wau, "WAU", ("app",)), query(mau, "MAU", ("app",))],
+    ))
+    board = board.with_panel(timeseries(
+        "WAU / MAU", [query(f"{wau} / {mau}", "WAU/MAU", ("app",))], unit="percentunit",
+    ))
+    return board
+
+
+# ---- Retention -----------------------------------------------------------------------------
+
+
+def triangle_expr(kind: str) -> str:
+    """Complete cells of the daily cohort triangle, plus each cohort's size as offset=size."""
+    return (
+        f'max by (cohort, offset) (retention_cohort_retention{{app="$app", kind="{kind}", '
+        f'offset!="0"}}) and on (cohort, offset) '
+        '(max by (cohort, offset) (retention_cohort_complete{app="$app"}) == 1) '
+        'or label_replace(max by (cohort) (retention_cohort_size{app="$app"}), '
+        '"offset", "size", "", "")'
+    )
+
+
+def triangle(kind: str, description: str) -> table_b.Panel:
+    corner = "cohort\\offset"  # the name groupingToMatrix gives the row-label column
+    order = {corner: 0, "size": 1, **{str(n): i + 2 for i, n in enumerate(OFFSETS)}}
+    names = {corner: "cohort", **{str(n): f"D{n}" for n in OFFSETS}}
+    plain = [
+        dash_m.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "auto"}),
+        dash_m.DynamicConfigValue(id_val="unit", value="none"),
+    ]
+    return (
+        table_b.Panel()
+        .title(f"Daily cohorts, {kind} retention")
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets([query(triangle_expr(kind), "", ("cohort", "offset"), table=True)])
+        .unit("percentunit")
+        .decimals(1)
+        .min(0)
+        .thresholds(thresholds(RETENTION_BANDS))
+        .color_scheme(dash_b.FieldColor().mode(dash_m.FieldColorModeId.THRESHOLDS))
+        .cell_options(common_m.TableColoredBackgroundCellOptions(
+            mode=common_m.TableCellBackgroundDisplayMode.BASIC))
+        .with_transformation(transform("groupingToMatrix", {
+            "rowField": "cohort", "columnField": "offset", "valueField": "Value",
+            "emptyValue": "null",
+        }))
+        .with_transformation(transform("sortBy", {"sort": [{"field": corner, "desc": False}]}))
+        .with_transformation(transform("organize", {"indexByName": order, "renameByName": names}))
+        .override_by_name(corner, plain)
+        .override_by_name("size", [*plain, dash_m.DynamicConfigValue(id_val="decimals", value=0)])
+        .height(14)
+        .span(12)
+    )
+
+
+def retention() -> dash_b.Dashboard:
+    board = base(
+        "Retention tracker / Retention", "retention-cohorts",
+        "Daily cohort retention of one app. Only complete cells (day N has ended) are "
+        "shown; `retention report` gives the live values of incomplete ones.",
+        multi_app=False,
+    )
+    for day in ("d1", "d7", "d30"):
+        expr = f'max by (app, day, stat) (retention_headline_retention{{app="$app", day="{day}"}})'
+        board = board.with_panel(stat(
+            f"{day.upper()} retention", [query(expr, "{{stat}}", ("app", "day", "stat"))],
+            "percentunit", width=8,
+            description=f"latest: {day.upper()} of the most recent daily cohort whose day "
+            f"{day[1:]} is complete; mean7: the mean over the 7 most recent such cohorts.",
+        ))
+    board = board.with_panel(timeseries(
+        "Headline retention: latest cohort vs 7-cohort mean",
+        [query('max by (app, day, stat) (retention_headline_retention{app="$app"})',
+               "{{day}} {{stat}}", ("app", "day", "stat"))],
+        unit="percentunit", width=24,
+        description="A latest value well below its mean7 is what the RetentionHeadlineDrop "
+        "alert fires on.",
+    ))
+    board = board.with_panel(triangle(
+        "classic", "Share of each daily cohort active on day N exactly (classic retention).",
+    ))
+    board = board.with_panel(triangle(
+        "rolling", "Share of each daily cohort active on day N or later (rolling retention).",
+    ))
+    return board
+
+
+# ---- Pipeline ------------------------------------------------------------------------------
+
+RATE = "$__rate_interval"
+
+
+def quantiles(histogram: str) -> list[prom_b.Dataquery]:
+    return [
+        query(
+            f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))",
+            f"p{round(q * 100)}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def per_worker_rate(counter: str) -> str:
+    return f"sum by (instance) (rate({counter}[{RATE}]))"
+
+
+def pipeline() -> dash_b.Dashboard:
+    board = base(
+        "Retention tracker / Pipeline", "retention-pipeline",
+        "Health of the workers: throughput, rejects, lag, latency, freshness, Redis.",
+        multi_app=True,
+    )
+    board = board.with_panel(stat(
+        "Workers reporting", [query("count(retention_worker_assigned_partitions)")],
+        description="Workers whose /metrics Prometheus scrapes.",
+    ))
+    board = board.with_panel(stat(
+        "Consumer lag (records)", [query("sum(retention_worker_consumer_lag)")],
+    ))
+    board = board.with_panel(stat(
+        "Watermark age", [query("time() - max(retention_watermark_seconds)")], unit="s",
+        description="Now minus the latest event time applied, over all partitions.",
+    ))
+    board = board.with_panel(stat(
+        "Oldest snapshot", [query("time() - min(retention_worker_snapshot_timestamp_seconds)")],
+        unit="s", description="Age of the oldest Redis snapshot a worker serves on /metrics.",
+    ))
+    board = board.with_panel(stat(
+        "Records/s", [query(f"sum(rate(retention_worker_records_total[{RATE}]))")],
+        unit="short",
+    ))
+    board = board.with_panel(stat(
+        "Redis errors/s",
+        [query(f"sum(rate(retention_worker_redis_errors_total[{RATE}]))")], unit="short",
+    ))
+    board = board.with_panel(timeseries(
+        "Events accepted/s by type",
+        [query(
+            f'sum by (type) (max by (app, type) '
+            f'(rate(retention_events_accepted_total{{app=~"$app"}}[{RATE}])))',
+            "{{type}}", ("type",),
+        )],
+        unit="short", description="Accepted events (global, from Redis), summed over apps.",
+    ))
+    board = board.with_panel(timeseries(
+        "Kafka records processed/s",
+        [
+            query(per_worker_rate("retention_worker_records_total"), "{{instance}}",
+                  ("instance",)),
+            query(f"sum(rate(retention_worker_records_total[{RATE}]))", "all workers"),
+        ],
+        unit="short",
+    ))
+    board = board.with_panel(right_axis(timeseries(
+        "Partition batches applied/s",
+        [
+            query(per_worker_rate("retention_worker_batches_total"), "{{instance}}",
+                  ("instance",)),
+            query(f"sum(rate(retention_worker_records_total[{RATE}])) / "
+                  f"sum(rate(retention_worker_batches_total[{RATE}]))", "records per batch"),
+        ],
+        unit="short", description="Batches per second by worker, and the mean batch size "
+        "(right axis): small batches under load mean the workers poll faster than Kafka fills.",
+    ), "records per batch"))
+    board = board.with_panel(timeseries(
+        "Dead-lettered events/s by reason",
+        [query(f"max by (reason) (rate(retention_events_rejected_total[{RATE}]))",
+               "{{reason}}", ("reason",))],
+        unit="short", stacked=True,
+    ))
+    board = board.with_panel(timeseries(
+        "Duplicate events/s",
+        [query(f'max by (app) (rate(retention_events_duplicate_total{{app=~"$app"}}[{RATE}]))',
+               "{{app}}", ("app",))],
+        unit="short",
+    ))
+    board = board.with_panel(timeseries(
+        "Consumer lag by topic",
+        [query("sum by (topic) (retention_worker_consumer_lag)", "{{topic}}", ("topic",))],
+        description="Records behind the end of the partitions, summed over workers.",
+    ))
+    board = board.with_panel(timeseries(
+        "Consumer lag by worker",
+        [query("sum by (instance) (retention_worker_consumer_lag)", "{{instance}}",
+               ("instance",))],
+    ))
+    board = board.with_panel(timeseries(
+        "Batch time (parse, plan, apply)", quantiles("retention_worker_batch_seconds"),
+        unit="s",
+    ))
+    board = board.with_panel(timeseries(
+        "Event to state latency", quantiles("retention_worker_event_to_state_seconds"),
+        unit="s", description="From a record's Kafka timestamp to its batch applied in Redis.",
+    ))
+    board = board.with_panel(timeseries(
+        "Watermark age by partition",
+        [query("time() - max by (partition) (retention_watermark_seconds)", "{{partition}}",
+               ("partition",))],
+        unit="s", description="Now minus the latest event time applied in each partition.",
+    ))
+    board = board.with_panel(timeseries(
+        "Snapshot age by worker",
+        [query("time() - max by (instance) (retention_worker_snapshot_timestamp_seconds)",
+               "{{instance}}", ("instance",))],
+        unit="s", description="How old the Redis figures each worker serves are.",
+    ))
+    board = board.with_panel(timeseries(
+        "Redis and snapshot errors/s",
+        [
+            query(per_worker_rate("retention_worker_redis_errors_total"),
+                  "Redis {{instance}}", ("instance",)),
+            query(per_worker_rate("retention_worker_snapshot_errors_total"),
+                  "snapshot {{instance}}", ("instance",)),
+            query(per_worker_rate("retention_worker_version_conflicts_total"),
+                  "version conflicts {{instance}}", ("instance",)),
+        ],
+        unit="short",
+    ))
+    board = board.with_panel(timeseries(
+        "Partitions per worker",
+        [query("sum by (instance) (retention_worker_assigned_partitions)", "{{instance}}",
+               ("instance",))],
+    ))
+    return board
+
+
+# ---- output --------------------------------------------------------------------------------
+
+#: file stem -> builder. Later issues add "money" and "winback" here.
+DASHBOARDS: dict[str, Callable[[], dash_b.Dashboard]] = {
+    "live": live,
+    "retention": retention,
+    "pipeline": pipeline,
+}
+
+
+def render(name: str) -> str:
+    """The JSON text of one dashboard, stable byte for byte (sorted keys, final newline)."""
+    model = DASHBOARDS[name]().build()
+    return json.dumps(json.loads(JSONEncoder().encode(model)), indent=2, sort_keys=True) + "\n"
+
+
+def rendered() -> dict[Path, str]:
+    return {OUT_DIR / f"{name}.json": render(name) for name in DASHBOARDS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="do not write; exit 1 if a checked-in file is out of date")
+    args = parser.parse_args(argv)
+    drift = []
+    for path, text in rendered().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            drift.append(path.name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    stale = sorted(p.name for p in OUT_DIR.glob("*.json") if p.stem not in DASHBOARDS)
+    if stale:
+        print(f"not built by this module (remove them): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    if drift:
+        print(f"out of date, run python -m dashboards.build: {', '.join(drift)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
