@@ -6,6 +6,7 @@ timers); the consuming itself is the Ingestor's aiokafka loop, started as an app
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from retention_tracker.streams.calendar import parse_date
+from retention_tracker.streams.calendar import accelerated_clock, parse_date
 from retention_tracker.streams.queries import (
     QueryError,
     cohort_report,
@@ -96,18 +97,23 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
     worker_metrics = WorkerMetrics(registry)
     collector = SnapshotCollector(settings.metrics_offsets)
     registry.register(collector)
-    ingestor = Ingestor(settings, store, on_fatal=on_fatal, metrics=worker_metrics)
+    ingestor = Ingestor(
+        settings, store, clock_ms=accelerated_clock(settings.clock_speed), on_fatal=on_fatal,
+        metrics=worker_metrics,
+    )
     app.ingestor = ingestor  # type: ignore[attr-defined]
     app.store = store  # type: ignore[attr-defined]
 
     @app.task
     async def consume() -> None:
         await ingestor.start()
+        notifier = asyncio.ensure_future(ingestor.notify_loop())
         try:
             await ingestor.run()
         except TimezoneConflict:
             pass  # on_fatal already asked the worker to stop
         finally:
+            notifier.cancel()
             await ingestor.stop()
 
     @app.timer(interval=settings.metrics_refresh_s)

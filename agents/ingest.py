@@ -14,12 +14,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import orjson
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
@@ -29,6 +32,7 @@ from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
+from retention_tracker.streams.winback import plan_notifications
 
 from .metrics import WorkerMetrics
 
@@ -87,6 +91,7 @@ class Ingestor:
         self.on_fatal = on_fatal
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.assigned: set[TopicPartition] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
         self.rules = segment_rules(settings)
         self._calendars: dict[str, AppCalendar] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -96,6 +101,10 @@ class Ingestor:
 
     async def start(self) -> None:
         s = self.settings
+        await create_missing_topics(
+            s.bootstrap_servers,
+            [s.dlq_topic, s.reactivated_topic, *map(s.inactive_topic, s.inactivity_thresholds)],
+        )
         self.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -176,7 +185,18 @@ class Ingestor:
                 raise
             self._calendars[app] = AppCalendar(timezone)
 
+    def lock(self, shard: int) -> asyncio.Lock:
+        """Batches and notification passes of one partition never interleave in a worker
+        (across workers, the version fence in Redis keeps them apart)."""
+        return self._locks.setdefault(shard, asyncio.Lock())
+
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        async with self.lock(tp.partition):
+            await self._process(tp, records)
+            if self.settings.clock == "event":
+                await self._notify_due(tp.partition)
+
+    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()
         s = self.settings
         now = self.clock_ms()
@@ -223,7 +243,12 @@ class Ingestor:
             if records[-1].offset < start:
                 break  # all of it was applied before (a restart or a rebalance replayed it)
             await self._send_dead_letters(letters)
-            if await self.store.apply_plan(shard, loaded, {tp.topic: records[-1].offset + 1}, plan):
+            await self._send(
+                (s.reactivated_topic, str(m["user_id"]), m) for m in plan.reactivations
+            )
+            if await self.store.apply_plan(
+                shard, loaded, {tp.topic: records[-1].offset + 1}, plan, s.inactivity_thresholds
+            ):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
         applied = [r for r in records if r.offset >= start]
@@ -235,6 +260,54 @@ class Ingestor:
         if end is not None:
             lag = max(0, end - (records[-1].offset + 1))
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    # ---- win-back notifications ----------------------------------------------------------
+
+    async def notify_loop(self) -> None:
+        """Live mode: look for due users every tick on every partition this worker owns."""
+        while True:
+            await asyncio.sleep(self.settings.winback_tick_ms / 1000)
+            for shard in sorted({tp.partition for tp in self.assigned}):
+                async with self.lock(shard):
+                    await self._retrying(lambda shard=shard: self._notify_due(shard))
+
+    async def _notify_due(self, shard: int) -> None:
+        """Send what is due, then record it, fenced like a batch: a crash in between sends
+        the same notification ids again (push services drop repeats by id), none is lost."""
+        s = self.settings
+        while True:
+            now = self.clock_ms()
+            if s.clock == "event":
+                progress = await self.store.partition_progress([])
+                now = progress.get(shard, {}).get("watermark_ms") or 0  # type: ignore[assignment]
+            due = await self.store.due_entries(shard, s.inactivity_thresholds, now)
+            if not due:
+                return
+            loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)
+            plan = plan_notifications(
+                due, loaded.states, now, self.calendar_for, self.rules, s.quick_churn_days
+            )
+            await self._send(
+                (s.inactive_topic(int(m["threshold_days"])), str(m["user_id"]), m)
+                for m in plan.messages
+            )
+            if await self.store.apply_notifications(shard, loaded, plan):
+                self.metrics.notifications.inc(len(plan.messages))
+                if len(due) < 500:
+                    return
+            else:
+                self.metrics.conflicts.inc()
+
+    def calendar_for(self, app: str) -> AppCalendar:
+        return self._calendars.get(app) or AppCalendar(self.settings.timezone_of(app))
+
+    async def _send(self, messages: Iterable[tuple[str, str, dict[str, object]]]) -> None:
+        assert self.producer is not None
+        futures = [
+            await self.producer.send(topic, value=orjson.dumps(body), key=key.encode())
+            for topic, key, body in messages
+        ]
+        await asyncio.gather(*futures)
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Dead letters go out before the batch is applied: a crash in between re-sends them
@@ -252,6 +325,21 @@ class Ingestor:
             for letter in letters
         ]
         await asyncio.gather(*futures)
+
+
+async def create_missing_topics(bootstrap_servers: str, names: list[str], partitions: int = 4
+                                ) -> None:
+    """Output topics the push services subscribe to exist before the first message."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = {t["topic"] for t in await admin.describe_topics() if t["error_code"] == 0}
+        missing = [NewTopic(n, partitions, 1) for n in dict.fromkeys(names) if n not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
 
 
 def dead_letter_reason(headers: list[tuple[str, bytes]]) -> dict[str, str]:

@@ -166,6 +166,9 @@ class WorkerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.notifications = Counter("retention_worker_notifications",
+                                     "inactivity notifications sent by this worker",
+                                     registry=registry)
         self.lag = Gauge("retention_worker_consumer_lag", "records behind the partition's end",
                          ["topic", "partition"], registry=registry)
         self.assigned = Gauge("retention_worker_assigned_partitions",

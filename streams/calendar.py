@@ -8,6 +8,7 @@ a week the number of ISO weeks since the one holding 1970-01-01, a month year*12
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -91,6 +92,14 @@ class AppCalendar:
 
 def utc_now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def accelerated_clock(speed: float) -> Callable[[], int]:
+    """A wall clock running ``speed`` times faster from now on (1: the wall clock itself)."""
+    if speed == 1:
+        return utc_now_ms
+    start = utc_now_ms()
+    return lambda: start + int((utc_now_ms() - start) * speed)
 
 
 def parse_date(text: str) -> date:

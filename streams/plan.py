@@ -14,12 +14,12 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from .calendar import GRANULARITIES, AppCalendar, period_of_day
 from .events import Event
-from .settings import Settings
-from .user_state import ATTRIBUTES, MONEY_UNITS, Purchases, UserState
+from .segments import DEFAULT_RULES, SegmentRules, money_units, value_segment
+from .user_state import ATTRIBUTES, Purchases, UserState
+from .winback import reactivation
 
 MS_PER_DAY = 86_400_000
 WAU_DAYS = 7
@@ -43,36 +43,6 @@ def _window_days(days: Iterable[int], width: int) -> set[int]:
     for day in days:
         covered.update(range(day, day + width))
     return covered
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentRules:
-    """How users are segmented by value (METRICS.md §7 value_segment) and money defaults."""
-
-    default_currency: str = "USD"
-    vip_revenue_units: int = 100 * MONEY_UNITS
-    vip_purchases: int = 10
-
-
-DEFAULT_RULES = SegmentRules()
-
-
-def segment_rules(settings: Settings) -> SegmentRules:
-    return SegmentRules(
-        default_currency=settings.currency,
-        vip_revenue_units=money_units(settings.vip_revenue),
-        vip_purchases=settings.vip_purchases,
-    )
-
-
-def value_segment(state: UserState, rules: SegmentRules) -> str:
-    purchases = sum(p.count for _, _, p in state.purchases)
-    if not purchases:
-        return "free"
-    revenue = sum(p.units for _, cur, p in state.purchases if cur == rules.default_currency)
-    if revenue >= rules.vip_revenue_units or purchases >= rules.vip_purchases:
-        return "vip"
-    return "payer"
 
 
 def segments_of(state: UserState, rules: SegmentRules) -> list[str]:
@@ -270,10 +240,6 @@ def user_contributions(
     return contrib
 
 
-def money_units(amount: float) -> int:
-    return int((Decimal(str(amount)) * MONEY_UNITS).to_integral_value())
-
-
 def add_events(
     state: UserState | None,
     events: Iterable[Event],
@@ -290,6 +256,7 @@ def add_events(
         {(day, cur): p for day, cur, p in state.purchases} if state else {}
     )
     cost = state.cost_units if state else 0
+    sessions = state.sessions if state else 0
     for event in events:
         day = calendar.day_of(event.ts_ms)
         active.add(day)
@@ -297,6 +264,8 @@ def add_events(
             installs.add(day)
             if event.cost:
                 cost += money_units(event.cost)
+        elif event.type == "session":
+            sessions += 1
         elif event.type == "purchase":
             key = (day, event.currency or rules.default_currency)
             old = purchases.get(key, Purchases(0, 0))
@@ -320,6 +289,9 @@ def add_events(
         attributes=tuple((name, *attributes[name]) for name in ATTRIBUTES if name in attributes),
         purchases=tuple((day, cur, p) for (day, cur), p in sorted(purchases.items())),
         cost_units=cost,
+        sessions=sessions,
+        notified_episode_ms=state.notified_episode_ms if state else None,
+        notified_days=state.notified_days if state else (),
     )
 
 
@@ -380,6 +352,8 @@ class Plan:
     new_dedup_keys: list[bytes] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
+    due: dict[UserKey, int] = field(default_factory=dict)  # users whose last_active_ms moved
+    reactivations: list[dict[str, object]] = field(default_factory=list)  # users.reactivated
     watermark_ms: int | None = None
 
 
@@ -421,6 +395,17 @@ def plan_batch(
         new = add_events(old, user_events, calendar, rules)
         if new == old:
             continue
+        if old is None or new.last_active_ms != old.last_active_ms:
+            plan.due[user_key] = new.last_active_ms
+        if old is not None and old.notified_days:
+            new, message = reactivation(user_key, old, new, user_events, rules)
+            if message is not None:
+                plan.reactivations.append(message)
+                for days in message["threshold_days"]:
+                    plan.stats[f"react:{app}:{days}:{message['value_segment']}"] += 1
+                    plan.stats[f"inactive:{app}:{days}"] -= 1
+                    if message["back_within_7d"][str(days)]:
+                        plan.stats[f"back7:{app}:{days}:{message['value_segment']}"] += 1
         plan.users[user_key] = new
         _add_user_delta(pending.setdefault(app, {}), old, new, calendar, rules)
     plan.deltas = {app: _expand(groups) for app, groups in pending.items()}

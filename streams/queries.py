@@ -24,7 +24,8 @@ from .figures import (
     money_rows,
     rate,
 )
-from .plan import ALL_USERS, segment_rules, segments_of
+from .plan import ALL_USERS, segments_of
+from .segments import segment_rules
 from .settings import Settings
 from .store import RedisStore
 

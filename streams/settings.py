@@ -39,9 +39,15 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("CURRENCY", "USD", "the apps' currency: purchases without one, costs, VIP bar"),
     SettingDoc("VIP_REVENUE", "100", "lifetime revenue (CURRENCY) that makes a user VIP"),
     SettingDoc("VIP_PURCHASES", "10", "lifetime purchase count that makes a user VIP"),
+    SettingDoc("INACTIVITY_THRESHOLDS", "2", "days of inactivity that notify, e.g. 1,2,7,30"),
+    SettingDoc("INACTIVE_TOPIC_PATTERN", "users.inactive.{days}d", "topic per threshold"),
+    SettingDoc("REACTIVATED_TOPIC", "users.reactivated", "topic of notified users back"),
+    SettingDoc("QUICK_CHURN_DAYS", "7", "churn_type is quick when a user lasted less than this"),
+    SettingDoc("WINBACK_TICK_MS", "1000", "how often due notifications are looked for"),
     SettingDoc("HORIZON_DAYS", "400", "events older than this behind the watermark are rejected"),
     SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
+    SettingDoc("CLOCK_SPEED", "1", "wall clock only: run it this many times faster (demos, tests)"),
     SettingDoc("BATCH_MAX_RECORDS", "2000", "Kafka records fetched per partition batch"),
     SettingDoc("MAX_MESSAGE_BYTES", "1048576", "larger messages are dead-lettered whole"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
@@ -115,6 +121,23 @@ def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return items
 
 
+def _days_list(raw: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
+    except ValueError:
+        raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must be whole days, e.g. 1,2,7") from None
+    if not values or values[0] < 1:
+        raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must name days >= 1")
+    return values
+
+
+def _pattern(raw: str) -> str:
+    pattern = raw.strip() or "users.inactive.{days}d"
+    if "{days}" not in pattern:
+        raise ConfigError(f"INACTIVE_TOPIC_PATTERN={raw!r} must contain {{days}}")
+    return pattern
+
+
 def _offsets(raw: str) -> tuple[int, ...]:
     try:
         values = tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
@@ -139,9 +162,15 @@ class Settings:
     currency: str = "USD"
     vip_revenue: float = 100.0
     vip_purchases: int = 10
+    inactivity_thresholds: tuple[int, ...] = (2,)
+    inactive_topic_pattern: str = "users.inactive.{days}d"
+    reactivated_topic: str = "users.reactivated"
+    quick_churn_days: int = 7
+    winback_tick_ms: int = 1000
     horizon_days: int = 400
     dedup_window_days: int = 7
     clock: str = "wall"
+    clock_speed: float = 1.0
     batch_max_records: int = 2000
     max_message_bytes: int = 1 << 20
     max_events_per_message: int = 1000
@@ -174,9 +203,15 @@ class Settings:
             currency=_currency(env.get("CURRENCY", "USD")),
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
+            inactivity_thresholds=_days_list(env.get("INACTIVITY_THRESHOLDS", "2")),
+            inactive_topic_pattern=_pattern(env.get("INACTIVE_TOPIC_PATTERN", "")),
+            reactivated_topic=env.get("REACTIVATED_TOPIC", "").strip() or d.reactivated_topic,
+            quick_churn_days=_int(env, "QUICK_CHURN_DAYS", d.quick_churn_days, minimum=1),
+            winback_tick_ms=_int(env, "WINBACK_TICK_MS", d.winback_tick_ms, minimum=10),
             horizon_days=_int(env, "HORIZON_DAYS", d.horizon_days, minimum=31),
             dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),
             clock=clock,
+            clock_speed=_float(env, "CLOCK_SPEED", d.clock_speed) or 1.0,
             batch_max_records=_int(env, "BATCH_MAX_RECORDS", d.batch_max_records, minimum=1),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=64),
             max_events_per_message=_int(
@@ -194,6 +229,9 @@ class Settings:
 
     def timezone_of(self, app: str) -> str:
         return self.app_timezones.get(app, self.timezone)
+
+    def inactive_topic(self, days: int) -> str:
+        return self.inactive_topic_pattern.replace("{days}", str(days))
 
     @property
     def bootstrap_servers(self) -> str:

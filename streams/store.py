@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from .plan import Plan, UserKey
 from .user_state import UserState, decode_user, encode_user
+from .winback import NotificationPlan
 
 MS_PER_DAY = 86_400_000
 
@@ -53,7 +54,8 @@ return out
 # KEYS[1]: the partition's meta hash; KEYS[2..]: every key the plan writes.
 # ARGV: expected_version, watermark_ms, n_offsets, (topic, next_offset)...,
 #       n_sets, (key_index, field, value)..., n_incrs, (key_index, field, delta)...,
-#       dedup_ttl_s, n_ids, (key_index, id)...
+#       dedup_ttl_s, n_ids, (key_index, id)..., n_zadd, (key_index, score, member)...,
+#       n_zrem, (key_index, member)...
 # Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
 # earlier attempt applied first, and the caller must reload and re-plan. Else 1.
 APPLY_PLAN_LUA = """
@@ -86,6 +88,14 @@ for _ = 1, n do
   if not expiring[key] then redis.call('EXPIRE', key, ttl); expiring[key] = true end
   i = i + 2
 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('ZADD', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]); i = i + 2
+end
 return 1
 """
 
@@ -112,12 +122,25 @@ class Keyspace:
     def dedup(self, shard: int, generation: int, bucket: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
 
+    def due(self, shard: int, days: int) -> str:
+        """Users by the moment they become inactive for ``days`` (last_active + days)."""
+        return f"{self.prefix}:{{{shard}}}:due:{days}"
+
     def apps(self) -> str:
         """app -> timezone, fixed by the app's first accepted event."""
         return f"{self.prefix}:apps"
 
     def shards(self) -> str:
         return f"{self.prefix}:shards"
+
+
+def due_member(user: UserKey) -> str:
+    return f"{user[0]}\x00{user[1]}"
+
+
+def parse_due_member(member: bytes) -> UserKey:
+    app, _, user_id = member.decode().partition("\x00")
+    return app, user_id
 
 
 @dataclass(slots=True)
@@ -218,40 +241,108 @@ class RedisStore:
         loaded: LoadedBatch,
         next_offsets: Mapping[str, int],
         plan: Plan,
+        inactivity_days: Iterable[int] = (),
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
         conflict (nothing was written)."""
+        increments = [
+            (self.keys.aggregate(shard, app, segment, family), field, delta)
+            for app, deltas in plan.deltas.items()
+            for (segment, family, field), delta in deltas.items()
+        ]
+        increments += [(self.keys.stats(shard), f, d) for f, d in plan.stats.items() if d]
+        generation = loaded.dedup_generation
+        dedup = [
+            (self.keys.dedup(shard, generation, self._dedup_bucket(key)), key)
+            for key in plan.new_dedup_keys
+        ]
+        due = [
+            (self.keys.due(shard, days), last_ms + days * MS_PER_DAY, due_member(user))
+            for user, last_ms in plan.due.items()
+            for days in inactivity_days
+        ]
+        return await self._apply_ops(
+            shard, loaded.version, plan.watermark_ms, next_offsets, plan.users, increments,
+            dedup, due, [],
+        )
+
+    async def apply_notifications(
+        self, shard: int, loaded: LoadedBatch, plan: NotificationPlan
+    ) -> bool:
+        """Record sent notifications (user marks, due entries gone, counters), fenced by the
+        partition version like a batch."""
+        increments = [(self.keys.stats(shard), f, d) for f, d in plan.stats.items() if d]
+        removals = [(self.keys.due(shard, days), due_member(user)) for days, user in plan.sent]
+        return await self._apply_ops(
+            shard, loaded.version, None, {}, plan.users, increments, [], [], removals
+        )
+
+    async def _apply_ops(
+        self,
+        shard: int,
+        version: int,
+        watermark_ms: int | None,
+        next_offsets: Mapping[str, int],
+        users: Mapping[UserKey, UserState],
+        increments: list[tuple[str, str, int]],
+        dedup: list[tuple[str, bytes]],
+        zadd: list[tuple[str, int, str]],
+        zrem: list[tuple[str, str]],
+    ) -> bool:
         key_index: dict[str, int] = {self.keys.meta(shard): 1}
 
         def index_of(name: str) -> int:
             return key_index.setdefault(name, len(key_index) + 1)
 
-        args: list[object] = [
-            loaded.version,
-            "" if plan.watermark_ms is None else plan.watermark_ms,
-            len(next_offsets),
-        ]
+        args: list[object] = [version, "" if watermark_ms is None else watermark_ms,
+                              len(next_offsets)]
         for topic, offset in next_offsets.items():
             args += [topic, offset]
-        args.append(len(plan.users))
-        for (app, user_id), state in plan.users.items():
+        args.append(len(users))
+        for (app, user_id), state in users.items():
             bucket = index_of(self.keys.users(shard, app, self._user_bucket(user_id)))
             args += [bucket, user_id, encode_user(state)]
-        increments: list[object] = []
-        for app, deltas in plan.deltas.items():
-            for (segment, family, field), delta in deltas.items():
-                key = self.keys.aggregate(shard, app, segment, family)
-                increments += [index_of(key), field, delta]
-        stats_key = index_of(self.keys.stats(shard))
-        for field, delta in plan.stats.items():
-            increments += [stats_key, field, delta]
-        args.append(len(increments) // 3)
-        args += increments
-        args += [(2 * self.dedup_window_days + 1) * 86_400, len(plan.new_dedup_keys)]
-        for key in plan.new_dedup_keys:
-            args += [index_of(self.keys.dedup(shard, loaded.dedup_generation,
-                                              self._dedup_bucket(key))), key]
+        args.append(len(increments))
+        for key, field, delta in increments:
+            args += [index_of(key), field, delta]
+        args += [(2 * self.dedup_window_days + 1) * 86_400, len(dedup)]
+        for key, member in dedup:
+            args += [index_of(key), member]
+        args.append(len(zadd))
+        for key, score, member in zadd:
+            args += [index_of(key), score, member]
+        args.append(len(zrem))
+        for key, member in zrem:
+            args += [index_of(key), member]
         return bool(await self._apply(keys=list(key_index), args=args))
+
+    async def due_entries(
+        self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = 500
+    ) -> list[tuple[int, UserKey, int]]:
+        """(days, user, due_ms) whose moment has come, oldest first, at most ``limit`` each."""
+        thresholds = list(thresholds)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for days in thresholds:
+                pipe.zrangebyscore(self.keys.due(shard, days), "-inf", now_ms, start=0,
+                                   num=limit, withscores=True)
+            replies = await pipe.execute()
+        return [
+            (days, parse_due_member(member), int(score))
+            for days, entries in zip(thresholds, replies, strict=True)
+            for member, score in entries
+        ]
+
+    async def due_counts(self, thresholds: Iterable[int], now_ms: int) -> dict[int, int]:
+        """Users due now but not yet notified, per threshold, over all partitions."""
+        shards = await self.shard_ids()
+        thresholds = list(thresholds)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for days in thresholds:
+                for shard in shards:
+                    pipe.zcount(self.keys.due(shard, days), "-inf", now_ms)
+            counts = await pipe.execute()
+        per = len(shards)
+        return {d: sum(counts[i * per:(i + 1) * per]) for i, d in enumerate(thresholds)}
 
     async def register_shard(self, shard: int) -> None:
         await self.client.sadd(self.keys.shards(), shard)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 ATTRIBUTES = ("platform", "country", "campaign")
 MONEY_UNITS = 10_000  # amounts are kept as integer 1/10,000ths: sums are exact
 
@@ -35,6 +35,10 @@ class UserState:
     attributes: tuple[tuple[str, str, int], ...] = ()
     purchases: tuple[tuple[int, str, Purchases], ...] = ()  # (day, currency, totals), sorted
     cost_units: int = 0
+    sessions: int = 0
+    # win-back (METRICS.md §7): last_active_ms when notified, and the thresholds (days) sent
+    notified_episode_ms: int | None = None
+    notified_days: tuple[int, ...] = ()
 
     @property
     def last_day(self) -> int:
@@ -99,6 +103,12 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, totals.count)
         _put_varint(out, totals.units)
     _put_varint(out, state.cost_units)
+    _put_varint(out, state.sessions)
+    _put_varint(out, len(state.notified_days))
+    if state.notified_days:
+        _put_varint(out, _zigzag((state.notified_episode_ms or 0) - state.first_seen_ms))
+        for days in state.notified_days:
+            _put_varint(out, days)
     span = max(state.active_days) - state.first_day + 1
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -138,6 +148,16 @@ def decode_user(data: bytes) -> UserState:
         units, pos = _get_varint(data, pos)
         purchases.append((first_day + offset, currency, Purchases(n, units)))
     cost_units, pos = _get_varint(data, pos)
+    sessions, pos = _get_varint(data, pos)
+    count, pos = _get_varint(data, pos)
+    episode_ms = None
+    notified = []
+    if count:
+        delta, pos = _get_varint(data, pos)
+        episode_ms = first_seen_ms + _unzigzag(delta)
+        for _ in range(count):
+            days, pos = _get_varint(data, pos)
+            notified.append(days)
     active = []
     for index, byte in enumerate(data[pos:]):
         while byte:
@@ -153,4 +173,7 @@ def decode_user(data: bytes) -> UserState:
         attributes=tuple(attributes),
         purchases=tuple(purchases),
         cost_units=cost_units,
+        sessions=sessions,
+        notified_episode_ms=episode_ms,
+        notified_days=tuple(notified),
     )

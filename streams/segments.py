@@ -1,0 +1,45 @@
+"""Who a user is, commercially: value segment bars and money units (METRICS.md §5, §7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .settings import Settings
+from .user_state import MONEY_UNITS, UserState
+
+
+def money_units(amount: float) -> int:
+    return int((Decimal(str(amount)) * MONEY_UNITS).to_integral_value())
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRules:
+    """How users are segmented by value (METRICS.md §7 value_segment) and money defaults."""
+
+    default_currency: str = "USD"
+    vip_revenue_units: int = 100 * MONEY_UNITS
+    vip_purchases: int = 10
+
+
+DEFAULT_RULES = SegmentRules()
+
+
+def segment_rules(settings: Settings) -> SegmentRules:
+    return SegmentRules(
+        default_currency=settings.currency,
+        vip_revenue_units=money_units(settings.vip_revenue),
+        vip_purchases=settings.vip_purchases,
+    )
+
+
+def value_segment(state: UserState, rules: SegmentRules) -> str:
+    purchases = sum(p.count for _, _, p in state.purchases)
+    if not purchases:
+        return "free"
+    revenue = sum(p.units for _, cur, p in state.purchases if cur == rules.default_currency)
+    if revenue >= rules.vip_revenue_units or purchases >= rules.vip_purchases:
+        return "vip"
+    return "payer"
+
+
