@@ -34,12 +34,17 @@ GLOBAL_GAUGES = {
     "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
     "mean of the 7 latest complete cohorts",
     "retention_watermark_seconds": "latest event time applied, per partition",
+    "retention_inactive_users": "users inactive for at least the threshold now",
+    "retention_winback_back_within_7d_share": "share of notified users active again within "
+    "7 days of their notification",
     "retention_worker_snapshot_timestamp_seconds": "when the Redis figures were last read",
 }
 GLOBAL_COUNTERS = {
     "retention_events_accepted": "events accepted, by app and type",
     "retention_events_rejected": "events dead-lettered, by reason",
     "retention_events_duplicate": "duplicate events ignored, by app",
+    "retention_notifications_sent": "inactivity notifications sent, by threshold and segment",
+    "retention_reactivations": "notified users active again, by threshold and segment",
 }
 
 
@@ -70,6 +75,11 @@ class SnapshotCollector(Collector):
             name: GaugeMetricFamily(name, doc, labels=_GAUGE_LABELS[name])
             for name, doc in GLOBAL_GAUGES.items()
         }
+        winback_counters = {
+            name: CounterMetricFamily(name, GLOBAL_COUNTERS[name],
+                                      labels=["app", "threshold", "segment"])
+            for name in ("retention_notifications_sent", "retention_reactivations")
+        }
         for app, figures in snap.figures.get("apps", {}).items():
             summary = figures["summary"]
             for name, key in _SUMMARY_FIELDS.items():
@@ -87,6 +97,15 @@ class SnapshotCollector(Collector):
                             gauges["retention_cohort_complete"].add_metric(
                                 [app, row["cohort"], str(offset)],
                                 1.0 if row["complete"][offset] else 0.0)
+            for days, found in figures.get("winback", {}).items():
+                gauges["retention_inactive_users"].add_metric([app, days], found["inactive"])
+                gauges["retention_winback_back_within_7d_share"].add_metric(
+                    [app, days], found["back_within_7d_share"])
+                for value, seg in found["by_segment"].items():
+                    winback_counters["retention_notifications_sent"].add_metric(
+                        [app, days, value], seg["notified"])
+                    winback_counters["retention_reactivations"].add_metric(
+                        [app, days, value], seg["reactivated"])
             for day, pair in figures["headline"].items():
                 if pair is not None:
                     for stat, value in zip(("latest", "mean7"), pair, strict=True):
@@ -97,9 +116,11 @@ class SnapshotCollector(Collector):
         if snap.taken_at:
             gauges["retention_worker_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
         yield from gauges.values()
+        yield from winback_counters.values()
         counters = {
             name: CounterMetricFamily(name, doc, labels=_COUNTER_LABELS[name])
             for name, doc in GLOBAL_COUNTERS.items()
+            if name in _COUNTER_LABELS
         }
         for key, value in snap.stats.items():
             kind, _, rest = key.partition(":")
@@ -129,6 +150,8 @@ _GAUGE_LABELS = {
     "retention_cohort_complete": ["app", "cohort", "offset"],
     "retention_headline_retention": ["app", "day", "stat"],
     "retention_watermark_seconds": ["partition"],
+    "retention_inactive_users": ["app", "threshold"],
+    "retention_winback_back_within_7d_share": ["app", "threshold"],
     "retention_worker_snapshot_timestamp_seconds": [],
 }
 _COUNTER_LABELS = {

@@ -447,10 +447,51 @@ def pipeline() -> dash_b.Dashboard:
 # ---- output --------------------------------------------------------------------------------
 
 #: file stem -> builder. Later issues add "money" and "winback" here.
+# ---- Win-back -------------------------------------------------------------------------------
+
+
+def winback() -> dash_b.Dashboard:
+    """METRICS.md §7: who lapsed, what was sent, who came back."""
+    board = base(
+        "Retention tracker / Win-back", "retention-winback",
+        "Inactivity notifications for push services and the users they brought back.",
+        multi_app=False,
+    )
+    per_threshold = ("app", "threshold")
+    board = board.with_panel(timeseries(
+        "Users inactive now, by threshold",
+        [query(app_gauge("retention_inactive_users").replace("by (app)", "by (app, threshold)"),
+               "{{threshold}} d", per_threshold)],
+        description="Users whose last activity is at least the threshold ago.",
+    ))
+    board = board.with_panel(timeseries(
+        "Back within 7 days of the notification",
+        [query(app_gauge("retention_winback_back_within_7d_share").replace(
+            "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
+        unit="percentunit",
+        description="Share of notified users active again within 7 days: does win-back work?",
+    ))
+    for metric, title in (("retention_notifications_sent", "Notifications sent/s"),
+                          ("retention_reactivations", "Reactivations/s")):
+        board = board.with_panel(timeseries(
+            f"{title} by threshold and segment",
+            [query(f'sum by (threshold, segment) (max by (app, threshold, segment) '
+                   f'(rate({metric}_total{{app="$app"}}[{RATE}])))',
+                   "{{threshold}} d {{segment}}", ("threshold", "segment"))],
+        ))
+    return board.with_panel(timeseries(
+        "Notifications sent/s per worker",
+        [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",
+               "{{instance}}", ("instance",))],
+        description="Which workers emit: each partition's due users are sent by its owner.",
+    ))
+
+
 DASHBOARDS: dict[str, Callable[[], dash_b.Dashboard]] = {
     "live": live,
     "retention": retention,
     "pipeline": pipeline,
+    "winback": winback,
 }
 
 

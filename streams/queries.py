@@ -136,7 +136,39 @@ async def summary_report(
     doc.update(money_of_day(daily, day, doc["dau"]))
     if segment != ALL_USERS:
         doc["segment"] = segment
+    else:
+        doc["winback"] = await winback_figures(store, settings, app)
     return doc
+
+
+async def winback_figures(store: RedisStore, settings: Settings, app: str) -> dict[str, Any]:
+    """Per threshold: users inactive now, notifications sent, reactivations and the share
+    of notified users back within 7 days, overall and per value segment."""
+    stats = await store.read_stats()
+    due_now = await store.due_counts(
+        app, settings.inactivity_thresholds, await now_ms(store, settings)
+    )
+    out: dict[str, Any] = {}
+    for days in settings.inactivity_thresholds:
+        per_segment = {}
+        for value in VALUE_SEGMENTS:
+            sent = stats.get(f"sent:{app}:{days}:{value}", 0)
+            back = stats.get(f"back7:{app}:{days}:{value}", 0)
+            per_segment[value] = {
+                "notified": sent,
+                "reactivated": stats.get(f"react:{app}:{days}:{value}", 0),
+                "back_within_7d_share": rate(back, sent),
+            }
+        sent = sum(s["notified"] for s in per_segment.values())
+        back = sum(stats.get(f"back7:{app}:{days}:{v}", 0) for v in VALUE_SEGMENTS)
+        out[str(days)] = {
+            "inactive": stats.get(f"inactive:{app}:{days}", 0) + due_now[days],
+            "notified": sent,
+            "reactivated": sum(s["reactivated"] for s in per_segment.values()),
+            "back_within_7d_share": rate(back, sent),
+            "by_segment": per_segment,
+        }
+    return out
 
 
 async def kpis_report(
@@ -257,6 +289,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             for kind, kind_rows in rows.items()
         }
         apps[app] = {
+            "winback": await winback_figures(store, settings, app),
             "summary": summary,
             "cohorts": shown,
             "headline": {n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},

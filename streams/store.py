@@ -332,17 +332,23 @@ class RedisStore:
             for member, score in entries
         ]
 
-    async def due_counts(self, thresholds: Iterable[int], now_ms: int) -> dict[int, int]:
-        """Users due now but not yet notified, per threshold, over all partitions."""
+    async def due_counts(self, app: str, thresholds: Iterable[int], now_ms: int
+                         ) -> dict[int, int]:
+        """An app's users due now but not yet notified (normally few: the notifier drains
+        them every tick), per threshold, over all partitions."""
         shards = await self.shard_ids()
         thresholds = list(thresholds)
+        prefix = due_member((app, "")).encode()
         async with self.client.pipeline(transaction=False) as pipe:
             for days in thresholds:
                 for shard in shards:
-                    pipe.zcount(self.keys.due(shard, days), "-inf", now_ms)
-            counts = await pipe.execute()
+                    pipe.zrangebyscore(self.keys.due(shard, days), "-inf", now_ms)
+            replies = await pipe.execute()
         per = len(shards)
-        return {d: sum(counts[i * per:(i + 1) * per]) for i, d in enumerate(thresholds)}
+        return {
+            days: sum(m.startswith(prefix) for r in replies[i * per:(i + 1) * per] for m in r)
+            for i, days in enumerate(thresholds)
+        }
 
     async def register_shard(self, shard: int) -> None:
         await self.client.sadd(self.keys.shards(), shard)

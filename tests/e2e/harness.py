@@ -49,6 +49,13 @@ class Deployment:
     def dlq(self) -> str:
         return f"dlq-{self.name}"
 
+    def inactive_topic(self, days: int) -> str:
+        return f"inactive-{self.name}-{days}d"
+
+    @property
+    def reactivated_topic(self) -> str:
+        return f"reactivated-{self.name}"
+
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -58,6 +65,8 @@ class Deployment:
             DLQ_TOPIC=self.dlq,
             GROUP_ID=f"group-{self.name}",
             KEY_PREFIX=f"rt-{self.name}",
+            INACTIVE_TOPIC_PATTERN=f"inactive-{self.name}-{{days}}d",
+            REACTIVATED_TOPIC=f"reactivated-{self.name}",
             USER_BUCKETS="16",
             DEDUP_BUCKETS="16",
         )

@@ -78,6 +78,7 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
     last_day = reference.local_day(watermark, "UTC")
     for day in (last_day, reference.local_day(watermark - 3 * DAY_MS, "UTC")):
         got = deployment.cli_json("summary", "--date", day.isoformat())
+        assert got.pop("winback")["2"]["notified"] >= 0  # win-back figures: tests/e2e/test_winback
         assert got == reference.summary(events, "default", day, "UTC")
 
 
