@@ -226,6 +226,20 @@ def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_siz
 
 
 @cli.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="start at the oldest message")
+@click.option("--limit", default=0, help="stop after this many messages (0: run until Ctrl-C)")
+@click.option("--group", default=None, help="consume as this group (default: no group)")
+def tail(topic: str, from_beginning: bool, limit: int, group: str | None) -> None:
+    """Print a topic's messages as a push service receives them (one JSON line each)."""
+    from .feeding import tail_topic
+
+    settings = _settings()
+    _run(lambda: tail_topic(settings.bootstrap_servers, topic, from_beginning, limit, group,
+                            click.echo))
+
+
+@cli.command()
 @click.option("--days", default=30, show_default=True, help="simulated days of traffic")
 @click.option("--installs-per-day", default=200, show_default=True)
 @click.option("--seconds-per-day", default=5.0, show_default=True,

@@ -13,7 +13,7 @@ import csv
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,3 +338,44 @@ def parse_mapping(spec: str) -> dict[str, str]:
             raise ValueError(f"mapping: field {name!r} mapped twice")
         mapping[name] = column
     return mapping
+
+
+async def tail_topic(
+    bootstrap_servers: str,
+    topic: str,
+    from_beginning: bool,
+    limit: int,
+    group: str | None,
+    emit: Callable[[str], None],
+) -> int:
+    """Consume ``topic`` and emit each message as one JSON line with its key and offset:
+    what a push service subscribed to ``users.inactive.2d`` receives."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap_servers, group_id=group,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=group is not None,
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        while not limit or seen < limit:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        value: Any = orjson.loads(record.value) if record.value else None
+                    except orjson.JSONDecodeError:
+                        value = record.value.decode(errors="replace") if record.value else None
+                    emit(orjson.dumps({
+                        "partition": record.partition, "offset": record.offset,
+                        "key": record.key.decode(errors="replace") if record.key else None,
+                        "value": value,
+                    }).decode())
+                    seen += 1
+                    if limit and seen >= limit:
+                        return seen
+    finally:
+        await consumer.stop()
+    return seen

@@ -1,0 +1,74 @@
+"""The CLI fails in one readable line, never a traceback, on bad flags, settings and
+unreachable services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from retention_tracker.agents.local_stack import free_port
+
+RETENTION = [sys.executable, "-m", "retention_tracker.agents"]
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RETENTION, *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HORIZON_DAYS": "abc"}, "HORIZON_DAYS='abc' is not an integer"),
+        ({"TIMEZONE": "Mars/Olympus"}, "unknown IANA timezone 'Mars/Olympus'"),
+        ({"CLOCK": "sundial"}, "CLOCK='sundial' must be 'wall' or 'event'"),
+        ({"INACTIVITY_THRESHOLDS": "2,x"}, "INACTIVITY_THRESHOLDS='2,x'"),
+        ({"CURRENCY": "dollars"}, "CURRENCY='dollars'"),
+    ],
+)
+def test_a_bad_setting_stops_with_one_line(env: dict[str, str], expected: str) -> None:
+    for command in (["report"], ["worker"]):
+        assert expected in one_line_error(run(*command, **env))
+
+
+def test_a_bad_flag_is_a_usage_error() -> None:
+    result = run("report", "--granularity", "hour")
+    assert result.returncode == 2
+    assert "hour" in one_line_error(result)
+    assert "not a date" in one_line_error(run("summary", "--date", "2024-13-45"))
+
+
+def test_unreachable_redis_is_one_line() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    assert "cannot reach Redis" in one_line_error(run("report", REDIS_URL=url))
+    assert "cannot reach Redis" in one_line_error(run("worker", REDIS_URL=url))
+
+
+def test_where_combinations_are_refused_in_one_line(redis_url: str) -> None:
+    line = one_line_error(run("report", "--where", "platform=ios", "--where", "country=BR",
+                              REDIS_URL=redis_url))
+    assert "one --where at a time" in line
+
+
+def test_worker_refuses_a_second_calendar_for_an_app(redis_url: str, unique: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"p-{unique}:apps", "casino", "Europe/Berlin")
+    try:
+        line = one_line_error(run("worker", REDIS_URL=redis_url, KEY_PREFIX=f"p-{unique}",
+                                  APP_TIMEZONES="casino=Asia/Tokyo"))
+        assert "'casino' has data in timezone 'Europe/Berlin'" in line
+    finally:
+        client.delete(f"p-{unique}:apps")
+        client.close()
