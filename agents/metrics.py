@@ -27,6 +27,10 @@ GLOBAL_GAUGES = {
     "retention_installs": "distinct users with an install event today",
     "retention_new_users": "users first seen today",
     "retention_returning_users": "DAU minus new users today",
+    "retention_revenue": "revenue today, per currency",
+    "retention_payers": "distinct users with a purchase today",
+    "retention_arpdau": "revenue today / DAU, per currency",
+    "retention_arppu": "revenue today / payers, per currency",
     "retention_cohort_size": "users of a recent daily cohort",
     "retention_cohort_retention": "share of a daily cohort active on day N (classic) or on "
     "day N or later (rolling)",
@@ -84,6 +88,10 @@ class SnapshotCollector(Collector):
             summary = figures["summary"]
             for name, key in _SUMMARY_FIELDS.items():
                 gauges[name].add_metric([app], summary[key])
+            gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
+            for name in ("revenue", "arpdau", "arppu"):
+                for currency, value in summary.get(name, {}).items():
+                    gauges[f"retention_{name}"].add_metric([app, currency], value)
             for kind, rows in figures["cohorts"].items():
                 for row in rows:
                     if kind == "classic":
@@ -145,6 +153,10 @@ _SUMMARY_FIELDS = {
 }
 _GAUGE_LABELS = {
     **{name: ["app"] for name in _SUMMARY_FIELDS},
+    "retention_payers": ["app"],
+    "retention_revenue": ["app", "currency"],
+    "retention_arpdau": ["app", "currency"],
+    "retention_arppu": ["app", "currency"],
     "retention_cohort_size": ["app", "cohort"],
     "retention_cohort_retention": ["app", "kind", "cohort", "offset"],
     "retention_cohort_complete": ["app", "cohort", "offset"],

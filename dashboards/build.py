@@ -447,6 +447,36 @@ def pipeline() -> dash_b.Dashboard:
 # ---- output --------------------------------------------------------------------------------
 
 #: file stem -> builder. Later issues add "money" and "winback" here.
+# ---- Money ----------------------------------------------------------------------------------
+
+
+def money() -> dash_b.Dashboard:
+    """METRICS.md §5: does the traffic pay? Today's revenue and what a user is worth."""
+    board = base(
+        "Retention tracker / Money", "retention-money",
+        "Revenue, payers, ARPDAU and ARPPU today, per currency (no FX conversion).",
+        multi_app=False,
+    )
+    per_currency = ("app", "currency")
+    for metric, title, unit in (
+        ("retention_revenue", "Revenue today by currency", "short"),
+        ("retention_arpdau", "ARPDAU by currency", "short"),
+        ("retention_arppu", "ARPPU by currency", "short"),
+    ):
+        board = board.with_panel(timeseries(
+            title,
+            [query(app_gauge(metric).replace("by (app)", "by (app, currency)"),
+                   "{{currency}}", per_currency)],
+            unit=unit,
+        ))
+    return board.with_panel(timeseries(
+        "Payers against DAU today",
+        [query(app_gauge("retention_payers"), "payers", ("app",)),
+         query(app_gauge("retention_dau"), "DAU", ("app",))],
+        description="How many of today's active users paid.",
+    ))
+
+
 # ---- Win-back -------------------------------------------------------------------------------
 
 
@@ -491,6 +521,7 @@ DASHBOARDS: dict[str, Callable[[], dash_b.Dashboard]] = {
     "live": live,
     "retention": retention,
     "pipeline": pipeline,
+    "money": money,
     "winback": winback,
 }
 

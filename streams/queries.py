@@ -270,7 +270,10 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
         calendar = AppCalendar(zone)
         today = calendar.day_of(now)
         names = [f"{n}:{today}" for n in ("dau", "wau", "mau", "ins", "new")]
-        summary = day_summary(app, today, await store.read_fields(app, "daily", names))
+        daily = await store.read_fields(app, "daily", [*names, f"pay:{today}"])
+        daily.update(await store.read_matching(app, "daily", f"rev:{today}:*"))
+        summary = day_summary(app, today, daily)
+        summary.update(money_of_day(daily, today, summary["dau"]))
         # the headline needs D30 of 7 complete cohorts: 38 days back at least
         span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 1)
         cohorts = range(today - span + 1, today + 1)

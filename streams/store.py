@@ -402,6 +402,16 @@ class RedisStore:
                         total[name] += int(value)
         return total
 
+    async def read_matching(self, app: str, family: str, match: str,
+                            segment: str = "all") -> Counter[str]:
+        """Fields of a family matching a glob (e.g. today's revenue in every currency)."""
+        total: Counter[str] = Counter()
+        for shard in await self.shard_ids():
+            key = self.keys.aggregate(shard, app, segment, family)
+            async for field, value in self.client.hscan_iter(key, match=match):
+                total[field.decode()] += int(value)
+        return total
+
     async def scan_users(self, app: str, batch: int = 64) -> AsyncIterator[UserState]:
         """Every user record of an app, bucket by bucket (for queries no counter answers)."""
         names = [
