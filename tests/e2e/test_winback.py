@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from aiokafka.partitioner import murmur2
 
 from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.streams.calendar import utc_now_ms
@@ -126,3 +127,42 @@ def test_live_mode_with_an_accelerated_clock(deployment: Deployment) -> None:
         deployment.wait_applied(sent, worker=worker)
         expected = {notification_id("default", e["user_id"], 2, e["ts"]) for e in events[:5]}
         assert set(notifications(deployment, 2, len(expected))) == expected
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The default partitioner's choice (murmur2 of the key), as the producer makes it."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
+    kafka_url: str, redis_url: str, unique: str, tmp_path: Path
+) -> None:
+    d = Deployment(kafka_url, redis_url, unique, tmp_path, partitions=4)
+    d.create_topics()
+    t0 = utc_now_ms() - 10 * DAY_MS
+    events, expected = population(t0)
+    tickers = {}
+    for n in range(100):  # one ticker per partition moves every partition's watermark
+        tickers.setdefault(partition_of(f"ticker{n}", 4), f"ticker{n}")
+    events += [event(user, 0, t0 + 3 * DAY_MS) for user in tickers.values()]
+    fast = {"CLOCK": "event", "INACTIVITY_THRESHOLDS": "1,2", "SESSION_TIMEOUT_MS": "2000",
+            "HEARTBEAT_MS": "500", "BATCH_MAX_RECORDS": "3"}
+    try:
+        first, _ = d.start_worker(0, **fast)
+        second, _ = d.start_worker(1, **fast)
+        with first, second:
+            sent = produce(d.bootstrap, d.topic, event_messages(events))
+            wait_for(lambda: d.applied_offsets() > 0, 60, "first batches")
+            first.stop()
+            d.wait_applied(sent, worker=second, timeout_s=120)
+            for days in (1, 2):
+                got = consume_all(d.bootstrap, d.inactive_topic(days), len(expected[days]),
+                                  timeout_s=30)
+                ids = {orjson.loads(r.value)["notification_id"] for r in got}
+                assert ids == expected[days], days
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"rt-{unique}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
