@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def expected_figures(raw: list[dict[str, Any]]) -> tuple[list[Any], int]:
 
 def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> None:
     events, watermark = expected_figures(raw)
+    last_day = reference.local_day(watermark, "UTC")
     for granularity in ("day", "week", "month"):
         for kind in ("classic", "rolling"):
             got = deployment.cli_json(
@@ -66,6 +68,20 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
                 events, "default", granularity, kind, "UTC", watermark, "USD"
             )
             assert got["cohorts"] == expected, (granularity, kind)
+    rpr = deployment.cli_json("rpr", "--granularity", "week", "--from",
+                              (last_day - timedelta(days=10)).isoformat(), "--to",
+                              last_day.isoformat())
+    assert rpr["lifetime"] == reference.repeat_purchase_rate(events, "default", "UTC")
+    by_cohort = reference.repeat_purchase_by_cohort(events, "default", "week", "UTC")
+    assert {c.pop("cohort"): c for c in rpr["cohorts"]} == by_cohort
+    window = {k: v for k, v in rpr["window"].items() if k not in ("from", "to")}
+    assert window == reference.repeat_purchase_rate(
+        events, "default", "UTC", last_day - timedelta(days=10), last_day)
+    segments = {s["segment"]: s["users"] for s in deployment.cli_json("segments")["segments"]}
+    for value, users in segments.items():
+        rows = reference.triangle(events, "default", "day", "classic", "UTC", watermark,
+                                  where={"value": value})
+        assert users == sum(r["size"] for r in rows), value
     for period in ("week", "month"):
         got = deployment.cli_json("kpis", "--period", period)
         assert got["periods"] == reference.kpis(events, "default", period, "UTC"), period
@@ -75,7 +91,6 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
         expected = reference.triangle(events, "default", "day", "classic", "UTC", watermark,
                                       where=where)
         assert got["cohorts"] == expected, where
-    last_day = reference.local_day(watermark, "UTC")
     for day in (last_day, reference.local_day(watermark - 3 * DAY_MS, "UTC")):
         got = deployment.cli_json("summary", "--date", day.isoformat())
         assert got.pop("winback")["2"]["notified"] >= 0  # win-back figures: tests/e2e/test_winback
