@@ -79,82 +79,27 @@ def user_contributions(
     scoped = near_days is not None
     near = near_days if scoped else days
     for day in near & days if scoped else days:
-        contrib[
-            "daily",
-            (
-                "dau",
-                day,
-            ),
-        ] += 1
+        contrib["daily", ("dau", day)] += 1
     if scoped:
         ordered = sorted(days)
         for day in _windows_near(ordered, near, WAU_DAYS):
-            contrib[
-                "daily",
-                (
-                    "wau",
-                    day,
-                ),
-            ] += 1
+            contrib["daily", ("wau", day)] += 1
         for day in _windows_near(ordered, near, MAU_DAYS):
-            contrib[
-                "daily",
-                (
-                    "mau",
-                    day,
-                ),
-            ] += 1
+            contrib["daily", ("mau", day)] += 1
     else:
         for day in _window_days(days, WAU_DAYS):
-            contrib[
-                "daily",
-                (
-                    "wau",
-                    day,
-                ),
-            ] += 1
+            contrib["daily", ("wau", day)] += 1
         for day in _window_days(days, MAU_DAYS):
-            contrib[
-                "daily",
-                (
-                    "mau",
-                    day,
-                ),
-            ] += 1
+            contrib["daily", ("mau", day)] += 1
     for day in state.install_days:
         if not scoped or day in near:
-            contrib[
-                "daily",
-                (
-                    "ins",
-                    day,
-                ),
-            ] += 1
-    contrib[
-        "daily",
-        (
-            "new",
-            state.first_day,
-        ),
-    ] += 1
+            contrib["daily", ("ins", day)] += 1
+    contrib["daily", ("new", state.first_day)] += 1
     purchases = [p for p in state.purchases if not scoped or p[0] in near]
     for day in {day for day, _, _ in purchases}:
-        contrib[
-            "daily",
-            (
-                "pay",
-                day,
-            ),
-        ] += 1
+        contrib["daily", ("pay", day)] += 1
     for day, currency, totals in purchases:
-        contrib[
-            "daily",
-            (
-                "rev",
-                day,
-                currency,
-            ),
-        ] += totals.units
+        contrib["daily", ("rev", day, currency)] += totals.units
     last_day = state.last_day
     purchase_count = sum(p.count for _, _, p in state.purchases)
     for g in GRANULARITIES:
@@ -163,13 +108,7 @@ def user_contributions(
         active = {period_of_day(day, g) for day in days}
         near_periods = {period_of_day(day, g) for day in near} if scoped else active
         for period in active & near_periods:
-            contrib[
-                f"cls:{g}",
-                (
-                    cohort,
-                    period - cohort,
-                ),
-            ] += 1
+            contrib[f"cls:{g}", (cohort, period - cohort)] += 1
             contrib[f"act:{g}", (period,)] += 1
         lost_candidates = (
             {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
@@ -178,13 +117,7 @@ def user_contributions(
             if period - 1 in active and period not in active:
                 contrib[f"lost:{g}", (period,)] += 1
         last = period_of_day(last_day, g) - cohort
-        contrib[
-            f"last:{g}",
-            (
-                cohort,
-                last,
-            ),
-        ] += 1
+        contrib[f"last:{g}", (cohort, last)] += 1
         if state.cost_units:
             contrib[f"cost:{g}", (cohort,)] += state.cost_units
         if not state.purchases:
@@ -194,49 +127,18 @@ def user_contributions(
             period = period_of_day(day, g)
             per_period[period] += totals.count
             if period in near_periods:
-                contrib[
-                    f"ltv:{g}",
-                    (
-                        cohort,
-                        period - cohort,
-                        currency,
-                    ),
-                ] += totals.units
-                contrib[
-                    f"prev:{g}",
-                    (
-                        period,
-                        currency,
-                    ),
-                ] += totals.units
+                contrib[f"ltv:{g}", (cohort, period - cohort, currency)] += totals.units
+                contrib[f"prev:{g}", (period, currency)] += totals.units
         first_paid = min(per_period)
-        contrib[
-            f"fpay:{g}",
-            (
-                cohort,
-                first_paid - cohort,
-            ),
-        ] += 1
+        contrib[f"fpay:{g}", (cohort, first_paid - cohort)] += 1
         for period, count in per_period.items():
             if period in near_periods:
                 contrib[f"ppay:{g}", (period,)] += 1
                 if count >= 2:
                     contrib[f"prep:{g}", (period,)] += 1
-        contrib[
-            f"rpc:{g}",
-            (
-                cohort,
-                "1",
-            ),
-        ] += 1
+        contrib[f"rpc:{g}", (cohort, "1")] += 1
         if purchase_count >= 2:
-            contrib[
-                f"rpc:{g}",
-                (
-                    cohort,
-                    "2",
-                ),
-            ] += 1
+            contrib[f"rpc:{g}", (cohort, "2")] += 1
     return contrib
 
 

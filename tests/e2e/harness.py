@@ -6,7 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,14 @@ class Deployment:
     def cli_json(self, *args: str, **extra: str) -> Any:
         return orjson.loads(self.cli(*args, "--json", **extra).stdout)
 
+    def delete_keys(self) -> None:
+        """Remove this deployment's Redis keys (only those: the Redis may be shared)."""
+        client = redis.Redis.from_url(self.redis_url)
+        keys = list(client.scan_iter(match=f"rt-{self.name}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
     def applied_offsets(self) -> int:
         """Sum of the next offsets stored with the state: records applied so far."""
         client = redis.Redis.from_url(self.redis_url)
@@ -117,6 +126,18 @@ class Deployment:
             return self.applied_offsets() >= records
 
         wait_for(done, timeout_s, f"{records} records applied")
+
+
+@contextmanager
+def isolated_deployment(kafka_url: str, redis_url: str, name: str, log_dir: Path,
+                        partitions: int = 4) -> Iterator[Deployment]:
+    """A deployment with its topics created, and its Redis keys deleted afterwards."""
+    deployment = Deployment(kafka_url, redis_url, name, log_dir, partitions)
+    deployment.create_topics()
+    try:
+        yield deployment
+    finally:
+        deployment.delete_keys()
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]

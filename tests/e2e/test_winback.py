@@ -8,14 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from aiokafka.partitioner import murmur2
 
 from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.winback import notification_id
 
-from .harness import Deployment, consume_all, event_messages, produce
+from .harness import Deployment, consume_all, event_messages, isolated_deployment, produce
 
 pytestmark = pytest.mark.e2e
 DAY_MS = 86_400_000
@@ -24,14 +23,8 @@ HOUR_MS = 3_600_000
 
 @pytest.fixture
 def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path):
-    d = Deployment(kafka_url, redis_url, unique, tmp_path, partitions=1)
-    d.create_topics()
-    yield d
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"rt-{unique}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with isolated_deployment(kafka_url, redis_url, unique, tmp_path, partitions=1) as d:
+        yield d
 
 
 def event(user: str, n: int, ts_ms: int, kind: str = "session", **extra: Any) -> dict[str, Any]:
@@ -137,8 +130,6 @@ def partition_of(key: str, partitions: int) -> int:
 def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
     kafka_url: str, redis_url: str, unique: str, tmp_path: Path
 ) -> None:
-    d = Deployment(kafka_url, redis_url, unique, tmp_path, partitions=4)
-    d.create_topics()
     t0 = utc_now_ms() - 10 * DAY_MS
     events, expected = population(t0)
     tickers = {}
@@ -147,7 +138,7 @@ def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
     events += [event(user, 0, t0 + 3 * DAY_MS) for user in tickers.values()]
     fast = {"CLOCK": "event", "INACTIVITY_THRESHOLDS": "1,2", "SESSION_TIMEOUT_MS": "2000",
             "HEARTBEAT_MS": "500", "BATCH_MAX_RECORDS": "3"}
-    try:
+    with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:
         first, _ = d.start_worker(0, **fast)
         second, _ = d.start_worker(1, **fast)
         with first, second:
@@ -160,9 +151,3 @@ def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
                                   timeout_s=30)
                 ids = {orjson.loads(r.value)["notification_id"] for r in got}
                 assert ids == expected[days], days
-    finally:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"rt-{unique}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()

@@ -18,7 +18,7 @@ from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
 from retention_tracker.streams.simulation import SimulationConfig, generate_events
 
-from .harness import Deployment, consume_all, event_messages, produce
+from .harness import Deployment, consume_all, event_messages, isolated_deployment, produce
 
 pytestmark = pytest.mark.e2e
 DAY_MS = 86_400_000
@@ -26,14 +26,8 @@ DAY_MS = 86_400_000
 
 @pytest.fixture
 def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path):
-    d = Deployment(kafka_url, redis_url, unique, tmp_path)
-    d.create_topics()
-    yield d
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"rt-{unique}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:
+        yield d
 
 
 def simulated(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
