@@ -176,8 +176,9 @@ class RedisStore:
 
     # ---- write side -------------------------------------------------------------------
 
-    def _user_bucket(self, user_id: str) -> int:
-        return zlib.crc32(user_id.encode()) % self.user_buckets
+    def user_key(self, shard: int, app: str, user_id: str) -> str:
+        """The hash holding this user's record."""
+        return self.keys.users(shard, app, zlib.crc32(user_id.encode()) % self.user_buckets)
 
     def _dedup_bucket(self, key: bytes) -> int:
         return int.from_bytes(key[:4], "little") % self.dedup_buckets
@@ -206,7 +207,7 @@ class RedisStore:
 
         args: list[object] = [len(topics), *topics, len(users)]
         for app, user_id in users:
-            args += [index_of(self.keys.users(shard, app, self._user_bucket(user_id))), user_id]
+            args += [index_of(self.user_key(shard, app, user_id)), user_id]
         args.append(len(dedup_keys))
         for key in dedup_keys:
             bucket = self._dedup_bucket(key)
@@ -300,7 +301,7 @@ class RedisStore:
             args += [topic, offset]
         args.append(len(users))
         for (app, user_id), state in users.items():
-            bucket = index_of(self.keys.users(shard, app, self._user_bucket(user_id)))
+            bucket = index_of(self.user_key(shard, app, user_id))
             args += [bucket, user_id, encode_user(state)]
         args.append(len(increments))
         for key, field, delta in increments:
