@@ -10,8 +10,10 @@ import asyncio
 import logging
 import os
 import signal
+import tempfile
 import time
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -82,6 +84,8 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
         autodiscover=False,
         topic_disable_leader=True,
         store="memory://",
+        # Faust keeps nothing we need on disk (no tables): not in the working directory
+        datadir=Path(tempfile.gettempdir()) / f"{settings.group_id}-faust-{os.getpid()}",
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.heartbeat_ms / 1000,
     )

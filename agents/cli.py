@@ -289,6 +289,18 @@ def demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: str 
     sys.exit(run_demo(days, installs_per_day, seconds_per_day, Path(workdir) if workdir else None))
 
 
+def _register_optional_commands() -> None:
+    """`bench` needs the source checkout's bench/ folder; `check` is always there."""
+    from .bench_cli import bench
+    from .check import check
+
+    cli.add_command(bench)
+    cli.add_command(check)
+
+
+_register_optional_commands()
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -115,6 +115,7 @@ class Ingestor:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_ms,
             max_poll_records=s.batch_max_records,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
         )

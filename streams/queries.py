@@ -199,7 +199,8 @@ async def repeat_purchase_report(
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     per_cohort = await store.read_family(app, f"rpc:{granularity}", segment)
-    cohorts = sorted({int(k.split(":")[0]) for k in per_cohort})
+    sizes = await store.read_family(app, f"coh:{granularity}", segment)
+    cohorts = sorted(int(c) for c, size in sizes.items() if size > 0)  # buyers or not
 
     def rpr_doc(buyers: int, repeat: int) -> dict[str, Any]:
         return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}

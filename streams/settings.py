@@ -49,6 +49,7 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
     SettingDoc("CLOCK_SPEED", "1", "wall clock only: run it this many times faster (demos, tests)"),
     SettingDoc("BATCH_MAX_RECORDS", "2000", "Kafka records fetched per partition batch"),
+    SettingDoc("FETCH_MAX_WAIT_MS", "50", "longest a fetch waits for data (latency vs requests)"),
     SettingDoc("MAX_MESSAGE_BYTES", "1048576", "larger messages are dead-lettered whole"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "1024", "Redis hashes per partition and app holding user records"),
@@ -172,6 +173,7 @@ class Settings:
     clock: str = "wall"
     clock_speed: float = 1.0
     batch_max_records: int = 2000
+    fetch_max_wait_ms: int = 50
     max_message_bytes: int = 1 << 20
     max_events_per_message: int = 1000
     user_buckets: int = 1024
@@ -213,6 +215,7 @@ class Settings:
             clock=clock,
             clock_speed=_float(env, "CLOCK_SPEED", d.clock_speed) or 1.0,
             batch_max_records=_int(env, "BATCH_MAX_RECORDS", d.batch_max_records, minimum=1),
+            fetch_max_wait_ms=_int(env, "FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms, minimum=0),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=64),
             max_events_per_message=_int(
                 env, "MAX_EVENTS_PER_MESSAGE", d.max_events_per_message, minimum=1

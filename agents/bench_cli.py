@@ -1,0 +1,99 @@
+"""``retention bench``: the throughput, latency and memory benchmark (BENCHMARKS.md).
+
+The benchmark's code lives in the top-level ``bench/`` folder of the source checkout, not
+in the installed package (it starts brokers, replays a million events and runs baselines
+no deployment needs). This module only parses the flags and loads that folder by path
+under a private module name, so a checkout's ``bench`` never shadows, or is shadowed by,
+another distribution's top-level ``bench`` module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+_PACKAGE = "retention_tracker_bench"
+_BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
+
+
+def load_runner() -> ModuleType:
+    """``bench/runner.py`` of this checkout, imported as ``retention_tracker_bench.runner``."""
+    if _PACKAGE not in sys.modules:
+        init = _BENCH_DIR / "__init__.py"
+        if not init.exists():
+            raise click.ClickException(f"no benchmark code at {_BENCH_DIR}: `retention bench` "
+                                       "runs from a source checkout")
+        spec = importlib.util.spec_from_file_location(
+            _PACKAGE, init, submodule_search_locations=[str(_BENCH_DIR)])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_PACKAGE] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{_PACKAGE}.runner")
+
+
+@click.command()
+@click.option("--events", type=click.IntRange(min=1), default=None,
+              help="events in the workload (approximate)  [default: 1000000; quick: 20000]")
+@click.option("--users", type=click.IntRange(min=1), default=None,
+              help="distinct users (approximate)  [default: 100000; quick: 2000]")
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="simulated days of traffic  [default: 30]")
+@click.option("--seed", default=0, show_default=True, help="simulation seed")
+@click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--skip-baselines", is_flag=True,
+              help="skip the Faust baseline (the raw loop always runs: it is also the census "
+                   "of the topics the worker's progress is measured with)")
+@click.option("--baseline-events", type=click.IntRange(min=1), default=200_000,
+              show_default=True,
+              help="the Faust baseline is measured on at most this many events per topic")
+@click.option("--latency-seconds", type=click.FloatRange(min=0.5), default=None,
+              help="length of the latency run  [default: 10; quick: 3]")
+@click.option("--latency-rate", type=click.FloatRange(min=1), default=None,
+              help="events/s of the latency run  [default: half the worker's measured rate]")
+@click.option("--quick", is_flag=True,
+              help="a small run (20k events) for CI: checks the plumbing and correctness")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write every figure as JSON here")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="logs and Redis files (default: a new temporary folder, kept)")
+@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="after the measured runs, replay the single-event topic once more with "
+                   "py-spy attached; collapsed stacks go here, top functions to the report")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+def bench(events: int | None, users: int | None, days: int | None, seed: int, partitions: int,
+          skip_baselines: bool, baseline_events: int, latency_seconds: float | None,
+          latency_rate: float | None, quick: bool, json_out: Path | None, workdir: Path | None,
+          profile: Path | None, no_progress: bool) -> None:
+    """Benchmark the worker against a raw aiokafka loop and a Faust agent, on a real broker
+    and Redis; check its figures against the batch reference (exit 1 if they differ)."""
+    runner = load_runner()
+    args = sys.argv[1:]
+    if args[:1] == ["bench"]:  # `retention bench ...` rather than `python -m ...bench_cli`
+        args = args[1:]
+    size = QUICK if quick else {"events": 1_000_000, "users": 100_000, "days": 30,
+                                "latency_seconds": 10.0}
+    options = runner.Options(
+        events=events or size["events"], users=users or size["users"],
+        days=days or size["days"], seed=seed, partitions=partitions,
+        skip_baselines=skip_baselines, baseline_events=baseline_events,
+        latency_seconds=latency_seconds or size["latency_seconds"], latency_rate=latency_rate,
+        json_out=json_out,
+        workdir=workdir, profile=profile, progress=not no_progress,
+        command=shlex.join(["retention", "bench", *args]),
+    )
+    code, results = runner.run(options)
+    click.echo(runner.render(results))
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":  # python -m retention_tracker.agents.bench_cli (before registration)
+    bench()

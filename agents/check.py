@@ -1,0 +1,270 @@
+"""``retention check``: is this environment fit to run a worker? One line per check.
+
+It reads the same settings as a worker (``Settings.from_env``) and checks, in order: the
+settings themselves; Redis (reachable, authenticated, its version, persistence and eviction
+policy); the broker (reachable); the input topics (exist, co-partitioned); the DLQ and output
+topics (exist, or the worker creates them on start); the app timezones recorded in Redis
+against the configured ones. Each check prints ``ok``, ``warn``, ``FAIL`` (or ``skip`` when
+an earlier failure makes it impossible) and what exactly is wrong; the exit status is 1 if
+any check FAILed. ``--json`` prints the same as a list of objects. Passwords in URLs are
+masked, and never appear in any message.
+
+Nothing is written: Redis is only read, and the broker is asked for the metadata of all
+topics, which creates none (a metadata request naming a topic would auto-create it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import click
+import orjson
+import redis
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from retention_tracker.streams.settings import ConfigError, Settings
+from retention_tracker.streams.store import Keyspace
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    check: str
+    status: str
+    detail: str
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``; comma-separated
+    lists (bootstrap servers) are masked part by part."""
+    if "," in url:
+        return ",".join(mask_url(part) for part in url.split(","))
+    try:
+        parts = urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if not password:
+        return url.strip()
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _secrets(*urls: str) -> list[str]:
+    found = []
+    for url in urls:
+        for part in url.split(","):
+            try:
+                password = urlsplit(part.strip()).password
+            except ValueError:
+                continue
+            if password:
+                found += [password, unquote(password)]
+    return found
+
+
+class _Report:
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = secrets
+        self.checks: list[Check] = []
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        for secret in self.secrets:  # whatever a library put in its message
+            detail = detail.replace(secret, "***")
+        self.checks.append(Check(name, status, " ".join(detail.split())))
+
+
+def _redis_checks(settings: Settings, report: _Report) -> dict[str, str] | None:
+    """Reachability, version, persistence, eviction; returns the stored app timezones (None
+    when Redis could not be read)."""
+    where = mask_url(settings.redis_url)
+    try:
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError as exc:
+        report.add("redis", FAIL, f"REDIS_URL {where} is not usable: {exc}")
+        return None
+    try:
+        client.ping()
+        server = client.info("server")
+        persistence = client.info("persistence")
+        memory = client.info("memory")
+        stored = client.hgetall(Keyspace(settings.key_prefix).apps())
+        try:
+            config = {**client.config_get("appendfsync"), **client.config_get("save")}
+        except redis.exceptions.ResponseError:  # CONFIG is often disabled on managed Redis
+            config = {}
+    except redis.exceptions.AuthenticationError as exc:
+        report.add("redis", FAIL, f"Redis at {where} refused the credentials: {exc}")
+        return None
+    except redis.exceptions.RedisError as exc:
+        report.add("redis", FAIL, f"cannot reach Redis at {where}: {exc}")
+        return None
+    finally:
+        client.close()
+    report.add("redis", OK, f"Redis {server.get('redis_version', '?')} at {where} answers PING")
+
+    if int(persistence.get("aof_enabled", 0)):
+        fsync = config.get("appendfsync")
+        if fsync == "no":
+            report.add("redis persistence", WARN,
+                       "appendonly yes but appendfsync no: the OS decides when writes reach "
+                       "the disk, a machine crash can lose many seconds of state and offsets")
+        else:
+            report.add("redis persistence", OK, f"appendonly yes, appendfsync {fsync or '?'}")
+    else:
+        snapshots = config.get("save")
+        what = (f"only RDB snapshots (save {snapshots!r}) survive" if snapshots
+                else "nothing survives" if snapshots == "" else "at most RDB snapshots survive")
+        report.add("redis persistence", WARN,
+                   f"appendonly is off: after a Redis restart {what}; all state and offsets "
+                   "written since are lost (set appendonly yes)")
+
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
+        report.add("redis memory", WARN,
+                   f"maxmemory-policy {policy}: under memory pressure Redis evicts keys, and "
+                   "an evicted state key silently corrupts the figures (use noeviction)")
+    else:
+        report.add("redis memory", OK, f"maxmemory-policy {policy}")
+    return {k.decode(): v.decode() for k, v in stored.items()}
+
+
+async def _topics(settings: Settings) -> tuple[int, dict[str, int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                request_timeout_ms=int(TIMEOUT_S * 1000))
+    try:
+        async with asyncio.timeout(2 * TIMEOUT_S):
+            await admin.start()
+            cluster = await admin.describe_cluster()
+            topics = {
+                t["topic"]: len(t["partitions"])
+                for t in await admin.describe_topics()  # all topics: auto-creates nothing
+                if t["error_code"] == 0
+            }
+        return len(cluster.get("brokers", [])), topics
+    finally:
+        await admin.close()
+
+
+def _kafka_checks(settings: Settings, report: _Report) -> None:
+    where = mask_url(settings.kafka_broker)
+    quiet = logging.getLogger("aiokafka")  # it logs each refused connection; we say it once
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        brokers, topics = asyncio.run(_topics(settings))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        report.add("broker", FAIL,
+                   f"cannot reach Kafka at {where}: {exc or type(exc).__name__}")
+        for name in ("input topics", "dlq topic", "output topics"):
+            report.add(name, SKIP, "not checked: the broker is unreachable")
+        return
+    finally:
+        quiet.setLevel(level)
+    report.add("broker", OK, f"Kafka at {where} answers ({brokers} broker(s))")
+
+    inputs = list(settings.input_topics)
+    missing = [t for t in inputs if t not in topics]
+    counts = {t: topics[t] for t in inputs if t in topics}
+    if missing:
+        report.add("input topics", FAIL,
+                   f"input topic(s) {', '.join(missing)} do not exist (create them keyed by "
+                   "user_id; the worker does not)")
+    elif len(set(counts.values())) > 1:
+        shown = ", ".join(f"{t}={n}" for t, n in counts.items())
+        report.add("input topics", FAIL,
+                   f"input topics are not co-partitioned ({shown} partitions): a partition "
+                   "number is a state shard, so they must have equal partition counts")
+    else:
+        shown = ", ".join(f"{t} ({n} partitions)" for t, n in counts.items())
+        report.add("input topics", OK, shown)
+
+    def state(topic: str) -> str:
+        return f"{topic} exists" if topic in topics else f"{topic} will be created on start"
+
+    if settings.dlq_topic in inputs:
+        report.add("dlq topic", FAIL,
+                   f"DLQ_TOPIC {settings.dlq_topic} is an input topic: rejected messages "
+                   "would be consumed again")
+    else:
+        report.add("dlq topic", OK, state(settings.dlq_topic))
+    outputs = [settings.reactivated_topic,
+               *(settings.inactive_topic(d) for d in settings.inactivity_thresholds)]
+    clash = [t for t in outputs if t in inputs or t == settings.dlq_topic]
+    if clash:
+        report.add("output topics", FAIL,
+                   f"output topic(s) {', '.join(clash)} also used as input or DLQ topic")
+    else:
+        report.add("output topics", OK, "; ".join(state(t) for t in outputs))
+
+
+def _timezone_checks(settings: Settings, report: _Report, stored: dict[str, str] | None
+                     ) -> None:
+    if stored is None:
+        report.add("timezones", SKIP, "not checked: Redis could not be read")
+        return
+    conflicts = [
+        f"app {app!r} has data in timezone {zone!r} but TIMEZONE/APP_TIMEZONES give "
+        f"{settings.timezone_of(app)!r}"
+        for app, zone in sorted(stored.items()) if zone != settings.timezone_of(app)
+    ]
+    if conflicts:
+        report.add("timezones", FAIL,
+                   "; ".join(conflicts) + " (a worker would refuse to start: fix the setting)")
+    elif stored:
+        report.add("timezones", OK, f"{len(stored)} app(s) with data, timezones agree")
+    else:
+        report.add("timezones", OK, f"no app has data under key prefix {settings.key_prefix!r}")
+
+
+def run_checks() -> list[Check]:
+    """Every check, in order; never raises for an expected failure."""
+    report = _Report(_secrets(os.environ.get("REDIS_URL", ""), os.environ.get("KAFKA_BROKER", "")))
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        report.add("settings", FAIL, str(exc))
+        for name in ("redis", "broker", "timezones"):
+            report.add(name, SKIP, "not checked: the settings are invalid")
+        return report.checks
+    report.add("settings", OK,
+               f"group {settings.group_id!r}, key prefix {settings.key_prefix!r}, input "
+               f"{', '.join(settings.input_topics)}")
+    stored = _redis_checks(settings, report)
+    _kafka_checks(settings, report)
+    _timezone_checks(settings, report, stored)
+    return report.checks
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable list of checks")
+def check(as_json: bool) -> None:
+    """Check the settings, Redis, the broker, the topics and the app timezones; exit 1 if
+    anything FAILs."""
+    checks = run_checks()
+    if as_json:
+        click.echo(orjson.dumps([asdict(c) for c in checks]).decode())
+    else:
+        width = max(len(c.check) for c in checks)
+        for c in checks:
+            click.echo(f"{c.status:<4}  {c.check:<{width}}  {c.detail}")
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m retention_tracker.agents.check`
+    check()

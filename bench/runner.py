@@ -1,0 +1,361 @@
+"""One benchmark run, start to finish: services, workload, contenders, checks, report.
+
+Everything runs on throw-away services (a Tansu broker and a redis-server on free loopback
+ports, stopped by PID on the way out, also on failure), so a run needs nothing installed
+and measures the same stack the demo and the end-to-end tests use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from retention_tracker.agents.feeding import ProduceStats, produce_events
+from retention_tracker.agents.local_stack import (
+    ensure_topics,
+    redis_server_binary,
+    start_broker,
+    start_redis,
+)
+
+from .checks import Reference, Verdict, redis_memory, verify
+from .contenders import (
+    BenchFailure,
+    Census,
+    Deployment,
+    RunResult,
+    Stack,
+    faust_agent,
+    raw_loop,
+    run_async,
+    worker_replay,
+)
+from .latency import measure_latency, raw_latency
+from .profile import profile_replay
+from .workload import Workload, WorkloadSpec, build_workload
+
+SHAPES = {"single": 1, "batch50": 50}  # shape name -> events per message (at most)
+SHAPE_LABELS = {"single": "single (1 event/msg)", "batch50": "batch (<=50 events/msg)"}
+CONTENDER_LABELS = {
+    "raw": "(a) raw aiokafka loop",
+    "faust": "(b) faust agent + table",
+    "worker": "(c) retention worker",
+}
+METHOD = (
+    "events/s over each contender's steady window: from the end of its first unit of work "
+    "(raw loop: first getmany batch; faust: first message; worker: first partition batch "
+    "seen applied in Redis, polled every 20 ms) to its last event; events of that first "
+    "unit are not counted. Startup and consumer-group join are therefore excluded for all. "
+    "Contenders run one after another on the same topic, never at the same time."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The knobs of a run (the ``bench`` command's flags)."""
+
+    events: int = 1_000_000
+    users: int = 100_000
+    days: int = 30
+    seed: int = 0
+    partitions: int = 4
+    skip_baselines: bool = False
+    baseline_events: int = 200_000  # the Faust baseline is measured on this prefix
+    latency_seconds: float = 10.0
+    latency_rate: float | None = None  # events/s; None: half the worker's single-shape rate
+    json_out: Path | None = None
+    workdir: Path | None = None
+    profile: Path | None = None
+    progress: bool = True
+    stall_s: float = 120.0
+    command: str = ""
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on; they mean nothing without it."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info
+                    if line.startswith("model name")), cpu)
+    mem_total = None
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/meminfo") as info:
+        mem_total = int(next(line for line in info if line.startswith("MemTotal")).split()[1])
+    try:
+        redis_version = subprocess.run([redis_server_binary(), "--version"], capture_output=True,
+                                       text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        redis_version = "unknown"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "mem_total_kib": mem_total,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "redis_server": redis_version,
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files that differed from it (figures of a dirty tree
+    are only comparable with care)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_files": changed}
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(options: Options) -> tuple[int, dict[str, Any]]:
+    """Run the bench; returns (exit code, results). Exit 1 when figures are wrong or a
+    contender failed: a fast wrong answer must not look like a result."""
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="retention-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "command": options.command,
+        "machine": machine(),
+        "code": code_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "method": METHOD,
+        "workdir": str(workdir),
+    }
+    _say(f"generating the workload (~{options.events:,} events, ~{options.users:,} users, "
+         f"{options.days} days); logs in {workdir}")
+    workload = build_workload(WorkloadSpec(options.events, options.users, options.days,
+                                           options.seed))
+    results["workload"] = workload.describe()
+    code = 0
+    try:
+        with contextlib.ExitStack() as services:
+            broker, kafka_url = start_broker(log_dir=workdir)
+            services.enter_context(broker)
+            server, redis_url = start_redis(data_dir=workdir / "redis")
+            services.enter_context(server)
+            stack = Stack(kafka_url, redis_url, workdir, f"b{uuid.uuid4().hex[:6]}",
+                          options.partitions, options.progress, options.stall_s,
+                          {"broker": broker.pid, "redis": server.pid})
+            _run_all(stack, workload, options, results)
+    except BenchFailure as exc:
+        _say(f"FAILED: {exc}")
+        results["error"] = str(exc)
+        code = 1
+    except Exception as exc:  # still write what was measured, and say why it stopped
+        traceback.print_exc()
+        _say(f"FAILED: {type(exc).__name__}: {exc}")
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        code = 1
+    if not results.get("correctness", {}).get("ok", False):
+        code = 1
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if options.json_out is not None:
+        options.json_out.parent.mkdir(parents=True, exist_ok=True)
+        options.json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return code, results
+
+
+def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[str, Any]
+             ) -> None:
+    topics = {shape: f"{stack.run_id}-{shape}" for shape in SHAPES}
+    latency_topic = f"{stack.run_id}-latency"
+    raw_latency_topic = f"{stack.run_id}-latency-raw"
+    deployments = {shape: Deployment(stack, topics[shape], f"worker-{shape}") for shape in SHAPES}
+    latency_deployment = Deployment(stack, latency_topic, "worker-latency")
+    profile_deployment = Deployment(stack, topics["single"], "worker-profile")
+    wanted = {t: stack.partitions for t in (*topics.values(), latency_topic, raw_latency_topic)}
+    wanted.update({d.dlq: 1 for d in (*deployments.values(), latency_deployment,
+                                      profile_deployment)})
+    run_async(lambda: ensure_topics(stack.bootstrap, wanted))
+
+    produced: dict[str, Any] = {}
+    for shape, per_message in SHAPES.items():
+        source = workload.events if per_message == 1 else workload.by_user
+        _say(f"producing {len(source):,} events to {topics[shape]} ({shape})")
+        stats: ProduceStats = run_async(
+            lambda source=source, topic=topics[shape], per_message=per_message: produce_events(
+                stack.bootstrap, topic, source, batch_size=per_message, progress=stack.progress))
+        produced[shape] = {
+            "events": stats.events, "messages": stats.messages, "bytes": stats.bytes,
+            "events_per_message": round(stats.events / stats.messages, 2),
+            "seconds": round(stats.seconds, 3), "events_per_s": round(stats.events_per_s, 1),
+        }
+    results["produce"] = produced
+
+    throughput: dict[str, dict[str, Any]] = {}
+    memory: dict[str, Any] = {}
+    verdict = Verdict()
+    expected: Reference | None = None
+    censuses: dict[str, Census] = {}
+    results["correctness"] = {**verdict.as_dict(), "ok": False}  # nothing checked yet
+    for shape in SHAPES:
+        runs: dict[str, RunResult] = {}
+        total = produced[shape]["events"]
+        _say(f"{shape}: (a) raw aiokafka loop")
+        runs["raw"], censuses[shape] = run_async(
+            lambda shape=shape, total=total: raw_loop(stack, topics[shape], shape, total))
+        if not options.skip_baselines:
+            measured = min(total, options.baseline_events)
+            _say(f"{shape}: (b) faust agent + table (first {measured:,} events)")
+            runs["faust"] = faust_agent(stack, topics[shape], shape, measured)
+        _say(f"{shape}: (c) retention worker")
+        runs["worker"], used = worker_replay(deployments[shape], shape, censuses[shape])
+        throughput[shape] = {name: r.as_dict() for name, r in runs.items()}
+        results["throughput"] = throughput  # kept even if the figures turn out wrong
+        for name, r in runs.items():
+            _say(f"{shape}: {name}: {r.events_per_s:,.0f} events/s "
+                 f"({r.window_events:,} events in {r.window_s:.2f} s)")
+        if expected is None:
+            _say("computing the batch reference figures (streams/reference.py)")
+            expected = Reference.of(workload.events)
+        _say(f"{shape}: checking the worker's figures against the reference")
+        shape_verdict = verify(deployments[shape], expected)
+        verdict.checks += shape_verdict.checks
+        verdict.mismatches += shape_verdict.mismatches
+        verdict.ok = verdict.ok and shape_verdict.ok
+        results["correctness"] = verdict.as_dict()
+        if not shape_verdict.ok:
+            raise BenchFailure("the worker's figures differ from the reference: "
+                               + "; ".join(shape_verdict.mismatches)[:2000])
+        memory[shape] = redis_memory(deployments[shape], used, workload.distinct_users, total)
+    results["ratios"] = _ratios(throughput)
+    results["redis_memory"] = memory
+    results["worker_peak_rss_bytes"] = {
+        shape: throughput[shape]["worker"]["peak_rss_bytes"] for shape in throughput
+    }
+
+    rate = options.latency_rate or throughput["single"]["worker"]["events_per_s"] / 2
+    why = "as asked" if options.latency_rate else "half the worker's rate"
+    _say(f"latency: single-event messages at {rate:,.0f} events/s ({why}) "
+         f"for {options.latency_seconds:g} s")
+    results["latency"] = measure_latency(latency_deployment, workload.events, rate,
+                                         options.latency_seconds)
+    _say("latency: the same stream read by a bare aiokafka loop (broker + client share)")
+    results["latency_raw_consumer"] = raw_latency(stack, raw_latency_topic, workload.events,
+                                                  rate, options.latency_seconds)
+
+    if options.profile is not None:
+        _say(f"profile: an extra replay of the single topic under py-spy -> {options.profile}")
+        profiled, summary = profile_replay(profile_deployment, censuses["single"],
+                                           options.profile)
+        summary["replay_events_per_s_while_sampled"] = round(profiled.events_per_s, 1)
+        results["profile"] = summary
+
+
+def _ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The worker's rate as a multiple of each baseline's, per shape."""
+    out: dict[str, Any] = {}
+    for shape, runs in throughput.items():
+        ours = runs["worker"]["events_per_s"]
+        out[shape] = {
+            f"worker_vs_{name}": round(ours / run["events_per_s"], 4)
+            for name, run in runs.items() if name != "worker" and run["events_per_s"] > 0
+        }
+    return out
+
+
+# ---- the printed report ------------------------------------------------------------------------
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The human-readable table (BENCHMARKS.md shows the same)."""
+    lines: list[str] = []
+    workload = results.get("workload", {})
+    lines.append(f"workload: {workload.get('events', 0):,} events, "
+                 f"{workload.get('distinct_users', 0):,} users, {workload.get('days')} days")
+    throughput = results.get("throughput", {})
+    header = (f"{'shape':<26}{'contender':<27}{'events/s':>10}{'window':>9}{'startup':>9}"
+              f"{'core':>6}{'ev/CPU-s':>10}{'redis CPU':>10}{'peak RSS':>10}")
+    lines += ["", header, "-" * len(header)]
+    for shape, runs in throughput.items():
+        per_message = results.get("produce", {}).get(shape, {}).get("events_per_message")
+        label = SHAPE_LABELS.get(shape, shape)
+        for index, (name, run) in enumerate(runs.items()):
+            first = label if index == 0 else (f"  mean {per_message} ev/msg" if index == 1 and
+                                              per_message else "")
+            note = " *" if name == "faust" and run["events"] < workload.get("events", 0) else ""
+            share = run.get("contender_core_share")
+            per_cpu = run.get("events_per_contender_cpu_s")
+            redis_cpu = run.get("cpu_s_in_window", {}).get("redis")
+            redis_share = f"{redis_cpu / run['window_s']:.2f}" if redis_cpu is not None and \
+                run["window_s"] > 0 else "-"
+            lines.append(
+                f"{first:<26}{CONTENDER_LABELS.get(name, name) + note:<27}"
+                f"{run['events_per_s']:>10,.0f}{run['window_s']:>8.1f}s{run['startup_s']:>8.1f}s"
+                f"{'-' if share is None else f'{share:.2f}':>6}"
+                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>10}{redis_share:>10}"
+                f"{_mib(run.get('peak_rss_bytes')):>10}"
+            )
+    for shape, ratios in results.get("ratios", {}).items():
+        parts = [f"{value:.3f}x {key.removeprefix('worker_vs_')}" for key, value in
+                 ratios.items()]
+        if parts:
+            lines.append(f"worker / baseline, {shape}: " + ", ".join(parts))
+    if any(run["contender"] == "faust" and run["events"] < workload.get("events", 0)
+           for runs in throughput.values() for run in runs.values()):
+        lines.append("* faust measured on a prefix of the topic (see measured_prefix_events)")
+    latency = results.get("latency")
+    if latency:
+        lines.append(
+            f"latency produce->Redis at {latency['achieved_rate_events_per_s']:,.0f} ev/s "
+            f"({latency['events']:,} events): p50 {latency['p50_ms']:.1f} ms, "
+            f"p99 {latency['p99_ms']:.1f} ms, max {latency['max_ms']:.1f} ms"
+        )
+    raw = results.get("latency_raw_consumer")
+    if raw:
+        lines.append(
+            f"  same stream, bare aiokafka consumer: p50 {raw['p50_ms']:.1f} ms, "
+            f"p99 {raw['p99_ms']:.1f} ms, max {raw['max_ms']:.1f} ms"
+        )
+    for shape, memory in results.get("redis_memory", {}).items():
+        families = memory["families"]
+        lines.append(
+            f"redis, {shape}: {memory['bytes_per_user_total']:,.0f} B/user total "
+            f"(used_memory delta {_mib(memory['used_memory_delta_bytes'])}); "
+            f"user records {memory['bytes_per_user_records']:,.0f} B/user, "
+            f"dedup ids {memory['dedup_bytes_per_user']:,.0f} B/user "
+            f"({memory['dedup_bytes_per_event']:,.0f} B/event; deleting them freed "
+            f"{_mib(memory['used_memory_drop_on_deleting_dedup_bytes'])}), aggregates "
+            f"{_mib(families.get('aggregates', {}).get('bytes', 0))}"
+        )
+    correctness = results.get("correctness", {})
+    lines.append("correctness: " + (
+        f"OK ({len(correctness.get('checks', []))} reports equal the reference)"
+        if correctness.get("ok") else f"FAILED {correctness.get('mismatches')}"))
+    profile = results.get("profile")
+    if profile:
+        lines.append(f"profile ({profile['samples']} samples), top self time:")
+        lines += [f"  {row['share']:>6.1%}  {row['function']}" for row in profile["self"][:10]]
+    if results.get("error"):
+        lines.append(f"ERROR: {results['error']}")
+    load = results.get("load_average_at_start")
+    if load and load[0] > 1.0:
+        lines.append(f"WARNING: load average {load[0]} at start: the machine was busy, rates "
+                     "are low; ev/CPU-s is the figure least disturbed by that")
+    lines.append("core: the contender's CPU seconds / window (1.00 = one full core); redis "
+                 "CPU: redis-server's, same window")
+    lines.append(f"method: {results.get('method', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""The benchmark's plumbing and its correctness gate, never its timings.
+
+``retention bench --quick`` runs end to end on a real broker, Redis, worker and Faust
+baseline; the test asserts that the worker's figures matched the reference and that the
+JSON has every figure BENCHMARKS.md is built from. Timings are not asserted: they depend
+on the machine and on what else runs, and a flaky perf gate teaches people to ignore CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+
+from retention_tracker.agents.bench_cli import load_runner
+from retention_tracker.streams import reference
+
+pytestmark = pytest.mark.e2e
+
+SHAPES = {"single", "batch50"}
+CONTENDERS = {"raw", "faust", "worker"}
+RUN_KEYS = {"contender", "shape", "events", "window_events", "window_s", "events_per_s",
+            "startup_s", "peak_rss_bytes"}
+LATENCY_KEYS = {"p50_ms", "p99_ms", "max_ms", "events", "target_rate_events_per_s",
+                "achieved_rate_events_per_s"}
+MEMORY_KEYS = {"bytes_per_user_total", "bytes_per_user_records", "dedup_bytes_per_event",
+               "dedup_bytes_per_user", "used_memory_drop_on_deleting_dedup_bytes", "families"}
+
+
+@pytest.fixture(scope="module")
+def bench_modules() -> dict[str, ModuleType]:
+    runner = load_runner()
+    package = runner.__name__.rsplit(".", 1)[0]
+    return {name: sys.modules[f"{package}.{name}"] for name in
+            ("runner", "workload", "profile", "checks")}
+
+
+def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "retention_tracker.agents.bench_cli", "--quick", "--no-progress",
+         "--json-out", str(out), "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    doc: dict[str, Any] = orjson.loads(out.read_bytes())
+    assert doc["correctness"]["ok"] is True
+    assert doc["correctness"]["mismatches"] == []
+    assert len(doc["correctness"]["checks"]) == 12
+    assert {"command", "machine", "code", "method", "workload", "produce", "throughput",
+            "ratios", "latency", "latency_raw_consumer", "redis_memory",
+            "worker_peak_rss_bytes"} <= doc.keys()
+    events = doc["workload"]["events"]
+    assert 15_000 <= events <= 25_000
+    assert set(doc["throughput"]) == SHAPES
+    for runs in doc["throughput"].values():
+        assert set(runs) == CONTENDERS
+        for run in runs.values():
+            assert run.keys() >= RUN_KEYS
+        assert runs["raw"]["events"] == runs["worker"]["events"] == events
+        assert runs["faust"]["events"] >= min(events, runs["faust"]["measured_prefix_events"])
+    assert doc["produce"]["batch50"]["events_per_message"] > 1
+    assert set(doc["ratios"]["single"]) == {"worker_vs_raw", "worker_vs_faust"}
+    assert doc["latency"].keys() >= LATENCY_KEYS
+    for shape in SHAPES:
+        assert doc["redis_memory"][shape].keys() >= MEMORY_KEYS
+        assert doc["worker_peak_rss_bytes"][shape] > 0
+    assert "events/s" in result.stdout and "correctness: OK" in result.stdout
+
+
+def test_a_wrong_answer_fails_the_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bench_modules: dict[str, ModuleType]
+) -> None:
+    """Pretend the worker is wrong (the reference disagrees by one user in one cell): the
+    bench must exit non-zero and say where, however fast the worker was."""
+    original = reference.triangle
+
+    def off_by_one(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rows = original(*args, **kwargs)
+        rows[0]["counts"][0] += 1
+        return rows
+
+    monkeypatch.setattr(reference, "triangle", off_by_one)
+    runner = bench_modules["runner"]
+    code, doc = runner.run(runner.Options(
+        events=3_000, users=300, days=10, skip_baselines=True, latency_seconds=0.5,
+        workdir=tmp_path / "work", progress=False, json_out=tmp_path / "bench.json",
+    ))
+    assert code == 1
+    assert doc["correctness"]["ok"] is False
+    assert "differ from the reference" in doc["error"]
+    assert orjson.loads((tmp_path / "bench.json").read_bytes())["correctness"]["ok"] is False
+
+
+def test_workload_sizing_hits_the_asked_events_and_users(
+    bench_modules: dict[str, ModuleType]
+) -> None:
+    workload = bench_modules["workload"]
+    built = workload.build_workload(workload.WorkloadSpec(events=30_000, users=3_000, days=30))
+    assert abs(len(built.events) - 30_000) < 3_000
+    assert abs(built.distinct_users - 3_000) < 300
+    users = [e["user_id"] for e in built.by_user]
+    assert users == sorted(users)
+    first = [e for e in built.events if e["user_id"] == users[0]]
+    assert [e for e in built.by_user if e["user_id"] == users[0]] == first  # order kept
+    assert date.fromtimestamp(built.config.start_ms / 1000).year == 2024  # fixed, reproducible
+
+
+def test_profile_summary_ranks_self_and_inclusive_time(
+    bench_modules: dict[str, ModuleType]
+) -> None:
+    collapsed = (
+        "run (agents/ingest.py:120);process (agents/ingest.py:180);"
+        "plan_batch (streams/plan.py:9) 6\n"
+        "run (agents/ingest.py:120);process (agents/ingest.py:181);loads (x/events.py:3) 3\n"
+        "run (agents/ingest.py:121) 1\n"
+    )
+    summary = bench_modules["profile"].summarise(collapsed)
+    assert summary["samples"] == 10
+    assert summary["self"][0] == {"function": "plan_batch (streams/plan.py)", "samples": 6,
+                                  "share": 0.6}
+    inclusive = {row["function"]: row["samples"] for row in summary["inclusive"]}
+    assert "run (agents/ingest.py)" not in inclusive  # on every stack: the trunk
+    assert inclusive["process (agents/ingest.py)"] == 9
+
+
+def test_only_what_the_reference_computes_is_compared(
+    bench_modules: dict[str, ModuleType]
+) -> None:
+    difference = bench_modules["checks"].difference
+    want = {"dau": 3, "cohorts": [{"cohort": "2024-01-01", "counts": [3, 1]}]}
+    assert difference({**want, "winback": {"2": 1}}, want) is None  # extra fields: not judged
+    assert difference({"cohorts": want["cohorts"]}, want) == "dau: missing (expected 3)"
+    wrong = {"dau": 3, "cohorts": [{"cohort": "2024-01-01", "counts": [3, 2]}]}
+    assert difference(wrong, want) == "cohorts.[2024-01-01].counts.[1]: got 2, expected 1"
+    assert difference({"dau": 3, "cohorts": []}, want) == "cohorts: 0 items, expected 1"
