@@ -218,7 +218,16 @@ class Ingestor:
                 [dedup_key(e.app, e.event_id) for _, _, e in events],
                 now,
             )
-            start = loaded.next_offsets.get(tp.topic) or 0
+            stored = loaded.next_offsets.get(tp.topic)
+            start = stored or 0
+            if stored is not None and records[0].offset > stored:
+                # Redis holds less than we read past (it lost its last writes, or a replica
+                # took over): go back to where the state ends and read the gap again
+                log.warning("%s/%s: state ends at offset %s, batch starts at %s; rewinding",
+                            tp.topic, tp.partition, stored, records[0].offset)
+                assert self.consumer is not None
+                self.consumer.seek(tp, stored)
+                return
             fresh = [item for item in events if item[0] >= start]
             plan = plan_batch(
                 fresh,

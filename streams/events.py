@@ -18,7 +18,11 @@ from .settings import APP_NAME_RE
 
 EVENT_TYPES = ("install", "session", "purchase")
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")
+# money above this per event is a bug or an attack, and sums must fit Redis' 64-bit counters
+MAX_MONEY = 1_000_000_000
+# calendar arithmetic needs a real date; the future is bounded by the clock check
+MIN_TS_MS = 0
 _ATTRIBUTES = ("platform", "country", "campaign")
 
 # The closed set of reasons; counters are labelled by these, so cardinality stays bounded.
@@ -105,6 +109,8 @@ def _number(obj: dict[str, Any], name: str) -> float | None:
         raise InvalidEvent("invalid_field", f"{name} must be finite")
     if value < 0:
         raise InvalidEvent("negative_amount", f"{name} must be >= 0")
+    if value > MAX_MONEY:
+        raise InvalidEvent("invalid_field", f"{name} must be at most {MAX_MONEY}")
     return value
 
 
@@ -144,6 +150,8 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event
     ts_ms = parse_ts_ms(obj["ts"])
     if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
         raise InvalidEvent("future_timestamp", "ts is more than 24 h ahead of the clock")
+    if ts_ms < MIN_TS_MS:
+        raise InvalidEvent("invalid_timestamp", "ts is before 1970")
     attributes = {name: _bounded_str(obj, name, 64, required=False) for name in _ATTRIBUTES}
     cost = _number(obj, "cost") if kind == "install" else None
     amount = _number(obj, "amount")

@@ -12,7 +12,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-APP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
 
 
 class ConfigError(Exception):
