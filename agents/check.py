@@ -144,7 +144,7 @@ def _redis_checks(settings: Settings, report: _Report) -> dict[str, str] | None:
 
 
 async def _topics(settings: Settings) -> tuple[int, dict[str, int]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+    admin = AIOKafkaAdminClient(**settings.kafka_options(),
                                 request_timeout_ms=int(TIMEOUT_S * 1000))
     try:
         async with asyncio.timeout(2 * TIMEOUT_S):

@@ -217,7 +217,7 @@ def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_siz
         raise Fatal(str(exc)) from None
     stats = _run(lambda: produce_events(
         settings.bootstrap_servers, settings.input_topics[0], valid, batch_size=batch_size,
-        progress=not as_json,
+        progress=not as_json, client_options=settings.kafka_options(),
     ))
     doc = {"produced_events": stats.events, "messages": stats.messages,
            "seconds": round(stats.seconds, 3), "rejected": dict(sorted(rejected.items()))}
@@ -236,7 +236,7 @@ def tail(topic: str, from_beginning: bool, limit: int, group: str | None) -> Non
 
     settings = _settings()
     _run(lambda: tail_topic(settings.bootstrap_servers, topic, from_beginning, limit, group,
-                            click.echo))
+                            click.echo, settings.kafka_options()))
 
 
 @cli.command()
@@ -270,6 +270,7 @@ def simulate(days: int, installs_per_day: int, seconds_per_day: float, duplicate
     stats = _run(lambda: produce_events(
         settings.bootstrap_servers, settings.input_topics[0],
         simulated_stream(cfg, seconds_per_day), batch_size=batch_size,
+        client_options=settings.kafka_options(),
     ))
     click.echo(str(stats))
 

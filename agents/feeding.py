@@ -86,6 +86,7 @@ async def produce_events(
     batch_size: int = 1,
     progress: bool = True,
     rate_per_s: float | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> ProduceStats:
     """Send events keyed by ``user_id``; return what was sent once the broker acked all of it.
 
@@ -106,7 +107,7 @@ async def produce_events(
     stats = ProduceStats()
     total = len(events) if hasattr(events, "__len__") else None  # type: ignore[arg-type]
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **{"bootstrap_servers": bootstrap_servers, **(client_options or {})},
         acks="all",
         enable_idempotence=False,
         linger_ms=5,
@@ -347,13 +348,15 @@ async def tail_topic(
     limit: int,
     group: str | None,
     emit: Callable[[str], None],
+    client_options: dict[str, Any] | None = None,
 ) -> int:
     """Consume ``topic`` and emit each message as one JSON line with its key and offset:
     what a push service subscribed to ``users.inactive.2d`` receives."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap_servers, group_id=group,
+        topic, **{"bootstrap_servers": bootstrap_servers, **(client_options or {})},
+        group_id=group,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=group is not None,
     )

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.exceptions
@@ -102,13 +103,13 @@ class Ingestor:
     async def start(self) -> None:
         s = self.settings
         await create_missing_topics(
-            s.bootstrap_servers,
+            s.kafka_options(),
             [s.dlq_topic, s.reactivated_topic, *map(s.inactive_topic, s.inactivity_thresholds)],
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
+        self.producer = AIOKafkaProducer(**s.kafka_options(), acks="all")
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+            **s.kafka_options(),
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -337,10 +338,10 @@ class Ingestor:
         await asyncio.gather(*futures)
 
 
-async def create_missing_topics(bootstrap_servers: str, names: list[str], partitions: int = 4
-                                ) -> None:
+async def create_missing_topics(kafka_options: dict[str, Any], names: list[str],
+                                partitions: int = 4) -> None:
     """Output topics the push services subscribe to exist before the first message."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_options)
     await admin.start()
     try:
         existing = {t["topic"] for t in await admin.describe_topics() if t["error_code"] == 0}

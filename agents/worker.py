@@ -35,9 +35,7 @@ def preflight(settings: Settings) -> str | None:
             )
 
     async def broker_reachable() -> str | None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=5000
-        )
+        producer = AIOKafkaProducer(**settings.kafka_options(), request_timeout_ms=5000)
         try:
             await producer.start()
         except KafkaError as exc:

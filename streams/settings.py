@@ -11,6 +11,7 @@ import re
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
 
@@ -28,7 +29,13 @@ class SettingDoc:
 
 SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("KAFKA_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers"),
-    SettingDoc("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis holding all state and offsets"),
+    SettingDoc("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    SettingDoc("KAFKA_SASL_MECHANISM", "PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    SettingDoc("KAFKA_SASL_USERNAME", "", "SASL user"),
+    SettingDoc("KAFKA_SASL_PASSWORD", "", "SASL password (never logged)"),
+    SettingDoc("KAFKA_SSL_CAFILE", "", "CA bundle for SSL/SASL_SSL (default: system CAs)"),
+    SettingDoc("REDIS_URL", "redis://127.0.0.1:6379/0",
+               "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
     SettingDoc("INPUT_TOPICS", "app-events", "input topics (comma separated), keyed by user_id"),
     SettingDoc("DLQ_TOPIC", "app-events.dlq", "dead-letter topic for rejected events"),
     SettingDoc("GROUP_ID", "retention-tracker", "Kafka consumer group of the workers"),
@@ -73,6 +80,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(allowed)}")
     return value
 
 
@@ -152,6 +166,11 @@ def _offsets(raw: str) -> tuple[int, ...]:
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_broker: str = "kafka://127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     input_topics: tuple[str, ...] = ("app-events",)
     dlq_topic: str = "app-events.dlq"
@@ -194,6 +213,15 @@ class Settings:
             raise ConfigError(f"CLOCK={clock!r} must be 'wall' or 'event'")
         return cls(
             kafka_broker=env.get("KAFKA_BROKER", d.kafka_broker).strip() or d.kafka_broker,
+            kafka_security_protocol=_choice(
+                env, "KAFKA_SECURITY_PROTOCOL", d.kafka_security_protocol,
+                ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+            ),
+            kafka_sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism,
+                                         ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+            kafka_sasl_username=env.get("KAFKA_SASL_USERNAME", ""),
+            kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),
+            kafka_ssl_cafile=env.get("KAFKA_SSL_CAFILE", "").strip(),
             redis_url=env.get("REDIS_URL", d.redis_url).strip() or d.redis_url,
             input_topics=_list(env, "INPUT_TOPICS", "app-events"),
             dlq_topic=env.get("DLQ_TOPIC", d.dlq_topic).strip() or d.dlq_topic,
@@ -235,6 +263,22 @@ class Settings:
 
     def inactive_topic(self, days: int) -> str:
         return self.inactive_topic_pattern.replace("{days}", str(days))
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Connection options for every aiokafka client the tracker makes (one place)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                           sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password)
+        if self.kafka_security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile or None)
+        return options
 
     @property
     def bootstrap_servers(self) -> str:

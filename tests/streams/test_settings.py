@@ -1,0 +1,35 @@
+"""Settings: security options reach every Kafka client, secrets stay out of reprs."""
+
+from __future__ import annotations
+
+import pytest
+
+from retention_tracker.streams.settings import ConfigError, Settings
+
+
+def test_sasl_ssl_options_are_passed_and_the_password_is_not_shown() -> None:
+    settings = Settings.from_env({
+        "KAFKA_BROKER": "kafka://b1:9093,kafka://b2:9093",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "tracker",
+        "KAFKA_SASL_PASSWORD": "hunter2",
+    })
+    options = settings.kafka_options()
+    assert options["bootstrap_servers"] == "b1:9093,b2:9093"
+    assert (options["security_protocol"], options["sasl_mechanism"]) == ("SASL_SSL",
+                                                                         "SCRAM-SHA-512")
+    assert options["sasl_plain_password"] == "hunter2" and "ssl_context" in options
+    assert "hunter2" not in repr(settings)
+
+
+def test_plaintext_has_no_sasl_or_ssl_options() -> None:
+    assert set(Settings.from_env({}).kafka_options()) == {"bootstrap_servers",
+                                                          "security_protocol"}
+
+
+@pytest.mark.parametrize(("name", "value"), [("KAFKA_SECURITY_PROTOCOL", "TLS"),
+                                             ("KAFKA_SASL_MECHANISM", "GSSAPI")])
+def test_unknown_security_choices_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
