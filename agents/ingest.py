@@ -279,8 +279,12 @@ class Ingestor:
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
             for shard in sorted({tp.partition for tp in self.assigned}):
-                async with self.lock(shard):
-                    await self._retrying(lambda shard=shard: self._notify_due(shard))
+                try:
+                    async with self.lock(shard):
+                        await self._retrying(lambda shard=shard: self._notify_due(shard))
+                except Exception:  # e.g. the broker away: due users wait for the next tick
+                    self.metrics.notify_errors.inc()
+                    log.exception("notification pass on partition %s failed", shard)
 
     async def _notify_due(self, shard: int) -> None:
         """Send what is due, then record it, fenced like a batch: a crash in between sends

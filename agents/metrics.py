@@ -204,6 +204,9 @@ class WorkerMetrics:
         self.notifications = Counter("retention_worker_notifications",
                                      "inactivity notifications sent by this worker",
                                      registry=registry)
+        self.notify_errors = Counter("retention_worker_notify_errors",
+                                     "failed notification passes (retried next tick)",
+                                     registry=registry)
         self.lag = Gauge("retention_worker_consumer_lag", "records behind the partition's end",
                          ["topic", "partition"], registry=registry)
         self.assigned = Gauge("retention_worker_assigned_partitions",

@@ -512,8 +512,11 @@ def winback() -> dash_b.Dashboard:
     return board.with_panel(timeseries(
         "Notifications sent/s per worker",
         [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",
-               "{{instance}}", ("instance",))],
-        description="Which workers emit: each partition's due users are sent by its owner.",
+               "{{instance}}", ("instance",)),
+         query(f"sum by (instance) (rate(retention_worker_notify_errors_total[{RATE}]))",
+               "errors {{instance}}", ("instance",))],
+        description="Which workers emit (each partition's due users are sent by its owner), "
+        "and failed passes, retried on the next tick.",
     ))
 
 
