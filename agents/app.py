@@ -116,6 +116,11 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
             await ingestor.run()
         except TimezoneConflict:
             pass  # on_fatal already asked the worker to stop
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never a worker that is up but no longer consuming
+            log.exception("ingest loop failed")
+            on_fatal(f"ingest loop failed: {exc!r}; restart the worker")
         finally:
             notifier.cancel()
             await ingestor.stop()
