@@ -23,7 +23,7 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
@@ -227,7 +227,8 @@ class Ingestor:
                 log.warning("%s/%s: state ends at offset %s, batch starts at %s; rewinding",
                             tp.topic, tp.partition, stored, records[0].offset)
                 assert self.consumer is not None
-                self.consumer.seek(tp, stored)
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile: new owner
+                    self.consumer.seek(tp, stored)
                 return
             fresh = [item for item in events if item[0] >= start]
             plan = plan_batch(
