@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -90,6 +91,17 @@ async def collect(bootstrap: str, topic: str, expected: int, timeout_s: float) -
     return delays
 
 
+def scrape_seconds(url: str, times: int = 20) -> tuple[list[float], bytes]:
+    """Wall time of GET /metrics (the collector renders the last snapshot, no Redis I/O)."""
+    durations, body = [], b""
+    for _ in range(times):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+        durations.append(time.perf_counter() - started)
+    return sorted(durations), body
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -114,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         with worker:
             delays = asyncio.run(collect(bootstrap, f"users.inactive.{THRESHOLD_DAYS}d",
                                          args.due, args.window_s + 120))
+            scrape = scrape_seconds(f"http://127.0.0.1:{env['WEB_PORT']}/metrics")
+            print(f"/metrics with {args.users} tracked users: {len(scrape[1])} bytes, "
+                  f"scrape p50 {scrape[0][len(scrape[0]) // 2] * 1e3:.1f} ms, "
+                  f"max {scrape[0][-1] * 1e3:.1f} ms over {len(scrape[0])} scrapes")
     delays.sort()
     if len(delays) < args.due:
         print(f"only {len(delays)} of {args.due} notifications arrived; see {workdir}")
