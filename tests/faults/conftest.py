@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.e2e.harness import Deployment
+from tests.e2e.harness import Deployment, isolated_deployment
 
 from .support import REPORTS, OwnRedis
 
@@ -19,14 +18,8 @@ from .support import REPORTS, OwnRedis
 def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path
                ) -> Iterator[Deployment]:
     """An isolated tracker on the session's broker and Redis (its own topics and keys)."""
-    d = Deployment(kafka_url, redis_url, unique, tmp_path)
-    d.create_topics()
-    yield d
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"rt-{unique}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:
+        yield d
 
 
 @pytest.fixture
