@@ -293,9 +293,8 @@ class Ingestor:
         s = self.settings
         while True:
             now = self.clock_ms()
-            if s.clock == "event":
-                progress = await self.store.partition_progress([])
-                now = progress.get(shard, {}).get("watermark_ms") or 0  # type: ignore[assignment]
+            if s.clock == "event":  # the partition's own event time
+                now = await self.store.shard_watermark_ms(shard) or 0
             due = await self.store.due_entries(shard, s.inactivity_thresholds, now)
             if not due:
                 return

@@ -456,6 +456,10 @@ class RedisStore:
                 }
         return out
 
+    async def shard_watermark_ms(self, shard: int) -> int | None:
+        value = await self.client.hget(self.keys.meta(shard), "wm")
+        return int(value) if value else None
+
     async def watermark_ms(self) -> int | None:
         progress = await self.partition_progress([])
         marks = [p["watermark_ms"] for p in progress.values() if p["watermark_ms"] is not None]
