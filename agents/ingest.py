@@ -355,10 +355,3 @@ async def create_missing_topics(kafka_options: dict[str, Any], names: list[str],
                 await admin.create_topics(missing)
     finally:
         await admin.close()
-
-
-def dead_letter_reason(headers: list[tuple[str, bytes]]) -> dict[str, str]:
-    """Readable form of a dead letter's headers, for tools and tests."""
-    return {name: value.decode() for name, value in headers}
-
-

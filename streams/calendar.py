@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 GRANULARITIES = ("day", "week", "month")
@@ -86,9 +86,6 @@ class AppCalendar:
     def period_end_ms(self, period: int, granularity: str) -> int:
         return self.day_start_ms(period_start_day(period + 1, granularity))
 
-    def now_day(self, now_ms: int) -> int:
-        return self.day_of(now_ms)
-
 
 def utc_now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
@@ -108,7 +105,3 @@ def parse_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-def shift_days(value: date, days: int) -> date:
-    return value + timedelta(days=days)
