@@ -82,16 +82,22 @@ def cohort_rows(
     return rows
 
 
+def edges_up_to(daily: Mapping[str, int], family: str, day: int) -> int:
+    """WAU/MAU from their edge counters (plan._window_edges): the sum of edges up to day."""
+    prefix = f"{family}:"
+    return sum(v for k, v in daily.items() if k.startswith(prefix) and int(k[4:]) <= day)
+
+
 def day_summary(app: str, day: int, daily: Mapping[str, int]) -> dict[str, Any]:
     def get(name: str) -> int:
         return int(daily.get(f"{name}:{day}", 0))
 
-    dau, mau, new = get("dau"), get("mau"), get("new")
+    dau, mau, new = get("dau"), edges_up_to(daily, "mae", day), get("new")
     return {
         "app": app,
         "date": day_to_date(day).isoformat(),
         "dau": dau,
-        "wau": get("wau"),
+        "wau": edges_up_to(daily, "wae", day),
         "mau": mau,
         "stickiness": rate(dau, mau),
         "installs": get("ins"),

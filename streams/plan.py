@@ -37,14 +37,6 @@ def dedup_key(app: str, event_id: str) -> bytes:
     return hashlib.blake2b(f"{app}\x00{event_id}".encode(), digest_size=12).digest()
 
 
-def _window_days(days: Iterable[int], width: int) -> set[int]:
-    """Days d whose trailing window [d-width+1, d] holds at least one of ``days``."""
-    covered: set[int] = set()
-    for day in days:
-        covered.update(range(day, day + width))
-    return covered
-
-
 def segments_of(state: UserState, rules: SegmentRules) -> list[str]:
     """Every segment the user counts in: all users, each single attribute value, value."""
     return [
@@ -54,15 +46,34 @@ def segments_of(state: UserState, rules: SegmentRules) -> list[str]:
     ]
 
 
-def _windows_near(days: list[int], near: Iterable[int], width: int) -> list[int]:
-    """Of the days whose trailing window a day in ``near`` falls in, those that hold one of
-    ``days`` (sorted): the WAU/MAU keys a change on ``near`` can touch, and their value."""
-    candidates = {d for day in near for d in range(day, day + width)}
-    return [
-        d
-        for d in candidates
-        if (i := bisect_left(days, d - width + 1)) < len(days) and days[i] <= d
-    ]
+def _covered(days: list[int], day: int, width: int) -> bool:
+    """Does the trailing window [day-width+1, day] hold one of ``days`` (sorted)?"""
+    i = bisect_left(days, day - width + 1)
+    return i < len(days) and days[i] <= day
+
+
+def _window_edges(days: list[int], width: int, near: Iterable[int] | None) -> Counter[int]:
+    """WAU/MAU as edges: +1 where a run of covered days (days whose trailing window holds
+    an active day) starts, -1 where it ends, so the count on day d is the sum of the edges
+    up to d. A new active day moves at most two edges instead of ``width`` counters.
+    With ``near``, only the edges a change on those days can move are given."""
+    edges: Counter[int] = Counter()
+    if near is None:
+        end = None
+        for day in days:
+            if end is None or day > end:
+                if end is not None:
+                    edges[end] -= 1
+                edges[day] += 1
+            end = day + width
+        if end is not None:
+            edges[end] -= 1
+        return edges
+    for position in {p for day in near for p in range(day, day + width + 1)}:
+        now, before = _covered(days, position, width), _covered(days, position - 1, width)
+        if now != before:
+            edges[position] += 1 if now else -1
+    return edges
 
 
 def user_contributions(
@@ -80,17 +91,10 @@ def user_contributions(
     near = near_days if scoped else days
     for day in near & days if scoped else days:
         contrib["daily", ("dau", day)] += 1
-    if scoped:
-        ordered = sorted(days)
-        for day in _windows_near(ordered, near, WAU_DAYS):
-            contrib["daily", ("wau", day)] += 1
-        for day in _windows_near(ordered, near, MAU_DAYS):
-            contrib["daily", ("mau", day)] += 1
-    else:
-        for day in _window_days(days, WAU_DAYS):
-            contrib["daily", ("wau", day)] += 1
-        for day in _window_days(days, MAU_DAYS):
-            contrib["daily", ("mau", day)] += 1
+    ordered = sorted(days)
+    for family, width in (("wae", WAU_DAYS), ("mae", MAU_DAYS)):
+        for day, edge in _window_edges(ordered, width, near if scoped else None).items():
+            contrib["daily", (family, day)] += edge
     for day in state.install_days:
         if not scoped or day in near:
             contrib["daily", ("ins", day)] += 1

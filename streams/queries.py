@@ -270,9 +270,10 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
         today = calendar.day_of(now)
-        names = [f"{n}:{today}" for n in ("dau", "wau", "mau", "ins", "new")]
-        daily = await store.read_fields(app, "daily", [*names, f"pay:{today}"])
-        daily.update(await store.read_matching(app, "daily", f"rev:{today}:*"))
+        names = [f"{n}:{today}" for n in ("dau", "ins", "new", "pay")]
+        daily = await store.read_fields(app, "daily", names)
+        for pattern in (f"rev:{today}:*", "wae:*", "mae:*"):
+            daily.update(await store.read_matching(app, "daily", pattern))
         summary = day_summary(app, today, daily)
         summary.update(money_of_day(daily, today, summary["dau"]))
         # the headline needs D30 of 7 complete cohorts: 38 days back at least

@@ -56,7 +56,8 @@ class MemoryState:
         return [event for _, _, event in plan.too_old]
 
     def family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
-        return +self.counters.get(f"{app}|{segment}|{family}", Counter())
+        found = self.counters.get(f"{app}|{segment}|{family}", Counter())
+        return Counter({k: v for k, v in found.items() if v})  # as Redis: zeros deleted
 
     def triangle(self, app: str, granularity: str, kind: str, now_ms: int, segment: str = "all"
                  ) -> list[dict[str, Any]]:
