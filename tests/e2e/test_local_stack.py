@@ -183,7 +183,9 @@ def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        assert Path(f"/proc/{child}/cmdline").read_bytes().startswith(sys.executable.encode())
+        # setpriv execs the child: until it has, /proc shows setpriv's own command line
+        wait_for(lambda: Path(f"/proc/{child}/cmdline").read_bytes().startswith(
+            sys.executable.encode()), 5, "the child exec'd")
     finally:
         parent.kill()
         parent.wait()
