@@ -129,9 +129,10 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
     async def refresh_snapshot() -> None:
         """Read the global figures from Redis off the scrape path."""
         try:
+            figures = await live_figures(store, settings)
             collector.update(Snapshot(
-                figures=await live_figures(store, settings),
-                stats=dict(await store.read_stats()),
+                figures=figures,
+                stats=dict(figures["stats"]),
                 watermarks={
                     shard: progress["watermark_ms"]  # type: ignore[misc]
                     for shard, progress in (await store.partition_progress([])).items()

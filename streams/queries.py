@@ -141,10 +141,13 @@ async def summary_report(
     return doc
 
 
-async def winback_figures(store: RedisStore, settings: Settings, app: str) -> dict[str, Any]:
+async def winback_figures(
+    store: RedisStore, settings: Settings, app: str, stats: Counter[str] | None = None
+) -> dict[str, Any]:
     """Per threshold: users inactive now, notifications sent, reactivations and the share
-    of notified users back within 7 days, overall and per value segment."""
-    stats = await store.read_stats()
+    of notified users back within 7 days, overall and per value segment. ``stats``: the
+    counters already read, when the caller covers several apps."""
+    stats = stats if stats is not None else await store.read_stats()
     due_now = await store.due_counts(
         app, settings.inactivity_thresholds, await now_ms(store, settings)
     )
@@ -266,6 +269,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
     """What /metrics shows, per app: today's summary, recent daily cohorts (classic and
     rolling) and the headline D1/D7/D30. Reads only the fields it needs."""
     now = await now_ms(store, settings)
+    stats = await store.read_stats()
     apps: dict[str, Any] = {}
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
@@ -294,9 +298,9 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             for kind, kind_rows in rows.items()
         }
         apps[app] = {
-            "winback": await winback_figures(store, settings, app),
+            "winback": await winback_figures(store, settings, app, stats),
             "summary": summary,
             "cohorts": shown,
             "headline": {n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
         }
-    return {"now_ms": now, "apps": apps}
+    return {"now_ms": now, "apps": apps, "stats": stats}

@@ -404,6 +404,26 @@ def _complete_flags(cohort: date, n_offsets: int, granularity: str, tz: str, now
 # Section 4: retention triangles
 
 
+def _frame(
+    events: Iterable[Event],
+    app: str,
+    tz: str,
+    granularity: str,
+    where: dict[str, str] | None,
+    default_currency: str,
+    vip_revenue: Decimal | int | str,
+    vip_purchases: int,
+) -> tuple[_AppData, date] | None:
+    """The app's (or segment's) data and its last period with data: what bounds every
+    triangle's rows. None when there is no data."""
+    _check_granularity(granularity)
+    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
+    last_day = data.last_data_day()
+    if last_day is None:
+        return None
+    return data, period_start(last_day, granularity)
+
+
 def triangle(
     events: Iterable[Event],
     app: str,
@@ -426,14 +446,13 @@ def triangle(
     lies between the periods of those dates (inclusive); they do not shorten the rows.
     With `where`, everything (cohorts, sizes, the last period) is over the segment's users.
     """
-    _check_granularity(granularity)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
-    last_day = data.last_data_day()
-    if last_day is None:
+    framed = _frame(events, app, tz, granularity, where, default_currency, vip_revenue,
+                    vip_purchases)
+    if framed is None:
         return []
-    last_period = period_start(last_day, granularity)
+    data, last_period = framed
 
     # Each user's cohort, and the set of periods it was active in.
     cohort_users = data.cohort_users(granularity)
@@ -504,14 +523,13 @@ def money_triangle(
       `cost` of the cohort's users' installs, cac = cost / size and values[N] = revenue[N] /
       cost; both None when cost is 0.
     """
-    _check_granularity(granularity)
     if kind not in MONEY_KINDS:
         raise ValueError(f"kind must be one of {MONEY_KINDS}, not {kind!r}")
-    data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
-    last_day = data.last_data_day()
-    if last_day is None:
+    framed = _frame(events, app, tz, granularity, where, default_currency, vip_revenue,
+                    vip_purchases)
+    if framed is None:
         return []
-    last_period = period_start(last_day, granularity)
+    data, last_period = framed
     cohort_users = data.cohort_users(granularity)
 
     rows: list[dict] = []
