@@ -10,7 +10,6 @@ No I/O here: the Redis layer loads the inputs and applies the plan atomically.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ MAU_DAYS = 30
 
 ALL_USERS = "all"
 UserKey = tuple[str, str]  # (app, user_id)
-CounterKey = tuple[str, tuple[object, ...]]  # (family, field parts): ("daily", ("dau", 19700))
-SegmentKey = tuple[str, str, str]  # (segment, family, field), e.g. ("platform=ios", ...)
+CounterKey = tuple[str, str]  # (family, Redis field): ("daily", "dau:19700")
+Segments = tuple[str, ...]  # every segment a user counts in: ("all", "platform=ios", ...)
 
 
 def dedup_key(app: str, event_id: str) -> bytes:
@@ -46,40 +45,53 @@ def segments_of(state: UserState, rules: SegmentRules) -> list[str]:
     ]
 
 
-def _covered(days: list[int], day: int, width: int) -> bool:
-    """Does the trailing window [day-width+1, day] hold one of ``days`` (sorted)?"""
-    i = bisect_left(days, day - width + 1)
-    return i < len(days) and days[i] <= day
-
-
-def _window_edges(days: list[int], width: int, near: Iterable[int] | None) -> Counter[int]:
+def _window_edges(days: list[int], width: int) -> list[tuple[int, int]]:
     """WAU/MAU as edges: +1 where a run of covered days (days whose trailing window holds
     an active day) starts, -1 where it ends, so the count on day d is the sum of the edges
     up to d. A new active day moves at most two edges instead of ``width`` counters.
-    With ``near``, only the edges a change on those days can move are given."""
-    edges: Counter[int] = Counter()
-    if near is None:
-        end = None
-        for day in days:
-            if end is None or day > end:
-                if end is not None:
-                    edges[end] -= 1
-                edges[day] += 1
-            end = day + width
-        if end is not None:
-            edges[end] -= 1
-        return edges
-    for position in {p for day in near for p in range(day, day + width + 1)}:
-        now, before = _covered(days, position, width), _covered(days, position - 1, width)
-        if now != before:
-            edges[position] += 1 if now else -1
+    ``days`` sorted; runs never touch, so every position appears once."""
+    edges: list[tuple[int, int]] = []
+    end = None
+    for day in days:
+        if end is None or day > end:
+            if end is not None:
+                edges.append((end, -1))
+            edges.append((day, 1))
+        end = day + width
+    if end is not None:
+        edges.append((end, -1))
     return edges
 
 
+@dataclass(frozen=True, slots=True)
+class _Families:
+    """The counter family names of one granularity, formatted once."""
+
+    coh: str
+    cls: str
+    act: str
+    lost: str
+    last: str
+    cost: str
+    ltv: str
+    prev: str
+    fpay: str
+    ppay: str
+    prep: str
+    rpc: str
+
+
+_FAMILIES = {
+    g: _Families(*(f"{name}:{g}" for name in _Families.__dataclass_fields__))
+    for g in GRANULARITIES
+}
+
+
 def user_contributions(
-    state: UserState, calendar: AppCalendar, near_days: frozenset[int] | None = None
+    state: UserState, near_days: frozenset[int] | None = None
 ) -> Counter[CounterKey]:
-    """What one user adds to every aggregate counter of its app (METRICS.md §3-§6).
+    """What one user adds to every aggregate counter of its app (METRICS.md §3-§6), keyed
+    by (family, Redis field name).
 
     With ``near_days``, only the counters that a change on those days can move are given
     (plus the few per-user ones: cohort, cost, last active, first payment, repeat buyer):
@@ -90,40 +102,49 @@ def user_contributions(
     scoped = near_days is not None
     near = near_days if scoped else days
     for day in near & days if scoped else days:
-        contrib["daily", ("dau", day)] += 1
-    ordered = sorted(days)
-    for family, width in (("wae", WAU_DAYS), ("mae", MAU_DAYS)):
-        for day, edge in _window_edges(ordered, width, near if scoped else None).items():
-            contrib["daily", (family, day)] += edge
+        contrib["daily", f"dau:{day}"] += 1
+    # a change on day d moves edges in [d, d + width] only: outside that range the edges
+    # of the old and new state are equal, so both may leave them out
+    low, high = (min(near), max(near)) if scoped and near else (None, None)
+    if not scoped or near:
+        ordered = sorted(days)
+        for family, width in (("wae", WAU_DAYS), ("mae", MAU_DAYS)):
+            for day, edge in _window_edges(ordered, width):
+                if low is None or low <= day <= high + width:
+                    contrib["daily", f"{family}:{day}"] += edge
     for day in state.install_days:
         if not scoped or day in near:
-            contrib["daily", ("ins", day)] += 1
-    contrib["daily", ("new", state.first_day)] += 1
+            contrib["daily", f"ins:{day}"] += 1
+    contrib["daily", f"new:{state.first_day}"] += 1
     purchases = [p for p in state.purchases if not scoped or p[0] in near]
     for day in {day for day, _, _ in purchases}:
-        contrib["daily", ("pay", day)] += 1
+        contrib["daily", f"pay:{day}"] += 1
     for day, currency, totals in purchases:
-        contrib["daily", ("rev", day, currency)] += totals.units
+        contrib["daily", f"rev:{day}:{currency}"] += totals.units
     last_day = state.last_day
-    purchase_count = sum(p.count for _, _, p in state.purchases)
-    for g in GRANULARITIES:
+    purchase_count = sum(p.count for _, _, p in state.purchases) if state.purchases else 0
+    for g, f in _FAMILIES.items():
         cohort = period_of_day(state.first_day, g)
-        contrib[f"coh:{g}", (cohort,)] += 1
-        active = {period_of_day(day, g) for day in days}
-        near_periods = {period_of_day(day, g) for day in near} if scoped else active
+        contrib[f.coh, f"{cohort}"] += 1
+        active = days if g == "day" else {period_of_day(day, g) for day in days}
+        if not scoped:
+            near_periods = active
+        elif g == "day":
+            near_periods = near
+        else:
+            near_periods = {period_of_day(day, g) for day in near}
         for period in active & near_periods:
-            contrib[f"cls:{g}", (cohort, period - cohort)] += 1
-            contrib[f"act:{g}", (period,)] += 1
+            contrib[f.cls, f"{cohort}:{period - cohort}"] += 1
+            contrib[f.act, f"{period}"] += 1
         lost_candidates = (
             {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
         )
         for period in lost_candidates:
             if period - 1 in active and period not in active:
-                contrib[f"lost:{g}", (period,)] += 1
-        last = period_of_day(last_day, g) - cohort
-        contrib[f"last:{g}", (cohort, last)] += 1
+                contrib[f.lost, f"{period}"] += 1
+        contrib[f.last, f"{cohort}:{period_of_day(last_day, g) - cohort}"] += 1
         if state.cost_units:
-            contrib[f"cost:{g}", (cohort,)] += state.cost_units
+            contrib[f.cost, f"{cohort}"] += state.cost_units
         if not state.purchases:
             continue
         per_period: Counter[int] = Counter()
@@ -131,18 +152,17 @@ def user_contributions(
             period = period_of_day(day, g)
             per_period[period] += totals.count
             if period in near_periods:
-                contrib[f"ltv:{g}", (cohort, period - cohort, currency)] += totals.units
-                contrib[f"prev:{g}", (period, currency)] += totals.units
-        first_paid = min(per_period)
-        contrib[f"fpay:{g}", (cohort, first_paid - cohort)] += 1
+                contrib[f.ltv, f"{cohort}:{period - cohort}:{currency}"] += totals.units
+                contrib[f.prev, f"{period}:{currency}"] += totals.units
+        contrib[f.fpay, f"{cohort}:{min(per_period) - cohort}"] += 1
         for period, count in per_period.items():
             if period in near_periods:
-                contrib[f"ppay:{g}", (period,)] += 1
+                contrib[f.ppay, f"{period}"] += 1
                 if count >= 2:
-                    contrib[f"prep:{g}", (period,)] += 1
-        contrib[f"rpc:{g}", (cohort, "1")] += 1
+                    contrib[f.prep, f"{period}"] += 1
+        contrib[f.rpc, f"{cohort}:1"] += 1
         if purchase_count >= 2:
-            contrib[f"rpc:{g}", (cohort, "2")] += 1
+            contrib[f.rpc, f"{cohort}:2"] += 1
     return contrib
 
 
@@ -207,40 +227,35 @@ def _swap(found: tuple[str, int] | None) -> tuple[int, str] | tuple[float, str]:
 
 
 def _add_user_delta(
-    pending: dict[tuple[str, ...], Counter[CounterKey]],
+    pending: dict[Segments, Counter[CounterKey]],
     old: UserState | None,
     new: UserState,
-    calendar: AppCalendar,
     rules: SegmentRules,
 ) -> None:
     """contributions(new) - contributions(old), filed under the segments the user is (or
-    was) in. Users with the same segments share one Counter, expanded per segment once per
-    batch: far cheaper than adding every user's delta to every segment."""
+    was) in. Users with the same segments share one Counter, which the store applies to
+    each of those segments: far cheaper than adding every user's delta to every segment."""
     new_segments = tuple(segments_of(new, rules))
     if old is None:
-        pending.setdefault(new_segments, Counter()).update(user_contributions(new, calendar))
+        pending.setdefault(new_segments, Counter()).update(user_contributions(new))
         return
     old_segments = tuple(segments_of(old, rules))
     if old_segments == new_segments and old.first_day == new.first_day:
         near = _changed_days(old, new)
+        if not near and old.cost_units == new.cost_units:
+            return  # only last_active_ms or sessions moved: no counter can change
         target = pending.setdefault(new_segments, Counter())
-        target.update(user_contributions(new, calendar, near))
-        target.subtract(user_contributions(old, calendar, near))
+        target.update(user_contributions(new, near))
+        target.subtract(user_contributions(old, near))
     else:  # the user moved cohort or segment: every contribution moves
-        pending.setdefault(new_segments, Counter()).update(user_contributions(new, calendar))
-        pending.setdefault(old_segments, Counter()).subtract(user_contributions(old, calendar))
+        pending.setdefault(new_segments, Counter()).update(user_contributions(new))
+        pending.setdefault(old_segments, Counter()).subtract(user_contributions(old))
 
 
-def _expand(pending: dict[tuple[str, ...], Counter[CounterKey]]) -> Counter[SegmentKey]:
-    """Per-segment-group deltas -> (segment, family, field) deltas with Redis field names."""
-    deltas: Counter[SegmentKey] = Counter()
-    for segments, contrib in pending.items():
-        for (family, parts), value in contrib.items():
-            if value:
-                name = ":".join(map(str, parts))
-                for segment in segments:
-                    deltas[segment, family, name] += value
-    return Counter({key: value for key, value in deltas.items() if value})
+def _nonzero(groups: dict[Segments, Counter[CounterKey]]) -> dict[Segments, dict[CounterKey, int]]:
+    """Drop the deltas that cancelled out (and groups left empty)."""
+    kept = {segments: {k: v for k, v in deltas.items() if v} for segments, deltas in groups.items()}
+    return {segments: deltas for segments, deltas in kept.items() if deltas}
 
 
 def _changed_days(old: UserState, new: UserState) -> frozenset[int]:
@@ -254,7 +269,8 @@ class Plan:
     """Everything one batch changes; applied atomically with the batch's offsets."""
 
     users: dict[UserKey, UserState] = field(default_factory=dict)
-    deltas: dict[str, Counter[SegmentKey]] = field(default_factory=dict)  # app -> deltas
+    # app -> segments -> (family, field) -> delta: each delta counts in every one of the segments
+    deltas: dict[str, dict[Segments, dict[CounterKey, int]]] = field(default_factory=dict)
     new_dedup_keys: list[bytes] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
@@ -278,7 +294,7 @@ def plan_batch(
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
-    pending: dict[str, dict[tuple[str, ...], Counter[CounterKey]]] = {}
+    pending: dict[str, dict[Segments, Counter[CounterKey]]] = {}
     for offset, index, event in events:
         key = dedup_key(event.app, event.event_id)
         if key in seen:
@@ -313,6 +329,6 @@ def plan_batch(
                     if message["back_within_7d"][str(days)]:
                         plan.stats[f"back7:{app}:{days}:{message['value_segment']}"] += 1
         plan.users[user_key] = new
-        _add_user_delta(pending.setdefault(app, {}), old, new, calendar, rules)
-    plan.deltas = {app: _expand(groups) for app, groups in pending.items()}
+        _add_user_delta(pending.setdefault(app, {}), old, new, rules)
+    plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan

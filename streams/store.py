@@ -13,88 +13,98 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
+import msgpack
 import redis.asyncio as aioredis
 
-from .plan import Plan, UserKey
+from .plan import CounterKey, Plan, UserKey
 from .user_state import UserState, decode_user, encode_user
 from .winback import NotificationPlan
 
 MS_PER_DAY = 86_400_000
 
+# Both scripts take their arguments as one MessagePack blob (ARGV[1], decoded by Redis's
+# built-in cmsgpack): packing thousands of small arguments one by one in redis-py cost ~11%
+# of the worker's CPU, one packb call ~1/15 of that. Values that Redis stores or adds up are
+# sent as strings: Lua numbers are doubles and would round integers past 2^53.
+
 # KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets then dedup buckets.
-# ARGV: n_topics, topic..., n_users, (key_index, user_id)..., n_ids, (key_cur, key_prev, id)...
+# blob: [[topic...], [key_index, user_id, ...], [key_cur, key_prev, id, ...]]
 # Returns: version, watermark_ms, next offset per topic, user record per user ('' if none),
 # then 1/0 per id (already seen in the current or previous dedup generation).
 LOAD_BATCH_LUA = """
 local meta = KEYS[1]
+local a = cmsgpack.unpack(ARGV[1])
 local out = {redis.call('HGET', meta, 'v') or '0', redis.call('HGET', meta, 'wm') or ''}
-local i = 1
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  out[#out + 1] = redis.call('HGET', meta, 'off:' .. ARGV[i]) or ''; i = i + 1
+local t = a[1]
+for i = 1, #t do
+  out[#out + 1] = redis.call('HGET', meta, 'off:' .. t[i]) or ''
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  out[#out + 1] = redis.call('HGET', KEYS[tonumber(ARGV[i])], ARGV[i + 1]) or ''; i = i + 2
+t = a[2]
+for i = 1, #t, 2 do
+  out[#out + 1] = redis.call('HGET', KEYS[t[i]], t[i + 1]) or ''
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local f = ARGV[i + 2]
-  if redis.call('HEXISTS', KEYS[tonumber(ARGV[i])], f) == 1
-     or redis.call('HEXISTS', KEYS[tonumber(ARGV[i + 1])], f) == 1 then
+t = a[3]
+for i = 1, #t, 3 do
+  local f = t[i + 2]
+  if redis.call('HEXISTS', KEYS[t[i]], f) == 1
+     or redis.call('HEXISTS', KEYS[t[i + 1]], f) == 1 then
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
-  i = i + 3
 end
 return out
 """
 
 # KEYS[1]: the partition's meta hash; KEYS[2..]: every key the plan writes.
-# ARGV: expected_version, watermark_ms, n_offsets, (topic, next_offset)...,
-#       n_sets, (key_index, field, value)..., n_incrs, (key_index, field, delta)...,
-#       dedup_ttl_s, n_ids, (key_index, id)..., n_zadd, (key_index, score, member)...,
-#       n_zrem, (key_index, member)...
+# blob: [expected_version, watermark_ms, [topic, next_offset, ...],
+#        [key_index, user_id, record, ...],
+#        [[n, key_index * n, field, delta, field, delta, ...], ...]  (each delta goes to
+#         every one of the n keys: one block per segment group and family),
+#        dedup_ttl_s, [key_index, id, ...], [key_index, score, member, ...],
+#        [key_index, member, ...]]
 # Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
 # earlier attempt applied first, and the caller must reload and re-plan. Else 1.
 APPLY_PLAN_LUA = """
 local meta = KEYS[1]
+local a = cmsgpack.unpack(ARGV[1])
 local version = tonumber(redis.call('HGET', meta, 'v') or '0')
-if version ~= tonumber(ARGV[1]) then return 0 end
+if version ~= a[1] then return 0 end
 redis.call('HSET', meta, 'v', version + 1)
-if ARGV[2] ~= '' then redis.call('HSET', meta, 'wm', ARGV[2]) end
-local i = 3
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1]); i = i + 2
+if a[2] ~= '' then redis.call('HSET', meta, 'wm', a[2]) end
+local t = a[3]
+for i = 1, #t, 2 do
+  redis.call('HSET', meta, 'off:' .. t[i], t[i + 1])
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HSET', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+t = a[4]
+for i = 1, #t, 3 do
+  redis.call('HSET', KEYS[t[i]], t[i + 1], t[i + 2])
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local key, f = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
-  if redis.call('HINCRBY', key, f, ARGV[i + 2]) == 0 then redis.call('HDEL', key, f) end
-  i = i + 3
+for _, block in ipairs(a[5]) do
+  local n = block[1]
+  for j = n + 2, #block, 2 do
+    local f, d = block[j], block[j + 1]
+    for k = 2, n + 1 do
+      local key = KEYS[block[k]]
+      if redis.call('HINCRBY', key, f, d) == 0 then redis.call('HDEL', key, f) end
+    end
+  end
 end
-local ttl = ARGV[i]; i = i + 1
-n = tonumber(ARGV[i]); i = i + 1
+local ttl = a[6]
 local expiring = {}
-for _ = 1, n do
-  local key = KEYS[tonumber(ARGV[i])]
-  redis.call('HSET', key, ARGV[i + 1], '')
+t = a[7]
+for i = 1, #t, 2 do
+  local key = KEYS[t[i]]
+  redis.call('HSET', key, t[i + 1], '')
   if not expiring[key] then redis.call('EXPIRE', key, ttl); expiring[key] = true end
-  i = i + 2
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('ZADD', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+t = a[8]
+for i = 1, #t, 3 do
+  redis.call('ZADD', KEYS[t[i]], t[i + 1], t[i + 2])
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1]); i = i + 2
+t = a[9]
+for i = 1, #t, 2 do
+  redis.call('ZREM', KEYS[t[i]], t[i + 1])
 end
 return 1
 """
@@ -141,6 +151,24 @@ def due_member(user: UserKey) -> str:
 def parse_due_member(member: bytes) -> UserKey:
     app, _, user_id = member.decode().partition("\x00")
     return app, user_id
+
+
+# (keys, [(field, delta), ...]): every delta is added to the field in each of the keys
+CounterBlock = tuple[list[str], list[tuple[str, int]]]
+
+
+def _pack(value: object) -> bytes:
+    """The scripts' argument blob. Raw (str) type for bytes too: Redis's cmsgpack predates
+    MessagePack's bin type and rejects it."""
+    return msgpack.packb(value, use_bin_type=False)
+
+
+def _by_family(deltas: Mapping[CounterKey, int]) -> dict[str, list[tuple[str, int]]]:
+    """A segment group's deltas as family -> [(field, delta)]: one counter hash per family."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for (family, field), delta in deltas.items():
+        out.setdefault(family, []).append((field, delta))
+    return out
 
 
 @dataclass(slots=True)
@@ -205,18 +233,18 @@ class RedisStore:
         def index_of(name: str) -> int:
             return key_index.setdefault(name, len(key_index) + 1)
 
-        args: list[object] = [len(topics), *topics, len(users)]
+        user_args: list[object] = []
         for app, user_id in users:
-            args += [index_of(self.user_key(shard, app, user_id)), user_id]
-        args.append(len(dedup_keys))
+            user_args += [index_of(self.user_key(shard, app, user_id)), user_id]
+        id_args: list[object] = []
         for key in dedup_keys:
             bucket = self._dedup_bucket(key)
-            args += [
+            id_args += [
                 index_of(self.keys.dedup(shard, generation, bucket)),
                 index_of(self.keys.dedup(shard, generation - 1, bucket)),
                 key,
             ]
-        reply = await self._load(keys=list(key_index), args=args)
+        reply = await self._load(keys=list(key_index), args=[_pack([topics, user_args, id_args])])
         pos = 2
         offsets = {}
         for topic in topics:
@@ -246,12 +274,13 @@ class RedisStore:
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
         conflict (nothing was written)."""
-        increments = [
-            (self.keys.aggregate(shard, app, segment, family), field, delta)
-            for app, deltas in plan.deltas.items()
-            for (segment, family, field), delta in deltas.items()
+        blocks: list[CounterBlock] = [
+            ([self.keys.aggregate(shard, app, segment, family) for segment in segments], fields)
+            for app, groups in plan.deltas.items()
+            for segments, deltas in groups.items()
+            for family, fields in _by_family(deltas).items()
         ]
-        increments += [(self.keys.stats(shard), f, d) for f, d in plan.stats.items() if d]
+        blocks.append(([self.keys.stats(shard)], [(f, d) for f, d in plan.stats.items() if d]))
         generation = loaded.dedup_generation
         dedup = [
             (self.keys.dedup(shard, generation, self._dedup_bucket(key)), key)
@@ -263,7 +292,7 @@ class RedisStore:
             for days in inactivity_days
         ]
         return await self._apply_ops(
-            shard, loaded.version, plan.watermark_ms, next_offsets, plan.users, increments,
+            shard, loaded.version, plan.watermark_ms, next_offsets, plan.users, blocks,
             dedup, due, [],
         )
 
@@ -272,10 +301,10 @@ class RedisStore:
     ) -> bool:
         """Record sent notifications (user marks, due entries gone, counters), fenced by the
         partition version like a batch."""
-        increments = [(self.keys.stats(shard), f, d) for f, d in plan.stats.items() if d]
+        stats = ([self.keys.stats(shard)], [(f, d) for f, d in plan.stats.items() if d])
         removals = [(self.keys.due(shard, days), due_member(user)) for days, user in plan.sent]
         return await self._apply_ops(
-            shard, loaded.version, None, {}, plan.users, increments, [], [], removals
+            shard, loaded.version, None, {}, plan.users, [stats], [], [], removals
         )
 
     async def _apply_ops(
@@ -285,7 +314,7 @@ class RedisStore:
         watermark_ms: int | None,
         next_offsets: Mapping[str, int],
         users: Mapping[UserKey, UserState],
-        increments: list[tuple[str, str, int]],
+        blocks: list[CounterBlock],
         dedup: list[tuple[str, bytes]],
         zadd: list[tuple[str, int, str]],
         zrem: list[tuple[str, str]],
@@ -295,27 +324,35 @@ class RedisStore:
         def index_of(name: str) -> int:
             return key_index.setdefault(name, len(key_index) + 1)
 
-        args: list[object] = [version, "" if watermark_ms is None else watermark_ms,
-                              len(next_offsets)]
+        offset_args: list[object] = []
         for topic, offset in next_offsets.items():
-            args += [topic, offset]
-        args.append(len(users))
+            offset_args += [topic, str(offset)]
+        user_args: list[object] = []
         for (app, user_id), state in users.items():
-            bucket = index_of(self.user_key(shard, app, user_id))
-            args += [bucket, user_id, encode_user(state)]
-        args.append(len(increments))
-        for key, field, delta in increments:
-            args += [index_of(key), field, delta]
-        args += [(2 * self.dedup_window_days + 1) * 86_400, len(dedup)]
+            user_args += [index_of(self.user_key(shard, app, user_id)), user_id,
+                          encode_user(state)]
+        block_args: list[list[object]] = []
+        for keys, fields in blocks:
+            if fields:
+                block = [len(keys), *map(index_of, keys)]
+                for field, delta in fields:
+                    block += [field, str(delta)]
+                block_args.append(block)
+        dedup_args: list[object] = []
         for key, member in dedup:
-            args += [index_of(key), member]
-        args.append(len(zadd))
+            dedup_args += [index_of(key), member]
+        zadd_args: list[object] = []
         for key, score, member in zadd:
-            args += [index_of(key), score, member]
-        args.append(len(zrem))
+            zadd_args += [index_of(key), str(score), member]
+        zrem_args: list[object] = []
         for key, member in zrem:
-            args += [index_of(key), member]
-        return bool(await self._apply(keys=list(key_index), args=args))
+            zrem_args += [index_of(key), member]
+        blob = _pack([
+            version, "" if watermark_ms is None else str(watermark_ms), offset_args, user_args,
+            block_args, (2 * self.dedup_window_days + 1) * 86_400, dedup_args, zadd_args,
+            zrem_args,
+        ])
+        return bool(await self._apply(keys=list(key_index), args=[blob]))
 
     async def due_entries(
         self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = 500

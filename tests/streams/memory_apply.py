@@ -48,9 +48,12 @@ class MemoryState:
         )
         for user, state in plan.users.items():
             self.users[user] = encode_user(state)
-        for app, deltas in plan.deltas.items():
-            for (segment, family, name), delta in deltas.items():
-                self.counters.setdefault(f"{app}|{segment}|{family}", Counter())[name] += delta
+        for app, groups in plan.deltas.items():
+            for segments, deltas in groups.items():
+                for (family, name), delta in deltas.items():
+                    for segment in segments:
+                        self.counters.setdefault(f"{app}|{segment}|{family}", Counter())[
+                            name] += delta
         self.seen.update(plan.new_dedup_keys)
         self.watermark_ms = plan.watermark_ms
         return [event for _, _, event in plan.too_old]
