@@ -49,6 +49,7 @@ def make_store(settings: Settings) -> RedisStore:
         user_buckets=settings.user_buckets,
         dedup_buckets=settings.dedup_buckets,
         dedup_window_days=settings.dedup_window_days,
+        state_cache_users=settings.state_cache_users,
     )
 
 

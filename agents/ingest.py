@@ -130,16 +130,23 @@ class Ingestor:
             await self.producer.stop()
 
     async def run(self) -> None:
-        """Consume until cancelled. One partition batch at a time, so a batch's offsets are
-        never stored before the batch is applied."""
+        """Consume until cancelled. The partitions of a fetch are processed concurrently:
+        while one partition's script runs in Redis, another's batch is planned here (each is
+        one atomic call with its own offsets, so they cannot interfere). A partition's next
+        batch waits for its previous one, so its offsets never pass its applied state."""
         assert self.consumer is not None
         while True:
             batches = await self.consumer.getmany(
                 timeout_ms=200, max_records=self.settings.batch_max_records
             )
-            for tp, records in batches.items():
-                if records:
-                    await self._retrying(lambda tp=tp, records=records: self.process(tp, records))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for tp, records in batches.items():
+                        if records:
+                            group.create_task(self._retrying(
+                                lambda tp=tp, records=records: self.process(tp, records)))
+            except ExceptionGroup as failed:  # the first failure, as a sequential loop had it
+                raise failed.exceptions[0] from None
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None

@@ -235,6 +235,8 @@ def _add_user_delta(
     """contributions(new) - contributions(old), filed under the segments the user is (or
     was) in. Users with the same segments share one Counter, which the store applies to
     each of those segments: far cheaper than adding every user's delta to every segment."""
+    if old is not None and _same_counted_facts(old, new):
+        return  # only last_active_ms or sessions moved: no counter can change
     new_segments = tuple(segments_of(new, rules))
     if old is None:
         pending.setdefault(new_segments, Counter()).update(user_contributions(new))
@@ -243,7 +245,7 @@ def _add_user_delta(
     if old_segments == new_segments and old.first_day == new.first_day:
         near = _changed_days(old, new)
         if not near and old.cost_units == new.cost_units:
-            return  # only last_active_ms or sessions moved: no counter can change
+            return  # e.g. an earlier event carrying the same attribute value
         target = pending.setdefault(new_segments, Counter())
         target.update(user_contributions(new, near))
         target.subtract(user_contributions(old, near))
@@ -256,6 +258,19 @@ def _nonzero(groups: dict[Segments, Counter[CounterKey]]) -> dict[Segments, dict
     """Drop the deltas that cancelled out (and groups left empty)."""
     kept = {segments: {k: v for k, v in deltas.items() if v} for segments, deltas in groups.items()}
     return {segments: deltas for segments, deltas in kept.items() if deltas}
+
+
+def _same_counted_facts(old: UserState, new: UserState) -> bool:
+    """Does nothing that a counter or a segment is computed from differ? (Most events are
+    another session on a day already counted.)"""
+    return (
+        old.active_days == new.active_days
+        and old.first_day == new.first_day
+        and old.install_days == new.install_days
+        and old.purchases == new.purchases
+        and old.cost_units == new.cost_units
+        and old.attributes == new.attributes
+    )
 
 
 def _changed_days(old: UserState, new: UserState) -> frozenset[int]:

@@ -61,6 +61,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "1024", "Redis hashes per partition and app holding user records"),
     SettingDoc("DEDUP_BUCKETS", "1024", "Redis hashes per partition holding event ids"),
+    SettingDoc("STATE_CACHE_USERS", "100000",
+               "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
     SettingDoc("KEY_PREFIX", "rt", "prefix of every Redis key"),
     SettingDoc("METRICS_COHORT_DAYS", "35", "daily cohorts exported on /metrics"),
     SettingDoc("METRICS_OFFSETS", "0,1,2,3,7,14,30", "cohort offsets (days) exported on /metrics"),
@@ -197,6 +199,7 @@ class Settings:
     max_events_per_message: int = 1000
     user_buckets: int = 1024
     dedup_buckets: int = 1024
+    state_cache_users: int = 100_000
     key_prefix: str = "rt"
     metrics_cohort_days: int = 35
     metrics_offsets: tuple[int, ...] = (0, 1, 2, 3, 7, 14, 30)
@@ -250,6 +253,7 @@ class Settings:
             ),
             user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
             dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
+            state_cache_users=_int(env, "STATE_CACHE_USERS", d.state_cache_users),
             key_prefix=env.get("KEY_PREFIX", d.key_prefix).strip() or d.key_prefix,
             metrics_cohort_days=_int(env, "METRICS_COHORT_DAYS", d.metrics_cohort_days, minimum=1),
             metrics_offsets=_offsets(env.get("METRICS_OFFSETS", "0,1,2,3,7,14,30")),

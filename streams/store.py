@@ -8,6 +8,7 @@ state they produced: after a crash, state and offsets roll back (or forward) tog
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import msgpack
 import redis.asyncio as aioredis
 
-from .plan import CounterKey, Plan, UserKey
+from .plan import Plan, UserKey
+from .state_cache import StateCache
 from .user_state import UserState, decode_user, encode_user
 from .winback import NotificationPlan
 
@@ -29,12 +31,13 @@ MS_PER_DAY = 86_400_000
 
 # KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets then dedup buckets.
 # blob: [[topic...], [key_index, user_id, ...], [key_cur, key_prev, id, ...]]
-# Returns: version, watermark_ms, next offset per topic, user record per user ('' if none),
-# then 1/0 per id (already seen in the current or previous dedup generation).
+# Returns: version, watermark_ms, write token, next offset per topic, user record per user
+# ('' if none), then 1/0 per id (already seen in the current or previous dedup generation).
 LOAD_BATCH_LUA = """
 local meta = KEYS[1]
 local a = cmsgpack.unpack(ARGV[1])
-local out = {redis.call('HGET', meta, 'v') or '0', redis.call('HGET', meta, 'wm') or ''}
+local out = {redis.call('HGET', meta, 'v') or '0', redis.call('HGET', meta, 'wm') or '',
+             redis.call('HGET', meta, 'tok') or ''}
 local t = a[1]
 for i = 1, #t do
   out[#out + 1] = redis.call('HGET', meta, 'off:' .. t[i]) or ''
@@ -59,10 +62,13 @@ return out
 # KEYS[1]: the partition's meta hash; KEYS[2..]: every key the plan writes.
 # blob: [expected_version, watermark_ms, [topic, next_offset, ...],
 #        [key_index, user_id, record, ...],
-#        [[n, key_index * n, field, delta, field, delta, ...], ...]  (each delta goes to
-#         every one of the n keys: one block per segment group and family),
+#        [[aggregate_prefix, [segment, ...], family, field, delta, ...], ...],
 #        dedup_ttl_s, [key_index, id, ...], [key_index, score, member, ...],
-#        [key_index, member, ...]]
+#        [key_index, member, ...], write_token, [stats_key_index, field, delta, ...]]
+# Each counter delta goes to every segment of its group; the script names the keys as
+# Keyspace.aggregate does (prefix .. segment .. ':' .. family), all in the partition's slot.
+# The write token, unique to this call, tells a worker whether the partition was written by
+# anyone else since its own last write (streams/state_cache.py).
 # Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
 # earlier attempt applied first, and the caller must reload and re-plan. Else 1.
 APPLY_PLAN_LUA = """
@@ -70,7 +76,7 @@ local meta = KEYS[1]
 local a = cmsgpack.unpack(ARGV[1])
 local version = tonumber(redis.call('HGET', meta, 'v') or '0')
 if version ~= a[1] then return 0 end
-redis.call('HSET', meta, 'v', version + 1)
+redis.call('HSET', meta, 'v', version + 1, 'tok', a[10])
 if a[2] ~= '' then redis.call('HSET', meta, 'wm', a[2]) end
 local t = a[3]
 for i = 1, #t, 2 do
@@ -80,15 +86,20 @@ t = a[4]
 for i = 1, #t, 3 do
   redis.call('HSET', KEYS[t[i]], t[i + 1], t[i + 2])
 end
-for _, block in ipairs(a[5]) do
-  local n = block[1]
-  for j = n + 2, #block, 2 do
-    local f, d = block[j], block[j + 1]
-    for k = 2, n + 1 do
-      local key = KEYS[block[k]]
+for _, group in ipairs(a[5]) do
+  local base, segments = group[1], group[2]
+  for j = 3, #group, 3 do
+    local family, f, d = group[j], group[j + 1], group[j + 2]
+    for k = 1, #segments do
+      local key = base .. segments[k] .. ':' .. family
       if redis.call('HINCRBY', key, f, d) == 0 then redis.call('HDEL', key, f) end
     end
   end
+end
+t = a[11]
+local stats = KEYS[t[1]]
+for i = 2, #t, 2 do
+  if redis.call('HINCRBY', stats, t[i], t[i + 1]) == 0 then redis.call('HDEL', stats, t[i]) end
 end
 local ttl = a[6]
 local expiring = {}
@@ -127,7 +138,12 @@ class Keyspace:
 
     def aggregate(self, shard: int, app: str, segment: str, family: str) -> str:
         """Counters of one family for one segment ('all', 'platform=ios', 'value=vip')."""
-        return f"{self.prefix}:{{{shard}}}:a:{app}:{segment}:{family}"
+        return f"{self.aggregate_prefix(shard, app)}{segment}:{family}"
+
+    def aggregate_prefix(self, shard: int, app: str) -> str:
+        """What every aggregate key of an app's partition starts with (the apply script
+        appends segment and family itself)."""
+        return f"{self.prefix}:{{{shard}}}:a:{app}:"
 
     def dedup(self, shard: int, generation: int, bucket: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
@@ -153,22 +169,10 @@ def parse_due_member(member: bytes) -> UserKey:
     return app, user_id
 
 
-# (keys, [(field, delta), ...]): every delta is added to the field in each of the keys
-CounterBlock = tuple[list[str], list[tuple[str, int]]]
-
-
 def _pack(value: object) -> bytes:
     """The scripts' argument blob. Raw (str) type for bytes too: Redis's cmsgpack predates
     MessagePack's bin type and rejects it."""
     return msgpack.packb(value, use_bin_type=False)
-
-
-def _by_family(deltas: Mapping[CounterKey, int]) -> dict[str, list[tuple[str, int]]]:
-    """A segment group's deltas as family -> [(field, delta)]: one counter hash per family."""
-    out: dict[str, list[tuple[str, int]]] = {}
-    for (family, field), delta in deltas.items():
-        out.setdefault(family, []).append((field, delta))
-    return out
 
 
 @dataclass(slots=True)
@@ -193,12 +197,14 @@ class RedisStore:
         user_buckets: int = 1024,
         dedup_buckets: int = 1024,
         dedup_window_days: int = 7,
+        state_cache_users: int = 0,
     ) -> None:
         self.client = client
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
         self.dedup_window_days = dedup_window_days
+        self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
         self._apply = client.register_script(APPLY_PLAN_LUA)
 
@@ -228,13 +234,15 @@ class RedisStore:
         users = list(dict.fromkeys(users))
         dedup_keys = list(dict.fromkeys(dedup_keys))
         generation = self.dedup_generation(now_ms)
+        token = self.cache.token(shard)
+        held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
         key_index: dict[str, int] = {self.keys.meta(shard): 1}
 
         def index_of(name: str) -> int:
             return key_index.setdefault(name, len(key_index) + 1)
 
         user_args: list[object] = []
-        for app, user_id in users:
+        for app, user_id in to_load:
             user_args += [index_of(self.user_key(shard, app, user_id)), user_id]
         id_args: list[object] = []
         for key in dedup_keys:
@@ -245,21 +253,24 @@ class RedisStore:
                 key,
             ]
         reply = await self._load(keys=list(key_index), args=[_pack([topics, user_args, id_args])])
-        pos = 2
+        if token is not None and reply[2] != token:
+            self.cache.forget(shard)  # written by someone else since: load every user
+            return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
+        pos = 3
         offsets = {}
         for topic in topics:
             offsets[topic] = int(reply[pos]) if reply[pos] else None
             pos += 1
-        states: dict[UserKey, UserState | None] = {}
-        for user in users:
-            states[user] = decode_user(reply[pos]) if reply[pos] else None
+        loaded: dict[UserKey, UserState | None] = {}
+        for user in to_load:
+            loaded[user] = decode_user(reply[pos]) if reply[pos] else None
             pos += 1
         seen = {key for key, flag in zip(dedup_keys, reply[pos:], strict=True) if flag}
         return LoadedBatch(
             version=int(reply[0]),
             watermark_ms=int(reply[1]) if reply[1] else None,
             next_offsets=offsets,
-            states=states,
+            states={user: held[user] if user in held else loaded[user] for user in users},
             seen_dedup_keys=seen,
             dedup_generation=generation,
         )
@@ -274,13 +285,14 @@ class RedisStore:
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
         conflict (nothing was written)."""
-        blocks: list[CounterBlock] = [
-            ([self.keys.aggregate(shard, app, segment, family) for segment in segments], fields)
-            for app, groups in plan.deltas.items()
-            for segments, deltas in groups.items()
-            for family, fields in _by_family(deltas).items()
-        ]
-        blocks.append(([self.keys.stats(shard)], [(f, d) for f, d in plan.stats.items() if d]))
+        groups: list[list[object]] = []
+        for app, by_segments in plan.deltas.items():
+            base = self.keys.aggregate_prefix(shard, app)
+            for segments, deltas in by_segments.items():
+                group: list[object] = [base, list(segments)]
+                for (family, field), delta in deltas.items():
+                    group += [family, field, str(delta)]
+                groups.append(group)
         generation = loaded.dedup_generation
         dedup = [
             (self.keys.dedup(shard, generation, self._dedup_bucket(key)), key)
@@ -292,7 +304,7 @@ class RedisStore:
             for days in inactivity_days
         ]
         return await self._apply_ops(
-            shard, loaded.version, plan.watermark_ms, next_offsets, plan.users, blocks,
+            shard, loaded, plan.watermark_ms, next_offsets, plan.users, groups, plan.stats,
             dedup, due, [],
         )
 
@@ -301,20 +313,20 @@ class RedisStore:
     ) -> bool:
         """Record sent notifications (user marks, due entries gone, counters), fenced by the
         partition version like a batch."""
-        stats = ([self.keys.stats(shard)], [(f, d) for f, d in plan.stats.items() if d])
         removals = [(self.keys.due(shard, days), due_member(user)) for days, user in plan.sent]
         return await self._apply_ops(
-            shard, loaded.version, None, {}, plan.users, [stats], [], [], removals
+            shard, loaded, None, {}, plan.users, [], plan.stats, [], [], removals
         )
 
     async def _apply_ops(
         self,
         shard: int,
-        version: int,
+        loaded: LoadedBatch,
         watermark_ms: int | None,
         next_offsets: Mapping[str, int],
         users: Mapping[UserKey, UserState],
-        blocks: list[CounterBlock],
+        groups: list[list[object]],
+        stats: Mapping[str, int],
         dedup: list[tuple[str, bytes]],
         zadd: list[tuple[str, int, str]],
         zrem: list[tuple[str, str]],
@@ -331,13 +343,10 @@ class RedisStore:
         for (app, user_id), state in users.items():
             user_args += [index_of(self.user_key(shard, app, user_id)), user_id,
                           encode_user(state)]
-        block_args: list[list[object]] = []
-        for keys, fields in blocks:
-            if fields:
-                block = [len(keys), *map(index_of, keys)]
-                for field, delta in fields:
-                    block += [field, str(delta)]
-                block_args.append(block)
+        stats_args: list[object] = [index_of(self.keys.stats(shard))]
+        for field, delta in stats.items():
+            if delta:
+                stats_args += [field, str(delta)]
         dedup_args: list[object] = []
         for key, member in dedup:
             dedup_args += [index_of(key), member]
@@ -347,12 +356,24 @@ class RedisStore:
         zrem_args: list[object] = []
         for key, member in zrem:
             zrem_args += [index_of(key), member]
+        token = os.urandom(8)
         blob = _pack([
-            version, "" if watermark_ms is None else str(watermark_ms), offset_args, user_args,
-            block_args, (2 * self.dedup_window_days + 1) * 86_400, dedup_args, zadd_args,
-            zrem_args,
+            loaded.version, "" if watermark_ms is None else str(watermark_ms), offset_args,
+            user_args, groups, (2 * self.dedup_window_days + 1) * 86_400, dedup_args,
+            zadd_args, zrem_args, token, stats_args,
         ])
-        return bool(await self._apply(keys=list(key_index), args=[blob]))
+        try:
+            applied = bool(await self._apply(keys=list(key_index), args=[blob]))
+        except BaseException:  # written or not, we cannot tell: trust nothing held
+            self.cache.forget(shard)
+            raise
+        if not applied:
+            self.cache.forget(shard)
+            return False
+        # the states loaded for this write are current too: the fence proved nobody wrote
+        current = {user: state for user, state in loaded.states.items() if state is not None}
+        self.cache.written(shard, token, {**current, **users})
+        return True
 
     async def due_entries(
         self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = 500

@@ -20,10 +20,11 @@ BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
 
 
-@pytest.fixture
-async def store(redis_url: str, unique: str):
+@pytest.fixture(params=[0, 1000], ids=["no-cache", "state-cache"])
+async def store(redis_url: str, unique: str, request: pytest.FixtureRequest):
     client = aioredis.from_url(redis_url)
-    yield RedisStore(client, prefix=f"test-{unique}", user_buckets=8, dedup_buckets=4)
+    yield RedisStore(client, prefix=f"test-{unique}", user_buckets=8, dedup_buckets=4,
+                     state_cache_users=request.param)
     keys = [k async for k in client.scan_iter(match=f"test-{unique}:*")]
     if keys:
         await client.delete(*keys)
@@ -102,3 +103,33 @@ async def test_timezone_is_fixed_by_first_data(store: RedisStore) -> None:
     await store.fix_timezone("a", "Europe/Paris")
     with pytest.raises(TimezoneConflict, match="Europe/Paris"):
         await store.fix_timezone("a", "UTC")
+
+
+async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_writes(
+    store: RedisStore,
+) -> None:
+    """Two workers own the partition one after the other (a rebalance): the first must not
+    plan on the states it cached once the second has written."""
+    if not store.cache.capacity:
+        pytest.skip("needs the state cache")
+    other = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8, dedup_buckets=4,
+                       state_cache_users=1000)
+    await store.register_shard(0)
+    day = [Event("a", f"e{n}", "session", "u1", BASE_MS + n * DAY_MS) for n in range(3)]
+    assert await apply_batch(store, 0, day[:1], 0)
+    # the cache, not Redis, answers for this worker's own last write
+    bucket = store.user_key(0, "a", "u1")
+    record = await store.client.hget(bucket, "u1")
+    await store.client.hdel(bucket, "u1")
+    loaded = await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)
+    assert loaded.states[("a", "u1")] is not None
+    assert loaded.states[("a", "u1")].active_days == {BASE_MS // DAY_MS}
+    await store.client.hset(bucket, "u1", record)
+    # the other worker writes the partition; the first sees its state, not the cached one
+    assert await apply_batch(other, 0, day[1:2], 1)
+    assert await apply_batch(store, 0, day[2:], 2)
+    final = (await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)).states[("a", "u1")]
+    assert final is not None
+    assert final.active_days == {e.ts_ms // DAY_MS for e in day}
+    assert (await other.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)).states[
+        ("a", "u1")] == final
