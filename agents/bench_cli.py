@@ -51,6 +51,9 @@ def load_runner() -> ModuleType:
 @click.option("--skip-baselines", is_flag=True,
               help="skip the Faust baseline (the raw loop always runs: it is also the census "
                    "of the topics the worker's progress is measured with)")
+@click.option("--skip-horizontal", is_flag=True,
+              help="skip the horizontal run (two workers in one group on the single-event "
+                   "topic, against one worker's rate)")
 @click.option("--baseline-events", type=click.IntRange(min=1), default=200_000,
               show_default=True,
               help="the Faust baseline is measured on at most this many events per topic")
@@ -69,9 +72,10 @@ def load_runner() -> ModuleType:
                    "py-spy attached; collapsed stacks go here, top functions to the report")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def bench(events: int | None, users: int | None, days: int | None, seed: int, partitions: int,
-          skip_baselines: bool, baseline_events: int, latency_seconds: float | None,
-          latency_rate: float | None, quick: bool, json_out: Path | None, workdir: Path | None,
-          profile: Path | None, no_progress: bool) -> None:
+          skip_baselines: bool, skip_horizontal: bool, baseline_events: int,
+          latency_seconds: float | None, latency_rate: float | None, quick: bool,
+          json_out: Path | None, workdir: Path | None, profile: Path | None,
+          no_progress: bool) -> None:
     """Benchmark the worker against a raw aiokafka loop and a Faust agent, on a real broker
     and Redis; check its figures against the batch reference (exit 1 if they differ)."""
     runner = load_runner()
@@ -83,7 +87,8 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
     options = runner.Options(
         events=events or size["events"], users=users or size["users"],
         days=days or size["days"], seed=seed, partitions=partitions,
-        skip_baselines=skip_baselines, baseline_events=baseline_events,
+        skip_baselines=skip_baselines, skip_horizontal=skip_horizontal,
+        baseline_events=baseline_events,
         latency_seconds=latency_seconds or size["latency_seconds"], latency_rate=latency_rate,
         json_out=json_out,
         workdir=workdir, profile=profile, progress=not no_progress,

@@ -307,10 +307,13 @@ class Deployment:
         env.update(extra)
         return env
 
-    def start(self) -> ManagedProcess:
-        return spawn([*RETENTION, "worker", "--loglevel", "warning"], f"worker-{self.name}",
-                     self.env(), self.stack.workdir / f"worker-{self.name}.log",
-                     self.stack.workdir)
+    def start(self, member: str = "", loglevel: str = "warning") -> ManagedProcess:
+        """One worker of the deployment. ``member`` names one of several workers sharing the
+        group (own log, own web port); ``loglevel="info"`` keeps its "assigned [...]" lines,
+        which say what it owns (the horizontal run reads them)."""
+        name = f"worker-{self.name}" + (f"-{member}" if member else "")
+        return spawn([*RETENTION, "worker", "--loglevel", loglevel], name, self.env(),
+                     self.stack.workdir / f"{name}.log", self.stack.workdir)
 
     def stored_offsets(self, client: redis.Redis) -> dict[int, int]:
         """Next offset per partition as stored with the state (only applied records count)."""

@@ -53,22 +53,64 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
 
 
+def runqueue_wait_seconds(pid: int) -> float | None:
+    """Time a process's threads spent runnable but waiting for a CPU (schedstat, summed over
+    its threads; None if it is gone or the kernel has no schedstats).
+
+    The difference between "slow because it had no core" and "slow because it waited on
+    Redis or the broker": CPU time alone cannot tell them apart on a shared machine.
+    """
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[1])  # ns on the run queue
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / 1e9
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy (all CPUs, every process, steal included):
+    whether the measured processes had the machine to themselves."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / _TICKS
+
+
 class CpuMeter:
-    """CPU seconds of named processes between :meth:`start` and :meth:`stop`."""
+    """CPU seconds of named processes between :meth:`start` and :meth:`stop`; also their
+    run-queue wait (``waited``) and the machine's busy CPU seconds (``machine_busy_s``)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.started: dict[str, float | None] = {}
         self.used: dict[str, float] = {}
+        self.started_waits: dict[str, float | None] = {}
+        self.waited: dict[str, float] = {}
+        self.started_machine: float | None = None
+        self.machine_busy_s: float | None = None
 
     def start(self) -> None:
         self.started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.started_waits = {name: runqueue_wait_seconds(pid) for name, pid in self.pids.items()}
+        self.started_machine = machine_busy_seconds()
 
     def stop(self) -> dict[str, float]:
         for name, pid in self.pids.items():
             now, then = cpu_seconds(pid), self.started.get(name)
             if now is not None and then is not None:
                 self.used[name] = round(now - then, 3)
+            now, then = runqueue_wait_seconds(pid), self.started_waits.get(name)
+            if now is not None and then is not None:
+                self.waited[name] = round(now - then, 3)
+        now_busy = machine_busy_seconds()
+        if now_busy is not None and self.started_machine is not None:
+            self.machine_busy_s = round(now_busy - self.started_machine, 3)
         return self.used
 
 

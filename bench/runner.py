@@ -42,6 +42,7 @@ from .contenders import (
     run_async,
     worker_replay,
 )
+from .horizontal import WORKERS, horizontal_replay
 from .latency import measure_latency, raw_latency
 from .profile import profile_replay
 from .workload import Workload, WorkloadSpec, build_workload
@@ -58,7 +59,11 @@ METHOD = (
     "(raw loop: first getmany batch; faust: first message; worker: first partition batch "
     "seen applied in Redis, polled every 20 ms) to its last event; events of that first "
     "unit are not counted. Startup and consumer-group join are therefore excluded for all. "
-    "Contenders run one after another on the same topic, never at the same time."
+    "Contenders run one after another on the same topic, never at the same time. "
+    "Horizontal: two workers in one group replay the single topic together; both are started "
+    "at once and the window opens at the first batch applied after both logged disjoint "
+    "assignments covering every partition (no rebalance inside it: one fails the bench); "
+    "per worker, the same over its own partitions."
 )
 
 
@@ -72,6 +77,7 @@ class Options:
     seed: int = 0
     partitions: int = 4
     skip_baselines: bool = False
+    skip_horizontal: bool = False
     baseline_events: int = 200_000  # the Faust baseline is measured on this prefix
     latency_seconds: float = 10.0
     latency_rate: float | None = None  # events/s; None: half the worker's single-shape rate
@@ -182,9 +188,10 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
     deployments = {shape: Deployment(stack, topics[shape], f"worker-{shape}") for shape in SHAPES}
     latency_deployment = Deployment(stack, latency_topic, "worker-latency")
     profile_deployment = Deployment(stack, topics["single"], "worker-profile")
+    horizontal_deployment = Deployment(stack, topics["single"], "worker-horizontal")
     wanted = {t: stack.partitions for t in (*topics.values(), latency_topic, raw_latency_topic)}
     wanted.update({d.dlq: 1 for d in (*deployments.values(), latency_deployment,
-                                      profile_deployment)})
+                                      profile_deployment, horizontal_deployment)})
     run_async(lambda: ensure_topics(stack.bootstrap, wanted))
 
     produced: dict[str, Any] = {}
@@ -228,14 +235,7 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
             _say("computing the batch reference figures (streams/reference.py)")
             expected = Reference.of(workload.events)
         _say(f"{shape}: checking the worker's figures against the reference")
-        shape_verdict = verify(deployments[shape], expected)
-        verdict.checks += shape_verdict.checks
-        verdict.mismatches += shape_verdict.mismatches
-        verdict.ok = verdict.ok and shape_verdict.ok
-        results["correctness"] = verdict.as_dict()
-        if not shape_verdict.ok:
-            raise BenchFailure("the worker's figures differ from the reference: "
-                               + "; ".join(shape_verdict.mismatches)[:2000])
+        _judge(deployments[shape], expected, verdict, results)
         memory[shape] = redis_memory(deployments[shape], used, workload.distinct_users, total)
     results["ratios"] = _ratios(throughput)
     results["redis_memory"] = memory
@@ -243,7 +243,23 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
         shape: throughput[shape]["worker"]["peak_rss_bytes"] for shape in throughput
     }
 
-    rate = options.latency_rate or throughput["single"]["worker"]["events_per_s"] / 2
+    single_rate = throughput["single"]["worker"]["events_per_s"]
+    if options.skip_horizontal:
+        results["horizontal"] = {"skipped": "--skip-horizontal"}
+    else:
+        _say(f"horizontal: {WORKERS} retention workers in one group replay the single topic")
+        horizontal = horizontal_replay(horizontal_deployment, censuses["single"], single_rate)
+        results["horizontal"] = horizontal
+        if "skipped" not in horizontal:
+            _say(f"horizontal: {horizontal['events_per_s']:,.0f} events/s combined "
+                 f"({horizontal['combined_vs_single_worker']:.2f}x one worker); checking the "
+                 "figures against the reference")
+            assert expected is not None
+            horizontal["correctness_ok"] = False  # what the JSON says if the check raises
+            _judge(horizontal_deployment, expected, verdict, results)
+            horizontal["correctness_ok"] = True
+
+    rate = options.latency_rate or single_rate / 2
     why = "as asked" if options.latency_rate else "half the worker's rate"
     _say(f"latency: single-event messages at {rate:,.0f} events/s ({why}) "
          f"for {options.latency_seconds:g} s")
@@ -259,6 +275,20 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
                                            options.profile)
         summary["replay_events_per_s_while_sampled"] = round(profiled.events_per_s, 1)
         results["profile"] = summary
+
+
+def _judge(deployment: Deployment, expected: Reference, verdict: Verdict,
+           results: dict[str, Any]) -> None:
+    """Check a deployment's figures against the reference into the run's verdict; a mismatch
+    stops the run (after recording it), since its throughput would be a wrong answer's."""
+    found = verify(deployment, expected)
+    verdict.checks += found.checks
+    verdict.mismatches += found.mismatches
+    verdict.ok = verdict.ok and found.ok
+    results["correctness"] = verdict.as_dict()
+    if not found.ok:
+        raise BenchFailure(f"the figures of {deployment.name} differ from the reference: "
+                           + "; ".join(found.mismatches)[:2000])
 
 
 def _ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -278,6 +308,45 @@ def _ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _render_horizontal(horizontal: dict[str, Any] | None) -> list[str]:
+    """A few lines: the combined rate against one worker's, then each worker, then where
+    the cores went (on a small machine that is what caps the combined rate)."""
+    if not horizontal:
+        return []
+    if "skipped" in horizontal:
+        return [f"horizontal: skipped ({horizontal['skipped']})"]
+    lines = [
+        f"horizontal, {horizontal['workers']} workers in one group: "
+        f"{horizontal['events_per_s']:,.0f} ev/s = "
+        f"{_share(horizontal['combined_vs_single_worker'])}x one worker "
+        f"({horizontal['single_worker_events_per_s']:,.0f} ev/s), window "
+        f"{horizontal['window_s']:.1f}s"
+    ]
+    for name, run in horizontal["per_worker"].items():
+        lines.append(
+            f"  {name} partitions {run['partitions']}: {run['events_per_s']:,.0f} ev/s = "
+            f"{_share(run['vs_single_worker'])}x one worker, core "
+            f"{_share(run.get('contender_core_share'))}, peak RSS {_mib(run['peak_rss_bytes'])}"
+        )
+
+    def processes(shares: dict[str, float]) -> str:
+        workers = " + ".join(_share(shares.get(name)) for name in horizontal["per_worker"])
+        return (f"workers {workers}, redis {_share(shares.get('redis'))}, "
+                f"broker {_share(shares.get('broker'))}")
+
+    lines.append(f"  cores used: {processes(horizontal['core_share_in_window'])}; "
+                 f"others {_share(horizontal.get('other_processes_cores_in_window'))}; machine "
+                 f"{_share(horizontal.get('machine_busy_cores_in_window'))} of "
+                 f"{horizontal['nproc']}")
+    lines.append("  waiting for a CPU (s per s of window): "
+                 + processes(horizontal.get("runqueue_wait_share_in_window", {})))
+    return lines
 
 
 def render(results: dict[str, Any]) -> str:
@@ -317,6 +386,7 @@ def render(results: dict[str, Any]) -> str:
     if any(run["contender"] == "faust" and run["events"] < workload.get("events", 0)
            for runs in throughput.values() for run in runs.values()):
         lines.append("* faust measured on a prefix of the topic (see measured_prefix_events)")
+    lines += _render_horizontal(results.get("horizontal"))
     latency = results.get("latency")
     if latency:
         lines.append(

@@ -1,8 +1,9 @@
 """The benchmark's plumbing and its correctness gate, never its timings.
 
 ``retention bench --quick`` runs end to end on a real broker, Redis, worker and Faust
-baseline; the test asserts that the worker's figures matched the reference and that the
-JSON has every figure BENCHMARKS.md is built from. Timings are not asserted: they depend
+baseline, and two workers sharing the partitions (the horizontal run); the test asserts
+that every deployment's figures matched the reference and that the JSON has every figure
+BENCHMARKS.md is built from. Timings are not asserted: they depend
 on the machine and on what else runs, and a flaky perf gate teaches people to ignore CI.
 """
 
@@ -38,7 +39,7 @@ def bench_modules() -> dict[str, ModuleType]:
     runner = load_runner()
     package = runner.__name__.rsplit(".", 1)[0]
     return {name: sys.modules[f"{package}.{name}"] for name in
-            ("runner", "workload", "profile", "checks")}
+            ("runner", "workload", "profile", "checks", "horizontal")}
 
 
 def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None:
@@ -52,9 +53,9 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     doc: dict[str, Any] = orjson.loads(out.read_bytes())
     assert doc["correctness"]["ok"] is True
     assert doc["correctness"]["mismatches"] == []
-    assert len(doc["correctness"]["checks"]) == 12
+    assert len(doc["correctness"]["checks"]) == 18  # 6 each: single, batch50, horizontal
     assert {"command", "machine", "code", "method", "workload", "produce", "throughput",
-            "ratios", "latency", "latency_raw_consumer", "redis_memory",
+            "ratios", "horizontal", "latency", "latency_raw_consumer", "redis_memory",
             "worker_peak_rss_bytes"} <= doc.keys()
     events = doc["workload"]["events"]
     assert 15_000 <= events <= 25_000
@@ -71,7 +72,37 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     for shape in SHAPES:
         assert doc["redis_memory"][shape].keys() >= MEMORY_KEYS
         assert doc["worker_peak_rss_bytes"][shape] > 0
+    assert_horizontal(doc, events)
     assert "events/s" in result.stdout and "correctness: OK" in result.stdout
+    assert "horizontal, 2 workers in one group" in result.stdout
+
+
+def assert_horizontal(doc: dict[str, Any], events: int) -> None:
+    """Two workers each owned partitions, none twice, all covered; every event is accounted
+    for by exactly one of them (or applied before both had joined); their state equals the
+    reference. Rates are reported, never judged."""
+    horizontal = doc["horizontal"]
+    assert horizontal["workers"] == 2
+    assert horizontal["correctness_ok"] is True
+    assert sum(check.startswith("worker-horizontal: ") for check in
+               doc["correctness"]["checks"]) == 6
+    workers = horizontal["per_worker"]
+    assert set(workers) == {"worker-1", "worker-2"}
+    owned = [set(run["partitions"]) for run in workers.values()]
+    assert all(owned) and not owned[0] & owned[1]
+    assert owned[0] | owned[1] == set(range(horizontal["partitions"]))
+    assert horizontal["events"] == events
+    assert sum(run["events"] for run in workers.values()) \
+        + horizontal["events_applied_before_join"] == events
+    assert 0 < horizontal["window_events"] <= events
+    for run in workers.values():
+        assert run.keys() >= RUN_KEYS
+        assert 0 <= run["window_events"] <= run["events"]
+        assert run["peak_rss_bytes"] > 0
+    assert set(horizontal["core_share_in_window"]) == {"worker-1", "worker-2", "broker", "redis"}
+    assert {"runqueue_wait_share_in_window", "machine_busy_cores_in_window",
+            "other_processes_cores_in_window"} <= horizontal.keys()
+    assert all(count >= 1 for count in horizontal["assignments_logged"].values())
 
 
 def test_a_wrong_answer_fails_the_bench(
@@ -96,6 +127,33 @@ def test_a_wrong_answer_fails_the_bench(
     assert doc["correctness"]["ok"] is False
     assert "differ from the reference" in doc["error"]
     assert orjson.loads((tmp_path / "bench.json").read_bytes())["correctness"]["ok"] is False
+
+
+def test_assignments_are_read_from_the_worker_log(
+    tmp_path: Path, bench_modules: dict[str, ModuleType]
+) -> None:
+    """Ownership comes from the worker's own "assigned [...]" lines: aiokafka's lines about
+    assigned partitions and other topics' partitions must not count, and every rebalance
+    adds a line (so a line after the join means a rebalance)."""
+    log = tmp_path / "worker.log"
+    log.write_text(
+        "[2026-01-01 00:00:00,000] [1] [INFO] Revoking previously assigned partitions set()\n"
+        "[2026-01-01 00:00:01,000] [1] [INFO] Setting newly assigned partitions \n"
+        "[2026-01-01 00:00:01,100] [1] [INFO] assigned ['b1-single/0', 'b1-single/1', "
+        "'b1-single/2', 'b1-single/3'] \n"
+        "[2026-01-01 00:00:04,100] [1] [INFO] assigned ['b1-single/1', 'b1-single/3', "
+        "'b1-single-x/0'] \n"
+        "[2026-01-01 00:00:09,100] [1] [INFO] assigned [] \n"
+    )
+    assignments = bench_modules["horizontal"].assignments
+    assert assignments(log, "b1-single") == [frozenset({0, 1, 2, 3}), frozenset({1, 3}),
+                                             frozenset()]
+    assert assignments(tmp_path / "missing.log", "b1-single") == []
+
+
+def test_a_skipped_horizontal_run_says_so(bench_modules: dict[str, ModuleType]) -> None:
+    text = bench_modules["runner"].render({"horizontal": {"skipped": "--skip-horizontal"}})
+    assert "horizontal: skipped (--skip-horizontal)" in text
 
 
 def test_workload_sizing_hits_the_asked_events_and_users(
