@@ -38,7 +38,7 @@ from retention_tracker.streams.store import Keyspace
 from .processes import FAUST_BASELINE, RETENTION, CpuMeter, peak_rss_bytes, spawn
 
 POLL_S = 0.02  # how often Redis is read for progress: the window's resolution
-BATCH_RECORDS = 2000  # the worker's default BATCH_MAX_RECORDS, used by the raw loop too
+BATCH_RECORDS = 5000  # the worker's default BATCH_MAX_RECORDS, used by the raw loop too
 
 
 class BenchFailure(Exception):

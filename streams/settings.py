@@ -55,7 +55,7 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
     SettingDoc("CLOCK_SPEED", "1", "wall clock only: run it this many times faster (demos, tests)"),
-    SettingDoc("BATCH_MAX_RECORDS", "2000", "Kafka records fetched per partition batch"),
+    SettingDoc("BATCH_MAX_RECORDS", "5000", "Kafka records per fetch (replay speed vs memory)"),
     SettingDoc("FETCH_MAX_WAIT_MS", "50", "longest a fetch waits for data (latency vs requests)"),
     SettingDoc("MAX_MESSAGE_BYTES", "1048576", "larger messages are dead-lettered whole"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
@@ -193,7 +193,7 @@ class Settings:
     dedup_window_days: int = 7
     clock: str = "wall"
     clock_speed: float = 1.0
-    batch_max_records: int = 2000
+    batch_max_records: int = 5000
     fetch_max_wait_ms: int = 50
     max_message_bytes: int = 1 << 20
     max_events_per_message: int = 1000

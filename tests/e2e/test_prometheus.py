@@ -180,6 +180,15 @@ def _stack(deployment: Deployment, tmp_path: Path
             return list(got.values()) == [sent]
 
         wait_for(all_records_scraped, 60, f"{sent} records on the workers' /metrics")
+        # the global figures come from a snapshot of Redis taken by a timer: wait until both
+        # workers have served one taken after the last record was applied
+        applied_at = time.time()
+
+        def fresh_snapshots_scraped() -> bool:
+            got = both.query("min(retention_worker_snapshot_timestamp_seconds)", time.time())
+            return bool(got) and min(got.values()) > applied_at
+
+        wait_for(fresh_snapshots_scraped, 60, "snapshots taken after the last batch")
         yield deployment, both, one, workers, sent
 
 

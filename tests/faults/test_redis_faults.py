@@ -244,11 +244,12 @@ def blocked_scripts(client: redis.Redis) -> int:
 
 def test_slow_batch_never_lets_offsets_run_ahead(own_redis: OwnRedis,
                                                  own_deployment: Deployment) -> None:
-    """Scenario 10: one batch made slow (CLIENT PAUSE 3000 WRITE holds its Redis call) while
-    other partitions have records waiting. A worker processes ONE partition batch at a time
-    (Ingestor.run awaits each batch before the next), so exactly one call is held, no offset
-    moves during the pause, and at no sample is a stored offset ahead of (or behind) the
-    state it covers. Afterwards the figures are exact."""
+    """Scenario 10: batches made slow (CLIENT PAUSE 3000 WRITE holds their Redis calls) while
+    partitions have records waiting. A worker has at most one batch in flight per partition
+    (Ingestor.run starts a partition's next batch only when its previous one is done), so at
+    most one call per partition is held, no offset moves during the pause, and at no sample
+    is a stored offset ahead of (or behind) the state it covers. Afterwards the figures are
+    exact."""
     d = own_deployment
     raw = workload(days=20, seed=29)
     produced = produce(d.bootstrap, d.topic, event_messages(raw))
@@ -276,7 +277,7 @@ def test_slow_batch_never_lets_offsets_run_ahead(own_redis: OwnRedis,
         recovery = round(time.monotonic() - paused, 2)
     frozen = {tuple(sorted(offsets.items())) for t, offsets in checker.samples
               if first_held < t < paused + 2.9}
-    assert max(seen) == 1, seen  # one batch in flight per worker, by design
+    assert 1 <= max(seen) <= d.partitions, seen  # at most one batch per partition
     assert len(frozen) == 1, frozen  # nothing applied while that batch was held
     assert checker.violations == [], checker.violations[:3]
     assert len(checker.samples) > 50
