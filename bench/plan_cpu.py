@@ -1,0 +1,114 @@
+"""The worker's pure CPU path alone: parse -> decode -> plan -> encode, no broker, no Redis.
+
+What `retention bench` cannot separate: how much of the worker's time is the pure Python of
+a batch. The bench's workload is cut into per-partition batches the way the worker sees
+them; user records go through the real codec between batches, as they would through Redis
+(the state cache aside). CPU time of this process, so a busy machine disturbs it less than
+wall-clock rates. Used to measure each change to plan.py and user_state.py:
+
+    python -m bench.plan_cpu --events 200000 --batch 500
+    python -m bench.plan_cpu --events 200000 --batch 500 --by-user     # the batch50 shape
+    python -m bench.plan_cpu --events 100000 --profile                  # + cProfile top 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.events import parse_message
+from retention_tracker.streams.plan import UserKey, dedup_key, plan_batch
+from retention_tracker.streams.user_state import decode_user, encode_user
+
+from .workload import WorkloadSpec, build_workload
+
+PARTITIONS = 4
+NOW_MS = 1_800_000_000_000  # after the workload: no event is from the future
+
+
+def messages_per_partition(events: list[dict[str, Any]], by_user: bool, per_message: int
+                           ) -> list[list[bytes]]:
+    """Single-event messages in delivery order, or arrays of one user's events."""
+    parts: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
+    if not by_user:
+        for event in events:
+            parts[zlib.crc32(event["user_id"].encode()) % PARTITIONS].append(orjson.dumps(event))
+        return parts
+    run: list[dict[str, Any]] = []
+    for event in [*events, None]:
+        if run and (event is None or event["user_id"] != run[0]["user_id"]
+                    or len(run) == per_message):
+            parts[zlib.crc32(run[0]["user_id"].encode()) % PARTITIONS].append(orjson.dumps(run))
+            run = []
+        if event is not None:
+            run.append(event)
+    return parts
+
+
+def replay(parts: list[list[bytes]], batch: int) -> Counter[str]:
+    """CPU seconds per phase over every partition's batches."""
+    calendar = AppCalendar("UTC")
+    seconds: Counter[str] = Counter()
+    for messages in parts:
+        records: dict[UserKey, bytes] = {}
+        seen: set[bytes] = set()
+        watermark = None
+        for start in range(0, len(messages), batch):
+            t0 = time.process_time()
+            items = []
+            for offset, message in enumerate(messages[start:start + batch], start):
+                parsed = parse_message(message, NOW_MS, 1 << 20, 1000)
+                items.extend((offset, index, event) for index, event in parsed.events)
+            t1 = time.process_time()
+            users = {(event.app, event.user_id) for _, _, event in items}
+            states = {u: decode_user(records[u]) if u in records else None for u in users}
+            keys = {dedup_key(event.app, event.event_id) for _, _, event in items}
+            t2 = time.process_time()
+            plan = plan_batch(items, states, keys & seen, watermark, 400, lambda _app: calendar)
+            t3 = time.process_time()
+            for user, state in plan.users.items():
+                records[user] = encode_user(state)
+            seen.update(plan.new_dedup_keys)
+            watermark = plan.watermark_ms
+            t4 = time.process_time()
+            seconds.update({"parse": t1 - t0, "decode": t2 - t1, "plan": t3 - t2,
+                            "encode": t4 - t3})
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, help="default: events / 10, as the bench")
+    parser.add_argument("--batch", type=int, default=500, help="messages per partition batch")
+    parser.add_argument("--by-user", action="store_true", help="arrays of <= 50 user events")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    workload = build_workload(WorkloadSpec(args.events, args.users or args.events // 10, 30))
+    events = workload.by_user if args.by_user else workload.events
+    parts = messages_per_partition(events, args.by_user, 50)
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
+    seconds = replay(parts, args.batch)
+    if profiler:
+        profiler.disable()
+    total = sum(seconds.values())
+    shape = "by user, <=50 per message" if args.by_user else "single-event messages"
+    print(f"{len(events):,} events ({shape}), {args.batch} messages per partition batch: "
+          f"{len(events) / total:,.0f} events per CPU-second")
+    print("  " + ", ".join(f"{phase} {value:.2f} s" for phase, value in seconds.items()))
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
