@@ -198,8 +198,11 @@ def add_events(
             purchases[key] = Purchases(old.count + 1, old.units + money_units(event.amount or 0))
         for name in ATTRIBUTES:
             value = getattr(event, name)
+            if value is None:
+                continue
             # the earliest event carrying it wins; equal times: the smallest value
-            if value is not None and (event.ts_ms, value) < _swap(attributes.get(name)):
+            found = attributes.get(name)
+            if found is None or (event.ts_ms, value) < (found[1], found[0]):
                 attributes[name] = (value, event.ts_ms)
         if first_ms is None or event.ts_ms < first_ms:
             first_ms = event.ts_ms
@@ -219,11 +222,6 @@ def add_events(
         notified_episode_ms=state.notified_episode_ms if state else None,
         notified_days=state.notified_days if state else (),
     )
-
-
-def _swap(found: tuple[str, int] | None) -> tuple[int, str] | tuple[float, str]:
-    """(value, ts) ordered by time first, for the comparison above."""
-    return (float("inf"), "") if found is None else (found[1], found[0])
 
 
 def _add_user_delta(
