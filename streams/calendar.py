@@ -8,7 +8,7 @@ a week the number of ISO weeks since the one holding 1970-01-01, a month year*12
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
@@ -57,8 +57,14 @@ def period_label(period: int, granularity: str) -> str:
     return f"{period // 12:04d}-{period % 12 + 1:02d}"
 
 
-def periods_of_days(days: list[int], granularity: str) -> set[int]:
-    return {period_of_day(day, granularity) for day in days}
+def periods_of_days(days: Iterable[int], granularity: str) -> set[int]:
+    """The periods holding these days; one dispatch per set, not per day (the plan's
+    inner loop)."""
+    if granularity == "day":
+        return set(days)
+    if granularity == "week":
+        return {(day + 3) // 7 for day in days}
+    return {_month_of_day(day) for day in days}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .calendar import GRANULARITIES, AppCalendar, period_of_day
+from .calendar import GRANULARITIES, AppCalendar, period_of_day, periods_of_days
 from .events import Event
 from .segments import DEFAULT_RULES, SegmentRules, money_units, value_segment
 from .user_state import ATTRIBUTES, Purchases, UserState
@@ -126,13 +126,9 @@ def user_contributions(
     for g, f in _FAMILIES.items():
         cohort = period_of_day(state.first_day, g)
         contrib[f.coh, f"{cohort}"] += 1
-        active = days if g == "day" else {period_of_day(day, g) for day in days}
-        if not scoped:
-            near_periods = active
-        elif g == "day":
-            near_periods = near
-        else:
-            near_periods = {period_of_day(day, g) for day in near}
+        # day periods are the days themselves: no copies
+        active = days if g == "day" else periods_of_days(days, g)
+        near_periods = (near if g == "day" else periods_of_days(near, g)) if scoped else active
         for period in active & near_periods:
             contrib[f.cls, f"{cohort}:{period - cohort}"] += 1
             contrib[f.act, f"{period}"] += 1
