@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -62,7 +63,8 @@ def load_runner() -> ModuleType:
 @click.option("--latency-rate", type=click.FloatRange(min=1), default=None,
               help="events/s of the latency run  [default: half the worker's measured rate]")
 @click.option("--quick", is_flag=True,
-              help="a small run (20k events) for CI: checks the plumbing and correctness")
+              help="a small run (20k events, workers fetch 200 records at a time) for CI: "
+                   "checks the plumbing and correctness")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write every figure as JSON here")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -84,6 +86,9 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
         args = args[1:]
     size = QUICK if quick else {"events": 1_000_000, "users": 100_000, "days": 30,
                                 "latency_seconds": 10.0}
+    if quick:  # ~5,000 records a partition: small fetches keep several batches in each
+        # window (with the default 5000 a worker may apply its partitions in one poll)
+        os.environ.setdefault("BATCH_MAX_RECORDS", "200")
     options = runner.Options(
         events=events or size["events"], users=users or size["users"],
         days=days or size["days"], seed=seed, partitions=partitions,
