@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from .plan import UserKey
 from .user_state import UserState
-
-UserKey = tuple[str, str]  # (app, user_id), as in plan.py
 
 
 class StateCache:
