@@ -241,15 +241,11 @@ class Ingestor:
             for reject in parsed.rejects:
                 rejects.append((record, reject))
         await self._ensure_calendars({event.app for _, _, event in events})
+        users = [(e.app, e.user_id) for _, _, e in events]
+        keys = [dedup_key(e.app, e.event_id) for _, _, e in events]  # hashed once per batch
         shard = tp.partition
         while True:
-            loaded = await self.store.load_batch(
-                shard,
-                [tp.topic],
-                [(e.app, e.user_id) for _, _, e in events],
-                [dedup_key(e.app, e.event_id) for _, _, e in events],
-                now,
-            )
+            loaded = await self.store.load_batch(shard, [tp.topic], users, keys, now)
             stored = loaded.next_offsets.get(tp.topic)
             start = stored or 0
             if stored is not None and records[0].offset > stored:
@@ -261,8 +257,10 @@ class Ingestor:
                 with contextlib.suppress(IllegalStateError):  # revoked meanwhile: new owner
                     self.consumer.seek(tp, stored)
                 return
-            fresh = events if records[0].offset >= start else [
-                item for item in events if item[0] >= start]
+            fresh, fresh_keys = events, keys
+            if records[0].offset < start:  # part of the batch was applied before
+                kept = [i for i, item in enumerate(events) if item[0] >= start]
+                fresh, fresh_keys = [events[i] for i in kept], [keys[i] for i in kept]
             plan = plan_batch(
                 fresh,
                 loaded.states,
@@ -271,6 +269,7 @@ class Ingestor:
                 s.horizon_days,
                 self.calendar_of,
                 self.rules,
+                fresh_keys,
             )
             letters = [
                 DeadLetter(record, r.reason, r.detail, r.index)

@@ -70,9 +70,10 @@ def replay(parts: list[list[bytes]], batch: int) -> Counter[str]:
             t1 = time.process_time()
             users = {(event.app, event.user_id) for _, _, event in items}
             states = {u: decode_user(records[u]) if u in records else None for u in users}
-            keys = {dedup_key(event.app, event.event_id) for _, _, event in items}
+            keys = [dedup_key(event.app, event.event_id) for _, _, event in items]
             t2 = time.process_time()
-            plan = plan_batch(items, states, keys & seen, watermark, 400, lambda _app: calendar)
+            plan = plan_batch(items, states, seen.intersection(keys), watermark, 400,
+                              lambda _app: calendar, dedup_keys=keys)
             t3 = time.process_time()
             for user, state in plan.users.items():
                 records[user] = encode_user(state)

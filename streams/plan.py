@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .calendar import GRANULARITIES, AppCalendar, period_of_day, periods_of_days
@@ -296,16 +296,21 @@ def plan_batch(
     horizon_days: int,
     calendar_of: Callable[[str], AppCalendar],
     rules: SegmentRules = DEFAULT_RULES,
+    dedup_keys: Sequence[bytes] | None = None,
 ) -> Plan:
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
-    order; ``states`` must hold every user of the batch (None for a new user)."""
+    order; ``states`` must hold every user of the batch (None for a new user).
+    ``dedup_keys``, when given, are the events' ``dedup_key``s in the same order (the caller
+    already hashed them to load the batch)."""
+    events = list(events)
+    keys = dedup_keys if dedup_keys is not None else [
+        dedup_key(event.app, event.event_id) for _, _, event in events]
     plan = Plan(watermark_ms=watermark_ms)
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
     pending: dict[str, dict[Segments, Counter[CounterKey]]] = {}
-    for offset, index, event in events:
-        key = dedup_key(event.app, event.event_id)
+    for (offset, index, event), key in zip(events, keys, strict=True):
         if key in seen:
             plan.stats[f"dup:{event.app}"] += 1
             continue
