@@ -37,6 +37,7 @@ from retention_tracker.streams.store import RedisStore, TimezoneConflict
 
 from .ingest import Ingestor
 from .metrics import Snapshot, SnapshotCollector, WorkerMetrics
+from .rekey import PartitionCountChanged
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
         notifier = asyncio.ensure_future(ingestor.notify_loop())
         try:
             await ingestor.run()
-        except TimezoneConflict:
+        except (TimezoneConflict, PartitionCountChanged):
             pass  # on_fatal already asked the worker to stop
         except asyncio.CancelledError:
             raise

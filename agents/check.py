@@ -2,10 +2,12 @@
 
 It reads the same settings as a worker (``Settings.from_env``) and checks, in order: the
 settings themselves; Redis (reachable, authenticated, its version, persistence and eviction
-policy); the broker (reachable); the input topics (exist, co-partitioned); the DLQ and output
-topics (exist, or the worker creates them on start); the app timezones recorded in Redis
-against the configured ones. Each check prints ``ok``, ``warn``, ``FAIL`` (or ``skip`` when
-an earlier failure makes it impossible) and what exactly is wrong; the exit status is 1 if
+policy); the broker (reachable); the input topics (exist, equal partition counts, the counts
+the state was built with); the DLQ, re-key and output topics (exist, or the worker creates
+them on start); the app timezones recorded in Redis against the configured ones; how the
+producers key their events (the share of recent events forwarded to their home partition).
+Each check prints ``ok``, ``warn``, ``FAIL`` (or ``skip`` when an earlier failure makes it
+impossible) and what exactly is wrong; the exit status is 1 if
 any check FAILed. ``--json`` prints the same as a list of objects. Passwords in URLs are
 masked, and never appear in any message.
 
@@ -19,6 +21,8 @@ import asyncio
 import logging
 import os
 import sys
+import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -30,11 +34,24 @@ from aiokafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from retention_tracker.streams.events import FORWARD_CAUSES
 from retention_tracker.streams.settings import ConfigError, Settings
 from retention_tracker.streams.store import Keyspace
 
+from .rekey import partition_count_problem
+
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 TIMEOUT_S = 5.0
+FORWARDED_WARN_SHARE = 0.01  # above this share of recent events, producers need fixing
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What the checks need from Redis, read once."""
+
+    timezones: dict[str, str]
+    partition_counts: dict[str, int]
+    routes: Counter[str]  # events by where they were read (home or a forward cause), 2 days
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +102,9 @@ class _Report:
         self.checks.append(Check(name, status, " ".join(detail.split())))
 
 
-def _redis_checks(settings: Settings, report: _Report) -> dict[str, str] | None:
-    """Reachability, version, persistence, eviction; returns the stored app timezones (None
-    when Redis could not be read)."""
+def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
+    """Reachability, version, persistence, eviction; returns what the later checks need
+    (None when Redis could not be read)."""
     where = mask_url(settings.redis_url)
     try:
         client = redis.Redis.from_url(
@@ -102,7 +119,7 @@ def _redis_checks(settings: Settings, report: _Report) -> dict[str, str] | None:
         server = client.info("server")
         persistence = client.info("persistence")
         memory = client.info("memory")
-        stored = client.hgetall(Keyspace(settings.key_prefix).apps())
+        stored = _read_stored(client, Keyspace(settings.key_prefix))
         try:
             config = {**client.config_get("appendfsync"), **client.config_get("save")}
         except redis.exceptions.ResponseError:  # CONFIG is often disabled on managed Redis
@@ -140,7 +157,24 @@ def _redis_checks(settings: Settings, report: _Report) -> dict[str, str] | None:
                    "an evicted state key silently corrupts the figures (use noeviction)")
     else:
         report.add("redis memory", OK, f"maxmemory-policy {policy}")
-    return {k.decode(): v.decode() for k, v in stored.items()}
+    return stored
+
+
+def _read_stored(client: redis.Redis, keys: Keyspace) -> _Stored:
+    today = int(time.time()) // 86_400
+    recent = {f"route:{day}:" for day in (today - 1, today)}
+    routes: Counter[str] = Counter()
+    for shard in client.smembers(keys.shards()):
+        for name, value in client.hgetall(keys.stats(int(shard))).items():
+            field = name.decode()
+            if field[:field.rfind(":") + 1] in recent:
+                routes[field.rpartition(":")[2]] += int(value)
+    return _Stored(
+        timezones={k.decode(): v.decode() for k, v in client.hgetall(keys.apps()).items()},
+        partition_counts={k.decode(): int(v) for k, v in
+                          client.hgetall(keys.topology()).items()},
+        routes=routes,
+    )
 
 
 async def _topics(settings: Settings) -> tuple[int, dict[str, int]]:
@@ -160,7 +194,7 @@ async def _topics(settings: Settings) -> tuple[int, dict[str, int]]:
         await admin.close()
 
 
-def _kafka_checks(settings: Settings, report: _Report) -> None:
+def _kafka_checks(settings: Settings, report: _Report, stored: _Stored | None) -> None:
     where = mask_url(settings.kafka_broker)
     quiet = logging.getLogger("aiokafka")  # it logs each refused connection; we say it once
     level = quiet.level
@@ -170,7 +204,7 @@ def _kafka_checks(settings: Settings, report: _Report) -> None:
     except (KafkaError, OSError, TimeoutError) as exc:
         report.add("broker", FAIL,
                    f"cannot reach Kafka at {where}: {exc or type(exc).__name__}")
-        for name in ("input topics", "dlq topic", "output topics"):
+        for name in ("input topics", "dlq topic", "rekey topic", "output topics"):
             report.add(name, SKIP, "not checked: the broker is unreachable")
         return
     finally:
@@ -180,17 +214,18 @@ def _kafka_checks(settings: Settings, report: _Report) -> None:
     inputs = list(settings.input_topics)
     missing = [t for t in inputs if t not in topics]
     counts = {t: topics[t] for t in inputs if t in topics}
+    if settings.rekey_topic in topics:
+        counts[settings.rekey_topic] = topics[settings.rekey_topic]
+    problem = partition_count_problem(
+        counts, stored.partition_counts if stored else {}, settings.key_prefix)
     if missing:
         report.add("input topics", FAIL,
-                   f"input topic(s) {', '.join(missing)} do not exist (create them keyed by "
-                   "user_id; the worker does not)")
-    elif len(set(counts.values())) > 1:
-        shown = ", ".join(f"{t}={n}" for t, n in counts.items())
-        report.add("input topics", FAIL,
-                   f"input topics are not co-partitioned ({shown} partitions): a partition "
-                   "number is a state shard, so they must have equal partition counts")
+                   f"input topic(s) {', '.join(missing)} do not exist (create them, best keyed "
+                   "by user_id; the worker does not)")
+    elif problem:
+        report.add("input topics", FAIL, problem)
     else:
-        shown = ", ".join(f"{t} ({n} partitions)" for t, n in counts.items())
+        shown = ", ".join(f"{t} ({counts[t]} partitions)" for t in inputs)
         report.add("input topics", OK, shown)
 
     def state(topic: str) -> str:
@@ -202,9 +237,14 @@ def _kafka_checks(settings: Settings, report: _Report) -> None:
                    "would be consumed again")
     else:
         report.add("dlq topic", OK, state(settings.dlq_topic))
+    if settings.rekey_topic in (*inputs, settings.dlq_topic):
+        report.add("rekey topic", FAIL,
+                   f"REKEY_TOPIC {settings.rekey_topic} is also an input or the DLQ topic")
+    else:
+        report.add("rekey topic", OK, state(settings.rekey_topic))
     outputs = [settings.reactivated_topic,
                *(settings.inactive_topic(d) for d in settings.inactivity_thresholds)]
-    clash = [t for t in outputs if t in inputs or t == settings.dlq_topic]
+    clash = [t for t in outputs if t in (*inputs, settings.dlq_topic, settings.rekey_topic)]
     if clash:
         report.add("output topics", FAIL,
                    f"output topic(s) {', '.join(clash)} also used as input or DLQ topic")
@@ -212,11 +252,33 @@ def _kafka_checks(settings: Settings, report: _Report) -> None:
         report.add("output topics", OK, "; ".join(state(t) for t in outputs))
 
 
-def _timezone_checks(settings: Settings, report: _Report, stored: dict[str, str] | None
-                     ) -> None:
+def _keying_check(report: _Report, stored: _Stored | None) -> None:
+    """Events away from their home partition are forwarded (and counted exactly), but each
+    costs a second trip through Kafka: say so when producers send many."""
     if stored is None:
+        report.add("keying", SKIP, "not checked: Redis could not be read")
+        return
+    total = sum(stored.routes.values())
+    away = {c: stored.routes[c] for c in FORWARD_CAUSES if stored.routes[c]}
+    share = sum(away.values()) / total if total else 0.0
+    if share > FORWARDED_WARN_SHARE:
+        causes = ", ".join(f"{c} {n}" for c, n in sorted(away.items(), key=lambda x: -x[1]))
+        report.add("keying", WARN,
+                   f"{share:.1%} of the last 2 days' events were read away from their user's "
+                   f"partition and forwarded ({causes}): key each message by its user_id, "
+                   "with Kafka's default (murmur2) partitioner, one user per message")
+    elif total:
+        report.add("keying", OK, f"{share:.1%} of the last 2 days' {total} events forwarded")
+    else:
+        report.add("keying", OK, "no events read in the last 2 days")
+
+
+def _timezone_checks(settings: Settings, report: _Report, stored_all: _Stored | None
+                     ) -> None:
+    if stored_all is None:
         report.add("timezones", SKIP, "not checked: Redis could not be read")
         return
+    stored = stored_all.timezones
     conflicts = [
         f"app {app!r} has data in timezone {zone!r} but TIMEZONE/APP_TIMEZONES give "
         f"{settings.timezone_of(app)!r}"
@@ -238,15 +300,16 @@ def run_checks() -> list[Check]:
         settings = Settings.from_env()
     except ConfigError as exc:
         report.add("settings", FAIL, str(exc))
-        for name in ("redis", "broker", "timezones"):
+        for name in ("redis", "broker", "timezones", "keying"):
             report.add(name, SKIP, "not checked: the settings are invalid")
         return report.checks
     report.add("settings", OK,
                f"group {settings.group_id!r}, key prefix {settings.key_prefix!r}, input "
                f"{', '.join(settings.input_topics)}")
     stored = _redis_checks(settings, report)
-    _kafka_checks(settings, report)
+    _kafka_checks(settings, report, stored)
     _timezone_checks(settings, report, stored)
+    _keying_check(report, stored)
     return report.checks
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import Counter
@@ -29,14 +30,21 @@ from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
-from retention_tracker.streams.events import Event, Reject, parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import MS_PER_DAY, dedup_key, plan_batch
 from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
 from retention_tracker.streams.winback import plan_notifications
 
 from .metrics import WorkerMetrics
+from .rekey import (
+    AT_HOME,
+    Forward,
+    PartitionCountChanged,
+    Router,
+    partition_count_problem,
+    read_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
         self.ingestor.metrics.assigned.set(len(self.ingestor.assigned))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.ingestor.refuse_changed_partition_counts():
+            return
         await self.ingestor.seek_to_stored(assigned)
 
 
@@ -98,15 +108,33 @@ class Ingestor:
         self._calendars: dict[str, AppCalendar] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.router: Router | None = None  # set on start, from the topics' partition count
+        self.refused: str | None = None  # why this worker must not consume any more
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic consumed: the inputs and the re-key topic (one shard per partition)."""
+        return [*self.settings.input_topics, self.settings.rekey_topic]
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
+        inputs = await wait_for_topics(s.kafka_options(), list(s.input_topics))
+        shards = max(inputs.values())  # unequal counts are refused below, with the reason
         await create_missing_topics(
             s.kafka_options(),
             [s.dlq_topic, s.reactivated_topic, *map(s.inactive_topic, s.inactivity_thresholds)],
         )
+        await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
+        actual = {**inputs, **await wait_for_topics(s.kafka_options(), [s.rekey_topic])}
+        stored = await self._retrying(self.store.partition_counts)
+        problem = partition_count_problem(actual, stored, s.key_prefix)  # type: ignore[arg-type]
+        if problem:
+            self._fatal(problem)
+            raise PartitionCountChanged(problem)
+        await self._retrying(lambda: self.store.record_partition_counts(actual))
+        self.router = Router(shards)
         self.producer = AIOKafkaProducer(**s.kafka_options(), acks="all")
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -121,7 +149,7 @@ class Ingestor:
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
         )
-        self.consumer.subscribe(list(s.input_topics), listener=_SeekToStoredOffsets(self))
+        self.consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
 
     async def stop(self) -> None:
@@ -160,6 +188,8 @@ class Ingestor:
                     batches = await fetch
                 except (asyncio.CancelledError, IllegalStateError):  # or one was revoked
                     continue
+                if self.refused:
+                    raise PartitionCountChanged(self.refused)
                 for tp, records in batches.items():
                     if records:
                         busy[tp] = asyncio.ensure_future(self._retrying(
@@ -169,6 +199,22 @@ class Ingestor:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _fatal(self, reason: str) -> None:
+        self.refused = reason
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    def refuse_changed_partition_counts(self) -> bool:
+        """On every assignment: a topic whose partition count changed while this worker ran
+        stops it (its users' homes moved) before any record of the new layout is applied."""
+        assert self.consumer is not None and self.router is not None
+        actual = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.topics}
+        expected = dict.fromkeys(self.topics, self.router.partitions)
+        problem = partition_count_problem(actual, expected, self.settings.key_prefix)
+        if problem:
+            self._fatal(problem)
+        return problem is not None
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
@@ -211,8 +257,7 @@ class Ingestor:
             try:
                 await self.store.fix_timezone(app, timezone)
             except TimezoneConflict as exc:
-                if self.on_fatal is not None:
-                    self.on_fatal(str(exc))
+                self._fatal(str(exc))
                 raise
             self._calendars[app] = AppCalendar(timezone)
 
@@ -231,19 +276,15 @@ class Ingestor:
         started = time.perf_counter()
         s = self.settings
         now = self.clock_ms()
-        events: list[tuple[int, int, Event]] = []
-        rejects: list[tuple[ConsumerRecord, Reject]] = []
-        for record in records:  # plain loops: a generator per record cost 6% of the CPU
-            parsed = parse_message(record.value, now, s.max_message_bytes, s.max_events_per_message)
-            offset = record.offset
-            for index, event in parsed.events:
-                events.append((offset, index, event))
-            for reject in parsed.rejects:
-                rejects.append((record, reject))
+        rekeyed = tp.topic == s.rekey_topic  # routed already: every event is at home
+        read = read_records(records, tp.partition, None if rekeyed else self.router, now,
+                            s.max_message_bytes, s.max_events_per_message)
+        events, rejects = read.at_home, read.rejects
         await self._ensure_calendars({event.app for _, _, event in events})
         users = [(e.app, e.user_id) for _, _, e in events]
         keys = [dedup_key(e.app, e.event_id) for _, _, e in events]  # hashed once per batch
         shard = tp.partition
+        forwarded_from: int | None = None  # lowest offset whose forwards were sent
         while True:
             loaded = await self.store.load_batch(shard, [tp.topic], users, keys, now)
             stored = loaded.next_offsets.get(tp.topic)
@@ -287,6 +328,14 @@ class Ingestor:
             )
             if records[-1].offset < start:
                 break  # all of it was applied before (a restart or a rebalance replayed it)
+            away = [f for f in read.away if f.offset >= start]
+            if not rekeyed:
+                plan.stats.update(_route_stats(len(fresh), away, now))
+            # forwarded before the offsets are applied: after a crash in between they are
+            # forwarded again, and their home drops the copies by event id (dedup)
+            upto = records[-1].offset + 1 if forwarded_from is None else forwarded_from
+            await self._forward([f for f in away if f.offset < upto], tp)
+            forwarded_from = min(start, upto)
             await self._send_dead_letters(letters)
             await self._send(
                 (s.reactivated_topic, str(m["user_id"]), m) for m in plan.reactivations
@@ -360,6 +409,28 @@ class Ingestor:
         if futures:  # most batches send nothing: skip gather's own cost
             await asyncio.gather(*futures)
 
+    async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
+        """Each event to its user's home partition of the re-key topic, in its canonical
+        form (what any other fields held is ignored by the contract anyway)."""
+        if not away:
+            return
+        assert self.producer is not None
+        origin = f"{source.topic}/{source.partition}/"
+        futures = [
+            await self.producer.send(
+                self.settings.rekey_topic,
+                value=orjson.dumps(f.event.to_json()),
+                key=f.event.user_id.encode(),
+                partition=f.partition,
+                headers=[("cause", f.cause.encode()),
+                         ("source", f"{origin}{f.offset}".encode()),
+                         ("index", str(f.index).encode())],
+            )
+            for f in away
+        ]
+        await asyncio.gather(*futures)
+        self.metrics.forwarded.inc(len(away))
+
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Dead letters go out before the batch is applied: a crash in between re-sends them
         (at-least-once, deduplicate on the ``source`` header) but never loses one."""
@@ -376,6 +447,39 @@ class Ingestor:
             for letter in letters
         ]
         await asyncio.gather(*futures)
+
+
+def _route_stats(at_home: int, away: list[Forward], now_ms: int) -> Counter[str]:
+    """Where a batch's events were read, for ``retention check`` (by arrival day) and the
+    forwarded counters (by app and cause), applied atomically with the batch."""
+    day = now_ms // MS_PER_DAY
+    stats: Counter[str] = Counter()
+    if at_home:
+        stats[f"route:{day}:{AT_HOME}"] = at_home
+    for f in away:
+        stats[f"route:{day}:{f.cause}"] += 1
+        stats[f"fwd:{f.event.app}:{f.cause}"] += 1
+    return stats
+
+
+async def wait_for_topics(kafka_options: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """The partition count of each topic, waiting for those not created yet (the worker
+    creates no input topic: their partition count is the operator's choice)."""
+    admin = AIOKafkaAdminClient(**kafka_options)
+    await admin.start()
+    try:
+        for attempt in itertools.count():
+            found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()
+                     if t["error_code"] == 0 and t["partitions"]}
+            missing = [n for n in names if n not in found]
+            if not missing:
+                return {n: found[n] for n in names}
+            if attempt % 30 == 0:
+                log.warning("waiting for topic(s) %s to be created", ", ".join(missing))
+            await asyncio.sleep(2)
+        raise AssertionError("unreachable")
+    finally:
+        await admin.close()
 
 
 async def create_missing_topics(kafka_options: dict[str, Any], names: list[str],

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retention_tracker.streams.events import FORWARD_CAUSES
+
 # Every metric name the worker exports; dashboards and rules may use only these.
 GLOBAL_GAUGES = {
     "retention_dau": "distinct users active today (app timezone)",
@@ -47,6 +49,8 @@ GLOBAL_COUNTERS = {
     "retention_events_accepted": "events accepted, by app and type",
     "retention_events_rejected": "events dead-lettered, by reason",
     "retention_events_duplicate": "duplicate events ignored, by app",
+    "retention_events_forwarded": "events read away from their user's home partition and "
+    "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
     "retention_notifications_sent": "inactivity notifications sent, by threshold and segment",
     "retention_reactivations": "notified users active again, by threshold and segment",
 }
@@ -139,6 +143,14 @@ class SnapshotCollector(Collector):
                 counters["retention_events_rejected"].add_metric([rest], value)
             elif kind == "dup":
                 counters["retention_events_duplicate"].add_metric([rest], value)
+        forwarded = {(app, cause): 0 for app in snap.figures.get("apps", {})
+                     for cause in FORWARD_CAUSES}  # every series from the start, at zero
+        for key, value in snap.stats.items():
+            if key.startswith("fwd:"):
+                _, app, cause = key.split(":")
+                forwarded[app, cause] = value
+        for (app, cause), value in sorted(forwarded.items()):
+            counters["retention_events_forwarded"].add_metric([app, cause], value)
         yield from counters.values()
 
 
@@ -170,6 +182,7 @@ _COUNTER_LABELS = {
     "retention_events_accepted": ["app", "type"],
     "retention_events_rejected": ["reason"],
     "retention_events_duplicate": ["app"],
+    "retention_events_forwarded": ["app", "cause"],
 }
 
 
@@ -201,6 +214,9 @@ class WorkerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.forwarded = Counter("retention_worker_forwarded",
+                                 "events this worker forwarded to their home partition",
+                                 registry=registry)
         self.notifications = Counter("retention_worker_notifications",
                                      "inactivity notifications sent by this worker",
                                      registry=registry)

@@ -7,11 +7,13 @@ import sys
 
 import faust
 import redis
-from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import Keyspace
+
+from .rekey import partition_count_problem
 
 EXIT_FATAL = 2
 
@@ -21,7 +23,9 @@ def preflight(settings: Settings) -> str | None:
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         client.ping()
-        stored = client.hgetall(Keyspace(settings.key_prefix).apps())
+        keys = Keyspace(settings.key_prefix)
+        stored = client.hgetall(keys.apps())
+        built_with = {k.decode(): int(v) for k, v in client.hgetall(keys.topology()).items()}
     except redis.exceptions.AuthenticationError as exc:
         return f"Redis at {settings.redis_url} refused the credentials: {exc}"
     except redis.exceptions.RedisError as exc:
@@ -34,17 +38,21 @@ def preflight(settings: Settings) -> str | None:
                 f"is configured with {wanted!r}; fix TIMEZONE/APP_TIMEZONES"
             )
 
-    async def broker_reachable() -> str | None:
-        producer = AIOKafkaProducer(**settings.kafka_options(), request_timeout_ms=5000)
+    async def broker_problem() -> str | None:
+        admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=5000)
         try:
-            await producer.start()
+            await admin.start()
+            topics = await admin.describe_topics()  # all topics: auto-creates nothing
         except KafkaError as exc:
             return f"cannot reach Kafka at {settings.kafka_broker}: {exc}"
         finally:
-            await producer.stop()
-        return None
+            await admin.close()
+        consumed = {*settings.input_topics, settings.rekey_topic}
+        counts = {t["topic"]: len(t["partitions"]) for t in topics
+                  if t["error_code"] == 0 and t["topic"] in consumed}
+        return partition_count_problem(counts, built_with, settings.key_prefix)
 
-    return asyncio.run(broker_reachable())
+    return asyncio.run(broker_problem())
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> int:

@@ -395,6 +395,22 @@ def pipeline() -> dash_b.Dashboard:
         unit="short",
     ))
     board = board.with_panel(timeseries(
+        "Events forwarded to their home partition/s by cause",
+        [query(
+            f'sum by (cause) (max by (app, cause) '
+            f'(rate(retention_events_forwarded_total{{app=~"$app"}}[{RATE}])))',
+            "{{cause}}", ("cause",),
+        ), query(per_worker_rate("retention_worker_forwarded_total"), "sent by {{instance}}",
+                 ("instance",))],
+        unit="short",
+        description="Events read in another partition than their user's home (no key, "
+        "another key, an array mixing users, another partitioner), forwarded through the "
+        "re-key topic, by cause (global) and by the worker that sent them (a crash between "
+        "forwarding and applying sends a batch again: the copies count as duplicates). The "
+        "figures stay exact, but each costs a second trip through Kafka. `retention check` "
+        "names the producer fix.",
+    ))
+    board = board.with_panel(timeseries(
         "Consumer lag by topic",
         [query("sum by (topic) (retention_worker_consumer_lag)", "{{topic}}", ("topic",))],
         description="Records behind the end of the partitions, summed over workers.",

@@ -42,6 +42,9 @@ REJECT_REASONS = (
     "future_timestamp",
     "too_old",
 )
+# Why an event was read away from its user's home partition (and forwarded there), most
+# telling first: another closed set, labelling the forwarded counters.
+FORWARD_CAUSES = ("mixed_array", "no_key", "other_key", "other_partitioner")
 
 
 @dataclass(frozen=True, slots=True)

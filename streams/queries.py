@@ -11,6 +11,7 @@ from datetime import date
 from typing import Any
 
 from .calendar import GRANULARITIES, AppCalendar, date_to_day, day_to_date, period_label, utc_now_ms
+from .events import FORWARD_CAUSES
 from .figures import (
     KINDS,
     MONEY_KINDS,
@@ -137,8 +138,16 @@ async def summary_report(
     if segment != ALL_USERS:
         doc["segment"] = segment
     else:
-        doc["winback"] = await winback_figures(store, settings, app)
+        stats = await store.read_stats()
+        doc["winback"] = await winback_figures(store, settings, app, stats)
+        doc["forwarded"] = forwarded_figures(stats, app)
     return doc
+
+
+def forwarded_figures(stats: Counter[str], app: str) -> dict[str, int]:
+    """The app's events read away from their user's home partition, by cause (all time):
+    exact figures all the same, but a sign that a producer needs fixing."""
+    return {cause: stats.get(f"fwd:{app}:{cause}", 0) for cause in FORWARD_CAUSES}
 
 
 async def winback_figures(

@@ -36,8 +36,11 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("KAFKA_SSL_CAFILE", "", "CA bundle for SSL/SASL_SSL (default: system CAs)"),
     SettingDoc("REDIS_URL", "redis://127.0.0.1:6379/0",
                "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
-    SettingDoc("INPUT_TOPICS", "app-events", "input topics (comma separated), keyed by user_id"),
+    SettingDoc("INPUT_TOPICS", "app-events",
+               "input topics (comma separated, equal partition counts), best keyed by user_id"),
     SettingDoc("DLQ_TOPIC", "app-events.dlq", "dead-letter topic for rejected events"),
+    SettingDoc("REKEY_TOPIC", "GROUP_ID.rekey",
+               "internal topic: events read away from their user's partition go home by it"),
     SettingDoc("GROUP_ID", "retention-tracker", "Kafka consumer group of the workers"),
     SettingDoc("WEB_HOST", "127.0.0.1", "address of the worker's HTTP server"),
     SettingDoc("WEB_PORT", "6066", "port of the worker's HTTP server (/retention/*, /metrics)"),
@@ -176,6 +179,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     input_topics: tuple[str, ...] = ("app-events",)
     dlq_topic: str = "app-events.dlq"
+    rekey_topic: str = "retention-tracker.rekey"
     group_id: str = "retention-tracker"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -214,6 +218,7 @@ class Settings:
         clock = env.get("CLOCK", "wall").strip() or "wall"
         if clock not in ("wall", "event"):
             raise ConfigError(f"CLOCK={clock!r} must be 'wall' or 'event'")
+        group_id = env.get("GROUP_ID", d.group_id).strip() or d.group_id
         return cls(
             kafka_broker=env.get("KAFKA_BROKER", d.kafka_broker).strip() or d.kafka_broker,
             kafka_security_protocol=_choice(
@@ -228,7 +233,8 @@ class Settings:
             redis_url=env.get("REDIS_URL", d.redis_url).strip() or d.redis_url,
             input_topics=_list(env, "INPUT_TOPICS", "app-events"),
             dlq_topic=env.get("DLQ_TOPIC", d.dlq_topic).strip() or d.dlq_topic,
-            group_id=env.get("GROUP_ID", d.group_id).strip() or d.group_id,
+            group_id=group_id,
+            rekey_topic=env.get("REKEY_TOPIC", "").strip() or f"{group_id}.rekey",
             web_host=env.get("WEB_HOST", d.web_host).strip() or d.web_host,
             web_port=_int(env, "WEB_PORT", d.web_port, minimum=1),
             timezone=_zone(env.get("TIMEZONE", "UTC").strip() or "UTC", "TIMEZONE"),

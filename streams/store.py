@@ -159,6 +159,10 @@ class Keyspace:
     def shards(self) -> str:
         return f"{self.prefix}:shards"
 
+    def topology(self) -> str:
+        """topic -> partition count the state was built with (a partition is a shard)."""
+        return f"{self.prefix}:topology"
+
 
 def due_member(user: UserKey) -> str:
     return f"{user[0]}\x00{user[1]}"
@@ -408,6 +412,18 @@ class RedisStore:
             days: sum(m.startswith(prefix) for r in replies[i * per:(i + 1) * per] for m in r)
             for i, days in enumerate(thresholds)
         }
+
+    async def partition_counts(self) -> dict[str, int]:
+        """The partition count of every topic the state was built from."""
+        raw = await self.client.hgetall(self.keys.topology())
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def record_partition_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Record the counts of topics seen for the first time; returns all stored counts
+        (an earlier worker's record wins, so a changed count is found, not overwritten)."""
+        for topic, count in counts.items():
+            await self.client.hsetnx(self.keys.topology(), topic, count)
+        return await self.partition_counts()
 
     async def register_shard(self, shard: int) -> None:
         await self.client.sadd(self.keys.shards(), shard)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from retention_tracker.agents.local_stack import (
     ManagedProcess,
@@ -56,6 +56,12 @@ class Deployment:
     @property
     def reactivated_topic(self) -> str:
         return f"reactivated-{self.name}"
+
+    @property
+    def rekey_topic(self) -> str:
+        """Where the workers forward events read away from their user's partition (the
+        default REKEY_TOPIC of this deployment's GROUP_ID)."""
+        return f"group-{self.name}.rekey"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -107,25 +113,42 @@ class Deployment:
             client.delete(*keys)
         client.close()
 
-    def applied_offsets(self) -> int:
-        """Sum of the next offsets stored with the state: records applied so far."""
+    @property
+    def keys(self) -> Keyspace:
+        return Keyspace(f"rt-{self.name}")
+
+    def applied_offsets(self, topic: str | None = None) -> int:
+        """Sum of the next offsets stored with the state: records of ``topic`` (default:
+        the input topic) applied so far."""
         client = redis.Redis.from_url(self.redis_url)
-        keys = Keyspace(f"rt-{self.name}")
+        keys = self.keys
         total = 0
         for shard in client.smembers(keys.shards()):
-            value = client.hget(keys.meta(int(shard)), f"off:{self.topic}")
+            value = client.hget(keys.meta(int(shard)), f"off:{topic or self.topic}")
             total += int(value) if value else 0
         client.close()
         return total
 
     def wait_applied(self, records: int, timeout_s: float = 90, worker: ManagedProcess | None = None
                      ) -> None:
-        def done() -> bool:
+        """Until ``records`` input records are applied, and then every record forwarded to
+        the re-key topic (all of them were sent before their source batch was applied)."""
+        def alive() -> None:
             if worker is not None and not worker.alive():
                 raise AssertionError(f"worker died; see {worker.log_path}")
+
+        def inputs_done() -> bool:
+            alive()
             return self.applied_offsets() >= records
 
-        wait_for(done, timeout_s, f"{records} records applied")
+        wait_for(inputs_done, timeout_s, f"{records} records applied")
+        forwarded = sum(topic_ends(self.bootstrap, self.rekey_topic).values())
+
+        def forwards_done() -> bool:
+            alive()
+            return self.applied_offsets(self.rekey_topic) >= forwarded
+
+        wait_for(forwards_done, timeout_s, f"{forwarded} forwarded records applied")
 
 
 @contextmanager
@@ -155,6 +178,51 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
             await producer.stop()
 
     return asyncio.run(run())
+
+
+def topic_ends(bootstrap: str, topic: str, timeout_s: float = 30) -> dict[int, int]:
+    """Each partition's end offset, from a fetch's high watermark: the broker's ListOffsets
+    answer can be wrong when the last batch holds several records (Tansu)."""
+    return asyncio.run(_read_partitions(bootstrap, topic, timeout_s, records=None))
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
+    """Every record of a topic, from the beginning to the end it has now."""
+    records: list[ConsumerRecord] = []
+    asyncio.run(_read_partitions(bootstrap, topic, timeout_s, records))
+    return records
+
+
+async def _read_partitions(bootstrap: str, topic: str, timeout_s: float,
+                           records: list[ConsumerRecord] | None) -> dict[int, int]:
+    """Read from the beginning until every partition's high watermark is known, and with
+    ``records``, until each is read up to it; returns the high watermarks."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not (partitions := consumer.partitions_for_topic(topic)):
+                await consumer.force_metadata_update()
+            parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            read_up_to = dict.fromkeys(parts, 0)
+
+            def pending() -> list[TopicPartition]:
+                return [tp for tp in parts if consumer.highwater(tp) is None or (
+                    records is not None and read_up_to[tp] < (consumer.highwater(tp) or 0))]
+
+            while todo := pending():
+                batch = await consumer.getmany(*todo, timeout_ms=200,
+                                               max_records=1 if records is None else 500)
+                for tp, part in batch.items():
+                    if part:
+                        read_up_to[tp] = part[-1].offset + 1
+                        if records is not None:
+                            records.extend(part)
+            return {tp.partition: consumer.highwater(tp) or 0 for tp in parts}
+    finally:
+        await consumer.stop()
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:

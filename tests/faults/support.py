@@ -350,6 +350,12 @@ class FaultReport:
         return report
 
 
+def blocked_scripts(client: redis.Redis) -> int:
+    """Clients held by CLIENT PAUSE in a script call: the worker's batches in flight."""
+    return sum(1 for c in client.client_list()
+               if "b" in c["flags"] and c["cmd"] in ("evalsha", "eval"))
+
+
 def alive_predicate(process: ManagedProcess, check: Callable[[], bool]) -> Callable[[], bool]:
     """``check`` for wait_for, failing at once (with the log's path) if ``process`` died."""
 

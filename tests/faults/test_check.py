@@ -35,7 +35,8 @@ def lines(result: Result) -> dict[str, tuple[str, str]]:
     for line in result.output.splitlines():
         status, rest = line.split(None, 1)
         for name in ("redis persistence", "redis memory", "input topics", "dlq topic",
-                     "output topics", "settings", "redis", "broker", "timezones"):
+                     "rekey topic", "output topics", "settings", "redis", "broker",
+                     "timezones", "keying"):
             if rest.startswith(name + " "):
                 out[name] = (status, rest[len(name):].strip())
                 break
@@ -51,6 +52,8 @@ def test_a_good_setup_passes(deployment: Deployment) -> None:
     assert [s for s, _ in found.values() if s not in ("ok", "warn")] == []
     assert found["input topics"] == ("ok", f"{deployment.topic} (4 partitions)")
     assert found["dlq topic"] == ("ok", f"{deployment.dlq} exists")
+    assert found["rekey topic"] == ("ok", f"{deployment.rekey_topic} will be created on start")
+    assert found["keying"] == ("ok", "no events read in the last 2 days")
     assert "will be created on start" in found["output topics"][1]
     assert found["redis persistence"][0] == "warn"  # the session Redis runs without an AOF
     assert "appendonly is off" in found["redis persistence"][1]
@@ -64,7 +67,7 @@ def test_json_lists_every_check(deployment: Deployment, tmp_path: Path) -> None:
     checks: list[dict[str, Any]] = orjson.loads(result.output)
     assert [c["check"] for c in checks] == [
         "settings", "redis", "redis persistence", "redis memory", "broker", "input topics",
-        "dlq topic", "output topics", "timezones"]
+        "dlq topic", "rekey topic", "output topics", "timezones", "keying"]
     assert all(set(c) == {"check", "status", "detail"} for c in checks)
     persistence = next(c for c in checks if c["check"] == "redis persistence")
     assert persistence == {"check": "redis persistence", "status": "ok",
@@ -124,11 +127,12 @@ def test_missing_and_unequal_input_topics_fail(deployment: Deployment) -> None:
     unequal = run(deployment, INPUT_TOPICS=f"{deployment.topic},{other}")
     assert unequal.exit_code == 1
     status, detail = lines(unequal)["input topics"]
-    assert status == "FAIL" and "not co-partitioned" in detail and f"{other}=2" in detail
+    assert status == "FAIL" and "equal partition counts" in detail and f"{other}=2" in detail
     missing = run(deployment, INPUT_TOPICS=f"{deployment.topic},absent-{deployment.name}")
     assert lines(missing)["input topics"][0] == "FAIL"
     looping = run(deployment, DLQ_TOPIC=deployment.topic)
     assert lines(looping)["dlq topic"][0] == "FAIL"
+    assert lines(run(deployment, REKEY_TOPIC=deployment.topic))["rekey topic"][0] == "FAIL"
 
 
 def test_unreachable_broker_fails(deployment: Deployment) -> None:
@@ -136,7 +140,8 @@ def test_unreachable_broker_fails(deployment: Deployment) -> None:
     assert result.exit_code == 1
     found = lines(result)
     assert found["broker"][0] == "FAIL" and "cannot reach Kafka" in found["broker"][1]
-    assert {found[n][0] for n in ("input topics", "dlq topic", "output topics")} == {"skip"}
+    assert {found[n][0] for n in ("input topics", "dlq topic", "rekey topic", "output topics")
+            } == {"skip"}
 
 
 @pytest.mark.parametrize(("url", "masked"), [

@@ -28,6 +28,7 @@ from .support import (
     OwnRedis,
     alive_predicate,
     assert_figures_exact,
+    blocked_scripts,
     metric,
     quick_client,
     workload,
@@ -234,12 +235,6 @@ class OffsetStateChecker:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def blocked_scripts(client: redis.Redis) -> int:
-    """Clients held by CLIENT PAUSE in a script call: the worker's batches in flight."""
-    return sum(1 for c in client.client_list()
-               if "b" in c["flags"] and c["cmd"] in ("evalsha", "eval"))
 
 
 def test_slow_batch_never_lets_offsets_run_ahead(own_redis: OwnRedis,

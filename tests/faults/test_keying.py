@@ -1,0 +1,301 @@
+"""Producers that key badly: no key, arrays mixing users, librdkafka's CRC32 partitioner, across
+a rebalance and a kill -9 between forwarding and applying. Every event is applied in its user's
+home partition, so the figures equal the reference and forwards are counted by cause."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.partitioner import DefaultPartitioner
+
+from retention_tracker.agents.local_stack import ensure_topics, wait_for
+from tests.e2e.harness import (
+    RETENTION,
+    Deployment,
+    event_messages,
+    produce,
+    read_topic,
+)
+
+from .support import (
+    FAST_GROUP,
+    FaultReport,
+    LagMonitor,
+    OwnRedis,
+    alive_predicate,
+    assert_figures_exact,
+    blocked_scripts,
+    metric,
+    quick_client,
+    read_stats,
+    workload,
+)
+
+pytestmark = pytest.mark.e2e
+
+Placed = tuple[bytes | None, bytes, int]  # key, value, partition
+
+
+def kafka_home(user_id: str, partitions: int) -> int:
+    """Where the Java client and aiokafka put the key ``user_id`` (the test's own oracle)."""
+    every = list(range(partitions))
+    return DefaultPartitioner()(user_id.encode(), every, every)
+
+
+def miskeyed(raw: list[dict[str, Any]], partitions: int, seed: int
+             ) -> tuple[list[Placed], Counter[str]]:
+    """The events as three imperfect producers send them, in turn: one event per message
+    with no key (placed at random), arrays of 2-5 events of different users keyed by the
+    first one's id (a gateway batching uploads), one event keyed by its user but placed by
+    CRC32 (librdkafka's default). Also what each event away from home is forwarded for."""
+    rng = random.Random(seed)
+    messages: list[Placed] = []
+    expected: Counter[str] = Counter()
+    i = 0
+    while i < len(raw):
+        style = len(messages) % 3
+        if style == 0:
+            event = raw[i]
+            partition = rng.randrange(partitions)
+            messages.append((None, orjson.dumps(event), partition))
+            if kafka_home(event["user_id"], partitions) != partition:
+                expected["no_key"] += 1
+            i += 1
+        elif style == 1:
+            chunk = raw[i:i + rng.randint(2, 5)]
+            key = chunk[0]["user_id"]
+            partition = kafka_home(key, partitions)
+            messages.append((key.encode(), orjson.dumps(chunk), partition))
+            for event in chunk:
+                if kafka_home(event["user_id"], partitions) != partition:
+                    mixed = any(e["user_id"] != key for e in chunk)
+                    other = event["user_id"] != key
+                    expected["mixed_array" if mixed and other else "other_partitioner"] += 1
+            i += len(chunk)
+        else:
+            event = raw[i]
+            key = event["user_id"].encode()
+            partition = zlib.crc32(key) % partitions
+            messages.append((key, orjson.dumps(event), partition))
+            if kafka_home(event["user_id"], partitions) != partition:
+                expected["other_partitioner"] += 1
+            i += 1
+    return messages, expected
+
+
+def produce_placed(bootstrap: str, topic: str, messages: list[Placed]) -> int:
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value=v, key=k, partition=p)
+                       for k, v, p in messages]
+            await asyncio.gather(*futures)
+            return len(futures)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
+def forwarded_stats(d: Deployment) -> Counter[str]:
+    return Counter({k.rpartition(":")[2]: v for k, v in read_stats(d).items()
+                    if k.startswith("fwd:") and v})
+
+
+def reforwarded_copies(records: list[ConsumerRecord]) -> int:
+    """Re-key records that repeat an earlier one's source position (sent again after a
+    crash between forwarding and applying): each must be dropped at home as a duplicate."""
+    sources = [(dict(r.headers)["source"], dict(r.headers)["index"]) for r in records]
+    return len(sources) - len(set(sources))
+
+
+def test_no_key_mixed_arrays_and_crc32_equal_the_reference(deployment: Deployment) -> None:
+    """Scenario 11: a third of the messages without a key, a third mixing users in arrays, a
+    third placed by CRC32. Forwarded by cause as the test computes it, in Redis, on /metrics
+    and in `summary --json`; `retention check` warns in one line and names the fix."""
+    d = deployment
+    raw = workload(days=20, seed=53)
+    messages, expected = miskeyed(raw, d.partitions, seed=53)
+    assert set(expected) == {"no_key", "mixed_array", "other_partitioner"}
+    produced = produce_placed(d.bootstrap, d.topic, messages)
+    with LagMonitor(d, produced=produced) as monitor, contextlib.ExitStack() as stack:
+        worker, port = d.start_worker(**FAST_GROUP, METRICS_REFRESH_S="1")
+        stack.enter_context(worker)
+        started = time.monotonic()
+        d.wait_applied(produced, worker=worker)
+        recovery = round(time.monotonic() - started, 2)
+        assert forwarded_stats(d) == expected
+
+        def exported() -> bool:
+            return all(metric(port, "retention_events_forwarded_total", cause=cause) == n
+                       for cause, n in {**dict.fromkeys(("other_key",), 0), **expected}.items())
+
+        wait_for(alive_predicate(worker, exported), 30, "forwarded counters on /metrics")
+    summary = d.cli_json("summary")
+    assert summary["forwarded"] == {"other_key": 0, **expected}
+    check = d.cli("check", check=False)
+    keying = [line for line in check.stdout.splitlines() if " keying " in line]
+    assert len(keying) == 1 and keying[0].startswith("warn"), check.stdout
+    assert "key each message by its user_id" in keying[0]
+    copies = reforwarded_copies(read_topic(d.bootstrap, d.rekey_topic))
+    assert copies == 0  # no crash: each event forwarded once
+    report = FaultReport("11 no key, mixed arrays, CRC32", produced, raw, recovery_s=recovery,
+                         max_lag=monitor.max_lag, extra={"forwarded": dict(expected)})
+    assert_figures_exact(d, raw)
+    report.finish(d)
+
+
+def test_well_keyed_traffic_is_never_forwarded(deployment: Deployment) -> None:
+    d = deployment
+    raw = workload(days=6, seed=5)
+    messages = [(e["user_id"].encode(), orjson.dumps(e), kafka_home(e["user_id"], d.partitions))
+                for e in raw]
+    produced = produce_placed(d.bootstrap, d.topic, messages)
+    with d.start_worker(**FAST_GROUP)[0] as worker:
+        d.wait_applied(produced, worker=worker)
+    assert forwarded_stats(d) == Counter()
+    assert sum(v for k, v in read_stats(d).items() if k.endswith(":home")) == len(raw)
+    ok = [line for line in d.cli("check", check=False).stdout.splitlines() if " keying " in line]
+    assert len(ok) == 1 and ok[0].startswith("ok") and "0.0%" in ok[0], ok
+    assert_figures_exact(d, raw)
+
+
+def test_rebalance_then_kill_9_with_miskeyed_traffic(deployment: Deployment) -> None:
+    """Scenario 12: scenario 11's producers while a second worker joins (partitions of the
+    input and re-key topics move) and the first is then SIGKILLed."""
+    d = deployment
+    raw = workload(days=20, seed=59)
+    messages, expected = miskeyed(raw, d.partitions, seed=59)
+    third = len(messages) // 3
+    env = {**FAST_GROUP, "BATCH_MAX_RECORDS": "20"}
+    produced = produce_placed(d.bootstrap, d.topic, messages[:third])
+    with LagMonitor(d, produced=produced) as monitor, contextlib.ExitStack() as stack:
+        first, port0 = d.start_worker(index=0, **env)
+        stack.enter_context(first)
+        wait_for(alive_predicate(first, lambda: d.applied_offsets() >= produced // 2), 60,
+                 "the first worker halfway through the first part")
+        second, port1 = d.start_worker(index=1, **env)
+        stack.enter_context(second)
+        produced += produce_placed(d.bootstrap, d.topic, messages[third:2 * third])
+        monitor.produced = produced
+
+        def shared() -> bool:
+            mine = metric(port0, "retention_worker_assigned_partitions")
+            theirs = metric(port1, "retention_worker_assigned_partitions")
+            return bool(mine and theirs and mine + theirs == 2 * d.partitions)
+
+        wait_for(alive_predicate(second, alive_predicate(first, shared)), 60,
+                 "input and re-key partitions shared by two workers")
+        first.kill()
+        killed = time.monotonic()
+        produced += produce_placed(d.bootstrap, d.topic, messages[2 * third:])
+        monitor.produced = produced
+        d.wait_applied(produced, worker=second)
+        recovery = round(time.monotonic() - killed, 2)
+    copies = reforwarded_copies(read_topic(d.bootstrap, d.rekey_topic))
+    assert forwarded_stats(d) == expected
+    report = FaultReport("12 mis-keyed, second worker joins, first kill -9", produced, raw,
+                         resent_valid=copies, recovery_s=recovery, max_lag=monitor.max_lag,
+                         extra={"reforwarded_copies": copies})
+    assert_figures_exact(d, raw)
+    report.finish(d)
+
+
+def forwards_past_applied(d: Deployment) -> int:
+    """Re-key records whose source record is not applied yet: forwarded, not yet applied."""
+    client = quick_client(d.redis_url)
+    try:
+        applied: dict[int, int] = {}
+        keys = d.keys
+        for shard in client.smembers(keys.shards()):
+            value = client.hget(keys.meta(int(shard)), f"off:{d.topic}")
+            applied[int(shard)] = int(value) if value else 0
+    finally:
+        client.close()
+    waiting = 0
+    for record in read_topic(d.bootstrap, d.rekey_topic):
+        _topic, partition, offset = dict(record.headers)["source"].decode().rsplit("/", 2)
+        waiting += int(offset) >= applied.get(int(partition), 0)
+    return waiting
+
+
+def test_kill_9_between_forward_and_apply(own_redis: OwnRedis, own_deployment: Deployment
+                                          ) -> None:
+    """Scenario 13: writes to Redis held (CLIENT PAUSE WRITE) until a batch has forwarded
+    events and waits to apply; the worker is SIGKILLed right then. Its successor reads the
+    batch again and forwards it again; the copies are duplicates at home, nothing counts
+    twice."""
+    d = own_deployment
+    raw = workload(days=20, seed=61)
+    messages, expected = miskeyed(raw, d.partitions, seed=61)
+    produced = produce_placed(d.bootstrap, d.topic, messages)
+    env = {**FAST_GROUP, "BATCH_MAX_RECORDS": "20", "WINBACK_TICK_MS": "3600000"}
+    client = quick_client(d.redis_url)
+    tries = 0
+    with LagMonitor(d, produced=produced) as monitor, contextlib.ExitStack() as stack:
+        stack.callback(client.close)
+        worker, _ = d.start_worker(index=0, **env)
+        stack.enter_context(worker)
+        caught = 0
+        while not caught and tries < 20:
+            tries += 1
+            before = d.applied_offsets()
+            wait_for(alive_predicate(worker, lambda b=before: d.applied_offsets() > b), 60,
+                     "the worker applying batches")
+            client.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+            try:
+                wait_for(lambda: blocked_scripts(client) > 0, 4, "a batch held by the pause")
+                caught = forwards_past_applied(d)
+                if caught:
+                    worker.kill()
+            finally:
+                client.execute_command("CLIENT", "UNPAUSE")
+        assert caught, f"no batch held between forward and apply in {tries} tries"
+        killed = time.monotonic()
+        successor, _ = d.start_worker(index=1, **env)
+        stack.enter_context(successor)
+        d.wait_applied(produced, worker=successor)
+        recovery = round(time.monotonic() - killed, 2)
+    copies = reforwarded_copies(read_topic(d.bootstrap, d.rekey_topic))
+    assert copies >= 1, "the killed batch's forwards were not sent again"
+    assert forwarded_stats(d) == expected
+    report = FaultReport("13 kill -9 between forward and apply", produced, raw,
+                         resent_valid=copies, recovery_s=recovery, max_lag=monitor.max_lag,
+                         extra={"reforwarded_copies": copies, "held_forwards": caught,
+                                "tries": tries})
+    assert_figures_exact(d, raw)
+    report.finish(d)
+
+
+def test_a_changed_partition_count_stops_the_worker_in_one_line(deployment: Deployment) -> None:
+    """The state was built from 4 partitions; pointed at a topic of 8 under the same key
+    prefix (as after adding partitions), the worker refuses to start and `check` fails,
+    each with one line naming the counts and the way to re-shard."""
+    d = deployment
+    raw = workload(days=3, seed=2)
+    produced = produce(d.bootstrap, d.topic, event_messages(raw))
+    with d.start_worker(**FAST_GROUP)[0] as worker:
+        d.wait_applied(produced, worker=worker)
+    wider = f"wide-{d.name}"
+    asyncio.run(ensure_topics(d.bootstrap, {wider: 8}))
+    result = subprocess.run([*RETENTION, "worker"], env=d.env(INPUT_TOPICS=wider),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"topic {wider} has 8 partitions" in result.stderr
+    assert "built with 4" in result.stderr and "re-shard" in result.stderr
+    check = d.cli("check", check=False, INPUT_TOPICS=wider)
+    assert check.returncode == 1
+    failed = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and "input topics" in failed[0] and "built with 4" in failed[0]
