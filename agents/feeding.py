@@ -87,6 +87,7 @@ async def produce_events(
     progress: bool = True,
     rate_per_s: float | None = None,
     client_options: dict[str, Any] | None = None,
+    placement: Callable[[dict[str, Any]], tuple[bytes | None, int]] | None = None,
 ) -> ProduceStats:
     """Send events keyed by ``user_id``; return what was sent once the broker acked all of it.
 
@@ -95,7 +96,8 @@ async def produce_events(
     mobile SDK's upload; a user's events never change order, so the worker sees the same
     per-partition sequence either way. ``bytes`` items are sent as they are, keyed
     ``b"malformed"``, to exercise the dead-letter path. ``events`` may be an async
-    iterable (the live pacer). ``rate_per_s`` caps events per second.
+    iterable (the live pacer). ``rate_per_s`` caps events per second. ``placement`` overrides
+    the key and partition of each message (given its first event): a mis-keyed producer.
 
     Idempotence stays off because the embedded broker does not implement InitProducerId;
     duplicates from a retried send are harmless since the worker deduplicates event ids.
@@ -129,9 +131,10 @@ async def produce_events(
     batch: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
 
-    async def send(value: bytes, key: bytes | None, n_events: int) -> None:
+    async def send(value: bytes, key: bytes | None, n_events: int,
+                   partition: int | None = None) -> None:
         nonlocal chunk
-        chunk.append(await producer.send(topic, value, key=key))
+        chunk.append(await producer.send(topic, value, key=key, partition=partition))
         stats.messages += 1
         stats.bytes += len(value)
         stats.events += n_events
@@ -146,9 +149,16 @@ async def produce_events(
             if ahead > _MIN_SLEEP_S:
                 await asyncio.sleep(ahead)
 
+    async def send_events(value: bytes, first: dict[str, Any], n_events: int) -> None:
+        if placement is None:
+            await send(value, _key(first), n_events)
+        else:
+            key, partition = placement(first)
+            await send(value, key, n_events, partition)
+
     async def send_batch() -> None:
         if batch:
-            await send(orjson.dumps(batch), _key(batch[0]), len(batch))
+            await send_events(orjson.dumps(batch), batch[0], len(batch))
             batch.clear()
 
     paced_from = loop.time()
@@ -159,7 +169,7 @@ async def produce_events(
                 stats.malformed += 1
                 await send(bytes(item), MALFORMED_KEY, 0)
             elif batch_size == 1:
-                await send(orjson.dumps(item), _key(item), 1)
+                await send_events(orjson.dumps(item), item, 1)
             else:
                 if batch and (len(batch) >= batch_size or _user_of(batch[0]) != _user_of(item)):
                     await send_batch()

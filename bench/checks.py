@@ -105,6 +105,21 @@ def verify(deployment: Deployment, expected: Reference) -> Verdict:
     return verdict
 
 
+def forwarded_events(deployment: Deployment) -> int:
+    """Events the worker read away from their user's home partition and forwarded there
+    (its ``fwd:`` counters, summed over partitions)."""
+    client: redis.Redis = deployment.stack.redis()
+    try:
+        return sum(
+            int(value)
+            for p in range(deployment.stack.partitions)
+            for field, value in client.hgetall(deployment.keys.stats(p)).items()
+            if field.startswith(b"fwd:")
+        )
+    finally:
+        client.close()
+
+
 def difference(got: Any, want: Any, path: str = "") -> str | None:
     """Where ``got`` first differs from ``want``, or None if it has everything ``want`` has.
 

@@ -315,11 +315,17 @@ class Deployment:
         return spawn([*RETENTION, "worker", "--loglevel", loglevel], name, self.env(),
                      self.stack.workdir / f"{name}.log", self.stack.workdir)
 
-    def stored_offsets(self, client: redis.Redis) -> dict[int, int]:
-        """Next offset per partition as stored with the state (only applied records count)."""
+    @property
+    def rekey_topic(self) -> str:
+        """The worker's default REKEY_TOPIC for this deployment's group."""
+        return f"{self.prefix}-group.rekey"
+
+    def stored_offsets(self, client: redis.Redis, topic: str | None = None) -> dict[int, int]:
+        """Next offset per partition of ``topic`` (default: the input) as stored with the
+        state (only applied records count)."""
         pipe = client.pipeline(transaction=False)
         for p in range(self.stack.partitions):
-            pipe.hget(self.keys.meta(p), f"off:{self.topic}")
+            pipe.hget(self.keys.meta(p), f"off:{topic or self.topic}")
         return {p: int(v) for p, v in enumerate(pipe.execute()) if v is not None}
 
     def assigned_shards(self, client: redis.Redis) -> int:
@@ -327,10 +333,14 @@ class Deployment:
 
 
 def worker_replay(deployment: Deployment, shape: str, census: Census,
-                  on_first_progress: Callable[[ManagedProcess], Any] | None = None
-                  ) -> tuple[RunResult, dict[str, int]]:
+                  on_first_progress: Callable[[ManagedProcess], Any] | None = None,
+                  forwarded_events: int = 0) -> tuple[RunResult, dict[str, int]]:
     """Replay the topic through a fresh worker; returns the result and INFO used_memory
     before and after (the state it built is still in Redis, for checks and memory figures).
+
+    ``forwarded_events``: how many events the worker must forward to their home partition
+    (one a record); the replay ends when that many re-key records are applied too, and
+    progress counts those (an event is applied when it reached home).
 
     ``on_first_progress`` is called once the window opens (a profiler attaches there, so
     imports and the group join stay out of the profile).
@@ -353,6 +363,10 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
                 offsets = deployment.stored_offsets(client)
                 now = time.perf_counter()
                 done = sum(census.events_before(p, o) for p, o in offsets.items())
+                if forwarded_events:
+                    at_home = sum(deployment.stored_offsets(
+                        client, deployment.rekey_topic).values())
+                    done = min(done, at_home)
                 if done != shown:
                     bar.update(done - shown)
                     shown, stalled_since = done, time.monotonic()
@@ -361,7 +375,8 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
                         meter.start()
                         if on_first_progress is not None:
                             on_first_progress(process)
-                if all(offsets.get(p, 0) >= end for p, end in ends.items()):
+                if all(offsets.get(p, 0) >= end for p, end in ends.items()) and (
+                        not forwarded_events or done >= forwarded_events):
                     last = now
                     meter.stop()
                     break

@@ -29,8 +29,9 @@ from retention_tracker.agents.local_stack import (
     start_broker,
     start_redis,
 )
+from retention_tracker.agents.rekey import home_partition
 
-from .checks import Reference, Verdict, redis_memory, verify
+from .checks import Reference, Verdict, forwarded_events, redis_memory, verify
 from .contenders import (
     BenchFailure,
     Census,
@@ -47,8 +48,13 @@ from .latency import measure_latency, raw_latency
 from .profile import profile_replay
 from .workload import Workload, WorkloadSpec, build_workload
 
-SHAPES = {"single": 1, "batch50": 50}  # shape name -> events per message (at most)
-SHAPE_LABELS = {"single": "single (1 event/msg)", "batch50": "batch (<=50 events/msg)"}
+SHAPES = {"single": 1, "batch50": 50, "miskeyed": 1}  # shape -> events per message (at most)
+SHAPE_LABELS = {"single": "single (1 event/msg)", "batch50": "batch (<=50 events/msg)",
+                "miskeyed": "mis-keyed (1 ev/msg, all forwarded)"}
+# Every event of this shape is sent without a key to the partition after its user's home,
+# so the worker forwards each one through its re-key topic: the cost of a mis-keyed producer.
+MISKEYED = "miskeyed"
+BASELINE_SHAPES = ("single", "batch50")  # the Faust agent is measured on these
 CONTENDER_LABELS = {
     "raw": "(a) raw aiokafka loop",
     "faust": "(b) faust agent + table",
@@ -195,12 +201,20 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
     run_async(lambda: ensure_topics(stack.bootstrap, wanted))
 
     produced: dict[str, Any] = {}
+    partitions = stack.partitions
+
+    def away_from_home(event: dict[str, Any]) -> tuple[bytes | None, int]:
+        return None, (home_partition(event["user_id"], partitions) + 1) % partitions
+
     for shape, per_message in SHAPES.items():
         source = workload.events if per_message == 1 else workload.by_user
+        placement = away_from_home if shape == MISKEYED and partitions > 1 else None
         _say(f"producing {len(source):,} events to {topics[shape]} ({shape})")
         stats: ProduceStats = run_async(
-            lambda source=source, topic=topics[shape], per_message=per_message: produce_events(
-                stack.bootstrap, topic, source, batch_size=per_message, progress=stack.progress))
+            lambda source=source, topic=topics[shape], per_message=per_message,
+            placement=placement: produce_events(
+                stack.bootstrap, topic, source, batch_size=per_message, progress=stack.progress,
+                placement=placement))
         produced[shape] = {
             "events": stats.events, "messages": stats.messages, "bytes": stats.bytes,
             "events_per_message": round(stats.events / stats.messages, 2),
@@ -220,12 +234,14 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
         _say(f"{shape}: (a) raw aiokafka loop")
         runs["raw"], censuses[shape] = run_async(
             lambda shape=shape, total=total: raw_loop(stack, topics[shape], shape, total))
-        if not options.skip_baselines:
+        if not options.skip_baselines and shape in BASELINE_SHAPES:
             measured = min(total, options.baseline_events)
             _say(f"{shape}: (b) faust agent + table (first {measured:,} events)")
             runs["faust"] = faust_agent(stack, topics[shape], shape, measured)
         _say(f"{shape}: (c) retention worker")
-        runs["worker"], used = worker_replay(deployments[shape], shape, censuses[shape])
+        forwarded = total if shape == MISKEYED and stack.partitions > 1 else 0
+        runs["worker"], used = worker_replay(deployments[shape], shape, censuses[shape],
+                                             forwarded_events=forwarded)
         throughput[shape] = {name: r.as_dict() for name, r in runs.items()}
         results["throughput"] = throughput  # kept even if the figures turn out wrong
         for name, r in runs.items():
@@ -236,6 +252,12 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
             expected = Reference.of(workload.events)
         _say(f"{shape}: checking the worker's figures against the reference")
         _judge(deployments[shape], expected, verdict, results)
+        if forwarded:
+            results.setdefault("forwarded_events", {})[shape] = found = forwarded_events(
+                deployments[shape])
+            if found != forwarded:
+                raise BenchFailure(f"{shape}: {found:,} events forwarded, {forwarded:,} sent "
+                                   "away from home")
         memory[shape] = redis_memory(deployments[shape], used, workload.distinct_users, total)
     results["ratios"] = _ratios(throughput)
     results["redis_memory"] = memory
@@ -292,7 +314,8 @@ def _judge(deployment: Deployment, expected: Reference, verdict: Verdict,
 
 
 def _ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The worker's rate as a multiple of each baseline's, per shape."""
+    """The worker's rate as a multiple of each baseline's, per shape; the mis-keyed run's
+    also as a multiple of the well-keyed one's (what forwarding every event costs)."""
     out: dict[str, Any] = {}
     for shape, runs in throughput.items():
         ours = runs["worker"]["events_per_s"]
@@ -300,6 +323,10 @@ def _ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
             f"worker_vs_{name}": round(ours / run["events_per_s"], 4)
             for name, run in runs.items() if name != "worker" and run["events_per_s"] > 0
         }
+    well_keyed = throughput.get("single", {}).get("worker", {}).get("events_per_s")
+    if MISKEYED in out and well_keyed:
+        out[MISKEYED]["worker_vs_well_keyed"] = round(
+            throughput[MISKEYED]["worker"]["events_per_s"] / well_keyed, 4)
     return out
 
 

@@ -24,8 +24,9 @@ from retention_tracker.streams import reference
 
 pytestmark = pytest.mark.e2e
 
-SHAPES = {"single", "batch50"}
+SHAPES = {"single", "batch50", "miskeyed"}
 CONTENDERS = {"raw", "faust", "worker"}
+BASELINE_SHAPES = {"single", "batch50"}  # the Faust agent runs on these only
 RUN_KEYS = {"contender", "shape", "events", "window_events", "window_s", "events_per_s",
             "startup_s", "peak_rss_bytes"}
 LATENCY_KEYS = {"p50_ms", "p99_ms", "max_ms", "events", "target_rate_events_per_s",
@@ -53,19 +54,24 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     doc: dict[str, Any] = orjson.loads(out.read_bytes())
     assert doc["correctness"]["ok"] is True
     assert doc["correctness"]["mismatches"] == []
-    assert len(doc["correctness"]["checks"]) == 18  # 6 each: single, batch50, horizontal
+    # 6 each: single, batch50, miskeyed, horizontal
+    assert len(doc["correctness"]["checks"]) == 24
     assert {"command", "machine", "code", "method", "workload", "produce", "throughput",
             "ratios", "horizontal", "latency", "latency_raw_consumer", "redis_memory",
             "worker_peak_rss_bytes"} <= doc.keys()
     events = doc["workload"]["events"]
     assert 15_000 <= events <= 25_000
     assert set(doc["throughput"]) == SHAPES
-    for runs in doc["throughput"].values():
-        assert set(runs) == CONTENDERS
+    for shape, runs in doc["throughput"].items():
+        assert set(runs) == (CONTENDERS if shape in BASELINE_SHAPES else {"raw", "worker"})
         for run in runs.values():
             assert run.keys() >= RUN_KEYS
         assert runs["raw"]["events"] == runs["worker"]["events"] == events
-        assert runs["faust"]["events"] >= min(events, runs["faust"]["measured_prefix_events"])
+        if "faust" in runs:
+            assert runs["faust"]["events"] >= min(events,
+                                                  runs["faust"]["measured_prefix_events"])
+    assert doc["forwarded_events"] == {"miskeyed": events}  # every one of them went home
+    assert set(doc["ratios"]["miskeyed"]) == {"worker_vs_raw", "worker_vs_well_keyed"}
     assert doc["produce"]["batch50"]["events_per_message"] > 1
     assert set(doc["ratios"]["single"]) == {"worker_vs_raw", "worker_vs_faust"}
     assert doc["latency"].keys() >= LATENCY_KEYS
