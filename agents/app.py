@@ -101,7 +101,8 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
 
     registry = CollectorRegistry()
     worker_metrics = WorkerMetrics(registry)
-    collector = SnapshotCollector(settings.metrics_offsets)
+    collector = SnapshotCollector(settings.metrics_offsets, settings.inactivity_thresholds,
+                                  settings.currency)
     registry.register(collector)
     ingestor = Ingestor(
         settings, store, clock_ms=accelerated_clock(settings.clock_speed), on_fatal=on_fatal,

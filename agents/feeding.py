@@ -134,7 +134,8 @@ async def produce_events(
     async def send(value: bytes, key: bytes | None, n_events: int,
                    partition: int | None = None) -> None:
         nonlocal chunk
-        chunk.append(await producer.send(topic, value, key=key, partition=partition))
+        placed = {} if partition is None else {"partition": partition}
+        chunk.append(await producer.send(topic, value, key=key, **placed))
         stats.messages += 1
         stats.bytes += len(value)
         stats.events += n_events

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
-from retention_tracker.streams.plan import MS_PER_DAY, dedup_key, plan_batch
+from retention_tracker.streams.plan import MS_PER_DAY, Plan, dedup_key, plan_batch
 from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict
@@ -55,15 +55,21 @@ class DeadLetter:
     reason: str
     detail: str
     index: int
+    forwarded: bool = False  # read from the re-key topic: name the record it came from
 
     def headers(self) -> list[tuple[str, bytes]]:
         r = self.record
-        return [
+        here = f"{r.topic}/{r.partition}/{r.offset}".encode()
+        origin = dict(r.headers or ()) if self.forwarded else {}
+        headers = [
             ("reason", self.reason.encode()),
             ("detail", self.detail.encode()),
-            ("index", str(self.index).encode()),
-            ("source", f"{r.topic}/{r.partition}/{r.offset}".encode()),
+            ("index", origin.get("index") or str(self.index).encode()),
+            ("source", origin.get("source") or here),
         ]
+        if self.forwarded:  # the value is then the event alone, as its producer sent it
+            headers.append(("via", here))
+        return headers
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):
@@ -105,6 +111,7 @@ class Ingestor:
         self.assigned: set[TopicPartition] = set()
         self._locks: dict[int, asyncio.Lock] = {}
         self.rules = segment_rules(settings)
+        self.winback = settings.winback_rules()
         self._calendars: dict[str, AppCalendar] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -268,11 +275,14 @@ class Ingestor:
 
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         async with self.lock(tp.partition):
-            await self._process(tp, records)
-            if self.settings.clock == "event":
-                await self._notify_due(tp.partition)
+            applied = await self._process(tp, records)
+            if self.settings.clock == "event" and self.winback.thresholds:
+                await self._notify_due(tp.partition, applied)
 
-    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
+                       ) -> Plan | None:
+        """Apply one batch; returns the plan applied (the event clock's notification pass
+        reads when each moment came from it)."""
         started = time.perf_counter()
         s = self.settings
         now = self.clock_ms()
@@ -297,7 +307,7 @@ class Ingestor:
                 assert self.consumer is not None
                 with contextlib.suppress(IllegalStateError):  # revoked meanwhile: new owner
                     self.consumer.seek(tp, stored)
-                return
+                return None
             fresh, fresh_keys = events, keys
             if records[0].offset < start:  # part of the batch was applied before
                 kept = [i for i, item in enumerate(events) if item[0] >= start]
@@ -311,16 +321,19 @@ class Ingestor:
                 self.calendar_of,
                 self.rules,
                 fresh_keys,
+                self.winback,
+                event_clock=s.clock == "event",
             )
             letters = [
-                DeadLetter(record, r.reason, r.detail, r.index)
+                DeadLetter(record, r.reason, r.detail, r.index, rekeyed)
                 for record, r in rejects
                 if record.offset >= start
             ]
             if plan.too_old:
                 by_offset = {record.offset: record for record in records}
                 letters += [
-                    DeadLetter(by_offset[offset], "too_old", "older than the horizon", index)
+                    DeadLetter(by_offset[offset], "too_old", "older than the horizon", index,
+                               rekeyed)
                     for offset, index, _ in plan.too_old
                 ]
             plan.stats.update(
@@ -337,9 +350,7 @@ class Ingestor:
             await self._forward([f for f in away if f.offset < upto], tp)
             forwarded_from = min(start, upto)
             await self._send_dead_letters(letters)
-            await self._send(
-                (s.reactivated_topic, str(m["user_id"]), m) for m in plan.reactivations
-            )
+            await self._send(self._winback_messages(plan.notifications, plan.reactivations))
             if await self.store.apply_plan(
                 shard, loaded, {tp.topic: records[-1].offset + 1}, plan, s.inactivity_thresholds
             ):
@@ -356,11 +367,15 @@ class Ingestor:
         if end is not None:
             lag = max(0, end - (records[-1].offset + 1))
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.metrics.notifications.inc(len(plan.notifications))
+        return plan
 
     # ---- win-back notifications ----------------------------------------------------------
 
     async def notify_loop(self) -> None:
         """Live mode: look for due users every tick on every partition this worker owns."""
+        if not self.winback.thresholds:
+            return  # win-back is off
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
             for shard in sorted({tp.partition for tp in self.assigned}):
@@ -371,9 +386,10 @@ class Ingestor:
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)
 
-    async def _notify_due(self, shard: int) -> None:
+    async def _notify_due(self, shard: int, applied: Plan | None = None) -> None:
         """Send what is due, then record it, fenced like a batch: a crash in between sends
-        the same notification ids again (push services drop repeats by id), none is lost."""
+        the same notification ids again (push services drop repeats by id), none is lost.
+        ``applied``: the batch just applied (event clock), to tell when each moment came."""
         s = self.settings
         while True:
             now = self.clock_ms()
@@ -384,18 +400,27 @@ class Ingestor:
                 return
             loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)
             plan = plan_notifications(
-                due, loaded.states, now, self.calendar_for, self.rules, s.quick_churn_days
+                due, loaded.states, now, self.calendar_for, self.rules, self.winback,
+                applied.arrivals if applied else (), applied.known_ms if applied else None,
             )
-            await self._send(
-                (s.inactive_topic(int(m["threshold_days"])), str(m["user_id"]), m)
-                for m in plan.messages
-            )
+            await self._send(self._winback_messages(plan.messages, []))
             if await self.store.apply_notifications(shard, loaded, plan):
                 self.metrics.notifications.inc(len(plan.messages))
                 if len(due) < 500:
                     return
             else:
                 self.metrics.conflicts.inc()
+
+    def _winback_messages(self, inactive: list[dict[str, object]],
+                          reactivated: list[dict[str, object]]
+                          ) -> list[tuple[str, str, dict[str, object]]]:
+        """(topic, key, body) of win-back messages: users.inactive.{K}d, users.reactivated."""
+        s = self.settings
+        return [
+            *((s.inactive_topic(int(m["threshold_days"])), str(m["user_id"]), m)  # type: ignore[call-overload]
+              for m in inactive),
+            *((s.reactivated_topic, str(m["user_id"]), m) for m in reactivated),
+        ]
 
     def calendar_for(self, app: str) -> AppCalendar:
         return self._calendars.get(app) or AppCalendar(self.settings.timezone_of(app))
@@ -410,8 +435,8 @@ class Ingestor:
             await asyncio.gather(*futures)
 
     async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
-        """Each event to its user's home partition of the re-key topic, in its canonical
-        form (what any other fields held is ignored by the contract anyway)."""
+        """Each event to its user's home partition of the re-key topic, as it was sent,
+        with where it was read (``source``, ``index``) for dead letters at home."""
         if not away:
             return
         assert self.producer is not None
@@ -419,7 +444,7 @@ class Ingestor:
         futures = [
             await self.producer.send(
                 self.settings.rekey_topic,
-                value=orjson.dumps(f.event.to_json()),
+                value=f.value,
                 key=f.event.user_id.encode(),
                 partition=f.partition,
                 headers=[("cause", f.cause.encode()),

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retention_tracker.streams.events import FORWARD_CAUSES
+from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
+from retention_tracker.streams.queries import winback_counts
 
 # Every metric name the worker exports; dashboards and rules may use only these.
 GLOBAL_GAUGES = {
@@ -51,8 +52,15 @@ GLOBAL_COUNTERS = {
     "retention_events_duplicate": "duplicate events ignored, by app",
     "retention_events_forwarded": "events read away from their user's home partition and "
     "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
-    "retention_notifications_sent": "inactivity notifications sent, by threshold and segment",
-    "retention_reactivations": "notified users active again, by threshold and segment",
+    "retention_notifications_sent": "inactivity notifications sent, by threshold, value "
+    "segment and churn type",
+    "retention_notifications_expired": "inactivity moments found later than WINBACK_MAX_DELAY "
+    "behind now (a backfill, an outage): counted, not sent",
+    "retention_false_alarms": "notifications shown wrong by a late event dated before their "
+    "moment, by threshold, value segment and churn type",
+    "retention_reactivations": "notified users active again after the moment, by threshold, "
+    "value segment and churn type",
+    "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
 }
 
 
@@ -65,11 +73,17 @@ class Snapshot:
 
 
 class SnapshotCollector(Collector):
-    """Renders the latest snapshot; ``update`` swaps it in one assignment."""
+    """Renders the latest snapshot; ``update`` swaps it in one assignment. Every series
+    whose label values are known (thresholds, segments, churn types, reject reasons, the
+    app's currency) is exported from the start, at zero: panels show 0, not "No data", and
+    ``rate()`` sees the first increment."""
 
-    def __init__(self, offsets: tuple[int, ...]) -> None:
+    def __init__(self, offsets: tuple[int, ...], thresholds: tuple[int, ...] = (),
+                 currency: str = "USD") -> None:
         self.snapshot = Snapshot()
         self.offsets = offsets  # bounded cardinality: only these cohort offsets are exported
+        self.thresholds = thresholds
+        self.currency = currency
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -83,77 +97,97 @@ class SnapshotCollector(Collector):
             name: GaugeMetricFamily(name, doc, labels=_GAUGE_LABELS[name])
             for name, doc in GLOBAL_GAUGES.items()
         }
-        winback_counters = {
-            name: CounterMetricFamily(name, GLOBAL_COUNTERS[name],
-                                      labels=["app", "threshold", "segment"])
-            for name in ("retention_notifications_sent", "retention_reactivations")
+        counters = {
+            name: CounterMetricFamily(name, doc, labels=_COUNTER_LABELS[name])
+            for name, doc in GLOBAL_COUNTERS.items()
         }
-        for app, figures in snap.figures.get("apps", {}).items():
-            summary = figures["summary"]
-            for name, key in _SUMMARY_FIELDS.items():
-                gauges[name].add_metric([app], summary[key])
-            gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
-            for name in ("revenue", "arpdau", "arppu"):
-                for currency, value in summary.get(name, {}).items():
-                    gauges[f"retention_{name}"].add_metric([app, currency], value)
-            for kind, rows in figures["cohorts"].items():
-                for row in rows:
-                    if kind == "classic":
-                        gauges["retention_cohort_size"].add_metric([app, row["cohort"]],
-                                                                   row["size"])
-                    for offset in (n for n in self.offsets if n < len(row["values"])):
-                        labels = [app, kind, row["cohort"], str(offset)]
-                        gauges["retention_cohort_retention"].add_metric(
-                            labels, row["values"][offset])
-                        if kind == "classic":
-                            gauges["retention_cohort_complete"].add_metric(
-                                [app, row["cohort"], str(offset)],
-                                1.0 if row["complete"][offset] else 0.0)
-            for days, found in figures.get("winback", {}).items():
-                gauges["retention_inactive_users"].add_metric([app, days], found["inactive"])
-                gauges["retention_winback_back_within_7d_share"].add_metric(
-                    [app, days], found["back_within_7d_share"])
-                for value, seg in found["by_segment"].items():
-                    winback_counters["retention_notifications_sent"].add_metric(
-                        [app, days, value], seg["notified"])
-                    winback_counters["retention_reactivations"].add_metric(
-                        [app, days, value], seg["reactivated"])
-            for day, pair in figures["headline"].items():
-                if pair is not None:
-                    for stat, value in zip(("latest", "mean7"), pair, strict=True):
-                        gauges["retention_headline_retention"].add_metric(
-                            [app, f"d{day}", stat], value)
+        apps = snap.figures.get("apps", {})
+        for app, figures in apps.items():
+            self._summary(gauges, app, figures["summary"])
+            self._cohorts(gauges, app, figures)
+            self._winback(gauges, counters, app, figures.get("winback", {}), snap.stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
             gauges["retention_worker_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
+        self._events(counters, list(apps), snap.stats)
         yield from gauges.values()
-        yield from winback_counters.values()
-        counters = {
-            name: CounterMetricFamily(name, doc, labels=_COUNTER_LABELS[name])
-            for name, doc in GLOBAL_COUNTERS.items()
-            if name in _COUNTER_LABELS
-        }
-        for key, value in snap.stats.items():
-            kind, _, rest = key.partition(":")
-            if kind == "acc":
-                app, _, event_type = rest.rpartition(":")
-                counters["retention_events_accepted"].add_metric([app, event_type], value)
-            elif kind == "rej":
-                counters["retention_events_rejected"].add_metric([rest], value)
-            elif kind == "dup":
-                counters["retention_events_duplicate"].add_metric([rest], value)
-        forwarded = {(app, cause): 0 for app in snap.figures.get("apps", {})
-                     for cause in FORWARD_CAUSES}  # every series from the start, at zero
-        for key, value in snap.stats.items():
-            if key.startswith("fwd:"):
-                _, app, cause = key.split(":")
-                forwarded[app, cause] = value
-        for (app, cause), value in sorted(forwarded.items()):
-            counters["retention_events_forwarded"].add_metric([app, cause], value)
         yield from counters.values()
 
+    def _summary(self, gauges: dict[str, GaugeMetricFamily], app: str,
+                 summary: dict[str, Any]) -> None:
+        for name, key in _SUMMARY_FIELDS.items():
+            gauges[name].add_metric([app], summary[key])
+        gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
+        for name in ("revenue", "arpdau", "arppu"):
+            for currency, value in {self.currency: 0, **summary.get(name, {})}.items():
+                gauges[f"retention_{name}"].add_metric([app, currency], value)
 
+    def _cohorts(self, gauges: dict[str, GaugeMetricFamily], app: str,
+                 figures: dict[str, Any]) -> None:
+        for kind, rows in figures["cohorts"].items():
+            for row in rows:
+                if kind == "classic":
+                    gauges["retention_cohort_size"].add_metric([app, row["cohort"]], row["size"])
+                for offset in (n for n in self.offsets if n < len(row["values"])):
+                    gauges["retention_cohort_retention"].add_metric(
+                        [app, kind, row["cohort"], str(offset)], row["values"][offset])
+                    if kind == "classic":
+                        gauges["retention_cohort_complete"].add_metric(
+                            [app, row["cohort"], str(offset)],
+                            1.0 if row["complete"][offset] else 0.0)
+        for day, pair in figures["headline"].items():
+            if pair is not None:
+                for stat, value in zip(("latest", "mean7"), pair, strict=True):
+                    gauges["retention_headline_retention"].add_metric(
+                        [app, f"d{day}", stat], value)
+
+    def _winback(self, gauges: dict[str, GaugeMetricFamily],
+                 counters: dict[str, CounterMetricFamily], app: str,
+                 found: dict[str, Any], stats: dict[str, int]) -> None:
+        for days in self.thresholds:
+            figures = found.get(str(days), {})
+            gauges["retention_inactive_users"].add_metric(
+                [app, str(days)], figures.get("inactive", 0))
+            share = figures.get("back_within_7d_share")
+            if share is not None:
+                gauges["retention_winback_back_within_7d_share"].add_metric([app, str(days)],
+                                                                           share)
+            counters["retention_notifications_expired"].add_metric(
+                [app, str(days)], figures.get("expired", 0))
+        for (days, kind), by_segment in winback_counts(stats, app, self.thresholds).items():
+            for segment, by_churn in by_segment.items():
+                for churn, value in by_churn.items():
+                    counters[_WINBACK_COUNTERS[kind]].add_metric(
+                        [app, str(days), segment, churn], value)
+
+    @staticmethod
+    def _events(counters: dict[str, CounterMetricFamily], apps: list[str],
+                stats: dict[str, int]) -> None:
+        """Accepted, rejected, duplicate and forwarded events, each known series at 0."""
+        found: dict[str, dict[tuple[str, ...], int]] = {
+            "retention_events_accepted": {(a, t): 0 for a in apps for t in EVENT_TYPES},
+            "retention_events_rejected": {(r,): 0 for r in REJECT_REASONS},
+            "retention_events_duplicate": {(a,): 0 for a in apps},
+            "retention_events_forwarded": {(a, c): 0 for a in apps for c in FORWARD_CAUSES},
+        }
+        for key, value in stats.items():
+            kind, _, rest = key.partition(":")
+            name = _EVENT_COUNTERS.get(kind)
+            if name is not None:
+                labels = tuple(rest.rsplit(":", 1)) if kind in ("acc", "fwd") else (rest,)
+                found[name][labels] = value
+        for name, series in found.items():
+            for labels, value in sorted(series.items()):
+                counters[name].add_metric(list(labels), value)
+
+
+_EVENT_COUNTERS = {"acc": "retention_events_accepted", "rej": "retention_events_rejected",
+                   "dup": "retention_events_duplicate", "fwd": "retention_events_forwarded"}
+_WINBACK_COUNTERS = {"sent": "retention_notifications_sent",
+                     "react": "retention_reactivations",
+                     "false": "retention_false_alarms",
+                     "back7": "retention_reactivations_within_7d"}
 _SUMMARY_FIELDS = {
     "retention_dau": "dau",
     "retention_wau": "wau",
@@ -178,7 +212,13 @@ _GAUGE_LABELS = {
     "retention_winback_back_within_7d_share": ["app", "threshold"],
     "retention_worker_snapshot_timestamp_seconds": [],
 }
+_WINBACK_LABELS = ["app", "threshold", "segment", "churn_type"]
 _COUNTER_LABELS = {
+    "retention_notifications_sent": _WINBACK_LABELS,
+    "retention_notifications_expired": ["app", "threshold"],
+    "retention_false_alarms": _WINBACK_LABELS,
+    "retention_reactivations": _WINBACK_LABELS,
+    "retention_reactivations_within_7d": _WINBACK_LABELS,
     "retention_events_accepted": ["app", "type"],
     "retention_events_rejected": ["reason"],
     "retention_events_duplicate": ["app"],

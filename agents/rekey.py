@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import orjson
 from aiokafka import ConsumerRecord
 from aiokafka.partitioner import murmur2
 
@@ -28,15 +29,18 @@ def home_partition(user_id: str, partitions: int) -> int:
     return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
-    """An event read at ``offset`` (``index`` in its message) that belongs to ``partition``."""
+    """An event read at ``offset`` (``index`` in its message) that belongs to ``partition``.
+    ``value``: the event as the producer sent it (the message's bytes for a single event,
+    its object in the array re-encoded otherwise), so a dead letter at home keeps it."""
 
     offset: int
     index: int
     event: Event
     partition: int
     cause: str
+    value: bytes = b""
 
 
 class Router:
@@ -116,9 +120,26 @@ def read_records(
             else:
                 router.split(partition, record.key, record.offset, parsed.events, at_home,
                              batch.away)
+            if batch.away and batch.away[-1].offset == record.offset:
+                _original_values(record.value or b"", batch.away)
         for reject in parsed.rejects:
             rejects.append((record, reject))
     return batch
+
+
+def _original_values(message: bytes, away: list[Forward]) -> None:
+    """Fill in the sent form of this message's forwarded events (at the end of ``away``);
+    the message is decoded a second time only when it has such events, which is rare."""
+    offset = away[-1].offset
+    decoded = None
+    for forward in reversed(away):
+        if forward.offset != offset:
+            break
+        if forward.index < 0:
+            forward.value = message
+        else:
+            decoded = orjson.loads(message) if decoded is None else decoded
+            forward.value = orjson.dumps(decoded[forward.index])
 
 
 class PartitionCountChanged(Exception):

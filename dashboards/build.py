@@ -517,14 +517,40 @@ def winback() -> dash_b.Dashboard:
         unit="percentunit",
         description="Share of notified users active again within 7 days: does win-back work?",
     ))
+    every = "max by (app, threshold, segment, churn_type)"
     for metric, title in (("retention_notifications_sent", "Notifications sent/s"),
-                          ("retention_reactivations", "Reactivations/s")):
+                          ("retention_reactivations", "Reactivations/s"),
+                          ("retention_false_alarms", "False alarms/s")):
         board = board.with_panel(timeseries(
             f"{title} by threshold and segment",
-            [query(f'sum by (threshold, segment) (max by (app, threshold, segment) '
+            [query(f'sum by (threshold, segment) ({every} '
                    f'(rate({metric}_total{{app="$app"}}[{RATE}])))',
                    "{{threshold}} d {{segment}}", ("threshold", "segment"))],
+            description="False alarm: a late event dated before the moment showed the user "
+            "was not inactive after all (never counted as a reactivation)."
+            if metric == "retention_false_alarms" else "",
         ))
+    for label, title in (("churn_type", "churn type (quick: gone within QUICK_CHURN_DAYS)"),
+                         ("segment", "value segment")):
+        board = board.with_panel(timeseries(
+            f"Back within 7 days by {title}",
+            [query(f'sum by ({label}) ({every} (retention_reactivations_within_7d_total'
+                   f'{{app="$app"}})) / sum by ({label}) ({every} '
+                   f'(retention_notifications_sent_total{{app="$app"}}))',
+                   f"{{{{{label}}}}}", (label,))],
+            unit="percentunit",
+            description="All-time share of notified users active again within 7 days of "
+            "their moment.",
+        ))
+    board = board.with_panel(timeseries(
+        "Expired moments/s by threshold",
+        [query(f'max by (app, threshold) '
+               f'(rate(retention_notifications_expired_total{{app="$app"}}[{RATE}]))',
+               "{{threshold}} d", per_threshold)],
+        description="Inactivity moments found more than WINBACK_MAX_DELAY behind now (a "
+        "backfill, a first start on old data, an outage): counted, never sent, so push "
+        "services are not flooded with stale messages.",
+    ))
     return board.with_panel(timeseries(
         "Notifications sent/s per worker",
         [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",

@@ -18,7 +18,12 @@ from .calendar import GRANULARITIES, AppCalendar, period_of_day, periods_of_days
 from .events import Event
 from .segments import DEFAULT_RULES, SegmentRules, money_units, value_segment
 from .user_state import ATTRIBUTES, Purchases, UserState
-from .winback import reactivation
+from .winback import (
+    WinbackRules,
+    handle_moment,
+    moment_reached_ms,
+    return_of,
+)
 
 MS_PER_DAY = 86_400_000
 WAU_DAYS = 7
@@ -217,6 +222,7 @@ def add_events(
         sessions=sessions,
         notified_episode_ms=state.notified_episode_ms if state else None,
         notified_days=state.notified_days if state else (),
+        expired_days=state.expired_days if state else (),
     )
 
 
@@ -285,7 +291,77 @@ class Plan:
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
     due: dict[UserKey, int] = field(default_factory=dict)  # users whose last_active_ms moved
     reactivations: list[dict[str, object]] = field(default_factory=list)  # users.reactivated
+    # event clock: users.inactive.{K}d messages whose moment came inside the batch
+    notifications: list[dict[str, object]] = field(default_factory=list)
     watermark_ms: int | None = None
+    arrivals: list[int] = field(default_factory=list)  # watermark after each accepted event
+    # event clock: the watermark at the arrival of the event that set each user's final
+    # last_active in this batch (its moments cannot have come before that)
+    known_ms: dict[UserKey, int] = field(default_factory=dict)
+
+
+DEFAULT_WINBACK = WinbackRules()
+
+
+def _passes_a_moment(old: UserState | None, events: list[Event], arrivals: list[int],
+                     winback: WinbackRules) -> bool:
+    """Does "now" pass one of the user's inactivity moments before one of its events in
+    this batch? (Rare: most users' events come days apart from batches that span minutes.)"""
+    if not winback.thresholds:
+        return False
+    first_ms = min(winback.thresholds) * MS_PER_DAY
+    last_ms = old.last_active_ms if old is not None else None
+    for event, now_ms in zip(events, arrivals, strict=True):
+        if last_ms is not None and last_ms + first_ms <= now_ms:
+            return True
+        last_ms = event.ts_ms if last_ms is None else max(last_ms, event.ts_ms)
+    return False
+
+
+def _note_known(plan: Plan, user: UserKey, old: UserState | None, events: list[Event],
+                arrivals: list[int]) -> None:
+    """Record when the event that set the user's final last_active arrived."""
+    last_ms = old.last_active_ms if old is not None else None
+    for event, now_ms in zip(events, arrivals, strict=True):
+        if last_ms is None or event.ts_ms > last_ms:
+            last_ms = event.ts_ms
+            plan.known_ms[user] = now_ms
+
+
+def _event_by_event(
+    plan: Plan,
+    user: UserKey,
+    old: UserState | None,
+    events: list[Event],
+    arrivals: list[int],
+    calendar: AppCalendar,
+    rules: SegmentRules,
+    winback: WinbackRules,
+) -> UserState:
+    """The user's events one at a time, each at the watermark it arrived with: before each,
+    the moments now has passed are handled (published, or expired when found too late),
+    and the event itself may then be the user's return (or show a false alarm)."""
+    state = old
+    known_ms = 0  # when the user's current last_active arrived (old state: before the batch)
+    for event, now_ms in zip(events, arrivals, strict=True):
+        if state is not None:
+            for days in winback.thresholds:
+                moment_ms = state.last_active_ms + days * MS_PER_DAY
+                if moment_ms <= now_ms and not state.handled(days):
+                    reached_ms = max(known_ms, moment_reached_ms(plan.arrivals, moment_ms,
+                                                                 now_ms))
+                    state = handle_moment(user, state, days, reached_ms, calendar, rules,
+                                          winback, plan.notifications, plan.stats)
+        if state is None or event.ts_ms > state.last_active_ms:
+            known_ms = plan.known_ms[user] = now_ms
+        new = add_events(state, [event], calendar, rules)
+        if state is not None and (state.notified_days or state.expired_days):
+            new, message = return_of(user, state, new, [event], rules, winback, plan.stats)
+            if message is not None:
+                plan.reactivations.append(message)
+        state = new
+    assert state is not None
+    return state
 
 
 def plan_batch(
@@ -297,11 +373,16 @@ def plan_batch(
     calendar_of: Callable[[str], AppCalendar],
     rules: SegmentRules = DEFAULT_RULES,
     dedup_keys: Sequence[bytes] | None = None,
+    winback: WinbackRules = DEFAULT_WINBACK,
+    event_clock: bool = False,
 ) -> Plan:
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
     order; ``states`` must hold every user of the batch (None for a new user).
     ``dedup_keys``, when given, are the events' ``dedup_key``s in the same order (the caller
-    already hashed them to load the batch)."""
+    already hashed them to load the batch). With ``event_clock``, "now" is the watermark
+    and moves event by event: a user's inactivity moment that it passes before the user's
+    next event in the batch is handled right there (METRICS.md §7), so a gap that opens
+    and closes inside one batch is an episode like any other."""
     events = list(events)
     keys = dedup_keys if dedup_keys is not None else [
         dedup_key(event.app, event.event_id) for _, _, event in events]
@@ -309,6 +390,7 @@ def plan_batch(
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
+    arrived: dict[UserKey, list[int]] = {}  # event clock: the watermark at each user event
     pending: dict[str, dict[Segments, Counter[CounterKey]]] = {}
     for (offset, index, event), key in zip(events, keys, strict=True):
         if key in seen:
@@ -323,25 +405,30 @@ def plan_batch(
         plan.stats[f"acc:{event.app}:{event.type}"] += 1
         if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
             plan.watermark_ms = event.ts_ms
+        plan.arrivals.append(plan.watermark_ms)
         accepted.setdefault((event.app, event.user_id), []).append(event)
+        if event_clock:
+            arrived.setdefault((event.app, event.user_id), []).append(plan.watermark_ms)
     for user_key, user_events in accepted.items():
         app = user_key[0]
         calendar = calendar_of(app)
         old = states[user_key]
-        new = add_events(old, user_events, calendar, rules)
+        if event_clock and _passes_a_moment(old, user_events, arrived[user_key], winback):
+            new = _event_by_event(plan, user_key, old, user_events, arrived[user_key],
+                                  calendar, rules, winback)
+        else:
+            if event_clock:
+                _note_known(plan, user_key, old, user_events, arrived[user_key])
+            new = add_events(old, user_events, calendar, rules)
+            if old is not None and (old.notified_days or old.expired_days):
+                new, message = return_of(user_key, old, new, user_events, rules, winback,
+                                         plan.stats)
+                if message is not None:
+                    plan.reactivations.append(message)
         if new == old:
             continue
         if old is None or new.last_active_ms != old.last_active_ms:
             plan.due[user_key] = new.last_active_ms
-        if old is not None and old.notified_days:
-            new, message = reactivation(user_key, old, new, user_events, rules)
-            if message is not None:
-                plan.reactivations.append(message)
-                for days in message["threshold_days"]:
-                    plan.stats[f"react:{app}:{days}:{message['value_segment']}"] += 1
-                    plan.stats[f"inactive:{app}:{days}"] -= 1
-                    if message["back_within_7d"][str(days)]:
-                        plan.stats[f"back7:{app}:{days}:{message['value_segment']}"] += 1
         plan.users[user_key] = new
         _add_user_delta(pending.setdefault(app, {}), old, new, rules)
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}

@@ -6,7 +6,7 @@ Both read Redis directly, so reports work with no worker running.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -150,37 +150,68 @@ def forwarded_figures(stats: Counter[str], app: str) -> dict[str, int]:
     return {cause: stats.get(f"fwd:{app}:{cause}", 0) for cause in FORWARD_CAUSES}
 
 
+CHURN_TYPES = ("quick", "late")
+_WINBACK_KINDS = {"sent": "notified", "false": "false_alarms", "react": "reactivated",
+                  "back7": "back7"}
+
+
+WinbackCounts = dict[tuple[int, str], dict[str, dict[str, int]]]
+
+
+def winback_counts(stats: Mapping[str, int], app: str, thresholds: Sequence[int]
+                   ) -> WinbackCounts:
+    """(threshold, kind) -> value segment -> churn type -> count, from the ``sent:``,
+    ``false:``, ``react:`` and ``back7:`` counters, with every known label at zero."""
+    counts: WinbackCounts = {
+        (days, kind): {seg: dict.fromkeys(CHURN_TYPES, 0) for seg in VALUE_SEGMENTS}
+        for days in thresholds for kind in _WINBACK_KINDS
+    }
+    for key, value in stats.items():
+        kind, _, rest = key.partition(":")
+        if kind not in _WINBACK_KINDS:
+            continue
+        found_app, days, *labels = rest.split(":")
+        if found_app != app or not labels:
+            continue
+        by_segment = counts.get((int(days), kind), {}).get(labels[0])
+        if by_segment is not None:  # records from before churn types count as "late"
+            churn = labels[1] if len(labels) > 1 else "late"
+            by_segment[churn] = by_segment.get(churn, 0) + value
+    return counts
+
+
 async def winback_figures(
     store: RedisStore, settings: Settings, app: str, stats: Counter[str] | None = None
 ) -> dict[str, Any]:
-    """Per threshold: users inactive now, notifications sent, reactivations and the share
-    of notified users back within 7 days, overall and per value segment. ``stats``: the
-    counters already read, when the caller covers several apps."""
+    """Per threshold: users inactive now, notifications sent, moments found too late to
+    publish (expired), false alarms, reactivations and the share of notified users back
+    within 7 days, overall, per value segment and per churn type. ``stats``: the counters
+    already read, when the caller covers several apps."""
     stats = stats if stats is not None else await store.read_stats()
     due_now = await store.due_counts(
         app, settings.inactivity_thresholds, await now_ms(store, settings)
     )
-    out: dict[str, Any] = {}
+    counts = winback_counts(stats, app, settings.inactivity_thresholds)
+
+    def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
+        def total(kind: str) -> int:
+            return sum(n for seg, per in counts[days, kind].items()
+                       if segment in (None, seg) for c, n in per.items() if churn in (None, c))
+
+        out = {name: total(kind) for kind, name in _WINBACK_KINDS.items() if kind != "back7"}
+        out["back_within_7d_share"] = rate(total("back7"), out["notified"])
+        return out
+
+    result: dict[str, Any] = {}
     for days in settings.inactivity_thresholds:
-        per_segment = {}
-        for value in VALUE_SEGMENTS:
-            sent = stats.get(f"sent:{app}:{days}:{value}", 0)
-            back = stats.get(f"back7:{app}:{days}:{value}", 0)
-            per_segment[value] = {
-                "notified": sent,
-                "reactivated": stats.get(f"react:{app}:{days}:{value}", 0),
-                "back_within_7d_share": rate(back, sent),
-            }
-        sent = sum(s["notified"] for s in per_segment.values())
-        back = sum(stats.get(f"back7:{app}:{days}:{v}", 0) for v in VALUE_SEGMENTS)
-        out[str(days)] = {
+        result[str(days)] = {
             "inactive": stats.get(f"inactive:{app}:{days}", 0) + due_now[days],
-            "notified": sent,
-            "reactivated": sum(s["reactivated"] for s in per_segment.values()),
-            "back_within_7d_share": rate(back, sent),
-            "by_segment": per_segment,
+            "expired": stats.get(f"expired:{app}:{days}", 0),
+            **figures(days, None, None),
+            "by_segment": {seg: figures(days, seg, None) for seg in VALUE_SEGMENTS},
+            "by_churn_type": {churn: figures(days, None, churn) for churn in CHURN_TYPES},
         }
-    return out
+    return result
 
 
 async def kpis_report(

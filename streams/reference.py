@@ -791,3 +791,53 @@ def kpis(
         previous = active
         current_period = next_period_start(current_period, period)
     return rows
+
+
+# ---- Section 7: inactivity episodes, on the event clock --------------------------------------
+
+
+def inactivity_episodes(
+    stream: Iterable[Event], thresholds: Iterable[int], max_delay_ms: int
+) -> dict[str, set]:
+    """Section 7 read plainly, for one partition's stream in arrival order (deduplicated,
+    one app): after each arrival, now = the latest `ts` so far; every user whose last
+    activity + K days is at or before now is inactive-K in that episode, once, published if
+    now reached the moment within `max_delay_ms` and expired otherwise. A user's event dated
+    after its last activity ends the episode: a return for each sent threshold whose
+    moment the event is at or after, a false alarm for each it is before. A moment cannot
+    come before the event that made it known (a late event of a user long inactive): it is
+    judged at that event's arrival.
+
+    Returns sets of (user_id, K, episode last_active ms): "sent", "expired", "returns",
+    "false_alarms"."""
+    day_ms = 86_400_000
+    out: dict[str, set] = {"sent": set(), "expired": set(), "returns": set(),
+                           "false_alarms": set()}
+    thresholds = sorted(set(thresholds))
+    last: dict[str, int] = {}
+    handled: dict[str, dict[int, bool]] = {}  # user -> K -> sent (True) or expired (False)
+    now = 0
+
+    def inactive(users: Iterable[str]) -> None:
+        for user in users:
+            for days in thresholds:
+                moment = last[user] + days * day_ms
+                if moment <= now and days not in handled.setdefault(user, {}):
+                    fresh = now - moment <= max_delay_ms
+                    handled[user][days] = fresh
+                    out["sent" if fresh else "expired"].add((user, days, last[user]))
+
+    for event in stream:
+        now = max(now, event.ts_ms)
+        inactive(list(last))  # before the event: it may be the user's return
+        user = event.user_id
+        if user in last and event.ts_ms > last[user]:
+            for days, sent in handled.get(user, {}).items():
+                if sent:
+                    back = event.ts_ms >= last[user] + days * day_ms
+                    out["returns" if back else "false_alarms"].add((user, days, last[user]))
+            handled[user] = {}
+        if user not in last or event.ts_ms > last[user]:
+            last[user] = event.ts_ms
+        inactive([user])  # a late event may leave its user inactive for long already
+    return out

@@ -11,7 +11,10 @@ import re
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .winback import WinbackRules
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
 
@@ -49,7 +52,10 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("CURRENCY", "USD", "the apps' currency: purchases without one, costs, VIP bar"),
     SettingDoc("VIP_REVENUE", "100", "lifetime revenue (CURRENCY) that makes a user VIP"),
     SettingDoc("VIP_PURCHASES", "10", "lifetime purchase count that makes a user VIP"),
-    SettingDoc("INACTIVITY_THRESHOLDS", "2", "days of inactivity that notify, e.g. 1,2,7,30"),
+    SettingDoc("INACTIVITY_THRESHOLDS", "2",
+               "days of inactivity that notify, e.g. 1,2,7,30; empty: win-back off"),
+    SettingDoc("WINBACK_MAX_DELAY", "24h",
+               "a notification whose moment is further behind now is counted expired, not sent"),
     SettingDoc("INACTIVE_TOPIC_PATTERN", "users.inactive.{days}d", "topic per threshold"),
     SettingDoc("REACTIVATED_TOPIC", "users.reactivated", "topic of notified users back"),
     SettingDoc("QUICK_CHURN_DAYS", "7", "churn_type is quick when a user lasted less than this"),
@@ -146,9 +152,22 @@ def _days_list(raw: str) -> tuple[int, ...]:
         values = tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
     except ValueError:
         raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must be whole days, e.g. 1,2,7") from None
-    if not values or values[0] < 1:
-        raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must name days >= 1")
+    if values and values[0] < 1:
+        raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must name days >= 1 (empty: off)")
     return values
+
+
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*\Z")
+
+
+def _duration_ms(env: Mapping[str, str], name: str, default: str) -> int:
+    """``24h``, ``90m``, ``2d``, ``3600s``: a number and a unit (ms, s, m, h, d)."""
+    raw = env.get(name, "").strip() or default
+    found = _DURATION_RE.match(raw)
+    if not found:
+        raise ConfigError(f"{name}={raw!r} must be a duration such as 24h, 90m or 2d")
+    return int(float(found[1]) * _DURATION_UNITS_MS[found[2]])
 
 
 def _pattern(raw: str) -> str:
@@ -192,6 +211,7 @@ class Settings:
     inactive_topic_pattern: str = "users.inactive.{days}d"
     reactivated_topic: str = "users.reactivated"
     quick_churn_days: int = 7
+    winback_max_delay_ms: int = 24 * 3_600_000
     winback_tick_ms: int = 1000
     horizon_days: int = 400
     dedup_window_days: int = 7
@@ -243,6 +263,7 @@ class Settings:
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
             inactivity_thresholds=_days_list(env.get("INACTIVITY_THRESHOLDS", "2")),
+            winback_max_delay_ms=_duration_ms(env, "WINBACK_MAX_DELAY", "24h"),
             inactive_topic_pattern=_pattern(env.get("INACTIVE_TOPIC_PATTERN", "")),
             reactivated_topic=env.get("REACTIVATED_TOPIC", "").strip() or d.reactivated_topic,
             quick_churn_days=_int(env, "QUICK_CHURN_DAYS", d.quick_churn_days, minimum=1),
@@ -270,6 +291,12 @@ class Settings:
 
     def timezone_of(self, app: str) -> str:
         return self.app_timezones.get(app, self.timezone)
+
+    def winback_rules(self) -> WinbackRules:
+        from .winback import WinbackRules  # winback needs events, which need these settings
+
+        return WinbackRules(self.inactivity_thresholds, self.winback_max_delay_ms,
+                            self.quick_churn_days)
 
     def inactive_topic(self, days: int) -> str:
         return self.inactive_topic_pattern.replace("{days}", str(days))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
+_READABLE_VERSIONS = (3, 4)  # 3: before expired thresholds (no flag bit on notified days)
 ATTRIBUTES = ("platform", "country", "campaign")
 MONEY_UNITS = 10_000  # amounts are kept as integer 1/10,000ths: sums are exact
 
@@ -36,9 +37,16 @@ class UserState:
     purchases: tuple[tuple[int, str, Purchases], ...] = ()  # (day, currency, totals), sorted
     cost_units: int = 0
     sessions: int = 0
-    # win-back (METRICS.md §7): last_active_ms when notified, and the thresholds (days) sent
+    # win-back (METRICS.md §7): last_active_ms of the episode handled, the thresholds (days)
+    # whose message was sent, and those whose moment was found too late to publish (expired)
     notified_episode_ms: int | None = None
     notified_days: tuple[int, ...] = ()
+    expired_days: tuple[int, ...] = ()
+
+    def handled(self, days: int) -> bool:
+        """Was threshold ``days`` of the current episode sent or expired already?"""
+        return self.notified_episode_ms == self.last_active_ms and (
+            days in self.notified_days or days in self.expired_days)
 
     @property
     def last_day(self) -> int:
@@ -104,11 +112,13 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, totals.units)
     _put_varint(out, state.cost_units)
     _put_varint(out, state.sessions)
-    _put_varint(out, len(state.notified_days))
-    if state.notified_days:
+    marks = [days * 2 for days in state.notified_days] + [
+        days * 2 + 1 for days in state.expired_days]  # low bit: expired, not sent
+    _put_varint(out, len(marks))
+    if marks:
         _put_varint(out, _zigzag((state.notified_episode_ms or 0) - state.first_seen_ms))
-        for days in state.notified_days:
-            _put_varint(out, days)
+        for mark in marks:
+            _put_varint(out, mark)
     span = max(state.active_days) - state.first_day + 1
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -119,8 +129,9 @@ def encode_user(state: UserState) -> bytes:
 
 
 def decode_user(data: bytes) -> UserState:
-    if not data or data[0] != _FORMAT_VERSION:
+    if not data or data[0] not in _READABLE_VERSIONS:
         raise ValueError(f"unknown user record format {data[:1]!r}")
+    flagged = data[0] >= 4
     first_seen, pos = _get_varint(data, 1)
     first_seen_ms = _unzigzag(first_seen)
     span_ms, pos = _get_varint(data, pos)
@@ -152,12 +163,18 @@ def decode_user(data: bytes) -> UserState:
     count, pos = _get_varint(data, pos)
     episode_ms = None
     notified = []
+    expired = []
     if count:
         delta, pos = _get_varint(data, pos)
         episode_ms = first_seen_ms + _unzigzag(delta)
         for _ in range(count):
-            days, pos = _get_varint(data, pos)
-            notified.append(days)
+            mark, pos = _get_varint(data, pos)
+            if not flagged:
+                notified.append(mark)
+            elif mark & 1:
+                expired.append(mark >> 1)
+            else:
+                notified.append(mark >> 1)
     active = []
     for index, byte in enumerate(data[pos:]):
         while byte:
@@ -176,4 +193,5 @@ def decode_user(data: bytes) -> UserState:
         sessions=sessions,
         notified_episode_ms=episode_ms,
         notified_days=tuple(notified),
+        expired_days=tuple(expired),
     )

@@ -9,8 +9,9 @@ worker send it again; push services drop repeats by that id.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +75,25 @@ def notification_payload(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class WinbackRules:
+    """Win-back settings: the thresholds (days; empty: win-back off), how far behind "now"
+    a moment may be and its message still go out, and the quick-churn bar."""
+
+    thresholds: tuple[int, ...] = (2,)
+    max_delay_ms: int = 24 * 3_600_000
+    quick_churn_days: int = 7
+
+
+def moment_reached_ms(arrivals: Sequence[int], moment_ms: int, now_ms: int) -> int:
+    """When "now" first reached ``moment_ms``. With the event clock, now moves event by
+    event: ``arrivals`` are a batch's watermarks after each accepted event, in arrival
+    order (so non-decreasing), and the first one at or past the moment is when it came. Live
+    (or a moment no arrival reached): ``now_ms``."""
+    index = bisect_left(arrivals, moment_ms)
+    return arrivals[index] if index < len(arrivals) else now_ms
+
+
 @dataclass(slots=True)
 class NotificationPlan:
     """What one emission pass sends and records, applied atomically after the sends."""
@@ -84,17 +104,54 @@ class NotificationPlan:
     stats: Counter[str] = field(default_factory=Counter)
 
 
+def handle_moment(
+    user: UserKey,
+    state: UserState,
+    days: int,
+    reached_ms: int,
+    calendar: AppCalendar,
+    rules: SegmentRules,
+    winback: WinbackRules,
+    messages: list[dict[str, Any]],
+    stats: Counter[str],
+) -> UserState:
+    """The user became inactive-``days`` in its current episode, and "now" reached that
+    moment at ``reached_ms``: publish the message while fresh, else count it expired (a
+    backfill or an outage must not flood the push services). Returns the marked state."""
+    app, user_id = user
+    moment_ms = state.last_active_ms + days * MS_PER_DAY
+    same_episode = state.notified_episode_ms == state.last_active_ms
+    notified = state.notified_days if same_episode else ()
+    expired = state.expired_days if same_episode else ()
+    stats[f"inactive:{app}:{days}"] += 1
+    if reached_ms - moment_ms > winback.max_delay_ms:
+        stats[f"expired:{app}:{days}"] += 1
+        expired = tuple(sorted({*expired, days}))
+    else:
+        payload = notification_payload(app, user_id, days, state, calendar, rules,
+                                       winback.quick_churn_days)
+        messages.append(payload)
+        stats[f"sent:{app}:{days}:{payload['value_segment']}:{payload['churn_type']}"] += 1
+        notified = tuple(sorted({*notified, days}))
+    return replace(state, notified_episode_ms=state.last_active_ms, notified_days=notified,
+                   expired_days=expired)
+
+
 def plan_notifications(
     due: Iterable[tuple[int, UserKey, int]],
     states: Mapping[UserKey, UserState | None],
     now_ms: int,
     calendar_of: Callable[[str], AppCalendar],
     rules: SegmentRules,
-    quick_churn_days: int,
+    winback: WinbackRules,
+    arrivals: Sequence[int] = (),
+    known_ms: Mapping[UserKey, int] | None = None,
 ) -> NotificationPlan:
-    """``due`` holds (days, user, due_ms) read from the due sets. A user is notified when its
+    """``due`` holds (days, user, due_ms) read from the due sets. A user is handled when its
     record agrees that ``last_active + days`` has passed; an entry the record contradicts
-    (the user was active since) is dropped from the due set without a message."""
+    (the user was active since) is dropped from the due set without a message.
+    ``arrivals``: the last batch's watermarks (event clock), to tell when each moment came;
+    ``known_ms``: for its users, when their last activity arrived (no moment comes before)."""
     plan = NotificationPlan()
     for days, user, due_ms in sorted(due, key=lambda d: (d[2], d[0], d[1])):
         state = plan.users.get(user) or states.get(user)
@@ -104,51 +161,63 @@ def plan_notifications(
         if due_ms > now_ms:
             plan.sent.pop()
             continue
-        if state.notified_episode_ms == state.last_active_ms and days in state.notified_days:
-            continue  # already sent in this episode (a retried pass)
-        app, user_id = user
-        payload = notification_payload(
-            app, user_id, days, state, calendar_of(app), rules, quick_churn_days
-        )
-        plan.messages.append(payload)
-        notified = state.notified_days if state.notified_episode_ms == state.last_active_ms else ()
-        plan.users[user] = replace(
-            state,
-            notified_episode_ms=state.last_active_ms,
-            notified_days=tuple(sorted({*notified, days})),
-        )
-        plan.stats[f"sent:{app}:{days}:{payload['value_segment']}"] += 1
-        plan.stats[f"inactive:{app}:{days}"] += 1
+        if state.handled(days):
+            continue  # already sent or expired in this episode (a retried pass)
+        reached_ms = moment_reached_ms(arrivals, due_ms, now_ms)
+        if known_ms and user in known_ms:
+            reached_ms = max(reached_ms, known_ms[user])
+        plan.users[user] = handle_moment(user, state, days, reached_ms, calendar_of(user[0]),
+                                         rules, winback, plan.messages, plan.stats)
     return plan
 
 
-def reactivation(
+def return_of(
     user: UserKey,
     old: UserState,
     new: UserState,
     events: Iterable[Event],
     rules: SegmentRules,
+    winback: WinbackRules,
+    stats: Counter[str],
 ) -> tuple[UserState, dict[str, Any] | None]:
-    """A notified user active again after its episode: one users.reactivated message, and
-    the notified marks cleared (the next lapse is a new episode)."""
+    """A user whose episode was handled is active again after it. Per threshold sent: an
+    event dated after the moment is a return (one users.reactivated message names them
+    all); one dated before it shows the message was a false alarm (it arrived late), never
+    a reactivation. The marks are cleared: the next lapse is a new episode."""
     episode = old.notified_episode_ms
     if episode is None or new.last_active_ms <= episode:
         return new, None
     back_ms = min(e.ts_ms for e in events if e.ts_ms > episode)
     app, user_id = user
-    days_crossed = list(old.notified_days)
+    segment = value_segment(new, rules)
+    churn = churn_type(old, winback.quick_churn_days)
+    returned = [d for d in old.notified_days if back_ms >= episode + d * MS_PER_DAY]
+    for days in (*old.notified_days, *old.expired_days):
+        stats[f"inactive:{app}:{days}"] -= 1
+    for days in old.notified_days:
+        if days not in returned:
+            stats[f"false:{app}:{days}:{segment}:{churn}"] += 1
+    back_within = {
+        str(d): back_ms - (episode + d * MS_PER_DAY) <= BACK_WITHIN_DAYS * MS_PER_DAY
+        for d in returned
+    }
+    for days in returned:
+        stats[f"react:{app}:{days}:{segment}:{churn}"] += 1
+        if back_within[str(days)]:
+            stats[f"back7:{app}:{days}:{segment}:{churn}"] += 1
+    cleared = replace(new, notified_episode_ms=None, notified_days=(), expired_days=())
+    if not returned:
+        return cleared, None
     message = {
-        "notification_ids": [notification_id(app, user_id, d, episode) for d in days_crossed],
+        "notification_ids": [notification_id(app, user_id, d, episode) for d in returned],
         "app": app,
         "user_id": user_id,
-        "threshold_days": days_crossed,
+        "threshold_days": returned,
         "last_active": iso_ms(episode),
         "returned_at": iso_ms(back_ms),
         "days_away": round((back_ms - episode) / MS_PER_DAY, 2),
-        "back_within_7d": {
-            str(d): back_ms - (episode + d * MS_PER_DAY) <= BACK_WITHIN_DAYS * MS_PER_DAY
-            for d in days_crossed
-        },
-        "value_segment": value_segment(new, rules),
+        "back_within_7d": back_within,
+        "value_segment": segment,
+        "churn_type": churn,
     }
-    return replace(new, notified_episode_ms=None, notified_days=()), message
+    return cleared, message

@@ -114,6 +114,11 @@ class Deployment:
         client.close()
 
     @property
+    def consumed_partitions(self) -> int:
+        """Partitions the workers share: the input topic's and the re-key topic's."""
+        return 2 * self.partitions
+
+    @property
     def keys(self) -> Keyspace:
         return Keyspace(f"rt-{self.name}")
 

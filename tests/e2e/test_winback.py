@@ -39,7 +39,8 @@ def notifications(deployment: Deployment, days: int, expected: int) -> dict[str,
 
 def population(t0: int) -> tuple[list[dict[str, Any]], dict[int, set[str]]]:
     """20 users active for a few hours from t0; user c's late event moves its episode; a
-    ticker user moves the event-time watermark 3 days on. Returns events and expected ids."""
+    ticker user, active every 2 hours, moves the event-time watermark 3 days on (so each
+    moment is found at most 2 hours late: fresh). Returns events and expected ids."""
     events, last = [], {}
     for i in range(20):
         user = f"u{i:02d}"
@@ -51,7 +52,7 @@ def population(t0: int) -> tuple[list[dict[str, Any]], dict[int, set[str]]]:
     events.append(event("c", 0, t0))
     events.append(event("c", 1, t0 + 12 * HOUR_MS))  # late: the t0 episode never fires
     last["c"] = t0 + 12 * HOUR_MS
-    events.append(event("ticker", 0, t0 + 3 * DAY_MS))
+    events += [event("ticker", n, t0 + n * 2 * HOUR_MS) for n in range(1, 37)]
     expected = {
         days: {notification_id("default", u, days, ms) for u, ms in last.items()}
         for days in (1, 2)
@@ -135,7 +136,13 @@ def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
     tickers = {}
     for n in range(100):  # one ticker per partition moves every partition's watermark
         tickers.setdefault(partition_of(f"ticker{n}", 4), f"ticker{n}")
-    events += [event(user, 0, t0 + 3 * DAY_MS) for user in tickers.values()]
+    ticks = [e for e in events if e["user_id"] == "ticker"]
+    ticks += [event(user, n, t0 + n * 2 * HOUR_MS)  # every 2 hours for 3 days: fresh
+              for n in range(1, 37) for user in tickers.values()]
+    # in time order: a ticker event arriving after later ones would be a late event, and
+    # its user's earlier activity a (false) episode
+    events = [e for e in events if e["user_id"] != "ticker"] + sorted(ticks,
+                                                                      key=lambda e: e["ts"])
     fast = {"CLOCK": "event", "INACTIVITY_THRESHOLDS": "1,2", "SESSION_TIMEOUT_MS": "2000",
             "HEARTBEAT_MS": "500", "BATCH_MAX_RECORDS": "3"}
     with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:

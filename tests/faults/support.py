@@ -270,6 +270,7 @@ class DeadLetter:
     index: int  # position in a JSON array, -1 for the whole message
     reason: str
     value: bytes | None
+    via: str | None = None  # the re-key record it was read from, when forwarded home first
 
 
 def read_dead_letters(bootstrap: str, topic: str, expected: set[tuple[str, int]],
@@ -289,7 +290,8 @@ def read_dead_letters(bootstrap: str, topic: str, expected: set[tuple[str, int]]
                         for record in part:
                             headers = {k: v.decode() for k, v in record.headers}
                             letters.append(DeadLetter(headers["source"], int(headers["index"]),
-                                                      headers["reason"], record.value))
+                                                      headers["reason"], record.value,
+                                                      headers.get("via")))
         except TimeoutError:
             pass
         finally:

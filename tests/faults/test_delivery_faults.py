@@ -118,7 +118,7 @@ def test_tombstones_empty_messages_and_a_new_consumer_group(deployment: Deployme
         stack.enter_context(second)
         started = time.monotonic()
         wait_for(alive_predicate(second, lambda: metric(
-            port, "retention_worker_assigned_partitions") == d.partitions), 60,
+            port, "retention_worker_assigned_partitions") == d.consumed_partitions), 60,
             "the new group's worker owning every partition")
         now = utc_now_ms()
         extra = [{"event_id": f"late-joiner-{i}", "type": "session", "user_id": f"n{i}",

@@ -193,7 +193,7 @@ def test_rebalance_then_kill_9_with_miskeyed_traffic(deployment: Deployment) -> 
         def shared() -> bool:
             mine = metric(port0, "retention_worker_assigned_partitions")
             theirs = metric(port1, "retention_worker_assigned_partitions")
-            return bool(mine and theirs and mine + theirs == 2 * d.partitions)
+            return bool(mine and theirs and mine + theirs == d.consumed_partitions)
 
         wait_for(alive_predicate(second, alive_predicate(first, shared)), 60,
                  "input and re-key partitions shared by two workers")

@@ -86,7 +86,7 @@ def test_second_worker_joins_then_first_is_killed(deployment: Deployment) -> Non
         def shared() -> bool:
             mine = metric(port0, "retention_worker_assigned_partitions")
             theirs = metric(port1, "retention_worker_assigned_partitions")
-            return bool(mine and theirs and mine + theirs == deployment.partitions)
+            return bool(mine and theirs and mine + theirs == deployment.consumed_partitions)
 
         wait_for(alive_predicate(second, alive_predicate(first, shared)), 60,
                  "the partitions shared by two workers")
@@ -98,7 +98,8 @@ def test_second_worker_joins_then_first_is_killed(deployment: Deployment) -> Non
         monitor.produced = produced
         deployment.wait_applied(produced, worker=second)
         recovery = round(time.monotonic() - killed, 2)
-        assert metric(port1, "retention_worker_assigned_partitions") == deployment.partitions
+        assert metric(port1, "retention_worker_assigned_partitions") == (
+            deployment.consumed_partitions)
         conflicts = metric(port1, "retention_worker_version_conflicts_total")
     assert at_kill < produced
     report = FaultReport(

@@ -1,0 +1,276 @@
+"""Win-back on the event clock (METRICS.md §7): now moves event by event, so every episode of
+a replayed history is handled, in order, however the stream is cut into batches; moments
+found too late are expired, not sent; a late event dated before a sent moment is a false
+alarm. Fixed examples, then a property against a plain simulation, on the real store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retention_tracker.streams import reference
+from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.events import Event
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.segments import DEFAULT_RULES
+from retention_tracker.streams.store import RedisStore
+from retention_tracker.streams.user_state import UserState, decode_user, encode_user
+from retention_tracker.streams.winback import (
+    WinbackRules,
+    notification_id,
+    plan_notifications,
+)
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+UTC = AppCalendar("UTC")
+RULES = WinbackRules(thresholds=(1, 2), max_delay_ms=DAY_MS, quick_churn_days=7)
+
+
+def session(user: str, n: int, ts_ms: int) -> Event:
+    return Event("a", f"{user}-{n}", "session", user, ts_ms)
+
+
+def plan(events: list[Event], states: dict | None = None, watermark: int | None = None,
+         rules: WinbackRules = RULES):
+    items = [(i, -1, e) for i, e in enumerate(events)]
+    users = {(e.app, e.user_id) for e in events}
+    return plan_batch(items, {u: (states or {}).get(u) for u in users}, set(), watermark, 400,
+                      lambda _app: UTC, DEFAULT_RULES, winback=rules, event_clock=True)
+
+
+# ---- fixed examples ----------------------------------------------------------------------
+
+
+def test_a_gap_inside_one_batch_is_an_episode_and_its_end_a_return() -> None:
+    """u is active at 0 h and 60 h; t's events every 6 h move now between. Both thresholds'
+    moments (24 h, 48 h) come before u's return: two messages for episode 0 h, then one
+    reactivation naming both, 60 h away."""
+    events = [session("u", 0, BASE_MS)]
+    events += [session("t", n, BASE_MS + n * 6 * HOUR_MS) for n in range(1, 10)]
+    events.insert(-1, session("u", 1, BASE_MS + 60 * HOUR_MS))  # before t's 54 h event
+    found = plan(events)
+    sent = sorted((m["user_id"], m["threshold_days"]) for m in found.notifications)
+    assert sent == [("u", 1), ("u", 2)]
+    assert {m["notification_id"] for m in found.notifications} == {
+        notification_id("a", "u", days, BASE_MS) for days in (1, 2)}
+    (back,) = found.reactivations
+    assert (back["user_id"], back["threshold_days"], back["days_away"]) == ("u", [1, 2], 2.5)
+    assert back["back_within_7d"] == {"1": True, "2": True}
+    assert found.stats["sent:a:1:free:quick"] == found.stats["sent:a:2:free:quick"] == 1
+    assert found.stats["react:a:1:free:quick"] == found.stats["react:a:2:free:quick"] == 1
+    assert found.stats["inactive:a:1"] == found.stats["inactive:a:2"] == 0  # +1 then -1
+    assert found.users[("a", "u")].notified_days == ()  # cleared: the next lapse is new
+
+
+def test_the_users_own_return_can_be_what_moves_now_past_its_moment() -> None:
+    """Nobody else is active: u's return at 30 h is the event that brings now past its 24 h
+    moment. In a live system the message would have gone out at 24 h: it is an episode."""
+    found = plan([session("u", 0, BASE_MS), session("u", 1, BASE_MS + 30 * HOUR_MS)])
+    assert [(m["threshold_days"], m["last_active"]) for m in found.notifications] == [
+        (1, "2024-01-01T00:00:00.000+00:00")]
+    assert [m["threshold_days"] for m in found.reactivations] == [[1]]
+
+
+def test_a_moment_found_later_than_the_max_delay_is_expired_not_sent() -> None:
+    """now jumps from 1 h to 80 h in one event: u's 24 h and 48 h moments are found 56 h
+    and 32 h late. Neither is published; both are counted expired; u's return later makes
+    no reactivation message (nothing was sent) but u is no longer inactive."""
+    first = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + HOUR_MS),
+                  session("t", 1, BASE_MS + 80 * HOUR_MS)])
+    assert first.notifications == []
+    after = plan_notifications(
+        [(days, ("a", "u"), BASE_MS + days * DAY_MS) for days in (1, 2)],
+        first.users, BASE_MS + 80 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES, RULES,
+        first.arrivals)
+    assert after.messages == []
+    assert after.stats == Counter({"expired:a:1": 1, "expired:a:2": 1, "inactive:a:1": 1,
+                                   "inactive:a:2": 1})
+    marked = after.users[("a", "u")]
+    assert (marked.notified_days, marked.expired_days) == ((), (1, 2))
+    back = plan([session("u", 9, BASE_MS + 81 * HOUR_MS)], {("a", "u"): marked},
+                watermark=BASE_MS + 80 * HOUR_MS)
+    assert back.reactivations == []
+    assert back.stats["inactive:a:1"] == back.stats["inactive:a:2"] == -1
+    assert not any(k.startswith(("react:", "false:")) for k in back.stats)
+
+
+def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
+    """A long batch: u's 24 h moment is reached by t's 25 h event (1 h late), and the batch
+    goes on to 90 h. Found by the pass after the batch, it is still fresh."""
+    events = [session("u", 0, BASE_MS)] + [
+        session("t", n, BASE_MS + n * HOUR_MS) for n in (1, 25, 60, 90)]
+    batch = plan(events, rules=WinbackRules((1,), DAY_MS, 7))
+    after = plan_notifications([(1, ("a", "u"), BASE_MS + DAY_MS)], batch.users,
+                               BASE_MS + 90 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
+                               WinbackRules((1,), DAY_MS, 7), batch.arrivals)
+    assert [m["user_id"] for m in after.messages] == ["u"]
+    assert after.stats["expired:a:1"] == 0
+
+
+def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
+    """u's 24 h message went out; then an event of u dated 20 h arrives (late): u was not
+    inactive for a day after all. A false alarm, never a reactivation."""
+    notified = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + 25 * HOUR_MS)],
+                    rules=WinbackRules((1,), DAY_MS, 7))
+    after = plan_notifications([(1, ("a", "u"), BASE_MS + DAY_MS)], notified.users,
+                               BASE_MS + 25 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
+                               WinbackRules((1,), DAY_MS, 7), notified.arrivals)
+    assert len(after.messages) == 1
+    late = plan([session("u", 1, BASE_MS + 20 * HOUR_MS)], after.users,
+                watermark=BASE_MS + 25 * HOUR_MS, rules=WinbackRules((1,), DAY_MS, 7))
+    assert late.reactivations == []
+    assert late.stats["false:a:1:free:quick"] == 1
+    assert late.stats["inactive:a:1"] == -1
+    assert "react:a:1:free:quick" not in late.stats
+
+
+def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
+    """Wall clock, first start on old data: a moment 23 h ago goes out, one 25 h ago not."""
+    state = {("a", u): UserState(BASE_MS, BASE_MS + h * HOUR_MS, 0, frozenset({0}),
+                                 frozenset()) for u, h in (("fresh", 2), ("stale", 0))}
+    now = BASE_MS + 2 * HOUR_MS + DAY_MS + 23 * HOUR_MS
+    due = [(1, ("a", "fresh"), BASE_MS + 26 * HOUR_MS), (1, ("a", "stale"), BASE_MS + DAY_MS)]
+    found = plan_notifications(due, state, now, lambda _a: UTC, DEFAULT_RULES,
+                               WinbackRules((1,), DAY_MS, 7))
+    assert [m["user_id"] for m in found.messages] == ["fresh"]
+    assert found.stats["expired:a:1"] == 1
+    assert found.users[("a", "stale")].expired_days == (1,)
+
+
+def test_no_thresholds_no_win_back() -> None:
+    found = plan([session("u", 0, BASE_MS), session("u", 1, BASE_MS + 30 * DAY_MS)],
+                 rules=WinbackRules((), DAY_MS, 7))
+    assert found.notifications == [] and found.reactivations == []
+    assert not any(k.startswith(("sent:", "inactive:", "expired:")) for k in found.stats)
+
+
+def test_marks_survive_the_codec_and_old_records_still_decode() -> None:
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
+                      notified_episode_ms=BASE_MS + 5, notified_days=(2,), expired_days=(7,))
+    assert decode_user(encode_user(state)) == state
+    old = bytearray(encode_user(UserState(BASE_MS, BASE_MS, 19723, frozenset({19723}),
+                                          frozenset(), notified_episode_ms=BASE_MS,
+                                          notified_days=(1,))))
+    # version 3 wrote the days without the expired flag: 1 was written as 1, not 2
+    old[0] = 3
+    index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
+    old[index] = 1
+    decoded = decode_user(bytes(old))
+    assert (decoded.notified_days, decoded.expired_days) == ((1,), ())
+
+
+# ---- the property: any batching gives the plain simulation's episodes ----------------------
+
+
+@dataclass
+class Outcome:
+    """Episodes as (user, days, episode last_active ms), by what became of them."""
+
+    sent: set[tuple[str, int, int]] = field(default_factory=set)
+    expired: Counter[int] = field(default_factory=Counter)  # per threshold
+    returns: set[tuple[str, int, int]] = field(default_factory=set)
+    false_alarms: Counter[int] = field(default_factory=Counter)
+
+
+async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRules
+                 ) -> Outcome:
+    """The worker's event-clock loop on one partition: each batch planned and applied, then
+    the pass over the due set at the new watermark."""
+    out = Outcome()
+    stats: Counter[str] = Counter()
+    offset = 0
+    for batch in batches:
+        items = [(offset + i, -1, e) for i, e in enumerate(batch)]
+        offset += len(batch)
+        loaded = await store.load_batch(0, ["t"], [(e.app, e.user_id) for e in batch],
+                                        [dedup_key(e.app, e.event_id) for e in batch], BASE_MS)
+        found = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
+                           400, lambda _a: UTC, DEFAULT_RULES, winback=rules, event_clock=True)
+        assert await store.apply_plan(0, loaded, {"t": offset}, found, rules.thresholds)
+        messages = list(found.notifications)
+        returns = list(found.reactivations)
+        stats.update(found.stats)
+        now = found.watermark_ms or 0
+        due = await store.due_entries(0, rules.thresholds, now)
+        if due:
+            users = [u for _, u, _ in due]
+            held = await store.load_batch(0, [], users, [], BASE_MS)
+            passed = plan_notifications(due, held.states, now, lambda _a: UTC, DEFAULT_RULES,
+                                        rules, found.arrivals, found.known_ms)
+            assert await store.apply_notifications(0, held, passed)
+            messages += passed.messages
+            stats.update(passed.stats)
+        for m in messages:
+            key = (m["user_id"], m["threshold_days"], _ms(m["last_active"]))
+            assert key not in out.sent, f"sent twice: {key}"
+            out.sent.add(key)
+        for m in returns:
+            out.returns |= {(m["user_id"], d, _ms(m["last_active"])) for d in m["threshold_days"]}
+    for key, value in stats.items():
+        kind, _app, days, *_ = key.split(":")
+        if kind in ("false", "expired"):
+            (out.false_alarms if kind == "false" else out.expired)[int(days)] += value
+    out.false_alarms, out.expired = +out.false_alarms, +out.expired
+    return out
+
+
+def _ms(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Event]:
+    """A few users with gaps of hours to days, delivered roughly in time order: each event
+    may arrive up to 30 h late."""
+    events = []
+    for u in range(draw(st.integers(1, 5))):
+        ts = BASE_MS + draw(st.integers(0, 48)) * HOUR_MS
+        for n in range(draw(st.integers(1, 8))):
+            events.append(session(f"u{u}", n, ts))
+            ts += draw(st.sampled_from([1, 5, 20, 26, 40, 50, 75])) * HOUR_MS
+    delays = [draw(st.sampled_from([0, 0, 0, 2, 30])) * HOUR_MS for _ in events]
+    return [e for _, e in sorted(zip(delays, events, strict=True),
+                                 key=lambda p: p[1].ts_ms + p[0])]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=histories(), seed=st.integers(0, 2**32 - 1))
+def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: list[Event],
+                                                     seed: int) -> None:
+    rng = random.Random(seed)
+    batches, i = [], 0
+    while i < len(stream):
+        size = rng.randint(1, 8)
+        batches.append(stream[i:i + size])
+        i += size
+    expected = reference.inactivity_episodes(stream, RULES.thresholds, RULES.max_delay_ms)
+
+    async def scenario() -> Outcome:
+        client = aioredis.from_url(redis_url)
+        prefix = f"wb-{rng.getrandbits(48):x}"
+        store = RedisStore(client, prefix=prefix, user_buckets=2, dedup_buckets=2,
+                           state_cache_users=rng.choice([0, 50]))
+        try:
+            return await replay(store, batches, RULES)
+        finally:
+            keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    got = asyncio.run(scenario())
+    assert got.sent == expected["sent"]
+    assert got.expired == Counter(d for _, d, _ in expected["expired"])
+    assert got.returns == expected["returns"]
+    assert got.false_alarms == Counter(d for _, d, _ in expected["false_alarms"])
