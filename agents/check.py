@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import click
 import orjson
@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retention_tracker.streams.settings import ConfigError, Settings
+from retention_tracker.streams.settings import ConfigError, Settings, mask_url
 from retention_tracker.streams.store import Keyspace
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
@@ -42,23 +42,6 @@ class Check:
     check: str
     status: str
     detail: str
-
-
-def mask_url(url: str) -> str:
-    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``; comma-separated
-    lists (bootstrap servers) are masked part by part."""
-    if "," in url:
-        return ",".join(mask_url(part) for part in url.split(","))
-    try:
-        parts = urlsplit(url.strip())
-        password = parts.password
-    except ValueError:
-        return "<unparsable URL>"
-    if not password:
-        return url.strip()
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _secrets(*urls: str) -> list[str]:
