@@ -60,7 +60,7 @@ def _date_param(request: Request, name: str) -> date | None:
     try:
         return parse_date(raw)
     except ValueError as exc:
-        raise QueryError(f"{name}: {exc}") from None
+        raise QueryError(str(exc), name) from None
 
 
 class _FrameBoot(BootStrategy):
@@ -156,7 +156,7 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
         try:
             return view.json(await build())
         except QueryError as exc:
-            return view.json({"error": str(exc)}, status=400)
+            return view.json({"error": exc.shown(), "parameter": exc.param}, status=400)
 
     @app.page("/retention/cohorts")
     class Cohorts(View):
