@@ -209,7 +209,9 @@ async def daily_report(
     doc = _header(app, calendar, segment, as_of=iso_time(now))
     if last is None:
         return {**doc, "days": []}
-    first = date_to_day(date_from) if date_from else last - DAILY_DAYS + 1
+    days_with_data = [int(k[4:]) for k, v in daily.items() if k.startswith("dau:") and v > 0]
+    first = (date_to_day(date_from) if date_from
+             else max(last - DAILY_DAYS + 1, min(days_with_data, default=last)))
     if last - first + 1 > settings.horizon_days:
         raise QueryError(f"at most {settings.horizon_days} days (HORIZON_DAYS) at a time",
                          "from")
