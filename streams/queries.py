@@ -426,7 +426,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
         today = calendar.day_of(now)
         names = [f"{n}:{today}" for n in ("dau", "ins", "new", "pay")]
         daily = await store.read_fields(app, "daily", names)
-        for pattern in (f"rev:{today}:*", "wae:*", "mae:*"):
+        for pattern in ("rev:*", "wae:*", "mae:*"):  # rev: every day's, for the currencies
             daily.update(await store.read_matching(app, "daily", pattern))
         summary = day_summary(app, today, daily)
         summary.update(money_of_day(daily, today, summary["dau"]))
@@ -451,6 +451,31 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             "winback": await winback_figures(store, settings, app, stats),
             "summary": summary,
             "cohorts": shown,
+            "money": await _recent_money(store, settings, app, calendar, now, today, daily),
             "headline": {n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
         }
     return {"now_ms": now, "apps": apps, "stats": stats}
+
+
+async def _recent_money(
+    store: RedisStore, settings: Settings, app: str, calendar: AppCalendar, now: int,
+    today: int, daily: Counter[str],
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """LTV (per currency with revenue in the window) and ROAS (in CURRENCY, the currency of
+    costs) of the last METRICS_COHORT_DAYS daily cohorts: kind -> currency -> rows."""
+    first = today - settings.metrics_cohort_days + 1
+    currencies = sorted({k.rsplit(":", 1)[1] for k, v in daily.items()
+                         if k.startswith("rev:") and v and int(k.split(":")[1]) >= first})
+    cohorts = range(first, today + 1)
+    sizes = await store.read_fields(app, "coh:day", [str(c) for c in cohorts])
+    costs = await store.read_fields(app, "cost:day", [str(c) for c in cohorts])
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {"ltv": {}, "roas": {}}
+    for currency in currencies:
+        fields = [f"{c}:{n}:{currency}" for c in cohorts for n in range(today - c + 1)]
+        cells = await store.read_fields(app, "ltv:day", fields)
+        out["ltv"][currency] = money_rows(sizes, cells, costs, "ltv", "day", currency,
+                                          calendar, now, today)
+        if currency == settings.currency:
+            out["roas"][currency] = money_rows(sizes, cells, costs, "roas", "day", currency,
+                                               calendar, now, today)
+    return out
