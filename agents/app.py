@@ -25,9 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from retention_tracker.streams.calendar import accelerated_clock, parse_date
 from retention_tracker.streams.queries import (
     QueryError,
+    apps_report,
     cohort_report,
+    daily_report,
+    headline_report,
     kpis_report,
     live_figures,
+    pipeline_report,
     repeat_purchase_report,
     summary_report,
     value_segments_report,
@@ -61,7 +65,10 @@ def _date_param(request: Request, name: str) -> date | None:
     try:
         return parse_date(raw)
     except ValueError as exc:
-        raise QueryError(f"{name}: {exc}") from None
+        raise QueryError(str(exc), name) from None
+
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 class _FrameBoot(BootStrategy):
@@ -72,6 +79,16 @@ class _FrameBoot(BootStrategy):
 
 class TrackerApp(faust.App):
     BootStrategy = _FrameBoot
+
+    def _new_web(self) -> Any:
+        """Faust's web driver without its placeholder index ({"status": "OK"} at ``/``): the
+        worker's own page is served there, and ``/health`` answers liveness probes."""
+        driver = super()._new_web()
+        driver.blueprints._enabled = [
+            (prefix, bp) for prefix, bp in driver.blueprints._enabled
+            if "production_index" not in str(bp)
+        ]
+        return driver
 
 
 def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
@@ -158,7 +175,7 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
         try:
             return view.json(await build())
         except QueryError as exc:
-            return view.json({"error": str(exc)}, status=400)
+            return view.json({"error": exc.shown(), "parameter": exc.param}, status=400)
 
     @app.page("/retention/cohorts")
     class Cohorts(View):
@@ -215,4 +232,61 @@ def create_app(settings: Settings, fatal: list[str] | None = None) -> faust.App:
             return await _answer(self, lambda: value_segments_report(
                 store, settings, request.query.get("app", "default")))
 
+    @app.page("/retention/daily")
+    class Daily(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            return await _answer(self, lambda: daily_report(
+                store, settings, q.get("app", "default"), _date_param(request, "from"),
+                _date_param(request, "to"), q.getall("where", []),
+            ))
+
+    @app.page("/retention/headline")
+    class Headline(View):
+        async def get(self, request: Request) -> Response:
+            q = request.query
+            return await _answer(self, lambda: headline_report(
+                store, settings, q.get("app", "default"), q.getall("where", [])))
+
+    @app.page("/retention/apps")
+    class Apps(View):
+        async def get(self, request: Request) -> Response:
+            return await _answer(self, lambda: apps_report(store, settings))
+
+    @app.page("/retention/pipeline")
+    class Pipeline(View):
+        async def get(self, request: Request) -> Response:
+            async def build() -> dict[str, Any]:
+                doc = await pipeline_report(store, settings)
+                doc["lag"] = worker_lag(worker_metrics)
+                return doc
+
+            return await _answer(self, build)
+
+    _add_page_routes(app)
     return app
+
+
+def worker_lag(metrics: WorkerMetrics) -> dict[str, int]:
+    """This worker's consumer lag per topic/partition (the partitions it consumes)."""
+    return {
+        f"{sample.labels['topic']}/{sample.labels['partition']}": int(sample.value)
+        for family in metrics.lag.collect() for sample in family.samples
+    }
+
+
+def _add_page_routes(app: faust.App) -> None:
+    """The page at ``/`` and its files (our HTML, JS, CSS and the vendored chart library,
+    shipped as package data), and ``/health`` for liveness probes. Read-only, offline."""
+
+    @app.page("/")
+    class Page(View):
+        async def get(self, request: Request) -> Response:
+            return self.html((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "OK"})
+
+    app.web.add_static("/static/", STATIC_DIR)

@@ -24,7 +24,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import click
 import orjson
@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from retention_tracker.streams.events import FORWARD_CAUSES
-from retention_tracker.streams.settings import ConfigError, Settings
+from retention_tracker.streams.settings import ConfigError, Settings, mask_url
 from retention_tracker.streams.store import Keyspace
 
 from .rekey import partition_count_problem
@@ -59,23 +59,6 @@ class Check:
     check: str
     status: str
     detail: str
-
-
-def mask_url(url: str) -> str:
-    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``; comma-separated
-    lists (bootstrap servers) are masked part by part."""
-    if "," in url:
-        return ",".join(mask_url(part) for part in url.split(","))
-    try:
-        parts = urlsplit(url.strip())
-        password = parts.password
-    except ValueError:
-        return "<unparsable URL>"
-    if not password:
-        return url.strip()
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _secrets(*urls: str) -> list[str]:

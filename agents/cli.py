@@ -28,7 +28,7 @@ from retention_tracker.streams.queries import (
 )
 from retention_tracker.streams.settings import ConfigError, Settings
 
-from .render import key_values, kpis_table, rpr_text, segments_table, triangle_table
+from .render import kpis_table, rpr_text, segments_table, summary_text, triangle_table
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -61,7 +61,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except QueryError as exc:
-        raise Fatal(str(exc)) from None
+        raise Fatal(exc.shown("--")) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Fatal(f"cannot reach Redis: {exc}") from None
     except redis.exceptions.AuthenticationError as exc:
@@ -136,7 +136,7 @@ def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: boo
 
     settings = _settings()
     doc = _run(lambda: summary_report(make_store(settings), settings, app_name, on, where))
-    _emit(doc, as_json, key_values)
+    _emit(doc, as_json, summary_text)
 
 
 @cli.command()

@@ -92,6 +92,7 @@ def _answers(web: str) -> bool:
 def _banner(env: dict[str, str], web: str, workdir: Path, days: int, spd: float) -> str:
     exports = f"export KAFKA_BROKER={env['KAFKA_BROKER']} REDIS_URL={env['REDIS_URL']} CLOCK=event"
     return "\n".join([
+        f"open {web}/  (the tracker's page: live charts, cohorts, money, win-back)",
         "retention demo is running",
         f"  broker  {env['KAFKA_BROKER']}",
         f"  redis   {env['REDIS_URL']}",

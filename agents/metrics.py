@@ -38,6 +38,10 @@ GLOBAL_GAUGES = {
     "retention_cohort_retention": "share of a daily cohort active on day N (classic) or on "
     "day N or later (rolling)",
     "retention_cohort_complete": "1 when the cohort's day N has ended",
+    "retention_cohort_ltv": "cumulative revenue per user of a recent daily cohort by day N, "
+    "per currency",
+    "retention_cohort_roas": "LTV / CAC of a recent daily cohort by day N (in the currency of "
+    "install costs)",
     "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
     "mean of the 7 latest complete cohorts",
     "retention_watermark_seconds": "latest event time applied, per partition",
@@ -105,6 +109,7 @@ class SnapshotCollector(Collector):
         for app, figures in apps.items():
             self._summary(gauges, app, figures["summary"])
             self._cohorts(gauges, app, figures)
+            self._money(gauges, app, figures.get("money", {}))
             self._winback(gauges, counters, app, figures.get("winback", {}), snap.stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
@@ -182,6 +187,19 @@ class SnapshotCollector(Collector):
                 counters[name].add_metric(list(labels), value)
 
 
+    def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
+               money: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+        """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
+        for kind, by_currency in money.items():
+            for currency, rows in by_currency.items():
+                for row in rows:
+                    for offset in (n for n in self.offsets if n < len(row["values"])):
+                        value = row["values"][offset]
+                        if value is not None:  # ROAS of a cohort without costs
+                            gauges[f"retention_cohort_{kind}"].add_metric(
+                                [app, row["cohort"], str(offset), currency], value)
+
+
 _EVENT_COUNTERS = {"acc": "retention_events_accepted", "rej": "retention_events_rejected",
                    "dup": "retention_events_duplicate", "fwd": "retention_events_forwarded"}
 _WINBACK_COUNTERS = {"sent": "retention_notifications_sent",
@@ -206,6 +224,8 @@ _GAUGE_LABELS = {
     "retention_cohort_size": ["app", "cohort"],
     "retention_cohort_retention": ["app", "kind", "cohort", "offset"],
     "retention_cohort_complete": ["app", "cohort", "offset"],
+    "retention_cohort_ltv": ["app", "cohort", "offset", "currency"],
+    "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
     "retention_headline_retention": ["app", "day", "stat"],
     "retention_watermark_seconds": ["partition"],
     "retention_inactive_users": ["app", "threshold"],

@@ -48,22 +48,102 @@ def _cell(kind: str, value: float | None) -> str:
     return f"{value * 100:.1f}%"
 
 
-def key_values(doc: dict[str, Any]) -> str:
-    width = max(len(k) for k in doc)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in doc.items())
+INSTALLS_NOTE = ("installs count users with an install event that day, new users those first\n"
+                 "seen that day: they differ on reinstalls and on install events that never "
+                 "arrived")
+LIVE_MARK = "~"
 
 
-def _table(head: str, columns: list[str], rows: list[list[Any]]) -> str:
+def summary_text(doc: dict[str, Any]) -> str:
+    """A day's figures, then money and win-back as aligned tables; live numbers flagged."""
+    head = f"summary of app {doc['app']} on {doc['date']}"
+    if "segment" in doc:
+        head += f", segment {doc['segment']}"
+    if not doc["complete"]:
+        head += " (day not ended yet: live numbers)"
+    people = [
+        ["DAU", doc["dau"], ""], ["WAU", doc["wau"], ""], ["MAU", doc["mau"], ""],
+        ["stickiness", _share(doc["stickiness"], doc["mau"]), "DAU / MAU"],
+        ["installs", doc["installs"], "see note"], ["new users", doc["new_users"], "see note"],
+        ["returning users", doc["returning_users"], "DAU - new users"],
+    ]
+    blocks = [_table(head, ["figure", "value", ""], people, left=(0, 2)),
+              f"note: {INSTALLS_NOTE}", _money_block(doc)]
+    if "winback" in doc:
+        blocks.append(_winback_block(doc["winback"], doc["winback_as_of"],
+                                     doc["date"] if doc["complete"] else None))
+    if "forwarded" in doc:
+        blocks.append(_forwarded_line(doc["forwarded"]))
+    return "\n\n".join(blocks)
+
+
+def _money_block(doc: dict[str, Any]) -> str:
+    head = f"money on {doc['date']}, payers: {doc['payers']}"
+    if not doc["revenue"]:
+        return head + ", no revenue"
+    rows = [[currency, f"{amount:,.2f}", _amount(doc["arpdau"].get(currency)),
+             _amount(doc["arppu"].get(currency))] for currency, amount in doc["revenue"].items()]
+    return _table(head, ["currency", "revenue", "ARPDAU", "ARPPU"], rows, left=(0,))
+
+
+def _amount(value: float | None) -> str | None:
+    return None if value is None else f"{value:,.4f}"
+
+
+def _winback_block(winback: dict[str, Any], as_of: str, past_day: str | None) -> str:
+    """Win-back figures exist as live totals only: a past day's summary says so."""
+    head = f"win-back: live totals as of {as_of}"
+    if past_day:
+        head += f", not of {past_day} (the tracker keeps no history of them)"
+    rows = []
+    for days, found in winback.items():
+        rows.append([f"{days}d", "all", found["inactive"], found["expired"],
+                     *_winback_cells(found)])
+        for group in ("by_segment", "by_churn_type"):
+            for value, part in found[group].items():
+                rows.append(["", value, "", "", *_winback_cells(part)])
+    columns = ["threshold", "users", "inactive now", "expired", "notified", "false alarms",
+               "reactivated", "back in 7d"]
+    return _table(head, columns, rows, left=(1,))
+
+
+def _winback_cells(found: dict[str, Any]) -> list[Any]:
+    return [found["notified"], found["false_alarms"], found["reactivated"],
+            _share(found["back_within_7d_share"], found["notified"])]
+
+
+def _forwarded_line(forwarded: dict[str, int]) -> str:
+    """How many events producers sent away from their user's partition (all time)."""
+    total = sum(forwarded.values())
+    if not total:
+        return "forwarded to their home partition: none (every event was keyed by its user)"
+    causes = ", ".join(f"{cause} {n:,}" for cause, n in forwarded.items() if n)
+    return (f"forwarded to their home partition: {total:,} events ({causes}); figures are "
+            "exact, `retention check` says how to fix the producer")
+
+
+def _table(head: str, columns: list[str], rows: list[list[Any]], left: tuple[int, ...] = ()
+           ) -> str:
+    """Columns right-aligned (numbers line up), those in ``left`` left-aligned (labels);
+    None shows as '-'."""
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c)
               for i, c in enumerate(columns)]
-    lines = [head, "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i in left else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    return "\n".join([head, line(columns), *(line(r) for r in cells)])
 
 
 def _pct(value: float | None) -> str | None:
     return None if value is None else f"{value * 100:.1f}%"
+
+
+def _share(value: float | None, whole: int) -> str | None:
+    """A rate as %, or '-' when its denominator is 0 (0 of 0 is no rate, not 0%)."""
+    return _pct(value) if whole else None
 
 
 def _money(amounts: dict[str, float]) -> str:
@@ -71,25 +151,33 @@ def _money(amounts: dict[str, float]) -> str:
 
 
 def kpis_table(doc: dict[str, Any]) -> str:
+    """Period KPIs; a period that has not ended carries '~' (its CRR and churn are live)."""
     head = f"KPIs of app {doc['app']} by {doc['period']}, {doc['timezone']}"
     if "segment" in doc:
         head += f", segment {doc['segment']}"
     columns = ["period", "active", "new", "returning", "CRR", "churn", "revenue", "payers", "RPR"]
-    rows = [[p["period"], p["active"], p["new_users"], p["returning"], _pct(p["crr"]),
-             _pct(p["churn"]), _money(p["revenue"]), p["payers"], _pct(p["rpr"])]
+    rows = [[p["period"] + ("" if p["complete"] else LIVE_MARK), p["active"], p["new_users"],
+             p["returning"], _pct(p["crr"]), _pct(p["churn"]), _money(p["revenue"]),
+             p["payers"], _share(p["rpr"], p["payers"])]
             for p in doc["periods"]]
-    return _table(head, columns, rows)
+    text = _table(head, columns, rows)
+    if any(not p["complete"] for p in doc["periods"]):
+        text += (f"\n{LIVE_MARK} the period has not ended yet: its CRR and churn are live "
+                 "numbers, not results")
+    return text
 
 
 def rpr_text(doc: dict[str, Any]) -> str:
     life = doc["lifetime"]
-    lines = [f"repeat purchase rate, app {doc['app']}: lifetime {_pct(life['rpr'])} "
+    lines = [f"repeat purchase rate, app {doc['app']}: lifetime "
+             f"{_share(life['rpr'], life['buyers']) or '-'} "
              f"({life['repeat_buyers']} of {life['buyers']} buyers)"]
     if "window" in doc:
         w = doc["window"]
-        lines.append(f"window {w['from'] or '...'} to {w['to'] or '...'}: {_pct(w['rpr'])} "
+        lines.append(f"window {w['from'] or '...'} to {w['to'] or '...'}: "
+                     f"{_share(w['rpr'], w['buyers']) or '-'} "
                      f"({w['repeat_buyers']} of {w['buyers']} buyers)")
-    rows = [[c["cohort"], c["buyers"], c["repeat_buyers"], _pct(c["rpr"])]
+    rows = [[c["cohort"], c["buyers"], c["repeat_buyers"], _share(c["rpr"], c["buyers"])]
             for c in doc["cohorts"]]
     return "\n".join(lines) + "\n" + _table("by cohort", ["cohort", "buyers", "repeat", "RPR"],
                                              rows)

@@ -485,12 +485,51 @@ def money() -> dash_b.Dashboard:
                    "{{currency}}", per_currency)],
             unit=unit,
         ))
-    return board.with_panel(timeseries(
+    board = board.with_panel(timeseries(
         "Payers against DAU today",
         [query(app_gauge("retention_payers"), "payers", ("app",)),
          query(app_gauge("retention_dau"), "DAU", ("app",))],
         description="How many of today's active users paid.",
     ))
+    board = board.with_panel(cohort_money(
+        "LTV by daily cohort and day N", "retention_cohort_ltv", "short",
+        "Cumulative revenue per user of each recent daily cohort by day N, one row per "
+        "cohort and currency (no FX). Live cells included: `retention report --kind ltv` "
+        "marks the incomplete ones.",
+    ))
+    return board.with_panel(cohort_money(
+        "ROAS by daily cohort and day N", "retention_cohort_roas", "percentunit",
+        "LTV / CAC of each recent daily cohort by day N, in the currency of install costs "
+        "(CURRENCY). Below 100%: the cohort has not paid back its acquisition cost yet.",
+    ))
+
+
+def cohort_money(title: str, metric: str, unit: str, description: str) -> table_b.Panel:
+    """A cohort x offset table of a money gauge; rows are "cohort currency"."""
+    corner = "row\\offset"  # the name groupingToMatrix gives the row-label column
+    order = {corner: 0, **{str(n): i + 1 for i, n in enumerate(Settings().metrics_offsets)}}
+    names = {corner: "cohort", **{str(n): f"D{n}" for n in Settings().metrics_offsets}}
+    expr = (f'label_join(max by (cohort, currency, offset) ({metric}{{app="$app"}}), '
+            '"row", " ", "cohort", "currency")')
+    return (
+        table_b.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets([query(expr, "", ("cohort", "currency", "offset", "row"), table=True)])
+        .unit(unit)
+        .decimals(2)
+        .with_transformation(transform("groupingToMatrix", {
+            "rowField": "row", "columnField": "offset", "valueField": "Value",
+            "emptyValue": "null",
+        }))
+        .with_transformation(transform("sortBy", {"sort": [{"field": corner, "desc": True}]}))
+        .with_transformation(transform("organize", {"indexByName": order, "renameByName": names}))
+        .override_by_name(corner, [
+            dash_m.DynamicConfigValue(id_val="unit", value="none")])
+        .height(12)
+        .span(12)
+    )
 
 
 # ---- Win-back -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Both read Redis directly, so reports work with no worker running.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -35,7 +36,18 @@ _HEADLINE_COHORTS = 7
 
 
 class QueryError(ValueError):
-    """A bad query parameter or an unknown app: shown to the user as one line."""
+    """A bad query parameter or an unknown app: shown to the user as one line.
+
+    ``param`` names the parameter at fault the way HTTP spells it (``from``, ``where``); the
+    CLI shows it as its flag (``--from``), so neither side names the other's syntax."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def shown(self, prefix: str = "") -> str:
+        """The line to show: ``prefix`` is ``"--"`` for the CLI, empty for HTTP."""
+        return f"{prefix}{self.param}: {self}" if self.param else str(self)
 
 
 async def now_ms(store: RedisStore, settings: Settings) -> int:
@@ -66,16 +78,45 @@ def segment_of(where: Sequence[str] = ()) -> str:
         return ALL_USERS
     if len(where) > 1:
         raise QueryError(
-            "one --where at a time: the state keeps counters per single attribute value, "
-            "not per combination (see README 'Segments')"
+            "one segment at a time: the state keeps counters per single attribute value, "
+            "not per combination (see README 'Segments')", "where",
         )
     name, sep, value = where[0].partition("=")
     if not sep or name not in SEGMENT_ATTRIBUTES or not value:
-        raise QueryError(f"--where {where[0]!r}: expected one of "
-                         f"{', '.join(SEGMENT_ATTRIBUTES)} as attr=value")
+        raise QueryError(f"{where[0]!r}: expected one of "
+                         f"{', '.join(SEGMENT_ATTRIBUTES)} as attr=value", "where")
     if name == "value" and value not in VALUE_SEGMENTS:
-        raise QueryError(f"--where value=...: one of {', '.join(VALUE_SEGMENTS)}")
+        raise QueryError(f"value=...: one of {', '.join(VALUE_SEGMENTS)}", "where")
     return f"{name}={value}"
+
+
+def check_window(date_from: date | None, date_to: date | None) -> None:
+    """A reversed window is a typo, not an empty answer."""
+    if date_from and date_to and date_from > date_to:
+        raise QueryError(
+            f"{date_from.isoformat()} is after the window's end ({date_to.isoformat()})", "from")
+
+
+CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")
+
+
+def money_currency(
+    settings: Settings, app: str, kind: str, currency: str | None, ltv_cells: Counter[str]
+) -> str:
+    """The currency of an ltv or roas triangle: one the app has revenue in (or CURRENCY);
+    ROAS only in CURRENCY, the currency install costs are kept in (no FX)."""
+    currency = currency or settings.currency
+    if not CURRENCY_RE.match(currency):
+        raise QueryError(f"{currency!r} must be an ISO 4217 code such as USD", "currency")
+    if kind == "roas" and currency != settings.currency:
+        raise QueryError(
+            f"ROAS divides revenue by install costs, which are kept in {settings.currency} "
+            f"(CURRENCY); ROAS in {currency} would need exchange rates", "currency")
+    known = {k.rsplit(":", 1)[1] for k, v in ltv_cells.items() if v} | {settings.currency}
+    if currency not in known:
+        raise QueryError(f"no revenue in {currency} for app {app!r} "
+                         f"(currencies: {', '.join(sorted(known))})", "currency")
+    return currency
 
 
 def _header(app: str, calendar: AppCalendar, segment: str, **extra: Any) -> dict[str, Any]:
@@ -97,9 +138,10 @@ async def cohort_report(
     currency: str | None = None,
 ) -> dict[str, Any]:
     if granularity not in GRANULARITIES:
-        raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
     if kind not in KINDS + MONEY_KINDS:
-        raise QueryError(f"kind must be one of {', '.join(KINDS + MONEY_KINDS)}")
+        raise QueryError(f"one of {', '.join(KINDS + MONEY_KINDS)}", "kind")
+    check_window(date_from, date_to)
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
@@ -115,10 +157,12 @@ async def cohort_report(
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
     else:
-        currency = currency or settings.currency
-        if kind != "payer_conversion":
-            doc["currency"] = currency
         cells = await family(f"{'fpay' if kind == 'payer_conversion' else 'ltv'}:{granularity}")
+        if kind != "payer_conversion":
+            currency = money_currency(settings, app, kind, currency, cells)
+            doc["currency"] = currency
+        else:
+            currency = currency or settings.currency  # unused: conversion counts users
         costs = await family(f"cost:{granularity}") if kind == "roas" else Counter()
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
@@ -129,17 +173,23 @@ async def summary_report(
     store: RedisStore, settings: Settings, app: str, on: date | None = None,
     where: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """One day's figures. ``complete`` is false while the day has not ended (live numbers);
+    win-back figures exist only as live totals, so they carry their own ``winback_as_of``
+    whatever the day asked for."""
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
-    day = date_to_day(on) if on else calendar.day_of(await now_ms(store, settings))
+    now = await now_ms(store, settings)
+    day = date_to_day(on) if on else calendar.day_of(now)
     daily = await store.read_family(app, "daily", segment)
     doc = day_summary(app, day, daily)
     doc.update(money_of_day(daily, day, doc["dau"]))
+    doc["complete"] = calendar.period_end_ms(day, "day") <= now
     if segment != ALL_USERS:
         doc["segment"] = segment
     else:
         stats = await store.read_stats()
         doc["winback"] = await winback_figures(store, settings, app, stats)
+        doc["winback_as_of"] = iso_time(now)
         doc["forwarded"] = forwarded_figures(stats, app)
     return doc
 
@@ -178,6 +228,110 @@ def winback_counts(stats: Mapping[str, int], app: str, thresholds: Sequence[int]
             churn = labels[1] if len(labels) > 1 else "late"
             by_segment[churn] = by_segment.get(churn, 0) + value
     return counts
+
+
+DAILY_DAYS = 90
+
+
+async def daily_report(
+    store: RedisStore, settings: Settings, app: str, date_from: date | None = None,
+    date_to: date | None = None, where: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The summary of every day in a window (default: the last DAILY_DAYS days with data),
+    for charts of DAU against installs. Same figures as ``summary`` day by day."""
+    check_window(date_from, date_to)
+    segment = segment_of(where)
+    calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
+    daily = await store.read_family(app, "daily", segment)
+    last = date_to_day(date_to) if date_to else last_day_with_data(daily)
+    doc = _header(app, calendar, segment, as_of=iso_time(now))
+    if last is None:
+        return {**doc, "days": []}
+    days_with_data = [int(k[4:]) for k, v in daily.items() if k.startswith("dau:") and v > 0]
+    first = (date_to_day(date_from) if date_from
+             else max(last - DAILY_DAYS + 1, min(days_with_data, default=last)))
+    if last - first + 1 > settings.horizon_days:
+        raise QueryError(f"at most {settings.horizon_days} days (HORIZON_DAYS) at a time",
+                         "from")
+    days = []
+    for day in range(first, last + 1):
+        figures = day_summary(app, day, daily)
+        figures.update(money_of_day(daily, day, figures["dau"]))
+        figures["complete"] = calendar.period_end_ms(day, "day") <= now
+        days.append(figures)
+    return {**doc, "days": days}
+
+
+async def apps_report(store: RedisStore, settings: Settings) -> dict[str, Any]:
+    """The apps with data and what the page's pickers offer."""
+    zones = await store.app_timezones()
+    return {
+        "apps": [{"app": app, "timezone": zones[app]} for app in sorted(zones)],
+        "currency": settings.currency,
+        "thresholds": list(settings.inactivity_thresholds),
+        "segment_attributes": list(SEGMENT_ATTRIBUTES),
+        "value_segments": list(VALUE_SEGMENTS),
+    }
+
+
+def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """D1/D7/D30 of the latest complete daily cohort and the mean of the 7 latest (§4)."""
+    out: dict[str, Any] = {}
+    for n in HEADLINE_DAYS:
+        found = headline(rows, n, _HEADLINE_COHORTS)
+        out[f"d{n}"] = found[0] if found else None
+        out[f"d{n}_mean7"] = found[1] if found else None
+    return out
+
+
+async def headline_report(
+    store: RedisStore, settings: Settings, app: str, where: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The headline D1/D7/D30 against their baseline, for one segment or all users."""
+    segment = segment_of(where)
+    calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
+    rows = cohort_rows(
+        await store.read_family(app, "coh:day", segment),
+        await store.read_family(app, "cls:day", segment), "classic", "day", calendar, now,
+        last_day_with_data(await store.read_family(app, "daily", segment)),
+    )
+    return {**_header(app, calendar, segment, as_of=iso_time(now)),
+            "headline": headline_figures(rows)}
+
+
+async def pipeline_report(store: RedisStore, settings: Settings) -> dict[str, Any]:
+    """Pipeline health from Redis (the same on every worker): accepted events by app and
+    type, rejects by reason, duplicates by app, and each partition's event-time watermark."""
+    now = await now_ms(store, settings)
+    accepted: dict[str, dict[str, int]] = {}
+    rejected: dict[str, int] = {}
+    duplicates: dict[str, int] = {}
+    forwarded: dict[str, dict[str, int]] = {}
+    stats = await store.read_stats()
+    for app in {key.split(":")[1] for key in stats if key.startswith("acc:")}:
+        forwarded[app] = forwarded_figures(stats, app)
+    for key, value in sorted(stats.items()):
+        kind, _, rest = key.partition(":")
+        if kind == "acc":
+            app, _, event_type = rest.rpartition(":")
+            accepted.setdefault(app, {})[event_type] = value
+        elif kind == "rej":
+            rejected[rest] = value
+        elif kind == "dup":
+            duplicates[rest] = value
+    marks = {shard: p["watermark_ms"] for shard, p in
+             (await store.partition_progress([])).items() if p["watermark_ms"] is not None}
+    return {
+        "as_of": iso_time(now),
+        "accepted": accepted,
+        "rejected": rejected,
+        "duplicates": duplicates,
+        "forwarded": forwarded,
+        "watermarks": {str(shard): iso_time(int(ms))
+                       for shard, ms in sorted(marks.items())},
+    }
 
 
 async def winback_figures(
@@ -219,15 +373,19 @@ async def kpis_report(
     where: Sequence[str] = (),
 ) -> dict[str, Any]:
     if period not in ("week", "month"):
-        raise QueryError("period must be week or month")
+        raise QueryError("week or month", "period")
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
     families = {
         name: await store.read_family(app, f"{name}:{period}", segment)
         for name in ("act", "coh", "lost", "ppay", "prep", "prev")
     }
     periods = [int(p) for p, n in families["act"].items() if n > 0]
     rows = kpi_rows(families, period, min(periods), max(periods)) if periods else []
+    for number, row in enumerate(rows, start=min(periods, default=0)):
+        # §6: a period that has not ended is flagged; its CRR and churn are live numbers
+        row["complete"] = calendar.period_end_ms(number, period) <= now
     return {**_header(app, calendar, segment, period=period), "periods": rows}
 
 
@@ -238,7 +396,8 @@ async def repeat_purchase_report(
     """Lifetime RPR overall and per cohort from counters; for a window, from the users'
     purchase records (a scan of user state, not of events)."""
     if granularity not in GRANULARITIES:
-        raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
+    check_window(date_from, date_to)
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     per_cohort = await store.read_family(app, f"rpc:{granularity}", segment)
@@ -293,12 +452,8 @@ async def value_segments_report(
         daily = await store.read_family(app, "daily", segment)
         rows = cohort_rows(sizes, await store.read_family(app, "cls:day", segment), "classic",
                            "day", calendar, now, last_day_with_data(daily))
-        entry: dict[str, Any] = {"segment": value, "users": sum(sizes.values())}
-        for n in HEADLINE_DAYS:
-            found = headline(rows, n, _HEADLINE_COHORTS)
-            entry[f"d{n}"] = found[0] if found else None
-            entry[f"d{n}_mean7"] = found[1] if found else None
-        segments.append(entry)
+        segments.append({"segment": value, "users": sum(sizes.values()),
+                         **headline_figures(rows)})
     return {"app": app, "timezone": calendar.timezone, "as_of": iso_time(now),
             "segments": segments}
 
@@ -316,7 +471,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
         today = calendar.day_of(now)
         names = [f"{n}:{today}" for n in ("dau", "ins", "new", "pay")]
         daily = await store.read_fields(app, "daily", names)
-        for pattern in (f"rev:{today}:*", "wae:*", "mae:*"):
+        for pattern in ("rev:*", "wae:*", "mae:*"):  # rev: every day's, for the currencies
             daily.update(await store.read_matching(app, "daily", pattern))
         summary = day_summary(app, today, daily)
         summary.update(money_of_day(daily, today, summary["dau"]))
@@ -341,6 +496,31 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             "winback": await winback_figures(store, settings, app, stats),
             "summary": summary,
             "cohorts": shown,
+            "money": await _recent_money(store, settings, app, calendar, now, today, daily),
             "headline": {n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
         }
     return {"now_ms": now, "apps": apps, "stats": stats}
+
+
+async def _recent_money(
+    store: RedisStore, settings: Settings, app: str, calendar: AppCalendar, now: int,
+    today: int, daily: Counter[str],
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """LTV (per currency with revenue in the window) and ROAS (in CURRENCY, the currency of
+    costs) of the last METRICS_COHORT_DAYS daily cohorts: kind -> currency -> rows."""
+    first = today - settings.metrics_cohort_days + 1
+    currencies = sorted({k.rsplit(":", 1)[1] for k, v in daily.items()
+                         if k.startswith("rev:") and v and int(k.split(":")[1]) >= first})
+    cohorts = range(first, today + 1)
+    sizes = await store.read_fields(app, "coh:day", [str(c) for c in cohorts])
+    costs = await store.read_fields(app, "cost:day", [str(c) for c in cohorts])
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {"ltv": {}, "roas": {}}
+    for currency in currencies:
+        fields = [f"{c}:{n}:{currency}" for c in cohorts for n in range(today - c + 1)]
+        cells = await store.read_fields(app, "ltv:day", fields)
+        out["ltv"][currency] = money_rows(sizes, cells, costs, "ltv", "day", currency,
+                                          calendar, now, today)
+        if currency == settings.currency:
+            out["roas"][currency] = money_rows(sizes, cells, costs, "roas", "day", currency,
+                                               calendar, now, today)
+    return out

@@ -683,15 +683,20 @@ def summary(
     default_currency: str = DEFAULT_CURRENCY,
     vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
+    now_ms: int | None = None,
 ) -> dict:
     """Daily figures of `app` on local `date`.
 
     DAU, WAU, MAU, stickiness, installs, new and returning users, and per currency the
     revenue (only currencies with non-zero revenue that day), ARPDAU (revenue / DAU) and ARPPU
-    (revenue / payers, payers counted over all currencies), plus the number of payers.
+    (revenue / payers, payers counted over all currencies), plus the number of payers. With
+    `now_ms`, also "complete": whether the day has ended by then.
     """
     data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
-    return _summary_of(data, app, date)
+    figures = _summary_of(data, app, date)
+    if now_ms is not None:
+        figures["complete"] = period_end_ms(date, "day", tz) <= now_ms
+    return figures
 
 
 def daily_series(
@@ -731,6 +736,7 @@ def kpis(
     default_currency: str = DEFAULT_CURRENCY,
     vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
+    now_ms: int | None = None,
 ) -> list[dict]:
     """One row per week or month, from the first to the last period with data, oldest first.
 
@@ -738,7 +744,8 @@ def kpis(
     {"period", "active": E, "new_users": Nn, "returning": E - Nn, "crr": (E - Nn) / S,
     "churn": |active in P-1 and not in P| / S (both None when S == 0), "revenue": {currency:
     money}, "payers": users with a purchase in P, "rpr": users with >= 2 purchases in P /
-    payers (0.0 without payers)}.
+    payers (0.0 without payers)}. With `now_ms`, also "complete": whether the period has
+    ended by then (§6: an unfinished period's CRR and churn are live numbers).
     """
     if period not in KPI_PERIODS:
         raise ValueError(f"period must be one of {KPI_PERIODS}, not {period!r}")
@@ -788,6 +795,8 @@ def kpis(
                 "rpr": repeat["rpr"],
             }
         )
+        if now_ms is not None:
+            rows[-1]["complete"] = period_end_ms(current_period, period, tz) <= now_ms
         previous = active
         current_period = next_period_start(current_period, period)
     return rows

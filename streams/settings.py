@@ -12,6 +12,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from .winback import WinbackRules
@@ -119,6 +120,43 @@ def _currency(raw: str) -> str:
     if not re.fullmatch(r"[A-Z]{3}", code):
         raise ConfigError(f"CURRENCY={raw!r} must be an ISO 4217 code such as USD")
     return code
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``; comma-separated
+    lists (bootstrap servers) are masked part by part."""
+    if "," in url:
+        return ",".join(mask_url(part) for part in url.split(","))
+    try:
+        parts = urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if not password:
+        return url.strip()
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _redis_url(raw: str) -> str:
+    """Checked here so a typo is one line at start, not redis-py's traceback at first use."""
+    url = raw.strip() or "redis://127.0.0.1:6379/0"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parses and range-checks the port
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL={mask_url(url)!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL={mask_url(url)!r} must start with redis://, rediss:// "
+                          "or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"REDIS_URL={mask_url(url)!r} names no host")
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ConfigError(f"REDIS_URL={mask_url(url)!r}: the database ({database!r}) must be "
+                          "a number")
+    return url
 
 
 def _zone(name: str, where: str) -> str:
@@ -250,7 +288,7 @@ class Settings:
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME", ""),
             kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),
             kafka_ssl_cafile=env.get("KAFKA_SSL_CAFILE", "").strip(),
-            redis_url=env.get("REDIS_URL", d.redis_url).strip() or d.redis_url,
+            redis_url=_redis_url(env.get("REDIS_URL", d.redis_url)),
             input_topics=_list(env, "INPUT_TOPICS", "app-events"),
             dlq_topic=env.get("DLQ_TOPIC", d.dlq_topic).strip() or d.dlq_topic,
             group_id=group_id,

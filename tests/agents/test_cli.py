@@ -50,6 +50,21 @@ def test_a_bad_flag_is_a_usage_error() -> None:
     assert "not a date" in one_line_error(run("summary", "--date", "2024-13-45"))
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("localhost:6379", "must start with redis://, rediss:// or unix://"),
+        ("redis://127.0.0.1:port/0", "is not a URL"),
+        ("redis://:secret@127.0.0.1:99999/0", "redis://:***@127.0.0.1:99999/0"),
+        ("redis://127.0.0.1:6379/zero", "the database ('zero') must be a number"),
+    ],
+)
+def test_a_malformed_redis_url_is_one_line(url: str, expected: str) -> None:
+    for command in (["summary"], ["worker"]):
+        line = one_line_error(run(*command, REDIS_URL=url))
+        assert expected in line and "secret" not in line
+
+
 def test_unreachable_redis_is_one_line() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     assert "cannot reach Redis" in one_line_error(run("report", REDIS_URL=url))
@@ -59,7 +74,7 @@ def test_unreachable_redis_is_one_line() -> None:
 def test_where_combinations_are_refused_in_one_line(redis_url: str) -> None:
     line = one_line_error(run("report", "--where", "platform=ios", "--where", "country=BR",
                               REDIS_URL=redis_url))
-    assert "one --where at a time" in line
+    assert "--where: one segment at a time" in line
 
 
 def test_worker_refuses_a_second_calendar_for_an_app(redis_url: str, unique: str) -> None:

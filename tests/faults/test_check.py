@@ -14,8 +14,9 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from retention_tracker.agents.check import check, mask_url
+from retention_tracker.agents.check import check
 from retention_tracker.agents.local_stack import ensure_topics, free_port, start_redis
+from retention_tracker.streams.settings import mask_url
 from retention_tracker.streams.store import Keyspace
 from tests.e2e.harness import Deployment
 

@@ -1,0 +1,290 @@
+// The worker's page: reads the worker's own JSON endpoints (the numbers are theirs, only
+// formatted here) and redraws every REFRESH_MS. No framework, no build step; charts are uPlot.
+"use strict";
+
+const REFRESH_MS = 5000;
+const COHORT_CURVES = 8; // LTV/ROAS: the latest cohorts drawn
+const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#17becf"];
+const charts = {};
+const $ = (id) => document.getElementById(id);
+
+// ---- state in the URL, so a view can be linked (and tested) --------------------------------
+const params = new URLSearchParams(location.search);
+const state = {
+  app: params.get("app") || "",
+  where: params.get("where") || "",
+  kind: params.get("kind") || "classic",
+  granularity: params.get("granularity") || "week",
+  period: params.get("period") || "week",
+};
+
+function saveState() {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(state)) if (v) q.set(k, v);
+  history.replaceState(null, "", "?" + q.toString());
+}
+
+function query(extra) {
+  const q = new URLSearchParams({ app: state.app, ...extra });
+  if (state.where) q.append("where", state.where);
+  return q.toString();
+}
+
+async function getJson(path) {
+  const response = await fetch(path);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+// ---- formatting (the text people read; raw numbers stay in data-value) -----------------------
+const pct = (v) => (v === null || v === undefined ? "-" : (v * 100).toFixed(1) + "%");
+const share = (v, whole) => (whole ? pct(v) : "-"); // 0 of 0 is no rate
+const int = (v) => (v === null || v === undefined ? "-" : Number(v).toLocaleString("en-US"));
+const amount = (v, places = 2) => (v === null || v === undefined ? "-"
+  : Number(v).toLocaleString("en-US", { minimumFractionDigits: places,
+    maximumFractionDigits: places }));
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v !== undefined && v !== null) node.setAttribute(k, v);
+  }
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function table(target, columns, rows) {
+  // rows: arrays of cells, a cell is text or {text, attrs}
+  const t = typeof target === "string" ? $(target) : target;
+  t.replaceChildren();
+  const head = el("tr");
+  for (const c of columns) head.append(el("th", {}, c));
+  t.append(el("thead"), el("tbody"));
+  t.tHead.append(head);
+  for (const row of rows) {
+    const tr = el("tr", row.attrs || {});
+    for (const cell of row.cells) {
+      const c = typeof cell === "object" && cell !== null ? cell : { text: cell };
+      tr.append(el("td", c.attrs || {}, c.text === undefined ? "" : String(c.text)));
+    }
+    t.tBodies[0].append(tr);
+  }
+  return t;
+}
+
+// ---- charts ---------------------------------------------------------------------------------
+function draw(id, series, data, opts = {}) {
+  const target = $(id);
+  const width = Math.max(280, target.clientWidth || 420);
+  const key = series.map((s) => s.label).join("|");
+  const old = charts[id];
+  if (old && old.key === key) {
+    old.plot.setData(data);
+    return;
+  }
+  if (old) old.plot.destroy();
+  const plot = new uPlot({
+    width, height: 220, series: [{}, ...series], legend: { live: false },
+    scales: opts.scales || { x: { time: opts.time !== false } },
+    axes: opts.axes || [{}, { size: 60 }],
+  }, data, target);
+  charts[id] = { key, plot };
+}
+
+const line = (label, i, extra = {}) => ({ label, stroke: COLOURS[i % COLOURS.length], width: 2,
+  ...extra });
+
+function drawDaily(doc) {
+  const days = doc.days;
+  const xs = days.map((d) => Date.parse(d.date + "T12:00:00Z") / 1000);
+  draw("chart-dau", [line("DAU", 0, { scale: "users" }), line("installs", 1, { scale: "ins" })],
+    [xs, days.map((d) => d.dau), days.map((d) => d.installs)], {
+      scales: { x: { time: true } },
+      axes: [{}, { scale: "users", size: 60 }, { scale: "ins", side: 1, grid: { show: false } }],
+    });
+  draw("chart-new", [line("new users", 2), line("returning users", 0)],
+    [xs, days.map((d) => d.new_users), days.map((d) => d.returning_users)]);
+  draw("chart-stickiness", [line("stickiness", 3, { value: (u, v) => pct(v) })],
+    [xs, days.map((d) => d.stickiness)], {
+      axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => pct(v)) }] });
+}
+
+function drawCurves(id, doc) {
+  const rows = doc.cohorts.slice(-COHORT_CURVES);
+  const width = Math.max(1, ...rows.map((r) => r.values.length));
+  const xs = Array.from({ length: width }, (_, n) => n);
+  const data = [xs, ...rows.map((r) => xs.map((n) => (n < r.values.length ? r.values[n] : null)))];
+  draw(id, rows.map((r, i) => line(r.cohort, i)), data, { time: false,
+    axes: [{ label: "periods since install", values: (u, v) => v.map((n) => "+" + n) },
+      { size: 60 }] });
+}
+
+// ---- panels ---------------------------------------------------------------------------------
+function renderSummary(s) {
+  $("today").textContent = s.date + (s.complete ? "" : " (day not ended: live)");
+  const stats = [["dau", "DAU", int(s.dau)], ["wau", "WAU", int(s.wau)],
+    ["mau", "MAU", int(s.mau)], ["stickiness", "stickiness", share(s.stickiness, s.mau)],
+    ["installs", "installs", int(s.installs)], ["new_users", "new users", int(s.new_users)],
+    ["returning_users", "returning users", int(s.returning_users)]];
+  $("stats").replaceChildren(...stats.map(([key, label, text]) => {
+    const box = el("div", { class: "stat", id: "stat-" + key, "data-value": s[key] });
+    box.append(el("span", { class: "value" }, text), el("span", { class: "label" }, label));
+    return box;
+  }));
+  const money = Object.keys(s.revenue).map((cur) => ({ attrs: { "data-currency": cur },
+    cells: [cur, { text: amount(s.revenue[cur]), attrs: { "data-value": s.revenue[cur] } },
+      amount(s.arpdau[cur], 4), amount(s.arppu[cur], 4)] }));
+  const box = $("money-today");
+  box.replaceChildren(el("p", { id: "payers", "data-value": s.payers },
+    `today: ${int(s.payers)} payers` + (money.length ? "" : ", no revenue")));
+  if (money.length) box.append(table(el("table", { id: "revenue" }),
+    ["currency", "revenue", "ARPDAU", "ARPPU"], money));
+  renderWinback(s);
+}
+
+function renderWinback(s) {
+  if (!s.winback) {
+    $("winback-as-of").textContent = "(per app only: not kept per segment)";
+    $("winback-table").replaceChildren();
+    return;
+  }
+  $("winback-as-of").textContent = "live totals as of " + s.winback_as_of;
+  const rows = [];
+  for (const [days, f] of Object.entries(s.winback)) {
+    rows.push({ attrs: { "data-threshold": days, "data-segment": "all" }, cells: [days + "d",
+      "all", int(f.inactive), int(f.notified), int(f.reactivated),
+      share(f.back_within_7d_share, f.notified)] });
+    for (const [seg, g] of Object.entries(f.by_segment)) {
+      rows.push({ attrs: { "data-threshold": days, "data-segment": seg }, cells: ["", seg, "",
+        int(g.notified), int(g.reactivated), share(g.back_within_7d_share, g.notified)] });
+    }
+  }
+  table("winback-table", ["threshold", "segment", "inactive now", "notified", "reactivated",
+    "back within 7 days"], rows);
+}
+
+function renderHeadline(doc) {
+  const h = doc.headline;
+  $("headline").replaceChildren(...[1, 7, 30].map((n) => {
+    const latest = h["d" + n], mean = h[`d${n}_mean7`];
+    const box = el("div", { class: "stat", id: `headline-d${n}`, "data-value": latest,
+      "data-mean7": mean });
+    const delta = latest === null || mean === null ? "" : (latest >= mean ? " ▲" : " ▼");
+    box.append(el("span", { class: "value" }, pct(latest) + delta),
+      el("span", { class: "label" }, `D${n}, latest complete cohort; 7-cohort mean ${pct(mean)}`));
+    return box;
+  }));
+}
+
+function heat(value, top) {
+  const a = top > 0 ? Math.min(1, value / top) : 0;
+  return `background: rgba(33, 113, 181, ${(0.08 + 0.85 * a).toFixed(3)});` +
+    (a > 0.55 ? " color: #fff;" : "");
+}
+
+function renderCohorts(doc) {
+  const rows = doc.cohorts;
+  const width = Math.max(0, ...rows.map((r) => r.values.length));
+  const top = Math.max(0, ...rows.flatMap((r) => r.values.slice(1)));
+  const columns = ["cohort", "size", ...Array.from({ length: width }, (_, n) => "+" + n)];
+  table("cohorts", columns, rows.map((r) => ({ attrs: { "data-cohort": r.cohort }, cells: [
+    r.cohort, { text: int(r.size), attrs: { class: "size", "data-size": r.size } },
+    ...r.values.map((v, n) => ({ text: pct(v) + (r.complete[n] ? "" : "~"), attrs: {
+      class: "cell" + (r.complete[n] ? "" : " incomplete"), "data-offset": n, "data-value": v,
+      "data-count": r.counts[n], style: n === 0 ? "" : heat(v, top),
+      title: `${r.cohort} +${n}: ${int(r.counts[n])} of ${int(r.size)}` } })),
+  ] })));
+}
+
+function renderKpis(doc) {
+  const money = (rev) => Object.entries(rev).map(([c, v]) => `${amount(v)} ${c}`).join(" ") || "0";
+  table("kpis", ["period", "active", "new", "returning", "CRR", "churn", "revenue", "payers",
+    "RPR"], doc.periods.map((p) => ({
+    attrs: { "data-period": p.period, "data-complete": p.complete, class: p.complete ? "" : "live" },
+    cells: [p.period + (p.complete ? "" : " ~ not ended"),
+      { text: int(p.active), attrs: { "data-field": "active", "data-value": p.active } },
+      { text: int(p.new_users), attrs: { "data-field": "new_users", "data-value": p.new_users } },
+      int(p.returning),
+      { text: pct(p.crr), attrs: { "data-field": "crr", "data-value": p.crr } },
+      { text: pct(p.churn), attrs: { "data-field": "churn", "data-value": p.churn } },
+      money(p.revenue), int(p.payers), share(p.rpr, p.payers)],
+  })));
+}
+
+function renderPipeline(doc) {
+  const box = $("pipeline-tables");
+  $("pipeline-as-of").textContent = "as of " + doc.as_of;
+  const pairs = (o) => Object.entries(o).map(([k, v]) => ({ attrs: { "data-key": k },
+    cells: [k, { text: int(v), attrs: { "data-value": v } }] }));
+  const accepted = Object.entries(doc.accepted).flatMap(([app, types]) =>
+    Object.entries(types).map(([type, n]) => ({ cells: [app, type, int(n)] })));
+  box.replaceChildren(
+    table(el("table", { id: "lag" }), ["partition (this worker)", "lag"], pairs(doc.lag)),
+    table(el("table", { id: "rejects" }), ["rejected: reason", "events"], pairs(doc.rejected)),
+    table(el("table", { id: "duplicates" }), ["duplicates: app", "events"],
+      pairs(doc.duplicates)),
+    table(el("table", { id: "accepted" }), ["app", "type", "accepted"], accepted),
+    table(el("table", { id: "watermarks" }), ["partition", "event-time watermark"],
+      Object.entries(doc.watermarks).map(([k, v]) => ({ cells: [k, v] }))));
+}
+
+// ---- the loop -------------------------------------------------------------------------------
+async function loadApps() {
+  const doc = await getJson("/retention/apps");
+  const select = $("app");
+  select.replaceChildren(...doc.apps.map((a) => el("option", { value: a.app },
+    `${a.app} (${a.timezone})`)));
+  if (!state.app || !doc.apps.some((a) => a.app === state.app)) {
+    state.app = doc.apps.length ? doc.apps[0].app : "";
+  }
+  select.value = state.app;
+  $("money-currency").textContent = "(" + doc.currency + ", the currency of install costs)";
+  return doc;
+}
+
+async function refresh() {
+  try {
+    const apps = await loadApps();
+    if (!state.app) throw new Error("no data yet: no app has sent an event");
+    const money = { granularity: "week", currency: apps.currency };
+    const [summary, daily, headline, cohorts, kpis, ltv, roas, pipeline] = await Promise.all([
+      getJson("/retention/summary?" + query()),
+      getJson("/retention/daily?" + query()),
+      getJson("/retention/headline?" + query()),
+      getJson("/retention/cohorts?" + query({ kind: state.kind, granularity: state.granularity })),
+      getJson("/retention/kpis?" + query({ period: state.period })),
+      getJson("/retention/cohorts?" + query({ kind: "ltv", ...money })),
+      getJson("/retention/cohorts?" + query({ kind: "roas", ...money })),
+      getJson("/retention/pipeline"),
+    ]);
+    renderSummary(summary);
+    renderHeadline(headline);
+    renderCohorts(cohorts);
+    renderKpis(kpis);
+    renderPipeline(pipeline);
+    drawDaily(daily);
+    drawCurves("chart-ltv", ltv);
+    drawCurves("chart-roas", roas);
+    $("status").textContent = "as of " + cohorts.as_of + ", refreshed every " +
+      REFRESH_MS / 1000 + " s";
+    $("status").className = "status";
+    document.body.dataset.ready = "1";
+  } catch (err) {
+    $("status").textContent = String(err.message || err);
+    $("status").className = "status error";
+    document.body.dataset.error = String(err.message || err);
+  }
+}
+
+function bind(id, key) {
+  const input = $(id);
+  input.value = state[key];
+  input.addEventListener("change", () => { state[key] = input.value.trim(); saveState(); refresh(); });
+}
+
+for (const [id, key] of [["app", "app"], ["where", "where"], ["kind", "kind"],
+  ["granularity", "granularity"], ["period", "period"]]) bind(id, key);
+refresh();
+setInterval(refresh, REFRESH_MS);
