@@ -574,12 +574,12 @@ def winback() -> dash_b.Dashboard:
         board = board.with_panel(timeseries(
             f"Back within 7 days by {title}",
             [query(f'sum by ({label}) ({every} (retention_reactivations_within_7d_total'
-                   f'{{app="$app"}})) / sum by ({label}) ({every} '
-                   f'(retention_notifications_sent_total{{app="$app"}}))',
+                   f'{{app="$app"}})) / clamp_min(sum by ({label}) ({every} '
+                   f'(retention_notifications_sent_total{{app="$app"}})), 1)',
                    f"{{{{{label}}}}}", (label,))],
             unit="percentunit",
             description="All-time share of notified users active again within 7 days of "
-            "their moment.",
+            "their moment (0 while none was notified).",
         ))
     board = board.with_panel(timeseries(
         "Expired moments/s by threshold",

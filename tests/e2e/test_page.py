@@ -263,7 +263,10 @@ def test_summary_text_is_tables_with_live_numbers_flagged(served: Served) -> Non
     assert re.search(r"currency\s+revenue\s+ARPDAU\s+ARPPU", text)
     for currency, amount in doc["revenue"].items():
         assert re.search(rf"^{currency}\s+{amount:,.2f}\s", text, re.M)
-    assert re.search(r"^threshold\s+segment\s+inactive now\s+notified", text, re.M)
+    assert re.search(r"^threshold\s+users\s+inactive now\s+expired\s+notified\s+false alarms"
+                     r"\s+reactivated\s+back in 7d$", text, re.M)
+    assert re.search(r"^\s+quick\s+\d+\s+\d+\s+\d+", text, re.M)  # by churn type too
+    assert "forwarded to their home partition: none" in text
     assert "reinstalls" in text
 
     past = served.cli("summary", "--date", "2001-01-01").stdout

@@ -3,6 +3,8 @@ expected notification ids, in replay and live mode, across kill -9; reactivation
 
 from __future__ import annotations
 
+import random
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,18 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.streams import reference
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.winback import notification_id
 
-from .harness import Deployment, consume_all, event_messages, isolated_deployment, produce
+from .harness import (
+    Deployment,
+    consume_all,
+    event_messages,
+    isolated_deployment,
+    produce,
+    read_topic,
+)
 
 pytestmark = pytest.mark.e2e
 DAY_MS = 86_400_000
@@ -158,3 +168,108 @@ def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
                                   timeout_s=30)
                 ids = {orjson.loads(r.value)["notification_id"] for r in got}
                 assert ids == expected[days], days
+
+
+def gappy_history(t0: int, users: int, seed: int) -> list[dict[str, Any]]:
+    """Users active with gaps of hours to days over ~20 days, and a ticker every hour (so
+    the event clock finds each moment within the hour), in time order like a replay."""
+    rng = random.Random(seed)
+    events = [event("ticker", n, t0 + n * HOUR_MS) for n in range(24 * 21)]
+    for u in range(users):
+        ts = t0 + rng.randrange(48) * HOUR_MS
+        for n in range(rng.randint(2, 9)):
+            events.append(event(f"g{u:03d}", n, ts))
+            ts += rng.choice([2, 10, 20, 30, 50, 70, 100]) * HOUR_MS
+            if ts > t0 + 20 * DAY_MS:
+                break
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def reference_episodes(events: list[dict[str, Any]], max_delay_ms: int = DAY_MS
+                       ) -> dict[str, set[tuple[str, int, int]]]:
+    now = utc_now_ms()
+    stream = [e for e in (reference.read_event(x, now) for x in events) if e]
+    return reference.inactivity_episodes(stream, (1, 2), max_delay_ms)
+
+
+def test_replayed_history_notifies_every_episode_and_every_return(
+    deployment: Deployment,
+) -> None:
+    """The event clock on a replay cut into batches of 200 records: exactly the episodes and
+    returns a plain reading of the contract finds (gaps inside one batch included), one
+    message each, and the figures count them."""
+    t0 = utc_now_ms() - 30 * DAY_MS
+    events = gappy_history(t0, users=60, seed=17)
+    expected = reference_episodes(events)
+    assert len(expected["sent"]) > 100 and len(expected["returns"]) > 50  # a real workload
+    sent = produce(deployment.bootstrap, deployment.topic, event_messages(events))
+    env = {"CLOCK": "event", "INACTIVITY_THRESHOLDS": "1,2", "BATCH_MAX_RECORDS": "200"}
+    with deployment.start_worker(**env)[0] as worker:
+        deployment.wait_applied(sent, worker=worker)
+        got: set[tuple[str, int, int]] = set()
+        for days in (1, 2):
+            for record in read_topic(deployment.bootstrap, deployment.inactive_topic(days)):
+                note = orjson.loads(record.value)
+                got.add((note["user_id"], days, iso_to_ms(note["last_active"])))
+        backs = [orjson.loads(r.value)
+                 for r in read_topic(deployment.bootstrap, deployment.reactivated_topic)]
+        figures = deployment.cli_json("summary", **env)["winback"]
+    assert got == expected["sent"]
+    returns = {(b["user_id"], days, iso_to_ms(b["last_active"])) for b in backs
+               for days in b["threshold_days"]}
+    assert returns == expected["returns"]
+    assert len(backs) == len({(b["user_id"], b["last_active"]) for b in backs})  # one each
+    for days in (1, 2):
+        count = sum(1 for _, d, _ in expected["sent"] if d == days)
+        assert figures[str(days)]["notified"] == count
+        assert figures[str(days)]["reactivated"] == sum(
+            1 for _, d, _ in expected["returns"] if d == days)
+        assert figures[str(days)]["expired"] == sum(
+            1 for _, d, _ in expected["expired"] if d == days)
+
+
+def test_wall_clock_worker_on_old_history_publishes_nothing(deployment: Deployment) -> None:
+    """A first start on two-month-old data: every moment is weeks behind the wall clock.
+    Nothing is published; each is counted as expired, and the users as inactive."""
+    t0 = utc_now_ms() - 60 * DAY_MS
+    events = [event(f"o{u:02d}", n, t0 + u * HOUR_MS + n * 3 * DAY_MS)
+              for u in range(12) for n in range(3)]
+    sent = produce(deployment.bootstrap, deployment.topic, event_messages(events))
+    env = {"CLOCK": "wall", "INACTIVITY_THRESHOLDS": "1,2", "WINBACK_TICK_MS": "100"}
+    with deployment.start_worker(**env)[0] as worker:
+        deployment.wait_applied(sent, worker=worker)
+
+        def all_expired() -> bool:
+            figures = deployment.cli_json("summary", **env)["winback"]
+            return all(figures[d]["expired"] == 12 for d in ("1", "2"))
+
+        wait_for(all_expired, 60, "every user's moments counted expired")
+        figures = deployment.cli_json("summary", **env)["winback"]
+    for days in ("1", "2"):
+        assert (figures[days]["notified"], figures[days]["inactive"]) == (0, 12)
+        assert read_topic(deployment.bootstrap, deployment.inactive_topic(int(days))) == []
+
+
+def test_a_late_event_before_the_moment_is_a_false_alarm(deployment: Deployment) -> None:
+    """Live: u was last seen 30 h ago, so its 1-day message goes out; then u's event from
+    20 h ago arrives (a phone that was offline). A false alarm: counted, no reactivation."""
+    now = utc_now_ms()
+    sent = produce(deployment.bootstrap, deployment.topic,
+                   event_messages([event("u", 0, now - 30 * HOUR_MS)]))
+    env = {"CLOCK": "wall", "INACTIVITY_THRESHOLDS": "1", "WINBACK_TICK_MS": "100"}
+    with deployment.start_worker(**env)[0] as worker:
+        deployment.wait_applied(sent, worker=worker)
+        wait_for(lambda: len(read_topic(deployment.bootstrap, deployment.inactive_topic(1)))
+                 == 1, 30, "the 1-day message")
+        sent += produce(deployment.bootstrap, deployment.topic,
+                        event_messages([event("u", 1, now - 20 * HOUR_MS)]))
+        deployment.wait_applied(sent, worker=worker)
+        figures = deployment.cli_json("summary", **env)["winback"]["1"]
+        assert read_topic(deployment.bootstrap, deployment.reactivated_topic) == []
+    assert (figures["notified"], figures["false_alarms"], figures["reactivated"],
+            figures["inactive"]) == (1, 1, 0, 0)
+    assert figures["by_churn_type"]["quick"]["false_alarms"] == 1
+
+
+def iso_to_ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
