@@ -13,6 +13,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from .calendar import GRANULARITIES, AppCalendar, period_of_day, periods_of_days
 from .events import Event
@@ -303,64 +304,68 @@ class Plan:
 DEFAULT_WINBACK = WinbackRules()
 
 
-def _passes_a_moment(old: UserState | None, events: list[Event], arrivals: list[int],
-                     winback: WinbackRules) -> bool:
-    """Does "now" pass one of the user's inactivity moments before one of its events in
-    this batch? (Rare: most users' events come days apart from batches that span minutes.)"""
-    if not winback.thresholds:
-        return False
-    first_ms = min(winback.thresholds) * MS_PER_DAY
+def _moment_cuts(old: UserState | None, events: list[Event], arrivals: list[int],
+                 thresholds: Sequence[int]) -> tuple[list[tuple[int, int]], int | None]:
+    """Event clock: where "now" passes one of the user's inactivity moments not handled yet,
+    before one of its events in this batch (rare: a batch spans minutes, a gap days). Each
+    cut is (position of that event, arrival watermark of the event that set the user's last
+    activity then: no moment comes before it). Also the arrival watermark of the event that
+    set the final last activity (None: not moved by this batch)."""
+    cuts: list[tuple[int, int]] = []
+    known_ms: int | None = None
+    if not thresholds:
+        return cuts, known_ms
     last_ms = old.last_active_ms if old is not None else None
-    for event, now_ms in zip(events, arrivals, strict=True):
-        if last_ms is not None and last_ms + first_ms <= now_ms:
-            return True
-        last_ms = event.ts_ms if last_ms is None else max(last_ms, event.ts_ms)
-    return False
-
-
-def _note_known(plan: Plan, user: UserKey, old: UserState | None, events: list[Event],
-                arrivals: list[int]) -> None:
-    """Record when the event that set the user's final last_active arrived."""
-    last_ms = old.last_active_ms if old is not None else None
-    for event, now_ms in zip(events, arrivals, strict=True):
+    pending = [d for d in thresholds if old is None or not old.handled(d)]  # ascending
+    set_at = 0  # before the batch
+    for position, (event, now_ms) in enumerate(zip(events, arrivals, strict=True)):
+        if last_ms is not None and pending and last_ms + pending[0] * MS_PER_DAY <= now_ms:
+            cuts.append((position, set_at))
+            pending = [d for d in pending if last_ms + d * MS_PER_DAY > now_ms]
         if last_ms is None or event.ts_ms > last_ms:
-            last_ms = event.ts_ms
-            plan.known_ms[user] = now_ms
+            last_ms, set_at, known_ms = event.ts_ms, now_ms, now_ms
+            pending = list(thresholds)
+    return cuts, known_ms
 
 
-def _event_by_event(
+def _apply_events(
     plan: Plan,
     user: UserKey,
     old: UserState | None,
     events: list[Event],
     arrivals: list[int],
+    cuts: list[tuple[int, int]],
     calendar: AppCalendar,
     rules: SegmentRules,
     winback: WinbackRules,
 ) -> UserState:
-    """The user's events one at a time, each at the watermark it arrived with: before each,
-    the moments now has passed are handled (published, or expired when found too late),
-    and the event itself may then be the user's return (or show a false alarm)."""
+    """The user's state after its events. Without cuts, all of them at once; at each cut
+    (event clock), the moments now has passed are handled first (published, or expired
+    when found too late), and the events after it may then be the user's return (or show
+    a false alarm). One add_events per run of events between cuts."""
     state = old
-    known_ms = 0  # when the user's current last_active arrived (old state: before the batch)
-    for event, now_ms in zip(events, arrivals, strict=True):
-        if state is not None:
+    bounds = [0, *(position for position, _ in cuts), len(events)]
+    set_at = dict(cuts)
+    for begin, end in pairwise(bounds):
+        if begin in set_at and state is not None:
+            now_ms = arrivals[begin]
             for days in winback.thresholds:
                 moment_ms = state.last_active_ms + days * MS_PER_DAY
                 if moment_ms <= now_ms and not state.handled(days):
-                    reached_ms = max(known_ms, moment_reached_ms(plan.arrivals, moment_ms,
-                                                                 now_ms))
+                    reached_ms = max(set_at[begin],
+                                     moment_reached_ms(plan.arrivals, moment_ms, now_ms))
                     state = handle_moment(user, state, days, reached_ms, calendar, rules,
                                           winback, plan.notifications, plan.stats)
-        if state is None or event.ts_ms > state.last_active_ms:
-            known_ms = plan.known_ms[user] = now_ms
-        new = add_events(state, [event], calendar, rules)
+        run = events[begin:end]
+        if not run:
+            continue
+        new = add_events(state, run, calendar, rules)
         if state is not None and (state.notified_days or state.expired_days):
-            new, message = return_of(user, state, new, [event], rules, winback, plan.stats)
+            new, message = return_of(user, state, new, run, rules, winback, plan.stats)
             if message is not None:
                 plan.reactivations.append(message)
         state = new
-    assert state is not None
+    assert state is not None, "a user with no event in the batch"
     return state
 
 
@@ -413,18 +418,14 @@ def plan_batch(
         app = user_key[0]
         calendar = calendar_of(app)
         old = states[user_key]
-        if event_clock and _passes_a_moment(old, user_events, arrived[user_key], winback):
-            new = _event_by_event(plan, user_key, old, user_events, arrived[user_key],
-                                  calendar, rules, winback)
-        else:
-            if event_clock:
-                _note_known(plan, user_key, old, user_events, arrived[user_key])
-            new = add_events(old, user_events, calendar, rules)
-            if old is not None and (old.notified_days or old.expired_days):
-                new, message = return_of(user_key, old, new, user_events, rules, winback,
-                                         plan.stats)
-                if message is not None:
-                    plan.reactivations.append(message)
+        cuts: list[tuple[int, int]] = []
+        user_arrivals = arrived.get(user_key, [])
+        if event_clock:
+            cuts, known_ms = _moment_cuts(old, user_events, user_arrivals, winback.thresholds)
+            if known_ms is not None:
+                plan.known_ms[user_key] = known_ms
+        new = _apply_events(plan, user_key, old, user_events, user_arrivals, cuts, calendar,
+                            rules, winback)
         if new == old:
             continue
         if old is None or new.last_active_ms != old.last_active_ms:

@@ -187,7 +187,9 @@ def return_of(
     episode = old.notified_episode_ms
     if episode is None or new.last_active_ms <= episode:
         return new, None
-    back_ms = min(e.ts_ms for e in events if e.ts_ms > episode)
+    # the first of them to arrive decides (events are in arrival order): what came after
+    # it belongs to the next episode, however it is dated
+    back_ms = next(e.ts_ms for e in events if e.ts_ms > episode)
     app, user_id = user
     segment = value_segment(new, rules)
     churn = churn_type(old, winback.quick_churn_days)
