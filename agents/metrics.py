@@ -36,7 +36,7 @@ GLOBAL_GAUGES = {
     "day N or later (rolling)",
     "retention_cohort_complete": "1 when the cohort's day N has ended",
     "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
-    "mean of the 7 latest complete cohorts",
+    "mean of the 7 complete cohorts before it",
     "retention_watermark_seconds": "latest event time applied, per partition",
     "retention_inactive_users": "users inactive for at least the threshold now",
     "retention_winback_back_within_7d_share": "share of notified users active again within "
@@ -117,6 +117,8 @@ class SnapshotCollector(Collector):
             for day, pair in figures["headline"].items():
                 if pair is not None:
                     for stat, value in zip(("latest", "mean7"), pair, strict=True):
+                        if value is None:  # no cohort before the latest: no baseline
+                            continue
                         gauges["retention_headline_retention"].add_metric(
                             [app, f"d{day}", stat], value)
         for shard, mark_ms in snap.watermarks.items():
