@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from retention_tracker.agents.local_stack import (
     ManagedProcess,
@@ -158,18 +158,28 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
-    """Read a topic from the beginning until ``expected`` records arrived (no group)."""
+    """Every record of a topic (no group): read from the beginning until at least
+    ``expected`` arrived (or the deadline), then on to the end offsets every partition has
+    at that moment, so records beyond the expected ones are returned too and a caller's
+    exact count can fail on them."""
 
     async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await consumer.start()
         records: list[Any] = []
         try:
+            await consumer.topics()  # metadata, so the partitions are known
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
             async with asyncio.timeout(timeout_s):
                 while len(records) < expected:
-                    batch = await consumer.getmany(timeout_ms=500)
-                    for part in batch.values():
+                    for part in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(part)
+                ends = await consumer.end_offsets(partitions)
+                while any(await consumer.position(tp) < end for tp, end in ends.items()):
+                    for part in (await consumer.getmany(timeout_ms=500)).values():
                         records.extend(part)
         except TimeoutError:
             pass
