@@ -53,8 +53,11 @@ def messages_per_partition(events: list[dict[str, Any]], by_user: bool, per_mess
     return parts
 
 
-def replay(parts: list[list[bytes]], batch: int) -> Counter[str]:
-    """CPU seconds per phase over every partition's batches."""
+def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = None
+           ) -> Counter[str]:
+    """CPU seconds per phase over every partition's batches; ``stats``, when given, gets
+    the plans' counts (accepted, duplicates, rejects), so a caller can see the harness
+    planned every event (not timed)."""
     calendar = AppCalendar("UTC")
     seconds: Counter[str] = Counter()
     for messages in parts:
@@ -80,6 +83,8 @@ def replay(parts: list[list[bytes]], batch: int) -> Counter[str]:
             seen.update(plan.new_dedup_keys)
             watermark = plan.watermark_ms
             t4 = time.process_time()
+            if stats is not None:
+                stats.update(plan.stats)
             seconds.update({"parse": t1 - t0, "decode": t2 - t1, "plan": t3 - t2,
                             "encode": t4 - t3})
     return seconds
