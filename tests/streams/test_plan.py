@@ -48,6 +48,22 @@ async def test_duplicates_inside_one_batch_count_once_in_redis(redis_url: str) -
         assert +await state.store.read_stats() == {"acc:a:session": 1, "dup:a": 2}
 
 
+async def test_weekly_cohorts_are_iso_weeks_and_count_each_offset(redis_url: str) -> None:
+    """§2/§4 by week: weeks start on Monday (Jan 1 2024 is one). u comes on Sunday Jan 7
+    (week 2024-W01) and again in W03 and W04; v comes on Monday Jan 8 (W02) and in W04.
+    Now is Jan 24 (W04): W01's cells at +0..+3 are u, -, u, u; W02's: v, -, v."""
+    events = [Event("a", "u0", "session", "u", day(6)), Event("a", "u1", "session", "u", day(15)),
+              Event("a", "u2", "session", "u", day(22)), Event("a", "v0", "session", "v", day(7)),
+              Event("a", "v1", "session", "v", day(23))]
+    async with RealApply(redis_url) as state:
+        await state.apply(events, day(23))
+        rows = (await cohort_report(state.store, state.settings, "a", "week"))["cohorts"]
+        assert [(r["cohort"], r["size"], r["counts"]) for r in rows] == [
+            ("2024-W01", 1, [1, 0, 1, 1]), ("2024-W02", 1, [1, 0, 1])]
+        rolling = (await cohort_report(state.store, state.settings, "a", "week", "rolling"))
+        assert [r["counts"] for r in rolling["cohorts"]] == [[1, 1, 1, 1], [1, 1, 1]]
+
+
 async def test_late_first_event_moves_user_to_earlier_cohort(redis_url: str) -> None:
     async with RealApply(redis_url) as state:
         await state.apply([Event("a", "1", "install", "u", day(5)),

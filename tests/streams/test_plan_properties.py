@@ -13,6 +13,7 @@ pin each figure without hypothesis.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections import Counter
 from dataclasses import replace
@@ -39,6 +40,8 @@ BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 ZONES = ["UTC", "America/New_York", "Asia/Tokyo"]
 APPS = ("a", "b")
 WINDOW_DAYS = 7
+# ~0.9 s an example on 2 cores; scripts/mutation lowers it for its thousands of runs
+PROPERTY_EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "35"))
 THRESHOLD_DAYS = 2
 # every kind of segment the state keeps: attribute values, and each value segment
 SEGMENTS = {"all": None, "platform=ios": {"platform": "ios"},
@@ -212,7 +215,8 @@ async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
             await assert_same_figures(state, expected, tz, {e.app for e in events})
 
 
-@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=PROPERTY_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=event_lists(),
     seed=st.integers(0, 2**32),
