@@ -175,11 +175,11 @@ def _strict_float(text: str) -> float:
     return value
 
 
-def _int64(text: str) -> int:
+def _int64(text: str) -> int | float:
+    """RFC 8259's interoperable reading: an integer beyond 64 bits is a double (so not an
+    integer epoch timestamp), and one beyond a double's range is no number at all."""
     value = int(text)
-    if not -(2**63) <= value < 2**64:  # what a 64-bit JSON parser can hold
-        raise ValueError("an integer beyond 64 bits")
-    return value
+    return value if -(2**63) <= value < 2**64 else _strict_float(text)
 
 
 def _no_constant(name: str) -> None:

@@ -168,17 +168,20 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30
         await consumer.start()
         records: list[Any] = []
         try:
-            await consumer.topics()  # metadata, so the partitions are known
-            partitions = [TopicPartition(topic, p)
-                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
             async with asyncio.timeout(timeout_s):
+                # the topic may not exist yet (created by its first record): poll metadata
+                while not (known := consumer.partitions_for_topic(topic)):
+                    await consumer.topics()
+                    if not consumer.partitions_for_topic(topic):
+                        await asyncio.sleep(0.2)
+                partitions = [TopicPartition(topic, p) for p in sorted(known)]
+                consumer.assign(partitions)
+                await consumer.seek_to_beginning(*partitions)
                 while len(records) < expected:
                     for part in (await consumer.getmany(timeout_ms=500)).values():
                         records.extend(part)
                 ends = await consumer.end_offsets(partitions)
-                while any(await consumer.position(tp) < end for tp, end in ends.items()):
+                while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                     for part in (await consumer.getmany(timeout_ms=500)).values():
                         records.extend(part)
         except TimeoutError:
