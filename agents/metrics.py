@@ -43,7 +43,7 @@ GLOBAL_GAUGES = {
     "retention_cohort_roas": "LTV / CAC of a recent daily cohort by day N (in the currency of "
     "install costs)",
     "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
-    "mean of the 7 latest complete cohorts",
+    "mean of the 7 complete cohorts before it",
     "retention_watermark_seconds": "latest event time applied, per partition",
     "retention_inactive_users": "users inactive for at least the threshold now",
     "retention_winback_back_within_7d_share": "share of notified users active again within "
@@ -144,6 +144,8 @@ class SnapshotCollector(Collector):
         for day, pair in figures["headline"].items():
             if pair is not None:
                 for stat, value in zip(("latest", "mean7"), pair, strict=True):
+                    if value is None:  # no cohort before the latest: no baseline
+                        continue
                     gauges["retention_headline_retention"].add_metric(
                         [app, f"d{day}", stat], value)
 

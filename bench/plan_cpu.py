@@ -53,11 +53,13 @@ def messages_per_partition(events: list[dict[str, Any]], by_user: bool, per_mess
     return parts
 
 
-def replay(parts: list[list[bytes]], batch: int, event_clock: bool = False) -> Counter[str]:
-    """CPU seconds per phase over every partition's batches. ``event_clock``: plan as a
-    replaying worker does (CLOCK=event, as ``retention bench`` runs it): inactivity moments
-    are handled event by event; no notification pass runs between batches here, so every
-    return after a gap takes the moment path (an upper bound of its cost)."""
+def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = None,
+           event_clock: bool = False) -> Counter[str]:
+    """CPU seconds per phase over every partition's batches; ``stats``, when given, gets
+    the plans' counts (accepted, duplicates, rejects), so a caller can see the harness
+    planned every event (not timed). ``event_clock``: plan as a replaying worker does
+    (CLOCK=event, as ``retention bench`` runs it); no notification pass runs between
+    batches here, so every return after a gap takes the moment path (an upper bound)."""
     calendar = AppCalendar("UTC")
     seconds: Counter[str] = Counter()
     for messages in parts:
@@ -83,6 +85,8 @@ def replay(parts: list[list[bytes]], batch: int, event_clock: bool = False) -> C
             seen.update(plan.new_dedup_keys)
             watermark = plan.watermark_ms
             t4 = time.process_time()
+            if stats is not None:
+                stats.update(plan.stats)
             seconds.update({"parse": t1 - t0, "decode": t2 - t1, "plan": t3 - t2,
                             "encode": t4 - t3})
     return seconds
@@ -104,7 +108,7 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    seconds = replay(parts, args.batch, args.event_clock)
+    seconds = replay(parts, args.batch, event_clock=args.event_clock)
     if profiler:
         profiler.disable()
     total = sum(seconds.values())

@@ -286,10 +286,11 @@ def retention() -> dash_b.Dashboard:
             f"{day.upper()} retention", [query(expr, "{{stat}}", ("app", "day", "stat"))],
             "percentunit", width=8,
             description=f"latest: {day.upper()} of the most recent daily cohort whose day "
-            f"{day[1:]} is complete; mean7: the mean over the 7 most recent such cohorts.",
+            f"{day[1:]} is complete; mean7: the mean over the 7 such cohorts before it "
+            "(the latest is not part of its own baseline).",
         ))
     board = board.with_panel(timeseries(
-        "Headline retention: latest cohort vs 7-cohort mean",
+        "Headline retention: latest cohort vs the 7 before it",
         [query('max by (app, day, stat) (retention_headline_retention{app="$app"})',
                "{{day}} {{stat}}", ("app", "day", "stat"))],
         unit="percentunit", width=24,

@@ -107,14 +107,18 @@ def day_summary(app: str, day: int, daily: Mapping[str, int]) -> dict[str, Any]:
 
 
 def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
-             ) -> tuple[float, float] | None:
-    """Day-N classic retention of the latest daily cohort whose day N is complete, and its
-    mean over the ``cohorts`` latest such cohorts (METRICS.md §4 "Headline D1/D7/D30")."""
+             ) -> tuple[float, float | None] | None:
+    """Day-N classic retention of the latest daily cohort whose day N is complete, and the
+    mean over the ``cohorts`` such cohorts before it (METRICS.md §4 "Headline D1/D7/D30"):
+    the latest is left out of its own baseline, so a drop is not diluted by itself. The
+    mean is over fewer cohorts when fewer came before, None when none did."""
     done = [r for r in rows if len(r["complete"]) > offset and r["complete"][offset]]
     if not done:
         return None
-    recent = [r["counts"][offset] / r["size"] for r in done[-cohorts:]]
-    return rate(done[-1]["counts"][offset], done[-1]["size"]), round(sum(recent) / len(recent), 4)
+    latest = done[-1]
+    before = [r["counts"][offset] / r["size"] for r in done[-cohorts - 1:-1]]
+    baseline = round(sum(before) / len(before), 4) if before else None
+    return rate(latest["counts"][offset], latest["size"]), baseline
 
 
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")

@@ -475,8 +475,9 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             daily.update(await store.read_matching(app, "daily", pattern))
         summary = day_summary(app, today, daily)
         summary.update(money_of_day(daily, today, summary["dau"]))
-        # the headline needs D30 of 7 complete cohorts: 38 days back at least
-        span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 1)
+        # the headline needs D30 of the latest complete cohort (31 days back) and of the 7
+        # before it: 39 days back at least
+        span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 2)
         cohorts = range(today - span + 1, today + 1)
         cells = [f"{c}:{n}" for c in cohorts for n in range(today - c + 1)]
         sizes = await store.read_fields(app, "coh:day", [str(c) for c in cohorts])

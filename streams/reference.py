@@ -7,7 +7,8 @@ from scratch with sets and loops, straight from the definitions in the contract.
 the same events to both and compare.
 
 It is deliberately independent of the implementation: it imports nothing from the project
-except the `Event` type, does its own calendar arithmetic with the standard library
+except the `Event` type, reads §1's JSON with its own reader (`read_message`,
+`read_event`), does its own calendar arithmetic with the standard library
 (`zoneinfo`, `datetime`), and favours being obviously right over being fast.
 
 Choices where the contract leaves room (kept in one place so they are easy to challenge):
@@ -40,6 +41,7 @@ Choices where the contract leaves room (kept in one place so they are easy to ch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -84,6 +86,123 @@ def dedup(events: Iterable[Event]) -> list[Event]:
 def app_events(events: Iterable[Event], app: str) -> list[Event]:
     """The deduplicated events of `app`, in the original order."""
     return [event for event in dedup(events) if event.app == app]
+
+
+# --------------------------------------------------------------------------------------
+# Section 1: reading events (the reference's own reader, for tests that start from JSON)
+
+EVENT_TYPES = ("install", "session", "purchase")  # survey / ACTIVITY_EVENTS: not built yet
+MAX_MONEY = 1_000_000_000  # README "Security": money at most 1e9 per event
+FUTURE_MS = 24 * 3_600_000
+_APP_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def _text(obj: dict, name: str, max_len: int) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+        raise ValueError(name)
+    return value
+
+
+def _amount(obj: dict, name: str) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(name)
+    if value != value or value in (float("inf"), float("-inf")) or not 0 <= value <= MAX_MONEY:
+        raise ValueError(name)
+    return value
+
+
+def _ts_ms(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("ts")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("ts")
+    moment = datetime.fromisoformat(value)  # ValueError if it is not ISO-8601
+    if moment.utcoffset() is None:
+        raise ValueError("ts without an offset")
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def read_event(obj: object, now_ms: int, default_app: str = "default") -> Event | None:
+    """One decoded JSON value -> the event it is, or None when §1 rejects it: not an object;
+    event_id / user_id not strings of 1-128 chars; an unknown type; app not 1-64 chars of
+    [A-Za-z0-9._-]; ts missing, not ISO-8601 with an offset nor integer epoch ms, before
+    1970 or more than 24 h ahead of now; platform / country / campaign not strings of
+    1-64 chars; amount (required for purchases) or an install's cost not a number in
+    0..1e9; currency not three capital letters. Other fields are ignored; cost counts on
+    installs only, amount and currency on purchases only."""
+    if not isinstance(obj, dict):
+        return None
+    try:
+        event_id, user_id = _text(obj, "event_id", 128), _text(obj, "user_id", 128)
+        kind, app = obj.get("type"), obj.get("app", default_app)
+        if event_id is None or user_id is None or kind not in EVENT_TYPES:
+            return None
+        if not isinstance(app, str) or not 1 <= len(app) <= 64 or not set(app) <= _APP_CHARS:
+            return None
+        if obj.get("ts") is None:
+            return None
+        ts_ms = _ts_ms(obj["ts"])
+        if not 0 <= ts_ms <= now_ms + FUTURE_MS:
+            return None
+        attributes = {name: _text(obj, name, 64) for name in ATTRIBUTES}
+        cost = _amount(obj, "cost") if kind == "install" else None
+        amount = _amount(obj, "amount")
+        currency = obj.get("currency")
+        if currency is not None and not (isinstance(currency, str) and len(currency) == 3
+                                         and all("A" <= c <= "Z" for c in currency)):
+            return None
+    except ValueError:
+        return None
+    if kind == "purchase" and amount is None:
+        return None
+    return Event(app=app, event_id=event_id, type=kind, user_id=user_id, ts_ms=ts_ms,
+                 cost=cost, amount=amount if kind == "purchase" else None,
+                 currency=currency if kind == "purchase" else None, **attributes)
+
+
+def _strict_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("a number too large for a double")
+    return value
+
+
+def _int64(text: str) -> int | float:
+    """RFC 8259's interoperable reading: an integer beyond 64 bits is a double (so not an
+    integer epoch timestamp), and one beyond a double's range is no number at all."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _strict_float(text)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_message(raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20,
+                 max_events: int = 1000) -> list[tuple[int, Event | None]]:
+    """One Kafka message value -> (index, event or None when rejected) per element: -1 for
+    a message that is one object or that is rejected whole (empty, larger than
+    ``max_bytes``, not UTF-8, not JSON, an array longer than ``max_events`` or empty)."""
+    if not raw or len(raw) > max_bytes:
+        return [(-1, None)]
+    try:
+        decoded = json.loads(raw.decode("utf-8"), parse_float=_strict_float,
+                             parse_int=_int64, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return [(-1, None)]
+    if not isinstance(decoded, list):
+        return [(-1, read_event(decoded, now_ms))]
+    if not decoded or len(decoded) > max_events:
+        return [(-1, None)]
+    return [(index, read_event(obj, now_ms)) for index, obj in enumerate(decoded)]
 
 
 # --------------------------------------------------------------------------------------

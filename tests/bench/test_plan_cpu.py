@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import orjson
 
 from bench.plan_cpu import PARTITIONS, messages_per_partition, replay
@@ -23,3 +25,18 @@ def test_replay_times_every_phase() -> None:
     seconds = replay(messages_per_partition(workload.events, by_user=False, per_message=1), 100)
     assert set(seconds) == {"parse", "decode", "plan", "encode"}
     assert seconds["plan"] > 0
+
+
+def test_replay_times_every_phase_of_planning_every_event() -> None:
+    workload = build_workload(WorkloadSpec(2_000, 200, 10))
+    stats: Counter[str] = Counter()
+    seconds = replay(messages_per_partition(workload.events, by_user=False, per_message=1), 100,
+                     stats)
+    assert set(seconds) == {"parse", "decode", "plan", "encode"}
+    assert all(value >= 0 for value in seconds.values())
+    unique = {(e.get("app", "default"), e["event_id"]) for e in workload.events}
+    accepted = sum(n for name, n in stats.items() if name.startswith("acc:"))
+    duplicates = sum(n for name, n in stats.items() if name.startswith("dup:"))
+    # every event planned once: the unique ones accepted, the repeated ids counted as such
+    assert (accepted, duplicates) == (len(unique), len(workload.events) - len(unique))
+

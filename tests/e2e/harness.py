@@ -231,18 +231,31 @@ async def _read_partitions(bootstrap: str, topic: str, timeout_s: float,
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
-    """Read a topic from the beginning until ``expected`` records arrived (no group)."""
+    """Every record of a topic (no group): read from the beginning until at least
+    ``expected`` arrived (or the deadline), then on to the end offsets every partition has
+    at that moment, so records beyond the expected ones are returned too and a caller's
+    exact count can fail on them."""
 
     async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await consumer.start()
         records: list[Any] = []
         try:
             async with asyncio.timeout(timeout_s):
+                # the topic may not exist yet (created by its first record): poll metadata
+                while not (known := consumer.partitions_for_topic(topic)):
+                    await consumer.topics()
+                    if not consumer.partitions_for_topic(topic):
+                        await asyncio.sleep(0.2)
+                partitions = [TopicPartition(topic, p) for p in sorted(known)]
+                consumer.assign(partitions)
+                await consumer.seek_to_beginning(*partitions)
                 while len(records) < expected:
-                    batch = await consumer.getmany(timeout_ms=500)
-                    for part in batch.values():
+                    for part in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(part)
+                ends = await consumer.end_offsets(partitions)
+                while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                    for part in (await consumer.getmany(timeout_ms=500)).values():
                         records.extend(part)
         except TimeoutError:
             pass

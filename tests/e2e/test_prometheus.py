@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -234,11 +235,19 @@ def test_every_dashboard_and_rule_query_returns_data(stack) -> None:
         if "histogram_quantile" in expr and not any(map(math.isfinite, result.values())):
             problems.append(f"no finite quantile: {where}")
     assert not problems, "\n".join(problems)
-    # the alert expressions themselves run (they return nothing while all is well)
+    # the alert expressions themselves: what they return (nothing while all is well) carries
+    # every label its annotations name, and with both workers up and scraped, the
+    # workers-down alert is quiet
     records = rule_records()
     for rule in rules():
         if "alert" in rule:
-            both.query(expand(rule["expr"], records), now)
+            fired = both.query(expand(rule["expr"], records), now)
+            named = set(re.findall(r"\$labels\.(\w+)", str(rule.get("annotations", {}))))
+            for series, value in fired.items():
+                assert named <= {name for name, _ in series}, (rule["alert"], series)
+                assert math.isfinite(value), (rule["alert"], series)
+            if rule["alert"] == "RetentionWorkersDown":
+                assert fired == {}, fired
 
 
 def test_rules_evaluate_without_errors(stack) -> None:

@@ -42,6 +42,8 @@ def event(user: str, n: int, ts_ms: int, kind: str = "session", **extra: Any) ->
 
 
 def notifications(deployment: Deployment, days: int, expected: int) -> dict[str, dict[str, Any]]:
+    """The topic's notifications by id, read to its end (extra ids show up). Delivery is at
+    least once, so a copy of an id is not an extra notification."""
     records = consume_all(deployment.bootstrap, deployment.inactive_topic(days), expected,
                           timeout_s=20)
     return {orjson.loads(r.value)["notification_id"]: orjson.loads(r.value) for r in records}

@@ -1,0 +1,126 @@
+"""Hand-worked examples of the plan (streams/plan.py), applied by the real Lua on a real
+Redis and read back through the queries: each expected number is worked out from
+METRICS.md, so a bug fails here deterministically, not only when hypothesis finds it."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+
+from retention_tracker.streams.calendar import AppCalendar, date_to_day
+from retention_tracker.streams.events import Event
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.queries import cohort_report, kpis_report, summary_report
+
+from .real_apply import RealApply
+
+DAY_MS = 86_400_000
+BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
+UTC = AppCalendar("UTC")
+
+
+def day(n: int) -> int:
+    return BASE_MS + n * DAY_MS
+
+
+def test_duplicates_inside_one_batch_count_once_in_the_plan() -> None:
+    """§1: a second event with the same (app, event_id) is ignored and counted, also when
+    both copies arrive in one batch (no earlier batch has remembered the id)."""
+    buy = Event("a", "b1", "purchase", "u", day(0), amount=2.5, currency="USD")
+    other = Event("a", "b1", "purchase", "u", day(3), amount=9.0)  # same id, other content
+    plan = plan_batch([(0, -1, buy), (1, -1, buy), (2, -1, other)], {("a", "u"): None},
+                      set(), None, 400, lambda _app: UTC)
+    assert plan.stats == {"acc:a:purchase": 1, "dup:a": 2}
+    assert plan.new_dedup_keys == [dedup_key("a", "b1")]
+    deltas = plan.deltas["a"][("all", "value=payer")]
+    d0 = date_to_day(date(2024, 1, 1))
+    assert deltas["daily", f"dau:{d0}"] == 1
+    assert deltas["daily", f"rev:{d0}:USD"] == 25_000  # 2.5 in 1/10,000ths, once
+    assert ("daily", f"dau:{d0 + 3}") not in deltas
+
+
+async def test_duplicates_inside_one_batch_count_once_in_redis(redis_url: str) -> None:
+    async with RealApply(redis_url) as state:
+        copies = [Event("a", "s1", "session", "u", day(0))] * 3
+        assert await state.apply(copies, day(0)) == []
+        summary = await summary_report(state.store, state.settings, "a", date(2024, 1, 1))
+        assert (summary["dau"], summary["new_users"]) == (1, 1)
+        assert +await state.store.read_stats() == {"acc:a:session": 1, "dup:a": 2}
+
+
+async def test_weekly_cohorts_are_iso_weeks_and_count_each_offset(redis_url: str) -> None:
+    """§2/§4 by week: weeks start on Monday (Jan 1 2024 is one). u comes on Sunday Jan 7
+    (week 2024-W01) and again in W03 and W04; v comes on Monday Jan 8 (W02) and in W04.
+    Now is Jan 24 (W04): W01's cells at +0..+3 are u, -, u, u; W02's: v, -, v."""
+    events = [Event("a", "u0", "session", "u", day(6)), Event("a", "u1", "session", "u", day(15)),
+              Event("a", "u2", "session", "u", day(22)), Event("a", "v0", "session", "v", day(7)),
+              Event("a", "v1", "session", "v", day(23))]
+    async with RealApply(redis_url) as state:
+        await state.apply(events, day(23))
+        rows = (await cohort_report(state.store, state.settings, "a", "week"))["cohorts"]
+        assert [(r["cohort"], r["size"], r["counts"]) for r in rows] == [
+            ("2024-W01", 1, [1, 0, 1, 1]), ("2024-W02", 1, [1, 0, 1])]
+        rolling = (await cohort_report(state.store, state.settings, "a", "week", "rolling"))
+        assert [r["counts"] for r in rolling["cohorts"]] == [[1, 1, 1, 1], [1, 1, 1]]
+
+
+async def test_late_first_event_moves_user_to_earlier_cohort(redis_url: str) -> None:
+    async with RealApply(redis_url) as state:
+        await state.apply([Event("a", "1", "install", "u", day(5)),
+                           Event("a", "2", "session", "u", day(6))], day(6))
+        report = await cohort_report(state.store, state.settings, "a")
+        assert [r["cohort"] for r in report["cohorts"]] == ["2024-01-06"]
+        await state.apply([Event("a", "3", "session", "u", day(1))], day(7))  # uploaded late
+        rows = (await cohort_report(state.store, state.settings, "a"))["cohorts"]
+        # cohort Jan 2, active on Jan 2, 6 and 7: offsets 0, 4 and 5
+        assert [(r["cohort"], r["counts"]) for r in rows] == [("2024-01-02", [1, 0, 0, 0, 1, 1])]
+
+
+async def test_events_older_than_horizon_are_rejected_not_counted(redis_url: str) -> None:
+    async with RealApply(redis_url, horizon_days=31) as state:
+        await state.apply([Event("a", "1", "session", "u", day(100))], day(100))
+        old = Event("a", "2", "session", "v", day(0))
+        assert await state.apply([old], day(100)) == [old]
+        assert await state.store.read_family("a", "coh:day") == {
+            str(date_to_day(date(2024, 4, 10))): 1}
+        assert (await state.store.read_stats())["rej:too_old"] == 1
+
+
+async def test_summary_counts_reinstall_days_and_new_users_once(redis_url: str) -> None:
+    async with RealApply(redis_url) as state:
+        await state.apply([
+            Event("a", "1", "install", "u", day(0)),
+            Event("a", "2", "install", "u", day(3)),
+            Event("a", "3", "session", "w", day(3)),
+        ], day(3))
+        got = await summary_report(state.store, state.settings, "a", date(2024, 1, 4))
+        # on Jan 4: u reinstalls (1 install, not new), w comes for the first time (new, no
+        # install event): DAU 2, of them 1 new and 1 returning
+        assert (got["installs"], got["new_users"], got["dau"], got["returning_users"]) == (
+            1, 1, 2, 1)
+        assert (got["wau"], got["mau"], got["stickiness"]) == (2, 2, 1.0)
+
+
+async def test_crr_worked_example_50_start_65_end_25_new_is_80_percent(redis_url: str) -> None:
+    """METRICS.md §6: 50 customers at the start, 65 at the end, 25 of them new: CRR = 80%."""
+    week = 7 * DAY_MS
+    events = [Event("a", f"p{u}", "session", f"old{u}", BASE_MS + u) for u in range(50)]
+    events += [Event("a", f"k{u}", "session", f"old{u}", BASE_MS + week + u) for u in range(40)]
+    events += [Event("a", f"n{u}", "install", f"new{u}", BASE_MS + week + u) for u in range(25)]
+    random.Random(0).shuffle(events)
+    async with RealApply(redis_url) as state:
+        await state.apply(events, day(8))
+        second = (await kpis_report(state.store, state.settings, "a", "week"))["periods"][1]
+    assert (second["period"], second["active"], second["new_users"]) == ("2024-W02", 65, 25)
+    assert (second["crr"], second["churn"]) == (0.8, 0.2)
+
+
+async def test_money_is_exact_to_the_cent_and_duplicates_pay_once(redis_url: str) -> None:
+    buy = Event("a", "b1", "purchase", "u", day(1), amount=0.1, currency="USD")
+    async with RealApply(redis_url) as state:
+        await state.apply([buy, Event("a", "i1", "install", "u", day(2), cost=0.3)], day(2))
+        await state.apply([buy, Event("a", "b2", "purchase", "u", day(1), amount=0.2)], day(2))
+        got = await summary_report(state.store, state.settings, "a", date(2024, 1, 2))
+        assert got["revenue"] == {"USD": 0.3}  # not 0.30000000000000004
+        roas = await cohort_report(state.store, state.settings, "a", "day", "roas")
+        assert roas["cohorts"][0]["cac"] == 0.3 and roas["cohorts"][0]["values"][0] == 1.0
