@@ -44,6 +44,8 @@ GLOBAL_GAUGES = {
     "install costs)",
     "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
     "mean of the 7 complete cohorts before it",
+    "retention_headline_cohort_size": "users of the cohort the headline D1/D7/D30 is of (the "
+    "latest whose day N has ended): the drop alert ignores small ones",
     "retention_watermark_seconds": "latest event time applied, per partition",
     "retention_inactive_users": "users inactive for at least the threshold now",
     "retention_winback_back_within_7d_share": "share of notified users active again within "
@@ -148,6 +150,9 @@ class SnapshotCollector(Collector):
                         continue
                     gauges["retention_headline_retention"].add_metric(
                         [app, f"d{day}", stat], value)
+        for day, size in figures.get("headline_size", {}).items():
+            if size is not None:
+                gauges["retention_headline_cohort_size"].add_metric([app, f"d{day}"], size)
 
     def _winback(self, gauges: dict[str, GaugeMetricFamily],
                  counters: dict[str, CounterMetricFamily], app: str,
@@ -229,6 +234,7 @@ _GAUGE_LABELS = {
     "retention_cohort_ltv": ["app", "cohort", "offset", "currency"],
     "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
     "retention_headline_retention": ["app", "day", "stat"],
+    "retention_headline_cohort_size": ["app", "day"],
     "retention_watermark_seconds": ["partition"],
     "retention_inactive_users": ["app", "threshold"],
     "retention_winback_back_within_7d_share": ["app", "threshold"],

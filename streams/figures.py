@@ -112,13 +112,24 @@ def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
     mean over the ``cohorts`` such cohorts before it (METRICS.md §4 "Headline D1/D7/D30"):
     the latest is left out of its own baseline, so a drop is not diluted by itself. The
     mean is over fewer cohorts when fewer came before, None when none did."""
-    done = [r for r in rows if len(r["complete"]) > offset and r["complete"][offset]]
+    done = _complete_at(rows, offset)
     if not done:
         return None
     latest = done[-1]
     before = [r["counts"][offset] / r["size"] for r in done[-cohorts - 1:-1]]
     baseline = round(sum(before) / len(before), 4) if before else None
     return rate(latest["counts"][offset], latest["size"]), baseline
+
+
+def headline_cohort_size(rows: list[dict[str, Any]], offset: int) -> int | None:
+    """Users of the cohort the headline day-N figure is of (alerts ignore small ones)."""
+    done = _complete_at(rows, offset)
+    return done[-1]["size"] if done else None
+
+
+def _complete_at(rows: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
+    """The cohorts (oldest first) whose day ``offset`` has ended."""
+    return [r for r in rows if len(r["complete"]) > offset and r["complete"][offset]]
 
 
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")

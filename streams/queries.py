@@ -19,6 +19,7 @@ from .figures import (
     cohort_rows,
     day_summary,
     headline,
+    headline_cohort_size,
     iso_time,
     kpi_rows,
     last_day_with_data,
@@ -499,6 +500,8 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             "cohorts": shown,
             "money": await _recent_money(store, settings, app, calendar, now, today, daily),
             "headline": {n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
+            "headline_size": {n: headline_cohort_size(rows["classic"], n)
+                              for n in HEADLINE_DAYS},
         }
     return {"now_ms": now, "apps": apps, "stats": stats}
 
