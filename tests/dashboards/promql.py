@@ -27,6 +27,7 @@ WORKER_PREFIX = "retention_worker_"
 #: Labels of every recording rule's series (a rule missing here fails the tests).
 RECORD_LABELS: dict[str, frozenset[str]] = {
     "app_day:retention_headline:latest_over_mean7": frozenset({"app", "day"}),
+    "app_day:retention_headline:cohort_size": frozenset({"app", "day"}),
     "app:retention_dau:ratio_1w": frozenset({"app"}),
     "app:retention_dau:max_offset_1w": frozenset({"app"}),
     "app:retention_installs:ratio_1w": frozenset({"app"}),
