@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import HealthCheck, given, settings
@@ -31,6 +30,7 @@ from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore
+from tests.streams.real_apply import RealApply
 
 DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
@@ -246,21 +246,13 @@ def test_any_keying_partitioning_and_batching_gives_the_reference_figures(
     rng = random.Random(seed)
 
     async def scenario() -> None:
-        client = aioredis.from_url(redis_url)
-        prefix = f"rekey-{rng.getrandbits(48):x}"
-        store = RedisStore(client, prefix=prefix, user_buckets=4, dedup_buckets=4,
-                           state_cache_users=rng.choice([0, 100]))
-        try:
+        async with RealApply(redis_url, shards=PARTITIONS,
+                             state_cache_users=rng.choice([0, 100])) as state:
             for app, zone in ZONES.items():
-                await store.fix_timezone(app, zone)
+                await state.store.fix_timezone(app, zone)
             for shard in range(PARTITIONS):
-                await store.register_shard(shard)
-            await consume(store, produce(events, rng), rng)
-            await figures_equal_reference(store, prefix, events)
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
+                await state.store.register_shard(shard)
+            await consume(state.store, produce(events, rng), rng)
+            await figures_equal_reference(state.store, state.settings.key_prefix, events)
 
     asyncio.run(scenario())

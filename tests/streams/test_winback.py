@@ -10,7 +10,6 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +25,8 @@ from retention_tracker.streams.winback import (
     notification_id,
     plan_notifications,
 )
+
+from .real_apply import RealApply
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -257,17 +258,9 @@ def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: lis
     expected = reference.inactivity_episodes(stream, RULES.thresholds, RULES.max_delay_ms)
 
     async def scenario() -> Outcome:
-        client = aioredis.from_url(redis_url)
-        prefix = f"wb-{rng.getrandbits(48):x}"
-        store = RedisStore(client, prefix=prefix, user_buckets=2, dedup_buckets=2,
-                           state_cache_users=rng.choice([0, 50]))
-        try:
-            return await replay(store, batches, RULES)
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
+        async with RealApply(redis_url, thresholds=RULES.thresholds, shards=1,
+                             state_cache_users=rng.choice([0, 50])) as state:
+            return await replay(state.store, batches, RULES)
 
     got = asyncio.run(scenario())
     assert got.sent == expected["sent"]
