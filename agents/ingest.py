@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
+from retention_tracker.streams.events import Reject
 from retention_tracker.streams.plan import MS_PER_DAY, Plan, dedup_key, plan_batch
 from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
@@ -324,21 +325,7 @@ class Ingestor:
                 self.winback,
                 event_clock=s.clock == "event",
             )
-            letters = [
-                DeadLetter(record, r.reason, r.detail, r.index, rekeyed)
-                for record, r in rejects
-                if record.offset >= start
-            ]
-            if plan.too_old:
-                by_offset = {record.offset: record for record in records}
-                letters += [
-                    DeadLetter(by_offset[offset], "too_old", "older than the horizon", index,
-                               rekeyed)
-                    for offset, index, _ in plan.too_old
-                ]
-            plan.stats.update(
-                Counter(f"rej:{r.reason}" for record, r in rejects if record.offset >= start)
-            )
+            letters = _dead_letters(records, rejects, plan, start, rekeyed)
             if records[-1].offset < start:
                 break  # all of it was applied before (a restart or a rebalance replayed it)
             away = [f for f in read.away if f.offset >= start]
@@ -472,6 +459,21 @@ class Ingestor:
             for letter in letters
         ]
         await asyncio.gather(*futures)
+
+
+def _dead_letters(records: list[ConsumerRecord], rejects: list[tuple[ConsumerRecord, Reject]],
+                  plan: Plan, start: int, forwarded: bool) -> list[DeadLetter]:
+    """The batch's rejects from ``start`` on (earlier ones were sent with the batch that
+    applied them), counted in the plan's stats by reason."""
+    letters = [DeadLetter(record, r.reason, r.detail, r.index, forwarded)
+               for record, r in rejects if record.offset >= start]
+    plan.stats.update(Counter(f"rej:{letter.reason}" for letter in letters))
+    if plan.too_old:  # counted by the plan itself
+        by_offset = {record.offset: record for record in records}
+        letters += [DeadLetter(by_offset[offset], "too_old", "older than the horizon", index,
+                               forwarded)
+                    for offset, index, _ in plan.too_old]
+    return letters
 
 
 def _route_stats(at_home: int, away: list[Forward], now_ms: int) -> Counter[str]:
