@@ -316,6 +316,12 @@ def _moment_cuts(old: UserState | None, events: list[Event], arrivals: list[int]
     if not thresholds:
         return cuts, known_ms
     last_ms = old.last_active_ms if old is not None else None
+    earliest_ms = (last_ms if last_ms is not None else events[0].ts_ms) + thresholds[0] * MS_PER_DAY
+    if arrivals[-1] < earliest_ms:  # no moment can come before this batch ends: the usual
+        for event, now_ms in zip(events, arrivals, strict=True):
+            if last_ms is None or event.ts_ms > last_ms:
+                last_ms, known_ms = event.ts_ms, now_ms
+        return cuts, known_ms
     pending = [d for d in thresholds if old is None or not old.handled(d)]  # ascending
     set_at = 0  # before the batch
     for position, (event, now_ms) in enumerate(zip(events, arrivals, strict=True)):
@@ -343,6 +349,13 @@ def _apply_events(
     (event clock), the moments now has passed are handled first (published, or expired
     when found too late), and the events after it may then be the user's return (or show
     a false alarm). One add_events per run of events between cuts."""
+    if not cuts:  # the usual: all events at once
+        new = add_events(old, events, calendar, rules)
+        if old is not None and (old.notified_days or old.expired_days):
+            new, message = return_of(user, old, new, events, rules, winback, plan.stats)
+            if message is not None:
+                plan.reactivations.append(message)
+        return new
     state = old
     bounds = [0, *(position for position, _ in cuts), len(events)]
     set_at = dict(cuts)
@@ -410,9 +423,9 @@ def plan_batch(
         plan.stats[f"acc:{event.app}:{event.type}"] += 1
         if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
             plan.watermark_ms = event.ts_ms
-        plan.arrivals.append(plan.watermark_ms)
         accepted.setdefault((event.app, event.user_id), []).append(event)
         if event_clock:
+            plan.arrivals.append(plan.watermark_ms)
             arrived.setdefault((event.app, event.user_id), []).append(plan.watermark_ms)
     for user_key, user_events in accepted.items():
         app = user_key[0]

@@ -112,8 +112,9 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, totals.units)
     _put_varint(out, state.cost_units)
     _put_varint(out, state.sessions)
-    marks = [days * 2 for days in state.notified_days] + [
-        days * 2 + 1 for days in state.expired_days]  # low bit: expired, not sent
+    marks: list[int] = []  # low bit of each: expired, not sent
+    if state.notified_episode_ms is not None:
+        marks = [d * 2 for d in state.notified_days] + [d * 2 + 1 for d in state.expired_days]
     _put_varint(out, len(marks))
     if marks:
         _put_varint(out, _zigzag((state.notified_episode_ms or 0) - state.first_seen_ms))

@@ -77,8 +77,8 @@ def notification_payload(
 
 @dataclass(frozen=True, slots=True)
 class WinbackRules:
-    """Win-back settings: the thresholds (days; empty: win-back off), how far behind "now"
-    a moment may be and its message still go out, and the quick-churn bar."""
+    """Win-back settings: the thresholds (days, ascending; empty: win-back off), how far
+    behind "now" a moment may be and its message still go out, and the quick-churn bar."""
 
     thresholds: tuple[int, ...] = (2,)
     max_delay_ms: int = 24 * 3_600_000
