@@ -217,8 +217,9 @@ class Ingestor:
         """On every assignment: a topic whose partition count changed while this worker ran
         stops it (its users' homes moved) before any record of the new layout is applied."""
         assert self.consumer is not None and self.router is not None
-        actual = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.topics}
-        expected = dict.fromkeys(self.topics, self.router.partitions)
+        known = {t: self.consumer.partitions_for_topic(t) for t in self.topics}
+        actual = {t: len(parts) for t, parts in known.items() if parts}  # None: no metadata yet
+        expected = dict.fromkeys(actual, self.router.partitions)
         problem = partition_count_problem(actual, expected, self.settings.key_prefix)
         if problem:
             self._fatal(problem)
