@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import FORWARD_CAUSES
 from retention_tracker.streams.settings import ConfigError, Settings, mask_url
 from retention_tracker.streams.store import Keyspace
@@ -144,7 +145,7 @@ def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
 
 
 def _read_stored(client: redis.Redis, keys: Keyspace) -> _Stored:
-    today = int(time.time()) // 86_400
+    today = int(time.time() * 1000) // MS_PER_DAY
     recent = {f"route:{day}:" for day in (today - 1, today)}
     routes: Counter[str] = Counter()
     for shard in client.smembers(keys.shards()):

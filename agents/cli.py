@@ -17,7 +17,7 @@ import orjson
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
-from retention_tracker.streams.calendar import parse_date
+from retention_tracker.streams.calendar import MS_PER_DAY, parse_date
 from retention_tracker.streams.queries import (
     QueryError,
     cohort_report,
@@ -262,7 +262,7 @@ def simulate(days: int, installs_per_day: int, seconds_per_day: float, duplicate
     try:
         cfg = SimulationConfig(
             installs_per_day=installs_per_day, days=days, seed=seed,
-            start_ms=utc_now_ms() - days * 86_400_000, duplicate_rate=duplicate_rate,
+            start_ms=utc_now_ms() - days * MS_PER_DAY, duplicate_rate=duplicate_rate,
             late_rate=late_rate, malformed_rate=malformed_rate,
         )
     except ValueError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from retention_tracker.streams.calendar import utc_now_ms
+from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.simulation import SimulationConfig
 
@@ -29,8 +29,6 @@ from .local_stack import (
     start_redis,
     wait_for,
 )
-
-DAY_MS = 86_400_000
 
 
 def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: Path | None) -> int:
@@ -64,7 +62,7 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
         click.echo(_banner(env, web, workdir, days, seconds_per_day))
         cfg = SimulationConfig(
             installs_per_day=installs_per_day, days=days,
-            start_ms=utc_now_ms() - days * DAY_MS, duplicate_rate=0.01, late_rate=0.02,
+            start_ms=utc_now_ms() - days * MS_PER_DAY, duplicate_rate=0.01, late_rate=0.02,
             malformed_rate=0.001,
         )
         try:

@@ -29,9 +29,9 @@ from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from retention_tracker.streams.backoff import Backoff
-from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
 from retention_tracker.streams.events import Reject
-from retention_tracker.streams.plan import MS_PER_DAY, Plan, dedup_key, plan_batch
+from retention_tracker.streams.plan import Plan, dedup_key, plan_batch
 from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
 from retention_tracker.streams.store import RedisStore, TimezoneConflict

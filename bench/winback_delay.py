@@ -34,11 +34,11 @@ from retention_tracker.agents.local_stack import (
     start_process,
     start_redis,
 )
-from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
 from retention_tracker.streams.store import Keyspace, RedisStore, due_member
 from retention_tracker.streams.user_state import UserState, encode_user
 
-DAY_MS = 86_400_000
+DAY_MS = MS_PER_DAY
 PARTITIONS = 4
 THRESHOLD_DAYS = 2
 

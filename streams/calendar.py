@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 GRANULARITIES = ("day", "week", "month")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_MS_PER_DAY = 86_400_000
+MS_PER_DAY = 86_400_000  # the one definition: every module takes it from here
 
 
 def day_to_date(day: int) -> date:
@@ -79,7 +79,7 @@ class AppCalendar:
 
     def day_of(self, ts_ms: int) -> int:
         if self.timezone == "UTC":
-            return ts_ms // _MS_PER_DAY
+            return ts_ms // MS_PER_DAY
         local = datetime.fromtimestamp(ts_ms / 1000, self._zone)
         return local.date().toordinal() - _EPOCH_ORDINAL
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from .calendar import GRANULARITIES, AppCalendar, period_of_day, periods_of_days
+from .calendar import GRANULARITIES, MS_PER_DAY, AppCalendar, period_of_day, periods_of_days
 from .events import Event
 from .segments import DEFAULT_RULES, SegmentRules, money_units, value_segment
 from .user_state import ATTRIBUTES, Purchases, UserState
@@ -26,7 +26,6 @@ from .winback import (
     return_of,
 )
 
-MS_PER_DAY = 86_400_000
 WAU_DAYS = 7
 MAU_DAYS = 30
 

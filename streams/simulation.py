@@ -25,9 +25,10 @@ from typing import Any
 
 import orjson
 
+from .calendar import MS_PER_DAY
 from .settings import APP_NAME_RE
 
-DAY_MS = 86_400_000
+DAY_MS = MS_PER_DAY  # the name its callers know
 HOUR_MS = 3_600_000
 
 Weights = tuple[tuple[str, float], ...]

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import msgpack
 import redis.asyncio as aioredis
 
+from .calendar import MS_PER_DAY
 from .plan import Plan, UserKey
 from .state_cache import StateCache
 from .user_state import UserState, decode_user, encode_user
 from .winback import NotificationPlan
-
-MS_PER_DAY = 86_400_000
 
 # Both scripts take their arguments as one MessagePack blob (ARGV[1], decoded by Redis's
 # built-in cmsgpack): packing thousands of small arguments one by one in redis-py cost ~11%
@@ -363,7 +362,7 @@ class RedisStore:
         token = os.urandom(8)
         blob = _pack([
             loaded.version, "" if watermark_ms is None else str(watermark_ms), offset_args,
-            user_args, groups, (2 * self.dedup_window_days + 1) * 86_400, dedup_args,
+            user_args, groups, (2 * self.dedup_window_days + 1) * MS_PER_DAY // 1000, dedup_args,
             zadd_args, zrem_args, token, stats_args,
         ])
         try:

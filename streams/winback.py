@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .calendar import AppCalendar, period_label
+from .calendar import MS_PER_DAY, AppCalendar, period_label
 from .events import Event
 from .segments import SegmentRules, value_segment
 from .user_state import MONEY_UNITS, UserState
 
-MS_PER_DAY = 86_400_000
 BACK_WITHIN_DAYS = 7
 
 UserKey = tuple[str, str]
