@@ -34,7 +34,7 @@ from retention_tracker.streams.events import Reject
 from retention_tracker.streams.plan import Plan, dedup_key, plan_batch
 from retention_tracker.streams.segments import segment_rules
 from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import RedisStore, TimezoneConflict
+from retention_tracker.streams.store import DUE_PAGE, RedisStore, TimezoneConflict
 from retention_tracker.streams.winback import plan_notifications
 
 from .metrics import WorkerMetrics
@@ -394,7 +394,7 @@ class Ingestor:
             await self._send(self._winback_messages(plan.messages, []))
             if await self.store.apply_notifications(shard, loaded, plan):
                 self.metrics.notifications.inc(len(plan.messages))
-                if len(due) < 500:
+                if len(due) < DUE_PAGE:
                     return
             else:
                 self.metrics.conflicts.inc()

@@ -188,6 +188,10 @@ class LoadedBatch:
     dedup_generation: int
 
 
+#: Due entries read per threshold and pass: a pass that got fewer has drained them.
+DUE_PAGE = 500
+
+
 class TimezoneConflict(Exception):
     """An app's data was built in one timezone and this worker is configured with another."""
 
@@ -379,7 +383,7 @@ class RedisStore:
         return True
 
     async def due_entries(
-        self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = 500
+        self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = DUE_PAGE
     ) -> list[tuple[int, UserKey, int]]:
         """(days, user, due_ms) whose moment has come, oldest first, at most ``limit`` each."""
         thresholds = list(thresholds)
