@@ -349,12 +349,7 @@ def _apply_events(
     when found too late), and the events after it may then be the user's return (or show
     a false alarm). One add_events per run of events between cuts."""
     if not cuts:  # the usual: all events at once
-        new = add_events(old, events, calendar, rules)
-        if old is not None and (old.notified_days or old.expired_days):
-            new, message = return_of(user, old, new, events, rules, winback, plan.stats)
-            if message is not None:
-                plan.reactivations.append(message)
-        return new
+        return _add_run(plan, user, old, events, calendar, rules, winback)
     state = old
     bounds = [0, *(position for position, _ in cuts), len(events)]
     set_at = dict(cuts)
@@ -368,17 +363,22 @@ def _apply_events(
                                      moment_reached_ms(plan.arrivals, moment_ms, now_ms))
                     state = handle_moment(user, state, days, reached_ms, calendar, rules,
                                           winback, plan.notifications, plan.stats)
-        run = events[begin:end]
-        if not run:
-            continue
-        new = add_events(state, run, calendar, rules)
-        if state is not None and (state.notified_days or state.expired_days):
-            new, message = return_of(user, state, new, run, rules, winback, plan.stats)
-            if message is not None:
-                plan.reactivations.append(message)
-        state = new
+        if end > begin:
+            state = _add_run(plan, user, state, events[begin:end], calendar, rules, winback)
     assert state is not None, "a user with no event in the batch"
     return state
+
+
+def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event],
+             calendar: AppCalendar, rules: SegmentRules, winback: WinbackRules) -> UserState:
+    """The state after a run of events; when an episode was handled, the run may be the
+    user's return (a users.reactivated message) or show a false alarm."""
+    new = add_events(state, run, calendar, rules)
+    if state is not None and (state.notified_days or state.expired_days):
+        new, message = return_of(user, state, new, run, rules, winback, plan.stats)
+        if message is not None:
+            plan.reactivations.append(message)
+    return new
 
 
 def plan_batch(
