@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from retention_tracker.streams.calendar import accelerated_clock, parse_date
-from retention_tracker.streams.queries import (
+from retention_tracker.agents.ingest import Ingestor
+from retention_tracker.agents.metrics import Snapshot, SnapshotCollector, WorkerMetrics
+from retention_tracker.agents.rekey import PartitionCountChanged
+from retention_tracker.config.settings import Settings
+from retention_tracker.state.connect import make_store
+from retention_tracker.state.queries import (
     QueryError,
     apps_report,
     cohort_report,
@@ -36,26 +39,10 @@ from retention_tracker.streams.queries import (
     summary_report,
     value_segments_report,
 )
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import RedisStore, TimezoneConflict
-
-from .ingest import Ingestor
-from .metrics import Snapshot, SnapshotCollector, WorkerMetrics
-from .rekey import PartitionCountChanged
+from retention_tracker.state.store import TimezoneConflict
+from retention_tracker.streams.calendar import accelerated_clock, parse_date
 
 log = logging.getLogger(__name__)
-
-
-def make_store(settings: Settings) -> RedisStore:
-    client = aioredis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    return RedisStore(
-        client,
-        prefix=settings.key_prefix,
-        user_buckets=settings.user_buckets,
-        dedup_buckets=settings.dedup_buckets,
-        dedup_window_days=settings.dedup_window_days,
-        state_cache_users=settings.state_cache_users,
-    )
 
 
 def _date_param(request: Request, name: str) -> date | None:

@@ -28,17 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
-from retention_tracker.streams.backoff import Backoff
-from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
-from retention_tracker.streams.events import Reject
-from retention_tracker.streams.plan import Plan, dedup_key, plan_batch
-from retention_tracker.streams.segments import segment_rules
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import DUE_PAGE, RedisStore, TimezoneConflict
-from retention_tracker.streams.winback import plan_notifications
-
-from .metrics import WorkerMetrics
-from .rekey import (
+from retention_tracker.agents.metrics import WorkerMetrics
+from retention_tracker.agents.rekey import (
     AT_HOME,
     Forward,
     PartitionCountChanged,
@@ -46,6 +37,13 @@ from .rekey import (
     partition_count_problem,
     read_records,
 )
+from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.store import DUE_PAGE, RedisStore, TimezoneConflict
+from retention_tracker.streams.backoff import Backoff
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
+from retention_tracker.streams.events import Reject
+from retention_tracker.streams.plan import Plan, dedup_key, plan_batch
+from retention_tracker.streams.winback import plan_notifications
 
 log = logging.getLogger(__name__)
 

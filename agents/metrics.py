@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retention_tracker.state.queries import winback_counts
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
-from retention_tracker.streams.queries import winback_counts
 
 # Every metric name the worker exports; dashboards and rules may use only these.
 GLOBAL_GAUGES = {

@@ -10,10 +10,9 @@ import redis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import Keyspace
-
-from .rekey import partition_count_problem
+from retention_tracker.agents.rekey import partition_count_problem
+from retention_tracker.config.settings import Settings
+from retention_tracker.state.store import Keyspace
 
 EXIT_FATAL = 2
 
@@ -60,7 +59,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     if problem:
         print(f"retention: error: {problem}", file=sys.stderr)
         return EXIT_FATAL
-    from .app import create_app
+    from retention_tracker.agents.app import create_app
 
     fatal: list[str] = []
     app = create_app(settings, fatal)

@@ -1,6 +1,6 @@
-"""Throughput, latency and memory benchmark of the tracker against two baselines (issue 6).
+"""Throughput, latency and memory benchmark of the tracker against two baselines, and the
+batch reference (``reference.py``) that both the benchmark and the tests check figures with.
 
-Run it as ``retention bench`` (see ``agents/bench_cli.py``); BENCHMARKS.md has the figures
-and how they were measured. Not part of the installed package: it lives next to the code
-it measures and is loaded from the source checkout.
+Run it as ``retention bench`` (``cli/bench.py``); BENCHMARKS.md has the figures and how they
+were measured. No module of the worker imports this package.
 """

@@ -2,7 +2,7 @@
 
 Correctness: the worker's figures, read back through the same query code as ``retention
 report --json`` / ``retention summary --json`` (with ``CLOCK=event``), must equal the batch
-reference (``streams/reference.py``) computed from the very same workload. A throughput
+reference (``bench/reference.py``) computed from the very same workload. A throughput
 figure of a worker that got the numbers wrong is worthless, so a mismatch fails the bench.
 
 Memory: INFO ``used_memory`` before and after a replay gives the total cost; ``MEMORY
@@ -20,11 +20,11 @@ from typing import Any
 
 import redis
 
-from retention_tracker.agents.app import make_store
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.config.settings import Settings
+from retention_tracker.state.connect import make_store
+from retention_tracker.state.queries import cohort_report, summary_report
 from retention_tracker.streams.events import Event, validate_event
-from retention_tracker.streams.queries import cohort_report, summary_report
-from retention_tracker.streams.settings import Settings
 
 from .contenders import Deployment
 

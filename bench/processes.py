@@ -16,7 +16,7 @@ from pathlib import Path
 
 from retention_tracker.agents.local_stack import ManagedProcess
 
-RETENTION = [sys.executable, "-m", "retention_tracker.agents"]
+RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 FAUST_BASELINE = Path(__file__).resolve().parent / "faust_baseline.py"
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 
-from retention_tracker.agents.feeding import ProduceStats, produce_events
 from retention_tracker.agents.local_stack import (
     ensure_topics,
     redis_server_binary,
@@ -30,6 +29,7 @@ from retention_tracker.agents.local_stack import (
     start_redis,
 )
 from retention_tracker.agents.rekey import home_partition
+from retention_tracker.cli.feeding import ProduceStats, produce_events
 
 from .checks import Reference, Verdict, forwarded_events, redis_memory, verify
 from .contenders import (
@@ -248,7 +248,7 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
             _say(f"{shape}: {name}: {r.events_per_s:,.0f} events/s "
                  f"({r.window_events:,} events in {r.window_s:.2f} s)")
         if expected is None:
-            _say("computing the batch reference figures (streams/reference.py)")
+            _say("computing the batch reference figures (bench/reference.py)")
             expected = Reference.of(workload.events)
         _say(f"{shape}: checking the worker's figures against the reference")
         _judge(deployments[shape], expected, verdict, results)

@@ -34,8 +34,8 @@ from retention_tracker.agents.local_stack import (
     start_process,
     start_redis,
 )
+from retention_tracker.state.store import Keyspace, RedisStore, due_member
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
-from retention_tracker.streams.store import Keyspace, RedisStore, due_member
 from retention_tracker.streams.user_state import UserState, encode_user
 
 DAY_MS = MS_PER_DAY
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         preload(redis_url, args.users, args.due, args.window_s * 1000, start_ms)
         env = {**os.environ, "KAFKA_BROKER": kafka_url, "REDIS_URL": redis_url,
                "WEB_PORT": str(free_port()), "INACTIVITY_THRESHOLDS": str(THRESHOLD_DAYS)}
-        worker = start_process([sys.executable, "-m", "retention_tracker.agents", "worker"],
+        worker = start_process([sys.executable, "-m", "retention_tracker.cli", "worker"],
                                "worker", env, workdir / "worker.log")
         with worker:
             delays = asyncio.run(collect(bootstrap, f"users.inactive.{THRESHOLD_DAYS}d",

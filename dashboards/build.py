@@ -34,7 +34,7 @@ from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import prometheus as prom_m
 
-from retention_tracker.streams.settings import Settings
+from retention_tracker.config.settings import Settings
 
 OUT_DIR = Path(__file__).resolve().parent
 DATASOURCE = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")

@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from .settings import APP_NAME_RE
-
+APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
 EVENT_TYPES = ("install", "session", "purchase")
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
 _CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")

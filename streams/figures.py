@@ -11,8 +11,14 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from .calendar import AppCalendar, date_to_day, day_to_date, period_label, period_of_day
-from .user_state import MONEY_UNITS
+from retention_tracker.streams.calendar import (
+    AppCalendar,
+    date_to_day,
+    day_to_date,
+    period_label,
+    period_of_day,
+)
+from retention_tracker.streams.user_state import MONEY_UNITS
 
 KINDS = ("classic", "rolling")
 

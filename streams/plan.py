@@ -15,11 +15,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from .calendar import GRANULARITIES, MS_PER_DAY, AppCalendar, period_of_day, periods_of_days
-from .events import Event
-from .segments import DEFAULT_RULES, SegmentRules, money_units, value_segment
-from .user_state import ATTRIBUTES, Purchases, UserState
-from .winback import (
+from retention_tracker.streams.calendar import (
+    GRANULARITIES,
+    MS_PER_DAY,
+    AppCalendar,
+    period_of_day,
+    periods_of_days,
+)
+from retention_tracker.streams.events import Event
+from retention_tracker.streams.segments import (
+    DEFAULT_RULES,
+    SegmentRules,
+    money_units,
+    value_segment,
+)
+from retention_tracker.streams.user_state import ATTRIBUTES, Purchases, UserState
+from retention_tracker.streams.winback import (
     WinbackRules,
     handle_moment,
     moment_reached_ms,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .settings import Settings
-from .user_state import MONEY_UNITS, UserState
+from retention_tracker.streams.user_state import MONEY_UNITS, UserState
 
 
 def money_units(amount: float) -> int:
@@ -23,14 +22,6 @@ class SegmentRules:
 
 
 DEFAULT_RULES = SegmentRules()
-
-
-def segment_rules(settings: Settings) -> SegmentRules:
-    return SegmentRules(
-        default_currency=settings.currency,
-        vip_revenue_units=money_units(settings.vip_revenue),
-        vip_purchases=settings.vip_purchases,
-    )
 
 
 def value_segment(state: UserState, rules: SegmentRules) -> str:

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from .calendar import MS_PER_DAY
-from .settings import APP_NAME_RE
+from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.events import APP_NAME_RE
 
 DAY_MS = MS_PER_DAY  # the name its callers know
 HOUR_MS = 3_600_000

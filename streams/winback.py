@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .calendar import MS_PER_DAY, AppCalendar, period_label
-from .events import Event
-from .segments import SegmentRules, value_segment
-from .user_state import MONEY_UNITS, UserState
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_label
+from retention_tracker.streams.events import Event
+from retention_tracker.streams.segments import SegmentRules, value_segment
+from retention_tracker.streams.user_state import MONEY_UNITS, UserState
 
 BACK_WITHIN_DAYS = 7
 

@@ -12,7 +12,7 @@ import redis
 
 from retention_tracker.agents.local_stack import free_port
 
-RETENTION = [sys.executable, "-m", "retention_tracker.agents"]
+RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

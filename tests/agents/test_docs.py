@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retention_tracker.streams.settings import SETTINGS_DOC, Settings
+from retention_tracker.config.settings import SETTINGS_DOC, Settings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

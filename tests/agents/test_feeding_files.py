@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
-from retention_tracker.agents import feeding
-from retention_tracker.agents.feeding import (
+from retention_tracker.cli import feeding
+from retention_tracker.cli.feeding import (
     parse_mapping,
     prepare_replay,
     produce_events,

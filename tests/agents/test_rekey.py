@@ -23,13 +23,13 @@ from retention_tracker.agents.rekey import (
     partition_count_problem,
     read_records,
 )
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.config.settings import Settings
+from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
-from retention_tracker.streams.queries import cohort_report, kpis_report, summary_report
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import RedisStore
 from tests.streams.real_apply import RealApply
 
 DAY_MS = 86_400_000

@@ -19,8 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.agents.bench_cli import load_runner
-from retention_tracker.streams import reference
+from retention_tracker.bench import checks, horizontal, profile, reference, runner, workload
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +36,14 @@ MEMORY_KEYS = {"bytes_per_user_total", "bytes_per_user_records", "dedup_bytes_pe
 
 @pytest.fixture(scope="module")
 def bench_modules() -> dict[str, ModuleType]:
-    runner = load_runner()
-    package = runner.__name__.rsplit(".", 1)[0]
-    return {name: sys.modules[f"{package}.{name}"] for name in
-            ("runner", "workload", "profile", "checks", "horizontal")}
+    return {"runner": runner, "workload": workload, "profile": profile, "checks": checks,
+            "horizontal": horizontal}
 
 
 def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "retention_tracker.agents.bench_cli", "--quick", "--no-progress",
+        [sys.executable, "-m", "retention_tracker.cli.bench", "--quick", "--no-progress",
          "--json-out", str(out), "--workdir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=240,
     )

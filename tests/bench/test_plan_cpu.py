@@ -6,8 +6,8 @@ from collections import Counter
 
 import orjson
 
-from bench.plan_cpu import PARTITIONS, messages_per_partition, replay
-from bench.workload import WorkloadSpec, build_workload
+from retention_tracker.bench.plan_cpu import PARTITIONS, messages_per_partition, replay
+from retention_tracker.bench.workload import WorkloadSpec, build_workload
 
 
 def test_user_arrays_keep_every_event_in_order_one_user_each() -> None:

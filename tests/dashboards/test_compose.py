@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from retention_tracker.streams.settings import SETTINGS_DOC
+from retention_tracker.config.settings import SETTINGS_DOC
 
 from .promql import REPO
 

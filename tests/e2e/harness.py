@@ -23,9 +23,9 @@ from retention_tracker.agents.local_stack import (
     start_process,
     wait_for,
 )
-from retention_tracker.streams.store import Keyspace
+from retention_tracker.state.store import Keyspace
 
-RETENTION = [sys.executable, "-m", "retention_tracker.agents"]
+RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from retention_tracker.agents.local_stack import wait_for
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.winback import notification_id
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 import redis
 
-from retention_tracker.agents.feeding import prepare_replay, read_jsonl
 from retention_tracker.agents.local_stack import wait_for
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.cli.feeding import prepare_replay, read_jsonl
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.simulation import SimulationConfig, generate_events
 

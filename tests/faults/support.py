@@ -30,12 +30,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retention_tracker.agents.cli import cli
 from retention_tracker.agents.local_stack import ManagedProcess, start_redis
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.cli.main import cli
+from retention_tracker.state.store import Keyspace
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
-from retention_tracker.streams.store import Keyspace
 from tests.e2e.harness import Deployment
 from tests.e2e.test_worker_exact import DAY_MS, assert_reports_match, simulated
 

@@ -1,4 +1,4 @@
-"""``retention check`` (agents/check.py): one line per check, exit 1 on any FAIL, never a
+"""``retention check`` (cli/check.py): one line per check, exit 1 on any FAIL, never a
 traceback, never a password."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from retention_tracker.agents.check import check
 from retention_tracker.agents.local_stack import ensure_topics, free_port, start_redis
-from retention_tracker.streams.settings import mask_url
-from retention_tracker.streams.store import Keyspace
+from retention_tracker.cli.check import check
+from retention_tracker.config.settings import mask_url
+from retention_tracker.state.store import Keyspace
 from tests.e2e.harness import Deployment
 
 pytestmark = pytest.mark.e2e
@@ -91,7 +91,7 @@ def test_wrong_redis_port_fails_in_one_line_without_the_password(deployment: Dep
 def test_as_a_process_no_traceback_on_stderr(deployment: Deployment) -> None:
     env = deployment.env(REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     done = subprocess.run(
-        [sys.executable, "-c", "from retention_tracker.agents.check import check; check()"],
+        [sys.executable, "-c", "from retention_tracker.cli.check import check; check()"],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 1

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.config.settings import Settings
+from retention_tracker.state.queries import repeat_purchase_report
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
-from retention_tracker.streams.queries import repeat_purchase_report
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import RedisStore
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
 from retention_tracker.streams.events import (
     EVENT_TYPES,
@@ -320,7 +320,7 @@ def fates(raw: bytes) -> list[tuple[int, Event | None]]:
 def test_parser_agrees_with_the_reference_reader(obj: dict[str, Any], field: str, value: Any,
                                                  wrap: bool) -> None:
     """Events damaged one field at a time: the parser accepts exactly what the contract's
-    reader (streams/reference.read_message, written from §1 alone) accepts, as the same
+    reader (bench/reference.read_message, written from §1 alone) accepts, as the same
     events, and rejects the rest."""
     damaged = {**obj, field: value}
     raw = dumps([obj, damaged] if wrap else damaged)

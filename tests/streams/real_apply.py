@@ -1,6 +1,6 @@
 """Batches planned by ``plan.plan_batch`` and applied by the real Lua scripts
 (``RedisStore.load_batch`` / ``apply_plan``) on the session's real redis-server, figures read
-back through ``streams/queries.py``: the path a worker takes, minus Kafka.
+back through ``state/queries.py``: the path a worker takes, minus Kafka.
 
 Each ``RealApply`` owns one key prefix and deletes its keys in ``close``, so examples never
 see each other's state and a given Redis is never flushed. Users are spread over
@@ -17,12 +17,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
-from retention_tracker.streams.segments import segment_rules
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.store import RedisStore
 
 TOPIC = "t"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 from datetime import date
 
+from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.streams.calendar import AppCalendar, date_to_day
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
-from retention_tracker.streams.queries import cohort_report, kpis_report, summary_report
 
 from .real_apply import RealApply
 

@@ -22,17 +22,17 @@ from datetime import date, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retention_tracker.streams import reference
-from retention_tracker.streams.calendar import date_to_day
-from retention_tracker.streams.events import Event
-from retention_tracker.streams.figures import day_summary, money_of_day
-from retention_tracker.streams.queries import (
+from retention_tracker.bench import reference
+from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
     kpis_report,
     repeat_purchase_report,
     summary_report,
 )
+from retention_tracker.streams.calendar import date_to_day
+from retention_tracker.streams.events import Event
+from retention_tracker.streams.figures import day_summary, money_of_day
 
 from .real_apply import RealApply
 

@@ -1,4 +1,4 @@
-"""Hand-worked examples of the queries (streams/queries.py) over state written by the real
+"""Hand-worked examples of the queries (state/queries.py) over state written by the real
 apply on a real Redis: what `retention report/summary/segments/rpr` and /metrics serve.
 Expected numbers are worked out from METRICS.md in the comments, not by the code."""
 
@@ -8,8 +8,7 @@ from datetime import date
 
 import pytest
 
-from retention_tracker.streams.events import Event
-from retention_tracker.streams.queries import (
+from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
     live_figures,
@@ -18,6 +17,7 @@ from retention_tracker.streams.queries import (
     summary_report,
     value_segments_report,
 )
+from retention_tracker.streams.events import Event
 
 from .real_apply import RealApply
 

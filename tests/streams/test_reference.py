@@ -12,8 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from retention_tracker.streams.events import Event
-from retention_tracker.streams.reference import (
+from retention_tracker.bench.reference import (
     add_periods,
     daily_series,
     day_start_ms,
@@ -27,6 +26,7 @@ from retention_tracker.streams.reference import (
     summary,
     triangle,
 )
+from retention_tracker.streams.events import Event
 
 _ids = itertools.count()
 

@@ -13,8 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from retention_tracker.streams.events import Event
-from retention_tracker.streams.reference import (
+from retention_tracker.bench.reference import (
     daily_series,
     kpis,
     money_triangle,
@@ -24,6 +23,7 @@ from retention_tracker.streams.reference import (
     triangle,
     user_profiles,
 )
+from retention_tracker.streams.events import Event
 
 _ids = itertools.count()
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import add_events
 from retention_tracker.streams.segments import (
     DEFAULT_RULES,
     SegmentRules,
-    segment_rules,
     value_segment,
 )
-from retention_tracker.streams.settings import Settings
 
 BASE_MS = 1_704_067_200_000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retention_tracker.streams.settings import ConfigError, Settings
+from retention_tracker.config.settings import ConfigError, Settings
 
 
 def test_sasl_ssl_options_are_passed_and_the_password_is_not_shown() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retention_tracker.streams.state_cache import StateCache
+from retention_tracker.state.cache import StateCache
 from retention_tracker.streams.user_state import UserState
 
 

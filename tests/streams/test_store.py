@@ -8,12 +8,12 @@ import zlib
 import pytest
 import redis.asyncio as aioredis
 
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.state.store import RedisStore, TimezoneConflict
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import cohort_rows, last_day_with_data
 from retention_tracker.streams.plan import dedup_key, plan_batch
-from retention_tracker.streams.store import RedisStore, TimezoneConflict
 
 DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000

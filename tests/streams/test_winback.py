@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retention_tracker.streams import reference
+from retention_tracker.bench import reference
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
-from retention_tracker.streams.store import RedisStore
 from retention_tracker.streams.user_state import UserState, decode_user, encode_user
 from retention_tracker.streams.winback import (
     WinbackRules,

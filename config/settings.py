@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-if TYPE_CHECKING:
-    from .winback import WinbackRules
+from retention_tracker.streams.events import APP_NAME_RE
+from retention_tracker.streams.segments import SegmentRules, money_units
 
-APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
+if TYPE_CHECKING:
+    from retention_tracker.streams.winback import WinbackRules
+
 
 
 class ConfigError(Exception):
@@ -331,7 +333,9 @@ class Settings:
         return self.app_timezones.get(app, self.timezone)
 
     def winback_rules(self) -> WinbackRules:
-        from .winback import WinbackRules  # winback needs events, which need these settings
+        from retention_tracker.streams.winback import (
+            WinbackRules,  # winback needs events, which need these settings
+        )
 
         return WinbackRules(self.inactivity_thresholds, self.winback_max_delay_ms,
                             self.quick_churn_days)
@@ -361,3 +365,12 @@ class Settings:
         return ",".join(
             part.strip().removeprefix("kafka://") for part in self.kafka_broker.split(",")
         )
+
+
+def segment_rules(settings: Settings) -> SegmentRules:
+    """The value-segment bars and default currency these settings give."""
+    return SegmentRules(
+        default_currency=settings.currency,
+        vip_revenue_units=money_units(settings.vip_revenue),
+        vip_purchases=settings.vip_purchases,
+    )

@@ -11,9 +11,18 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from .calendar import GRANULARITIES, AppCalendar, date_to_day, day_to_date, period_label, utc_now_ms
-from .events import FORWARD_CAUSES
-from .figures import (
+from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.calendar import (
+    GRANULARITIES,
+    AppCalendar,
+    date_to_day,
+    day_to_date,
+    period_label,
+    utc_now_ms,
+)
+from retention_tracker.streams.events import FORWARD_CAUSES
+from retention_tracker.streams.figures import (
     KINDS,
     MONEY_KINDS,
     cohort_rows,
@@ -27,10 +36,7 @@ from .figures import (
     money_rows,
     rate,
 )
-from .plan import ALL_USERS, segments_of
-from .segments import segment_rules
-from .settings import Settings
-from .store import RedisStore
+from retention_tracker.streams.plan import ALL_USERS, segments_of
 
 HEADLINE_DAYS = (1, 7, 30)
 _HEADLINE_COHORTS = 7

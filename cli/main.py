@@ -17,8 +17,15 @@ import orjson
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
-from retention_tracker.streams.calendar import MS_PER_DAY, parse_date
-from retention_tracker.streams.queries import (
+from retention_tracker.cli.render import (
+    kpis_table,
+    rpr_text,
+    segments_table,
+    summary_text,
+    triangle_table,
+)
+from retention_tracker.config.settings import ConfigError, Settings
+from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
     kpis_report,
@@ -26,9 +33,7 @@ from retention_tracker.streams.queries import (
     summary_report,
     value_segments_report,
 )
-from retention_tracker.streams.settings import ConfigError, Settings
-
-from .render import kpis_table, rpr_text, segments_table, summary_text, triangle_table
+from retention_tracker.streams.calendar import MS_PER_DAY, parse_date
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -92,7 +97,7 @@ def cli() -> None:
 @click.option("--loglevel", default="info", show_default=True)
 def worker(loglevel: str) -> None:
     """Run a worker: consume the input topics, keep the state in Redis, serve HTTP."""
-    from .worker import run_worker
+    from retention_tracker.agents.worker import run_worker
 
     sys.exit(run_worker(_settings(), loglevel))
 
@@ -115,7 +120,7 @@ def report(
     date_from: date | None, date_to: date | None, as_json: bool,
 ) -> None:
     """Print a cohort triangle (retention or money), read from Redis (no worker needed)."""
-    from .app import make_store
+    from retention_tracker.state.connect import make_store
 
     settings = _settings()
     doc = _run(lambda: cohort_report(
@@ -132,7 +137,7 @@ def report(
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: bool) -> None:
     """Print the day's DAU, WAU, MAU, stickiness, installs, new and returning users, money."""
-    from .app import make_store
+    from retention_tracker.state.connect import make_store
 
     settings = _settings()
     doc = _run(lambda: summary_report(make_store(settings), settings, app_name, on, where))
@@ -147,7 +152,7 @@ def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: boo
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> None:
     """Per period: active, new, returning, CRR, churn, revenue, payers, repeat purchase rate."""
-    from .app import make_store
+    from retention_tracker.state.connect import make_store
 
     settings = _settings()
     doc = _run(lambda: kpis_report(make_store(settings), settings, app_name, period, where))
@@ -165,7 +170,7 @@ def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> N
 def rpr(app_name: str, granularity: str, date_from: date | None, date_to: date | None,
         where: tuple[str, ...], as_json: bool) -> None:
     """Repeat purchase rate: lifetime, per cohort, and for a window (--from/--to)."""
-    from .app import make_store
+    from retention_tracker.state.connect import make_store
 
     settings = _settings()
     doc = _run(lambda: repeat_purchase_report(
@@ -178,7 +183,7 @@ def rpr(app_name: str, granularity: str, date_from: date | None, date_to: date |
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def segments(app_name: str, as_json: bool) -> None:
     """VIP, payers and free users side by side: counts and D1/D7/D30 retention."""
-    from .app import make_store
+    from retention_tracker.state.connect import make_store
 
     settings = _settings()
     doc = _run(lambda: value_segments_report(make_store(settings), settings, app_name))
@@ -197,9 +202,14 @@ def segments(app_name: str, as_json: bool) -> None:
 def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_size: int,
            as_json: bool) -> None:
     """Produce a history (JSONL of events, or CSV with --csv-map) to the input topic."""
+    from retention_tracker.cli.feeding import (
+        parse_mapping,
+        prepare_replay,
+        produce_events,
+        read_csv,
+        read_jsonl,
+    )
     from retention_tracker.streams.calendar import utc_now_ms
-
-    from .feeding import parse_mapping, prepare_replay, produce_events, read_csv, read_jsonl
 
     settings = _settings()
     try:
@@ -232,7 +242,7 @@ def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_siz
 @click.option("--group", default=None, help="consume as this group (default: no group)")
 def tail(topic: str, from_beginning: bool, limit: int, group: str | None) -> None:
     """Print a topic's messages as a push service receives them (one JSON line each)."""
-    from .feeding import tail_topic
+    from retention_tracker.cli.feeding import tail_topic
 
     settings = _settings()
     _run(lambda: tail_topic(settings.bootstrap_servers, topic, from_beginning, limit, group,
@@ -253,10 +263,9 @@ def tail(topic: str, from_beginning: bool, limit: int, group: str | None) -> Non
 def simulate(days: int, installs_per_day: int, seconds_per_day: float, duplicate_rate: float,
              late_rate: float, malformed_rate: float, seed: int, batch_size: int) -> None:
     """Live synthetic traffic: installs, a retention curve, purchases, dirt on demand."""
+    from retention_tracker.cli.feeding import produce_events, simulated_stream
     from retention_tracker.streams.calendar import utc_now_ms
     from retention_tracker.streams.simulation import SimulationConfig
-
-    from .feeding import produce_events, simulated_stream
 
     settings = _settings()
     try:
@@ -285,15 +294,15 @@ def demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: str 
     """Everything on embedded defaults: broker, Redis, a worker and the simulator."""
     from pathlib import Path
 
-    from .demo import run_demo
+    from retention_tracker.cli.demo import run_demo
 
     sys.exit(run_demo(days, installs_per_day, seconds_per_day, Path(workdir) if workdir else None))
 
 
 def _register_optional_commands() -> None:
     """`bench` needs the source checkout's bench/ folder; `check` is always there."""
-    from .bench_cli import bench
-    from .check import check
+    from retention_tracker.cli.bench import bench
+    from retention_tracker.cli.check import check
 
     cli.add_command(bench)
     cli.add_command(check)

@@ -34,12 +34,11 @@ from aiokafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from retention_tracker.agents.rekey import partition_count_problem
+from retention_tracker.config.settings import ConfigError, Settings, mask_url
+from retention_tracker.state.store import Keyspace
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import FORWARD_CAUSES
-from retention_tracker.streams.settings import ConfigError, Settings, mask_url
-from retention_tracker.streams.store import Keyspace
-
-from .rekey import partition_count_problem
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 TIMEOUT_S = 5.0
@@ -313,5 +312,5 @@ def check(as_json: bool) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m retention_tracker.agents.check`
+if __name__ == "__main__":  # pragma: no cover - `python -m retention_tracker.cli.check`
     check()

@@ -16,12 +16,7 @@ from pathlib import Path
 
 import click
 
-from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
-from retention_tracker.streams.settings import Settings
-from retention_tracker.streams.simulation import SimulationConfig
-
-from .feeding import produce_events, simulated_stream
-from .local_stack import (
+from retention_tracker.agents.local_stack import (
     ensure_topics,
     free_port,
     start_broker,
@@ -29,6 +24,10 @@ from .local_stack import (
     start_redis,
     wait_for,
 )
+from retention_tracker.cli.feeding import produce_events, simulated_stream
+from retention_tracker.config.settings import Settings
+from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
+from retention_tracker.streams.simulation import SimulationConfig
 
 
 def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: Path | None) -> int:
@@ -50,7 +49,7 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
             {**dict.fromkeys(settings.input_topics, 4), settings.dlq_topic: 1},
         ))
         worker = start_process(
-            [sys.executable, "-m", "retention_tracker.agents", "worker"],
+            [sys.executable, "-m", "retention_tracker.cli", "worker"],
             "worker", env, workdir / "worker.log",
         )
         started.enter_context(worker)

@@ -1,43 +1,19 @@
 """``retention bench``: the throughput, latency and memory benchmark (BENCHMARKS.md).
 
-The benchmark's code lives in the top-level ``bench/`` folder of the source checkout, not
-in the installed package (it starts brokers, replays a million events and runs baselines
-no deployment needs). This module only parses the flags and loads that folder by path
-under a private module name, so a checkout's ``bench`` never shadows, or is shadowed by,
-another distribution's top-level ``bench`` module.
+The flags live here; the benchmark itself is ``retention_tracker.bench`` (``bench/``),
+imported when the command runs.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import shlex
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import click
 
-_PACKAGE = "retention_tracker_bench"
-_BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
-
-
-def load_runner() -> ModuleType:
-    """``bench/runner.py`` of this checkout, imported as ``retention_tracker_bench.runner``."""
-    if _PACKAGE not in sys.modules:
-        init = _BENCH_DIR / "__init__.py"
-        if not init.exists():
-            raise click.ClickException(f"no benchmark code at {_BENCH_DIR}: `retention bench` "
-                                       "runs from a source checkout")
-        spec = importlib.util.spec_from_file_location(
-            _PACKAGE, init, submodule_search_locations=[str(_BENCH_DIR)])
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[_PACKAGE] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{_PACKAGE}.runner")
 
 
 @click.command()
@@ -80,7 +56,8 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
           no_progress: bool) -> None:
     """Benchmark the worker against a raw aiokafka loop and a Faust agent, on a real broker
     and Redis; check its figures against the batch reference (exit 1 if they differ)."""
-    runner = load_runner()
+    from retention_tracker.bench import runner  # on use: it pulls in Faust and the baselines
+
     args = sys.argv[1:]
     if args[:1] == ["bench"]:  # `retention bench ...` rather than `python -m ...bench_cli`
         args = args[1:]
@@ -105,5 +82,5 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
         sys.exit(code)
 
 
-if __name__ == "__main__":  # python -m retention_tracker.agents.bench_cli (before registration)
+if __name__ == "__main__":  # python -m retention_tracker.cli.bench (before registration)
     bench()

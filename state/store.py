@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import msgpack
 import redis.asyncio as aioredis
 
-from .calendar import MS_PER_DAY
-from .plan import Plan, UserKey
-from .state_cache import StateCache
-from .user_state import UserState, decode_user, encode_user
-from .winback import NotificationPlan
+from retention_tracker.state.cache import StateCache
+from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.plan import Plan, UserKey
+from retention_tracker.streams.user_state import UserState, decode_user, encode_user
+from retention_tracker.streams.winback import NotificationPlan
 
 # Both scripts take their arguments as one MessagePack blob (ARGV[1], decoded by Redis's
 # built-in cmsgpack): packing thousands of small arguments one by one in redis-py cost ~11%
@@ -67,7 +67,7 @@ return out
 # Each counter delta goes to every segment of its group; the script names the keys as
 # Keyspace.aggregate does (prefix .. segment .. ':' .. family), all in the partition's slot.
 # The write token, unique to this call, tells a worker whether the partition was written by
-# anyone else since its own last write (streams/state_cache.py).
+# anyone else since its own last write (state/cache.py).
 # Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
 # earlier attempt applied first, and the caller must reload and re-plan. Else 1.
 APPLY_PLAN_LUA = """
