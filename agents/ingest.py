@@ -14,9 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -30,45 +28,20 @@ from prometheus_client import CollectorRegistry
 
 from retention_tracker.agents.metrics import WorkerMetrics
 from retention_tracker.agents.rekey import (
-    AT_HOME,
-    Forward,
     PartitionCountChanged,
     Router,
     partition_count_problem,
     read_records,
 )
 from retention_tracker.config.settings import Settings, segment_rules
-from retention_tracker.state.store import DUE_PAGE, RedisStore, TimezoneConflict
+from retention_tracker.state.store import DUE_PAGE, RedisStore
 from retention_tracker.streams.backoff import Backoff
-from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
-from retention_tracker.streams.events import Reject
-from retention_tracker.streams.plan import Plan, dedup_key, plan_batch
+from retention_tracker.streams.batch import BatchRules, DeadLetter, Forward, outcome_of
+from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
+from retention_tracker.streams.plan import Plan, dedup_key
 from retention_tracker.streams.winback import plan_notifications
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    record: ConsumerRecord
-    reason: str
-    detail: str
-    index: int
-    forwarded: bool = False  # read from the re-key topic: name the record it came from
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        r = self.record
-        here = f"{r.topic}/{r.partition}/{r.offset}".encode()
-        origin = dict(r.headers or ()) if self.forwarded else {}
-        headers = [
-            ("reason", self.reason.encode()),
-            ("detail", self.detail.encode()),
-            ("index", origin.get("index") or str(self.index).encode()),
-            ("source", origin.get("source") or here),
-        ]
-        if self.forwarded:  # the value is then the event alone, as its producer sent it
-            headers.append(("via", here))
-        return headers
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):
@@ -98,19 +71,17 @@ class Ingestor:
         store: RedisStore,
         clock_ms: Callable[[], int] = utc_now_ms,
         backoff: Backoff | None = None,
-        on_fatal: Callable[[str], None] | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clock_ms = clock_ms
         self.backoff = backoff or Backoff()
-        self.on_fatal = on_fatal
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.assigned: set[TopicPartition] = set()
         self._locks: dict[int, asyncio.Lock] = {}
-        self.rules = segment_rules(settings)
-        self.winback = settings.winback_rules()
+        self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
+                                      settings.winback_rules(), settings.clock == "event")
         self._calendars: dict[str, AppCalendar] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -137,7 +108,6 @@ class Ingestor:
         stored = await self._retrying(self.store.partition_counts)
         problem = partition_count_problem(actual, stored, s.key_prefix)  # type: ignore[arg-type]
         if problem:
-            self._fatal(problem)
             raise PartitionCountChanged(problem)
         await self._retrying(lambda: self.store.record_partition_counts(actual))
         self.router = Router(shards)
@@ -206,11 +176,6 @@ class Ingestor:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _fatal(self, reason: str) -> None:
-        self.refused = reason
-        if self.on_fatal is not None:
-            self.on_fatal(reason)
-
     def refuse_changed_partition_counts(self) -> bool:
         """On every assignment: a topic whose partition count changed while this worker ran
         stops it (its users' homes moved) before any record of the new layout is applied."""
@@ -220,7 +185,7 @@ class Ingestor:
         expected = dict.fromkeys(actual, self.router.partitions)
         problem = partition_count_problem(actual, expected, self.settings.key_prefix)
         if problem:
-            self._fatal(problem)
+            self.refused = problem  # the consuming loop stops on it (raises) at its next turn
         return problem is not None
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
@@ -261,11 +226,7 @@ class Ingestor:
     async def _ensure_calendars(self, apps: set[str]) -> None:
         for app in apps - self._calendars.keys():
             timezone = self.settings.timezone_of(app)
-            try:
-                await self.store.fix_timezone(app, timezone)
-            except TimezoneConflict as exc:
-                self._fatal(str(exc))
-                raise
+            await self.store.fix_timezone(app, timezone)  # TimezoneConflict stops the worker
             self._calendars[app] = AppCalendar(timezone)
 
     def lock(self, shard: int) -> asyncio.Lock:
@@ -276,72 +237,70 @@ class Ingestor:
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         async with self.lock(tp.partition):
             applied = await self._process(tp, records)
-            if self.settings.clock == "event" and self.winback.thresholds:
+            if self.settings.clock == "event" and self.batch_rules.winback.thresholds:
                 await self._notify_due(tp.partition, applied)
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
                        ) -> Plan | None:
-        """Apply one batch; returns the plan applied (the event clock's notification pass
-        reads when each moment came from it)."""
+        """Load, plan, send, apply one batch; returns the plan applied (the event clock's
+        notification pass reads when each moment came from it), None when it rewound."""
         started = time.perf_counter()
-        s = self.settings
         now = self.clock_ms()
-        rekeyed = tp.topic == s.rekey_topic  # routed already: every event is at home
+        rekeyed = tp.topic == self.settings.rekey_topic  # routed already: all at home
         read = read_records(records, tp.partition, None if rekeyed else self.router, now,
-                            s.max_message_bytes, s.max_events_per_message)
-        events, rejects = read.at_home, read.rejects
-        await self._ensure_calendars({event.app for _, _, event in events})
-        users = [(e.app, e.user_id) for _, _, e in events]
-        keys = [dedup_key(e.app, e.event_id) for _, _, e in events]  # hashed once per batch
-        shard = tp.partition
-        forwarded_from: int | None = None  # lowest offset whose forwards were sent
+                            self.settings.max_message_bytes, self.settings.max_events_per_message)
+        await self._ensure_calendars({event.app for _, _, event in read.at_home})
+        users = [(e.app, e.user_id) for _, _, e in read.at_home]
+        keys = [dedup_key(e.app, e.event_id) for _, _, e in read.at_home]  # hashed once
+        forwarded_from = records[-1].offset + 1  # forwards at or after it were sent
         while True:
-            loaded = await self.store.load_batch(shard, [tp.topic], users, keys, now)
-            stored = loaded.next_offsets.get(tp.topic)
-            start = stored or 0
-            if stored is not None and records[0].offset > stored:
-                # Redis holds less than we read past (it lost its last writes, or a replica
-                # took over): go back to where the state ends and read the gap again
-                log.warning("%s/%s: state ends at offset %s, batch starts at %s; rewinding",
-                            tp.topic, tp.partition, stored, records[0].offset)
-                assert self.consumer is not None
-                with contextlib.suppress(IllegalStateError):  # revoked meanwhile: new owner
-                    self.consumer.seek(tp, stored)
+            loaded = await self.store.load_batch(tp.partition, [tp.topic], users, keys, now)
+            start = self._resume_offset(tp, records, loaded.next_offsets.get(tp.topic))
+            if start is None:
                 return None
-            fresh, fresh_keys = events, keys
-            if records[0].offset < start:  # part of the batch was applied before
-                kept = [i for i, item in enumerate(events) if item[0] >= start]
-                fresh, fresh_keys = [events[i] for i in kept], [keys[i] for i in kept]
-            plan = plan_batch(
-                fresh,
-                loaded.states,
-                loaded.seen_dedup_keys,
-                loaded.watermark_ms,
-                s.horizon_days,
-                self.calendar_of,
-                self.rules,
-                fresh_keys,
-                self.winback,
-                event_clock=s.clock == "event",
-            )
-            letters = _dead_letters(records, rejects, plan, start, rekeyed)
             if records[-1].offset < start:
-                break  # all of it was applied before (a restart or a rebalance replayed it)
-            away = [f for f in read.away if f.offset >= start]
-            if not rekeyed:
-                plan.stats.update(_route_stats(len(fresh), away, now))
+                plan = Plan()  # all of it was applied before (a restart or a rebalance)
+                break
+            fresh, fresh_keys = read, keys
+            if records[0].offset < start:  # part of the batch was applied before
+                fresh = read.from_offset(start)  # at_home is in offset order: its tail
+                fresh_keys = keys[len(keys) - len(fresh.at_home):]
+            outcome = outcome_of(fresh, fresh_keys, loaded.states, loaded.seen_dedup_keys,
+                                 loaded.watermark_ms, self.calendar_of, self.batch_rules,
+                                 None if rekeyed else now)
+            plan = outcome.plan
             # forwarded before the offsets are applied: after a crash in between they are
             # forwarded again, and their home drops the copies by event id (dedup)
-            upto = records[-1].offset + 1 if forwarded_from is None else forwarded_from
-            await self._forward([f for f in away if f.offset < upto], tp)
-            forwarded_from = min(start, upto)
-            await self._send_dead_letters(letters)
+            await self._forward([f for f in outcome.forwards if f.offset < forwarded_from], tp)
+            forwarded_from = min(start, forwarded_from)
+            await self._send_dead_letters(outcome.dead_letters, records, rekeyed)
             await self._send(self._winback_messages(plan.notifications, plan.reactivations))
-            if await self.store.apply_plan(
-                shard, loaded, {tp.topic: records[-1].offset + 1}, plan, s.inactivity_thresholds
-            ):
+            if await self.store.apply_plan(tp.partition, loaded,
+                                           {tp.topic: records[-1].offset + 1}, plan,
+                                           self.settings.inactivity_thresholds):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
+        self._observe(tp, records, start, started, plan)
+        return plan
+
+    def _resume_offset(self, tp: TopicPartition, records: list[ConsumerRecord],
+                       stored: int | None) -> int | None:
+        """Where this partition's state ends (records before it are applied already), or
+        None when Redis holds less than was read past: it lost its last writes, or a
+        replica took over; the consumer goes back there and reads the gap again."""
+        start = stored or 0
+        if stored is not None and records[0].offset > stored:
+            log.warning("%s/%s: state ends at offset %s, batch starts at %s; rewinding",
+                        tp.topic, tp.partition, stored, records[0].offset)
+            assert self.consumer is not None
+            with contextlib.suppress(IllegalStateError):  # revoked meanwhile: new owner
+                self.consumer.seek(tp, stored)
+            return None
+        return start
+
+    def _observe(self, tp: TopicPartition, records: list[ConsumerRecord], start: int,
+                 started: float, plan: Plan) -> None:
+        """The batch's rate, lag and notifications on /metrics."""
         applied = records if records[0].offset >= start else [
             r for r in records if r.offset >= start]
         if applied:
@@ -354,13 +313,12 @@ class Ingestor:
             lag = max(0, end - (records[-1].offset + 1))
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.metrics.notifications.inc(len(plan.notifications))
-        return plan
 
     # ---- win-back notifications ----------------------------------------------------------
 
     async def notify_loop(self) -> None:
         """Live mode: look for due users every tick on every partition this worker owns."""
-        if not self.winback.thresholds:
+        if not self.batch_rules.winback.thresholds:
             return  # win-back is off
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
@@ -386,7 +344,8 @@ class Ingestor:
                 return
             loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)
             plan = plan_notifications(
-                due, loaded.states, now, self.calendar_for, self.rules, self.winback,
+                due, loaded.states, now, self.calendar_for, self.batch_rules.segments,
+                self.batch_rules.winback,
                 applied.arrivals if applied else (), applied.known_ms if applied else None,
             )
             await self._send(self._winback_messages(plan.messages, []))
@@ -442,50 +401,42 @@ class Ingestor:
         await asyncio.gather(*futures)
         self.metrics.forwarded.inc(len(away))
 
-    async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+    async def _send_dead_letters(self, letters: list[DeadLetter],
+                                 records: list[ConsumerRecord], forwarded: bool) -> None:
         """Dead letters go out before the batch is applied: a crash in between re-sends them
         (at-least-once, deduplicate on the ``source`` header) but never loses one."""
         if not letters:
             return
         assert self.producer is not None
-        futures = [
-            await self.producer.send(
+        by_offset = {record.offset: record for record in records}
+        futures = []
+        for letter in letters:
+            record = by_offset[letter.offset]
+            futures.append(await self.producer.send(
                 self.settings.dlq_topic,
-                value=letter.record.value if letter.record.value is not None else b"",
-                key=letter.record.key,
-                headers=letter.headers(),
-            )
-            for letter in letters
-        ]
+                value=record.value if record.value is not None else b"",
+                key=record.key,
+                headers=dead_letter_headers(letter, record, forwarded),
+            ))
         await asyncio.gather(*futures)
 
 
-def _dead_letters(records: list[ConsumerRecord], rejects: list[tuple[ConsumerRecord, Reject]],
-                  plan: Plan, start: int, forwarded: bool) -> list[DeadLetter]:
-    """The batch's rejects from ``start`` on (earlier ones were sent with the batch that
-    applied them), counted in the plan's stats by reason."""
-    letters = [DeadLetter(record, r.reason, r.detail, r.index, forwarded)
-               for record, r in rejects if record.offset >= start]
-    plan.stats.update(Counter(f"rej:{letter.reason}" for letter in letters))
-    if plan.too_old:  # counted by the plan itself
-        by_offset = {record.offset: record for record in records}
-        letters += [DeadLetter(by_offset[offset], "too_old", "older than the horizon", index,
-                               forwarded)
-                    for offset, index, _ in plan.too_old]
-    return letters
-
-
-def _route_stats(at_home: int, away: list[Forward], now_ms: int) -> Counter[str]:
-    """Where a batch's events were read, for ``retention check`` (by arrival day) and the
-    forwarded counters (by app and cause), applied atomically with the batch."""
-    day = now_ms // MS_PER_DAY
-    stats: Counter[str] = Counter()
-    if at_home:
-        stats[f"route:{day}:{AT_HOME}"] = at_home
-    for f in away:
-        stats[f"route:{day}:{f.cause}"] += 1
-        stats[f"fwd:{f.event.app}:{f.cause}"] += 1
-    return stats
+def dead_letter_headers(letter: DeadLetter, record: ConsumerRecord, forwarded: bool
+                        ) -> list[tuple[str, bytes]]:
+    """Why and where: ``source`` is the topic/partition/offset the event was first read at
+    (for a forwarded one, the headers it was forwarded with say it; ``via`` then names the
+    re-key record, whose value is the event alone, as its producer sent it)."""
+    here = f"{record.topic}/{record.partition}/{record.offset}".encode()
+    origin = dict(record.headers or ()) if forwarded else {}
+    headers = [
+        ("reason", letter.reason.encode()),
+        ("detail", letter.detail.encode()),
+        ("index", origin.get("index") or str(letter.index).encode()),
+        ("source", origin.get("source") or here),
+    ]
+    if forwarded:
+        headers.append(("via", here))
+    return headers
 
 
 async def wait_for_topics(kafka_options: dict[str, Any], names: list[str]) -> dict[str, int]:

@@ -12,35 +12,21 @@ topics work. Events already at home pay one memoised hash.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import orjson
 from aiokafka import ConsumerRecord
 from aiokafka.partitioner import murmur2
 
-from retention_tracker.streams.events import Event, Reject, parse_message
+from retention_tracker.config.settings import ConfigError
+from retention_tracker.streams.batch import Forward, ParsedBatch
+from retention_tracker.streams.events import Event, parse_message
 
-AT_HOME = "home"
 _MEMO_USERS = 1 << 18  # ~30 MB at most: cleared, not evicted one by one, when full
 
 
 def home_partition(user_id: str, partitions: int) -> int:
     """Kafka's default partitioner for the key ``user_id`` (positive murmur2 modulo N)."""
     return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
-
-
-@dataclass(slots=True)
-class Forward:
-    """An event read at ``offset`` (``index`` in its message) that belongs to ``partition``.
-    ``value``: the event as the producer sent it (the message's bytes for a single event,
-    its object in the array re-encoded otherwise), so a dead letter at home keeps it."""
-
-    offset: int
-    index: int
-    event: Event
-    partition: int
-    cause: str
-    value: bytes = b""
 
 
 class Router:
@@ -90,15 +76,6 @@ def _cause(key: bytes | None, event: Event, events: list[tuple[int, Event]]) -> 
     return "other_partitioner"
 
 
-@dataclass(slots=True)
-class ReadBatch:
-    """One partition batch, parsed and routed: what to apply here, reject, and forward."""
-
-    at_home: list[tuple[int, int, Event]]  # (offset, index in message, event), offset order
-    rejects: list[tuple[ConsumerRecord, Reject]]
-    away: list[Forward]
-
-
 def read_records(
     records: list[ConsumerRecord],
     partition: int,
@@ -106,10 +83,10 @@ def read_records(
     now_ms: int,
     max_message_bytes: int,
     max_events_per_message: int,
-) -> ReadBatch:
+) -> ParsedBatch:
     """Parse a partition's records and split their events by home. ``router`` None: the
     records were routed already (the re-key topic), every event is at home."""
-    batch = ReadBatch([], [], [])
+    batch = ParsedBatch()
     at_home, rejects = batch.at_home, batch.rejects
     for record in records:  # plain loops: a generator per record cost 6% of the CPU
         parsed = parse_message(record.value, now_ms, max_message_bytes, max_events_per_message)
@@ -123,7 +100,7 @@ def read_records(
             if batch.away and batch.away[-1].offset == record.offset:
                 _original_values(record.value or b"", batch.away)
         for reject in parsed.rejects:
-            rejects.append((record, reject))
+            rejects.append((record.offset, reject))
     return batch
 
 
@@ -142,7 +119,7 @@ def _original_values(message: bytes, away: list[Forward]) -> None:
             forward.value = orjson.dumps(decoded[forward.index])
 
 
-class PartitionCountChanged(Exception):
+class PartitionCountChanged(ConfigError):
     """The topics' partition counts differ from the ones the state was built with."""
 
 

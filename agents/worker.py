@@ -59,17 +59,17 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     if problem:
         print(f"retention: error: {problem}", file=sys.stderr)
         return EXIT_FATAL
-    from retention_tracker.agents.app import create_app
+    from retention_tracker.agents.app import create_app, stop_reason
 
-    fatal: list[str] = []
-    app = create_app(settings, fatal)
+    app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
     code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = int(exc.code or 0)
-    if fatal:
-        print(f"retention: error: {fatal[0]}", file=sys.stderr)
+    reason = stop_reason(app)
+    if reason is not None:
+        print(f"retention: error: {reason}", file=sys.stderr)
         return EXIT_FATAL
     return code

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 
 class ConfigError(Exception):
-    """A bad setting: the CLI prints its message as one line and exits non-zero."""
+    """A bad setting, or settings the stored state or the topics contradict: the CLI prints
+    its message as one line and exits non-zero (a worker stops on it)."""
 
 
 @dataclass(frozen=True, slots=True)

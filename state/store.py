@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import msgpack
 import redis.asyncio as aioredis
 
+from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.plan import Plan, UserKey
@@ -192,7 +193,7 @@ class LoadedBatch:
 DUE_PAGE = 500
 
 
-class TimezoneConflict(Exception):
+class TimezoneConflict(ConfigError):
     """An app's data was built in one timezone and this worker is configured with another."""
 
 

@@ -31,6 +31,7 @@ from retention_tracker.streams.segments import (
 )
 from retention_tracker.streams.user_state import ATTRIBUTES, Purchases, UserState
 from retention_tracker.streams.winback import (
+    DEFAULT_WINBACK,
     WinbackRules,
     handle_moment,
     moment_reached_ms,
@@ -309,9 +310,6 @@ class Plan:
     # event clock: the watermark at the arrival of the event that set each user's final
     # last_active in this batch (its moments cannot have come before that)
     known_ms: dict[UserKey, int] = field(default_factory=dict)
-
-
-DEFAULT_WINBACK = WinbackRules()
 
 
 def _moment_cuts(old: UserState | None, events: list[Event], arrivals: list[int],

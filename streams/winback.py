@@ -84,6 +84,8 @@ class WinbackRules:
     quick_churn_days: int = 7
 
 
+DEFAULT_WINBACK = WinbackRules()
+
 def moment_reached_ms(arrivals: Sequence[int], moment_ms: int, now_ms: int) -> int:
     """When "now" first reached ``moment_ms``. With the event clock, now moves event by
     event: ``arrivals`` are a batch's watermarks after each accepted event, in arrival

@@ -98,7 +98,7 @@ def test_rekeyed_records_are_taken_as_home_and_rejects_stay_with_their_record() 
     good = record(4, None, orjson.dumps(session("someone")))
     read = read_records([bad, good], 0, None, NOW_MS, 1 << 20, 1000)
     assert [(o, e.user_id) for o, _, e in read.at_home] == [(4, "someone")]
-    assert [(r.offset, reject.reason) for r, reject in read.rejects] == [(3, "invalid_json")]
+    assert [(offset, reject.reason) for offset, reject in read.rejects] == [(3, "invalid_json")]
     assert read.away == []
 
 

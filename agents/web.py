@@ -1,0 +1,136 @@
+"""The worker's HTTP surface: ``/metrics``, the JSON reports under ``/retention/``, the page at
+``/`` and ``/health``. Every report view is one line of the table below: parameters from the
+query string, the report from ``state.queries``, a bad parameter as a 400 naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from retention_tracker.agents.metrics import WorkerMetrics
+from retention_tracker.config.settings import Settings
+from retention_tracker.state.queries import (
+    QueryError,
+    apps_report,
+    cohort_report,
+    daily_report,
+    headline_report,
+    kpis_report,
+    pipeline_report,
+    repeat_purchase_report,
+    summary_report,
+    value_segments_report,
+)
+from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.calendar import parse_date
+
+STATIC_DIR = Path(__file__).parent / "static"
+Report = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+def add_views(app: faust.App, store: RedisStore, settings: Settings,
+              registry: CollectorRegistry, metrics: WorkerMetrics) -> None:
+    """Every route of the worker's web server."""
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            # aiohttp takes the charset apart from the content type
+            content_type = CONTENT_TYPE_LATEST.split("; charset")[0]
+            return self.bytes(generate_latest(registry), content_type=content_type)
+
+    for path, report in report_routes(store, settings, metrics).items():
+        app.page(path)(_json_view(path, report))
+    _add_page_routes(app)
+
+
+def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
+                  ) -> dict[str, Report]:
+    """Path -> the report it answers, from the request's query string."""
+
+    def app_of(r: Request) -> str:
+        return r.query.get("app", "default")
+
+    def where(r: Request) -> list[str]:
+        return r.query.getall("where", [])
+
+    async def pipeline(r: Request) -> dict[str, Any]:
+        doc = await pipeline_report(store, settings)
+        doc["lag"] = worker_lag(metrics)
+        return doc
+
+    return {
+        "/retention/cohorts": lambda r: cohort_report(
+            store, settings, app_of(r), r.query.get("granularity", "day"),
+            r.query.get("kind", "classic"), _date_param(r, "from"), _date_param(r, "to"),
+            where(r), r.query.get("currency")),
+        "/retention/summary": lambda r: summary_report(
+            store, settings, app_of(r), _date_param(r, "date"), where(r)),
+        "/retention/kpis": lambda r: kpis_report(
+            store, settings, app_of(r), r.query.get("period", "week"), where(r)),
+        "/retention/rpr": lambda r: repeat_purchase_report(
+            store, settings, app_of(r), r.query.get("granularity", "month"),
+            _date_param(r, "from"), _date_param(r, "to"), where(r)),
+        "/retention/segments": lambda r: value_segments_report(store, settings, app_of(r)),
+        "/retention/daily": lambda r: daily_report(
+            store, settings, app_of(r), _date_param(r, "from"), _date_param(r, "to"),
+            where(r)),
+        "/retention/headline": lambda r: headline_report(store, settings, app_of(r), where(r)),
+        "/retention/apps": lambda r: apps_report(store, settings),
+        "/retention/pipeline": pipeline,
+    }
+
+
+def _json_view(path: str, report: Report) -> type[View]:
+    """A view answering ``report`` as JSON, a bad parameter as a 400 that names it."""
+
+    async def get(self: View, request: Request) -> Response:
+        try:
+            return self.json(await report(request))
+        except QueryError as exc:
+            return self.json({"error": exc.shown(), "parameter": exc.param}, status=400)
+
+    name = "".join(part.title() for part in path.rsplit("/", 1)[-1].split("_")) + "View"
+    return type(name, (View,), {"get": get})
+
+
+def _date_param(request: Request, name: str) -> date | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return parse_date(raw)
+    except ValueError as exc:
+        raise QueryError(str(exc), name) from None
+
+
+def worker_lag(metrics: WorkerMetrics) -> dict[str, int]:
+    """This worker's consumer lag per topic/partition (the partitions it consumes)."""
+    return {
+        f"{sample.labels['topic']}/{sample.labels['partition']}": int(sample.value)
+        for family in metrics.lag.collect() for sample in family.samples
+    }
+
+
+def _add_page_routes(app: faust.App) -> None:
+    """The page at ``/`` and its files (our HTML, JS, CSS and the vendored chart library,
+    shipped as package data), and ``/health`` for liveness probes. Read-only, offline."""
+
+    @app.page("/")
+    class Page(View):
+        async def get(self, request: Request) -> Response:
+            return self.html((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "OK"})
+
+    app.web.add_static("/static/", STATIC_DIR)

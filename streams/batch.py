@@ -1,0 +1,123 @@
+"""One partition batch, from its parsed records to everything it causes, with no I/O.
+
+The ingest loop reads a batch (``ParsedBatch``: events with the position they were read
+at, rejects, events to forward to their home partition), loads the users' state, and
+calls ``outcome_of``: the plan of state changes, the dead letters, the forwards and every
+counter they move, for the part of the batch not applied before. It then only sends and
+applies what that outcome says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.events import Event, Reject
+from retention_tracker.streams.plan import Plan, UserKey, plan_batch
+from retention_tracker.streams.segments import DEFAULT_RULES, SegmentRules
+from retention_tracker.streams.user_state import UserState
+from retention_tracker.streams.winback import DEFAULT_WINBACK, WinbackRules
+
+AT_HOME = "home"  # the route of an event read in its user's home partition
+TOO_OLD = "too_old"
+
+
+@dataclass(slots=True)
+class Forward:
+    """An event read at ``offset`` (``index`` in its message) that belongs to ``partition``.
+    ``value``: the event as the producer sent it (the message's bytes for a single event,
+    its object in the array re-encoded otherwise), so a dead letter at home keeps it."""
+
+    offset: int
+    index: int
+    event: Event
+    partition: int
+    cause: str
+    value: bytes = b""
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """One partition batch, parsed and routed: what to apply here, reject, and forward."""
+
+    at_home: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
+    rejects: list[tuple[int, Reject]] = field(default_factory=list)  # (offset, reject)
+    away: list[Forward] = field(default_factory=list)
+
+    def from_offset(self, start: int) -> ParsedBatch:
+        """The part read at ``start`` or later (what was read before is applied already)."""
+        return ParsedBatch(
+            [item for item in self.at_home if item[0] >= start],
+            [item for item in self.rejects if item[0] >= start],
+            [f for f in self.away if f.offset >= start],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected event or message: where it was read and why."""
+
+    offset: int
+    index: int  # position in a JSON array message, -1 for the whole message
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRules:
+    """What decides a batch's outcome besides its events and state: set once per worker."""
+
+    horizon_days: int
+    segments: SegmentRules = DEFAULT_RULES
+    winback: WinbackRules = DEFAULT_WINBACK
+    event_clock: bool = False
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """Everything a batch causes. ``plan.stats`` holds every counter it moves: accepted,
+    duplicates, rejects by reason and (read at the source, not at home) routes."""
+
+    plan: Plan
+    dead_letters: list[DeadLetter]
+    forwards: list[Forward]
+
+
+def outcome_of(
+    batch: ParsedBatch,
+    dedup_keys: Sequence[bytes],
+    states: Mapping[UserKey, UserState | None],
+    seen_dedup_keys: set[bytes],
+    watermark_ms: int | None,
+    calendar_of: Callable[[str], AppCalendar],
+    rules: BatchRules,
+    arrival_ms: int | None,
+) -> BatchOutcome:
+    """The outcome of ``batch`` (already cut to what was not applied before);
+    ``dedup_keys`` are its at-home events' keys, in order. ``arrival_ms``: when it was read
+    at its source, for the route counters; None for the re-key topic, whose events were
+    counted where they were read first."""
+    plan = plan_batch(batch.at_home, states, seen_dedup_keys, watermark_ms, rules.horizon_days,
+                      calendar_of, rules.segments, dedup_keys, rules.winback,
+                      event_clock=rules.event_clock)
+    letters = [DeadLetter(offset, r.index, r.reason, r.detail) for offset, r in batch.rejects]
+    for letter in letters:
+        plan.stats[f"rej:{letter.reason}"] += 1
+    letters += [DeadLetter(offset, index, TOO_OLD, "older than the horizon")
+                for offset, index, _ in plan.too_old]  # counted by the plan itself
+    letters.sort(key=lambda letter: (letter.offset, letter.index))
+    if arrival_ms is not None:
+        _count_routes(plan, len(batch.at_home), batch.away, arrival_ms)
+    return BatchOutcome(plan, letters, batch.away)
+
+
+def _count_routes(plan: Plan, at_home: int, away: list[Forward], arrival_ms: int) -> None:
+    """Where a batch's events were read, for ``retention check`` (by arrival day) and the
+    forwarded counters (by app and cause), applied atomically with the batch."""
+    day = arrival_ms // MS_PER_DAY
+    if at_home:
+        plan.stats[f"route:{day}:{AT_HOME}"] += at_home
+    for f in away:
+        plan.stats[f"route:{day}:{f.cause}"] += 1
+        plan.stats[f"fwd:{f.event.app}:{f.cause}"] += 1
