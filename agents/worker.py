@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import Settings
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.store import Keyspace, timezone_problem
 
 EXIT_FATAL = 2
 
@@ -30,12 +30,10 @@ def preflight(settings: Settings) -> str | None:
     except redis.exceptions.RedisError as exc:
         return f"cannot reach Redis at {settings.redis_url}: {exc}"
     for app, zone in stored.items():
-        wanted = settings.timezone_of(app.decode())
-        if zone.decode() != wanted:
-            return (
-                f"app {app.decode()!r} has data in timezone {zone.decode()!r} but this worker "
-                f"is configured with {wanted!r}; fix TIMEZONE/APP_TIMEZONES"
-            )
+        problem = timezone_problem(app.decode(), zone.decode(),
+                                   settings.timezone_of(app.decode()))
+        if problem:
+            return problem
 
     async def broker_problem() -> str | None:
         admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=5000)

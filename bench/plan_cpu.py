@@ -25,8 +25,8 @@ import orjson
 
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
-from retention_tracker.streams.plan import UserKey, dedup_key, plan_batch
-from retention_tracker.streams.user_state import decode_user, encode_user
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.user_state import UserKey, decode_user, encode_user
 
 from .workload import WorkloadSpec, build_workload
 

@@ -38,7 +38,6 @@ from retention_tracker.state.store import Keyspace, RedisStore, due_member
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
 from retention_tracker.streams.user_state import UserState, encode_user
 
-DAY_MS = MS_PER_DAY
 PARTITIONS = 4
 THRESHOLD_DAYS = 2
 
@@ -54,9 +53,9 @@ def preload(url: str, users: int, due: int, window_ms: int, start_ms: int) -> No
     pipe = client.pipeline(transaction=False)
     for n in tqdm(range(users), desc="preload users", unit="user", mininterval=1):
         shard, user = n % PARTITIONS, f"u{n:07d}"
-        due_ms = start_ms + (n * window_ms // due if n < due else 10 * DAY_MS + n)
-        last = due_ms - THRESHOLD_DAYS * DAY_MS
-        first = last - 3 * DAY_MS
+        due_ms = start_ms + (n * window_ms // due if n < due else 10 * MS_PER_DAY + n)
+        last = due_ms - THRESHOLD_DAYS * MS_PER_DAY
+        first = last - 3 * MS_PER_DAY
         state = UserState(first, last, calendar.day_of(first),
                           frozenset({calendar.day_of(first), calendar.day_of(last)}),
                           frozenset({calendar.day_of(first)}), sessions=3)

@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.store import Keyspace, timezone_problem
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import FORWARD_CAUSES
 
@@ -262,14 +262,11 @@ def _timezone_checks(settings: Settings, report: _Report, stored_all: _Stored | 
         report.add("timezones", SKIP, "not checked: Redis could not be read")
         return
     stored = stored_all.timezones
-    conflicts = [
-        f"app {app!r} has data in timezone {zone!r} but TIMEZONE/APP_TIMEZONES give "
-        f"{settings.timezone_of(app)!r}"
-        for app, zone in sorted(stored.items()) if zone != settings.timezone_of(app)
-    ]
+    conflicts = [problem for app, zone in sorted(stored.items())
+                 if (problem := timezone_problem(app, zone, settings.timezone_of(app)))]
     if conflicts:
         report.add("timezones", FAIL,
-                   "; ".join(conflicts) + " (a worker would refuse to start: fix the setting)")
+                   "; ".join(conflicts) + " (a worker would refuse to start)")
     elif stored:
         report.add("timezones", OK, f"{len(stored)} app(s) with data, timezones agree")
     else:

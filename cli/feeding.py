@@ -22,8 +22,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
+from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import InvalidEvent, validate_event
-from retention_tracker.streams.simulation import DAY_MS, SimulationConfig, generate_deliveries
+from retention_tracker.streams.simulation import SimulationConfig, generate_deliveries
 
 Row = tuple[int, dict[str, Any] | None, str | None]  # (line number, object, error reason)
 
@@ -201,7 +202,7 @@ async def simulated_stream(
         if origin_ms is None:
             origin_ms = delivered_ms
         if seconds_per_day > 0:
-            due = (delivered_ms - origin_ms) / DAY_MS * seconds_per_day
+            due = (delivered_ms - origin_ms) / MS_PER_DAY * seconds_per_day
             ahead = due - (loop.time() - t0)
             if ahead > _MIN_SLEEP_S:
                 await asyncio.sleep(ahead)

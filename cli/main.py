@@ -33,7 +33,8 @@ from retention_tracker.state.queries import (
     summary_report,
     value_segments_report,
 )
-from retention_tracker.streams.calendar import MS_PER_DAY, parse_date
+from retention_tracker.streams.calendar import GRANULARITIES, MS_PER_DAY, parse_date
+from retention_tracker.streams.figures import KINDS, KPI_PERIODS, MONEY_KINDS
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -105,11 +106,11 @@ def worker(loglevel: str) -> None:
 @cli.command()
 @click.option("--app", "app_name", default="default", show_default=True)
 @click.option(
-    "--granularity", type=click.Choice(["day", "week", "month"]), default="day",
+    "--granularity", type=click.Choice(GRANULARITIES), default="day",
     show_default=True,
 )
 @click.option("--kind", default="classic", show_default=True,
-              type=click.Choice(["classic", "rolling", "ltv", "payer_conversion", "roas"]))
+              type=click.Choice([*KINDS, *MONEY_KINDS]))
 @click.option("--currency", default=None, help="money kinds: the currency (default CURRENCY)")
 @WHERE
 @click.option("--from", "date_from", callback=_date, help="first cohort (YYYY-MM-DD)")
@@ -146,7 +147,7 @@ def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: boo
 
 @cli.command()
 @click.option("--app", "app_name", default="default", show_default=True)
-@click.option("--period", type=click.Choice(["week", "month"]), default="week",
+@click.option("--period", type=click.Choice(KPI_PERIODS), default="week",
               show_default=True)
 @WHERE
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -161,7 +162,7 @@ def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> N
 
 @cli.command()
 @click.option("--app", "app_name", default="default", show_default=True)
-@click.option("--granularity", type=click.Choice(["day", "week", "month"]), default="month",
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default="month",
               show_default=True, help="cohort granularity of the per-cohort rates")
 @click.option("--from", "date_from", callback=_date, help="window start (YYYY-MM-DD)")
 @click.option("--to", "date_to", callback=_date, help="window end (YYYY-MM-DD)")

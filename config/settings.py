@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from retention_tracker.streams.events import APP_NAME_RE
+from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.events import APP_NAME_RE, CURRENCY_RE
 from retention_tracker.streams.segments import SegmentRules, money_units
 
 if TYPE_CHECKING:
@@ -29,59 +30,70 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SettingDoc:
+    """One environment variable: its meaning, and the Settings field it sets (by default
+    the variable's name in lower case). Its default is that field's, shown as text."""
+
     env: str
-    default: str
     meaning: str
+    attribute: str = ""
+    shown: str = ""  # the default as a rule rather than a value (REKEY_TOPIC)
+    duration: bool = False  # milliseconds, spelled with a unit (24h)
+
+    @property
+    def default(self) -> str:
+        value = getattr(DEFAULTS, self.attribute or self.env.lower())
+        return self.shown or (_duration_text(value) if self.duration else _as_text(value))
 
 
 SETTINGS_DOC: tuple[SettingDoc, ...] = (
-    SettingDoc("KAFKA_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers"),
-    SettingDoc("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
-    SettingDoc("KAFKA_SASL_MECHANISM", "PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-    SettingDoc("KAFKA_SASL_USERNAME", "", "SASL user"),
-    SettingDoc("KAFKA_SASL_PASSWORD", "", "SASL password (never logged)"),
-    SettingDoc("KAFKA_SSL_CAFILE", "", "CA bundle for SSL/SASL_SSL (default: system CAs)"),
-    SettingDoc("REDIS_URL", "redis://127.0.0.1:6379/0",
-               "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
-    SettingDoc("INPUT_TOPICS", "app-events",
+    SettingDoc("KAFKA_BROKER", "Kafka bootstrap servers"),
+    SettingDoc("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    SettingDoc("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    SettingDoc("KAFKA_SASL_USERNAME", "SASL user"),
+    SettingDoc("KAFKA_SASL_PASSWORD", "SASL password (never logged)"),
+    SettingDoc("KAFKA_SSL_CAFILE", "CA bundle for SSL/SASL_SSL (default: system CAs)"),
+    SettingDoc("REDIS_URL", "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
+    SettingDoc("INPUT_TOPICS",
                "input topics (comma separated, equal partition counts), best keyed by user_id"),
-    SettingDoc("DLQ_TOPIC", "app-events.dlq", "dead-letter topic for rejected events"),
-    SettingDoc("REKEY_TOPIC", "GROUP_ID.rekey",
-               "internal topic: events read away from their user's partition go home by it"),
-    SettingDoc("GROUP_ID", "retention-tracker", "Kafka consumer group of the workers"),
-    SettingDoc("WEB_HOST", "127.0.0.1", "address of the worker's HTTP server"),
-    SettingDoc("WEB_PORT", "6066", "port of the worker's HTTP server (/retention/*, /metrics)"),
-    SettingDoc("TIMEZONE", "UTC", "IANA timezone of apps not named in APP_TIMEZONES"),
-    SettingDoc("APP_TIMEZONES", "", "per-app timezones: app=Zone,app2=Zone2"),
-    SettingDoc("CURRENCY", "USD", "the apps' currency: purchases without one, costs, VIP bar"),
-    SettingDoc("VIP_REVENUE", "100", "lifetime revenue (CURRENCY) that makes a user VIP"),
-    SettingDoc("VIP_PURCHASES", "10", "lifetime purchase count that makes a user VIP"),
-    SettingDoc("INACTIVITY_THRESHOLDS", "2",
+    SettingDoc("DLQ_TOPIC", "dead-letter topic for rejected events"),
+    SettingDoc("REKEY_TOPIC",
+               "internal topic: events read away from their user's partition go home by it",
+               shown="GROUP_ID.rekey"),
+    SettingDoc("GROUP_ID", "Kafka consumer group of the workers"),
+    SettingDoc("WEB_HOST", "address of the worker's HTTP server"),
+    SettingDoc("WEB_PORT", "port of the worker's HTTP server (/retention/*, /metrics)"),
+    SettingDoc("TIMEZONE", "IANA timezone of apps not named in APP_TIMEZONES"),
+    SettingDoc("APP_TIMEZONES", "per-app timezones: app=Zone,app2=Zone2"),
+    SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
+    SettingDoc("VIP_REVENUE", "lifetime revenue (CURRENCY) that makes a user VIP"),
+    SettingDoc("VIP_PURCHASES", "lifetime purchase count that makes a user VIP"),
+    SettingDoc("INACTIVITY_THRESHOLDS",
                "days of inactivity that notify, e.g. 1,2,7,30; empty: win-back off"),
-    SettingDoc("WINBACK_MAX_DELAY", "24h",
-               "a notification whose moment is further behind now is counted expired, not sent"),
-    SettingDoc("INACTIVE_TOPIC_PATTERN", "users.inactive.{days}d", "topic per threshold"),
-    SettingDoc("REACTIVATED_TOPIC", "users.reactivated", "topic of notified users back"),
-    SettingDoc("QUICK_CHURN_DAYS", "7", "churn_type is quick when a user lasted less than this"),
-    SettingDoc("WINBACK_TICK_MS", "1000", "how often due notifications are looked for"),
-    SettingDoc("HORIZON_DAYS", "400", "events older than this behind the watermark are rejected"),
-    SettingDoc("DEDUP_WINDOW_DAYS", "7", "a repeated (app, event_id) in it is a duplicate"),
-    SettingDoc("CLOCK", "wall", "'wall' (live) or 'event' (replaying history: now = watermark)"),
-    SettingDoc("CLOCK_SPEED", "1", "wall clock only: run it this many times faster (demos, tests)"),
-    SettingDoc("BATCH_MAX_RECORDS", "5000", "Kafka records per fetch (replay speed vs memory)"),
-    SettingDoc("FETCH_MAX_WAIT_MS", "50", "longest a fetch waits for data (latency vs requests)"),
-    SettingDoc("MAX_MESSAGE_BYTES", "1048576", "larger messages are dead-lettered whole"),
-    SettingDoc("MAX_EVENTS_PER_MESSAGE", "1000", "larger JSON arrays are dead-lettered whole"),
-    SettingDoc("USER_BUCKETS", "1024", "Redis hashes per partition and app holding user records"),
-    SettingDoc("DEDUP_BUCKETS", "1024", "Redis hashes per partition holding event ids"),
-    SettingDoc("STATE_CACHE_USERS", "100000",
+    SettingDoc("WINBACK_MAX_DELAY",
+               "a notification whose moment is further behind now is counted expired, not sent",
+               attribute="winback_max_delay_ms", duration=True),
+    SettingDoc("INACTIVE_TOPIC_PATTERN", "topic per threshold"),
+    SettingDoc("REACTIVATED_TOPIC", "topic of notified users back"),
+    SettingDoc("QUICK_CHURN_DAYS", "churn_type is quick when a user lasted less than this"),
+    SettingDoc("WINBACK_TICK_MS", "how often due notifications are looked for"),
+    SettingDoc("HORIZON_DAYS", "events older than this behind the watermark are rejected"),
+    SettingDoc("DEDUP_WINDOW_DAYS", "a repeated (app, event_id) in it is a duplicate"),
+    SettingDoc("CLOCK", "'wall' (live) or 'event' (replaying history: now = watermark)"),
+    SettingDoc("CLOCK_SPEED", "wall clock only: run it this many times faster (demos, tests)"),
+    SettingDoc("BATCH_MAX_RECORDS", "Kafka records per fetch (replay speed vs memory)"),
+    SettingDoc("FETCH_MAX_WAIT_MS", "longest a fetch waits for data (latency vs requests)"),
+    SettingDoc("MAX_MESSAGE_BYTES", "larger messages are dead-lettered whole"),
+    SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
+    SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records"),
+    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding event ids"),
+    SettingDoc("STATE_CACHE_USERS",
                "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
-    SettingDoc("KEY_PREFIX", "rt", "prefix of every Redis key"),
-    SettingDoc("METRICS_COHORT_DAYS", "35", "daily cohorts exported on /metrics"),
-    SettingDoc("METRICS_OFFSETS", "0,1,2,3,7,14,30", "cohort offsets (days) exported on /metrics"),
-    SettingDoc("METRICS_REFRESH_S", "5", "seconds between snapshots of the Redis figures"),
-    SettingDoc("SESSION_TIMEOUT_MS", "6000", "Kafka consumer session timeout"),
-    SettingDoc("HEARTBEAT_MS", "1000", "Kafka consumer heartbeat interval"),
+    SettingDoc("KEY_PREFIX", "prefix of every Redis key"),
+    SettingDoc("METRICS_COHORT_DAYS", "daily cohorts exported on /metrics"),
+    SettingDoc("METRICS_OFFSETS", "cohort offsets (days) exported on /metrics"),
+    SettingDoc("METRICS_REFRESH_S", "seconds between snapshots of the Redis figures"),
+    SettingDoc("SESSION_TIMEOUT_MS", "Kafka consumer session timeout"),
+    SettingDoc("HEARTBEAT_MS", "Kafka consumer heartbeat interval"),
 )
 
 
@@ -96,6 +108,11 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+CLOCKS = ("wall", "event")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -119,8 +136,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _currency(raw: str) -> str:
-    code = raw.strip() or "USD"
-    if not re.fullmatch(r"[A-Z]{3}", code):
+    code = raw.strip()
+    if not CURRENCY_RE.match(code):
         raise ConfigError(f"CURRENCY={raw!r} must be an ISO 4217 code such as USD")
     return code
 
@@ -144,7 +161,7 @@ def mask_url(url: str) -> str:
 
 def _redis_url(raw: str) -> str:
     """Checked here so a typo is one line at start, not redis-py's traceback at first use."""
-    url = raw.strip() or "redis://127.0.0.1:6379/0"
+    url = raw.strip()
     try:
         parts = urlsplit(url)
         _ = parts.port  # parses and range-checks the port
@@ -181,8 +198,8 @@ def _app_timezones(raw: str) -> dict[str, str]:
     return zones
 
 
-def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
-    items = tuple(p.strip() for p in env.get(name, default).split(",") if p.strip())
+def _list(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in raw.split(",") if p.strip())
     if not items:
         raise ConfigError(f"{name} must name at least one value")
     return items
@@ -198,13 +215,12 @@ def _days_list(raw: str) -> tuple[int, ...]:
     return values
 
 
-_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 24 * 3_600_000}
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": MS_PER_DAY}
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*\Z")
 
 
-def _duration_ms(env: Mapping[str, str], name: str, default: str) -> int:
+def _duration_ms(name: str, raw: str) -> int:
     """``24h``, ``90m``, ``2d``, ``3600s``: a number and a unit (ms, s, m, h, d)."""
-    raw = env.get(name, "").strip() or default
     found = _DURATION_RE.match(raw)
     if not found:
         raise ConfigError(f"{name}={raw!r} must be a duration such as 24h, 90m or 2d")
@@ -212,7 +228,7 @@ def _duration_ms(env: Mapping[str, str], name: str, default: str) -> int:
 
 
 def _pattern(raw: str) -> str:
-    pattern = raw.strip() or "users.inactive.{days}d"
+    pattern = raw.strip()
     if "{days}" not in pattern:
         raise ConfigError(f"INACTIVE_TOPIC_PATTERN={raw!r} must contain {{days}}")
     return pattern
@@ -252,7 +268,7 @@ class Settings:
     inactive_topic_pattern: str = "users.inactive.{days}d"
     reactivated_topic: str = "users.reactivated"
     quick_churn_days: int = 7
-    winback_max_delay_ms: int = 24 * 3_600_000
+    winback_max_delay_ms: int = MS_PER_DAY
     winback_tick_ms: int = 1000
     horizon_days: int = 400
     dedup_window_days: int = 7
@@ -274,45 +290,49 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives; an unset (or blank) variable keeps the
+        field's default, parsed from its text the same way."""
         env = os.environ if env is None else env
-        d = cls()  # the defaults (slots dataclasses have no class-level default values)
-        clock = env.get("CLOCK", "wall").strip() or "wall"
-        if clock not in ("wall", "event"):
-            raise ConfigError(f"CLOCK={clock!r} must be 'wall' or 'event'")
-        group_id = env.get("GROUP_ID", d.group_id).strip() or d.group_id
+        d = DEFAULTS
+
+        def raw(name: str) -> str:
+            return env.get(name, "").strip() or DEFAULT_TEXT[name]
+
+        group_id = raw("GROUP_ID")
         return cls(
-            kafka_broker=env.get("KAFKA_BROKER", d.kafka_broker).strip() or d.kafka_broker,
-            kafka_security_protocol=_choice(
-                env, "KAFKA_SECURITY_PROTOCOL", d.kafka_security_protocol,
-                ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-            ),
+            kafka_broker=raw("KAFKA_BROKER"),
+            kafka_security_protocol=_choice(env, "KAFKA_SECURITY_PROTOCOL",
+                                            d.kafka_security_protocol, SECURITY_PROTOCOLS),
             kafka_sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism,
-                                         ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+                                         SASL_MECHANISMS),
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME", ""),
-            kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),
+            kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),  # as typed: not stripped
             kafka_ssl_cafile=env.get("KAFKA_SSL_CAFILE", "").strip(),
-            redis_url=_redis_url(env.get("REDIS_URL", d.redis_url)),
-            input_topics=_list(env, "INPUT_TOPICS", "app-events"),
-            dlq_topic=env.get("DLQ_TOPIC", d.dlq_topic).strip() or d.dlq_topic,
+            redis_url=_redis_url(raw("REDIS_URL")),
+            # set but empty is an error here (and "win-back off" for the thresholds)
+            input_topics=_list("INPUT_TOPICS",
+                               env.get("INPUT_TOPICS", DEFAULT_TEXT["INPUT_TOPICS"])),
+            dlq_topic=raw("DLQ_TOPIC"),
             group_id=group_id,
             rekey_topic=env.get("REKEY_TOPIC", "").strip() or f"{group_id}.rekey",
-            web_host=env.get("WEB_HOST", d.web_host).strip() or d.web_host,
+            web_host=raw("WEB_HOST"),
             web_port=_int(env, "WEB_PORT", d.web_port, minimum=1),
-            timezone=_zone(env.get("TIMEZONE", "UTC").strip() or "UTC", "TIMEZONE"),
+            timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
-            currency=_currency(env.get("CURRENCY", "USD")),
+            currency=_currency(raw("CURRENCY")),
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
-            inactivity_thresholds=_days_list(env.get("INACTIVITY_THRESHOLDS", "2")),
-            winback_max_delay_ms=_duration_ms(env, "WINBACK_MAX_DELAY", "24h"),
-            inactive_topic_pattern=_pattern(env.get("INACTIVE_TOPIC_PATTERN", "")),
-            reactivated_topic=env.get("REACTIVATED_TOPIC", "").strip() or d.reactivated_topic,
+            inactivity_thresholds=_days_list(
+                env.get("INACTIVITY_THRESHOLDS", DEFAULT_TEXT["INACTIVITY_THRESHOLDS"])),
+            winback_max_delay_ms=_duration_ms("WINBACK_MAX_DELAY", raw("WINBACK_MAX_DELAY")),
+            inactive_topic_pattern=_pattern(raw("INACTIVE_TOPIC_PATTERN")),
+            reactivated_topic=raw("REACTIVATED_TOPIC"),
             quick_churn_days=_int(env, "QUICK_CHURN_DAYS", d.quick_churn_days, minimum=1),
             winback_tick_ms=_int(env, "WINBACK_TICK_MS", d.winback_tick_ms, minimum=10),
             horizon_days=_int(env, "HORIZON_DAYS", d.horizon_days, minimum=31),
             dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),
-            clock=clock,
-            clock_speed=_float(env, "CLOCK_SPEED", d.clock_speed) or 1.0,
+            clock=_choice(env, "CLOCK", d.clock, CLOCKS),
+            clock_speed=_float(env, "CLOCK_SPEED", d.clock_speed) or d.clock_speed,
             batch_max_records=_int(env, "BATCH_MAX_RECORDS", d.batch_max_records, minimum=1),
             fetch_max_wait_ms=_int(env, "FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms, minimum=0),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=64),
@@ -322,9 +342,9 @@ class Settings:
             user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
             dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
             state_cache_users=_int(env, "STATE_CACHE_USERS", d.state_cache_users),
-            key_prefix=env.get("KEY_PREFIX", d.key_prefix).strip() or d.key_prefix,
+            key_prefix=raw("KEY_PREFIX"),
             metrics_cohort_days=_int(env, "METRICS_COHORT_DAYS", d.metrics_cohort_days, minimum=1),
-            metrics_offsets=_offsets(env.get("METRICS_OFFSETS", "0,1,2,3,7,14,30")),
+            metrics_offsets=_offsets(raw("METRICS_OFFSETS")),
             metrics_refresh_s=_int(env, "METRICS_REFRESH_S", d.metrics_refresh_s, minimum=1),
             session_timeout_ms=_int(env, "SESSION_TIMEOUT_MS", d.session_timeout_ms, minimum=1000),
             heartbeat_ms=_int(env, "HEARTBEAT_MS", d.heartbeat_ms, minimum=100),
@@ -367,6 +387,30 @@ class Settings:
             part.strip().removeprefix("kafka://") for part in self.kafka_broker.split(",")
         )
 
+
+DEFAULTS = Settings()
+
+
+def _as_text(value: object) -> str:
+    """A default as its environment variable would spell it."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _duration_text(ms: int) -> str:
+    """Hours, minutes or seconds, the largest that spells ``ms`` whole: ``24h``."""
+    for unit in ("h", "m", "s"):
+        if ms % _DURATION_UNITS_MS[unit] == 0:
+            return f"{ms // _DURATION_UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+DEFAULT_TEXT = {doc.env: doc.default for doc in SETTINGS_DOC}
 
 def segment_rules(settings: Settings) -> SegmentRules:
     """The value-segment bars and default currency these settings give."""

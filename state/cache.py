@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from retention_tracker.streams.plan import UserKey
-from retention_tracker.streams.user_state import UserState
+from retention_tracker.streams.user_state import UserKey, UserState
 
 
 class StateCache:

@@ -5,7 +5,6 @@ Both read Redis directly, so reports work with no worker running.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -21,9 +20,10 @@ from retention_tracker.streams.calendar import (
     period_label,
     utc_now_ms,
 )
-from retention_tracker.streams.events import FORWARD_CAUSES
+from retention_tracker.streams.events import CURRENCY_RE, FORWARD_CAUSES
 from retention_tracker.streams.figures import (
     KINDS,
+    KPI_PERIODS,
     MONEY_KINDS,
     cohort_rows,
     day_summary,
@@ -104,7 +104,6 @@ def check_window(date_from: date | None, date_to: date | None) -> None:
             f"{date_from.isoformat()} is after the window's end ({date_to.isoformat()})", "from")
 
 
-CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")
 
 
 def money_currency(
@@ -379,7 +378,7 @@ async def kpis_report(
     store: RedisStore, settings: Settings, app: str, period: str = "week",
     where: Sequence[str] = (),
 ) -> dict[str, Any]:
-    if period not in ("week", "month"):
+    if period not in KPI_PERIODS:
         raise QueryError("week or month", "period")
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
@@ -432,10 +431,7 @@ async def repeat_purchase_report(
         async for state in store.scan_users(app):
             if segment != ALL_USERS and segment not in segments_of(state, rules):
                 continue
-            count = sum(
-                p.count for day, _, p in state.purchases
-                if (low is None or day >= low) and (high is None or day <= high)
-            )
+            count = state.purchase_count(low, high)
             buyers += count >= 1
             repeat += count >= 2
         doc["window"] = {

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
 from retention_tracker.streams.calendar import MS_PER_DAY
-from retention_tracker.streams.plan import Plan, UserKey
-from retention_tracker.streams.user_state import UserState, decode_user, encode_user
+from retention_tracker.streams.plan import Plan
+from retention_tracker.streams.user_state import UserKey, UserState, decode_user, encode_user
 from retention_tracker.streams.winback import NotificationPlan
 
 # Both scripts take their arguments as one MessagePack blob (ARGV[1], decoded by Redis's
@@ -195,6 +195,15 @@ DUE_PAGE = 500
 
 class TimezoneConflict(ConfigError):
     """An app's data was built in one timezone and this worker is configured with another."""
+
+
+def timezone_problem(app: str, stored: str | None, configured: str) -> str | None:
+    """One line when an app's data was built in another timezone than the configured one
+    (its days would be cut at other hours and mix two calendars), else None."""
+    if stored is None or stored == configured:
+        return None
+    return (f"app {app!r} has data in timezone {stored!r} but TIMEZONE/APP_TIMEZONES give "
+            f"{configured!r}; fix the setting")
 
 
 class RedisStore:
@@ -436,11 +445,9 @@ class RedisStore:
         """Record the app's timezone on its first data; refuse to mix two calendars."""
         await self.client.hsetnx(self.keys.apps(), app, timezone)
         stored = await self.client.hget(self.keys.apps(), app)
-        if stored is not None and stored.decode() != timezone:
-            raise TimezoneConflict(
-                f"app {app!r} has data in timezone {stored.decode()!r} but this worker is "
-                f"configured with {timezone!r}; fix TIMEZONE/APP_TIMEZONES"
-            )
+        problem = timezone_problem(app, stored.decode() if stored else None, timezone)
+        if problem:
+            raise TimezoneConflict(problem)
 
     # ---- read side --------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event, Reject
-from retention_tracker.streams.plan import Plan, UserKey, plan_batch
+from retention_tracker.streams.plan import Plan, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES, SegmentRules
-from retention_tracker.streams.user_state import UserState
+from retention_tracker.streams.user_state import UserKey, UserState
 from retention_tracker.streams.winback import DEFAULT_WINBACK, WinbackRules
 
 AT_HOME = "home"  # the route of an event read in its user's home partition

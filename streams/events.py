@@ -14,10 +14,12 @@ from typing import Any
 
 import orjson
 
+from retention_tracker.streams.calendar import MS_PER_DAY
+
 APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
 EVENT_TYPES = ("install", "session", "purchase")
-FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
-_CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")
+FUTURE_TOLERANCE_MS = MS_PER_DAY
+CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")  # an ISO 4217 code; with .match
 # money above this per event is a bug or an attack, and sums must fit Redis' 64-bit counters
 MAX_MONEY = 1_000_000_000
 # calendar arithmetic needs a real date; the future is bounded by the clock check
@@ -160,7 +162,7 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event
     if kind == "purchase" and amount is None:
         raise InvalidEvent("missing_field", "amount")
     currency = obj.get("currency")
-    if currency is not None and (not isinstance(currency, str) or not _CURRENCY_RE.match(currency)):
+    if currency is not None and (not isinstance(currency, str) or not CURRENCY_RE.match(currency)):
         raise InvalidEvent("invalid_field", "currency must be an ISO 4217 code")
     return Event(
         app=app,

@@ -18,9 +18,10 @@ from retention_tracker.streams.calendar import (
     period_label,
     period_of_day,
 )
-from retention_tracker.streams.user_state import MONEY_UNITS
+from retention_tracker.streams.segments import money
 
 KINDS = ("classic", "rolling")
+KPI_PERIODS = ("week", "month")  # the periods period KPIs are given for
 
 
 def rate(part: int, whole: int) -> float:
@@ -139,11 +140,6 @@ def _complete_at(rows: list[dict[str, Any]], offset: int) -> list[dict[str, Any]
 
 
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")
-
-
-def money(units: int, divisor: int = 1) -> float:
-    """Units / divisor in currency, rounded to 4 places in decimal (as the ledger would)."""
-    return float(round(Decimal(units) / (MONEY_UNITS * divisor), 4))
 
 
 def money_rows(

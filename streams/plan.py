@@ -29,7 +29,7 @@ from retention_tracker.streams.segments import (
     money_units,
     value_segment,
 )
-from retention_tracker.streams.user_state import ATTRIBUTES, Purchases, UserState
+from retention_tracker.streams.user_state import ATTRIBUTES, Purchases, UserKey, UserState
 from retention_tracker.streams.winback import (
     DEFAULT_WINBACK,
     WinbackRules,
@@ -42,7 +42,6 @@ WAU_DAYS = 7
 MAU_DAYS = 30
 
 ALL_USERS = "all"
-UserKey = tuple[str, str]  # (app, user_id)
 CounterKey = tuple[str, str]  # (family, Redis field): ("daily", "dau:19700")
 Segments = tuple[str, ...]  # every segment a user counts in: ("all", "platform=ios", ...)
 
@@ -139,7 +138,7 @@ def user_contributions(
     for day, currency, totals in purchases:
         contrib["daily", f"rev:{day}:{currency}"] += totals.units
     last_day = state.last_day
-    purchase_count = sum(p.count for _, _, p in state.purchases) if state.purchases else 0
+    purchase_count = state.purchase_count() if state.purchases else 0
     for g, f in _FAMILIES.items():
         cohort = period_of_day(state.first_day, g)
         contrib[f.coh, f"{cohort}"] += 1

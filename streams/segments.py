@@ -9,7 +9,13 @@ from retention_tracker.streams.user_state import MONEY_UNITS, UserState
 
 
 def money_units(amount: float) -> int:
+    """An amount as exact integer units (what every sum is kept in)."""
     return int((Decimal(str(amount)) * MONEY_UNITS).to_integral_value())
+
+
+def money(units: int, divisor: int = 1) -> float:
+    """Units / divisor in currency, rounded to 4 places in decimal (as the ledger would)."""
+    return float(round(Decimal(units) / (MONEY_UNITS * divisor), 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +31,7 @@ DEFAULT_RULES = SegmentRules()
 
 
 def value_segment(state: UserState, rules: SegmentRules) -> str:
-    purchases = sum(p.count for _, _, p in state.purchases)
+    purchases = state.purchase_count()
     if not purchases:
         return "free"
     revenue = sum(p.units for _, cur, p in state.purchases if cur == rules.default_currency)

@@ -28,7 +28,6 @@ import orjson
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import APP_NAME_RE
 
-DAY_MS = MS_PER_DAY  # the name its callers know
 HOUR_MS = 3_600_000
 
 Weights = tuple[tuple[str, float], ...]
@@ -133,7 +132,7 @@ def resolved_start_ms(cfg: SimulationConfig, now_ms: int | None = None) -> int:
     if cfg.start_ms is not None:
         return cfg.start_ms
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    return now - cfg.days * DAY_MS
+    return now - cfg.days * MS_PER_DAY
 
 
 class _Picker:
@@ -257,8 +256,8 @@ def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, 
             made.append(buy)
 
     for day in range(days):
-        day_start = start + day * DAY_MS
-        day_end = day_start + DAY_MS
+        day_start = start + day * MS_PER_DAY
+        day_end = day_start + MS_PER_DAY
         today: list[Delivery] = []
         made: list[dict[str, Any]] = []  # the day's events, in generation order
 
@@ -268,7 +267,7 @@ def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, 
                 next_user[app] = number + 1
                 user = _User(app, f"u{number:06d}", platforms.pick(rng), countries.pick(rng),
                              campaigns.pick(rng), currencies.pick(rng))
-                t0 = day_start + int(rand() * DAY_MS)
+                t0 = day_start + int(rand() * MS_PER_DAY)
                 if rand() >= missing_rate:
                     install = new_event(user, "install", t0)
                     install["cost"] = costs[user.campaign]
@@ -280,7 +279,7 @@ def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, 
                 if returns and rand() < reinstall_rate:
                     user.reinstall_day = returns[int(rand() * len(returns))]
         for user in activity[day]:
-            first = day_start + int(rand() * DAY_MS)
+            first = day_start + int(rand() * MS_PER_DAY)
             if user.reinstall_day == day:
                 made.append(new_event(user, "install", first))  # no cost: not a paid install
             active_day(user, first, day_end, made)
@@ -336,7 +335,6 @@ def expected_day_retention(cfg: SimulationConfig, n: int) -> float:
 
 
 __all__ = [
-    "DAY_MS",
     "MALFORMED_KINDS",
     "SimulationConfig",
     "expected_day_retention",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 _FORMAT_VERSION = 4
 _READABLE_VERSIONS = (3, 4)  # 3: before expired thresholds (no flag bit on notified days)
 ATTRIBUTES = ("platform", "country", "campaign")
+UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
 MONEY_UNITS = 10_000  # amounts are kept as integer 1/10,000ths: sums are exact
 
 
@@ -51,6 +52,13 @@ class UserState:
     @property
     def last_day(self) -> int:
         return max(self.active_days)
+
+    def purchase_count(self, first_day: int | None = None, last_day: int | None = None
+                       ) -> int:
+        """Purchases on the local days ``first_day``..``last_day`` (None: no bound)."""
+        return sum(p.count for day, _, p in self.purchases
+                   if (first_day is None or day >= first_day)
+                   and (last_day is None or day <= last_day))
 
     def attribute(self, name: str) -> str | None:
         for key, value, _ in self.attributes:

@@ -18,12 +18,11 @@ from typing import Any
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_label
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.segments import SegmentRules, value_segment
-from retention_tracker.streams.user_state import MONEY_UNITS, UserState
+from retention_tracker.streams.segments import SegmentRules, money, value_segment
+from retention_tracker.streams.user_state import UserKey, UserState
 
 BACK_WITHIN_DAYS = 7
 
-UserKey = tuple[str, str]
 
 
 def notification_id(app: str, user_id: str, days: int, episode_ms: int) -> str:
@@ -63,8 +62,8 @@ def notification_payload(
         "cohort": period_label(state.first_day, "day"),
         "active_days": len(state.active_days),
         "sessions": state.sessions,
-        "purchases": sum(p.count for _, _, p in state.purchases),
-        "revenue": round(revenue / MONEY_UNITS, 4),
+        "purchases": state.purchase_count(),
+        "revenue": money(revenue),
         "currency": rules.default_currency,
         "platform": state.attribute("platform"),
         "country": state.attribute("country"),
@@ -80,7 +79,7 @@ class WinbackRules:
     behind "now" a moment may be and its message still go out, and the quick-churn bar."""
 
     thresholds: tuple[int, ...] = (2,)
-    max_delay_ms: int = 24 * 3_600_000
+    max_delay_ms: int = MS_PER_DAY
     quick_churn_days: int = 7
 
 

@@ -33,7 +33,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     [
         ({"HORIZON_DAYS": "abc"}, "HORIZON_DAYS='abc' is not an integer"),
         ({"TIMEZONE": "Mars/Olympus"}, "unknown IANA timezone 'Mars/Olympus'"),
-        ({"CLOCK": "sundial"}, "CLOCK='sundial' must be 'wall' or 'event'"),
+        ({"CLOCK": "sundial"}, "CLOCK='sundial' must be one of wall, event"),
         ({"INACTIVITY_THRESHOLDS": "2,x"}, "INACTIVITY_THRESHOLDS='2,x'"),
         ({"CURRENCY": "dollars"}, "CURRENCY='dollars'"),
     ],

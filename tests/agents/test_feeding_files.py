@@ -19,9 +19,10 @@ from retention_tracker.cli.feeding import (
     read_jsonl,
     simulated_stream,
 )
-from retention_tracker.streams.simulation import DAY_MS, SimulationConfig, generate_events
+from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.simulation import SimulationConfig, generate_events
 
-NOW = 1_704_067_200_000 + 30 * DAY_MS
+NOW = 1_704_067_200_000 + 30 * MS_PER_DAY
 
 
 def ev(event_id: str, ts: Any, user: str = "u1", kind: str = "session", **extra: Any) -> dict:
@@ -92,7 +93,7 @@ def test_prepare_replay_sorts_stably_and_counts_reasons() -> None:
         (5, c, None),
         (6, {"event_id": "y", "type": "login", "user_id": "u", "ts": NOW}, None),
         (7, d, None),
-        (8, ev("z", NOW + 2 * DAY_MS), None),
+        (8, ev("z", NOW + 2 * MS_PER_DAY), None),
         (9, None, "invalid_json"),
     ]
     rejected: list[tuple[int, str, str]] = []
@@ -107,7 +108,7 @@ def test_prepare_replay_sorts_stably_and_counts_reasons() -> None:
 
 
 def test_shuffled_simulated_history_replays_in_time_order(tmp_path: Path) -> None:
-    cfg = SimulationConfig(installs_per_day=20, days=5, start_ms=NOW - 5 * DAY_MS, seed=2,
+    cfg = SimulationConfig(installs_per_day=20, days=5, start_ms=NOW - 5 * MS_PER_DAY, seed=2,
                            late_rate=0.1)
     events = [e for e in generate_events(cfg) if isinstance(e, dict)]
     shuffled = list(events)
@@ -200,7 +201,7 @@ async def test_produce_batches_consecutive_events_of_one_user(
 async def test_simulated_stream_unpaced_is_the_simulation(
     fake_producer: type[FakeProducer],
 ) -> None:
-    cfg = SimulationConfig(installs_per_day=5, days=2, start_ms=NOW - 2 * DAY_MS,
+    cfg = SimulationConfig(installs_per_day=5, days=2, start_ms=NOW - 2 * MS_PER_DAY,
                            malformed_rate=0.05)
     stats = await produce_events("x:1", "t", simulated_stream(cfg, 0), progress=False)
     expected = [e if isinstance(e, bytes) else orjson.dumps(e) for e in generate_events(cfg)]

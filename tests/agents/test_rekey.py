@@ -27,14 +27,13 @@ from retention_tracker.bench import reference
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.state.store import RedisStore
-from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from tests.streams.real_apply import RealApply
 
-DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
-NOW_MS = BASE_MS + 90 * DAY_MS
+NOW_MS = BASE_MS + 90 * MS_PER_DAY
 ZONES = {"a": "UTC", "b": "Asia/Tokyo"}
 PARTITIONS = 3
 

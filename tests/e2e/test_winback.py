@@ -14,7 +14,7 @@ from aiokafka.partitioner import murmur2
 
 from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
-from retention_tracker.streams.calendar import utc_now_ms
+from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.winback import notification_id
 
 from .harness import (
@@ -27,7 +27,6 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.e2e
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
 
@@ -75,7 +74,7 @@ def population(t0: int) -> tuple[list[dict[str, Any]], dict[int, set[str]]]:
 def test_replay_sends_exactly_the_expected_notifications_then_reactivation(
     deployment: Deployment,
 ) -> None:
-    t0 = utc_now_ms() - 10 * DAY_MS
+    t0 = utc_now_ms() - 10 * MS_PER_DAY
     events, expected = population(t0)
     sent = produce(deployment.bootstrap, deployment.topic, event_messages(events))
     worker, _ = deployment.start_worker(CLOCK="event", INACTIVITY_THRESHOLDS="1,2")
@@ -89,7 +88,7 @@ def test_replay_sends_exactly_the_expected_notifications_then_reactivation(
                 payload["churn_type"], payload["purchases"]) == (2, "ios", "payer", "quick", 1)
         # u03 comes back: one reactivation naming both notifications
         back = produce(deployment.bootstrap, deployment.topic,
-                       event_messages([event("u03", 9, t0 + 3 * DAY_MS + HOUR_MS)]))
+                       event_messages([event("u03", 9, t0 + 3 * MS_PER_DAY + HOUR_MS)]))
         deployment.wait_applied(sent + back, worker=worker)
         (record,) = consume_all(deployment.bootstrap, deployment.reactivated_topic, 1)
         message = orjson.loads(record.value)
@@ -106,7 +105,7 @@ def test_replay_sends_exactly_the_expected_notifications_then_reactivation(
 
 
 def test_kill_9_around_emission_keeps_the_set_of_ids_exact(deployment: Deployment) -> None:
-    t0 = utc_now_ms() - 10 * DAY_MS
+    t0 = utc_now_ms() - 10 * MS_PER_DAY
     events, expected = population(t0)
     sent = produce(deployment.bootstrap, deployment.topic, event_messages(events))
     worker, _ = deployment.start_worker(CLOCK="event", INACTIVITY_THRESHOLDS="1,2",
@@ -143,7 +142,7 @@ def partition_of(key: str, partitions: int) -> int:
 def test_two_workers_one_stopped_midway_still_send_exactly_the_set(
     kafka_url: str, redis_url: str, unique: str, tmp_path: Path
 ) -> None:
-    t0 = utc_now_ms() - 10 * DAY_MS
+    t0 = utc_now_ms() - 10 * MS_PER_DAY
     events, expected = population(t0)
     tickers = {}
     for n in range(100):  # one ticker per partition moves every partition's watermark
@@ -182,12 +181,12 @@ def gappy_history(t0: int, users: int, seed: int) -> list[dict[str, Any]]:
         for n in range(rng.randint(2, 9)):
             events.append(event(f"g{u:03d}", n, ts))
             ts += rng.choice([2, 10, 20, 30, 50, 70, 100]) * HOUR_MS
-            if ts > t0 + 20 * DAY_MS:
+            if ts > t0 + 20 * MS_PER_DAY:
                 break
     return sorted(events, key=lambda e: e["ts"])
 
 
-def reference_episodes(events: list[dict[str, Any]], max_delay_ms: int = DAY_MS
+def reference_episodes(events: list[dict[str, Any]], max_delay_ms: int = MS_PER_DAY
                        ) -> dict[str, set[tuple[str, int, int]]]:
     now = utc_now_ms()
     stream = [e for e in (reference.read_event(x, now) for x in events) if e]
@@ -200,7 +199,7 @@ def test_replayed_history_notifies_every_episode_and_every_return(
     """The event clock on a replay cut into batches of 200 records: exactly the episodes and
     returns a plain reading of the contract finds (gaps inside one batch included), one
     message each, and the figures count them."""
-    t0 = utc_now_ms() - 30 * DAY_MS
+    t0 = utc_now_ms() - 30 * MS_PER_DAY
     events = gappy_history(t0, users=60, seed=17)
     expected = reference_episodes(events)
     assert len(expected["sent"]) > 100 and len(expected["returns"]) > 50  # a real workload
@@ -233,8 +232,8 @@ def test_replayed_history_notifies_every_episode_and_every_return(
 def test_wall_clock_worker_on_old_history_publishes_nothing(deployment: Deployment) -> None:
     """A first start on two-month-old data: every moment is weeks behind the wall clock.
     Nothing is published; each is counted as expired, and the users as inactive."""
-    t0 = utc_now_ms() - 60 * DAY_MS
-    events = [event(f"o{u:02d}", n, t0 + u * HOUR_MS + n * 3 * DAY_MS)
+    t0 = utc_now_ms() - 60 * MS_PER_DAY
+    events = [event(f"o{u:02d}", n, t0 + u * HOUR_MS + n * 3 * MS_PER_DAY)
               for u in range(12) for n in range(3)]
     sent = produce(deployment.bootstrap, deployment.topic, event_messages(events))
     env = {"CLOCK": "wall", "INACTIVITY_THRESHOLDS": "1,2", "WINBACK_TICK_MS": "100"}

@@ -14,13 +14,12 @@ import redis
 from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
 from retention_tracker.cli.feeding import prepare_replay, read_jsonl
-from retention_tracker.streams.calendar import utc_now_ms
+from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.simulation import SimulationConfig, generate_events
 
 from .harness import Deployment, consume_all, event_messages, isolated_deployment, produce
 
 pytestmark = pytest.mark.e2e
-DAY_MS = 86_400_000
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path):
 def simulated(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
     cfg = SimulationConfig(
         installs_per_day=25, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
-        start_ms=utc_now_ms() - days * DAY_MS,
+        start_ms=utc_now_ms() - days * MS_PER_DAY,
     )
     return list(generate_events(cfg))
 
@@ -50,7 +49,7 @@ def inactive_users(events: list[Any], now_ms: int, days: int = 2) -> int:
     last: dict[str, int] = {}
     for event in events:
         last[event.user_id] = max(last.get(event.user_id, event.ts_ms), event.ts_ms)
-    return sum(1 for ts in last.values() if ts + days * DAY_MS <= now_ms)
+    return sum(1 for ts in last.values() if ts + days * MS_PER_DAY <= now_ms)
 
 
 def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> None:
@@ -96,7 +95,7 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
         expected = reference.triangle(events, "default", "day", "classic", "UTC", watermark,
                                       where=where)
         assert got["cohorts"] == expected, where
-    for day in (last_day, reference.local_day(watermark - 3 * DAY_MS, "UTC")):
+    for day in (last_day, reference.local_day(watermark - 3 * MS_PER_DAY, "UTC")):
         before = utc_now_ms()
         got = deployment.cli_json("summary", "--date", day.isoformat())
         after = utc_now_ms()

@@ -45,6 +45,6 @@ def test_a_timezone_conflict_met_while_running_stops_the_worker_in_one_line(
     log = worker.log_path.read_text(errors="replace")
     last = log.strip().splitlines()[-1]
     assert last.startswith("retention: error: app 'slots' has data in timezone 'Asia/Tokyo'")
-    assert "fix TIMEZONE/APP_TIMEZONES" in last
+    assert "TIMEZONE/APP_TIMEZONES give 'UTC'; fix the setting" in last
     assert "Traceback" not in log, log[-3000:]
     assert deployment.applied_offsets() == 1  # the conflicting event was not applied

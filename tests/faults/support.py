@@ -37,7 +37,7 @@ from retention_tracker.state.store import Keyspace
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
 from tests.e2e.harness import Deployment
-from tests.e2e.test_worker_exact import DAY_MS, assert_reports_match, simulated
+from tests.e2e.test_worker_exact import MS_PER_DAY, assert_reports_match, simulated
 
 #: Short group timeouts: Tansu answers a JoinGroup after half the session timeout and gives
 #: a killed member's partitions back after about twice it (see agents/local_stack.py).
@@ -116,7 +116,7 @@ def workload(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
         first_position.setdefault(user, position)
     buyer_of_day: dict[int, str] = {}
     for user, ts in sorted(first_seen.items()):
-        buyer_of_day.setdefault(ts // DAY_MS, user)
+        buyer_of_day.setdefault(ts // MS_PER_DAY, user)
     buys = {
         first_position[user]: {
             "event_id": f"buyer-{day}", "type": "purchase", "user_id": user, "app": "default",

@@ -15,14 +15,13 @@ from retention_tracker.bench import reference
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import repeat_purchase_report
 from retention_tracker.state.store import RedisStore
-from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 
 pytestmark = pytest.mark.e2e
 
 JAN_1_2024 = 1_704_067_200_000  # a Monday
-DAY_MS = 86_400_000
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ async def test_rpr_lists_cohorts_without_buyers(store: RedisStore, unique: str) 
     events = [
         Event("default", "e1", "install", "payer", JAN_1_2024),
         Event("default", "e2", "purchase", "payer", JAN_1_2024 + 1, amount=0.99),
-        Event("default", "e3", "install", "free", JAN_1_2024 + 7 * DAY_MS),  # next week
+        Event("default", "e3", "install", "free", JAN_1_2024 + 7 * MS_PER_DAY),  # next week
     ]
     await store.register_shard(0)
     await store.fix_timezone("default", "UTC")

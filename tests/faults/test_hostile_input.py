@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
-from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
 from retention_tracker.streams.events import (
     EVENT_TYPES,
     FUTURE_TOLERANCE_MS,
@@ -53,7 +53,6 @@ from .support import (
 pytestmark = pytest.mark.e2e
 
 NOW = 1_800_000_000_000  # a fixed "now" (2027-01-15) keeps the properties deterministic
-DAY_MS = 86_400_000
 MAX_BYTES = 4096  # small limits, so "too large" and "too many" are cheap to reach
 MAX_EVENTS = 50
 PROPERTY = settings(max_examples=150, deadline=None,
@@ -102,8 +101,8 @@ def reasons(parsed: ParsedMessage) -> list[str]:
 
 texts = st.text(max_size=40)  # full Unicode: NUL, combining marks, RTL marks, emoji, BOM...
 good_ts = st.one_of(
-    st.integers(NOW - 300 * DAY_MS, NOW + FUTURE_TOLERANCE_MS),
-    st.integers(NOW - 300 * DAY_MS, NOW).map(
+    st.integers(NOW - 300 * MS_PER_DAY, NOW + FUTURE_TOLERANCE_MS),
+    st.integers(NOW - 300 * MS_PER_DAY, NOW).map(
         lambda ms: datetime.fromtimestamp(ms / 1000, UTC).isoformat()),
 )
 
@@ -352,10 +351,10 @@ def hand_written(now: int) -> list[tuple[bytes | None, bytes | None, dict[int, s
         {**event, "type": "purchase", "amount": -1},
         {**event, "event_id": "a" * 129},
         {**event, "type": "purchase", "amount": "4.99"},
-        {**event, "ts": now + 2 * DAY_MS},
+        {**event, "ts": now + 2 * MS_PER_DAY},
         {**event, "ts": "yesterday"},
         {**event, "ts": True},
-        {**event, "event_id": "ancient", "ts": now - 500 * DAY_MS},
+        {**event, "event_id": "ancient", "ts": now - 500 * MS_PER_DAY},
         {**event, "user_id": 7},
         {**event, "app": "bad app!"},
         {**event, "type": "purchase", "amount": 1, "currency": "usd"},
@@ -392,7 +391,7 @@ def hand_written(now: int) -> list[tuple[bytes | None, bytes | None, dict[int, s
         (b"k10", b"5", {-1: "not_an_object"}, []),
         (b"k11", b'"a string"', {-1: "not_an_object"}, []),
         (b"k12", b"null", {-1: "not_an_object"}, []),
-        (b"k13", orjson.dumps({**event, "ts": now + 2 * DAY_MS}),
+        (b"k13", orjson.dumps({**event, "ts": now + 2 * MS_PER_DAY}),
          {-1: "future_timestamp"}, []),
     ]
 
@@ -414,7 +413,7 @@ def fuzzed(rng: random.Random, now: int, count: int
         i = len(out)
         kind = rng.choice(EVENT_TYPES)
         base: dict[str, Any] = {"event_id": f"fz-{i}-{rng.getrandbits(64):016x}", "type": kind,
-                                "user_id": f"fz{i}", "ts": now - rng.randrange(4 * DAY_MS),
+                                "user_id": f"fz{i}", "ts": now - rng.randrange(4 * MS_PER_DAY),
                                 "platform": rng.choice(["ios", "android"])}
         if kind == "purchase":
             base.update(amount=rng.choice([0.99, 4.99, 19.99]), currency="USD")
@@ -440,7 +439,7 @@ def fuzzed(rng: random.Random, now: int, count: int
                 : rng.randrange(1, 4)])
         read = reference.read_message(raw, now, 65536, 50)
         events = [e for _, e in read if e is not None]
-        if any(not now - 4 * DAY_MS < e.ts_ms < now + 20 * 3_600_000
+        if any(not now - 4 * MS_PER_DAY < e.ts_ms < now + 20 * 3_600_000
                for e in events):  # (the workload's buyers cover the last 5 days' cohorts)
             continue
         out.append((f"fz{i}".encode(), raw, {index: None for index, e in read if e is None},

@@ -8,19 +8,18 @@ import random
 from datetime import date
 
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
-from retention_tracker.streams.calendar import AppCalendar, date_to_day
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 
 from .real_apply import RealApply
 
-DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 UTC = AppCalendar("UTC")
 
 
 def day(n: int) -> int:
-    return BASE_MS + n * DAY_MS
+    return BASE_MS + n * MS_PER_DAY
 
 
 def test_duplicates_inside_one_batch_count_once_in_the_plan() -> None:
@@ -103,7 +102,7 @@ async def test_summary_counts_reinstall_days_and_new_users_once(redis_url: str) 
 
 async def test_crr_worked_example_50_start_65_end_25_new_is_80_percent(redis_url: str) -> None:
     """METRICS.md §6: 50 customers at the start, 65 at the end, 25 of them new: CRR = 80%."""
-    week = 7 * DAY_MS
+    week = 7 * MS_PER_DAY
     events = [Event("a", f"p{u}", "session", f"old{u}", BASE_MS + u) for u in range(50)]
     events += [Event("a", f"k{u}", "session", f"old{u}", BASE_MS + week + u) for u in range(40)]
     events += [Event("a", f"n{u}", "install", f"new{u}", BASE_MS + week + u) for u in range(25)]

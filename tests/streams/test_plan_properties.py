@@ -30,13 +30,12 @@ from retention_tracker.state.queries import (
     repeat_purchase_report,
     summary_report,
 )
-from retention_tracker.streams.calendar import date_to_day
+from retention_tracker.streams.calendar import MS_PER_DAY, date_to_day
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import day_summary, money_of_day
 
 from .real_apply import RealApply
 
-DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 ZONES = ["UTC", "America/New_York", "Asia/Tokyo"]
 APPS = ("a", "b")
@@ -113,7 +112,7 @@ def accepted_events(
             if key in seen:
                 stats[f"dup:{event.app}"] += 1
                 continue
-            if shard in watermark and event.ts_ms < watermark[shard] - horizon_days * DAY_MS:
+            if shard in watermark and event.ts_ms < watermark[shard] - horizon_days * MS_PER_DAY:
                 stats["rej:too_old"] += 1
                 continue
             seen.add(key)
@@ -188,7 +187,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     for event in events:
         user = (event.app, event.user_id)
         last_active[user] = max(last_active.get(user, event.ts_ms), event.ts_ms)
-    due_ms = THRESHOLD_DAYS * DAY_MS
+    due_ms = THRESHOLD_DAYS * MS_PER_DAY
     assert await state.due() == {
         (app, user_id, THRESHOLD_DAYS): ts + due_ms for (app, user_id), ts in last_active.items()
     }
@@ -217,7 +216,7 @@ async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
         replayed = [e for b in first for e in b if state.shard_of(e) == 0][:10]
         if replayed:
             assert await state.apply_at(0, replayed, 0, arrival) == []
-        arrival += (2 * WINDOW_DAYS + 1) * DAY_MS
+        arrival += (2 * WINDOW_DAYS + 1) * MS_PER_DAY
         for batch in second:
             rejected.update((e.app, e.event_id) for e in await state.apply(batch, arrival))
         assert sum(rejected.values()) == stats["rej:too_old"]

@@ -17,17 +17,17 @@ from retention_tracker.state.queries import (
     summary_report,
     value_segments_report,
 )
+from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import Event
 
 from .real_apply import RealApply
 
-DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 HOUR_MS = 3_600_000
 
 
 def day(n: int, hour: int = 12) -> int:
-    return BASE_MS + n * DAY_MS + hour * HOUR_MS
+    return BASE_MS + n * MS_PER_DAY + hour * HOUR_MS
 
 
 def headline_events() -> list[Event]:

@@ -11,8 +11,8 @@ import pytest
 
 from retention_tracker.streams.events import parse_message, validate_event
 from retention_tracker.streams.simulation import (
-    DAY_MS,
     MALFORMED_KINDS,
+    MS_PER_DAY,
     SimulationConfig,
     generate_deliveries,
     generate_events,
@@ -20,7 +20,7 @@ from retention_tracker.streams.simulation import (
 )
 
 START = 1_704_067_200_000  # 2024-01-01T00:00Z
-END = START + 10 * DAY_MS
+END = START + 10 * MS_PER_DAY
 
 
 def config(**overrides: Any) -> SimulationConfig:
@@ -113,7 +113,7 @@ def test_retention_follows_the_curve_and_some_installs_are_missing() -> None:
     installed: set[str] = set()
     for e in generate_events(cfg):
         assert isinstance(e, dict)
-        day = (e["ts"] - START) // DAY_MS
+        day = (e["ts"] - START) // MS_PER_DAY
         first_day.setdefault(e["user_id"], day)
         active.setdefault(e["user_id"], set()).add(day)
         if e["type"] == "install":
@@ -161,7 +161,7 @@ def test_default_start_ends_now() -> None:
     before = utc_now_ms()
     cfg = SimulationConfig(installs_per_day=5, days=3, late_rate=0.0, duplicate_rate=0.0)
     ts = [e["ts"] for e in generate_events(cfg) if isinstance(e, dict)]
-    assert before - 3 * DAY_MS <= min(ts) and max(ts) <= utc_now_ms()
+    assert before - 3 * MS_PER_DAY <= min(ts) and max(ts) <= utc_now_ms()
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,11 @@ import redis.asyncio as aioredis
 
 from retention_tracker.bench import reference
 from retention_tracker.state.store import RedisStore, TimezoneConflict
-from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import cohort_rows, last_day_with_data
 from retention_tracker.streams.plan import dedup_key, plan_batch
 
-DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
 
@@ -61,7 +60,7 @@ async def test_redis_state_equals_reference_over_shards_and_redelivery(store: Re
             assert await apply_batch(store, shard, shard_events[start:start + 50], start)
         # a restart re-reads the first half from Kafka: offsets skip it, nothing changes
         assert await apply_batch(store, shard, shard_events[: len(shard_events) // 2], 0)
-    now = BASE_MS + 50 * DAY_MS
+    now = BASE_MS + 50 * MS_PER_DAY
     for granularity in ("day", "week", "month"):
         daily = await store.read_family("a", "daily")
         rows = cohort_rows(
@@ -87,13 +86,13 @@ async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
 
 
 async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) -> None:
-    window_ms = store.dedup_window_days * DAY_MS
+    window_ms = store.dedup_window_days * MS_PER_DAY
     key = dedup_key("a", "e1")
     loaded = await store.load_batch(0, ["t"], [("a", "u")], [key], BASE_MS)
     plan = plan_batch([(0, -1, Event("a", "e1", "session", "u", BASE_MS))], loaded.states,
                       set(), None, 400, lambda _a: UTC)
     assert await store.apply_plan(0, loaded, {"t": 1}, plan)
-    for later, remembered in [(window_ms, True), (2 * window_ms + DAY_MS, False)]:
+    for later, remembered in [(window_ms, True), (2 * window_ms + MS_PER_DAY, False)]:
         again = await store.load_batch(0, ["t"], [], [key], BASE_MS + later)
         assert (key in again.seen_dedup_keys) is remembered
 
@@ -115,7 +114,7 @@ async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_
     other = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8, dedup_buckets=4,
                        state_cache_users=1000)
     await store.register_shard(0)
-    day = [Event("a", f"e{n}", "session", "u1", BASE_MS + n * DAY_MS) for n in range(3)]
+    day = [Event("a", f"e{n}", "session", "u1", BASE_MS + n * MS_PER_DAY) for n in range(3)]
     assert await apply_batch(store, 0, day[:1], 0)
     # the cache, not Redis, answers for this worker's own last write
     bucket = store.user_key(0, "a", "u1")
@@ -123,13 +122,13 @@ async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_
     await store.client.hdel(bucket, "u1")
     loaded = await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)
     assert loaded.states[("a", "u1")] is not None
-    assert loaded.states[("a", "u1")].active_days == {BASE_MS // DAY_MS}
+    assert loaded.states[("a", "u1")].active_days == {BASE_MS // MS_PER_DAY}
     await store.client.hset(bucket, "u1", record)
     # the other worker writes the partition; the first sees its state, not the cached one
     assert await apply_batch(other, 0, day[1:2], 1)
     assert await apply_batch(store, 0, day[2:], 2)
     final = (await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)).states[("a", "u1")]
     assert final is not None
-    assert final.active_days == {e.ts_ms // DAY_MS for e in day}
+    assert final.active_days == {e.ts_ms // MS_PER_DAY for e in day}
     assert (await other.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)).states[
         ("a", "u1")] == final

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
 from retention_tracker.state.store import RedisStore
-from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
@@ -29,10 +29,9 @@ from retention_tracker.streams.winback import (
 from .real_apply import RealApply
 
 HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 UTC = AppCalendar("UTC")
-RULES = WinbackRules(thresholds=(1, 2), max_delay_ms=DAY_MS, quick_churn_days=7)
+RULES = WinbackRules(thresholds=(1, 2), max_delay_ms=MS_PER_DAY, quick_churn_days=7)
 
 
 def session(user: str, n: int, ts_ms: int) -> Event:
@@ -88,7 +87,7 @@ def test_a_moment_found_later_than_the_max_delay_is_expired_not_sent() -> None:
                   session("t", 1, BASE_MS + 80 * HOUR_MS)])
     assert first.notifications == []
     after = plan_notifications(
-        [(days, ("a", "u"), BASE_MS + days * DAY_MS) for days in (1, 2)],
+        [(days, ("a", "u"), BASE_MS + days * MS_PER_DAY) for days in (1, 2)],
         first.users, BASE_MS + 80 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES, RULES,
         first.arrivals)
     assert after.messages == []
@@ -108,10 +107,10 @@ def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
     goes on to 90 h. Found by the pass after the batch, it is still fresh."""
     events = [session("u", 0, BASE_MS)] + [
         session("t", n, BASE_MS + n * HOUR_MS) for n in (1, 25, 60, 90)]
-    batch = plan(events, rules=WinbackRules((1,), DAY_MS, 7))
-    after = plan_notifications([(1, ("a", "u"), BASE_MS + DAY_MS)], batch.users,
+    batch = plan(events, rules=WinbackRules((1,), MS_PER_DAY, 7))
+    after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], batch.users,
                                BASE_MS + 90 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
-                               WinbackRules((1,), DAY_MS, 7), batch.arrivals)
+                               WinbackRules((1,), MS_PER_DAY, 7), batch.arrivals)
     assert [m["user_id"] for m in after.messages] == ["u"]
     assert after.stats["expired:a:1"] == 0
 
@@ -120,13 +119,13 @@ def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
     """u's 24 h message went out; then an event of u dated 20 h arrives (late): u was not
     inactive for a day after all. A false alarm, never a reactivation."""
     notified = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + 25 * HOUR_MS)],
-                    rules=WinbackRules((1,), DAY_MS, 7))
-    after = plan_notifications([(1, ("a", "u"), BASE_MS + DAY_MS)], notified.users,
+                    rules=WinbackRules((1,), MS_PER_DAY, 7))
+    after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], notified.users,
                                BASE_MS + 25 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
-                               WinbackRules((1,), DAY_MS, 7), notified.arrivals)
+                               WinbackRules((1,), MS_PER_DAY, 7), notified.arrivals)
     assert len(after.messages) == 1
     late = plan([session("u", 1, BASE_MS + 20 * HOUR_MS)], after.users,
-                watermark=BASE_MS + 25 * HOUR_MS, rules=WinbackRules((1,), DAY_MS, 7))
+                watermark=BASE_MS + 25 * HOUR_MS, rules=WinbackRules((1,), MS_PER_DAY, 7))
     assert late.reactivations == []
     assert late.stats["false:a:1:free:quick"] == 1
     assert late.stats["inactive:a:1"] == -1
@@ -137,18 +136,18 @@ def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
     """Wall clock, first start on old data: a moment 23 h ago goes out, one 25 h ago not."""
     state = {("a", u): UserState(BASE_MS, BASE_MS + h * HOUR_MS, 0, frozenset({0}),
                                  frozenset()) for u, h in (("fresh", 2), ("stale", 0))}
-    now = BASE_MS + 2 * HOUR_MS + DAY_MS + 23 * HOUR_MS
-    due = [(1, ("a", "fresh"), BASE_MS + 26 * HOUR_MS), (1, ("a", "stale"), BASE_MS + DAY_MS)]
+    now = BASE_MS + 2 * HOUR_MS + MS_PER_DAY + 23 * HOUR_MS
+    due = [(1, ("a", "fresh"), BASE_MS + 26 * HOUR_MS), (1, ("a", "stale"), BASE_MS + MS_PER_DAY)]
     found = plan_notifications(due, state, now, lambda _a: UTC, DEFAULT_RULES,
-                               WinbackRules((1,), DAY_MS, 7))
+                               WinbackRules((1,), MS_PER_DAY, 7))
     assert [m["user_id"] for m in found.messages] == ["fresh"]
     assert found.stats["expired:a:1"] == 1
     assert found.users[("a", "stale")].expired_days == (1,)
 
 
 def test_no_thresholds_no_win_back() -> None:
-    found = plan([session("u", 0, BASE_MS), session("u", 1, BASE_MS + 30 * DAY_MS)],
-                 rules=WinbackRules((), DAY_MS, 7))
+    found = plan([session("u", 0, BASE_MS), session("u", 1, BASE_MS + 30 * MS_PER_DAY)],
+                 rules=WinbackRules((), MS_PER_DAY, 7))
     assert found.notifications == [] and found.reactivations == []
     assert not any(k.startswith(("sent:", "inactive:", "expired:")) for k in found.stats)
 
