@@ -1,10 +1,12 @@
-"""The consuming loop: Kafka batches -> parse -> plan -> dead letters -> one atomic Redis apply.
+"""The consuming loop, per partition batch: read (parse and route), load the users' state,
+the batch's outcome (``streams.batch``), send (forwards, dead letters, win-back messages),
+then one atomic Redis apply of the plan with the batch's offsets.
 
 It runs an aiokafka consumer inside the Faust app rather than a Faust agent, because the
 exactly-once design needs what an agent hides: offsets are read from Redis on assignment
 (``seek``), and a partition's batch is applied with its offsets in one Redis script call.
-Faust keeps the process frame (worker CLI, web server, timers). See README "Why not a Faust
-agent per message".
+Faust keeps the process frame (worker CLI, web server, timers). See README "Why an aiokafka
+loop inside Faust, not a Faust agent per event".
 """
 
 from __future__ import annotations
@@ -138,9 +140,8 @@ class Ingestor:
         """Consume until cancelled. Each partition's batches run as their own task, one at a
         time per partition (so its offsets never pass its applied state), and a partition is
         fetched again as soon as its batch is done, whatever the others do: while one
-        partition's script runs in Redis, another's batch is planned here. (One shared fetch
-        per round left this process waiting for the slowest partition of each round: 0.69
-        of a core used against 0.76 now, BENCHMARKS.md.)"""
+        partition's script runs in Redis, another's batch is planned here (one shared fetch
+        per round would wait for the slowest partition of each round)."""
         assert self.consumer is not None
         busy: dict[TopicPartition, asyncio.Task[object]] = {}
         fetch: asyncio.Future[dict[TopicPartition, list[ConsumerRecord]]] | None = None

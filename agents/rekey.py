@@ -88,7 +88,7 @@ def read_records(
     records were routed already (the re-key topic), every event is at home."""
     batch = ParsedBatch()
     at_home, rejects = batch.at_home, batch.rejects
-    for record in records:  # plain loops: a generator per record cost 6% of the CPU
+    for record in records:  # plain loops: the per-record path is the hot one
         parsed = parse_message(record.value, now_ms, max_message_bytes, max_events_per_message)
         if parsed.events:
             if router is None:

@@ -92,7 +92,7 @@ def app_events(events: Iterable[Event], app: str) -> list[Event]:
 # Section 1: reading events (the reference's own reader, for tests that start from JSON)
 
 EVENT_TYPES = ("install", "session", "purchase")  # survey / ACTIVITY_EVENTS: not built yet
-MAX_MONEY = 1_000_000_000  # README "Security": money at most 1e9 per event
+MAX_MONEY = 1_000_000_000  # README "Guarantees": money at most 1e9 per event
 FUTURE_MS = 24 * 3_600_000
 _APP_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 

@@ -3,8 +3,8 @@
     python -m dashboards.build           # (re)write the checked-in JSON files
     python dashboards/build.py --check   # exit 1 if a checked-in file differs from the code
 
-Each dashboard is one function in ``DASHBOARDS`` (file stem -> builder); the Money and
-Win-back dashboards of later issues are added there the same way. Every PromQL query goes
+Each dashboard is one function in ``DASHBOARDS`` (file stem -> builder); a new dashboard
+is one more entry there. Every PromQL query goes
 through :func:`query`, which also records the label set the query must return
 (``EXPECTED_LABELS``): ``tests/e2e/test_prometheus.py`` runs every query against a real
 Prometheus scraping real workers and checks the labels.
