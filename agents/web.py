@@ -1,10 +1,16 @@
 """The worker's HTTP surface: ``/metrics``, the JSON reports under ``/retention/``, the page at
 ``/`` and ``/health``. Every report view is one line of the table below: parameters from the
 query string, the report from ``state.queries``, a bad parameter as a 400 naming it.
+
+With ``API_TOKEN`` set, every report needs ``Authorization: Bearer <API_TOKEN>``; with
+``METRICS_TOKEN``, ``/metrics`` needs its own (Prometheus scrapes with its own
+credentials). The page and ``/health`` hold no data and stay open (the page asks for the
+token when the API answers 401).
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
@@ -42,12 +48,14 @@ def add_views(app: faust.App, store: RedisStore, settings: Settings,
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
+            if not authorized(request, settings.metrics_token):
+                return _unauthorized(self)
             # aiohttp takes the charset apart from the content type
             content_type = CONTENT_TYPE_LATEST.split("; charset")[0]
             return self.bytes(generate_latest(registry), content_type=content_type)
 
     for path, report in report_routes(store, settings, metrics).items():
-        app.page(path)(_json_view(path, report))
+        app.page(path)(_json_view(path, report, settings.api_token))
     _add_page_routes(app)
 
 
@@ -88,10 +96,27 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
     }
 
 
-def _json_view(path: str, report: Report) -> type[View]:
+def authorized(request: Request, token: str) -> bool:
+    """No token configured, or the request carries it as a bearer token (compared in
+    constant time, so the answer's timing tells nothing about the token)."""
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode())
+
+
+def _unauthorized(view: View) -> Response:
+    return view.json({"error": "missing or wrong bearer token"}, status=401,
+                     headers={"WWW-Authenticate": 'Bearer realm="retention"'})
+
+
+def _json_view(path: str, report: Report, token: str) -> type[View]:
     """A view answering ``report`` as JSON, a bad parameter as a 400 that names it."""
 
     async def get(self: View, request: Request) -> Response:
+        if not authorized(request, token):
+            return _unauthorized(self)
         try:
             return self.json(await report(request))
         except QueryError as exc:

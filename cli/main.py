@@ -295,9 +295,15 @@ def demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: str 
     """Everything on embedded defaults: broker, Redis, a worker and the simulator."""
     from pathlib import Path
 
+    from retention_tracker.agents.local_stack import MissingLocalExtra
     from retention_tracker.cli.demo import run_demo
 
-    sys.exit(run_demo(days, installs_per_day, seconds_per_day, Path(workdir) if workdir else None))
+    try:
+        code = run_demo(days, installs_per_day, seconds_per_day,
+                        Path(workdir) if workdir else None)
+    except MissingLocalExtra as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 def _register_optional_commands() -> None:

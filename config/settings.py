@@ -62,6 +62,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("GROUP_ID", "Kafka consumer group of the workers"),
     SettingDoc("WEB_HOST", "address of the worker's HTTP server"),
     SettingDoc("WEB_PORT", "port of the worker's HTTP server (/retention/*, /metrics)"),
+    SettingDoc("API_TOKEN",
+               "bearer token /retention/* requires (empty: none; needed off loopback)"),
+    SettingDoc("METRICS_TOKEN", "bearer token /metrics requires (empty: none)"),
     SettingDoc("TIMEZONE", "IANA timezone of apps not named in APP_TIMEZONES"),
     SettingDoc("APP_TIMEZONES", "per-app timezones: app=Zone,app2=Zone2"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
@@ -259,6 +262,8 @@ class Settings:
     group_id: str = "retention-tracker"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    api_token: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
     currency: str = "USD"
@@ -317,6 +322,8 @@ class Settings:
             rekey_topic=env.get("REKEY_TOPIC", "").strip() or f"{group_id}.rekey",
             web_host=raw("WEB_HOST"),
             web_port=_int(env, "WEB_PORT", d.web_port, minimum=1),
+            api_token=env.get("API_TOKEN", "").strip(),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
             currency=_currency(raw("CURRENCY")),

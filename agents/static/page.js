@@ -31,8 +31,20 @@ function query(extra) {
   return q.toString();
 }
 
+const TOKEN_KEY = "retention-api-token";
+
+// With API_TOKEN set on the worker, the API answers 401 until the page sends the token:
+// asked once, kept for this tab only (sessionStorage).
 async function getJson(path) {
-  const response = await fetch(path);
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const response = await fetch(path, token ? { headers: { Authorization: "Bearer " + token } } : {});
+  if (response.status === 401) {
+    const given = window.prompt("This tracker's API needs its token (API_TOKEN):");
+    if (given && given.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, given.trim());
+      return getJson(path);
+    }
+  }
   const body = await response.json();
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -198,3 +199,44 @@ def test_the_schema_check_catches_a_broken_file(compose: dict[str, Any]) -> None
     broken["services"]["redis"]["ports"] = "6379:6379"
     paths = {tuple(map(str, e.absolute_path)) for e in validator.iter_errors(broken)}
     assert ("services", "worker") in paths and ("services", "redis", "ports") in paths
+
+
+def test_published_ports_listen_on_loopback_unless_told_otherwise(
+    compose: dict[str, Any],
+) -> None:
+    published = 0
+    for name, service in services(compose).items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("${PUBLISH_HOST:-127.0.0.1}:"), (
+                name, port)
+            published += 1
+    assert published >= 4
+    assert "ports" not in services(compose)["worker"]  # reached inside the network only
+
+
+def test_the_workers_get_their_tokens_and_prometheus_scrapes_with_one(
+    compose: dict[str, Any],
+) -> None:
+    env = services(compose)["worker"]["environment"]
+    assert env["API_TOKEN"] == "${API_TOKEN:-}"
+    assert env["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"
+    prometheus = services(compose)["prometheus"]
+    config_file = host_path(prometheus, flag(prometheus, "--config.file"))
+    assert config_file is not None
+    config = yaml.safe_load(config_file.read_text())
+    job = {j["job_name"]: j for j in config["scrape_configs"]}["retention-worker"]
+    assert job["authorization"]["type"] == "Bearer"
+    assert (config_file.parent / job["authorization"]["credentials_file"]).is_file()
+
+
+def test_the_image_holds_every_package_and_no_test_or_local_extra() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    dockerfile = (REPO / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    assert folders <= copied, sorted(folders - copied)
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs and all("[" not in line for line in installs), installs
+    runtime = " ".join(pyproject["project"]["dependencies"])
+    for package in pyproject["project"]["optional-dependencies"]["local"]:
+        assert package.split(">")[0] not in runtime, package
