@@ -41,6 +41,7 @@ from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.store import DUE_PAGE, RedisStore, TimezoneConflict
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
+from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Reject
 from retention_tracker.streams.plan import Plan, dedup_key, plan_batch
 from retention_tracker.streams.winback import plan_notifications
@@ -466,7 +467,7 @@ def _dead_letters(records: list[ConsumerRecord], rejects: list[tuple[ConsumerRec
     applied them), counted in the plan's stats by reason."""
     letters = [DeadLetter(record, r.reason, r.detail, r.index, forwarded)
                for record, r in rejects if record.offset >= start]
-    plan.stats.update(Counter(f"rej:{letter.reason}" for letter in letters))
+    plan.stats.update(Counter((Stat.REJECTED, letter.reason) for letter in letters))
     if plan.too_old:  # counted by the plan itself
         by_offset = {record.offset: record for record in records}
         letters += [DeadLetter(by_offset[offset], "too_old", "older than the horizon", index,
@@ -475,16 +476,16 @@ def _dead_letters(records: list[ConsumerRecord], rejects: list[tuple[ConsumerRec
     return letters
 
 
-def _route_stats(at_home: int, away: list[Forward], now_ms: int) -> Counter[str]:
+def _route_stats(at_home: int, away: list[Forward], now_ms: int) -> Counter[Cell]:
     """Where a batch's events were read, for ``retention check`` (by arrival day) and the
     forwarded counters (by app and cause), applied atomically with the batch."""
     day = now_ms // MS_PER_DAY
-    stats: Counter[str] = Counter()
+    stats: Counter[Cell] = Counter()
     if at_home:
-        stats[f"route:{day}:{AT_HOME}"] = at_home
+        stats[Stat.ROUTE, day, AT_HOME] = at_home
     for f in away:
-        stats[f"route:{day}:{f.cause}"] += 1
-        stats[f"fwd:{f.event.app}:{f.cause}"] += 1
+        stats[Stat.ROUTE, day, f.cause] += 1
+        stats[Stat.FORWARDED, f.event.app, f.cause] += 1
     return stats
 
 

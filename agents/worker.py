@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import Settings
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.schema import Keyspace
 
 EXIT_FATAL = 2
 
