@@ -22,8 +22,7 @@ from typing import Any
 
 from retention_tracker.streams.calendar import GRANULARITIES
 from retention_tracker.streams.counters import DAILY_MEASURES, Cell, Measure, Stat
-
-UserKey = tuple[str, str]  # (app, user_id)
+from retention_tracker.streams.plan import UserKey
 
 # ---- the partition's meta hash (written only by the apply script) ----------------------------
 
@@ -148,8 +147,23 @@ def field_pattern(measure: Measure) -> str:
     return _DAILY_FIELD_PREFIX[measure] + "*"
 
 
+#: Rendered cells, reused: a worker writes the same recent days and cohorts batch after
+#: batch, and a dict lookup costs a fraction of formatting. Emptied when full.
+_RENDERED: dict[Cell, tuple[str, str]] = {}
+_RENDERED_MAX = 1 << 18
+
+
 def render_cell(cell: Cell) -> tuple[str, str]:
     """A plan's cell -> (family, field) as stored. Called once per non-zero delta."""
+    found = _RENDERED.get(cell)
+    if found is None:
+        if len(_RENDERED) >= _RENDERED_MAX:
+            _RENDERED.clear()
+        found = _RENDERED[cell] = _render_cell(cell)
+    return found
+
+
+def _render_cell(cell: Cell) -> tuple[str, str]:
     head = cell[0]
     prefix = _DAILY_FIELD_PREFIX.get(head)
     if prefix is not None:
