@@ -10,7 +10,7 @@ never does I/O at scrape time; it renders the last snapshot it was given.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retention_tracker.state.queries import winback_counts
+from retention_tracker.state.schema import parse_stats
+from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
 
 # Every metric name the worker exports; dashboards and rules may use only these.
@@ -108,16 +110,17 @@ class SnapshotCollector(Collector):
             for name, doc in GLOBAL_COUNTERS.items()
         }
         apps = snap.figures.get("apps", {})
+        stats = parse_stats(snap.stats)
         for app, figures in apps.items():
             self._summary(gauges, app, figures["summary"])
             self._cohorts(gauges, app, figures)
             self._money(gauges, app, figures.get("money", {}))
-            self._winback(gauges, counters, app, figures.get("winback", {}), snap.stats)
+            self._winback(gauges, counters, app, figures.get("winback", {}), stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
             gauges["retention_worker_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
-        self._events(counters, list(apps), snap.stats)
+        self._events(counters, list(apps), stats)
         yield from gauges.values()
         yield from counters.values()
 
@@ -156,7 +159,7 @@ class SnapshotCollector(Collector):
 
     def _winback(self, gauges: dict[str, GaugeMetricFamily],
                  counters: dict[str, CounterMetricFamily], app: str,
-                 found: dict[str, Any], stats: dict[str, int]) -> None:
+                 found: dict[str, Any], stats: Mapping[Cell, int]) -> None:
         for days in self.thresholds:
             figures = found.get(str(days), {})
             gauges["retention_inactive_users"].add_metric(
@@ -175,7 +178,7 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _events(counters: dict[str, CounterMetricFamily], apps: list[str],
-                stats: dict[str, int]) -> None:
+                stats: Mapping[Cell, int]) -> None:
         """Accepted, rejected, duplicate and forwarded events, each known series at 0."""
         found: dict[str, dict[tuple[str, ...], int]] = {
             "retention_events_accepted": {(a, t): 0 for a in apps for t in EVENT_TYPES},
@@ -184,11 +187,9 @@ class SnapshotCollector(Collector):
             "retention_events_forwarded": {(a, c): 0 for a in apps for c in FORWARD_CAUSES},
         }
         for key, value in stats.items():
-            kind, _, rest = key.partition(":")
-            name = _EVENT_COUNTERS.get(kind)
+            name = _EVENT_COUNTERS.get(key[0])
             if name is not None:
-                labels = tuple(rest.rsplit(":", 1)) if kind in ("acc", "fwd") else (rest,)
-                found[name][labels] = value
+                found[name][key[1:]] = value
         for name, series in found.items():
             for labels, value in sorted(series.items()):
                 counters[name].add_metric(list(labels), value)
@@ -207,12 +208,14 @@ class SnapshotCollector(Collector):
                                 [app, row["cohort"], str(offset), currency], value)
 
 
-_EVENT_COUNTERS = {"acc": "retention_events_accepted", "rej": "retention_events_rejected",
-                   "dup": "retention_events_duplicate", "fwd": "retention_events_forwarded"}
-_WINBACK_COUNTERS = {"sent": "retention_notifications_sent",
-                     "react": "retention_reactivations",
-                     "false": "retention_false_alarms",
-                     "back7": "retention_reactivations_within_7d"}
+_EVENT_COUNTERS = {Stat.ACCEPTED: "retention_events_accepted",
+                   Stat.REJECTED: "retention_events_rejected",
+                   Stat.DUPLICATE: "retention_events_duplicate",
+                   Stat.FORWARDED: "retention_events_forwarded"}
+_WINBACK_COUNTERS = {Stat.SENT: "retention_notifications_sent",
+                     Stat.REACTIVATED: "retention_reactivations",
+                     Stat.FALSE_ALARM: "retention_false_alarms",
+                     Stat.BACK_WITHIN_7D: "retention_reactivations_within_7d"}
 _SUMMARY_FIELDS = {
     "retention_dau": "dau",
     "retention_wau": "wau",

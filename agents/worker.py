@@ -12,7 +12,8 @@ from aiokafka.errors import KafkaError
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import Settings
-from retention_tracker.state.store import Keyspace, timezone_problem
+from retention_tracker.state.schema import Keyspace
+from retention_tracker.state.store import timezone_problem
 
 EXIT_FATAL = 2
 

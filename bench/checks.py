@@ -24,6 +24,8 @@ from retention_tracker.bench import reference
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.connect import make_store
 from retention_tracker.state.queries import cohort_report, summary_report
+from retention_tracker.state.schema import key_kind, parse_stat
+from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import Event, validate_event
 
 from .contenders import Deployment
@@ -107,14 +109,14 @@ def verify(deployment: Deployment, expected: Reference) -> Verdict:
 
 def forwarded_events(deployment: Deployment) -> int:
     """Events the worker read away from their user's home partition and forwarded there
-    (its ``fwd:`` counters, summed over partitions)."""
+    (its FORWARDED statistics, summed over partitions)."""
     client: redis.Redis = deployment.stack.redis()
     try:
         return sum(
             int(value)
             for p in range(deployment.stack.partitions)
             for field, value in client.hgetall(deployment.keys.stats(p)).items()
-            if field.startswith(b"fwd:")
+            if (parse_stat(field.decode()) or (None,))[0] is Stat.FORWARDED
         )
     finally:
         client.close()
@@ -160,15 +162,6 @@ def _short(value: Any, limit: int = 200) -> str:
 # ---- memory --------------------------------------------------------------------------------
 
 
-def _family(key: str, prefix: str) -> str:
-    """``<prefix>:{p}:u:app:b`` -> ``user_records``; the layout is store.Keyspace's. Kinds
-    the bench does not know (meta, stats, due, ...) keep their own name, so a new key
-    family shows up in the figures instead of hiding in an "other" bucket."""
-    parts = key[len(prefix) + 1:].split(":")
-    kind = parts[1] if len(parts) > 1 else parts[0]
-    return {"u": "user_records", "dd": "dedup_ids", "a": "aggregates"}.get(kind, kind)
-
-
 def redis_memory(deployment: Deployment, used: dict[str, int], users: int, events: int
                  ) -> dict[str, Any]:
     """Bytes per tracked user, split by key family; then the dedup keys are deleted to see
@@ -182,7 +175,7 @@ def redis_memory(deployment: Deployment, used: dict[str, int], users: int, event
             pipe.memory_usage(key, samples=0)  # 0: every field, not an estimate from 5
         families: dict[str, dict[str, int]] = {}
         for key, size in zip(keys, pipe.execute(), strict=True):
-            family = families.setdefault(_family(key, prefix),
+            family = families.setdefault(key_kind(key, prefix),
                                          {"keys": 0, "bytes": 0, "example_key": key})
             family["keys"] += 1
             family["bytes"] += int(size or 0)

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from retention_tracker.agents.local_stack import ManagedProcess, free_port
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.schema import Keyspace
 
 from .processes import FAUST_BASELINE, RETENTION, CpuMeter, peak_rss_bytes, spawn
 

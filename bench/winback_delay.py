@@ -34,7 +34,8 @@ from retention_tracker.agents.local_stack import (
     start_process,
     start_redis,
 )
-from retention_tracker.state.store import Keyspace, RedisStore, due_member
+from retention_tracker.state.schema import Keyspace, due_member
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
 from retention_tracker.streams.user_state import UserState, encode_user
 

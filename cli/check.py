@@ -36,8 +36,10 @@ from redis.retry import Retry
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
-from retention_tracker.state.store import Keyspace, timezone_problem
+from retention_tracker.state.schema import Keyspace, parse_stat
+from retention_tracker.state.store import timezone_problem
 from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import FORWARD_CAUSES
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
@@ -145,13 +147,13 @@ def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
 
 def _read_stored(client: redis.Redis, keys: Keyspace) -> _Stored:
     today = int(time.time() * 1000) // MS_PER_DAY
-    recent = {f"route:{day}:" for day in (today - 1, today)}
+    recent = {today - 1, today}
     routes: Counter[str] = Counter()
     for shard in client.smembers(keys.shards()):
         for name, value in client.hgetall(keys.stats(int(shard))).items():
-            field = name.decode()
-            if field[:field.rfind(":") + 1] in recent:
-                routes[field.rpartition(":")[2]] += int(value)
+            stat = parse_stat(name.decode())
+            if stat is not None and stat[0] is Stat.ROUTE and stat[1] in recent:
+                routes[stat[2]] += int(value)
     return _Stored(
         timezones={k.decode(): v.decode() for k, v in client.hgetall(keys.apps()).items()},
         partition_counts={k.decode(): int(v) for k, v in

@@ -11,6 +11,17 @@ from datetime import date
 from typing import Any
 
 from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.schema import (
+    DAILY_FAMILY,
+    WINBACK_STATS,
+    family_name,
+    field_name,
+    field_pattern,
+    parse_daily,
+    parse_family,
+    parse_stat,
+    parse_stats,
+)
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
@@ -20,13 +31,17 @@ from retention_tracker.streams.calendar import (
     period_label,
     utc_now_ms,
 )
+from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import CURRENCY_RE, FORWARD_CAUSES
 from retention_tracker.streams.figures import (
     KINDS,
+    KPI_MEASURES,
     KPI_PERIODS,
     MONEY_KINDS,
+    Coordinates,
     cohort_rows,
     day_summary,
+    days_with_data,
     headline,
     headline_cohort_size,
     iso_time,
@@ -35,6 +50,7 @@ from retention_tracker.streams.figures import (
     money_of_day,
     money_rows,
     rate,
+    revenue_currencies,
 )
 from retention_tracker.streams.plan import ALL_USERS, segments_of
 
@@ -55,6 +71,26 @@ class QueryError(ValueError):
     def shown(self, prefix: str = "") -> str:
         """The line to show: ``prefix`` is ``"--"`` for the CLI, empty for HTTP."""
         return f"{prefix}{self.param}: {self}" if self.param else str(self)
+
+
+async def read_daily(store: RedisStore, app: str, segment: str = ALL_USERS) -> Counter[Cell]:
+    """An app's daily measures for one segment, parsed to cells."""
+    return parse_daily(await store.read_family(app, DAILY_FAMILY, segment))
+
+
+async def read_measure(store: RedisStore, app: str, measure: Measure, granularity: str,
+                       segment: str = ALL_USERS) -> Counter[Coordinates]:
+    """One period family of an app's segment, parsed to coordinates."""
+    found = await store.read_family(app, family_name(measure, granularity), segment)
+    return parse_family(measure, found)
+
+
+async def read_cells(store: RedisStore, app: str, measure: Measure, granularity: str,
+                     cells: Sequence[Coordinates]) -> Counter[Coordinates]:
+    """Chosen counters of one period family (all users), parsed to coordinates."""
+    fields = [field_name(measure, *c) for c in cells]
+    found = await store.read_fields(app, family_name(measure, granularity), fields)
+    return parse_family(measure, found)
 
 
 async def now_ms(store: RedisStore, settings: Settings) -> int:
@@ -107,8 +143,8 @@ def check_window(date_from: date | None, date_to: date | None) -> None:
 
 
 def money_currency(
-    settings: Settings, app: str, kind: str, currency: str | None, ltv_cells: Counter[str]
-) -> str:
+    settings: Settings, app: str, kind: str, currency: str | None,
+    ltv_cells: Counter[Coordinates]) -> str:
     """The currency of an ltv or roas triangle: one the app has revenue in (or CURRENCY);
     ROAS only in CURRENCY, the currency install costs are kept in (no FX)."""
     currency = currency or settings.currency
@@ -118,7 +154,7 @@ def money_currency(
         raise QueryError(
             f"ROAS divides revenue by install costs, which are kept in {settings.currency} "
             f"(CURRENCY); ROAS in {currency} would need exchange rates", "currency")
-    known = {k.rsplit(":", 1)[1] for k, v in ltv_cells.items() if v} | {settings.currency}
+    known = {cell[-1] for cell, v in ltv_cells.items() if v} | {settings.currency}
     if currency not in known:
         raise QueryError(f"no revenue in {currency} for app {app!r} "
                          f"(currencies: {', '.join(sorted(known))})", "currency")
@@ -152,24 +188,25 @@ async def cohort_report(
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
 
-    async def family(name: str) -> Counter[str]:
-        return await store.read_family(app, name, segment)
+    async def family(measure: Measure) -> Counter[Coordinates]:
+        return await read_measure(store, app, measure, granularity, segment)
 
-    last_day = last_day_with_data(await family("daily"))
-    sizes = await family(f"coh:{granularity}")
+    last_day = last_day_with_data(await read_daily(store, app, segment))
+    sizes = await family(Measure.COHORT_SIZE)
     doc = _header(app, calendar, segment, granularity=granularity, kind=kind)
     if kind in KINDS:
-        cells = await family(f"{'cls' if kind == 'classic' else 'last'}:{granularity}")
+        cells = await family(Measure.CLASSIC if kind == "classic" else Measure.LAST_ACTIVE)
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
     else:
-        cells = await family(f"{'fpay' if kind == 'payer_conversion' else 'ltv'}:{granularity}")
+        cells = await family(Measure.FIRST_PAYMENT if kind == "payer_conversion"
+                             else Measure.LTV)
         if kind != "payer_conversion":
             currency = money_currency(settings, app, kind, currency, cells)
             doc["currency"] = currency
         else:
             currency = currency or settings.currency  # unused: conversion counts users
-        costs = await family(f"cost:{granularity}") if kind == "roas" else Counter()
+        costs = await family(Measure.COST) if kind == "roas" else Counter()
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
     return {**doc, "as_of": iso_time(now), "cohorts": rows}
@@ -186,50 +223,52 @@ async def summary_report(
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
     day = date_to_day(on) if on else calendar.day_of(now)
-    daily = await store.read_family(app, "daily", segment)
+    daily = await read_daily(store, app, segment)
     doc = day_summary(app, day, daily)
     doc.update(money_of_day(daily, day, doc["dau"]))
     doc["complete"] = calendar.period_end_ms(day, "day") <= now
     if segment != ALL_USERS:
         doc["segment"] = segment
     else:
-        stats = await store.read_stats()
+        stats = parse_stats(await store.read_stats())
         doc["winback"] = await winback_figures(store, settings, app, stats)
         doc["winback_as_of"] = iso_time(now)
         doc["forwarded"] = forwarded_figures(stats, app)
     return doc
 
 
-def forwarded_figures(stats: Counter[str], app: str) -> dict[str, int]:
+def forwarded_figures(stats: Mapping[Cell, int], app: str) -> dict[str, int]:
     """The app's events read away from their user's home partition, by cause (all time):
     exact figures all the same, but a sign that a producer needs fixing."""
-    return {cause: stats.get(f"fwd:{app}:{cause}", 0) for cause in FORWARD_CAUSES}
+    return {cause: stats.get((Stat.FORWARDED, app, cause), 0) for cause in FORWARD_CAUSES}
 
 
 CHURN_TYPES = ("quick", "late")
-_WINBACK_KINDS = {"sent": "notified", "false": "false_alarms", "react": "reactivated",
-                  "back7": "back7"}
+_WINBACK_KINDS = {Stat.SENT: "notified", Stat.FALSE_ALARM: "false_alarms",
+                  Stat.REACTIVATED: "reactivated", Stat.BACK_WITHIN_7D: "back7"}
+assert tuple(_WINBACK_KINDS) == WINBACK_STATS
 
 
-WinbackCounts = dict[tuple[int, str], dict[str, dict[str, int]]]
+WinbackCounts = dict[tuple[int, Stat], dict[str, dict[str, int]]]
 
 
-def winback_counts(stats: Mapping[str, int], app: str, thresholds: Sequence[int]
+def winback_counts(stats: Mapping[Cell, int], app: str, thresholds: Sequence[int]
                    ) -> WinbackCounts:
-    """(threshold, kind) -> value segment -> churn type -> count, from the ``sent:``,
-    ``false:``, ``react:`` and ``back7:`` counters, with every known label at zero."""
+    """(threshold, kind) -> value segment -> churn type -> count, from the win-back
+    statistics (sent, false alarms, reactivated, back within 7 days), with every known
+    label at zero."""
     counts: WinbackCounts = {
         (days, kind): {seg: dict.fromkeys(CHURN_TYPES, 0) for seg in VALUE_SEGMENTS}
         for days in thresholds for kind in _WINBACK_KINDS
     }
     for key, value in stats.items():
-        kind, _, rest = key.partition(":")
+        kind = key[0]
         if kind not in _WINBACK_KINDS:
             continue
-        found_app, days, *labels = rest.split(":")
+        found_app, days, *labels = key[1:]
         if found_app != app or not labels:
             continue
-        by_segment = counts.get((int(days), kind), {}).get(labels[0])
+        by_segment = counts.get((days, kind), {}).get(labels[0])
         if by_segment is not None:  # records from before churn types count as "late"
             churn = labels[1] if len(labels) > 1 else "late"
             by_segment[churn] = by_segment.get(churn, 0) + value
@@ -249,14 +288,13 @@ async def daily_report(
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
-    daily = await store.read_family(app, "daily", segment)
+    daily = await read_daily(store, app, segment)
     last = date_to_day(date_to) if date_to else last_day_with_data(daily)
     doc = _header(app, calendar, segment, as_of=iso_time(now))
     if last is None:
         return {**doc, "days": []}
-    days_with_data = [int(k[4:]) for k, v in daily.items() if k.startswith("dau:") and v > 0]
     first = (date_to_day(date_from) if date_from
-             else max(last - DAILY_DAYS + 1, min(days_with_data, default=last)))
+             else max(last - DAILY_DAYS + 1, min(days_with_data(daily), default=last)))
     if last - first + 1 > settings.horizon_days:
         raise QueryError(f"at most {settings.horizon_days} days (HORIZON_DAYS) at a time",
                          "from")
@@ -299,9 +337,9 @@ async def headline_report(
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
     rows = cohort_rows(
-        await store.read_family(app, "coh:day", segment),
-        await store.read_family(app, "cls:day", segment), "classic", "day", calendar, now,
-        last_day_with_data(await store.read_family(app, "daily", segment)),
+        await read_measure(store, app, Measure.COHORT_SIZE, "day", segment),
+        await read_measure(store, app, Measure.CLASSIC, "day", segment), "classic", "day",
+        calendar, now, last_day_with_data(await read_daily(store, app, segment)),
     )
     return {**_header(app, calendar, segment, as_of=iso_time(now)),
             "headline": headline_figures(rows)}
@@ -315,18 +353,20 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> dict[str, An
     rejected: dict[str, int] = {}
     duplicates: dict[str, int] = {}
     forwarded: dict[str, dict[str, int]] = {}
-    stats = await store.read_stats()
-    for app in {key.split(":")[1] for key in stats if key.startswith("acc:")}:
+    raw = await store.read_stats()
+    stats = parse_stats(raw)
+    for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}:
         forwarded[app] = forwarded_figures(stats, app)
-    for key, value in sorted(stats.items()):
-        kind, _, rest = key.partition(":")
-        if kind == "acc":
-            app, _, event_type = rest.rpartition(":")
-            accepted.setdefault(app, {})[event_type] = value
-        elif kind == "rej":
-            rejected[rest] = value
-        elif kind == "dup":
-            duplicates[rest] = value
+    for name, value in sorted(raw.items()):  # in the stored names' order, as always shown
+        key = parse_stat(name)
+        if key is None:
+            continue
+        if key[0] is Stat.ACCEPTED:
+            accepted.setdefault(key[1], {})[key[2]] = value
+        elif key[0] is Stat.REJECTED:
+            rejected[key[1]] = value
+        elif key[0] is Stat.DUPLICATE:
+            duplicates[key[1]] = value
     marks = {shard: p["watermark_ms"] for shard, p in
              (await store.partition_progress([])).items() if p["watermark_ms"] is not None}
     return {
@@ -341,32 +381,33 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> dict[str, An
 
 
 async def winback_figures(
-    store: RedisStore, settings: Settings, app: str, stats: Counter[str] | None = None
+    store: RedisStore, settings: Settings, app: str, stats: Mapping[Cell, int] | None = None
 ) -> dict[str, Any]:
     """Per threshold: users inactive now, notifications sent, moments found too late to
     publish (expired), false alarms, reactivations and the share of notified users back
     within 7 days, overall, per value segment and per churn type. ``stats``: the counters
     already read, when the caller covers several apps."""
-    stats = stats if stats is not None else await store.read_stats()
+    stats = stats if stats is not None else parse_stats(await store.read_stats())
     due_now = await store.due_counts(
         app, settings.inactivity_thresholds, await now_ms(store, settings)
     )
     counts = winback_counts(stats, app, settings.inactivity_thresholds)
 
     def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
-        def total(kind: str) -> int:
+        def total(kind: Stat) -> int:
             return sum(n for seg, per in counts[days, kind].items()
                        if segment in (None, seg) for c, n in per.items() if churn in (None, c))
 
-        out = {name: total(kind) for kind, name in _WINBACK_KINDS.items() if kind != "back7"}
-        out["back_within_7d_share"] = rate(total("back7"), out["notified"])
+        out = {name: total(kind) for kind, name in _WINBACK_KINDS.items()
+               if kind is not Stat.BACK_WITHIN_7D}
+        out["back_within_7d_share"] = rate(total(Stat.BACK_WITHIN_7D), out["notified"])
         return out
 
     result: dict[str, Any] = {}
     for days in settings.inactivity_thresholds:
         result[str(days)] = {
-            "inactive": stats.get(f"inactive:{app}:{days}", 0) + due_now[days],
-            "expired": stats.get(f"expired:{app}:{days}", 0),
+            "inactive": stats.get((Stat.INACTIVE, app, days), 0) + due_now[days],
+            "expired": stats.get((Stat.EXPIRED, app, days), 0),
             **figures(days, None, None),
             "by_segment": {seg: figures(days, seg, None) for seg in VALUE_SEGMENTS},
             "by_churn_type": {churn: figures(days, None, churn) for churn in CHURN_TYPES},
@@ -384,10 +425,10 @@ async def kpis_report(
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
     families = {
-        name: await store.read_family(app, f"{name}:{period}", segment)
-        for name in ("act", "coh", "lost", "ppay", "prep", "prev")
+        measure: await read_measure(store, app, measure, period, segment)
+        for measure in KPI_MEASURES
     }
-    periods = [int(p) for p, n in families["act"].items() if n > 0]
+    periods = [p for (p,), n in families[Measure.ACTIVE].items() if n > 0]
     rows = kpi_rows(families, period, min(periods), max(periods)) if periods else []
     for number, row in enumerate(rows, start=min(periods, default=0)):
         # §6: a period that has not ended is flagged; its CRR and churn are live numbers
@@ -406,21 +447,21 @@ async def repeat_purchase_report(
     check_window(date_from, date_to)
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
-    per_cohort = await store.read_family(app, f"rpc:{granularity}", segment)
-    sizes = await store.read_family(app, f"coh:{granularity}", segment)
-    cohorts = sorted(int(c) for c, size in sizes.items() if size > 0)  # buyers or not
+    per_cohort = await read_measure(store, app, Measure.REPEAT_BUYERS, granularity, segment)
+    sizes = await read_measure(store, app, Measure.COHORT_SIZE, granularity, segment)
+    cohorts = sorted(c for (c,), size in sizes.items() if size > 0)  # buyers or not
 
     def rpr_doc(buyers: int, repeat: int) -> dict[str, Any]:
         return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}
 
     doc = _header(app, calendar, segment, granularity=granularity)
     doc["lifetime"] = rpr_doc(
-        sum(v for k, v in per_cohort.items() if k.endswith(":1")),
-        sum(v for k, v in per_cohort.items() if k.endswith(":2")),
+        sum(v for (_, n), v in per_cohort.items() if n == 1),
+        sum(v for (_, n), v in per_cohort.items() if n == 2),
     )
     doc["cohorts"] = [
         {"cohort": period_label(c, granularity),
-         **rpr_doc(per_cohort.get(f"{c}:1", 0), per_cohort.get(f"{c}:2", 0))}
+         **rpr_doc(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
         for c in cohorts
     ]
     if date_from or date_to:
@@ -451,10 +492,11 @@ async def value_segments_report(
     segments = []
     for value in VALUE_SEGMENTS:
         segment = f"value={value}"
-        sizes = await store.read_family(app, "coh:day", segment)
-        daily = await store.read_family(app, "daily", segment)
-        rows = cohort_rows(sizes, await store.read_family(app, "cls:day", segment), "classic",
-                           "day", calendar, now, last_day_with_data(daily))
+        sizes = await read_measure(store, app, Measure.COHORT_SIZE, "day", segment)
+        daily = await read_daily(store, app, segment)
+        cells = await read_measure(store, app, Measure.CLASSIC, "day", segment)
+        rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
+                           last_day_with_data(daily))
         segments.append({"segment": value, "users": sum(sizes.values()),
                          **headline_figures(rows)})
     return {"app": app, "timezone": calendar.timezone, "as_of": iso_time(now),
@@ -467,29 +509,33 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
     """What /metrics shows, per app: today's summary, recent daily cohorts (classic and
     rolling) and the headline D1/D7/D30. Reads only the fields it needs."""
     now = await now_ms(store, settings)
-    stats = await store.read_stats()
+    raw_stats = await store.read_stats()
+    stats = parse_stats(raw_stats)
     apps: dict[str, Any] = {}
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
         today = calendar.day_of(now)
-        names = [f"{n}:{today}" for n in ("dau", "ins", "new", "pay")]
-        daily = await store.read_fields(app, "daily", names)
-        for pattern in ("rev:*", "wae:*", "mae:*"):  # rev: every day's, for the currencies
-            daily.update(await store.read_matching(app, "daily", pattern))
+        names = [field_name(m, today) for m in
+                 (Measure.DAU, Measure.INSTALLS, Measure.NEW_USERS, Measure.PAYERS)]
+        found = await store.read_fields(app, DAILY_FAMILY, names)
+        # revenue: every day's, for the currencies
+        for measure in (Measure.REVENUE, Measure.WAU_EDGE, Measure.MAU_EDGE):
+            found.update(await store.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
+        daily = parse_daily(found)
         summary = day_summary(app, today, daily)
         summary.update(money_of_day(daily, today, summary["dau"]))
         # the headline needs D30 of the latest complete cohort (31 days back) and of the 7
         # before it: 39 days back at least
         span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 2)
         cohorts = range(today - span + 1, today + 1)
-        cells = [f"{c}:{n}" for c in cohorts for n in range(today - c + 1)]
-        sizes = await store.read_fields(app, "coh:day", [str(c) for c in cohorts])
+        cells = [(c, n) for c in cohorts for n in range(today - c + 1)]
+        sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
         rows = {
             kind: cohort_rows(
-                sizes, await store.read_fields(app, f"{family}:day", cells), kind, "day",
+                sizes, await read_cells(store, app, measure, "day", cells), kind, "day",
                 calendar, now, today,
             )
-            for kind, family in (("classic", "cls"), ("rolling", "last"))
+            for kind, measure in (("classic", Measure.CLASSIC), ("rolling", Measure.LAST_ACTIVE))
         }
         first_shown = day_to_date(today - settings.metrics_cohort_days + 1).isoformat()
         shown = {  # daily labels are ISO dates: they sort as the days do
@@ -505,25 +551,24 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             "headline_size": {n: headline_cohort_size(rows["classic"], n)
                               for n in HEADLINE_DAYS},
         }
-    return {"now_ms": now, "apps": apps, "stats": stats}
+    return {"now_ms": now, "apps": apps, "stats": raw_stats}
 
 
 async def _recent_money(
     store: RedisStore, settings: Settings, app: str, calendar: AppCalendar, now: int,
-    today: int, daily: Counter[str],
+    today: int, daily: Counter[Cell],
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """LTV (per currency with revenue in the window) and ROAS (in CURRENCY, the currency of
     costs) of the last METRICS_COHORT_DAYS daily cohorts: kind -> currency -> rows."""
     first = today - settings.metrics_cohort_days + 1
-    currencies = sorted({k.rsplit(":", 1)[1] for k, v in daily.items()
-                         if k.startswith("rev:") and v and int(k.split(":")[1]) >= first})
+    currencies = revenue_currencies(daily, first)
     cohorts = range(first, today + 1)
-    sizes = await store.read_fields(app, "coh:day", [str(c) for c in cohorts])
-    costs = await store.read_fields(app, "cost:day", [str(c) for c in cohorts])
+    sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
+    costs = await read_cells(store, app, Measure.COST, "day", [(c,) for c in cohorts])
     out: dict[str, dict[str, list[dict[str, Any]]]] = {"ltv": {}, "roas": {}}
     for currency in currencies:
-        fields = [f"{c}:{n}:{currency}" for c in cohorts for n in range(today - c + 1)]
-        cells = await store.read_fields(app, "ltv:day", fields)
+        fields = [(c, n, currency) for c in cohorts for n in range(today - c + 1)]
+        cells = await read_cells(store, app, Measure.LTV, "day", fields)
         out["ltv"][currency] = money_rows(sizes, cells, costs, "ltv", "day", currency,
                                           calendar, now, today)
         if currency == settings.currency:

@@ -1,9 +1,9 @@
-"""The one module that owns Redis: key names, Lua scripts, loading a batch and applying a plan.
+"""The store: loading a batch and applying a plan, and the reads behind every report.
 
-Every key of a Kafka partition carries the hash tag ``{<partition>}``, so one partition's
-state lives in one Redis Cluster slot and each batch is a single atomic script call there.
-The partition's applied offsets live in its meta hash, written by the same script as the
-state they produced: after a crash, state and offsets roll back (or forward) together.
+Key names and stored spellings are ``state/schema.py``'s, the Lua scripts
+``state/scripts.py``'s. The partition's applied offsets live in its meta hash, written by
+the same script as the state they produced: after a crash, state and offsets roll back (or
+forward) together.
 """
 
 from __future__ import annotations
@@ -14,169 +14,25 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
-import msgpack
 import redis.asyncio as aioredis
 
 from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
+from retention_tracker.state.schema import (
+    META_WATERMARK,
+    Keyspace,
+    due_member,
+    offset_field,
+    parse_due_member,
+    render_cell,
+    render_stat,
+)
+from retention_tracker.state.scripts import APPLY_PLAN_LUA, LOAD_BATCH_LUA, KeyIndex, pack
 from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.plan import Plan
 from retention_tracker.streams.user_state import UserKey, UserState, decode_user, encode_user
 from retention_tracker.streams.winback import NotificationPlan
-
-# Both scripts take their arguments as one MessagePack blob (ARGV[1], decoded by Redis's
-# built-in cmsgpack): packing thousands of small arguments one by one in redis-py cost ~11%
-# of the worker's CPU, one packb call ~1/15 of that. Values that Redis stores or adds up are
-# sent as strings: Lua numbers are doubles and would round integers past 2^53.
-
-# KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets then dedup buckets.
-# blob: [[topic...], [key_index, user_id, ...], [key_cur, key_prev, id, ...]]
-# Returns: version, watermark_ms, write token, next offset per topic, user record per user
-# ('' if none), then 1/0 per id (already seen in the current or previous dedup generation).
-LOAD_BATCH_LUA = """
-local meta = KEYS[1]
-local a = cmsgpack.unpack(ARGV[1])
-local out = {redis.call('HGET', meta, 'v') or '0', redis.call('HGET', meta, 'wm') or '',
-             redis.call('HGET', meta, 'tok') or ''}
-local t = a[1]
-for i = 1, #t do
-  out[#out + 1] = redis.call('HGET', meta, 'off:' .. t[i]) or ''
-end
-t = a[2]
-for i = 1, #t, 2 do
-  out[#out + 1] = redis.call('HGET', KEYS[t[i]], t[i + 1]) or ''
-end
-t = a[3]
-for i = 1, #t, 3 do
-  local f = t[i + 2]
-  if redis.call('HEXISTS', KEYS[t[i]], f) == 1
-     or redis.call('HEXISTS', KEYS[t[i + 1]], f) == 1 then
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"""
-
-# KEYS[1]: the partition's meta hash; KEYS[2..]: every key the plan writes.
-# blob: [expected_version, watermark_ms, [topic, next_offset, ...],
-#        [key_index, user_id, record, ...],
-#        [[aggregate_prefix, [segment, ...], family, field, delta, ...], ...],
-#        dedup_ttl_s, [key_index, id, ...], [key_index, score, member, ...],
-#        [key_index, member, ...], write_token, [stats_key_index, field, delta, ...]]
-# Each counter delta goes to every segment of its group; the script names the keys as
-# Keyspace.aggregate does (prefix .. segment .. ':' .. family), all in the partition's slot.
-# The write token, unique to this call, tells a worker whether the partition was written by
-# anyone else since its own last write (state/cache.py).
-# Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
-# earlier attempt applied first, and the caller must reload and re-plan. Else 1.
-APPLY_PLAN_LUA = """
-local meta = KEYS[1]
-local a = cmsgpack.unpack(ARGV[1])
-local version = tonumber(redis.call('HGET', meta, 'v') or '0')
-if version ~= a[1] then return 0 end
-redis.call('HSET', meta, 'v', version + 1, 'tok', a[10])
-if a[2] ~= '' then redis.call('HSET', meta, 'wm', a[2]) end
-local t = a[3]
-for i = 1, #t, 2 do
-  redis.call('HSET', meta, 'off:' .. t[i], t[i + 1])
-end
-t = a[4]
-for i = 1, #t, 3 do
-  redis.call('HSET', KEYS[t[i]], t[i + 1], t[i + 2])
-end
-for _, group in ipairs(a[5]) do
-  local base, segments = group[1], group[2]
-  for j = 3, #group, 3 do
-    local family, f, d = group[j], group[j + 1], group[j + 2]
-    for k = 1, #segments do
-      local key = base .. segments[k] .. ':' .. family
-      if redis.call('HINCRBY', key, f, d) == 0 then redis.call('HDEL', key, f) end
-    end
-  end
-end
-t = a[11]
-local stats = KEYS[t[1]]
-for i = 2, #t, 2 do
-  if redis.call('HINCRBY', stats, t[i], t[i + 1]) == 0 then redis.call('HDEL', stats, t[i]) end
-end
-local ttl = a[6]
-local expiring = {}
-t = a[7]
-for i = 1, #t, 2 do
-  local key = KEYS[t[i]]
-  redis.call('HSET', key, t[i + 1], '')
-  if not expiring[key] then redis.call('EXPIRE', key, ttl); expiring[key] = true end
-end
-t = a[8]
-for i = 1, #t, 3 do
-  redis.call('ZADD', KEYS[t[i]], t[i + 1], t[i + 2])
-end
-t = a[9]
-for i = 1, #t, 2 do
-  redis.call('ZREM', KEYS[t[i]], t[i + 1])
-end
-return 1
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Keyspace:
-    """Every Redis key name the tracker uses; nothing else builds one."""
-
-    prefix: str
-
-    def meta(self, shard: int) -> str:
-        return f"{self.prefix}:{{{shard}}}:meta"
-
-    def stats(self, shard: int) -> str:
-        return f"{self.prefix}:{{{shard}}}:stats"
-
-    def users(self, shard: int, app: str, bucket: int) -> str:
-        return f"{self.prefix}:{{{shard}}}:u:{app}:{bucket}"
-
-    def aggregate(self, shard: int, app: str, segment: str, family: str) -> str:
-        """Counters of one family for one segment ('all', 'platform=ios', 'value=vip')."""
-        return f"{self.aggregate_prefix(shard, app)}{segment}:{family}"
-
-    def aggregate_prefix(self, shard: int, app: str) -> str:
-        """What every aggregate key of an app's partition starts with (the apply script
-        appends segment and family itself)."""
-        return f"{self.prefix}:{{{shard}}}:a:{app}:"
-
-    def dedup(self, shard: int, generation: int, bucket: int) -> str:
-        return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
-
-    def due(self, shard: int, days: int) -> str:
-        """Users by the moment they become inactive for ``days`` (last_active + days)."""
-        return f"{self.prefix}:{{{shard}}}:due:{days}"
-
-    def apps(self) -> str:
-        """app -> timezone, fixed by the app's first accepted event."""
-        return f"{self.prefix}:apps"
-
-    def shards(self) -> str:
-        return f"{self.prefix}:shards"
-
-    def topology(self) -> str:
-        """topic -> partition count the state was built with (a partition is a shard)."""
-        return f"{self.prefix}:topology"
-
-
-def due_member(user: UserKey) -> str:
-    return f"{user[0]}\x00{user[1]}"
-
-
-def parse_due_member(member: bytes) -> UserKey:
-    app, _, user_id = member.decode().partition("\x00")
-    return app, user_id
-
-
-def _pack(value: object) -> bytes:
-    """The scripts' argument blob. Raw (str) type for bytes too: Redis's cmsgpack predates
-    MessagePack's bin type and rejects it."""
-    return msgpack.packb(value, use_bin_type=False)
 
 
 @dataclass(slots=True)
@@ -223,7 +79,7 @@ class RedisStore:
         self.dedup_window_days = dedup_window_days
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
-        self._apply = client.register_script(APPLY_PLAN_LUA)
+        self._apply_script = client.register_script(APPLY_PLAN_LUA)
 
     # ---- write side -------------------------------------------------------------------
 
@@ -253,23 +109,20 @@ class RedisStore:
         generation = self.dedup_generation(now_ms)
         token = self.cache.token(shard)
         held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
-        key_index: dict[str, int] = {self.keys.meta(shard): 1}
-
-        def index_of(name: str) -> int:
-            return key_index.setdefault(name, len(key_index) + 1)
-
+        keys = KeyIndex(self.keys.meta(shard))
         user_args: list[object] = []
         for app, user_id in to_load:
-            user_args += [index_of(self.user_key(shard, app, user_id)), user_id]
+            user_args += [keys.of(self.user_key(shard, app, user_id)), user_id]
         id_args: list[object] = []
         for key in dedup_keys:
             bucket = self._dedup_bucket(key)
             id_args += [
-                index_of(self.keys.dedup(shard, generation, bucket)),
-                index_of(self.keys.dedup(shard, generation - 1, bucket)),
+                keys.of(self.keys.dedup(shard, generation, bucket)),
+                keys.of(self.keys.dedup(shard, generation - 1, bucket)),
                 key,
             ]
-        reply = await self._load(keys=list(key_index), args=[_pack([topics, user_args, id_args])])
+        blob = pack({"topics": topics, "users": user_args, "ids": id_args})
+        reply = await self._load(keys=keys.names(), args=[blob])
         if token is not None and reply[2] != token:
             self.cache.forget(shard)  # written by someone else since: load every user
             return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
@@ -292,6 +145,24 @@ class RedisStore:
             dedup_generation=generation,
         )
 
+    def _counter_groups(self, shard: int, keys: KeyIndex, plan: Plan) -> list[list[object]]:
+        """The plan's deltas as the apply script's ``counters``: per group of users and
+        family, the aggregate keys of the group's segments, then (field, delta) pairs."""
+        groups: list[list[object]] = []
+        aggregate = self.keys.aggregate
+        for app, by_segments in plan.deltas.items():
+            for segments, deltas in by_segments.items():
+                by_family: dict[str, list[object]] = {}
+                for cell, delta in deltas.items():
+                    family, field = render_cell(cell)
+                    group = by_family.get(family)
+                    if group is None:
+                        targets = [keys.of(aggregate(shard, app, s, family)) for s in segments]
+                        group = by_family[family] = [targets]
+                    group += (field, str(delta))
+                groups += by_family.values()
+        return groups
+
     async def apply_plan(
         self,
         shard: int,
@@ -302,85 +173,65 @@ class RedisStore:
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
         conflict (nothing was written)."""
-        groups: list[list[object]] = []
-        for app, by_segments in plan.deltas.items():
-            base = self.keys.aggregate_prefix(shard, app)
-            for segments, deltas in by_segments.items():
-                group: list[object] = [base, list(segments)]
-                for (family, field), delta in deltas.items():
-                    group += [family, field, str(delta)]
-                groups.append(group)
+        keys = KeyIndex(self.keys.meta(shard))
+        counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
-        dedup = [
-            (self.keys.dedup(shard, generation, self._dedup_bucket(key)), key)
-            for key in plan.new_dedup_keys
-        ]
-        due = [
-            (self.keys.due(shard, days), last_ms + days * MS_PER_DAY, due_member(user))
-            for user, last_ms in plan.due.items()
-            for days in inactivity_days
-        ]
-        return await self._apply_ops(
-            shard, loaded, plan.watermark_ms, next_offsets, plan.users, groups, plan.stats,
-            dedup, due, [],
-        )
+        dedup: list[object] = []
+        for key in plan.new_dedup_keys:
+            dedup += (keys.of(self.keys.dedup(shard, generation, self._dedup_bucket(key))), key)
+        due_add: list[object] = []
+        for user, last_ms in plan.due.items():
+            for days in inactivity_days:
+                due_add += (keys.of(self.keys.due(shard, days)),
+                            str(last_ms + days * MS_PER_DAY), due_member(user))
+        return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
+            "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
+            "offsets": [x for topic, offset in next_offsets.items() for x in (topic, str(offset))],
+            "dedup": dedup, "due_add": due_add,
+        })
 
     async def apply_notifications(
         self, shard: int, loaded: LoadedBatch, plan: NotificationPlan
     ) -> bool:
         """Record sent notifications (user marks, due entries gone, counters), fenced by the
         partition version like a batch."""
-        removals = [(self.keys.due(shard, days), due_member(user)) for days, user in plan.sent]
-        return await self._apply_ops(
-            shard, loaded, None, {}, plan.users, [], plan.stats, [], [], removals
-        )
+        keys = KeyIndex(self.keys.meta(shard))
+        due_remove: list[object] = []
+        for days, user in plan.sent:
+            due_remove += (keys.of(self.keys.due(shard, days)), due_member(user))
+        return await self._apply(shard, loaded, keys, plan.users, plan.stats, [],
+                                 {"due_remove": due_remove})
 
-    async def _apply_ops(
+    async def _apply(
         self,
         shard: int,
         loaded: LoadedBatch,
-        watermark_ms: int | None,
-        next_offsets: Mapping[str, int],
+        keys: KeyIndex,
         users: Mapping[UserKey, UserState],
-        groups: list[list[object]],
-        stats: Mapping[str, int],
-        dedup: list[tuple[str, bytes]],
-        zadd: list[tuple[str, int, str]],
-        zrem: list[tuple[str, str]],
+        stats: Mapping[Cell, int],
+        counters: list[list[object]],
+        fields: dict[str, object],
     ) -> bool:
-        key_index: dict[str, int] = {self.keys.meta(shard): 1}
-
-        def index_of(name: str) -> int:
-            return key_index.setdefault(name, len(key_index) + 1)
-
-        offset_args: list[object] = []
-        for topic, offset in next_offsets.items():
-            offset_args += [topic, str(offset)]
+        """One fenced apply call: ``fields`` are the script's arguments beyond what every
+        call carries (version, token, dedup TTL, users, counters with the stats)."""
         user_args: list[object] = []
         for (app, user_id), state in users.items():
-            user_args += [index_of(self.user_key(shard, app, user_id)), user_id,
-                          encode_user(state)]
-        stats_args: list[object] = [index_of(self.keys.stats(shard))]
-        for field, delta in stats.items():
+            user_args += (keys.of(self.user_key(shard, app, user_id)), user_id,
+                          encode_user(state))
+        stats_group: list[object] = [[keys.of(self.keys.stats(shard))]]
+        for stat, delta in stats.items():
             if delta:
-                stats_args += [field, str(delta)]
-        dedup_args: list[object] = []
-        for key, member in dedup:
-            dedup_args += [index_of(key), member]
-        zadd_args: list[object] = []
-        for key, score, member in zadd:
-            zadd_args += [index_of(key), str(score), member]
-        zrem_args: list[object] = []
-        for key, member in zrem:
-            zrem_args += [index_of(key), member]
+                stats_group += (render_stat(stat), str(delta))
+        if len(stats_group) > 1:
+            counters = [*counters, stats_group]
         token = os.urandom(8)
-        blob = _pack([
-            loaded.version, "" if watermark_ms is None else str(watermark_ms), offset_args,
-            user_args, groups, (2 * self.dedup_window_days + 1) * MS_PER_DAY // 1000, dedup_args,
-            zadd_args, zrem_args, token, stats_args,
-        ])
+        blob = pack({
+            "version": loaded.version, "token": token, "watermark": "", "offsets": [],
+            "users": user_args, "dedup_ttl": (2 * self.dedup_window_days + 1) * MS_PER_DAY // 1000,
+            "dedup": [], "due_add": [], "due_remove": [], "counters": counters, **fields,
+        })
         try:
-            applied = bool(await self._apply(keys=list(key_index), args=[blob]))
+            applied = bool(await self._apply_script(keys=keys.names(), args=[blob]))
         except BaseException:  # written or not, we cannot tell: trust nothing held
             self.cache.forget(shard)
             raise
@@ -531,7 +382,7 @@ class RedisStore:
         out: dict[int, dict[str, object]] = {}
         async with self.client.pipeline(transaction=False) as pipe:
             for shard in shards:
-                pipe.hmget(self.keys.meta(shard), ["wm", *[f"off:{t}" for t in topics]])
+                pipe.hmget(self.keys.meta(shard), [META_WATERMARK, *map(offset_field, topics)])
             for shard, values in zip(shards, await pipe.execute(), strict=True):
                 out[shard] = {
                     "watermark_ms": int(values[0]) if values[0] else None,
@@ -542,7 +393,7 @@ class RedisStore:
         return out
 
     async def shard_watermark_ms(self, shard: int) -> int | None:
-        value = await self.client.hget(self.keys.meta(shard), "wm")
+        value = await self.client.hget(self.keys.meta(shard), META_WATERMARK)
         return int(value) if value else None
 
     async def watermark_ms(self) -> int | None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import Event, Reject
 from retention_tracker.streams.plan import Plan, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES, SegmentRules
@@ -103,7 +104,7 @@ def outcome_of(
                       event_clock=rules.event_clock)
     letters = [DeadLetter(offset, r.index, r.reason, r.detail) for offset, r in batch.rejects]
     for letter in letters:
-        plan.stats[f"rej:{letter.reason}"] += 1
+        plan.stats[Stat.REJECTED, letter.reason] += 1
     letters += [DeadLetter(offset, index, TOO_OLD, "older than the horizon")
                 for offset, index, _ in plan.too_old]  # counted by the plan itself
     letters.sort(key=lambda letter: (letter.offset, letter.index))
@@ -117,7 +118,7 @@ def _count_routes(plan: Plan, at_home: int, away: list[Forward], arrival_ms: int
     forwarded counters (by app and cause), applied atomically with the batch."""
     day = arrival_ms // MS_PER_DAY
     if at_home:
-        plan.stats[f"route:{day}:{AT_HOME}"] += at_home
+        plan.stats[Stat.ROUTE, day, AT_HOME] += at_home
     for f in away:
-        plan.stats[f"route:{day}:{f.cause}"] += 1
-        plan.stats[f"fwd:{f.event.app}:{f.cause}"] += 1
+        plan.stats[Stat.ROUTE, day, f.cause] += 1
+        plan.stats[Stat.FORWARDED, f.event.app, f.cause] += 1

@@ -1,7 +1,9 @@
 """Aggregate counters -> the figures people read: cohort triangles and the daily summary.
 
-Pure functions over the counter families the plan maintains (see plan.user_contributions);
-the query module feeds them from Redis, tests feed them from an in-memory apply.
+Pure functions over the counters the plan maintains (see plan.user_contributions), named by
+the cells of ``streams/counters.py``: a daily mapping is keyed ``(measure, day[, currency])``,
+a period family by its coordinates (``(cohort,)``, ``(cohort, offset)``, ...). The query
+module reads them from Redis and parses the stored names (``state/schema.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from retention_tracker.streams.calendar import (
     period_label,
     period_of_day,
 )
+from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.segments import money
+
+Coordinates = tuple[Any, ...]  # of one counter in its family: (cohort, offset), (period,) ...
 
 KINDS = ("classic", "rolling")
 KPI_PERIODS = ("week", "month")  # the periods period KPIs are given for
@@ -32,14 +37,19 @@ def iso_time(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def last_day_with_data(daily: Mapping[str, int]) -> int | None:
-    days = [int(k[4:]) for k, v in daily.items() if k.startswith("dau:") and v > 0]
+def days_with_data(daily: Mapping[Cell, int]) -> list[int]:
+    """The days with an active user."""
+    return [cell[1] for cell, v in daily.items() if cell[0] is Measure.DAU and v > 0]
+
+
+def last_day_with_data(daily: Mapping[Cell, int]) -> int | None:
+    days = days_with_data(daily)
     return max(days) if days else None
 
 
 def cohort_rows(
-    sizes: Mapping[str, int],
-    cells: Mapping[str, int],
+    sizes: Mapping[Coordinates, int],
+    cells: Mapping[Coordinates, int],
     kind: str,
     granularity: str,
     calendar: AppCalendar,
@@ -48,22 +58,22 @@ def cohort_rows(
     date_from: date | None = None,
     date_to: date | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the cohort triangle. ``cells`` is the ``cls`` family (users of cohort c active
-    in c+N) for classic, the ``last`` family (users of c last active in c+N) for rolling."""
+    """Rows of the cohort triangle. ``sizes`` is the COHORT_SIZE family; ``cells`` the
+    CLASSIC family (users of cohort c active in c+N) for classic, LAST_ACTIVE (users of c
+    last active in c+N) for rolling."""
     if last_day is None:
         return []
     last_period = period_of_day(last_day, granularity)
     low = period_of_day(date_to_day(date_from), granularity) if date_from else None
     high = period_of_day(date_to_day(date_to), granularity) if date_to else None
     by_cell: dict[int, dict[int, int]] = {}
-    for key, count in cells.items():
-        cohort, offset = key.split(":")
-        by_cell.setdefault(int(cohort), {})[int(offset)] = count
+    for (cohort, offset), count in cells.items():
+        by_cell.setdefault(cohort, {})[offset] = count
     rows = []
-    for cohort in sorted(int(c) for c, size in sizes.items() if size > 0):
+    for cohort in sorted(c for (c,), size in sizes.items() if size > 0):
         if (low is not None and cohort < low) or (high is not None and cohort > high):
             continue
-        size = sizes[str(cohort)]
+        size = sizes[cohort,]
         width = last_period - cohort + 1
         found = by_cell.get(cohort, {})
         if kind == "classic":
@@ -89,25 +99,25 @@ def cohort_rows(
     return rows
 
 
-def edges_up_to(daily: Mapping[str, int], family: str, day: int) -> int:
+def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
     """WAU/MAU from their edge counters (plan._window_edges): the sum of edges up to day."""
-    prefix = f"{family}:"
-    return sum(v for k, v in daily.items() if k.startswith(prefix) and int(k[4:]) <= day)
+    return sum(v for cell, v in daily.items() if cell[0] is measure and cell[1] <= day)
 
 
-def day_summary(app: str, day: int, daily: Mapping[str, int]) -> dict[str, Any]:
-    def get(name: str) -> int:
-        return int(daily.get(f"{name}:{day}", 0))
+def day_summary(app: str, day: int, daily: Mapping[Cell, int]) -> dict[str, Any]:
+    def get(measure: Measure) -> int:
+        return int(daily.get((measure, day), 0))
 
-    dau, mau, new = get("dau"), edges_up_to(daily, "mae", day), get("new")
+    dau, new = get(Measure.DAU), get(Measure.NEW_USERS)
+    mau = edges_up_to(daily, Measure.MAU_EDGE, day)
     return {
         "app": app,
         "date": day_to_date(day).isoformat(),
         "dau": dau,
-        "wau": edges_up_to(daily, "wae", day),
+        "wau": edges_up_to(daily, Measure.WAU_EDGE, day),
         "mau": mau,
         "stickiness": rate(dau, mau),
-        "installs": get("ins"),
+        "installs": get(Measure.INSTALLS),
         "new_users": new,
         "returning_users": dau - new,
     }
@@ -143,9 +153,9 @@ MONEY_KINDS = ("ltv", "payer_conversion", "roas")
 
 
 def money_rows(
-    sizes: Mapping[str, int],
-    cells: Mapping[str, int],
-    costs: Mapping[str, int],
+    sizes: Mapping[Coordinates, int],
+    cells: Mapping[Coordinates, int],
+    costs: Mapping[Coordinates, int],
     kind: str,
     granularity: str,
     currency: str,
@@ -156,17 +166,17 @@ def money_rows(
     date_to: date | None = None,
 ) -> list[dict[str, Any]]:
     """Cohort curves of money (METRICS.md §5): cumulative LTV, payer conversion, ROAS.
-    ``cells`` is the ``ltv`` family (revenue units of cohort c in period c+N, per currency)
-    for ltv and roas, the ``fpay`` family (users of c first paying in c+N) for conversion."""
+    ``cells`` is the LTV family (revenue units of cohort c in period c+N, per currency)
+    for ltv and roas, FIRST_PAYMENT (users of c first paying in c+N) for conversion; ``costs``
+    the COST family."""
     # the triangle's frame (cohorts, widths, completeness) is the retention one
     rows = cohort_rows(sizes, {}, "classic", granularity, calendar, now_ms, last_day,
                        date_from, date_to)
     by_cohort: dict[int, dict[int, int]] = {}
-    for key, value in cells.items():
-        parts = key.split(":")
-        if kind != "payer_conversion" and parts[2] != currency:
+    for coordinates, value in cells.items():
+        if kind != "payer_conversion" and coordinates[2] != currency:
             continue
-        by_cohort.setdefault(int(parts[0]), {})[int(parts[1])] = value
+        by_cohort.setdefault(coordinates[0], {})[coordinates[1]] = value
     out = []
     for row in rows:
         cohort = _period_of_label(row["cohort"], granularity)
@@ -181,7 +191,7 @@ def money_rows(
             doc["counts"] = cumulative
             doc["values"] = [rate(c, size) for c in cumulative]
         else:
-            cost = costs.get(str(cohort), 0)
+            cost = costs.get((cohort,), 0)
             if kind == "roas":
                 doc["cac"] = money(cost, size) if cost else None
             doc["revenue"] = [money(units) for units in cumulative]
@@ -206,11 +216,17 @@ def _period_of_label(label: str, granularity: str) -> int:
     return int(year) * 12 + int(month) - 1
 
 
-def money_of_day(daily: Mapping[str, int], day: int, dau: int) -> dict[str, Any]:
+def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) -> list[str]:
+    """The currencies with revenue (from ``first_day`` on), sorted."""
+    return sorted({cell[2] for cell, v in daily.items() if cell[0] is Measure.REVENUE and v
+                   and (first_day is None or cell[1] >= first_day)})
+
+
+def money_of_day(daily: Mapping[Cell, int], day: int, dau: int) -> dict[str, Any]:
     """revenue, payers, ARPDAU and ARPPU of one day, per currency."""
-    prefix = f"rev:{day}:"
-    revenue = {k[len(prefix):]: v for k, v in sorted(daily.items()) if k.startswith(prefix) and v}
-    payers = int(daily.get(f"pay:{day}", 0))
+    revenue = dict(sorted((cell[2], v) for cell, v in daily.items()
+                          if cell[0] is Measure.REVENUE and cell[1] == day and v))
+    payers = int(daily.get((Measure.PAYERS, day), 0))
     return {
         "revenue": {cur: money(units) for cur, units in revenue.items()},
         "payers": payers,
@@ -219,28 +235,34 @@ def money_of_day(daily: Mapping[str, int], day: int, dau: int) -> dict[str, Any]
     }
 
 
-def kpi_rows(families: Mapping[str, Mapping[str, int]], granularity: str, first: int, last: int
-             ) -> list[dict[str, Any]]:
-    """Period KPIs (METRICS.md §6) for periods first..last from the act, coh, lost, ppay,
-    prep and prev families of that granularity."""
-    act, coh, lost = families["act"], families["coh"], families["lost"]
+#: The families the period KPIs are computed from.
+KPI_MEASURES = (Measure.ACTIVE, Measure.COHORT_SIZE, Measure.LOST, Measure.PERIOD_PAYERS,
+                Measure.REPEAT_PAYERS, Measure.PERIOD_REVENUE)
+
+
+def kpi_rows(families: Mapping[Measure, Mapping[Coordinates, int]], granularity: str,
+             first: int, last: int) -> list[dict[str, Any]]:
+    """Period KPIs (METRICS.md §6) for periods first..last from the KPI_MEASURES families
+    of that granularity."""
+    act, coh = families[Measure.ACTIVE], families[Measure.COHORT_SIZE]
+    lost = families[Measure.LOST]
     rows = []
     for period in range(first, last + 1):
-        active, new, start = act.get(str(period), 0), coh.get(str(period), 0), act.get(
-            str(period - 1), 0)
-        payers = families["ppay"].get(str(period), 0)
-        prefix = f"{period}:"
-        revenue = {k[len(prefix):]: money(v) for k, v in sorted(families["prev"].items())
-                   if k.startswith(prefix) and v}
+        active, new, start = act.get((period,), 0), coh.get((period,), 0), act.get(
+            (period - 1,), 0)
+        payers = families[Measure.PERIOD_PAYERS].get((period,), 0)
+        revenue = {currency: money(v) for (p, currency), v
+                   in sorted(families[Measure.PERIOD_REVENUE].items())
+                   if p == period and v}
         rows.append({
             "period": period_label(period, granularity),
             "active": active,
             "new_users": new,
             "returning": active - new,
             "crr": round((active - new) / start, 4) if start else None,
-            "churn": round(lost.get(str(period), 0) / start, 4) if start else None,
+            "churn": round(lost.get((period,), 0) / start, 4) if start else None,
             "revenue": revenue,
             "payers": payers,
-            "rpr": rate(families["prep"].get(str(period), 0), payers),
+            "rpr": rate(families[Measure.REPEAT_PAYERS].get((period,), 0), payers),
         })
     return rows

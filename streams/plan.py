@@ -22,6 +22,7 @@ from retention_tracker.streams.calendar import (
     period_of_day,
     periods_of_days,
 )
+from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.segments import (
     DEFAULT_RULES,
@@ -42,7 +43,7 @@ WAU_DAYS = 7
 MAU_DAYS = 30
 
 ALL_USERS = "all"
-CounterKey = tuple[str, str]  # (family, Redis field): ("daily", "dau:19700")
+
 Segments = tuple[str, ...]  # every segment a user counts in: ("all", "platform=ios", ...)
 
 
@@ -79,84 +80,72 @@ def _window_edges(days: list[int], width: int) -> list[tuple[int, int]]:
     return edges
 
 
-@dataclass(frozen=True, slots=True)
-class _Families:
-    """The counter family names of one granularity, formatted once."""
-
-    coh: str
-    cls: str
-    act: str
-    lost: str
-    last: str
-    cost: str
-    ltv: str
-    prev: str
-    fpay: str
-    ppay: str
-    prep: str
-    rpc: str
-
-
-_FAMILIES = {
-    g: _Families(*(f"{name}:{g}" for name in _Families.__dataclass_fields__))
-    for g in GRANULARITIES
-}
+# the measures as module globals: the hot loop below reads each many times per user
+_DAU, _WAU_EDGE, _MAU_EDGE = Measure.DAU, Measure.WAU_EDGE, Measure.MAU_EDGE
+_INSTALLS, _NEW_USERS, _PAYERS, _REVENUE = (
+    Measure.INSTALLS, Measure.NEW_USERS, Measure.PAYERS, Measure.REVENUE)
+_COHORT_SIZE, _CLASSIC, _ACTIVE, _LOST, _LAST_ACTIVE, _COST = (
+    Measure.COHORT_SIZE, Measure.CLASSIC, Measure.ACTIVE, Measure.LOST, Measure.LAST_ACTIVE,
+    Measure.COST)
+_LTV, _PERIOD_REVENUE, _FIRST_PAYMENT, _PERIOD_PAYERS, _REPEAT_PAYERS, _REPEAT_BUYERS = (
+    Measure.LTV, Measure.PERIOD_REVENUE, Measure.FIRST_PAYMENT, Measure.PERIOD_PAYERS,
+    Measure.REPEAT_PAYERS, Measure.REPEAT_BUYERS)
 
 
 def user_contributions(
     state: UserState, near_days: frozenset[int] | None = None
-) -> Counter[CounterKey]:
+) -> Counter[Cell]:
     """What one user adds to every aggregate counter of its app (METRICS.md §3-§6), keyed
-    by (family, Redis field name).
+    by cell (streams/counters.py).
 
     With ``near_days``, only the counters that a change on those days can move are given
     (plus the few per-user ones: cohort, cost, last active, first payment, repeat buyer):
     for two states with the same first day and segments, the difference of the scoped
     contributions is the difference of the full ones, at a fraction of the cost."""
-    contrib: Counter[CounterKey] = Counter()
+    contrib: Counter[Cell] = Counter()
     days = state.active_days
     scoped = near_days is not None
     near = near_days if scoped else days
     for day in near & days if scoped else days:
-        contrib["daily", f"dau:{day}"] += 1
+        contrib[_DAU, day] += 1
     # a change on day d moves edges in [d, d + width] only: outside that range the edges
     # of the old and new state are equal, so both may leave them out
     low, high = (min(near), max(near)) if scoped and near else (None, None)
     if not scoped or near:
         ordered = sorted(days)
-        for family, width in (("wae", WAU_DAYS), ("mae", MAU_DAYS)):
+        for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
             for day, edge in _window_edges(ordered, width):
                 if low is None or low <= day <= high + width:
-                    contrib["daily", f"{family}:{day}"] += edge
+                    contrib[measure, day] += edge
     for day in state.install_days:
         if not scoped or day in near:
-            contrib["daily", f"ins:{day}"] += 1
-    contrib["daily", f"new:{state.first_day}"] += 1
+            contrib[_INSTALLS, day] += 1
+    contrib[_NEW_USERS, state.first_day] += 1
     purchases = [p for p in state.purchases if not scoped or p[0] in near]
     for day in {day for day, _, _ in purchases}:
-        contrib["daily", f"pay:{day}"] += 1
+        contrib[_PAYERS, day] += 1
     for day, currency, totals in purchases:
-        contrib["daily", f"rev:{day}:{currency}"] += totals.units
+        contrib[_REVENUE, day, currency] += totals.units
     last_day = state.last_day
     purchase_count = state.purchase_count() if state.purchases else 0
-    for g, f in _FAMILIES.items():
+    for g in GRANULARITIES:
         cohort = period_of_day(state.first_day, g)
-        contrib[f.coh, f"{cohort}"] += 1
+        contrib[_COHORT_SIZE, g, cohort] += 1
         # day periods are the days themselves: no copies
         active = days if g == "day" else periods_of_days(days, g)
         near_periods = (near if g == "day" else periods_of_days(near, g)) if scoped else active
         for period in active & near_periods:
-            contrib[f.cls, f"{cohort}:{period - cohort}"] += 1
-            contrib[f.act, f"{period}"] += 1
+            contrib[_CLASSIC, g, cohort, period - cohort] += 1
+            contrib[_ACTIVE, g, period] += 1
         lost_candidates = (
             {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
         )
         for period in lost_candidates:
             if period - 1 in active and period not in active:
-                contrib[f.lost, f"{period}"] += 1
-        contrib[f.last, f"{cohort}:{period_of_day(last_day, g) - cohort}"] += 1
+                contrib[_LOST, g, period] += 1
+        contrib[_LAST_ACTIVE, g, cohort, period_of_day(last_day, g) - cohort] += 1
         if state.cost_units:
-            contrib[f.cost, f"{cohort}"] += state.cost_units
+            contrib[_COST, g, cohort] += state.cost_units
         if not state.purchases:
             continue
         per_period: Counter[int] = Counter()
@@ -164,17 +153,17 @@ def user_contributions(
             period = period_of_day(day, g)
             per_period[period] += totals.count
             if period in near_periods:
-                contrib[f.ltv, f"{cohort}:{period - cohort}:{currency}"] += totals.units
-                contrib[f.prev, f"{period}:{currency}"] += totals.units
-        contrib[f.fpay, f"{cohort}:{min(per_period) - cohort}"] += 1
+                contrib[_LTV, g, cohort, period - cohort, currency] += totals.units
+                contrib[_PERIOD_REVENUE, g, period, currency] += totals.units
+        contrib[_FIRST_PAYMENT, g, cohort, min(per_period) - cohort] += 1
         for period, count in per_period.items():
             if period in near_periods:
-                contrib[f.ppay, f"{period}"] += 1
+                contrib[_PERIOD_PAYERS, g, period] += 1
                 if count >= 2:
-                    contrib[f.prep, f"{period}"] += 1
-        contrib[f.rpc, f"{cohort}:1"] += 1
+                    contrib[_REPEAT_PAYERS, g, period] += 1
+        contrib[_REPEAT_BUYERS, g, cohort, 1] += 1
         if purchase_count >= 2:
-            contrib[f.rpc, f"{cohort}:2"] += 1
+            contrib[_REPEAT_BUYERS, g, cohort, 2] += 1
     return contrib
 
 
@@ -238,7 +227,7 @@ def add_events(
 
 
 def _add_user_delta(
-    pending: dict[Segments, Counter[CounterKey]],
+    pending: dict[Segments, Counter[Cell]],
     old: UserState | None,
     new: UserState,
     rules: SegmentRules,
@@ -265,7 +254,7 @@ def _add_user_delta(
         pending.setdefault(old_segments, Counter()).subtract(user_contributions(old))
 
 
-def _nonzero(groups: dict[Segments, Counter[CounterKey]]) -> dict[Segments, dict[CounterKey, int]]:
+def _nonzero(groups: dict[Segments, Counter[Cell]]) -> dict[Segments, dict[Cell, int]]:
     """Drop the deltas that cancelled out (and groups left empty)."""
     kept = {segments: {k: v for k, v in deltas.items() if v} for segments, deltas in groups.items()}
     return {segments: deltas for segments, deltas in kept.items() if deltas}
@@ -295,10 +284,10 @@ class Plan:
     """Everything one batch changes; applied atomically with the batch's offsets."""
 
     users: dict[UserKey, UserState] = field(default_factory=dict)
-    # app -> segments -> (family, field) -> delta: each delta counts in every one of the segments
-    deltas: dict[str, dict[Segments, dict[CounterKey, int]]] = field(default_factory=dict)
+    # app -> segments -> cell -> delta: each delta counts in every one of the segments
+    deltas: dict[str, dict[Segments, dict[Cell, int]]] = field(default_factory=dict)
     new_dedup_keys: list[bytes] = field(default_factory=list)
-    stats: Counter[str] = field(default_factory=Counter)
+    stats: Counter[Cell] = field(default_factory=Counter)  # (Stat, *tail) -> delta
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
     due: dict[UserKey, int] = field(default_factory=dict)  # users whose last_active_ms moved
     reactivations: list[dict[str, object]] = field(default_factory=list)  # users.reactivated
@@ -416,18 +405,18 @@ def plan_batch(
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
     arrived: dict[UserKey, list[int]] = {}  # event clock: the watermark at each user event
-    pending: dict[str, dict[Segments, Counter[CounterKey]]] = {}
+    pending: dict[str, dict[Segments, Counter[Cell]]] = {}
     for (offset, index, event), key in zip(events, keys, strict=True):
         if key in seen:
-            plan.stats[f"dup:{event.app}"] += 1
+            plan.stats[Stat.DUPLICATE, event.app] += 1
             continue
         if plan.watermark_ms is not None and event.ts_ms < plan.watermark_ms - horizon_ms:
             plan.too_old.append((offset, index, event))
-            plan.stats["rej:too_old"] += 1
+            plan.stats[Stat.REJECTED, "too_old"] += 1
             continue
         seen.add(key)
         plan.new_dedup_keys.append(key)
-        plan.stats[f"acc:{event.app}:{event.type}"] += 1
+        plan.stats[Stat.ACCEPTED, event.app, event.type] += 1
         if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
             plan.watermark_ms = event.ts_ms
         accepted.setdefault((event.app, event.user_id), []).append(event)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_label
+from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.segments import SegmentRules, money, value_segment
 from retention_tracker.streams.user_state import UserKey, UserState
@@ -101,7 +102,7 @@ class NotificationPlan:
     messages: list[dict[str, Any]] = field(default_factory=list)
     users: dict[UserKey, UserState] = field(default_factory=dict)
     sent: list[tuple[int, UserKey]] = field(default_factory=list)  # (days, user): leave due set
-    stats: Counter[str] = field(default_factory=Counter)
+    stats: Counter[Cell] = field(default_factory=Counter)
 
 
 def handle_moment(
@@ -113,7 +114,7 @@ def handle_moment(
     rules: SegmentRules,
     winback: WinbackRules,
     messages: list[dict[str, Any]],
-    stats: Counter[str],
+    stats: Counter[Cell],
 ) -> UserState:
     """The user became inactive-``days`` in its current episode, and "now" reached that
     moment at ``reached_ms``: publish the message while fresh, else count it expired (a
@@ -123,15 +124,15 @@ def handle_moment(
     same_episode = state.notified_episode_ms == state.last_active_ms
     notified = state.notified_days if same_episode else ()
     expired = state.expired_days if same_episode else ()
-    stats[f"inactive:{app}:{days}"] += 1
+    stats[Stat.INACTIVE, app, days] += 1
     if reached_ms - moment_ms > winback.max_delay_ms:
-        stats[f"expired:{app}:{days}"] += 1
+        stats[Stat.EXPIRED, app, days] += 1
         expired = tuple(sorted({*expired, days}))
     else:
         payload = notification_payload(app, user_id, days, state, calendar, rules,
                                        winback.quick_churn_days)
         messages.append(payload)
-        stats[f"sent:{app}:{days}:{payload['value_segment']}:{payload['churn_type']}"] += 1
+        stats[Stat.SENT, app, days, payload["value_segment"], payload["churn_type"]] += 1
         notified = tuple(sorted({*notified, days}))
     return replace(state, notified_episode_ms=state.last_active_ms, notified_days=notified,
                    expired_days=expired)
@@ -178,7 +179,7 @@ def return_of(
     events: Iterable[Event],
     rules: SegmentRules,
     winback: WinbackRules,
-    stats: Counter[str],
+    stats: Counter[Cell],
 ) -> tuple[UserState, dict[str, Any] | None]:
     """A user whose episode was handled is active again after it. Per threshold sent: an
     event dated after the moment is a return (one users.reactivated message names them
@@ -195,18 +196,18 @@ def return_of(
     churn = churn_type(old, winback.quick_churn_days)
     returned = [d for d in old.notified_days if back_ms >= episode + d * MS_PER_DAY]
     for days in (*old.notified_days, *old.expired_days):
-        stats[f"inactive:{app}:{days}"] -= 1
+        stats[Stat.INACTIVE, app, days] -= 1
     for days in old.notified_days:
         if days not in returned:
-            stats[f"false:{app}:{days}:{segment}:{churn}"] += 1
+            stats[Stat.FALSE_ALARM, app, days, segment, churn] += 1
     back_within = {
         str(d): back_ms - (episode + d * MS_PER_DAY) <= BACK_WITHIN_DAYS * MS_PER_DAY
         for d in returned
     }
     for days in returned:
-        stats[f"react:{app}:{days}:{segment}:{churn}"] += 1
+        stats[Stat.REACTIVATED, app, days, segment, churn] += 1
         if back_within[str(days)]:
-            stats[f"back7:{app}:{days}:{segment}:{churn}"] += 1
+            stats[Stat.BACK_WITHIN_7D, app, days, segment, churn] += 1
     cleared = replace(new, notified_episode_ms=None, notified_days=(), expired_days=())
     if not returned:
         return cleared, None

@@ -23,7 +23,7 @@ from retention_tracker.agents.local_stack import (
     start_process,
     wait_for,
 )
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.schema import Keyspace
 
 RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 

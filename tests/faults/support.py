@@ -33,7 +33,7 @@ from redis.retry import Retry
 from retention_tracker.agents.local_stack import ManagedProcess, start_redis
 from retention_tracker.bench import reference
 from retention_tracker.cli.main import cli
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
 from tests.e2e.harness import Deployment

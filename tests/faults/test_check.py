@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from retention_tracker.agents.local_stack import ensure_topics, free_port, start_redis
 from retention_tracker.cli.check import check
 from retention_tracker.config.settings import mask_url
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.schema import Keyspace
 from tests.e2e.harness import Deployment
 
 pytestmark = pytest.mark.e2e

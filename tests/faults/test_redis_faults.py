@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from retention_tracker.agents.local_stack import wait_for
-from retention_tracker.state.store import Keyspace
+from retention_tracker.state.schema import Keyspace
 from tests.e2e.harness import Deployment, event_messages, produce
 
 from .support import (

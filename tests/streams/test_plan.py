@@ -9,6 +9,7 @@ from datetime import date
 
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
+from retention_tracker.streams.counters import Measure, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 
@@ -29,13 +30,13 @@ def test_duplicates_inside_one_batch_count_once_in_the_plan() -> None:
     other = Event("a", "b1", "purchase", "u", day(3), amount=9.0)  # same id, other content
     plan = plan_batch([(0, -1, buy), (1, -1, buy), (2, -1, other)], {("a", "u"): None},
                       set(), None, 400, lambda _app: UTC)
-    assert plan.stats == {"acc:a:purchase": 1, "dup:a": 2}
+    assert plan.stats == {(Stat.ACCEPTED, "a", "purchase"): 1, (Stat.DUPLICATE, "a"): 2}
     assert plan.new_dedup_keys == [dedup_key("a", "b1")]
     deltas = plan.deltas["a"][("all", "value=payer")]
     d0 = date_to_day(date(2024, 1, 1))
-    assert deltas["daily", f"dau:{d0}"] == 1
-    assert deltas["daily", f"rev:{d0}:USD"] == 25_000  # 2.5 in 1/10,000ths, once
-    assert ("daily", f"dau:{d0 + 3}") not in deltas
+    assert deltas[Measure.DAU, d0] == 1
+    assert deltas[Measure.REVENUE, d0, "USD"] == 25_000  # 2.5 in 1/10,000ths, once
+    assert (Measure.DAU, d0 + 3) not in deltas
 
 
 async def test_duplicates_inside_one_batch_count_once_in_redis(redis_url: str) -> None:

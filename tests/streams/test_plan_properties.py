@@ -27,6 +27,7 @@ from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
     kpis_report,
+    read_daily,
     repeat_purchase_report,
     summary_report,
 )
@@ -165,7 +166,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
             assert {c["cohort"]: {k: v for k, v in c.items() if k != "cohort"}
                     for c in rpr["cohorts"]} == reference.repeat_purchase_by_cohort(
                         events, app, "week", tz, where=where), segment
-            daily = await store.read_family(app, "daily", segment)
+            daily = await read_daily(store, app, segment)
             series = reference.daily_series(events, app, tz, where=where)
             for day, figures in series.items():
                 got = day_summary(app, date_to_day(day), daily)

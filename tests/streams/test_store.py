@@ -9,8 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from retention_tracker.bench import reference
+from retention_tracker.state.queries import read_daily, read_measure
 from retention_tracker.state.store import RedisStore, TimezoneConflict
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import cohort_rows, last_day_with_data
 from retention_tracker.streams.plan import dedup_key, plan_batch
@@ -62,10 +64,10 @@ async def test_redis_state_equals_reference_over_shards_and_redelivery(store: Re
         assert await apply_batch(store, shard, shard_events[: len(shard_events) // 2], 0)
     now = BASE_MS + 50 * MS_PER_DAY
     for granularity in ("day", "week", "month"):
-        daily = await store.read_family("a", "daily")
+        daily = await read_daily(store, "a")
         rows = cohort_rows(
-            await store.read_family("a", f"coh:{granularity}"),
-            await store.read_family("a", f"cls:{granularity}"),
+            await read_measure(store, "a", Measure.COHORT_SIZE, granularity),
+            await read_measure(store, "a", Measure.CLASSIC, granularity),
             "classic", granularity, UTC, now, last_day_with_data(daily),
         )
         assert rows == reference.triangle(events, "a", granularity, "classic", "UTC", now)

@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
+from retention_tracker.state.schema import render_stat
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
@@ -32,6 +35,11 @@ HOUR_MS = 3_600_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 UTC = AppCalendar("UTC")
 RULES = WinbackRules(thresholds=(1, 2), max_delay_ms=MS_PER_DAY, quick_churn_days=7)
+
+
+def named(stats: Mapping[Cell, int]) -> Counter[str]:
+    """Statistics by their stored names (state/schema.py), as the readers see them."""
+    return Counter({render_stat(key): value for key, value in stats.items()})
 
 
 def session(user: str, n: int, ts_ms: int) -> Event:
@@ -64,9 +72,10 @@ def test_a_gap_inside_one_batch_is_an_episode_and_its_end_a_return() -> None:
     (back,) = found.reactivations
     assert (back["user_id"], back["threshold_days"], back["days_away"]) == ("u", [1, 2], 2.5)
     assert back["back_within_7d"] == {"1": True, "2": True}
-    assert found.stats["sent:a:1:free:quick"] == found.stats["sent:a:2:free:quick"] == 1
-    assert found.stats["react:a:1:free:quick"] == found.stats["react:a:2:free:quick"] == 1
-    assert found.stats["inactive:a:1"] == found.stats["inactive:a:2"] == 0  # +1 then -1
+    stats = named(found.stats)
+    assert stats["sent:a:1:free:quick"] == stats["sent:a:2:free:quick"] == 1
+    assert stats["react:a:1:free:quick"] == stats["react:a:2:free:quick"] == 1
+    assert stats["inactive:a:1"] == stats["inactive:a:2"] == 0  # +1 then -1
     assert found.users[("a", "u")].notified_days == ()  # cleared: the next lapse is new
 
 
@@ -91,15 +100,15 @@ def test_a_moment_found_later_than_the_max_delay_is_expired_not_sent() -> None:
         first.users, BASE_MS + 80 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES, RULES,
         first.arrivals)
     assert after.messages == []
-    assert after.stats == Counter({"expired:a:1": 1, "expired:a:2": 1, "inactive:a:1": 1,
+    assert named(after.stats) == Counter({"expired:a:1": 1, "expired:a:2": 1, "inactive:a:1": 1,
                                    "inactive:a:2": 1})
     marked = after.users[("a", "u")]
     assert (marked.notified_days, marked.expired_days) == ((), (1, 2))
     back = plan([session("u", 9, BASE_MS + 81 * HOUR_MS)], {("a", "u"): marked},
                 watermark=BASE_MS + 80 * HOUR_MS)
     assert back.reactivations == []
-    assert back.stats["inactive:a:1"] == back.stats["inactive:a:2"] == -1
-    assert not any(k.startswith(("react:", "false:")) for k in back.stats)
+    assert named(back.stats)["inactive:a:1"] == named(back.stats)["inactive:a:2"] == -1
+    assert not any(k.startswith(("react:", "false:")) for k in named(back.stats))
 
 
 def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
@@ -112,7 +121,7 @@ def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
                                BASE_MS + 90 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), batch.arrivals)
     assert [m["user_id"] for m in after.messages] == ["u"]
-    assert after.stats["expired:a:1"] == 0
+    assert named(after.stats)["expired:a:1"] == 0
 
 
 def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
@@ -127,9 +136,9 @@ def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
     late = plan([session("u", 1, BASE_MS + 20 * HOUR_MS)], after.users,
                 watermark=BASE_MS + 25 * HOUR_MS, rules=WinbackRules((1,), MS_PER_DAY, 7))
     assert late.reactivations == []
-    assert late.stats["false:a:1:free:quick"] == 1
-    assert late.stats["inactive:a:1"] == -1
-    assert "react:a:1:free:quick" not in late.stats
+    assert named(late.stats)["false:a:1:free:quick"] == 1
+    assert named(late.stats)["inactive:a:1"] == -1
+    assert "react:a:1:free:quick" not in named(late.stats)
 
 
 def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
@@ -141,7 +150,7 @@ def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
     found = plan_notifications(due, state, now, lambda _a: UTC, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7))
     assert [m["user_id"] for m in found.messages] == ["fresh"]
-    assert found.stats["expired:a:1"] == 1
+    assert named(found.stats)["expired:a:1"] == 1
     assert found.users[("a", "stale")].expired_days == (1,)
 
 
@@ -149,7 +158,7 @@ def test_no_thresholds_no_win_back() -> None:
     found = plan([session("u", 0, BASE_MS), session("u", 1, BASE_MS + 30 * MS_PER_DAY)],
                  rules=WinbackRules((), MS_PER_DAY, 7))
     assert found.notifications == [] and found.reactivations == []
-    assert not any(k.startswith(("sent:", "inactive:", "expired:")) for k in found.stats)
+    assert not any(k.startswith(("sent:", "inactive:", "expired:")) for k in named(found.stats))
 
 
 def test_marks_survive_the_codec_and_old_records_still_decode() -> None:
@@ -185,7 +194,7 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
     """The worker's event-clock loop on one partition: each batch planned and applied, then
     the pass over the due set at the new watermark."""
     out = Outcome()
-    stats: Counter[str] = Counter()
+    stats: Counter[Cell] = Counter()
     offset = 0
     for batch in batches:
         items = [(offset + i, -1, e) for i, e in enumerate(batch)]
@@ -215,9 +224,9 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         for m in returns:
             out.returns |= {(m["user_id"], d, _ms(m["last_active"])) for d in m["threshold_days"]}
     for key, value in stats.items():
-        kind, _app, days, *_ = key.split(":")
-        if kind in ("false", "expired"):
-            (out.false_alarms if kind == "false" else out.expired)[int(days)] += value
+        kind, _app, days, *_ = key
+        if kind in (Stat.FALSE_ALARM, Stat.EXPIRED):
+            (out.false_alarms if kind is Stat.FALSE_ALARM else out.expired)[days] += value
     out.false_alarms, out.expired = +out.false_alarms, +out.expired
     return out
 

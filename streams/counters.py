@@ -1,0 +1,71 @@
+"""The domain's names for what it counts: every aggregate counter and pipeline statistic.
+
+The pure plan and the win-back rules change counters; the figures read them. They name a
+counter by a *cell*: a tuple whose head is a member of ``Measure`` (or ``Stat``) and whose
+tail is the counter's coordinates (day, granularity, cohort, offset, currency, app ...).
+
+Why a vocabulary here and the stored spelling elsewhere: ``streams/`` is pure and comes
+before the Redis layer in the layer order, so it cannot import ``state/schema.py``; and the
+strings a deployment keeps in Redis (``"coh:day"``, ``"dau:19700"``, ``"acc:app:type"``)
+are a storage format, not domain knowledge. ``state/schema.py`` renders cells to those
+strings when a plan is applied and parses stored names back to cells for the figures, so
+each name is spelt once. Cells are plain tuples headed by an ``IntEnum`` member: hashing one
+is ``int``'s C hash, so the plan's hot loop builds and adds them up more cheaply than the
+formatted strings it used to (the plan's CPU is measured by ``bench/plan_cpu.py``).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class Measure(IntEnum):
+    """One aggregate counter family. Daily measures: cell ``(measure, day, ...)``;
+    period measures exist per granularity: cell ``(measure, granularity, ...)``."""
+
+    # ---- daily: one counter per day (the tail after the measure) --------------------------
+    DAU = 1  # (day): users active that day
+    WAU_EDGE = 2  # (day): +1/-1 edges of 7-day covered runs (plan._window_edges)
+    MAU_EDGE = 3  # (day): the same for 30 days
+    INSTALLS = 4  # (day): users with an install that day
+    NEW_USERS = 5  # (day): users first seen that day
+    PAYERS = 6  # (day): users with a purchase that day
+    REVENUE = 7  # (day, currency): money units
+    # ---- per period of a granularity (the tail after measure and granularity) -------------
+    COHORT_SIZE = 10  # (cohort)
+    CLASSIC = 11  # (cohort, offset): users of the cohort active in cohort + offset
+    ACTIVE = 12  # (period): users active in the period
+    LOST = 13  # (period): users active in the period before, not in this one
+    LAST_ACTIVE = 14  # (cohort, offset): users of the cohort last active in cohort + offset
+    COST = 15  # (cohort): install cost units
+    LTV = 16  # (cohort, offset, currency): revenue units of the cohort in cohort + offset
+    PERIOD_REVENUE = 17  # (period, currency): revenue units
+    FIRST_PAYMENT = 18  # (cohort, offset): users of the cohort first paying in cohort + offset
+    PERIOD_PAYERS = 19  # (period): users paying in the period
+    REPEAT_PAYERS = 20  # (period): users with two purchases or more in the period
+    REPEAT_BUYERS = 21  # (cohort, n): buyers of the cohort with at least n (1, 2) purchases
+
+
+#: The measures kept one per day (the others are kept per granularity).
+DAILY_MEASURES = frozenset(m for m in Measure if m < Measure.COHORT_SIZE)
+
+
+class Stat(IntEnum):
+    """One pipeline statistic (partition-wide counters, summed over partitions)."""
+
+    ACCEPTED = 1  # (app, event type)
+    REJECTED = 2  # (reason): dead-lettered
+    DUPLICATE = 3  # (app)
+    FORWARDED = 4  # (app, cause): read away from the user's home partition
+    ROUTE = 5  # (arrival day, cause or "home"): where a batch's events were read
+    INACTIVE = 6  # (app, days): users in an inactivity episode, net of returns
+    EXPIRED = 7  # (app, days): moments found too late to publish
+    SENT = 8  # (app, days, value segment, churn type)
+    FALSE_ALARM = 9  # (app, days, value segment, churn type)
+    REACTIVATED = 10  # (app, days, value segment, churn type)
+    BACK_WITHIN_7D = 11  # (app, days, value segment, churn type)
+
+
+#: A counter named by the domain: ``(Measure | Stat, *coordinates)``.
+Cell = tuple[Any, ...]

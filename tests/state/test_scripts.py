@@ -1,0 +1,119 @@
+"""The Lua scripts called directly on the session's real redis-server: the paths only the
+end-to-end tests reached before (delete on zero, stats, due removal, fencing, dedup TTL)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from retention_tracker.state.schema import META_TOKEN, META_VERSION, META_WATERMARK, offset_field
+from retention_tracker.state.scripts import APPLY_PLAN_LUA, LOAD_BATCH_LUA, KeyIndex, pack
+
+
+class Scripts:
+    """Both scripts on one key prefix; ``apply`` fills in the fields a test leaves out."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.meta = f"{prefix}:{{0}}:meta"
+        self._load = client.register_script(LOAD_BATCH_LUA)
+        self._apply = client.register_script(APPLY_PLAN_LUA)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{{0}}:{name}"
+
+    async def apply(self, keys: KeyIndex, **fields: Any) -> int:
+        blob = {"version": 0, "token": "t1", "watermark": "", "offsets": [], "users": [],
+                "counters": [], "dedup_ttl": 60, "dedup": [], "due_add": [], "due_remove": [],
+                **fields}
+        return int(await self._apply(keys=keys.names(), args=[pack(blob)]))
+
+    async def load(self, keys: KeyIndex, **fields: Any) -> list[Any]:
+        blob = {"topics": [], "users": [], "ids": [], **fields}
+        return list(await self._load(keys=keys.names(), args=[pack(blob)]))
+
+
+@pytest.fixture
+async def scripts(redis_url: str, unique: str) -> AsyncIterator[Scripts]:
+    client = aioredis.from_url(redis_url)
+    yield Scripts(client, f"test-{unique}")
+    keys = [k async for k in client.scan_iter(match=f"test-{unique}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_a_counter_back_at_zero_is_deleted_and_so_is_its_empty_hash(
+        scripts: Scripts) -> None:
+    keys = KeyIndex(scripts.meta)
+    all_users, ios = scripts.key("a:app:all:daily"), scripts.key("a:app:platform=ios:daily")
+    targets = [keys.of(all_users), keys.of(ios)]
+    assert await scripts.apply(keys, counters=[[targets, "dau:1", "2", "dau:2", "1"]])
+    assert await scripts.client.hgetall(ios) == {b"dau:1": b"2", b"dau:2": b"1"}
+    assert await scripts.apply(keys, version=1, counters=[[targets, "dau:1", "-2"]])
+    assert await scripts.client.hgetall(all_users) == {b"dau:2": b"1"}  # HDEL, not a 0
+    assert await scripts.apply(keys, version=2, counters=[[targets, "dau:2", "-1"]])
+    assert not await scripts.client.exists(all_users, ios)  # the last field took the hash
+
+
+async def test_stats_add_up_and_vanish_at_zero(scripts: Scripts) -> None:
+    keys = KeyIndex(scripts.meta)
+    stats = [keys.of(scripts.key("stats"))]
+    assert await scripts.apply(keys, counters=[[stats, "acc:a:session", "3", "dup:a", "1"]])
+    assert await scripts.apply(keys, version=1, counters=[[stats, "acc:a:session", "2",
+                                                           "dup:a", "-1"]])
+    assert await scripts.client.hgetall(scripts.key("stats")) == {b"acc:a:session": b"5"}
+
+
+async def test_a_big_integer_is_added_exactly(scripts: Scripts) -> None:
+    """Values go as strings: a Lua number (a double) would round past 2^53."""
+    keys = KeyIndex(scripts.meta)
+    target = [keys.of(scripts.key("a:app:all:daily"))]
+    big = str(2**53 + 1)
+    assert await scripts.apply(keys, counters=[[target, "rev:1:USD", big]])
+    assert await scripts.client.hget(scripts.key("a:app:all:daily"), "rev:1:USD") == big.encode()
+
+
+async def test_sent_notifications_leave_the_due_sets(scripts: Scripts) -> None:
+    keys = KeyIndex(scripts.meta)
+    due1, due2 = keys.of(scripts.key("due:1")), keys.of(scripts.key("due:2"))
+    assert await scripts.apply(keys, due_add=[due1, "100", "a\x00u", due1, "200", "a\x00v",
+                                              due2, "300", "a\x00u"])
+    assert await scripts.apply(keys, version=1, due_remove=[due1, "a\x00u", due2, "a\x00u"])
+    assert await scripts.client.zrange(scripts.key("due:1"), 0, -1) == [b"a\x00v"]
+    assert not await scripts.client.exists(scripts.key("due:2"))
+
+
+async def test_a_stale_version_is_refused_and_nothing_written(scripts: Scripts) -> None:
+    keys = KeyIndex(scripts.meta)
+    daily = keys.of(scripts.key("a:app:all:daily"))
+    write = {"counters": [[[daily], "dau:1", "1"]], "offsets": ["t", "5"], "watermark": "42"}
+    assert await scripts.apply(keys, **write) == 1
+    before = await scripts.client.hgetall(scripts.meta)
+    assert await scripts.apply(keys, **{**write, "token": "t2"}) == 0  # planned from v0 again
+    assert await scripts.client.hgetall(scripts.meta) == before
+    assert await scripts.client.hget(scripts.key("a:app:all:daily"), "dau:1") == b"1"
+    assert before == {META_VERSION.encode(): b"1", META_TOKEN.encode(): b"t1",
+                      META_WATERMARK.encode(): b"42", offset_field("t").encode(): b"5"}
+
+
+async def test_dedup_buckets_expire_from_their_latest_write(scripts: Scripts) -> None:
+    keys = KeyIndex(scripts.meta)
+    bucket = keys.of(scripts.key("dd:0:0"))
+    assert await scripts.apply(keys, dedup_ttl=600, dedup=[bucket, "id1", bucket, "id2"])
+    assert 0 < await scripts.client.ttl(scripts.key("dd:0:0")) <= 600
+    assert await scripts.client.hlen(scripts.key("dd:0:0")) == 2
+
+
+async def test_load_reads_meta_users_and_both_dedup_generations(scripts: Scripts) -> None:
+    keys = KeyIndex(scripts.meta)
+    users, current, previous = (keys.of(scripts.key(n)) for n in ("u:app:0", "dd:1:0", "dd:0:0"))
+    assert await scripts.apply(keys, offsets=["t", "7"], watermark="9",
+                               users=[users, "u1", "record"], dedup=[previous, "old"])
+    reply = await scripts.load(keys, topics=["t", "other"], users=[users, "u1", users, "u2"],
+                               ids=[current, previous, "old", current, previous, "new"])
+    assert reply == [b"1", b"9", b"t1", b"7", b"", b"record", b"", 1, 0]
