@@ -56,8 +56,8 @@ def cohort_rows(
     high = period_of_day(date_to_day(date_to), granularity) if date_to else None
     by_cell: dict[int, dict[int, int]] = {}
     for key, count in cells.items():
-        cohort, offset = key.split(":")
-        by_cell.setdefault(int(cohort), {})[int(offset)] = count
+        cohort_text, offset_text = key.split(":")
+        by_cell.setdefault(int(cohort_text), {})[int(offset_text)] = count
     rows = []
     for cohort in sorted(int(c) for c, size in sizes.items() if size > 0):
         if (low is not None and cohort < low) or (high is not None and cohort > high):
