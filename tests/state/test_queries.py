@@ -19,7 +19,7 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.streams.events import Event
 
-from .real_apply import RealApply
+from ..streams.real_apply import RealApply
 
 DAY_MS = 86_400_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
