@@ -67,7 +67,7 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
         return r.query.get("app", "default")
 
     def where(r: Request) -> list[str]:
-        return r.query.getall("where", [])
+        return r.query.getall("where", [])  # type: ignore[attr-defined]  # a MultiDict
 
     async def pipeline(r: Request) -> dict[str, Any]:
         doc = await pipeline_report(store, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import cast
 
 import faust
 import redis
@@ -24,8 +25,10 @@ def preflight(settings: Settings) -> str | None:
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         client.ping()
         keys = Keyspace(settings.key_prefix)
-        stored = client.hgetall(keys.apps())
-        built_with = {k.decode(): int(v) for k, v in client.hgetall(keys.topology()).items()}
+        # bytes replies (no decode_responses): redis-py types them bytes | str
+        stored = cast("dict[bytes, bytes]", client.hgetall(keys.apps()))
+        topology = cast("dict[bytes, bytes]", client.hgetall(keys.topology()))
+        built_with = {k.decode(): int(v) for k, v in topology.items()}
     except redis.exceptions.AuthenticationError as exc:
         return f"Redis at {settings.redis_url} refused the credentials: {exc}"
     except redis.exceptions.RedisError as exc:

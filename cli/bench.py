@@ -67,8 +67,8 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
         # window (with the default 5000 a worker may apply its partitions in one poll)
         os.environ.setdefault("BATCH_MAX_RECORDS", "200")
     options = runner.Options(
-        events=events or size["events"], users=users or size["users"],
-        days=days or size["days"], seed=seed, partitions=partitions,
+        events=events or int(size["events"]), users=users or int(size["users"]),
+        days=days or int(size["days"]), seed=seed, partitions=partitions,
         skip_baselines=skip_baselines, skip_horizontal=skip_horizontal,
         baseline_events=baseline_events,
         latency_seconds=latency_seconds or size["latency_seconds"], latency_rate=latency_rate,

@@ -22,7 +22,7 @@ from typing import Any
 
 from retention_tracker.streams.calendar import GRANULARITIES
 from retention_tracker.streams.counters import DAILY_MEASURES, Cell, Measure, Stat
-from retention_tracker.streams.plan import UserKey
+from retention_tracker.streams.user_state import UserKey
 
 # ---- the partition's meta hash (written only by the apply script) ----------------------------
 
@@ -132,6 +132,7 @@ def family_name(measure: Measure, granularity: str | None = None) -> str:
     """The family (last part of the aggregate key) holding ``measure``."""
     if measure in DAILY_MEASURES:
         return DAILY_FAMILY
+    assert granularity is not None, f"{measure.name} is kept per granularity"
     return _PERIOD_FAMILY[measure, granularity]
 
 

@@ -105,7 +105,7 @@ def user_contributions(
     contrib: Counter[Cell] = Counter()
     days = state.active_days
     scoped = near_days is not None
-    near = near_days if scoped else days
+    near: frozenset[int] = near_days if near_days is not None else days
     for day in near & days if scoped else days:
         contrib[_DAU, day] += 1
     # a change on day d moves edges in [d, d + width] only: outside that range the edges
@@ -115,7 +115,7 @@ def user_contributions(
         ordered = sorted(days)
         for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
             for day, edge in _window_edges(ordered, width):
-                if low is None or low <= day <= high + width:
+                if low is None or high is None or low <= day <= high + width:
                     contrib[measure, day] += edge
     for day in state.install_days:
         if not scoped or day in near:

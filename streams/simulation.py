@@ -50,7 +50,7 @@ def power_law_retention(d1: float, decay: float) -> Callable[[int], float]:
     """Share of a cohort active on day N: d1 * N**-decay, the usual shape of mobile curves."""
 
     def curve(n: int) -> float:
-        return d1 * n**-decay
+        return float(d1 * n**-decay)
 
     return curve
 
@@ -308,11 +308,11 @@ def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, 
         while pending and pending[0][0] < day_end:
             today.append(heapq.heappop(pending))
         today.sort()  # (time, unique seq): never compares the payloads
-        for delivered, _, item in today:
-            yield delivered, item
+        for delivered, _, payload in today:
+            yield delivered, payload
     while pending:
-        delivered, _, item = heapq.heappop(pending)
-        yield delivered, item
+        delivered, _, payload = heapq.heappop(pending)
+        yield delivered, payload
 
 
 def generate_events(cfg: SimulationConfig) -> Iterator[dict[str, Any] | bytes]:

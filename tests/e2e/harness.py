@@ -6,6 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from retention_tracker.agents.local_stack import (
     ManagedProcess,
@@ -24,6 +27,8 @@ from retention_tracker.agents.local_stack import (
     wait_for,
 )
 from retention_tracker.state.schema import Keyspace
+from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
+from retention_tracker.streams.simulation import SimulationConfig, generate_events
 
 RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 
@@ -268,3 +273,28 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30
 
 def event_messages(events: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
     return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+def simulated(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
+    cfg = SimulationConfig(
+        installs_per_day=25, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
+        start_ms=utc_now_ms() - days * MS_PER_DAY,
+    )
+    return list(generate_events(cfg))
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found

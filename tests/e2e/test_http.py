@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from retention_tracker.agents.local_stack import wait_for
 
-from .harness import Deployment, event_messages, produce
-from .test_worker_exact import deployment, simulated  # noqa: F401  (fixture)
+from .harness import Deployment, event_messages, get, produce, samples, simulated
 
 pytestmark = pytest.mark.e2e
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
-
-
-def test_http_views_and_metrics_match_the_cli(deployment: Deployment) -> None:  # noqa: F811
+def test_http_views_and_metrics_match_the_cli(deployment: Deployment) -> None:
     sent = produce(deployment.bootstrap, deployment.topic, event_messages(simulated(days=10)))
     worker, port = deployment.start_worker(CLOCK="event", METRICS_REFRESH_S="1")
     base = f"http://127.0.0.1:{port}"

@@ -27,9 +27,15 @@ from retention_tracker.bench import reference
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
 
-from .harness import Deployment, event_messages, isolated_deployment, produce
-from .test_http import get, samples
-from .test_worker_exact import simulated
+from .harness import (
+    Deployment,
+    event_messages,
+    get,
+    isolated_deployment,
+    produce,
+    samples,
+    simulated,
+)
 
 pytestmark = pytest.mark.e2e
 VIRTUAL_TIME_MS = 10_000  # two refreshes of the page (REFRESH_MS is 5 s)

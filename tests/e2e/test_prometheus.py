@@ -47,8 +47,7 @@ from ..dashboards.promql import (
     variable_queries,
     with_variables,
 )
-from .harness import Deployment, event_messages, produce
-from .test_worker_exact import simulated
+from .harness import Deployment, event_messages, produce, simulated
 
 pytestmark = pytest.mark.e2e
 

@@ -15,25 +15,10 @@ from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
 from retention_tracker.cli.feeding import prepare_replay, read_jsonl
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
-from retention_tracker.streams.simulation import SimulationConfig, generate_events
 
-from .harness import Deployment, consume_all, event_messages, isolated_deployment, produce
+from .harness import Deployment, consume_all, event_messages, produce, simulated
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path):
-    with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:
-        yield d
-
-
-def simulated(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
-    cfg = SimulationConfig(
-        installs_per_day=25, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
-        start_ms=utc_now_ms() - days * MS_PER_DAY,
-    )
-    return list(generate_events(cfg))
 
 
 def expected_figures(raw: list[dict[str, Any]]) -> tuple[list[Any], int]:

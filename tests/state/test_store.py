@@ -1,18 +1,140 @@
-"""RedisStore on the session's real redis-server: what its apply call declares."""
+"""The Redis layer on a real Redis: atomic apply with offsets, version fencing, dedup memory."""
 
 from __future__ import annotations
 
+import random
+import zlib
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
-from retention_tracker.state.store import RedisStore
-from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.bench import reference
+from retention_tracker.state.queries import read_daily, read_measure
+from retention_tracker.state.store import RedisStore, TimezoneConflict
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
+from retention_tracker.streams.figures import cohort_rows, last_day_with_data
 from retention_tracker.streams.plan import dedup_key, plan_batch
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
+
+
+@pytest.fixture(params=[0, 1000], ids=["no-cache", "state-cache"])
+async def store(redis_url: str, unique: str, request: pytest.FixtureRequest):
+    client = aioredis.from_url(redis_url)
+    yield RedisStore(client, prefix=f"test-{unique}", user_buckets=8, dedup_buckets=4,
+                     state_cache_users=request.param)
+    keys = [k async for k in client.scan_iter(match=f"test-{unique}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def apply_batch(store: RedisStore, shard: int, events: list[Event], first_offset: int,
+                      now_ms: int = BASE_MS) -> bool:
+    items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
+    loaded = await store.load_batch(
+        shard, ["t"], [(e.app, e.user_id) for e in events],
+        [dedup_key(e.app, e.event_id) for e in events], now_ms,
+    )
+    start = loaded.next_offsets["t"] or 0
+    fresh = [item for item in items if item[0] >= start]
+    plan = plan_batch(fresh, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms, 400,
+                      lambda _app: UTC)
+    return await store.apply_plan(shard, loaded, {"t": first_offset + len(events)}, plan)
+
+
+async def test_redis_state_equals_reference_over_shards_and_redelivery(store: RedisStore) -> None:
+    rng = random.Random(7)
+    events = [
+        Event("a", f"e{i}", rng.choice(["install", "session"]), f"u{rng.randrange(40)}",
+              BASE_MS + rng.randrange(40 * 24) * 3_600_000)
+        for i in range(600)
+    ]
+    by_shard: dict[int, list[Event]] = {}
+    for event in events:
+        by_shard.setdefault(zlib.crc32(event.user_id.encode()) % 3, []).append(event)
+    for shard, shard_events in by_shard.items():
+        await store.register_shard(shard)
+        for start in range(0, len(shard_events), 50):
+            assert await apply_batch(store, shard, shard_events[start:start + 50], start)
+        # a restart re-reads the first half from Kafka: offsets skip it, nothing changes
+        assert await apply_batch(store, shard, shard_events[: len(shard_events) // 2], 0)
+    now = BASE_MS + 50 * MS_PER_DAY
+    for granularity in ("day", "week", "month"):
+        daily = await read_daily(store, "a")
+        rows = cohort_rows(
+            await read_measure(store, "a", Measure.COHORT_SIZE, granularity),
+            await read_measure(store, "a", Measure.CLASSIC, granularity),
+            "classic", granularity, UTC, now, last_day_with_data(daily),
+        )
+        assert rows == reference.triangle(events, "a", granularity, "classic", "UTC", now)
+
+
+async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
+    event = Event("a", "e1", "session", "u1", BASE_MS)
+    await store.register_shard(0)
+    first = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
+    second = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
+    plan = plan_batch([(0, -1, event)], first.states, set(), None, 400, lambda _a: UTC)
+    assert await store.apply_plan(0, first, {"t": 1}, plan) is True
+    assert await store.apply_plan(0, second, {"t": 1}, plan) is False  # stale: nothing written
+    after = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
+    assert after.next_offsets == {"t": 1}
+    assert after.seen_dedup_keys == {dedup_key("a", "e1")}
+    assert (await store.read_family("a", "daily"))[f"dau:{UTC.day_of(BASE_MS)}"] == 1
+
+
+async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) -> None:
+    window_ms = store.dedup_window_days * MS_PER_DAY
+    key = dedup_key("a", "e1")
+    loaded = await store.load_batch(0, ["t"], [("a", "u")], [key], BASE_MS)
+    plan = plan_batch([(0, -1, Event("a", "e1", "session", "u", BASE_MS))], loaded.states,
+                      set(), None, 400, lambda _a: UTC)
+    assert await store.apply_plan(0, loaded, {"t": 1}, plan)
+    for later, remembered in [(window_ms, True), (2 * window_ms + MS_PER_DAY, False)]:
+        again = await store.load_batch(0, ["t"], [], [key], BASE_MS + later)
+        assert (key in again.seen_dedup_keys) is remembered
+
+
+async def test_timezone_is_fixed_by_first_data(store: RedisStore) -> None:
+    await store.fix_timezone("a", "Europe/Paris")
+    await store.fix_timezone("a", "Europe/Paris")
+    with pytest.raises(TimezoneConflict, match="Europe/Paris"):
+        await store.fix_timezone("a", "UTC")
+
+
+async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_writes(
+    store: RedisStore,
+) -> None:
+    """Two workers own the partition one after the other (a rebalance): the first must not
+    plan on the states it cached once the second has written."""
+    if not store.cache.capacity:
+        pytest.skip("needs the state cache")
+    other = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8, dedup_buckets=4,
+                       state_cache_users=1000)
+    await store.register_shard(0)
+    day = [Event("a", f"e{n}", "session", "u1", BASE_MS + n * MS_PER_DAY) for n in range(3)]
+    assert await apply_batch(store, 0, day[:1], 0)
+    # the cache, not Redis, answers for this worker's own last write
+    bucket = store.user_key(0, "a", "u1")
+    record = await store.client.hget(bucket, "u1")
+    await store.client.hdel(bucket, "u1")
+    loaded = await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)
+    assert loaded.states[("a", "u1")] is not None
+    assert loaded.states[("a", "u1")].active_days == {BASE_MS // MS_PER_DAY}
+    await store.client.hset(bucket, "u1", record)
+    # the other worker writes the partition; the first sees its state, not the cached one
+    assert await apply_batch(other, 0, day[1:2], 1)
+    assert await apply_batch(store, 0, day[2:], 2)
+    final = (await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)).states[("a", "u1")]
+    assert final is not None
+    assert final.active_days == {e.ts_ms // MS_PER_DAY for e in day}
+    assert (await other.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)).states[
+        ("a", "u1")] == final
 
 
 async def test_every_key_the_apply_script_writes_is_declared_in_keys(

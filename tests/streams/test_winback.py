@@ -22,7 +22,7 @@ from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
-from retention_tracker.streams.user_state import UserState, decode_user, encode_user
+from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import (
     WinbackRules,
     notification_id,
@@ -159,21 +159,6 @@ def test_no_thresholds_no_win_back() -> None:
                  rules=WinbackRules((), MS_PER_DAY, 7))
     assert found.notifications == [] and found.reactivations == []
     assert not any(k.startswith(("sent:", "inactive:", "expired:")) for k in named(found.stats))
-
-
-def test_marks_survive_the_codec_and_old_records_still_decode() -> None:
-    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
-                      notified_episode_ms=BASE_MS + 5, notified_days=(2,), expired_days=(7,))
-    assert decode_user(encode_user(state)) == state
-    old = bytearray(encode_user(UserState(BASE_MS, BASE_MS, 19723, frozenset({19723}),
-                                          frozenset(), notified_episode_ms=BASE_MS,
-                                          notified_days=(1,))))
-    # version 3 wrote the days without the expired flag: 1 was written as 1, not 2
-    old[0] = 3
-    index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
-    old[index] = 1
-    decoded = decode_user(bytes(old))
-    assert (decoded.notified_days, decoded.expired_days) == ((1,), ())
 
 
 # ---- the property: any batching gives the plain simulation's episodes ----------------------

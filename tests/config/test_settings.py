@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from retention_tracker.config.settings import ConfigError, Settings
+from retention_tracker.config.settings import ConfigError, Settings, segment_rules
+from retention_tracker.streams.segments import DEFAULT_RULES, SegmentRules
 
 
 def test_sasl_ssl_options_are_passed_and_the_password_is_not_shown() -> None:
@@ -33,3 +34,11 @@ def test_plaintext_has_no_sasl_or_ssl_options() -> None:
 def test_unknown_security_choices_are_refused(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_segment_rules_come_from_the_settings() -> None:
+    """VIP bars and the default currency, in money units (1/10000)."""
+    rules = segment_rules(Settings(currency="EUR", vip_revenue=50, vip_purchases=3))
+    assert rules == SegmentRules(default_currency="EUR", vip_revenue_units=500_000,
+                                 vip_purchases=3)
+    assert segment_rules(Settings()) == DEFAULT_RULES  # README: 100 USD, 10 purchases

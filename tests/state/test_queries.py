@@ -20,7 +20,7 @@ from retention_tracker.state.queries import (
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.events import Event
 
-from .real_apply import RealApply
+from ..streams.real_apply import RealApply
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 HOUR_MS = 3_600_000

@@ -1,0 +1,164 @@
+"""The Prometheus exposition (agents/metrics.py): a snapshot in, the families out.
+
+A fresh CollectorRegistry per test; the snapshot's counters come from the real plan and
+win-back code (so they are named as the plan writes them), its figures in the shape the
+worker's snapshot has (state/queries.live_figures)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from retention_tracker.agents.metrics import (
+    GLOBAL_COUNTERS,
+    GLOBAL_GAUGES,
+    Snapshot,
+    SnapshotCollector,
+    WorkerMetrics,
+)
+from retention_tracker.state.schema import render_stats
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.events import REJECT_REASONS, Event
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.segments import DEFAULT_RULES
+from retention_tracker.streams.winback import WinbackRules, handle_moment
+
+BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+UTC = AppCalendar("UTC")
+
+
+def real_stats() -> Counter[str]:
+    """Two sessions and a purchase accepted, one duplicate, one notification sent: as the
+    stats hash holds them (the plan's typed cells, rendered by the schema)."""
+    events = [Event("a", "e1", "session", "u1", BASE_MS),
+              Event("a", "e1", "session", "u1", BASE_MS),
+              Event("a", "e2", "session", "u1", BASE_MS + 1),
+              Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0)]
+    plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
+                      {("a", "u1"): None, ("a", "u2"): None}, set(), None, 400,
+                      lambda _app: UTC,
+                      dedup_keys=[dedup_key(e.app, e.event_id) for e in events])
+    stats = Counter(plan.stats)
+    state = plan.users["a", "u2"]
+    handle_moment(("a", "u2"), state, 2, state.last_active_ms + 2 * MS_PER_DAY, UTC,
+                  DEFAULT_RULES, WinbackRules(), [], stats)
+    return Counter(dict(render_stats(stats.items())))
+
+
+def row(size: int, values: list[float], complete: list[bool]) -> dict[str, object]:
+    return {"cohort": "2024-01-01", "size": size, "counts": [], "values": values,
+            "complete": complete}
+
+
+def snapshot() -> Snapshot:
+    summary = {"dau": 3, "wau": 4, "mau": 5, "stickiness": 0.6, "installs": 2,
+               "new_users": 1, "returning_users": 2, "payers": 1,
+               "revenue": {"USD": 10.0}, "arpdau": {"USD": 3.3333}, "arppu": {"USD": 10.0}}
+    figures = {"apps": {"a": {
+        "summary": summary,
+        "cohorts": {"classic": [row(4, [1.0, 0.5, 0.25], [True, True, False])],
+                    "rolling": [row(4, [1.0, 0.75, 0.25], [True, True, False])]},
+        "headline": {1: (0.5, None), 7: None},
+        "headline_size": {1: 4, 7: None},
+        "money": {"ltv": {"USD": [row(4, [0.0, 2.5, 2.5], [True, True, False])]},
+                  "roas": {"USD": [row(4, [None, None, None], [True, True, False])]}},
+        "winback": {"2": {"inactive": 3, "expired": 1, "back_within_7d_share": 0.25}},
+    }}}
+    return Snapshot(figures=figures, stats=dict(real_stats()), watermarks={0: BASE_MS},
+                    taken_at=1_704_067_260.0)
+
+
+def registry_with(snap: Snapshot, offsets: tuple[int, ...] = (0, 1)) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    collector = SnapshotCollector(offsets, thresholds=(2,), currency="USD")
+    registry.register(collector)
+    collector.update(snap)
+    return registry
+
+
+def test_every_documented_family_is_exposed_and_nothing_else() -> None:
+    registry = registry_with(snapshot())
+    names = {family.name for family in registry.collect()}
+    counters = {name.removesuffix("_total") for name in GLOBAL_COUNTERS}
+    assert names == set(GLOBAL_GAUGES) | counters
+
+
+def test_daily_figures_and_money_per_currency() -> None:
+    registry = registry_with(snapshot())
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("retention_dau", app="a") == 3
+    assert value("retention_stickiness", app="a") == 0.6
+    assert value("retention_returning_users", app="a") == 2
+    assert value("retention_arpdau", app="a", currency="USD") == 3.3333
+    assert value("retention_payers", app="a") == 1
+
+
+def test_cohorts_only_at_the_exported_offsets() -> None:
+    registry = registry_with(snapshot(), offsets=(1,))
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("retention_cohort_size", app="a", cohort="2024-01-01") == 4
+    assert value("retention_cohort_retention", app="a", kind="rolling", cohort="2024-01-01",
+                 offset="1") == 0.75
+    assert value("retention_cohort_retention", app="a", kind="classic", cohort="2024-01-01",
+                 offset="0") is None  # offset 0 not exported here
+    assert value("retention_cohort_complete", app="a", cohort="2024-01-01", offset="1") == 1
+    assert value("retention_cohort_ltv", app="a", cohort="2024-01-01", offset="1",
+                 currency="USD") == 2.5
+    assert value("retention_cohort_roas", app="a", cohort="2024-01-01", offset="1",
+                 currency="USD") is None  # no install costs: no ROAS
+    assert value("retention_headline_retention", app="a", day="d1", stat="latest") == 0.5
+    assert value("retention_headline_retention", app="a", day="d1", stat="mean7") is None
+    assert value("retention_headline_cohort_size", app="a", day="d1") == 4
+
+
+def test_event_and_winback_counters_from_the_plans_counters() -> None:
+    registry = registry_with(snapshot())
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("retention_events_accepted_total", app="a", type="session") == 2
+    assert value("retention_events_accepted_total", app="a", type="purchase") == 1
+    assert value("retention_events_accepted_total", app="a", type="install") == 0
+    assert value("retention_events_duplicate_total", app="a") == 1
+    for reason in REJECT_REASONS:  # every reason exported from the start, at zero
+        assert value("retention_events_rejected_total", reason=reason) == 0
+    assert value("retention_events_forwarded_total", app="a", cause="no_key") == 0
+    assert value("retention_notifications_sent_total", app="a", threshold="2",
+                 segment="payer", churn_type="quick") == 1
+    assert value("retention_notifications_sent_total", app="a", threshold="2",
+                 segment="vip", churn_type="late") == 0
+    assert value("retention_notifications_expired_total", app="a", threshold="2") == 1
+    assert value("retention_inactive_users", app="a", threshold="2") == 3
+    assert value("retention_winback_back_within_7d_share", app="a", threshold="2") == 0.25
+    assert value("retention_watermark_seconds", partition="0") == BASE_MS / 1000
+    assert value("retention_worker_snapshot_timestamp_seconds") == 1_704_067_260.0
+
+
+def test_an_empty_snapshot_renders_without_data() -> None:
+    registry = registry_with(Snapshot())
+    text = generate_latest(registry).decode()
+    assert "# TYPE retention_dau gauge" in text
+    assert registry.get_sample_value("retention_dau", {"app": "a"}) is None
+    assert registry.get_sample_value("retention_events_rejected_total",
+                                     {"reason": "invalid_json"}) == 0
+
+
+def test_worker_metrics_count_batches_in_their_own_registry() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.observe_batch(records=5, seconds=0.02, newest_record_ms=0)
+    assert registry.get_sample_value("retention_worker_records_total") == 5
+    assert registry.get_sample_value("retention_worker_batches_total") == 1
+    assert registry.get_sample_value("retention_worker_batch_seconds_count") == 1
+    assert registry.get_sample_value("retention_worker_batch_seconds_bucket",
+                                     {"le": "0.025"}) == 1
+    assert registry.get_sample_value("retention_worker_batch_seconds_bucket",
+                                     {"le": "0.01"}) == 0

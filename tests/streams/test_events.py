@@ -1,0 +1,111 @@
+"""Message bytes -> Events or Rejects (streams/events.py): what is accepted, with which
+values, and the reason of each refusal. docs/metrics.md "Events in" has the reasons table;
+tests/faults/test_hostile_input.py throws hostile bytes at the same parser."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retention_tracker.streams.events import (
+    REJECT_REASONS,
+    Event,
+    InvalidEvent,
+    parse_message,
+    parse_ts_ms,
+    validate_event,
+)
+
+NOW = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def base(**fields: object) -> dict[str, object]:
+    return {"event_id": "e1", "type": "session", "user_id": "u1", "ts": NOW, **fields}
+
+
+def test_a_full_purchase() -> None:
+    event = validate_event(base(type="purchase", ts="2024-01-01T01:00:00+01:00", app="shop",
+                                amount=4.99, currency="EUR", platform="ios", extra=[1]), NOW)
+    assert event == Event("shop", "e1", "purchase", "u1", NOW, platform="ios", amount=4.99,
+                          currency="EUR")
+
+
+def test_defaults_and_fields_that_only_count_on_their_type() -> None:
+    event = validate_event(base(cost=3, amount=2, currency="EUR"), NOW, default_app="d")
+    assert (event.app, event.cost, event.amount, event.currency) == ("d", None, None, None)
+    assert validate_event(base(type="install", cost=3), NOW).cost == 3
+
+
+def test_timestamps() -> None:
+    assert parse_ts_ms("2024-01-01T00:00:00Z") == NOW
+    assert parse_ts_ms("2024-01-01T09:00:00+09:00") == NOW
+    assert parse_ts_ms(NOW) == NOW
+    for value, reason in [("2024-01-01T00:00:00", "naive_timestamp"),
+                          ("soon", "invalid_timestamp"), (True, "invalid_timestamp"),
+                          (1.5, "invalid_timestamp"), ("2024-13-01T00:00:00Z",
+                                                       "invalid_timestamp")]:
+        with pytest.raises(InvalidEvent) as caught:
+            parse_ts_ms(value)
+        assert caught.value.reason == reason, value
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"event_id": None}, "missing_field"),
+    ({"event_id": ""}, "invalid_field"),
+    ({"event_id": "x" * 129}, "invalid_field"),
+    ({"type": None}, "missing_field"),
+    ({"type": "login"}, "unknown_type"),
+    ({"user_id": 7}, "invalid_field"),
+    ({"app": "a b"}, "invalid_field"),
+    ({"app": "a\n"}, "invalid_field"),
+    ({"ts": None}, "missing_field"),
+    ({"ts": NOW + 24 * 3_600_000 + 1}, "future_timestamp"),
+    ({"ts": -1}, "invalid_timestamp"),
+    ({"type": "purchase"}, "missing_field"),
+    ({"type": "purchase", "amount": -0.01}, "negative_amount"),
+    ({"type": "purchase", "amount": "1"}, "invalid_field"),
+    ({"type": "purchase", "amount": True}, "invalid_field"),
+    ({"type": "purchase", "amount": 1e10}, "invalid_field"),
+    ({"type": "purchase", "amount": 1, "currency": "EURO"}, "invalid_field"),
+    ({"type": "install", "cost": -1}, "negative_amount"),
+    ({"country": "x" * 65}, "invalid_field"),
+])
+def test_each_refusal_has_its_reason(fields: dict[str, object], reason: str) -> None:
+    assert reason in REJECT_REASONS
+    with pytest.raises(InvalidEvent) as caught:
+        validate_event(base(**fields), NOW)
+    assert caught.value.reason == reason
+
+
+def test_the_future_tolerance_is_24_hours() -> None:
+    assert validate_event(base(ts=NOW + 24 * 3_600_000), NOW).ts_ms == NOW + 24 * 3_600_000
+
+
+def test_messages_arrays_and_positions() -> None:
+    good = base()
+    parsed = parse_message(orjson.dumps([good, base(type="x"), good]), NOW)
+    assert [index for index, _ in parsed.events] == [0, 2]
+    assert [(r.reason, r.index) for r in parsed.rejects] == [("unknown_type", 1)]
+    single = parse_message(orjson.dumps(good), NOW)
+    assert [index for index, _ in single.events] == [-1]
+    assert parse_message(b"x" * 11, NOW, max_bytes=10).rejects[0].reason == "message_too_large"
+    assert parse_message(orjson.dumps([good] * 3), NOW,
+                         max_events=2).rejects[0].reason == "too_many_events"
+    assert parse_message(b"\xff\xfe", NOW).rejects[0].reason == "invalid_utf8"
+    assert parse_message(None, NOW).rejects[0].reason == "empty_message"
+
+
+names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=20)
+
+
+@given(st.builds(
+    Event, app=st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), event_id=names,
+    type=st.sampled_from(["install", "session"]), user_id=names,
+    ts_ms=st.integers(0, NOW), platform=st.none() | names,
+))
+def test_the_canonical_json_of_an_event_parses_back_to_it(event: Event) -> None:
+    parsed = parse_message(orjson.dumps(event.to_json()), NOW)
+    assert parsed.rejects == []
+    assert parsed.events == [(-1, event)]

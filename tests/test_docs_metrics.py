@@ -1,0 +1,329 @@
+"""docs/metrics.md says what each figure means, with worked examples; this keeps them true.
+
+Every ```json metrics-example``` block of the document is run here: its events go through
+the production path (the parser, ``plan.plan_batch``, the Lua apply on the session's real
+redis-server, the query layer; win-back: the plan and the notifier's pure planning on the
+event clock) and through the batch reference (``retention_tracker.bench.reference``), and
+both must give the figures the document states. The document's tables of reasons, causes
+and metric names must match the code's closed sets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from retention_tracker.agents.metrics import GLOBAL_COUNTERS, GLOBAL_GAUGES
+from retention_tracker.bench import reference
+from retention_tracker.config.settings import SETTINGS_DOC
+from retention_tracker.state.queries import (
+    cohort_report,
+    headline_report,
+    kpis_report,
+    pipeline_report,
+    repeat_purchase_report,
+    summary_report,
+    value_segments_report,
+    winback_counts,
+)
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.counters import Stat
+from retention_tracker.streams.events import (
+    FORWARD_CAUSES,
+    REJECT_REASONS,
+    Event,
+    parse_message,
+)
+from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.segments import DEFAULT_RULES
+from retention_tracker.streams.user_state import UserState
+from retention_tracker.streams.winback import WinbackRules, plan_notifications
+
+from .streams.real_apply import RealApply
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+EXAMPLES = {
+    block["example"]: block
+    for block in (json.loads(text) for text in
+                  re.findall(r"```json metrics-example\n(.*?)\n```", DOC, flags=re.DOTALL))
+}
+FAR_FUTURE_MS = 4_102_444_800_000  # 2100: no event of the examples is "in the future"
+
+
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def events_of(example: dict[str, Any]) -> list[Event]:
+    """The example's §1 JSON read by the production parser and by the reference's own
+    reader, which must agree (and accept every event)."""
+    events = []
+    for obj in example["events"]:
+        raw = orjson.dumps(obj)
+        parsed = parse_message(raw, FAR_FUTURE_MS)
+        assert not parsed.rejects, (obj, parsed.rejects)
+        [(_, event)] = parsed.events
+        assert reference.read_message(raw, FAR_FUTURE_MS) == [(-1, event)], obj
+        events.append(event)
+    return events
+
+
+def subset(got: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    for key, value in expected.items():
+        assert key in got, (where, key)
+        assert got[key] == value, (where, key, got[key], value)
+
+
+def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    return {row[key]: row for row in rows}
+
+
+def test_the_examples_are_there() -> None:
+    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback"}
+
+
+# ---- the closed sets the document lists -------------------------------------------------
+
+
+def table_names(heading: str) -> list[str]:
+    """The first column of the markdown table under the row ``| <heading> |``."""
+    lines = DOC[DOC.index(f"| {heading} |"):].splitlines()[2:]
+    names = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        names.append(line.split("|")[1].strip().strip("`"))
+    return names
+
+
+def test_the_reasons_table_is_the_closed_set_of_reasons() -> None:
+    assert table_names("reason") == list(REJECT_REASONS)
+
+
+def test_the_causes_table_is_the_closed_set_of_forward_causes() -> None:
+    assert sorted(table_names("cause")) == sorted(FORWARD_CAUSES)
+
+
+def test_every_exported_metric_is_defined() -> None:
+    for name in (*GLOBAL_GAUGES, *GLOBAL_COUNTERS):
+        assert f"`{name}" in DOC, name
+
+
+def test_every_setting_named_exists() -> None:
+    settings = {doc.env for doc in SETTINGS_DOC}
+    named = set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)`", DOC)) | {
+        n for n in re.findall(r"`([A-Z]{4,})`", DOC)}
+    assert named, "the document names its settings"
+    assert named <= settings, named - settings
+
+
+# ---- dead letters -----------------------------------------------------------------------
+
+
+def test_dead_letter_example() -> None:
+    example = EXAMPLES["dead-letters"]
+    now = ms(example["now"])
+    for message in example["messages"]:
+        raw = message["raw"].encode()
+        parsed = parse_message(raw, now)
+        reasons = message["reasons"]
+        accepted = message.get("accepted", 0 if reasons else 1)
+        assert [r.reason for r in parsed.rejects] == reasons, message["raw"]
+        assert len(parsed.events) == accepted, message["raw"]
+        # the reference's reader, which knows no reasons, rejects and accepts the same
+        read = reference.read_message(raw, now)
+        assert sum(e is not None for _, e in read) == accepted, message["raw"]
+        assert sum(e is None for _, e in read) == len(reasons), message["raw"]
+
+
+def test_too_old_is_behind_the_watermark_by_more_than_the_horizon() -> None:
+    """The one reason the plan gives, not the parser: 400 days behind the watermark."""
+    watermark = ms("2024-01-10T00:00:00+00:00")
+    old = Event("a", "x", "session", "u", watermark - 400 * MS_PER_DAY - 1)
+    edge = Event("a", "y", "session", "u", watermark - 400 * MS_PER_DAY)
+    plan = plan_batch([(0, -1, old), (1, -1, edge)], {("a", "u"): None}, set(), watermark,
+                      400, lambda _app: AppCalendar("UTC"))
+    assert [e for _, _, e in plan.too_old] == [old]
+    assert sum(v for k, v in plan.stats.items() if "too_old" in k) == 1
+
+
+# ---- a first week: every figure, through Redis and through the reference ------------------
+
+
+def reference_headline(rows: list[dict[str, Any]], n: int) -> tuple[float, float | None] | None:
+    """§4 read plainly: the latest cohort whose day n is complete, and the mean of the 7
+    such cohorts before it."""
+    done = [r for r in rows if len(r["complete"]) > n and r["complete"][n]]
+    if not done:
+        return None
+    before = [r["counts"][n] / r["size"] for r in done[-8:-1]]
+    return (round(done[-1]["counts"][n] / done[-1]["size"], 4),
+            round(sum(before) / len(before), 4) if before else None)
+
+
+async def check_first_week(state: RealApply, events: list[Event]) -> None:
+    example = EXAMPLES["first-week"]
+    tz = example["timezone"]
+    store, cfg = state.store, state.settings
+    now = max(e.ts_ms for e in events)
+    assert await store.watermark_ms() == now
+    for check in example["expect"]:
+        figure = check["figure"]
+        if figure == "pipeline":
+            got = await pipeline_report(store, cfg)
+            assert got["accepted"]["a"] == check["accepted"]
+            assert got["duplicates"]["a"] == check["duplicates"]
+            assert sum(check["accepted"].values()) == len(reference.dedup(events))
+        elif figure == "summary":
+            day = date.fromisoformat(check["date"])
+            subset(await summary_report(store, cfg, "a", day), check["values"], check["date"])
+            subset(reference.summary(events, "a", day, tz, now_ms=now), check["values"],
+                   f"reference {check['date']}")
+        elif figure == "cohorts":
+            g, kind, seg = check["granularity"], check["kind"], check.get("where")
+            currency = check.get("currency")
+            got = await cohort_report(store, cfg, "a", g, kind, where=(seg,) if seg else (),
+                                      currency=currency)
+            where = dict([seg.split("=")]) if seg else None
+            if kind in reference.KINDS:
+                ref = reference.triangle(events, "a", g, kind, tz, now, where=where)
+            else:
+                ref = reference.money_triangle(events, "a", g, kind, tz, now,
+                                               currency or "USD", where=where)
+            assert got["cohorts"] == ref, check
+            rows = by_label(got["cohorts"], "cohort")
+            assert set(rows) == set(check["rows"]), check
+            for label, expected in check["rows"].items():
+                subset(rows[label], expected, f"{g} {kind} {label}")
+        elif figure == "headline":
+            got = (await headline_report(store, cfg, "a"))["headline"]
+            subset(got, check["values"], "headline")
+            rows = reference.triangle(events, "a", "day", "classic", tz, now)
+            for n in (1, 7, 30):
+                pair = reference_headline(rows, n)
+                assert (got[f"d{n}"], got[f"d{n}_mean7"]) == (pair or (None, None)), n
+        elif figure == "repeat_purchase":
+            got = await repeat_purchase_report(store, cfg, "a", "week")
+            assert got["lifetime"] == check["lifetime"]
+            assert reference.repeat_purchase_rate(events, "a", tz) == check["lifetime"]
+        elif figure == "kpis":
+            got = (await kpis_report(store, cfg, "a", check["period"]))["periods"]
+            assert got == reference.kpis(events, "a", check["period"], tz, now_ms=now)
+            rows = by_label(got, "period")
+            assert set(rows) == set(check["rows"])
+            for label, expected in check["rows"].items():
+                subset(rows[label], expected, f"kpis {label}")
+        elif figure == "segments":
+            got = await value_segments_report(store, cfg, "a")
+            assert {s["segment"]: s["users"] for s in got["segments"]} == check["users"]
+            profiles = reference.user_profiles(reference.dedup(events), "a")
+            ref = Counter(p["value"] for p in profiles.values())
+            assert {v: ref.get(v, 0) for v in check["users"]} == check["users"]
+        else:
+            pytest.fail(f"no check for figure {figure!r}")
+
+
+async def test_first_week_in_one_batch(redis_url: str) -> None:
+    events = events_of(EXAMPLES["first-week"])
+    async with RealApply(redis_url, timezone=EXAMPLES["first-week"]["timezone"]) as state:
+        await state.apply(events, events[-1].ts_ms)
+        await check_first_week(state, events)
+
+
+async def test_first_week_one_event_at_a_time_backwards(redis_url: str) -> None:
+    """Any arrival order and batching: the same figures."""
+    events = events_of(EXAMPLES["first-week"])
+    async with RealApply(redis_url, timezone=EXAMPLES["first-week"]["timezone"]) as state:
+        for event in reversed(events):
+            await state.apply([event], max(e.ts_ms for e in events))
+        await check_first_week(state, events)
+
+
+# ---- win-back on the event clock ------------------------------------------------------------
+
+
+def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, Any]:
+    """One event per batch, on the event clock, the notifier's pass after each batch (as a
+    worker with CLOCK=event does): the plan's and the notifier's messages and counters."""
+    calendar = AppCalendar("UTC")
+    rules = WinbackRules(thresholds=thresholds)
+    states: dict[tuple[str, str], UserState | None] = {}
+    due: dict[tuple[int, tuple[str, str]], int] = {}
+    seen: set[bytes] = set()
+    watermark: int | None = None
+    stats: Counter[str] = Counter()
+    sent: list[dict[str, object]] = []
+    returned: list[dict[str, object]] = []
+    for offset, event in enumerate(events):
+        user = (event.app, event.user_id)
+        plan = plan_batch([(offset, -1, event)], {user: states.get(user)}, seen, watermark,
+                          400, lambda _app: calendar, DEFAULT_RULES,
+                          [dedup_key(event.app, event.event_id)], rules, event_clock=True)
+        seen.update(plan.new_dedup_keys)
+        watermark = plan.watermark_ms
+        assert watermark is not None
+        states.update(plan.users)
+        stats.update(plan.stats)
+        sent += plan.notifications
+        returned += plan.reactivations
+        for moved, last_ms in plan.due.items():
+            for days in thresholds:
+                due[days, moved] = last_ms + days * MS_PER_DAY
+        notified = plan_notifications(
+            [(days, u, at) for (days, u), at in due.items()], states, watermark,
+            lambda _app: calendar, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
+        states.update(notified.users)
+        stats.update(notified.stats)
+        sent += notified.messages
+        for days, u in notified.sent:
+            due.pop((days, u), None)
+    return {"states": states, "stats": stats, "sent": sent, "returned": returned,
+            "now": watermark}
+
+
+def test_winback_example() -> None:
+    example = EXAMPLES["winback"]
+    events = events_of(example)
+    thresholds = tuple(example["thresholds"])
+    run = winback_run(events, thresholds)
+    episodes = reference.inactivity_episodes(events, thresholds, MS_PER_DAY)
+    for days in thresholds:
+        expected = example["expect"][str(days)]
+        counts = winback_counts(run["stats"], "a", thresholds)
+
+        def total(kind: Stat, days: int = days, counts: Any = counts) -> int:
+            return sum(n for per in counts[days, kind].values() for n in per.values())
+
+        notified = [m for m in run["sent"] if m["threshold_days"] == days]
+        reactivated = [m for m in run["returned"] if days in m["threshold_days"]]
+        expired = run["stats"].get((Stat.EXPIRED, "a", days), 0)
+        inactive = sum(1 for s in run["states"].values()
+                       if s is not None and s.last_active_ms + days * MS_PER_DAY <= run["now"])
+        got = {
+            "notified": len(notified), "expired": expired, "reactivated": len(reactivated),
+            "back_within_7d": total(Stat.BACK_WITHIN_7D), "false_alarms": total(Stat.FALSE_ALARM),
+            "inactive": inactive,
+            "back_within_7d_share": round(total(Stat.BACK_WITHIN_7D) / len(notified), 4),
+        }
+        assert got == expected, days
+        assert total(Stat.SENT) == len(notified) and total(Stat.REACTIVATED) == len(reactivated)
+        # the reference, read plainly from §7
+        assert len({e for e in episodes["sent"] if e[1] == days}) == expected["notified"]
+        assert len({e for e in episodes["expired"] if e[1] == days}) == expected["expired"]
+        assert len({e for e in episodes["returns"] if e[1] == days}) == expected["reactivated"]
+        assert len({e for e in episodes["false_alarms"]
+                    if e[1] == days}) == expected["false_alarms"]
+        # ids are per episode: no message sent twice
+        assert len({m["notification_id"] for m in notified}) == len(notified)
+
+
+def test_a_day_is_24_hours_in_utc() -> None:
+    """The worked examples count gaps in 24-hour days."""
+    assert timedelta(days=1) // timedelta(milliseconds=1) == MS_PER_DAY
