@@ -9,35 +9,25 @@ worker or two (they are taken with max over workers, never summed).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from retention_tracker.agents.local_stack import (
     ManagedProcess,
-    free_port,
-    start_process,
     wait_for,
 )
 
 from ..dashboards.promql import (
     ALERT_VALUES,
     RECORD_LABELS,
-    RULE_FILES,
     expand,
     is_global,
     metric_names,
@@ -48,80 +38,11 @@ from ..dashboards.promql import (
     with_variables,
 )
 from .harness import Deployment, event_messages, produce, simulated
+from .prometheus import Prometheus, start_prometheus
 
 pytestmark = pytest.mark.e2e
 
 BAD_MESSAGES = [(b"bad-1", b"not json"), (b"bad-2", b'{"type": "session"}')]
-
-
-@dataclass
-class Prometheus:
-    process: ManagedProcess
-    url: str
-
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
-                body = json.load(response)
-        except urllib.error.HTTPError as exc:
-            body = json.load(exc)
-        if body.get("status") != "success":
-            raise AssertionError(f"{path} {params}: {body.get('error')}")
-        return body["data"]
-
-    def query(self, expr: str, at: float) -> dict[frozenset[tuple[str, str]], float]:
-        data = self.api("/api/v1/query", query=expr, time=f"{at:.3f}")
-        if data["resultType"] == "scalar":
-            return {frozenset(): float(data["result"][1])}
-        return {
-            frozenset(item["metric"].items()): float(item["value"][1]) for item in data["result"]
-        }
-
-    def ready(self) -> bool:
-        if not self.process.alive():
-            raise AssertionError(f"prometheus exited; see {self.process.log_path}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def targets_up(self, count: int) -> bool:
-        targets = self.api("/api/v1/targets", state="active")["activeTargets"]
-        return len(targets) == count and all(t["health"] == "up" for t in targets)
-
-
-def start_prometheus(binary: str, directory: Path, ports: list[int]) -> Prometheus:
-    """A Prometheus with the repo's rules, scraping the given worker ports every second."""
-    directory.mkdir(parents=True)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(path) for path in RULE_FILES],
-        "scrape_configs": [{
-            "job_name": "retention-worker",
-            "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}],
-        }],
-    }
-    config_file = directory / "prometheus.yml"
-    config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    for _attempt in range(3):  # the free port may be taken before Prometheus binds it
-        port = free_port()
-        process = start_process(
-            [binary, f"--config.file={config_file}", f"--storage.tsdb.path={directory}/data",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            f"prometheus-{directory.name}", dict(os.environ), directory / "prometheus.log",
-        )
-        server = Prometheus(process, f"http://127.0.0.1:{port}")
-        try:
-            wait_for(server.ready, 30, f"prometheus {directory.name}")
-            return server
-        except AssertionError:
-            process.stop()
-        except BaseException:
-            process.stop()
-            raise
-    raise AssertionError(f"prometheus did not start; see {directory / 'prometheus.log'}")
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,15 @@ exception to the process's exit, whichever task found it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 import redis
 
 from retention_tracker.agents.local_stack import wait_for
 
-from .harness import Deployment, isolated_deployment, produce
+from .harness import Deployment, produce
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def deployment(kafka_url: str, redis_url: str, unique: str, tmp_path: Path):
-    with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:
-        yield d
 
 
 def session(app: str, user: str, event_id: str) -> tuple[bytes, bytes]:
