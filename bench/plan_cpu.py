@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from retention_tracker.state.schema import render_stat
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
 from retention_tracker.streams.plan import dedup_key, plan_batch
@@ -86,7 +87,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
             watermark = plan.watermark_ms
             t4 = time.process_time()
             if stats is not None:
-                stats.update(plan.stats)
+                stats.update({render_stat(key): n for key, n in plan.stats.items()})
             seconds.update({"parse": t1 - t0, "decode": t2 - t1, "plan": t3 - t2,
                             "encode": t4 - t3})
     return seconds

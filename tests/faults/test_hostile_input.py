@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
+from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
     EVENT_TYPES,
     FUTURE_TOLERANCE_MS,
@@ -523,7 +524,7 @@ def test_the_earliest_accepted_timestamps_can_be_planned(ts: int | str, zone: st
     assert len(items) == 1 and not parsed.rejects
     plan = plan_batch(items, {("default", "u"): None}, set(), None, 400,
                       lambda _: AppCalendar(zone))
-    assert plan.stats == {"acc:default:session": 1}
+    assert plan.stats == {(Stat.ACCEPTED, "default", "session"): 1}
     state = plan.users["default", "u"]
     assert state.first_seen_ms == 0
     assert datetime.fromtimestamp(state.first_day * 86400, UTC).date().isoformat() == local_day
