@@ -130,10 +130,10 @@ def is_loopback(host: str) -> bool:
 
 
 async def take_snapshot(store: RedisStore, settings: Settings) -> Snapshot:
-    figures: dict[str, Any] = await live_figures(store, settings)
+    figures = await live_figures(store, settings)
     return Snapshot(
         figures=figures,
-        stats=dict(figures["stats"]),
+        stats=dict(figures.stats),
         watermarks={
             shard: progress["watermark_ms"]  # type: ignore[misc]
             for shard, progress in (await store.partition_progress([])).items()

@@ -22,6 +22,7 @@ from retention_tracker.state.queries import winback_counts
 from retention_tracker.state.schema import parse_stats
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
+from retention_tracker.streams.reports import AppFigures, LiveFigures
 
 # Every metric name the worker exports; dashboards and rules may use only these.
 GLOBAL_GAUGES = {
@@ -74,7 +75,7 @@ GLOBAL_COUNTERS = {
 
 @dataclass(slots=True)
 class Snapshot:
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: LiveFigures | None = None
     stats: dict[str, int] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     taken_at: float = 0.0
@@ -109,13 +110,13 @@ class SnapshotCollector(Collector):
             name: CounterMetricFamily(name, doc, labels=_COUNTER_LABELS[name])
             for name, doc in GLOBAL_COUNTERS.items()
         }
-        apps = snap.figures.get("apps", {})
+        apps = snap.figures.apps if snap.figures is not None else {}
         stats = parse_stats(snap.stats)
         for app, figures in apps.items():
-            self._summary(gauges, app, figures["summary"])
+            self._summary(gauges, app, figures.summary)
             self._cohorts(gauges, app, figures)
-            self._money(gauges, app, figures.get("money", {}))
-            self._winback(gauges, counters, app, figures.get("winback", {}), stats)
+            self._money(gauges, app, figures.money)
+            self._winback(gauges, counters, app, figures.winback, stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
@@ -125,7 +126,7 @@ class SnapshotCollector(Collector):
         yield from counters.values()
 
     def _summary(self, gauges: dict[str, GaugeMetricFamily], app: str,
-                 summary: dict[str, Any]) -> None:
+                 summary: Mapping[str, Any]) -> None:
         for name, key in _SUMMARY_FIELDS.items():
             gauges[name].add_metric([app], summary[key])
         gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
@@ -134,8 +135,8 @@ class SnapshotCollector(Collector):
                 gauges[f"retention_{name}"].add_metric([app, currency], value)
 
     def _cohorts(self, gauges: dict[str, GaugeMetricFamily], app: str,
-                 figures: dict[str, Any]) -> None:
-        for kind, rows in figures["cohorts"].items():
+                 figures: AppFigures) -> None:
+        for kind, rows in figures.cohorts.items():
             for row in rows:
                 if kind == "classic":
                     gauges["retention_cohort_size"].add_metric([app, row["cohort"]], row["size"])
@@ -146,20 +147,20 @@ class SnapshotCollector(Collector):
                         gauges["retention_cohort_complete"].add_metric(
                             [app, row["cohort"], str(offset)],
                             1.0 if row["complete"][offset] else 0.0)
-        for day, pair in figures["headline"].items():
+        for day, pair in figures.headline.items():
             if pair is not None:
                 for stat, value in zip(("latest", "mean7"), pair, strict=True):
                     if value is None:  # no cohort before the latest: no baseline
                         continue
                     gauges["retention_headline_retention"].add_metric(
                         [app, f"d{day}", stat], value)
-        for day, size in figures.get("headline_size", {}).items():
+        for day, size in figures.headline_size.items():
             if size is not None:
                 gauges["retention_headline_cohort_size"].add_metric([app, f"d{day}"], size)
 
     def _winback(self, gauges: dict[str, GaugeMetricFamily],
                  counters: dict[str, CounterMetricFamily], app: str,
-                 found: dict[str, Any], stats: Mapping[Cell, int]) -> None:
+                 found: Mapping[str, Any], stats: Mapping[Cell, int]) -> None:
         for days in self.thresholds:
             figures = found.get(str(days), {})
             gauges["retention_inactive_users"].add_metric(
@@ -196,7 +197,7 @@ class SnapshotCollector(Collector):
 
 
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
-               money: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+               money: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> None:
         """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
         for kind, by_currency in money.items():
             for currency, rows in by_currency.items():

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import faust
 from faust.web import Request, Response, View
@@ -36,9 +36,10 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import parse_date
+from retention_tracker.streams.reports import Report
 
 STATIC_DIR = Path(__file__).parent / "static"
-Report = Callable[[Request], Awaitable[dict[str, Any]]]
+Answer = Callable[[Request], Awaitable[Report]]
 
 
 def add_views(app: faust.App, store: RedisStore, settings: Settings,
@@ -60,7 +61,7 @@ def add_views(app: faust.App, store: RedisStore, settings: Settings,
 
 
 def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
-                  ) -> dict[str, Report]:
+                  ) -> dict[str, Answer]:
     """Path -> the report it answers, from the request's query string."""
 
     def app_of(r: Request) -> str:
@@ -69,10 +70,8 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
     def where(r: Request) -> list[str]:
         return r.query.getall("where", [])  # type: ignore[attr-defined]  # a MultiDict
 
-    async def pipeline(r: Request) -> dict[str, Any]:
-        doc = await pipeline_report(store, settings)
-        doc["lag"] = worker_lag(metrics)
-        return doc
+    async def pipeline(r: Request) -> Report:
+        return replace(await pipeline_report(store, settings), lag=worker_lag(metrics))
 
     return {
         "/retention/cohorts": lambda r: cohort_report(
@@ -111,14 +110,14 @@ def _unauthorized(view: View) -> Response:
                      headers={"WWW-Authenticate": 'Bearer realm="retention"'})
 
 
-def _json_view(path: str, report: Report, token: str) -> type[View]:
+def _json_view(path: str, report: Answer, token: str) -> type[View]:
     """A view answering ``report`` as JSON, a bad parameter as a 400 that names it."""
 
     async def get(self: View, request: Request) -> Response:
         if not authorized(request, token):
             return _unauthorized(self)
         try:
-            return self.json(await report(request))
+            return self.json((await report(request)).as_json())
         except QueryError as exc:
             return self.json({"error": exc.shown(), "parameter": exc.param}, status=400)
 

@@ -87,11 +87,12 @@ def verify(deployment: Deployment, expected: Reference) -> Verdict:
         store = make_store(settings)
         try:
             triangles = {
-                (g, k): (await cohort_report(store, settings, APP, g, k))["cohorts"]
+                (g, k): (await cohort_report(store, settings, APP, g, k)).as_json()["cohorts"]
                 for g, k in TRIANGLES
             }
             summaries = {
-                day: await summary_report(store, settings, APP, day) for day in expected.summaries
+                day: (await summary_report(store, settings, APP, day)).as_json()
+                for day in expected.summaries
             }
         finally:
             await store.client.aclose()

@@ -35,6 +35,7 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.streams.calendar import GRANULARITIES, MS_PER_DAY, parse_date
 from retention_tracker.streams.figures import KINDS, KPI_PERIODS, MONEY_KINDS
+from retention_tracker.streams.reports import ReplayReport, Report
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -76,11 +77,15 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         raise Fatal(f"Kafka: {exc}") from None
 
 
-def _emit(doc: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+R = TypeVar("R", bound=Report)
+
+
+def _emit(report: R, as_json: bool, text: Callable[[R], str]) -> None:
+    """The one difference between the CLI and HTTP: here a report may be text."""
     if as_json:
-        click.echo(orjson.dumps(doc).decode())
+        click.echo(orjson.dumps(report.as_json()).decode())
     else:
-        click.echo(text(doc))
+        click.echo(text(report))
 
 
 WHERE = click.option(
@@ -230,10 +235,10 @@ def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_siz
         settings.bootstrap_servers, settings.input_topics[0], valid, batch_size=batch_size,
         progress=not as_json, client_options=settings.kafka_options(),
     ))
-    doc = {"produced_events": stats.events, "messages": stats.messages,
-           "seconds": round(stats.seconds, 3), "rejected": dict(sorted(rejected.items()))}
-    _emit(doc, as_json, lambda d: f"{stats}\nrejected lines: " + (
-        ", ".join(f"{k}={v}" for k, v in d["rejected"].items()) or "none"))
+    report = ReplayReport(stats.events, stats.messages, round(stats.seconds, 3),
+                          dict(sorted(rejected.items())))
+    _emit(report, as_json, lambda r: f"{stats}\nrejected lines: " + (
+        ", ".join(f"{k}={v}" for k, v in r.rejected.items()) or "none"))
 
 
 @cli.command()

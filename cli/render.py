@@ -1,21 +1,31 @@
-"""Terminal rendering of reports: tables that fit the terminal's width."""
+"""Terminal rendering of reports: tables that fit the terminal's width. The reports are the
+ones HTTP and ``--json`` show (streams/reports.py); only the rendering differs."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from typing import Any
 
+from retention_tracker.streams.reports import (
+    CohortReport,
+    KpisReport,
+    RepeatPurchaseReport,
+    SummaryReport,
+    ValueSegmentsReport,
+)
 
-def triangle_table(report: dict[str, Any], width: int | None = None) -> str:
+
+def triangle_table(report: CohortReport, width: int | None = None) -> str:
     """The cohort triangle as text; incomplete cells carry a trailing '~'."""
     width = width or shutil.get_terminal_size((100, 24)).columns
-    rows = report["cohorts"]
-    what = report["kind"] + (" retention" if report["kind"] in ("classic", "rolling") else "")
+    rows = report.cohorts
+    what = report.kind + (" retention" if report.kind in ("classic", "rolling") else "")
     head = (
-        f"{what}, app {report['app']}, by {report['granularity']}, {report['timezone']}, "
-        f"as of {report['as_of']}"
-        + (f", {report['currency']}" if "currency" in report else "")
-        + (f", segment {report['segment']}" if "segment" in report else "")
+        f"{what}, app {report.app}, by {report.granularity}, {report.timezone}, "
+        f"as of {report.as_of}"
+        + (f", {report.currency}" if report.currency is not None else "")
+        + (f", segment {report.segment}" if report.segment is not None else "")
     )
     if not rows:
         return head + "\n(no cohorts)"
@@ -31,7 +41,7 @@ def triangle_table(report: dict[str, Any], width: int | None = None) -> str:
     for row in rows:
         line = f"{row['cohort']:<{label_w}} {row['size']:>{size_w}}"
         for value, complete in list(zip(row["values"], row["complete"], strict=True))[:offsets]:
-            cell = _cell(report["kind"], value) + ("" if complete else "~")
+            cell = _cell(report.kind, value) + ("" if complete else "~")
             line += f" {cell:>{cell_w}}"
         lines.append(line)
     hidden = max(len(r["values"]) for r in rows) - offsets
@@ -54,12 +64,13 @@ INSTALLS_NOTE = ("installs count users with an install event that day, new users
 LIVE_MARK = "~"
 
 
-def summary_text(doc: dict[str, Any]) -> str:
+def summary_text(report: SummaryReport) -> str:
     """A day's figures, then money and win-back as aligned tables; live numbers flagged."""
+    doc = report.figures
     head = f"summary of app {doc['app']} on {doc['date']}"
-    if "segment" in doc:
-        head += f", segment {doc['segment']}"
-    if not doc["complete"]:
+    if report.segment is not None:
+        head += f", segment {report.segment}"
+    if not report.complete:
         head += " (day not ended yet: live numbers)"
     people = [
         ["DAU", doc["dau"], ""], ["WAU", doc["wau"], ""], ["MAU", doc["mau"], ""],
@@ -69,15 +80,15 @@ def summary_text(doc: dict[str, Any]) -> str:
     ]
     blocks = [_table(head, ["figure", "value", ""], people, left=(0, 2)),
               f"note: {INSTALLS_NOTE}", _money_block(doc)]
-    if "winback" in doc:
-        blocks.append(_winback_block(doc["winback"], doc["winback_as_of"],
-                                     doc["date"] if doc["complete"] else None))
-    if "forwarded" in doc:
-        blocks.append(_forwarded_line(doc["forwarded"]))
+    if report.winback is not None and report.winback_as_of is not None:
+        blocks.append(_winback_block(report.winback, report.winback_as_of,
+                                     doc["date"] if report.complete else None))
+    if report.forwarded is not None:
+        blocks.append(_forwarded_line(report.forwarded))
     return "\n\n".join(blocks)
 
 
-def _money_block(doc: dict[str, Any]) -> str:
+def _money_block(doc: Mapping[str, Any]) -> str:
     head = f"money on {doc['date']}, payers: {doc['payers']}"
     if not doc["revenue"]:
         return head + ", no revenue"
@@ -90,7 +101,7 @@ def _amount(value: float | None) -> str | None:
     return None if value is None else f"{value:,.4f}"
 
 
-def _winback_block(winback: dict[str, Any], as_of: str, past_day: str | None) -> str:
+def _winback_block(winback: Mapping[str, Any], as_of: str, past_day: str | None) -> str:
     """Win-back figures exist as live totals only: a past day's summary says so."""
     head = f"win-back: live totals as of {as_of}"
     if past_day:
@@ -112,7 +123,7 @@ def _winback_cells(found: dict[str, Any]) -> list[Any]:
             _share(found["back_within_7d_share"], found["notified"])]
 
 
-def _forwarded_line(forwarded: dict[str, int]) -> str:
+def _forwarded_line(forwarded: Mapping[str, int]) -> str:
     """How many events producers sent away from their user's partition (all time)."""
     total = sum(forwarded.values())
     if not total:
@@ -150,41 +161,41 @@ def _money(amounts: dict[str, float]) -> str:
     return " ".join(f"{v:,.2f} {cur}" for cur, v in amounts.items()) or "0"
 
 
-def kpis_table(doc: dict[str, Any]) -> str:
+def kpis_table(report: KpisReport) -> str:
     """Period KPIs; a period that has not ended carries '~' (its CRR and churn are live)."""
-    head = f"KPIs of app {doc['app']} by {doc['period']}, {doc['timezone']}"
-    if "segment" in doc:
-        head += f", segment {doc['segment']}"
+    head = f"KPIs of app {report.app} by {report.period}, {report.timezone}"
+    if report.segment is not None:
+        head += f", segment {report.segment}"
     columns = ["period", "active", "new", "returning", "CRR", "churn", "revenue", "payers", "RPR"]
     rows = [[p["period"] + ("" if p["complete"] else LIVE_MARK), p["active"], p["new_users"],
              p["returning"], _pct(p["crr"]), _pct(p["churn"]), _money(p["revenue"]),
              p["payers"], _share(p["rpr"], p["payers"])]
-            for p in doc["periods"]]
+            for p in report.periods]
     text = _table(head, columns, rows)
-    if any(not p["complete"] for p in doc["periods"]):
+    if any(not p["complete"] for p in report.periods):
         text += (f"\n{LIVE_MARK} the period has not ended yet: its CRR and churn are live "
                  "numbers, not results")
     return text
 
 
-def rpr_text(doc: dict[str, Any]) -> str:
-    life = doc["lifetime"]
-    lines = [f"repeat purchase rate, app {doc['app']}: lifetime "
+def rpr_text(report: RepeatPurchaseReport) -> str:
+    life = report.lifetime
+    lines = [f"repeat purchase rate, app {report.app}: lifetime "
              f"{_share(life['rpr'], life['buyers']) or '-'} "
              f"({life['repeat_buyers']} of {life['buyers']} buyers)"]
-    if "window" in doc:
-        w = doc["window"]
+    if report.window is not None:
+        w = report.window
         lines.append(f"window {w['from'] or '...'} to {w['to'] or '...'}: "
                      f"{_share(w['rpr'], w['buyers']) or '-'} "
                      f"({w['repeat_buyers']} of {w['buyers']} buyers)")
     rows = [[c["cohort"], c["buyers"], c["repeat_buyers"], _share(c["rpr"], c["buyers"])]
-            for c in doc["cohorts"]]
+            for c in report.cohorts]
     return "\n".join(lines) + "\n" + _table("by cohort", ["cohort", "buyers", "repeat", "RPR"],
                                              rows)
 
 
-def segments_table(doc: dict[str, Any]) -> str:
+def segments_table(report: ValueSegmentsReport) -> str:
     columns = ["segment", "users", "D1", "D1 mean7", "D7", "D7 mean7", "D30", "D30 mean7"]
     rows = [[s["segment"], s["users"], _pct(s["d1"]), _pct(s["d1_mean7"]), _pct(s["d7"]),
-             _pct(s["d7_mean7"]), _pct(s["d30"]), _pct(s["d30_mean7"])] for s in doc["segments"]]
-    return _table(f"value segments of app {doc['app']}, as of {doc['as_of']}", columns, rows)
+             _pct(s["d7_mean7"]), _pct(s["d30"]), _pct(s["d30_mean7"])] for s in report.segments]
+    return _table(f"value segments of app {report.app}, as of {report.as_of}", columns, rows)

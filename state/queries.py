@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -53,6 +54,19 @@ from retention_tracker.streams.figures import (
     revenue_currencies,
 )
 from retention_tracker.streams.plan import ALL_USERS, segments_of
+from retention_tracker.streams.reports import (
+    AppFigures,
+    AppsReport,
+    CohortReport,
+    DailyReport,
+    HeadlineReport,
+    KpisReport,
+    LiveFigures,
+    PipelineReport,
+    RepeatPurchaseReport,
+    SummaryReport,
+    ValueSegmentsReport,
+)
 
 HEADLINE_DAYS = (1, 7, 30)
 _HEADLINE_COHORTS = 7
@@ -161,11 +175,9 @@ def money_currency(
     return currency
 
 
-def _header(app: str, calendar: AppCalendar, segment: str, **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"app": app, **extra, "timezone": calendar.timezone}
-    if segment != ALL_USERS:
-        doc["segment"] = segment
-    return doc
+def _segment_shown(segment: str) -> str | None:
+    """A report names its segment, unless it is all users."""
+    return None if segment == ALL_USERS else segment
 
 
 async def cohort_report(
@@ -178,7 +190,7 @@ async def cohort_report(
     date_to: date | None = None,
     where: Sequence[str] = (),
     currency: str | None = None,
-) -> dict[str, Any]:
+) -> CohortReport:
     if granularity not in GRANULARITIES:
         raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
     if kind not in KINDS + MONEY_KINDS:
@@ -193,7 +205,7 @@ async def cohort_report(
 
     last_day = last_day_with_data(await read_daily(store, app, segment))
     sizes = await family(Measure.COHORT_SIZE)
-    doc = _header(app, calendar, segment, granularity=granularity, kind=kind)
+    shown_currency = None
     if kind in KINDS:
         cells = await family(Measure.CLASSIC if kind == "classic" else Measure.LAST_ACTIVE)
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
@@ -202,20 +214,20 @@ async def cohort_report(
         cells = await family(Measure.FIRST_PAYMENT if kind == "payer_conversion"
                              else Measure.LTV)
         if kind != "payer_conversion":
-            currency = money_currency(settings, app, kind, currency, cells)
-            doc["currency"] = currency
+            currency = shown_currency = money_currency(settings, app, kind, currency, cells)
         else:
             currency = currency or settings.currency  # unused: conversion counts users
         costs = await family(Measure.COST) if kind == "roas" else Counter()
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
-    return {**doc, "as_of": iso_time(now), "cohorts": rows}
+    return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
+                        shown_currency, iso_time(now), tuple(rows))
 
 
 async def summary_report(
     store: RedisStore, settings: Settings, app: str, on: date | None = None,
     where: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> SummaryReport:
     """One day's figures. ``complete`` is false while the day has not ended (live numbers);
     win-back figures exist only as live totals, so they carry their own ``winback_as_of``
     whatever the day asked for."""
@@ -224,17 +236,15 @@ async def summary_report(
     now = await now_ms(store, settings)
     day = date_to_day(on) if on else calendar.day_of(now)
     daily = await read_daily(store, app, segment)
-    doc = day_summary(app, day, daily)
-    doc.update(money_of_day(daily, day, doc["dau"]))
-    doc["complete"] = calendar.period_end_ms(day, "day") <= now
+    figures = day_summary(app, day, daily)
+    figures.update(money_of_day(daily, day, figures["dau"]))
+    complete = calendar.period_end_ms(day, "day") <= now
     if segment != ALL_USERS:
-        doc["segment"] = segment
-    else:
-        stats = parse_stats(await store.read_stats())
-        doc["winback"] = await winback_figures(store, settings, app, stats)
-        doc["winback_as_of"] = iso_time(now)
-        doc["forwarded"] = forwarded_figures(stats, app)
-    return doc
+        return SummaryReport(figures, complete, segment)
+    stats = parse_stats(await store.read_stats())
+    return SummaryReport(figures, complete, None,
+                         await winback_figures(store, settings, app, stats), iso_time(now),
+                         forwarded_figures(stats, app))
 
 
 def forwarded_figures(stats: Mapping[Cell, int], app: str) -> dict[str, int]:
@@ -281,7 +291,7 @@ DAILY_DAYS = 90
 async def daily_report(
     store: RedisStore, settings: Settings, app: str, date_from: date | None = None,
     date_to: date | None = None, where: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> DailyReport:
     """The summary of every day in a window (default: the last DAILY_DAYS days with data),
     for charts of DAU against installs. Same figures as ``summary`` day by day."""
     check_window(date_from, date_to)
@@ -290,9 +300,9 @@ async def daily_report(
     now = await now_ms(store, settings)
     daily = await read_daily(store, app, segment)
     last = date_to_day(date_to) if date_to else last_day_with_data(daily)
-    doc = _header(app, calendar, segment, as_of=iso_time(now))
+    report = DailyReport(app, iso_time(now), calendar.timezone, _segment_shown(segment))
     if last is None:
-        return {**doc, "days": []}
+        return report
     first = (date_to_day(date_from) if date_from
              else max(last - DAILY_DAYS + 1, min(days_with_data(daily), default=last)))
     if last - first + 1 > settings.horizon_days:
@@ -304,19 +314,15 @@ async def daily_report(
         figures.update(money_of_day(daily, day, figures["dau"]))
         figures["complete"] = calendar.period_end_ms(day, "day") <= now
         days.append(figures)
-    return {**doc, "days": days}
+    return replace(report, days=tuple(days))
 
 
-async def apps_report(store: RedisStore, settings: Settings) -> dict[str, Any]:
+async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
     """The apps with data and what the page's pickers offer."""
     zones = await store.app_timezones()
-    return {
-        "apps": [{"app": app, "timezone": zones[app]} for app in sorted(zones)],
-        "currency": settings.currency,
-        "thresholds": list(settings.inactivity_thresholds),
-        "segment_attributes": list(SEGMENT_ATTRIBUTES),
-        "value_segments": list(VALUE_SEGMENTS),
-    }
+    return AppsReport(tuple({"app": app, "timezone": zones[app]} for app in sorted(zones)),
+                      settings.currency, tuple(settings.inactivity_thresholds),
+                      tuple(SEGMENT_ATTRIBUTES), tuple(VALUE_SEGMENTS))
 
 
 def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -331,7 +337,7 @@ def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def headline_report(
     store: RedisStore, settings: Settings, app: str, where: Sequence[str] = ()
-) -> dict[str, Any]:
+) -> HeadlineReport:
     """The headline D1/D7/D30 against their baseline, for one segment or all users."""
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
@@ -341,11 +347,11 @@ async def headline_report(
         await read_measure(store, app, Measure.CLASSIC, "day", segment), "classic", "day",
         calendar, now, last_day_with_data(await read_daily(store, app, segment)),
     )
-    return {**_header(app, calendar, segment, as_of=iso_time(now)),
-            "headline": headline_figures(rows)}
+    return HeadlineReport(app, iso_time(now), calendar.timezone, _segment_shown(segment),
+                          headline_figures(rows))
 
 
-async def pipeline_report(store: RedisStore, settings: Settings) -> dict[str, Any]:
+async def pipeline_report(store: RedisStore, settings: Settings) -> PipelineReport:
     """Pipeline health from Redis (the same on every worker): accepted events by app and
     type, rejects by reason, duplicates by app, and each partition's event-time watermark."""
     now = await now_ms(store, settings)
@@ -369,15 +375,8 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> dict[str, An
             duplicates[key[1]] = value
     marks = {shard: p["watermark_ms"] for shard, p in
              (await store.partition_progress([])).items() if p["watermark_ms"] is not None}
-    return {
-        "as_of": iso_time(now),
-        "accepted": accepted,
-        "rejected": rejected,
-        "duplicates": duplicates,
-        "forwarded": forwarded,
-        "watermarks": {str(shard): iso_time(int(ms))
-                       for shard, ms in sorted(marks.items())},
-    }
+    return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded,
+                          {str(shard): iso_time(int(ms)) for shard, ms in sorted(marks.items())})
 
 
 async def winback_figures(
@@ -418,7 +417,7 @@ async def winback_figures(
 async def kpis_report(
     store: RedisStore, settings: Settings, app: str, period: str = "week",
     where: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> KpisReport:
     if period not in KPI_PERIODS:
         raise QueryError("week or month", "period")
     segment = segment_of(where)
@@ -433,13 +432,13 @@ async def kpis_report(
     for number, row in enumerate(rows, start=min(periods, default=0)):
         # §6: a period that has not ended is flagged; its CRR and churn are live numbers
         row["complete"] = calendar.period_end_ms(number, period) <= now
-    return {**_header(app, calendar, segment, period=period), "periods": rows}
+    return KpisReport(app, period, calendar.timezone, _segment_shown(segment), tuple(rows))
 
 
 async def repeat_purchase_report(
     store: RedisStore, settings: Settings, app: str, granularity: str = "month",
     date_from: date | None = None, date_to: date | None = None, where: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> RepeatPurchaseReport:
     """Lifetime RPR overall and per cohort from counters; for a window, from the users'
     purchase records (a scan of user state, not of events)."""
     if granularity not in GRANULARITIES:
@@ -454,16 +453,14 @@ async def repeat_purchase_report(
     def rpr_doc(buyers: int, repeat: int) -> dict[str, Any]:
         return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}
 
-    doc = _header(app, calendar, segment, granularity=granularity)
-    doc["lifetime"] = rpr_doc(
-        sum(v for (_, n), v in per_cohort.items() if n == 1),
-        sum(v for (_, n), v in per_cohort.items() if n == 2),
+    report = RepeatPurchaseReport(
+        app, granularity, calendar.timezone, _segment_shown(segment),
+        rpr_doc(sum(v for (_, n), v in per_cohort.items() if n == 1),
+                sum(v for (_, n), v in per_cohort.items() if n == 2)),
+        tuple({"cohort": period_label(c, granularity),
+               **rpr_doc(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
+              for c in cohorts),
     )
-    doc["cohorts"] = [
-        {"cohort": period_label(c, granularity),
-         **rpr_doc(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
-        for c in cohorts
-    ]
     if date_from or date_to:
         low = date_to_day(date_from) if date_from else None
         high = date_to_day(date_to) if date_to else None
@@ -475,17 +472,17 @@ async def repeat_purchase_report(
             count = state.purchase_count(low, high)
             buyers += count >= 1
             repeat += count >= 2
-        doc["window"] = {
+        report = replace(report, window={
             "from": date_from.isoformat() if date_from else None,
             "to": date_to.isoformat() if date_to else None,
             **rpr_doc(buyers, repeat),
-        }
-    return doc
+        })
+    return report
 
 
 async def value_segments_report(
     store: RedisStore, settings: Settings, app: str
-) -> dict[str, Any]:
+) -> ValueSegmentsReport:
     """VIP, payers and free users side by side: how many, and how they retain."""
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
@@ -499,19 +496,18 @@ async def value_segments_report(
                            last_day_with_data(daily))
         segments.append({"segment": value, "users": sum(sizes.values()),
                          **headline_figures(rows)})
-    return {"app": app, "timezone": calendar.timezone, "as_of": iso_time(now),
-            "segments": segments}
+    return ValueSegmentsReport(app, calendar.timezone, iso_time(now), tuple(segments))
 
 
 
 
-async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
+async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     """What /metrics shows, per app: today's summary, recent daily cohorts (classic and
     rolling) and the headline D1/D7/D30. Reads only the fields it needs."""
     now = await now_ms(store, settings)
     raw_stats = await store.read_stats()
     stats = parse_stats(raw_stats)
-    apps: dict[str, Any] = {}
+    apps: dict[str, AppFigures] = {}
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
         today = calendar.day_of(now)
@@ -542,16 +538,15 @@ async def live_figures(store: RedisStore, settings: Settings) -> dict[str, Any]:
             kind: [r for r in kind_rows if r["cohort"] >= first_shown]
             for kind, kind_rows in rows.items()
         }
-        apps[app] = {
-            "winback": await winback_figures(store, settings, app, stats),
-            "summary": summary,
-            "cohorts": shown,
-            "money": await _recent_money(store, settings, app, calendar, now, today, daily),
-            "headline": {n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
-            "headline_size": {n: headline_cohort_size(rows["classic"], n)
-                              for n in HEADLINE_DAYS},
-        }
-    return {"now_ms": now, "apps": apps, "stats": raw_stats}
+        apps[app] = AppFigures(
+            winback=await winback_figures(store, settings, app, stats),
+            summary=summary,
+            cohorts={kind: tuple(kind_rows) for kind, kind_rows in shown.items()},
+            money=await _recent_money(store, settings, app, calendar, now, today, daily),
+            headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
+            headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
+        )
+    return LiveFigures(now, apps, raw_stats)
 
 
 async def _recent_money(

@@ -177,20 +177,21 @@ async def check_first_week(state: RealApply, events: list[Event]) -> None:
     for check in example["expect"]:
         figure = check["figure"]
         if figure == "pipeline":
-            got = await pipeline_report(store, cfg)
+            got = (await pipeline_report(store, cfg)).as_json()
             assert got["accepted"]["a"] == check["accepted"]
             assert got["duplicates"]["a"] == check["duplicates"]
             assert sum(check["accepted"].values()) == len(reference.dedup(events))
         elif figure == "summary":
             day = date.fromisoformat(check["date"])
-            subset(await summary_report(store, cfg, "a", day), check["values"], check["date"])
+            subset((await summary_report(store, cfg, "a", day)).as_json(), check["values"],
+                   check["date"])
             subset(reference.summary(events, "a", day, tz, now_ms=now), check["values"],
                    f"reference {check['date']}")
         elif figure == "cohorts":
             g, kind, seg = check["granularity"], check["kind"], check.get("where")
             currency = check.get("currency")
-            got = await cohort_report(store, cfg, "a", g, kind, where=(seg,) if seg else (),
-                                      currency=currency)
+            got = (await cohort_report(store, cfg, "a", g, kind, where=(seg,) if seg else (),
+                                      currency=currency)).as_json()
             where = dict([seg.split("=")]) if seg else None
             if kind in reference.KINDS:
                 ref = reference.triangle(events, "a", g, kind, tz, now, where=where)
@@ -203,25 +204,25 @@ async def check_first_week(state: RealApply, events: list[Event]) -> None:
             for label, expected in check["rows"].items():
                 subset(rows[label], expected, f"{g} {kind} {label}")
         elif figure == "headline":
-            got = (await headline_report(store, cfg, "a"))["headline"]
+            got = (await headline_report(store, cfg, "a")).as_json()["headline"]
             subset(got, check["values"], "headline")
             rows = reference.triangle(events, "a", "day", "classic", tz, now)
             for n in (1, 7, 30):
                 pair = reference_headline(rows, n)
                 assert (got[f"d{n}"], got[f"d{n}_mean7"]) == (pair or (None, None)), n
         elif figure == "repeat_purchase":
-            got = await repeat_purchase_report(store, cfg, "a", "week")
+            got = (await repeat_purchase_report(store, cfg, "a", "week")).as_json()
             assert got["lifetime"] == check["lifetime"]
             assert reference.repeat_purchase_rate(events, "a", tz) == check["lifetime"]
         elif figure == "kpis":
-            got = (await kpis_report(store, cfg, "a", check["period"]))["periods"]
+            got = (await kpis_report(store, cfg, "a", check["period"])).as_json()["periods"]
             assert got == reference.kpis(events, "a", check["period"], tz, now_ms=now)
             rows = by_label(got, "period")
             assert set(rows) == set(check["rows"])
             for label, expected in check["rows"].items():
                 subset(rows[label], expected, f"kpis {label}")
         elif figure == "segments":
-            got = await value_segments_report(store, cfg, "a")
+            got = (await value_segments_report(store, cfg, "a")).as_json()
             assert {s["segment"]: s["users"] for s in got["segments"]} == check["users"]
             profiles = reference.user_profiles(reference.dedup(events), "a")
             ref = Counter(p["value"] for p in profiles.values())

@@ -21,6 +21,7 @@ from retention_tracker.state.schema import render_stats
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import REJECT_REASONS, Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.reports import AppFigures, LiveFigures
 from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.winback import WinbackRules, handle_moment
 
@@ -55,17 +56,19 @@ def snapshot() -> Snapshot:
     summary = {"dau": 3, "wau": 4, "mau": 5, "stickiness": 0.6, "installs": 2,
                "new_users": 1, "returning_users": 2, "payers": 1,
                "revenue": {"USD": 10.0}, "arpdau": {"USD": 3.3333}, "arppu": {"USD": 10.0}}
-    figures = {"apps": {"a": {
-        "summary": summary,
-        "cohorts": {"classic": [row(4, [1.0, 0.5, 0.25], [True, True, False])],
-                    "rolling": [row(4, [1.0, 0.75, 0.25], [True, True, False])]},
-        "headline": {1: (0.5, None), 7: None},
-        "headline_size": {1: 4, 7: None},
-        "money": {"ltv": {"USD": [row(4, [0.0, 2.5, 2.5], [True, True, False])]},
-                  "roas": {"USD": [row(4, [None, None, None], [True, True, False])]}},
-        "winback": {"2": {"inactive": 3, "expired": 1, "back_within_7d_share": 0.25}},
-    }}}
-    return Snapshot(figures=figures, stats=dict(real_stats()), watermarks={0: BASE_MS},
+    app = AppFigures(
+        summary=summary,
+        cohorts={"classic": (row(4, [1.0, 0.5, 0.25], [True, True, False]),),
+                 "rolling": (row(4, [1.0, 0.75, 0.25], [True, True, False]),)},
+        headline={1: (0.5, None), 7: None},
+        headline_size={1: 4, 7: None},
+        money={"ltv": {"USD": (row(4, [0.0, 2.5, 2.5], [True, True, False]),)},
+               "roas": {"USD": (row(4, [None, None, None], [True, True, False]),)}},
+        winback={"2": {"inactive": 3, "expired": 1, "back_within_7d_share": 0.25}},
+    )
+    stats = dict(real_stats())
+    figures = LiveFigures(BASE_MS, {"a": app}, stats)
+    return Snapshot(figures=figures, stats=stats, watermarks={0: BASE_MS},
                     taken_at=1_704_067_260.0)
 
 

@@ -49,6 +49,6 @@ async def test_rpr_lists_cohorts_without_buyers(store: RedisStore, unique: str) 
                       lambda _: AppCalendar("UTC"))
     assert await store.apply_plan(0, loaded, {"t": len(events)}, plan)
     settings = Settings(key_prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
-    doc = await repeat_purchase_report(store, settings, "default", "week")
+    doc = (await repeat_purchase_report(store, settings, "default", "week")).as_json()
     expected = reference.repeat_purchase_by_cohort(events, "default", "week", "UTC")
     assert {c.pop("cohort"): c for c in doc["cohorts"]} == expected

@@ -51,9 +51,9 @@ async def test_headline_d1_against_the_7_cohorts_before_it(redis_url: str) -> No
         # D7: the latest cohort with day 7 over is day 2 (its day 9 ended on day 10); no
         # one of cohorts 0..2 is active 7 days on: 0 against the 2 before it, also 0.
         # D30: no cohort is 30 days old.
-        live = (await live_figures(state.store, state.settings))["apps"]["a"]
-        assert live["headline"] == {1: (1.0, 0.4643), 7: (0.0, 0.0), 30: None}
-        segments = await value_segments_report(state.store, state.settings, "a")
+        live = (await live_figures(state.store, state.settings)).apps["a"]
+        assert live.headline == {1: (1.0, 0.4643), 7: (0.0, 0.0), 30: None}
+        segments = (await value_segments_report(state.store, state.settings, "a")).as_json()
         by_value = {s["segment"]: s for s in segments["segments"]}
         assert by_value["free"] == {
             "segment": "free", "users": 37, "d1": 1.0, "d1_mean7": 0.4643,
@@ -72,17 +72,17 @@ async def test_classic_and_rolling_reports(redis_url: str) -> None:
     async with RealApply(redis_url) as state:
         await state.apply(events, day(2))
         store, cfg = state.store, state.settings
-        classic = (await cohort_report(store, cfg, "a", "day", "classic"))["cohorts"]
+        classic = (await cohort_report(store, cfg, "a", "day", "classic")).as_json()["cohorts"]
         assert classic == [{"cohort": "2024-01-01", "size": 3, "counts": [3, 1, 1],
                             "values": [1.0, 0.3333, 0.3333], "complete": [True, True, False]}]
-        rolling = (await cohort_report(store, cfg, "a", "day", "rolling"))["cohorts"]
+        rolling = (await cohort_report(store, cfg, "a", "day", "rolling")).as_json()["cohorts"]
         assert [(r["counts"], r["values"]) for r in rolling] == [([3, 2, 1],
                                                                   [1.0, 0.6667, 0.3333])]
-        week = (await cohort_report(store, cfg, "a", "week", "rolling"))["cohorts"]
+        week = (await cohort_report(store, cfg, "a", "week", "rolling")).as_json()["cohorts"]
         assert [(r["cohort"], r["counts"], r["complete"]) for r in week] == [
             ("2024-W01", [3], [False])]
         ios = (await cohort_report(store, cfg, "a", "day", "classic",
-                                   where=["platform=ios"]))["cohorts"]
+                                   where=["platform=ios"])).as_json()["cohorts"]
         # only z is ios (from its one event carrying a platform); its data ends on Jan 2
         assert [(r["size"], r["counts"]) for r in ios] == [(1, [1, 1])]
 
@@ -100,7 +100,7 @@ async def test_summary_windows_and_money(redis_url: str) -> None:
     async with RealApply(redis_url) as state:
         await state.apply(events, day(1))
         store, cfg = state.store, state.settings
-        jan2 = await summary_report(store, cfg, "a", date(2024, 1, 2))
+        jan2 = (await summary_report(store, cfg, "a", date(2024, 1, 2))).as_json()
         assert {k: v for k, v in jan2.items() if k not in ("winback", "winback_as_of")} == {
             "app": "a", "date": "2024-01-02", "dau": 2, "wau": 2, "mau": 2, "stickiness": 1.0,
             "installs": 1, "new_users": 1, "returning_users": 1,
@@ -112,12 +112,13 @@ async def test_summary_windows_and_money(redis_url: str) -> None:
         }
         expected = {"2024-01-08": (2, 2), "2024-01-09": (0, 2), "2024-01-31": (0, 2),
                     "2024-02-01": (0, 0)}
-        jan1 = await summary_report(store, cfg, "a", date(2024, 1, 1))
+        jan1 = (await summary_report(store, cfg, "a", date(2024, 1, 1))).as_json()
         assert (jan1["dau"], jan1["wau"], jan1["mau"], jan1["new_users"]) == (1, 1, 1, 1)
         for on, (wau, mau) in expected.items():
-            got = await summary_report(store, cfg, "a", date.fromisoformat(on))
+            got = (await summary_report(store, cfg, "a", date.fromisoformat(on))).as_json()
             assert (got["dau"], got["wau"], got["mau"]) == (0, wau, mau), on
-        payer = await summary_report(store, cfg, "a", date(2024, 1, 2), where=["value=payer"])
+        payer = (await summary_report(store, cfg, "a", date(2024, 1, 2),
+                                      where=["value=payer"])).as_json()
         assert (payer["segment"], payer["dau"], payer["payers"]) == ("value=payer", 1, 1)
         # win-back (threshold 2 days): x last active Jan 2 01:00, y Jan 2 14:00; now is
         # y's last event, so nobody is due yet
@@ -133,8 +134,8 @@ async def test_repeat_purchase_rate(redis_url: str) -> None:
               Event("a", "4", "purchase", "v", day(2), amount=1)]
     async with RealApply(redis_url) as state:
         await state.apply(events, day(9))
-        got = await repeat_purchase_report(state.store, state.settings, "a", "day",
-                                           date(2024, 1, 3), date(2024, 1, 9))
+        got = (await repeat_purchase_report(state.store, state.settings, "a", "day",
+                                           date(2024, 1, 3), date(2024, 1, 9))).as_json()
     assert got["lifetime"] == {"buyers": 2, "repeat_buyers": 1, "rpr": 0.5}
     assert got["cohorts"] == [
         {"cohort": "2024-01-02", "buyers": 1, "repeat_buyers": 1, "rpr": 1.0},
@@ -156,4 +157,4 @@ def test_segment_of_one_attribute_at_a_time() -> None:
 async def test_unknown_app_is_a_query_error(redis_url: str) -> None:
     async with RealApply(redis_url) as state:
         with pytest.raises(QueryError, match="no data for app 'nope'"):
-            await cohort_report(state.store, state.settings, "nope")
+            (await cohort_report(state.store, state.settings, "nope")).as_json()

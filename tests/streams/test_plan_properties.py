@@ -139,16 +139,16 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                 for kind in ("classic", "rolling"):
                     expected = reference.triangle(events, app, granularity, kind, tz, now_ms,
                                                   where=where)
-                    got = await cohort_report(store, cfg, app, granularity, kind,
-                                              where=query_where)
+                    got = (await cohort_report(store, cfg, app, granularity, kind,
+                                              where=query_where)).as_json()
                     assert got["cohorts"] == expected, (app, segment, granularity, kind)
                 for kind, currency in (("ltv", "USD"), ("ltv", "EUR"), ("roas", "USD"),
                                        ("payer_conversion", "USD")):
                     expected = reference.money_triangle(
                         events, app, granularity, kind, tz, now_ms, currency, where=where)
                     try:
-                        got = await cohort_report(store, cfg, app, granularity, kind,
-                                                  where=query_where, currency=currency)
+                        got = (await cohort_report(store, cfg, app, granularity, kind,
+                                                  where=query_where, currency=currency)).as_json()
                     except QueryError as refused:  # a currency without revenue: refused
                         assert currency != cfg.currency, refused
                         assert all(not any(r["values"]) for r in expected), refused
@@ -158,9 +158,10 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
             for period in ("week", "month"):
                 expected = reference.kpis(events, app, period, tz, where=where,
                                           now_ms=now_ms)
-                got = await kpis_report(store, cfg, app, period, where=query_where)
+                got = (await kpis_report(store, cfg, app, period, where=query_where)).as_json()
                 assert got["periods"] == expected, (app, segment, period)
-            rpr = await repeat_purchase_report(store, cfg, app, "week", where=query_where)
+            rpr = (await repeat_purchase_report(store, cfg, app, "week",
+                                                where=query_where)).as_json()
             assert rpr["lifetime"] == reference.repeat_purchase_rate(events, app, tz,
                                                                      where=where), segment
             assert {c["cohort"]: {k: v for k, v in c.items() if k != "cohort"}
@@ -174,7 +175,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                 assert got == figures, (app, segment, day)
             if series:  # the query path of the last day too, win-back figures aside
                 last = max(series)
-                got = await summary_report(store, cfg, app, last, where=query_where)
+                got = (await summary_report(store, cfg, app, last, where=query_where)).as_json()
                 got.pop("winback", None)
                 got.pop("segment", None)
                 got.pop("winback_as_of", None)
@@ -194,7 +195,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     }
     for app in sorted(apps):
         if any(e.app == app for e in events):
-            winback = (await summary_report(store, cfg, app, date(2024, 1, 1)))["winback"]
+            winback = (await summary_report(store, cfg, app, date(2024, 1, 1))).as_json()["winback"]
             inactive = sum(1 for (a, _), ts in last_active.items()
                            if a == app and ts + due_ms <= now_ms)
             assert winback[str(THRESHOLD_DAYS)]["inactive"] == inactive, app

@@ -1,0 +1,173 @@
+"""The reports, as every surface gets them: frozen values that the queries (``state/queries``)
+build once and the surfaces only render: HTTP and ``--json`` as ``as_json()``, the CLI's
+text tables from the fields, the Prometheus collector from ``LiveFigures``.
+
+A report's fields are in the order its JSON shows them. Rows (a cohort, a day, a period)
+are the mappings the pure figures module computes, shown as they are. A field whose
+metadata says ``omit_none`` is left out of the JSON when it is None (a segment for all
+users, a currency for a kind that has none), ``flatten`` merges a mapping into the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+Row = Mapping[str, Any]  # figures of one cohort, day or period, as figures.py builds them
+
+OMIT_NONE = {"omit_none": True}
+FLATTEN = {"flatten": True}
+
+
+def _plain(value: object) -> object:
+    """A field's JSON form: reports nested in it rendered too, tuples as lists."""
+    if isinstance(value, Report):
+        return value.as_json()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What every report shares: its JSON form, the one HTTP and ``--json`` show."""
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is None and spec.metadata.get("omit_none"):
+                continue
+            if spec.metadata.get("flatten"):
+                doc.update(_plain(value))  # type: ignore[call-overload]
+            else:
+                doc[spec.name] = _plain(value)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class CohortReport(Report):
+    app: str
+    granularity: str
+    kind: str
+    timezone: str
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    currency: str | None = field(default=None, metadata=OMIT_NONE)
+    as_of: str = ""
+    cohorts: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryReport(Report):
+    """One day. Win-back totals and forwarded events exist for all users only (they are
+    live totals, not per segment)."""
+
+    figures: Row = field(metadata=FLATTEN)  # day_summary + money_of_day
+    complete: bool
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    winback: Mapping[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    winback_as_of: str | None = field(default=None, metadata=OMIT_NONE)
+    forwarded: Mapping[str, int] | None = field(default=None, metadata=OMIT_NONE)
+
+
+@dataclass(frozen=True, slots=True)
+class DailyReport(Report):
+    app: str
+    as_of: str
+    timezone: str
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    days: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AppsReport(Report):
+    apps: tuple[Row, ...]
+    currency: str
+    thresholds: tuple[int, ...]
+    segment_attributes: tuple[str, ...]
+    value_segments: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeadlineReport(Report):
+    app: str
+    as_of: str
+    timezone: str
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    headline: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineReport(Report):
+    """Pipeline health from Redis; ``lag`` is the answering worker's own (HTTP adds it)."""
+
+    as_of: str
+    accepted: Mapping[str, Mapping[str, int]]
+    rejected: Mapping[str, int]
+    duplicates: Mapping[str, int]
+    forwarded: Mapping[str, Mapping[str, int]]
+    watermarks: Mapping[str, str]
+    lag: Mapping[str, int] | None = field(default=None, metadata=OMIT_NONE)
+
+
+@dataclass(frozen=True, slots=True)
+class KpisReport(Report):
+    app: str
+    period: str
+    timezone: str
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    periods: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatPurchaseReport(Report):
+    app: str
+    granularity: str
+    timezone: str
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    lifetime: Row = field(default_factory=dict)
+    cohorts: tuple[Row, ...] = ()
+    window: Row | None = field(default=None, metadata=OMIT_NONE)
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSegmentsReport(Report):
+    app: str
+    timezone: str
+    as_of: str
+    segments: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AppFigures(Report):
+    """One app's live figures on /metrics: today's summary and money, recent daily cohorts,
+    the headline, win-back."""
+
+    winback: Mapping[str, Any]
+    summary: Row
+    cohorts: Mapping[str, tuple[Row, ...]]  # kind -> rows
+    money: Mapping[str, Mapping[str, tuple[Row, ...]]]  # kind -> currency -> rows
+    headline: Mapping[int, Any]
+    headline_size: Mapping[int, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigures(Report):
+    """What a metrics snapshot holds: every app's figures and the raw statistics."""
+
+    now_ms: int
+    apps: Mapping[str, AppFigures]
+    stats: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport(Report):
+    """What ``retention replay`` produced from files, and the lines it refused, by reason."""
+
+    produced_events: int
+    messages: int
+    seconds: float
+    rejected: Mapping[str, int]
