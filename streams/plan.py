@@ -103,9 +103,21 @@ def user_contributions(
     for two states with the same first day and segments, the difference of the scoped
     contributions is the difference of the full ones, at a fraction of the cost."""
     contrib: Counter[Cell] = Counter()
-    days = state.active_days
     scoped = near_days is not None
-    near: frozenset[int] = near_days if near_days is not None else days
+    near: frozenset[int] = near_days if near_days is not None else state.active_days
+    _add_daily(contrib, state, near, scoped)
+    purchase_count = state.purchase_count() if state.purchases else 0
+    for g in GRANULARITIES:
+        near_periods = _add_periods(contrib, state, g, near, scoped)
+        if state.purchases:
+            _add_period_money(contrib, state, g, near_periods, purchase_count)
+    return contrib
+
+
+def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],
+               scoped: bool) -> None:
+    """The daily counters: DAU, WAU/MAU edges, installs, new users, payers, revenue."""
+    days = state.active_days
     for day in near & days if scoped else days:
         contrib[_DAU, day] += 1
     # a change on day d moves edges in [d, d + width] only: outside that range the edges
@@ -126,45 +138,54 @@ def user_contributions(
         contrib[_PAYERS, day] += 1
     for day, currency, totals in purchases:
         contrib[_REVENUE, day, currency] += totals.units
-    last_day = state.last_day
-    purchase_count = state.purchase_count() if state.purchases else 0
-    for g in GRANULARITIES:
-        cohort = period_of_day(state.first_day, g)
-        contrib[_COHORT_SIZE, g, cohort] += 1
-        # day periods are the days themselves: no copies
-        active = days if g == "day" else periods_of_days(days, g)
-        near_periods = (near if g == "day" else periods_of_days(near, g)) if scoped else active
-        for period in active & near_periods:
-            contrib[_CLASSIC, g, cohort, period - cohort] += 1
-            contrib[_ACTIVE, g, period] += 1
-        lost_candidates = (
-            {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
-        )
-        for period in lost_candidates:
-            if period - 1 in active and period not in active:
-                contrib[_LOST, g, period] += 1
-        contrib[_LAST_ACTIVE, g, cohort, period_of_day(last_day, g) - cohort] += 1
-        if state.cost_units:
-            contrib[_COST, g, cohort] += state.cost_units
-        if not state.purchases:
-            continue
-        per_period: Counter[int] = Counter()
-        for day, currency, totals in state.purchases:
-            period = period_of_day(day, g)
-            per_period[period] += totals.count
-            if period in near_periods:
-                contrib[_LTV, g, cohort, period - cohort, currency] += totals.units
-                contrib[_PERIOD_REVENUE, g, period, currency] += totals.units
-        contrib[_FIRST_PAYMENT, g, cohort, min(per_period) - cohort] += 1
-        for period, count in per_period.items():
-            if period in near_periods:
-                contrib[_PERIOD_PAYERS, g, period] += 1
-                if count >= 2:
-                    contrib[_REPEAT_PAYERS, g, period] += 1
-        contrib[_REPEAT_BUYERS, g, cohort, 1] += 1
-        if purchase_count >= 2:
-            contrib[_REPEAT_BUYERS, g, cohort, 2] += 1
-    return contrib
+
+
+def _add_periods(contrib: Counter[Cell], state: UserState, g: str, near: frozenset[int],
+                 scoped: bool) -> frozenset[int] | set[int]:
+    """The cohort counters of granularity ``g``: size, classic cells, active, lost, last
+    active, cost. Returns the periods a change can move (the money counters use them)."""
+    days = state.active_days
+    cohort = period_of_day(state.first_day, g)
+    contrib[_COHORT_SIZE, g, cohort] += 1
+    # day periods are the days themselves: no copies
+    active = days if g == "day" else periods_of_days(days, g)
+    near_periods = (near if g == "day" else periods_of_days(near, g)) if scoped else active
+    for period in active & near_periods:
+        contrib[_CLASSIC, g, cohort, period - cohort] += 1
+        contrib[_ACTIVE, g, period] += 1
+    lost_candidates = (
+        {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
+    )
+    for period in lost_candidates:
+        if period - 1 in active and period not in active:
+            contrib[_LOST, g, period] += 1
+    contrib[_LAST_ACTIVE, g, cohort, period_of_day(state.last_day, g) - cohort] += 1
+    if state.cost_units:
+        contrib[_COST, g, cohort] += state.cost_units
+    return near_periods
+
+
+def _add_period_money(contrib: Counter[Cell], state: UserState, g: str,
+                      near_periods: frozenset[int] | set[int], purchase_count: int) -> None:
+    """A payer's counters of granularity ``g``: LTV, period revenue, first payment, payers,
+    repeat payers, repeat buyers."""
+    cohort = period_of_day(state.first_day, g)
+    per_period: Counter[int] = Counter()
+    for day, currency, totals in state.purchases:
+        period = period_of_day(day, g)
+        per_period[period] += totals.count
+        if period in near_periods:
+            contrib[_LTV, g, cohort, period - cohort, currency] += totals.units
+            contrib[_PERIOD_REVENUE, g, period, currency] += totals.units
+    contrib[_FIRST_PAYMENT, g, cohort, min(per_period) - cohort] += 1
+    for period, count in per_period.items():
+        if period in near_periods:
+            contrib[_PERIOD_PAYERS, g, period] += 1
+            if count >= 2:
+                contrib[_REPEAT_PAYERS, g, period] += 1
+    contrib[_REPEAT_BUYERS, g, cohort, 1] += 1
+    if purchase_count >= 2:
+        contrib[_REPEAT_BUYERS, g, cohort, 2] += 1
 
 
 def add_events(
@@ -378,6 +399,36 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
     return new
 
 
+def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[bytes],
+            seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool
+            ) -> tuple[dict[UserKey, list[Event]], dict[UserKey, list[int]]]:
+    """Drop duplicates and events too old for the horizon (counted, and the latter kept
+    for their dead letters), move the watermark; the accepted events by user, and with the
+    event clock the watermark at each of them."""
+    horizon_ms = horizon_days * MS_PER_DAY
+    seen = set(seen_dedup_keys)
+    accepted: dict[UserKey, list[Event]] = {}
+    arrived: dict[UserKey, list[int]] = {}
+    for (offset, index, event), key in zip(events, keys, strict=True):
+        if key in seen:
+            plan.stats[Stat.DUPLICATE, event.app] += 1
+            continue
+        if plan.watermark_ms is not None and event.ts_ms < plan.watermark_ms - horizon_ms:
+            plan.too_old.append((offset, index, event))
+            plan.stats[Stat.REJECTED, "too_old"] += 1
+            continue
+        seen.add(key)
+        plan.new_dedup_keys.append(key)
+        plan.stats[Stat.ACCEPTED, event.app, event.type] += 1
+        if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
+            plan.watermark_ms = event.ts_ms
+        accepted.setdefault((event.app, event.user_id), []).append(event)
+        if event_clock:
+            plan.arrivals.append(plan.watermark_ms)
+            arrived.setdefault((event.app, event.user_id), []).append(plan.watermark_ms)
+    return accepted, arrived
+
+
 def plan_batch(
     events: Iterable[tuple[int, int, Event]],
     states: Mapping[UserKey, UserState | None],
@@ -401,31 +452,11 @@ def plan_batch(
     keys = dedup_keys if dedup_keys is not None else [
         dedup_key(event.app, event.event_id) for _, _, event in events]
     plan = Plan(watermark_ms=watermark_ms)
-    horizon_ms = horizon_days * MS_PER_DAY
-    seen = set(seen_dedup_keys)
-    accepted: dict[UserKey, list[Event]] = {}
-    arrived: dict[UserKey, list[int]] = {}  # event clock: the watermark at each user event
+    accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
+                                event_clock)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
-    for (offset, index, event), key in zip(events, keys, strict=True):
-        if key in seen:
-            plan.stats[Stat.DUPLICATE, event.app] += 1
-            continue
-        if plan.watermark_ms is not None and event.ts_ms < plan.watermark_ms - horizon_ms:
-            plan.too_old.append((offset, index, event))
-            plan.stats[Stat.REJECTED, "too_old"] += 1
-            continue
-        seen.add(key)
-        plan.new_dedup_keys.append(key)
-        plan.stats[Stat.ACCEPTED, event.app, event.type] += 1
-        if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
-            plan.watermark_ms = event.ts_ms
-        accepted.setdefault((event.app, event.user_id), []).append(event)
-        if event_clock:
-            plan.arrivals.append(plan.watermark_ms)
-            arrived.setdefault((event.app, event.user_id), []).append(plan.watermark_ms)
     for user_key, user_events in accepted.items():
         app = user_key[0]
-        calendar = calendar_of(app)
         old = states[user_key]
         cuts: list[tuple[int, int]] = []
         user_arrivals = arrived.get(user_key, [])
@@ -433,8 +464,8 @@ def plan_batch(
             cuts, known_ms = _moment_cuts(old, user_events, user_arrivals, winback.thresholds)
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
-        new = _apply_events(plan, user_key, old, user_events, user_arrivals, cuts, calendar,
-                            rules, winback)
+        new = _apply_events(plan, user_key, old, user_events, user_arrivals, cuts,
+                            calendar_of(app), rules, winback)
         if new == old:
             continue
         if old is None or new.last_active_ms != old.last_active_ms:

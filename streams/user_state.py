@@ -137,6 +137,39 @@ def encode_user(state: UserState) -> bytes:
     return bytes(out)
 
 
+def _decode_marks(data: bytes, pos: int, first_seen_ms: int, flagged: bool
+                  ) -> tuple[int | None, list[int], list[int], int]:
+    """The win-back marks: the episode handled, thresholds sent and (v4) expired, each mark
+    flagged in its low bit; before v4 every mark was a sent one."""
+    count, pos = _get_varint(data, pos)
+    episode_ms = None
+    notified: list[int] = []
+    expired: list[int] = []
+    if count:
+        delta, pos = _get_varint(data, pos)
+        episode_ms = first_seen_ms + _unzigzag(delta)
+        for _ in range(count):
+            mark, pos = _get_varint(data, pos)
+            if not flagged:
+                notified.append(mark)
+            elif mark & 1:
+                expired.append(mark >> 1)
+            else:
+                notified.append(mark >> 1)
+    return episode_ms, notified, expired, pos
+
+
+def _decode_active_days(data: bytes, pos: int, first_day: int) -> list[int]:
+    """The rest of the record: a bitmap of active days from the first day on."""
+    active = []
+    for index, byte in enumerate(data[pos:]):
+        while byte:
+            low = byte & -byte
+            active.append(first_day + index * 8 + low.bit_length() - 1)
+            byte ^= low
+    return active
+
+
 def decode_user(data: bytes) -> UserState:
     if not data or data[0] not in _READABLE_VERSIONS:
         raise ValueError(f"unknown user record format {data[:1]!r}")
@@ -169,27 +202,8 @@ def decode_user(data: bytes) -> UserState:
         purchases.append((first_day + offset, currency, Purchases(n, units)))
     cost_units, pos = _get_varint(data, pos)
     sessions, pos = _get_varint(data, pos)
-    count, pos = _get_varint(data, pos)
-    episode_ms = None
-    notified = []
-    expired = []
-    if count:
-        delta, pos = _get_varint(data, pos)
-        episode_ms = first_seen_ms + _unzigzag(delta)
-        for _ in range(count):
-            mark, pos = _get_varint(data, pos)
-            if not flagged:
-                notified.append(mark)
-            elif mark & 1:
-                expired.append(mark >> 1)
-            else:
-                notified.append(mark >> 1)
-    active = []
-    for index, byte in enumerate(data[pos:]):
-        while byte:
-            low = byte & -byte
-            active.append(first_day + index * 8 + low.bit_length() - 1)
-            byte ^= low
+    episode_ms, notified, expired, pos = _decode_marks(data, pos, first_seen_ms, flagged)
+    active = _decode_active_days(data, pos, first_day)
     return UserState(
         first_seen_ms=first_seen_ms,
         last_active_ms=first_seen_ms + span_ms,
