@@ -6,9 +6,10 @@ them; user records go through the real codec between batches, as they would thro
 (the state cache aside). CPU time of this process, so a busy machine disturbs it less than
 wall-clock rates. Used to measure each change to plan.py and user_state.py:
 
-    python -m bench.plan_cpu --events 200000 --batch 500
-    python -m bench.plan_cpu --events 200000 --batch 500 --by-user     # the batch50 shape
-    python -m bench.plan_cpu --events 100000 --profile                  # + cProfile top 25
+    python -m retention_tracker.bench.plan_cpu --events 200000 --batch 500
+    python -m retention_tracker.bench.plan_cpu --events 200000 --batch 500 --by-user  # batch50
+    python -m retention_tracker.bench.plan_cpu --events 100000 --profile  # + cProfile top 25
+    python -m retention_tracker.bench.plan_cpu --events 100000 --profile  # + cProfile top 25
 """
 
 from __future__ import annotations

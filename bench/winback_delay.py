@@ -1,7 +1,7 @@
 """Win-back delay benchmark: from a user's due moment to its message on users.inactive.2d,
 with a million tracked users in Redis and a real worker, broker and consumer.
 
-    .venv/bin/python -m bench.winback_delay [--users 1000000] [--due 20000] [--window-s 60]
+    python -m retention_tracker.bench.winback_delay [--users 1000000] [--due 20000] [--window-s 60]
 
 It writes the users' records and due entries straight into Redis (the state a replay would
 leave, made in seconds instead of minutes), spreads ``--due`` of them over the next
