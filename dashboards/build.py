@@ -29,6 +29,7 @@ from grafana_foundation_sdk.builders import prometheus as prom_b
 from grafana_foundation_sdk.builders import stat as stat_b
 from grafana_foundation_sdk.builders import table as table_b
 from grafana_foundation_sdk.builders import timeseries as ts_b
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
@@ -104,6 +105,15 @@ def base(title: str, uid: str, description: str, multi_app: bool) -> dash_b.Dash
 
 
 # ---- panels --------------------------------------------------------------------------------
+
+Panel = cogbuilder.Builder[dash_m.Panel]
+
+
+def with_panels(board: dash_b.Dashboard, panels: list[Panel]) -> dash_b.Dashboard:
+    """``board`` with ``panels`` added in order: the builder lays each out after the last."""
+    for panel in panels:
+        board = board.with_panel(panel)
+    return board
 
 
 def stat(title: str, targets: list[prom_b.Dataquery], unit: str = "short", width: int = 4,
@@ -331,134 +341,166 @@ def pipeline() -> dash_b.Dashboard:
         "Health of the workers: throughput, rejects, lag, latency, freshness, Redis.",
         multi_app=True,
     )
-    board = board.with_panel(stat(
-        "Workers reporting", [query("count(retention_worker_assigned_partitions)")],
-        description="Workers whose /metrics Prometheus scrapes.",
-    ))
-    board = board.with_panel(stat(
-        "Consumer lag (records)", [query("sum(retention_worker_consumer_lag)")],
-    ))
-    board = board.with_panel(stat(
-        "Watermark age", [query("time() - max(retention_watermark_seconds)")], unit="s",
-        description="Now minus the latest event time applied, over all partitions.",
-    ))
-    board = board.with_panel(stat(
-        "Oldest snapshot", [query("time() - min(retention_worker_snapshot_timestamp_seconds)")],
-        unit="s", description="Age of the oldest Redis snapshot a worker serves on /metrics.",
-    ))
-    board = board.with_panel(stat(
-        "Records/s", [query(f"sum(rate(retention_worker_records_total[{RATE}]))")],
-        unit="short",
-    ))
-    board = board.with_panel(stat(
-        "Redis errors/s",
-        [query(f"sum(rate(retention_worker_redis_errors_total[{RATE}]))")], unit="short",
-    ))
-    board = board.with_panel(timeseries(
-        "Events accepted/s by type",
-        [query(
-            f'sum by (type) (max by (app, type) '
-            f'(rate(retention_events_accepted_total{{app=~"$app"}}[{RATE}])))',
-            "{{type}}", ("type",),
-        )],
-        unit="short", description="Accepted events (global, from Redis), summed over apps.",
-    ))
-    board = board.with_panel(timeseries(
-        "Kafka records processed/s",
-        [
-            query(per_worker_rate("retention_worker_records_total"), "{{instance}}",
-                  ("instance",)),
-            query(f"sum(rate(retention_worker_records_total[{RATE}]))", "all workers"),
-        ],
-        unit="short",
-    ))
-    board = board.with_panel(right_axis(timeseries(
-        "Partition batches applied/s",
-        [
-            query(per_worker_rate("retention_worker_batches_total"), "{{instance}}",
-                  ("instance",)),
-            query(f"sum(rate(retention_worker_records_total[{RATE}])) / "
-                  f"sum(rate(retention_worker_batches_total[{RATE}]))", "records per batch"),
-        ],
-        unit="short", description="Batches per second by worker, and the mean batch size "
-        "(right axis): small batches under load mean the workers poll faster than Kafka fills.",
-    ), "records per batch"))
-    board = board.with_panel(timeseries(
-        "Dead-lettered events/s by reason",
-        [query(f"max by (reason) (rate(retention_events_rejected_total[{RATE}]))",
-               "{{reason}}", ("reason",))],
-        unit="short", stacked=True,
-    ))
-    board = board.with_panel(timeseries(
-        "Duplicate events/s",
-        [query(f'max by (app) (rate(retention_events_duplicate_total{{app=~"$app"}}[{RATE}]))',
-               "{{app}}", ("app",))],
-        unit="short",
-    ))
-    board = board.with_panel(timeseries(
-        "Events forwarded to their home partition/s by cause",
-        [query(
-            f'sum by (cause) (max by (app, cause) '
-            f'(rate(retention_events_forwarded_total{{app=~"$app"}}[{RATE}])))',
-            "{{cause}}", ("cause",),
-        ), query(per_worker_rate("retention_worker_forwarded_total"), "sent by {{instance}}",
-                 ("instance",))],
-        unit="short",
-        description="Events read in another partition than their user's home (no key, "
-        "another key, an array mixing users, another partitioner), forwarded through the "
-        "re-key topic, by cause (global) and by the worker that sent them (a crash between "
-        "forwarding and applying sends a batch again: the copies count as duplicates). The "
-        "figures stay exact, but each costs a second trip through Kafka. `retention check` "
-        "names the producer fix.",
-    ))
-    board = board.with_panel(timeseries(
-        "Consumer lag by topic",
-        [query("sum by (topic) (retention_worker_consumer_lag)", "{{topic}}", ("topic",))],
-        description="Records behind the end of the partitions, summed over workers.",
-    ))
-    board = board.with_panel(timeseries(
-        "Consumer lag by worker",
-        [query("sum by (instance) (retention_worker_consumer_lag)", "{{instance}}",
-               ("instance",))],
-    ))
-    board = board.with_panel(timeseries(
-        "Batch time (parse, plan, apply)", quantiles("retention_worker_batch_seconds"),
-        unit="s",
-    ))
-    board = board.with_panel(timeseries(
-        "Event to state latency", quantiles("retention_worker_event_to_state_seconds"),
-        unit="s", description="From a record's Kafka timestamp to its batch applied in Redis.",
-    ))
-    board = board.with_panel(timeseries(
-        "Watermark age by partition",
-        [query("time() - max by (partition) (retention_watermark_seconds)", "{{partition}}",
-               ("partition",))],
-        unit="s", description="Now minus the latest event time applied in each partition.",
-    ))
-    board = board.with_panel(timeseries(
-        "Snapshot age by worker",
-        [query("time() - max by (instance) (retention_worker_snapshot_timestamp_seconds)",
-               "{{instance}}", ("instance",))],
-        unit="s", description="How old the Redis figures each worker serves are.",
-    ))
-    board = board.with_panel(timeseries(
-        "Redis and snapshot errors/s",
-        [
-            query(per_worker_rate("retention_worker_redis_errors_total"),
-                  "Redis {{instance}}", ("instance",)),
-            query(per_worker_rate("retention_worker_snapshot_errors_total"),
-                  "snapshot {{instance}}", ("instance",)),
-            query(per_worker_rate("retention_worker_version_conflicts_total"),
-                  "version conflicts {{instance}}", ("instance",)),
-        ],
-        unit="short",
-    ))
-    board = board.with_panel(timeseries(
-        "Partitions per worker",
-        [query("sum by (instance) (retention_worker_assigned_partitions)", "{{instance}}",
-               ("instance",))],
-    ))
-    return board
+    panels = (_pipeline_stats() + _pipeline_throughput() + _pipeline_event_outcomes()
+              + _pipeline_lag_and_latency() + _pipeline_freshness())
+    return with_panels(board, panels)
+
+
+def _pipeline_stats() -> list[Panel]:
+    """The headline figures: workers, lag, freshness, throughput, Redis errors."""
+    return [
+        stat(
+            "Workers reporting", [query("count(retention_worker_assigned_partitions)")],
+            description="Workers whose /metrics Prometheus scrapes.",
+        ),
+        stat(
+            "Consumer lag (records)", [query("sum(retention_worker_consumer_lag)")],
+        ),
+        stat(
+            "Watermark age", [query("time() - max(retention_watermark_seconds)")], unit="s",
+            description="Now minus the latest event time applied, over all partitions.",
+        ),
+        stat(
+            "Oldest snapshot", [query("time() - min(retention_worker_snapshot_timestamp_seconds)")],
+            unit="s", description="Age of the oldest Redis snapshot a worker serves on /metrics.",
+        ),
+        stat(
+            "Records/s", [query(f"sum(rate(retention_worker_records_total[{RATE}]))")],
+            unit="short",
+        ),
+        stat(
+            "Redis errors/s",
+            [query(f"sum(rate(retention_worker_redis_errors_total[{RATE}]))")], unit="short",
+        ),
+    ]
+
+
+def _pipeline_throughput() -> list[Panel]:
+    """Events accepted, records processed, and how Kafka batches them."""
+    return [
+        timeseries(
+            "Events accepted/s by type",
+            [query(
+                f'sum by (type) (max by (app, type) '
+                f'(rate(retention_events_accepted_total{{app=~"$app"}}[{RATE}])))',
+                "{{type}}", ("type",),
+            )],
+            unit="short", description="Accepted events (global, from Redis), summed over apps.",
+        ),
+        timeseries(
+            "Kafka records processed/s",
+            [
+                query(per_worker_rate("retention_worker_records_total"), "{{instance}}",
+                      ("instance",)),
+                query(f"sum(rate(retention_worker_records_total[{RATE}]))", "all workers"),
+            ],
+            unit="short",
+        ),
+        right_axis(timeseries(
+            "Partition batches applied/s",
+            [
+                query(per_worker_rate("retention_worker_batches_total"), "{{instance}}",
+                      ("instance",)),
+                query(f"sum(rate(retention_worker_records_total[{RATE}])) / "
+                      f"sum(rate(retention_worker_batches_total[{RATE}]))", "records per batch"),
+            ],
+            unit="short", description="Batches per second by worker, and the mean batch size "
+            "(right axis): small batches under load mean the workers poll faster than Kafka fills.",
+        ), "records per batch"),
+    ]
+
+
+def _pipeline_event_outcomes() -> list[Panel]:
+    """Events not applied as sent: dead-lettered, duplicate, forwarded."""
+    return [
+        timeseries(
+            "Dead-lettered events/s by reason",
+            [query(f"max by (reason) (rate(retention_events_rejected_total[{RATE}]))",
+                   "{{reason}}", ("reason",))],
+            unit="short", stacked=True,
+        ),
+        timeseries(
+            "Duplicate events/s",
+            [query(f'max by (app) (rate(retention_events_duplicate_total{{app=~"$app"}}[{RATE}]))',
+                   "{{app}}", ("app",))],
+            unit="short",
+        ),
+        timeseries(
+            "Events forwarded to their home partition/s by cause",
+            [query(
+                f'sum by (cause) (max by (app, cause) '
+                f'(rate(retention_events_forwarded_total{{app=~"$app"}}[{RATE}])))',
+                "{{cause}}", ("cause",),
+            ), query(per_worker_rate("retention_worker_forwarded_total"), "sent by {{instance}}",
+                     ("instance",))],
+            unit="short",
+            description="Events read in another partition than their user's home (no key, "
+            "another key, an array mixing users, another partitioner), forwarded through the "
+            "re-key topic, by cause (global) and by the worker that sent them (a crash between "
+            "forwarding and applying sends a batch again: the copies count as duplicates). The "
+            "figures stay exact, but each costs a second trip through Kafka. `retention check` "
+            "names the producer fix.",
+        ),
+    ]
+
+
+def _pipeline_lag_and_latency() -> list[Panel]:
+    """How far behind the workers are, and how long a batch takes."""
+    return [
+        timeseries(
+            "Consumer lag by topic",
+            [query("sum by (topic) (retention_worker_consumer_lag)", "{{topic}}", ("topic",))],
+            description="Records behind the end of the partitions, summed over workers.",
+        ),
+        timeseries(
+            "Consumer lag by worker",
+            [query("sum by (instance) (retention_worker_consumer_lag)", "{{instance}}",
+                   ("instance",))],
+        ),
+        timeseries(
+            "Batch time (parse, plan, apply)", quantiles("retention_worker_batch_seconds"),
+            unit="s",
+        ),
+        timeseries(
+            "Event to state latency", quantiles("retention_worker_event_to_state_seconds"),
+            unit="s", description="From a record's Kafka timestamp to its batch applied in Redis.",
+        ),
+    ]
+
+
+def _pipeline_freshness() -> list[Panel]:
+    """How fresh the applied events and served snapshots are; Redis errors."""
+    return [
+        timeseries(
+            "Watermark age by partition",
+            [query("time() - max by (partition) (retention_watermark_seconds)", "{{partition}}",
+                   ("partition",))],
+            unit="s", description="Now minus the latest event time applied in each partition.",
+        ),
+        timeseries(
+            "Snapshot age by worker",
+            [query("time() - max by (instance) (retention_worker_snapshot_timestamp_seconds)",
+                   "{{instance}}", ("instance",))],
+            unit="s", description="How old the Redis figures each worker serves are.",
+        ),
+        timeseries(
+            "Redis and snapshot errors/s",
+            [
+                query(per_worker_rate("retention_worker_redis_errors_total"),
+                      "Redis {{instance}}", ("instance",)),
+                query(per_worker_rate("retention_worker_snapshot_errors_total"),
+                      "snapshot {{instance}}", ("instance",)),
+                query(per_worker_rate("retention_worker_version_conflicts_total"),
+                      "version conflicts {{instance}}", ("instance",)),
+            ],
+            unit="short",
+        ),
+        timeseries(
+            "Partitions per worker",
+            [query("sum by (instance) (retention_worker_assigned_partitions)", "{{instance}}",
+                   ("instance",))],
+        ),
+    ]
 
 
 # ---- output --------------------------------------------------------------------------------
