@@ -585,63 +585,93 @@ def winback() -> dash_b.Dashboard:
         "Inactivity notifications for push services and the users they brought back.",
         multi_app=False,
     )
+    panels = _winback_inactivity() + _winback_flows() + _winback_back_by() + _winback_sending()
+    return with_panels(board, panels)
+
+
+#: Every label of the win-back counters, which are global (read from Redis): ``max`` them.
+WINBACK_EVERY = "max by (app, threshold, segment, churn_type)"
+
+
+def _winback_inactivity() -> list[Panel]:
+    """Who is inactive now, and the share of the notified who came back."""
     per_threshold = ("app", "threshold")
-    board = board.with_panel(timeseries(
-        "Users inactive now, by threshold",
-        [query(app_gauge("retention_inactive_users").replace("by (app)", "by (app, threshold)"),
-               "{{threshold}} d", per_threshold)],
-        description="Users whose last activity is at least the threshold ago.",
-    ))
-    board = board.with_panel(timeseries(
-        "Back within 7 days of the notification",
-        [query(app_gauge("retention_winback_back_within_7d_share").replace(
-            "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
-        unit="percentunit",
-        description="Share of notified users active again within 7 days: does win-back work?",
-    ))
-    every = "max by (app, threshold, segment, churn_type)"
-    for metric, title in (("retention_notifications_sent", "Notifications sent/s"),
-                          ("retention_reactivations", "Reactivations/s"),
-                          ("retention_false_alarms", "False alarms/s")):
-        board = board.with_panel(timeseries(
+    return [
+        timeseries(
+            "Users inactive now, by threshold",
+            [query(app_gauge("retention_inactive_users").replace("by (app)",
+                                                                 "by (app, threshold)"),
+                   "{{threshold}} d", per_threshold)],
+            description="Users whose last activity is at least the threshold ago.",
+        ),
+        timeseries(
+            "Back within 7 days of the notification",
+            [query(app_gauge("retention_winback_back_within_7d_share").replace(
+                "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
+            unit="percentunit",
+            description="Share of notified users active again within 7 days: does win-back work?",
+        ),
+    ]
+
+
+def _winback_flows() -> list[Panel]:
+    """Notifications sent, reactivations and false alarms per second."""
+    return [
+        timeseries(
             f"{title} by threshold and segment",
-            [query(f'sum by (threshold, segment) ({every} '
+            [query(f'sum by (threshold, segment) ({WINBACK_EVERY} '
                    f'(rate({metric}_total{{app="$app"}}[{RATE}])))',
                    "{{threshold}} d {{segment}}", ("threshold", "segment"))],
             description="False alarm: a late event dated before the moment showed the user "
             "was not inactive after all (never counted as a reactivation)."
             if metric == "retention_false_alarms" else "",
-        ))
-    for label, title in (("churn_type", "churn type (quick: gone within QUICK_CHURN_DAYS)"),
-                         ("segment", "value segment")):
-        board = board.with_panel(timeseries(
+        )
+        for metric, title in (("retention_notifications_sent", "Notifications sent/s"),
+                              ("retention_reactivations", "Reactivations/s"),
+                              ("retention_false_alarms", "False alarms/s"))
+    ]
+
+
+def _winback_back_by() -> list[Panel]:
+    """The all-time share back within 7 days, by churn type and by value segment."""
+    return [
+        timeseries(
             f"Back within 7 days by {title}",
-            [query(f'sum by ({label}) ({every} (retention_reactivations_within_7d_total'
-                   f'{{app="$app"}})) / clamp_min(sum by ({label}) ({every} '
+            [query(f'sum by ({label}) ({WINBACK_EVERY} (retention_reactivations_within_7d_total'
+                   f'{{app="$app"}})) / clamp_min(sum by ({label}) ({WINBACK_EVERY} '
                    f'(retention_notifications_sent_total{{app="$app"}})), 1)',
                    f"{{{{{label}}}}}", (label,))],
             unit="percentunit",
             description="All-time share of notified users active again within 7 days of "
             "their moment (0 while none was notified).",
-        ))
-    board = board.with_panel(timeseries(
-        "Expired moments/s by threshold",
-        [query(f'max by (app, threshold) '
-               f'(rate(retention_notifications_expired_total{{app="$app"}}[{RATE}]))',
-               "{{threshold}} d", per_threshold)],
-        description="Inactivity moments found more than WINBACK_MAX_DELAY behind now (a "
-        "backfill, a first start on old data, an outage): counted, never sent, so push "
-        "services are not flooded with stale messages.",
-    ))
-    return board.with_panel(timeseries(
-        "Notifications sent/s per worker",
-        [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",
-               "{{instance}}", ("instance",)),
-         query(f"sum by (instance) (rate(retention_worker_notify_errors_total[{RATE}]))",
-               "errors {{instance}}", ("instance",))],
-        description="Which workers emit (each partition's due users are sent by its owner), "
-        "and failed passes, retried on the next tick.",
-    ))
+        )
+        for label, title in (("churn_type", "churn type (quick: gone within QUICK_CHURN_DAYS)"),
+                             ("segment", "value segment"))
+    ]
+
+
+def _winback_sending() -> list[Panel]:
+    """Moments too old to send, and which workers send (and fail)."""
+    return [
+        timeseries(
+            "Expired moments/s by threshold",
+            [query(f'max by (app, threshold) '
+                   f'(rate(retention_notifications_expired_total{{app="$app"}}[{RATE}]))',
+                   "{{threshold}} d", ("app", "threshold"))],
+            description="Inactivity moments found more than WINBACK_MAX_DELAY behind now (a "
+            "backfill, a first start on old data, an outage): counted, never sent, so push "
+            "services are not flooded with stale messages.",
+        ),
+        timeseries(
+            "Notifications sent/s per worker",
+            [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",
+                   "{{instance}}", ("instance",)),
+             query(f"sum by (instance) (rate(retention_worker_notify_errors_total[{RATE}]))",
+                   "errors {{instance}}", ("instance",))],
+            description="Which workers emit (each partition's due users are sent by its owner), "
+            "and failed passes, retried on the next tick.",
+        ),
+    ]
 
 
 DASHBOARDS: dict[str, Callable[[], dash_b.Dashboard]] = {
