@@ -347,56 +347,67 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
     """
     stack = deployment.stack
     client = stack.redis()
-    ends = census.end_offsets()
     total = census.events
     memory = {"before": int(client.info("memory")["used_memory"])}
     spawned = time.perf_counter()
     process = deployment.start()
     bar = stack.bar(total, f"worker      {shape}")
-    first: tuple[float, int] | None = None
     meter = stack.cpu_meter(process.pid)
     try:
         with process:
-            stalled_since = time.monotonic()
-            shown = 0
-            while True:
-                offsets = deployment.stored_offsets(client)
-                now = time.perf_counter()
-                done = sum(census.events_before(p, o) for p, o in offsets.items())
-                if forwarded_events:
-                    at_home = sum(deployment.stored_offsets(
-                        client, deployment.rekey_topic).values())
-                    done = min(done, at_home)
-                if done != shown:
-                    bar.update(done - shown)
-                    shown, stalled_since = done, time.monotonic()
-                    if first is None:
-                        first = (now, done)
-                        meter.start()
-                        if on_first_progress is not None:
-                            on_first_progress(process)
-                if all(offsets.get(p, 0) >= end for p, end in ends.items()) and (
-                        not forwarded_events or done >= forwarded_events):
-                    last = now
-                    meter.stop()
-                    break
-                if not process.alive():
-                    raise BenchFailure(
-                        f"worker exited ({process.returncode}) at {done}/{total} events; log "
-                        f"{process.log_path}:\n{process.log_tail(2000)}")
-                if time.monotonic() - stalled_since > stack.stall_s:
-                    raise BenchFailure(f"worker made no progress for {stack.stall_s}s at "
-                                       f"{done}/{total}; log {process.log_path}")
-                time.sleep(POLL_S)
+            first, last = _follow_worker(deployment, client, census, process, bar, meter,
+                                         on_first_progress, forwarded_events)
             rss = peak_rss_bytes(process.pid)
             memory["after"] = int(client.info("memory")["used_memory"])
     finally:
         bar.close()
         client.close()
-    assert first is not None
     result = RunResult("worker", shape, total, total - first[1], last - first[0],
                        first[0] - spawned, rss, cpu_s=meter.used)
     return result, memory
+
+
+def _follow_worker(deployment: Deployment, client: redis.Redis, census: Census,
+                   process: ManagedProcess, bar: tqdm, meter: CpuMeter,
+                   on_first_progress: Callable[[ManagedProcess], Any] | None,
+                   forwarded_events: int) -> tuple[tuple[float, int], float]:
+    """Poll the applied offsets until the whole topic (and every forwarded event) is
+    applied; returns the window's opening (time, events done then) and its end time.
+    Fails if the worker exits or stalls for ``stall_s``."""
+    stack = deployment.stack
+    ends = census.end_offsets()
+    total = census.events
+    first: tuple[float, int] | None = None
+    stalled_since = time.monotonic()
+    shown = 0
+    while True:
+        offsets = deployment.stored_offsets(client)
+        now = time.perf_counter()
+        done = sum(census.events_before(p, o) for p, o in offsets.items())
+        if forwarded_events:
+            at_home = sum(deployment.stored_offsets(client, deployment.rekey_topic).values())
+            done = min(done, at_home)
+        if done != shown:
+            bar.update(done - shown)
+            shown, stalled_since = done, time.monotonic()
+            if first is None:
+                first = (now, done)
+                meter.start()
+                if on_first_progress is not None:
+                    on_first_progress(process)
+        if all(offsets.get(p, 0) >= end for p, end in ends.items()) and (
+                not forwarded_events or done >= forwarded_events):
+            meter.stop()
+            assert first is not None
+            return first, now
+        if not process.alive():
+            raise BenchFailure(
+                f"worker exited ({process.returncode}) at {done}/{total} events; log "
+                f"{process.log_path}:\n{process.log_tail(2000)}")
+        if time.monotonic() - stalled_since > stack.stall_s:
+            raise BenchFailure(f"worker made no progress for {stack.stall_s}s at "
+                               f"{done}/{total}; log {process.log_path}")
+        time.sleep(POLL_S)
 
 
 def run_async(coro_factory: Callable[[], Any]) -> Any:

@@ -27,8 +27,12 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from retention_tracker.agents.local_stack import ManagedProcess, wait_for
 
@@ -88,6 +92,50 @@ def _wait_joined(members: dict[str, ManagedProcess], topic: str, partitions: int
     return owned
 
 
+@dataclass(slots=True)
+class _Joined:
+    """The workers once they all own partitions: who owns what, and what was applied then."""
+
+    owned: dict[str, frozenset[int]]
+    generations: dict[str, int]  # "assigned" lines each worker had logged by then
+    base: dict[int, int]  # events applied per partition at the join
+    spawned: float
+    joined: float
+
+
+@dataclass(slots=True)
+class _Windows:
+    """The combined window (from the first batch applied after the join) and each worker's
+    own (from its first batch to its own last event), with their CPU meters."""
+
+    everyone: CpuMeter
+    own: dict[str, CpuMeter]
+    combined: tuple[float, int] | None = None  # (time, events applied then)
+    opened: dict[str, tuple[float, int]] = field(default_factory=dict)  # (time, its events)
+    closed: dict[str, float] = field(default_factory=dict)
+    last: float = 0.0
+
+    def progressed(self, owned: dict[str, frozenset[int]], previous: dict[int, int],
+                   done: dict[int, int], now: float) -> None:
+        """Open the combined window, and the window of every worker whose partitions moved."""
+        if self.combined is None:
+            self.combined = (now, sum(done.values()))
+            self.everyone.start()
+        for name, parts in owned.items():
+            if name not in self.opened and any(done[p] != previous[p] for p in parts
+                                               if p in done):
+                self.opened[name] = (now, sum(done.get(p, 0) for p in parts))
+                self.own[name].start()
+
+    def close_finished(self, owned: dict[str, frozenset[int]], done: dict[int, int],
+                       totals: dict[int, int], now: float) -> None:
+        for name, parts in owned.items():
+            if name in self.opened and name not in self.closed and \
+                    all(done[p] >= totals[p] for p in parts if p in totals):
+                self.closed[name] = now
+                self.own[name].stop()
+
+
 def horizontal_replay(deployment: Deployment, census: Census, single_rate: float,
                       workers: int = WORKERS) -> dict[str, Any]:
     """Replay ``deployment.topic`` (the single-event shape) through ``workers`` workers in one
@@ -104,9 +152,13 @@ def horizontal_replay(deployment: Deployment, census: Census, single_rate: float
     client = stack.redis()
     ends = census.end_offsets()
     totals = {p: census.events_before(p, end) for p, end in ends.items()}
-    total = census.events
-    bar = stack.bar(total, f"{workers} workers   single")
+    bar = stack.bar(census.events, f"{workers} workers   single")
     spawned = time.perf_counter()
+
+    def applied() -> dict[int, int]:
+        offsets = deployment.stored_offsets(client)
+        return {p: census.events_before(p, offsets.get(p, 0)) for p in ends}
+
     try:
         with contextlib.ExitStack() as running:
             members = {
@@ -117,77 +169,79 @@ def horizontal_replay(deployment: Deployment, census: Census, single_rate: float
             joined = time.perf_counter()
             generations = {n: len(assignments(p.log_path, deployment.topic))
                            for n, p in members.items()}
-
-            def applied() -> dict[int, int]:
-                offsets = deployment.stored_offsets(client)
-                return {p: census.events_before(p, offsets.get(p, 0)) for p in ends}
-
-            base = previous = applied()
-            bar.update(sum(base.values()))
-            everyone = CpuMeter({**{n: p.pid for n, p in members.items()},
-                                 **stack.service_pids})
-            own = {n: CpuMeter({"contender": p.pid}) for n, p in members.items()}
-            window: tuple[float, int] | None = None
-            opened: dict[str, tuple[float, int]] = {}  # worker -> (time, its events then)
-            closed: dict[str, float] = {}
-            stalled_since = time.monotonic()
-            while True:
-                done = applied()
-                now = time.perf_counter()
-                if done != previous:
-                    bar.update(sum(done.values()) - sum(previous.values()))
-                    stalled_since = time.monotonic()
-                    if window is None:
-                        window = (now, sum(done.values()))
-                        everyone.start()
-                    for name, parts in owned.items():
-                        if name not in opened and any(done[p] != previous[p] for p in parts
-                                                      if p in done):
-                            opened[name] = (now, sum(done.get(p, 0) for p in parts))
-                            own[name].start()
-                    previous = done
-                for name, parts in owned.items():
-                    if name in opened and name not in closed and \
-                            all(done[p] >= totals[p] for p in parts if p in totals):
-                        closed[name] = now
-                        own[name].stop()
-                if done == totals:
-                    last = now
-                    everyone.stop()
-                    break
-                for name, process in members.items():
-                    if not process.alive():
-                        raise _failure(f"{name} exited ({process.returncode}) at "
-                                       f"{sum(done.values())}/{total} events", process)
-                if time.monotonic() - stalled_since > stack.stall_s:
-                    raise BenchFailure(f"{workers} workers made no progress for "
-                                       f"{stack.stall_s}s at {sum(done.values())}/{total}")
-                time.sleep(POLL_S)
-            rebalanced = {n: assignments(p.log_path, deployment.topic)[generations[n]:]
-                          for n, p in members.items()}
-            if any(rebalanced.values()):
-                raise BenchFailure(f"a rebalance happened inside the horizontal window "
-                                   f"(assignments logged after the join: {rebalanced}); "
-                                   "the figure would include the pause")
+            start = _Joined(owned, generations, applied(), spawned, joined)
+            bar.update(sum(start.base.values()))
+            windows = _Windows(
+                CpuMeter({**{n: p.pid for n, p in members.items()}, **stack.service_pids}),
+                {n: CpuMeter({"contender": p.pid}) for n, p in members.items()},
+            )
+            _follow(deployment, members, start, totals, applied, windows, bar)
+            _refuse_rebalance(members, deployment.topic, generations)
             rss = {n: peak_rss_bytes(p.pid) for n, p in members.items()}
     finally:
         bar.close()
         client.close()
-    if window is None:
-        raise BenchFailure("the whole topic was applied before both workers had joined; "
-                           "the horizontal run needs more events")
-    window_s = last - window[0]
+    return _figures(deployment, census, single_rate, start, totals, windows, rss)
+
+
+def _follow(deployment: Deployment, members: dict[str, ManagedProcess], start: _Joined,
+            totals: dict[int, int], applied: Callable[[], dict[int, int]], windows: _Windows,
+            bar: tqdm) -> None:
+    """Poll the applied events until every partition is done, opening and closing the
+    windows; fail if a worker dies or nothing moves for ``stall_s``."""
+    stack = deployment.stack
+    workers, total = len(members), sum(totals.values())
+    previous = start.base
+    stalled_since = time.monotonic()
+    while True:
+        done = applied()
+        now = time.perf_counter()
+        if done != previous:
+            bar.update(sum(done.values()) - sum(previous.values()))
+            stalled_since = time.monotonic()
+            windows.progressed(start.owned, previous, done, now)
+            previous = done
+        windows.close_finished(start.owned, done, totals, now)
+        if done == totals:
+            windows.last = now
+            windows.everyone.stop()
+            return
+        for name, process in members.items():
+            if not process.alive():
+                raise _failure(f"{name} exited ({process.returncode}) at "
+                               f"{sum(done.values())}/{total} events", process)
+        if time.monotonic() - stalled_since > stack.stall_s:
+            raise BenchFailure(f"{workers} workers made no progress for "
+                               f"{stack.stall_s}s at {sum(done.values())}/{total}")
+        time.sleep(POLL_S)
+
+
+def _refuse_rebalance(members: dict[str, ManagedProcess], topic: str,
+                      generations: dict[str, int]) -> None:
+    """Fail if a worker logged an assignment after the join: the figure would include it."""
+    rebalanced = {n: assignments(p.log_path, topic)[generations[n]:]
+                  for n, p in members.items()}
+    if any(rebalanced.values()):
+        raise BenchFailure(f"a rebalance happened inside the horizontal window "
+                           f"(assignments logged after the join: {rebalanced}); "
+                           "the figure would include the pause")
+
+
+def _per_worker(start: _Joined, totals: dict[int, int], windows: _Windows,
+                rss: dict[str, int | None], single_rate: float) -> dict[str, Any]:
+    """Each worker's rate over its own partitions and window, against one worker alone."""
     per_worker: dict[str, Any] = {}
-    for name, parts in owned.items():
-        events = sum(totals.get(p, 0) - base.get(p, 0) for p in parts)  # applied after join
-        start = opened.get(name)
+    for name, parts in start.owned.items():
+        events = sum(totals.get(p, 0) - start.base.get(p, 0) for p in parts)  # after join
+        opened = windows.opened.get(name)
+        meter = windows.own[name]
         result = RunResult(
             "worker", "single", events,
-            sum(totals.get(p, 0) for p in parts) - start[1] if start else 0,
-            closed[name] - start[0] if start else 0.0,
-            start[0] - spawned if start else 0.0, rss[name], cpu_s=own[name].used,
+            sum(totals.get(p, 0) for p in parts) - opened[1] if opened else 0,
+            windows.closed[name] - opened[0] if opened else 0.0,
+            opened[0] - start.spawned if opened else 0.0, rss[name], cpu_s=meter.used,
         )
-        waited = own[name].waited.get("contender")
+        waited = meter.waited.get("contender")
         per_worker[name] = {
             "partitions": sorted(parts), **result.as_dict(),
             "runqueue_wait_share": round(waited / result.window_s, 3)
@@ -195,7 +249,21 @@ def horizontal_replay(deployment: Deployment, census: Census, single_rate: float
             "vs_single_worker": round(result.events_per_s / single_rate, 4)
             if single_rate else None,
         }
-    combined = (total - window[1]) / window_s if window_s > 0 else 0.0
+    return per_worker
+
+
+def _figures(deployment: Deployment, census: Census, single_rate: float, start: _Joined,
+             totals: dict[int, int], windows: _Windows, rss: dict[str, int | None]
+             ) -> dict[str, Any]:
+    """The run's report: the combined rate and CPU over the combined window, per worker."""
+    if windows.combined is None:
+        raise BenchFailure("the whole topic was applied before both workers had joined; "
+                           "the horizontal run needs more events")
+    opened, opened_events = windows.combined
+    per_worker = _per_worker(start, totals, windows, rss, single_rate)
+    total, everyone = census.events, windows.everyone
+    window_s = windows.last - opened
+    combined = (total - opened_events) / window_s if window_s > 0 else 0.0
     used = everyone.used
 
     machine = round(everyone.machine_busy_s / window_s, 3) \
@@ -205,17 +273,17 @@ def horizontal_replay(deployment: Deployment, census: Census, single_rate: float
         return {n: round(s / window_s, 3) for n, s in seconds.items()} if window_s > 0 else {}
 
     return {
-        "workers": workers,
+        "workers": len(start.owned),
         "topic": deployment.topic,
-        "partitions": stack.partitions,
+        "partitions": deployment.stack.partitions,
         "nproc": os.cpu_count(),
         "events": total,
-        "events_applied_before_join": sum(base.values()),
-        "window_events": total - window[1],
+        "events_applied_before_join": sum(start.base.values()),
+        "window_events": total - opened_events,
         "window_s": round(window_s, 4),
         "events_per_s": round(combined, 1),
-        "join_s": round(joined - spawned, 3),
-        "startup_s": round(window[0] - spawned, 3),
+        "join_s": round(start.joined - start.spawned, 3),
+        "startup_s": round(opened - start.spawned, 3),
         "single_worker_events_per_s": round(single_rate, 1),
         "combined_vs_single_worker": round(combined / single_rate, 4) if single_rate else None,
         "per_worker": per_worker,
@@ -231,5 +299,5 @@ def horizontal_replay(deployment: Deployment, census: Census, single_rate: float
         "other_processes_cores_in_window": round(machine - sum(used.values()) / window_s, 3)
         if machine is not None else None,
         # "assigned" lines per worker by the end; 1 each: both were in the first generation
-        "assignments_logged": generations,
+        "assignments_logged": start.generations,
     }

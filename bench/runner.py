@@ -186,20 +186,66 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
     return code, results
 
 
+@dataclass(frozen=True, slots=True)
+class _Deployments:
+    """The run's topics and its worker deployments, each with its own group and key prefix:
+    one per shape, the latency one, and the profiled and horizontal replays of "single"."""
+
+    topics: dict[str, str]  # shape -> topic
+    latency_topic: str
+    raw_latency_topic: str
+    shapes: dict[str, Deployment]
+    latency: Deployment
+    profile: Deployment
+    horizontal: Deployment
+
+    @classmethod
+    def of(cls, stack: Stack) -> _Deployments:
+        topics = {shape: f"{stack.run_id}-{shape}" for shape in SHAPES}
+        latency_topic = f"{stack.run_id}-latency"
+        return cls(
+            topics, latency_topic, f"{stack.run_id}-latency-raw",
+            {shape: Deployment(stack, topics[shape], f"worker-{shape}") for shape in SHAPES},
+            Deployment(stack, latency_topic, "worker-latency"),
+            Deployment(stack, topics["single"], "worker-profile"),
+            Deployment(stack, topics["single"], "worker-horizontal"),
+        )
+
+    def wanted_topics(self, partitions: int) -> dict[str, int]:
+        """Topic -> partitions: the inputs have the stack's, each DLQ one."""
+        wanted = {t: partitions for t in (*self.topics.values(), self.latency_topic,
+                                          self.raw_latency_topic)}
+        wanted.update({d.dlq: 1 for d in (*self.shapes.values(), self.latency, self.profile,
+                                          self.horizontal)})
+        return wanted
+
+
 def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[str, Any]
              ) -> None:
-    topics = {shape: f"{stack.run_id}-{shape}" for shape in SHAPES}
-    latency_topic = f"{stack.run_id}-latency"
-    raw_latency_topic = f"{stack.run_id}-latency-raw"
-    deployments = {shape: Deployment(stack, topics[shape], f"worker-{shape}") for shape in SHAPES}
-    latency_deployment = Deployment(stack, latency_topic, "worker-latency")
-    profile_deployment = Deployment(stack, topics["single"], "worker-profile")
-    horizontal_deployment = Deployment(stack, topics["single"], "worker-horizontal")
-    wanted = {t: stack.partitions for t in (*topics.values(), latency_topic, raw_latency_topic)}
-    wanted.update({d.dlq: 1 for d in (*deployments.values(), latency_deployment,
-                                      profile_deployment, horizontal_deployment)})
-    run_async(lambda: ensure_topics(stack.bootstrap, wanted))
+    plan = _Deployments.of(stack)
+    run_async(lambda: ensure_topics(stack.bootstrap, plan.wanted_topics(stack.partitions)))
+    produced = _produce(stack, workload, plan.topics)
+    results["produce"] = produced
+    verdict = Verdict()
+    results["correctness"] = {**verdict.as_dict(), "ok": False}  # nothing checked yet
+    censuses, expected = _throughput(stack, workload, options, plan, produced, verdict,
+                                     results)
+    single_rate = results["throughput"]["single"]["worker"]["events_per_s"]
+    if options.skip_horizontal:
+        results["horizontal"] = {"skipped": "--skip-horizontal"}
+    else:
+        _horizontal(plan.horizontal, censuses["single"], single_rate, expected, verdict,
+                    results)
+    _latency(stack, plan, workload, options, single_rate, results)
+    if options.profile is not None:
+        _say(f"profile: an extra replay of the single topic under py-spy -> {options.profile}")
+        profiled, summary = profile_replay(plan.profile, censuses["single"], options.profile)
+        summary["replay_events_per_s_while_sampled"] = round(profiled.events_per_s, 1)
+        results["profile"] = summary
 
+
+def _produce(stack: Stack, workload: Workload, topics: dict[str, str]) -> dict[str, Any]:
+    """Fill each shape's topic; the mis-keyed one is sent away from each user's home."""
     produced: dict[str, Any] = {}
     partitions = stack.partitions
 
@@ -220,28 +266,22 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
             "events_per_message": round(stats.events / stats.messages, 2),
             "seconds": round(stats.seconds, 3), "events_per_s": round(stats.events_per_s, 1),
         }
-    results["produce"] = produced
+    return produced
 
+
+def _throughput(stack: Stack, workload: Workload, options: Options, plan: _Deployments,
+                produced: dict[str, Any], verdict: Verdict, results: dict[str, Any]
+                ) -> tuple[dict[str, Census], Reference]:
+    """Race the contenders on every shape, checking the worker's figures after each; returns
+    each topic's census and the reference figures, for the runs that follow."""
     throughput: dict[str, dict[str, Any]] = {}
     memory: dict[str, Any] = {}
-    verdict = Verdict()
     expected: Reference | None = None
     censuses: dict[str, Census] = {}
-    results["correctness"] = {**verdict.as_dict(), "ok": False}  # nothing checked yet
     for shape in SHAPES:
-        runs: dict[str, RunResult] = {}
         total = produced[shape]["events"]
-        _say(f"{shape}: (a) raw aiokafka loop")
-        runs["raw"], censuses[shape] = run_async(
-            lambda shape=shape, total=total: raw_loop(stack, topics[shape], shape, total))
-        if not options.skip_baselines and shape in BASELINE_SHAPES:
-            measured = min(total, options.baseline_events)
-            _say(f"{shape}: (b) faust agent + table (first {measured:,} events)")
-            runs["faust"] = faust_agent(stack, topics[shape], shape, measured)
-        _say(f"{shape}: (c) retention worker")
         forwarded = total if shape == MISKEYED and stack.partitions > 1 else 0
-        runs["worker"], used = worker_replay(deployments[shape], shape, censuses[shape],
-                                             forwarded_events=forwarded)
+        runs, censuses[shape], used = _race(stack, options, plan, shape, total, forwarded)
         throughput[shape] = {name: r.as_dict() for name, r in runs.items()}
         results["throughput"] = throughput  # kept even if the figures turn out wrong
         for name, r in runs.items():
@@ -251,52 +291,70 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
             _say("computing the batch reference figures (bench/reference.py)")
             expected = Reference.of(workload.events)
         _say(f"{shape}: checking the worker's figures against the reference")
-        _judge(deployments[shape], expected, verdict, results)
+        _judge(plan.shapes[shape], expected, verdict, results)
         if forwarded:
             results.setdefault("forwarded_events", {})[shape] = found = forwarded_events(
-                deployments[shape])
+                plan.shapes[shape])
             if found != forwarded:
                 raise BenchFailure(f"{shape}: {found:,} events forwarded, {forwarded:,} sent "
                                    "away from home")
-        memory[shape] = redis_memory(deployments[shape], used, workload.distinct_users, total)
+        memory[shape] = redis_memory(plan.shapes[shape], used, workload.distinct_users, total)
     results["ratios"] = _ratios(throughput)
     results["redis_memory"] = memory
     results["worker_peak_rss_bytes"] = {
         shape: throughput[shape]["worker"]["peak_rss_bytes"] for shape in throughput
     }
+    assert expected is not None
+    return censuses, expected
 
-    single_rate = throughput["single"]["worker"]["events_per_s"]
-    if options.skip_horizontal:
-        results["horizontal"] = {"skipped": "--skip-horizontal"}
-    else:
-        _say(f"horizontal: {WORKERS} retention workers in one group replay the single topic")
-        horizontal = horizontal_replay(horizontal_deployment, censuses["single"], single_rate)
-        results["horizontal"] = horizontal
-        if "skipped" not in horizontal:
-            _say(f"horizontal: {horizontal['events_per_s']:,.0f} events/s combined "
-                 f"({horizontal['combined_vs_single_worker']:.2f}x one worker); checking the "
-                 "figures against the reference")
-            assert expected is not None
-            horizontal["correctness_ok"] = False  # what the JSON says if the check raises
-            _judge(horizontal_deployment, expected, verdict, results)
-            horizontal["correctness_ok"] = True
 
+def _race(stack: Stack, options: Options, plan: _Deployments, shape: str, total: int,
+          forwarded: int) -> tuple[dict[str, RunResult], Census, dict[str, int]]:
+    """One shape's contenders in turn: the raw loop (which takes the census), the Faust
+    baseline on a prefix, our worker. Returns their runs, the census and the worker's
+    INFO used_memory before and after."""
+    runs: dict[str, RunResult] = {}
+    topic = plan.topics[shape]
+    _say(f"{shape}: (a) raw aiokafka loop")
+    runs["raw"], census = run_async(lambda: raw_loop(stack, topic, shape, total))
+    if not options.skip_baselines and shape in BASELINE_SHAPES:
+        measured = min(total, options.baseline_events)
+        _say(f"{shape}: (b) faust agent + table (first {measured:,} events)")
+        runs["faust"] = faust_agent(stack, topic, shape, measured)
+    _say(f"{shape}: (c) retention worker")
+    runs["worker"], used = worker_replay(plan.shapes[shape], shape, census,
+                                         forwarded_events=forwarded)
+    return runs, census, used
+
+
+def _horizontal(deployment: Deployment, census: Census, single_rate: float,
+                expected: Reference, verdict: Verdict, results: dict[str, Any]) -> None:
+    """Two workers in one group on the single topic, then their figures checked too."""
+    _say(f"horizontal: {WORKERS} retention workers in one group replay the single topic")
+    horizontal = horizontal_replay(deployment, census, single_rate)
+    results["horizontal"] = horizontal
+    if "skipped" not in horizontal:
+        _say(f"horizontal: {horizontal['events_per_s']:,.0f} events/s combined "
+             f"({horizontal['combined_vs_single_worker']:.2f}x one worker); checking the "
+             "figures against the reference")
+        horizontal["correctness_ok"] = False  # what the JSON says if the check raises
+        _judge(deployment, expected, verdict, results)
+        horizontal["correctness_ok"] = True
+
+
+def _latency(stack: Stack, plan: _Deployments, workload: Workload, options: Options,
+             single_rate: float, results: dict[str, Any]) -> None:
+    """Produce-to-Redis latency at a steady rate, and the same stream read by a bare loop."""
     rate = options.latency_rate or single_rate / 2
     why = "as asked" if options.latency_rate else "half the worker's rate"
     _say(f"latency: single-event messages at {rate:,.0f} events/s ({why}) "
          f"for {options.latency_seconds:g} s")
-    results["latency"] = measure_latency(latency_deployment, workload.events, rate,
+    results["latency"] = measure_latency(plan.latency, workload.events, rate,
                                          options.latency_seconds)
     _say("latency: the same stream read by a bare aiokafka loop (broker + client share)")
-    results["latency_raw_consumer"] = raw_latency(stack, raw_latency_topic, workload.events,
-                                                  rate, options.latency_seconds)
-
-    if options.profile is not None:
-        _say(f"profile: an extra replay of the single topic under py-spy -> {options.profile}")
-        profiled, summary = profile_replay(profile_deployment, censuses["single"],
-                                           options.profile)
-        summary["replay_events_per_s_while_sampled"] = round(profiled.events_per_s, 1)
-        results["profile"] = summary
+    results["latency_raw_consumer"] = raw_latency(stack, plan.raw_latency_topic,
+                                                  workload.events, rate,
+                                                  options.latency_seconds)
 
 
 def _judge(deployment: Deployment, expected: Reference, verdict: Verdict,
@@ -378,21 +436,31 @@ def _render_horizontal(horizontal: dict[str, Any] | None) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     """The human-readable table (BENCHMARKS.md shows the same)."""
-    lines: list[str] = []
     workload = results.get("workload", {})
-    lines.append(f"workload: {workload.get('events', 0):,} events, "
-                 f"{workload.get('distinct_users', 0):,} users, {workload.get('days')} days")
+    lines = [f"workload: {workload.get('events', 0):,} events, "
+             f"{workload.get('distinct_users', 0):,} users, {workload.get('days')} days"]
+    lines += _render_throughput(results)
+    lines += _render_horizontal(results.get("horizontal"))
+    lines += _render_latency(results)
+    lines += _render_memory(results.get("redis_memory", {}))
+    lines += _render_verdict(results)
+    return "\n".join(lines)
+
+
+def _render_throughput(results: dict[str, Any]) -> list[str]:
+    """The table of every contender on every shape, then the worker's ratios."""
+    workload_events = results.get("workload", {}).get("events", 0)
     throughput = results.get("throughput", {})
     header = (f"{'shape':<26}{'contender':<27}{'events/s':>10}{'window':>9}{'startup':>9}"
               f"{'core':>6}{'ev/CPU-s':>10}{'redis CPU':>10}{'peak RSS':>10}")
-    lines += ["", header, "-" * len(header)]
+    lines = ["", header, "-" * len(header)]
     for shape, runs in throughput.items():
         per_message = results.get("produce", {}).get(shape, {}).get("events_per_message")
         label = SHAPE_LABELS.get(shape, shape)
         for index, (name, run) in enumerate(runs.items()):
             first = label if index == 0 else (f"  mean {per_message} ev/msg" if index == 1 and
                                               per_message else "")
-            note = " *" if name == "faust" and run["events"] < workload.get("events", 0) else ""
+            note = " *" if name == "faust" and run["events"] < workload_events else ""
             share = run.get("contender_core_share")
             per_cpu = run.get("events_per_contender_cpu_s")
             redis_cpu = run.get("cpu_s_in_window", {}).get("redis")
@@ -410,10 +478,14 @@ def render(results: dict[str, Any]) -> str:
                  ratios.items()]
         if parts:
             lines.append(f"worker / baseline, {shape}: " + ", ".join(parts))
-    if any(run["contender"] == "faust" and run["events"] < workload.get("events", 0)
+    if any(run["contender"] == "faust" and run["events"] < workload_events
            for runs in throughput.values() for run in runs.values()):
         lines.append("* faust measured on a prefix of the topic (see measured_prefix_events)")
-    lines += _render_horizontal(results.get("horizontal"))
+    return lines
+
+
+def _render_latency(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     latency = results.get("latency")
     if latency:
         lines.append(
@@ -427,7 +499,12 @@ def render(results: dict[str, Any]) -> str:
             f"  same stream, bare aiokafka consumer: p50 {raw['p50_ms']:.1f} ms, "
             f"p99 {raw['p99_ms']:.1f} ms, max {raw['max_ms']:.1f} ms"
         )
-    for shape, memory in results.get("redis_memory", {}).items():
+    return lines
+
+
+def _render_memory(redis_memory: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for shape, memory in redis_memory.items():
         families = memory["families"]
         lines.append(
             f"redis, {shape}: {memory['bytes_per_user_total']:,.0f} B/user total "
@@ -438,10 +515,15 @@ def render(results: dict[str, Any]) -> str:
             f"{_mib(memory['used_memory_drop_on_deleting_dedup_bytes'])}), aggregates "
             f"{_mib(families.get('aggregates', {}).get('bytes', 0))}"
         )
+    return lines
+
+
+def _render_verdict(results: dict[str, Any]) -> list[str]:
+    """Correctness, the profile's top, any error or busy-machine warning, the legend."""
     correctness = results.get("correctness", {})
-    lines.append("correctness: " + (
+    lines = ["correctness: " + (
         f"OK ({len(correctness.get('checks', []))} reports equal the reference)"
-        if correctness.get("ok") else f"FAILED {correctness.get('mismatches')}"))
+        if correctness.get("ok") else f"FAILED {correctness.get('mismatches')}")]
     profile = results.get("profile")
     if profile:
         lines.append(f"profile ({profile['samples']} samples), top self time:")
@@ -455,4 +537,4 @@ def render(results: dict[str, Any]) -> str:
     lines.append("core: the contender's CPU seconds / window (1.00 = one full core); redis "
                  "CPU: redis-server's, same window")
     lines.append(f"method: {results.get('method', '')}")
-    return "\n".join(lines)
+    return lines

@@ -29,6 +29,7 @@ from grafana_foundation_sdk.builders import prometheus as prom_b
 from grafana_foundation_sdk.builders import stat as stat_b
 from grafana_foundation_sdk.builders import table as table_b
 from grafana_foundation_sdk.builders import timeseries as ts_b
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
@@ -104,6 +105,15 @@ def base(title: str, uid: str, description: str, multi_app: bool) -> dash_b.Dash
 
 
 # ---- panels --------------------------------------------------------------------------------
+
+Panel = cogbuilder.Builder[dash_m.Panel]
+
+
+def with_panels(board: dash_b.Dashboard, panels: list[Panel]) -> dash_b.Dashboard:
+    """``board`` with ``panels`` added in order: the builder lays each out after the last."""
+    for panel in panels:
+        board = board.with_panel(panel)
+    return board
 
 
 def stat(title: str, targets: list[prom_b.Dataquery], unit: str = "short", width: int = 4,
@@ -331,134 +341,166 @@ def pipeline() -> dash_b.Dashboard:
         "Health of the workers: throughput, rejects, lag, latency, freshness, Redis.",
         multi_app=True,
     )
-    board = board.with_panel(stat(
-        "Workers reporting", [query("count(retention_worker_assigned_partitions)")],
-        description="Workers whose /metrics Prometheus scrapes.",
-    ))
-    board = board.with_panel(stat(
-        "Consumer lag (records)", [query("sum(retention_worker_consumer_lag)")],
-    ))
-    board = board.with_panel(stat(
-        "Watermark age", [query("time() - max(retention_watermark_seconds)")], unit="s",
-        description="Now minus the latest event time applied, over all partitions.",
-    ))
-    board = board.with_panel(stat(
-        "Oldest snapshot", [query("time() - min(retention_worker_snapshot_timestamp_seconds)")],
-        unit="s", description="Age of the oldest Redis snapshot a worker serves on /metrics.",
-    ))
-    board = board.with_panel(stat(
-        "Records/s", [query(f"sum(rate(retention_worker_records_total[{RATE}]))")],
-        unit="short",
-    ))
-    board = board.with_panel(stat(
-        "Redis errors/s",
-        [query(f"sum(rate(retention_worker_redis_errors_total[{RATE}]))")], unit="short",
-    ))
-    board = board.with_panel(timeseries(
-        "Events accepted/s by type",
-        [query(
-            f'sum by (type) (max by (app, type) '
-            f'(rate(retention_events_accepted_total{{app=~"$app"}}[{RATE}])))',
-            "{{type}}", ("type",),
-        )],
-        unit="short", description="Accepted events (global, from Redis), summed over apps.",
-    ))
-    board = board.with_panel(timeseries(
-        "Kafka records processed/s",
-        [
-            query(per_worker_rate("retention_worker_records_total"), "{{instance}}",
-                  ("instance",)),
-            query(f"sum(rate(retention_worker_records_total[{RATE}]))", "all workers"),
-        ],
-        unit="short",
-    ))
-    board = board.with_panel(right_axis(timeseries(
-        "Partition batches applied/s",
-        [
-            query(per_worker_rate("retention_worker_batches_total"), "{{instance}}",
-                  ("instance",)),
-            query(f"sum(rate(retention_worker_records_total[{RATE}])) / "
-                  f"sum(rate(retention_worker_batches_total[{RATE}]))", "records per batch"),
-        ],
-        unit="short", description="Batches per second by worker, and the mean batch size "
-        "(right axis): small batches under load mean the workers poll faster than Kafka fills.",
-    ), "records per batch"))
-    board = board.with_panel(timeseries(
-        "Dead-lettered events/s by reason",
-        [query(f"max by (reason) (rate(retention_events_rejected_total[{RATE}]))",
-               "{{reason}}", ("reason",))],
-        unit="short", stacked=True,
-    ))
-    board = board.with_panel(timeseries(
-        "Duplicate events/s",
-        [query(f'max by (app) (rate(retention_events_duplicate_total{{app=~"$app"}}[{RATE}]))',
-               "{{app}}", ("app",))],
-        unit="short",
-    ))
-    board = board.with_panel(timeseries(
-        "Events forwarded to their home partition/s by cause",
-        [query(
-            f'sum by (cause) (max by (app, cause) '
-            f'(rate(retention_events_forwarded_total{{app=~"$app"}}[{RATE}])))',
-            "{{cause}}", ("cause",),
-        ), query(per_worker_rate("retention_worker_forwarded_total"), "sent by {{instance}}",
-                 ("instance",))],
-        unit="short",
-        description="Events read in another partition than their user's home (no key, "
-        "another key, an array mixing users, another partitioner), forwarded through the "
-        "re-key topic, by cause (global) and by the worker that sent them (a crash between "
-        "forwarding and applying sends a batch again: the copies count as duplicates). The "
-        "figures stay exact, but each costs a second trip through Kafka. `retention check` "
-        "names the producer fix.",
-    ))
-    board = board.with_panel(timeseries(
-        "Consumer lag by topic",
-        [query("sum by (topic) (retention_worker_consumer_lag)", "{{topic}}", ("topic",))],
-        description="Records behind the end of the partitions, summed over workers.",
-    ))
-    board = board.with_panel(timeseries(
-        "Consumer lag by worker",
-        [query("sum by (instance) (retention_worker_consumer_lag)", "{{instance}}",
-               ("instance",))],
-    ))
-    board = board.with_panel(timeseries(
-        "Batch time (parse, plan, apply)", quantiles("retention_worker_batch_seconds"),
-        unit="s",
-    ))
-    board = board.with_panel(timeseries(
-        "Event to state latency", quantiles("retention_worker_event_to_state_seconds"),
-        unit="s", description="From a record's Kafka timestamp to its batch applied in Redis.",
-    ))
-    board = board.with_panel(timeseries(
-        "Watermark age by partition",
-        [query("time() - max by (partition) (retention_watermark_seconds)", "{{partition}}",
-               ("partition",))],
-        unit="s", description="Now minus the latest event time applied in each partition.",
-    ))
-    board = board.with_panel(timeseries(
-        "Snapshot age by worker",
-        [query("time() - max by (instance) (retention_worker_snapshot_timestamp_seconds)",
-               "{{instance}}", ("instance",))],
-        unit="s", description="How old the Redis figures each worker serves are.",
-    ))
-    board = board.with_panel(timeseries(
-        "Redis and snapshot errors/s",
-        [
-            query(per_worker_rate("retention_worker_redis_errors_total"),
-                  "Redis {{instance}}", ("instance",)),
-            query(per_worker_rate("retention_worker_snapshot_errors_total"),
-                  "snapshot {{instance}}", ("instance",)),
-            query(per_worker_rate("retention_worker_version_conflicts_total"),
-                  "version conflicts {{instance}}", ("instance",)),
-        ],
-        unit="short",
-    ))
-    board = board.with_panel(timeseries(
-        "Partitions per worker",
-        [query("sum by (instance) (retention_worker_assigned_partitions)", "{{instance}}",
-               ("instance",))],
-    ))
-    return board
+    panels = (_pipeline_stats() + _pipeline_throughput() + _pipeline_event_outcomes()
+              + _pipeline_lag_and_latency() + _pipeline_freshness())
+    return with_panels(board, panels)
+
+
+def _pipeline_stats() -> list[Panel]:
+    """The headline figures: workers, lag, freshness, throughput, Redis errors."""
+    return [
+        stat(
+            "Workers reporting", [query("count(retention_worker_assigned_partitions)")],
+            description="Workers whose /metrics Prometheus scrapes.",
+        ),
+        stat(
+            "Consumer lag (records)", [query("sum(retention_worker_consumer_lag)")],
+        ),
+        stat(
+            "Watermark age", [query("time() - max(retention_watermark_seconds)")], unit="s",
+            description="Now minus the latest event time applied, over all partitions.",
+        ),
+        stat(
+            "Oldest snapshot", [query("time() - min(retention_worker_snapshot_timestamp_seconds)")],
+            unit="s", description="Age of the oldest Redis snapshot a worker serves on /metrics.",
+        ),
+        stat(
+            "Records/s", [query(f"sum(rate(retention_worker_records_total[{RATE}]))")],
+            unit="short",
+        ),
+        stat(
+            "Redis errors/s",
+            [query(f"sum(rate(retention_worker_redis_errors_total[{RATE}]))")], unit="short",
+        ),
+    ]
+
+
+def _pipeline_throughput() -> list[Panel]:
+    """Events accepted, records processed, and how Kafka batches them."""
+    return [
+        timeseries(
+            "Events accepted/s by type",
+            [query(
+                f'sum by (type) (max by (app, type) '
+                f'(rate(retention_events_accepted_total{{app=~"$app"}}[{RATE}])))',
+                "{{type}}", ("type",),
+            )],
+            unit="short", description="Accepted events (global, from Redis), summed over apps.",
+        ),
+        timeseries(
+            "Kafka records processed/s",
+            [
+                query(per_worker_rate("retention_worker_records_total"), "{{instance}}",
+                      ("instance",)),
+                query(f"sum(rate(retention_worker_records_total[{RATE}]))", "all workers"),
+            ],
+            unit="short",
+        ),
+        right_axis(timeseries(
+            "Partition batches applied/s",
+            [
+                query(per_worker_rate("retention_worker_batches_total"), "{{instance}}",
+                      ("instance",)),
+                query(f"sum(rate(retention_worker_records_total[{RATE}])) / "
+                      f"sum(rate(retention_worker_batches_total[{RATE}]))", "records per batch"),
+            ],
+            unit="short", description="Batches per second by worker, and the mean batch size "
+            "(right axis): small batches under load mean the workers poll faster than Kafka fills.",
+        ), "records per batch"),
+    ]
+
+
+def _pipeline_event_outcomes() -> list[Panel]:
+    """Events not applied as sent: dead-lettered, duplicate, forwarded."""
+    return [
+        timeseries(
+            "Dead-lettered events/s by reason",
+            [query(f"max by (reason) (rate(retention_events_rejected_total[{RATE}]))",
+                   "{{reason}}", ("reason",))],
+            unit="short", stacked=True,
+        ),
+        timeseries(
+            "Duplicate events/s",
+            [query(f'max by (app) (rate(retention_events_duplicate_total{{app=~"$app"}}[{RATE}]))',
+                   "{{app}}", ("app",))],
+            unit="short",
+        ),
+        timeseries(
+            "Events forwarded to their home partition/s by cause",
+            [query(
+                f'sum by (cause) (max by (app, cause) '
+                f'(rate(retention_events_forwarded_total{{app=~"$app"}}[{RATE}])))',
+                "{{cause}}", ("cause",),
+            ), query(per_worker_rate("retention_worker_forwarded_total"), "sent by {{instance}}",
+                     ("instance",))],
+            unit="short",
+            description="Events read in another partition than their user's home (no key, "
+            "another key, an array mixing users, another partitioner), forwarded through the "
+            "re-key topic, by cause (global) and by the worker that sent them (a crash between "
+            "forwarding and applying sends a batch again: the copies count as duplicates). The "
+            "figures stay exact, but each costs a second trip through Kafka. `retention check` "
+            "names the producer fix.",
+        ),
+    ]
+
+
+def _pipeline_lag_and_latency() -> list[Panel]:
+    """How far behind the workers are, and how long a batch takes."""
+    return [
+        timeseries(
+            "Consumer lag by topic",
+            [query("sum by (topic) (retention_worker_consumer_lag)", "{{topic}}", ("topic",))],
+            description="Records behind the end of the partitions, summed over workers.",
+        ),
+        timeseries(
+            "Consumer lag by worker",
+            [query("sum by (instance) (retention_worker_consumer_lag)", "{{instance}}",
+                   ("instance",))],
+        ),
+        timeseries(
+            "Batch time (parse, plan, apply)", quantiles("retention_worker_batch_seconds"),
+            unit="s",
+        ),
+        timeseries(
+            "Event to state latency", quantiles("retention_worker_event_to_state_seconds"),
+            unit="s", description="From a record's Kafka timestamp to its batch applied in Redis.",
+        ),
+    ]
+
+
+def _pipeline_freshness() -> list[Panel]:
+    """How fresh the applied events and served snapshots are; Redis errors."""
+    return [
+        timeseries(
+            "Watermark age by partition",
+            [query("time() - max by (partition) (retention_watermark_seconds)", "{{partition}}",
+                   ("partition",))],
+            unit="s", description="Now minus the latest event time applied in each partition.",
+        ),
+        timeseries(
+            "Snapshot age by worker",
+            [query("time() - max by (instance) (retention_worker_snapshot_timestamp_seconds)",
+                   "{{instance}}", ("instance",))],
+            unit="s", description="How old the Redis figures each worker serves are.",
+        ),
+        timeseries(
+            "Redis and snapshot errors/s",
+            [
+                query(per_worker_rate("retention_worker_redis_errors_total"),
+                      "Redis {{instance}}", ("instance",)),
+                query(per_worker_rate("retention_worker_snapshot_errors_total"),
+                      "snapshot {{instance}}", ("instance",)),
+                query(per_worker_rate("retention_worker_version_conflicts_total"),
+                      "version conflicts {{instance}}", ("instance",)),
+            ],
+            unit="short",
+        ),
+        timeseries(
+            "Partitions per worker",
+            [query("sum by (instance) (retention_worker_assigned_partitions)", "{{instance}}",
+                   ("instance",))],
+        ),
+    ]
 
 
 # ---- output --------------------------------------------------------------------------------
@@ -543,63 +585,93 @@ def winback() -> dash_b.Dashboard:
         "Inactivity notifications for push services and the users they brought back.",
         multi_app=False,
     )
+    panels = _winback_inactivity() + _winback_flows() + _winback_back_by() + _winback_sending()
+    return with_panels(board, panels)
+
+
+#: Every label of the win-back counters, which are global (read from Redis): ``max`` them.
+WINBACK_EVERY = "max by (app, threshold, segment, churn_type)"
+
+
+def _winback_inactivity() -> list[Panel]:
+    """Who is inactive now, and the share of the notified who came back."""
     per_threshold = ("app", "threshold")
-    board = board.with_panel(timeseries(
-        "Users inactive now, by threshold",
-        [query(app_gauge("retention_inactive_users").replace("by (app)", "by (app, threshold)"),
-               "{{threshold}} d", per_threshold)],
-        description="Users whose last activity is at least the threshold ago.",
-    ))
-    board = board.with_panel(timeseries(
-        "Back within 7 days of the notification",
-        [query(app_gauge("retention_winback_back_within_7d_share").replace(
-            "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
-        unit="percentunit",
-        description="Share of notified users active again within 7 days: does win-back work?",
-    ))
-    every = "max by (app, threshold, segment, churn_type)"
-    for metric, title in (("retention_notifications_sent", "Notifications sent/s"),
-                          ("retention_reactivations", "Reactivations/s"),
-                          ("retention_false_alarms", "False alarms/s")):
-        board = board.with_panel(timeseries(
+    return [
+        timeseries(
+            "Users inactive now, by threshold",
+            [query(app_gauge("retention_inactive_users").replace("by (app)",
+                                                                 "by (app, threshold)"),
+                   "{{threshold}} d", per_threshold)],
+            description="Users whose last activity is at least the threshold ago.",
+        ),
+        timeseries(
+            "Back within 7 days of the notification",
+            [query(app_gauge("retention_winback_back_within_7d_share").replace(
+                "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
+            unit="percentunit",
+            description="Share of notified users active again within 7 days: does win-back work?",
+        ),
+    ]
+
+
+def _winback_flows() -> list[Panel]:
+    """Notifications sent, reactivations and false alarms per second."""
+    return [
+        timeseries(
             f"{title} by threshold and segment",
-            [query(f'sum by (threshold, segment) ({every} '
+            [query(f'sum by (threshold, segment) ({WINBACK_EVERY} '
                    f'(rate({metric}_total{{app="$app"}}[{RATE}])))',
                    "{{threshold}} d {{segment}}", ("threshold", "segment"))],
             description="False alarm: a late event dated before the moment showed the user "
             "was not inactive after all (never counted as a reactivation)."
             if metric == "retention_false_alarms" else "",
-        ))
-    for label, title in (("churn_type", "churn type (quick: gone within QUICK_CHURN_DAYS)"),
-                         ("segment", "value segment")):
-        board = board.with_panel(timeseries(
+        )
+        for metric, title in (("retention_notifications_sent", "Notifications sent/s"),
+                              ("retention_reactivations", "Reactivations/s"),
+                              ("retention_false_alarms", "False alarms/s"))
+    ]
+
+
+def _winback_back_by() -> list[Panel]:
+    """The all-time share back within 7 days, by churn type and by value segment."""
+    return [
+        timeseries(
             f"Back within 7 days by {title}",
-            [query(f'sum by ({label}) ({every} (retention_reactivations_within_7d_total'
-                   f'{{app="$app"}})) / clamp_min(sum by ({label}) ({every} '
+            [query(f'sum by ({label}) ({WINBACK_EVERY} (retention_reactivations_within_7d_total'
+                   f'{{app="$app"}})) / clamp_min(sum by ({label}) ({WINBACK_EVERY} '
                    f'(retention_notifications_sent_total{{app="$app"}})), 1)',
                    f"{{{{{label}}}}}", (label,))],
             unit="percentunit",
             description="All-time share of notified users active again within 7 days of "
             "their moment (0 while none was notified).",
-        ))
-    board = board.with_panel(timeseries(
-        "Expired moments/s by threshold",
-        [query(f'max by (app, threshold) '
-               f'(rate(retention_notifications_expired_total{{app="$app"}}[{RATE}]))',
-               "{{threshold}} d", per_threshold)],
-        description="Inactivity moments found more than WINBACK_MAX_DELAY behind now (a "
-        "backfill, a first start on old data, an outage): counted, never sent, so push "
-        "services are not flooded with stale messages.",
-    ))
-    return board.with_panel(timeseries(
-        "Notifications sent/s per worker",
-        [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",
-               "{{instance}}", ("instance",)),
-         query(f"sum by (instance) (rate(retention_worker_notify_errors_total[{RATE}]))",
-               "errors {{instance}}", ("instance",))],
-        description="Which workers emit (each partition's due users are sent by its owner), "
-        "and failed passes, retried on the next tick.",
-    ))
+        )
+        for label, title in (("churn_type", "churn type (quick: gone within QUICK_CHURN_DAYS)"),
+                             ("segment", "value segment"))
+    ]
+
+
+def _winback_sending() -> list[Panel]:
+    """Moments too old to send, and which workers send (and fail)."""
+    return [
+        timeseries(
+            "Expired moments/s by threshold",
+            [query(f'max by (app, threshold) '
+                   f'(rate(retention_notifications_expired_total{{app="$app"}}[{RATE}]))',
+                   "{{threshold}} d", ("app", "threshold"))],
+            description="Inactivity moments found more than WINBACK_MAX_DELAY behind now (a "
+            "backfill, a first start on old data, an outage): counted, never sent, so push "
+            "services are not flooded with stale messages.",
+        ),
+        timeseries(
+            "Notifications sent/s per worker",
+            [query(f"sum by (instance) (rate(retention_worker_notifications_total[{RATE}]))",
+                   "{{instance}}", ("instance",)),
+             query(f"sum by (instance) (rate(retention_worker_notify_errors_total[{RATE}]))",
+                   "errors {{instance}}", ("instance",))],
+            description="Which workers emit (each partition's due users are sent by its owner), "
+            "and failed passes, retried on the next tick.",
+        ),
+    ]
 
 
 DASHBOARDS: dict[str, Callable[[], dash_b.Dashboard]] = {

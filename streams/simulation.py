@@ -205,86 +205,100 @@ class _User:
 Delivery = tuple[int, int, "dict[str, Any] | bytes"]  # (delivery ms, sequence, item)
 
 
-def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, Any] | bytes]]:
-    """(delivery time ms, item) in delivery order; ``generate_events`` without the times.
+class _Traffic:
+    """One generation's state: the rng, the pickers, the users' schedules, the undelivered tail.
 
-    The live simulator paces on the delivery time, so it is exposed. Items are §1 event
-    dicts, plus malformed ``bytes`` messages when ``cfg.malformed_rate`` > 0.
+    Each day consumes the rng in one fixed order (new users, returning users, then the
+    deliveries of everything made that day): that order is what a seed's output depends on.
     """
-    rng = random.Random(cfg.seed)
-    rand = rng.random
-    start = resolved_start_ms(cfg)
-    days = cfg.days
-    curve_fn = cfg.curve()
-    curve = [0.0] + [min(1.0, max(0.0, curve_fn(n))) for n in range(1, days)]
-    platforms, countries = _Picker(cfg.platforms), _Picker(cfg.countries)
-    campaigns, currencies = _Picker(cfg.campaigns), _Picker(cfg.currencies)
-    amounts = _Picker(cfg.purchase_amounts)
-    costs = dict(cfg.campaign_costs)
-    s_low, s_high = cfg.sessions_per_day
-    late_rate, dup_rate, bad_rate = cfg.late_rate, cfg.duplicate_rate, cfg.malformed_rate
-    late_span = cfg.late_max_hours * HOUR_MS
-    dup_span = cfg.duplicate_max_seconds * 1000
-    missing_rate, reinstall_rate, purchase_rate = (
-        cfg.missing_install_rate, cfg.reinstall_rate, cfg.purchase_rate,
-    )
-    pending: list[Delivery] = []  # delivered after the day being generated
-    activity: list[list[_User]] = [[] for _ in range(days)]  # returning users per day
-    next_user = dict.fromkeys(cfg.apps, 0)
-    seq = 0
 
-    def new_event(user: _User, kind: str, ts: int) -> dict[str, Any]:
-        n = user.next_n
-        user.next_n = n + 1
-        return {
-            "event_id": f"{user.app}-{user.user_id}-{n}", "type": kind,
-            "user_id": user.user_id, "app": user.app, "ts": ts, "platform": user.platform,
-            "country": user.country, "campaign": user.campaign,
-        }
+    __slots__ = ("activity", "amounts", "campaigns", "cfg", "costs", "countries", "currencies",
+                 "curve", "next_user", "pending", "platforms", "rand", "rng", "seq")
 
-    def active_day(user: _User, first_ms: int, day_end: int, made: list[dict[str, Any]]) -> None:
+    def __init__(self, cfg: SimulationConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.rand = self.rng.random
+        curve_fn = cfg.curve()
+        self.curve = [0.0] + [min(1.0, max(0.0, curve_fn(n))) for n in range(1, cfg.days)]
+        self.platforms, self.countries = _Picker(cfg.platforms), _Picker(cfg.countries)
+        self.campaigns, self.currencies = _Picker(cfg.campaigns), _Picker(cfg.currencies)
+        self.amounts = _Picker(cfg.purchase_amounts)
+        self.costs = dict(cfg.campaign_costs)
+        self.pending: list[Delivery] = []  # delivered after the day being generated
+        self.activity: list[list[_User]] = [[] for _ in range(cfg.days)]  # returning users
+        self.next_user = dict.fromkeys(cfg.apps, 0)
+        self.seq = 0
+
+    def day(self, day: int, day_start: int) -> list[Delivery]:
+        """The deliveries due before the end of ``day``, sorted; later ones go to ``pending``."""
+        day_end = day_start + MS_PER_DAY
+        made: list[dict[str, Any]] = []  # the day's events, in generation order
+        for app in self.cfg.apps:
+            for _ in range(self.cfg.installs_per_day):
+                self._new_user(app, day, day_start, day_end, made)
+        for user in self.activity[day]:
+            first = day_start + int(self.rand() * MS_PER_DAY)
+            if user.reinstall_day == day:
+                made.append(_new_event(user, "install", first))  # no cost: not a paid install
+            self._active_day(user, first, day_end, made)
+        self.activity[day] = []  # free the schedule as the days pass
+        today = self._deliver(made, day_end)
+        pending = self.pending
+        while pending and pending[0][0] < day_end:
+            today.append(heapq.heappop(pending))
+        today.sort()  # (time, unique seq): never compares the payloads
+        return today
+
+    def _new_user(self, app: str, day: int, day_start: int, day_end: int,
+                  made: list[dict[str, Any]]) -> None:
+        """A user installing on ``day``: their first active day and the days they return."""
+        rng, rand, cfg = self.rng, self.rand, self.cfg
+        number = self.next_user[app]
+        self.next_user[app] = number + 1
+        user = _User(app, f"u{number:06d}", self.platforms.pick(rng), self.countries.pick(rng),
+                     self.campaigns.pick(rng), self.currencies.pick(rng))
+        t0 = day_start + int(rand() * MS_PER_DAY)
+        if rand() >= cfg.missing_install_rate:
+            install = _new_event(user, "install", t0)
+            install["cost"] = self.costs[user.campaign]
+            made.append(install)
+        self._active_day(user, t0, day_end, made)
+        curve, activity = self.curve, self.activity
+        returns = [day + n for n in range(1, cfg.days - day) if rand() < curve[n]]
+        for d in returns:
+            activity[d].append(user)
+        if returns and rand() < cfg.reinstall_rate:
+            user.reinstall_day = returns[int(rand() * len(returns))]
+
+    def _active_day(self, user: _User, first_ms: int, day_end: int,
+                    made: list[dict[str, Any]]) -> None:
         """Sessions (and maybe a purchase) from ``first_ms`` to the end of the day."""
+        rand = self.rand
+        s_low, s_high = self.cfg.sessions_per_day
         span = day_end - first_ms
         sessions = [first_ms + int(rand() * span)
                     for _ in range(s_low + int(rand() * (s_high - s_low + 1)))]
         for ts in sessions:
-            made.append(new_event(user, "session", ts))
-        if rand() < purchase_rate:
-            buy = new_event(user, "purchase", min(sessions[0] + int(rand() * 600_000), day_end - 1))
-            buy["amount"] = amounts.pick(rng)
+            made.append(_new_event(user, "session", ts))
+        if rand() < self.cfg.purchase_rate:
+            bought = min(sessions[0] + int(rand() * 600_000), day_end - 1)
+            buy = _new_event(user, "purchase", bought)
+            buy["amount"] = self.amounts.pick(self.rng)
             buy["currency"] = user.currency
             made.append(buy)
 
-    for day in range(days):
-        day_start = start + day * MS_PER_DAY
-        day_end = day_start + MS_PER_DAY
+    def _deliver(self, made: list[dict[str, Any]], day_end: int) -> list[Delivery]:
+        """Delivery times for the day's events, with late ones, duplicates and malformed ones.
+
+        Returns what is delivered before ``day_end``; the rest is pushed onto ``pending``.
+        """
+        cfg, rng, rand, pending = self.cfg, self.rng, self.rand, self.pending
+        late_rate, dup_rate, bad_rate = cfg.late_rate, cfg.duplicate_rate, cfg.malformed_rate
+        late_span = cfg.late_max_hours * HOUR_MS
+        dup_span = cfg.duplicate_max_seconds * 1000
+        seq = self.seq
         today: list[Delivery] = []
-        made: list[dict[str, Any]] = []  # the day's events, in generation order
-
-        for app in cfg.apps:
-            for _ in range(cfg.installs_per_day):
-                number = next_user[app]
-                next_user[app] = number + 1
-                user = _User(app, f"u{number:06d}", platforms.pick(rng), countries.pick(rng),
-                             campaigns.pick(rng), currencies.pick(rng))
-                t0 = day_start + int(rand() * MS_PER_DAY)
-                if rand() >= missing_rate:
-                    install = new_event(user, "install", t0)
-                    install["cost"] = costs[user.campaign]
-                    made.append(install)
-                active_day(user, t0, day_end, made)
-                returns = [day + n for n in range(1, days - day) if rand() < curve[n]]
-                for d in returns:
-                    activity[d].append(user)
-                if returns and rand() < reinstall_rate:
-                    user.reinstall_day = returns[int(rand() * len(returns))]
-        for user in activity[day]:
-            first = day_start + int(rand() * MS_PER_DAY)
-            if user.reinstall_day == day:
-                made.append(new_event(user, "install", first))  # no cost: not a paid install
-            active_day(user, first, day_end, made)
-        activity[day] = []  # free the schedule as the days pass
-
         for event in made:
             ts = event["ts"]
             delivered = ts + 1 + int(rand() * late_span) if rand() < late_rate else ts
@@ -305,11 +319,33 @@ def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, 
             if bad_rate and rand() < bad_rate:
                 seq += 1
                 today.append((ts, seq, generate_malformed(rng, ts_ms=ts)))
-        while pending and pending[0][0] < day_end:
-            today.append(heapq.heappop(pending))
-        today.sort()  # (time, unique seq): never compares the payloads
-        for delivered, _, payload in today:
-            yield delivered, payload
+        self.seq = seq
+        return today
+
+
+def _new_event(user: _User, kind: str, ts: int) -> dict[str, Any]:
+    """The user's next §1 event: ids count up per user, so a duplicate is a copied dict."""
+    n = user.next_n
+    user.next_n = n + 1
+    return {
+        "event_id": f"{user.app}-{user.user_id}-{n}", "type": kind,
+        "user_id": user.user_id, "app": user.app, "ts": ts, "platform": user.platform,
+        "country": user.country, "campaign": user.campaign,
+    }
+
+
+def generate_deliveries(cfg: SimulationConfig) -> Iterator[tuple[int, dict[str, Any] | bytes]]:
+    """(delivery time ms, item) in delivery order; ``generate_events`` without the times.
+
+    The live simulator paces on the delivery time, so it is exposed. Items are §1 event
+    dicts, plus malformed ``bytes`` messages when ``cfg.malformed_rate`` > 0.
+    """
+    traffic = _Traffic(cfg)
+    start = resolved_start_ms(cfg)
+    for day in range(cfg.days):
+        for delivered, _, item in traffic.day(day, start + day * MS_PER_DAY):
+            yield delivered, item
+    pending = traffic.pending
     while pending:
         delivered, _, payload = heapq.heappop(pending)
         yield delivered, payload
