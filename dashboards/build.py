@@ -503,9 +503,6 @@ def _pipeline_freshness() -> list[Panel]:
     ]
 
 
-# ---- output --------------------------------------------------------------------------------
-
-#: file stem -> builder. Later issues add "money" and "winback" here.
 # ---- Money ----------------------------------------------------------------------------------
 
 
@@ -674,6 +671,9 @@ def _winback_sending() -> list[Panel]:
     ]
 
 
+# ---- output --------------------------------------------------------------------------------
+
+#: file stem -> builder
 DASHBOARDS: dict[str, Callable[[], dash_b.Dashboard]] = {
     "live": live,
     "retention": retention,
