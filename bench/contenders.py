@@ -1,11 +1,13 @@
 """The three consumers raced on the same topic, each timed over its steady window.
 
-Every contender is timed the same way, so startup and consumer-group join (seconds on
-Tansu, see ``local_stack``) never count: the window opens when the first unit of work is
-done (the raw loop's first batch, the Faust agent's first message, the worker's first
-applied partition batch as seen in Redis) and closes when the last event is done. The rate
-is the events done *inside* the window divided by its length: the events of the first unit
-are excluded, since their processing time is before the window opens.
+Startup and consumer-group join (seconds on Tansu, see ``local_stack``) never count: the
+Faust agent's and the worker's windows open when their first unit of work is done (the
+agent's first message, the worker's first applied partition batch as seen in Redis) and
+close when the last event is done; the events of that first unit are not counted. The raw
+loop's window opens when its first fetch that returns records was *requested* and counts
+that fetch's events too: it has no group join to leave out, and a topic that fits in one
+fetch would otherwise have an empty window (a rate of 0). The rate is the events done inside
+the window divided by its length.
 
 * ``raw``: an aiokafka ``getmany`` loop that only decodes JSON and counts events; the
   ceiling any Python consumer on this broker and machine can reach. It runs in this process
@@ -175,6 +177,7 @@ async def raw_loop(stack: Stack, topic: str, shape: str, expected_events: int
         loads = orjson.loads
         stalled_since = time.monotonic()
         while count < expected_events:
+            requested = time.perf_counter()
             batches = await consumer.getmany(timeout_ms=200, max_records=BATCH_RECORDS)
             before = count
             for tp, records in batches.items():
@@ -189,8 +192,8 @@ async def raw_loop(stack: Stack, topic: str, shape: str, expected_events: int
             if count > before:
                 bar.update(count - before)
                 stalled_since = time.monotonic()
-                if first is None:
-                    first = (time.perf_counter(), count)
+                if first is None:  # the window opens at this fetch's request
+                    first = (requested, before)
                     meter.start()
             elif time.monotonic() - stalled_since > stack.stall_s:
                 raise BenchFailure(f"raw loop: no progress for {stack.stall_s}s at "

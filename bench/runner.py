@@ -62,9 +62,11 @@ CONTENDER_LABELS = {
 }
 METHOD = (
     "events/s over each contender's steady window: from the end of its first unit of work "
-    "(raw loop: first getmany batch; faust: first message; worker: first partition batch "
-    "seen applied in Redis, polled every 20 ms) to its last event; events of that first "
-    "unit are not counted. Startup and consumer-group join are therefore excluded for all. "
+    "(faust: first message; worker: first partition batch seen applied in Redis, polled "
+    "every 20 ms) to its last event, events of that first unit not counted; the raw loop "
+    "(no group join) from the request of its first fetch that returned records, that "
+    "fetch counted, so a topic read in one fetch still has a window. Startup and "
+    "consumer-group join are therefore excluded for all. "
     "Contenders run one after another on the same topic, never at the same time. "
     "Horizontal: two workers in one group replay the single topic together; both are started "
     "at once and the window opens at the first batch applied after both logged disjoint "
