@@ -135,9 +135,9 @@ async def take_snapshot(store: RedisStore, settings: Settings) -> Snapshot:
         figures=figures,
         stats=dict(figures.stats),
         watermarks={
-            shard: progress["watermark_ms"]  # type: ignore[misc]
+            shard: progress.watermark_ms
             for shard, progress in (await store.partition_progress([])).items()
-            if progress["watermark_ms"] is not None
+            if progress.watermark_ms is not None
         },
         taken_at=time.time(),
     )

@@ -16,9 +16,10 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.exceptions
@@ -44,6 +45,7 @@ from retention_tracker.streams.plan import Plan, dedup_key
 from retention_tracker.streams.winback import plan_notifications
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):
@@ -152,8 +154,8 @@ class Ingestor:
                 if idle or not busy:  # nothing assigned yet: getmany() waits for it
                     fetch = asyncio.ensure_future(self.consumer.getmany(
                         *idle, timeout_ms=200, max_records=self.settings.batch_max_records))
-                await asyncio.wait([*busy.values(), *([fetch] if fetch else [])],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                waiting: list[asyncio.Future[Any]] = [*busy.values(), *([fetch] if fetch else [])]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 for tp, task in list(busy.items()):
                     if task.done():
                         del busy[tp]
@@ -170,11 +172,11 @@ class Ingestor:
                 for tp, records in batches.items():
                     if records:
                         busy[tp] = asyncio.ensure_future(self._retrying(
-                            lambda tp=tp, records=records: self.process(tp, records)))
+                            partial(self.process, tp, records)))
         finally:
-            pending = [*busy.values(), *([fetch] if fetch else [])]
-            for task in pending:
-                task.cancel()
+            pending: list[asyncio.Future[Any]] = [*busy.values(), *([fetch] if fetch else [])]
+            for future in pending:
+                future.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
     def refuse_changed_partition_counts(self) -> bool:
@@ -192,12 +194,13 @@ class Ingestor:
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
         for tp in assigned:
-            await self._retrying(lambda tp=tp: self.store.register_shard(tp.partition))
+            await self._retrying(partial(self.store.register_shard, tp.partition))
         for tp in assigned:
             progress = await self._retrying(
-                lambda tp=tp: self.store.partition_progress([tp.topic])
+                partial(self.store.partition_progress, [tp.topic])
             )
-            stored = progress.get(tp.partition, {}).get("offsets", {}).get(tp.topic)
+            found = progress.get(tp.partition)
+            stored = found.offsets.get(tp.topic) if found is not None else None
             if stored is None:
                 await self.consumer.seek_to_beginning(tp)
             else:
@@ -206,13 +209,13 @@ class Ingestor:
         self.metrics.assigned.set(len(self.assigned))
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
-    async def _retrying(self, step: Callable[[], object]) -> object:
+    async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis step until it succeeds: while Redis is away, consumption pauses here
         instead of dropping or buffering."""
         delays = self.backoff.delays()
         while True:
             try:
-                return await step()  # type: ignore[misc]
+                return await step()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 self.metrics.redis_errors.inc()
                 delay = next(delays)
@@ -326,7 +329,7 @@ class Ingestor:
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
-                        await self._retrying(lambda shard=shard: self._notify_due(shard))
+                        await self._retrying(partial(self._notify_due, shard))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)

@@ -10,7 +10,7 @@ never does I/O at scrape time; it renders the last snapshot it was given.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,7 +197,7 @@ class SnapshotCollector(Collector):
 
 
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
-               money: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> None:
+               money: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
         """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
         for kind, by_currency in money.items():
             for currency, rows in by_currency.items():

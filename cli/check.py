@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
-from retention_tracker.state.schema import Keyspace, parse_stat
+from retention_tracker.state.schema import Keyspace, parse_stat, text
 from retention_tracker.state.store import timezone_problem
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.counters import Stat
@@ -151,12 +151,12 @@ def _read_stored(client: redis.Redis, keys: Keyspace) -> _Stored:
     routes: Counter[str] = Counter()
     for shard in client.smembers(keys.shards()):
         for name, value in client.hgetall(keys.stats(int(shard))).items():
-            stat = parse_stat(name.decode())
+            stat = parse_stat(text(name))
             if stat is not None and stat[0] is Stat.ROUTE and stat[1] in recent:
                 routes[stat[2]] += int(value)
     return _Stored(
-        timezones={k.decode(): v.decode() for k, v in client.hgetall(keys.apps()).items()},
-        partition_counts={k.decode(): int(v) for k, v in
+        timezones={text(k): text(v) for k, v in client.hgetall(keys.apps()).items()},
+        partition_counts={text(k): int(v) for k, v in
                           client.hgetall(keys.topology()).items()},
         routes=routes,
     )

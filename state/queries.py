@@ -130,13 +130,13 @@ VALUE_SEGMENTS = ("vip", "payer", "free")
 
 def segment_of(where: Sequence[str] = ()) -> str:
     """``--where attr=value`` -> the segment whose counters the state keeps. One attribute
-    at a time: combinations would need counters per combination (README "Segments")."""
+    at a time: combinations would need counters per combination (README "Money and segments")."""
     if not where:
         return ALL_USERS
     if len(where) > 1:
         raise QueryError(
             "one segment at a time: the state keeps counters per single attribute value, "
-            "not per combination (see README 'Segments')", "where",
+            "not per combination (see README 'Money and segments')", "where",
         )
     name, sep, value = where[0].partition("=")
     if not sep or name not in SEGMENT_ATTRIBUTES or not value:
@@ -373,8 +373,8 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> PipelineRepo
             rejected[key[1]] = value
         elif key[0] is Stat.DUPLICATE:
             duplicates[key[1]] = value
-    marks = {shard: p["watermark_ms"] for shard, p in
-             (await store.partition_progress([])).items() if p["watermark_ms"] is not None}
+    marks = {shard: p.watermark_ms for shard, p in
+             (await store.partition_progress([])).items() if p.watermark_ms is not None}
     return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded,
                           {str(shard): iso_time(int(ms)) for shard, ms in sorted(marks.items())})
 
@@ -397,9 +397,10 @@ async def winback_figures(
             return sum(n for seg, per in counts[days, kind].items()
                        if segment in (None, seg) for c, n in per.items() if churn in (None, c))
 
-        out = {name: total(kind) for kind, name in _WINBACK_KINDS.items()
-               if kind is not Stat.BACK_WITHIN_7D}
-        out["back_within_7d_share"] = rate(total(Stat.BACK_WITHIN_7D), out["notified"])
+        counted = {name: total(kind) for kind, name in _WINBACK_KINDS.items()
+                   if kind is not Stat.BACK_WITHIN_7D}
+        out: dict[str, float | None] = dict(counted)
+        out["back_within_7d_share"] = rate(total(Stat.BACK_WITHIN_7D), counted["notified"])
         return out
 
     result: dict[str, Any] = {}

@@ -36,6 +36,12 @@ META_TOKEN = "tok"
 META_OFFSET_PREFIX = "off:"
 
 
+def text(value: bytes | str) -> str:
+    """A name or value as read: bytes from this project's clients (they never decode
+    replies), text from one that does."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def offset_field(topic: str) -> str:
     """The meta field holding the next offset of ``topic`` applied with the state."""
     return f"{META_OFFSET_PREFIX}{topic}"

@@ -26,6 +26,7 @@ from retention_tracker.state.schema import (
     parse_due_member,
     render_cell,
     render_stat,
+    text,
 )
 from retention_tracker.state.scripts import APPLY_PLAN_LUA, LOAD_BATCH_LUA, KeyIndex, pack
 from retention_tracker.streams.calendar import MS_PER_DAY
@@ -47,6 +48,15 @@ class LoadedBatch:
 
 #: Due entries read per threshold and pass: a pass that got fewer has drained them.
 DUE_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionProgress:
+    """How far one partition's state goes: its event-time watermark and, per topic, the
+    next offset to apply."""
+
+    watermark_ms: int | None
+    offsets: dict[str, int]
 
 
 class TimezoneConflict(ConfigError):
@@ -280,7 +290,7 @@ class RedisStore:
     async def partition_counts(self) -> dict[str, int]:
         """The partition count of every topic the state was built from."""
         raw = await self.client.hgetall(self.keys.topology())
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {text(k): int(v) for k, v in raw.items()}
 
     async def record_partition_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
         """Record the counts of topics seen for the first time; returns all stored counts
@@ -296,7 +306,7 @@ class RedisStore:
         """Record the app's timezone on its first data; refuse to mix two calendars."""
         await self.client.hsetnx(self.keys.apps(), app, timezone)
         stored = await self.client.hget(self.keys.apps(), app)
-        problem = timezone_problem(app, stored.decode() if stored else None, timezone)
+        problem = timezone_problem(app, text(stored) if stored else None, timezone)
         if problem:
             raise TimezoneConflict(problem)
 
@@ -307,7 +317,7 @@ class RedisStore:
 
     async def app_timezones(self) -> dict[str, str]:
         raw = await self.client.hgetall(self.keys.apps())
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def read_family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
         """One aggregate family of an app's segment, summed over every partition."""
@@ -375,21 +385,19 @@ class RedisStore:
                     total[field.decode()] += int(value)
         return total
 
-    async def partition_progress(self, topics: Iterable[str]) -> dict[int, dict[str, object]]:
+    async def partition_progress(self, topics: Iterable[str]) -> dict[int, PartitionProgress]:
         """Per partition: next offsets and watermark, for lag, health and the event clock."""
         shards = await self.shard_ids()
         topics = list(topics)
-        out: dict[int, dict[str, object]] = {}
+        out: dict[int, PartitionProgress] = {}
         async with self.client.pipeline(transaction=False) as pipe:
             for shard in shards:
                 pipe.hmget(self.keys.meta(shard), [META_WATERMARK, *map(offset_field, topics)])
             for shard, values in zip(shards, await pipe.execute(), strict=True):
-                out[shard] = {
-                    "watermark_ms": int(values[0]) if values[0] else None,
-                    "offsets": {
-                        t: int(v) for t, v in zip(topics, values[1:], strict=True) if v
-                    },
-                }
+                out[shard] = PartitionProgress(
+                    int(values[0]) if values[0] else None,
+                    {t: int(v) for t, v in zip(topics, values[1:], strict=True) if v},
+                )
         return out
 
     async def shard_watermark_ms(self, shard: int) -> int | None:
@@ -398,5 +406,5 @@ class RedisStore:
 
     async def watermark_ms(self) -> int | None:
         progress = await self.partition_progress([])
-        marks = [p["watermark_ms"] for p in progress.values() if p["watermark_ms"] is not None]
-        return max(marks) if marks else None  # type: ignore[type-var]
+        marks = [p.watermark_ms for p in progress.values() if p.watermark_ms is not None]
+        return max(marks) if marks else None

@@ -10,7 +10,7 @@ users, a currency for a kind that has none), ``flatten`` merges a mapping into t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -149,7 +149,7 @@ class AppFigures(Report):
     winback: Mapping[str, Any]
     summary: Row
     cohorts: Mapping[str, tuple[Row, ...]]  # kind -> rows
-    money: Mapping[str, Mapping[str, tuple[Row, ...]]]  # kind -> currency -> rows
+    money: Mapping[str, Mapping[str, Sequence[Row]]]  # kind -> currency -> rows
     headline: Mapping[int, Any]
     headline_size: Mapping[int, Any]
 
