@@ -16,12 +16,11 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
 
-import orjson
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -30,6 +29,7 @@ from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from retention_tracker.agents.metrics import WorkerMetrics
+from retention_tracker.agents.notifier import Notifier
 from retention_tracker.agents.rekey import (
     PartitionCountChanged,
     Router,
@@ -37,12 +37,11 @@ from retention_tracker.agents.rekey import (
     read_records,
 )
 from retention_tracker.config.settings import Settings, segment_rules
-from retention_tracker.state.store import DUE_PAGE, RedisStore
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.batch import BatchRules, DeadLetter, Forward, outcome_of
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
 from retention_tracker.streams.plan import Plan, dedup_key
-from retention_tracker.streams.winback import plan_notifications
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +86,8 @@ class Ingestor:
         self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
                                       settings.winback_rules(), settings.clock == "event")
         self._calendars: dict[str, AppCalendar] = {}
+        self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms,
+                                 self.calendar_for)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.router: Router | None = None  # set on start, from the topics' partition count
@@ -117,6 +118,7 @@ class Ingestor:
         self.router = Router(shards)
         self.producer = AIOKafkaProducer(**s.kafka_options(), acks="all")
         await self.producer.start()
+        self.notifier.producer = self.producer
         self.consumer = AIOKafkaConsumer(
             **s.kafka_options(),
             group_id=s.group_id,
@@ -242,7 +244,7 @@ class Ingestor:
         async with self.lock(tp.partition):
             applied = await self._process(tp, records)
             if self.settings.clock == "event" and self.batch_rules.winback.thresholds:
-                await self._notify_due(tp.partition, applied)
+                await self.notifier.notify_due(tp.partition, applied)
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
                        ) -> Plan | None:
@@ -278,7 +280,7 @@ class Ingestor:
             await self._forward([f for f in outcome.forwards if f.offset < forwarded_from], tp)
             forwarded_from = min(start, forwarded_from)
             await self._send_dead_letters(outcome.dead_letters, records, rekeyed)
-            await self._send(self._winback_messages(plan.notifications, plan.reactivations))
+            await self.notifier.send(plan.notifications, plan.reactivations)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
                                            self.settings.inactivity_thresholds):
@@ -329,59 +331,13 @@ class Ingestor:
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
-                        await self._retrying(partial(self._notify_due, shard))
+                        await self._retrying(partial(self.notifier.notify_due, shard))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)
 
-    async def _notify_due(self, shard: int, applied: Plan | None = None) -> None:
-        """Send what is due, then record it, fenced like a batch: a crash in between sends
-        the same notification ids again (push services drop repeats by id), none is lost.
-        ``applied``: the batch just applied (event clock), to tell when each moment came."""
-        s = self.settings
-        while True:
-            now = self.clock_ms()
-            if s.clock == "event":  # the partition's own event time
-                now = await self.store.shard_watermark_ms(shard) or 0
-            due = await self.store.due_entries(shard, s.inactivity_thresholds, now)
-            if not due:
-                return
-            loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)
-            plan = plan_notifications(
-                due, loaded.states, now, self.calendar_for, self.batch_rules.segments,
-                self.batch_rules.winback,
-                applied.arrivals if applied else (), applied.known_ms if applied else None,
-            )
-            await self._send(self._winback_messages(plan.messages, []))
-            if await self.store.apply_notifications(shard, loaded, plan):
-                self.metrics.notifications.inc(len(plan.messages))
-                if len(due) < DUE_PAGE:
-                    return
-            else:
-                self.metrics.conflicts.inc()
-
-    def _winback_messages(self, inactive: list[dict[str, object]],
-                          reactivated: list[dict[str, object]]
-                          ) -> list[tuple[str, str, dict[str, object]]]:
-        """(topic, key, body) of win-back messages: users.inactive.{K}d, users.reactivated."""
-        s = self.settings
-        return [
-            *((s.inactive_topic(int(m["threshold_days"])), str(m["user_id"]), m)  # type: ignore[call-overload]
-              for m in inactive),
-            *((s.reactivated_topic, str(m["user_id"]), m) for m in reactivated),
-        ]
-
     def calendar_for(self, app: str) -> AppCalendar:
         return self._calendars.get(app) or AppCalendar(self.settings.timezone_of(app))
-
-    async def _send(self, messages: Iterable[tuple[str, str, dict[str, object]]]) -> None:
-        assert self.producer is not None
-        futures = [
-            await self.producer.send(topic, value=orjson.dumps(body), key=key.encode())
-            for topic, key, body in messages
-        ]
-        if futures:  # most batches send nothing: skip gather's own cost
-            await asyncio.gather(*futures)
 
     async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
         """Each event to its user's home partition of the re-key topic, as it was sent,
