@@ -33,6 +33,7 @@ from retention_tracker.state.queries import (
     summary_report,
     value_segments_report,
 )
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import GRANULARITIES, MS_PER_DAY, parse_date
 from retention_tracker.streams.figures import KINDS, KPI_PERIODS, MONEY_KINDS
 from retention_tracker.streams.reports import ReplayReport, Report
@@ -78,6 +79,15 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 R = TypeVar("R", bound=Report)
+
+
+def _show(build: Callable[[RedisStore, Settings], Awaitable[R]], as_json: bool,
+          text: Callable[[R], str]) -> None:
+    """A report read from Redis (no worker needed), shown as text or JSON."""
+    from retention_tracker.state.connect import make_store
+
+    settings = _settings()
+    _emit(_run(lambda: build(make_store(settings), settings)), as_json, text)
 
 
 def _emit(report: R, as_json: bool, text: Callable[[R], str]) -> None:
@@ -126,14 +136,9 @@ def report(
     date_from: date | None, date_to: date | None, as_json: bool,
 ) -> None:
     """Print a cohort triangle (retention or money), read from Redis (no worker needed)."""
-    from retention_tracker.state.connect import make_store
-
-    settings = _settings()
-    doc = _run(lambda: cohort_report(
-        make_store(settings), settings, app_name, granularity, kind, date_from, date_to,
-        where, currency,
-    ))
-    _emit(doc, as_json, triangle_table)
+    _show(lambda store, settings: cohort_report(
+        store, settings, app_name, granularity, kind, date_from, date_to, where, currency,
+    ), as_json, triangle_table)
 
 
 @cli.command()
@@ -143,11 +148,8 @@ def report(
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: bool) -> None:
     """Print the day's DAU, WAU, MAU, stickiness, installs, new and returning users, money."""
-    from retention_tracker.state.connect import make_store
-
-    settings = _settings()
-    doc = _run(lambda: summary_report(make_store(settings), settings, app_name, on, where))
-    _emit(doc, as_json, summary_text)
+    _show(lambda store, settings: summary_report(store, settings, app_name, on, where),
+          as_json, summary_text)
 
 
 @cli.command()
@@ -158,11 +160,8 @@ def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: boo
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> None:
     """Per period: active, new, returning, CRR, churn, revenue, payers, repeat purchase rate."""
-    from retention_tracker.state.connect import make_store
-
-    settings = _settings()
-    doc = _run(lambda: kpis_report(make_store(settings), settings, app_name, period, where))
-    _emit(doc, as_json, kpis_table)
+    _show(lambda store, settings: kpis_report(store, settings, app_name, period, where),
+          as_json, kpis_table)
 
 
 @cli.command()
@@ -176,12 +175,8 @@ def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> N
 def rpr(app_name: str, granularity: str, date_from: date | None, date_to: date | None,
         where: tuple[str, ...], as_json: bool) -> None:
     """Repeat purchase rate: lifetime, per cohort, and for a window (--from/--to)."""
-    from retention_tracker.state.connect import make_store
-
-    settings = _settings()
-    doc = _run(lambda: repeat_purchase_report(
-        make_store(settings), settings, app_name, granularity, date_from, date_to, where))
-    _emit(doc, as_json, rpr_text)
+    _show(lambda store, settings: repeat_purchase_report(
+        store, settings, app_name, granularity, date_from, date_to, where), as_json, rpr_text)
 
 
 @cli.command()
@@ -189,11 +184,8 @@ def rpr(app_name: str, granularity: str, date_from: date | None, date_to: date |
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def segments(app_name: str, as_json: bool) -> None:
     """VIP, payers and free users side by side: counts and D1/D7/D30 retention."""
-    from retention_tracker.state.connect import make_store
-
-    settings = _settings()
-    doc = _run(lambda: value_segments_report(make_store(settings), settings, app_name))
-    _emit(doc, as_json, segments_table)
+    _show(lambda store, settings: value_segments_report(store, settings, app_name),
+          as_json, segments_table)
 
 
 @cli.command()

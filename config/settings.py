@@ -208,11 +208,16 @@ def _list(name: str, raw: str) -> tuple[str, ...]:
     return items
 
 
-def _days_list(raw: str) -> tuple[int, ...]:
+def _sorted_ints(raw: str, invalid: str) -> tuple[int, ...]:
+    """A comma-separated list of integers, each once, ascending; ``invalid`` says why not."""
     try:
-        values = tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
+        return tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
     except ValueError:
-        raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must be whole days, e.g. 1,2,7") from None
+        raise ConfigError(invalid) from None
+
+
+def _days_list(raw: str) -> tuple[int, ...]:
+    values = _sorted_ints(raw, f"INACTIVITY_THRESHOLDS={raw!r} must be whole days, e.g. 1,2,7")
     if values and values[0] < 1:
         raise ConfigError(f"INACTIVITY_THRESHOLDS={raw!r} must name days >= 1 (empty: off)")
     return values
@@ -238,10 +243,7 @@ def _pattern(raw: str) -> str:
 
 
 def _offsets(raw: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(p) for p in raw.split(",") if p.strip()}))
-    except ValueError:
-        raise ConfigError(f"METRICS_OFFSETS={raw!r} must be comma-separated integers") from None
+    values = _sorted_ints(raw, f"METRICS_OFFSETS={raw!r} must be comma-separated integers")
     if not values or values[0] < 0:
         raise ConfigError(f"METRICS_OFFSETS={raw!r} must name offsets >= 0")
     return values
