@@ -4,6 +4,8 @@ tests/faults/test_hostile_input.py throws hostile bytes at the same parser."""
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given
@@ -109,3 +111,90 @@ def test_the_canonical_json_of_an_event_parses_back_to_it(event: Event) -> None:
     parsed = parse_message(orjson.dumps(event.to_json()), NOW)
     assert parsed.rejects == []
     assert parsed.events == [(-1, event)]
+
+
+# ---- the fast reader (msgspec) against the plain one ------------------------------------
+# parse_message reads a well-formed message in one msgspec pass and falls back to
+# validate_event for anything else; both must give the same ParsedMessage for every input.
+
+_FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(),
+    st.text(max_size=3), st.text(min_size=60, max_size=140), st.sampled_from(
+        ["session", "install", "purchase", "survey", "bet", "EUR", "eur", "EUR\n", "a b",
+         "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:00", "1e3", "", "\ud7ff"]),
+    st.integers(NOW - 500 * 86_400_000, NOW + 2 * 86_400_000),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
+                                                         max_size=2),
+)
+_FIELDS = ("event_id", "type", "user_id", "ts", "app", "platform", "country", "campaign",
+           "cost", "amount", "currency", "extra")
+
+
+@st.composite
+def _objects(draw: st.DrawFn) -> dict[str, object]:
+    """A valid event with some fields removed or replaced by anything."""
+    obj: dict[str, object] = base(type=draw(st.sampled_from(["session", "install",
+                                                             "purchase"])))
+    if obj["type"] == "purchase":
+        obj["amount"] = draw(st.integers(0, 10**9) | st.floats(0, 1e9))
+    for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=4)):
+        if draw(st.booleans()):
+            obj.pop(name, None)
+        else:
+            obj[name] = draw(_FIELD_VALUES)
+    return obj
+
+
+def _both_readers(raw: bytes, max_events: int = 1000) -> None:
+    fast = parse_message(raw, NOW, 1 << 20, max_events)
+    plain = parse_message(raw, NOW, 1 << 20, max_events, fast=False)
+    assert fast == plain
+    # the same values, to the type: an int amount stays an int, a float a float
+    for (_, a), (_, b) in zip(fast.events, plain.events, strict=True):
+        assert [type(v) for v in (a.cost, a.amount, a.ts_ms)] == [
+            type(v) for v in (b.cost, b.amount, b.ts_ms)]
+
+
+def _json(value: object) -> bytes:
+    """The stdlib encoder: NaN, Infinity and ints of any size, as producers send them."""
+    return json.dumps(value).encode()
+
+
+@given(obj=_objects())
+def test_fast_and_plain_readers_agree_on_objects(obj: dict[str, object]) -> None:
+    _both_readers(_json(obj))
+
+
+@given(objs=st.lists(_objects(), max_size=5), max_events=st.integers(1, 6))
+def test_fast_and_plain_readers_agree_on_arrays(objs: list[dict[str, object]],
+                                                max_events: int) -> None:
+    _both_readers(_json(objs), max_events)
+
+
+@given(raw=st.binary(max_size=300))
+def test_fast_and_plain_readers_agree_on_bytes(raw: bytes) -> None:
+    _both_readers(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"event_id":"e","type":"session","user_id":"u","ts":100000000000000000000000}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1e3}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"type":"bet"}',
+    b'{"event_id":"e","type":"purchase","user_id":"u","ts":1,"amount":5}',
+    b'{"event_id":"e","type":"purchase","user_id":"u","ts":1,"amount":5.0,"currency":"EU"}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"currency":7}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"app":null}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"platform":""}',
+    b'[{"event_id":"e","type":"session","user_id":"u","ts":1},{"event_id":""}]',
+    b'\xef\xbb\xbf{"event_id":"e","type":"session","user_id":"u","ts":1}',
+    b'[]',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"unknown\xff":1}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"x":"\\ud800"}',
+    b'{"event_id":"e","type":"session","user_id":"u","ts":1,"x":[01]}',
+])
+def test_fast_and_plain_readers_agree_on_edges(raw: bytes) -> None:
+    _both_readers(raw)
+
+
+def test_deep_nesting_falls_back_to_the_plain_reader() -> None:
+    _both_readers(b"[" * 5000 + b"]" * 5000)

@@ -16,9 +16,9 @@ import asyncio
 import os
 import random
 from collections import Counter
-from dataclasses import replace
 from datetime import date, timedelta
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,7 +119,7 @@ def accepted_events(
             seen.add(key)
             stats[f"acc:{event.app}:{event.type}"] += 1
             watermark[shard] = max(watermark.get(shard, event.ts_ms), event.ts_ms)
-            accepted.append(replace(event, event_id=f"{event.event_id}@{number}")
+            accepted.append(msgspec.structs.replace(event, event_id=f"{event.event_id}@{number}")
                             if key in ever else event)
             ever.add(key)
     return accepted, stats
