@@ -9,7 +9,7 @@ A typical free user costs ~20 bytes of value; see README "Memory".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 _FORMAT_VERSION = 4
 _READABLE_VERSIONS = (3, 4)  # 3: before expired thresholds (no flag bit on notified days)
@@ -18,16 +18,18 @@ UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
 MONEY_UNITS = 10_000  # amounts are kept as integer 1/10,000ths: sums are exact
 
 
-@dataclass(frozen=True, slots=True)
-class Purchases:
+class Purchases(msgspec.Struct, frozen=True, gc=False):
     """A user's purchases on one local day in one currency."""
 
     count: int
     units: int
 
 
-@dataclass(frozen=True, slots=True)
-class UserState:
+class UserState(msgspec.Struct, frozen=True, gc=False):
+    """Frozen msgspec Structs, like ``Event``: built once or more per changed user and
+    batch, where a frozen dataclass's field-by-field ``__init__`` cost ~1.5 µs. ``gc=False``:
+    only numbers, strings and immutable containers of them, never a cycle."""
+
     first_seen_ms: int
     last_active_ms: int
     first_day: int  # local day of first_seen_ms in the app's calendar

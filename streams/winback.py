@@ -12,9 +12,11 @@ import hashlib
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from msgspec.structs import replace
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_label
 from retention_tracker.streams.counters import Cell, Stat
