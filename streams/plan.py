@@ -93,7 +93,8 @@ _LTV, _PERIOD_REVENUE, _FIRST_PAYMENT, _PERIOD_PAYERS, _REPEAT_PAYERS, _REPEAT_B
 
 
 def user_contributions(
-    state: UserState, near_days: frozenset[int] | None = None
+    state: UserState, near_days: frozenset[int] | None = None,
+    into: Counter[Cell] | None = None, sign: int = 1,
 ) -> Counter[Cell]:
     """What one user adds to every aggregate counter of its app (METRICS.md §3-§6), keyed
     by cell (streams/counters.py).
@@ -101,25 +102,28 @@ def user_contributions(
     With ``near_days``, only the counters that a change on those days can move are given
     (plus the few per-user ones: cohort, cost, last active, first payment, repeat buyer):
     for two states with the same first day and segments, the difference of the scoped
-    contributions is the difference of the full ones, at a fraction of the cost."""
-    contrib: Counter[Cell] = Counter()
+    contributions is the difference of the full ones, at a fraction of the cost.
+
+    With ``into``, the contributions times ``sign`` are added to it: a delta is new's
+    minus old's, with no Counter in between."""
+    contrib: Counter[Cell] = Counter() if into is None else into
     scoped = near_days is not None
     near: frozenset[int] = near_days if near_days is not None else state.active_days
-    _add_daily(contrib, state, near, scoped)
+    _add_daily(contrib, state, near, scoped, sign)
     purchase_count = state.purchase_count() if state.purchases else 0
     for g in GRANULARITIES:
-        near_periods = _add_periods(contrib, state, g, near, scoped)
+        near_periods = _add_periods(contrib, state, g, near, scoped, sign)
         if state.purchases:
-            _add_period_money(contrib, state, g, near_periods, purchase_count)
+            _add_period_money(contrib, state, g, near_periods, purchase_count, sign)
     return contrib
 
 
 def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],
-               scoped: bool) -> None:
+               scoped: bool, sign: int) -> None:
     """The daily counters: DAU, WAU/MAU edges, installs, new users, payers, revenue."""
     days = state.active_days
     for day in near & days if scoped else days:
-        contrib[_DAU, day] += 1
+        contrib[_DAU, day] += sign
     # a change on day d moves edges in [d, d + width] only: outside that range the edges
     # of the old and new state are equal, so both may leave them out
     low, high = (min(near), max(near)) if scoped and near else (None, None)
@@ -128,45 +132,46 @@ def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],
         for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
             for day, edge in _window_edges(ordered, width):
                 if low is None or high is None or low <= day <= high + width:
-                    contrib[measure, day] += edge
+                    contrib[measure, day] += sign * edge
     for day in state.install_days:
         if not scoped or day in near:
-            contrib[_INSTALLS, day] += 1
-    contrib[_NEW_USERS, state.first_day] += 1
+            contrib[_INSTALLS, day] += sign
+    contrib[_NEW_USERS, state.first_day] += sign
     purchases = [p for p in state.purchases if not scoped or p[0] in near]
     for day in {day for day, _, _ in purchases}:
-        contrib[_PAYERS, day] += 1
+        contrib[_PAYERS, day] += sign
     for day, currency, totals in purchases:
-        contrib[_REVENUE, day, currency] += totals.units
+        contrib[_REVENUE, day, currency] += sign * totals.units
 
 
 def _add_periods(contrib: Counter[Cell], state: UserState, g: str, near: frozenset[int],
-                 scoped: bool) -> frozenset[int] | set[int]:
+                 scoped: bool, sign: int) -> frozenset[int] | set[int]:
     """The cohort counters of granularity ``g``: size, classic cells, active, lost, last
     active, cost. Returns the periods a change can move (the money counters use them)."""
     days = state.active_days
     cohort = period_of_day(state.first_day, g)
-    contrib[_COHORT_SIZE, g, cohort] += 1
+    contrib[_COHORT_SIZE, g, cohort] += sign
     # day periods are the days themselves: no copies
     active = days if g == "day" else periods_of_days(days, g)
     near_periods = (near if g == "day" else periods_of_days(near, g)) if scoped else active
     for period in active & near_periods:
-        contrib[_CLASSIC, g, cohort, period - cohort] += 1
-        contrib[_ACTIVE, g, period] += 1
+        contrib[_CLASSIC, g, cohort, period - cohort] += sign
+        contrib[_ACTIVE, g, period] += sign
     lost_candidates = (
         {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
     )
     for period in lost_candidates:
         if period - 1 in active and period not in active:
-            contrib[_LOST, g, period] += 1
-    contrib[_LAST_ACTIVE, g, cohort, period_of_day(state.last_day, g) - cohort] += 1
+            contrib[_LOST, g, period] += sign
+    contrib[_LAST_ACTIVE, g, cohort, period_of_day(state.last_day, g) - cohort] += sign
     if state.cost_units:
-        contrib[_COST, g, cohort] += state.cost_units
+        contrib[_COST, g, cohort] += sign * state.cost_units
     return near_periods
 
 
 def _add_period_money(contrib: Counter[Cell], state: UserState, g: str,
-                      near_periods: frozenset[int] | set[int], purchase_count: int) -> None:
+                      near_periods: frozenset[int] | set[int], purchase_count: int,
+                      sign: int) -> None:
     """A payer's counters of granularity ``g``: LTV, period revenue, first payment, payers,
     repeat payers, repeat buyers."""
     cohort = period_of_day(state.first_day, g)
@@ -175,17 +180,17 @@ def _add_period_money(contrib: Counter[Cell], state: UserState, g: str,
         period = period_of_day(day, g)
         per_period[period] += totals.count
         if period in near_periods:
-            contrib[_LTV, g, cohort, period - cohort, currency] += totals.units
-            contrib[_PERIOD_REVENUE, g, period, currency] += totals.units
-    contrib[_FIRST_PAYMENT, g, cohort, min(per_period) - cohort] += 1
+            contrib[_LTV, g, cohort, period - cohort, currency] += sign * totals.units
+            contrib[_PERIOD_REVENUE, g, period, currency] += sign * totals.units
+    contrib[_FIRST_PAYMENT, g, cohort, min(per_period) - cohort] += sign
     for period, count in per_period.items():
         if period in near_periods:
-            contrib[_PERIOD_PAYERS, g, period] += 1
+            contrib[_PERIOD_PAYERS, g, period] += sign
             if count >= 2:
-                contrib[_REPEAT_PAYERS, g, period] += 1
-    contrib[_REPEAT_BUYERS, g, cohort, 1] += 1
+                contrib[_REPEAT_PAYERS, g, period] += sign
+    contrib[_REPEAT_BUYERS, g, cohort, 1] += sign
     if purchase_count >= 2:
-        contrib[_REPEAT_BUYERS, g, cohort, 2] += 1
+        contrib[_REPEAT_BUYERS, g, cohort, 2] += sign
 
 
 def add_events(
@@ -260,7 +265,7 @@ def _add_user_delta(
         return  # only last_active_ms or sessions moved: no counter can change
     new_segments = tuple(segments_of(new, rules))
     if old is None:
-        pending.setdefault(new_segments, Counter()).update(user_contributions(new))
+        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
         return
     old_segments = tuple(segments_of(old, rules))
     if old_segments == new_segments and old.first_day == new.first_day:
@@ -268,11 +273,11 @@ def _add_user_delta(
         if not near and old.cost_units == new.cost_units:
             return  # e.g. an earlier event carrying the same attribute value
         target = pending.setdefault(new_segments, Counter())
-        target.update(user_contributions(new, near))
-        target.subtract(user_contributions(old, near))
+        user_contributions(new, near, into=target)
+        user_contributions(old, near, into=target, sign=-1)
     else:  # the user moved cohort or segment: every contribution moves
-        pending.setdefault(new_segments, Counter()).update(user_contributions(new))
-        pending.setdefault(old_segments, Counter()).subtract(user_contributions(old))
+        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
+        user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
 
 
 def _nonzero(groups: dict[Segments, Counter[Cell]]) -> dict[Segments, dict[Cell, int]]:
