@@ -65,6 +65,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
 
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
+    # Faust's terminal spinner (kept at WARNING and above) sets the root logger to DEBUG to
+    # spin on every record: every debug call of aiokafka and redis-py then builds a record,
+    # ~3% of a worker's CPU (BENCHMARKS.md "Throughput"). A service needs no spinner.
+    worker.spinner = None
     code = 0
     try:
         worker.execute_from_commandline()
