@@ -11,6 +11,8 @@ field names come from ``state/schema.py`` through the prelude below.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import msgpack
 
 from retention_tracker.state.schema import (
@@ -33,10 +35,13 @@ _PRELUDE = (
 )
 
 # KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets, then dedup buckets.
-# ARGV[1]: {topics = [topic, ...], users = [key_index, user_id, ...],
-#           ids = [current_key_index, previous_key_index, id, ...]}
+# ARGV[1]: {topics = [topic, ...],
+#           users = [[key_index, user_id, user_id, ...], ...]: one group per user bucket,
+#           ids = [[current_key_index, previous_key_index, id, id, ...], ...]: one group per
+#                 dedup bucket (``grouped`` below)}
 # Returns: version, watermark_ms, write token, next offset per topic, user record per user
-# ('' if none), then 1/0 per id (already seen in the current or previous dedup generation).
+# ('' if none), then 1/0 per id (already seen in the current or previous dedup generation),
+# users and ids in their groups' order.
 LOAD_BATCH_LUA = _PRELUDE + """
 local meta = KEYS[1]
 local arg = cmsgpack.unpack(ARGV[1])
@@ -45,19 +50,18 @@ local out = {redis.call('HGET', meta, VERSION) or '0', redis.call('HGET', meta, 
 for _, topic in ipairs(arg.topics) do
   out[#out + 1] = redis.call('HGET', meta, OFFSET .. topic) or ''
 end
-local users = arg.users
-for i = 1, #users, 2 do
-  local bucket, user_id = KEYS[users[i]], users[i + 1]
-  out[#out + 1] = redis.call('HGET', bucket, user_id) or ''
+for _, group in ipairs(arg.users) do
+  -- one HMGET per bucket: a call costs more than the fields it reads
+  for _, record in ipairs(redis.call('HMGET', KEYS[group[1]], unpack(group, 2))) do
+    out[#out + 1] = record or ''
+  end
 end
-local ids = arg.ids
-for i = 1, #ids, 3 do
-  local current, previous, id = KEYS[ids[i]], KEYS[ids[i + 1]], ids[i + 2]
+for _, group in ipairs(arg.ids) do
   -- an id is remembered in the generation it arrived in, and the window spans two
-  if redis.call('HEXISTS', current, id) == 1 or redis.call('HEXISTS', previous, id) == 1 then
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+  local current = redis.call('HMGET', KEYS[group[1]], unpack(group, 3))
+  local previous = redis.call('HMGET', KEYS[group[2]], unpack(group, 3))
+  for i = 1, #current do
+    out[#out + 1] = (current[i] or previous[i]) and 1 or 0
   end
 end
 return out
@@ -69,12 +73,12 @@ return out
 #   token     = this write's token, unique to the call (state/cache.py),
 #   watermark = the new event-time watermark in ms, or '' to leave it,
 #   offsets   = [topic, next_offset, ...],
-#   users     = [key_index, user_id, record, ...],
+#   users     = [[key_index, user_id, record, user_id, record, ...], ...]: per bucket,
 #   counters  = [[[key_index, ...], field, delta, field, delta, ...], ...]: each delta goes
 #               to its field in every key listed first (the segments of a group of users'
 #               aggregate hashes of one family, or the stats hash),
 #   dedup_ttl = seconds a dedup bucket lives after its last write,
-#   dedup     = [key_index, id, ...],
+#   dedup     = [[key_index, id, id, ...], ...]: per dedup bucket,
 #   due_add   = [key_index, score, member, ...],
 #   due_remove = [key_index, member, ...]}
 # Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
@@ -94,9 +98,8 @@ local offsets = arg.offsets
 for i = 1, #offsets, 2 do
   redis.call('HSET', meta, OFFSET .. offsets[i], offsets[i + 1])
 end
-local users = arg.users
-for i = 1, #users, 3 do
-  redis.call('HSET', KEYS[users[i]], users[i + 1], users[i + 2])
+for _, group in ipairs(arg.users) do
+  redis.call('HSET', KEYS[group[1]], unpack(group, 2))  -- one HSET per bucket
 end
 for _, group in ipairs(arg.counters) do
   local targets = group[1]
@@ -110,10 +113,14 @@ for _, group in ipairs(arg.counters) do
     end
   end
 end
-local dedup, expiring = arg.dedup, {}
-for i = 1, #dedup, 2 do
-  local bucket = KEYS[dedup[i]]
-  redis.call('HSET', bucket, dedup[i + 1], '')
+local expiring = {}
+for _, group in ipairs(arg.dedup) do
+  local bucket, pairs = KEYS[group[1]], {}
+  for i = 2, #group do
+    pairs[#pairs + 1] = group[i]
+    pairs[#pairs + 1] = ''
+  end
+  redis.call('HSET', bucket, unpack(pairs))
   -- once per bucket and call: the bucket lives dedup_ttl from its latest write, and one
   -- EXPIRE per bucket is as good as one per id
   if not expiring[bucket] then
@@ -153,3 +160,30 @@ class KeyIndex:
 
     def names(self) -> list[str]:
         return list(self._index)
+
+
+#: Members per grouped command at most: Lua's unpack() returns ~8,000 values at most.
+GROUP_MAX = 1000
+
+
+def grouped(members: Iterable[tuple[tuple[int, ...], Sequence[object]]],
+            most: int = GROUP_MAX) -> tuple[list[list[object]], list[int]]:
+    """(head, member) pairs -> one list per head, ``[*head, *member, *member, ...]``, heads
+    in first-seen order, a new list after ``most`` members; and the input positions of
+    the members in that order. The scripts make one Redis call per list (an HMGET or HSET
+    per bucket) instead of one per member, and reply in the lists' order."""
+    lists: dict[tuple[int, ...], list[list[object]]] = {}
+    positions: dict[tuple[int, ...], list[int]] = {}
+    for position, (head, member) in enumerate(members):
+        found = lists.get(head)
+        if found is None:
+            found = lists[head] = [[*head]]
+            positions[head] = []
+        current = found[-1]
+        if len(current) - len(head) >= most * len(member):
+            current = [*head]
+            found.append(current)
+        current.extend(member)
+        positions[head].append(position)
+    groups = [group for per_head in lists.values() for group in per_head]
+    return groups, [position for per_head in positions.values() for position in per_head]

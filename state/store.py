@@ -28,7 +28,13 @@ from retention_tracker.state.schema import (
     render_stat,
     text,
 )
-from retention_tracker.state.scripts import APPLY_PLAN_LUA, LOAD_BATCH_LUA, KeyIndex, pack
+from retention_tracker.state.scripts import (
+    APPLY_PLAN_LUA,
+    LOAD_BATCH_LUA,
+    KeyIndex,
+    grouped,
+    pack,
+)
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.plan import Plan
@@ -120,18 +126,16 @@ class RedisStore:
         token = self.cache.token(shard)
         held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
         keys = KeyIndex(self.keys.meta(shard))
-        user_args: list[object] = []
-        for app, user_id in to_load:
-            user_args += [keys.of(self.user_key(shard, app, user_id)), user_id]
-        id_args: list[object] = []
-        for key in dedup_keys:
-            bucket = self._dedup_bucket(key)
-            id_args += [
-                keys.of(self.keys.dedup(shard, generation, bucket)),
-                keys.of(self.keys.dedup(shard, generation - 1, bucket)),
-                key,
-            ]
-        blob = pack({"topics": topics, "users": user_args, "ids": id_args})
+        user_groups, user_order = grouped(
+            ((keys.of(self.user_key(shard, app, user_id)),), (user_id,))
+            for app, user_id in to_load)
+        dedup = self.keys.dedup
+        buckets = [self._dedup_bucket(key) for key in dedup_keys]
+        id_groups, id_order = grouped(
+            ((keys.of(dedup(shard, generation, bucket)),
+              keys.of(dedup(shard, generation - 1, bucket))), (key,))
+            for key, bucket in zip(dedup_keys, buckets, strict=True))
+        blob = pack({"topics": topics, "users": user_groups, "ids": id_groups})
         reply = await self._load(keys=keys.names(), args=[blob])
         if token is not None and reply[2] != token:
             self.cache.forget(shard)  # written by someone else since: load every user
@@ -142,10 +146,11 @@ class RedisStore:
             offsets[topic] = int(reply[pos]) if reply[pos] else None
             pos += 1
         loaded: dict[UserKey, UserState | None] = {}
-        for user in to_load:
-            loaded[user] = decode_user(reply[pos]) if reply[pos] else None
+        for position in user_order:
+            loaded[to_load[position]] = decode_user(reply[pos]) if reply[pos] else None
             pos += 1
-        seen = {key for key, flag in zip(dedup_keys, reply[pos:], strict=True) if flag}
+        seen = {dedup_keys[position]
+                for position, flag in zip(id_order, reply[pos:], strict=True) if flag}
         return LoadedBatch(
             version=int(reply[0]),
             watermark_ms=int(reply[1]) if reply[1] else None,
@@ -197,9 +202,9 @@ class RedisStore:
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
-        dedup: list[object] = []
-        for key in plan.new_dedup_keys:
-            dedup += (keys.of(self.keys.dedup(shard, generation, self._dedup_bucket(key))), key)
+        dedup, _ = grouped(
+            ((keys.of(self.keys.dedup(shard, generation, self._dedup_bucket(key))),), (key,))
+            for key in plan.new_dedup_keys)
         due_add: list[object] = []
         for user, last_ms in plan.due.items():
             for days in inactivity_days:
@@ -235,10 +240,9 @@ class RedisStore:
     ) -> bool:
         """One fenced apply call: ``fields`` are the script's arguments beyond what every
         call carries (version, token, dedup TTL, users, counters with the stats)."""
-        user_args: list[object] = []
-        for (app, user_id), state in users.items():
-            user_args += (keys.of(self.user_key(shard, app, user_id)), user_id,
-                          encode_user(state))
+        user_args, _ = grouped(
+            ((keys.of(self.user_key(shard, app, user_id)),), (user_id, encode_user(state)))
+            for (app, user_id), state in users.items())
         stats_group: list[object] = [[keys.of(self.keys.stats(shard))]]
         for stat, delta in stats.items():
             if delta:

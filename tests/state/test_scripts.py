@@ -10,7 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from retention_tracker.state.schema import META_TOKEN, META_VERSION, META_WATERMARK, offset_field
-from retention_tracker.state.scripts import APPLY_PLAN_LUA, LOAD_BATCH_LUA, KeyIndex, pack
+from retention_tracker.state.scripts import (
+    APPLY_PLAN_LUA,
+    LOAD_BATCH_LUA,
+    KeyIndex,
+    grouped,
+    pack,
+)
 
 
 class Scripts:
@@ -104,7 +110,7 @@ async def test_a_stale_version_is_refused_and_nothing_written(scripts: Scripts) 
 async def test_dedup_buckets_expire_from_their_latest_write(scripts: Scripts) -> None:
     keys = KeyIndex(scripts.meta)
     bucket = keys.of(scripts.key("dd:0:0"))
-    assert await scripts.apply(keys, dedup_ttl=600, dedup=[bucket, "id1", bucket, "id2"])
+    assert await scripts.apply(keys, dedup_ttl=600, dedup=[[bucket, "id1", "id2"]])
     assert 0 < await scripts.client.ttl(scripts.key("dd:0:0")) <= 600
     assert await scripts.client.hlen(scripts.key("dd:0:0")) == 2
 
@@ -113,7 +119,29 @@ async def test_load_reads_meta_users_and_both_dedup_generations(scripts: Scripts
     keys = KeyIndex(scripts.meta)
     users, current, previous = (keys.of(scripts.key(n)) for n in ("u:app:0", "dd:1:0", "dd:0:0"))
     assert await scripts.apply(keys, offsets=["t", "7"], watermark="9",
-                               users=[users, "u1", "record"], dedup=[previous, "old"])
-    reply = await scripts.load(keys, topics=["t", "other"], users=[users, "u1", users, "u2"],
-                               ids=[current, previous, "old", current, previous, "new"])
+                               users=[[users, "u1", "record"]], dedup=[[previous, "old"]])
+    reply = await scripts.load(keys, topics=["t", "other"], users=[[users, "u1", "u2"]],
+                               ids=[[current, previous, "old", "new"]])
     assert reply == [b"1", b"9", b"t1", b"7", b"", b"record", b"", 1, 0]
+
+
+def test_grouped_keeps_heads_in_first_seen_order_and_says_where_each_member_went() -> None:
+    members = [((1,), ("a",)), ((2,), ("b",)), ((1,), ("c",)), ((1,), ("d",)), ((2,), ("e",))]
+    assert grouped(members) == ([[1, "a", "c", "d"], [2, "b", "e"]], [0, 2, 3, 1, 4])
+    assert grouped(members, most=2) == ([[1, "a", "c"], [1, "d"], [2, "b", "e"]],
+                                        [0, 2, 3, 1, 4])
+    pairs = [((3, 4), ("u", "r1")), ((3, 4), ("v", "r2"))]
+    assert grouped(pairs, most=1) == ([[3, 4, "u", "r1"], [3, 4, "v", "r2"]], [0, 1])
+
+
+async def test_buckets_larger_than_one_unpack_are_split(scripts: Scripts) -> None:
+    """Lua's unpack() takes ~8,000 values: 20,000 ids in one bucket go in several calls."""
+    keys = KeyIndex(scripts.meta)
+    current, previous = keys.of(scripts.key("dd:1:0")), keys.of(scripts.key("dd:0:0"))
+    ids = [f"id{i}" for i in range(20_000)]
+    dedup, _ = grouped(((current,), (i,)) for i in ids[::2])
+    assert await scripts.apply(keys, dedup=dedup)
+    groups, order = grouped(((current, previous), (i,)) for i in ids)
+    reply = await scripts.load(keys, ids=groups)
+    flags = dict(zip(order, reply[3:], strict=True))
+    assert [flags[n] for n in range(20_000)] == [1 - n % 2 for n in range(20_000)]

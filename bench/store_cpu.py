@@ -1,0 +1,90 @@
+"""Redis's CPU per event alone: the workload's batches loaded, planned and applied through
+the real store (``state/store.py``) on a private redis-server, no broker and no worker.
+
+``retention bench`` shows Redis's share of a replay, but on a shared 2-core machine its CPU
+is read over a window that other work disturbs. Here the same batches go through
+``load_batch`` and ``apply_plan`` one after another, and redis-server's own CPU seconds
+(from /proc) are divided by the events: the figure that says how many events/s one Redis
+core carries (issue 16's goal: at most 5 µs per event):
+
+    python -m retention_tracker.bench.store_cpu --events 200000 --batch 5000
+    python -m retention_tracker.bench.store_cpu --events 200000 --batch 500 --by-user
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from retention_tracker.agents.local_stack import start_redis
+from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.calendar import AppCalendar
+from retention_tracker.streams.events import parse_message
+from retention_tracker.streams.plan import dedup_key, plan_batch
+
+from .plan_cpu import NOW_MS, messages_per_partition
+from .processes import cpu_seconds
+from .workload import WorkloadSpec, build_workload
+
+
+async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
+                 cache_users: int) -> tuple[float, float, int, dict[str, int]]:
+    """Every partition's batches through the store; Redis CPU-s, wall s, events, and the
+    commands Redis ran (``INFO commandstats`` calls, scripts' inner calls included)."""
+    client = aioredis.from_url(url)
+    store = RedisStore(client, prefix="storecpu", state_cache_users=cache_users)
+    calendar = AppCalendar("UTC")
+    await client.config_resetstat()
+    before, started, events = cpu_seconds(pid) or 0.0, time.perf_counter(), 0
+    for shard, messages in enumerate(parts):
+        for start in range(0, len(messages), batch):
+            items = [(offset, index, event)
+                     for offset, message in enumerate(messages[start:start + batch], start)
+                     for index, event in parse_message(message, NOW_MS).events]
+            users = [(e.app, e.user_id) for _, _, e in items]
+            keys = [dedup_key(e.app, e.event_id) for _, _, e in items]
+            loaded = await store.load_batch(shard, ["t"], users, keys, NOW_MS)
+            plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys,
+                              loaded.watermark_ms, 400, lambda _app: calendar,
+                              dedup_keys=keys, event_clock=True)
+            assert await store.apply_plan(shard, loaded, {"t": start + batch}, plan, [2])
+            events += len(items)
+    redis_s = (cpu_seconds(pid) or 0.0) - before
+    wall_s = time.perf_counter() - started
+    stats = await client.info("commandstats")
+    await client.aclose()
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    return redis_s, wall_s, events, calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, help="default: events / 10, as the bench")
+    parser.add_argument("--batch", type=int, default=5000, help="messages per partition batch")
+    parser.add_argument("--by-user", action="store_true", help="arrays of <= 50 user events")
+    parser.add_argument("--cache-users", type=int, default=100_000,
+                        help="the worker's STATE_CACHE_USERS")
+    args = parser.parse_args()
+    workload = build_workload(WorkloadSpec(args.events, args.users or args.events // 10, 30))
+    events = workload.by_user if args.by_user else workload.events
+    parts = messages_per_partition(events, args.by_user, 50)
+    server, url = start_redis()
+    with server:
+        redis_s, wall_s, count, calls = asyncio.run(
+            replay(url, server.pid, parts, args.batch, args.cache_users))
+    shape = "by user, <=50 per message" if args.by_user else "single-event messages"
+    print(f"{count:,} events ({shape}), {args.batch} messages per partition batch: "
+          f"Redis {redis_s:.2f} CPU-s = {redis_s / count * 1e6:.2f} µs per event "
+          f"({count / redis_s:,.0f} events per Redis CPU-second); wall {wall_s:.1f} s")
+    inner = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1])
+             if k not in ("evalsha", "eval", "config|resetstat", "info")}
+    print("  Redis commands per event: " + ", ".join(
+        f"{name} {n / count:.2f}" for name, n in list(inner.items())[:8]))
+
+
+if __name__ == "__main__":
+    main()
