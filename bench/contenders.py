@@ -35,12 +35,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from retention_tracker.agents.local_stack import ManagedProcess, free_port
+from retention_tracker.config.settings import Settings
 from retention_tracker.state.schema import Keyspace
 
 from .processes import FAUST_BASELINE, RETENTION, CpuMeter, peak_rss_bytes, spawn
 
 POLL_S = 0.02  # how often Redis is read for progress: the window's resolution
-BATCH_RECORDS = 5000  # the worker's default BATCH_MAX_RECORDS, used by the raw loop too
+
+
+def batch_records() -> int:
+    """The worker's BATCH_MAX_RECORDS (its environment's, read when the run starts, as the
+    worker reads it), used by the raw loop too: both read the topic in fetches of a size."""
+    return int(os.environ.get("BATCH_MAX_RECORDS") or Settings().batch_max_records)
 
 
 class BenchFailure(Exception):
@@ -158,7 +164,7 @@ async def raw_loop(stack: Stack, topic: str, shape: str, expected_events: int
     """Decode and count every event of ``topic``; also take the census of its records."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=stack.bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=BATCH_RECORDS,
+        auto_offset_reset="earliest", max_poll_records=batch_records(),
         fetch_max_bytes=64 << 20, max_partition_fetch_bytes=8 << 20,  # as the worker's
     )
     started = time.perf_counter()
@@ -178,7 +184,7 @@ async def raw_loop(stack: Stack, topic: str, shape: str, expected_events: int
         stalled_since = time.monotonic()
         while count < expected_events:
             requested = time.perf_counter()
-            batches = await consumer.getmany(timeout_ms=200, max_records=BATCH_RECORDS)
+            batches = await consumer.getmany(timeout_ms=200, max_records=batch_records())
             before = count
             for tp, records in batches.items():
                 offs, cum = offsets[tp.partition], cumulative[tp.partition]

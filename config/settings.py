@@ -83,7 +83,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("DEDUP_WINDOW_DAYS", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "'wall' (live) or 'event' (replaying history: now = watermark)"),
     SettingDoc("CLOCK_SPEED", "wall clock only: run it this many times faster (demos, tests)"),
-    SettingDoc("BATCH_MAX_RECORDS", "Kafka records per fetch (replay speed vs memory)"),
+    SettingDoc("BATCH_MAX_RECORDS", "Kafka records per fetch and partition batch at most "
+               "(replay speed vs memory and Redis script time)"),
     SettingDoc("FETCH_MAX_WAIT_MS", "longest a fetch waits for data (latency vs requests)"),
     SettingDoc("MAX_MESSAGE_BYTES", "larger messages are dead-lettered whole"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
@@ -281,7 +282,7 @@ class Settings:
     dedup_window_days: int = 7
     clock: str = "wall"
     clock_speed: float = 1.0
-    batch_max_records: int = 5000
+    batch_max_records: int = 20000
     fetch_max_wait_ms: int = 50
     max_message_bytes: int = 1 << 20
     max_events_per_message: int = 1000
