@@ -11,7 +11,8 @@ field names come from ``state/schema.py`` through the prelude below.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 import msgpack
 
@@ -166,24 +167,32 @@ class KeyIndex:
 GROUP_MAX = 1000
 
 
-def grouped(members: Iterable[tuple[tuple[int, ...], Sequence[object]]],
+def grouped(members: Iterable[tuple[Hashable, Sequence[object]]],
+            head_of: Callable[[Any], Sequence[object]],
             most: int = GROUP_MAX) -> tuple[list[list[object]], list[int]]:
-    """(head, member) pairs -> one list per head, ``[*head, *member, *member, ...]``, heads
-    in first-seen order, a new list after ``most`` members; and the input positions of
-    the members in that order. The scripts make one Redis call per list (an HMGET or HSET
-    per bucket) instead of one per member, and reply in the lists' order."""
-    lists: dict[tuple[int, ...], list[list[object]]] = {}
-    positions: dict[tuple[int, ...], list[int]] = {}
-    for position, (head, member) in enumerate(members):
-        found = lists.get(head)
+    """(bucket, member) pairs -> one list per bucket, ``[*head_of(bucket), *member, ...]``,
+    buckets in first-seen order, a new list after ``most`` members; and the input
+    positions of the members in that order. The scripts make one Redis call per list (an
+    HMGET or HSET per bucket) instead of one per member, and reply in the lists' order.
+    ``head_of`` (the bucket's key indexes) runs once per bucket, not per member."""
+    flat: list[Sequence[object]] = []
+    positions: dict[Hashable, list[int]] = {}
+    for position, (bucket, member) in enumerate(members):
+        flat.append(member)
+        found = positions.get(bucket)
         if found is None:
-            found = lists[head] = [[*head]]
-            positions[head] = []
-        current = found[-1]
-        if len(current) - len(head) >= most * len(member):
-            current = [*head]
-            found.append(current)
-        current.extend(member)
-        positions[head].append(position)
-    groups = [group for per_head in lists.values() for group in per_head]
-    return groups, [position for per_head in positions.values() for position in per_head]
+            positions[bucket] = [position]
+        else:
+            found.append(position)
+    groups: list[list[object]] = []
+    order: list[int] = []
+    for bucket, where in positions.items():
+        head = head_of(bucket)
+        for start in range(0, len(where), most):
+            chunk = where[start:start + most]
+            group = [*head]
+            for position in chunk:
+                group.extend(flat[position])
+            groups.append(group)
+            order += chunk
+    return groups, order

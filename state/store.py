@@ -101,7 +101,10 @@ class RedisStore:
 
     def user_key(self, shard: int, app: str, user_id: str) -> str:
         """The hash holding this user's record."""
-        return self.keys.users(shard, app, zlib.crc32(user_id.encode()) % self.user_buckets)
+        return self.keys.users(shard, app, self._user_bucket(user_id))
+
+    def _user_bucket(self, user_id: str) -> int:
+        return zlib.crc32(user_id.encode()) % self.user_buckets
 
     def _dedup_bucket(self, key: bytes) -> int:
         return int.from_bytes(key[:4], "little") % self.dedup_buckets
@@ -127,14 +130,13 @@ class RedisStore:
         held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
         keys = KeyIndex(self.keys.meta(shard))
         user_groups, user_order = grouped(
-            ((keys.of(self.user_key(shard, app, user_id)),), (user_id,))
-            for app, user_id in to_load)
+            (((app, self._user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
+            lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
         dedup = self.keys.dedup
-        buckets = [self._dedup_bucket(key) for key in dedup_keys]
         id_groups, id_order = grouped(
-            ((keys.of(dedup(shard, generation, bucket)),
-              keys.of(dedup(shard, generation - 1, bucket))), (key,))
-            for key, bucket in zip(dedup_keys, buckets, strict=True))
+            ((self._dedup_bucket(key), (key,)) for key in dedup_keys),
+            lambda bucket: (keys.of(dedup(shard, generation, bucket)),
+                            keys.of(dedup(shard, generation - 1, bucket))))
         blob = pack({"topics": topics, "users": user_groups, "ids": id_groups})
         reply = await self._load(keys=keys.names(), args=[blob])
         if token is not None and reply[2] != token:
@@ -203,8 +205,8 @@ class RedisStore:
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
         dedup, _ = grouped(
-            ((keys.of(self.keys.dedup(shard, generation, self._dedup_bucket(key))),), (key,))
-            for key in plan.new_dedup_keys)
+            ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
+            lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
         due_add: list[object] = []
         for user, last_ms in plan.due.items():
             for days in inactivity_days:
@@ -241,8 +243,9 @@ class RedisStore:
         """One fenced apply call: ``fields`` are the script's arguments beyond what every
         call carries (version, token, dedup TTL, users, counters with the stats)."""
         user_args, _ = grouped(
-            ((keys.of(self.user_key(shard, app, user_id)),), (user_id, encode_user(state)))
-            for (app, user_id), state in users.items())
+            (((app, self._user_bucket(user_id)), (user_id, encode_user(state)))
+             for (app, user_id), state in users.items()),
+            lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
         stats_group: list[object] = [[keys.of(self.keys.stats(shard))]]
         for stat, delta in stats.items():
             if delta:

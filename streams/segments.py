@@ -31,9 +31,9 @@ DEFAULT_RULES = SegmentRules()
 
 
 def value_segment(state: UserState, rules: SegmentRules) -> str:
-    purchases = state.purchase_count()
-    if not purchases:
+    if not state.purchases:  # most users: no sum to take
         return "free"
+    purchases = state.purchase_count()
     revenue = sum(p.units for _, cur, p in state.purchases if cur == rules.default_currency)
     if revenue >= rules.vip_revenue_units or purchases >= rules.vip_purchases:
         return "vip"

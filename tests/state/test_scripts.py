@@ -125,13 +125,15 @@ async def test_load_reads_meta_users_and_both_dedup_generations(scripts: Scripts
     assert reply == [b"1", b"9", b"t1", b"7", b"", b"record", b"", 1, 0]
 
 
-def test_grouped_keeps_heads_in_first_seen_order_and_says_where_each_member_went() -> None:
-    members = [((1,), ("a",)), ((2,), ("b",)), ((1,), ("c",)), ((1,), ("d",)), ((2,), ("e",))]
-    assert grouped(members) == ([[1, "a", "c", "d"], [2, "b", "e"]], [0, 2, 3, 1, 4])
-    assert grouped(members, most=2) == ([[1, "a", "c"], [1, "d"], [2, "b", "e"]],
-                                        [0, 2, 3, 1, 4])
-    pairs = [((3, 4), ("u", "r1")), ((3, 4), ("v", "r2"))]
-    assert grouped(pairs, most=1) == ([[3, 4, "u", "r1"], [3, 4, "v", "r2"]], [0, 1])
+def test_grouped_keeps_buckets_in_first_seen_order_and_says_where_each_member_went() -> None:
+    members = [(1, ("a",)), (2, ("b",)), (1, ("c",)), (1, ("d",)), (2, ("e",))]
+    heads = {1: (10,), 2: (20, 21)}
+    assert grouped(members, heads.__getitem__) == (
+        [[10, "a", "c", "d"], [20, 21, "b", "e"]], [0, 2, 3, 1, 4])
+    assert grouped(members, heads.__getitem__, most=2) == (
+        [[10, "a", "c"], [10, "d"], [20, 21, "b", "e"]], [0, 2, 3, 1, 4])
+    pairs = [("k", ("u", "r1")), ("k", ("v", "r2"))]
+    assert grouped(pairs, lambda _: (3,), most=1) == ([[3, "u", "r1"], [3, "v", "r2"]], [0, 1])
 
 
 async def test_buckets_larger_than_one_unpack_are_split(scripts: Scripts) -> None:
@@ -139,9 +141,9 @@ async def test_buckets_larger_than_one_unpack_are_split(scripts: Scripts) -> Non
     keys = KeyIndex(scripts.meta)
     current, previous = keys.of(scripts.key("dd:1:0")), keys.of(scripts.key("dd:0:0"))
     ids = [f"id{i}" for i in range(20_000)]
-    dedup, _ = grouped(((current,), (i,)) for i in ids[::2])
+    dedup, _ = grouped(((0, (i,)) for i in ids[::2]), lambda _: (current,))
     assert await scripts.apply(keys, dedup=dedup)
-    groups, order = grouped(((current, previous), (i,)) for i in ids)
+    groups, order = grouped(((0, (i,)) for i in ids), lambda _: (current, previous))
     reply = await scripts.load(keys, ids=groups)
     flags = dict(zip(order, reply[3:], strict=True))
     assert [flags[n] for n in range(20_000)] == [1 - n % 2 for n in range(20_000)]
