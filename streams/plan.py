@@ -229,7 +229,8 @@ def add_events(
                 continue
             # the earliest event carrying it wins; equal times: the smallest value
             found = attributes.get(name)
-            if found is None or (event.ts_ms, value) < (found[1], found[0]):
+            if found is None or (event.ts_ms <= found[1]
+                                 and (event.ts_ms, value) < (found[1], found[0])):
                 attributes[name] = (value, event.ts_ms)
         if first_ms is None or event.ts_ms < first_ms:
             first_ms = event.ts_ms
@@ -414,23 +415,34 @@ def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[byt
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
     arrived: dict[UserKey, list[int]] = {}
+    by_type: Counter[tuple[str, str]] = Counter()  # accepted (app, type), filed once below
+    new_keys, arrivals = plan.new_dedup_keys, plan.arrivals  # the per-event loop's locals
+    watermark_ms = plan.watermark_ms
     for (offset, index, event), key in zip(events, keys, strict=True):
         if key in seen:
             plan.stats[Stat.DUPLICATE, event.app] += 1
             continue
-        if plan.watermark_ms is not None and event.ts_ms < plan.watermark_ms - horizon_ms:
+        if watermark_ms is not None and event.ts_ms < watermark_ms - horizon_ms:
             plan.too_old.append((offset, index, event))
             plan.stats[Stat.REJECTED, "too_old"] += 1
             continue
         seen.add(key)
-        plan.new_dedup_keys.append(key)
-        plan.stats[Stat.ACCEPTED, event.app, event.type] += 1
-        if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
-            plan.watermark_ms = event.ts_ms
-        accepted.setdefault((event.app, event.user_id), []).append(event)
+        new_keys.append(key)
+        by_type[event.app, event.type] += 1
+        if watermark_ms is None or event.ts_ms > watermark_ms:
+            watermark_ms = event.ts_ms
+        user = (event.app, event.user_id)
+        found = accepted.get(user)
+        if found is None:
+            accepted[user] = [event]
+        else:
+            found.append(event)
         if event_clock:
-            plan.arrivals.append(plan.watermark_ms)
-            arrived.setdefault((event.app, event.user_id), []).append(plan.watermark_ms)
+            arrivals.append(watermark_ms)
+            arrived.setdefault(user, []).append(watermark_ms)
+    plan.watermark_ms = watermark_ms
+    for (app, kind), count in by_type.items():
+        plan.stats[Stat.ACCEPTED, app, kind] += count
     return accepted, arrived
 
 
