@@ -29,17 +29,20 @@ from .plan_cpu import NOW_MS, messages_per_partition
 from .processes import cpu_seconds
 from .workload import WorkloadSpec, build_workload
 
+PREFIX = "storecpu"
+
 
 async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
                  cache_users: int) -> tuple[float, float, int, dict[str, int]]:
     """Every partition's batches through the store; Redis CPU-s, wall s, events, and the
     commands Redis ran (``INFO commandstats`` calls, scripts' inner calls included)."""
     client = aioredis.from_url(url)
-    store = RedisStore(client, prefix="storecpu", state_cache_users=cache_users)
+    store = RedisStore(client, prefix=PREFIX, state_cache_users=cache_users)
     calendar = AppCalendar("UTC")
     await client.config_resetstat()
     before, started, events = cpu_seconds(pid) or 0.0, time.perf_counter(), 0
     for shard, messages in enumerate(parts):
+        await store.register_shard(shard)  # as a worker does on assignment
         for start in range(0, len(messages), batch):
             items = [(offset, index, event)
                      for offset, message in enumerate(messages[start:start + batch], start)

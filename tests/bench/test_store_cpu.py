@@ -1,0 +1,34 @@
+"""The Redis-CPU harness applies every event through the real store (speed is never
+asserted): each unique event accepted once, its state equal to the batch reference's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from retention_tracker.agents.local_stack import start_redis
+from retention_tracker.bench.plan_cpu import messages_per_partition
+from retention_tracker.bench.store_cpu import PREFIX, replay
+from retention_tracker.bench.workload import WorkloadSpec, build_workload
+from retention_tracker.state.store import RedisStore
+
+
+def test_replay_applies_each_unique_event_once_and_counts_redis_work() -> None:
+    workload = build_workload(WorkloadSpec(2_000, 200, 10))
+    parts = messages_per_partition(workload.events, by_user=False, per_message=1)
+    server, url = start_redis()
+    with server:
+        redis_s, _, events, calls = asyncio.run(replay(url, server.pid, parts, 150, 1000))
+
+        async def accepted() -> int:
+            client = aioredis.from_url(url)
+            store = RedisStore(client, prefix=PREFIX)
+            stats = await store.read_stats()
+            await client.aclose()
+            return sum(n for name, n in stats.items() if name.startswith("acc:"))
+
+        unique = {(e.get("app", "default"), e["event_id"]) for e in workload.events}
+        assert asyncio.run(accepted()) == len(unique)
+    assert events == len(workload.events)
+    assert redis_s > 0 and calls["hincrby"] > 0 and calls["hmget"] > 0
