@@ -8,17 +8,17 @@ worker send it again; push services drop repeats by that id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from msgspec.structs import replace
 
-from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_label
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, day_to_date, period_label
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.segments import SegmentRules, money, value_segment
@@ -34,7 +34,18 @@ def notification_id(app: str, user_id: str, days: int, episode_ms: int) -> str:
 
 
 def iso_ms(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    """``datetime.isoformat`` in UTC to the millisecond, from a cached date and integer
+    arithmetic: a payload carries three, and datetime's took ~1.5 µs each in a replay."""
+    day, ms_of_day = divmod(ts_ms, MS_PER_DAY)
+    seconds, ms = divmod(ms_of_day, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{_utc_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{ms:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _utc_date(day: int) -> str:
+    return day_to_date(day).isoformat()
 
 
 def churn_type(state: UserState, quick_churn_days: int) -> str:

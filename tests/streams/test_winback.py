@@ -6,6 +6,7 @@ alarm. Fixed examples, then a property against a plain simulation, on the real s
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import (
     WinbackRules,
+    iso_ms,
     notification_id,
     plan_notifications,
 )
@@ -260,3 +262,11 @@ def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: lis
     assert got.expired == Counter(d for _, d, _ in expected["expired"])
     assert got.returns == expected["returns"]
     assert got.false_alarms == Counter(d for _, d, _ in expected["false_alarms"])
+
+
+@given(ts_ms=st.integers(0, 253_402_300_799_999))  # 1970 to the end of year 9999
+def test_payload_times_are_utc_iso_8601_to_the_millisecond(ts_ms: int) -> None:
+    """Exact, from integers (``datetime.fromtimestamp(ts_ms / 1000)`` goes through a float
+    and is a millisecond off for some instants past 2100)."""
+    exact = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts_ms)
+    assert iso_ms(ts_ms) == exact.isoformat(timespec="milliseconds")
