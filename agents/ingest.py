@@ -21,7 +21,6 @@ from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
 
-import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,6 +36,7 @@ from retention_tracker.agents.rekey import (
     read_records,
 )
 from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.connect import REDIS_UNAVAILABLE
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.batch import BatchRules, DeadLetter, Forward, outcome_of
@@ -212,13 +212,13 @@ class Ingestor:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis step until it succeeds: while Redis is away, consumption pauses here
-        instead of dropping or buffering."""
+        """Run a Redis step until it succeeds: while Redis is away (or a cluster fails over
+        a master to its replica), consumption pauses here instead of dropping or buffering."""
         delays = self.backoff.delays()
         while True:
             try:
                 return await step()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.metrics.redis_errors.inc()
                 delay = next(delays)
                 log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)

@@ -70,6 +70,13 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except QueryError as exc:
         raise Fatal(exc.shown("--")) from None
+    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
+        from retention_tracker.state.connect import redis_problem
+
+        problem = redis_problem(exc)
+        if problem is None:
+            raise
+        raise Fatal(problem) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Fatal(f"cannot reach Redis: {exc}") from None
     except redis.exceptions.AuthenticationError as exc:

@@ -8,6 +8,8 @@ forward) together.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import zlib
 from collections import Counter
@@ -15,6 +17,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
@@ -40,6 +44,13 @@ from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.plan import Plan
 from retention_tracker.streams.user_state import UserKey, UserState, decode_user, encode_user
 from retention_tracker.streams.winback import NotificationPlan
+
+log = logging.getLogger(__name__)
+
+#: A single Redis or a Redis Cluster (``REDIS_CLUSTER``): the store speaks to either the
+#: same way, since every key of a partition shares its hash tag and nothing else is read or
+#: written by more than one key at a time.
+AsyncClient = aioredis.Redis | aioredis.RedisCluster
 
 
 @dataclass(slots=True)
@@ -81,14 +92,20 @@ def timezone_problem(app: str, stored: str | None, configured: str) -> str | Non
 class RedisStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncClient,
         prefix: str = "rt",
         user_buckets: int = 1024,
         dedup_buckets: int = 1024,
         dedup_window_days: int = 7,
         state_cache_users: int = 0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        #: applies (and registry writes) fewer replicas acknowledged than asked in time
+        self.wait_shortfalls = 0
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
@@ -259,7 +276,13 @@ class RedisStore:
             "dedup": [], "due_add": [], "due_remove": [], "counters": counters, **fields,
         })
         try:
-            applied = bool(await self._apply_script(keys=keys.names(), args=[blob]))
+            if self.wait_replicas:
+                applied = bool(await self._written_then_waited(
+                    keys.names()[0], self.wait_replicas,
+                    ("EVALSHA", self._apply_script.sha, len(keys.names()), *keys.names(), blob),
+                    APPLY_PLAN_LUA))
+            else:
+                applied = bool(await self._apply_script(keys=keys.names(), args=[blob]))
         except BaseException:  # written or not, we cannot tell: trust nothing held
             self.cache.forget(shard)
             raise
@@ -270,6 +293,54 @@ class RedisStore:
         current = {user: state for user, state in loaded.states.items() if state is not None}
         self.cache.written(shard, token, {**current, **users})
         return True
+
+    async def _written_then_waited(self, key: str, replicas: int,
+                                   command: tuple[EncodableT, ...],
+                                   script: str | None = None) -> object:
+        """``command`` (a write to ``key``'s node), then ``WAIT replicas timeout`` on the same
+        connection (WAIT counts the acknowledgements of that connection's writes): one
+        pipeline, which in a cluster goes to the node of ``key``'s slot. Returns the
+        command's reply; a WAIT that falls short is logged and counted, not raised: the write
+        is done on the master either way, and a failover before the replicas have it only
+        sends that partition back to its stored offset (README, "Redis Cluster")."""
+        wait_on = ({"target_nodes": self.client.get_node_from_key(key)}
+                   if isinstance(self.client, aioredis.RedisCluster) else {})
+        for attempt in (1, 2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command("WAIT", replicas, self.wait_timeout_ms, **wait_on)
+                try:
+                    reply, acknowledged = await pipe.execute()
+                except NoScriptError:
+                    # a promoted replica has no script cache: load it (on every master in a
+                    # cluster) and run the call again; NOSCRIPT means nothing ran
+                    if script is None or attempt == 2:
+                        raise
+                    await self.client.script_load(script)
+                    continue
+            if int(acknowledged) < replicas:
+                self.wait_shortfalls += 1
+                log.warning("write to %s acknowledged by %s of %s replica(s) within %s ms",
+                            key, acknowledged, replicas, self.wait_timeout_ms)
+            return reply
+        raise AssertionError("unreachable")
+
+    def _replicas_of(self, key: str) -> int:
+        """Replicas the master of ``key`` has, as the cluster's slot map says (a single
+        Redis: REDIS_WAIT_REPLICAS, since it does not tell its client)."""
+        if isinstance(self.client, aioredis.RedisCluster):
+            nodes = self.client.nodes_manager.slots_cache.get(self.client.keyslot(key), [])
+            return max(0, len(nodes) - 1)
+        return self.wait_replicas
+
+    async def _registry_write(self, key: str, *command: EncodableT) -> object:
+        """A write to a key outside the partitions (apps, shards, topology): rare, and not
+        covered by any partition's offsets, so a failover that lost it would not replay it.
+        It waits for the master's replicas (at most the WAIT timeout) before going on."""
+        replicas = self._replicas_of(key)
+        if not replicas:
+            return await self.client.execute_command(*command)
+        return await self._written_then_waited(key, replicas, command)
 
     async def due_entries(
         self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = DUE_PAGE
@@ -314,15 +385,16 @@ class RedisStore:
         """Record the counts of topics seen for the first time; returns all stored counts
         (an earlier worker's record wins, so a changed count is found, not overwritten)."""
         for topic, count in counts.items():
-            await self.client.hsetnx(self.keys.topology(), topic, count)
+            await self._registry_write(self.keys.topology(), "HSETNX", self.keys.topology(),
+                                       topic, count)
         return await self.partition_counts()
 
     async def register_shard(self, shard: int) -> None:
-        await self.client.sadd(self.keys.shards(), shard)
+        await self._registry_write(self.keys.shards(), "SADD", self.keys.shards(), shard)
 
     async def fix_timezone(self, app: str, timezone: str) -> None:
         """Record the app's timezone on its first data; refuse to mix two calendars."""
-        await self.client.hsetnx(self.keys.apps(), app, timezone)
+        await self._registry_write(self.keys.apps(), "HSETNX", self.keys.apps(), app, timezone)
         stored = await self.client.hget(self.keys.apps(), app)
         problem = timezone_problem(app, text(stored) if stored else None, timezone)
         if problem:
@@ -369,16 +441,22 @@ class RedisStore:
 
     async def read_matching(self, app: str, family: str, match: str,
                             segment: str = "all") -> Counter[str]:
-        """Fields of a family matching a glob (e.g. today's revenue in every currency)."""
-        total: Counter[str] = Counter()
-        for shard in await self.shard_ids():
+        """Fields of a family matching a glob (e.g. today's revenue in every currency): the
+        partitions scanned concurrently (in a cluster, on their masters at once)."""
+
+        async def scan(shard: int) -> list[tuple[bytes, bytes]]:
             key = self.keys.aggregate(shard, app, segment, family)
-            async for field, value in self.client.hscan_iter(key, match=match):
+            return [item async for item in self.client.hscan_iter(key, match=match)]
+
+        total: Counter[str] = Counter()
+        for found in await asyncio.gather(*map(scan, await self.shard_ids())):
+            for field, value in found:
                 total[field.decode()] += int(value)
         return total
 
-    async def scan_users(self, app: str, batch: int = 64) -> AsyncIterator[UserState]:
-        """Every user record of an app, bucket by bucket (for queries no counter answers)."""
+    async def scan_users(self, app: str, batch: int = 256) -> AsyncIterator[UserState]:
+        """Every user record of an app, ``batch`` buckets per pipeline (for queries no counter
+        answers); in a cluster each pipeline is split by master and sent to all at once."""
         names = [
             self.keys.users(shard, app, bucket)
             for shard in await self.shard_ids()
