@@ -36,7 +36,7 @@ from retention_tracker.agents.rekey import (
     read_records,
 )
 from retention_tracker.config.settings import Settings, segment_rules
-from retention_tracker.state.connect import REDIS_UNAVAILABLE
+from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.batch import BatchRules, DeadLetter, Forward, outcome_of
@@ -218,7 +218,9 @@ class Ingestor:
         while True:
             try:
                 return await step()
-            except REDIS_UNAVAILABLE as exc:
+            except Exception as exc:
+                if not isinstance(exc, REDIS_UNAVAILABLE) and not torn_down_under_a_call(exc):
+                    raise
                 self.metrics.redis_errors.inc()
                 delay = next(delays)
                 log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)

@@ -510,6 +510,10 @@ class LocalCluster:
     masters: list[int]
     replicas: dict[int, list[int]]  # master port -> its replicas' ports, as built
     processes: dict[int, ManagedProcess] = field(default_factory=dict)
+    data_dirs: dict[int, Path] = field(default_factory=dict)
+    appendonly: bool = False
+    node_timeout_ms: int = 1000
+    stopped: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -536,8 +540,17 @@ class LocalCluster:
             found[int(master[1])] = sorted(int(r[1]) for r in replicas)
         return found
 
+    def restart(self, port: int, timeout_s: float = 30) -> None:
+        """Start a node that was stopped or killed again, on its port and data directory:
+        with its ``nodes.conf`` it rejoins the cluster (a master whose slots were taken
+        over comes back as a replica of the node that took them)."""
+        self.stopped.append(self.processes[port])
+        self.processes[port], _url = start_redis(
+            port=port, data_dir=self.data_dirs[port], appendonly=self.appendonly,
+            timeout_s=timeout_s, cluster_node_timeout_ms=self.node_timeout_ms)
+
     def stop(self) -> None:
-        for process in self.processes.values():
+        for process in [*self.stopped, *self.processes.values()]:
             process.stop()
 
     def __enter__(self) -> Self:
@@ -570,12 +583,13 @@ def start_redis_cluster(
     to its master is up. Ports at most ``CLUSTER_PORT_MAX`` (bus port = port + 10000). A
     short ``node_timeout_ms`` makes a failover quick (about twice it)."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="redis-cluster-"))
-    cluster = LocalCluster([], {})
+    cluster = LocalCluster([], {}, appendonly=appendonly, node_timeout_ms=node_timeout_ms)
     try:
         for index in range(masters * (1 + replicas_per_master)):
             process, port = _start_cluster_node(data_dir / f"node-{index}", appendonly,
                                                 node_timeout_ms, timeout_s)
             cluster.processes[port] = process
+            cluster.data_dirs[port] = data_dir / f"node-{index}"
             if index < masters:
                 cluster.masters.append(port)
             else:

@@ -9,6 +9,8 @@ users (``user:password@``) pass through the URL either way.
 
 from __future__ import annotations
 
+import os
+
 import redis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -38,10 +40,30 @@ REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
 
 SyncClient = redis.Redis | redis.RedisCluster
 
+_REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
+
+
+def torn_down_under_a_call(exc: BaseException) -> bool:
+    """An AttributeError or TypeError raised inside redis-py's own code: its asyncio cluster
+    client closes every connection when one call meets CLUSTERDOWN during a failover, and
+    another call using one of them at that moment fails with ``'NoneType' object has no
+    attribute 'writelines'`` (redis-py issues #3546, #3815, #3835). A connection lost, in
+    effect: the caller retries like on any. An error raised from this project's code is
+    never taken for one."""
+    if not isinstance(exc, (AttributeError, TypeError)):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_filename.startswith(_REDIS_PACKAGE)
+
 
 def make_client(settings: Settings, socket_timeout_s: float = 10,
                 connect_timeout_s: float = 5) -> AsyncClient:
-    """The asyncio client of the settings' Redis, single node or cluster."""
+    """The asyncio client of the settings' Redis, single node or cluster. Its socket
+    timeout outlasts a WAIT (``REDIS_WAIT_TIMEOUT_MS``), which blocks that long when the
+    replicas fall short."""
+    socket_timeout_s = max(socket_timeout_s, settings.redis_wait_timeout_ms / 1000 + 5)
     if settings.redis_cluster:
         return aioredis.RedisCluster.from_url(
             settings.redis_url, socket_timeout=socket_timeout_s,

@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, SlotNotCoveredError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from retention_tracker.config.settings import ConfigError
@@ -106,6 +108,7 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         #: applies (and registry writes) fewer replicas acknowledged than asked in time
         self.wait_shortfalls = 0
+        self._masters: dict[str, aioredis.Redis] = {}  # cluster: a plain client per master
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
@@ -297,33 +300,75 @@ class RedisStore:
     async def _written_then_waited(self, key: str, replicas: int,
                                    command: tuple[EncodableT, ...],
                                    script: str | None = None) -> object:
-        """``command`` (a write to ``key``'s node), then ``WAIT replicas timeout`` on the same
-        connection (WAIT counts the acknowledgements of that connection's writes): one
-        pipeline, which in a cluster goes to the node of ``key``'s slot. Returns the
-        command's reply; a WAIT that falls short is logged and counted, not raised: the write
-        is done on the master either way, and a failover before the replicas have it only
-        sends that partition back to its stored offset (README, "Redis Cluster")."""
-        wait_on = ({"target_nodes": self.client.get_node_from_key(key)}
-                   if isinstance(self.client, aioredis.RedisCluster) else {})
-        for attempt in (1, 2):
-            async with self.client.pipeline(transaction=False) as pipe:
+        """``command`` (a write to ``key``), then ``WAIT replicas timeout`` on the same
+        connection: WAIT counts the acknowledgements of that connection's writes, so both go
+        in one pipeline to one server. In a cluster that is a plain client of the master
+        serving ``key``'s slot, not the cluster pipeline: that one re-routes a redirected or
+        retried command on its own, and the WAIT would then ask another connection.
+        Returns the command's reply; a WAIT that falls short is logged and counted, not
+        raised: the write is done on the master either way, and a failover before the
+        replicas have it only sends that partition back to its stored offset (README,
+        "Redis Cluster")."""
+        for attempt in (1, 2, 3):
+            server = await self._server_of(key)
+            async with server.pipeline(transaction=False) as pipe:
                 pipe.execute_command(*command)
-                pipe.execute_command("WAIT", replicas, self.wait_timeout_ms, **wait_on)
+                pipe.execute_command("WAIT", replicas, self.wait_timeout_ms)
                 try:
                     reply, acknowledged = await pipe.execute()
                 except NoScriptError:
-                    # a promoted replica has no script cache: load it (on every master in a
-                    # cluster) and run the call again; NOSCRIPT means nothing ran
-                    if script is None or attempt == 2:
+                    # a promoted replica has no script cache: load it and run the call
+                    # again (NOSCRIPT means nothing ran)
+                    if script is None or attempt == 3:
                         raise
-                    await self.client.script_load(script)
+                    await server.script_load(script)
                     continue
+                except (MovedError, AskError):
+                    # the slot moved (a failover, resharding): nothing ran; learn the new
+                    # map and send it to the new master
+                    if attempt == 3:
+                        raise
+                    await self._relearn_slots()
+                    continue
+                except (RedisConnectionError, RedisTimeoutError):
+                    await self._relearn_slots(later=True)
+                    raise
             if int(acknowledged) < replicas:
                 self.wait_shortfalls += 1
                 log.warning("write to %s acknowledged by %s of %s replica(s) within %s ms",
                             key, acknowledged, replicas, self.wait_timeout_ms)
             return reply
         raise AssertionError("unreachable")
+
+    async def _server_of(self, key: str) -> aioredis.Redis:
+        """The single Redis, or a plain client of the master serving ``key`` (one per master,
+        with the cluster client's connection settings: TLS, user, password)."""
+        client = self.client
+        if not isinstance(client, aioredis.RedisCluster):
+            return client
+        if client._initialize:  # a failed call asked for a new slot map
+            await client.initialize()
+        node = client.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no master serves the slot of {key}")
+        server = self._masters.get(node.name)
+        if server is None:
+            pool = aioredis.ConnectionPool(connection_class=node.connection_class,
+                                           **node.connection_kwargs)
+            server = aioredis.Redis(connection_pool=pool)
+            # a master new to this worker (a promoted replica) may not have the script: a
+            # NOSCRIPT in the pipeline would still run its WAIT, for nothing
+            await server.script_load(APPLY_PLAN_LUA)
+            self._masters[node.name] = server
+        return server
+
+    async def _relearn_slots(self, later: bool = False) -> None:
+        client = self.client
+        if isinstance(client, aioredis.RedisCluster):
+            if later:  # the node may be down: the next call reloads the map (from any node)
+                client._initialize = True
+            else:
+                await client.initialize()
 
     def _replicas_of(self, key: str) -> int:
         """Replicas the master of ``key`` has, as the cluster's slot map says (a single
