@@ -316,7 +316,11 @@ class Ingestor:
                 len(applied), time.perf_counter() - started,
                 max(map(attrgetter("timestamp"), applied)),
             )
-        end = self.consumer.highwater(tp) if self.consumer is not None else None
+        # a batch may finish after its partition was revoked (a rebalance): its new owner
+        # reports the lag, and aiokafka asserts on the highwater of a partition not assigned
+        consumer = self.consumer
+        end = consumer.highwater(tp) if consumer is not None and tp in consumer.assignment() \
+            else None
         if end is not None:
             lag = max(0, end - (records[-1].offset + 1))
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -101,27 +101,42 @@ def run_layout(layout: Layout, kafka_url: str, topic: str, partitions: int, tota
                 [*RETENTION, "worker", "--loglevel", "info"], name,
                 {**env, "WEB_PORT": str(free_port())}, workdir / f"{name}.log", workdir))
 
+        lines_seen = {"count": -1, "since": time.monotonic()}
+
         def joined() -> bool:
+            """Every worker's latest assignment, together covering every partition, and no
+            new assignment logged for 2 s: a second worker joining late rebalances, and the
+            window should not hold that pause."""
             owned: list[frozenset[int]] = []
             for process in workers.values():
                 if not process.alive():
                     raise RuntimeError(f"{process.name} died: {process.log_tail(2000)}")
-                seen = assignments(process.log_path, topic)
-                if not seen or not seen[-1]:
-                    return False
-                owned.append(seen[-1])
-            return sum(map(len, owned)) == partitions and \
-                frozenset().union(*owned) == frozenset(range(partitions))
+                owned += assignments(process.log_path, topic)[-1:]
+            count = sum(len(assignments(p.log_path, topic)) for p in workers.values())
+            if count != lines_seen["count"]:
+                lines_seen.update(count=count, since=time.monotonic())
+                return False
+            return len(owned) == len(workers) and sum(map(len, owned)) == partitions and \
+                frozenset().union(*owned) == frozenset(range(partitions)) and \
+                time.monotonic() - lines_seen["since"] >= 2.0
 
         wait_for(joined, 120, f"{layout.name}: workers owning every partition", 0.05)
         meter = CpuMeter({**{n: p.pid for n, p in workers.items()}, **redis_pids})
         meter.start()
         opened, before = time.perf_counter(), _applied(settings, topic, partitions)
-        wait_for(lambda: _applied(settings, topic, partitions) >= total, 900,
-                 f"{layout.name}: {total} records applied", 0.05)
+        def done() -> bool:
+            for process in workers.values():
+                if not process.alive():
+                    raise RuntimeError(f"{process.name} died: {process.log_tail(2000)}")
+            return _applied(settings, topic, partitions) >= total
+
+        wait_for(done, 900, f"{layout.name}: {total} records applied", 0.05)
         window_s = time.perf_counter() - opened
         used = meter.stop()
     events = total - before
+    if not used or events <= 0:
+        raise RuntimeError(f"{layout.name}: no window (applied before it {before} of {total}, "
+                           f"CPU read {used})")
     worker_cpu = sum(v for n, v in used.items() if "worker" in n)
     redis_cpu = sum(v for n, v in used.items() if n.startswith("redis"))
     return {
