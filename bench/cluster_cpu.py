@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -92,8 +93,8 @@ def run_layout(layout: Layout, kafka_url: str, topic: str, partitions: int, tota
         env = {**os.environ, "KAFKA_BROKER": kafka_url, "REDIS_URL": url,
                "REDIS_CLUSTER": "true" if layout.masters > 1 else "false",
                "INPUT_TOPICS": topic, "DLQ_TOPIC": f"{run}-dlq", "GROUP_ID": f"{run}-group",
-               "KEY_PREFIX": run, "CLOCK": "event", "SESSION_TIMEOUT_MS": "2000",
-               "HEARTBEAT_MS": "500"}
+               "KEY_PREFIX": run, "CLOCK": "event"}  # default group timeouts: two starved
+        # workers on 2 cores missed 2 s sessions and rebalanced inside the window
         workers = {}
         for index in range(layout.workers):
             name = f"{run}-worker-{index}"
@@ -154,7 +155,12 @@ def run_layout(layout: Layout, kafka_url: str, topic: str, partitions: int, tota
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so every process started is stopped
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=12)

@@ -94,7 +94,14 @@ def _show(build: Callable[[RedisStore, Settings], Awaitable[R]], as_json: bool,
     from retention_tracker.state.connect import make_store
 
     settings = _settings()
-    _emit(_run(lambda: build(make_store(settings), settings)), as_json, text)
+    async def report() -> R:
+        store = make_store(settings)
+        try:
+            return await build(store, settings)
+        finally:
+            await store.close()
+
+    _emit(_run(report), as_json, text)
 
 
 def _emit(report: R, as_json: bool, text: Callable[[R], str]) -> None:

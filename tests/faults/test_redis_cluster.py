@@ -117,6 +117,14 @@ def test_exact_figures_and_check_on_a_cluster(deployment: Deployment,
     assert checks["redis slots"] == {
         "check": "redis slots", "status": "ok",
         "detail": "16384/16384 slots served by 3 masters, each with 1 replica(s)"}
+    # the same cluster named without REDIS_CLUSTER: one line, not a traceback
+    wrong = deployment.cli("report", check=False, REDIS_CLUSTER="false")
+    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.stderr.strip().splitlines() == [
+        "retention: error: Redis at REDIS_URL is a Redis Cluster node (it redirects keys to "
+        "other nodes): set REDIS_CLUSTER=true"], wrong.stderr
+    right = deployment.cli("report", "--granularity", "week")
+    assert right.stderr == "" and "classic retention" in right.stdout, right
 
 
 def test_rebalance_between_two_workers_on_a_cluster(deployment: Deployment) -> None:
