@@ -1,5 +1,6 @@
 """Events per CPU-second, from one worker on one Redis to two workers on a three-master
-Redis Cluster: does the cluster cost CPU per event, and does it stay flat as workers and
+Redis Cluster (and two workers on one Redis, to tell the second worker's cost from the
+cluster's): does the cluster cost CPU per event, and does it stay flat as workers and
 masters are added?
 
 Absolute throughput on the development machine is bound by its two cores (and by whatever
@@ -25,6 +26,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -60,7 +62,9 @@ class Layout:
         return f"{self.workers} worker{'s' if self.workers > 1 else ''} x {redis}"
 
 
-LAYOUTS = (Layout(1, 1), Layout(1, 3), Layout(2, 3))
+#: 2 workers x 1 Redis separates what a second worker costs on the same cores from what
+#: the cluster costs.
+LAYOUTS = (Layout(1, 1), Layout(1, 3), Layout(2, 1), Layout(2, 3))
 
 
 def _applied(settings: Settings, topic: str, partitions: int) -> int:
@@ -200,6 +204,13 @@ def render(runs: list[dict[str, Any]], events: int, partitions: int, proc: bool)
             f"{r['redis_cpu_s']:.1f} | {r['events_per_cpu_s']:,.0f} | "
             f"{r['events_per_worker_cpu_s']:,.0f} | {r['events_per_redis_cpu_s']:,.0f} | "
             f"{r['cores_used']:.2f} | {r['machine_busy_cores']} |")
+    lines += ["", "Median per layout (events per CPU-second: total, worker, Redis):"]
+    for name in dict.fromkeys(r["layout"] for r in runs):
+        mine = [r for r in runs if r["layout"] == name]
+        lines.append(f"- {name}: " + ", ".join(
+            f"{statistics.median(r[k] for r in mine):,.0f}" for k in
+            ("events_per_cpu_s", "events_per_worker_cpu_s", "events_per_redis_cpu_s"))
+            + f" ({len(mine)} runs)")
     return "\n".join(lines)
 
 
