@@ -540,6 +540,17 @@ class LocalCluster:
             found[int(master[1])] = sorted(int(r[1]) for r in replicas)
         return found
 
+    def replicas_in_sync(self) -> bool:
+        """Every live replica's link to its master is up (a restarted node has finished
+        its sync)."""
+        for port, process in self.processes.items():
+            if not process.alive():
+                continue
+            info = _ask(self.client(port), "INFO", "replication")
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
     def restart(self, port: int, timeout_s: float = 30) -> None:
         """Start a node that was stopped or killed again, on its port and data directory:
         with its ``nodes.conf`` it rejoins the cluster (a master whose slots were taken
