@@ -21,7 +21,6 @@ from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
 
-import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,6 +36,7 @@ from retention_tracker.agents.rekey import (
     read_records,
 )
 from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.batch import BatchRules, DeadLetter, Forward, outcome_of
@@ -212,13 +212,15 @@ class Ingestor:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis step until it succeeds: while Redis is away, consumption pauses here
-        instead of dropping or buffering."""
+        """Run a Redis step until it succeeds: while Redis is away (or a cluster fails over
+        a master to its replica), consumption pauses here instead of dropping or buffering."""
         delays = self.backoff.delays()
         while True:
             try:
                 return await step()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, REDIS_UNAVAILABLE) and not torn_down_under_a_call(exc):
+                    raise
                 self.metrics.redis_errors.inc()
                 delay = next(delays)
                 log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
@@ -314,7 +316,11 @@ class Ingestor:
                 len(applied), time.perf_counter() - started,
                 max(map(attrgetter("timestamp"), applied)),
             )
-        end = self.consumer.highwater(tp) if self.consumer is not None else None
+        # a batch may finish after its partition was revoked (a rebalance): its new owner
+        # reports the lag, and aiokafka asserts on the highwater of a partition not assigned
+        consumer = self.consumer
+        end = consumer.highwater(tp) if consumer is not None and tp in consumer.assignment() \
+            else None
         if end is not None:
             lag = max(0, end - (records[-1].offset + 1))
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)

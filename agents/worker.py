@@ -10,9 +10,11 @@ import faust
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisClusterException
 
 from retention_tracker.agents.rekey import partition_count_problem
-from retention_tracker.config.settings import Settings
+from retention_tracker.config.settings import Settings, mask_url
+from retention_tracker.state.connect import make_sync_client, redis_problem
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.state.store import timezone_problem
 
@@ -21,18 +23,22 @@ EXIT_FATAL = 2
 
 def preflight(settings: Settings) -> str | None:
     """What stops this worker from running correctly, as one line; None when all is well."""
+    where = mask_url(settings.redis_url)
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-        client.ping()
-        keys = Keyspace(settings.key_prefix)
-        # bytes replies (no decode_responses): redis-py types them bytes | str
-        stored = cast("dict[bytes, bytes]", client.hgetall(keys.apps()))
-        topology = cast("dict[bytes, bytes]", client.hgetall(keys.topology()))
-        built_with = {k.decode(): int(v) for k, v in topology.items()}
+        client = make_sync_client(settings)
+        try:
+            client.ping()
+            keys = Keyspace(settings.key_prefix)
+            # bytes replies (no decode_responses): redis-py types them bytes | str
+            stored = cast("dict[bytes, bytes]", client.hgetall(keys.apps()))
+            topology = cast("dict[bytes, bytes]", client.hgetall(keys.topology()))
+            built_with = {k.decode(): int(v) for k, v in topology.items()}
+        finally:
+            client.close()
     except redis.exceptions.AuthenticationError as exc:
-        return f"Redis at {settings.redis_url} refused the credentials: {exc}"
-    except redis.exceptions.RedisError as exc:
-        return f"cannot reach Redis at {settings.redis_url}: {exc}"
+        return f"Redis at {where} refused the credentials: {exc}"
+    except (redis.exceptions.RedisError, RedisClusterException) as exc:
+        return redis_problem(exc) or f"cannot reach Redis at {where}: {exc}"
     for app, zone in stored.items():
         problem = timezone_problem(app.decode(), zone.decode(),
                                    settings.timezone_of(app.decode()))

@@ -2,10 +2,11 @@
 
 It reads the same settings as a worker (``Settings.from_env``) and checks, in order: the
 settings themselves; Redis (reachable, authenticated, its version, persistence and eviction
-policy); the broker (reachable); the input topics (exist, equal partition counts, the counts
-the state was built with); the DLQ, re-key and output topics (exist, or the worker creates
-them on start); the app timezones recorded in Redis against the configured ones; how the
-producers key their events (the share of recent events forwarded to their home partition).
+policy on every master; for a Redis Cluster its state and slot coverage); the broker
+(reachable); the input topics (exist, equal partition counts, the counts the state was
+built with); the DLQ, re-key and output topics (exist, or the worker creates them on start);
+the app timezones recorded in Redis against the configured ones; how the producers key
+their events (the share of recent events forwarded to their home partition).
 Each check prints ``ok``, ``warn``, ``FAIL`` (or ``skip`` when an earlier failure makes it
 impossible) and what exactly is wrong; the exit status is 1 if
 any check FAILed. ``--json`` prints the same as a list of objects. Passwords in URLs are
@@ -23,7 +24,9 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -31,11 +34,11 @@ import orjson
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
+from retention_tracker.state.connect import SyncClient, make_sync_client, redis_problem
 from retention_tracker.state.schema import Keyspace, parse_stat, text
 from retention_tracker.state.store import timezone_problem
 from retention_tracker.streams.calendar import MS_PER_DAY
@@ -88,69 +91,182 @@ class _Report:
 
 
 def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
-    """Reachability, version, persistence, eviction; returns what the later checks need
-    (None when Redis could not be read)."""
+    """Reachability, version, persistence, eviction (on every master of a cluster), and for
+    a cluster its state and slot coverage; returns what the later checks need (None when
+    Redis could not be read)."""
     where = mask_url(settings.redis_url)
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = make_sync_client(settings, TIMEOUT_S, retries=False)
     except ValueError as exc:
         report.add("redis", FAIL, f"REDIS_URL {where} is not usable: {exc}")
         return None
+    except (redis.exceptions.RedisError, RedisClusterException) as exc:
+        report.add("redis", FAIL, redis_problem(exc) or f"cannot reach Redis at {where}: {exc}")
+        return None
     try:
         client.ping()
-        server = client.info("server")
-        persistence = client.info("persistence")
-        memory = client.info("memory")
+        server = _one(client.info("server"))
+        persistence = _per_master(client, lambda **on: client.info("persistence", **on))
+        memory = _per_master(client, lambda **on: client.info("memory", **on))
+        cluster = _cluster_layout(client) if isinstance(client, redis.RedisCluster) else None
         stored = _read_stored(client, Keyspace(settings.key_prefix))
         try:
-            config = {**client.config_get("appendfsync"), **client.config_get("save")}
+            config = _per_master(client, lambda **on: {
+                **client.config_get("appendfsync", **on), **client.config_get("save", **on)})
         except redis.exceptions.ResponseError:  # CONFIG is often disabled on managed Redis
             config = {}
     except redis.exceptions.AuthenticationError as exc:
         report.add("redis", FAIL, f"Redis at {where} refused the credentials: {exc}")
         return None
-    except redis.exceptions.RedisError as exc:
-        report.add("redis", FAIL, f"cannot reach Redis at {where}: {exc}")
+    except (redis.exceptions.RedisError, RedisClusterException) as exc:
+        report.add("redis", FAIL, redis_problem(exc) or f"cannot reach Redis at {where}: {exc}")
         return None
     finally:
         client.close()
-    report.add("redis", OK, f"Redis {server.get('redis_version', '?')} at {where} answers PING")
-
-    if int(persistence.get("aof_enabled", 0)):
-        fsync = config.get("appendfsync")
-        if fsync == "no":
-            report.add("redis persistence", WARN,
-                       "appendonly yes but appendfsync no: the OS decides when writes reach "
-                       "the disk, a machine crash can lose many seconds of state and offsets")
-        else:
-            report.add("redis persistence", OK, f"appendonly yes, appendfsync {fsync or '?'}")
-    else:
-        snapshots = config.get("save")
-        what = (f"only RDB snapshots (save {snapshots!r}) survive" if snapshots
-                else "nothing survives" if snapshots == "" else "at most RDB snapshots survive")
-        report.add("redis persistence", WARN,
-                   f"appendonly is off: after a Redis restart {what}; all state and offsets "
-                   "written since are lost (set appendonly yes)")
-
-    policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
-        report.add("redis memory", WARN,
-                   f"maxmemory-policy {policy}: under memory pressure Redis evicts keys, and "
-                   "an evicted state key silently corrupts the figures (use noeviction)")
-    else:
-        report.add("redis memory", OK, f"maxmemory-policy {policy}")
+    kind = f"Redis Cluster ({len(persistence)} masters)" if cluster else "Redis"
+    report.add("redis", OK, f"{kind} {server.get('redis_version', '?')} at {where} answers PING")
+    if cluster is not None:
+        report.add(*cluster.state_check())
+        report.add(*cluster.slots_check())
+    _persistence_check(report, persistence, config)
+    _memory_check(report, memory)
     return stored
 
 
-def _read_stored(client: redis.Redis, keys: Keyspace) -> _Stored:
+def _one(reply: Any) -> dict[str, Any]:
+    """An INFO reply: one node's dict (a cluster client may key it by node)."""
+    if reply and all(isinstance(v, dict) for v in reply.values()):
+        return dict(next(iter(reply.values())))
+    return dict(reply)
+
+
+def _per_master(client: SyncClient, read: Callable[..., Any]) -> dict[str, dict[str, Any]]:
+    """``read`` on the single Redis, or on every master of a cluster: master -> reply."""
+    if isinstance(client, redis.RedisCluster):
+        masters = client.get_primaries()
+        replies = read(target_nodes=masters)
+        if len(masters) == 1:
+            replies = {masters[0].name: replies}
+        return {name: dict(reply) for name, reply in sorted(replies.items())}
+    return {"redis": dict(read())}
+
+
+def _agreed(values: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The value most masters have, and the masters with another one."""
+    common = Counter(map(str, values.values())).most_common(1)[0][0]
+    return common, sorted(name for name, v in values.items() if str(v) != common)
+
+
+def _except(others: list[str]) -> str:
+    return f" (not on {', '.join(others)})" if others else ""
+
+
+def _persistence_check(report: _Report, persistence: dict[str, dict[str, Any]],
+                       config: dict[str, dict[str, Any]]) -> None:
+    aof, others = _agreed({n: int(p.get("aof_enabled", 0)) for n, p in persistence.items()})
+    if aof == "1" and not others:
+        fsync, odd = _agreed({n: c.get("appendfsync", "?") for n, c in config.items()}) \
+            if config else ("?", [])
+        if fsync == "no" or odd:
+            report.add("redis persistence", WARN,
+                       f"appendonly yes but appendfsync {fsync}{_except(odd)}: the OS decides "
+                       "when writes reach the disk, a machine crash can lose many seconds of "
+                       "state and offsets")
+        else:
+            report.add("redis persistence", OK, f"appendonly yes, appendfsync {fsync}")
+        return
+    without = [n for n, p in persistence.items() if not int(p.get("aof_enabled", 0))]
+    snapshots = {c.get("save") for n, c in config.items() if n in without}
+    save = next(iter(snapshots)) if len(snapshots) == 1 else None
+    what = (f"only RDB snapshots (save {save!r}) survive" if save
+            else "nothing survives" if save == "" else "at most RDB snapshots survive")
+    on = "" if len(persistence) == 1 else f" on {', '.join(without)}"
+    report.add("redis persistence", WARN,
+               f"appendonly is off{on}: after a Redis restart {what}; all state and offsets "
+               "written since are lost (set appendonly yes)")
+
+
+def _memory_check(report: _Report, memory: dict[str, dict[str, Any]]) -> None:
+    evicting = {n: str(m.get("maxmemory_policy", "noeviction")) for n, m in memory.items()
+                if int(m.get("maxmemory", 0) or 0)
+                and m.get("maxmemory_policy", "noeviction") != "noeviction"}
+    if evicting:
+        policy, _ = _agreed(evicting)
+        on = "" if len(memory) == 1 else f" on {', '.join(sorted(evicting))}"
+        report.add("redis memory", WARN,
+                   f"maxmemory-policy {policy}{on}: under memory pressure Redis evicts keys, and "
+                   "an evicted state key silently corrupts the figures (use noeviction)")
+    else:
+        policy, _ = _agreed({n: m.get("maxmemory_policy", "noeviction")
+                             for n, m in memory.items()})
+        report.add("redis memory", OK, f"maxmemory-policy {policy}")
+
+
+CLUSTER_SLOTS = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class _ClusterLayout:
+    """What CLUSTER INFO and CLUSTER SLOTS say, as one seed node sees it."""
+
+    info: dict[str, Any]
+    replicas: dict[str, int]  # master -> its replicas
+    covered: int  # slots served by a master
+
+    def state_check(self) -> tuple[str, str, str]:
+        i = self.info
+        state = str(i.get("cluster_state", "?"))
+        detail = (f"cluster_state {state}, {i.get('cluster_size', '?')} masters with slots, "
+                  f"{i.get('cluster_known_nodes', '?')} nodes known, slots "
+                  f"pfail {i.get('cluster_slots_pfail', '?')} fail "
+                  f"{i.get('cluster_slots_fail', '?')}")
+        if state != "ok":
+            return "redis cluster", FAIL, detail + ": the cluster refuses queries"
+        if int(i.get("cluster_slots_pfail", 0) or 0):
+            return "redis cluster", WARN, detail + ": a node may be failing"
+        return "redis cluster", OK, detail
+
+    def slots_check(self) -> tuple[str, str, str]:
+        shown = f"{self.covered}/{CLUSTER_SLOTS} slots served by {len(self.replicas)} masters"
+        if self.covered < CLUSTER_SLOTS:
+            return ("redis slots", FAIL,
+                    f"{shown}: keys of the other slots cannot be read or written")
+        alone = sorted(m for m, n in self.replicas.items() if n == 0)
+        counts = sorted(set(self.replicas.values()))
+        each = f"each with {counts[0]} replica(s)" if len(counts) == 1 else \
+            f"with {counts[0]}-{counts[-1]} replicas"
+        if alone:
+            return ("redis slots", WARN,
+                    f"{shown}, {each}: {', '.join(alone)} have no replica, so their failure "
+                    "stops the cluster until they are back (and loses what their disk lost)")
+        return "redis slots", OK, f"{shown}, {each}"
+
+
+def _cluster_layout(client: redis.RedisCluster) -> _ClusterLayout:
+    info = _one(client.cluster_info())
+    slots: Any = client.cluster_slots()
+    if slots and all(isinstance(v, dict) and "primary" not in v for v in slots.values()):
+        slots = next(iter(slots.values()))  # keyed by the node asked
+    replicas: dict[str, int] = {}
+    covered = 0
+    for (start, end), owner in slots.items():
+        covered += int(end) - int(start) + 1
+        host, port = owner["primary"][:2]
+        name = f"{text(host)}:{port}"
+        replicas[name] = max(replicas.get(name, 0), len(owner.get("replicas", [])))
+    return _ClusterLayout(info, replicas, covered)
+
+
+def _read_stored(client: SyncClient, keys: Keyspace) -> _Stored:
     today = int(time.time() * 1000) // MS_PER_DAY
     recent = {today - 1, today}
     routes: Counter[str] = Counter()
-    for shard in client.smembers(keys.shards()):
-        for name, value in client.hgetall(keys.stats(int(shard))).items():
+    shards = sorted(int(s) for s in client.smembers(keys.shards()))
+    pipe = client.pipeline(transaction=False)  # in a cluster: every master at once
+    for shard in shards:
+        pipe.hgetall(keys.stats(shard))
+    for stats in pipe.execute():
+        for name, value in stats.items():
             stat = parse_stat(text(name))
             if stat is not None and stat[0] is Stat.ROUTE and stat[1] in recent:
                 routes[stat[2]] += int(value)

@@ -70,6 +70,13 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except QueryError as exc:
         raise Fatal(exc.shown("--")) from None
+    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
+        from retention_tracker.state.connect import redis_problem
+
+        problem = redis_problem(exc)
+        if problem is None:
+            raise
+        raise Fatal(problem) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Fatal(f"cannot reach Redis: {exc}") from None
     except redis.exceptions.AuthenticationError as exc:
@@ -87,7 +94,14 @@ def _show(build: Callable[[RedisStore, Settings], Awaitable[R]], as_json: bool,
     from retention_tracker.state.connect import make_store
 
     settings = _settings()
-    _emit(_run(lambda: build(make_store(settings), settings)), as_json, text)
+    async def report() -> R:
+        store = make_store(settings)
+        try:
+            return await build(store, settings)
+        finally:
+            await store.close()
+
+    _emit(_run(report), as_json, text)
 
 
 def _emit(report: R, as_json: bool, text: Callable[[R], str]) -> None:

@@ -53,6 +53,12 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("KAFKA_SASL_PASSWORD", "SASL password (never logged)"),
     SettingDoc("KAFKA_SSL_CAFILE", "CA bundle for SSL/SASL_SSL (default: system CAs)"),
     SettingDoc("REDIS_URL", "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
+    SettingDoc("REDIS_CLUSTER",
+               "true: REDIS_URL is a seed node of a Redis Cluster (state sharded by partition)"),
+    SettingDoc("REDIS_WAIT_REPLICAS",
+               "replicas that must acknowledge each apply (WAIT); 0: asynchronous replication"),
+    SettingDoc("REDIS_WAIT_TIMEOUT_MS",
+               "longest an apply waits for REDIS_WAIT_REPLICAS; a shortfall is logged, counted"),
     SettingDoc("INPUT_TOPICS",
                "input topics (comma separated, equal partition counts), best keyed by user_id"),
     SettingDoc("DLQ_TOPIC", "dead-letter topic for rejected events"),
@@ -119,6 +125,19 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE + _FALSE:
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+    return raw in _TRUE
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = env.get(name, "").strip() or default
     if value not in allowed:
@@ -163,7 +182,16 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _redis_url(raw: str) -> str:
+def _key_prefix(raw: str) -> str:
+    """A brace in the prefix would become every key's hash tag: all partitions in one
+    Redis Cluster slot, on one master."""
+    if "{" in raw or "}" in raw:
+        raise ConfigError(f"KEY_PREFIX={raw!r} must not contain braces: the partition is the "
+                          "keys' hash tag ({<partition>})")
+    return raw
+
+
+def _redis_url(raw: str, cluster: bool = False) -> str:
     """Checked here so a typo is one line at start, not redis-py's traceback at first use."""
     url = raw.strip()
     try:
@@ -180,6 +208,9 @@ def _redis_url(raw: str) -> str:
     if parts.scheme != "unix" and database and not database.isdigit():
         raise ConfigError(f"REDIS_URL={mask_url(url)!r}: the database ({database!r}) must be "
                           "a number")
+    if cluster and (parts.scheme == "unix" or database not in ("", "0")):
+        raise ConfigError(f"REDIS_URL={mask_url(url)!r}: with REDIS_CLUSTER=true it names a "
+                          "cluster node over TCP, database 0 (a cluster has no other)")
     return url
 
 
@@ -259,6 +290,9 @@ class Settings:
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_cafile: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     input_topics: tuple[str, ...] = ("app-events",)
     dlq_topic: str = "app-events.dlq"
     rekey_topic: str = "retention-tracker.rekey"
@@ -316,7 +350,11 @@ class Settings:
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME", ""),
             kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),  # as typed: not stripped
             kafka_ssl_cafile=env.get("KAFKA_SSL_CAFILE", "").strip(),
-            redis_url=_redis_url(raw("REDIS_URL")),
+            redis_url=_redis_url(raw("REDIS_URL"), _bool(env, "REDIS_CLUSTER", d.redis_cluster)),
+            redis_cluster=_bool(env, "REDIS_CLUSTER", d.redis_cluster),
+            redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", d.redis_wait_replicas),
+            redis_wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", d.redis_wait_timeout_ms,
+                                       minimum=1),
             # set but empty is an error here (and "win-back off" for the thresholds)
             input_topics=_list("INPUT_TOPICS",
                                env.get("INPUT_TOPICS", DEFAULT_TEXT["INPUT_TOPICS"])),
@@ -352,7 +390,7 @@ class Settings:
             user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
             dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
             state_cache_users=_int(env, "STATE_CACHE_USERS", d.state_cache_users),
-            key_prefix=raw("KEY_PREFIX"),
+            key_prefix=_key_prefix(raw("KEY_PREFIX")),
             metrics_cohort_days=_int(env, "METRICS_COHORT_DAYS", d.metrics_cohort_days, minimum=1),
             metrics_offsets=_offsets(raw("METRICS_OFFSETS")),
             metrics_refresh_s=_int(env, "METRICS_REFRESH_S", d.metrics_refresh_s, minimum=1),
@@ -403,6 +441,8 @@ DEFAULTS = Settings()
 
 def _as_text(value: object) -> str:
     """A default as its environment variable would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     if isinstance(value, Mapping):

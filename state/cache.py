@@ -7,6 +7,12 @@ one of this worker's last write, nobody else has written there, so the states th
 holds for it are the current ones. Any other token (another worker applied after a
 rebalance, Redis lost writes, an apply whose reply was lost) drops the partition's entries.
 Bounded: least recently used users are forgotten first.
+
+A Redis Cluster failover does not break the argument. A script's writes reach the replica
+as one MULTI/EXEC block, in order, so a promoted replica holds the partition as some apply
+left it, with that apply's token: if it is this worker's last one, nothing was lost and the
+states held are current; if the replica missed later applies, its token is an older one and
+the partition's entries are dropped (README, "Redis Cluster").
 """
 
 from __future__ import annotations

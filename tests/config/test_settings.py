@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from retention_tracker.config.settings import ConfigError, Settings, segment_rules
@@ -42,3 +44,23 @@ def test_segment_rules_come_from_the_settings() -> None:
     assert rules == SegmentRules(default_currency="EUR", vip_revenue_units=500_000,
                                  vip_purchases=3)
     assert segment_rules(Settings()) == DEFAULT_RULES  # README: 100 USD, 10 purchases
+
+
+def test_redis_cluster_and_wait_settings() -> None:
+    built = Settings.from_env({"REDIS_CLUSTER": "true", "REDIS_URL": "rediss://u:p@h:7000",
+                               "REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "250"})
+    assert (built.redis_cluster, built.redis_wait_replicas, built.redis_wait_timeout_ms) == (
+        True, 1, 250)
+    assert not Settings.from_env({"REDIS_CLUSTER": "no"}).redis_cluster
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER='maybe' must be true or false"),
+    ({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://h:7000/2"}, "database 0"),
+    ({"REDIS_CLUSTER": "true", "REDIS_URL": "unix:///tmp/redis.sock"}, "over TCP"),
+    ({"KEY_PREFIX": "rt{x}"}, "must not contain braces"),
+    ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "must be at least 1"),
+])
+def test_bad_redis_cluster_settings_are_one_line(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Settings.from_env(env)

@@ -18,6 +18,8 @@ import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from retention_tracker.agents.local_stack import (
     ManagedProcess,
@@ -42,6 +44,7 @@ class Deployment:
     name: str
     log_dir: Path
     partitions: int = 4
+    redis_cluster: bool = False  # redis_url is a seed node of a Redis Cluster
 
     @property
     def bootstrap(self) -> str:
@@ -73,6 +76,7 @@ class Deployment:
         env.update(
             KAFKA_BROKER=self.kafka_url,
             REDIS_URL=self.redis_url,
+            REDIS_CLUSTER="true" if self.redis_cluster else "false",
             INPUT_TOPICS=self.topic,
             DLQ_TOPIC=self.dlq,
             GROUP_ID=f"group-{self.name}",
@@ -110,9 +114,21 @@ class Deployment:
     def cli_json(self, *args: str, **extra: str) -> Any:
         return orjson.loads(self.cli(*args, "--json", **extra).stdout)
 
+    def redis(self, timeout_s: float | None = None) -> redis.Redis | redis.RedisCluster:
+        """A client of this deployment's Redis (a cluster client for a cluster); with
+        ``timeout_s``, one try per call and that socket timeout (probes of a Redis that may
+        be down)."""
+        options: dict[str, Any] = {}
+        if timeout_s is not None:
+            options.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                           retry=Retry(NoBackoff(), 0))
+        if self.redis_cluster:
+            return redis.RedisCluster.from_url(self.redis_url, **options)
+        return redis.Redis.from_url(self.redis_url, **options)
+
     def delete_keys(self) -> None:
         """Remove this deployment's Redis keys (only those: the Redis may be shared)."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = self.redis()
         keys = list(client.scan_iter(match=f"rt-{self.name}:*"))
         if keys:
             client.delete(*keys)
@@ -130,7 +146,7 @@ class Deployment:
     def applied_offsets(self, topic: str | None = None) -> int:
         """Sum of the next offsets stored with the state: records of ``topic`` (default:
         the input topic) applied so far."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = self.redis()
         keys = self.keys
         total = 0
         for shard in client.smembers(keys.shards()):
@@ -163,9 +179,10 @@ class Deployment:
 
 @contextmanager
 def isolated_deployment(kafka_url: str, redis_url: str, name: str, log_dir: Path,
-                        partitions: int = 4) -> Iterator[Deployment]:
+                        partitions: int = 4, redis_cluster: bool = False
+                        ) -> Iterator[Deployment]:
     """A deployment with its topics created, and its Redis keys deleted afterwards."""
-    deployment = Deployment(kafka_url, redis_url, name, log_dir, partitions)
+    deployment = Deployment(kafka_url, redis_url, name, log_dir, partitions, redis_cluster)
     deployment.create_topics()
     try:
         yield deployment

@@ -139,7 +139,7 @@ def valid_events(raw: Iterable[dict[str, Any]]) -> list[Any]:
 
 def read_stats(deployment: Deployment) -> Counter[str]:
     """The worker's counters (acc:, dup:, rej:, ...) summed over partitions, read directly."""
-    client = quick_client(deployment.redis_url)
+    client = deployment.redis(timeout_s=2)
     keys = Keyspace(f"rt-{deployment.name}")
     total: Counter[str] = Counter()
     try:
@@ -151,7 +151,8 @@ def read_stats(deployment: Deployment) -> Counter[str]:
     return total
 
 
-def applied_per_partition(client: redis.Redis, deployment: Deployment) -> dict[int, int]:
+def applied_per_partition(client: redis.Redis | redis.RedisCluster, deployment: Deployment
+                          ) -> dict[int, int]:
     keys = Keyspace(f"rt-{deployment.name}")
     out = {}
     for shard in client.smembers(keys.shards()):
@@ -204,12 +205,12 @@ class LagMonitor:
         self._thread = threading.Thread(target=self._run, daemon=True, name="lag-monitor")
 
     def _run(self) -> None:
-        client = quick_client(self.deployment.redis_url)
+        client = self.deployment.redis(timeout_s=2)
         try:
             while not self._stop.wait(self.interval_s):
                 try:
                     applied = sum(applied_per_partition(client, self.deployment).values())
-                except redis.RedisError:
+                except (redis.RedisError, redis.exceptions.RedisClusterException):
                     self.failed_samples += 1
                     continue
                 self.max_lag = max(self.max_lag, self.produced - applied)
