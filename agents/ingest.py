@@ -86,6 +86,7 @@ class Ingestor:
         self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
                                       settings.winback_rules(), settings.clock == "event")
         self._calendars: dict[str, AppCalendar] = {}
+        self.activity_types = settings.activity_types  # ACTIVITY_EVENTS, parsed once
         self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms,
                                  self.calendar_for)
         self.consumer: AIOKafkaConsumer | None = None
@@ -254,7 +255,8 @@ class Ingestor:
         now = self.clock_ms()
         rekeyed = tp.topic == self.settings.rekey_topic  # routed already: all at home
         read = read_records(records, tp.partition, None if rekeyed else self.router, now,
-                            self.settings.max_message_bytes, self.settings.max_events_per_message)
+                            self.settings.max_message_bytes, self.settings.max_events_per_message,
+                            self.activity_types)
         await self._ensure_calendars({event.app for _, _, event in read.at_home})
         users = [(e.app, e.user_id) for _, _, e in read.at_home]
         keys = [dedup_key(e.app, e.event_id) for _, _, e in read.at_home]  # hashed once

@@ -88,11 +88,12 @@ class SnapshotCollector(Collector):
     ``rate()`` sees the first increment."""
 
     def __init__(self, offsets: tuple[int, ...], thresholds: tuple[int, ...] = (),
-                 currency: str = "USD") -> None:
+                 currency: str = "USD", activity_events: tuple[str, ...] = ()) -> None:
         self.snapshot = Snapshot()
         self.offsets = offsets  # bounded cardinality: only these cohort offsets are exported
         self.thresholds = thresholds
         self.currency = currency
+        self.event_types = (*EVENT_TYPES, *activity_events)  # accepted counters at zero
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -121,7 +122,7 @@ class SnapshotCollector(Collector):
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
             gauges["retention_worker_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
-        self._events(counters, list(apps), stats)
+        self._events(counters, list(apps), stats, self.event_types)
         yield from gauges.values()
         yield from counters.values()
 
@@ -179,10 +180,10 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _events(counters: dict[str, CounterMetricFamily], apps: list[str],
-                stats: Mapping[Cell, int]) -> None:
+                stats: Mapping[Cell, int], event_types: tuple[str, ...]) -> None:
         """Accepted, rejected, duplicate and forwarded events, each known series at 0."""
         found: dict[str, dict[tuple[str, ...], int]] = {
-            "retention_events_accepted": {(a, t): 0 for a in apps for t in EVENT_TYPES},
+            "retention_events_accepted": {(a, t): 0 for a in apps for t in event_types},
             "retention_events_rejected": {(r,): 0 for r in REJECT_REASONS},
             "retention_events_duplicate": {(a,): 0 for a in apps},
             "retention_events_forwarded": {(a, c): 0 for a in apps for c in FORWARD_CAUSES},

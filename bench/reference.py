@@ -91,7 +91,7 @@ def app_events(events: Iterable[Event], app: str) -> list[Event]:
 # --------------------------------------------------------------------------------------
 # Section 1: reading events (the reference's own reader, for tests that start from JSON)
 
-EVENT_TYPES = ("install", "session", "purchase")  # survey / ACTIVITY_EVENTS: not built yet
+EVENT_TYPES = ("install", "session", "purchase")  # plus the custom ACTIVITY_EVENTS given
 MAX_MONEY = 1_000_000_000  # README "Guarantees": money at most 1e9 per event
 FUTURE_MS = 24 * 3_600_000
 _APP_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -130,20 +130,24 @@ def _ts_ms(value: object) -> int:
     return (moment - _EPOCH) // _ONE_MS
 
 
-def read_event(obj: object, now_ms: int, default_app: str = "default") -> Event | None:
+def read_event(obj: object, now_ms: int, default_app: str = "default",
+               activity_types: Iterable[str] = ()) -> Event | None:
     """One decoded JSON value -> the event it is, or None when §1 rejects it: not an object;
     event_id / user_id not strings of 1-128 chars; an unknown type; app not 1-64 chars of
     [A-Za-z0-9._-]; ts missing, not ISO-8601 with an offset nor integer epoch ms, before
     1970 or more than 24 h ahead of now; platform / country / campaign not strings of
     1-64 chars; amount (required for purchases) or an install's cost not a number in
-    0..1e9; currency not three capital letters. Other fields are ignored; cost counts on
-    installs only, amount and currency on purchases only."""
+    0..1e9; currency not three capital letters. A type named in `activity_types` (the
+    custom ACTIVITY_EVENTS) is accepted and counts as activity, like a session. Other
+    fields are ignored; cost counts on installs only, amount and currency on purchases
+    only."""
     if not isinstance(obj, dict):
         return None
     try:
         event_id, user_id = _text(obj, "event_id", 128), _text(obj, "user_id", 128)
         kind, app = obj.get("type"), obj.get("app", default_app)
-        if event_id is None or user_id is None or kind not in EVENT_TYPES:
+        if event_id is None or user_id is None or not (
+                kind in EVENT_TYPES or (isinstance(kind, str) and kind in set(activity_types))):
             return None
         if not isinstance(app, str) or not 1 <= len(app) <= 64 or not set(app) <= _APP_CHARS:
             return None
@@ -187,7 +191,8 @@ def _no_constant(name: str) -> None:
 
 
 def read_message(raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20,
-                 max_events: int = 1000) -> list[tuple[int, Event | None]]:
+                 max_events: int = 1000, activity_types: Iterable[str] = ()
+                 ) -> list[tuple[int, Event | None]]:
     """One Kafka message value -> (index, event or None when rejected) per element: -1 for
     a message that is one object or that is rejected whole (empty, larger than
     ``max_bytes``, not UTF-8, not JSON, an array longer than ``max_events`` or empty)."""
@@ -199,10 +204,11 @@ def read_message(raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20,
     except (ValueError, RecursionError):
         return [(-1, None)]
     if not isinstance(decoded, list):
-        return [(-1, read_event(decoded, now_ms))]
+        return [(-1, read_event(decoded, now_ms, "default", activity_types))]
     if not decoded or len(decoded) > max_events:
         return [(-1, None)]
-    return [(index, read_event(obj, now_ms)) for index, obj in enumerate(decoded)]
+    return [(index, read_event(obj, now_ms, "default", activity_types))
+            for index, obj in enumerate(decoded)]
 
 
 # --------------------------------------------------------------------------------------

@@ -220,7 +220,8 @@ def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_siz
             yield from (read_csv(path, mapping) if mapping is not None else read_jsonl(path))
 
     try:
-        valid, rejected = prepare_replay(rows(), utc_now_ms(), sort=not no_sort)
+        valid, rejected = prepare_replay(rows(), utc_now_ms(), sort=not no_sort,
+                                         activity_types=settings.activity_types)
     except ValueError as exc:
         raise Fatal(str(exc)) from None
     stats = _run(lambda: produce_events(

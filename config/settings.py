@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from retention_tracker.streams.calendar import MS_PER_DAY
-from retention_tracker.streams.events import APP_NAME_RE, CURRENCY_RE
+from retention_tracker.streams.events import (
+    ACTIVITY_TYPE_RE,
+    APP_NAME_RE,
+    CURRENCY_RE,
+    EVENT_TYPES,
+)
 from retention_tracker.streams.segments import SegmentRules, money_units
 
 if TYPE_CHECKING:
@@ -67,6 +72,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("METRICS_TOKEN", "bearer token /metrics requires (empty: none)"),
     SettingDoc("TIMEZONE", "IANA timezone of apps not named in APP_TIMEZONES"),
     SettingDoc("APP_TIMEZONES", "per-app timezones: app=Zone,app2=Zone2"),
+    SettingDoc("ACTIVITY_EVENTS",
+               "custom event types that count as activity like a session, e.g. "
+               "bet,deposit,level_up (others: dead-lettered as unknown_type)"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
     SettingDoc("VIP_REVENUE", "lifetime revenue (CURRENCY) that makes a user VIP"),
     SettingDoc("VIP_PURCHASES", "lifetime purchase count that makes a user VIP"),
@@ -235,6 +243,21 @@ def _duration_ms(name: str, raw: str) -> int:
     return int(float(found[1]) * _DURATION_UNITS_MS[found[2]])
 
 
+def _activity_types(raw: str) -> tuple[str, ...]:
+    """ACTIVITY_EVENTS: custom type names, each once, in the order given; spelt like app
+    names (they label the accepted-events counters) and none of the built-in types."""
+    names: list[str] = []
+    for name in filter(None, (part.strip() for part in raw.split(","))):
+        if not ACTIVITY_TYPE_RE.match(name):
+            raise ConfigError(f"ACTIVITY_EVENTS: {name!r} must be 1-64 chars of "
+                              "[A-Za-z0-9._-]")
+        if name in EVENT_TYPES or name == "survey":
+            raise ConfigError(f"ACTIVITY_EVENTS: {name!r} is a built-in event type")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def _pattern(raw: str) -> str:
     pattern = raw.strip()
     if "{days}" not in pattern:
@@ -268,6 +291,7 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
+    activity_events: tuple[str, ...] = ()
     currency: str = "USD"
     vip_revenue: float = 100.0
     vip_purchases: int = 10
@@ -328,6 +352,7 @@ class Settings:
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
             timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
+            activity_events=_activity_types(env.get("ACTIVITY_EVENTS", "")),
             currency=_currency(raw("CURRENCY")),
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
@@ -358,6 +383,11 @@ class Settings:
             session_timeout_ms=_int(env, "SESSION_TIMEOUT_MS", d.session_timeout_ms, minimum=1000),
             heartbeat_ms=_int(env, "HEARTBEAT_MS", d.heartbeat_ms, minimum=100),
         )
+
+    @property
+    def activity_types(self) -> frozenset[str]:
+        """ACTIVITY_EVENTS as the parser takes them."""
+        return frozenset(self.activity_events)
 
     def timezone_of(self, app: str) -> str:
         return self.app_timezones.get(app, self.timezone)

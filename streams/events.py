@@ -18,6 +18,10 @@ from retention_tracker.streams.calendar import MS_PER_DAY
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
 EVENT_TYPES = ("install", "session", "purchase")
+#: Custom activity types (ACTIVITY_EVENTS: bet, deposit, level_up ...) count as activity like
+#: a session; their names are spelt like app names (they label counters and metrics).
+ACTIVITY_TYPE_RE = APP_NAME_RE
+NO_CUSTOM_TYPES: frozenset[str] = frozenset()
 FUTURE_TOLERANCE_MS = MS_PER_DAY
 CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")  # an ISO 4217 code; with .match
 # money above this per event is a bug or an attack, and sums must fit Redis' 64-bit counters
@@ -135,16 +139,19 @@ def parse_ts_ms(value: Any) -> int:
     raise InvalidEvent("invalid_timestamp", "ts must be ISO-8601 or epoch milliseconds")
 
 
-def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event:
-    """One decoded JSON value -> Event, or InvalidEvent with the reason."""
+def validate_event(obj: Any, now_ms: int, default_app: str = "default",
+                   activity_types: frozenset[str] = NO_CUSTOM_TYPES) -> Event:
+    """One decoded JSON value -> Event, or InvalidEvent with the reason. ``activity_types``:
+    the custom activity types (ACTIVITY_EVENTS) accepted besides the built-in ones."""
     if not isinstance(obj, dict):
         raise InvalidEvent("not_an_object", "an event must be a JSON object")
     event_id = _bounded_str(obj, "event_id", 128, required=True)
     kind = obj.get("type")
     if kind is None:
         raise InvalidEvent("missing_field", "type")
-    if kind not in EVENT_TYPES:
-        raise InvalidEvent("unknown_type", "type must be install, session or purchase")
+    if kind not in EVENT_TYPES and not (isinstance(kind, str) and kind in activity_types):
+        raise InvalidEvent("unknown_type", "type must be install, session, purchase or one "
+                           "of ACTIVITY_EVENTS")
     user_id = _bounded_str(obj, "user_id", 128, required=True)
     app = obj.get("app", default_app)
     if not isinstance(app, str) or not APP_NAME_RE.match(app):
@@ -184,9 +191,11 @@ class ParsedMessage:
 
 
 def parse_message(
-    raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20, max_events: int = 1000
+    raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20, max_events: int = 1000,
+    activity_types: frozenset[str] = NO_CUSTOM_TYPES,
 ) -> ParsedMessage:
-    """Decode one Kafka message value: one event object, or a JSON array of them."""
+    """Decode one Kafka message value: one event object, or a JSON array of them.
+    ``activity_types``: the custom activity types accepted (ACTIVITY_EVENTS)."""
     if not raw:
         return ParsedMessage([], [Reject("empty_message", "null or empty message")])
     if len(raw) > max_bytes:
@@ -208,7 +217,7 @@ def parse_message(
     rejects: list[Reject] = []
     for index, obj in items:
         try:
-            events.append((index, validate_event(obj, now_ms)))
+            events.append((index, validate_event(obj, now_ms, "default", activity_types)))
         except InvalidEvent as exc:
             rejects.append(Reject(exc.reason, exc.detail, index))
     if not items:

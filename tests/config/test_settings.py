@@ -42,3 +42,14 @@ def test_segment_rules_come_from_the_settings() -> None:
     assert rules == SegmentRules(default_currency="EUR", vip_revenue_units=500_000,
                                  vip_purchases=3)
     assert segment_rules(Settings()) == DEFAULT_RULES  # README: 100 USD, 10 purchases
+
+
+def test_activity_events_are_parsed_once_each_and_checked() -> None:
+    settings = Settings.from_env({"ACTIVITY_EVENTS": " bet, deposit,bet ,level_up"})
+    assert settings.activity_events == ("bet", "deposit", "level_up")
+    assert settings.activity_types == frozenset({"bet", "deposit", "level_up"})
+    assert Settings.from_env({}).activity_events == ()
+    for raw, problem in (("bet,session", "built-in"), ("survey", "built-in"),
+                         ("big win", "A-Za-z0-9")):
+        with pytest.raises(ConfigError, match=problem):
+            Settings.from_env({"ACTIVITY_EVENTS": raw})

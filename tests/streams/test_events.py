@@ -109,3 +109,19 @@ def test_the_canonical_json_of_an_event_parses_back_to_it(event: Event) -> None:
     parsed = parse_message(orjson.dumps(event.to_json()), NOW)
     assert parsed.rejects == []
     assert parsed.events == [(-1, event)]
+
+
+def test_custom_activity_types_are_accepted_only_when_named() -> None:
+    """ACTIVITY_EVENTS (METRICS.md §1): a named custom type is an event like a session; any
+    other type, or a type that is no string at all, stays unknown_type."""
+    casino = frozenset({"bet", "deposit"})
+    parsed = parse_message(orjson.dumps([base(type="bet"), base(event_id="e2", type="spin"),
+                                         base(event_id="e3", type=["bet"])]), NOW,
+                           activity_types=casino)
+    assert [event.type for _, event in parsed.events] == ["bet"]
+    assert [(r.index, r.reason) for r in parsed.rejects] == [(1, "unknown_type"),
+                                                             (2, "unknown_type")]
+    with pytest.raises(InvalidEvent, match="unknown_type"):
+        validate_event(base(type="bet"), NOW)  # not named: unknown
+    deposit = validate_event(base(type="deposit", amount=5, cost=1), NOW, "d", casino)
+    assert (deposit.amount, deposit.cost) == (None, None)  # money counts on its own types

@@ -60,7 +60,8 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
         user = draw(st.integers(0, n_users - 1))
         # spread over ~75 days with hour-level detail, so weeks, months and DST all occur
         ts = BASE_MS + draw(st.integers(0, 75 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
-        kind = draw(st.sampled_from(["install", "session", "session", "purchase"]))
+        # "bet": a custom activity type (ACTIVITY_EVENTS), activity like a session
+        kind = draw(st.sampled_from(["install", "session", "session", "purchase", "bet"]))
         money = st.sampled_from([0, 0.99, 4.99, 19.99, 120.0, 0.0001])
         events.append(
             Event(
