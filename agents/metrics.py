@@ -49,6 +49,10 @@ GLOBAL_GAUGES = {
     "mean of the 7 complete cohorts before it",
     "retention_headline_cohort_size": "users of the cohort the headline D1/D7/D30 is of (the "
     "latest whose day N has ended): the drop alert ignores small ones",
+    "retention_period_revenue": "revenue of the current week, month or year, per currency, "
+    "of its new users (first seen in it) or of returning users",
+    "retention_period_payers": "users paying in the current week, month or year: its new "
+    "users or returning users",
     "retention_watermark_seconds": "latest event time applied, per partition",
     "retention_inactive_users": "users inactive for at least the threshold now",
     "retention_winback_back_within_7d_share": "share of notified users active again within "
@@ -117,6 +121,7 @@ class SnapshotCollector(Collector):
             self._summary(gauges, app, figures.summary)
             self._cohorts(gauges, app, figures)
             self._money(gauges, app, figures.money)
+            self._periods(gauges, app, figures.periods)
             self._winback(gauges, counters, app, figures.winback, stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
@@ -197,6 +202,18 @@ class SnapshotCollector(Collector):
                 counters[name].add_metric(list(labels), value)
 
 
+    def _periods(self, gauges: dict[str, GaugeMetricFamily], app: str,
+                 periods: Mapping[str, Mapping[str, Any]]) -> None:
+        """The current period's revenue and payers, new against returning users."""
+        for period, row in periods.items():
+            currencies = {self.currency, *row["new_revenue"], *row["returning_revenue"]}
+            for users in ("new", "returning"):
+                gauges["retention_period_payers"].add_metric([app, period, users],
+                                                             row[f"{users}_payers"])
+                for currency in sorted(currencies):
+                    gauges["retention_period_revenue"].add_metric(
+                        [app, period, users, currency], row[f"{users}_revenue"].get(currency, 0))
+
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
                money: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
         """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
@@ -240,6 +257,8 @@ _GAUGE_LABELS = {
     "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
     "retention_headline_retention": ["app", "day", "stat"],
     "retention_headline_cohort_size": ["app", "day"],
+    "retention_period_revenue": ["app", "period", "users", "currency"],
+    "retention_period_payers": ["app", "period", "users"],
     "retention_watermark_seconds": ["partition"],
     "retention_inactive_users": ["app", "threshold"],
     "retention_winback_back_within_7d_share": ["app", "threshold"],

@@ -52,7 +52,8 @@ from retention_tracker.streams.events import Event
 GRANULARITIES = ("day", "week", "month")
 KINDS = ("classic", "rolling")
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")
-KPI_PERIODS = ("week", "month")
+KPI_PERIODS = ("week", "month", "year")
+PERIODS = (*GRANULARITIES, "year")  # every period the calendar functions know
 ATTRIBUTES = ("platform", "country", "campaign")
 SEGMENT_KEYS = (*ATTRIBUTES, "value")
 VALUE_SEGMENTS = ("vip", "payer", "free")
@@ -354,20 +355,23 @@ def day_start_ms(day: date, tz: str) -> int:
 
 
 def _check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    if granularity not in PERIODS:
+        raise ValueError(f"granularity must be one of {PERIODS}, not {granularity!r}")
 
 
 def period_start(day: date, granularity: str) -> date:
     """The period containing `day`, identified by its first day.
 
-    day: the date itself; week: the Monday of its ISO week; month: the first of the month.
+    day: the date itself; week: the Monday of its ISO week; month: the first of the month;
+    year: January 1st.
     """
     _check_granularity(granularity)
     if granularity == "day":
         return day
     if granularity == "week":
         return day - timedelta(days=day.weekday())  # weekday(): Monday is 0
+    if granularity == "year":
+        return date(day.year, 1, 1)
     return day.replace(day=1)
 
 
@@ -378,16 +382,21 @@ def next_period_start(start: date, granularity: str) -> date:
         return start + timedelta(days=1)
     if granularity == "week":
         return start + timedelta(days=7)
+    if granularity == "year":
+        return date(start.year + 1, 1, 1)
     if start.month == 12:
         return date(start.year + 1, 1, 1)
     return date(start.year, start.month + 1, 1)
 
 
 def period_label(start: date, granularity: str) -> str:
-    """day "YYYY-MM-DD", week "YYYY-Www" (ISO year and week), month "YYYY-MM"."""
+    """day "YYYY-MM-DD", week "YYYY-Www" (ISO year and week), month "YYYY-MM", year
+    "YYYY"."""
     _check_granularity(granularity)
     if granularity == "day":
         return start.isoformat()
+    if granularity == "year":
+        return f"{start.year:04d}"
     if granularity == "week":
         iso_year, iso_week, _ = start.isocalendar()
         return f"{iso_year:04d}-W{iso_week:02d}"
@@ -402,6 +411,8 @@ def period_offset(first: date, later: date, granularity: str) -> int:
         return (b - a).days
     if granularity == "week":
         return (b - a).days // 7  # both are Mondays, so this is exact
+    if granularity == "year":
+        return b.year - a.year
     return (b.year - a.year) * 12 + (b.month - a.month)
 
 
@@ -541,7 +552,8 @@ def _frame(
 ) -> tuple[_AppData, date] | None:
     """The app's (or segment's) data and its last period with data: what bounds every
     triangle's rows. None when there is no data."""
-    _check_granularity(granularity)
+    if granularity not in GRANULARITIES:  # years are KPI periods, not cohorts
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
     last_day = data.last_data_day()
     if last_day is None:
@@ -863,14 +875,18 @@ def kpis(
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
     now_ms: int | None = None,
 ) -> list[dict]:
-    """One row per week or month, from the first to the last period with data, oldest first.
+    """One row per week, month or year, from the first to the last period with data, oldest
+    first.
 
     With S = users active in P-1, E = users active in P, Nn = users whose first_seen is in P:
     {"period", "active": E, "new_users": Nn, "returning": E - Nn, "crr": (E - Nn) / S,
     "churn": |active in P-1 and not in P| / S (both None when S == 0), "revenue": {currency:
     money}, "payers": users with a purchase in P, "rpr": users with >= 2 purchases in P /
-    payers (0.0 without payers)}. With `now_ms`, also "complete": whether the period has
-    ended by then (§6: an unfinished period's CRR and churn are live numbers).
+    payers (0.0 without payers), and the revenue and payers split between the new users of
+    P (Nn) and the others (returning): "new_revenue", "returning_revenue" ({currency:
+    money}, non-zero only), "new_payers", "returning_payers"}. With `now_ms`, also
+    "complete": whether the period has ended by then (§6: an unfinished period's CRR and
+    churn are live numbers).
     """
     if period not in KPI_PERIODS:
         raise ValueError(f"period must be one of {KPI_PERIODS}, not {period!r}")
@@ -887,8 +903,10 @@ def kpis(
         new_in.setdefault(period_start(day, period), set()).add(user)
     revenue_in: dict[date, dict[str, Decimal]] = {}
     purchases_in: dict[date, dict[User, int]] = {}
+    purchases_by_user_in: dict[date, list[tuple[User, str, Decimal]]] = {}
     for day, purchases in data.purchases_on.items():
         p = period_start(day, period)
+        purchases_by_user_in.setdefault(p, []).extend(purchases)
         for user, currency, amount in purchases:
             totals = revenue_in.setdefault(p, {})
             totals[currency] = totals.get(currency, Decimal(0)) + amount
@@ -907,6 +925,12 @@ def kpis(
         lost = len(previous - active)
         repeat = _repeat_figures(purchases_in.get(current_period, {}))
         revenue = revenue_in.get(current_period, {})
+        new_revenue: dict[str, Decimal] = {}
+        for user, currency, amount in purchases_by_user_in.get(current_period, []):
+            if user in new:
+                new_revenue[currency] = new_revenue.get(currency, Decimal(0)) + amount
+        returning_revenue = {c: t - new_revenue.get(c, Decimal(0)) for c, t in revenue.items()}
+        buyers = set(purchases_in.get(current_period, {}))
         rows.append(
             {
                 "period": period_label(current_period, period),
@@ -918,6 +942,11 @@ def kpis(
                 "revenue": {c: money_out(t) for c, t in sorted(revenue.items()) if t},
                 "payers": repeat["buyers"],
                 "rpr": repeat["rpr"],
+                "new_revenue": {c: money_out(t) for c, t in sorted(new_revenue.items()) if t},
+                "returning_revenue": {c: money_out(t)
+                                      for c, t in sorted(returning_revenue.items()) if t},
+                "new_payers": len(buyers & new),
+                "returning_payers": len(buyers - new),
             }
         )
         if now_ms is not None:

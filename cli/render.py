@@ -172,6 +172,12 @@ def kpis_table(report: KpisReport) -> str:
              p["payers"], _share(p["rpr"], p["payers"])]
             for p in report.periods]
     text = _table(head, columns, rows)
+    split = [[p["period"] + ("" if p["complete"] else LIVE_MARK), _money(p["new_revenue"]),
+              _money(p["returning_revenue"]), p["new_payers"], p["returning_payers"]]
+             for p in report.periods]
+    text += "\n\n" + _table("revenue and payers: new users of the period vs returning users",
+                            ["period", "new revenue", "returning revenue", "new payers",
+                             "returning payers"], split)
     if any(not p["complete"] for p in report.periods):
         text += (f"\n{LIVE_MARK} the period has not ended yet: its CRR and churn are live "
                  "numbers, not results")

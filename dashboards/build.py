@@ -531,6 +531,22 @@ def money() -> dash_b.Dashboard:
          query(app_gauge("retention_dau"), "DAU", ("app",))],
         description="How many of today's active users paid.",
     ))
+    board = board.with_panel(timeseries(
+        "Revenue this week, month and year: new vs returning users",
+        [query('max by (app, period, users, currency) (retention_period_revenue{app="$app"})',
+               "{{period}} {{users}} {{currency}}", ("app", "period", "users", "currency"))],
+        description="Revenue of the current week, month and year so far, from the users "
+        "first seen in it (new) and from the others (returning): how much of the money "
+        "comes from users who came back. `retention kpis --period week|month|year` has "
+        "every period.",
+    ))
+    board = board.with_panel(timeseries(
+        "Payers this week, month and year: new vs returning users",
+        [query('max by (app, period, users) (retention_period_payers{app="$app"})',
+               "{{period}} {{users}}", ("app", "period", "users"))],
+        description="Users paying in the current week, month and year so far: first seen "
+        "in it (new) or before (returning).",
+    ))
     board = board.with_panel(cohort_money(
         "LTV by daily cohort and day N", "retention_cohort_ltv", "short",
         "Cumulative revenue per user of each recent daily cohort by day N, one row per "

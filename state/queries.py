@@ -30,6 +30,7 @@ from retention_tracker.streams.calendar import (
     date_to_day,
     day_to_date,
     period_label,
+    period_of_day,
     utc_now_ms,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
@@ -50,6 +51,7 @@ from retention_tracker.streams.figures import (
     last_day_with_data,
     money_of_day,
     money_rows,
+    new_and_returning,
     rate,
     revenue_currencies,
 )
@@ -420,7 +422,7 @@ async def kpis_report(
     where: Sequence[str] = (),
 ) -> KpisReport:
     if period not in KPI_PERIODS:
-        raise QueryError("week or month", "period")
+        raise QueryError(f"one of {', '.join(KPI_PERIODS)}", "period")
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
@@ -539,6 +541,9 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             kind: [r for r in kind_rows if r["cohort"] >= first_shown]
             for kind, kind_rows in rows.items()
         }
+        periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
+                                                   revenue_currencies(daily))
+                   for g in KPI_PERIODS}
         apps[app] = AppFigures(
             winback=await winback_figures(store, settings, app, stats),
             summary=summary,
@@ -546,8 +551,27 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             money=await _recent_money(store, settings, app, calendar, now, today, daily),
             headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
+            periods=periods,
         )
     return LiveFigures(now, apps, raw_stats)
+
+
+async def _current_period_money(store: RedisStore, app: str, granularity: str, today: int,
+                                currencies: list[str]) -> dict[str, Any]:
+    """The current week, month or year's revenue and payers split between its new and its
+    returning users (METRICS.md §6), from the few counters that hold them."""
+    period = period_of_day(today, granularity)
+    families = {
+        Measure.PERIOD_REVENUE: await read_cells(store, app, Measure.PERIOD_REVENUE, granularity,
+                                                 [(period, c) for c in currencies]),
+        Measure.LTV: await read_cells(store, app, Measure.LTV, granularity,
+                                      [(period, 0, c) for c in currencies]),
+        Measure.PERIOD_PAYERS: await read_cells(store, app, Measure.PERIOD_PAYERS, granularity,
+                                                [(period,)]),
+        Measure.FIRST_PAYMENT: await read_cells(store, app, Measure.FIRST_PAYMENT, granularity,
+                                                [(period, 0)]),
+    }
+    return {"period": period_label(period, granularity), **new_and_returning(families, period)}
 
 
 async def _recent_money(

@@ -111,7 +111,28 @@ def user_contributions(
         near_periods = _add_periods(contrib, state, g, near, scoped)
         if state.purchases:
             _add_period_money(contrib, state, g, near_periods, purchase_count)
+    near_years = _add_years(contrib, state, near, scoped)
+    if state.purchases:
+        _add_period_money(contrib, state, YEAR, near_years, purchase_count)
     return contrib
+
+
+YEAR = "year"
+
+
+def _add_years(contrib: Counter[Cell], state: UserState, near: frozenset[int],
+               scoped: bool) -> set[int]:
+    """The yearly KPI counters (METRICS.md §6): cohort size (new users of the year), active
+    and lost per year; no cohort triangle by year. Returns the years a change can move."""
+    active = periods_of_days(state.active_days, YEAR)
+    near_years = periods_of_days(near, YEAR) if scoped else active
+    contrib[_COHORT_SIZE, YEAR, period_of_day(state.first_day, YEAR)] += 1
+    for year in active & near_years:
+        contrib[_ACTIVE, YEAR, year] += 1
+    for year in {y + 1 for y in near_years} | near_years if scoped else {y + 1 for y in active}:
+        if year - 1 in active and year not in active:
+            contrib[_LOST, YEAR, year] += 1
+    return near_years
 
 
 def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],

@@ -152,6 +152,8 @@ class AppFigures(Report):
     money: Mapping[str, Mapping[str, Sequence[Row]]]  # kind -> currency -> rows
     headline: Mapping[int, Any]
     headline_size: Mapping[int, Any]
+    # week, month, year -> the current period's revenue and payers, new vs returning users
+    periods: Mapping[str, Row] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

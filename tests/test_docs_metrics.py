@@ -65,12 +65,14 @@ def events_of(example: dict[str, Any]) -> list[Event]:
     """The example's §1 JSON read by the production parser and by the reference's own
     reader, which must agree (and accept every event)."""
     events = []
+    custom = frozenset(example.get("activity_events", ()))  # ACTIVITY_EVENTS
     for obj in example["events"]:
         raw = orjson.dumps(obj)
-        parsed = parse_message(raw, FAR_FUTURE_MS)
+        parsed = parse_message(raw, FAR_FUTURE_MS, activity_types=custom)
         assert not parsed.rejects, (obj, parsed.rejects)
         [(_, event)] = parsed.events
-        assert reference.read_message(raw, FAR_FUTURE_MS) == [(-1, event)], obj
+        assert reference.read_message(raw, FAR_FUTURE_MS,
+                                      activity_types=custom) == [(-1, event)], obj
         events.append(event)
     return events
 
@@ -86,7 +88,7 @@ def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
 
 
 def test_the_examples_are_there() -> None:
-    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback"}
+    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino"}
 
 
 # ---- the closed sets the document lists -------------------------------------------------
@@ -245,6 +247,49 @@ async def test_first_week_one_event_at_a_time_backwards(redis_url: str) -> None:
         for event in reversed(events):
             await state.apply([event], max(e.ts_ms for e in events))
         await check_first_week(state, events)
+
+
+# ---- game events and a new year -----------------------------------------------------------
+
+
+async def check_casino(state: RealApply, events: list[Event]) -> None:
+    example = EXAMPLES["casino"]
+    tz = example["timezone"]
+    store, cfg = state.store, state.settings
+    now = max(e.ts_ms for e in events)
+    for check in example["expect"]:
+        figure = check["figure"]
+        if figure == "pipeline":
+            got = (await pipeline_report(store, cfg)).as_json()
+            assert got["accepted"]["a"] == check["accepted"]
+        elif figure == "kpis":
+            got = (await kpis_report(store, cfg, "a", check["period"])).as_json()["periods"]
+            assert got == reference.kpis(events, "a", check["period"], tz, now_ms=now)
+            rows = by_label(got, "period")
+            assert set(rows) == set(check["rows"])
+            for label, expected in check["rows"].items():
+                subset(rows[label], expected, f"kpis {label}")
+        else:
+            pytest.fail(f"no check for figure {figure!r}")
+
+
+def test_an_activity_type_not_named_is_unknown() -> None:
+    raw = orjson.dumps({"event_id": "x", "type": "spin", "user_id": "c1", "ts": 0})
+    custom = frozenset(EXAMPLES["casino"]["activity_events"])
+    assert [r.reason for r in parse_message(raw, FAR_FUTURE_MS, activity_types=custom)
+            .rejects] == ["unknown_type"]
+    assert reference.read_message(raw, FAR_FUTURE_MS, activity_types=custom) == [(-1, None)]
+
+
+async def test_casino_in_one_batch_and_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["casino"])
+    async with RealApply(redis_url, timezone=EXAMPLES["casino"]["timezone"]) as state:
+        await state.apply(events, events[-1].ts_ms)
+        await check_casino(state, events)
+    async with RealApply(redis_url, timezone=EXAMPLES["casino"]["timezone"]) as state:
+        for event in reversed(events):
+            await state.apply([event], events[-1].ts_ms)
+        await check_casino(state, events)
 
 
 # ---- win-back on the event clock ------------------------------------------------------------

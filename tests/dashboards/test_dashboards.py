@@ -43,7 +43,9 @@ def test_dashboards_have_the_panels_the_issue_asks_for() -> None:
     for q in panel_queries():
         titles[q.dashboard].add(q.panel)
     assert set(titles) == {"live", "retention", "pipeline", "money", "winback"}
-    assert {"Revenue today by currency", "ARPDAU by currency"} <= titles["money"]
+    assert {"Revenue today by currency", "ARPDAU by currency",
+            "Revenue this week, month and year: new vs returning users",
+            "Payers this week, month and year: new vs returning users"} <= titles["money"]
     assert {"Users inactive now, by threshold", "Back within 7 days of the notification"
             } <= titles["winback"]
     assert {"DAU against installs", "New vs returning users", "Stickiness (DAU / MAU)",

@@ -37,7 +37,7 @@ from retention_tracker.streams.figures import day_summary, money_of_day
 
 from .real_apply import RealApply
 
-BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
+BASE_MS = 1_701_648_000_000  # 2023-12-04T00:00:00Z, a Monday
 ZONES = ["UTC", "America/New_York", "Asia/Tokyo"]
 APPS = ("a", "b")
 WINDOW_DAYS = 7
@@ -58,8 +58,9 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
     events = []
     for i in range(n_events):
         user = draw(st.integers(0, n_users - 1))
-        # spread over ~75 days with hour-level detail, so weeks, months and DST all occur
-        ts = BASE_MS + draw(st.integers(0, 75 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
+        # spread over ~105 days with hour-level detail, so weeks, months, a new year and
+        # DST all occur
+        ts = BASE_MS + draw(st.integers(0, 105 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
         # "bet": a custom activity type (ACTIVITY_EVENTS), activity like a session
         kind = draw(st.sampled_from(["install", "session", "session", "purchase", "bet"]))
         money = st.sampled_from([0, 0.99, 4.99, 19.99, 120.0, 0.0001])
@@ -156,7 +157,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                         continue
                     assert got["cohorts"] == expected, (app, segment, granularity, kind,
                                                         currency)
-            for period in ("week", "month"):
+            for period in ("week", "month", "year"):
                 expected = reference.kpis(events, app, period, tz, where=where,
                                           now_ms=now_ms)
                 got = (await kpis_report(store, cfg, app, period, where=query_where)).as_json()
