@@ -53,6 +53,12 @@ GLOBAL_GAUGES = {
     "of its new users (first seen in it) or of returning users",
     "retention_period_payers": "users paying in the current week, month or year: its new "
     "users or returning users",
+    "retention_nps": "NPS (promoters - detractors, per 100 answers) of the current week, "
+    "month or year so far, per survey",
+    "retention_nps_answers": "survey answers in the current week, month or year so far "
+    "(each user's latest per period)",
+    "retention_nps_previous": "NPS of the previous week, month or year's answerers, those "
+    "active in the current period (retained) against the others (churned)",
     "retention_watermark_seconds": "latest event time applied, per partition",
     "retention_inactive_users": "users inactive for at least the threshold now",
     "retention_winback_back_within_7d_share": "share of notified users active again within "
@@ -122,6 +128,7 @@ class SnapshotCollector(Collector):
             self._cohorts(gauges, app, figures)
             self._money(gauges, app, figures.money)
             self._periods(gauges, app, figures.periods)
+            self._nps(gauges, app, figures.nps)
             self._winback(gauges, counters, app, figures.winback, stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
@@ -214,6 +221,24 @@ class SnapshotCollector(Collector):
                     gauges["retention_period_revenue"].add_metric(
                         [app, period, users, currency], row[f"{users}_revenue"].get(currency, 0))
 
+    @staticmethod
+    def _nps(gauges: dict[str, GaugeMetricFamily], app: str,
+             found: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        """NPS of the current period and of the previous one's retained and churned
+        answerers, per survey; an NPS without answers is not a number, so it is left out."""
+        for period, by_survey in found.items():
+            for survey, groups in sorted(by_survey.items()):
+                current = groups.get("current", {})
+                gauges["retention_nps_answers"].add_metric([app, period, survey],
+                                                           current.get("answers", 0))
+                if current.get("nps") is not None:
+                    gauges["retention_nps"].add_metric([app, period, survey], current["nps"])
+                for group in ("retained", "churned"):
+                    value = groups.get(group, {}).get("nps")
+                    if value is not None:
+                        gauges["retention_nps_previous"].add_metric([app, period, survey, group],
+                                                                    value)
+
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
                money: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
         """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
@@ -259,6 +284,9 @@ _GAUGE_LABELS = {
     "retention_headline_cohort_size": ["app", "day"],
     "retention_period_revenue": ["app", "period", "users", "currency"],
     "retention_period_payers": ["app", "period", "users"],
+    "retention_nps": ["app", "period", "survey"],
+    "retention_nps_answers": ["app", "period", "survey"],
+    "retention_nps_previous": ["app", "period", "survey", "group"],
     "retention_watermark_seconds": ["partition"],
     "retention_inactive_users": ["app", "threshold"],
     "retention_winback_back_within_7d_share": ["app", "threshold"],

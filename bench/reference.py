@@ -37,6 +37,10 @@ Choices where the contract leaves room (kept in one place so they are easy to ch
 - `where` selects users (all given attributes equal); every figure, including DAU, cohort
   sizes, the last period with data and the row offsets, is then computed from the events of
   those users only.
+- A `survey` event (§8) is an answer, nothing else: it makes no one active, sets no
+  first_seen, last activity or attribute. A user known only by answers has no cohort; its
+  value segment is "free" (no purchase) and it has no attribute, so it is in `where=None`
+  and `{"value": "free"}` only.
 """
 
 from __future__ import annotations
@@ -92,10 +96,12 @@ def app_events(events: Iterable[Event], app: str) -> list[Event]:
 # --------------------------------------------------------------------------------------
 # Section 1: reading events (the reference's own reader, for tests that start from JSON)
 
-EVENT_TYPES = ("install", "session", "purchase")  # plus the custom ACTIVITY_EVENTS given
+EVENT_TYPES = ("install", "session", "purchase", "survey")  # + the ACTIVITY_EVENTS given
+SURVEY = "survey"
+SURVEY_NAME_CHARS = _APP_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_MONEY = 1_000_000_000  # README "Guarantees": money at most 1e9 per event
 FUTURE_MS = 24 * 3_600_000
-_APP_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def _text(obj: dict, name: str, max_len: int) -> str | None:
@@ -168,6 +174,17 @@ def read_event(obj: object, now_ms: int, default_app: str = "default",
         return None
     if kind == "purchase" and amount is None:
         return None
+    if kind == SURVEY:  # score: an integer 0-10; survey: a name, default "nps"
+        score, survey = obj.get("score"), obj.get("survey")
+        if type(score) is not int or not 0 <= score <= 10:
+            return None
+        if survey is None:
+            survey = "nps"
+        if not (isinstance(survey, str) and 1 <= len(survey) <= 64
+                and set(survey) <= SURVEY_NAME_CHARS):
+            return None
+        return Event(app=app, event_id=event_id, type=kind, user_id=user_id, ts_ms=ts_ms,
+                     score=score, survey=survey, **attributes)
     return Event(app=app, event_id=event_id, type=kind, user_id=user_id, ts_ms=ts_ms,
                  cost=cost, amount=amount if kind == "purchase" else None,
                  currency=currency if kind == "purchase" else None, **attributes)
@@ -271,6 +288,8 @@ def user_profiles(
             users.append(event.user_id)
             purchases[event.user_id] = 0
             revenue[event.user_id] = Decimal(0)
+        if event.type == SURVEY:  # an answer: no attribute
+            continue
         for attribute in ATTRIBUTES:
             value = getattr(event, attribute)
             if value is None:
@@ -448,7 +467,7 @@ class _AppData:
         self.purchases_on: dict[date, list[tuple[User, str, Decimal]]] = {}
         self.install_cost: dict[User, Decimal] = {}  # sum of `cost` of the user's installs
         for event in dedup(events):
-            if event.app != app:
+            if event.app != app or event.type == SURVEY:  # an answer is not activity
                 continue
             user = (event.app, event.user_id)
             day = local_day(event.ts_ms, tz)
@@ -993,6 +1012,8 @@ def inactivity_episodes(
     for event in stream:
         now = max(now, event.ts_ms)
         inactive(list(last))  # before the event: it may be the user's return
+        if event.type == SURVEY:  # an answer moves now, but makes no one active
+            continue
         user = event.user_id
         if user in last and event.ts_ms > last[user]:
             for days, sent in handled.get(user, {}).items():
@@ -1004,3 +1025,94 @@ def inactivity_episodes(
             last[user] = event.ts_ms
         inactive([user])  # a late event may leave its user inactive for long already
     return out
+
+
+# ---- Section 8: satisfaction (NPS) ----------------------------------------------------------
+
+NPS_PERIODS = ("week", "month", "year")
+NPS_BY = ("period", "cohort", "churn")
+
+
+def _nps_counts(scores: Iterable[int]) -> dict:
+    """answers, promoters (9-10), passives (7-8), detractors (0-6) and NPS = (promoters -
+    detractors) / answers x 100, rounded to 2 places (None without answers)."""
+    scores = list(scores)
+    promoters = sum(1 for s in scores if s >= 9)
+    passives = sum(1 for s in scores if 7 <= s <= 8)
+    detractors = sum(1 for s in scores if s <= 6)
+    return {"answers": len(scores), "promoters": promoters, "passives": passives,
+            "detractors": detractors,
+            "nps": round((promoters - detractors) / len(scores) * 100, 2) if scores else None}
+
+
+def nps(
+    events: Iterable[Event],
+    app: str,
+    period: str,
+    tz: str,
+    survey: str = "nps",
+    *,
+    by: str = "period",
+    where: dict[str, str] | None = None,
+    now_ms: int | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> list[dict]:
+    """§8 read plainly. A user's answer in a period is the score of its latest `survey`
+    event to `survey` in it (equal ts: the larger event_id).
+
+    - by "period": one row per period from the first to the last with answers, gaps
+      included: {"period", "answers", "promoters", "passives", "detractors", "nps"}.
+    - by "churn": one row per period with answers: {"period", "retained": figures of those
+      who answered in it and were active in the next period, "churned": of the others};
+      with `now_ms`, "complete": whether the next period has ended.
+    - by "cohort": one row per cohort (of the period's granularity) with answers, from its
+      users' answers in every period: {"cohort", figures}. Users without activity have no
+      cohort and are left out.
+    """
+    if period not in NPS_PERIODS or by not in NPS_BY:
+        raise ValueError(f"period in {NPS_PERIODS}, by in {NPS_BY}")
+    selected = segment_events(events, app, where, default_currency=default_currency,
+                              vip_revenue=vip_revenue, vip_purchases=vip_purchases)
+    data = _AppData(selected, app, tz, default_currency)
+    latest: dict[tuple[User, date], tuple[int, str, int]] = {}
+    for event in selected:
+        if event.type != SURVEY or event.survey != survey:
+            continue
+        key = ((event.app, event.user_id), period_start(local_day(event.ts_ms, tz), period))
+        candidate = (event.ts_ms, event.event_id, event.score)
+        if key not in latest or candidate[:2] > latest[key][:2]:
+            latest[key] = candidate
+    if not latest:
+        return []
+    if by == "cohort":
+        by_cohort: dict[date, list[int]] = {}
+        for (user, _), (_, _, score) in latest.items():
+            if user in data.first_day:
+                cohort = period_start(data.first_day[user], period)
+                by_cohort.setdefault(cohort, []).append(score)
+        return [{"cohort": period_label(c, period), **_nps_counts(by_cohort[c])}
+                for c in sorted(by_cohort)]
+    scores_in: dict[date, list[tuple[User, int]]] = {}
+    for (user, p), (_, _, score) in latest.items():
+        scores_in.setdefault(p, []).append((user, score))
+    if by == "churn":
+        rows = []
+        for p in sorted(scores_in):
+            following = next_period_start(p, period)
+            back = {user for user, days in data.active_days.items()
+                    if any(period_start(d, period) == following for d in days)}
+            row = {"period": period_label(p, period),
+                   "retained": _nps_counts(s for u, s in scores_in[p] if u in back),
+                   "churned": _nps_counts(s for u, s in scores_in[p] if u not in back)}
+            if now_ms is not None:
+                row["complete"] = period_end_ms(following, period, tz) <= now_ms
+            rows.append(row)
+        return rows
+    rows, current = [], min(scores_in)
+    while current <= max(scores_in):
+        rows.append({"period": period_label(current, period),
+                     **_nps_counts(s for _, s in scores_in.get(current, []))})
+        current = next_period_start(current, period)
+    return rows

@@ -251,7 +251,7 @@ def _activity_types(raw: str) -> tuple[str, ...]:
         if not ACTIVITY_TYPE_RE.match(name):
             raise ConfigError(f"ACTIVITY_EVENTS: {name!r} must be 1-64 chars of "
                               "[A-Za-z0-9._-]")
-        if name in EVENT_TYPES or name == "survey":
+        if name in EVENT_TYPES:
             raise ConfigError(f"ACTIVITY_EVENTS: {name!r} is a built-in event type")
         if name not in names:
             names.append(name)

@@ -307,6 +307,7 @@ def retention() -> dash_b.Dashboard:
         description="A latest value well below its mean7 is what the RetentionHeadlineDrop "
         "alert fires on.",
     ))
+    board = with_panels(board, _satisfaction())
     board = board.with_panel(triangle(
         "classic", "Share of each daily cohort active on day N exactly (classic retention).",
     ))
@@ -314,6 +315,36 @@ def retention() -> dash_b.Dashboard:
         "rolling", "Share of each daily cohort active on day N or later (rolling retention).",
     ))
     return board
+
+
+def _satisfaction() -> list[Panel]:
+    """METRICS.md §8: NPS now, and of last period's answerers who stayed against those who
+    left (satisfaction paired with churn)."""
+    survey = ("app", "period", "survey")
+    return [
+        timeseries(
+            "Satisfaction (NPS) this week, month and year",
+            [query('max by (app, period, survey) (retention_nps{app="$app"})',
+                   "{{period}} {{survey}}", survey),
+             query('max by (app, period, survey) (retention_nps_answers{app="$app"})',
+                   "answers {{period}} {{survey}}", survey)],
+            width=12,
+            description="NPS = promoters (9-10) minus detractors (0-6) per 100 answers, each "
+            "user's latest answer in the period so far; answers on the right axis. "
+            "`retention nps` has every period, cohort and segment.",
+        ).override_by_regexp("answers .*", [
+            dash_m.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]),
+        timeseries(
+            "NPS of last period's answerers: retained vs churned",
+            [query('max by (app, period, survey, group) (retention_nps_previous{app="$app"})',
+                   "{{period}} {{survey}} {{group}}", (*survey, "group"))],
+            width=12,
+            description="Of the users who answered in the previous week, month or year: "
+            "the NPS of those active again in the current one (retained) and of the others "
+            "(churned, so far). Unhappy users leave: a gap here says satisfaction drives "
+            "churn.",
+        ),
+    ]
 
 
 # ---- Pipeline ------------------------------------------------------------------------------

@@ -34,7 +34,12 @@ from retention_tracker.streams.calendar import (
     utc_now_ms,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
-from retention_tracker.streams.events import CURRENCY_RE, FORWARD_CAUSES
+from retention_tracker.streams.events import (
+    CURRENCY_RE,
+    DEFAULT_SURVEY,
+    FORWARD_CAUSES,
+    SURVEY_NAME_RE,
+)
 from retention_tracker.streams.figures import (
     KINDS,
     KPI_MEASURES,
@@ -55,6 +60,14 @@ from retention_tracker.streams.figures import (
     rate,
     revenue_currencies,
 )
+from retention_tracker.streams.nps import (
+    NPS_PERIODS,
+    nps_churn_rows,
+    nps_cohort_rows,
+    nps_figures,
+    nps_rows,
+    surveys_of,
+)
 from retention_tracker.streams.plan import ALL_USERS, segments_of
 from retention_tracker.streams.reports import (
     AppFigures,
@@ -64,6 +77,7 @@ from retention_tracker.streams.reports import (
     HeadlineReport,
     KpisReport,
     LiveFigures,
+    NpsReport,
     PipelineReport,
     RepeatPurchaseReport,
     SummaryReport,
@@ -438,6 +452,43 @@ async def kpis_report(
     return KpisReport(app, period, calendar.timezone, _segment_shown(segment), tuple(rows))
 
 
+NPS_BY = ("period", "cohort", "churn")
+
+
+async def nps_report(
+    store: RedisStore, settings: Settings, app: str, period: str = "week",
+    survey: str = DEFAULT_SURVEY, where: Sequence[str] = (), by: str = "period",
+) -> NpsReport:
+    """NPS of one survey (METRICS.md §8) per period, per cohort or for churned against
+    retained answerers, from the NPS counters (no scan)."""
+    if period not in NPS_PERIODS:
+        raise QueryError(f"one of {', '.join(NPS_PERIODS)}", "period")
+    if by not in NPS_BY:
+        raise QueryError(f"one of {', '.join(NPS_BY)}", "by")
+    if not SURVEY_NAME_RE.match(survey):
+        raise QueryError(f"{survey!r}: 1-64 chars of [A-Za-z0-9._-]", "survey")
+    segment = segment_of(where)
+    calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
+    cells = await read_measure(store, app, Measure.NPS, period, segment)
+
+    def label(number: int) -> str:
+        return period_label(number, period)
+
+    if by == "cohort":
+        rows = nps_cohort_rows(await read_measure(store, app, Measure.NPS_COHORT, period,
+                                                  segment), survey, label)
+    elif by == "churn":
+        rows = [{**row, "complete": calendar.period_end_ms(number + 1, period) <= now}
+                for number, row in nps_churn_rows(cells, survey, label)]
+    else:
+        rows = nps_rows(cells, survey, label)
+    current = label(period_of_day(calendar.day_of(now), period))
+    live = current if by != "cohort" and any(r["period"] == current for r in rows) else None
+    return NpsReport(app, period, survey, by, calendar.timezone, _segment_shown(segment),
+                     iso_time(now), tuple(surveys_of(cells)), live, tuple(rows))
+
+
 async def repeat_purchase_report(
     store: RedisStore, settings: Settings, app: str, granularity: str = "month",
     date_from: date | None = None, date_to: date | None = None, where: Sequence[str] = (),
@@ -544,6 +595,8 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
         periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
                                                    revenue_currencies(daily))
                    for g in KPI_PERIODS}
+        satisfaction = {g: await _current_nps(store, app, g, calendar.day_of(now))
+                        for g in NPS_PERIODS}
         apps[app] = AppFigures(
             winback=await winback_figures(store, settings, app, stats),
             summary=summary,
@@ -552,6 +605,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
             periods=periods,
+            nps=satisfaction,
         )
     return LiveFigures(now, apps, raw_stats)
 
@@ -572,6 +626,24 @@ async def _current_period_money(store: RedisStore, app: str, granularity: str, t
                                                 [(period, 0)]),
     }
     return {"period": period_label(period, granularity), **new_and_returning(families, period)}
+
+
+async def _current_nps(store: RedisStore, app: str, granularity: str, today: int
+                       ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per survey with answers in the current or the previous week, month or year: the
+    current period's NPS so far, and the previous period's answerers split between those
+    active in the current period (retained) and the others (churned)."""
+    period = period_of_day(today, granularity)
+    cells = await read_measure(store, app, Measure.NPS, granularity)
+    out: dict[str, dict[str, dict[int, int]]] = {}
+    for (number, kind, retained, survey), n in cells.items():
+        if number not in (period, period - 1) or not n:
+            continue
+        group = "current" if number == period else ("retained" if retained else "churned")
+        counts = out.setdefault(survey, {}).setdefault(group, {})
+        counts[kind] = counts.get(kind, 0) + n
+    return {survey: {group: nps_figures(counts) for group, counts in groups.items()}
+            for survey, groups in out.items()}
 
 
 async def _recent_money(

@@ -45,6 +45,10 @@ class Measure(IntEnum):
     PERIOD_PAYERS = 19  # (period): users paying in the period
     REPEAT_PAYERS = 20  # (period): users with two purchases or more in the period
     REPEAT_BUYERS = 21  # (cohort, n): buyers of the cohort with at least n (1, 2) purchases
+    # survey answers (streams/nps.py), per week, month and year: class 0 detractor,
+    # 1 passive, 2 promoter; retained 1 when the user is active in the next period
+    NPS = 22  # (period, class, retained, survey): users' latest answers in the period
+    NPS_COHORT = 23  # (cohort, offset, class, survey): the same, by the users' cohort
 
 
 #: The measures kept one per day (the others are kept per granularity).

@@ -17,7 +17,14 @@ import orjson
 from retention_tracker.streams.calendar import MS_PER_DAY
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
-EVENT_TYPES = ("install", "session", "purchase")
+EVENT_TYPES = ("install", "session", "purchase", "survey")
+#: A survey answer (METRICS.md §8): a score, not activity.
+SURVEY = "survey"
+DEFAULT_SURVEY = "nps"  # the survey an answer without a ``survey`` name belongs to
+MAX_SCORE = 10
+#: Survey names label counters and metrics: spelt like app names (the contract's "string
+#: <= 64", narrowed so a name never needs escaping in a stored field or a label).
+SURVEY_NAME_RE = APP_NAME_RE
 #: Custom activity types (ACTIVITY_EVENTS: bet, deposit, level_up ...) count as activity like
 #: a session; their names are spelt like app names (they label counters and metrics).
 ACTIVITY_TYPE_RE = APP_NAME_RE
@@ -65,6 +72,8 @@ class Event:
     cost: float | None = None
     amount: float | None = None
     currency: str | None = None
+    score: int | None = None  # survey answers only
+    survey: str | None = None  # survey answers only: which survey (default "nps")
 
     def to_json(self) -> dict[str, Any]:
         """The canonical §1 form, as replay and the simulator produce it."""
@@ -75,7 +84,8 @@ class Event:
             "app": self.app,
             "ts": self.ts_ms,
         }
-        for name in ("platform", "country", "campaign", "cost", "amount", "currency"):
+        for name in ("platform", "country", "campaign", "cost", "amount", "currency", "score",
+                     "survey"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -150,8 +160,8 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default",
     if kind is None:
         raise InvalidEvent("missing_field", "type")
     if kind not in EVENT_TYPES and not (isinstance(kind, str) and kind in activity_types):
-        raise InvalidEvent("unknown_type", "type must be install, session, purchase or one "
-                           "of ACTIVITY_EVENTS")
+        raise InvalidEvent("unknown_type", "type must be install, session, purchase, survey "
+                           "or one of ACTIVITY_EVENTS")
     user_id = _bounded_str(obj, "user_id", 128, required=True)
     app = obj.get("app", default_app)
     if not isinstance(app, str) or not APP_NAME_RE.match(app):
@@ -171,6 +181,8 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default",
     currency = obj.get("currency")
     if currency is not None and (not isinstance(currency, str) or not CURRENCY_RE.match(currency)):
         raise InvalidEvent("invalid_field", "currency must be an ISO 4217 code")
+    if kind == SURVEY:
+        return _answer(obj, app, event_id, user_id, ts_ms, attributes)  # type: ignore[arg-type]
     return Event(
         app=app,
         event_id=event_id,  # type: ignore[arg-type]
@@ -180,8 +192,29 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default",
         cost=cost,
         amount=amount if kind == "purchase" else None,
         currency=currency if kind == "purchase" else None,
-        **attributes,
+        platform=attributes["platform"],
+        country=attributes["country"],
+        campaign=attributes["campaign"],
     )
+
+
+def _answer(obj: dict[str, Any], app: str, event_id: str, user_id: str, ts_ms: int,
+            attributes: dict[str, str | None]) -> Event:
+    """A survey event: ``score`` an integer 0-10 (required), ``survey`` a name (default
+    "nps")."""
+    score = obj.get("score")
+    if score is None:
+        raise InvalidEvent("missing_field", "score")
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= MAX_SCORE:
+        raise InvalidEvent("invalid_field", f"score must be an integer 0-{MAX_SCORE}")
+    survey = obj.get("survey")
+    if survey is None:
+        survey = DEFAULT_SURVEY
+    elif not isinstance(survey, str) or not SURVEY_NAME_RE.match(survey):
+        raise InvalidEvent("invalid_field", "survey must be 1-64 chars of [A-Za-z0-9._-]")
+    return Event(app=app, event_id=event_id, type=SURVEY, user_id=user_id, ts_ms=ts_ms,
+                 platform=attributes["platform"], country=attributes["country"],
+                 campaign=attributes["campaign"], score=score, survey=survey)
 
 
 @dataclass(frozen=True, slots=True)

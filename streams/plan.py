@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 from retention_tracker.streams.calendar import (
@@ -23,7 +23,8 @@ from retention_tracker.streams.calendar import (
     periods_of_days,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
-from retention_tracker.streams.events import Event
+from retention_tracker.streams.events import SURVEY, Event
+from retention_tracker.streams.nps import add_answers, add_nps_contributions
 from retention_tracker.streams.segments import (
     DEFAULT_RULES,
     SegmentRules,
@@ -103,6 +104,9 @@ def user_contributions(
     for two states with the same first day and segments, the difference of the scoped
     contributions is the difference of the full ones, at a fraction of the cost."""
     contrib: Counter[Cell] = Counter()
+    if not state.seen:  # known only by survey answers: they count, nothing else
+        add_nps_contributions(contrib, state, None)
+        return contrib
     scoped = near_days is not None
     near: frozenset[int] = near_days if near_days is not None else state.active_days
     _add_daily(contrib, state, near, scoped)
@@ -114,6 +118,8 @@ def user_contributions(
     near_years = _add_years(contrib, state, near, scoped)
     if state.purchases:
         _add_period_money(contrib, state, YEAR, near_years, purchase_count)
+    if state.answers:
+        add_nps_contributions(contrib, state, near_days)
     return contrib
 
 
@@ -265,6 +271,7 @@ def add_events(
         notified_episode_ms=state.notified_episode_ms if state else None,
         notified_days=state.notified_days if state else (),
         expired_days=state.expired_days if state else (),
+        answers=state.answers if state else (),
     )
 
 
@@ -284,7 +291,7 @@ def _add_user_delta(
         pending.setdefault(new_segments, Counter()).update(user_contributions(new))
         return
     old_segments = tuple(segments_of(old, rules))
-    if old_segments == new_segments and old.first_day == new.first_day:
+    if old.seen and old_segments == new_segments and old.first_day == new.first_day:
         near = _changed_days(old, new)
         if not near and old.cost_units == new.cost_units:
             return  # e.g. an earlier event carrying the same attribute value
@@ -312,12 +319,15 @@ def _same_counted_facts(old: UserState, new: UserState) -> bool:
         and old.purchases == new.purchases
         and old.cost_units == new.cost_units
         and old.attributes == new.attributes
+        and old.answers == new.answers
     )
 
 
 def _changed_days(old: UserState, new: UserState) -> frozenset[int]:
     """Days on which the user's contributions can differ between two states."""
     changed = (new.active_days - old.active_days) | (new.install_days - old.install_days)
+    if old.answers != new.answers:  # survey answers: the days whose answer changed
+        changed |= {answer[1] for answer in set(old.answers) ^ set(new.answers)}
     return changed | {day for day, _, _ in set(new.purchases) ^ set(old.purchases)}
 
 
@@ -421,11 +431,13 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
 
 
 def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[bytes],
-            seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool
+            seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool,
+            answered: dict[UserKey, list[Event]] | None = None,
             ) -> tuple[dict[UserKey, list[Event]], dict[UserKey, list[int]]]:
     """Drop duplicates and events too old for the horizon (counted, and the latter kept
     for their dead letters), move the watermark; the accepted events by user, and with the
-    event clock the watermark at each of them."""
+    event clock the watermark at each of them. Survey answers (no activity) go to
+    ``answered`` instead, by user."""
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
@@ -443,6 +455,11 @@ def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[byt
         plan.stats[Stat.ACCEPTED, event.app, event.type] += 1
         if plan.watermark_ms is None or event.ts_ms > plan.watermark_ms:
             plan.watermark_ms = event.ts_ms
+        if event.type == SURVEY and answered is not None:
+            answered.setdefault((event.app, event.user_id), []).append(event)
+            if event_clock:
+                plan.arrivals.append(plan.watermark_ms)
+            continue
         accepted.setdefault((event.app, event.user_id), []).append(event)
         if event_clock:
             plan.arrivals.append(plan.watermark_ms)
@@ -473,25 +490,51 @@ def plan_batch(
     keys = dedup_keys if dedup_keys is not None else [
         dedup_key(event.app, event.event_id) for _, _, event in events]
     plan = Plan(watermark_ms=watermark_ms)
+    answered: dict[UserKey, list[Event]] = {}
     accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
-                                event_clock)
+                                event_clock, answered)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
     for user_key, user_events in accepted.items():
         app = user_key[0]
         old = states[user_key]
+        # a user known only by survey answers has no activity yet: its events start it
+        active_old = old if old is None or old.seen else None
         cuts: list[tuple[int, int]] = []
         user_arrivals = arrived.get(user_key, [])
         if event_clock:
-            cuts, known_ms = _moment_cuts(old, user_events, user_arrivals, winback.thresholds)
+            cuts, known_ms = _moment_cuts(active_old, user_events, user_arrivals,
+                                          winback.thresholds)
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
-        new = _apply_events(plan, user_key, old, user_events, user_arrivals, cuts,
+        new = _apply_events(plan, user_key, active_old, user_events, user_arrivals, cuts,
                             calendar_of(app), rules, winback)
+        if old is not None and active_old is None:
+            new = replace(new, answers=old.answers)
+        if answered:
+            new = _with_answers(new, answered.pop(user_key, None), calendar_of(app))
         if new == old:
             continue
-        if old is None or new.last_active_ms != old.last_active_ms:
+        if active_old is None or new.last_active_ms != active_old.last_active_ms:
             plan.due[user_key] = new.last_active_ms
         plan.users[user_key] = new
         _add_user_delta(pending.setdefault(app, {}), old, new, rules)
+    for user_key, answers in answered.items():  # answers of users with no event here
+        app, old = user_key[0], states[user_key]
+        new = _with_answers(old or _ANSWERS_ONLY, answers, calendar_of(app))
+        if new != old:
+            plan.users[user_key] = new
+            _add_user_delta(pending.setdefault(app, {}), old, new, rules)
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan
+
+
+#: The state of a user before its first survey answer when nothing else is known of it.
+_ANSWERS_ONLY = UserState(0, 0, 0, frozenset(), frozenset())
+
+
+def _with_answers(state: UserState, answers: list[Event] | None, calendar: AppCalendar
+                  ) -> UserState:
+    """The state with these survey answers kept (METRICS.md §8); they make no one active."""
+    if not answers:
+        return state
+    return replace(state, answers=add_answers(state.answers, answers, calendar))

@@ -27,6 +27,7 @@ from retention_tracker.state.queries import (
     cohort_report,
     headline_report,
     kpis_report,
+    nps_report,
     pipeline_report,
     repeat_purchase_report,
     summary_report,
@@ -88,7 +89,8 @@ def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
 
 
 def test_the_examples_are_there() -> None:
-    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino"}
+    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino",
+                             "satisfaction"}
 
 
 # ---- the closed sets the document lists -------------------------------------------------
@@ -252,8 +254,9 @@ async def test_first_week_one_event_at_a_time_backwards(redis_url: str) -> None:
 # ---- game events and a new year -----------------------------------------------------------
 
 
-async def check_casino(state: RealApply, events: list[Event]) -> None:
-    example = EXAMPLES["casino"]
+async def check_example(name: str, state: RealApply, events: list[Event]) -> None:
+    """The checks of the examples after the first week: pipeline, summary, kpis, nps."""
+    example = EXAMPLES[name]
     tz = example["timezone"]
     store, cfg = state.store, state.settings
     now = max(e.ts_ms for e in events)
@@ -262,6 +265,21 @@ async def check_casino(state: RealApply, events: list[Event]) -> None:
         if figure == "pipeline":
             got = (await pipeline_report(store, cfg)).as_json()
             assert got["accepted"]["a"] == check["accepted"]
+        elif figure == "summary":
+            day = date.fromisoformat(check["date"])
+            subset((await summary_report(store, cfg, "a", day)).as_json(), check["values"],
+                   check["date"])
+            subset(reference.summary(events, "a", day, tz, now_ms=now), check["values"],
+                   f"reference {check['date']}")
+        elif figure == "nps":
+            seg, by = check.get("where"), check.get("by", "period")
+            survey = check.get("survey", "nps")
+            got = (await nps_report(store, cfg, "a", check["period"], survey,
+                                    (seg,) if seg else (), by)).as_json()["rows"]
+            assert got == check["rows"], check
+            where = dict([seg.split("=")]) if seg else None
+            assert reference.nps(events, "a", check["period"], tz, survey, by=by, where=where,
+                                 now_ms=now) == check["rows"], check
         elif figure == "kpis":
             got = (await kpis_report(store, cfg, "a", check["period"])).as_json()["periods"]
             assert got == reference.kpis(events, "a", check["period"], tz, now_ms=now)
@@ -285,11 +303,22 @@ async def test_casino_in_one_batch_and_backwards(redis_url: str) -> None:
     events = events_of(EXAMPLES["casino"])
     async with RealApply(redis_url, timezone=EXAMPLES["casino"]["timezone"]) as state:
         await state.apply(events, events[-1].ts_ms)
-        await check_casino(state, events)
+        await check_example("casino", state, events)
     async with RealApply(redis_url, timezone=EXAMPLES["casino"]["timezone"]) as state:
         for event in reversed(events):
             await state.apply([event], events[-1].ts_ms)
-        await check_casino(state, events)
+        await check_example("casino", state, events)
+
+
+async def test_satisfaction_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["satisfaction"])
+    async with RealApply(redis_url) as state:
+        await state.apply(events, events[-1].ts_ms)
+        await check_example("satisfaction", state, events)
+    async with RealApply(redis_url) as state:
+        for event in reversed(events):
+            await state.apply([event], events[-1].ts_ms)
+        await check_example("satisfaction", state, events)
 
 
 # ---- win-back on the event clock ------------------------------------------------------------

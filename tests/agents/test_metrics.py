@@ -68,6 +68,10 @@ def snapshot() -> Snapshot:
         periods={"week": {"period": "2024-W01", "new_revenue": {"EUR": 1.5},
                           "returning_revenue": {"USD": 10.0}, "new_payers": 1,
                           "returning_payers": 2}},
+        nps={"week": {"nps": {"current": {"answers": 4, "nps": 25.0},
+                              "retained": {"answers": 2, "nps": 50.0},
+                              "churned": {"answers": 0, "nps": None}},
+                      "csat": {"retained": {"answers": 1, "nps": -100.0}}}},
     )
     stats = dict(real_stats())
     figures = LiveFigures(BASE_MS, {"a": app}, stats)
@@ -163,6 +167,23 @@ def test_current_period_money_is_split_between_new_and_returning_users() -> None
                  currency="USD") == 0
     assert value("retention_period_revenue", app="a", period="week", users="returning",
                  currency="EUR") == 0
+
+
+def test_nps_now_and_of_the_last_period_by_churn() -> None:
+    registry = registry_with(snapshot())
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("retention_nps", app="a", period="week", survey="nps") == 25.0
+    assert value("retention_nps_answers", app="a", period="week", survey="nps") == 4
+    assert value("retention_nps_previous", app="a", period="week", survey="nps",
+                 group="retained") == 50.0
+    # no answers: no NPS (not a number), but the count of answers is there
+    assert value("retention_nps_previous", app="a", period="week", survey="nps",
+                 group="churned") is None
+    assert value("retention_nps", app="a", period="week", survey="csat") is None
+    assert value("retention_nps_answers", app="a", period="week", survey="csat") == 0
 
 
 def test_custom_activity_types_are_exported_from_the_start() -> None:

@@ -51,7 +51,9 @@ def test_dashboards_have_the_panels_the_issue_asks_for() -> None:
     assert {"DAU against installs", "New vs returning users", "Stickiness (DAU / MAU)",
             "WAU and MAU"} <= titles["live"]
     assert {"Daily cohorts, classic retention", "Daily cohorts, rolling retention",
-            "D1 retention", "D7 retention", "D30 retention"} <= titles["retention"]
+            "D1 retention", "D7 retention", "D30 retention",
+            "Satisfaction (NPS) this week, month and year",
+            "NPS of last period's answerers: retained vs churned"} <= titles["retention"]
     assert {"Batch time (parse, plan, apply)", "Event to state latency",
             "Dead-lettered events/s by reason", "Consumer lag by topic"} <= titles["pipeline"]
     assert {name for name, _metric, label in variable_queries() if label == "app"} == set(titles)

@@ -125,3 +125,21 @@ def test_custom_activity_types_are_accepted_only_when_named() -> None:
         validate_event(base(type="bet"), NOW)  # not named: unknown
     deposit = validate_event(base(type="deposit", amount=5, cost=1), NOW, "d", casino)
     assert (deposit.amount, deposit.cost) == (None, None)  # money counts on its own types
+
+
+def test_survey_answers_carry_a_score_and_a_survey_name() -> None:
+    """§1: score an integer 0-10 (required), survey 1-64 chars (default nps); no money."""
+    answer = validate_event(base(type="survey", score=9, amount=3), NOW)
+    assert (answer.type, answer.score, answer.survey, answer.amount) == ("survey", 9, "nps",
+                                                                         None)
+    assert validate_event(base(type="survey", score=0, survey="csat"), NOW).survey == "csat"
+    assert validate_event(base(type="survey", score=10, survey=None), NOW).survey == "nps"
+    assert answer.to_json()["score"] == 9 and answer.to_json()["survey"] == "nps"
+    for fields, reason in (({}, "missing_field"), ({"score": 11}, "invalid_field"),
+                           ({"score": -1}, "invalid_field"), ({"score": 7.5}, "invalid_field"),
+                           ({"score": 9.0}, "invalid_field"), ({"score": True}, "invalid_field"),
+                           ({"score": "9"}, "invalid_field"),
+                           ({"score": 9, "survey": "a b"}, "invalid_field"),
+                           ({"score": 9, "survey": "x" * 65}, "invalid_field")):
+        with pytest.raises(InvalidEvent, match=reason):
+            validate_event(base(type="survey", **fields), NOW)

@@ -27,6 +27,7 @@ from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
     kpis_report,
+    nps_report,
     read_daily,
     repeat_purchase_report,
     summary_report,
@@ -61,11 +62,16 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
         # spread over ~105 days with hour-level detail, so weeks, months, a new year and
         # DST all occur
         ts = BASE_MS + draw(st.integers(0, 105 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
-        # "bet": a custom activity type (ACTIVITY_EVENTS), activity like a session
-        kind = draw(st.sampled_from(["install", "session", "session", "purchase", "bet"]))
+        # "bet": a custom activity type (ACTIVITY_EVENTS), activity like a session; "survey":
+        # an answer, no activity, on a coarse grid of times so equal times occur
+        kind = draw(st.sampled_from(["install", "session", "session", "purchase", "bet",
+                                     "survey"]))
         money = st.sampled_from([0, 0.99, 4.99, 19.99, 120.0, 0.0001])
-        events.append(
-            Event(
+        if kind == "survey":  # users 0..n_users+1: some are known only by their answers
+            user = draw(st.integers(0, n_users + 1))
+            ts = (BASE_MS + draw(st.integers(0, 4)) * 20 * MS_PER_DAY
+                  + draw(st.sampled_from([10, 10, 11])) * 3_600_000)
+        event = Event(
                 app=draw(st.sampled_from(APPS)),
                 event_id=f"e{i}",
                 type=kind,
@@ -78,8 +84,17 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
                 amount=draw(money) if kind == "purchase" else None,
                 currency=draw(st.sampled_from([None, "USD", "EUR"])) if kind == "purchase"
                 else None,
+                score=draw(st.integers(0, 10)) if kind == "survey" else None,
+                survey=draw(st.sampled_from(["nps", "nps", "csat"])) if kind == "survey"
+                else None,
             )
-        )
+        answers = [e for e in events if e.type == "survey"]
+        if kind == "survey" and answers and draw(st.booleans()):
+            # another answer of an earlier answerer at the same time: the larger id wins
+            same = answers[draw(st.integers(0, len(answers) - 1))]
+            event = replace(event, app=same.app, user_id=same.user_id, ts_ms=same.ts_ms,
+                            survey=same.survey)
+        events.append(event)
     return events
 
 
@@ -162,6 +177,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                                           now_ms=now_ms)
                 got = (await kpis_report(store, cfg, app, period, where=query_where)).as_json()
                 assert got["periods"] == expected, (app, segment, period)
+            await assert_same_nps(state, events, tz, app, segment, where, now_ms)
             rpr = (await repeat_purchase_report(store, cfg, app, "week",
                                                 where=query_where)).as_json()
             assert rpr["lifetime"] == reference.repeat_purchase_rate(events, app, tz,
@@ -189,6 +205,8 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     # the users whose moment has come by now
     last_active: dict[tuple[str, str], int] = {}
     for event in events:
+        if event.type == "survey":  # an answer makes no one active (§1)
+            continue
         user = (event.app, event.user_id)
         last_active[user] = max(last_active.get(user, event.ts_ms), event.ts_ms)
     due_ms = THRESHOLD_DAYS * MS_PER_DAY
@@ -201,6 +219,23 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
             inactive = sum(1 for (a, _), ts in last_active.items()
                            if a == app and ts + due_ms <= now_ms)
             assert winback[str(THRESHOLD_DAYS)]["inactive"] == inactive, app
+
+
+async def assert_same_nps(state: RealApply, events: list[Event], tz: str, app: str,
+                          segment: str, where: dict[str, str] | None, now_ms: int) -> None:
+    """§8: NPS per period for every segment; per cohort and for churned against retained
+    answerers for all users and the free ones (where users known only by answers count)."""
+    query_where = () if where is None else (segment,)
+    for period in ("week", "month", "year"):
+        for by in ("period", "cohort", "churn"):
+            if by != "period" and segment not in ("all", "value=free"):
+                continue
+            for survey in ("nps", "csat") if segment == "all" else ("nps",):
+                got = (await nps_report(state.store, state.settings, app, period, survey,
+                                        query_where, by)).as_json()
+                expected = reference.nps(events, app, period, tz, survey, by=by, where=where,
+                                         now_ms=now_ms)
+                assert got["rows"] == expected, (app, segment, period, by, survey)
 
 
 async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
