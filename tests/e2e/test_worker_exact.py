@@ -69,7 +69,10 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
         rows = reference.triangle(events, "default", "day", "classic", "UTC", watermark,
                                   where={"value": value})
         assert users == sum(r["size"] for r in rows), value
-    for period in ("week", "month"):
+    nps = deployment.cli_json("nps", "--period", "month", "--by", "churn", CLOCK="event")
+    assert nps["rows"] == reference.nps(events, "default", "month", "UTC", by="churn",
+                                        now_ms=watermark)
+    for period in ("week", "month", "year"):
         got = deployment.cli_json("kpis", "--period", period)  # wall clock: now is now
         assert got["periods"] == reference.kpis(events, "default", period, "UTC",
                                                 now_ms=utc_now_ms()), period
