@@ -41,6 +41,8 @@ GLOBAL_GAUGES = {
     "retention_cohort_retention": "share of a daily cohort active on day N (classic) or on "
     "day N or later (rolling)",
     "retention_cohort_complete": "1 when the cohort's day N has ended",
+    "retention_cohort_returning": "share of a daily cohort that sent an event of the type "
+    "(RETURN_EVENTS, e.g. purchase) on day N: retention on a returning event",
     "retention_cohort_ltv": "cumulative revenue per user of a recent daily cohort by day N, "
     "per currency",
     "retention_cohort_roas": "LTV / CAC of a recent daily cohort by day N (in the currency of "
@@ -160,6 +162,11 @@ class SnapshotCollector(Collector):
                         gauges["retention_cohort_complete"].add_metric(
                             [app, row["cohort"], str(offset)],
                             1.0 if row["complete"][offset] else 0.0)
+        for returning, rows in figures.returning.items():
+            for row in rows:
+                for offset in (n for n in self.offsets if n < len(row["values"])):
+                    gauges["retention_cohort_returning"].add_metric(
+                        [app, returning, row["cohort"], str(offset)], row["values"][offset])
         for day, pair in figures.headline.items():
             if pair is not None:
                 for stat, value in zip(("latest", "mean7"), pair, strict=True):
@@ -278,6 +285,7 @@ _GAUGE_LABELS = {
     "retention_cohort_size": ["app", "cohort"],
     "retention_cohort_retention": ["app", "kind", "cohort", "offset"],
     "retention_cohort_complete": ["app", "cohort", "offset"],
+    "retention_cohort_returning": ["app", "type", "cohort", "offset"],
     "retention_cohort_ltv": ["app", "cohort", "offset", "currency"],
     "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
     "retention_headline_retention": ["app", "day", "stat"],

@@ -79,7 +79,7 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
         "/retention/cohorts": lambda r: cohort_report(
             store, settings, app_of(r), r.query.get("granularity", "day"),
             r.query.get("kind", "classic"), _date_param(r, "from"), _date_param(r, "to"),
-            where(r), r.query.get("currency")),
+            where(r), r.query.get("currency"), r.query.get("returning") or None),
         "/retention/summary": lambda r: summary_report(
             store, settings, app_of(r), _date_param(r, "date"), where(r)),
         "/retention/kpis": lambda r: kpis_report(

@@ -466,6 +466,7 @@ class _AppData:
         self.purchases_of: dict[User, list[tuple[date, str, Decimal]]] = {}
         self.purchases_on: dict[date, list[tuple[User, str, Decimal]]] = {}
         self.install_cost: dict[User, Decimal] = {}  # sum of `cost` of the user's installs
+        self.days_by_type: dict[User, dict[str, set[date]]] = {}  # days of each event type
         for event in dedup(events):
             if event.app != app or event.type == SURVEY:  # an answer is not activity
                 continue
@@ -474,6 +475,7 @@ class _AppData:
             if user not in self.first_seen_ms or event.ts_ms < self.first_seen_ms[user]:
                 self.first_seen_ms[user] = event.ts_ms
             self.active_days.setdefault(user, set()).add(day)
+            self.days_by_type.setdefault(user, {}).setdefault(event.type, set()).add(day)
             self.users_active_on.setdefault(day, set()).add(user)
             if event.type == "install":
                 self.users_installing_on.setdefault(day, set()).add(user)
@@ -594,8 +596,13 @@ def triangle(
     default_currency: str = DEFAULT_CURRENCY,
     vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
+    returning: str | None = None,
 ) -> list[dict]:
     """The retention triangle of `app`, one dict per non-empty cohort, oldest first.
+
+    With `returning` (an event type), a user counts as back in a period only if it sent an
+    event of that type in it (classic: in c+N; rolling: in some period >= c+N): N = 0 too,
+    so a cohort's first cell is the share that sent one in its first period.
 
     Each dict is {"cohort", "size", "counts", "values", "complete"}; offsets run from 0 to
     the app's last period with data. `date_from`/`date_to` keep the cohorts whose period
@@ -616,6 +623,12 @@ def triangle(
         user: {period_start(d, granularity) for d in days}
         for user, days in data.active_days.items()
     }
+    if returning is not None:
+        active_periods = {
+            user: {period_start(d, granularity)
+                   for d in data.days_by_type.get(user, {}).get(returning, set())}
+            for user in data.active_days
+        }
 
     rows: list[dict] = []
     for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
@@ -625,6 +638,8 @@ def triangle(
         counts = [0] * n_offsets
         for user in users:
             offsets = [period_offset(cohort, p, granularity) for p in active_periods[user]]
+            if not offsets:  # never sent the returning event type
+                continue
             if kind == "classic":
                 # Active in period c+N.
                 for n in offsets:

@@ -132,17 +132,20 @@ def worker(loglevel: str) -> None:
 @click.option("--kind", default="classic", show_default=True,
               type=click.Choice([*KINDS, *MONEY_KINDS]))
 @click.option("--currency", default=None, help="money kinds: the currency (default CURRENCY)")
+@click.option("--returning", default=None, metavar="TYPE",
+              help="count a user back only if it sent this event type (one of RETURN_EVENTS)")
 @WHERE
 @click.option("--from", "date_from", callback=_date, help="first cohort (YYYY-MM-DD)")
 @click.option("--to", "date_to", callback=_date, help="last cohort (YYYY-MM-DD)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def report(
-    app_name: str, granularity: str, kind: str, currency: str | None, where: tuple[str, ...],
-    date_from: date | None, date_to: date | None, as_json: bool,
+    app_name: str, granularity: str, kind: str, currency: str | None, returning: str | None,
+    where: tuple[str, ...], date_from: date | None, date_to: date | None, as_json: bool,
 ) -> None:
     """Print a cohort triangle (retention or money), read from Redis (no worker needed)."""
     _show(lambda store, settings: cohort_report(
         store, settings, app_name, granularity, kind, date_from, date_to, where, currency,
+        returning,
     ), as_json, triangle_table)
 
 

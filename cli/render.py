@@ -27,6 +27,7 @@ def triangle_table(report: CohortReport, width: int | None = None) -> str:
         f"as of {report.as_of}"
         + (f", {report.currency}" if report.currency is not None else "")
         + (f", segment {report.segment}" if report.segment is not None else "")
+        + (f", back = sent {report.returning}" if report.returning is not None else "")
     )
     if not rows:
         return head + "\n(no cohorts)"

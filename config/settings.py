@@ -20,6 +20,7 @@ from retention_tracker.streams.events import (
     APP_NAME_RE,
     CURRENCY_RE,
     EVENT_TYPES,
+    SURVEY,
 )
 from retention_tracker.streams.segments import SegmentRules, money_units
 
@@ -75,6 +76,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("ACTIVITY_EVENTS",
                "custom event types that count as activity like a session, e.g. "
                "bet,deposit,level_up (others: dead-lettered as unknown_type)"),
+    SettingDoc("RETURN_EVENTS",
+               "event types that can define a return, e.g. purchase: report --returning "
+               "purchase counts a user back in a period only if it sent one then"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
     SettingDoc("VIP_REVENUE", "lifetime revenue (CURRENCY) that makes a user VIP"),
     SettingDoc("VIP_PURCHASES", "lifetime purchase count that makes a user VIP"),
@@ -258,6 +262,20 @@ def _activity_types(raw: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _return_types(raw: str, activity: tuple[str, ...]) -> tuple[str, ...]:
+    """RETURN_EVENTS: activity types (built-in or ACTIVITY_EVENTS), each once; a survey
+    answer is no activity, so it cannot be a return."""
+    allowed = (*(t for t in EVENT_TYPES if t != SURVEY), *activity)
+    names: list[str] = []
+    for name in filter(None, (part.strip() for part in raw.split(","))):
+        if name not in allowed:
+            raise ConfigError(f"RETURN_EVENTS: {name!r} is not an activity type (one of "
+                              f"{', '.join(allowed)}; custom types go in ACTIVITY_EVENTS)")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def _pattern(raw: str) -> str:
     pattern = raw.strip()
     if "{days}" not in pattern:
@@ -292,6 +310,7 @@ class Settings:
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
     activity_events: tuple[str, ...] = ()
+    return_events: tuple[str, ...] = ()
     currency: str = "USD"
     vip_revenue: float = 100.0
     vip_purchases: int = 10
@@ -353,6 +372,8 @@ class Settings:
             timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
             activity_events=_activity_types(env.get("ACTIVITY_EVENTS", "")),
+            return_events=_return_types(env.get("RETURN_EVENTS", ""),
+                                        _activity_types(env.get("ACTIVITY_EVENTS", ""))),
             currency=_currency(raw("CURRENCY")),
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
@@ -457,4 +478,5 @@ def segment_rules(settings: Settings) -> SegmentRules:
         default_currency=settings.currency,
         vip_revenue_units=money_units(settings.vip_revenue),
         vip_purchases=settings.vip_purchases,
+        return_types=frozenset(settings.return_events),
     )

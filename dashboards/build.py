@@ -249,7 +249,32 @@ def triangle_expr(kind: str) -> str:
     )
 
 
-def triangle(kind: str, description: str) -> table_b.Panel:
+def returning_expr() -> str:
+    """Complete cells of the daily cohorts' retention on the returning event chosen in the
+    ``returning`` variable, plus each cohort's size as offset=size."""
+    return (
+        'max by (cohort, offset) (retention_cohort_returning{app="$app", type="$returning", '
+        'offset!="0"}) and on (cohort, offset) '
+        '(max by (cohort, offset) (retention_cohort_complete{app="$app"}) == 1) '
+        'or label_replace(max by (cohort) (retention_cohort_size{app="$app"}), '
+        '"offset", "size", "", "")'
+    )
+
+
+def returning_variable() -> dash_b.QueryVariable:
+    """The returning event types (RETURN_EVENTS) the workers export."""
+    return (
+        dash_b.QueryVariable("returning")
+        .label("Returning event")
+        .datasource(DATASOURCE)
+        .query("label_values(retention_cohort_returning, type)")
+        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def triangle(kind: str, description: str, expr: str | None = None,
+             title: str | None = None) -> table_b.Panel:
     corner = "cohort\\offset"  # the name groupingToMatrix gives the row-label column
     order = {corner: 0, "size": 1, **{str(n): i + 2 for i, n in enumerate(OFFSETS)}}
     names = {corner: "cohort", **{str(n): f"D{n}" for n in OFFSETS}}
@@ -259,10 +284,10 @@ def triangle(kind: str, description: str) -> table_b.Panel:
     ]
     return (
         table_b.Panel()
-        .title(f"Daily cohorts, {kind} retention")
+        .title(title or f"Daily cohorts, {kind} retention")
         .description(description)
         .datasource(DATASOURCE)
-        .targets([query(triangle_expr(kind), "", ("cohort", "offset"), table=True)])
+        .targets([query(expr or triangle_expr(kind), "", ("cohort", "offset"), table=True)])
         .unit("percentunit")
         .decimals(1)
         .min(0)
@@ -313,6 +338,13 @@ def retention() -> dash_b.Dashboard:
     ))
     board = board.with_panel(triangle(
         "rolling", "Share of each daily cohort active on day N or later (rolling retention).",
+    ))
+    board = board.with_variable(returning_variable())
+    board = board.with_panel(triangle(
+        "classic", "Share of each daily cohort that sent the returning event chosen above "
+        "(RETURN_EVENTS: purchase for payer retention, or a game event) on day N exactly: "
+        "`retention report --returning TYPE` has weeks, months, rolling and live cells.",
+        returning_expr(), "Daily cohorts, retention on the returning event $returning",
     ))
     return board
 

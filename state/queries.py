@@ -206,11 +206,21 @@ async def cohort_report(
     date_to: date | None = None,
     where: Sequence[str] = (),
     currency: str | None = None,
+    returning: str | None = None,
 ) -> CohortReport:
+    """A cohort triangle: retention (classic, rolling; on any activity, or with
+    ``returning`` on that event type of RETURN_EVENTS only) or money."""
     if granularity not in GRANULARITIES:
         raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
     if kind not in KINDS + MONEY_KINDS:
         raise QueryError(f"one of {', '.join(KINDS + MONEY_KINDS)}", "kind")
+    if returning is not None:
+        if returning not in settings.return_events:
+            named = ", ".join(settings.return_events) or "none"
+            raise QueryError(f"{returning!r} is not in RETURN_EVENTS (set: {named}): its days "
+                             "are not kept", "returning")
+        if kind not in KINDS:
+            raise QueryError("retention on a returning event is classic or rolling", "kind")
     check_window(date_from, date_to)
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
@@ -222,7 +232,12 @@ async def cohort_report(
     last_day = last_day_with_data(await read_daily(store, app, segment))
     sizes = await family(Measure.COHORT_SIZE)
     shown_currency = None
-    if kind in KINDS:
+    if kind in KINDS and returning is not None:
+        typed = await family(Measure.RETURNED if kind == "classic" else Measure.LAST_RETURN)
+        cells = Counter({(c, n): v for (c, n, t), v in typed.items() if t == returning})
+        rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
+                           date_from, date_to)
+    elif kind in KINDS:
         cells = await family(Measure.CLASSIC if kind == "classic" else Measure.LAST_ACTIVE)
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
@@ -237,7 +252,7 @@ async def cohort_report(
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
     return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
-                        shown_currency, iso_time(now), tuple(rows))
+                        shown_currency, iso_time(now), tuple(rows), returning)
 
 
 async def summary_report(
@@ -597,6 +612,13 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
                    for g in KPI_PERIODS}
         satisfaction = {g: await _current_nps(store, app, g, calendar.day_of(now))
                         for g in NPS_PERIODS}
+        returning: dict[str, tuple[dict[str, Any], ...]] = {}  # RETURN_EVENTS: per type
+        for event_type in settings.return_events:
+            typed = await read_cells(store, app, Measure.RETURNED, "day",
+                                     [(c, n, event_type) for c, n in cells])
+            rows_of = cohort_rows(sizes, Counter({(c, n): v for (c, n, _), v in typed.items()}),
+                                  "classic", "day", calendar, now, today)
+            returning[event_type] = tuple(r for r in rows_of if r["cohort"] >= first_shown)
         apps[app] = AppFigures(
             winback=await winback_figures(store, settings, app, stats),
             summary=summary,
@@ -606,6 +628,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
             periods=periods,
             nps=satisfaction,
+            returning=returning,
         )
     return LiveFigures(now, apps, raw_stats)
 

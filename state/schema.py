@@ -125,7 +125,8 @@ _PERIOD_NAME = {
     Measure.LOST: "lost", Measure.LAST_ACTIVE: "last", Measure.COST: "cost",
     Measure.LTV: "ltv", Measure.PERIOD_REVENUE: "prev", Measure.FIRST_PAYMENT: "fpay",
     Measure.PERIOD_PAYERS: "ppay", Measure.REPEAT_PAYERS: "prep", Measure.REPEAT_BUYERS: "rpc",
-    Measure.NPS: "nps", Measure.NPS_COHORT: "npsc",
+    Measure.NPS: "nps", Measure.NPS_COHORT: "npsc", Measure.RETURNED: "ret",
+    Measure.LAST_RETURN: "lret",
 }
 assert set(_DAILY_PREFIX) == DAILY_MEASURES and set(_PERIOD_NAME).isdisjoint(DAILY_MEASURES)
 _DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in _DAILY_PREFIX.items()}
@@ -134,7 +135,7 @@ _PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in _PERIOD_NAME.items()
                   for g in PERIOD_GRANULARITIES}
 #: Coordinates that are text (a currency, a survey name); every other one is an integer.
 _TEXT_LAST = frozenset({Measure.REVENUE, Measure.LTV, Measure.PERIOD_REVENUE, Measure.NPS,
-                        Measure.NPS_COHORT})
+                        Measure.NPS_COHORT, Measure.RETURNED, Measure.LAST_RETURN})
 
 
 def family_name(measure: Measure, granularity: str | None = None) -> str:

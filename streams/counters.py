@@ -49,6 +49,9 @@ class Measure(IntEnum):
     # 1 passive, 2 promoter; retained 1 when the user is active in the next period
     NPS = 22  # (period, class, retained, survey): users' latest answers in the period
     NPS_COHORT = 23  # (cohort, offset, class, survey): the same, by the users' cohort
+    # RETURN_EVENTS (streams/returning.py): retention on a chosen returning event type
+    RETURNED = 24  # (cohort, offset, type): users of the cohort sending type in cohort+offset
+    LAST_RETURN = 25  # (cohort, offset, type): users whose last period with type is that one
 
 
 #: The measures kept one per day (the others are kept per granularity).

@@ -25,6 +25,7 @@ from retention_tracker.streams.calendar import (
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import SURVEY, Event
 from retention_tracker.streams.nps import add_answers, add_nps_contributions
+from retention_tracker.streams.returning import add_return_contributions, changed_return_days
 from retention_tracker.streams.segments import (
     DEFAULT_RULES,
     SegmentRules,
@@ -120,6 +121,8 @@ def user_contributions(
         _add_period_money(contrib, state, YEAR, near_years, purchase_count)
     if state.answers:
         add_nps_contributions(contrib, state, near_days)
+    if state.returns:
+        add_return_contributions(contrib, state, near_days)
     return contrib
 
 
@@ -130,9 +133,12 @@ def _add_years(contrib: Counter[Cell], state: UserState, near: frozenset[int],
                scoped: bool) -> set[int]:
     """The yearly KPI counters (METRICS.md §6): cohort size (new users of the year), active
     and lost per year; no cohort triangle by year. Returns the years a change can move."""
-    active = periods_of_days(state.active_days, YEAR)
+    first_year = period_of_day(state.first_day, YEAR)
+    # most users' days lie in one year (first_day is the earliest active day): no set walk
+    active = ({first_year} if period_of_day(max(state.active_days), YEAR) == first_year
+              else periods_of_days(state.active_days, YEAR))
     near_years = periods_of_days(near, YEAR) if scoped else active
-    contrib[_COHORT_SIZE, YEAR, period_of_day(state.first_day, YEAR)] += 1
+    contrib[_COHORT_SIZE, YEAR, first_year] += 1
     for year in active & near_years:
         contrib[_ACTIVE, YEAR, year] += 1
     for year in {y + 1 for y in near_years} | near_years if scoped else {y + 1 for y in active}:
@@ -232,9 +238,14 @@ def add_events(
     )
     cost = state.cost_units if state else 0
     sessions = state.sessions if state else 0
+    return_types = rules.return_types  # RETURN_EVENTS: the days of these types are kept
+    returns: dict[str, set[int]] = (
+        {kind: set(days) for kind, days in state.returns} if state and state.returns else {})
     for event in events:
         day = calendar.day_of(event.ts_ms)
         active.add(day)
+        if return_types and event.type in return_types:
+            returns.setdefault(event.type, set()).add(day)
         if event.type == "install":
             installs.add(day)
             if event.cost:
@@ -272,6 +283,8 @@ def add_events(
         notified_days=state.notified_days if state else (),
         expired_days=state.expired_days if state else (),
         answers=state.answers if state else (),
+        returns=tuple((kind, frozenset(days)) for kind, days in sorted(returns.items()))
+        if returns else (),
     )
 
 
@@ -320,6 +333,7 @@ def _same_counted_facts(old: UserState, new: UserState) -> bool:
         and old.cost_units == new.cost_units
         and old.attributes == new.attributes
         and old.answers == new.answers
+        and old.returns == new.returns
     )
 
 
@@ -328,6 +342,8 @@ def _changed_days(old: UserState, new: UserState) -> frozenset[int]:
     changed = (new.active_days - old.active_days) | (new.install_days - old.install_days)
     if old.answers != new.answers:  # survey answers: the days whose answer changed
         changed |= {answer[1] for answer in set(old.answers) ^ set(new.answers)}
+    if old.returns != new.returns:  # RETURN_EVENTS days
+        changed |= changed_return_days(old, new)
     return changed | {day for day, _, _ in set(new.purchases) ^ set(old.purchases)}
 
 

@@ -58,6 +58,8 @@ class CohortReport(Report):
     currency: str | None = field(default=None, metadata=OMIT_NONE)
     as_of: str = ""
     cohorts: tuple[Row, ...] = ()
+    # RETURN_EVENTS: the event type a user must send in a period to count as back in it
+    returning: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,8 @@ class AppFigures(Report):
     # week, month, year -> survey -> {"current": figures, "retained"/"churned": of the
     # previous period's answerers, split by activity in the current one}
     nps: Mapping[str, Mapping[str, Mapping[str, Row]]] = field(default_factory=dict)
+    # RETURN_EVENTS type -> recent daily cohorts' classic retention on that type
+    returning: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

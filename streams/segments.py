@@ -1,4 +1,5 @@
-"""Who a user is, commercially: value segment bars and money units (METRICS.md §5, §7)."""
+"""Who a user is, commercially: value segment bars and money units (METRICS.md §5, §7), and
+which events count as a return (RETURN_EVENTS)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class SegmentRules:
     default_currency: str = "USD"
     vip_revenue_units: int = 100 * MONEY_UNITS
     vip_purchases: int = 10
+    # RETURN_EVENTS: the event types whose days a user's record keeps, for retention on a
+    # chosen returning event (streams/returning.py); they flow with these rules
+    return_types: frozenset[str] = frozenset()
 
 
 DEFAULT_RULES = SegmentRules()

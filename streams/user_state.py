@@ -5,7 +5,8 @@ however late, arrives: first and last activity, the set of active days as a bitm
 anchored at the first-seen day, the days with an install event, the attributes with the
 time of the event they came from, purchases summed per (day, currency), install cost, and
 the user's survey answers (the latest per survey and day: enough to find the latest per
-week, month or year whatever the arrival order). A typical free user costs ~20 bytes of
+week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
+the user sent one. A typical free user costs ~20 bytes of
 value; see README "Memory".
 
 A user known only by survey answers (they make no one active, METRICS.md §1) has a record
@@ -54,6 +55,8 @@ class UserState:
     notified_days: tuple[int, ...] = ()
     expired_days: tuple[int, ...] = ()
     answers: tuple[Answer, ...] = ()  # sorted by (survey, day)
+    # RETURN_EVENTS: per event type named there, the days the user sent one, by type
+    returns: tuple[tuple[str, frozenset[int]], ...] = ()
 
     @property
     def seen(self) -> bool:
@@ -145,6 +148,14 @@ def encode_user(state: UserState) -> bytes:
         for mark in marks:
             _put_varint(out, mark)
     _encode_answers(out, state)
+    _put_varint(out, len(state.returns))
+    for kind, days in state.returns:
+        raw = kind.encode()
+        _put_varint(out, len(raw))
+        out += raw
+        _put_varint(out, len(days))
+        for day in sorted(days):
+            _put_varint(out, _zigzag(day - state.first_day))
     span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -184,6 +195,22 @@ def _decode_answers(data: bytes, pos: int, first_day: int, first_seen_ms: int
                         event_id, data[pos]))
         pos += 1
     return answers, pos
+
+
+def _decode_returns(data: bytes, pos: int, first_day: int
+                    ) -> tuple[list[tuple[str, frozenset[int]]], int]:
+    count, pos = _get_varint(data, pos)
+    returns = []
+    for _ in range(count):
+        length, pos = _get_varint(data, pos)
+        kind = data[pos:pos + length].decode()
+        days, pos = _get_varint(data, pos + length)
+        found = []
+        for _ in range(days):
+            offset, pos = _get_varint(data, pos)
+            found.append(first_day + _unzigzag(offset))
+        returns.append((kind, frozenset(found)))
+    return returns, pos
 
 
 def _decode_marks(data: bytes, pos: int, first_seen_ms: int, flagged: bool
@@ -253,8 +280,10 @@ def decode_user(data: bytes) -> UserState:
     sessions, pos = _get_varint(data, pos)
     episode_ms, notified, expired, pos = _decode_marks(data, pos, first_seen_ms, flagged)
     answers: list[Answer] = []
+    returns: list[tuple[str, frozenset[int]]] = []
     if data[0] >= 5:
         answers, pos = _decode_answers(data, pos, first_day, first_seen_ms)
+        returns, pos = _decode_returns(data, pos, first_day)
     active = _decode_active_days(data, pos, first_day)
     return UserState(
         first_seen_ms=first_seen_ms,
@@ -270,4 +299,5 @@ def decode_user(data: bytes) -> UserState:
         notified_days=tuple(notified),
         expired_days=tuple(expired),
         answers=tuple(answers),
+        returns=tuple(returns),
     )

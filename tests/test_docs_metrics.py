@@ -271,6 +271,18 @@ async def check_example(name: str, state: RealApply, events: list[Event]) -> Non
                    check["date"])
             subset(reference.summary(events, "a", day, tz, now_ms=now), check["values"],
                    f"reference {check['date']}")
+        elif figure == "cohorts":  # retention, on any activity or a returning event
+            g, kind, returning = check["granularity"], check["kind"], check.get("returning")
+            assert returning is None or returning in example["return_events"]
+            assert set(example.get("return_events", ())) <= set(cfg.return_events)
+            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning)
+                   ).as_json()["cohorts"]
+            assert got == reference.triangle(events, "a", g, kind, tz, now,
+                                             returning=returning), check
+            rows = by_label(got, "cohort")
+            assert set(rows) >= set(check["rows"]), check
+            for label, expected in check["rows"].items():
+                subset(rows[label], expected, f"{g} {kind} {returning} {label}")
         elif figure == "nps":
             seg, by = check.get("where"), check.get("by", "period")
             survey = check.get("survey", "nps")

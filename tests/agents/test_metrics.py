@@ -72,6 +72,7 @@ def snapshot() -> Snapshot:
                               "retained": {"answers": 2, "nps": 50.0},
                               "churned": {"answers": 0, "nps": None}},
                       "csat": {"retained": {"answers": 1, "nps": -100.0}}}},
+        returning={"purchase": (row(4, [0.25, 0.5, 0.0], [True, True, False]),)},
     )
     stats = dict(real_stats())
     figures = LiveFigures(BASE_MS, {"a": app}, stats)
@@ -126,6 +127,10 @@ def test_cohorts_only_at_the_exported_offsets() -> None:
     assert value("retention_headline_retention", app="a", day="d1", stat="latest") == 0.5
     assert value("retention_headline_retention", app="a", day="d1", stat="mean7") is None
     assert value("retention_headline_cohort_size", app="a", day="d1") == 4
+    assert value("retention_cohort_returning", app="a", type="purchase", cohort="2024-01-01",
+                 offset="1") == 0.5
+    assert value("retention_cohort_returning", app="a", type="purchase", cohort="2024-01-01",
+                 offset="0") is None  # offset 0 not exported here
 
 
 def test_event_and_winback_counters_from_the_plans_counters() -> None:

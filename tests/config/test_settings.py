@@ -53,3 +53,13 @@ def test_activity_events_are_parsed_once_each_and_checked() -> None:
                          ("big win", "A-Za-z0-9")):
         with pytest.raises(ConfigError, match=problem):
             Settings.from_env({"ACTIVITY_EVENTS": raw})
+
+
+def test_return_events_are_activity_types() -> None:
+    settings = Settings.from_env({"ACTIVITY_EVENTS": "deposit",
+                                  "RETURN_EVENTS": "purchase,deposit"})
+    assert settings.return_events == ("purchase", "deposit")
+    assert segment_rules(settings).return_types == frozenset({"purchase", "deposit"})
+    for raw in ("survey", "bet"):  # an answer is no activity; bet is not in ACTIVITY_EVENTS
+        with pytest.raises(ConfigError, match="RETURN_EVENTS"):
+            Settings.from_env({"RETURN_EVENTS": raw})

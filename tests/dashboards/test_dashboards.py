@@ -57,6 +57,7 @@ def test_dashboards_have_the_panels_the_issue_asks_for() -> None:
     assert {"Batch time (parse, plan, apply)", "Event to state latency",
             "Dead-lettered events/s by reason", "Consumer lag by topic"} <= titles["pipeline"]
     assert {name for name, _metric, label in variable_queries() if label == "app"} == set(titles)
+    assert ("retention", "retention_cohort_returning", "type") in variable_queries()
 
 
 def test_every_panel_query_declares_its_labels() -> None:

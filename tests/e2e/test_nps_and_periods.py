@@ -1,6 +1,7 @@
-"""Issue 20's figures through a real worker: custom activity types (ACTIVITY_EVENTS), NPS
-by period, cohort and churn, yearly KPIs and money from new against returning users, read
-over HTTP and compared with the batch reference."""
+"""Issue 20's figures through a real worker: custom activity types (ACTIVITY_EVENTS),
+retention on a returning event (RETURN_EVENTS), NPS by period, cohort and churn, yearly
+KPIs and money from new against returning users, read over HTTP and compared with the
+batch reference."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_nps_yearly_kpis_and_custom_types_equal_the_reference(deployment: Deploy
     raw = casino_traffic()
     sent = produce(deployment.bootstrap, deployment.topic, event_messages(raw))
     worker, port = deployment.start_worker(CLOCK="event", METRICS_REFRESH_S="1",
-                                           ACTIVITY_EVENTS="bet")
+                                           ACTIVITY_EVENTS="bet", RETURN_EVENTS="purchase,bet")
     base = f"http://127.0.0.1:{port}"
     now = utc_now_ms()
     events = [e for e in (reference.read_event(obj, now, activity_types=("bet",))
@@ -75,6 +76,15 @@ def test_nps_yearly_kpis_and_custom_types_equal_the_reference(deployment: Deploy
                     assert got["rows"], (period, by, survey)  # something to compare
             got = report(f"/retention/kpis?period={period}")["periods"]
             assert got == reference.kpis(events, "default", period, "UTC", now_ms=watermark)
+        for granularity in ("day", "week", "month"):
+            for kind in ("classic", "rolling"):
+                for returning in ("purchase", "bet"):
+                    got = report(f"/retention/cohorts?granularity={granularity}&kind={kind}"
+                                 f"&returning={returning}")
+                    assert got["returning"] == returning
+                    assert got["cohorts"] == reference.triangle(
+                        events, "default", granularity, kind, "UTC", watermark,
+                        returning=returning), (granularity, kind, returning)
         got = report("/retention/nps?period=week&where=value=free")["rows"]
         assert got == reference.nps(events, "default", "week", "UTC", where={"value": "free"})
         week = report("/retention/kpis?period=week")["periods"][-2]

@@ -37,6 +37,7 @@ class RealApply:
             key_prefix=f"test-{uuid.uuid4().hex[:10]}", timezone=timezone, clock="event",
             horizon_days=horizon_days, dedup_window_days=dedup_window_days,
             user_buckets=4, dedup_buckets=4, inactivity_thresholds=tuple(thresholds),
+            activity_events=("bet",), return_events=("purchase", "bet"),
         )
         self.store = RedisStore(self.client, prefix=self.settings.key_prefix, user_buckets=4,
                                 dedup_buckets=4, dedup_window_days=dedup_window_days,

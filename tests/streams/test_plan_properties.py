@@ -159,6 +159,15 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                     got = (await cohort_report(store, cfg, app, granularity, kind,
                                               where=query_where)).as_json()
                     assert got["cohorts"] == expected, (app, segment, granularity, kind)
+                    returns = {"all": ("purchase", "bet"), "platform=ios": ("purchase",)}
+                    for returning in returns.get(segment, ()):
+                        expected = reference.triangle(events, app, granularity, kind, tz,
+                                                      now_ms, where=where, returning=returning)
+                        got = (await cohort_report(store, cfg, app, granularity, kind,
+                                                  where=query_where,
+                                                  returning=returning)).as_json()
+                        assert got["cohorts"] == expected, (app, segment, granularity, kind,
+                                                            returning)
                 for kind, currency in (("ltv", "USD"), ("ltv", "EUR"), ("roas", "USD"),
                                        ("payer_conversion", "USD")):
                     expected = reference.money_triangle(

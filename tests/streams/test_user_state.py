@@ -24,11 +24,11 @@ BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, day 19723
 def test_a_small_state_in_bytes() -> None:
     """Version 5; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
     last_active; first day 0; one install at offset 0; no attributes, purchases or cost;
-    one session; no win-back marks; no survey answers; the active days 0 and 2 as the
-    bitmap 0b101."""
+    one session; no win-back marks; no survey answers; no RETURN_EVENTS days; the active
+    days 0 and 2 as the bitmap 0b101."""
     state = UserState(1000, 1000, 0, frozenset({0, 2}), frozenset({0}), sessions=1)
     raw = encode_user(state)
-    assert raw == bytes([5, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0b101])
+    assert raw == bytes([5, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0b101])
     assert decode_user(raw) == state
 
 
@@ -38,7 +38,7 @@ def test_an_answer_in_bytes() -> None:
     state = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("nps", 0, 1001, "s1", 9),))
     raw = encode_user(state)
-    assert raw[-9:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0b1])
+    assert raw[-10:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 0b1])
     assert decode_user(raw) == state
     named = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("csat", -3, 5, "x", 0),))  # before the first activity
@@ -81,10 +81,14 @@ def states(draw: st.DrawFn) -> UserState:
         (survey, day, draw(st.integers(0, 2**45)), draw(st.text(min_size=1, max_size=128)),
          draw(st.integers(0, 10)))
         for survey, day in sorted(answer_keys))
+    kinds = draw(st.lists(st.sampled_from(["purchase", "bet", "level_up"]), unique=True))
+    returns = tuple((kind, draw(st.frozensets(days, min_size=1, max_size=6)))
+                    for kind in sorted(kinds))
     if draw(st.booleans()) and answers:  # a user known only by survey answers
         return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
     return UserState(
         answers=answers,
+        returns=returns,
         first_seen_ms=first_seen,
         last_active_ms=first_seen + draw(st.integers(0, 10**11)),
         first_day=first_day,
@@ -122,7 +126,7 @@ def test_format_3_records_still_decode() -> None:
     old[0] = 3
     index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
     old[index] = 1
-    del old[-2]  # format 3 had no answers section (its count, 0, before the bitmap)
+    del old[-3:-1]  # format 3 had no answers and returns (their counts before the bitmap)
     decoded = decode_user(bytes(old))
     assert (decoded.notified_days, decoded.expired_days) == ((1,), ())
     assert decoded.active_days == frozenset({19723})
@@ -133,8 +137,8 @@ def test_format_4_records_still_decode() -> None:
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
                       sessions=3, notified_episode_ms=BASE_MS + 5, notified_days=(2,))
     new = encode_user(state)
-    assert new[-2] == 0  # no answers, then the one bitmap byte
-    old = bytes([4]) + new[1:-2] + new[-1:]
+    assert new[-3:-1] == bytes(2)  # no answers, no returns, then the one bitmap byte
+    old = bytes([4]) + new[1:-3] + new[-1:]
     assert decode_user(old) == state
 
 
