@@ -100,12 +100,14 @@ class SnapshotCollector(Collector):
     ``rate()`` sees the first increment."""
 
     def __init__(self, offsets: tuple[int, ...], thresholds: tuple[int, ...] = (),
-                 currency: str = "USD", activity_events: tuple[str, ...] = ()) -> None:
+                 currency: str = "USD", activity_events: tuple[str, ...] = (),
+                 app_currencies: Mapping[str, str] | None = None) -> None:
         self.snapshot = Snapshot()
         self.offsets = offsets  # bounded cardinality: only these cohort offsets are exported
         self.thresholds = thresholds
         self.currency = currency
         self.event_types = (*EVENT_TYPES, *activity_events)  # accepted counters at zero
+        self.app_currencies = dict(app_currencies or {})  # APP_CURRENCIES
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -146,7 +148,8 @@ class SnapshotCollector(Collector):
             gauges[name].add_metric([app], summary[key])
         gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
         for name in ("revenue", "arpdau", "arppu"):
-            for currency, value in {self.currency: 0, **summary.get(name, {})}.items():
+            own = self.app_currencies.get(app, self.currency)
+            for currency, value in {own: 0, **summary.get(name, {})}.items():
                 gauges[f"retention_{name}"].add_metric([app, currency], value)
 
     def _cohorts(self, gauges: dict[str, GaugeMetricFamily], app: str,
@@ -220,7 +223,8 @@ class SnapshotCollector(Collector):
                  periods: Mapping[str, Mapping[str, Any]]) -> None:
         """The current period's revenue and payers, new against returning users."""
         for period, row in periods.items():
-            currencies = {self.currency, *row["new_revenue"], *row["returning_revenue"]}
+            currencies = {self.app_currencies.get(app, self.currency), *row["new_revenue"],
+                          *row["returning_revenue"]}
             for users in ("new", "returning"):
                 gauges["retention_period_payers"].add_metric([app, period, users],
                                                              row[f"{users}_payers"])

@@ -10,7 +10,7 @@ import os
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -80,8 +80,11 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
                "event types that can define a return, e.g. purchase: report --returning "
                "purchase counts a user back in a period only if it sent one then"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
-    SettingDoc("VIP_REVENUE", "lifetime revenue (CURRENCY) that makes a user VIP"),
+    SettingDoc("APP_CURRENCIES", "per-app currencies: app=EUR,app2=BRL (others: CURRENCY)"),
+    SettingDoc("VIP_REVENUE", "lifetime revenue (the app's currency) that makes a user VIP"),
+    SettingDoc("APP_VIP_REVENUE", "per-app VIP revenue bars: app=500,app2=50"),
     SettingDoc("VIP_PURCHASES", "lifetime purchase count that makes a user VIP"),
+    SettingDoc("APP_VIP_PURCHASES", "per-app VIP purchase counts: app=20,app2=5"),
     SettingDoc("INACTIVITY_THRESHOLDS",
                "days of inactivity that notify, e.g. 1,2,7,30; empty: win-back off"),
     SettingDoc("WINBACK_MAX_DELAY",
@@ -213,6 +216,42 @@ def _app_timezones(raw: str) -> dict[str, str]:
     return zones
 
 
+def _per_app(name: str, raw: str, value: Any) -> dict[str, Any]:
+    """``app=value,app2=value2``: ``value`` parses (and checks) one value, raising
+    ConfigError or ValueError with the reason."""
+    found: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        app, sep, text = item.partition("=")
+        app, text = app.strip(), text.strip()
+        if not sep or not APP_NAME_RE.match(app) or not text:
+            raise ConfigError(f"{name}: expected app=value, got {item!r}")
+        try:
+            found[app] = value(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}[{app}]: {exc}") from None
+    return found
+
+
+def _currency_code(text: str) -> str:
+    if not CURRENCY_RE.match(text):
+        raise ValueError(f"{text!r} must be an ISO 4217 code such as USD")
+    return text
+
+
+def _positive_number(text: str) -> float:
+    number = float(text)
+    if not 0 <= number < float("inf"):
+        raise ValueError(f"{text!r} must be a finite number >= 0")
+    return number
+
+
+def _count(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return number
+
+
 def _list(name: str, raw: str) -> tuple[str, ...]:
     items = tuple(p.strip() for p in raw.split(",") if p.strip())
     if not items:
@@ -312,8 +351,11 @@ class Settings:
     activity_events: tuple[str, ...] = ()
     return_events: tuple[str, ...] = ()
     currency: str = "USD"
+    app_currencies: Mapping[str, str] = field(default_factory=dict)
     vip_revenue: float = 100.0
+    app_vip_revenue: Mapping[str, float] = field(default_factory=dict)
     vip_purchases: int = 10
+    app_vip_purchases: Mapping[str, int] = field(default_factory=dict)
     inactivity_thresholds: tuple[int, ...] = (2,)
     inactive_topic_pattern: str = "users.inactive.{days}d"
     reactivated_topic: str = "users.reactivated"
@@ -375,8 +417,14 @@ class Settings:
             return_events=_return_types(env.get("RETURN_EVENTS", ""),
                                         _activity_types(env.get("ACTIVITY_EVENTS", ""))),
             currency=_currency(raw("CURRENCY")),
+            app_currencies=_per_app("APP_CURRENCIES", env.get("APP_CURRENCIES", ""),
+                                    _currency_code),
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
+            app_vip_revenue=_per_app("APP_VIP_REVENUE", env.get("APP_VIP_REVENUE", ""),
+                                     _positive_number),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
+            app_vip_purchases=_per_app("APP_VIP_PURCHASES", env.get("APP_VIP_PURCHASES", ""),
+                                       _count),
             inactivity_thresholds=_days_list(
                 env.get("INACTIVITY_THRESHOLDS", DEFAULT_TEXT["INACTIVITY_THRESHOLDS"])),
             winback_max_delay_ms=_duration_ms("WINBACK_MAX_DELAY", raw("WINBACK_MAX_DELAY")),
@@ -412,6 +460,11 @@ class Settings:
 
     def timezone_of(self, app: str) -> str:
         return self.app_timezones.get(app, self.timezone)
+
+    def currency_of(self, app: str) -> str:
+        """The app's currency (APP_CURRENCIES, else CURRENCY): purchases without one, install
+        costs, the VIP revenue bar, ROAS."""
+        return self.app_currencies.get(app, self.currency)
 
     def winback_rules(self) -> WinbackRules:
         from retention_tracker.streams.winback import (
@@ -473,10 +526,16 @@ def _duration_text(ms: int) -> str:
 DEFAULT_TEXT = {doc.env: doc.default for doc in SETTINGS_DOC}
 
 def segment_rules(settings: Settings) -> SegmentRules:
-    """The value-segment bars and default currency these settings give."""
-    return SegmentRules(
-        default_currency=settings.currency,
-        vip_revenue_units=money_units(settings.vip_revenue),
-        vip_purchases=settings.vip_purchases,
-        return_types=frozenset(settings.return_events),
-    )
+    """The value-segment bars and default currency these settings give: the global ones,
+    and ``per_app`` those of the apps with their own (``rules.for_app(app)``)."""
+    def of(app: str | None) -> SegmentRules:
+        return SegmentRules(
+            default_currency=settings.currency_of(app) if app else settings.currency,
+            vip_revenue_units=money_units(settings.app_vip_revenue.get(app or "",
+                                                                       settings.vip_revenue)),
+            vip_purchases=settings.app_vip_purchases.get(app or "", settings.vip_purchases),
+            return_types=frozenset(settings.return_events),
+        )
+
+    apps = {*settings.app_currencies, *settings.app_vip_revenue, *settings.app_vip_purchases}
+    return replace(of(None), per_app={app: of(app) for app in sorted(apps)})

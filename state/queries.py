@@ -175,16 +175,17 @@ def check_window(date_from: date | None, date_to: date | None) -> None:
 def money_currency(
     settings: Settings, app: str, kind: str, currency: str | None,
     ltv_cells: Counter[Coordinates]) -> str:
-    """The currency of an ltv or roas triangle: one the app has revenue in (or CURRENCY);
-    ROAS only in CURRENCY, the currency install costs are kept in (no FX)."""
-    currency = currency or settings.currency
+    """The currency of an ltv or roas triangle: one the app has revenue in (or the app's
+    currency); ROAS only in the app's currency, the one install costs are kept in (no FX)."""
+    own = settings.currency_of(app)
+    currency = currency or own
     if not CURRENCY_RE.match(currency):
         raise QueryError(f"{currency!r} must be an ISO 4217 code such as USD", "currency")
-    if kind == "roas" and currency != settings.currency:
+    if kind == "roas" and currency != own:
         raise QueryError(
-            f"ROAS divides revenue by install costs, which are kept in {settings.currency} "
-            f"(CURRENCY); ROAS in {currency} would need exchange rates", "currency")
-    known = {cell[-1] for cell, v in ltv_cells.items() if v} | {settings.currency}
+            f"ROAS divides revenue by install costs, which are kept in {own} (the app's "
+            f"currency); ROAS in {currency} would need exchange rates", "currency")
+    known = {cell[-1] for cell, v in ltv_cells.items() if v} | {own}
     if currency not in known:
         raise QueryError(f"no revenue in {currency} for app {app!r} "
                          f"(currencies: {', '.join(sorted(known))})", "currency")
@@ -247,7 +248,7 @@ async def cohort_report(
         if kind != "payer_conversion":
             currency = shown_currency = money_currency(settings, app, kind, currency, cells)
         else:
-            currency = currency or settings.currency  # unused: conversion counts users
+            currency = currency or settings.currency_of(app)  # unused: counts users
         costs = await family(Measure.COST) if kind == "roas" else Counter()
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
@@ -351,7 +352,8 @@ async def daily_report(
 async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
     """The apps with data and what the page's pickers offer."""
     zones = await store.app_timezones()
-    return AppsReport(tuple({"app": app, "timezone": zones[app]} for app in sorted(zones)),
+    return AppsReport(tuple({"app": app, "timezone": zones[app],
+                             "currency": settings.currency_of(app)} for app in sorted(zones)),
                       settings.currency, tuple(settings.inactivity_thresholds),
                       tuple(SEGMENT_ATTRIBUTES), tuple(VALUE_SEGMENTS))
 
@@ -533,7 +535,7 @@ async def repeat_purchase_report(
     if date_from or date_to:
         low = date_to_day(date_from) if date_from else None
         high = date_to_day(date_to) if date_to else None
-        rules = segment_rules(settings)
+        rules = segment_rules(settings).for_app(app)
         buyers = repeat = 0
         async for state in store.scan_users(app):
             if segment != ALL_USERS and segment not in segments_of(state, rules):
@@ -686,7 +688,7 @@ async def _recent_money(
         cells = await read_cells(store, app, Measure.LTV, "day", fields)
         out["ltv"][currency] = money_rows(sizes, cells, costs, "ltv", "day", currency,
                                           calendar, now, today)
-        if currency == settings.currency:
+        if currency == settings.currency_of(app):
             out["roas"][currency] = money_rows(sizes, cells, costs, "roas", "day", currency,
                                                calendar, now, today)
     return out

@@ -512,6 +512,7 @@ def plan_batch(
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
     for user_key, user_events in accepted.items():
         app = user_key[0]
+        app_rules = rules.for_app(app)  # the app's currency and VIP bars
         old = states[user_key]
         # a user known only by survey answers has no activity yet: its events start it
         active_old = old if old is None or old.seen else None
@@ -523,7 +524,7 @@ def plan_batch(
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
         new = _apply_events(plan, user_key, active_old, user_events, user_arrivals, cuts,
-                            calendar_of(app), rules, winback)
+                            calendar_of(app), app_rules, winback)
         if old is not None and active_old is None:
             new = replace(new, answers=old.answers)
         if answered:
@@ -533,13 +534,13 @@ def plan_batch(
         if active_old is None or new.last_active_ms != active_old.last_active_ms:
             plan.due[user_key] = new.last_active_ms
         plan.users[user_key] = new
-        _add_user_delta(pending.setdefault(app, {}), old, new, rules)
+        _add_user_delta(pending.setdefault(app, {}), old, new, app_rules)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
         new = _with_answers(old or _ANSWERS_ONLY, answers, calendar_of(app))
         if new != old:
             plan.users[user_key] = new
-            _add_user_delta(pending.setdefault(app, {}), old, new, rules)
+            _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan
 

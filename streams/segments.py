@@ -3,7 +3,8 @@ which events count as a return (RETURN_EVENTS)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from retention_tracker.streams.user_state import MONEY_UNITS, UserState
@@ -29,6 +30,12 @@ class SegmentRules:
     # RETURN_EVENTS: the event types whose days a user's record keeps, for retention on a
     # chosen returning event (streams/returning.py); they flow with these rules
     return_types: frozenset[str] = frozenset()
+    # the apps with their own currency or VIP bars (APP_CURRENCIES, APP_VIP_*): their rules
+    per_app: Mapping[str, SegmentRules] = field(default_factory=dict)
+
+    def for_app(self, app: str) -> SegmentRules:
+        """The rules of ``app``: its own, else these (the global defaults)."""
+        return self.per_app.get(app, self)
 
 
 DEFAULT_RULES = SegmentRules()

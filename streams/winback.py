@@ -168,7 +168,8 @@ def plan_notifications(
         if known_ms and user in known_ms:
             reached_ms = max(reached_ms, known_ms[user])
         plan.users[user] = handle_moment(user, state, days, reached_ms, calendar_of(user[0]),
-                                         rules, winback, plan.messages, plan.stats)
+                                         rules.for_app(user[0]), winback, plan.messages,
+                                         plan.stats)
     return plan
 
 

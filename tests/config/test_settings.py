@@ -63,3 +63,19 @@ def test_return_events_are_activity_types() -> None:
     for raw in ("survey", "bet"):  # an answer is no activity; bet is not in ACTIVITY_EVENTS
         with pytest.raises(ConfigError, match="RETURN_EVENTS"):
             Settings.from_env({"RETURN_EVENTS": raw})
+
+
+def test_per_app_currency_and_vip_bars_over_the_global_defaults() -> None:
+    settings = Settings.from_env({"CURRENCY": "USD", "APP_CURRENCIES": "casino=EUR, shop=BRL",
+                                  "APP_VIP_REVENUE": "casino=500", "APP_VIP_PURCHASES": "shop=3"})
+    assert [settings.currency_of(app) for app in ("casino", "shop", "other")] == [
+        "EUR", "BRL", "USD"]
+    rules = segment_rules(settings)
+    assert rules.for_app("casino") == SegmentRules("EUR", 5_000_000, 10)
+    assert rules.for_app("shop") == SegmentRules("BRL", 1_000_000, 3)
+    assert rules.for_app("other") is rules and rules.default_currency == "USD"
+    for name, raw in (("APP_CURRENCIES", "casino=eur"), ("APP_CURRENCIES", "casino"),
+                      ("APP_VIP_REVENUE", "casino=-1"), ("APP_VIP_PURCHASES", "shop=0"),
+                      ("APP_VIP_PURCHASES", "bad app=2")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: raw})

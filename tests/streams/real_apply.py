@@ -31,13 +31,15 @@ class RealApply:
 
     def __init__(self, redis_url: str, *, timezone: str = "UTC", horizon_days: int = 400,
                  dedup_window_days: int = 7, state_cache_users: int = 0, shards: int = 2,
-                 thresholds: Sequence[int] = (2,)) -> None:
+                 thresholds: Sequence[int] = (2,), per_app: dict[str, Any] | None = None
+                 ) -> None:
+        """``per_app``: Settings fields of per-app rules (app_currencies, app_vip_*)."""
         self.client = aioredis.from_url(redis_url)
         self.settings = Settings(
             key_prefix=f"test-{uuid.uuid4().hex[:10]}", timezone=timezone, clock="event",
             horizon_days=horizon_days, dedup_window_days=dedup_window_days,
             user_buckets=4, dedup_buckets=4, inactivity_thresholds=tuple(thresholds),
-            activity_events=("bet",), return_events=("purchase", "bet"),
+            activity_events=("bet",), return_events=("purchase", "bet"), **(per_app or {}),
         )
         self.store = RedisStore(self.client, prefix=self.settings.key_prefix, user_buckets=4,
                                 dedup_buckets=4, dedup_window_days=dedup_window_days,

@@ -18,11 +18,13 @@ import random
 from collections import Counter
 from dataclasses import replace
 from datetime import date, timedelta
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
+from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
@@ -45,6 +47,9 @@ WINDOW_DAYS = 7
 # ~0.9 s an example on 2 cores; scripts/mutation lowers it for its thousands of runs
 PROPERTY_EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "35"))
 THRESHOLD_DAYS = 2
+# app "b" has its own currency and VIP bars; "a" the global defaults (USD, 100, 10)
+PER_APP = {"app_currencies": {"b": "EUR"}, "app_vip_revenue": {"b": 20.0},
+           "app_vip_purchases": {"b": 3}}
 # every kind of segment the state keeps: attribute values, and each value segment
 SEGMENTS = {"all": None, "platform=ios": {"platform": "ios"},
             "platform=android": {"platform": "android"}, "country=DE": {"country": "DE"},
@@ -149,53 +154,57 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     store, cfg = state.store, state.settings
     now_ms = await store.watermark_ms()  # CLOCK=event: now is the latest event applied
     assert now_ms == max(e.ts_ms for e in events)
+    rules = {app: reference_rules(cfg, app) for app in apps}
     for app in sorted(apps):
         for segment, where in SEGMENTS.items():
             query_where = () if where is None else (segment,)
             for granularity in ("day", "week", "month"):
                 for kind in ("classic", "rolling"):
                     expected = reference.triangle(events, app, granularity, kind, tz, now_ms,
-                                                  where=where)
+                                                  where=where, **rules[app])
                     got = (await cohort_report(store, cfg, app, granularity, kind,
                                               where=query_where)).as_json()
                     assert got["cohorts"] == expected, (app, segment, granularity, kind)
                     returns = {"all": ("purchase", "bet"), "platform=ios": ("purchase",)}
                     for returning in returns.get(segment, ()):
                         expected = reference.triangle(events, app, granularity, kind, tz,
-                                                      now_ms, where=where, returning=returning)
+                                                      now_ms, where=where, **rules[app],
+                                                      returning=returning)
                         got = (await cohort_report(store, cfg, app, granularity, kind,
                                                   where=query_where,
                                                   returning=returning)).as_json()
                         assert got["cohorts"] == expected, (app, segment, granularity, kind,
                                                             returning)
-                for kind, currency in (("ltv", "USD"), ("ltv", "EUR"), ("roas", "USD"),
-                                       ("payer_conversion", "USD")):
+                own = cfg.currency_of(app)  # app "b" has its own (APP_CURRENCIES)
+                for kind, currency in (("ltv", "USD"), ("ltv", "EUR"), ("roas", own),
+                                       ("payer_conversion", own)):
                     expected = reference.money_triangle(
-                        events, app, granularity, kind, tz, now_ms, currency, where=where)
+                        events, app, granularity, kind, tz, now_ms, currency, where=where,
+                        **rules[app])
                     try:
                         got = (await cohort_report(store, cfg, app, granularity, kind,
                                                   where=query_where, currency=currency)).as_json()
                     except QueryError as refused:  # a currency without revenue: refused
-                        assert currency != cfg.currency, refused
+                        assert currency != own, refused
                         assert all(not any(r["values"]) for r in expected), refused
                         continue
                     assert got["cohorts"] == expected, (app, segment, granularity, kind,
                                                         currency)
             for period in ("week", "month", "year"):
-                expected = reference.kpis(events, app, period, tz, where=where,
+                expected = reference.kpis(events, app, period, tz, where=where, **rules[app],
                                           now_ms=now_ms)
                 got = (await kpis_report(store, cfg, app, period, where=query_where)).as_json()
                 assert got["periods"] == expected, (app, segment, period)
             await assert_same_nps(state, events, tz, app, segment, where, now_ms)
             rpr = (await repeat_purchase_report(store, cfg, app, "week",
                                                 where=query_where)).as_json()
-            assert rpr["lifetime"] == reference.repeat_purchase_rate(events, app, tz,
-                                                                     where=where), segment
+            assert rpr["lifetime"] == reference.repeat_purchase_rate(
+                events, app, tz, where=where, **rules[app]), segment
             assert {c["cohort"]: {k: v for k, v in c.items() if k != "cohort"}
                     for c in rpr["cohorts"]} == reference.repeat_purchase_by_cohort(
-                        events, app, "week", tz, where=where), segment
+                        events, app, "week", tz, where=where, **rules[app]), segment
             daily = await read_daily(store, app, segment)
-            series = reference.daily_series(events, app, tz, where=where)
+            series = reference.daily_series(events, app, tz, where=where, **rules[app])
             for day, figures in series.items():
                 got = day_summary(app, date_to_day(day), daily)
                 got.update(money_of_day(daily, date_to_day(day), got["dau"]))
@@ -230,11 +239,20 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
             assert winback[str(THRESHOLD_DAYS)]["inactive"] == inactive, app
 
 
+def reference_rules(cfg: Settings, app: str) -> dict[str, Any]:
+    """The app's currency and VIP bars (APP_CURRENCIES, APP_VIP_*), as the reference takes
+    them."""
+    return {"default_currency": cfg.currency_of(app),
+            "vip_revenue": str(cfg.app_vip_revenue.get(app, cfg.vip_revenue)),
+            "vip_purchases": cfg.app_vip_purchases.get(app, cfg.vip_purchases)}
+
+
 async def assert_same_nps(state: RealApply, events: list[Event], tz: str, app: str,
                           segment: str, where: dict[str, str] | None, now_ms: int) -> None:
     """§8: NPS per period for every segment; per cohort and for churned against retained
     answerers for all users and the free ones (where users known only by answers count)."""
     query_where = () if where is None else (segment,)
+    rules = {app: reference_rules(state.settings, app)}
     for period in ("week", "month", "year"):
         for by in ("period", "cohort", "churn"):
             if by != "period" and segment not in ("all", "value=free"):
@@ -243,7 +261,7 @@ async def assert_same_nps(state: RealApply, events: list[Event], tz: str, app: s
                 got = (await nps_report(state.store, state.settings, app, period, survey,
                                         query_where, by)).as_json()
                 expected = reference.nps(events, app, period, tz, survey, by=by, where=where,
-                                         now_ms=now_ms)
+                                         **rules[app], now_ms=now_ms)
                 assert got["rows"] == expected, (app, segment, period, by, survey)
 
 
@@ -254,6 +272,7 @@ async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
     # a second round of some events after twice the dedup window: they count again
     second = deliver([e for e in events if rng.random() < 0.3], rng, 0.0)
     async with RealApply(redis_url, timezone=tz, horizon_days=horizon_days,
+                         per_app=PER_APP,
                          dedup_window_days=WINDOW_DAYS, state_cache_users=cache_users) as state:
         expected, stats = accepted_events([first, second], state.shard_of, horizon_days)
         arrival = BASE_MS
