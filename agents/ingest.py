@@ -107,7 +107,8 @@ class Ingestor:
         shards = max(inputs.values())  # unequal counts are refused below, with the reason
         await create_missing_topics(
             s.kafka_options(),
-            [s.dlq_topic, s.reactivated_topic, *map(s.inactive_topic, s.inactivity_thresholds)],
+            [s.dlq_topic, s.reactivated_topic,
+             *map(s.inactive_topic, s.every_inactivity_threshold)],
         )
         await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
         actual = {**inputs, **await wait_for_topics(s.kafka_options(), [s.rekey_topic])}
@@ -244,7 +245,7 @@ class Ingestor:
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         async with self.lock(tp.partition):
             applied = await self._process(tp, records)
-            if self.settings.clock == "event" and self.batch_rules.winback.thresholds:
+            if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
                 await self.notifier.notify_due(tp.partition, applied)
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
@@ -285,7 +286,7 @@ class Ingestor:
             await self.notifier.send(plan.notifications, plan.reactivations)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
-                                           self.settings.inactivity_thresholds):
+                                           self.batch_rules.winback.thresholds_of):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
         self._observe(tp, records, start, started, plan)
@@ -326,7 +327,7 @@ class Ingestor:
 
     async def notify_loop(self) -> None:
         """Live mode: look for due users every tick on every partition this worker owns."""
-        if not self.batch_rules.winback.thresholds:
+        if not self.batch_rules.winback.every_threshold:
             return  # win-back is off
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)

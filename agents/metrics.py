@@ -101,13 +101,15 @@ class SnapshotCollector(Collector):
 
     def __init__(self, offsets: tuple[int, ...], thresholds: tuple[int, ...] = (),
                  currency: str = "USD", activity_events: tuple[str, ...] = (),
-                 app_currencies: Mapping[str, str] | None = None) -> None:
+                 app_currencies: Mapping[str, str] | None = None,
+                 app_thresholds: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.snapshot = Snapshot()
         self.offsets = offsets  # bounded cardinality: only these cohort offsets are exported
         self.thresholds = thresholds
         self.currency = currency
         self.event_types = (*EVENT_TYPES, *activity_events)  # accepted counters at zero
         self.app_currencies = dict(app_currencies or {})  # APP_CURRENCIES
+        self.app_thresholds = dict(app_thresholds or {})  # APP_INACTIVITY_THRESHOLDS
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -184,7 +186,8 @@ class SnapshotCollector(Collector):
     def _winback(self, gauges: dict[str, GaugeMetricFamily],
                  counters: dict[str, CounterMetricFamily], app: str,
                  found: Mapping[str, Any], stats: Mapping[Cell, int]) -> None:
-        for days in self.thresholds:
+        thresholds = self.app_thresholds.get(app, self.thresholds)
+        for days in thresholds:
             figures = found.get(str(days), {})
             gauges["retention_inactive_users"].add_metric(
                 [app, str(days)], figures.get("inactive", 0))
@@ -194,7 +197,7 @@ class SnapshotCollector(Collector):
                                                                            share)
             counters["retention_notifications_expired"].add_metric(
                 [app, str(days)], figures.get("expired", 0))
-        for (days, kind), by_segment in winback_counts(stats, app, self.thresholds).items():
+        for (days, kind), by_segment in winback_counts(stats, app, thresholds).items():
             for segment, by_churn in by_segment.items():
                 for churn, value in by_churn.items():
                     counters[_WINBACK_COUNTERS[kind]].add_metric(

@@ -87,6 +87,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("APP_VIP_PURCHASES", "per-app VIP purchase counts: app=20,app2=5"),
     SettingDoc("INACTIVITY_THRESHOLDS",
                "days of inactivity that notify, e.g. 1,2,7,30; empty: win-back off"),
+    SettingDoc("APP_INACTIVITY_THRESHOLDS",
+               "per-app thresholds: app=1/2/7,app2=30 (others: INACTIVITY_THRESHOLDS)"),
     SettingDoc("WINBACK_MAX_DELAY",
                "a notification whose moment is further behind now is counted expired, not sent",
                attribute="winback_max_delay_ms", duration=True),
@@ -278,6 +280,17 @@ _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": MS_P
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*\Z")
 
 
+def _app_days(text: str) -> tuple[int, ...]:
+    """One app's thresholds: days >= 1 joined by '/' (``1/2/7``)."""
+    try:
+        values = tuple(sorted({int(p) for p in text.split("/") if p.strip()}))
+    except ValueError:
+        raise ValueError(f"{text!r} must be whole days joined by /, e.g. 1/2/7") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"{text!r} must name days >= 1")
+    return values
+
+
 def _duration_ms(name: str, raw: str) -> int:
     """``24h``, ``90m``, ``2d``, ``3600s``: a number and a unit (ms, s, m, h, d)."""
     found = _DURATION_RE.match(raw)
@@ -357,6 +370,7 @@ class Settings:
     vip_purchases: int = 10
     app_vip_purchases: Mapping[str, int] = field(default_factory=dict)
     inactivity_thresholds: tuple[int, ...] = (2,)
+    app_inactivity_thresholds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     inactive_topic_pattern: str = "users.inactive.{days}d"
     reactivated_topic: str = "users.reactivated"
     quick_churn_days: int = 7
@@ -427,6 +441,9 @@ class Settings:
                                        _count),
             inactivity_thresholds=_days_list(
                 env.get("INACTIVITY_THRESHOLDS", DEFAULT_TEXT["INACTIVITY_THRESHOLDS"])),
+            app_inactivity_thresholds=_per_app(
+                "APP_INACTIVITY_THRESHOLDS", env.get("APP_INACTIVITY_THRESHOLDS", ""),
+                _app_days),
             winback_max_delay_ms=_duration_ms("WINBACK_MAX_DELAY", raw("WINBACK_MAX_DELAY")),
             inactive_topic_pattern=_pattern(raw("INACTIVE_TOPIC_PATTERN")),
             reactivated_topic=raw("REACTIVATED_TOPIC"),
@@ -472,7 +489,17 @@ class Settings:
         )
 
         return WinbackRules(self.inactivity_thresholds, self.winback_max_delay_ms,
-                            self.quick_churn_days)
+                            self.quick_churn_days, dict(self.app_inactivity_thresholds))
+
+    def inactivity_thresholds_of(self, app: str) -> tuple[int, ...]:
+        """The app's thresholds (APP_INACTIVITY_THRESHOLDS, else INACTIVITY_THRESHOLDS)."""
+        return self.app_inactivity_thresholds.get(app, self.inactivity_thresholds)
+
+    @property
+    def every_inactivity_threshold(self) -> tuple[int, ...]:
+        """Every threshold some app has: the topics and due sets there are."""
+        per_app = (d for days in self.app_inactivity_thresholds.values() for d in days)
+        return tuple(sorted({*self.inactivity_thresholds, *per_app}))
 
     def inactive_topic(self, days: int) -> str:
         return self.inactive_topic_pattern.replace("{days}", str(days))

@@ -353,7 +353,9 @@ async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
     """The apps with data and what the page's pickers offer."""
     zones = await store.app_timezones()
     return AppsReport(tuple({"app": app, "timezone": zones[app],
-                             "currency": settings.currency_of(app)} for app in sorted(zones)),
+                             "currency": settings.currency_of(app),
+                             "thresholds": list(settings.inactivity_thresholds_of(app))}
+                            for app in sorted(zones)),
                       settings.currency, tuple(settings.inactivity_thresholds),
                       tuple(SEGMENT_ATTRIBUTES), tuple(VALUE_SEGMENTS))
 
@@ -420,10 +422,9 @@ async def winback_figures(
     within 7 days, overall, per value segment and per churn type. ``stats``: the counters
     already read, when the caller covers several apps."""
     stats = stats if stats is not None else parse_stats(await store.read_stats())
-    due_now = await store.due_counts(
-        app, settings.inactivity_thresholds, await now_ms(store, settings)
-    )
-    counts = winback_counts(stats, app, settings.inactivity_thresholds)
+    thresholds = settings.inactivity_thresholds_of(app)
+    due_now = await store.due_counts(app, thresholds, await now_ms(store, settings))
+    counts = winback_counts(stats, app, thresholds)
 
     def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
         def total(kind: Stat) -> int:
@@ -437,7 +438,7 @@ async def winback_figures(
         return out
 
     result: dict[str, Any] = {}
-    for days in settings.inactivity_thresholds:
+    for days in thresholds:
         result[str(days)] = {
             "inactive": stats.get((Stat.INACTIVE, app, days), 0) + due_now[days],
             "expired": stats.get((Stat.EXPIRED, app, days), 0),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -179,10 +179,11 @@ class RedisStore:
         loaded: LoadedBatch,
         next_offsets: Mapping[str, int],
         plan: Plan,
-        inactivity_days: Iterable[int] = (),
+        inactivity_days: Iterable[int] | Callable[[str], Iterable[int]] = (),
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
-        conflict (nothing was written)."""
+        conflict (nothing was written). ``inactivity_days``: the thresholds whose due sets
+        hold the users, or the thresholds of each app (APP_INACTIVITY_THRESHOLDS)."""
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
@@ -190,8 +191,10 @@ class RedisStore:
         for key in plan.new_dedup_keys:
             dedup += (keys.of(self.keys.dedup(shard, generation, self._dedup_bucket(key))), key)
         due_add: list[object] = []
+        of_app = inactivity_days if callable(inactivity_days) else None
+        every = () if callable(inactivity_days) else tuple(inactivity_days)
         for user, last_ms in plan.due.items():
-            for days in inactivity_days:
+            for days in of_app(user[0]) if of_app is not None else every:
                 due_add += (keys.of(self.keys.due(shard, days)),
                             str(last_ms + days * MS_PER_DAY), due_member(user))
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {

@@ -421,7 +421,7 @@ def _apply_events(
     for begin, end in pairwise(bounds):
         if begin in set_at and state is not None:
             now_ms = arrivals[begin]
-            for days in winback.thresholds:
+            for days in winback.thresholds_of(user[0]):
                 moment_ms = state.last_active_ms + days * MS_PER_DAY
                 if moment_ms <= now_ms and not state.handled(days):
                     reached_ms = max(set_at[begin],
@@ -520,7 +520,7 @@ def plan_batch(
         user_arrivals = arrived.get(user_key, [])
         if event_clock:
             cuts, known_ms = _moment_cuts(active_old, user_events, user_arrivals,
-                                          winback.thresholds)
+                                          winback.thresholds_of(app))
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
         new = _apply_events(plan, user_key, active_old, user_events, user_arrivals, cuts,

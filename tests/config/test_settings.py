@@ -79,3 +79,15 @@ def test_per_app_currency_and_vip_bars_over_the_global_defaults() -> None:
                       ("APP_VIP_PURCHASES", "bad app=2")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: raw})
+
+
+def test_per_app_inactivity_thresholds() -> None:
+    settings = Settings.from_env({"INACTIVITY_THRESHOLDS": "2",
+                                  "APP_INACTIVITY_THRESHOLDS": "casino=1/7/1, shop=30"})
+    assert settings.inactivity_thresholds_of("casino") == (1, 7)
+    assert settings.inactivity_thresholds_of("other") == (2,)
+    assert settings.every_inactivity_threshold == (1, 2, 7, 30)
+    assert settings.winback_rules().thresholds_of("shop") == (30,)
+    for raw in ("casino=0", "casino=x", "casino="):
+        with pytest.raises(ConfigError, match="APP_INACTIVITY_THRESHOLDS"):
+            Settings.from_env({"APP_INACTIVITY_THRESHOLDS": raw})

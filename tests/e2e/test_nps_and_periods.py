@@ -1,7 +1,7 @@
 """Issue 20's figures through a real worker: custom activity types (ACTIVITY_EVENTS),
 retention on a returning event (RETURN_EVENTS), NPS by period, cohort and churn, yearly
-KPIs and money from new against returning users, read over HTTP and compared with the
-batch reference."""
+KPIs and money from new against returning users, the app's own currency and thresholds,
+read over HTTP and compared with the batch reference."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def test_nps_yearly_kpis_and_custom_types_equal_the_reference(deployment: Deploy
     raw = casino_traffic()
     sent = produce(deployment.bootstrap, deployment.topic, event_messages(raw))
     worker, port = deployment.start_worker(CLOCK="event", METRICS_REFRESH_S="1",
-                                           ACTIVITY_EVENTS="bet", RETURN_EVENTS="purchase,bet")
+                                           ACTIVITY_EVENTS="bet", RETURN_EVENTS="purchase,bet",
+                                           APP_CURRENCIES="default=EUR",
+                                           APP_INACTIVITY_THRESHOLDS="default=1/3")
     base = f"http://127.0.0.1:{port}"
     now = utc_now_ms()
     events = [e for e in (reference.read_event(obj, now, activity_types=("bet",))
@@ -87,6 +89,12 @@ def test_nps_yearly_kpis_and_custom_types_equal_the_reference(deployment: Deploy
                         returning=returning), (granularity, kind, returning)
         got = report("/retention/nps?period=week&where=value=free")["rows"]
         assert got == reference.nps(events, "default", "week", "UTC", where={"value": "free"})
+        [app] = report("/retention/apps")["apps"]
+        assert (app["currency"], app["thresholds"]) == ("EUR", [1, 3])
+        assert list(report("/retention/summary")["winback"]) == ["1", "3"]
+        roas = report("/retention/cohorts?kind=roas&granularity=week")  # costs in EUR
+        assert roas["currency"] == "EUR" and roas["cohorts"] == reference.money_triangle(
+            events, "default", "week", "roas", "UTC", watermark, "EUR", default_currency="EUR")
         week = report("/retention/kpis?period=week")["periods"][-2]
         assert week["new_payers"] + week["returning_payers"] == week["payers"]
 

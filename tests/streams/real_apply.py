@@ -84,7 +84,7 @@ class RealApply:
                           self.settings.horizon_days, lambda _app: self.calendar, self.rules)
         applied = await self.store.apply_plan(
             shard, loaded, {TOPIC: max(start, first_offset + len(events))}, plan,
-            self.settings.inactivity_thresholds,
+            self.settings.winback_rules().thresholds_of,
         )
         assert applied, "nobody else writes this prefix: the version cannot have moved"
         return [event for _, _, event in plan.too_old]
@@ -94,7 +94,7 @@ class RealApply:
         found = {}
         for shard in range(self.shards):
             entries = await self.store.due_entries(
-                shard, self.settings.inactivity_thresholds, 2**62, limit=10_000)
+                shard, self.settings.every_inactivity_threshold, 2**62, limit=10_000)
             for days, (app, user_id), due_ms in entries:
                 found[app, user_id, days] = due_ms
         return found

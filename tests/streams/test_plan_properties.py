@@ -46,10 +46,9 @@ APPS = ("a", "b")
 WINDOW_DAYS = 7
 # ~0.9 s an example on 2 cores; scripts/mutation lowers it for its thousands of runs
 PROPERTY_EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "35"))
-THRESHOLD_DAYS = 2
 # app "b" has its own currency and VIP bars; "a" the global defaults (USD, 100, 10)
 PER_APP = {"app_currencies": {"b": "EUR"}, "app_vip_revenue": {"b": 20.0},
-           "app_vip_purchases": {"b": 3}}
+           "app_vip_purchases": {"b": 3}, "app_inactivity_thresholds": {"b": (1, 3)}}
 # every kind of segment the state keeps: attribute values, and each value segment
 SEGMENTS = {"all": None, "platform=ios": {"platform": "ios"},
             "platform=android": {"platform": "android"}, "country=DE": {"country": "DE"},
@@ -227,16 +226,19 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
             continue
         user = (event.app, event.user_id)
         last_active[user] = max(last_active.get(user, event.ts_ms), event.ts_ms)
-    due_ms = THRESHOLD_DAYS * MS_PER_DAY
+    # (each app at its own thresholds: "b" has APP_INACTIVITY_THRESHOLDS 1 and 3)
     assert await state.due() == {
-        (app, user_id, THRESHOLD_DAYS): ts + due_ms for (app, user_id), ts in last_active.items()
+        (app, user_id, days): ts + days * MS_PER_DAY for (app, user_id), ts in last_active.items()
+        for days in cfg.inactivity_thresholds_of(app)
     }
     for app in sorted(apps):
         if any(e.app == app for e in events):
             winback = (await summary_report(store, cfg, app, date(2024, 1, 1))).as_json()["winback"]
-            inactive = sum(1 for (a, _), ts in last_active.items()
-                           if a == app and ts + due_ms <= now_ms)
-            assert winback[str(THRESHOLD_DAYS)]["inactive"] == inactive, app
+            assert list(winback) == [str(d) for d in cfg.inactivity_thresholds_of(app)]
+            for days in cfg.inactivity_thresholds_of(app):
+                inactive = sum(1 for (a, _), ts in last_active.items()
+                               if a == app and ts + days * MS_PER_DAY <= now_ms)
+                assert winback[str(days)]["inactive"] == inactive, (app, days)
 
 
 def reference_rules(cfg: Settings, app: str) -> dict[str, Any]:
