@@ -33,6 +33,8 @@ def inactive_users(events: list[Any], now_ms: int, days: int = 2) -> int:
     """§7: users whose last_active + K days has passed by now (notified or about to be)."""
     last: dict[str, int] = {}
     for event in events:
+        if event.type == "survey":  # an answer makes no one active (§1)
+            continue
         last[event.user_id] = max(last.get(event.user_id, event.ts_ms), event.ts_ms)
     return sum(1 for ts in last.values() if ts + days * MS_PER_DAY <= now_ms)
 
