@@ -80,36 +80,22 @@ class Notifier:
         ]
 
     async def _send(self, messages: Iterable[Message]) -> None:
-        """In record batches, one per topic partition: a replay sends thousands of messages
-        per batch, and ``producer.send`` cost ~10 µs each (a Python murmur2, a batch lookup
-        per message). The partition is the default partitioner's for the user id, memoised
-        per partition count (``Router``), as ``send`` would pick it."""
+        """Each message with its partition given: the default partitioner's for the user id,
+        memoised per partition count (``Router``), as ``send`` would pick it, but without
+        aiokafka's pure-Python murmur2 per message (a replay sends thousands per batch).
+        Not ``send_batch``: aiokafka's accumulator makes a batch wait for the partition's
+        previous one to drain without waking its sender, and under load that wait ran
+        into its timeout and stopped the worker."""
         producer = self.producer
         assert producer is not None
-        by_partition: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         homes: dict[str, Router] = {}
+        futures = []
         for topic, key, body in messages:
             router = homes.get(topic)
             if router is None:
                 count = len(await producer.partitions_for(topic))
                 router = homes[topic] = self._routers.setdefault(count, Router(count))
-            by_partition.setdefault((topic, router.home(key)), []).append(
-                (key.encode(), orjson.dumps(body)))
-        futures = []
-        for (topic, partition), records in by_partition.items():
-            batch = producer.create_batch()
-            for key_bytes, value in records:
-                if batch.append(key=key_bytes, value=value, timestamp=None) is None:
-                    if batch.record_count():
-                        futures.append(await producer.send_batch(batch, topic,
-                                                                 partition=partition))
-                    batch = producer.create_batch()
-                    if batch.append(key=key_bytes, value=value, timestamp=None) is None:
-                        # larger than a batch: send() refuses it with the broker's reason
-                        futures.append(await producer.send(topic, value=value, key=key_bytes,
-                                                           partition=partition))
-                        batch = producer.create_batch()
-            if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+            futures.append(await producer.send(topic, value=orjson.dumps(body),
+                                               key=key.encode(), partition=router.home(key)))
         if futures:  # most batches send nothing: skip gather's own cost
             await asyncio.gather(*futures)

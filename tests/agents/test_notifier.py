@@ -36,11 +36,11 @@ def test_each_threshold_has_its_topic_and_every_message_is_keyed_by_its_user() -
     assert [body for _, _, body in messages] == [*inactive, *back]
 
 
-async def test_messages_go_out_in_batches_to_the_default_partitioners_partition(
+async def test_messages_go_to_the_default_partitioners_partition(
         kafka_url: str, unique: str) -> None:
     """On a real broker: every message arrives once, with its body, keyed by its user, on
-    the partition Kafka's default partitioner gives that key (as ``producer.send`` would
-    pick it), also when a partition's messages fill several record batches."""
+    the partition Kafka's default partitioner gives that key (the notifier gives the
+    partition itself), also when a partition's messages fill several record batches."""
     servers = kafka_url.removeprefix("kafka://")
     lapsed, back = f"lapsed-{unique}.2d", f"back-{unique}"
     await ensure_topics(servers, {lapsed: 3, back: 1})
