@@ -94,7 +94,8 @@ def create_app(settings: Settings) -> faust.App:
     registry = CollectorRegistry()
     worker_metrics = WorkerMetrics(registry)
     collector = SnapshotCollector(settings.metrics_offsets, settings.inactivity_thresholds,
-                                  settings.currency)
+                                  settings.currency, settings.activity_events,
+                                  settings.app_currencies, settings.app_inactivity_thresholds)
     registry.register(collector)
     ingestor = Ingestor(settings, store, clock_ms=accelerated_clock(settings.clock_speed),
                         metrics=worker_metrics)

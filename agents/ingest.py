@@ -86,6 +86,7 @@ class Ingestor:
         self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
                                       settings.winback_rules(), settings.clock == "event")
         self._calendars: dict[str, AppCalendar] = {}
+        self.activity_types = settings.activity_types  # ACTIVITY_EVENTS, parsed once
         self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms,
                                  self.calendar_for)
         self.consumer: AIOKafkaConsumer | None = None
@@ -106,7 +107,8 @@ class Ingestor:
         shards = max(inputs.values())  # unequal counts are refused below, with the reason
         await create_missing_topics(
             s.kafka_options(),
-            [s.dlq_topic, s.reactivated_topic, *map(s.inactive_topic, s.inactivity_thresholds)],
+            [s.dlq_topic, s.reactivated_topic,
+             *map(s.inactive_topic, s.every_inactivity_threshold)],
         )
         await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
         actual = {**inputs, **await wait_for_topics(s.kafka_options(), [s.rekey_topic])}
@@ -245,7 +247,7 @@ class Ingestor:
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         async with self.lock(tp.partition):
             applied = await self._process(tp, records)
-            if self.settings.clock == "event" and self.batch_rules.winback.thresholds:
+            if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
                 await self.notifier.notify_due(tp.partition, applied)
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
@@ -256,7 +258,8 @@ class Ingestor:
         now = self.clock_ms()
         rekeyed = tp.topic == self.settings.rekey_topic  # routed already: all at home
         read = read_records(records, tp.partition, None if rekeyed else self.router, now,
-                            self.settings.max_message_bytes, self.settings.max_events_per_message)
+                            self.settings.max_message_bytes, self.settings.max_events_per_message,
+                            self.activity_types)
         await self._ensure_calendars({event.app for _, _, event in read.at_home})
         users = [(e.app, e.user_id) for _, _, e in read.at_home]
         keys = [dedup_key(e.app, e.event_id) for _, _, e in read.at_home]  # hashed once
@@ -285,7 +288,7 @@ class Ingestor:
             await self.notifier.send(plan.notifications, plan.reactivations)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
-                                           self.settings.inactivity_thresholds):
+                                           self.batch_rules.winback.thresholds_of):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
         self._observe(tp, records, start, started, plan)
@@ -330,7 +333,7 @@ class Ingestor:
 
     async def notify_loop(self) -> None:
         """Live mode: look for due users every tick on every partition this worker owns."""
-        if not self.batch_rules.winback.thresholds:
+        if not self.batch_rules.winback.every_threshold:
             return  # win-back is off
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)

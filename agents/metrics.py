@@ -41,6 +41,8 @@ GLOBAL_GAUGES = {
     "retention_cohort_retention": "share of a daily cohort active on day N (classic) or on "
     "day N or later (rolling)",
     "retention_cohort_complete": "1 when the cohort's day N has ended",
+    "retention_cohort_returning": "share of a daily cohort that sent an event of the type "
+    "(RETURN_EVENTS, e.g. purchase) on day N: retention on a returning event",
     "retention_cohort_ltv": "cumulative revenue per user of a recent daily cohort by day N, "
     "per currency",
     "retention_cohort_roas": "LTV / CAC of a recent daily cohort by day N (in the currency of "
@@ -49,6 +51,16 @@ GLOBAL_GAUGES = {
     "mean of the 7 complete cohorts before it",
     "retention_headline_cohort_size": "users of the cohort the headline D1/D7/D30 is of (the "
     "latest whose day N has ended): the drop alert ignores small ones",
+    "retention_period_revenue": "revenue of the current week, month or year, per currency, "
+    "of its new users (first seen in it) or of returning users",
+    "retention_period_payers": "users paying in the current week, month or year: its new "
+    "users or returning users",
+    "retention_nps": "NPS (promoters - detractors, per 100 answers) of the current week, "
+    "month or year so far, per survey",
+    "retention_nps_answers": "survey answers in the current week, month or year so far "
+    "(each user's latest per period)",
+    "retention_nps_previous": "NPS of the previous week, month or year's answerers, those "
+    "active in the current period (retained) against the others (churned)",
     "retention_watermark_seconds": "latest event time applied, per partition",
     "retention_inactive_users": "users inactive for at least the threshold now",
     "retention_winback_back_within_7d_share": "share of notified users active again within "
@@ -88,11 +100,16 @@ class SnapshotCollector(Collector):
     ``rate()`` sees the first increment."""
 
     def __init__(self, offsets: tuple[int, ...], thresholds: tuple[int, ...] = (),
-                 currency: str = "USD") -> None:
+                 currency: str = "USD", activity_events: tuple[str, ...] = (),
+                 app_currencies: Mapping[str, str] | None = None,
+                 app_thresholds: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.snapshot = Snapshot()
         self.offsets = offsets  # bounded cardinality: only these cohort offsets are exported
         self.thresholds = thresholds
         self.currency = currency
+        self.event_types = (*EVENT_TYPES, *activity_events)  # accepted counters at zero
+        self.app_currencies = dict(app_currencies or {})  # APP_CURRENCIES
+        self.app_thresholds = dict(app_thresholds or {})  # APP_INACTIVITY_THRESHOLDS
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -116,12 +133,14 @@ class SnapshotCollector(Collector):
             self._summary(gauges, app, figures.summary)
             self._cohorts(gauges, app, figures)
             self._money(gauges, app, figures.money)
+            self._periods(gauges, app, figures.periods)
+            self._nps(gauges, app, figures.nps)
             self._winback(gauges, counters, app, figures.winback, stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
             gauges["retention_worker_snapshot_timestamp_seconds"].add_metric([], snap.taken_at)
-        self._events(counters, list(apps), stats)
+        self._events(counters, list(apps), stats, self.event_types)
         yield from gauges.values()
         yield from counters.values()
 
@@ -131,7 +150,8 @@ class SnapshotCollector(Collector):
             gauges[name].add_metric([app], summary[key])
         gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
         for name in ("revenue", "arpdau", "arppu"):
-            for currency, value in {self.currency: 0, **summary.get(name, {})}.items():
+            own = self.app_currencies.get(app, self.currency)
+            for currency, value in {own: 0, **summary.get(name, {})}.items():
                 gauges[f"retention_{name}"].add_metric([app, currency], value)
 
     def _cohorts(self, gauges: dict[str, GaugeMetricFamily], app: str,
@@ -147,6 +167,11 @@ class SnapshotCollector(Collector):
                         gauges["retention_cohort_complete"].add_metric(
                             [app, row["cohort"], str(offset)],
                             1.0 if row["complete"][offset] else 0.0)
+        for returning, rows in figures.returning.items():
+            for row in rows:
+                for offset in (n for n in self.offsets if n < len(row["values"])):
+                    gauges["retention_cohort_returning"].add_metric(
+                        [app, returning, row["cohort"], str(offset)], row["values"][offset])
         for day, pair in figures.headline.items():
             if pair is not None:
                 for stat, value in zip(("latest", "mean7"), pair, strict=True):
@@ -161,7 +186,8 @@ class SnapshotCollector(Collector):
     def _winback(self, gauges: dict[str, GaugeMetricFamily],
                  counters: dict[str, CounterMetricFamily], app: str,
                  found: Mapping[str, Any], stats: Mapping[Cell, int]) -> None:
-        for days in self.thresholds:
+        thresholds = self.app_thresholds.get(app, self.thresholds)
+        for days in thresholds:
             figures = found.get(str(days), {})
             gauges["retention_inactive_users"].add_metric(
                 [app, str(days)], figures.get("inactive", 0))
@@ -171,7 +197,7 @@ class SnapshotCollector(Collector):
                                                                            share)
             counters["retention_notifications_expired"].add_metric(
                 [app, str(days)], figures.get("expired", 0))
-        for (days, kind), by_segment in winback_counts(stats, app, self.thresholds).items():
+        for (days, kind), by_segment in winback_counts(stats, app, thresholds).items():
             for segment, by_churn in by_segment.items():
                 for churn, value in by_churn.items():
                     counters[_WINBACK_COUNTERS[kind]].add_metric(
@@ -179,10 +205,10 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _events(counters: dict[str, CounterMetricFamily], apps: list[str],
-                stats: Mapping[Cell, int]) -> None:
+                stats: Mapping[Cell, int], event_types: tuple[str, ...]) -> None:
         """Accepted, rejected, duplicate and forwarded events, each known series at 0."""
         found: dict[str, dict[tuple[str, ...], int]] = {
-            "retention_events_accepted": {(a, t): 0 for a in apps for t in EVENT_TYPES},
+            "retention_events_accepted": {(a, t): 0 for a in apps for t in event_types},
             "retention_events_rejected": {(r,): 0 for r in REJECT_REASONS},
             "retention_events_duplicate": {(a,): 0 for a in apps},
             "retention_events_forwarded": {(a, c): 0 for a in apps for c in FORWARD_CAUSES},
@@ -195,6 +221,37 @@ class SnapshotCollector(Collector):
             for labels, value in sorted(series.items()):
                 counters[name].add_metric(list(labels), value)
 
+
+    def _periods(self, gauges: dict[str, GaugeMetricFamily], app: str,
+                 periods: Mapping[str, Mapping[str, Any]]) -> None:
+        """The current period's revenue and payers, new against returning users."""
+        for period, row in periods.items():
+            currencies = {self.app_currencies.get(app, self.currency), *row["new_revenue"],
+                          *row["returning_revenue"]}
+            for users in ("new", "returning"):
+                gauges["retention_period_payers"].add_metric([app, period, users],
+                                                             row[f"{users}_payers"])
+                for currency in sorted(currencies):
+                    gauges["retention_period_revenue"].add_metric(
+                        [app, period, users, currency], row[f"{users}_revenue"].get(currency, 0))
+
+    @staticmethod
+    def _nps(gauges: dict[str, GaugeMetricFamily], app: str,
+             found: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        """NPS of the current period and of the previous one's retained and churned
+        answerers, per survey; an NPS without answers is not a number, so it is left out."""
+        for period, by_survey in found.items():
+            for survey, groups in sorted(by_survey.items()):
+                current = groups.get("current", {})
+                gauges["retention_nps_answers"].add_metric([app, period, survey],
+                                                           current.get("answers", 0))
+                if current.get("nps") is not None:
+                    gauges["retention_nps"].add_metric([app, period, survey], current["nps"])
+                for group in ("retained", "churned"):
+                    value = groups.get(group, {}).get("nps")
+                    if value is not None:
+                        gauges["retention_nps_previous"].add_metric([app, period, survey, group],
+                                                                    value)
 
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
                money: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
@@ -235,10 +292,16 @@ _GAUGE_LABELS = {
     "retention_cohort_size": ["app", "cohort"],
     "retention_cohort_retention": ["app", "kind", "cohort", "offset"],
     "retention_cohort_complete": ["app", "cohort", "offset"],
+    "retention_cohort_returning": ["app", "type", "cohort", "offset"],
     "retention_cohort_ltv": ["app", "cohort", "offset", "currency"],
     "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
     "retention_headline_retention": ["app", "day", "stat"],
     "retention_headline_cohort_size": ["app", "day"],
+    "retention_period_revenue": ["app", "period", "users", "currency"],
+    "retention_period_payers": ["app", "period", "users"],
+    "retention_nps": ["app", "period", "survey"],
+    "retention_nps_answers": ["app", "period", "survey"],
+    "retention_nps_previous": ["app", "period", "survey", "group"],
     "retention_watermark_seconds": ["partition"],
     "retention_inactive_users": ["app", "threshold"],
     "retention_winback_back_within_7d_share": ["app", "threshold"],

@@ -48,7 +48,7 @@ class Notifier:
             now = self.clock_ms()
             if s.clock == "event":  # the partition's own event time
                 now = await self.store.shard_watermark_ms(shard) or 0
-            due = await self.store.due_entries(shard, s.inactivity_thresholds, now)
+            due = await self.store.due_entries(shard, s.every_inactivity_threshold, now)
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)

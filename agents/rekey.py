@@ -19,7 +19,7 @@ from aiokafka.partitioner import murmur2
 
 from retention_tracker.config.settings import ConfigError
 from retention_tracker.streams.batch import Forward, ParsedBatch
-from retention_tracker.streams.events import Event, parse_message
+from retention_tracker.streams.events import NO_CUSTOM_TYPES, Event, parse_message
 
 _MEMO_USERS = 1 << 18  # ~30 MB at most: cleared, not evicted one by one, when full
 
@@ -83,13 +83,16 @@ def read_records(
     now_ms: int,
     max_message_bytes: int,
     max_events_per_message: int,
+    activity_types: frozenset[str] = NO_CUSTOM_TYPES,
 ) -> ParsedBatch:
     """Parse a partition's records and split their events by home. ``router`` None: the
-    records were routed already (the re-key topic), every event is at home."""
+    records were routed already (the re-key topic), every event is at home.
+    ``activity_types``: the custom activity types accepted (ACTIVITY_EVENTS)."""
     batch = ParsedBatch()
     at_home, rejects = batch.at_home, batch.rejects
     for record in records:  # plain loops: the per-record path is the hot one
-        parsed = parse_message(record.value, now_ms, max_message_bytes, max_events_per_message)
+        parsed = parse_message(record.value, now_ms, max_message_bytes, max_events_per_message,
+                               activity_types)
         if parsed.events:
             if router is None:
                 offset = record.offset

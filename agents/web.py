@@ -29,6 +29,7 @@ from retention_tracker.state.queries import (
     daily_report,
     headline_report,
     kpis_report,
+    nps_report,
     pipeline_report,
     repeat_purchase_report,
     summary_report,
@@ -36,6 +37,7 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import parse_date
+from retention_tracker.streams.events import DEFAULT_SURVEY
 from retention_tracker.streams.reports import Report
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -77,11 +79,14 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
         "/retention/cohorts": lambda r: cohort_report(
             store, settings, app_of(r), r.query.get("granularity", "day"),
             r.query.get("kind", "classic"), _date_param(r, "from"), _date_param(r, "to"),
-            where(r), r.query.get("currency")),
+            where(r), r.query.get("currency"), r.query.get("returning") or None),
         "/retention/summary": lambda r: summary_report(
             store, settings, app_of(r), _date_param(r, "date"), where(r)),
         "/retention/kpis": lambda r: kpis_report(
             store, settings, app_of(r), r.query.get("period", "week"), where(r)),
+        "/retention/nps": lambda r: nps_report(
+            store, settings, app_of(r), r.query.get("period", "week"),
+            r.query.get("survey", DEFAULT_SURVEY), where(r), r.query.get("by", "period")),
         "/retention/rpr": lambda r: repeat_purchase_report(
             store, settings, app_of(r), r.query.get("granularity", "month"),
             _date_param(r, "from"), _date_param(r, "to"), where(r)),

@@ -37,6 +37,10 @@ Choices where the contract leaves room (kept in one place so they are easy to ch
 - `where` selects users (all given attributes equal); every figure, including DAU, cohort
   sizes, the last period with data and the row offsets, is then computed from the events of
   those users only.
+- A `survey` event (§8) is an answer, nothing else: it makes no one active, sets no
+  first_seen, last activity or attribute. A user known only by answers has no cohort; its
+  value segment is "free" (no purchase) and it has no attribute, so it is in `where=None`
+  and `{"value": "free"}` only.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from retention_tracker.streams.events import Event
 GRANULARITIES = ("day", "week", "month")
 KINDS = ("classic", "rolling")
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")
-KPI_PERIODS = ("week", "month")
+KPI_PERIODS = ("week", "month", "year")
+PERIODS = (*GRANULARITIES, "year")  # every period the calendar functions know
 ATTRIBUTES = ("platform", "country", "campaign")
 SEGMENT_KEYS = (*ATTRIBUTES, "value")
 VALUE_SEGMENTS = ("vip", "payer", "free")
@@ -91,10 +96,12 @@ def app_events(events: Iterable[Event], app: str) -> list[Event]:
 # --------------------------------------------------------------------------------------
 # Section 1: reading events (the reference's own reader, for tests that start from JSON)
 
-EVENT_TYPES = ("install", "session", "purchase")  # survey / ACTIVITY_EVENTS: not built yet
+EVENT_TYPES = ("install", "session", "purchase", "survey")  # + the ACTIVITY_EVENTS given
+SURVEY = "survey"
+SURVEY_NAME_CHARS = _APP_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_MONEY = 1_000_000_000  # README "Guarantees": money at most 1e9 per event
 FUTURE_MS = 24 * 3_600_000
-_APP_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def _text(obj: dict, name: str, max_len: int) -> str | None:
@@ -130,20 +137,24 @@ def _ts_ms(value: object) -> int:
     return (moment - _EPOCH) // _ONE_MS
 
 
-def read_event(obj: object, now_ms: int, default_app: str = "default") -> Event | None:
+def read_event(obj: object, now_ms: int, default_app: str = "default",
+               activity_types: Iterable[str] = ()) -> Event | None:
     """One decoded JSON value -> the event it is, or None when §1 rejects it: not an object;
     event_id / user_id not strings of 1-128 chars; an unknown type; app not 1-64 chars of
     [A-Za-z0-9._-]; ts missing, not ISO-8601 with an offset nor integer epoch ms, before
     1970 or more than 24 h ahead of now; platform / country / campaign not strings of
     1-64 chars; amount (required for purchases) or an install's cost not a number in
-    0..1e9; currency not three capital letters. Other fields are ignored; cost counts on
-    installs only, amount and currency on purchases only."""
+    0..1e9; currency not three capital letters. A type named in `activity_types` (the
+    custom ACTIVITY_EVENTS) is accepted and counts as activity, like a session. Other
+    fields are ignored; cost counts on installs only, amount and currency on purchases
+    only."""
     if not isinstance(obj, dict):
         return None
     try:
         event_id, user_id = _text(obj, "event_id", 128), _text(obj, "user_id", 128)
         kind, app = obj.get("type"), obj.get("app", default_app)
-        if event_id is None or user_id is None or kind not in EVENT_TYPES:
+        if event_id is None or user_id is None or not (
+                kind in EVENT_TYPES or (isinstance(kind, str) and kind in set(activity_types))):
             return None
         if not isinstance(app, str) or not 1 <= len(app) <= 64 or not set(app) <= _APP_CHARS:
             return None
@@ -163,6 +174,17 @@ def read_event(obj: object, now_ms: int, default_app: str = "default") -> Event 
         return None
     if kind == "purchase" and amount is None:
         return None
+    if kind == SURVEY:  # score: an integer 0-10; survey: a name, default "nps"
+        score, survey = obj.get("score"), obj.get("survey")
+        if type(score) is not int or not 0 <= score <= 10:
+            return None
+        if survey is None:
+            survey = "nps"
+        if not (isinstance(survey, str) and 1 <= len(survey) <= 64
+                and set(survey) <= SURVEY_NAME_CHARS):
+            return None
+        return Event(app=app, event_id=event_id, type=kind, user_id=user_id, ts_ms=ts_ms,
+                     score=score, survey=survey, **attributes)
     return Event(app=app, event_id=event_id, type=kind, user_id=user_id, ts_ms=ts_ms,
                  cost=cost, amount=amount if kind == "purchase" else None,
                  currency=currency if kind == "purchase" else None, **attributes)
@@ -187,7 +209,8 @@ def _no_constant(name: str) -> None:
 
 
 def read_message(raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20,
-                 max_events: int = 1000) -> list[tuple[int, Event | None]]:
+                 max_events: int = 1000, activity_types: Iterable[str] = ()
+                 ) -> list[tuple[int, Event | None]]:
     """One Kafka message value -> (index, event or None when rejected) per element: -1 for
     a message that is one object or that is rejected whole (empty, larger than
     ``max_bytes``, not UTF-8, not JSON, an array longer than ``max_events`` or empty)."""
@@ -199,10 +222,11 @@ def read_message(raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20,
     except (ValueError, RecursionError):
         return [(-1, None)]
     if not isinstance(decoded, list):
-        return [(-1, read_event(decoded, now_ms))]
+        return [(-1, read_event(decoded, now_ms, "default", activity_types))]
     if not decoded or len(decoded) > max_events:
         return [(-1, None)]
-    return [(index, read_event(obj, now_ms)) for index, obj in enumerate(decoded)]
+    return [(index, read_event(obj, now_ms, "default", activity_types))
+            for index, obj in enumerate(decoded)]
 
 
 # --------------------------------------------------------------------------------------
@@ -264,6 +288,8 @@ def user_profiles(
             users.append(event.user_id)
             purchases[event.user_id] = 0
             revenue[event.user_id] = Decimal(0)
+        if event.type == SURVEY:  # an answer: no attribute
+            continue
         for attribute in ATTRIBUTES:
             value = getattr(event, attribute)
             if value is None:
@@ -348,20 +374,23 @@ def day_start_ms(day: date, tz: str) -> int:
 
 
 def _check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    if granularity not in PERIODS:
+        raise ValueError(f"granularity must be one of {PERIODS}, not {granularity!r}")
 
 
 def period_start(day: date, granularity: str) -> date:
     """The period containing `day`, identified by its first day.
 
-    day: the date itself; week: the Monday of its ISO week; month: the first of the month.
+    day: the date itself; week: the Monday of its ISO week; month: the first of the month;
+    year: January 1st.
     """
     _check_granularity(granularity)
     if granularity == "day":
         return day
     if granularity == "week":
         return day - timedelta(days=day.weekday())  # weekday(): Monday is 0
+    if granularity == "year":
+        return date(day.year, 1, 1)
     return day.replace(day=1)
 
 
@@ -372,16 +401,21 @@ def next_period_start(start: date, granularity: str) -> date:
         return start + timedelta(days=1)
     if granularity == "week":
         return start + timedelta(days=7)
+    if granularity == "year":
+        return date(start.year + 1, 1, 1)
     if start.month == 12:
         return date(start.year + 1, 1, 1)
     return date(start.year, start.month + 1, 1)
 
 
 def period_label(start: date, granularity: str) -> str:
-    """day "YYYY-MM-DD", week "YYYY-Www" (ISO year and week), month "YYYY-MM"."""
+    """day "YYYY-MM-DD", week "YYYY-Www" (ISO year and week), month "YYYY-MM", year
+    "YYYY"."""
     _check_granularity(granularity)
     if granularity == "day":
         return start.isoformat()
+    if granularity == "year":
+        return f"{start.year:04d}"
     if granularity == "week":
         iso_year, iso_week, _ = start.isocalendar()
         return f"{iso_year:04d}-W{iso_week:02d}"
@@ -396,6 +430,8 @@ def period_offset(first: date, later: date, granularity: str) -> int:
         return (b - a).days
     if granularity == "week":
         return (b - a).days // 7  # both are Mondays, so this is exact
+    if granularity == "year":
+        return b.year - a.year
     return (b.year - a.year) * 12 + (b.month - a.month)
 
 
@@ -430,14 +466,16 @@ class _AppData:
         self.purchases_of: dict[User, list[tuple[date, str, Decimal]]] = {}
         self.purchases_on: dict[date, list[tuple[User, str, Decimal]]] = {}
         self.install_cost: dict[User, Decimal] = {}  # sum of `cost` of the user's installs
+        self.days_by_type: dict[User, dict[str, set[date]]] = {}  # days of each event type
         for event in dedup(events):
-            if event.app != app:
+            if event.app != app or event.type == SURVEY:  # an answer is not activity
                 continue
             user = (event.app, event.user_id)
             day = local_day(event.ts_ms, tz)
             if user not in self.first_seen_ms or event.ts_ms < self.first_seen_ms[user]:
                 self.first_seen_ms[user] = event.ts_ms
             self.active_days.setdefault(user, set()).add(day)
+            self.days_by_type.setdefault(user, {}).setdefault(event.type, set()).add(day)
             self.users_active_on.setdefault(day, set()).add(user)
             if event.type == "install":
                 self.users_installing_on.setdefault(day, set()).add(user)
@@ -535,7 +573,8 @@ def _frame(
 ) -> tuple[_AppData, date] | None:
     """The app's (or segment's) data and its last period with data: what bounds every
     triangle's rows. None when there is no data."""
-    _check_granularity(granularity)
+    if granularity not in GRANULARITIES:  # years are KPI periods, not cohorts
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     data = _load(events, app, tz, where, default_currency, vip_revenue, vip_purchases)
     last_day = data.last_data_day()
     if last_day is None:
@@ -557,8 +596,13 @@ def triangle(
     default_currency: str = DEFAULT_CURRENCY,
     vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
+    returning: str | None = None,
 ) -> list[dict]:
     """The retention triangle of `app`, one dict per non-empty cohort, oldest first.
+
+    With `returning` (an event type), a user counts as back in a period only if it sent an
+    event of that type in it (classic: in c+N; rolling: in some period >= c+N): N = 0 too,
+    so a cohort's first cell is the share that sent one in its first period.
 
     Each dict is {"cohort", "size", "counts", "values", "complete"}; offsets run from 0 to
     the app's last period with data. `date_from`/`date_to` keep the cohorts whose period
@@ -579,6 +623,12 @@ def triangle(
         user: {period_start(d, granularity) for d in days}
         for user, days in data.active_days.items()
     }
+    if returning is not None:
+        active_periods = {
+            user: {period_start(d, granularity)
+                   for d in data.days_by_type.get(user, {}).get(returning, set())}
+            for user in data.active_days
+        }
 
     rows: list[dict] = []
     for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
@@ -588,6 +638,8 @@ def triangle(
         counts = [0] * n_offsets
         for user in users:
             offsets = [period_offset(cohort, p, granularity) for p in active_periods[user]]
+            if not offsets:  # never sent the returning event type
+                continue
             if kind == "classic":
                 # Active in period c+N.
                 for n in offsets:
@@ -857,14 +909,18 @@ def kpis(
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
     now_ms: int | None = None,
 ) -> list[dict]:
-    """One row per week or month, from the first to the last period with data, oldest first.
+    """One row per week, month or year, from the first to the last period with data, oldest
+    first.
 
     With S = users active in P-1, E = users active in P, Nn = users whose first_seen is in P:
     {"period", "active": E, "new_users": Nn, "returning": E - Nn, "crr": (E - Nn) / S,
     "churn": |active in P-1 and not in P| / S (both None when S == 0), "revenue": {currency:
     money}, "payers": users with a purchase in P, "rpr": users with >= 2 purchases in P /
-    payers (0.0 without payers)}. With `now_ms`, also "complete": whether the period has
-    ended by then (§6: an unfinished period's CRR and churn are live numbers).
+    payers (0.0 without payers), and the revenue and payers split between the new users of
+    P (Nn) and the others (returning): "new_revenue", "returning_revenue" ({currency:
+    money}, non-zero only), "new_payers", "returning_payers"}. With `now_ms`, also
+    "complete": whether the period has ended by then (§6: an unfinished period's CRR and
+    churn are live numbers).
     """
     if period not in KPI_PERIODS:
         raise ValueError(f"period must be one of {KPI_PERIODS}, not {period!r}")
@@ -881,8 +937,10 @@ def kpis(
         new_in.setdefault(period_start(day, period), set()).add(user)
     revenue_in: dict[date, dict[str, Decimal]] = {}
     purchases_in: dict[date, dict[User, int]] = {}
+    purchases_by_user_in: dict[date, list[tuple[User, str, Decimal]]] = {}
     for day, purchases in data.purchases_on.items():
         p = period_start(day, period)
+        purchases_by_user_in.setdefault(p, []).extend(purchases)
         for user, currency, amount in purchases:
             totals = revenue_in.setdefault(p, {})
             totals[currency] = totals.get(currency, Decimal(0)) + amount
@@ -901,6 +959,12 @@ def kpis(
         lost = len(previous - active)
         repeat = _repeat_figures(purchases_in.get(current_period, {}))
         revenue = revenue_in.get(current_period, {})
+        new_revenue: dict[str, Decimal] = {}
+        for user, currency, amount in purchases_by_user_in.get(current_period, []):
+            if user in new:
+                new_revenue[currency] = new_revenue.get(currency, Decimal(0)) + amount
+        returning_revenue = {c: t - new_revenue.get(c, Decimal(0)) for c, t in revenue.items()}
+        buyers = set(purchases_in.get(current_period, {}))
         rows.append(
             {
                 "period": period_label(current_period, period),
@@ -912,6 +976,11 @@ def kpis(
                 "revenue": {c: money_out(t) for c, t in sorted(revenue.items()) if t},
                 "payers": repeat["buyers"],
                 "rpr": repeat["rpr"],
+                "new_revenue": {c: money_out(t) for c, t in sorted(new_revenue.items()) if t},
+                "returning_revenue": {c: money_out(t)
+                                      for c, t in sorted(returning_revenue.items()) if t},
+                "new_payers": len(buyers & new),
+                "returning_payers": len(buyers - new),
             }
         )
         if now_ms is not None:
@@ -958,6 +1027,8 @@ def inactivity_episodes(
     for event in stream:
         now = max(now, event.ts_ms)
         inactive(list(last))  # before the event: it may be the user's return
+        if event.type == SURVEY:  # an answer moves now, but makes no one active
+            continue
         user = event.user_id
         if user in last and event.ts_ms > last[user]:
             for days, sent in handled.get(user, {}).items():
@@ -969,3 +1040,94 @@ def inactivity_episodes(
             last[user] = event.ts_ms
         inactive([user])  # a late event may leave its user inactive for long already
     return out
+
+
+# ---- Section 8: satisfaction (NPS) ----------------------------------------------------------
+
+NPS_PERIODS = ("week", "month", "year")
+NPS_BY = ("period", "cohort", "churn")
+
+
+def _nps_counts(scores: Iterable[int]) -> dict:
+    """answers, promoters (9-10), passives (7-8), detractors (0-6) and NPS = (promoters -
+    detractors) / answers x 100, rounded to 2 places (None without answers)."""
+    scores = list(scores)
+    promoters = sum(1 for s in scores if s >= 9)
+    passives = sum(1 for s in scores if 7 <= s <= 8)
+    detractors = sum(1 for s in scores if s <= 6)
+    return {"answers": len(scores), "promoters": promoters, "passives": passives,
+            "detractors": detractors,
+            "nps": round((promoters - detractors) / len(scores) * 100, 2) if scores else None}
+
+
+def nps(
+    events: Iterable[Event],
+    app: str,
+    period: str,
+    tz: str,
+    survey: str = "nps",
+    *,
+    by: str = "period",
+    where: dict[str, str] | None = None,
+    now_ms: int | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> list[dict]:
+    """§8 read plainly. A user's answer in a period is the score of its latest `survey`
+    event to `survey` in it (equal ts: the larger event_id).
+
+    - by "period": one row per period from the first to the last with answers, gaps
+      included: {"period", "answers", "promoters", "passives", "detractors", "nps"}.
+    - by "churn": one row per period with answers: {"period", "retained": figures of those
+      who answered in it and were active in the next period, "churned": of the others};
+      with `now_ms`, "complete": whether the next period has ended.
+    - by "cohort": one row per cohort (of the period's granularity) with answers, from its
+      users' answers in every period: {"cohort", figures}. Users without activity have no
+      cohort and are left out.
+    """
+    if period not in NPS_PERIODS or by not in NPS_BY:
+        raise ValueError(f"period in {NPS_PERIODS}, by in {NPS_BY}")
+    selected = segment_events(events, app, where, default_currency=default_currency,
+                              vip_revenue=vip_revenue, vip_purchases=vip_purchases)
+    data = _AppData(selected, app, tz, default_currency)
+    latest: dict[tuple[User, date], tuple[int, str, int]] = {}
+    for event in selected:
+        if event.type != SURVEY or event.survey != survey:
+            continue
+        key = ((event.app, event.user_id), period_start(local_day(event.ts_ms, tz), period))
+        candidate = (event.ts_ms, event.event_id, event.score)
+        if key not in latest or candidate[:2] > latest[key][:2]:
+            latest[key] = candidate
+    if not latest:
+        return []
+    if by == "cohort":
+        by_cohort: dict[date, list[int]] = {}
+        for (user, _), (_, _, score) in latest.items():
+            if user in data.first_day:
+                cohort = period_start(data.first_day[user], period)
+                by_cohort.setdefault(cohort, []).append(score)
+        return [{"cohort": period_label(c, period), **_nps_counts(by_cohort[c])}
+                for c in sorted(by_cohort)]
+    scores_in: dict[date, list[tuple[User, int]]] = {}
+    for (user, p), (_, _, score) in latest.items():
+        scores_in.setdefault(p, []).append((user, score))
+    if by == "churn":
+        rows = []
+        for p in sorted(scores_in):
+            following = next_period_start(p, period)
+            back = {user for user, days in data.active_days.items()
+                    if any(period_start(d, period) == following for d in days)}
+            row = {"period": period_label(p, period),
+                   "retained": _nps_counts(s for u, s in scores_in[p] if u in back),
+                   "churned": _nps_counts(s for u, s in scores_in[p] if u not in back)}
+            if now_ms is not None:
+                row["complete"] = period_end_ms(following, period, tz) <= now_ms
+            rows.append(row)
+        return rows
+    rows, current = [], min(scores_in)
+    while current <= max(scores_in):
+        rows.append({"period": period_label(current, period),
+                     **_nps_counts(s for _, s in scores_in.get(current, []))})
+        current = next_period_start(current, period)
+    return rows

@@ -344,7 +344,7 @@ def _kafka_checks(settings: Settings, report: _Report, stored: _Stored | None) -
     else:
         report.add("rekey topic", OK, state(settings.rekey_topic))
     outputs = [settings.reactivated_topic,
-               *(settings.inactive_topic(d) for d in settings.inactivity_thresholds)]
+               *(settings.inactive_topic(d) for d in settings.every_inactivity_threshold)]
     clash = [t for t in outputs if t in (*inputs, settings.dlq_topic, settings.rekey_topic)]
     if clash:
         report.add("output topics", FAIL,

@@ -334,6 +334,7 @@ def prepare_replay(
     now_ms: int,
     sort: bool = True,
     rejected: list[tuple[int, str, str]] | None = None,
+    activity_types: frozenset[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
     """Validate replay rows; return the valid objects (by event time if ``sort``) and the
     count of rejected rows by reason.
@@ -342,7 +343,8 @@ def prepare_replay(
     behind its watermark, so a history file in arbitrary row order could lose its oldest
     events, while in time order it replays to exact figures. The sort is stable, and the
     original dicts are returned untouched so every field passes through as written.
-    ``rejected``, if given, collects (line, reason, detail) for the CLI to show examples.
+    ``rejected``, if given, collects (line, reason, detail) for the CLI to show examples;
+    ``activity_types``: the custom activity types the worker accepts (ACTIVITY_EVENTS).
     """
     reasons: Counter[str] = Counter()
     valid: list[tuple[int, dict[str, Any]]] = []
@@ -351,7 +353,7 @@ def prepare_replay(
             reason, detail = error or "not_an_object", "unparseable row"
         else:
             try:
-                event = validate_event(obj, now_ms)
+                event = validate_event(obj, now_ms, "default", activity_types)
             except InvalidEvent as exc:
                 reason, detail = exc.reason, exc.detail
             else:

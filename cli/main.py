@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from retention_tracker.cli.render import (
     kpis_table,
+    nps_text,
     rpr_text,
     segments_table,
     summary_text,
@@ -26,16 +27,20 @@ from retention_tracker.cli.render import (
 )
 from retention_tracker.config.settings import ConfigError, Settings
 from retention_tracker.state.queries import (
+    NPS_BY,
     QueryError,
     cohort_report,
     kpis_report,
+    nps_report,
     repeat_purchase_report,
     summary_report,
     value_segments_report,
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import GRANULARITIES, MS_PER_DAY, parse_date
+from retention_tracker.streams.events import DEFAULT_SURVEY
 from retention_tracker.streams.figures import KINDS, KPI_PERIODS, MONEY_KINDS
+from retention_tracker.streams.nps import NPS_PERIODS
 from retention_tracker.streams.reports import ReplayReport, Report
 
 T = TypeVar("T")
@@ -141,17 +146,20 @@ def worker(loglevel: str) -> None:
 @click.option("--kind", default="classic", show_default=True,
               type=click.Choice([*KINDS, *MONEY_KINDS]))
 @click.option("--currency", default=None, help="money kinds: the currency (default CURRENCY)")
+@click.option("--returning", default=None, metavar="TYPE",
+              help="count a user back only if it sent this event type (one of RETURN_EVENTS)")
 @WHERE
 @click.option("--from", "date_from", callback=_date, help="first cohort (YYYY-MM-DD)")
 @click.option("--to", "date_to", callback=_date, help="last cohort (YYYY-MM-DD)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def report(
-    app_name: str, granularity: str, kind: str, currency: str | None, where: tuple[str, ...],
-    date_from: date | None, date_to: date | None, as_json: bool,
+    app_name: str, granularity: str, kind: str, currency: str | None, returning: str | None,
+    where: tuple[str, ...], date_from: date | None, date_to: date | None, as_json: bool,
 ) -> None:
     """Print a cohort triangle (retention or money), read from Redis (no worker needed)."""
     _show(lambda store, settings: cohort_report(
         store, settings, app_name, granularity, kind, date_from, date_to, where, currency,
+        returning,
     ), as_json, triangle_table)
 
 
@@ -176,6 +184,21 @@ def kpis(app_name: str, period: str, where: tuple[str, ...], as_json: bool) -> N
     """Per period: active, new, returning, CRR, churn, revenue, payers, repeat purchase rate."""
     _show(lambda store, settings: kpis_report(store, settings, app_name, period, where),
           as_json, kpis_table)
+
+
+@cli.command()
+@click.option("--app", "app_name", default="default", show_default=True)
+@click.option("--period", type=click.Choice(NPS_PERIODS), default="week", show_default=True)
+@click.option("--survey", default=DEFAULT_SURVEY, show_default=True, help="which survey")
+@click.option("--by", "by", type=click.Choice(NPS_BY), default="period", show_default=True,
+              help="rows per period, per cohort, or answerers retained vs churned")
+@WHERE
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def nps(app_name: str, period: str, survey: str, by: str, where: tuple[str, ...],
+        as_json: bool) -> None:
+    """Satisfaction: NPS (promoters - detractors) of survey answers, by period or cohort."""
+    _show(lambda store, settings: nps_report(store, settings, app_name, period, survey,
+                                             where, by), as_json, nps_text)
 
 
 @cli.command()
@@ -234,7 +257,8 @@ def replay(files: tuple[str, ...], csv_map: str | None, no_sort: bool, batch_siz
             yield from (read_csv(path, mapping) if mapping is not None else read_jsonl(path))
 
     try:
-        valid, rejected = prepare_replay(rows(), utc_now_ms(), sort=not no_sort)
+        valid, rejected = prepare_replay(rows(), utc_now_ms(), sort=not no_sort,
+                                         activity_types=settings.activity_types)
     except ValueError as exc:
         raise Fatal(str(exc)) from None
     stats = _run(lambda: produce_events(

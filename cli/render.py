@@ -10,6 +10,7 @@ from typing import Any
 from retention_tracker.streams.reports import (
     CohortReport,
     KpisReport,
+    NpsReport,
     RepeatPurchaseReport,
     SummaryReport,
     ValueSegmentsReport,
@@ -26,6 +27,7 @@ def triangle_table(report: CohortReport, width: int | None = None) -> str:
         f"as of {report.as_of}"
         + (f", {report.currency}" if report.currency is not None else "")
         + (f", segment {report.segment}" if report.segment is not None else "")
+        + (f", back = sent {report.returning}" if report.returning is not None else "")
     )
     if not rows:
         return head + "\n(no cohorts)"
@@ -172,6 +174,12 @@ def kpis_table(report: KpisReport) -> str:
              p["payers"], _share(p["rpr"], p["payers"])]
             for p in report.periods]
     text = _table(head, columns, rows)
+    split = [[p["period"] + ("" if p["complete"] else LIVE_MARK), _money(p["new_revenue"]),
+              _money(p["returning_revenue"]), p["new_payers"], p["returning_payers"]]
+             for p in report.periods]
+    text += "\n\n" + _table("revenue and payers: new users of the period vs returning users",
+                            ["period", "new revenue", "returning revenue", "new payers",
+                             "returning payers"], split)
     if any(not p["complete"] for p in report.periods):
         text += (f"\n{LIVE_MARK} the period has not ended yet: its CRR and churn are live "
                  "numbers, not results")
@@ -199,3 +207,38 @@ def segments_table(report: ValueSegmentsReport) -> str:
     rows = [[s["segment"], s["users"], _pct(s["d1"]), _pct(s["d1_mean7"]), _pct(s["d7"]),
              _pct(s["d7_mean7"]), _pct(s["d30"]), _pct(s["d30_mean7"])] for s in report.segments]
     return _table(f"value segments of app {report.app}, as of {report.as_of}", columns, rows)
+
+
+def _nps_cells(figures: Mapping[str, Any]) -> list[Any]:
+    nps = figures["nps"]
+    return [figures["answers"], figures["promoters"], figures["passives"],
+            figures["detractors"], "-" if nps is None else f"{nps:+.1f}"]
+
+
+def nps_text(report: NpsReport) -> str:
+    """NPS by period, cohort, or churned against retained answerers; live rows carry '~'."""
+    head = (f"NPS of survey {report.survey}, app {report.app}, by {report.period}"
+            + (" cohort" if report.by == "cohort" else "")
+            + f", {report.timezone}, as of {report.as_of}"
+            + (f", segment {report.segment}" if report.segment is not None else ""))
+    figures = ["answers", "promoters", "passives", "detractors", "NPS"]
+    if not report.rows:
+        others = ", ".join(s for s in report.surveys if s != report.survey)
+        return head + "\n(no answers)" + (f"; surveys with answers: {others}" if others else "")
+    if report.by == "cohort":
+        rows = [[r["cohort"], *_nps_cells(r)] for r in report.rows]
+        return _table(head, ["cohort", *figures], rows)
+    if report.by == "churn":
+        rows = [[r["period"] + ("" if r["complete"] else LIVE_MARK), group,
+                 *_nps_cells(r[group])] for r in report.rows for group in ("retained", "churned")]
+        text = _table(head + "\nanswerers active in the next period (retained) or not (churned)",
+                      ["period", "group", *figures], rows, left=(1,))
+        if any(not r["complete"] for r in report.rows):
+            text += f"\n{LIVE_MARK} the next period has not ended yet: live numbers"
+        return text
+    rows = [[r["period"] + (LIVE_MARK if r["period"] == report.live_period else ""),
+             *_nps_cells(r)] for r in report.rows]
+    text = _table(head, ["period", *figures], rows)
+    if report.live_period is not None:
+        text += f"\n{LIVE_MARK} the period has not ended yet: live numbers"
+    return text

@@ -10,12 +10,18 @@ import os
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from retention_tracker.streams.calendar import MS_PER_DAY
-from retention_tracker.streams.events import APP_NAME_RE, CURRENCY_RE
+from retention_tracker.streams.events import (
+    ACTIVITY_TYPE_RE,
+    APP_NAME_RE,
+    CURRENCY_RE,
+    EVENT_TYPES,
+    SURVEY,
+)
 from retention_tracker.streams.segments import SegmentRules, money_units
 
 if TYPE_CHECKING:
@@ -73,11 +79,22 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("METRICS_TOKEN", "bearer token /metrics requires (empty: none)"),
     SettingDoc("TIMEZONE", "IANA timezone of apps not named in APP_TIMEZONES"),
     SettingDoc("APP_TIMEZONES", "per-app timezones: app=Zone,app2=Zone2"),
+    SettingDoc("ACTIVITY_EVENTS",
+               "custom event types that count as activity like a session, e.g. "
+               "bet,deposit,level_up (others: dead-lettered as unknown_type)"),
+    SettingDoc("RETURN_EVENTS",
+               "event types that can define a return, e.g. purchase: report --returning "
+               "purchase counts a user back in a period only if it sent one then"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
-    SettingDoc("VIP_REVENUE", "lifetime revenue (CURRENCY) that makes a user VIP"),
+    SettingDoc("APP_CURRENCIES", "per-app currencies: app=EUR,app2=BRL (others: CURRENCY)"),
+    SettingDoc("VIP_REVENUE", "lifetime revenue (the app's currency) that makes a user VIP"),
+    SettingDoc("APP_VIP_REVENUE", "per-app VIP revenue bars: app=500,app2=50"),
     SettingDoc("VIP_PURCHASES", "lifetime purchase count that makes a user VIP"),
+    SettingDoc("APP_VIP_PURCHASES", "per-app VIP purchase counts: app=20,app2=5"),
     SettingDoc("INACTIVITY_THRESHOLDS",
                "days of inactivity that notify, e.g. 1,2,7,30; empty: win-back off"),
+    SettingDoc("APP_INACTIVITY_THRESHOLDS",
+               "per-app thresholds: app=1/2/7,app2=30 (others: INACTIVITY_THRESHOLDS)"),
     SettingDoc("WINBACK_MAX_DELAY",
                "a notification whose moment is further behind now is counted expired, not sent",
                attribute="winback_max_delay_ms", duration=True),
@@ -233,6 +250,42 @@ def _app_timezones(raw: str) -> dict[str, str]:
     return zones
 
 
+def _per_app(name: str, raw: str, value: Any) -> dict[str, Any]:
+    """``app=value,app2=value2``: ``value`` parses (and checks) one value, raising
+    ConfigError or ValueError with the reason."""
+    found: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        app, sep, text = item.partition("=")
+        app, text = app.strip(), text.strip()
+        if not sep or not APP_NAME_RE.match(app) or not text:
+            raise ConfigError(f"{name}: expected app=value, got {item!r}")
+        try:
+            found[app] = value(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}[{app}]: {exc}") from None
+    return found
+
+
+def _currency_code(text: str) -> str:
+    if not CURRENCY_RE.match(text):
+        raise ValueError(f"{text!r} must be an ISO 4217 code such as USD")
+    return text
+
+
+def _positive_number(text: str) -> float:
+    number = float(text)
+    if not 0 <= number < float("inf"):
+        raise ValueError(f"{text!r} must be a finite number >= 0")
+    return number
+
+
+def _count(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return number
+
+
 def _list(name: str, raw: str) -> tuple[str, ...]:
     items = tuple(p.strip() for p in raw.split(",") if p.strip())
     if not items:
@@ -259,12 +312,52 @@ _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": MS_P
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*\Z")
 
 
+def _app_days(text: str) -> tuple[int, ...]:
+    """One app's thresholds: days >= 1 joined by '/' (``1/2/7``)."""
+    try:
+        values = tuple(sorted({int(p) for p in text.split("/") if p.strip()}))
+    except ValueError:
+        raise ValueError(f"{text!r} must be whole days joined by /, e.g. 1/2/7") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"{text!r} must name days >= 1")
+    return values
+
+
 def _duration_ms(name: str, raw: str) -> int:
     """``24h``, ``90m``, ``2d``, ``3600s``: a number and a unit (ms, s, m, h, d)."""
     found = _DURATION_RE.match(raw)
     if not found:
         raise ConfigError(f"{name}={raw!r} must be a duration such as 24h, 90m or 2d")
     return int(float(found[1]) * _DURATION_UNITS_MS[found[2]])
+
+
+def _activity_types(raw: str) -> tuple[str, ...]:
+    """ACTIVITY_EVENTS: custom type names, each once, in the order given; spelt like app
+    names (they label the accepted-events counters) and none of the built-in types."""
+    names: list[str] = []
+    for name in filter(None, (part.strip() for part in raw.split(","))):
+        if not ACTIVITY_TYPE_RE.match(name):
+            raise ConfigError(f"ACTIVITY_EVENTS: {name!r} must be 1-64 chars of "
+                              "[A-Za-z0-9._-]")
+        if name in EVENT_TYPES:
+            raise ConfigError(f"ACTIVITY_EVENTS: {name!r} is a built-in event type")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _return_types(raw: str, activity: tuple[str, ...]) -> tuple[str, ...]:
+    """RETURN_EVENTS: activity types (built-in or ACTIVITY_EVENTS), each once; a survey
+    answer is no activity, so it cannot be a return."""
+    allowed = (*(t for t in EVENT_TYPES if t != SURVEY), *activity)
+    names: list[str] = []
+    for name in filter(None, (part.strip() for part in raw.split(","))):
+        if name not in allowed:
+            raise ConfigError(f"RETURN_EVENTS: {name!r} is not an activity type (one of "
+                              f"{', '.join(allowed)}; custom types go in ACTIVITY_EVENTS)")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _pattern(raw: str) -> str:
@@ -303,10 +396,16 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
+    activity_events: tuple[str, ...] = ()
+    return_events: tuple[str, ...] = ()
     currency: str = "USD"
+    app_currencies: Mapping[str, str] = field(default_factory=dict)
     vip_revenue: float = 100.0
+    app_vip_revenue: Mapping[str, float] = field(default_factory=dict)
     vip_purchases: int = 10
+    app_vip_purchases: Mapping[str, int] = field(default_factory=dict)
     inactivity_thresholds: tuple[int, ...] = (2,)
+    app_inactivity_thresholds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     inactive_topic_pattern: str = "users.inactive.{days}d"
     reactivated_topic: str = "users.reactivated"
     quick_churn_days: int = 7
@@ -367,11 +466,23 @@ class Settings:
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
             timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
+            activity_events=_activity_types(env.get("ACTIVITY_EVENTS", "")),
+            return_events=_return_types(env.get("RETURN_EVENTS", ""),
+                                        _activity_types(env.get("ACTIVITY_EVENTS", ""))),
             currency=_currency(raw("CURRENCY")),
+            app_currencies=_per_app("APP_CURRENCIES", env.get("APP_CURRENCIES", ""),
+                                    _currency_code),
             vip_revenue=_float(env, "VIP_REVENUE", d.vip_revenue),
+            app_vip_revenue=_per_app("APP_VIP_REVENUE", env.get("APP_VIP_REVENUE", ""),
+                                     _positive_number),
             vip_purchases=_int(env, "VIP_PURCHASES", d.vip_purchases, minimum=1),
+            app_vip_purchases=_per_app("APP_VIP_PURCHASES", env.get("APP_VIP_PURCHASES", ""),
+                                       _count),
             inactivity_thresholds=_days_list(
                 env.get("INACTIVITY_THRESHOLDS", DEFAULT_TEXT["INACTIVITY_THRESHOLDS"])),
+            app_inactivity_thresholds=_per_app(
+                "APP_INACTIVITY_THRESHOLDS", env.get("APP_INACTIVITY_THRESHOLDS", ""),
+                _app_days),
             winback_max_delay_ms=_duration_ms("WINBACK_MAX_DELAY", raw("WINBACK_MAX_DELAY")),
             inactive_topic_pattern=_pattern(raw("INACTIVE_TOPIC_PATTERN")),
             reactivated_topic=raw("REACTIVATED_TOPIC"),
@@ -398,8 +509,18 @@ class Settings:
             heartbeat_ms=_int(env, "HEARTBEAT_MS", d.heartbeat_ms, minimum=100),
         )
 
+    @property
+    def activity_types(self) -> frozenset[str]:
+        """ACTIVITY_EVENTS as the parser takes them."""
+        return frozenset(self.activity_events)
+
     def timezone_of(self, app: str) -> str:
         return self.app_timezones.get(app, self.timezone)
+
+    def currency_of(self, app: str) -> str:
+        """The app's currency (APP_CURRENCIES, else CURRENCY): purchases without one, install
+        costs, the VIP revenue bar, ROAS."""
+        return self.app_currencies.get(app, self.currency)
 
     def winback_rules(self) -> WinbackRules:
         from retention_tracker.streams.winback import (
@@ -407,7 +528,17 @@ class Settings:
         )
 
         return WinbackRules(self.inactivity_thresholds, self.winback_max_delay_ms,
-                            self.quick_churn_days)
+                            self.quick_churn_days, dict(self.app_inactivity_thresholds))
+
+    def inactivity_thresholds_of(self, app: str) -> tuple[int, ...]:
+        """The app's thresholds (APP_INACTIVITY_THRESHOLDS, else INACTIVITY_THRESHOLDS)."""
+        return self.app_inactivity_thresholds.get(app, self.inactivity_thresholds)
+
+    @property
+    def every_inactivity_threshold(self) -> tuple[int, ...]:
+        """Every threshold some app has: the topics and due sets there are."""
+        per_app = (d for days in self.app_inactivity_thresholds.values() for d in days)
+        return tuple(sorted({*self.inactivity_thresholds, *per_app}))
 
     def inactive_topic(self, days: int) -> str:
         return self.inactive_topic_pattern.replace("{days}", str(days))
@@ -463,9 +594,16 @@ def _duration_text(ms: int) -> str:
 DEFAULT_TEXT = {doc.env: doc.default for doc in SETTINGS_DOC}
 
 def segment_rules(settings: Settings) -> SegmentRules:
-    """The value-segment bars and default currency these settings give."""
-    return SegmentRules(
-        default_currency=settings.currency,
-        vip_revenue_units=money_units(settings.vip_revenue),
-        vip_purchases=settings.vip_purchases,
-    )
+    """The value-segment bars and default currency these settings give: the global ones,
+    and ``per_app`` those of the apps with their own (``rules.for_app(app)``)."""
+    def of(app: str | None) -> SegmentRules:
+        return SegmentRules(
+            default_currency=settings.currency_of(app) if app else settings.currency,
+            vip_revenue_units=money_units(settings.app_vip_revenue.get(app or "",
+                                                                       settings.vip_revenue)),
+            vip_purchases=settings.app_vip_purchases.get(app or "", settings.vip_purchases),
+            return_types=frozenset(settings.return_events),
+        )
+
+    apps = {*settings.app_currencies, *settings.app_vip_revenue, *settings.app_vip_purchases}
+    return replace(of(None), per_app={app: of(app) for app in sorted(apps)})

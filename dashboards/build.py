@@ -249,7 +249,32 @@ def triangle_expr(kind: str) -> str:
     )
 
 
-def triangle(kind: str, description: str) -> table_b.Panel:
+def returning_expr() -> str:
+    """Complete cells of the daily cohorts' retention on the returning event chosen in the
+    ``returning`` variable, plus each cohort's size as offset=size."""
+    return (
+        'max by (cohort, offset) (retention_cohort_returning{app="$app", type="$returning", '
+        'offset!="0"}) and on (cohort, offset) '
+        '(max by (cohort, offset) (retention_cohort_complete{app="$app"}) == 1) '
+        'or label_replace(max by (cohort) (retention_cohort_size{app="$app"}), '
+        '"offset", "size", "", "")'
+    )
+
+
+def returning_variable() -> dash_b.QueryVariable:
+    """The returning event types (RETURN_EVENTS) the workers export."""
+    return (
+        dash_b.QueryVariable("returning")
+        .label("Returning event")
+        .datasource(DATASOURCE)
+        .query("label_values(retention_cohort_returning, type)")
+        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def triangle(kind: str, description: str, expr: str | None = None,
+             title: str | None = None) -> table_b.Panel:
     corner = "cohort\\offset"  # the name groupingToMatrix gives the row-label column
     order = {corner: 0, "size": 1, **{str(n): i + 2 for i, n in enumerate(OFFSETS)}}
     names = {corner: "cohort", **{str(n): f"D{n}" for n in OFFSETS}}
@@ -259,10 +284,10 @@ def triangle(kind: str, description: str) -> table_b.Panel:
     ]
     return (
         table_b.Panel()
-        .title(f"Daily cohorts, {kind} retention")
+        .title(title or f"Daily cohorts, {kind} retention")
         .description(description)
         .datasource(DATASOURCE)
-        .targets([query(triangle_expr(kind), "", ("cohort", "offset"), table=True)])
+        .targets([query(expr or triangle_expr(kind), "", ("cohort", "offset"), table=True)])
         .unit("percentunit")
         .decimals(1)
         .min(0)
@@ -307,13 +332,51 @@ def retention() -> dash_b.Dashboard:
         description="A latest value well below its mean7 is what the RetentionHeadlineDrop "
         "alert fires on.",
     ))
+    board = with_panels(board, _satisfaction())
     board = board.with_panel(triangle(
         "classic", "Share of each daily cohort active on day N exactly (classic retention).",
     ))
     board = board.with_panel(triangle(
         "rolling", "Share of each daily cohort active on day N or later (rolling retention).",
     ))
+    board = board.with_variable(returning_variable())
+    board = board.with_panel(triangle(
+        "classic", "Share of each daily cohort that sent the returning event chosen above "
+        "(RETURN_EVENTS: purchase for payer retention, or a game event) on day N exactly: "
+        "`retention report --returning TYPE` has weeks, months, rolling and live cells.",
+        returning_expr(), "Daily cohorts, retention on the returning event $returning",
+    ))
     return board
+
+
+def _satisfaction() -> list[Panel]:
+    """METRICS.md §8: NPS now, and of last period's answerers who stayed against those who
+    left (satisfaction paired with churn)."""
+    survey = ("app", "period", "survey")
+    return [
+        timeseries(
+            "Satisfaction (NPS) this week, month and year",
+            [query('max by (app, period, survey) (retention_nps{app="$app"})',
+                   "{{period}} {{survey}}", survey),
+             query('max by (app, period, survey) (retention_nps_answers{app="$app"})',
+                   "answers {{period}} {{survey}}", survey)],
+            width=12,
+            description="NPS = promoters (9-10) minus detractors (0-6) per 100 answers, each "
+            "user's latest answer in the period so far; answers on the right axis. "
+            "`retention nps` has every period, cohort and segment.",
+        ).override_by_regexp("answers .*", [
+            dash_m.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]),
+        timeseries(
+            "NPS of last period's answerers: retained vs churned",
+            [query('max by (app, period, survey, group) (retention_nps_previous{app="$app"})',
+                   "{{period}} {{survey}} {{group}}", (*survey, "group"))],
+            width=12,
+            description="Of the users who answered in the previous week, month or year: "
+            "the NPS of those active again in the current one (retained) and of the others "
+            "(churned, so far). Unhappy users leave: a gap here says satisfaction drives "
+            "churn.",
+        ),
+    ]
 
 
 # ---- Pipeline ------------------------------------------------------------------------------
@@ -530,6 +593,22 @@ def money() -> dash_b.Dashboard:
         [query(app_gauge("retention_payers"), "payers", ("app",)),
          query(app_gauge("retention_dau"), "DAU", ("app",))],
         description="How many of today's active users paid.",
+    ))
+    board = board.with_panel(timeseries(
+        "Revenue this week, month and year: new vs returning users",
+        [query('max by (app, period, users, currency) (retention_period_revenue{app="$app"})',
+               "{{period}} {{users}} {{currency}}", ("app", "period", "users", "currency"))],
+        description="Revenue of the current week, month and year so far, from the users "
+        "first seen in it (new) and from the others (returning): how much of the money "
+        "comes from users who came back. `retention kpis --period week|month|year` has "
+        "every period.",
+    ))
+    board = board.with_panel(timeseries(
+        "Payers this week, month and year: new vs returning users",
+        [query('max by (app, period, users) (retention_period_payers{app="$app"})',
+               "{{period}} {{users}}", ("app", "period", "users"))],
+        description="Users paying in the current week, month and year so far: first seen "
+        "in it (new) or before (returning).",
     ))
     board = board.with_panel(cohort_money(
         "LTV by daily cohort and day N", "retention_cohort_ltv", "short",

@@ -30,10 +30,16 @@ from retention_tracker.streams.calendar import (
     date_to_day,
     day_to_date,
     period_label,
+    period_of_day,
     utc_now_ms,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
-from retention_tracker.streams.events import CURRENCY_RE, FORWARD_CAUSES
+from retention_tracker.streams.events import (
+    CURRENCY_RE,
+    DEFAULT_SURVEY,
+    FORWARD_CAUSES,
+    SURVEY_NAME_RE,
+)
 from retention_tracker.streams.figures import (
     KINDS,
     KPI_MEASURES,
@@ -50,8 +56,17 @@ from retention_tracker.streams.figures import (
     last_day_with_data,
     money_of_day,
     money_rows,
+    new_and_returning,
     rate,
     revenue_currencies,
+)
+from retention_tracker.streams.nps import (
+    NPS_PERIODS,
+    nps_churn_rows,
+    nps_cohort_rows,
+    nps_figures,
+    nps_rows,
+    surveys_of,
 )
 from retention_tracker.streams.plan import ALL_USERS, segments_of
 from retention_tracker.streams.reports import (
@@ -62,6 +77,7 @@ from retention_tracker.streams.reports import (
     HeadlineReport,
     KpisReport,
     LiveFigures,
+    NpsReport,
     PipelineReport,
     RepeatPurchaseReport,
     SummaryReport,
@@ -159,16 +175,17 @@ def check_window(date_from: date | None, date_to: date | None) -> None:
 def money_currency(
     settings: Settings, app: str, kind: str, currency: str | None,
     ltv_cells: Counter[Coordinates]) -> str:
-    """The currency of an ltv or roas triangle: one the app has revenue in (or CURRENCY);
-    ROAS only in CURRENCY, the currency install costs are kept in (no FX)."""
-    currency = currency or settings.currency
+    """The currency of an ltv or roas triangle: one the app has revenue in (or the app's
+    currency); ROAS only in the app's currency, the one install costs are kept in (no FX)."""
+    own = settings.currency_of(app)
+    currency = currency or own
     if not CURRENCY_RE.match(currency):
         raise QueryError(f"{currency!r} must be an ISO 4217 code such as USD", "currency")
-    if kind == "roas" and currency != settings.currency:
+    if kind == "roas" and currency != own:
         raise QueryError(
-            f"ROAS divides revenue by install costs, which are kept in {settings.currency} "
-            f"(CURRENCY); ROAS in {currency} would need exchange rates", "currency")
-    known = {cell[-1] for cell, v in ltv_cells.items() if v} | {settings.currency}
+            f"ROAS divides revenue by install costs, which are kept in {own} (the app's "
+            f"currency); ROAS in {currency} would need exchange rates", "currency")
+    known = {cell[-1] for cell, v in ltv_cells.items() if v} | {own}
     if currency not in known:
         raise QueryError(f"no revenue in {currency} for app {app!r} "
                          f"(currencies: {', '.join(sorted(known))})", "currency")
@@ -190,11 +207,21 @@ async def cohort_report(
     date_to: date | None = None,
     where: Sequence[str] = (),
     currency: str | None = None,
+    returning: str | None = None,
 ) -> CohortReport:
+    """A cohort triangle: retention (classic, rolling; on any activity, or with
+    ``returning`` on that event type of RETURN_EVENTS only) or money."""
     if granularity not in GRANULARITIES:
         raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
     if kind not in KINDS + MONEY_KINDS:
         raise QueryError(f"one of {', '.join(KINDS + MONEY_KINDS)}", "kind")
+    if returning is not None:
+        if returning not in settings.return_events:
+            named = ", ".join(settings.return_events) or "none"
+            raise QueryError(f"{returning!r} is not in RETURN_EVENTS (set: {named}): its days "
+                             "are not kept", "returning")
+        if kind not in KINDS:
+            raise QueryError("retention on a returning event is classic or rolling", "kind")
     check_window(date_from, date_to)
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
@@ -206,7 +233,12 @@ async def cohort_report(
     last_day = last_day_with_data(await read_daily(store, app, segment))
     sizes = await family(Measure.COHORT_SIZE)
     shown_currency = None
-    if kind in KINDS:
+    if kind in KINDS and returning is not None:
+        typed = await family(Measure.RETURNED if kind == "classic" else Measure.LAST_RETURN)
+        cells = Counter({(c, n): v for (c, n, t), v in typed.items() if t == returning})
+        rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
+                           date_from, date_to)
+    elif kind in KINDS:
         cells = await family(Measure.CLASSIC if kind == "classic" else Measure.LAST_ACTIVE)
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
@@ -216,12 +248,12 @@ async def cohort_report(
         if kind != "payer_conversion":
             currency = shown_currency = money_currency(settings, app, kind, currency, cells)
         else:
-            currency = currency or settings.currency  # unused: conversion counts users
+            currency = currency or settings.currency_of(app)  # unused: counts users
         costs = await family(Measure.COST) if kind == "roas" else Counter()
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
     return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
-                        shown_currency, iso_time(now), tuple(rows))
+                        shown_currency, iso_time(now), tuple(rows), returning)
 
 
 async def summary_report(
@@ -320,7 +352,10 @@ async def daily_report(
 async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
     """The apps with data and what the page's pickers offer."""
     zones = await store.app_timezones()
-    return AppsReport(tuple({"app": app, "timezone": zones[app]} for app in sorted(zones)),
+    return AppsReport(tuple({"app": app, "timezone": zones[app],
+                             "currency": settings.currency_of(app),
+                             "thresholds": list(settings.inactivity_thresholds_of(app))}
+                            for app in sorted(zones)),
                       settings.currency, tuple(settings.inactivity_thresholds),
                       tuple(SEGMENT_ATTRIBUTES), tuple(VALUE_SEGMENTS))
 
@@ -387,10 +422,9 @@ async def winback_figures(
     within 7 days, overall, per value segment and per churn type. ``stats``: the counters
     already read, when the caller covers several apps."""
     stats = stats if stats is not None else parse_stats(await store.read_stats())
-    due_now = await store.due_counts(
-        app, settings.inactivity_thresholds, await now_ms(store, settings)
-    )
-    counts = winback_counts(stats, app, settings.inactivity_thresholds)
+    thresholds = settings.inactivity_thresholds_of(app)
+    due_now = await store.due_counts(app, thresholds, await now_ms(store, settings))
+    counts = winback_counts(stats, app, thresholds)
 
     def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
         def total(kind: Stat) -> int:
@@ -404,7 +438,7 @@ async def winback_figures(
         return out
 
     result: dict[str, Any] = {}
-    for days in settings.inactivity_thresholds:
+    for days in thresholds:
         result[str(days)] = {
             "inactive": stats.get((Stat.INACTIVE, app, days), 0) + due_now[days],
             "expired": stats.get((Stat.EXPIRED, app, days), 0),
@@ -420,7 +454,7 @@ async def kpis_report(
     where: Sequence[str] = (),
 ) -> KpisReport:
     if period not in KPI_PERIODS:
-        raise QueryError("week or month", "period")
+        raise QueryError(f"one of {', '.join(KPI_PERIODS)}", "period")
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
@@ -434,6 +468,43 @@ async def kpis_report(
         # §6: a period that has not ended is flagged; its CRR and churn are live numbers
         row["complete"] = calendar.period_end_ms(number, period) <= now
     return KpisReport(app, period, calendar.timezone, _segment_shown(segment), tuple(rows))
+
+
+NPS_BY = ("period", "cohort", "churn")
+
+
+async def nps_report(
+    store: RedisStore, settings: Settings, app: str, period: str = "week",
+    survey: str = DEFAULT_SURVEY, where: Sequence[str] = (), by: str = "period",
+) -> NpsReport:
+    """NPS of one survey (METRICS.md §8) per period, per cohort or for churned against
+    retained answerers, from the NPS counters (no scan)."""
+    if period not in NPS_PERIODS:
+        raise QueryError(f"one of {', '.join(NPS_PERIODS)}", "period")
+    if by not in NPS_BY:
+        raise QueryError(f"one of {', '.join(NPS_BY)}", "by")
+    if not SURVEY_NAME_RE.match(survey):
+        raise QueryError(f"{survey!r}: 1-64 chars of [A-Za-z0-9._-]", "survey")
+    segment = segment_of(where)
+    calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
+    cells = await read_measure(store, app, Measure.NPS, period, segment)
+
+    def label(number: int) -> str:
+        return period_label(number, period)
+
+    if by == "cohort":
+        rows = nps_cohort_rows(await read_measure(store, app, Measure.NPS_COHORT, period,
+                                                  segment), survey, label)
+    elif by == "churn":
+        rows = [{**row, "complete": calendar.period_end_ms(number + 1, period) <= now}
+                for number, row in nps_churn_rows(cells, survey, label)]
+    else:
+        rows = nps_rows(cells, survey, label)
+    current = label(period_of_day(calendar.day_of(now), period))
+    live = current if by != "cohort" and any(r["period"] == current for r in rows) else None
+    return NpsReport(app, period, survey, by, calendar.timezone, _segment_shown(segment),
+                     iso_time(now), tuple(surveys_of(cells)), live, tuple(rows))
 
 
 async def repeat_purchase_report(
@@ -465,7 +536,7 @@ async def repeat_purchase_report(
     if date_from or date_to:
         low = date_to_day(date_from) if date_from else None
         high = date_to_day(date_to) if date_to else None
-        rules = segment_rules(settings)
+        rules = segment_rules(settings).for_app(app)
         buyers = repeat = 0
         async for state in store.scan_users(app):
             if segment != ALL_USERS and segment not in segments_of(state, rules):
@@ -539,6 +610,18 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             kind: [r for r in kind_rows if r["cohort"] >= first_shown]
             for kind, kind_rows in rows.items()
         }
+        periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
+                                                   revenue_currencies(daily))
+                   for g in KPI_PERIODS}
+        satisfaction = {g: await _current_nps(store, app, g, calendar.day_of(now))
+                        for g in NPS_PERIODS}
+        returning: dict[str, tuple[dict[str, Any], ...]] = {}  # RETURN_EVENTS: per type
+        for event_type in settings.return_events:
+            typed = await read_cells(store, app, Measure.RETURNED, "day",
+                                     [(c, n, event_type) for c, n in cells])
+            rows_of = cohort_rows(sizes, Counter({(c, n): v for (c, n, _), v in typed.items()}),
+                                  "classic", "day", calendar, now, today)
+            returning[event_type] = tuple(r for r in rows_of if r["cohort"] >= first_shown)
         apps[app] = AppFigures(
             winback=await winback_figures(store, settings, app, stats),
             summary=summary,
@@ -546,8 +629,47 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             money=await _recent_money(store, settings, app, calendar, now, today, daily),
             headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
+            periods=periods,
+            nps=satisfaction,
+            returning=returning,
         )
     return LiveFigures(now, apps, raw_stats)
+
+
+async def _current_period_money(store: RedisStore, app: str, granularity: str, today: int,
+                                currencies: list[str]) -> dict[str, Any]:
+    """The current week, month or year's revenue and payers split between its new and its
+    returning users (METRICS.md §6), from the few counters that hold them."""
+    period = period_of_day(today, granularity)
+    families = {
+        Measure.PERIOD_REVENUE: await read_cells(store, app, Measure.PERIOD_REVENUE, granularity,
+                                                 [(period, c) for c in currencies]),
+        Measure.LTV: await read_cells(store, app, Measure.LTV, granularity,
+                                      [(period, 0, c) for c in currencies]),
+        Measure.PERIOD_PAYERS: await read_cells(store, app, Measure.PERIOD_PAYERS, granularity,
+                                                [(period,)]),
+        Measure.FIRST_PAYMENT: await read_cells(store, app, Measure.FIRST_PAYMENT, granularity,
+                                                [(period, 0)]),
+    }
+    return {"period": period_label(period, granularity), **new_and_returning(families, period)}
+
+
+async def _current_nps(store: RedisStore, app: str, granularity: str, today: int
+                       ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per survey with answers in the current or the previous week, month or year: the
+    current period's NPS so far, and the previous period's answerers split between those
+    active in the current period (retained) and the others (churned)."""
+    period = period_of_day(today, granularity)
+    cells = await read_measure(store, app, Measure.NPS, granularity)
+    out: dict[str, dict[str, dict[int, int]]] = {}
+    for (number, kind, retained, survey), n in cells.items():
+        if number not in (period, period - 1) or not n:
+            continue
+        group = "current" if number == period else ("retained" if retained else "churned")
+        counts = out.setdefault(survey, {}).setdefault(group, {})
+        counts[kind] = counts.get(kind, 0) + n
+    return {survey: {group: nps_figures(counts) for group, counts in groups.items()}
+            for survey, groups in out.items()}
 
 
 async def _recent_money(
@@ -567,7 +689,7 @@ async def _recent_money(
         cells = await read_cells(store, app, Measure.LTV, "day", fields)
         out["ltv"][currency] = money_rows(sizes, cells, costs, "ltv", "day", currency,
                                           calendar, now, today)
-        if currency == settings.currency:
+        if currency == settings.currency_of(app):
             out["roas"][currency] = money_rows(sizes, cells, costs, "roas", "day", currency,
                                                calendar, now, today)
     return out

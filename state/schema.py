@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from retention_tracker.streams.calendar import GRANULARITIES
+from retention_tracker.streams.calendar import PERIOD_GRANULARITIES
 from retention_tracker.streams.counters import DAILY_MEASURES, Cell, Measure, Stat
 from retention_tracker.streams.user_state import UserKey
 
@@ -125,13 +125,17 @@ _PERIOD_NAME = {
     Measure.LOST: "lost", Measure.LAST_ACTIVE: "last", Measure.COST: "cost",
     Measure.LTV: "ltv", Measure.PERIOD_REVENUE: "prev", Measure.FIRST_PAYMENT: "fpay",
     Measure.PERIOD_PAYERS: "ppay", Measure.REPEAT_PAYERS: "prep", Measure.REPEAT_BUYERS: "rpc",
+    Measure.NPS: "nps", Measure.NPS_COHORT: "npsc", Measure.RETURNED: "ret",
+    Measure.LAST_RETURN: "lret",
 }
 assert set(_DAILY_PREFIX) == DAILY_MEASURES and set(_PERIOD_NAME).isdisjoint(DAILY_MEASURES)
 _DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in _DAILY_PREFIX.items()}
 _DAILY_OF_NAME = {name: m for m, name in _DAILY_PREFIX.items()}
-_PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in _PERIOD_NAME.items() for g in GRANULARITIES}
-#: Coordinates that are text (a currency); every other coordinate is an integer.
-_TEXT_LAST = frozenset({Measure.REVENUE, Measure.LTV, Measure.PERIOD_REVENUE})
+_PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in _PERIOD_NAME.items()
+                  for g in PERIOD_GRANULARITIES}
+#: Coordinates that are text (a currency, a survey name); every other one is an integer.
+_TEXT_LAST = frozenset({Measure.REVENUE, Measure.LTV, Measure.PERIOD_REVENUE, Measure.NPS,
+                        Measure.NPS_COHORT, Measure.RETURNED, Measure.LAST_RETURN})
 
 
 def family_name(measure: Measure, granularity: str | None = None) -> str:

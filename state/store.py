@@ -13,7 +13,7 @@ import logging
 import os
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -239,10 +239,11 @@ class RedisStore:
         loaded: LoadedBatch,
         next_offsets: Mapping[str, int],
         plan: Plan,
-        inactivity_days: Iterable[int] = (),
+        inactivity_days: Iterable[int] | Callable[[str], Iterable[int]] = (),
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
-        conflict (nothing was written)."""
+        conflict (nothing was written). ``inactivity_days``: the thresholds whose due sets
+        hold the users, or the thresholds of each app (APP_INACTIVITY_THRESHOLDS)."""
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
@@ -250,8 +251,10 @@ class RedisStore:
             ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
             lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
         due_add: list[object] = []
+        of_app = inactivity_days if callable(inactivity_days) else None
+        every = () if callable(inactivity_days) else tuple(inactivity_days)
         for user, last_ms in plan.due.items():
-            for days in inactivity_days:
+            for days in of_app(user[0]) if of_app is not None else every:
                 due_add += (keys.of(self.keys.due(shard, days)),
                             str(last_ms + days * MS_PER_DAY), due_member(user))
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {

@@ -14,6 +14,9 @@ from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 GRANULARITIES = ("day", "week", "month")
+#: Every granularity the state keeps period counters in: the cohort granularities, and
+#: years for the period KPIs (METRICS.md §6; no cohort triangles by year).
+PERIOD_GRANULARITIES = (*GRANULARITIES, "year")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MS_PER_DAY = 86_400_000  # the one definition: every module takes it from here
 
@@ -32,11 +35,17 @@ def _month_of_day(day: int) -> int:
     return d.year * 12 + d.month - 1
 
 
+def _year_of_day(day: int) -> int:
+    return _month_of_day(day) // 12
+
+
 def period_of_day(day: int, granularity: str) -> int:
     if granularity == "day":
         return day
     if granularity == "week":
         return (day + 3) // 7  # 1970-01-01 is a Thursday; its ISO week starts on day -3
+    if granularity == "year":
+        return _year_of_day(day)  # the calendar year itself
     return _month_of_day(day)
 
 
@@ -45,6 +54,8 @@ def period_start_day(period: int, granularity: str) -> int:
         return period
     if granularity == "week":
         return period * 7 - 3
+    if granularity == "year":
+        return date_to_day(date(period, 1, 1))
     return date_to_day(date(period // 12, period % 12 + 1, 1))
 
 
@@ -54,6 +65,8 @@ def period_label(period: int, granularity: str) -> str:
     if granularity == "week":
         year, week, _ = day_to_date(period_start_day(period, "week")).isocalendar()
         return f"{year}-W{week:02d}"
+    if granularity == "year":
+        return f"{period:04d}"
     return f"{period // 12:04d}-{period % 12 + 1:02d}"
 
 
@@ -64,6 +77,8 @@ def periods_of_days(days: Iterable[int], granularity: str) -> set[int]:
         return set(days)
     if granularity == "week":
         return {(day + 3) // 7 for day in days}
+    if granularity == "year":
+        return {_year_of_day(day) for day in days}
     return {_month_of_day(day) for day in days}
 
 

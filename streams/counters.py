@@ -45,6 +45,13 @@ class Measure(IntEnum):
     PERIOD_PAYERS = 19  # (period): users paying in the period
     REPEAT_PAYERS = 20  # (period): users with two purchases or more in the period
     REPEAT_BUYERS = 21  # (cohort, n): buyers of the cohort with at least n (1, 2) purchases
+    # survey answers (streams/nps.py), per week, month and year: class 0 detractor,
+    # 1 passive, 2 promoter; retained 1 when the user is active in the next period
+    NPS = 22  # (period, class, retained, survey): users' latest answers in the period
+    NPS_COHORT = 23  # (cohort, offset, class, survey): the same, by the users' cohort
+    # RETURN_EVENTS (streams/returning.py): retention on a chosen returning event type
+    RETURNED = 24  # (cohort, offset, type): users of the cohort sending type in cohort+offset
+    LAST_RETURN = 25  # (cohort, offset, type): users whose last period with type is that one
 
 
 #: The measures kept one per day (the others are kept per granularity).

@@ -18,7 +18,18 @@ import orjson
 from retention_tracker.streams.calendar import MS_PER_DAY
 
 APP_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # with .match: \Z, unlike $, refuses "a\n"
-EVENT_TYPES = ("install", "session", "purchase")
+EVENT_TYPES = ("install", "session", "purchase", "survey")
+#: A survey answer (METRICS.md §8): a score, not activity.
+SURVEY = "survey"
+DEFAULT_SURVEY = "nps"  # the survey an answer without a ``survey`` name belongs to
+MAX_SCORE = 10
+#: Survey names label counters and metrics: spelt like app names (the contract's "string
+#: <= 64", narrowed so a name never needs escaping in a stored field or a label).
+SURVEY_NAME_RE = APP_NAME_RE
+#: Custom activity types (ACTIVITY_EVENTS: bet, deposit, level_up ...) count as activity like
+#: a session; their names are spelt like app names (they label counters and metrics).
+ACTIVITY_TYPE_RE = APP_NAME_RE
+NO_CUSTOM_TYPES: frozenset[str] = frozenset()
 FUTURE_TOLERANCE_MS = MS_PER_DAY
 CURRENCY_RE = re.compile(r"[A-Z]{3}\Z")  # an ISO 4217 code; with .match
 # money above this per event is a bug or an attack, and sums must fit Redis' 64-bit counters
@@ -65,6 +76,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     cost: float | None = None
     amount: float | None = None
     currency: str | None = None
+    score: int | None = None  # survey answers only
+    survey: str | None = None  # survey answers only: which survey (default "nps")
 
     def to_json(self) -> dict[str, Any]:
         """The canonical §1 form, as replay and the simulator produce it."""
@@ -75,7 +88,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
             "app": self.app,
             "ts": self.ts_ms,
         }
-        for name in ("platform", "country", "campaign", "cost", "amount", "currency"):
+        for name in ("platform", "country", "campaign", "cost", "amount", "currency", "score",
+                     "survey"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -138,16 +152,19 @@ def parse_ts_ms(value: Any) -> int:
     raise InvalidEvent("invalid_timestamp", "ts must be ISO-8601 or epoch milliseconds")
 
 
-def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event:
-    """One decoded JSON value -> Event, or InvalidEvent with the reason."""
+def validate_event(obj: Any, now_ms: int, default_app: str = "default",
+                   activity_types: frozenset[str] = NO_CUSTOM_TYPES) -> Event:
+    """One decoded JSON value -> Event, or InvalidEvent with the reason. ``activity_types``:
+    the custom activity types (ACTIVITY_EVENTS) accepted besides the built-in ones."""
     if not isinstance(obj, dict):
         raise InvalidEvent("not_an_object", "an event must be a JSON object")
     event_id = _bounded_str(obj, "event_id", 128, required=True)
     kind = obj.get("type")
     if kind is None:
         raise InvalidEvent("missing_field", "type")
-    if kind not in EVENT_TYPES:
-        raise InvalidEvent("unknown_type", "type must be install, session or purchase")
+    if kind not in EVENT_TYPES and not (isinstance(kind, str) and kind in activity_types):
+        raise InvalidEvent("unknown_type", "type must be install, session, purchase, survey "
+                           "or one of ACTIVITY_EVENTS")
     user_id = _bounded_str(obj, "user_id", 128, required=True)
     app = obj.get("app", default_app)
     if not isinstance(app, str) or not APP_NAME_RE.match(app):
@@ -162,6 +179,8 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event
     attributes = {name: _bounded_str(obj, name, 64, required=False) for name in _ATTRIBUTES}
     cost, amount, currency = _money(kind, obj.get("cost"), obj.get("amount"),
                                     obj.get("currency"))
+    score, survey = _answer(obj.get("score"), obj.get("survey")) if kind == SURVEY else (
+        None, None)
     return Event(
         app=app,
         event_id=event_id,  # type: ignore[arg-type]
@@ -171,7 +190,11 @@ def validate_event(obj: Any, now_ms: int, default_app: str = "default") -> Event
         cost=cost,
         amount=amount,
         currency=currency,
-        **attributes,
+        platform=attributes["platform"],
+        country=attributes["country"],
+        campaign=attributes["campaign"],
+        score=score,
+        survey=survey,
     )
 
 
@@ -189,6 +212,20 @@ def _money(kind: str, cost: Any, amount: Any, currency: Any
     if kind != "purchase":
         return cost, None, None
     return cost, amount, currency
+
+
+def _answer(score: Any, survey: Any) -> tuple[int, str]:
+    """A survey answer's checked (score, survey): ``score`` an integer 0-10 (required),
+    ``survey`` a name (default "nps")."""
+    if score is None:
+        raise InvalidEvent("missing_field", "score")
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= MAX_SCORE:
+        raise InvalidEvent("invalid_field", f"score must be an integer 0-{MAX_SCORE}")
+    if survey is None:
+        return score, DEFAULT_SURVEY
+    if not isinstance(survey, str) or not SURVEY_NAME_RE.match(survey):
+        raise InvalidEvent("invalid_field", "survey must be 1-64 chars of [A-Za-z0-9._-]")
+    return score, survey
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,28 +254,33 @@ class _WireEvent(msgspec.Struct):
     cost: Any = None
     amount: Any = None
     currency: Any = None
+    score: Any = None
+    survey: Any = None
 
 
 _WIRE = msgspec.json.Decoder(list[_WireEvent] | _WireEvent)
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
 
 
-def _accepted(wire: _WireEvent, now_ms: int) -> Event:
+def _accepted(wire: _WireEvent, now_ms: int, activity_types: frozenset[str]) -> Event:
     """The Event of a decoded wire event that ``validate_event`` would accept; any doubt
     raises InvalidEvent, and the caller then reads the message with ``validate_event``,
     which gives the reason."""
     kind = wire.type
-    if kind not in _KNOWN_TYPES or not APP_NAME_RE.match(wire.app):
+    if ((kind not in _KNOWN_TYPES and kind not in activity_types)
+            or not APP_NAME_RE.match(wire.app)):
         raise InvalidEvent("invalid_field", "read again by validate_event")
     ts_ms = parse_ts_ms(wire.ts)
     if ts_ms > now_ms + FUTURE_TOLERANCE_MS or ts_ms < MIN_TS_MS:
         raise InvalidEvent("invalid_timestamp", "read again by validate_event")
     cost, amount, currency = _money(kind, wire.cost, wire.amount, wire.currency)
+    score, survey = _answer(wire.score, wire.survey) if kind == SURVEY else (None, None)
     return Event(wire.app, wire.event_id, kind, wire.user_id, ts_ms, wire.platform,
-                 wire.country, wire.campaign, cost, amount, currency)
+                 wire.country, wire.campaign, cost, amount, currency, score, survey)
 
 
-def _read_fast(raw: bytes, now_ms: int, max_events: int) -> ParsedMessage | None:
+def _read_fast(raw: bytes, now_ms: int, max_events: int, activity_types: frozenset[str]
+               ) -> ParsedMessage | None:
     """Well-formed messages in one C pass (decoding and typing) plus the few checks left;
     None when anything is off (a bad field, too many events, not JSON), and the message
     is then read by ``validate_event``, whose reasons are the contract's."""
@@ -256,17 +298,19 @@ def _read_fast(raw: bytes, now_ms: int, max_events: int) -> ParsedMessage | None
             if not decoded or len(decoded) > max_events:
                 return None
             return ParsedMessage(
-                [(index, _accepted(wire, now_ms)) for index, wire in enumerate(decoded)], [])
-        return ParsedMessage([(-1, _accepted(decoded, now_ms))], [])
+                [(index, _accepted(wire, now_ms, activity_types))
+                 for index, wire in enumerate(decoded)], [])
+        return ParsedMessage([(-1, _accepted(decoded, now_ms, activity_types))], [])
     except InvalidEvent:
         return None
 
 
 def parse_message(
     raw: bytes | None, now_ms: int, max_bytes: int = 1 << 20, max_events: int = 1000,
-    fast: bool = True,
+    activity_types: frozenset[str] = NO_CUSTOM_TYPES, fast: bool = True,
 ) -> ParsedMessage:
-    """Decode one Kafka message value: one event object, or a JSON array of them. A
+    """Decode one Kafka message value: one event object, or a JSON array of them.
+    ``activity_types``: the custom activity types accepted (ACTIVITY_EVENTS). A
     well-formed message takes the fast reader; any other (and, with ``fast`` False, every
     one) is read object by object by ``validate_event``. Both give the same result for
     every input (tests/streams/test_events.py holds them to it)."""
@@ -275,7 +319,7 @@ def parse_message(
     if len(raw) > max_bytes:
         return ParsedMessage([], [Reject("message_too_large", f"{len(raw)} bytes > {max_bytes}")])
     if fast:
-        parsed = _read_fast(raw, now_ms, max_events)
+        parsed = _read_fast(raw, now_ms, max_events, activity_types)
         if parsed is not None:
             return parsed
     try:
@@ -295,7 +339,7 @@ def parse_message(
     rejects: list[Reject] = []
     for index, obj in items:
         try:
-            events.append((index, validate_event(obj, now_ms)))
+            events.append((index, validate_event(obj, now_ms, "default", activity_types)))
         except InvalidEvent as exc:
             rejects.append(Reject(exc.reason, exc.detail, index))
     if not items:

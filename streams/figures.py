@@ -26,7 +26,7 @@ from retention_tracker.streams.segments import money
 Coordinates = tuple[Any, ...]  # of one counter in its family: (cohort, offset), (period,) ...
 
 KINDS = ("classic", "rolling")
-KPI_PERIODS = ("week", "month")  # the periods period KPIs are given for
+KPI_PERIODS = ("week", "month", "year")  # the periods period KPIs are given for
 
 
 def rate(part: int, whole: int) -> float:
@@ -235,9 +235,31 @@ def money_of_day(daily: Mapping[Cell, int], day: int, dau: int) -> dict[str, Any
     }
 
 
-#: The families the period KPIs are computed from.
+#: The families the period KPIs are computed from. The split between new and returning
+#: users reads the cohort money families at offset 0: the revenue (LTV) and the payers
+#: (FIRST_PAYMENT: nobody pays before its first event) of period P's own cohort in P.
 KPI_MEASURES = (Measure.ACTIVE, Measure.COHORT_SIZE, Measure.LOST, Measure.PERIOD_PAYERS,
-                Measure.REPEAT_PAYERS, Measure.PERIOD_REVENUE)
+                Measure.REPEAT_PAYERS, Measure.PERIOD_REVENUE, Measure.LTV,
+                Measure.FIRST_PAYMENT)
+
+
+def new_and_returning(families: Mapping[Measure, Mapping[Coordinates, int]], period: int
+                      ) -> dict[str, Any]:
+    """Revenue (per currency) and payers of period ``period`` split between its new users
+    (first seen in it) and returning users (first seen before), METRICS.md §6."""
+    total = {currency: v for (p, currency), v in families[Measure.PERIOD_REVENUE].items()
+             if p == period and v}
+    new = {currency: v for (cohort, offset, currency), v in families[Measure.LTV].items()
+           if cohort == period and offset == 0 and v}
+    payers = families[Measure.PERIOD_PAYERS].get((period,), 0)
+    new_payers = families[Measure.FIRST_PAYMENT].get((period, 0), 0)
+    returning = {c: v - new.get(c, 0) for c, v in total.items() if v - new.get(c, 0)}
+    return {
+        "new_revenue": {c: money(v) for c, v in sorted(new.items())},
+        "returning_revenue": {c: money(v) for c, v in sorted(returning.items())},
+        "new_payers": new_payers,
+        "returning_payers": payers - new_payers,
+    }
 
 
 def kpi_rows(families: Mapping[Measure, Mapping[Coordinates, int]], granularity: str,
@@ -264,5 +286,6 @@ def kpi_rows(families: Mapping[Measure, Mapping[Coordinates, int]], granularity:
             "revenue": revenue,
             "payers": payers,
             "rpr": rate(families[Measure.REPEAT_PAYERS].get((period,), 0), payers),
+            **new_and_returning(families, period),
         })
     return rows

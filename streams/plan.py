@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from msgspec.structs import replace
+
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     MS_PER_DAY,
@@ -23,7 +25,9 @@ from retention_tracker.streams.calendar import (
     periods_of_days,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
-from retention_tracker.streams.events import Event
+from retention_tracker.streams.events import SURVEY, Event
+from retention_tracker.streams.nps import add_answers, add_nps_contributions
+from retention_tracker.streams.returning import add_return_contributions, changed_return_days
 from retention_tracker.streams.segments import (
     DEFAULT_RULES,
     SegmentRules,
@@ -107,6 +111,9 @@ def user_contributions(
     With ``into``, the contributions times ``sign`` are added to it: a delta is new's
     minus old's, with no Counter in between."""
     contrib: Counter[Cell] = Counter() if into is None else into
+    if not state.seen:  # known only by survey answers: they count, nothing else
+        add_nps_contributions(contrib, state, None, sign)
+        return contrib
     scoped = near_days is not None
     near: frozenset[int] = near_days if near_days is not None else state.active_days
     _add_daily(contrib, state, near, scoped, sign)
@@ -115,7 +122,35 @@ def user_contributions(
         near_periods = _add_periods(contrib, state, g, near, scoped, sign)
         if state.purchases:
             _add_period_money(contrib, state, g, near_periods, purchase_count, sign)
+    near_years = _add_years(contrib, state, near, scoped, sign)
+    if state.purchases:
+        _add_period_money(contrib, state, YEAR, near_years, purchase_count, sign)
+    if state.answers:
+        add_nps_contributions(contrib, state, near_days, sign)
+    if state.returns:
+        add_return_contributions(contrib, state, near_days, sign)
     return contrib
+
+
+YEAR = "year"
+
+
+def _add_years(contrib: Counter[Cell], state: UserState, near: frozenset[int],
+               scoped: bool, sign: int) -> set[int]:
+    """The yearly KPI counters (METRICS.md §6): cohort size (new users of the year), active
+    and lost per year; no cohort triangle by year. Returns the years a change can move."""
+    first_year = period_of_day(state.first_day, YEAR)
+    # most users' days lie in one year (first_day is the earliest active day): no set walk
+    active = ({first_year} if period_of_day(max(state.active_days), YEAR) == first_year
+              else periods_of_days(state.active_days, YEAR))
+    near_years = periods_of_days(near, YEAR) if scoped else active
+    contrib[_COHORT_SIZE, YEAR, first_year] += sign
+    for year in active & near_years:
+        contrib[_ACTIVE, YEAR, year] += sign
+    for year in {y + 1 for y in near_years} | near_years if scoped else {y + 1 for y in active}:
+        if year - 1 in active and year not in active:
+            contrib[_LOST, YEAR, year] += sign
+    return near_years
 
 
 def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],
@@ -210,9 +245,14 @@ def add_events(
     )
     cost = state.cost_units if state else 0
     sessions = state.sessions if state else 0
+    return_types = rules.return_types  # RETURN_EVENTS: the days of these types are kept
+    returns: dict[str, set[int]] = (
+        {kind: set(days) for kind, days in state.returns} if state and state.returns else {})
     for event in events:
         day = calendar.day_of(event.ts_ms)
         active.add(day)
+        if return_types and event.type in return_types:
+            returns.setdefault(event.type, set()).add(day)
         if event.type == "install":
             installs.add(day)
             if event.cost:
@@ -250,6 +290,9 @@ def add_events(
         notified_episode_ms=state.notified_episode_ms if state else None,
         notified_days=state.notified_days if state else (),
         expired_days=state.expired_days if state else (),
+        answers=state.answers if state else (),
+        returns=tuple((kind, frozenset(days)) for kind, days in sorted(returns.items()))
+        if returns else (),
     )
 
 
@@ -269,7 +312,7 @@ def _add_user_delta(
         user_contributions(new, into=pending.setdefault(new_segments, Counter()))
         return
     old_segments = tuple(segments_of(old, rules))
-    if old_segments == new_segments and old.first_day == new.first_day:
+    if old.seen and old_segments == new_segments and old.first_day == new.first_day:
         near = _changed_days(old, new)
         if not near and old.cost_units == new.cost_units:
             return  # e.g. an earlier event carrying the same attribute value
@@ -297,12 +340,18 @@ def _same_counted_facts(old: UserState, new: UserState) -> bool:
         and old.purchases == new.purchases
         and old.cost_units == new.cost_units
         and old.attributes == new.attributes
+        and old.answers == new.answers
+        and old.returns == new.returns
     )
 
 
 def _changed_days(old: UserState, new: UserState) -> frozenset[int]:
     """Days on which the user's contributions can differ between two states."""
     changed = (new.active_days - old.active_days) | (new.install_days - old.install_days)
+    if old.answers != new.answers:  # survey answers: the days whose answer changed
+        changed |= {answer[1] for answer in set(old.answers) ^ set(new.answers)}
+    if old.returns != new.returns:  # RETURN_EVENTS days
+        changed |= changed_return_days(old, new)
     return changed | {day for day, _, _ in set(new.purchases) ^ set(old.purchases)}
 
 
@@ -380,7 +429,7 @@ def _apply_events(
     for begin, end in pairwise(bounds):
         if begin in set_at and state is not None:
             now_ms = arrivals[begin]
-            for days in winback.thresholds:
+            for days in winback.thresholds_of(user[0]):
                 moment_ms = state.last_active_ms + days * MS_PER_DAY
                 if moment_ms <= now_ms and not state.handled(days):
                     reached_ms = max(set_at[begin],
@@ -406,11 +455,13 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
 
 
 def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[bytes],
-            seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool
+            seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool,
+            answered: dict[UserKey, list[Event]] | None = None,
             ) -> tuple[dict[UserKey, list[Event]], dict[UserKey, list[int]]]:
     """Drop duplicates and events too old for the horizon (counted, and the latter kept
     for their dead letters), move the watermark; the accepted events by user, and with the
-    event clock the watermark at each of them."""
+    event clock the watermark at each of them. Survey answers (no activity) go to
+    ``answered`` instead, by user."""
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
@@ -432,6 +483,11 @@ def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[byt
         if watermark_ms is None or event.ts_ms > watermark_ms:
             watermark_ms = event.ts_ms
         user = (event.app, event.user_id)
+        if event.type == SURVEY and answered is not None:
+            answered.setdefault(user, []).append(event)
+            if event_clock:
+                arrivals.append(watermark_ms)
+            continue
         found = accepted.get(user)
         if found is None:
             accepted[user] = [event]
@@ -469,25 +525,52 @@ def plan_batch(
     keys = dedup_keys if dedup_keys is not None else [
         dedup_key(event.app, event.event_id) for _, _, event in events]
     plan = Plan(watermark_ms=watermark_ms)
+    answered: dict[UserKey, list[Event]] = {}
     accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
-                                event_clock)
+                                event_clock, answered)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
     for user_key, user_events in accepted.items():
         app = user_key[0]
+        app_rules = rules.for_app(app)  # the app's currency and VIP bars
         old = states[user_key]
+        # a user known only by survey answers has no activity yet: its events start it
+        active_old = old if old is None or old.seen else None
         cuts: list[tuple[int, int]] = []
         user_arrivals = arrived.get(user_key, [])
         if event_clock:
-            cuts, known_ms = _moment_cuts(old, user_events, user_arrivals, winback.thresholds)
+            cuts, known_ms = _moment_cuts(active_old, user_events, user_arrivals,
+                                          winback.thresholds_of(app))
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
-        new = _apply_events(plan, user_key, old, user_events, user_arrivals, cuts,
-                            calendar_of(app), rules, winback)
+        new = _apply_events(plan, user_key, active_old, user_events, user_arrivals, cuts,
+                            calendar_of(app), app_rules, winback)
+        if old is not None and active_old is None:
+            new = replace(new, answers=old.answers)
+        if answered:
+            new = _with_answers(new, answered.pop(user_key, None), calendar_of(app))
         if new == old:
             continue
-        if old is None or new.last_active_ms != old.last_active_ms:
+        if active_old is None or new.last_active_ms != active_old.last_active_ms:
             plan.due[user_key] = new.last_active_ms
         plan.users[user_key] = new
-        _add_user_delta(pending.setdefault(app, {}), old, new, rules)
+        _add_user_delta(pending.setdefault(app, {}), old, new, app_rules)
+    for user_key, answers in answered.items():  # answers of users with no event here
+        app, old = user_key[0], states[user_key]
+        new = _with_answers(old or _ANSWERS_ONLY, answers, calendar_of(app))
+        if new != old:
+            plan.users[user_key] = new
+            _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan
+
+
+#: The state of a user before its first survey answer when nothing else is known of it.
+_ANSWERS_ONLY = UserState(0, 0, 0, frozenset(), frozenset())
+
+
+def _with_answers(state: UserState, answers: list[Event] | None, calendar: AppCalendar
+                  ) -> UserState:
+    """The state with these survey answers kept (METRICS.md §8); they make no one active."""
+    if not answers:
+        return state
+    return replace(state, answers=add_answers(state.answers, answers, calendar))

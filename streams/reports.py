@@ -58,6 +58,8 @@ class CohortReport(Report):
     currency: str | None = field(default=None, metadata=OMIT_NONE)
     as_of: str = ""
     cohorts: tuple[Row, ...] = ()
+    # RETURN_EVENTS: the event type a user must send in a period to count as back in it
+    returning: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,25 @@ class KpisReport(Report):
 
 
 @dataclass(frozen=True, slots=True)
+class NpsReport(Report):
+    """Satisfaction (METRICS.md §8) of one survey by week, month or year: ``rows`` per
+    period (``by="period"``), per cohort (``by="cohort"``) or per period split between the
+    answerers active in the next period and the others (``by="churn"``). ``live_period``:
+    the period holding now, when a row is of it (its figures are live numbers)."""
+
+    app: str
+    period: str
+    survey: str
+    by: str
+    timezone: str
+    segment: str | None = field(default=None, metadata=OMIT_NONE)
+    as_of: str = ""
+    surveys: tuple[str, ...] = ()  # every survey with answers (in this segment)
+    live_period: str | None = field(default=None, metadata=OMIT_NONE)
+    rows: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RepeatPurchaseReport(Report):
     app: str
     granularity: str
@@ -152,6 +173,13 @@ class AppFigures(Report):
     money: Mapping[str, Mapping[str, Sequence[Row]]]  # kind -> currency -> rows
     headline: Mapping[int, Any]
     headline_size: Mapping[int, Any]
+    # week, month, year -> the current period's revenue and payers, new vs returning users
+    periods: Mapping[str, Row] = field(default_factory=dict)
+    # week, month, year -> survey -> {"current": figures, "retained"/"churned": of the
+    # previous period's answerers, split by activity in the current one}
+    nps: Mapping[str, Mapping[str, Mapping[str, Row]]] = field(default_factory=dict)
+    # RETURN_EVENTS type -> recent daily cohorts' classic retention on that type
+    returning: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
-"""Who a user is, commercially: value segment bars and money units (METRICS.md §5, §7)."""
+"""Who a user is, commercially: value segment bars and money units (METRICS.md §5, §7), and
+which events count as a return (RETURN_EVENTS)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from retention_tracker.streams.user_state import MONEY_UNITS, UserState
@@ -25,6 +27,15 @@ class SegmentRules:
     default_currency: str = "USD"
     vip_revenue_units: int = 100 * MONEY_UNITS
     vip_purchases: int = 10
+    # RETURN_EVENTS: the event types whose days a user's record keeps, for retention on a
+    # chosen returning event (streams/returning.py); they flow with these rules
+    return_types: frozenset[str] = frozenset()
+    # the apps with their own currency or VIP bars (APP_CURRENCIES, APP_VIP_*): their rules
+    per_app: Mapping[str, SegmentRules] = field(default_factory=dict)
+
+    def for_app(self, app: str) -> SegmentRules:
+        """The rules of ``app``: its own, else these (the global defaults)."""
+        return self.per_app.get(app, self)
 
 
 DEFAULT_RULES = SegmentRules()

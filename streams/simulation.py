@@ -95,6 +95,7 @@ class SimulationConfig:
     late_rate: float = 0.01  # events delivered after later events, up to late_max_hours late
     late_max_hours: float = 72.0
     malformed_rate: float = 0.0  # extra malformed messages, per generated event
+    survey_rate: float = 0.0  # probability of an NPS survey answer per active day (§8)
 
     def __post_init__(self) -> None:
         if not self.apps or any(not APP_NAME_RE.match(a) for a in self.apps):
@@ -107,7 +108,7 @@ class SimulationConfig:
         if not 1 <= low <= high:
             raise ValueError("sessions_per_day must be (low, high) with 1 <= low <= high")
         for name in ("purchase_rate", "missing_install_rate", "reinstall_rate",
-                     "duplicate_rate", "late_rate", "malformed_rate"):
+                     "duplicate_rate", "late_rate", "malformed_rate", "survey_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.late_max_hours <= 0 or self.duplicate_max_seconds <= 0:
@@ -287,6 +288,11 @@ class _Traffic:
             buy["amount"] = self.amounts.pick(self.rng)
             buy["currency"] = user.currency
             made.append(buy)
+        if self.cfg.survey_rate and rand() < self.cfg.survey_rate:  # no draw when off
+            answered = min(sessions[-1] + int(rand() * 600_000), day_end - 1)
+            answer = _new_event(user, "survey", answered)
+            answer["score"] = min(10, int(rand() * 12))  # 10 a little more often
+            made.append(answer)
 
     def _deliver(self, made: list[dict[str, Any]], day_end: int) -> list[Delivery]:
         """Delivery times for the day's events, with late ones, duplicates and malformed ones.

@@ -3,18 +3,29 @@
 Per user we keep only what the counters need to be updated exactly when any event,
 however late, arrives: first and last activity, the set of active days as a bitmap
 anchored at the first-seen day, the days with an install event, the attributes with the
-time of the event they came from, purchases summed per (day, currency), and install cost.
-A typical free user costs ~20 bytes of value; see README "Memory".
+time of the event they came from, purchases summed per (day, currency), install cost, and
+the user's survey answers (the latest per survey and day: enough to find the latest per
+week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
+the user sent one. A typical free user costs ~20 bytes of
+value; see README "Memory".
+
+A user known only by survey answers (they make no one active, METRICS.md §1) has a record
+with no active day: ``UserState.seen`` is false, and only its answers mean anything.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-_FORMAT_VERSION = 4
-_READABLE_VERSIONS = (3, 4)  # 3: before expired thresholds (no flag bit on notified days)
+_FORMAT_VERSION = 5
+# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers
+_READABLE_VERSIONS = (3, 4, 5)
+_DEFAULT_SURVEY = "nps"  # stored as an empty name: the one nearly every answer has
 ATTRIBUTES = ("platform", "country", "campaign")
 UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
+#: One survey answer kept: (survey, local day, ts_ms, event_id, score), the latest of the
+#: user's answers to that survey on that day (equal times: the larger event_id).
+Answer = tuple[str, int, int, str, int]
 MONEY_UNITS = 10_000  # amounts are kept as integer 1/10,000ths: sums are exact
 
 
@@ -45,6 +56,14 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     notified_episode_ms: int | None = None
     notified_days: tuple[int, ...] = ()
     expired_days: tuple[int, ...] = ()
+    answers: tuple[Answer, ...] = ()  # sorted by (survey, day)
+    # RETURN_EVENTS: per event type named there, the days the user sent one, by type
+    returns: tuple[tuple[str, frozenset[int]], ...] = ()
+
+    @property
+    def seen(self) -> bool:
+        """Has the user any activity? (False: known only by survey answers.)"""
+        return bool(self.active_days)
 
     def handled(self, days: int) -> bool:
         """Was threshold ``days`` of the current episode sent or expired already?"""
@@ -130,13 +149,70 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, _zigzag((state.notified_episode_ms or 0) - state.first_seen_ms))
         for mark in marks:
             _put_varint(out, mark)
-    span = max(state.active_days) - state.first_day + 1
+    _encode_answers(out, state)
+    _put_varint(out, len(state.returns))
+    for kind, days in state.returns:
+        raw = kind.encode()
+        _put_varint(out, len(raw))
+        out += raw
+        _put_varint(out, len(days))
+        for day in sorted(days):
+            _put_varint(out, _zigzag(day - state.first_day))
+    span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
         offset = day - state.first_day
         bitmap[offset >> 3] |= 1 << (offset & 7)
     out += bitmap
     return bytes(out)
+
+
+def _encode_answers(out: bytearray, state: UserState) -> None:
+    _put_varint(out, len(state.answers))
+    for survey, day, ts_ms, event_id, score in state.answers:
+        name = b"" if survey == _DEFAULT_SURVEY else survey.encode()
+        raw = event_id.encode()
+        _put_varint(out, len(name))
+        out += name
+        _put_varint(out, _zigzag(day - state.first_day))
+        _put_varint(out, _zigzag(ts_ms - state.first_seen_ms))
+        _put_varint(out, len(raw))
+        out += raw
+        out.append(score)
+
+
+def _decode_answers(data: bytes, pos: int, first_day: int, first_seen_ms: int
+                    ) -> tuple[list[Answer], int]:
+    count, pos = _get_varint(data, pos)
+    answers: list[Answer] = []
+    for _ in range(count):
+        length, pos = _get_varint(data, pos)
+        survey = data[pos:pos + length].decode() or _DEFAULT_SURVEY
+        day, pos = _get_varint(data, pos + length)
+        ts, pos = _get_varint(data, pos)
+        length, pos = _get_varint(data, pos)
+        event_id = data[pos:pos + length].decode()
+        pos += length
+        answers.append((survey, first_day + _unzigzag(day), first_seen_ms + _unzigzag(ts),
+                        event_id, data[pos]))
+        pos += 1
+    return answers, pos
+
+
+def _decode_returns(data: bytes, pos: int, first_day: int
+                    ) -> tuple[list[tuple[str, frozenset[int]]], int]:
+    count, pos = _get_varint(data, pos)
+    returns = []
+    for _ in range(count):
+        length, pos = _get_varint(data, pos)
+        kind = data[pos:pos + length].decode()
+        days, pos = _get_varint(data, pos + length)
+        found = []
+        for _ in range(days):
+            offset, pos = _get_varint(data, pos)
+            found.append(first_day + _unzigzag(offset))
+        returns.append((kind, frozenset(found)))
+    return returns, pos
 
 
 def _decode_marks(data: bytes, pos: int, first_seen_ms: int, flagged: bool
@@ -205,6 +281,11 @@ def decode_user(data: bytes) -> UserState:
     cost_units, pos = _get_varint(data, pos)
     sessions, pos = _get_varint(data, pos)
     episode_ms, notified, expired, pos = _decode_marks(data, pos, first_seen_ms, flagged)
+    answers: list[Answer] = []
+    returns: list[tuple[str, frozenset[int]]] = []
+    if data[0] >= 5:
+        answers, pos = _decode_answers(data, pos, first_day, first_seen_ms)
+        returns, pos = _decode_returns(data, pos, first_day)
     active = _decode_active_days(data, pos, first_day)
     return UserState(
         first_seen_ms=first_seen_ms,
@@ -219,4 +300,6 @@ def decode_user(data: bytes) -> UserState:
         notified_episode_ms=episode_ms,
         notified_days=tuple(notified),
         expired_days=tuple(expired),
+        answers=tuple(answers),
+        returns=tuple(returns),
     )

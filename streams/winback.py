@@ -90,11 +90,23 @@ def notification_payload(
 @dataclass(frozen=True, slots=True)
 class WinbackRules:
     """Win-back settings: the thresholds (days, ascending; empty: win-back off), how far
-    behind "now" a moment may be and its message still go out, and the quick-churn bar."""
+    behind "now" a moment may be and its message still go out, and the quick-churn bar.
+    ``per_app``: the apps with thresholds of their own (APP_INACTIVITY_THRESHOLDS)."""
 
     thresholds: tuple[int, ...] = (2,)
     max_delay_ms: int = MS_PER_DAY
     quick_churn_days: int = 7
+    per_app: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def thresholds_of(self, app: str) -> tuple[int, ...]:
+        """The app's thresholds: its own, else the global ones."""
+        return self.per_app.get(app, self.thresholds)
+
+    @property
+    def every_threshold(self) -> tuple[int, ...]:
+        """Every threshold some app has (ascending): the due sets and topics there are;
+        empty: win-back is off everywhere."""
+        return tuple(sorted({*self.thresholds, *(d for t in self.per_app.values() for d in t)}))
 
 
 DEFAULT_WINBACK = WinbackRules()
@@ -181,7 +193,8 @@ def plan_notifications(
         if known_ms and user in known_ms:
             reached_ms = max(reached_ms, known_ms[user])
         plan.users[user] = handle_moment(user, state, days, reached_ms, calendar_of(user[0]),
-                                         rules, winback, plan.messages, plan.stats)
+                                         rules.for_app(user[0]), winback, plan.messages,
+                                         plan.stats)
     return plan
 
 

@@ -27,6 +27,7 @@ from retention_tracker.state.queries import (
     cohort_report,
     headline_report,
     kpis_report,
+    nps_report,
     pipeline_report,
     repeat_purchase_report,
     summary_report,
@@ -65,12 +66,14 @@ def events_of(example: dict[str, Any]) -> list[Event]:
     """The example's §1 JSON read by the production parser and by the reference's own
     reader, which must agree (and accept every event)."""
     events = []
+    custom = frozenset(example.get("activity_events", ()))  # ACTIVITY_EVENTS
     for obj in example["events"]:
         raw = orjson.dumps(obj)
-        parsed = parse_message(raw, FAR_FUTURE_MS)
+        parsed = parse_message(raw, FAR_FUTURE_MS, activity_types=custom)
         assert not parsed.rejects, (obj, parsed.rejects)
         [(_, event)] = parsed.events
-        assert reference.read_message(raw, FAR_FUTURE_MS) == [(-1, event)], obj
+        assert reference.read_message(raw, FAR_FUTURE_MS,
+                                      activity_types=custom) == [(-1, event)], obj
         events.append(event)
     return events
 
@@ -86,7 +89,8 @@ def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
 
 
 def test_the_examples_are_there() -> None:
-    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback"}
+    assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino",
+                             "satisfaction"}
 
 
 # ---- the closed sets the document lists -------------------------------------------------
@@ -245,6 +249,88 @@ async def test_first_week_one_event_at_a_time_backwards(redis_url: str) -> None:
         for event in reversed(events):
             await state.apply([event], max(e.ts_ms for e in events))
         await check_first_week(state, events)
+
+
+# ---- game events and a new year -----------------------------------------------------------
+
+
+async def check_example(name: str, state: RealApply, events: list[Event]) -> None:
+    """The checks of the examples after the first week: pipeline, summary, kpis, nps."""
+    example = EXAMPLES[name]
+    tz = example["timezone"]
+    store, cfg = state.store, state.settings
+    now = max(e.ts_ms for e in events)
+    for check in example["expect"]:
+        figure = check["figure"]
+        if figure == "pipeline":
+            got = (await pipeline_report(store, cfg)).as_json()
+            assert got["accepted"]["a"] == check["accepted"]
+        elif figure == "summary":
+            day = date.fromisoformat(check["date"])
+            subset((await summary_report(store, cfg, "a", day)).as_json(), check["values"],
+                   check["date"])
+            subset(reference.summary(events, "a", day, tz, now_ms=now), check["values"],
+                   f"reference {check['date']}")
+        elif figure == "cohorts":  # retention, on any activity or a returning event
+            g, kind, returning = check["granularity"], check["kind"], check.get("returning")
+            assert returning is None or returning in example["return_events"]
+            assert set(example.get("return_events", ())) <= set(cfg.return_events)
+            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning)
+                   ).as_json()["cohorts"]
+            assert got == reference.triangle(events, "a", g, kind, tz, now,
+                                             returning=returning), check
+            rows = by_label(got, "cohort")
+            assert set(rows) >= set(check["rows"]), check
+            for label, expected in check["rows"].items():
+                subset(rows[label], expected, f"{g} {kind} {returning} {label}")
+        elif figure == "nps":
+            seg, by = check.get("where"), check.get("by", "period")
+            survey = check.get("survey", "nps")
+            got = (await nps_report(store, cfg, "a", check["period"], survey,
+                                    (seg,) if seg else (), by)).as_json()["rows"]
+            assert got == check["rows"], check
+            where = dict([seg.split("=")]) if seg else None
+            assert reference.nps(events, "a", check["period"], tz, survey, by=by, where=where,
+                                 now_ms=now) == check["rows"], check
+        elif figure == "kpis":
+            got = (await kpis_report(store, cfg, "a", check["period"])).as_json()["periods"]
+            assert got == reference.kpis(events, "a", check["period"], tz, now_ms=now)
+            rows = by_label(got, "period")
+            assert set(rows) == set(check["rows"])
+            for label, expected in check["rows"].items():
+                subset(rows[label], expected, f"kpis {label}")
+        else:
+            pytest.fail(f"no check for figure {figure!r}")
+
+
+def test_an_activity_type_not_named_is_unknown() -> None:
+    raw = orjson.dumps({"event_id": "x", "type": "spin", "user_id": "c1", "ts": 0})
+    custom = frozenset(EXAMPLES["casino"]["activity_events"])
+    assert [r.reason for r in parse_message(raw, FAR_FUTURE_MS, activity_types=custom)
+            .rejects] == ["unknown_type"]
+    assert reference.read_message(raw, FAR_FUTURE_MS, activity_types=custom) == [(-1, None)]
+
+
+async def test_casino_in_one_batch_and_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["casino"])
+    async with RealApply(redis_url, timezone=EXAMPLES["casino"]["timezone"]) as state:
+        await state.apply(events, events[-1].ts_ms)
+        await check_example("casino", state, events)
+    async with RealApply(redis_url, timezone=EXAMPLES["casino"]["timezone"]) as state:
+        for event in reversed(events):
+            await state.apply([event], events[-1].ts_ms)
+        await check_example("casino", state, events)
+
+
+async def test_satisfaction_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["satisfaction"])
+    async with RealApply(redis_url) as state:
+        await state.apply(events, events[-1].ts_ms)
+        await check_example("satisfaction", state, events)
+    async with RealApply(redis_url) as state:
+        for event in reversed(events):
+            await state.apply([event], events[-1].ts_ms)
+        await check_example("satisfaction", state, events)
 
 
 # ---- win-back on the event clock ------------------------------------------------------------

@@ -252,7 +252,9 @@ async function loadApps() {
     state.app = doc.apps.length ? doc.apps[0].app : "";
   }
   select.value = state.app;
-  $("money-currency").textContent = "(" + doc.currency + ", the currency of install costs)";
+  const chosen = doc.apps.find((a) => a.app === state.app);
+  doc.appCurrency = (chosen && chosen.currency) || doc.currency;  // APP_CURRENCIES
+  $("money-currency").textContent = "(" + doc.appCurrency + ", the currency of install costs)";
   return doc;
 }
 
@@ -260,7 +262,7 @@ async function refresh() {
   try {
     const apps = await loadApps();
     if (!state.app) throw new Error("no data yet: no app has sent an event");
-    const money = { granularity: "week", currency: apps.currency };
+    const money = { granularity: "week", currency: apps.appCurrency };
     const [summary, daily, headline, cohorts, kpis, ltv, roas, pipeline] = await Promise.all([
       getJson("/retention/summary?" + query()),
       getJson("/retention/daily?" + query()),

@@ -36,6 +36,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
         ({"CLOCK": "sundial"}, "CLOCK='sundial' must be one of wall, event"),
         ({"INACTIVITY_THRESHOLDS": "2,x"}, "INACTIVITY_THRESHOLDS='2,x'"),
         ({"CURRENCY": "dollars"}, "CURRENCY='dollars'"),
+        ({"ACTIVITY_EVENTS": "bet,install"}, "ACTIVITY_EVENTS: 'install' is a built-in"),
     ],
 )
 def test_a_bad_setting_stops_with_one_line(env: dict[str, str], expected: str) -> None:

@@ -105,6 +105,9 @@ def test_prepare_replay_sorts_stably_and_counts_reasons() -> None:
     assert [line for line, _, _ in rejected] == [2, 4, 6, 8, 9]
     unsorted, _ = prepare_replay(rows, NOW, sort=False)
     assert unsorted == [a, b, c, d]
+    # a custom activity type the worker accepts (ACTIVITY_EVENTS) is replayed, not refused
+    _, reasons = prepare_replay(rows, NOW, activity_types=frozenset({"login"}))
+    assert "unknown_type" not in reasons
 
 
 def test_shuffled_simulated_history_replays_in_time_order(tmp_path: Path) -> None:

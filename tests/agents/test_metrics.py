@@ -65,6 +65,14 @@ def snapshot() -> Snapshot:
         money={"ltv": {"USD": (row(4, [0.0, 2.5, 2.5], [True, True, False]),)},
                "roas": {"USD": (row(4, [None, None, None], [True, True, False]),)}},
         winback={"2": {"inactive": 3, "expired": 1, "back_within_7d_share": 0.25}},
+        periods={"week": {"period": "2024-W01", "new_revenue": {"EUR": 1.5},
+                          "returning_revenue": {"USD": 10.0}, "new_payers": 1,
+                          "returning_payers": 2}},
+        nps={"week": {"nps": {"current": {"answers": 4, "nps": 25.0},
+                              "retained": {"answers": 2, "nps": 50.0},
+                              "churned": {"answers": 0, "nps": None}},
+                      "csat": {"retained": {"answers": 1, "nps": -100.0}}}},
+        returning={"purchase": (row(4, [0.25, 0.5, 0.0], [True, True, False]),)},
     )
     stats = dict(real_stats())
     figures = LiveFigures(BASE_MS, {"a": app}, stats)
@@ -119,6 +127,10 @@ def test_cohorts_only_at_the_exported_offsets() -> None:
     assert value("retention_headline_retention", app="a", day="d1", stat="latest") == 0.5
     assert value("retention_headline_retention", app="a", day="d1", stat="mean7") is None
     assert value("retention_headline_cohort_size", app="a", day="d1") == 4
+    assert value("retention_cohort_returning", app="a", type="purchase", cohort="2024-01-01",
+                 offset="1") == 0.5
+    assert value("retention_cohort_returning", app="a", type="purchase", cohort="2024-01-01",
+                 offset="0") is None  # offset 0 not exported here
 
 
 def test_event_and_winback_counters_from_the_plans_counters() -> None:
@@ -143,6 +155,49 @@ def test_event_and_winback_counters_from_the_plans_counters() -> None:
     assert value("retention_winback_back_within_7d_share", app="a", threshold="2") == 0.25
     assert value("retention_watermark_seconds", partition="0") == BASE_MS / 1000
     assert value("retention_worker_snapshot_timestamp_seconds") == 1_704_067_260.0
+
+
+def test_current_period_money_is_split_between_new_and_returning_users() -> None:
+    registry = registry_with(snapshot())
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("retention_period_payers", app="a", period="week", users="new") == 1
+    assert value("retention_period_payers", app="a", period="week", users="returning") == 2
+    assert value("retention_period_revenue", app="a", period="week", users="returning",
+                 currency="USD") == 10.0
+    # every currency of the period on both sides, CURRENCY always: 0, not "no data"
+    assert value("retention_period_revenue", app="a", period="week", users="new",
+                 currency="USD") == 0
+    assert value("retention_period_revenue", app="a", period="week", users="returning",
+                 currency="EUR") == 0
+
+
+def test_nps_now_and_of_the_last_period_by_churn() -> None:
+    registry = registry_with(snapshot())
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("retention_nps", app="a", period="week", survey="nps") == 25.0
+    assert value("retention_nps_answers", app="a", period="week", survey="nps") == 4
+    assert value("retention_nps_previous", app="a", period="week", survey="nps",
+                 group="retained") == 50.0
+    # no answers: no NPS (not a number), but the count of answers is there
+    assert value("retention_nps_previous", app="a", period="week", survey="nps",
+                 group="churned") is None
+    assert value("retention_nps", app="a", period="week", survey="csat") is None
+    assert value("retention_nps_answers", app="a", period="week", survey="csat") == 0
+
+
+def test_custom_activity_types_are_exported_from_the_start() -> None:
+    registry = CollectorRegistry()
+    collector = SnapshotCollector((0,), currency="USD", activity_events=("bet",))
+    registry.register(collector)
+    collector.update(snapshot())
+    assert registry.get_sample_value("retention_events_accepted_total",
+                                     {"app": "a", "type": "bet"}) == 0
 
 
 def test_an_empty_snapshot_renders_without_data() -> None:

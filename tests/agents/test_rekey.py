@@ -99,6 +99,11 @@ def test_rekeyed_records_are_taken_as_home_and_rejects_stay_with_their_record() 
     assert [(o, e.user_id) for o, _, e in read.at_home] == [(4, "someone")]
     assert [(offset, reject.reason) for offset, reject in read.rejects] == [(3, "invalid_json")]
     assert read.away == []
+    bet = record(5, None, orjson.dumps({**session("someone"), "type": "bet"}))
+    assert read_records([bet], 0, None, NOW_MS, 1 << 20, 1000).rejects[0][1].reason == (
+        "unknown_type")
+    read = read_records([bet], 0, None, NOW_MS, 1 << 20, 1000, frozenset({"bet"}))
+    assert [e.type for _, _, e in read.at_home] == ["bet"]  # ACTIVITY_EVENTS reach the parser
 
 
 def test_partition_count_changes_are_refused_in_one_line() -> None:

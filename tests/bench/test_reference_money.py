@@ -308,7 +308,9 @@ def crr_example() -> list[Event]:
     return events
 
 
-def kpi_row(period, active, new, returning, crr, churn, revenue=None, payers=0, rpr=0.0):
+def kpi_row(period, active, new, returning, crr, churn, revenue=None, payers=0, rpr=0.0,
+            split=({}, {}, 0, 0)):
+    """``split``: new_revenue, returning_revenue, new_payers, returning_payers."""
     return {
         "period": period,
         "active": active,
@@ -319,6 +321,10 @@ def kpi_row(period, active, new, returning, crr, churn, revenue=None, payers=0, 
         "revenue": revenue or {},
         "payers": payers,
         "rpr": rpr,
+        "new_revenue": split[0],
+        "returning_revenue": split[1],
+        "new_payers": split[2],
+        "returning_payers": split[3],
     }
 
 
@@ -327,7 +333,9 @@ def test_weekly_crr_is_80_percent_as_in_the_contract():
     assert rows == [
         kpi_row("2024-W10", 50, 50, 0, None, None),  # nothing before: S = 0
         # S = 50, E = 65, Nn = 25: CRR = 40 / 50; u40..u49 lost: churn 10 / 50.
-        kpi_row("2024-W11", 65, 25, 40, 0.8, 0.2, {"EUR": 3.0, "USD": 15.5}, 2, 0.5),
+        # u0 (first seen in W10) paid 15.5 USD, n0 (new in W11) 3 EUR
+        kpi_row("2024-W11", 65, 25, 40, 0.8, 0.2, {"EUR": 3.0, "USD": 15.5}, 2, 0.5,
+                ({"EUR": 3.0}, {"USD": 15.5}, 1, 1)),
         kpi_row("2024-W12", 0, 0, 0, 0.0, 1.0),  # a gap week is a row; everyone lost
         kpi_row("2024-W13", 1, 0, 1, None, None),  # u0 back, but S = 0
         # u1 was not active in W13 yet counts as retained (the marketers' formula);
@@ -338,17 +346,33 @@ def test_weekly_crr_is_80_percent_as_in_the_contract():
 
 def test_monthly_kpis_and_segment():
     assert kpis(crr_example(), "a", "month", "UTC") == [
-        kpi_row("2024-03", 75, 75, 0, None, None, {"EUR": 3.0, "USD": 15.5}, 2, 0.5),
+        kpi_row("2024-03", 75, 75, 0, None, None, {"EUR": 3.0, "USD": 15.5}, 2, 0.5,
+                ({"EUR": 3.0, "USD": 15.5}, {}, 2, 0)),
         # S = 75; u1 returns: CRR 1 / 75, the other 74 are lost.
         kpi_row("2024-04", 1, 0, 1, 0.0133, 0.9867),
     ]
     # Only the n-users are on iOS: their one week, with n0's purchase.
     assert kpis(crr_example(), "a", "week", "UTC", where={"platform": "ios"}) == [
-        kpi_row("2024-W11", 25, 25, 0, None, None, {"EUR": 3.0}, 1, 0.0),
+        kpi_row("2024-W11", 25, 25, 0, None, None, {"EUR": 3.0}, 1, 0.0,
+                ({"EUR": 3.0}, {}, 1, 0)),
     ]
     assert kpis(crr_example(), "nope", "week", "UTC") == []
     with pytest.raises(ValueError):
         kpis(crr_example(), "a", "day", "UTC")
+
+
+def test_yearly_kpis_split_money_between_new_and_returning_users():
+    """A calendar year is a KPI period; u0, first seen in 2024, is a returning user of 2025."""
+    events = [*crr_example(), ev("u0", "2025-01-02T12:00"), ev("u7", "2024-12-31T23:00"),
+              buy("u0", "2025-01-02T13:00", 2), ev("z1", "2025-02-01T00:00"),
+              buy("z1", "2025-02-01T01:00", 1)]
+    assert kpis(events, "a", "year", "UTC") == [
+        kpi_row("2024", 75, 75, 0, None, None, {"EUR": 3.0, "USD": 15.5}, 2, 0.5,
+                ({"EUR": 3.0, "USD": 15.5}, {}, 2, 0)),
+        # S = 75 users of 2024; u0 came back, z1 is new; u0 paid 2, z1 paid 1
+        kpi_row("2025", 2, 1, 1, 0.0133, 0.9867, {"USD": 3.0}, 2, 0.0,
+                ({"USD": 1.0}, {"USD": 2.0}, 1, 1)),
+    ]
 
 
 # --------------------------------------------------------------------------------------

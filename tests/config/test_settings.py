@@ -64,3 +64,52 @@ def test_redis_cluster_and_wait_settings() -> None:
 def test_bad_redis_cluster_settings_are_one_line(env: dict[str, str], says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):
         Settings.from_env(env)
+
+
+def test_activity_events_are_parsed_once_each_and_checked() -> None:
+    settings = Settings.from_env({"ACTIVITY_EVENTS": " bet, deposit,bet ,level_up"})
+    assert settings.activity_events == ("bet", "deposit", "level_up")
+    assert settings.activity_types == frozenset({"bet", "deposit", "level_up"})
+    assert Settings.from_env({}).activity_events == ()
+    for raw, problem in (("bet,session", "built-in"), ("survey", "built-in"),
+                         ("big win", "A-Za-z0-9")):
+        with pytest.raises(ConfigError, match=problem):
+            Settings.from_env({"ACTIVITY_EVENTS": raw})
+
+
+def test_return_events_are_activity_types() -> None:
+    settings = Settings.from_env({"ACTIVITY_EVENTS": "deposit",
+                                  "RETURN_EVENTS": "purchase,deposit"})
+    assert settings.return_events == ("purchase", "deposit")
+    assert segment_rules(settings).return_types == frozenset({"purchase", "deposit"})
+    for raw in ("survey", "bet"):  # an answer is no activity; bet is not in ACTIVITY_EVENTS
+        with pytest.raises(ConfigError, match="RETURN_EVENTS"):
+            Settings.from_env({"RETURN_EVENTS": raw})
+
+
+def test_per_app_currency_and_vip_bars_over_the_global_defaults() -> None:
+    settings = Settings.from_env({"CURRENCY": "USD", "APP_CURRENCIES": "casino=EUR, shop=BRL",
+                                  "APP_VIP_REVENUE": "casino=500", "APP_VIP_PURCHASES": "shop=3"})
+    assert [settings.currency_of(app) for app in ("casino", "shop", "other")] == [
+        "EUR", "BRL", "USD"]
+    rules = segment_rules(settings)
+    assert rules.for_app("casino") == SegmentRules("EUR", 5_000_000, 10)
+    assert rules.for_app("shop") == SegmentRules("BRL", 1_000_000, 3)
+    assert rules.for_app("other") is rules and rules.default_currency == "USD"
+    for name, raw in (("APP_CURRENCIES", "casino=eur"), ("APP_CURRENCIES", "casino"),
+                      ("APP_VIP_REVENUE", "casino=-1"), ("APP_VIP_PURCHASES", "shop=0"),
+                      ("APP_VIP_PURCHASES", "bad app=2")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: raw})
+
+
+def test_per_app_inactivity_thresholds() -> None:
+    settings = Settings.from_env({"INACTIVITY_THRESHOLDS": "2",
+                                  "APP_INACTIVITY_THRESHOLDS": "casino=1/7/1, shop=30"})
+    assert settings.inactivity_thresholds_of("casino") == (1, 7)
+    assert settings.inactivity_thresholds_of("other") == (2,)
+    assert settings.every_inactivity_threshold == (1, 2, 7, 30)
+    assert settings.winback_rules().thresholds_of("shop") == (30,)
+    for raw in ("casino=0", "casino=x", "casino="):
+        with pytest.raises(ConfigError, match="APP_INACTIVITY_THRESHOLDS"):
+            Settings.from_env({"APP_INACTIVITY_THRESHOLDS": raw})

@@ -58,6 +58,7 @@ GRAFANA_VARIABLES = {
     "$__range": "5m",
     "${app}": "default",
     "$app": "default",
+    "$returning": "purchase",  # the returning event of the workers the tests start
 }
 
 

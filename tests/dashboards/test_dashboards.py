@@ -43,16 +43,21 @@ def test_dashboards_have_the_panels_the_issue_asks_for() -> None:
     for q in panel_queries():
         titles[q.dashboard].add(q.panel)
     assert set(titles) == {"live", "retention", "pipeline", "money", "winback"}
-    assert {"Revenue today by currency", "ARPDAU by currency"} <= titles["money"]
+    assert {"Revenue today by currency", "ARPDAU by currency",
+            "Revenue this week, month and year: new vs returning users",
+            "Payers this week, month and year: new vs returning users"} <= titles["money"]
     assert {"Users inactive now, by threshold", "Back within 7 days of the notification"
             } <= titles["winback"]
     assert {"DAU against installs", "New vs returning users", "Stickiness (DAU / MAU)",
             "WAU and MAU"} <= titles["live"]
     assert {"Daily cohorts, classic retention", "Daily cohorts, rolling retention",
-            "D1 retention", "D7 retention", "D30 retention"} <= titles["retention"]
+            "D1 retention", "D7 retention", "D30 retention",
+            "Satisfaction (NPS) this week, month and year",
+            "NPS of last period's answerers: retained vs churned"} <= titles["retention"]
     assert {"Batch time (parse, plan, apply)", "Event to state latency",
             "Dead-lettered events/s by reason", "Consumer lag by topic"} <= titles["pipeline"]
     assert {name for name, _metric, label in variable_queries() if label == "app"} == set(titles)
+    assert ("retention", "retention_cohort_returning", "type") in variable_queries()
 
 
 def test_every_panel_query_declares_its_labels() -> None:

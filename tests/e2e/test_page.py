@@ -224,7 +224,8 @@ def test_daily_series_equals_the_reference(served: Served) -> None:
         complete = figures.pop("complete")
         assert complete == (reference.period_end_ms(day, "day", "UTC") <= watermark)
         assert figures == want, day
-    assert served.json("/retention/apps")["apps"] == [{"app": "default", "timezone": "UTC"}]
+    assert served.json("/retention/apps")["apps"] == [
+        {"app": "default", "timezone": "UTC", "currency": "USD", "thresholds": [2]}]
 
 
 def test_pipeline_and_money_gauges(served: Served) -> None:

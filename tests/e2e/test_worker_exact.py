@@ -33,6 +33,8 @@ def inactive_users(events: list[Any], now_ms: int, days: int = 2) -> int:
     """§7: users whose last_active + K days has passed by now (notified or about to be)."""
     last: dict[str, int] = {}
     for event in events:
+        if event.type == "survey":  # an answer makes no one active (§1)
+            continue
         last[event.user_id] = max(last.get(event.user_id, event.ts_ms), event.ts_ms)
     return sum(1 for ts in last.values() if ts + days * MS_PER_DAY <= now_ms)
 
@@ -69,7 +71,10 @@ def assert_reports_match(deployment: Deployment, raw: list[dict[str, Any]]) -> N
         rows = reference.triangle(events, "default", "day", "classic", "UTC", watermark,
                                   where={"value": value})
         assert users == sum(r["size"] for r in rows), value
-    for period in ("week", "month"):
+    nps = deployment.cli_json("nps", "--period", "month", "--by", "churn", CLOCK="event")
+    assert nps["rows"] == reference.nps(events, "default", "month", "UTC", by="churn",
+                                        now_ms=watermark)
+    for period in ("week", "month", "year"):
         got = deployment.cli_json("kpis", "--period", period)  # wall clock: now is now
         assert got["periods"] == reference.kpis(events, "default", period, "UTC",
                                                 now_ms=utc_now_ms()), period

@@ -76,6 +76,8 @@ def assert_contract(event: Event, now_ms: int = NOW) -> None:
         assert value is None or (not isinstance(value, bool) and math.isfinite(value)
                                  and value >= 0)
     assert (event.amount is not None) == (event.type == "purchase")
+    assert (event.score is not None) == (event.type == "survey")
+    assert event.score is None or (type(event.score) is int and 0 <= event.score <= 10)
     assert event.cost is None or event.type == "install"
     assert event.currency is None or (event.type == "purchase"
                                       and re.fullmatch(r"[A-Z]{3}\n?", event.currency))
@@ -128,6 +130,10 @@ def valid_objects(draw: st.DrawFn) -> dict[str, Any]:
             obj["currency"] = draw(st.from_regex(r"[A-Z]{3}", fullmatch=True))
     if kind == "install" and draw(st.booleans()):
         obj["cost"] = draw(st.floats(0, 1e6))
+    if kind == "survey":
+        obj["score"] = draw(st.integers(0, 10))
+        if draw(st.booleans()):
+            obj["survey"] = draw(st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True))
     return obj
 
 
@@ -312,7 +318,8 @@ def fates(raw: bytes) -> list[tuple[int, Event | None]]:
 @PROPERTY
 @given(obj=valid_objects(), field=st.sampled_from(["event_id", "type", "user_id", "app", "ts",
                                                    "platform", "country", "campaign", "cost",
-                                                   "amount", "currency", "other"]),
+                                                   "amount", "currency", "score", "survey",
+                                                   "other"]),
        value=st.one_of(st.deferred(lambda: st.sampled_from(HOSTILE_SCALARS)), st.integers(),
                        st.floats(),
                        st.text(max_size=70)),
@@ -418,6 +425,8 @@ def fuzzed(rng: random.Random, now: int, count: int
                                 "platform": rng.choice(["ios", "android"])}
         if kind == "purchase":
             base.update(amount=rng.choice([0.99, 4.99, 19.99]), currency="USD")
+        if kind == "survey":
+            base.update(score=rng.randrange(11))
         raw = dumps(base)
         damage = rng.randrange(6)
         if damage == 0:

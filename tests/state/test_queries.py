@@ -158,3 +158,25 @@ async def test_unknown_app_is_a_query_error(redis_url: str) -> None:
     async with RealApply(redis_url) as state:
         with pytest.raises(QueryError, match="no data for app 'nope'"):
             (await cohort_report(state.store, state.settings, "nope")).as_json()
+
+
+async def test_payer_retention_on_metrics_and_its_refusals(redis_url: str) -> None:
+    """RETURN_EVENTS (RealApply names purchase and bet): a day-0 cohort of two, one of whom
+    pays on day 1: 1 of 2 paid back on day 1; a type not named is refused, as are money
+    kinds with a returning event."""
+    events = [Event("a", "i1", "install", "p1", day(0)),
+              Event("a", "i2", "install", "p2", day(0)),
+              Event("a", "b1", "purchase", "p1", day(1), amount=1.0),
+              Event("a", "s2", "session", "p2", day(1)), Event("a", "x", "session", "z", day(3))]
+    async with RealApply(redis_url) as state:
+        await state.apply(events, day(3))
+        live = (await live_figures(state.store, state.settings)).apps["a"]
+        [row, *_] = live.returning["purchase"]
+        assert (row["cohort"], row["counts"][:2]) == ("2024-01-01", [0, 1])
+        assert live.returning["bet"][0]["counts"][:2] == [0, 0]
+        with pytest.raises(QueryError, match="not in RETURN_EVENTS") as refused:
+            await cohort_report(state.store, state.settings, "a", returning="session")
+        assert refused.value.param == "returning"
+        with pytest.raises(QueryError, match="classic or rolling"):
+            await cohort_report(state.store, state.settings, "a", kind="ltv",
+                                returning="purchase")

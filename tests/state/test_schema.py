@@ -41,6 +41,11 @@ STORED = {
     (Measure.PERIOD_PAYERS, "day", 19700): ("ppay:day", "19700"),
     (Measure.REPEAT_PAYERS, "day", 19700): ("prep:day", "19700"),
     (Measure.REPEAT_BUYERS, "month", 648, 2): ("rpc:month", "648:2"),
+    (Measure.ACTIVE, "year", 2024): ("act:year", "2024"),
+    (Measure.NPS, "week", 2800, 2, 1, "nps"): ("nps:week", "2800:2:1:nps"),
+    (Measure.NPS_COHORT, "year", 2024, -1, 0, "csat"): ("npsc:year", "2024:-1:0:csat"),
+    (Measure.RETURNED, "week", 2800, 1, "purchase"): ("ret:week", "2800:1:purchase"),
+    (Measure.LAST_RETURN, "day", 19700, 3, "bet"): ("lret:day", "19700:3:bet"),
 }
 
 STATS = {

@@ -31,12 +31,15 @@ class RealApply:
 
     def __init__(self, redis_url: str, *, timezone: str = "UTC", horizon_days: int = 400,
                  dedup_window_days: int = 7, state_cache_users: int = 0, shards: int = 2,
-                 thresholds: Sequence[int] = (2,)) -> None:
+                 thresholds: Sequence[int] = (2,), per_app: dict[str, Any] | None = None
+                 ) -> None:
+        """``per_app``: Settings fields of per-app rules (app_currencies, app_vip_*)."""
         self.client = aioredis.from_url(redis_url)
         self.settings = Settings(
             key_prefix=f"test-{uuid.uuid4().hex[:10]}", timezone=timezone, clock="event",
             horizon_days=horizon_days, dedup_window_days=dedup_window_days,
             user_buckets=4, dedup_buckets=4, inactivity_thresholds=tuple(thresholds),
+            activity_events=("bet",), return_events=("purchase", "bet"), **(per_app or {}),
         )
         self.store = RedisStore(self.client, prefix=self.settings.key_prefix, user_buckets=4,
                                 dedup_buckets=4, dedup_window_days=dedup_window_days,
@@ -81,7 +84,7 @@ class RealApply:
                           self.settings.horizon_days, lambda _app: self.calendar, self.rules)
         applied = await self.store.apply_plan(
             shard, loaded, {TOPIC: max(start, first_offset + len(events))}, plan,
-            self.settings.inactivity_thresholds,
+            self.settings.winback_rules().thresholds_of,
         )
         assert applied, "nobody else writes this prefix: the version cannot have moved"
         return [event for _, _, event in plan.too_old]
@@ -91,7 +94,7 @@ class RealApply:
         found = {}
         for shard in range(self.shards):
             entries = await self.store.due_entries(
-                shard, self.settings.inactivity_thresholds, 2**62, limit=10_000)
+                shard, self.settings.every_inactivity_threshold, 2**62, limit=10_000)
             for days, (app, user_id), due_ms in entries:
                 found[app, user_id, days] = due_ms
         return found

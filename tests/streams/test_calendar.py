@@ -104,3 +104,15 @@ def test_parse_date() -> None:
     assert parse_date("2024-02-29") == date(2024, 2, 29)
     with pytest.raises(ValueError, match="is not a date"):
         parse_date("2023-02-29")
+
+
+def test_years_are_kpi_periods() -> None:
+    """A year is numbered by itself, labelled YYYY, and ends at local midnight of Jan 1st."""
+    new_year = date_to_day(date(2024, 1, 1))
+    assert period_of_day(new_year - 1, "year") == 2023
+    assert period_of_day(new_year, "year") == 2024
+    assert periods_of_days({new_year - 1, new_year, new_year + 40}, "year") == {2023, 2024}
+    assert period_start_day(2024, "year") == new_year
+    assert period_label(2024, "year") == "2024"
+    tokyo = AppCalendar("Asia/Tokyo")
+    assert tokyo.period_end_ms(2023, "year") == 1_704_034_800_000  # 2023-12-31T15:00Z

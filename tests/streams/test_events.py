@@ -127,16 +127,21 @@ _FIELD_VALUES = st.one_of(
                                                          max_size=2),
 )
 _FIELDS = ("event_id", "type", "user_id", "ts", "app", "platform", "country", "campaign",
-           "cost", "amount", "currency", "extra")
+           "cost", "amount", "currency", "score", "survey", "extra")
+_CUSTOM = frozenset({"bet", "level_up"})  # ACTIVITY_EVENTS for these properties
 
 
 @st.composite
 def _objects(draw: st.DrawFn) -> dict[str, object]:
     """A valid event with some fields removed or replaced by anything."""
-    obj: dict[str, object] = base(type=draw(st.sampled_from(["session", "install",
-                                                             "purchase"])))
+    obj: dict[str, object] = base(type=draw(st.sampled_from(
+        ["session", "install", "purchase", "survey", "bet", "level_up", "deposit"])))
     if obj["type"] == "purchase":
         obj["amount"] = draw(st.integers(0, 10**9) | st.floats(0, 1e9))
+    if obj["type"] == "survey":
+        obj["score"] = draw(st.integers(-1, 11))
+        if draw(st.booleans()):
+            obj["survey"] = draw(st.sampled_from(["nps", "csat.v2", "", "a b", 7]))
     for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=4)):
         if draw(st.booleans()):
             obj.pop(name, None)
@@ -146,13 +151,13 @@ def _objects(draw: st.DrawFn) -> dict[str, object]:
 
 
 def _both_readers(raw: bytes, max_events: int = 1000) -> None:
-    fast = parse_message(raw, NOW, 1 << 20, max_events)
-    plain = parse_message(raw, NOW, 1 << 20, max_events, fast=False)
+    fast = parse_message(raw, NOW, 1 << 20, max_events, _CUSTOM)
+    plain = parse_message(raw, NOW, 1 << 20, max_events, _CUSTOM, fast=False)
     assert fast == plain
     # the same values, to the type: an int amount stays an int, a float a float
     for (_, a), (_, b) in zip(fast.events, plain.events, strict=True):
-        assert [type(v) for v in (a.cost, a.amount, a.ts_ms)] == [
-            type(v) for v in (b.cost, b.amount, b.ts_ms)]
+        assert [type(v) for v in (a.cost, a.amount, a.ts_ms, a.score)] == [
+            type(v) for v in (b.cost, b.amount, b.ts_ms, b.score)]
 
 
 def _json(value: object) -> bytes:
@@ -191,6 +196,12 @@ def test_fast_and_plain_readers_agree_on_bytes(raw: bytes) -> None:
     b'{"event_id":"e","type":"session","user_id":"u","ts":1,"unknown\xff":1}',
     b'{"event_id":"e","type":"session","user_id":"u","ts":1,"x":"\\ud800"}',
     b'{"event_id":"e","type":"session","user_id":"u","ts":1,"x":[01]}',
+    b'{"event_id":"e","type":"survey","user_id":"u","ts":1,"score":9}',
+    b'{"event_id":"e","type":"survey","user_id":"u","ts":1,"score":9.0,"survey":"x"}',
+    b'{"event_id":"e","type":"survey","user_id":"u","ts":1,"score":true}',
+    b'{"event_id":"e","type":"survey","user_id":"u","ts":1,"score":3,"amount":-1}',
+    b'{"event_id":"e","type":"bet","user_id":"u","ts":1,"score":3}',
+    b'{"event_id":"e","type":"deposit","user_id":"u","ts":1}',
 ])
 def test_fast_and_plain_readers_agree_on_edges(raw: bytes) -> None:
     _both_readers(raw)
@@ -198,3 +209,37 @@ def test_fast_and_plain_readers_agree_on_edges(raw: bytes) -> None:
 
 def test_deep_nesting_falls_back_to_the_plain_reader() -> None:
     _both_readers(b"[" * 5000 + b"]" * 5000)
+
+
+def test_custom_activity_types_are_accepted_only_when_named() -> None:
+    """ACTIVITY_EVENTS (METRICS.md §1): a named custom type is an event like a session; any
+    other type, or a type that is no string at all, stays unknown_type."""
+    casino = frozenset({"bet", "deposit"})
+    parsed = parse_message(orjson.dumps([base(type="bet"), base(event_id="e2", type="spin"),
+                                         base(event_id="e3", type=["bet"])]), NOW,
+                           activity_types=casino)
+    assert [event.type for _, event in parsed.events] == ["bet"]
+    assert [(r.index, r.reason) for r in parsed.rejects] == [(1, "unknown_type"),
+                                                             (2, "unknown_type")]
+    with pytest.raises(InvalidEvent, match="unknown_type"):
+        validate_event(base(type="bet"), NOW)  # not named: unknown
+    deposit = validate_event(base(type="deposit", amount=5, cost=1), NOW, "d", casino)
+    assert (deposit.amount, deposit.cost) == (None, None)  # money counts on its own types
+
+
+def test_survey_answers_carry_a_score_and_a_survey_name() -> None:
+    """§1: score an integer 0-10 (required), survey 1-64 chars (default nps); no money."""
+    answer = validate_event(base(type="survey", score=9, amount=3), NOW)
+    assert (answer.type, answer.score, answer.survey, answer.amount) == ("survey", 9, "nps",
+                                                                         None)
+    assert validate_event(base(type="survey", score=0, survey="csat"), NOW).survey == "csat"
+    assert validate_event(base(type="survey", score=10, survey=None), NOW).survey == "nps"
+    assert answer.to_json()["score"] == 9 and answer.to_json()["survey"] == "nps"
+    for fields, reason in (({}, "missing_field"), ({"score": 11}, "invalid_field"),
+                           ({"score": -1}, "invalid_field"), ({"score": 7.5}, "invalid_field"),
+                           ({"score": 9.0}, "invalid_field"), ({"score": True}, "invalid_field"),
+                           ({"score": "9"}, "invalid_field"),
+                           ({"score": 9, "survey": "a b"}, "invalid_field"),
+                           ({"score": 9, "survey": "x" * 65}, "invalid_field")):
+        with pytest.raises(InvalidEvent, match=reason):
+            validate_event(base(type="survey", **fields), NOW)

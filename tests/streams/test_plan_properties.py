@@ -17,16 +17,19 @@ import os
 import random
 from collections import Counter
 from datetime import date, timedelta
+from typing import Any
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
+from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
     kpis_report,
+    nps_report,
     read_daily,
     repeat_purchase_report,
     summary_report,
@@ -37,13 +40,15 @@ from retention_tracker.streams.figures import day_summary, money_of_day
 
 from .real_apply import RealApply
 
-BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
+BASE_MS = 1_701_648_000_000  # 2023-12-04T00:00:00Z, a Monday
 ZONES = ["UTC", "America/New_York", "Asia/Tokyo"]
 APPS = ("a", "b")
 WINDOW_DAYS = 7
 # ~0.9 s an example on 2 cores; scripts/mutation lowers it for its thousands of runs
 PROPERTY_EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "35"))
-THRESHOLD_DAYS = 2
+# app "b" has its own currency and VIP bars; "a" the global defaults (USD, 100, 10)
+PER_APP = {"app_currencies": {"b": "EUR"}, "app_vip_revenue": {"b": 20.0},
+           "app_vip_purchases": {"b": 3}, "app_inactivity_thresholds": {"b": (1, 3)}}
 # every kind of segment the state keeps: attribute values, and each value segment
 SEGMENTS = {"all": None, "platform=ios": {"platform": "ios"},
             "platform=android": {"platform": "android"}, "country=DE": {"country": "DE"},
@@ -58,12 +63,19 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
     events = []
     for i in range(n_events):
         user = draw(st.integers(0, n_users - 1))
-        # spread over ~75 days with hour-level detail, so weeks, months and DST all occur
-        ts = BASE_MS + draw(st.integers(0, 75 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
-        kind = draw(st.sampled_from(["install", "session", "session", "purchase"]))
+        # spread over ~105 days with hour-level detail, so weeks, months, a new year and
+        # DST all occur
+        ts = BASE_MS + draw(st.integers(0, 105 * 24)) * 3_600_000 + draw(st.integers(0, 3599999))
+        # "bet": a custom activity type (ACTIVITY_EVENTS), activity like a session; "survey":
+        # an answer, no activity, on a coarse grid of times so equal times occur
+        kind = draw(st.sampled_from(["install", "session", "session", "purchase", "bet",
+                                     "survey"]))
         money = st.sampled_from([0, 0.99, 4.99, 19.99, 120.0, 0.0001])
-        events.append(
-            Event(
+        if kind == "survey":  # users 0..n_users+1: some are known only by their answers
+            user = draw(st.integers(0, n_users + 1))
+            ts = (BASE_MS + draw(st.integers(0, 4)) * 20 * MS_PER_DAY
+                  + draw(st.sampled_from([10, 10, 11])) * 3_600_000)
+        event = Event(
                 app=draw(st.sampled_from(APPS)),
                 event_id=f"e{i}",
                 type=kind,
@@ -76,8 +88,17 @@ def event_lists(draw: st.DrawFn) -> list[Event]:
                 amount=draw(money) if kind == "purchase" else None,
                 currency=draw(st.sampled_from([None, "USD", "EUR"])) if kind == "purchase"
                 else None,
+                score=draw(st.integers(0, 10)) if kind == "survey" else None,
+                survey=draw(st.sampled_from(["nps", "nps", "csat"])) if kind == "survey"
+                else None,
             )
-        )
+        answers = [e for e in events if e.type == "survey"]
+        if kind == "survey" and answers and draw(st.booleans()):
+            # another answer of an earlier answerer at the same time: the larger id wins
+            same = answers[draw(st.integers(0, len(answers) - 1))]
+            event = msgspec.structs.replace(event, app=same.app, user_id=same.user_id,
+                                            ts_ms=same.ts_ms, survey=same.survey)
+        events.append(event)
     return events
 
 
@@ -132,43 +153,57 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     store, cfg = state.store, state.settings
     now_ms = await store.watermark_ms()  # CLOCK=event: now is the latest event applied
     assert now_ms == max(e.ts_ms for e in events)
+    rules = {app: reference_rules(cfg, app) for app in apps}
     for app in sorted(apps):
         for segment, where in SEGMENTS.items():
             query_where = () if where is None else (segment,)
             for granularity in ("day", "week", "month"):
                 for kind in ("classic", "rolling"):
                     expected = reference.triangle(events, app, granularity, kind, tz, now_ms,
-                                                  where=where)
+                                                  where=where, **rules[app])
                     got = (await cohort_report(store, cfg, app, granularity, kind,
                                               where=query_where)).as_json()
                     assert got["cohorts"] == expected, (app, segment, granularity, kind)
-                for kind, currency in (("ltv", "USD"), ("ltv", "EUR"), ("roas", "USD"),
-                                       ("payer_conversion", "USD")):
+                    returns = {"all": ("purchase", "bet"), "platform=ios": ("purchase",)}
+                    for returning in returns.get(segment, ()):
+                        expected = reference.triangle(events, app, granularity, kind, tz,
+                                                      now_ms, where=where, **rules[app],
+                                                      returning=returning)
+                        got = (await cohort_report(store, cfg, app, granularity, kind,
+                                                  where=query_where,
+                                                  returning=returning)).as_json()
+                        assert got["cohorts"] == expected, (app, segment, granularity, kind,
+                                                            returning)
+                own = cfg.currency_of(app)  # app "b" has its own (APP_CURRENCIES)
+                for kind, currency in (("ltv", "USD"), ("ltv", "EUR"), ("roas", own),
+                                       ("payer_conversion", own)):
                     expected = reference.money_triangle(
-                        events, app, granularity, kind, tz, now_ms, currency, where=where)
+                        events, app, granularity, kind, tz, now_ms, currency, where=where,
+                        **rules[app])
                     try:
                         got = (await cohort_report(store, cfg, app, granularity, kind,
                                                   where=query_where, currency=currency)).as_json()
                     except QueryError as refused:  # a currency without revenue: refused
-                        assert currency != cfg.currency, refused
+                        assert currency != own, refused
                         assert all(not any(r["values"]) for r in expected), refused
                         continue
                     assert got["cohorts"] == expected, (app, segment, granularity, kind,
                                                         currency)
-            for period in ("week", "month"):
-                expected = reference.kpis(events, app, period, tz, where=where,
+            for period in ("week", "month", "year"):
+                expected = reference.kpis(events, app, period, tz, where=where, **rules[app],
                                           now_ms=now_ms)
                 got = (await kpis_report(store, cfg, app, period, where=query_where)).as_json()
                 assert got["periods"] == expected, (app, segment, period)
+            await assert_same_nps(state, events, tz, app, segment, where, now_ms)
             rpr = (await repeat_purchase_report(store, cfg, app, "week",
                                                 where=query_where)).as_json()
-            assert rpr["lifetime"] == reference.repeat_purchase_rate(events, app, tz,
-                                                                     where=where), segment
+            assert rpr["lifetime"] == reference.repeat_purchase_rate(
+                events, app, tz, where=where, **rules[app]), segment
             assert {c["cohort"]: {k: v for k, v in c.items() if k != "cohort"}
                     for c in rpr["cohorts"]} == reference.repeat_purchase_by_cohort(
-                        events, app, "week", tz, where=where), segment
+                        events, app, "week", tz, where=where, **rules[app]), segment
             daily = await read_daily(store, app, segment)
-            series = reference.daily_series(events, app, tz, where=where)
+            series = reference.daily_series(events, app, tz, where=where, **rules[app])
             for day, figures in series.items():
                 got = day_summary(app, date_to_day(day), daily)
                 got.update(money_of_day(daily, date_to_day(day), got["dau"]))
@@ -187,18 +222,49 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     # the users whose moment has come by now
     last_active: dict[tuple[str, str], int] = {}
     for event in events:
+        if event.type == "survey":  # an answer makes no one active (§1)
+            continue
         user = (event.app, event.user_id)
         last_active[user] = max(last_active.get(user, event.ts_ms), event.ts_ms)
-    due_ms = THRESHOLD_DAYS * MS_PER_DAY
+    # (each app at its own thresholds: "b" has APP_INACTIVITY_THRESHOLDS 1 and 3)
     assert await state.due() == {
-        (app, user_id, THRESHOLD_DAYS): ts + due_ms for (app, user_id), ts in last_active.items()
+        (app, user_id, days): ts + days * MS_PER_DAY for (app, user_id), ts in last_active.items()
+        for days in cfg.inactivity_thresholds_of(app)
     }
     for app in sorted(apps):
         if any(e.app == app for e in events):
             winback = (await summary_report(store, cfg, app, date(2024, 1, 1))).as_json()["winback"]
-            inactive = sum(1 for (a, _), ts in last_active.items()
-                           if a == app and ts + due_ms <= now_ms)
-            assert winback[str(THRESHOLD_DAYS)]["inactive"] == inactive, app
+            assert list(winback) == [str(d) for d in cfg.inactivity_thresholds_of(app)]
+            for days in cfg.inactivity_thresholds_of(app):
+                inactive = sum(1 for (a, _), ts in last_active.items()
+                               if a == app and ts + days * MS_PER_DAY <= now_ms)
+                assert winback[str(days)]["inactive"] == inactive, (app, days)
+
+
+def reference_rules(cfg: Settings, app: str) -> dict[str, Any]:
+    """The app's currency and VIP bars (APP_CURRENCIES, APP_VIP_*), as the reference takes
+    them."""
+    return {"default_currency": cfg.currency_of(app),
+            "vip_revenue": str(cfg.app_vip_revenue.get(app, cfg.vip_revenue)),
+            "vip_purchases": cfg.app_vip_purchases.get(app, cfg.vip_purchases)}
+
+
+async def assert_same_nps(state: RealApply, events: list[Event], tz: str, app: str,
+                          segment: str, where: dict[str, str] | None, now_ms: int) -> None:
+    """§8: NPS per period for every segment; per cohort and for churned against retained
+    answerers for all users and the free ones (where users known only by answers count)."""
+    query_where = () if where is None else (segment,)
+    rules = {app: reference_rules(state.settings, app)}
+    for period in ("week", "month", "year"):
+        for by in ("period", "cohort", "churn"):
+            if by != "period" and segment not in ("all", "value=free"):
+                continue
+            for survey in ("nps", "csat") if segment == "all" else ("nps",):
+                got = (await nps_report(state.store, state.settings, app, period, survey,
+                                        query_where, by)).as_json()
+                expected = reference.nps(events, app, period, tz, survey, by=by, where=where,
+                                         **rules[app], now_ms=now_ms)
+                assert got["rows"] == expected, (app, segment, period, by, survey)
 
 
 async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
@@ -208,6 +274,7 @@ async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
     # a second round of some events after twice the dedup window: they count again
     second = deliver([e for e in events if rng.random() < 0.3], rng, 0.0)
     async with RealApply(redis_url, timezone=tz, horizon_days=horizon_days,
+                         per_app=PER_APP,
                          dedup_window_days=WINDOW_DAYS, state_cache_users=cache_users) as state:
         expected, stats = accepted_events([first, second], state.shard_of, horizon_days)
         arrival = BASE_MS

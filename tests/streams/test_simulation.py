@@ -197,3 +197,16 @@ def test_output_is_pinned_for_a_fixed_config() -> None:
         count += 1
     assert count == 2322
     assert digest.hexdigest() == "24c78b20f949ae7573d2df19071e84f78e95d8e26d49debc65cc19fe28b66ca7"
+
+
+def test_survey_answers_at_about_their_rate_and_valid() -> None:
+    """survey_rate: an NPS answer on about that share of active days (off by default, so
+    the pinned stream above is unchanged)."""
+    cfg = SimulationConfig(installs_per_day=50, days=10, start_ms=START, seed=4,
+                           duplicate_rate=0.0, survey_rate=0.2)
+    events = [e for e in generate_events(cfg) if isinstance(e, dict)]
+    answers = [e for e in events if e["type"] == "survey"]
+    active_days = {(e["user_id"], e["ts"] // 86_400_000) for e in events
+                   if e["type"] != "survey"}
+    assert 0.15 < len(answers) / len(active_days) < 0.25
+    assert {validate_event(e, START + 11 * 86_400_000).score for e in answers} == set(range(11))

@@ -1,7 +1,8 @@
 """The user-state codec (streams/user_state.py): a Redis hash field value per user.
 
-Round trip for any state, the exact bytes of a small one (worked by hand from the format),
-records of format 3 still decode, and anything else is refused."""
+Round trip for any state (survey answers and answers-only users included), the exact bytes
+of a small one (worked by hand from the format), records of formats 3 and 4 still decode,
+and anything else is refused."""
 
 from __future__ import annotations
 
@@ -21,13 +22,35 @@ BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, day 19723
 
 
 def test_a_small_state_in_bytes() -> None:
-    """Version 4; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
+    """Version 5; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
     last_active; first day 0; one install at offset 0; no attributes, purchases or cost;
-    one session; no win-back marks; the active days 0 and 2 as the bitmap 0b101."""
+    one session; no win-back marks; no survey answers; no RETURN_EVENTS days; the active
+    days 0 and 2 as the bitmap 0b101."""
     state = UserState(1000, 1000, 0, frozenset({0, 2}), frozenset({0}), sessions=1)
     raw = encode_user(state)
-    assert raw == bytes([4, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0b101])
+    assert raw == bytes([5, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0b101])
     assert decode_user(raw) == state
+
+
+def test_an_answer_in_bytes() -> None:
+    """One answer to the default survey (stored as an empty name) on the first day, 1 ms
+    after first_seen (zigzag 2), event id "s1", score 9; then the bitmap."""
+    state = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
+                      answers=(("nps", 0, 1001, "s1", 9),))
+    raw = encode_user(state)
+    assert raw[-10:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 0b1])
+    assert decode_user(raw) == state
+    named = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
+                      answers=(("csat", -3, 5, "x", 0),))  # before the first activity
+    assert decode_user(encode_user(named)) == named
+
+
+def test_a_user_known_only_by_answers() -> None:
+    """No activity: no first day to anchor, no bitmap; only the answers mean anything."""
+    state = UserState(0, 0, 0, frozenset(), frozenset(),
+                      answers=(("nps", 19723, BASE_MS, "s", 10), ("nps", 19730, BASE_MS, "t", 3)))
+    assert not state.seen
+    assert decode_user(encode_user(state)) == state
 
 
 @st.composite
@@ -52,7 +75,20 @@ def states(draw: st.DrawFn) -> UserState:
         # an episode is recorded only with a threshold sent or expired (winback.handle_moment
         # always marks one): without marks the codec stores no episode
         episode = None
+    answer_keys = draw(st.sets(st.tuples(st.sampled_from(["nps", "csat", "a.b-c_1"]), days),
+                               max_size=4))
+    answers = tuple(
+        (survey, day, draw(st.integers(0, 2**45)), draw(st.text(min_size=1, max_size=128)),
+         draw(st.integers(0, 10)))
+        for survey, day in sorted(answer_keys))
+    kinds = draw(st.lists(st.sampled_from(["purchase", "bet", "level_up"]), unique=True))
+    returns = tuple((kind, draw(st.frozensets(days, min_size=1, max_size=6)))
+                    for kind in sorted(kinds))
+    if draw(st.booleans()) and answers:  # a user known only by survey answers
+        return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
     return UserState(
+        answers=answers,
+        returns=returns,
         first_seen_ms=first_seen,
         last_active_ms=first_seen + draw(st.integers(0, 10**11)),
         first_day=first_day,
@@ -90,11 +126,23 @@ def test_format_3_records_still_decode() -> None:
     old[0] = 3
     index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
     old[index] = 1
+    del old[-3:-1]  # format 3 had no answers and returns (their counts before the bitmap)
     decoded = decode_user(bytes(old))
     assert (decoded.notified_days, decoded.expired_days) == ((1,), ())
+    assert decoded.active_days == frozenset({19723})
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x05" + bytes(12), b"{}"])
+def test_format_4_records_still_decode() -> None:
+    """Version 4 had no survey answers: the same record without their count."""
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
+                      sessions=3, notified_episode_ms=BASE_MS + 5, notified_days=(2,))
+    new = encode_user(state)
+    assert new[-3:-1] == bytes(2)  # no answers, no returns, then the one bitmap byte
+    old = bytes([4]) + new[1:-3] + new[-1:]
+    assert decode_user(old) == state
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x06" + bytes(12), b"{}"])
 def test_other_formats_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError, match="unknown user record format"):
         decode_user(raw)

@@ -270,3 +270,26 @@ def test_payload_times_are_utc_iso_8601_to_the_millisecond(ts_ms: int) -> None:
     and is a millisecond off for some instants past 2100)."""
     exact = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts_ms)
     assert iso_ms(ts_ms) == exact.isoformat(timespec="milliseconds")
+
+
+def test_each_app_at_its_own_thresholds() -> None:
+    """APP_INACTIVITY_THRESHOLDS: app "fast" notifies after 1 day, the others after 2 (the
+    global thresholds); the event clock finds both moments inside one batch; the due moments
+    of the notifier are those of each app's thresholds only."""
+    rules = WinbackRules(thresholds=(2,), max_delay_ms=3 * MS_PER_DAY, per_app={"fast": (1,)})
+    assert rules.every_threshold == (1, 2) and rules.thresholds_of("slow") == (2,)
+    events = [Event("fast", "f1", "session", "u", BASE_MS),
+              Event("slow", "s1", "session", "u", BASE_MS),
+              Event("fast", "x", "session", "later", BASE_MS + 3 * MS_PER_DAY - HOUR_MS)]
+    plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
+                      {(e.app, e.user_id): None for e in events}, set(), None, 400,
+                      lambda _app: UTC, DEFAULT_RULES, winback=rules, event_clock=True)
+    due = [(days, user, state.last_active_ms + days * MS_PER_DAY)
+           for user, state in plan.users.items() for days in rules.thresholds_of(user[0])]
+    assert sorted(due) == [(1, ("fast", "later"), BASE_MS + 4 * MS_PER_DAY - HOUR_MS),
+                           (1, ("fast", "u"), BASE_MS + MS_PER_DAY),
+                           (2, ("slow", "u"), BASE_MS + 2 * MS_PER_DAY)]
+    notified = plan_notifications(due, plan.users, plan.watermark_ms or 0, lambda _app: UTC,
+                                  DEFAULT_RULES, rules)
+    assert sorted((m["app"], m["threshold_days"]) for m in notified.messages) == [
+        ("fast", 1), ("slow", 2)]
