@@ -95,7 +95,7 @@ _LTV, _PERIOD_REVENUE, _FIRST_PAYMENT, _PERIOD_PAYERS, _REPEAT_PAYERS, _REPEAT_B
 
 
 def user_contributions(
-    state: UserState, near_days: frozenset[int] | None = None
+    state: UserState, near_days: frozenset[int] | None = None, years: bool = True
 ) -> Counter[Cell]:
     """What one user adds to every aggregate counter of its app (METRICS.md §3-§6), keyed
     by cell (streams/counters.py).
@@ -116,9 +116,10 @@ def user_contributions(
         near_periods = _add_periods(contrib, state, g, near, scoped)
         if state.purchases:
             _add_period_money(contrib, state, g, near_periods, purchase_count)
-    near_years = _add_years(contrib, state, near, scoped)
-    if state.purchases:
-        _add_period_money(contrib, state, YEAR, near_years, purchase_count)
+    if years:  # False: the caller knows the yearly counters do not move (_years_move)
+        near_years = _add_years(contrib, state, near, scoped)
+        if state.purchases:
+            _add_period_money(contrib, state, YEAR, near_years, purchase_count)
     if state.answers:
         add_nps_contributions(contrib, state, near_days)
     if state.returns:
@@ -309,11 +310,23 @@ def _add_user_delta(
         if not near and old.cost_units == new.cost_units:
             return  # e.g. an earlier event carrying the same attribute value
         target = pending.setdefault(new_segments, Counter())
-        target.update(user_contributions(new, near))
-        target.subtract(user_contributions(old, near))
+        years = _years_move(old, new, near)
+        target.update(user_contributions(new, near, years))
+        target.subtract(user_contributions(old, near, years))
     else:  # the user moved cohort or segment: every contribution moves
         pending.setdefault(new_segments, Counter()).update(user_contributions(new))
         pending.setdefault(old_segments, Counter()).subtract(user_contributions(old))
+
+
+def _years_move(old: UserState, new: UserState, near: frozenset[int]) -> bool:
+    """Can the yearly KPI counters differ between two states of the same first day? Not
+    when the purchases are the same and every changed day falls in a year the user was
+    active in already (its first or last): the set of active years is then the same. The
+    usual event (another day of this year) so skips them."""
+    if old.purchases != new.purchases:
+        return True
+    known = (period_of_day(old.first_day, YEAR), period_of_day(old.last_day, YEAR))
+    return any(period_of_day(day, YEAR) not in known for day in near)
 
 
 def _nonzero(groups: dict[Segments, Counter[Cell]]) -> dict[Segments, dict[Cell, int]]:
