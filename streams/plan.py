@@ -98,7 +98,7 @@ _LTV, _PERIOD_REVENUE, _FIRST_PAYMENT, _PERIOD_PAYERS, _REPEAT_PAYERS, _REPEAT_B
 
 def user_contributions(
     state: UserState, near_days: frozenset[int] | None = None,
-    into: Counter[Cell] | None = None, sign: int = 1,
+    into: Counter[Cell] | None = None, sign: int = 1, years: bool = True,
 ) -> Counter[Cell]:
     """What one user adds to every aggregate counter of its app (METRICS.md §3-§6), keyed
     by cell (streams/counters.py).
@@ -122,9 +122,10 @@ def user_contributions(
         near_periods = _add_periods(contrib, state, g, near, scoped, sign)
         if state.purchases:
             _add_period_money(contrib, state, g, near_periods, purchase_count, sign)
-    near_years = _add_years(contrib, state, near, scoped, sign)
-    if state.purchases:
-        _add_period_money(contrib, state, YEAR, near_years, purchase_count, sign)
+    if years:  # False: the caller knows the yearly counters do not move (_years_move)
+        near_years = _add_years(contrib, state, near, scoped, sign)
+        if state.purchases:
+            _add_period_money(contrib, state, YEAR, near_years, purchase_count, sign)
     if state.answers:
         add_nps_contributions(contrib, state, near_days, sign)
     if state.returns:
@@ -317,11 +318,23 @@ def _add_user_delta(
         if not near and old.cost_units == new.cost_units:
             return  # e.g. an earlier event carrying the same attribute value
         target = pending.setdefault(new_segments, Counter())
-        user_contributions(new, near, into=target)
-        user_contributions(old, near, into=target, sign=-1)
+        years = _years_move(old, new, near)
+        user_contributions(new, near, into=target, years=years)
+        user_contributions(old, near, into=target, sign=-1, years=years)
     else:  # the user moved cohort or segment: every contribution moves
         user_contributions(new, into=pending.setdefault(new_segments, Counter()))
         user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
+
+
+def _years_move(old: UserState, new: UserState, near: frozenset[int]) -> bool:
+    """Can the yearly KPI counters differ between two states of the same first day? Not
+    when the purchases are the same and every changed day falls in a year the user was
+    active in already (its first or last): the set of active years is then the same. The
+    usual event (another day of this year) so skips them."""
+    if old.purchases != new.purchases:
+        return True
+    known = (period_of_day(old.first_day, YEAR), period_of_day(old.last_day, YEAR))
+    return any(period_of_day(day, YEAR) not in known for day in near)
 
 
 def _nonzero(groups: dict[Segments, Counter[Cell]]) -> dict[Segments, dict[Cell, int]]:
