@@ -20,6 +20,7 @@ from redis.exceptions import (
     ClusterDownError,
     ConnectionError,
     MasterDownError,
+    MovedError,
     RedisClusterException,
     SlotNotCoveredError,
     TimeoutError,
@@ -32,10 +33,12 @@ from retention_tracker.state.store import AsyncClient, RedisStore
 
 #: Errors that mean "Redis is (for now) not there": a node down, a failover under way (the
 #: cluster refuses queries until a replica has taken over), slots moving. The worker waits
-#: and retries on them instead of dropping or buffering (``agents/ingest.py``).
+#: and retries on them instead of dropping or buffering (``agents/ingest.py``). A
+#: redirection (MOVED/ASK) still raised after the store's own three tries means the slot map
+#: is still converging after a failover; nothing ran, so waiting and retrying is safe.
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
     ConnectionError, TimeoutError, ClusterDownError, TryAgainError, MasterDownError,
-    SlotNotCoveredError,
+    SlotNotCoveredError, MovedError, AskError,
 )
 
 SyncClient = redis.Redis | redis.RedisCluster

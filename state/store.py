@@ -13,9 +13,9 @@ import logging
 import os
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -50,6 +50,7 @@ from retention_tracker.streams.user_state import UserKey, UserState, decode_user
 from retention_tracker.streams.winback import NotificationPlan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A single Redis or a Redis Cluster (``REDIS_CLUSTER``): the store speaks to either the
 #: same way, since every key of a partition shares its hash tag and nothing else is read or
@@ -340,34 +341,45 @@ class RedisStore:
         reply; a WAIT that falls short is logged and counted, not raised: the write is done
         on the master either way, and a failover before the replicas have it only sends
         that partition back to its stored offset (README, "Redis Cluster")."""
-        for attempt in (1, 2, 3):
+        async def once() -> tuple[Any, int]:
             server = await self._server_of(key)
-            try:
-                if replicas:
+            for loaded in (False, True):
+                try:
+                    if not replicas:
+                        return await server.execute_command(*command), 0
                     async with server.pipeline(transaction=False) as pipe:
                         pipe.execute_command(*command)
                         pipe.execute_command("WAIT", replicas, self.wait_timeout_ms)
                         reply, acknowledged = await pipe.execute()
-                else:
-                    reply, acknowledged = await server.execute_command(*command), 0
-            except NoScriptError:  # a promoted replica has no script cache; nothing ran
-                if script is None or attempt == 3:
-                    raise
-                await server.script_load(script)
-                continue
+                        return reply, int(acknowledged)
+                except NoScriptError:  # a promoted replica has no script cache; nothing ran
+                    if script is None or loaded:
+                        raise
+                    await server.script_load(script)
+            raise AssertionError("unreachable")
+
+        reply, acknowledged = await self._redirected(once)
+        if acknowledged < replicas:
+            self.wait_shortfalls += 1
+            log.warning("write to %s acknowledged by %s of %s replica(s) within %s ms",
+                        key, acknowledged, replicas, self.wait_timeout_ms)
+        return reply
+
+    async def _redirected(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` against the cluster's masters. A redirection (the slot moved: a
+        failover, resharding) means nothing ran: the slot map is read again and the call
+        made again, three times at most. A lost connection marks the map stale for the next
+        call and raises (the worker's retry loop waits for Redis)."""
+        for attempt in (1, 2, 3):
+            try:
+                return await call()
             except (MovedError, AskError):
                 if attempt == 3:
                     raise
                 await self._relearn_slots()
-                continue
             except (RedisConnectionError, RedisTimeoutError):
                 await self._relearn_slots(later=True)
                 raise
-            if int(acknowledged) < replicas:
-                self.wait_shortfalls += 1
-                log.warning("write to %s acknowledged by %s of %s replica(s) within %s ms",
-                            key, acknowledged, replicas, self.wait_timeout_ms)
-            return reply
         raise AssertionError("unreachable")
 
     async def _fan_out(self, calls: Sequence[_Read]) -> list[Any]:
@@ -382,7 +394,8 @@ class RedisStore:
                 for call in calls:
                     call.queue(pipe)
                 return list(await pipe.execute())
-        for attempt in (1, 2, 3):
+
+        async def once() -> list[Any]:
             by_server: dict[int, tuple[aioredis.Redis, list[int]]] = {}
             for index, call in enumerate(calls):
                 server = await self._server_of(call.key)
@@ -394,22 +407,14 @@ class RedisStore:
                         calls[index].queue(pipe)
                     return list(await pipe.execute())
 
-            try:
-                parts = await asyncio.gather(*(run(*group) for group in by_server.values()))
-            except (MovedError, AskError):
-                if attempt == 3:
-                    raise
-                await self._relearn_slots()
-                continue
-            except (RedisConnectionError, RedisTimeoutError):
-                await self._relearn_slots(later=True)
-                raise
+            parts = await asyncio.gather(*(run(*group) for group in by_server.values()))
             out: list[Any] = [None] * len(calls)
             for (_server, indexes), replies in zip(by_server.values(), parts, strict=True):
                 for index, reply in zip(indexes, replies, strict=True):
                     out[index] = reply
             return out
-        raise AssertionError("unreachable")
+
+        return await self._redirected(once)
 
     async def _server_of(self, key: str) -> aioredis.Redis:
         """The single Redis, or a plain client of the master serving ``key`` (one per master,
