@@ -20,6 +20,7 @@ from msgspec.structs import replace
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     MS_PER_DAY,
+    PERIOD_GRANULARITIES,
     AppCalendar,
     period_of_day,
     periods_of_days,
@@ -318,12 +319,79 @@ def _add_user_delta(
         if not near and old.cost_units == new.cost_units:
             return  # e.g. an earlier event carrying the same attribute value
         target = pending.setdefault(new_segments, Counter())
+        if _only_new_active_days(old, new):  # the usual change: another day of activity
+            add_new_days_delta(target, old, new, near)
+            return
         years = _years_move(old, new, near)
         user_contributions(new, near, into=target, years=years)
         user_contributions(old, near, into=target, sign=-1, years=years)
     else:  # the user moved cohort or segment: every contribution moves
         user_contributions(new, into=pending.setdefault(new_segments, Counter()))
         user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
+
+
+def _only_new_active_days(old: UserState, new: UserState) -> bool:
+    """Do the two states (same first day and segments) differ in counted facts only by
+    active days the new one adds? Then ``add_new_days_delta`` gives the delta: installs,
+    purchases, cost and returning events equal means their counters cancel, and a user
+    with survey answers is left to the generic path (the answers' retained flag reads
+    the active days)."""
+    return (
+        not new.answers
+        and old.install_days == new.install_days
+        and old.purchases == new.purchases
+        and old.cost_units == new.cost_units
+        and old.returns == new.returns
+        and old.active_days < new.active_days
+    )
+
+
+def add_new_days_delta(contrib: Counter[Cell], old: UserState, new: UserState,
+                       added: frozenset[int]) -> None:
+    """contributions(new) - contributions(old) when new only adds the active days
+    ``added`` (``_only_new_active_days``), written straight from what a new day moves:
+    its DAU, the WAU/MAU edges around it, and per granularity (years included) the new
+    periods' classic and active cells, the lost cells next to them and the last-active
+    cell. The generic path computes both states' contributions near the change and lets
+    them cancel; ``tests/streams/test_plan_properties.py`` holds the two to the same
+    delta."""
+    for day in added:
+        contrib[_DAU, day] += 1
+    low, high = min(added), max(added)
+    old_days, new_days = sorted(old.active_days), sorted(new.active_days)
+    for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
+        for day, edge in _window_edges(new_days, width):
+            if low <= day <= high + width:
+                contrib[measure, day] += edge
+        for day, edge in _window_edges(old_days, width):
+            if low <= day <= high + width:
+                contrib[measure, day] -= edge
+    old_last, new_last = old_days[-1], new_days[-1]
+    for g in PERIOD_GRANULARITIES:
+        if g == "day":
+            before: frozenset[int] | set[int] = old.active_days
+            fresh: frozenset[int] | set[int] = added
+        else:
+            before = periods_of_days(old_days, g)
+            fresh = periods_of_days(added, g) - before
+        cohorts = g != YEAR  # years: period KPIs only, no cohort triangle
+        cohort = period_of_day(new.first_day, g)
+        for period in fresh:
+            if cohorts:
+                contrib[_CLASSIC, g, cohort, period - cohort] += 1
+            contrib[_ACTIVE, g, period] += 1
+        # lost(q) = q - 1 active and q not: only q in fresh or just after one can change
+        for period in fresh | {p + 1 for p in fresh}:
+            was = period - 1 in before and period not in before
+            now = (period - 1 in before or period - 1 in fresh) and period not in fresh \
+                and period not in before
+            if was != now:
+                contrib[_LOST, g, period] += 1 if now else -1
+        if cohorts:
+            last_before, last_now = period_of_day(old_last, g), period_of_day(new_last, g)
+            if last_before != last_now:
+                contrib[_LAST_ACTIVE, g, cohort, last_before - cohort] -= 1
+                contrib[_LAST_ACTIVE, g, cohort, last_now - cohort] += 1
 
 
 def _years_move(old: UserState, new: UserState, near: frozenset[int]) -> bool:
