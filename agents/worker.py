@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from typing import cast
 
@@ -19,6 +20,19 @@ from retention_tracker.state.schema import Keyspace
 from retention_tracker.state.store import timezone_problem
 
 EXIT_FATAL = 2
+# CPython's young-generation threshold (700 container allocations) makes a batch of 20,000
+# events run hundreds of collections, each walking every young list, dict, set and tuple a
+# plan builds; none of them holds a cycle (the states and events are msgspec Structs with
+# gc=False). A higher threshold collects the same garbage far less often: 13-20% of the pure
+# path's CPU (BENCHMARKS.md "Throughput, second session"). Cycles are still collected.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """The worker's collector settings (also taken by bench/plan_cpu.py, so the pure path
+    is measured as the worker runs it)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what was imported and built so far: never garbage, never walked again
 
 
 def preflight(settings: Settings) -> str | None:
@@ -75,6 +89,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     # spin on every record: every debug call of aiokafka and redis-py then builds a record,
     # ~3% of a worker's CPU (BENCHMARKS.md "Throughput"). A service needs no spinner.
     worker.spinner = None
+    tune_gc()
     code = 0
     try:
         worker.execute_from_commandline()

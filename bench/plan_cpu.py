@@ -9,7 +9,7 @@ wall-clock rates. Used to measure each change to plan.py and user_state.py:
     python -m retention_tracker.bench.plan_cpu --events 200000 --batch 500
     python -m retention_tracker.bench.plan_cpu --events 200000 --batch 500 --by-user  # batch50
     python -m retention_tracker.bench.plan_cpu --events 100000 --profile  # + cProfile top 25
-    python -m retention_tracker.bench.plan_cpu --events 100000 --profile  # + cProfile top 25
+    python -m retention_tracker.bench.plan_cpu --events 200000 --default-gc  # CPython's gc
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from retention_tracker.agents.worker import tune_gc
 from retention_tracker.state.schema import render_stat
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
@@ -103,10 +104,14 @@ def main() -> None:
     parser.add_argument("--event-clock", action="store_true",
                         help="plan as with CLOCK=event (the worker bench's setting)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="CPython's collector thresholds, not the worker's (tune_gc)")
     args = parser.parse_args()
     workload = build_workload(WorkloadSpec(args.events, args.users or args.events // 10, 30))
     events = workload.by_user if args.by_user else workload.events
     parts = messages_per_partition(events, args.by_user, 50)
+    if not args.default_gc:
+        tune_gc()
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
