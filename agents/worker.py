@@ -24,7 +24,7 @@ EXIT_FATAL = 2
 # events run hundreds of collections, each walking every young list, dict, set and tuple a
 # plan builds; none of them holds a cycle (the states and events are msgspec Structs with
 # gc=False). A higher threshold collects the same garbage far less often: 13-20% of the pure
-# path's CPU (BENCHMARKS.md "Throughput, second session"). Cycles are still collected.
+# path's CPU (BENCHMARKS.md "Second session of tries"). Cycles are still collected.
 GC_THRESHOLDS = (100_000, 50, 100)
 
 

@@ -353,7 +353,7 @@ def add_new_days_delta(contrib: Counter[Cell], old: UserState, new: UserState,
     its DAU, the WAU/MAU edges around it, and per granularity (years included) the new
     periods' classic and active cells, the lost cells next to them and the last-active
     cell. The generic path computes both states' contributions near the change and lets
-    them cancel; ``tests/streams/test_plan_properties.py`` holds the two to the same
+    them cancel; ``tests/streams/test_new_days_delta.py`` holds the two to the same
     delta."""
     for day in added:
         contrib[_DAU, day] += 1
@@ -381,12 +381,12 @@ def add_new_days_delta(contrib: Counter[Cell], old: UserState, new: UserState,
                 contrib[_CLASSIC, g, cohort, period - cohort] += 1
             contrib[_ACTIVE, g, period] += 1
         # lost(q) = q - 1 active and q not: only q in fresh or just after one can change
+        after = before | fresh
         for period in fresh | {p + 1 for p in fresh}:
-            was = period - 1 in before and period not in before
-            now = (period - 1 in before or period - 1 in fresh) and period not in fresh \
-                and period not in before
-            if was != now:
-                contrib[_LOST, g, period] += 1 if now else -1
+            moved = ((period - 1 in after and period not in after)
+                     - (period - 1 in before and period not in before))
+            if moved:
+                contrib[_LOST, g, period] += moved
         if cohorts:
             last_before, last_now = period_of_day(old_last, g), period_of_day(new_last, g)
             if last_before != last_now:
