@@ -440,11 +440,16 @@ class RedisStore:
         return server
 
     async def _relearn_slots(self, later: bool = False) -> None:
+        """Read the cluster's slot map again: now (a redirection), or at the next call
+        (``later``: the node may be down; the next call reads it from any node).
+        ``RedisCluster.initialize()`` reads the map only when the client is marked for
+        it, so the mark comes first: without it a redirection met by these plain
+        clients, which the cluster client never sees, left the old map in place and the
+        worker retried the old master for ever."""
         client = self.client
         if isinstance(client, aioredis.RedisCluster):
-            if later:  # the node may be down: the next call reloads the map (from any node)
-                client._initialize = True
-            else:
+            client._initialize = True
+            if not later:
                 await client.initialize()
 
     def _replicas_of(self, key: str) -> int:

@@ -22,10 +22,12 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from click.testing import CliRunner
 
 from retention_tracker.agents.local_stack import LocalCluster, start_redis_cluster, wait_for
 from retention_tracker.cli.main import cli
+from retention_tracker.state.store import RedisStore
 from tests.e2e.harness import Deployment, event_messages, isolated_deployment, produce
 
 from .support import (
@@ -155,6 +157,61 @@ def test_rebalance_between_two_workers_on_a_cluster(deployment: Deployment) -> N
         assert first.alive()
     assert_figures_exact(deployment, raw)
     FaultReport("cluster: second worker joins", produced, raw).finish(deployment)
+
+
+async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
+                                                          unique: str) -> None:
+    """A slot moved to another master after the store read the slot map (resharding, or a
+    failover the store learns of only by a redirection): the store reads the map again
+    and its read reaches the new master. Seen in a failover run before the fix: every
+    call of the worker's plain per-master clients met MOVED, and the map was never read
+    again (``RedisCluster.initialize()`` is a no-op unless the client is marked for it).
+    A shard no deployment uses, so its slot holds no key and can move by SETSLOT alone."""
+    client = aioredis.RedisCluster.from_url(cluster.url)
+    store = RedisStore(client, prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
+    shard = 999
+    key = store.keys.due(shard, 2)
+    slot = client.keyslot(key)
+    try:
+        assert await store.due_entries(shard, [2], 0) == []  # the map read, its master used
+        source = int(client.get_node_from_key(key).port)
+        target = next(port for port in cluster.masters if port != source)
+        with contextlib.closing(cluster.client(source)) as node:
+            assert node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        _move_slot(cluster, slot, target)
+        try:
+            assert await store.due_entries(shard, [2], 0) == []  # MOVED, then followed
+            assert int(client.get_node_from_key(key).port) == target
+        finally:
+            _move_slot(cluster, slot, source)
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+def _move_slot(cluster: LocalCluster, slot: int, port: int) -> None:
+    """An empty slot to the master on ``port``, told to every master; returns once every
+    node, replicas included, says so (redis-py reads the map from any node it knows, and a
+    replica learns of the move by gossip)."""
+    node = cluster.node_ids()[port]
+    for master in [port, *(m for m in cluster.masters if m != port)]:
+        with contextlib.closing(cluster.client(master)) as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node)
+    live = [p for p, process in cluster.processes.items() if process.alive()]
+    wait_for(lambda: all(_owner(cluster, p, slot) == port for p in live),
+             30, f"slot {slot} on {port} for every node", 0.05)
+
+
+def _owner(cluster: LocalCluster, via: int, slot: int) -> int:
+    """The port of the master serving ``slot``, as the node on ``via`` sees it."""
+    node = cluster.client(via)
+    try:
+        for start, end, master, *_ in node.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        return 0
+    finally:
+        node.close()
 
 
 def _start_replay(deployment: Deployment, seed: int, **extra: str
