@@ -185,8 +185,7 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
         finally:
             _move_slot(cluster, slot, source)
     finally:
-        await store.close()
-        await client.aclose()
+        await store.close()  # the cluster client and the per-master ones
 
 
 def _move_slot(cluster: LocalCluster, slot: int, port: int) -> None:
