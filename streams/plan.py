@@ -150,7 +150,7 @@ def _add_years(contrib: Counter[Cell], state: UserState, near: frozenset[int],
     for year in active & near_years:
         contrib[_ACTIVE, YEAR, year] += sign
     for year in {y + 1 for y in near_years} | near_years if scoped else {y + 1 for y in active}:
-        if year - 1 in active and year not in active:
+        if _lost(active, year):
             contrib[_LOST, YEAR, year] += sign
     return near_years
 
@@ -163,13 +163,10 @@ def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],
         contrib[_DAU, day] += sign
     # a change on day d moves edges in [d, d + width] only: outside that range the edges
     # of the old and new state are equal, so both may leave them out
-    low, high = (min(near), max(near)) if scoped and near else (None, None)
-    if not scoped or near:
-        ordered = sorted(days)
-        for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
-            for day, edge in _window_edges(ordered, width):
-                if low is None or high is None or low <= day <= high + width:
-                    contrib[measure, day] += sign * edge
+    if not scoped:
+        _add_edges(contrib, sorted(days), None, sign)
+    elif near:
+        _add_edges(contrib, sorted(days), (min(near), max(near)), sign)
     for day in state.install_days:
         if not scoped or day in near:
             contrib[_INSTALLS, day] += sign
@@ -179,6 +176,21 @@ def _add_daily(contrib: Counter[Cell], state: UserState, near: frozenset[int],
         contrib[_PAYERS, day] += sign
     for day, currency, totals in purchases:
         contrib[_REVENUE, day, currency] += sign * totals.units
+
+
+def _add_edges(contrib: Counter[Cell], ordered: list[int], near: tuple[int, int] | None,
+               sign: int) -> None:
+    """The WAU/MAU edges of these (sorted) active days, times ``sign``; with ``near``
+    (lowest, highest changed day), only those a change there can move."""
+    for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
+        for day, edge in _window_edges(ordered, width):
+            if near is None or near[0] <= day <= near[1] + width:
+                contrib[measure, day] += sign * edge
+
+
+def _lost(active: frozenset[int] | set[int], period: int) -> bool:
+    """Is ``period`` one the user was lost in: active in the one before, not in it?"""
+    return period - 1 in active and period not in active
 
 
 def _add_periods(contrib: Counter[Cell], state: UserState, g: str, near: frozenset[int],
@@ -198,7 +210,7 @@ def _add_periods(contrib: Counter[Cell], state: UserState, g: str, near: frozens
         {p + 1 for p in near_periods} | near_periods if scoped else {p + 1 for p in active}
     )
     for period in lost_candidates:
-        if period - 1 in active and period not in active:
+        if _lost(active, period):
             contrib[_LOST, g, period] += sign
     contrib[_LAST_ACTIVE, g, cohort, period_of_day(state.last_day, g) - cohort] += sign
     if state.cost_units:
@@ -357,15 +369,10 @@ def add_new_days_delta(contrib: Counter[Cell], old: UserState, new: UserState,
     delta."""
     for day in added:
         contrib[_DAU, day] += 1
-    low, high = min(added), max(added)
+    near = (min(added), max(added))
     old_days, new_days = sorted(old.active_days), sorted(new.active_days)
-    for measure, width in ((_WAU_EDGE, WAU_DAYS), (_MAU_EDGE, MAU_DAYS)):
-        for day, edge in _window_edges(new_days, width):
-            if low <= day <= high + width:
-                contrib[measure, day] += edge
-        for day, edge in _window_edges(old_days, width):
-            if low <= day <= high + width:
-                contrib[measure, day] -= edge
+    _add_edges(contrib, new_days, near, 1)
+    _add_edges(contrib, old_days, near, -1)
     old_last, new_last = old_days[-1], new_days[-1]
     for g in PERIOD_GRANULARITIES:
         if g == "day":
@@ -383,8 +390,7 @@ def add_new_days_delta(contrib: Counter[Cell], old: UserState, new: UserState,
         # lost(q) = q - 1 active and q not: only q in fresh or just after one can change
         after = before | fresh
         for period in fresh | {p + 1 for p in fresh}:
-            moved = ((period - 1 in after and period not in after)
-                     - (period - 1 in before and period not in before))
+            moved = _lost(after, period) - _lost(before, period)
             if moved:
                 contrib[_LOST, g, period] += moved
         if cohorts:
