@@ -22,14 +22,11 @@ from typing import Any
 
 import orjson
 
-from retention_tracker.agents.local_stack import (
-    ensure_topics,
-    redis_server_binary,
-    start_broker,
-    start_redis,
-)
 from retention_tracker.agents.rekey import home_partition
 from retention_tracker.cli.feeding import ProduceStats, produce_events
+from retention_tracker.devstack.broker import BrokerKind, start_broker
+from retention_tracker.devstack.redis_server import redis_server_binary, start_redis
+from retention_tracker.devstack.topics import ensure_topics
 
 from .checks import Reference, Verdict, forwarded_events, redis_memory, verify
 from .contenders import (
@@ -95,6 +92,7 @@ class Options:
     progress: bool = True
     stall_s: float = 120.0
     command: str = ""
+    broker: BrokerKind = "auto"  # devstack.broker: Apache Kafka, else Tansu; or one of them
 
 
 def machine() -> dict[str, Any]:
@@ -162,13 +160,18 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
     code = 0
     try:
         with contextlib.ExitStack() as services:
-            broker, kafka_url = start_broker(log_dir=workdir)
-            services.enter_context(broker)
+            broker = services.enter_context(start_broker(log_dir=workdir, kind=options.broker,
+                                                         quick_start=False))
+            _say(f"broker: {broker.name} ({broker.why}), answering {broker.start_s:.1f} s "
+                 "after its start")
+            results["broker"] = {"name": broker.name, "why": broker.why,
+                                 "start_s": round(broker.start_s, 2)}
             server, redis_url = start_redis(data_dir=workdir / "redis")
             services.enter_context(server)
-            stack = Stack(kafka_url, redis_url, workdir, f"b{uuid.uuid4().hex[:6]}",
+            stack = Stack(broker.url, redis_url, workdir, f"b{uuid.uuid4().hex[:6]}",
                           options.partitions, options.progress, options.stall_s,
-                          {"broker": broker.pid, "redis": server.pid})
+                          {"broker": broker.processes[0].pid, "redis": server.pid},
+                          broker.worker_env)
             _run_all(stack, workload, options, results)
     except BenchFailure as exc:
         _say(f"FAILED: {exc}")

@@ -21,13 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retention_tracker.agents.local_stack import (
-    ManagedProcess,
-    ensure_topics,
-    free_port,
-    start_process,
-    wait_for,
-)
+from retention_tracker.devstack.processes import ManagedProcess, free_port, start_process, wait_for
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.simulation import SimulationConfig, generate_events
