@@ -47,6 +47,8 @@ from retention_tracker.devstack.topics import kafka_answers_metadata
 
 __all__ = [
     "CLUSTER_OF_THREE",
+    "PER_NODE",
+    "SERVER_PROPERTIES",
     "KafkaCluster",
     "KafkaNode",
     "describe_partitions",
@@ -299,6 +301,12 @@ def _cluster_id() -> str:
     """A random cluster id as Kafka writes one (``kafka-storage.sh random-uuid``): 16 bytes,
     URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+#: What each node adds to the shared settings: its identity and addresses (docker-compose.yml
+#: sets the same as KAFKA_* variables, and nothing else).
+PER_NODE = ("node.id", "process.roles", "listeners", "advertised.listeners",
+            "controller.quorum.voters", "log.dirs")
 
 
 def _properties(node: KafkaNode, cluster: KafkaCluster) -> dict[str, str]:

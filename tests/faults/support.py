@@ -256,7 +256,7 @@ def produce_recorded(bootstrap: str, topic: str,
     """Send (key, value) messages, wait for every ack; the (partition, offset) of each."""
 
     async def run() -> list[RecordMetadata]:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
                                     max_request_size=4 << 20)
         await producer.start()
         try:

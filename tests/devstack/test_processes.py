@@ -1,4 +1,4 @@
-"""The local stack the other end-to-end tests stand on: broker, topics, groups, Redis, PIDs."""
+"""The local stack the end-to-end tests stand on: processes by PID, topics, groups, Redis."""
 
 from __future__ import annotations
 
