@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-__all__ = ["default_replication_factor"]
+__all__ = ["config_value", "default_replication_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ async def default_replication_factor(admin: AIOKafkaAdminClient) -> int:
         responses: Any = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]),
                             {DEFAULT_REPLICATION_FACTOR: None})])
-        value = _config_value(responses, DEFAULT_REPLICATION_FACTOR)
+        value = config_value(responses, DEFAULT_REPLICATION_FACTOR)
     except (KafkaError, OSError, TimeoutError) as exc:
         log.info("cannot read %s (%r); using %d", DEFAULT_REPLICATION_FACTOR, exc, fallback)
         return fallback
@@ -50,7 +50,7 @@ async def default_replication_factor(admin: AIOKafkaAdminClient) -> int:
     return min(int(value), len(brokers))
 
 
-def _config_value(responses: Any, name: str) -> str | None:
+def config_value(responses: Any, name: str) -> str | None:
     """The value of ``name`` in DescribeConfigs responses (any version: each resource is
     (error_code, error_message, type, name, configs) and each config starts with its name
     and value)."""

@@ -32,13 +32,17 @@ from typing import Any
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
+from retention_tracker.agents.replication import config_value
 from retention_tracker.config.settings import Settings
 from retention_tracker.devstack.processes import ManagedProcess, free_port, start_process
 from retention_tracker.state.schema import Keyspace
 
-from .processes import FAUST_BASELINE, RETENTION, CpuMeter, peak_rss_bytes
+from .processes import FAUST_BASELINE, FAUST_TABLE, RETENTION, CpuMeter, peak_rss_bytes
 
 POLL_S = 0.02  # how often Redis is read for progress: the window's resolution
 
@@ -247,11 +251,31 @@ def faust_agent(stack: Stack, topic: str, shape: str, measure_events: int) -> Ru
         bar.close()
         client.close()
     count = int(fields["count"])
+    changelog = f"{name}-{FAUST_TABLE}-changelog"
     return RunResult(
         "faust", shape, count, count - int(fields["first_count"]),
         fields["last_ts"] - fields["first_ts"], fields["first_ts"] - spawned, rss,
-        {"measured_prefix_events": measure_events}, meter.used,
+        {"measured_prefix_events": measure_events,
+         "changelog_topic": changelog,
+         "changelog_cleanup_policy": run_async(
+             lambda: topic_setting(stack.bootstrap, changelog, "cleanup.policy"))},
+        meter.used,
     )
+
+
+async def topic_setting(bootstrap: str, topic: str, name: str) -> str | None:
+    """One setting of a topic as the broker reports it (None where it cannot: Tansu).
+    The Faust table's changelog must be compacted, as Faust creates it on Kafka."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses: Any = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})])
+    except KafkaError:
+        return None
+    finally:
+        await admin.close()
+    return config_value(responses, name)
 
 
 def _wait_progress(process: ManagedProcess, read: Callable[[], int], target: int, bar: tqdm,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 FAUST_BASELINE = Path(__file__).resolve().parent / "faust_baseline.py"
+#: The baseline's Table: its changelog topic is ``<app id>-events_per_user-changelog``.
+FAUST_TABLE = "events_per_user"
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -1,8 +1,9 @@
 """One benchmark run, start to finish: services, workload, contenders, checks, report.
 
-Everything runs on throw-away services (a Tansu broker and a redis-server on free loopback
-ports, stopped by PID on the way out, also on failure), so a run needs nothing installed
-and measures the same stack the demo and the end-to-end tests use.
+Everything runs on throw-away services (Apache Kafka, or Tansu where no Java 17 is found,
+and a redis-server on free loopback ports, stopped by PID on the way out, also on failure),
+so a run needs nothing installed and measures the same stack the demo and the end-to-end
+tests use; ``--broker both`` runs it on each broker and sets the figures side by side.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -437,6 +439,42 @@ def _render_horizontal(horizontal: dict[str, Any] | None) -> list[str]:
     lines.append("  waiting for a CPU (s per s of window): "
                  + processes(horizontal.get("runqueue_wait_share_in_window", {})))
     return lines
+
+
+def render_side_by_side(by_broker: dict[str, dict[str, Any]]) -> str:
+    """The same workload on each broker, one column each: the worker's rate and its ratio
+    to the raw loop per shape, the latency, the broker's start."""
+    names = list(by_broker)
+    header = f"{'':<34}" + "".join(f"{by_broker[n].get('broker', {}).get('name', n):>22}"
+                                   for n in names)
+    lines = ["", "side by side (one run, same workload)", header, "-" * len(header)]
+
+    def row(label: str, value: Callable[[dict[str, Any]], str]) -> None:
+        cells = []
+        for name in names:
+            try:
+                cells.append(value(by_broker[name]))
+            except (KeyError, TypeError, ZeroDivisionError):
+                cells.append("-")
+        lines.append(f"{label:<34}" + "".join(f"{c:>22}" for c in cells))
+
+    row("broker answering after", lambda r: f"{r['broker']['start_s']:.1f} s")
+    shapes = next(iter(by_broker.values())).get("throughput", {})
+    for shape in shapes:
+        label = SHAPE_LABELS.get(shape, shape)
+        row(f"{label}: worker events/s", lambda r, s=shape:
+            f"{r['throughput'][s]['worker']['events_per_s']:,.0f}")
+        row(f"{label}: raw loop events/s", lambda r, s=shape:
+            f"{r['throughput'][s]['raw']['events_per_s']:,.0f}")
+        row(f"{label}: worker / raw loop", lambda r, s=shape:
+            f"{r['ratios'][s]['worker_vs_raw']:.3f}x")
+        row(f"{label}: worker per CPU-s", lambda r, s=shape:
+            f"{r['throughput'][s]['worker']['events_per_contender_cpu_s']:,.0f}")
+    row("latency rate", lambda r: f"{r['latency']['achieved_rate_events_per_s']:,.0f} ev/s")
+    row("latency p50 / p99", lambda r:
+        f"{r['latency']['p50_ms']:.0f} / {r['latency']['p99_ms']:.0f} ms")
+    row("figures equal the reference", lambda r: str(r["correctness"]["ok"]))
+    return "\n".join(lines)
 
 
 def render(results: dict[str, Any]) -> str:

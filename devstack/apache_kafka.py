@@ -41,6 +41,7 @@ from retention_tracker.devstack.processes import (
     free_port,
     run_sync,
     start_process,
+    stop_all,
     wait_for,
 )
 from retention_tracker.devstack.topics import kafka_answers_metadata
@@ -235,8 +236,7 @@ class KafkaCluster:
         """Stop every node by its PID (SIGCONT first: a paused JVM cannot shut down)."""
         for node in self.nodes:
             self.resume(node.node_id)
-        for process in self.processes:
-            process.stop(timeout_s=30)
+        stop_all(self.processes, timeout_s=30)
 
     def __enter__(self) -> Self:
         return self

@@ -198,12 +198,22 @@ def started_processes() -> list[ManagedProcess]:
     return list(_STARTED)
 
 
+def stop_all(processes: list[ManagedProcess], timeout_s: float = 10) -> None:
+    """Stop several processes at once: SIGTERM to all first, then each waited for (SIGKILL
+    after ``timeout_s``), so the graceful shutdowns (a Kafka node's takes seconds) overlap
+    instead of adding up."""
+    for process in processes:
+        if process.alive():
+            process._signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.stop(timeout_s=max(0.0, deadline - time.monotonic()))
+
+
 @atexit.register
 def _stop_leftovers() -> None:
     """Last line of defence: stop whatever a crashed test or Ctrl-C left running."""
-    for process in list(_LIVE):
-        with contextlib.suppress(Exception):
-            process.stop(timeout_s=5)
+    stop_all(list(_LIVE), timeout_s=5)
 
 
 def start_process(

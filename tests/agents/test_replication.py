@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from retention_tracker.agents.replication import _config_value, default_replication_factor
+from retention_tracker.agents.replication import config_value, default_replication_factor
 from retention_tracker.devstack.apache_kafka import read_properties
 
 
@@ -28,5 +28,5 @@ async def test_the_session_broker_gives_its_default(kafka_url: str) -> None:
         await admin.close()
     # deploy/kafka/server.properties says 1 for a single node; Tansu cannot say: 1 broker
     assert found == 1
-    value = _config_value(responses, "num.partitions")
+    value = config_value(responses, "num.partitions")
     assert value in (read_properties()["num.partitions"], None)  # None: Tansu
