@@ -445,7 +445,7 @@ def render_side_by_side(by_broker: dict[str, dict[str, Any]]) -> str:
     """The same workload on each broker, one column each: the worker's rate and its ratio
     to the raw loop per shape, the latency, the broker's start."""
     names = list(by_broker)
-    header = f"{'':<34}" + "".join(f"{by_broker[n].get('broker', {}).get('name', n):>22}"
+    header = f"{'':<46}" + "".join(f"{by_broker[n].get('broker', {}).get('name', n):>20}"
                                    for n in names)
     lines = ["", "side by side (one run, same workload)", header, "-" * len(header)]
 
@@ -456,7 +456,7 @@ def render_side_by_side(by_broker: dict[str, dict[str, Any]]) -> str:
                 cells.append(value(by_broker[name]))
             except (KeyError, TypeError, ZeroDivisionError):
                 cells.append("-")
-        lines.append(f"{label:<34}" + "".join(f"{c:>22}" for c in cells))
+        lines.append(f"{label:<46}" + "".join(f"{c:>20}" for c in cells))
 
     row("broker answering after", lambda r: f"{r['broker']['start_s']:.1f} s")
     shapes = next(iter(by_broker.values())).get("throughput", {})

@@ -12,8 +12,9 @@ log is on disk), its ports free loopback ports, and it is stopped by PID
 
 The JVM is sized for a shared two-core machine: a 256 MiB heap growing to 1 GiB (512 MiB
 per node of a cluster) with the serial collector, which needs no GC threads of its own.
-Measured here (2 cores): formatting ~1.5 s, a single node answering metadata ~3 s after
-spawn, ~350 MB resident.
+Measured here (2 cores, other test suites running, load 4-6): formatting 2-4 s, a single
+node answering metadata 6-10 s after ``start_kafka`` was called (3 s on a quiet machine),
+three nodes 12-13 s; ~350 MB resident per node.
 """
 
 from __future__ import annotations
@@ -253,8 +254,8 @@ def start_kafka(nodes: int = 1, data_dir: Path | None = None,
     ``overrides`` change settings of ``deploy/kafka/server.properties`` (a cluster of three:
     :data:`CLUSTER_OF_THREE`). ``data_dir`` (default: a new temporary folder, left for
     post-mortems) holds each node's properties, log and data. ``quick_start``: see
-    :func:`_spawn`. A start that fails because a
-    port was taken meanwhile is retried on new ports; otherwise the end of a log explains.
+    :func:`_spawn`. A start that fails because a port was taken meanwhile is retried on new
+    ports; otherwise the end of a log explains.
     """
     problem = kafka_unavailable()
     if problem:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,28 +148,42 @@ def finish(d: Deployment, scenario: str, raw: list[dict[str, Any]], produced: in
     report.finish(d)
 
 
-def test_kill_9_of_the_leader_of_an_input_partition_mid_backlog(
-        cluster: KafkaCluster, deployment: Deployment) -> None:
-    d = deployment
-    raw = workload(days=20, seed=71)
+def input_partition_fault(cluster: KafkaCluster, d: Deployment, scenario: str, seed: int,
+                          partition: int, fault: Callable[[int], None],
+                          restore: Callable[[int], None], drain_first: bool) -> None:
+    """A replay; once the worker applies ``partition``, ``fault`` on the node leading it;
+    ``restore`` of that node before or after (``drain_first``) the backlog is applied;
+    then the figures and the report."""
+    raw = workload(days=20, seed=seed)
     total = produce(d.bootstrap, d.topic, event_messages(raw))
-    end = topic_ends(d.bootstrap, d.topic)[0]
-    victim = leader(cluster, d.topic, 0)
+    end = topic_ends(d.bootstrap, d.topic)[partition]
+    victim = leader(cluster, d.topic, partition)
     with LagMonitor(d, produced=total) as monitor, contextlib.ExitStack() as stack:
         worker, _ = d.start_worker(**SLOW_REPLAY)
         stack.enter_context(worker)
-        wait_for(alive_predicate(worker, lambda: applied(d, 0) > 0), 90, "partition 0 moving")
-        fault = time.monotonic()
-        cluster.kill(victim)
-        left = end - applied(d, 0)
-        assert left > 0, "the fault came after the backlog of partition 0 was applied"
-        moved = leader_moved(cluster, d.topic, 0, victim, fault)
-        recovery = drained(d, total, worker, fault)
-        cluster.restart(victim)
+        wait_for(alive_predicate(worker, lambda: applied(d, partition) > 0), 90,
+                 f"partition {partition} moving")
+        left = end - applied(d, partition)
+        started = time.monotonic()
+        fault(victim)
+        moved = leader_moved(cluster, d.topic, partition, victim, started)
+        if drain_first:
+            recovery = drained(d, total, worker, started)
+        restore(victim)
         back = replicas_back(cluster, d.topic)
-    finish(d, "K1 kill -9 of an input partition's leader", raw, total, recovery, monitor,
-           node=victim, records_left_on_partition=left, leader_moved_s=moved,
-           replicas_back_s=back)
+        if not drain_first:
+            recovery = drained(d, total, worker, started)
+    assert left > 0, "the fault came after the backlog of the partition was applied"
+    finish(d, scenario, raw, total, recovery, monitor, node=victim,
+           records_left_on_partition=left, leader_moved_s=moved, replicas_back_s=back)
+
+
+def test_kill_9_of_the_leader_of_an_input_partition_mid_backlog(
+        cluster: KafkaCluster, deployment: Deployment) -> None:
+    """The node is lost with its page cache: the worker reads on from the new leader
+    while the node is down, and it rejoins once the backlog is applied."""
+    input_partition_fault(cluster, deployment, "K1 kill -9 of an input partition's leader",
+                          71, 0, cluster.kill, cluster.restart, drain_first=True)
 
 
 def test_kill_9_of_the_leader_of_a_rekey_partition_while_forwards_are_in_flight(
@@ -271,27 +285,13 @@ def test_kill_9_of_the_leader_of_an_output_partition_while_notifications_are_sen
 
 def test_a_broker_stopped_and_started_again_on_its_log(
         cluster: KafkaCluster, deployment: Deployment) -> None:
-    """SIGTERM (a controlled shutdown: leadership moves first), replay on two nodes, then
-    the node starts again on its log on disk, catches up, and the worker never notices
-    anything but leaders moving."""
-    d = deployment
-    raw = workload(days=20, seed=74)
-    total = produce(d.bootstrap, d.topic, event_messages(raw))
-    victim = leader(cluster, d.topic, 1)
-    with LagMonitor(d, produced=total) as monitor, contextlib.ExitStack() as stack:
-        worker, _ = d.start_worker(**SLOW_REPLAY)
-        stack.enter_context(worker)
-        wait_for(alive_predicate(worker, lambda: applied(d, 1) > 0), 90, "partition 1 moving")
-        fault = time.monotonic()
-        cluster.stop_node(victim)
-        moved = leader_moved(cluster, d.topic, 1, victim, fault)
-        cluster.restart(victim)
-        back = replicas_back(cluster, d.topic)
-        recovery = drained(d, total, worker, fault)
-    log_kept = any((cluster.node(victim).data_dir / "data").glob(f"{d.topic}-*"))
-    assert log_kept
-    finish(d, "K4 broker stopped and restarted on its log", raw, total, recovery, monitor,
-           node=victim, leader_moved_s=moved, replicas_back_s=back)
+    """SIGTERM (a controlled shutdown: leadership moves first), then the node starts again
+    on its log on disk and catches up while the worker replays."""
+    input_partition_fault(cluster, deployment, "K4 broker stopped and restarted on its log",
+                          74, 1, cluster.stop_node, cluster.restart, drain_first=False)
+    # every node, the restarted one too, holds the topic's log on disk
+    assert all(any((node.data_dir / "data").glob(f"{deployment.topic}-*"))
+               for node in cluster.nodes)
 
 
 def test_a_broker_paused_longer_than_its_session_then_resumed(
@@ -299,23 +299,16 @@ def test_a_broker_paused_longer_than_its_session_then_resumed(
     """SIGSTOP of a partition's leader for 8 s: the controller fences it after 4 s of
     silence and moves its leaderships; SIGCONT: it finds itself fenced, registers again and
     catches up as a follower."""
-    d = deployment
-    raw = workload(days=20, seed=75)
-    total = produce(d.bootstrap, d.topic, event_messages(raw))
-    victim = leader(cluster, d.topic, 2)
-    with LagMonitor(d, produced=total) as monitor, contextlib.ExitStack() as stack:
-        worker, _ = d.start_worker(**SLOW_REPLAY)
-        stack.enter_context(worker)
-        wait_for(alive_predicate(worker, lambda: applied(d, 2) > 0), 90, "partition 2 moving")
-        fault = time.monotonic()
-        cluster.pause(victim)
-        try:
-            moved = leader_moved(cluster, d.topic, 2, victim, fault)
-            # the pause outlasts the broker session however fast the failover was
-            wait_for(lambda: time.monotonic() - fault >= 8, 10, "8 s of pause")
-        finally:
-            cluster.resume(victim)
-        back = replicas_back(cluster, d.topic)
-        recovery = drained(d, total, worker, fault)
-    finish(d, "K5 broker SIGSTOP 8 s then SIGCONT", raw, total, recovery, monitor,
-           node=victim, leader_moved_s=moved, replicas_back_s=back)
+    paused: dict[int, float] = {}
+
+    def pause(node: int) -> None:
+        paused[node] = time.monotonic()
+        cluster.pause(node)
+
+    def resume(node: int) -> None:
+        # the pause outlasts the broker session however fast the failover was
+        wait_for(lambda: time.monotonic() - paused[node] >= 8, 10, "8 s of pause")
+        cluster.resume(node)
+
+    input_partition_fault(cluster, deployment, "K5 broker SIGSTOP 8 s then SIGCONT", 75, 2,
+                          pause, resume, drain_first=False)
