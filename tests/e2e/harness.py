@@ -206,8 +206,9 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
 
 
 def topic_ends(bootstrap: str, topic: str, timeout_s: float = 30) -> dict[int, int]:
-    """Each partition's end offset, from a fetch's high watermark: the broker's ListOffsets
-    answer can be wrong when the last batch holds several records (Tansu)."""
+    """Each partition's end offset, from a fetch's high watermark, which every broker gets
+    right (the Tansu fallback's ListOffsets answer can be wrong when the last batch holds
+    several records)."""
     return asyncio.run(_read_partitions(bootstrap, topic, timeout_s, records=None))
 
 
