@@ -83,8 +83,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
                "custom event types that count as activity like a session, e.g. "
                "bet,deposit,level_up (others: dead-lettered as unknown_type)"),
     SettingDoc("RETURN_EVENTS",
-               "event types that can define a return, e.g. purchase: report --returning "
-               "purchase counts a user back in a period only if it sent one then"),
+               "event types that can define a return: report --returning purchase counts "
+               "a user back in a period only if it sent one then (empty: none)"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
     SettingDoc("APP_CURRENCIES", "per-app currencies: app=EUR,app2=BRL (others: CURRENCY)"),
     SettingDoc("VIP_REVENUE", "lifetime revenue (the app's currency) that makes a user VIP"),
@@ -397,7 +397,8 @@ class Settings:
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
     activity_events: tuple[str, ...] = ()
-    return_events: tuple[str, ...] = ()
+    # payer retention out of the box; its cost is in BENCHMARKS.md ("Payer retention")
+    return_events: tuple[str, ...] = ("purchase",)
     currency: str = "USD"
     app_currencies: Mapping[str, str] = field(default_factory=dict)
     vip_revenue: float = 100.0
@@ -467,7 +468,7 @@ class Settings:
             timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
             activity_events=_activity_types(env.get("ACTIVITY_EVENTS", "")),
-            return_events=_return_types(env.get("RETURN_EVENTS", ""),
+            return_events=_return_types(env.get("RETURN_EVENTS", ",".join(d.return_events)),
                                         _activity_types(env.get("ACTIVITY_EVENTS", ""))),
             currency=_currency(raw("CURRENCY")),
             app_currencies=_per_app("APP_CURRENCIES", env.get("APP_CURRENCIES", ""),
