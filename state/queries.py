@@ -434,7 +434,9 @@ async def winback_figures(
         counted = {name: total(kind) for kind, name in _WINBACK_KINDS.items()
                    if kind is not Stat.BACK_WITHIN_7D}
         out: dict[str, float | None] = dict(counted)
-        out["back_within_7d_share"] = rate(total(Stat.BACK_WITHIN_7D), counted["notified"])
+        out["back_within_7d_share"] = (  # 0 of 0 notified is no rate: null, shown as -
+            rate(total(Stat.BACK_WITHIN_7D), counted["notified"]) if counted["notified"]
+            else None)
         return out
 
     result: dict[str, Any] = {}
