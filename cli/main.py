@@ -25,7 +25,7 @@ from retention_tracker.cli.render import (
     summary_text,
     triangle_table,
 )
-from retention_tracker.config.settings import ConfigError, Settings
+from retention_tracker.config.settings import ConfigError, Settings, mask_url
 from retention_tracker.state.queries import (
     NPS_BY,
     QueryError,
@@ -71,8 +71,13 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         return await factory()
 
+    from retention_tracker.cli.feeding import TopicMissing, kafka_problem, quiet_kafka_logs
+
     try:
-        return asyncio.run(main())
+        with quiet_kafka_logs():
+            return asyncio.run(main())
+    except TopicMissing as exc:
+        raise Fatal(str(exc)) from None
     except QueryError as exc:
         raise Fatal(exc.shown("--")) from None
     except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
@@ -86,8 +91,8 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         raise Fatal(f"cannot reach Redis: {exc}") from None
     except redis.exceptions.AuthenticationError as exc:
         raise Fatal(f"Redis refused the credentials: {exc}") from None
-    except KafkaError as exc:
-        raise Fatal(f"Kafka: {exc}") from None
+    except (KafkaError, OSError, TimeoutError) as exc:  # what aiokafka's clients raise
+        raise Fatal(kafka_problem(exc, mask_url(_settings().kafka_broker))) from None
 
 
 R = TypeVar("R", bound=Report)

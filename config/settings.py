@@ -182,6 +182,22 @@ def _currency(raw: str) -> str:
     return code
 
 
+def _brokers(raw: str) -> str:
+    """KAFKA_BROKER: comma-separated host:port, each maybe prefixed kafka:// (Faust's form);
+    checked here so that a typo stops every command with this line, not deep in a client."""
+    for part in raw.split(","):
+        address = part.strip().removeprefix("kafka://")
+        try:
+            parts = urlsplit(f"//{address}")
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port or any(c in address for c in "/@ "):
+            raise ConfigError(f"KAFKA_BROKER={raw!r}: {part.strip()!r} is not host:port "
+                              "(e.g. kafka://127.0.0.1:9092; several: comma-separated)")
+    return raw
+
+
 def mask_url(url: str) -> str:
     """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``; comma-separated
     lists (bootstrap servers) are masked part by part."""
@@ -442,7 +458,7 @@ class Settings:
 
         group_id = raw("GROUP_ID")
         return cls(
-            kafka_broker=raw("KAFKA_BROKER"),
+            kafka_broker=_brokers(raw("KAFKA_BROKER")),
             kafka_security_protocol=_choice(env, "KAFKA_SECURITY_PROTOCOL",
                                             d.kafka_security_protocol, SECURITY_PROTOCOLS),
             kafka_sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism,
