@@ -370,6 +370,18 @@ def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _headline_last_day(daily: Mapping[Cell, int], calendar: AppCalendar, now: int
+                       ) -> int | None:
+    """How far the headline's cohort rows reach: to today, so that a cohort whose day N has
+    ended counts even when no event came after it (§4: when the stream stops, D1 of the
+    last cohort is 0, not skipped for an older one), but no further than the last day with
+    data plus the largest headline offset (an old history needs no wider rows)."""
+    last = last_day_with_data(daily)
+    if last is None:
+        return None
+    return max(last, min(calendar.day_of(now), last + max(HEADLINE_DAYS)))
+
+
 async def headline_report(
     store: RedisStore, settings: Settings, app: str, where: Sequence[str] = ()
 ) -> HeadlineReport:
@@ -380,7 +392,7 @@ async def headline_report(
     rows = cohort_rows(
         await read_measure(store, app, Measure.COHORT_SIZE, "day", segment),
         await read_measure(store, app, Measure.CLASSIC, "day", segment), "classic", "day",
-        calendar, now, last_day_with_data(await read_daily(store, app, segment)),
+        calendar, now, _headline_last_day(await read_daily(store, app, segment), calendar, now),
     )
     return HeadlineReport(app, iso_time(now), calendar.timezone, _segment_shown(segment),
                           headline_figures(rows))
@@ -567,7 +579,7 @@ async def value_segments_report(
         daily = await read_daily(store, app, segment)
         cells = await read_measure(store, app, Measure.CLASSIC, "day", segment)
         rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
-                           last_day_with_data(daily))
+                           _headline_last_day(daily, calendar, now))
         segments.append({"segment": value, "users": sum(sizes.values()),
                          **headline_figures(rows)})
     return ValueSegmentsReport(app, calendar.timezone, iso_time(now), tuple(segments))
