@@ -235,7 +235,8 @@ def segments(app_name: str, as_json: bool) -> None:
 @click.option("--csv-map", default=None,
               help="CSV input: our field=their column, e.g. user_id=uid,ts=time,type=event")
 @click.option("--no-sort", is_flag=True,
-              help="keep file order (default: sort by event time, see README 'Replaying')")
+              help="keep file order (default: sort by event time, see "
+                   "docs/operations.md 'Replaying a history')")
 @click.option("--batch", "batch_size", default=1, show_default=True,
               help="events per Kafka message (JSON arrays of one user's events)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")

@@ -1,7 +1,7 @@
 """The one settings object: built once from environment variables, frozen, passed down.
 
 Every knob the tracker has is a field here, with its environment variable and default
-documented in ``SETTINGS_DOC`` (the README's configuration table is generated from it).
+documented in ``SETTINGS_DOC`` (docs/configuration.md's table is generated from it).
 """
 
 from __future__ import annotations
@@ -609,6 +609,16 @@ def _duration_text(ms: int) -> str:
 
 
 DEFAULT_TEXT = {doc.env: doc.default for doc in SETTINGS_DOC}
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (variable, default, meaning): the reference in
+    docs/configuration.md, which a test holds equal to this."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for doc in SETTINGS_DOC:
+        default = f"`{doc.default}`" if doc.default else ""
+        rows.append(f"| `{doc.env}` | {default} | {doc.meaning} |")
+    return "\n".join(rows)
 
 def segment_rules(settings: Settings) -> SegmentRules:
     """The value-segment bars and default currency these settings give: the global ones,

@@ -146,13 +146,14 @@ VALUE_SEGMENTS = ("vip", "payer", "free")
 
 def segment_of(where: Sequence[str] = ()) -> str:
     """``--where attr=value`` -> the segment whose counters the state keeps. One attribute
-    at a time: combinations would need counters per combination (README "Money and segments")."""
+    at a time: combinations would need counters per combination (docs/architecture.md
+    "Money and segments")."""
     if not where:
         return ALL_USERS
     if len(where) > 1:
         raise QueryError(
             "one segment at a time: the state keeps counters per single attribute value, "
-            "not per combination (see README 'Money and segments')", "where",
+            "not per combination (see docs/architecture.md 'Money and segments')", "where",
         )
     name, sep, value = where[0].partition("=")
     if not sep or name not in SEGMENT_ATTRIBUTES or not value:

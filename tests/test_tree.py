@@ -1,6 +1,6 @@
-"""The test tree's habits (README "Tests and benchmark"): no test module imports another
-(helpers and fixtures live in non-test modules and conftest.py), and the unit tests of a
-module sit in tests/<package>/test_<module>.py."""
+"""The test tree's habits (docs/development.md "Tests and benchmark"): no test module
+imports another (helpers and fixtures live in non-test modules and conftest.py), and the
+unit tests of a module sit in tests/<package>/test_<module>.py."""
 
 from __future__ import annotations
 

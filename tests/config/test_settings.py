@@ -44,7 +44,7 @@ def test_segment_rules_come_from_the_settings() -> None:
     rules = segment_rules(Settings(currency="EUR", vip_revenue=50, vip_purchases=3))
     assert rules == SegmentRules(default_currency="EUR", vip_revenue_units=500_000,
                                  vip_purchases=3, return_types=frozenset({"purchase"}))
-    # README: 100 USD, 10 purchases, and payer retention (RETURN_EVENTS=purchase)
+    # docs/configuration.md: 100 USD, 10 purchases, and payer retention (RETURN_EVENTS=purchase)
     assert segment_rules(Settings()) == replace(DEFAULT_RULES,
                                                 return_types=frozenset({"purchase"}))
 
