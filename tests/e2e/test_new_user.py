@@ -13,7 +13,7 @@ import pytest
 from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.streams.simulation import MALFORMED_KINDS
 
-from .harness import Deployment, get, topic_ends
+from .harness import Deployment, get, get_json, topic_ends
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +31,7 @@ def test_simulate_fills_every_panel_and_payers_return_by_default(
     base = f"http://127.0.0.1:{port}"
 
     def http(path: str) -> Any:
-        status, body = get(f"{base}{path}")
-        assert status == 200, body
-        return orjson.loads(body)
+        return get_json(base + path)
 
     with worker:
         deployment.wait_applied(sent, worker=worker)
