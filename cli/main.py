@@ -91,7 +91,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         raise Fatal(f"cannot reach Redis: {exc}") from None
     except redis.exceptions.AuthenticationError as exc:
         raise Fatal(f"Redis refused the credentials: {exc}") from None
-    except (KafkaError, OSError, TimeoutError) as exc:  # what aiokafka's clients raise
+    except KafkaError as exc:
         raise Fatal(kafka_problem(exc, mask_url(_settings().kafka_broker))) from None
 
 

@@ -620,6 +620,7 @@ def settings_table() -> str:
         rows.append(f"| `{doc.env}` | {default} | {doc.meaning} |")
     return "\n".join(rows)
 
+
 def segment_rules(settings: Settings) -> SegmentRules:
     """The value-segment bars and default currency these settings give: the global ones,
     and ``per_app`` those of the apps with their own (``rules.for_app(app)``)."""
