@@ -64,6 +64,10 @@ def served(kafka_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp(f"page-{name}")
     with isolated_deployment(kafka_url, redis_url, name, tmp) as d:
         raw = simulated(days=24, seed=5)
+        # a purchase today whatever the time of day (early in the UTC day the simulated
+        # traffic of today may hold none): the summary's revenue table is then always there
+        raw.append({"event_id": "page-today", "type": "purchase", "user_id": "buyer-today",
+                    "ts": utc_now_ms() - 60_000, "amount": 4.99, "currency": "USD"})
         sent = produce(d.bootstrap, d.topic, event_messages(raw))
         worker, port = d.start_worker(CLOCK="event", METRICS_REFRESH_S="1")
         with worker:
