@@ -34,6 +34,7 @@ from retention_tracker.agents.rekey import (
     Router,
     partition_count_problem,
     read_records,
+    rekey_headers,
 )
 from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
@@ -278,7 +279,7 @@ class Ingestor:
                 fresh_keys = keys[len(keys) - len(fresh.at_home):]
             outcome = outcome_of(fresh, fresh_keys, loaded.states, loaded.seen_dedup_keys,
                                  loaded.watermark_ms, self.calendar_of, self.batch_rules,
-                                 None if rekeyed else now)
+                                 None if rekeyed else now, loaded.read_watermark_ms)
             plan = outcome.plan
             # forwarded before the offsets are applied: after a crash in between they are
             # forwarded again, and their home drops the copies by event id (dedup)
@@ -350,7 +351,8 @@ class Ingestor:
 
     async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
         """Each event to its user's home partition of the re-key topic, as it was sent,
-        with where it was read (``source``, ``index``) for dead letters at home."""
+        with where it was read (``source``, ``index``) for dead letters at home and the
+        watermark it is judged against there (``rekey_headers``)."""
         if not away:
             return
         assert self.producer is not None
@@ -361,9 +363,7 @@ class Ingestor:
                 value=f.value,
                 key=f.event.user_id.encode(),
                 partition=f.partition,
-                headers=[("cause", f.cause.encode()),
-                         ("source", f"{origin}{f.offset}".encode()),
-                         ("index", str(f.index).encode())],
+                headers=rekey_headers(f, origin),
             )
             for f in away
         ]
