@@ -58,6 +58,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.ingestor.assigned.difference_update(revoked)
         for tp in revoked:  # the new owner reports these now
+            self.ingestor.applied_to.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.ingestor.metrics.lag.remove(tp.topic, str(tp.partition))
         self.ingestor.metrics.assigned.set(len(self.ingestor.assigned))
@@ -83,6 +84,8 @@ class Ingestor:
         self.backoff = backoff or Backoff()
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.assigned: set[TopicPartition] = set()
+        #: per partition assigned, the next offset applied (None: nothing yet), for lag 0
+        self.applied_to: dict[TopicPartition, int | None] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
                                       settings.winback_rules(), settings.clock == "event")
@@ -210,6 +213,7 @@ class Ingestor:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, stored)
+            self.applied_to[tp] = stored
             self.assigned.add(tp)
         self.metrics.assigned.set(len(self.assigned))
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
@@ -248,8 +252,26 @@ class Ingestor:
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         async with self.lock(tp.partition):
             applied = await self._process(tp, records)
+            if applied is not None and tp in self.applied_to:
+                self.applied_to[tp] = records[-1].offset + 1
             if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
-                await self.notifier.notify_due(tp.partition, applied)
+                await self.notifier.notify_due(tp.partition, applied,
+                                               self.caught_up(tp.partition))
+
+    def caught_up(self, shard: int) -> bool:
+        """Has every partition of ``shard`` this worker consumes (its inputs' and the re-key
+        topic's) been applied to the end offset the consumer knows (lag 0)? Not before the
+        first fetch tells that end offset."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        owned = consumer.assignment()
+        parts = [tp for tp in self.assigned if tp.partition == shard and tp in owned]
+        for tp in parts:
+            end = consumer.highwater(tp)
+            if end is None or (self.applied_to.get(tp) or 0) < end:
+                return False
+        return bool(parts)
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
                        ) -> Plan | None:
@@ -333,7 +355,9 @@ class Ingestor:
     # ---- win-back notifications ----------------------------------------------------------
 
     async def notify_loop(self) -> None:
-        """Live mode: look for due users every tick on every partition this worker owns."""
+        """Look for due users every tick on every partition this worker owns: live, the
+        wall clock moves on; with the event clock, a caught-up partition follows the
+        stream's watermark, which other partitions (and workers) move on."""
         if not self.batch_rules.winback.every_threshold:
             return  # win-back is off
         while True:
@@ -341,7 +365,8 @@ class Ingestor:
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
-                        await self._retrying(partial(self.notifier.notify_due, shard))
+                        await self._retrying(partial(self.notifier.notify_due, shard, None,
+                                                     self.caught_up(shard)))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)
