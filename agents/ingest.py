@@ -59,6 +59,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
         self.ingestor.assigned.difference_update(revoked)
         for tp in revoked:  # the new owner reports these now
             self.ingestor.applied_to.pop(tp, None)
+            self.ingestor.idle_since.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.ingestor.metrics.lag.remove(tp.topic, str(tp.partition))
         self.ingestor.metrics.assigned.set(len(self.ingestor.assigned))
@@ -86,6 +87,8 @@ class Ingestor:
         self.assigned: set[TopicPartition] = set()
         #: per partition assigned, the next offset applied (None: nothing yet), for lag 0
         self.applied_to: dict[TopicPartition, int | None] = {}
+        #: when a partition was first found at lag 0 since its last batch (monotonic s)
+        self.idle_since: dict[TopicPartition, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
                                       settings.winback_rules(), settings.clock == "event")
@@ -254,24 +257,35 @@ class Ingestor:
             applied = await self._process(tp, records)
             if applied is not None and tp in self.applied_to:
                 self.applied_to[tp] = records[-1].offset + 1
+            self.idle_since.pop(tp, None)  # records came: not idle
             if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
                 await self.notifier.notify_due(tp.partition, applied,
                                                self.caught_up(tp.partition))
 
     def caught_up(self, shard: int) -> bool:
-        """Has every partition of ``shard`` this worker consumes (its inputs' and the re-key
-        topic's) been applied to the end offset the consumer knows (lag 0)? Not before the
-        first fetch tells that end offset."""
+        """Has ``shard`` caught up: its input partition (this worker's: another worker's is
+        not known here) and its re-key partition if this worker has it, each applied to
+        the end offset the consumer knows for at least EVENT_CLOCK_IDLE_MS? The wait, as
+        Flink's idle sources have, keeps a partition that a producer is still filling, but
+        that was read to its end a moment ago, on its own watermark."""
         consumer = self.consumer
         if consumer is None:
             return False
         owned = consumer.assignment()
         parts = [tp for tp in self.assigned if tp.partition == shard and tp in owned]
-        for tp in parts:
+        if all(tp.topic == self.settings.rekey_topic for tp in parts):
+            return False
+        now = time.monotonic()
+        idle_s = self.settings.event_clock_idle_ms / 1000
+        caught = True
+        for tp in parts:  # every one: each idle timer starts when it is first found at lag 0
             end = consumer.highwater(tp)
             if end is None or (self.applied_to.get(tp) or 0) < end:
-                return False
-        return bool(parts)
+                self.idle_since.pop(tp, None)
+                caught = False
+            elif now - self.idle_since.setdefault(tp, now) < idle_s:
+                caught = False
+        return caught
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
                        ) -> Plan | None:
