@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,6 @@ BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 NOW_MS = BASE_MS + 90 * MS_PER_DAY
 ZONES = {"a": "UTC", "b": "Asia/Tokyo"}
 PARTITIONS = 3
-RULES = BatchRules(horizon_days=400)
 
 
 def record(offset: int, key: bytes | None, value: bytes, partition: int = 0,
@@ -185,7 +185,7 @@ def produce(events: list[Event], rng: random.Random) -> Logs:
 
 
 async def consume(store: RedisStore, logs: Logs, rng: random.Random,
-                  rules: BatchRules = RULES) -> None:
+                  rules: BatchRules) -> None:
     """Batches of any size from any partition in any interleaving, the way the ingest loop
     applies them: forward what is away from home (with the headers the worker sends), then
     apply the rest with the offsets. Now and then a worker dies after forwarding and before
@@ -258,18 +258,23 @@ def test_any_keying_partitioning_and_batching_gives_the_reference_figures(
     redis_url: str, events: list[Event], seed: int
 ) -> None:
     rng = random.Random(seed)
+    asyncio.run(keyed_any_way(redis_url, events, rng, state_cache_users=rng.choice([0, 100])))
 
-    async def scenario() -> None:
-        async with RealApply(redis_url, shards=PARTITIONS,
-                             state_cache_users=rng.choice([0, 100])) as state:
-            for app, zone in ZONES.items():
-                await state.store.fix_timezone(app, zone)
-            for shard in range(PARTITIONS):
-                await state.store.register_shard(shard)
-            await consume(state.store, produce(events, rng), rng)
-            await figures_equal_reference(state.store, state.settings.key_prefix, events)
 
-    asyncio.run(scenario())
+async def keyed_any_way(redis_url: str, events: list[Event], rng: random.Random,
+                        horizon_days: int = 400, state_cache_users: int = 0) -> Counter[str]:
+    """``events`` sent by imperfect producers (``produce``) and consumed as the worker
+    does (``consume``) on the real store; checks the figures are the reference's and
+    returns the counters."""
+    async with RealApply(redis_url, shards=PARTITIONS, horizon_days=horizon_days,
+                         state_cache_users=state_cache_users) as state:
+        for app, zone in ZONES.items():
+            await state.store.fix_timezone(app, zone)
+        for shard in range(PARTITIONS):
+            await state.store.register_shard(shard)
+        await consume(state.store, produce(events, rng), rng, BatchRules(horizon_days))
+        await figures_equal_reference(state.store, state.settings.key_prefix, events)
+        return await state.store.read_stats()
 
 
 # ---- the routing never makes an event late -------------------------------------------------
@@ -305,23 +310,10 @@ def test_forwarded_events_are_judged_by_the_watermark_they_were_read_at(
     its first forwards, or another's forwards move a home past its own input) and crashes
     between forward and apply: every event is accepted, as when keyed well, and the
     figures are the reference's."""
-    rng = random.Random(seed)
-
-    async def scenario() -> None:
-        async with RealApply(redis_url, shards=PARTITIONS,
-                             horizon_days=HORIZON_DAYS) as state:
-            await state.store.fix_timezone("a", "UTC")
-            for shard in range(PARTITIONS):
-                await state.store.register_shard(shard)
-            await consume(state.store, produce(events, rng), rng,
-                          BatchRules(horizon_days=HORIZON_DAYS))
-            stats = await state.store.read_stats()
-            assert not any(k.startswith("rej:") and v for k, v in stats.items()), stats
-            accepted = sum(v for k, v in stats.items() if k.startswith("acc:"))
-            assert accepted == len(events)  # produce() repeats messages: duplicates
-            await figures_equal_reference(state.store, state.settings.key_prefix, events)
-
-    asyncio.run(scenario())
+    stats = asyncio.run(keyed_any_way(redis_url, events, random.Random(seed), HORIZON_DAYS))
+    assert not any(k.startswith("rej:") and v for k, v in stats.items()), stats
+    accepted = sum(v for k, v in stats.items() if k.startswith("acc:"))
+    assert accepted == len(events)  # produce() repeats messages: duplicates
 
 
 def test_a_rekey_record_carries_the_watermark_it_was_read_at() -> None:
