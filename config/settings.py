@@ -106,6 +106,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("DEDUP_WINDOW_DAYS", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "'wall' (live) or 'event' (replaying history: now = watermark)"),
     SettingDoc("CLOCK_SPEED", "wall clock only: run it this many times faster (demos, tests)"),
+    SettingDoc("EVENT_CLOCK_IDLE_MS", "event clock: a partition at lag 0 this long follows "
+               "the stream's watermark"),
     SettingDoc("BATCH_MAX_RECORDS", "Kafka records per fetch and partition batch at most "
                "(replay speed vs memory and Redis script time)"),
     SettingDoc("FETCH_MAX_WAIT_MS", "longest a fetch waits for data (latency vs requests)"),
@@ -432,6 +434,7 @@ class Settings:
     dedup_window_days: int = 7
     clock: str = "wall"
     clock_speed: float = 1.0
+    event_clock_idle_ms: int = 5000
     batch_max_records: int = 20000
     fetch_max_wait_ms: int = 50
     max_message_bytes: int = 1 << 20
@@ -509,6 +512,8 @@ class Settings:
             dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),
             clock=_choice(env, "CLOCK", d.clock, CLOCKS),
             clock_speed=_float(env, "CLOCK_SPEED", d.clock_speed) or d.clock_speed,
+            event_clock_idle_ms=_int(env, "EVENT_CLOCK_IDLE_MS", d.event_clock_idle_ms,
+                                     minimum=0),
             batch_max_records=_int(env, "BATCH_MAX_RECORDS", d.batch_max_records, minimum=1),
             fetch_max_wait_ms=_int(env, "FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms, minimum=0),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=64),
