@@ -34,8 +34,6 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
     with ExitStack() as started:
         broker_line = f"{env.get('KAFKA_BROKER')} (KAFKA_BROKER, yours)"
         if "KAFKA_BROKER" not in env:
-            click.echo("starting a local broker: Apache Kafka if Java 17 and its jars are "
-                       "here, else Tansu ...")
             broker = started.enter_context(start_broker(log_dir=workdir))
             env["KAFKA_BROKER"] = broker.url
             env.update(broker.worker_env)
@@ -65,6 +63,7 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
             installs_per_day=installs_per_day, days=days,
             start_ms=utc_now_ms() - days * MS_PER_DAY, duplicate_rate=0.01, late_rate=0.02,
             malformed_rate=0.001, survey_rate=0.05,  # NPS answers, so `retention nps` shows some
+            activity_types=settings.activity_events,  # the custom types ACTIVITY_EVENTS names
         )
         try:
             stats = asyncio.run(produce_events(
