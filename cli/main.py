@@ -169,7 +169,7 @@ def report(
 @WHERE
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: bool) -> None:
-    """Print the day's DAU, WAU, MAU, stickiness, installs, new and returning users, money."""
+    """Print the day's figures: active, new and returning users, money, win-back."""
     _show(lambda store, settings: summary_report(store, settings, app_name, on, where),
           as_json, summary_text)
 

@@ -33,6 +33,7 @@ from retention_tracker.streams.calendar import (
     period_of_day,
     utc_now_ms,
 )
+from retention_tracker.streams.catalogue import DAY_MEASURES, RUN_MEASURES
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import (
     CURRENCY_RE,
@@ -54,7 +55,6 @@ from retention_tracker.streams.figures import (
     iso_time,
     kpi_rows,
     last_day_with_data,
-    money_of_day,
     money_rows,
     new_and_returning,
     rate,
@@ -269,7 +269,6 @@ async def summary_report(
     day = date_to_day(on) if on else calendar.day_of(now)
     daily = await read_daily(store, app, segment)
     figures = day_summary(app, day, daily)
-    figures.update(money_of_day(daily, day, figures["dau"]))
     complete = calendar.period_end_ms(day, "day") <= now
     if segment != ALL_USERS:
         return SummaryReport(figures, complete, segment)
@@ -343,7 +342,6 @@ async def daily_report(
     days = []
     for day in range(first, last + 1):
         figures = day_summary(app, day, daily)
-        figures.update(money_of_day(daily, day, figures["dau"]))
         figures["complete"] = calendar.period_end_ms(day, "day") <= now
         days.append(figures)
     return replace(report, days=tuple(days))
@@ -577,21 +575,18 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     """What /metrics shows, per app: today's summary, recent daily cohorts (classic and
     rolling) and the headline D1/D7/D30. Reads only the fields it needs."""
     now = await now_ms(store, settings)
-    raw_stats = await store.read_stats()
-    stats = parse_stats(raw_stats)
+    stats = parse_stats(await store.read_stats())
     apps: dict[str, AppFigures] = {}
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
         today = calendar.day_of(now)
-        names = [field_name(m, today) for m in
-                 (Measure.DAU, Measure.INSTALLS, Measure.NEW_USERS, Measure.PAYERS)]
+        names = [field_name(m, today) for m in DAY_MEASURES]
         found = await store.read_fields(app, DAILY_FAMILY, names)
         # revenue: every day's, for the currencies
-        for measure in (Measure.REVENUE, Measure.WAU_EDGE, Measure.MAU_EDGE):
+        for measure in (Measure.REVENUE, *RUN_MEASURES):
             found.update(await store.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
         daily = parse_daily(found)
         summary = day_summary(app, today, daily)
-        summary.update(money_of_day(daily, today, summary["dau"]))
         # the headline needs D30 of the latest complete cohort (31 days back) and of the 7
         # before it: 39 days back at least
         span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 2)
@@ -624,6 +619,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             returning[event_type] = tuple(r for r in rows_of if r["cohort"] >= first_shown)
         apps[app] = AppFigures(
             winback=await winback_figures(store, settings, app, stats),
+            winback_counts=winback_counts(stats, app, settings.inactivity_thresholds_of(app)),
             summary=summary,
             cohorts={kind: tuple(kind_rows) for kind, kind_rows in shown.items()},
             money=await _recent_money(store, settings, app, calendar, now, today, daily),
@@ -633,7 +629,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             nps=satisfaction,
             returning=returning,
         )
-    return LiveFigures(now, apps, raw_stats)
+    return LiveFigures(now, apps, stats)
 
 
 async def _current_period_money(store: RedisStore, app: str, granularity: str, today: int,

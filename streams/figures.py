@@ -20,6 +20,13 @@ from retention_tracker.streams.calendar import (
     period_label,
     period_of_day,
 )
+from retention_tracker.streams.catalogue import (
+    CURRENCY_FIGURES,
+    DAILY_FIGURES,
+    Count,
+    Edges,
+    Ratio,
+)
 from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.segments import money
 
@@ -105,22 +112,21 @@ def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
 
 
 def day_summary(app: str, day: int, daily: Mapping[Cell, int]) -> dict[str, Any]:
-    def get(measure: Measure) -> int:
-        return int(daily.get((measure, day), 0))
-
-    dau, new = get(Measure.DAU), get(Measure.NEW_USERS)
-    mau = edges_up_to(daily, Measure.MAU_EDGE, day)
-    return {
-        "app": app,
-        "date": day_to_date(day).isoformat(),
-        "dau": dau,
-        "wau": edges_up_to(daily, Measure.WAU_EDGE, day),
-        "mau": mau,
-        "stickiness": rate(dau, mau),
-        "installs": get(Measure.INSTALLS),
-        "new_users": new,
-        "returning_users": dau - new,
-    }
+    """The day's figures (streams/catalogue.py): the DAILY_FIGURES, each from its
+    derivation, then the CURRENCY_FIGURES per currency."""
+    out: dict[str, Any] = {"app": app, "date": day_to_date(day).isoformat()}
+    for figure in DAILY_FIGURES:
+        how = figure.derived
+        if isinstance(how, Count):
+            out[figure.key] = int(daily.get((how.measure, day), 0))
+        elif isinstance(how, Edges):
+            out[figure.key] = edges_up_to(daily, how.measure, day)
+        elif isinstance(how, Ratio):
+            out[figure.key] = rate(out[how.part], out[how.whole])
+        else:
+            out[figure.key] = out[how.minuend] - out[how.subtrahend]
+    out.update(_money_of_day(daily, day, out))
+    return out
 
 
 def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
@@ -222,17 +228,20 @@ def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) 
                    and (first_day is None or cell[1] >= first_day)})
 
 
-def money_of_day(daily: Mapping[Cell, int], day: int, dau: int) -> dict[str, Any]:
-    """revenue, payers, ARPDAU and ARPPU of one day, per currency."""
+def _money_of_day(daily: Mapping[Cell, int], day: int, figures: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """The day's CURRENCY_FIGURES (revenue, ARPDAU, ARPPU), per currency, from its revenue
+    counters and the day's ``figures`` (``day_summary``) they are divided by."""
     revenue = dict(sorted((cell[2], v) for cell, v in daily.items()
                           if cell[0] is Measure.REVENUE and cell[1] == day and v))
-    payers = int(daily.get((Measure.PAYERS, day), 0))
-    return {
-        "revenue": {cur: money(units) for cur, units in revenue.items()},
-        "payers": payers,
-        "arpdau": {cur: money(u, dau) for cur, u in revenue.items()} if dau else {},
-        "arppu": {cur: money(u, payers) for cur, u in revenue.items()} if payers else {},
-    }
+    out: dict[str, Any] = {}
+    for figure in CURRENCY_FIGURES:
+        whole = figures[figure.per] if figure.per is not None else None
+        out[figure.key] = (
+            {cur: money(units) for cur, units in revenue.items()} if whole is None
+            else {cur: money(units, whole) for cur, units in revenue.items()} if whole
+            else {})
+    return out
 
 
 #: The families the period KPIs are computed from. The split between new and returning
