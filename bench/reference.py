@@ -67,6 +67,7 @@ DEFAULT_VIP_PURCHASES = 10
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+DAY_MS = 24 * 3600 * 1000  # a 24-hour window, in ms
 
 User = tuple[str, str]  # (app, user_id)
 
@@ -467,6 +468,7 @@ class _AppData:
         self.purchases_on: dict[date, list[tuple[User, str, Decimal]]] = {}
         self.install_cost: dict[User, Decimal] = {}  # sum of `cost` of the user's installs
         self.days_by_type: dict[User, dict[str, set[date]]] = {}  # days of each event type
+        self.activity_ms: dict[User, list[int]] = {}  # every activity's time (24-h windows)
         for event in dedup(events):
             if event.app != app or event.type == SURVEY:  # an answer is not activity
                 continue
@@ -475,6 +477,7 @@ class _AppData:
             if user not in self.first_seen_ms or event.ts_ms < self.first_seen_ms[user]:
                 self.first_seen_ms[user] = event.ts_ms
             self.active_days.setdefault(user, set()).add(day)
+            self.activity_ms.setdefault(user, []).append(event.ts_ms)
             self.days_by_type.setdefault(user, {}).setdefault(event.type, set()).add(day)
             self.users_active_on.setdefault(day, set()).add(user)
             if event.type == "install":
@@ -661,6 +664,59 @@ def triangle(
                 "complete": _complete_flags(cohort, n_offsets, granularity, tz, now_ms),
             }
         )
+    return rows
+
+
+def triangle24(
+    events: Iterable[Event],
+    app: str,
+    kind: str,
+    tz: str,
+    now_ms: int,
+    date_from: date | None = None,
+    date_to: date | None = None,
+    *,
+    where: dict[str, str] | None = None,
+    default_currency: str = DEFAULT_CURRENCY,
+    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
+    vip_purchases: int = DEFAULT_VIP_PURCHASES,
+) -> list[dict]:
+    """Retention in 24-hour windows (section 4) of the daily cohorts, in `triangle`'s shape.
+
+    A user's window N is [first_seen + N*24h, first_seen + (N+1)*24h), first_seen its
+    earliest event. classic: counts[N] = users of the cohort with an event in window N;
+    rolling: with an event in window N or a later one. A row runs from 0 to the app's last
+    day with data, or to its users' latest window if that is later (a day of 25 hours);
+    complete[N]: the cohort's day ended (N+1)*24h ago.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    framed = _frame(events, app, tz, "day", where, default_currency, vip_revenue,
+                    vip_purchases)
+    if framed is None:
+        return []
+    data, last_day = framed
+    cohort_users = data.cohort_users("day")
+    rows: list[dict] = []
+    for cohort in _selected_cohorts(cohort_users, "day", date_from, date_to):
+        users = cohort_users[cohort]
+        windows = [{(ts - data.first_seen_ms[user]) // DAY_MS for ts in data.activity_ms[user]}
+                   for user in users]
+        n_offsets = max(period_offset(cohort, last_day, "day"),
+                        *(max(found) for found in windows)) + 1
+        counts = [0] * n_offsets
+        for found in windows:
+            reached = found if kind == "classic" else range(max(found) + 1)
+            for n in reached:
+                counts[n] += 1
+        day_end_ms = day_start_ms(cohort + timedelta(days=1), tz)
+        rows.append({
+            "cohort": period_label(cohort, "day"),
+            "size": len(users),
+            "counts": counts,
+            "values": [round(count / len(users), 4) for count in counts],
+            "complete": [day_end_ms + (n + 1) * DAY_MS <= now_ms for n in range(n_offsets)],
+        })
     return rows
 
 

@@ -33,7 +33,14 @@ from retention_tracker.streams.calendar import (
     period_of_day,
     utc_now_ms,
 )
-from retention_tracker.streams.catalogue import DAY_MEASURES, RUN_MEASURES
+from retention_tracker.streams.catalogue import (
+    CALENDAR,
+    COHORT_FAMILY,
+    DAY_MEASURES,
+    HOURS24,
+    RUN_MEASURES,
+    WINDOWS,
+)
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import (
     CURRENCY_RE,
@@ -59,6 +66,7 @@ from retention_tracker.streams.figures import (
     new_and_returning,
     rate,
     revenue_currencies,
+    window_sizes,
 )
 from retention_tracker.streams.nps import (
     NPS_PERIODS,
@@ -208,9 +216,16 @@ async def cohort_report(
     where: Sequence[str] = (),
     currency: str | None = None,
     returning: str | None = None,
+    window: str = CALENDAR,
 ) -> CohortReport:
     """A cohort triangle: retention (classic, rolling; on any activity, or with
-    ``returning`` on that event type of RETURN_EVENTS only) or money."""
+    ``returning`` on that event type of RETURN_EVENTS only; in calendar periods, or with
+    ``window`` "24h" in 24-hour windows from each user's first event) or money."""
+    if window not in WINDOWS:
+        raise QueryError(f"one of {', '.join(WINDOWS)}", "window")
+    if window != CALENDAR and (granularity != "day" or kind not in KINDS or returning):
+        raise QueryError("24-hour windows are counted for daily cohorts' classic or rolling "
+                         "retention on any activity (granularity day)", "window")
     if granularity not in GRANULARITIES:
         raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
     if kind not in KINDS + MONEY_KINDS:
@@ -233,13 +248,18 @@ async def cohort_report(
     last_day = last_day_with_data(await read_daily(store, app, segment))
     sizes = await family(Measure.COHORT_SIZE)
     shown_currency = None
-    if kind in KINDS and returning is not None:
+    if window != CALENDAR:
+        classic = await family(COHORT_FAMILY[window, "classic"].measure)
+        cells = classic if kind == "classic" else await family(COHORT_FAMILY[window, kind].measure)
+        rows = cohort_rows(window_sizes(classic), cells, kind, granularity, calendar, now, last_day,
+                           date_from, date_to, windows24=True)
+    elif kind in KINDS and returning is not None:
         typed = await family(Measure.RETURNED if kind == "classic" else Measure.LAST_RETURN)
         cells = Counter({(c, n): v for (c, n, t), v in typed.items() if t == returning})
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
     elif kind in KINDS:
-        cells = await family(Measure.CLASSIC if kind == "classic" else Measure.LAST_ACTIVE)
+        cells = await family(COHORT_FAMILY[CALENDAR, kind].measure)
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
     else:
@@ -253,7 +273,8 @@ async def cohort_report(
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
     return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
-                        shown_currency, iso_time(now), tuple(rows), returning)
+                        shown_currency, iso_time(now), tuple(rows), returning,
+                        None if window == CALENDAR else window)
 
 
 async def summary_report(
@@ -595,16 +616,21 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
         sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
         rows = {
             kind: cohort_rows(
-                sizes, await read_cells(store, app, measure, "day", cells), kind, "day",
-                calendar, now, today,
-            )
-            for kind, measure in (("classic", Measure.CLASSIC), ("rolling", Measure.LAST_ACTIVE))
+                sizes, await read_cells(store, app, COHORT_FAMILY[CALENDAR, kind].measure,
+                                        "day", cells), kind, "day", calendar, now, today)
+            for kind in KINDS
         }
         first_shown = day_to_date(today - settings.metrics_cohort_days + 1).isoformat()
         shown = {  # daily labels are ISO dates: they sort as the days do
             kind: [r for r in kind_rows if r["cohort"] >= first_shown]
             for kind, kind_rows in rows.items()
         }
+        # 24-hour windows: one offset more than the days (a window ends later on a DST day)
+        cells24 = [(c, n) for c in cohorts if c >= today - settings.metrics_cohort_days + 1
+                   for n in range(today - c + 2)]
+        window_cells = {kind: await read_cells(store, app, COHORT_FAMILY[HOURS24, kind].measure,
+                                               "day", cells24) for kind in KINDS}
+        sizes24 = window_sizes(window_cells["classic"])
         periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
                                                    revenue_currencies(daily))
                    for g in KPI_PERIODS}
@@ -622,6 +648,9 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             winback_counts=winback_counts(stats, app, settings.inactivity_thresholds_of(app)),
             summary=summary,
             cohorts={kind: tuple(kind_rows) for kind, kind_rows in shown.items()},
+            cohorts24={kind: tuple(cohort_rows(sizes24, found, kind, "day", calendar, now,
+                                               today, windows24=True))
+                       for kind, found in window_cells.items()},
             money=await _recent_money(store, settings, app, calendar, now, today, daily),
             headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},

@@ -8,12 +8,14 @@ module reads them from Redis and parses the stored names (``state/schema.py``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from retention_tracker.streams.calendar import (
+    MS_PER_DAY,
     AppCalendar,
     date_to_day,
     day_to_date,
@@ -64,10 +66,14 @@ def cohort_rows(
     last_day: int | None,
     date_from: date | None = None,
     date_to: date | None = None,
+    windows24: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows of the cohort triangle. ``sizes`` is the COHORT_SIZE family; ``cells`` the
     CLASSIC family (users of cohort c active in c+N) for classic, LAST_ACTIVE (users of c
-    last active in c+N) for rolling."""
+    last active in c+N) for rolling. With ``windows24`` (daily cohorts), the cells are
+    the 24-hour windows' (WINDOW24, LAST_WINDOW24: streams/windows24.py): a row runs to
+    the last day with data or to its latest window if later (a DST day), and cell N is
+    complete at the end of the cohort's day plus (N+1) x 24h (METRICS.md §4)."""
     if last_day is None:
         return []
     last_period = period_of_day(last_day, granularity)
@@ -83,6 +89,8 @@ def cohort_rows(
         size = sizes[cohort,]
         width = last_period - cohort + 1
         found = by_cell.get(cohort, {})
+        if windows24:
+            width = max(width, max((n for n, v in found.items() if v), default=-1) + 1)
         if kind == "classic":
             counts = [found.get(n, 0) for n in range(width)]
         else:
@@ -98,12 +106,28 @@ def cohort_rows(
                 "counts": counts,
                 "values": [rate(c, size) for c in counts],
                 "complete": [
-                    calendar.period_end_ms(cohort + n, granularity) <= now_ms
-                    for n in range(width)
+                    end_ms <= now_ms for end_ms in _cell_ends(calendar, cohort, granularity,
+                                                              width, windows24)
                 ],
             }
         )
     return rows
+
+
+def window_sizes(window0: Mapping[Coordinates, int]) -> Counter[Coordinates]:
+    """The daily cohorts' sizes from their 24-hour windows' classic cells: every user of a
+    cohort has an activity in window 0 (its first event)."""
+    return Counter({(cohort,): v for (cohort, n), v in window0.items() if n == 0})
+
+
+def _cell_ends(calendar: AppCalendar, cohort: int, granularity: str, width: int,
+               windows24: bool) -> list[int]:
+    """When each cell of a row is complete: its period's end, or for 24-hour windows the
+    end of the cohort's day plus (N+1) x 24h."""
+    if windows24:
+        day_end = calendar.period_end_ms(cohort, "day")
+        return [day_end + (n + 1) * MS_PER_DAY for n in range(width)]
+    return [calendar.period_end_ms(cohort + n, granularity) for n in range(width)]
 
 
 def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:

@@ -60,6 +60,8 @@ class CohortReport(Report):
     cohorts: tuple[Row, ...] = ()
     # RETURN_EVENTS: the event type a user must send in a period to count as back in it
     returning: str | None = field(default=None, metadata=OMIT_NONE)
+    # "24h": retention in 24-hour windows from each user's first event (None: calendar)
+    window: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, slots=True)

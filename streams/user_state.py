@@ -6,7 +6,8 @@ anchored at the first-seen day, the days with an install event, the attributes w
 time of the event they came from, purchases summed per (day, currency), install cost, and
 the user's survey answers (the latest per survey and day: enough to find the latest per
 week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
-the user sent one. A typical free user costs ~20 bytes of
+the user sent one, and per UTC day with activity its earliest and latest event (what the
+24-hour windows need, streams/windows24.py). A typical free user costs ~30 bytes of
 value; see README "Memory".
 
 A user known only by survey answers (they make no one active, METRICS.md §1) has a record
@@ -17,12 +18,17 @@ from __future__ import annotations
 
 import msgspec
 
-_FORMAT_VERSION = 5
-# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers
-_READABLE_VERSIONS = (3, 4, 5)
+from retention_tracker.streams.calendar import MS_PER_DAY
+
+_FORMAT_VERSION = 6
+# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers;
+# 5: before the UTC day spans (24-hour windows)
+_READABLE_VERSIONS = (3, 4, 5, 6)
 _DEFAULT_SURVEY = "nps"  # stored as an empty name: the one nearly every answer has
 ATTRIBUTES = ("platform", "country", "campaign")
 UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
+#: Per UTC day with activity: (UTC day, earliest ts_ms, latest ts_ms) of its events.
+Span = tuple[int, int, int]
 #: One survey answer kept: (survey, local day, ts_ms, event_id, score), the latest of the
 #: user's answers to that survey on that day (equal times: the larger event_id).
 Answer = tuple[str, int, int, str, int]
@@ -59,6 +65,9 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     answers: tuple[Answer, ...] = ()  # sorted by (survey, day)
     # RETURN_EVENTS: per event type named there, the days the user sent one, by type
     returns: tuple[tuple[str, frozenset[int]], ...] = ()
+    # 24-hour windows (streams/windows24.py): per UTC day with activity, its earliest and
+    # latest event, sorted by day; None: unknown (a record from before format 6)
+    utc_spans: tuple[Span, ...] | None = ()
 
     @property
     def seen(self) -> bool:
@@ -158,6 +167,7 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, len(days))
         for day in sorted(days):
             _put_varint(out, _zigzag(day - state.first_day))
+    _encode_spans(out, state)
     span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -165,6 +175,47 @@ def encode_user(state: UserState) -> bytes:
         bitmap[offset >> 3] |= 1 << (offset & 7)
     out += bitmap
     return bytes(out)
+
+
+def _encode_spans(out: bytearray, state: UserState) -> None:
+    """The UTC day spans: a code (0: unknown; else 1 + count * 2 + 1 when the days are
+    written, 0 when they are the active days, as in an app on UTC), then per span its day
+    (if written, from the previous one), earliest ms of that day, latest - earliest."""
+    spans = state.utc_spans
+    if spans is None:
+        _put_varint(out, 0)
+        return
+    explicit = [day for day, _, _ in spans] != sorted(state.active_days)
+    _put_varint(out, 1 + len(spans) * 2 + explicit)
+    previous = state.first_day
+    for day, first_ms, last_ms in spans:
+        if explicit:
+            _put_varint(out, _zigzag(day - previous))
+            previous = day
+        _put_varint(out, first_ms - day * MS_PER_DAY)
+        _put_varint(out, last_ms - first_ms)
+
+
+def _decode_spans(data: bytes, pos: int, first_day: int
+                  ) -> tuple[list[tuple[int, int]] | None, list[int] | None, int]:
+    """Per span (earliest ms of its day, latest - earliest), or None when unknown; and the
+    spans' days when written (None: they are the active days, from the bitmap after)."""
+    code, pos = _get_varint(data, pos)
+    if not code:
+        return None, None, pos
+    count, explicit = divmod(code - 1, 2)
+    days: list[int] | None = [] if explicit else None
+    offsets: list[tuple[int, int]] = []
+    previous = first_day
+    for _ in range(count):
+        if days is not None:
+            delta, pos = _get_varint(data, pos)
+            previous += _unzigzag(delta)
+            days.append(previous)
+        first, pos = _get_varint(data, pos)
+        width, pos = _get_varint(data, pos)
+        offsets.append((first, width))
+    return offsets, days, pos
 
 
 def _encode_answers(out: bytearray, state: UserState) -> None:
@@ -286,7 +337,15 @@ def decode_user(data: bytes) -> UserState:
     if data[0] >= 5:
         answers, pos = _decode_answers(data, pos, first_day, first_seen_ms)
         returns, pos = _decode_returns(data, pos, first_day)
+    offsets: list[tuple[int, int]] | None = None  # before format 6: not kept, unknown
+    span_days: list[int] | None = None
+    if data[0] >= 6:
+        offsets, span_days, pos = _decode_spans(data, pos, first_day)
     active = _decode_active_days(data, pos, first_day)
+    spans = None if offsets is None else tuple(
+        (day, day * MS_PER_DAY + first, day * MS_PER_DAY + first + width)
+        for day, (first, width) in zip(active if span_days is None else span_days, offsets,
+                                       strict=True))
     return UserState(
         first_seen_ms=first_seen_ms,
         last_active_ms=first_seen_ms + span_ms,
@@ -302,4 +361,5 @@ def decode_user(data: bytes) -> UserState:
         expired_days=tuple(expired),
         answers=tuple(answers),
         returns=tuple(returns),
+        utc_spans=spans,
     )
