@@ -180,42 +180,79 @@ def encode_user(state: UserState) -> bytes:
 def _encode_spans(out: bytearray, state: UserState) -> None:
     """The UTC day spans: a code (0: unknown; else 1 + count * 2 + 1 when the days are
     written, 0 when they are the active days, as in an app on UTC), then per span its day
-    (if written, from the previous one), earliest ms of that day, latest - earliest."""
+    (if written, from the previous one), the ms of its day its earliest event is at and
+    its latest - earliest, but what first_seen and last_active say already: the first
+    span's earliest is first_seen, the last's latest last_active. A middle span's earliest
+    carries a flag in its low bit: 1 when a width follows (0: one event, or several at
+    the same ms)."""
     spans = state.utc_spans
     if spans is None:
         _put_varint(out, 0)
         return
+    assert not spans or (spans[0][1] == state.first_seen_ms
+                         and spans[-1][2] == state.last_active_ms), "spans span the user"
     explicit = [day for day, _, _ in spans] != sorted(state.active_days)
     _put_varint(out, 1 + len(spans) * 2 + explicit)
-    previous = state.first_day
-    for day, first_ms, last_ms in spans:
+    previous, last = state.first_day, len(spans) - 1
+    for index, (day, first_ms, last_ms) in enumerate(spans):
         if explicit:
             _put_varint(out, _zigzag(day - previous))
             previous = day
-        _put_varint(out, first_ms - day * MS_PER_DAY)
-        _put_varint(out, last_ms - first_ms)
+        if index == 0:
+            if index != last:
+                _put_varint(out, last_ms - first_ms)
+        elif index == last:
+            _put_varint(out, first_ms - day * MS_PER_DAY)
+        else:
+            _put_varint(out, (first_ms - day * MS_PER_DAY) * 2 + (last_ms != first_ms))
+            if last_ms != first_ms:
+                _put_varint(out, last_ms - first_ms)
+
+
+#: A span as read: (ms of its day of the earliest event, latest - earliest), each None when
+#: first_seen or last_active gives it.
+_RawSpan = tuple[int | None, int | None]
 
 
 def _decode_spans(data: bytes, pos: int, first_day: int
-                  ) -> tuple[list[tuple[int, int]] | None, list[int] | None, int]:
-    """Per span (earliest ms of its day, latest - earliest), or None when unknown; and the
-    spans' days when written (None: they are the active days, from the bitmap after)."""
+                  ) -> tuple[list[_RawSpan] | None, list[int] | None, int]:
+    """The spans as written (None: unknown), and their days when written (None: they are
+    the active days, from the bitmap after)."""
     code, pos = _get_varint(data, pos)
     if not code:
         return None, None, pos
     count, explicit = divmod(code - 1, 2)
     days: list[int] | None = [] if explicit else None
-    offsets: list[tuple[int, int]] = []
-    previous = first_day
-    for _ in range(count):
+    found: list[_RawSpan] = []
+    previous, last = first_day, count - 1
+    for index in range(count):
         if days is not None:
             delta, pos = _get_varint(data, pos)
             previous += _unzigzag(delta)
             days.append(previous)
-        first, pos = _get_varint(data, pos)
-        width, pos = _get_varint(data, pos)
-        offsets.append((first, width))
-    return offsets, days, pos
+        earliest: int | None = None
+        width: int | None = None
+        if index == 0:
+            if index != last:
+                width, pos = _get_varint(data, pos)
+        elif index == last:
+            earliest, pos = _get_varint(data, pos)
+        else:
+            flagged, pos = _get_varint(data, pos)
+            earliest, width = flagged >> 1, 0
+            if flagged & 1:
+                width, pos = _get_varint(data, pos)
+        found.append((earliest, width))
+    return found, days, pos
+
+
+def _spans(days: list[int], found: list[_RawSpan], first_seen_ms: int, last_active_ms: int
+           ) -> tuple[Span, ...]:
+    spans = []
+    for day, (earliest, width) in zip(days, found, strict=True):
+        first_ms = first_seen_ms if earliest is None else day * MS_PER_DAY + earliest
+        spans.append((day, first_ms, last_active_ms if width is None else first_ms + width))
+    return tuple(spans)
 
 
 def _encode_answers(out: bytearray, state: UserState) -> None:
@@ -337,15 +374,14 @@ def decode_user(data: bytes) -> UserState:
     if data[0] >= 5:
         answers, pos = _decode_answers(data, pos, first_day, first_seen_ms)
         returns, pos = _decode_returns(data, pos, first_day)
-    offsets: list[tuple[int, int]] | None = None  # before format 6: not kept, unknown
+    found: list[_RawSpan] | None = None  # before format 6: not kept, unknown
     span_days: list[int] | None = None
     if data[0] >= 6:
-        offsets, span_days, pos = _decode_spans(data, pos, first_day)
+        found, span_days, pos = _decode_spans(data, pos, first_day)
     active = _decode_active_days(data, pos, first_day)
-    spans = None if offsets is None else tuple(
-        (day, day * MS_PER_DAY + first, day * MS_PER_DAY + first + width)
-        for day, (first, width) in zip(active if span_days is None else span_days, offsets,
-                                       strict=True))
+    spans = None if found is None else _spans(
+        active if span_days is None else span_days, found, first_seen_ms,
+        first_seen_ms + span_ms)
     return UserState(
         first_seen_ms=first_seen_ms,
         last_active_ms=first_seen_ms + span_ms,

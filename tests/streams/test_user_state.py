@@ -24,24 +24,26 @@ DAY_MS = 86_400_000
 
 
 def test_a_small_state_in_bytes() -> None:
-    """Version 6; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
-    last_active; first day 0; one install at offset 0; no attributes, purchases or cost;
-    one session; no win-back marks; no survey answers; no RETURN_EVENTS days; two UTC day
-    spans on the active days (code 1 + 2 x 2, days not written), 1000 ms into day 0
-    (0xE8 0x07) and 7 ms into day 2, each one event (width 0); the active days 0 and 2 as
-    the bitmap 0b101."""
-    state = UserState(1000, 1000, 0, frozenset({0, 2}), frozenset({0}), sessions=1,
+    """Version 6; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 172,799,007
+    ms to last_active (2 days + 7 ms - 1000 ms); first day 0; one install at offset 0; no
+    attributes, purchases or cost; one session; no win-back marks; no survey answers; no
+    RETURN_EVENTS days; two UTC day spans on the active days (code 1 + 2 x 2, days not
+    written): the first's earliest is first_seen, its width 0; the last's latest is
+    last_active, its earliest 7 ms into day 2; the active days 0 and 2 as the bitmap
+    0b101."""
+    state = UserState(1000, 2 * DAY_MS + 7, 0, frozenset({0, 2}), frozenset({0}), sessions=1,
                       utc_spans=((0, 1000, 1000), (2, 2 * DAY_MS + 7, 2 * DAY_MS + 7)))
     raw = encode_user(state)
-    assert raw == bytes([6, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0,
-                         5, 0xE8, 0x07, 0, 7, 0, 0b101])
+    assert raw == bytes([6, 0xD0, 0x0F, 0x9F, 0xE8, 0xB2, 0x52, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0,
+                         5, 0, 7, 0b101])
     assert decode_user(raw) == state
-    # in another timezone the spans' UTC days are written: code 1 + 1 x 2 + 1, day -1
-    # from the first day (zigzag 1), 5 ms into it, 3 ms wide
-    elsewhere = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
-                          utc_spans=((-1, -DAY_MS + 5, -DAY_MS + 8),))
-    assert encode_user(elsewhere)[-7:] == bytes([0, 0, 4, 1, 5, 3, 0b1])
-    assert decode_user(encode_user(elsewhere)) == elsewhere
+    # in a timezone ahead of UTC, local day 0 began in UTC day -1: the spans' days are
+    # written (code 1 + 1 x 2 + 1), day -1 from the first day (zigzag 1); the one span is
+    # first_seen to last_active
+    ahead = UserState(-DAY_MS + 5, -DAY_MS + 8, 0, frozenset({0}), frozenset(),
+                      utc_spans=((-1, -DAY_MS + 5, -DAY_MS + 8),))
+    assert encode_user(ahead)[-5:] == bytes([0, 0, 4, 1, 0b1])
+    assert decode_user(encode_user(ahead)) == ahead
 
 
 def test_an_answer_in_bytes() -> None:
@@ -50,7 +52,7 @@ def test_an_answer_in_bytes() -> None:
     state = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("nps", 0, 1001, "s1", 9),))
     raw = encode_user(state)
-    assert raw[-11:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 2, 0b1])
+    assert raw[-11:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 2, 0b1])  # no spans
     assert decode_user(raw) == state
     named = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("csat", -3, 5, "x", 0),))  # before the first activity
@@ -102,13 +104,16 @@ def states(draw: st.DrawFn) -> UserState:
                   for day in span_days
                   for start in [draw(st.integers(0, DAY_MS - 1))]
                   for width in [draw(st.integers(0, DAY_MS - 1 - start))])
+    known = spans and draw(st.booleans())
+    if known:  # the spans run from first_seen to last_active (the codec leaves those out)
+        first_seen = spans[0][1]
     if draw(st.booleans()) and answers:  # a user known only by survey answers
         return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
     return UserState(
         answers=answers,
         returns=returns,
         first_seen_ms=first_seen,
-        last_active_ms=first_seen + draw(st.integers(0, 10**11)),
+        last_active_ms=spans[-1][2] if known else first_seen + draw(st.integers(0, 10**11)),
         first_day=first_day,
         active_days=frozenset(active),
         install_days=draw(st.frozensets(days, max_size=5)),
@@ -119,7 +124,7 @@ def states(draw: st.DrawFn) -> UserState:
         notified_episode_ms=episode,
         notified_days=notified,
         expired_days=expired,
-        utc_spans=None if draw(st.booleans()) and not draw(st.booleans()) else spans,
+        utc_spans=spans if known else None,
     )
 
 
@@ -168,7 +173,8 @@ def test_format_5_records_decode_with_their_windows_unknown() -> None:
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
                       utc_spans=((19723, BASE_MS, BASE_MS + 5),))
     new = encode_user(state)
-    old = bytes([5]) + new[1:-4] + new[-1:]  # without the spans (code, one span's 2 bytes)
+    assert new[-2] == 3  # the spans: one, on the active day, first_seen to last_active
+    old = bytes([5]) + new[1:-2] + new[-1:]
     decoded = decode_user(old)
     assert decoded == replace(state, utc_spans=None)
     assert decode_user(encode_user(decoded)) == decoded
