@@ -37,7 +37,7 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import parse_date
-from retention_tracker.streams.catalogue import catalogue_json
+from retention_tracker.streams.catalogue import CALENDAR, catalogue_json
 from retention_tracker.streams.events import DEFAULT_SURVEY
 from retention_tracker.streams.reports import CatalogueReport, Report
 
@@ -80,7 +80,8 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
         "/retention/cohorts": lambda r: cohort_report(
             store, settings, app_of(r), r.query.get("granularity", "day"),
             r.query.get("kind", "classic"), _date_param(r, "from"), _date_param(r, "to"),
-            where(r), r.query.get("currency"), r.query.get("returning") or None),
+            where(r), r.query.get("currency"), r.query.get("returning") or None,
+            r.query.get("window", CALENDAR)),
         "/retention/summary": lambda r: summary_report(
             store, settings, app_of(r), _date_param(r, "date"), where(r)),
         "/retention/kpis": lambda r: kpis_report(

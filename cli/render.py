@@ -35,6 +35,8 @@ def triangle_table(report: CohortReport, width: int | None = None) -> str:
         + (f", {report.currency}" if report.currency is not None else "")
         + (f", segment {report.segment}" if report.segment is not None else "")
         + (f", back = sent {report.returning}" if report.returning is not None else "")
+        + (f", in {report.window} windows from each user's first event"
+           if report.window is not None else "")
     )
     if not rows:
         return head + "\n(no cohorts)"

@@ -18,6 +18,7 @@ const state = {
   where: params.get("where") || "",
   kind: params.get("kind") || "classic",
   granularity: params.get("granularity") || "week",
+  window: params.get("window") || "calendar", // "24h": windows from each user's first event
   period: params.get("period") || "week",
 };
 
@@ -285,7 +286,8 @@ async function refresh() {
       getJson("/retention/summary?" + query()),
       getJson("/retention/daily?" + query()),
       getJson("/retention/headline?" + query()),
-      getJson("/retention/cohorts?" + query({ kind: state.kind, granularity: state.granularity })),
+      getJson("/retention/cohorts?" + query({ kind: state.kind, window: state.window,
+        granularity: state.window === "24h" ? "day" : state.granularity })),
       getJson("/retention/kpis?" + query({ period: state.period })),
       getJson("/retention/cohorts?" + query({ kind: "ltv", ...money })),
       getJson("/retention/cohorts?" + query({ kind: "roas", ...money })),
@@ -317,6 +319,6 @@ function bind(id, key) {
 }
 
 for (const [id, key] of [["app", "app"], ["where", "where"], ["kind", "kind"],
-  ["granularity", "granularity"], ["period", "period"]]) bind(id, key);
+  ["granularity", "granularity"], ["window", "window"], ["period", "period"]]) bind(id, key);
 refresh();
 setInterval(refresh, REFRESH_MS);
