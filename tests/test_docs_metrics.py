@@ -90,7 +90,7 @@ def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
 
 def test_the_examples_are_there() -> None:
     assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino",
-                             "satisfaction"}
+                             "satisfaction", "windows-24h"}
 
 
 # ---- the closed sets the document lists -------------------------------------------------
@@ -275,10 +275,12 @@ async def check_example(name: str, state: RealApply, events: list[Event]) -> Non
             g, kind, returning = check["granularity"], check["kind"], check.get("returning")
             assert returning is None or returning in example["return_events"]
             assert set(example.get("return_events", ())) <= set(cfg.return_events)
-            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning)
-                   ).as_json()["cohorts"]
-            assert got == reference.triangle(events, "a", g, kind, tz, now,
-                                             returning=returning), check
+            window = check.get("window", "calendar")  # "24h": 24-hour windows
+            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning,
+                                       window=window)).as_json()["cohorts"]
+            assert got == (reference.triangle24(events, "a", kind, tz, now) if window == "24h"
+                           else reference.triangle(events, "a", g, kind, tz, now,
+                                                   returning=returning)), check
             rows = by_label(got, "cohort")
             assert set(rows) >= set(check["rows"]), check
             for label, expected in check["rows"].items():
@@ -320,6 +322,22 @@ async def test_casino_in_one_batch_and_backwards(redis_url: str) -> None:
         for event in reversed(events):
             await state.apply([event], events[-1].ts_ms)
         await check_example("casino", state, events)
+
+
+async def test_windows_24h_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["windows-24h"])
+    now = max(e.ts_ms for e in events)
+    async with RealApply(redis_url) as state:
+        await state.apply(events, now)
+        await check_example("windows-24h", state, events)
+    async with RealApply(redis_url) as state:
+        for event in reversed(events):  # the late install first: nothing to re-base
+            await state.apply([event], now)
+        await check_example("windows-24h", state, events)
+    async with RealApply(redis_url) as state:
+        for event in events:  # the late install last: every window of w3 re-based
+            await state.apply([event], now)
+        await check_example("windows-24h", state, events)
 
 
 async def test_satisfaction_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
