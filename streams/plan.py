@@ -43,7 +43,11 @@ from retention_tracker.streams.winback import (
     moment_reached_ms,
     return_of,
 )
-from retention_tracker.streams.windows24 import add_window_contributions, window_delta
+from retention_tracker.streams.windows24 import (
+    add_window_contributions,
+    merge_spans,
+    window_delta,
+)
 
 WAU_DAYS = 7
 MAU_DAYS = 30
@@ -267,10 +271,9 @@ def add_events(
     return_types = rules.return_types  # RETURN_EVENTS: the days of these types are kept
     returns: dict[str, set[int]] = (
         {kind: set(days) for kind, days in state.returns} if state and state.returns else {})
-    # 24-hour windows: per UTC day, the earliest and latest event (None: unknown, kept so)
+    # 24-hour windows: per UTC day of these events, the earliest and latest (merged below)
     spans: dict[int, list[int]] | None = (
-        {} if state is None else None if state.utc_spans is None
-        else {day: [first, last] for day, first, last in state.utc_spans})
+        None if state is not None and state.utc_spans is None else {})
     for event in events:
         day = calendar.day_of(event.ts_ms)
         active.add(day)
@@ -325,7 +328,7 @@ def add_events(
         returns=tuple((kind, frozenset(days)) for kind, days in sorted(returns.items()))
         if returns else (),
         utc_spans=None if spans is None
-        else tuple((day, span[0], span[1]) for day, span in sorted(spans.items())),
+        else merge_spans(state.utc_spans if state is not None else (), spans),
     )
 
 

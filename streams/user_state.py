@@ -191,7 +191,8 @@ def _encode_spans(out: bytearray, state: UserState) -> None:
         return
     assert not spans or (spans[0][1] == state.first_seen_ms
                          and spans[-1][2] == state.last_active_ms), "spans span the user"
-    explicit = [day for day, _, _ in spans] != sorted(state.active_days)
+    active = state.active_days  # the usual (an app on UTC): the spans' days are these
+    explicit = len(spans) != len(active) or any(day not in active for day, _, _ in spans)
     _put_varint(out, 1 + len(spans) * 2 + explicit)
     previous, last = state.first_day, len(spans) - 1
     for index, (day, first_ms, last_ms) in enumerate(spans):

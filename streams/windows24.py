@@ -26,6 +26,28 @@ _WINDOW24, _LAST_WINDOW24 = Measure.WINDOW24, Measure.LAST_WINDOW24
 DAY = "day"  # the only granularity of 24-hour windows: daily cohorts
 
 
+def merge_spans(spans: tuple[Span, ...] | None, found: dict[int, list[int]]
+                ) -> tuple[Span, ...]:
+    """The spans with a batch's events added: ``found`` is, per UTC day, their earliest
+    and latest. The usual batch has events of the user's last day or later only: the
+    spans before stay as they are."""
+    if spans is None:
+        spans = ()
+    if not found:
+        return spans
+    if spans and min(found) >= spans[-1][0]:
+        kept, touched = spans[:-1], {spans[-1][0]: [spans[-1][1], spans[-1][2]]}
+    else:
+        kept, touched = (), {day: [first, last] for day, first, last in spans}
+    for day, (first, last) in found.items():
+        span = touched.get(day)
+        if span is None:
+            touched[day] = [first, last]
+        else:
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+    return kept + tuple((day, span[0], span[1]) for day, span in sorted(touched.items()))
+
+
 def active_windows(first_seen_ms: int, spans: tuple[Span, ...]) -> set[int]:
     """The windows with an activity, from the spans and first_seen."""
     first_day, boundary_of_day = divmod(first_seen_ms, MS_PER_DAY)
