@@ -600,6 +600,7 @@ def triangle(
     vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
     returning: str | None = None,
+    window: str = "calendar",
 ) -> list[dict]:
     """The retention triangle of `app`, one dict per non-empty cohort, oldest first.
 
@@ -611,9 +612,18 @@ def triangle(
     the app's last period with data. `date_from`/`date_to` keep the cohorts whose period
     lies between the periods of those dates (inclusive); they do not shorten the rows.
     With `where`, everything (cohorts, sizes, the last period) is over the segment's users.
+
+    With `window` "24h" (daily cohorts, any activity), offset N is a user's 24-hour window
+    [first_seen + N*24h, first_seen + (N+1)*24h), first_seen its earliest event, instead
+    of the calendar day c+N; a row runs to the last day with data or to its users' latest
+    window if that is later (a day of 25 hours), and complete[N] is whether the cohort's
+    day ended (N+1)*24h ago.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if window not in ("calendar", "24h") or (window == "24h" and (
+            granularity != "day" or returning is not None)):
+        raise ValueError(f"24-hour windows are of daily cohorts on any activity, not {window!r}")
     framed = _frame(events, app, tz, granularity, where, default_currency, vip_revenue,
                     vip_purchases)
     if framed is None:
@@ -637,10 +647,16 @@ def triangle(
     for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
         users = cohort_users[cohort]
         size = len(users)
-        n_offsets = period_offset(cohort, last_period, granularity) + 1
+        offsets_of = {user: [period_offset(cohort, p, granularity) for p in active_periods[user]]
+                      for user in users}
+        if window == "24h":
+            offsets_of = {user: sorted({(ts - data.first_seen_ms[user]) // DAY_MS
+                                        for ts in data.activity_ms[user]}) for user in users}
+        n_offsets = max(period_offset(cohort, last_period, granularity),
+                        *(max(offsets, default=0) for offsets in offsets_of.values())) + 1
         counts = [0] * n_offsets
         for user in users:
-            offsets = [period_offset(cohort, p, granularity) for p in active_periods[user]]
+            offsets = offsets_of[user]
             if not offsets:  # never sent the returning event type
                 continue
             if kind == "classic":
@@ -661,62 +677,12 @@ def triangle(
                 "size": size,
                 "counts": counts,
                 "values": values,
-                "complete": _complete_flags(cohort, n_offsets, granularity, tz, now_ms),
+                "complete": _complete_flags(cohort, n_offsets, granularity, tz, now_ms)
+                if window == "calendar" else [
+                    period_end_ms(cohort, "day", tz) + (n + 1) * DAY_MS <= now_ms
+                    for n in range(n_offsets)],
             }
         )
-    return rows
-
-
-def triangle24(
-    events: Iterable[Event],
-    app: str,
-    kind: str,
-    tz: str,
-    now_ms: int,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    *,
-    where: dict[str, str] | None = None,
-    default_currency: str = DEFAULT_CURRENCY,
-    vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
-    vip_purchases: int = DEFAULT_VIP_PURCHASES,
-) -> list[dict]:
-    """Retention in 24-hour windows (section 4) of the daily cohorts, in `triangle`'s shape.
-
-    A user's window N is [first_seen + N*24h, first_seen + (N+1)*24h), first_seen its
-    earliest event. classic: counts[N] = users of the cohort with an event in window N;
-    rolling: with an event in window N or a later one. A row runs from 0 to the app's last
-    day with data, or to its users' latest window if that is later (a day of 25 hours);
-    complete[N]: the cohort's day ended (N+1)*24h ago.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    framed = _frame(events, app, tz, "day", where, default_currency, vip_revenue,
-                    vip_purchases)
-    if framed is None:
-        return []
-    data, last_day = framed
-    cohort_users = data.cohort_users("day")
-    rows: list[dict] = []
-    for cohort in _selected_cohorts(cohort_users, "day", date_from, date_to):
-        users = cohort_users[cohort]
-        windows = [{(ts - data.first_seen_ms[user]) // DAY_MS for ts in data.activity_ms[user]}
-                   for user in users]
-        n_offsets = max(period_offset(cohort, last_day, "day"),
-                        *(max(found) for found in windows)) + 1
-        counts = [0] * n_offsets
-        for found in windows:
-            reached = found if kind == "classic" else range(max(found) + 1)
-            for n in reached:
-                counts[n] += 1
-        day_end_ms = day_start_ms(cohort + timedelta(days=1), tz)
-        rows.append({
-            "cohort": period_label(cohort, "day"),
-            "size": len(users),
-            "counts": counts,
-            "values": [round(count / len(users), 4) for count in counts],
-            "complete": [day_end_ms + (n + 1) * DAY_MS <= now_ms for n in range(n_offsets)],
-        })
     return rows
 
 

@@ -278,9 +278,8 @@ async def check_example(name: str, state: RealApply, events: list[Event]) -> Non
             window = check.get("window", "calendar")  # "24h": 24-hour windows
             got = (await cohort_report(store, cfg, "a", g, kind, returning=returning,
                                        window=window)).as_json()["cohorts"]
-            assert got == (reference.triangle24(events, "a", kind, tz, now) if window == "24h"
-                           else reference.triangle(events, "a", g, kind, tz, now,
-                                                   returning=returning)), check
+            assert got == reference.triangle(events, "a", g, kind, tz, now,
+                                             returning=returning, window=window), check
             rows = by_label(got, "cohort")
             assert set(rows) >= set(check["rows"]), check
             for label, expected in check["rows"].items():

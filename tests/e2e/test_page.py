@@ -221,8 +221,8 @@ def test_the_window_toggle_shows_retention_in_24_hour_windows(served: Served,
     assert doc["window"] == "24h"
     events = [validate_event(e, utc_now_ms()) for e in served.raw]
     watermark = max(e.ts_ms for e in events)
-    assert doc["cohorts"] == reference.triangle24(events, "default", "classic", "UTC",
-                                                  watermark)
+    assert doc["cohorts"] == reference.triangle(events, "default", "day", "classic", "UTC",
+                                                watermark, window="24h")
     rows = [n["data-cohort"] for n in page.found if "data-cohort" in n]
     assert rows == [r["cohort"] for r in doc["cohorts"]] and len(rows) >= 20  # daily
     first = doc["cohorts"][0]
@@ -231,8 +231,8 @@ def test_the_window_toggle_shows_retention_in_24_hour_windows(served: Served,
     assert number(cell["data-value"]) == first["values"][1]
     shown = orjson.loads(served.cli("report", "--window", "24h", "--kind", "rolling",
                                     "--json").stdout)
-    assert shown["cohorts"] == reference.triangle24(events, "default", "rolling", "UTC",
-                                                    watermark)
+    assert shown["cohorts"] == reference.triangle(events, "default", "day", "rolling", "UTC",
+                                                  watermark, window="24h")
     text = served.cli("report", "--window", "24h").stdout
     assert "in 24h windows from each user's first event" in text.splitlines()[0]
     refused = served.cli("report", "--window", "24h", "--granularity", "week")

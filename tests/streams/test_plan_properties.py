@@ -166,8 +166,8 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                                               where=query_where)).as_json()
                     assert got["cohorts"] == expected, (app, segment, granularity, kind)
                     if granularity == "day":  # 24-hour windows (METRICS.md §4)
-                        expected = reference.triangle24(events, app, kind, tz, now_ms,
-                                                        where=where, **rules[app])
+                        expected = reference.triangle(events, app, "day", kind, tz, now_ms,
+                                                      where=where, **rules[app], window="24h")
                         got = (await cohort_report(store, cfg, app, granularity, kind,
                                                   where=query_where, window="24h")).as_json()
                         assert got["cohorts"] == expected, (app, segment, "24h", kind)
