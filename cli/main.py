@@ -76,17 +76,16 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except QueryError as exc:
         raise Fatal(exc.shown("--")) from None
-    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
-        from retention_tracker.state.connect import redis_problem
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
+        from retention_tracker.state.connect import redis_failure, redis_problem
 
-        problem = redis_problem(exc)
-        if problem is None:
+        unreachable = isinstance(exc, (redis.exceptions.ConnectionError,
+                                       redis.exceptions.TimeoutError))
+        if not unreachable and redis_problem(exc) is None:
             raise
-        raise Fatal(problem) from None
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise Fatal(f"cannot reach Redis: {exc}") from None
-    except redis.exceptions.AuthenticationError as exc:
-        raise Fatal(f"Redis refused the credentials: {exc}") from None
+        # (refused credentials are a ConnectionError: redis_failure says which it was)
+        raise Fatal(redis_failure(exc, "REDIS_URL")) from None
     except KafkaError as exc:
         raise Fatal(f"Kafka: {exc}") from None
 
