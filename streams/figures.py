@@ -74,20 +74,11 @@ def cohort_rows(
     the 24-hour windows' (WINDOW24, LAST_WINDOW24: streams/windows24.py): a row runs to
     the last day with data or to its latest window if later (a DST day), and cell N is
     complete at the end of the cohort's day plus (N+1) x 24h (METRICS.md §4)."""
-    if last_day is None:
-        return []
-    last_period = period_of_day(last_day, granularity)
-    low = period_of_day(date_to_day(date_from), granularity) if date_from else None
-    high = period_of_day(date_to_day(date_to), granularity) if date_to else None
     by_cell: dict[int, dict[int, int]] = {}
     for (cohort, offset), count in cells.items():
         by_cell.setdefault(cohort, {})[offset] = count
     rows = []
-    for cohort in sorted(c for (c,), size in sizes.items() if size > 0):
-        if (low is not None and cohort < low) or (high is not None and cohort > high):
-            continue
-        size = sizes[cohort,]
-        width = last_period - cohort + 1
+    for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from, date_to):
         found = by_cell.get(cohort, {})
         if windows24:
             width = max(width, max((n for n, v in found.items() if v), default=-1) + 1)
@@ -112,6 +103,22 @@ def cohort_rows(
             }
         )
     return rows
+
+
+def cohort_frames(sizes: Mapping[Coordinates, int], granularity: str, last_day: int | None,
+                  date_from: date | None = None, date_to: date | None = None
+                  ) -> list[tuple[int, int, int]]:
+    """What bounds a triangle's rows, retention or money: (cohort period, size, offsets up
+    to the app's last period with data) of each non-empty cohort between the periods of
+    ``date_from`` and ``date_to``, oldest first."""
+    if last_day is None:
+        return []
+    last_period = period_of_day(last_day, granularity)
+    low = period_of_day(date_to_day(date_from), granularity) if date_from else None
+    high = period_of_day(date_to_day(date_to), granularity) if date_to else None
+    return [(cohort, sizes[cohort,], last_period - cohort + 1)
+            for cohort in sorted(c for (c,), size in sizes.items() if size > 0)
+            if (low is None or cohort >= low) and (high is None or cohort <= high)]
 
 
 def window_sizes(window0: Mapping[Coordinates, int]) -> Counter[Coordinates]:
@@ -199,24 +206,20 @@ def money_rows(
     ``cells`` is the LTV family (revenue units of cohort c in period c+N, per currency)
     for ltv and roas, FIRST_PAYMENT (users of c first paying in c+N) for conversion; ``costs``
     the COST family."""
-    # the triangle's frame (cohorts, widths, completeness) is the retention one
-    rows = cohort_rows(sizes, {}, "classic", granularity, calendar, now_ms, last_day,
-                       date_from, date_to)
     by_cohort: dict[int, dict[int, int]] = {}
     for coordinates, value in cells.items():
         if kind != "payer_conversion" and coordinates[2] != currency:
             continue
         by_cohort.setdefault(coordinates[0], {})[coordinates[1]] = value
     out = []
-    for row in rows:
-        cohort = _period_of_label(row["cohort"], granularity)
+    # the triangle's frame (cohorts, widths, completeness) is the retention one
+    for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from, date_to):
         found = by_cohort.get(cohort, {})
         running, cumulative = 0, []
-        for n in range(len(row["complete"])):
+        for n in range(width):
             running += found.get(n, 0)
             cumulative.append(running)
-        size = row["size"]
-        doc: dict[str, Any] = {"cohort": row["cohort"], "size": size}
+        doc: dict[str, Any] = {"cohort": period_label(cohort, granularity), "size": size}
         if kind == "payer_conversion":
             doc["counts"] = cumulative
             doc["values"] = [rate(c, size) for c in cumulative]
@@ -231,19 +234,10 @@ def money_rows(
                 else [float(round(Decimal(units) / cost, 4)) if cost else None
                       for units in cumulative]
             )
-        doc["complete"] = row["complete"]
+        doc["complete"] = [end_ms <= now_ms for end_ms in _cell_ends(
+            calendar, cohort, granularity, width, windows24=False)]
         out.append(doc)
     return out
-
-
-def _period_of_label(label: str, granularity: str) -> int:
-    if granularity == "day":
-        return date_to_day(date.fromisoformat(label))
-    if granularity == "week":
-        year, week = label.split("-W")
-        return period_of_day(date_to_day(date.fromisocalendar(int(year), int(week), 1)), "week")
-    year, month = label.split("-")
-    return int(year) * 12 + int(month) - 1
 
 
 def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) -> list[str]:
