@@ -9,7 +9,7 @@ applies what that outcome says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
@@ -91,7 +91,7 @@ def outcome_of(
     states: Mapping[UserKey, UserState | None],
     seen_dedup_keys: set[bytes],
     watermark_ms: int | None,
-    calendar_of: Callable[[str], AppCalendar],
+    calendars: Mapping[str, AppCalendar],
     rules: BatchRules,
     arrival_ms: int | None,
 ) -> BatchOutcome:
@@ -100,7 +100,7 @@ def outcome_of(
     at its source, for the route counters; None for the re-key topic, whose events were
     counted where they were read first."""
     plan = plan_batch(batch.at_home, states, seen_dedup_keys, watermark_ms, rules.horizon_days,
-                      calendar_of, rules.segments, dedup_keys, rules.winback,
+                      calendars, rules.segments, dedup_keys, rules.winback,
                       event_clock=rules.event_clock)
     letters = [DeadLetter(offset, r.index, r.reason, r.detail) for offset, r in batch.rejects]
     for letter in letters:

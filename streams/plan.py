@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -635,14 +635,15 @@ def plan_batch(
     seen_dedup_keys: set[bytes],
     watermark_ms: int | None,
     horizon_days: int,
-    calendar_of: Callable[[str], AppCalendar],
+    calendars: Mapping[str, AppCalendar],
     rules: SegmentRules = DEFAULT_RULES,
     dedup_keys: Sequence[bytes] | None = None,
     winback: WinbackRules = DEFAULT_WINBACK,
     event_clock: bool = False,
 ) -> Plan:
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
-    order; ``states`` must hold every user of the batch (None for a new user).
+    order; ``states`` must hold every user of the batch (None for a new user), and
+    ``calendars`` the calendar of every app in it (data: the plan calls nothing back).
     ``dedup_keys``, when given, are the events' ``dedup_key``s in the same order (the caller
     already hashed them to load the batch). With ``event_clock``, "now" is the watermark
     and moves event by event: a user's inactivity moment that it passes before the user's
@@ -670,11 +671,11 @@ def plan_batch(
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
         new = _apply_events(plan, user_key, active_old, user_events, user_arrivals, cuts,
-                            calendar_of(app), app_rules, winback)
+                            calendars[app], app_rules, winback)
         if old is not None and active_old is None:
             new = replace(new, answers=old.answers)
         if answered:
-            new = _with_answers(new, answered.pop(user_key, None), calendar_of(app))
+            new = _with_answers(new, answered.pop(user_key, None), calendars[app])
         if new == old:
             continue
         if active_old is None or new.last_active_ms != active_old.last_active_ms:
@@ -683,7 +684,7 @@ def plan_batch(
         _add_user_delta(pending.setdefault(app, {}), old, new, app_rules)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
-        new = _with_answers(old or _ANSWERS_ONLY, answers, calendar_of(app))
+        new = _with_answers(old or _ANSWERS_ONLY, answers, calendars[app])
         if new != old:
             plan.users[user_key] = new
             _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))

@@ -153,7 +153,7 @@ def test_too_old_is_behind_the_watermark_by_more_than_the_horizon() -> None:
     old = Event("a", "x", "session", "u", watermark - 400 * MS_PER_DAY - 1)
     edge = Event("a", "y", "session", "u", watermark - 400 * MS_PER_DAY)
     plan = plan_batch([(0, -1, old), (1, -1, edge)], {("a", "u"): None}, set(), watermark,
-                      400, lambda _app: AppCalendar("UTC"))
+                      400, {"a": AppCalendar("UTC")})
     assert [e for _, _, e in plan.too_old] == [old]
     assert sum(v for k, v in plan.stats.items() if "too_old" in k) == 1
 
@@ -368,7 +368,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
     for offset, event in enumerate(events):
         user = (event.app, event.user_id)
         plan = plan_batch([(offset, -1, event)], {user: states.get(user)}, seen, watermark,
-                          400, lambda _app: calendar, DEFAULT_RULES,
+                          400, {"a": calendar}, DEFAULT_RULES,
                           [dedup_key(event.app, event.event_id)], rules, event_clock=True)
         seen.update(plan.new_dedup_keys)
         watermark = plan.watermark_ms
@@ -382,7 +382,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
                 due[days, moved] = last_ms + days * MS_PER_DAY
         notified = plan_notifications(
             [(days, u, at) for (days, u), at in due.items()], states, watermark,
-            lambda _app: calendar, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
+            {"a": calendar}, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
         states.update(notified.users)
         stats.update(notified.stats)
         sent += notified.messages

@@ -32,6 +32,7 @@ from retention_tracker.streams.winback import WinbackRules, handle_moment
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 
 
 def real_stats() -> Counter[Cell]:
@@ -43,7 +44,7 @@ def real_stats() -> Counter[Cell]:
               Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0)]
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
                       {("a", "u1"): None, ("a", "u2"): None}, set(), None, 400,
-                      lambda _app: UTC,
+                      UTC_APPS,
                       dedup_keys=[dedup_key(e.app, e.event_id) for e in events])
     stats = Counter(plan.stats)
     state = plan.users["a", "u2"]

@@ -209,7 +209,7 @@ async def consume(store: RedisStore, logs: Logs, rng: random.Random) -> None:
             continue
         fresh = [item for item in events if item[0] >= start]
         plan = plan_batch(fresh, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
-                          400, lambda app: AppCalendar(ZONES[app]))
+                          400, {app: AppCalendar(zone) for app, zone in ZONES.items()})
         assert await store.apply_plan(partition, loaded, {topic: batch[-1].offset + 1}, plan)
         positions[topic, partition] = batch[-1].offset + 1
 

@@ -17,6 +17,7 @@ from retention_tracker.streams.plan import dedup_key
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 RULES = BatchRules(horizon_days=31)
 
 
@@ -33,7 +34,7 @@ def test_the_outcome_holds_plan_dead_letters_forwards_and_every_counter() -> Non
                         away)
     keys = [dedup_key(e.app, e.event_id) for _, _, e in events]
     outcome = outcome_of(batch, keys, {("a", "u1"): None, ("a", "u2"): None}, set(), BASE_MS,
-                         lambda _app: UTC, RULES, arrival_ms=BASE_MS + 5)
+                         UTC_APPS, RULES, arrival_ms=BASE_MS + 5)
     # dead letters: rejects and the too-old event together, in the order they were read
     assert outcome.dead_letters == [DeadLetter(10, 1, "bad", "y"),
                                     DeadLetter(11, 0, "too_old", "older than the horizon"),
@@ -56,6 +57,6 @@ def test_the_rekey_topic_counts_no_routes_and_a_replayed_part_is_cut() -> None:
     fresh = batch.from_offset(6)
     assert fresh.at_home == events[1:] and fresh.rejects == [] and fresh.away == []
     outcome = outcome_of(fresh, [dedup_key("a", "e2")], {("a", "u2"): None}, set(), None,
-                         lambda _app: UTC, RULES, arrival_ms=None)
+                         UTC_APPS, RULES, arrival_ms=None)
     assert not any(key[0] in (Stat.ROUTE, Stat.FORWARDED) for key in outcome.plan.stats)
     assert outcome.dead_letters == [] and set(outcome.plan.users) == {("a", "u2")}

@@ -79,7 +79,7 @@ def test_plans_in_any_order_give_the_reference_triangle(events: list[Event], see
             states.setdefault((event.app, event.user_id), None)
         keys = [dedup_key(e.app, e.event_id) for e in batch]
         plan = plan_batch([(i, -1, e) for i, e in enumerate(batch)], states,
-                          seen.intersection(keys), watermark, 400, lambda _app: calendar,
+                          seen.intersection(keys), watermark, 400, {"a": calendar},
                           dedup_keys=keys, event_clock=True)
         seen.update(plan.new_dedup_keys)
         watermark = plan.watermark_ms
@@ -111,7 +111,7 @@ def test_a_record_from_before_the_spans_counts_in_no_window() -> None:
     later = add_events(old, [Event("a", "e2", "session", "u", BASE_MS + MS_PER_DAY)], calendar)
     assert later.utc_spans is None
     plan = plan_batch([(0, -1, Event("a", "e2", "session", "u", BASE_MS + MS_PER_DAY))],
-                      {("a", "u"): old}, set(), None, 400, lambda _app: calendar)
+                      {("a", "u"): old}, set(), None, 400, {"a": calendar})
     cells = [cell for deltas in plan.deltas["a"].values() for cell in deltas]
     assert not any(cell[0] in (Measure.WINDOW24, Measure.LAST_WINDOW24) for cell in cells)
     assert any(cell[0] is Measure.DAU for cell in cells)
