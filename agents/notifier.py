@@ -22,7 +22,7 @@ from retention_tracker.state.store import DUE_PAGE, RedisStore
 from retention_tracker.streams.batch import BatchRules
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.plan import Plan
-from retention_tracker.streams.winback import plan_notifications
+from retention_tracker.streams.winback import event_clock_now_ms, plan_notifications
 
 Message = tuple[str, str, dict[str, object]]  # topic, key, body
 
@@ -38,14 +38,18 @@ class Notifier:
         self.producer: AIOKafkaProducer | None = None  # the Ingestor's, once it started
         self._routers: dict[int, Router] = {}  # by the output topic's partition count
 
-    async def notify_due(self, shard: int, applied: Plan | None = None) -> None:
+    async def notify_due(self, shard: int, applied: Plan | None = None,
+                         caught_up: bool = False) -> None:
         """Send what is due on ``shard``, then record it, a page at a time. ``applied``: the
-        batch just applied (event clock), to tell when each moment came."""
+        batch just applied (event clock), to tell when each moment came; ``caught_up``: the
+        partition has no backlog (the event clock then follows the stream's watermark)."""
         s = self.settings
         while True:
             now = self.clock_ms()
-            if s.clock == "event":  # the partition's own event time
-                now = await self.store.shard_watermark_ms(shard) or 0
+            if s.clock == "event":
+                now = event_clock_now_ms(
+                    await self.store.shard_watermark_ms(shard),
+                    await self.store.watermark_ms() if caught_up else None, caught_up)
             due = await self.store.due_entries(shard, s.every_inactivity_threshold, now)
             if not due:
                 return

@@ -8,7 +8,7 @@ the user's survey answers (the latest per survey and day: enough to find the lat
 week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
 the user sent one, and per UTC day with activity its earliest and latest event (what the
 24-hour windows need, streams/windows24.py). A typical free user costs ~30 bytes of
-value; see README "Memory".
+value; see docs/architecture.md "Memory".
 
 A user known only by survey answers (they make no one active, METRICS.md §1) has a record
 with no active day: ``UserState.seen`` is false, and only its answers mean anything.
