@@ -75,7 +75,7 @@ def test_each_event_is_judged_by_the_watermark_of_the_partition_it_was_read_from
     batch = ParsedBatch(kept, [], away)
     keys = [dedup_key(e.app, e.event_id) for _, _, e in kept]
     outcome = outcome_of(batch, keys, {("a", "u1"): None, ("a", "u2"): None}, set(), None,
-                         lambda _app: UTC, rules, BASE_MS, read_watermark_ms=BASE_MS - day)
+                         UTC_APPS, rules, BASE_MS, read_watermark_ms=BASE_MS - day)
     assert [f.watermark_ms for f in outcome.forwards] == [BASE_MS, BASE_MS + 2 * day]
     assert outcome.plan.read_watermark_ms == BASE_MS + 9 * day
     assert outcome.dead_letters == [DeadLetter(4, -1, "too_old", "older than the horizon")]
@@ -87,7 +87,7 @@ def test_each_event_is_judged_by_the_watermark_of_the_partition_it_was_read_from
                        rekeyed=True, carried={0: BASE_MS, 1: None})  # offset 2: no header
     keys = [dedup_key("a", e) for e in ("e9", "e7", "e6")]
     users = {("a", u): None for u in ("u9", "u7", "u6")}
-    outcome = outcome_of(home, keys, users, set(), BASE_MS + 300 * day, lambda _app: UTC,
+    outcome = outcome_of(home, keys, users, set(), BASE_MS + 300 * day, UTC_APPS,
                          rules, None)
     assert set(outcome.plan.users) == {("a", "u9"), ("a", "u7")}
     assert outcome.dead_letters == [DeadLetter(2, -1, "too_old", "older than the horizon")]

@@ -168,7 +168,7 @@ def test_format_4_records_still_decode() -> None:
 
 def test_format_5_records_decode_with_their_windows_unknown() -> None:
     """Version 5 kept no UTC day spans: the record reads with ``utc_spans`` None (the
-    24-hour windows of that user unknown, README "record format"), kept so when written
+    24-hour windows of that user unknown, docs/architecture.md "Memory"), kept so when written
     again."""
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
                       utc_spans=((19723, BASE_MS, BASE_MS + 5),))
