@@ -221,7 +221,7 @@ def _daily_chart(chart: Chart) -> ts_b.Panel:
         part, whole = (FIGURE[key] for key in chart.ratio)
         targets.append(query(f"{app_gauge(part.gauge)} / {app_gauge(whole.gauge)}",
                              f"{part.label} / {whole.label}", ("app",)))
-    for key in chart.series:
+    for key in (*chart.series, *chart.dashboard_only):
         figure = FIGURE[key]
         targets.append(query(app_gauge(figure.gauge), figure.label, ("app",)))
         if key in chart.last_week:

@@ -124,11 +124,13 @@ PAYERS = FIGURE["payers"]
 class Chart:
     """A chart of daily figures, on the page and on the live dashboard: ``series`` are
     figure keys, those in ``right`` against a second axis; a ``ratio`` draws part/whole of
-    two figures instead. The dashboard also draws ``last_week`` a week back."""
+    two figures instead. The dashboard also draws ``dashboard_only`` and ``last_week`` a
+    week back."""
 
     id: str
     title: str
     series: tuple[str, ...] = ()
+    dashboard_only: tuple[str, ...] = ()  # series the dashboard draws too, the page not
     right: tuple[str, ...] = ()
     ratio: tuple[str, str] | None = None
     stacked: bool = False
@@ -138,8 +140,8 @@ class Chart:
 
 
 DAILY_CHARTS: tuple[Chart, ...] = (
-    Chart("dau", "DAU against installs", ("dau", "returning_users", "installs"), ("installs",),
-          last_week=("dau",)),
+    Chart("dau", "DAU against installs", ("dau", "installs"), ("returning_users",),
+          ("installs",), last_week=("dau",)),
     Chart("new_share", "Share of DAU that is new", ratio=("new_users", "dau"), page=False,
           unit=SHARE),
     Chart("new", "New vs returning users", ("new_users", "returning_users"), stacked=True),
