@@ -94,8 +94,7 @@ class Ingestor:
                                       settings.winback_rules(), settings.clock == "event")
         self._calendars: dict[str, AppCalendar] = {}
         self.activity_types = settings.activity_types  # ACTIVITY_EVENTS, parsed once
-        self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms,
-                                 self.calendar_for)
+        self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.router: Router | None = None  # set on start, from the topics' partition count
@@ -238,9 +237,6 @@ class Ingestor:
 
     # ---- one partition batch -------------------------------------------------------------
 
-    def calendar_of(self, app: str) -> AppCalendar:
-        return self._calendars[app]
-
     async def _ensure_calendars(self, apps: set[str]) -> None:
         for app in apps - self._calendars.keys():
             timezone = self.settings.timezone_of(app)
@@ -314,7 +310,7 @@ class Ingestor:
                 fresh = read.from_offset(start)  # at_home is in offset order: its tail
                 fresh_keys = keys[len(keys) - len(fresh.at_home):]
             outcome = outcome_of(fresh, fresh_keys, loaded.states, loaded.seen_dedup_keys,
-                                 loaded.watermark_ms, self.calendar_of, self.batch_rules,
+                                 loaded.watermark_ms, self._calendars, self.batch_rules,
                                  None if rekeyed else now, loaded.read_watermark_ms)
             plan = outcome.plan
             # forwarded before the offsets are applied: after a crash in between they are
@@ -384,9 +380,6 @@ class Ingestor:
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)
-
-    def calendar_for(self, app: str) -> AppCalendar:
-        return self._calendars.get(app) or AppCalendar(self.settings.timezone_of(app))
 
     async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
         """Each event to its user's home partition of the re-key topic, as it was sent,

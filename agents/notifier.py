@@ -29,14 +29,12 @@ Message = tuple[str, str, dict[str, object]]  # topic, key, body
 
 class Notifier:
     def __init__(self, settings: Settings, store: RedisStore, rules: BatchRules,
-                 metrics: WorkerMetrics, clock_ms: Callable[[], int],
-                 calendar_for: Callable[[str], AppCalendar]) -> None:
+                 metrics: WorkerMetrics, clock_ms: Callable[[], int]) -> None:
         self.settings = settings
         self.store = store
         self.rules = rules
         self.metrics = metrics
         self.clock_ms = clock_ms
-        self.calendar_for = calendar_for
         self.producer: AIOKafkaProducer | None = None  # the Ingestor's, once it started
         self._routers: dict[int, Router] = {}  # by the output topic's partition count
 
@@ -56,8 +54,10 @@ class Notifier:
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)
+            # each app's calendar: its timezone's (the worker refused to start on another)
+            calendars = {app: AppCalendar(s.timezone_of(app)) for app in {u[0] for _, u, _ in due}}
             plan = plan_notifications(
-                due, loaded.states, now, self.calendar_for, self.rules.segments,
+                due, loaded.states, now, calendars, self.rules.segments,
                 self.rules.winback,
                 applied.arrivals if applied else (), applied.known_ms if applied else None,
             )

@@ -7,6 +7,13 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
+from retention_tracker.streams.catalogue import (
+    CURRENCY_FIGURES,
+    DAILY_FIGURES,
+    PAYERS,
+    DailyFigure,
+    Ratio,
+)
 from retention_tracker.streams.reports import (
     CohortReport,
     KpisReport,
@@ -28,6 +35,8 @@ def triangle_table(report: CohortReport, width: int | None = None) -> str:
         + (f", {report.currency}" if report.currency is not None else "")
         + (f", segment {report.segment}" if report.segment is not None else "")
         + (f", back = sent {report.returning}" if report.returning is not None else "")
+        + (f", in {report.window} windows from each user's first event"
+           if report.window is not None else "")
     )
     if not rows:
         return head + "\n(no cohorts)"
@@ -74,12 +83,7 @@ def summary_text(report: SummaryReport) -> str:
         head += f", segment {report.segment}"
     if not report.complete:
         head += " (day not ended yet: live numbers)"
-    people = [
-        ["DAU", doc["dau"], ""], ["WAU", doc["wau"], ""], ["MAU", doc["mau"], ""],
-        ["stickiness", _share(doc["stickiness"], doc["mau"]), "DAU / MAU"],
-        ["installs", doc["installs"], "see note"], ["new users", doc["new_users"], "see note"],
-        ["returning users", doc["returning_users"], "DAU - new users"],
-    ]
+    people = [[f.label, _figure(f, doc), f.note] for f in DAILY_FIGURES if not f.money]
     blocks = [_table(head, ["figure", "value", ""], people, left=(0, 2)),
               f"note: {INSTALLS_NOTE}", _money_block(doc)]
     if report.winback is not None and report.winback_as_of is not None:
@@ -90,13 +94,23 @@ def summary_text(report: SummaryReport) -> str:
     return "\n\n".join(blocks)
 
 
+def _figure(figure: DailyFigure, doc: Mapping[str, Any]) -> Any:
+    """A daily figure as shown: a share as %, '-' when its denominator is 0."""
+    value = doc[figure.key]
+    if isinstance(figure.derived, Ratio):
+        return _share(value, doc[figure.derived.whole])
+    return value
+
+
 def _money_block(doc: Mapping[str, Any]) -> str:
-    head = f"money on {doc['date']}, payers: {doc['payers']}"
-    if not doc["revenue"]:
-        return head + ", no revenue"
-    rows = [[currency, f"{amount:,.2f}", _amount(doc["arpdau"].get(currency)),
-             _amount(doc["arppu"].get(currency))] for currency, amount in doc["revenue"].items()]
-    return _table(head, ["currency", "revenue", "ARPDAU", "ARPPU"], rows, left=(0,))
+    head = f"money on {doc['date']}, {PAYERS.label}: {doc[PAYERS.key]}"
+    revenue, *divided = CURRENCY_FIGURES
+    if not doc[revenue.key]:
+        return head + f", no {revenue.label}"
+    rows = [[currency, f"{amount:,.2f}", *(_amount(doc[f.key].get(currency)) for f in divided)]
+            for currency, amount in doc[revenue.key].items()]
+    return _table(head, ["currency", revenue.label, *(f.label for f in divided)], rows,
+                  left=(0,))
 
 
 def _amount(value: float | None) -> str | None:

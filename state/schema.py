@@ -1,13 +1,15 @@
 """The stored schema, in one place: every Redis key name, hash field and counter spelling.
 
-The strings below are the on-disk format of existing deployments. Changing one silently
-splits a deployment's state into an old half nobody reads and a new half that starts from
-zero, so they stay exactly as they were first written (three-letter family names and all);
-new names may be added, old ones never respelt. Everything else in the tracker names these
-things through this module: the pure domain by the typed cells of ``streams/counters.py``
-(rendered here, ``render_cell`` / ``render_stat``), the Redis layer and the readers by the
-builders and parsers below, and the Lua scripts (``state/scripts.py``) by the constants
-this module hands them. Nothing outside this module slices a stored name.
+The strings below, and the counters' names declared with the figures
+(``streams/catalogue.py``, ``STORED_NAMES``), are the on-disk format of existing
+deployments. Changing one silently splits a deployment's state into an old half nobody
+reads and a new half that starts from zero, so they stay exactly as they were first
+written (three-letter family names and all); new names may be added, old ones never
+respelt. Everything else in the tracker names these things through this module: the pure
+domain by the typed cells of ``streams/counters.py`` (rendered here, ``render_cell`` /
+``render_stat``), the Redis layer and the readers by the builders and parsers below, and
+the Lua scripts (``state/scripts.py``) by the constants this module hands them. Nothing
+outside this module slices a stored name.
 
 Every key of a Kafka partition carries the hash tag ``{<partition>}``, so one partition's
 state lives in one Redis Cluster slot and each batch is a single atomic script call there.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retention_tracker.streams.calendar import PERIOD_GRANULARITIES
+from retention_tracker.streams.catalogue import DAILY_STORED, STORED_NAMES
 from retention_tracker.streams.counters import DAILY_MEASURES, Cell, Measure, Stat
 from retention_tracker.streams.user_state import UserKey
 
@@ -118,25 +121,11 @@ def parse_due_member(member: bytes) -> UserKey:
 
 #: The one family holding every daily measure, each field ``<measure>:<day>[:<currency>]``.
 DAILY_FAMILY = "daily"
-_DAILY_PREFIX = {
-    Measure.DAU: "dau", Measure.WAU_EDGE: "wae", Measure.MAU_EDGE: "mae",
-    Measure.INSTALLS: "ins", Measure.NEW_USERS: "new", Measure.PAYERS: "pay",
-    Measure.REVENUE: "rev",
-}
-#: Period families are ``<name>:<granularity>``, fields the coordinates joined by ':'.
-_PERIOD_NAME = {
-    Measure.COHORT_SIZE: "coh", Measure.CLASSIC: "cls", Measure.ACTIVE: "act",
-    Measure.LOST: "lost", Measure.LAST_ACTIVE: "last", Measure.COST: "cost",
-    Measure.LTV: "ltv", Measure.PERIOD_REVENUE: "prev", Measure.FIRST_PAYMENT: "fpay",
-    Measure.PERIOD_PAYERS: "ppay", Measure.REPEAT_PAYERS: "prep", Measure.REPEAT_BUYERS: "rpc",
-    Measure.NPS: "nps", Measure.NPS_COHORT: "npsc", Measure.RETURNED: "ret",
-    Measure.LAST_RETURN: "lret",
-}
-assert set(_DAILY_PREFIX) == DAILY_MEASURES and set(_PERIOD_NAME).isdisjoint(DAILY_MEASURES)
-_DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in _DAILY_PREFIX.items()}
-_DAILY_OF_NAME = {name: m for m, name in _DAILY_PREFIX.items()}
-_PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in _PERIOD_NAME.items()
-                  for g in PERIOD_GRANULARITIES}
+#: The stored names are declared with the figures (streams/catalogue.py, STORED_NAMES).
+_DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in DAILY_STORED.items()}
+_DAILY_OF_NAME = {name: m for m, name in DAILY_STORED.items()}
+_PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in STORED_NAMES.items()
+                  if m not in DAILY_MEASURES for g in PERIOD_GRANULARITIES}
 #: Coordinates that are text (a currency, a survey name); every other one is an integer.
 _TEXT_LAST = frozenset({Measure.REVENUE, Measure.LTV, Measure.PERIOD_REVENUE, Measure.NPS,
                         Measure.NPS_COHORT, Measure.RETURNED, Measure.LAST_RETURN})

@@ -17,7 +17,7 @@ be at the end of a long backlog before the forwards came back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
@@ -108,7 +108,7 @@ def outcome_of(
     states: Mapping[UserKey, UserState | None],
     seen_dedup_keys: set[bytes],
     watermark_ms: int | None,
-    calendar_of: Callable[[str], AppCalendar],
+    calendars: Mapping[str, AppCalendar],
     rules: BatchRules,
     arrival_ms: int | None,
     read_watermark_ms: int | None = None,
@@ -124,7 +124,7 @@ def outcome_of(
     else:
         judged, read_after = read_watermarks(batch, read_watermark_ms)
     plan = plan_batch(batch.at_home, states, seen_dedup_keys, watermark_ms, rules.horizon_days,
-                      calendar_of, rules.segments, dedup_keys, rules.winback,
+                      calendars, rules.segments, dedup_keys, rules.winback,
                       event_clock=rules.event_clock, judged_ms=judged)
     plan.read_watermark_ms = read_after
     letters = [DeadLetter(offset, r.index, r.reason, r.detail) for offset, r in batch.rejects]

@@ -6,7 +6,7 @@ tail is the counter's coordinates (day, granularity, cohort, offset, currency, a
 
 Why a vocabulary here and the stored spelling elsewhere: ``streams/`` is pure and comes
 before the Redis layer in the layer order, so it cannot import ``state/schema.py``; and the
-strings a deployment keeps in Redis (``"coh:day"``, ``"dau:19700"``, ``"acc:app:type"``)
+strings a deployment keeps in Redis (``"coh:day"``, ``"acc:app:type"``)
 are a storage format, not domain knowledge. ``state/schema.py`` renders cells to those
 strings when a plan is applied and parses stored names back to cells for the figures, so
 each name is spelt once. Cells are plain tuples headed by an ``IntEnum`` member: hashing one
@@ -52,6 +52,9 @@ class Measure(IntEnum):
     # RETURN_EVENTS (streams/returning.py): retention on a chosen returning event type
     RETURNED = 24  # (cohort, offset, type): users of the cohort sending type in cohort+offset
     LAST_RETURN = 25  # (cohort, offset, type): users whose last period with type is that one
+    # 24-hour windows from each user's first event (METRICS.md §4), daily cohorts only
+    WINDOW24 = 26  # (cohort, window): users of the cohort with an activity in window N
+    LAST_WINDOW24 = 27  # (cohort, window): users of the cohort last active in window N
 
 
 #: The measures kept one per day (the others are kept per granularity).

@@ -60,6 +60,8 @@ class CohortReport(Report):
     cohorts: tuple[Row, ...] = ()
     # RETURN_EVENTS: the event type a user must send in a period to count as back in it
     returning: str | None = field(default=None, metadata=OMIT_NONE)
+    # "24h": retention in 24-hour windows from each user's first event (None: calendar)
+    window: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class SummaryReport(Report):
     """One day. Win-back totals and forwarded events exist for all users only (they are
     live totals, not per segment)."""
 
-    figures: Row = field(metadata=FLATTEN)  # day_summary + money_of_day
+    figures: Row = field(metadata=FLATTEN)  # day_summary
     complete: bool
     segment: str | None = field(default=None, metadata=OMIT_NONE)
     winback: Mapping[str, Any] | None = field(default=None, metadata=OMIT_NONE)
@@ -82,6 +84,14 @@ class DailyReport(Report):
     timezone: str
     segment: str | None = field(default=None, metadata=OMIT_NONE)
     days: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueReport(Report):
+    """The figures the tracker shows (streams/catalogue.py): the page labels and formats
+    the daily figures and draws the charts from it, naming none of them itself."""
+
+    catalogue: Mapping[str, Any] = field(metadata=FLATTEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +190,21 @@ class AppFigures(Report):
     nps: Mapping[str, Mapping[str, Mapping[str, Row]]] = field(default_factory=dict)
     # RETURN_EVENTS type -> recent daily cohorts' classic retention on that type
     returning: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    # kind -> recent daily cohorts' retention in 24-hour windows (METRICS.md §4)
+    cohorts24: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    # (threshold, Stat) -> value segment -> churn type -> count: the win-back counters,
+    # every known label at zero (state/queries.winback_counts)
+    winback_counts: Mapping[tuple[int, Any], Mapping[str, Mapping[str, int]]] = field(
+        default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class LiveFigures(Report):
-    """What a metrics snapshot holds: every app's figures and the raw statistics."""
+    """What a metrics snapshot holds: every app's figures and the pipeline statistics."""
 
     now_ms: int
     apps: Mapping[str, AppFigures]
-    stats: Mapping[str, int]
+    stats: Mapping[Any, int]  # (Stat, *tail) -> count (streams/counters.py)
 
 
 @dataclass(frozen=True, slots=True)

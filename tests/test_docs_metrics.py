@@ -90,7 +90,7 @@ def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
 
 def test_the_examples_are_there() -> None:
     assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino",
-                             "satisfaction"}
+                             "satisfaction", "windows-24h"}
 
 
 # ---- the closed sets the document lists -------------------------------------------------
@@ -153,7 +153,7 @@ def test_too_old_is_behind_the_watermark_by_more_than_the_horizon() -> None:
     old = Event("a", "x", "session", "u", watermark - 400 * MS_PER_DAY - 1)
     edge = Event("a", "y", "session", "u", watermark - 400 * MS_PER_DAY)
     plan = plan_batch([(0, -1, old), (1, -1, edge)], {("a", "u"): None}, set(), watermark,
-                      400, lambda _app: AppCalendar("UTC"))
+                      400, {"a": AppCalendar("UTC")})
     assert [e for _, _, e in plan.too_old] == [old]
     assert sum(v for k, v in plan.stats.items() if "too_old" in k) == 1
 
@@ -275,10 +275,11 @@ async def check_example(name: str, state: RealApply, events: list[Event]) -> Non
             g, kind, returning = check["granularity"], check["kind"], check.get("returning")
             assert returning is None or returning in example["return_events"]
             assert set(example.get("return_events", ())) <= set(cfg.return_events)
-            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning)
-                   ).as_json()["cohorts"]
+            window = check.get("window", "calendar")  # "24h": 24-hour windows
+            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning,
+                                       window=window)).as_json()["cohorts"]
             assert got == reference.triangle(events, "a", g, kind, tz, now,
-                                             returning=returning), check
+                                             returning=returning, window=window), check
             rows = by_label(got, "cohort")
             assert set(rows) >= set(check["rows"]), check
             for label, expected in check["rows"].items():
@@ -322,6 +323,22 @@ async def test_casino_in_one_batch_and_backwards(redis_url: str) -> None:
         await check_example("casino", state, events)
 
 
+async def test_windows_24h_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["windows-24h"])
+    now = max(e.ts_ms for e in events)
+    async with RealApply(redis_url) as state:
+        await state.apply(events, now)
+        await check_example("windows-24h", state, events)
+    async with RealApply(redis_url) as state:
+        for event in reversed(events):  # the late install first: nothing to re-base
+            await state.apply([event], now)
+        await check_example("windows-24h", state, events)
+    async with RealApply(redis_url) as state:
+        for event in events:  # the late install last: every window of w3 re-based
+            await state.apply([event], now)
+        await check_example("windows-24h", state, events)
+
+
 async def test_satisfaction_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
     events = events_of(EXAMPLES["satisfaction"])
     async with RealApply(redis_url) as state:
@@ -351,7 +368,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
     for offset, event in enumerate(events):
         user = (event.app, event.user_id)
         plan = plan_batch([(offset, -1, event)], {user: states.get(user)}, seen, watermark,
-                          400, lambda _app: calendar, DEFAULT_RULES,
+                          400, {"a": calendar}, DEFAULT_RULES,
                           [dedup_key(event.app, event.event_id)], rules, event_clock=True)
         seen.update(plan.new_dedup_keys)
         watermark = plan.watermark_ms
@@ -365,7 +382,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
                 due[days, moved] = last_ms + days * MS_PER_DAY
         notified = plan_notifications(
             [(days, u, at) for (days, u), at in due.items()], states, watermark,
-            lambda _app: calendar, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
+            {"a": calendar}, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
         states.update(notified.users)
         stats.update(notified.stats)
         sent += notified.messages

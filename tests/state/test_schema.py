@@ -46,6 +46,8 @@ STORED = {
     (Measure.NPS_COHORT, "year", 2024, -1, 0, "csat"): ("npsc:year", "2024:-1:0:csat"),
     (Measure.RETURNED, "week", 2800, 1, "purchase"): ("ret:week", "2800:1:purchase"),
     (Measure.LAST_RETURN, "day", 19700, 3, "bet"): ("lret:day", "19700:3:bet"),
+    (Measure.WINDOW24, "day", 19700, 2): ("w24:day", "19700:2"),
+    (Measure.LAST_WINDOW24, "day", 19700, 0): ("lw24:day", "19700:0"),
 }
 
 STATS = {

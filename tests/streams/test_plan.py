@@ -17,6 +17,7 @@ from .real_apply import RealApply
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 
 
 def day(n: int) -> int:
@@ -29,7 +30,7 @@ def test_duplicates_inside_one_batch_count_once_in_the_plan() -> None:
     buy = Event("a", "b1", "purchase", "u", day(0), amount=2.5, currency="USD")
     other = Event("a", "b1", "purchase", "u", day(3), amount=9.0)  # same id, other content
     plan = plan_batch([(0, -1, buy), (1, -1, buy), (2, -1, other)], {("a", "u"): None},
-                      set(), None, 400, lambda _app: UTC)
+                      set(), None, 400, UTC_APPS)
     assert plan.stats == {(Stat.ACCEPTED, "a", "purchase"): 1, (Stat.DUPLICATE, "a"): 2}
     assert plan.new_dedup_keys == [dedup_key("a", "b1")]
     deltas = plan.deltas["a"][("all", "value=payer")]
