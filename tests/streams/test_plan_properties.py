@@ -123,7 +123,10 @@ def accepted_events(
     order, a copy of an id accepted in this round is a duplicate, an event older than the
     horizon behind the latest accepted time is too old, anything else counts. An id
     accepted again in a later round counts again: it gets a new id for the reference, whose
-    own dedup is global. Returns those events and the stats the worker must count."""
+    own dedup is global; the suffix starts with NUL so that the new id sorts against every
+    other id as the original does (NPS breaks ties of equal times by the larger event_id:
+    with "@1", "e1@1" sorted after "e14" where "e1" sorts before it). Returns those events
+    and the stats the worker must count."""
     accepted: list[Event] = []
     stats: Counter[str] = Counter()
     watermark: dict[int, int] = {}
@@ -141,7 +144,7 @@ def accepted_events(
             seen.add(key)
             stats[f"acc:{event.app}:{event.type}"] += 1
             watermark[shard] = max(watermark.get(shard, event.ts_ms), event.ts_ms)
-            accepted.append(msgspec.structs.replace(event, event_id=f"{event.event_id}@{number}")
+            accepted.append(msgspec.structs.replace(event, event_id=f"{event.event_id}\x00{number}")
                             if key in ever else event)
             ever.add(key)
     return accepted, stats
