@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from retention_tracker.streams.calendar import PERIOD_GRANULARITIES
-from retention_tracker.streams.counters import DAILY_MEASURES, Cell, Measure, Stat
+from retention_tracker.streams.counters import (
+    APP_MEASURES,
+    DAILY_MEASURES,
+    Cell,
+    Measure,
+    Stat,
+)
 from retention_tracker.streams.user_state import UserKey
 
 # ---- the partition's meta hash (written only by the apply script) ----------------------------
@@ -128,7 +134,10 @@ _PERIOD_NAME = {
     Measure.NPS: "nps", Measure.NPS_COHORT: "npsc", Measure.RETURNED: "ret",
     Measure.LAST_RETURN: "lret",
 }
+#: Families kept once per app, fields the coordinates joined by ':'.
+_APP_FAMILY = {Measure.LAPSE: "lapse"}
 assert set(_DAILY_PREFIX) == DAILY_MEASURES and set(_PERIOD_NAME).isdisjoint(DAILY_MEASURES)
+assert set(_APP_FAMILY) == APP_MEASURES and APP_MEASURES.isdisjoint({*_PERIOD_NAME, *_DAILY_PREFIX})
 _DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in _DAILY_PREFIX.items()}
 _DAILY_OF_NAME = {name: m for m, name in _DAILY_PREFIX.items()}
 _PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in _PERIOD_NAME.items()
@@ -142,6 +151,8 @@ def family_name(measure: Measure, granularity: str | None = None) -> str:
     """The family (last part of the aggregate key) holding ``measure``."""
     if measure in DAILY_MEASURES:
         return DAILY_FAMILY
+    if measure in APP_MEASURES:
+        return _APP_FAMILY[measure]
     assert granularity is not None, f"{measure.name} is kept per granularity"
     return _PERIOD_FAMILY[measure, granularity]
 
@@ -179,6 +190,8 @@ def _render_cell(cell: Cell) -> tuple[str, str]:
     prefix = _DAILY_FIELD_PREFIX.get(head)
     if prefix is not None:
         return DAILY_FAMILY, prefix + ":".join(map(str, cell[1:]))
+    if head in APP_MEASURES:
+        return _APP_FAMILY[head], ":".join(map(str, cell[1:]))
     return _PERIOD_FAMILY[head, cell[1]], ":".join(map(str, cell[2:]))
 
 

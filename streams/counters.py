@@ -52,10 +52,15 @@ class Measure(IntEnum):
     # RETURN_EVENTS (streams/returning.py): retention on a chosen returning event type
     RETURNED = 24  # (cohort, offset, type): users of the cohort sending type in cohort+offset
     LAST_RETURN = 25  # (cohort, offset, type): users whose last period with type is that one
+    # ---- per app, neither daily nor per granularity ---------------------------------------
+    # risk of lapsing (streams/lapse_model.py, METRICS.md §9), kept for all users only
+    LAPSE = 26  # (x, t_x days, first day): users with x repeat active days, t_x days apart
 
 
 #: The measures kept one per day (the others are kept per granularity).
 DAILY_MEASURES = frozenset(m for m in Measure if m < Measure.COHORT_SIZE)
+#: The measures kept once per app (not per day nor per granularity).
+APP_MEASURES = frozenset({Measure.LAPSE})
 
 
 class Stat(IntEnum):

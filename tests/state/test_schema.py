@@ -18,7 +18,7 @@ from retention_tracker.state.schema import (
     render_cell,
     render_stat,
 )
-from retention_tracker.streams.counters import DAILY_MEASURES, Measure, Stat
+from retention_tracker.streams.counters import APP_MEASURES, DAILY_MEASURES, Measure, Stat
 
 #: Each measure's stored (family, field) for a sample cell: these strings never change.
 STORED = {
@@ -46,6 +46,7 @@ STORED = {
     (Measure.NPS_COHORT, "year", 2024, -1, 0, "csat"): ("npsc:year", "2024:-1:0:csat"),
     (Measure.RETURNED, "week", 2800, 1, "purchase"): ("ret:week", "2800:1:purchase"),
     (Measure.LAST_RETURN, "day", 19700, 3, "bet"): ("lret:day", "19700:3:bet"),
+    (Measure.LAPSE, 4, 12, 19700): ("lapse", "4:12:19700"),
 }
 
 STATS = {
@@ -75,9 +76,11 @@ def test_stored_names_parse_back_to_the_cells() -> None:
     for cell, (family, field) in STORED.items():
         if cell[0] in DAILY_MEASURES:
             continue
-        assert family_name(cell[0], cell[1]) == family
-        assert field_name(cell[0], *cell[2:]) == field
-        assert parse_family(cell[0], {field: 5}) == {cell[2:]: 5}
+        app_wide = cell[0] in APP_MEASURES  # no granularity in the cell
+        coordinates = cell[1:] if app_wide else cell[2:]
+        assert family_name(cell[0], None if app_wide else cell[1]) == family
+        assert field_name(cell[0], *coordinates) == field
+        assert parse_family(cell[0], {field: 5}) == {coordinates: 5}
 
 
 def test_daily_fields_of_no_known_measure_are_left_out() -> None:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retention_tracker.bench import lapse_reference as reference
+from retention_tracker.streams import lapse_fit
 from retention_tracker.streams import lapse_model as model
 from retention_tracker.streams.lapse_model import LapseParams
 
@@ -33,7 +34,7 @@ def summaries() -> dict[tuple[int, int, int], int]:
 
 @pytest.fixture(scope="module")
 def fits(summaries: dict[tuple[int, int, int], int]) -> dict[str, model.LapseFit]:
-    return {name: model.fit(name, summaries) for name in model.MODELS}
+    return {name: lapse_fit.fit(name, summaries) for name in model.MODELS}
 
 
 def test_the_fixture_is_the_papers_sample(summaries: dict[tuple[int, int, int], int]) -> None:
@@ -61,7 +62,7 @@ def test_fit_equals_the_independent_fit(name: str, fits: dict[str, model.LapseFi
     assert fit.log_likelihood == pytest.approx(
         reference.log_likelihood(name, independent, summaries), abs=1e-3)
     as_tuple = tuple(fit.params.as_json().values())
-    assert model.log_likelihood(name, fit.params, summaries) == pytest.approx(
+    assert lapse_fit.log_likelihood(name, fit.params, summaries) == pytest.approx(
         reference.log_likelihood(name, as_tuple, summaries), rel=1e-12)  # type: ignore[arg-type]
 
 
@@ -81,7 +82,7 @@ def test_every_customers_p_alive_equals_the_reference(
 def test_the_papers_worked_expectation(fits: dict[str, model.LapseFit]) -> None:
     """FHL 2005 section 5: the customer with x = 2, t_x = 30.43, T = 38.86 makes 1.226
     repeat purchases in the next 39 weeks."""
-    assert model.expected_days("bgnbd", fits["bgnbd"].params, 2, 30.43, 38.86, 39) == \
+    assert lapse_fit.expected_days("bgnbd", fits["bgnbd"].params, 2, 30.43, 38.86, 39) == \
         pytest.approx(1.226, abs=0.001)
 
 
@@ -91,7 +92,7 @@ def test_expected_days_equal_the_reference(name: str, fits: dict[str, model.Laps
     params = fits[name].params
     as_tuple = (params.r, params.alpha, params.a, params.b)
     for x, t, big_t in list(summaries)[::37]:
-        ours = model.expected_days(name, params, x, t / 7, big_t / 7)
+        ours = lapse_fit.expected_days(name, params, x, t / 7, big_t / 7)
         theirs = reference.expected_days(name, as_tuple, x, t / 7, big_t / 7, 30 / 7)
         assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12)
 
@@ -108,7 +109,7 @@ def test_a_heavy_user_stays_finite() -> None:
     params = LapseParams(2.0, 0.5, 0.3, 3.0)
     assert 0.0 <= model.p_alive("bgnbd", params, 390, 400 / 7, 420 / 7) < 1e-4
     assert model.p_alive("bgnbd", params, 390, 400 / 7, 400 / 7) > 0.9
-    assert math.isfinite(model.expected_days("bgnbd", params, 390, 400 / 7, 401 / 7))
+    assert math.isfinite(lapse_fit.expected_days("bgnbd", params, 390, 400 / 7, 401 / 7))
 
 
 positive = st.floats(0.05, 20.0)

@@ -1,0 +1,116 @@
+"""Fitting the risk-of-lapsing models (METRICS.md §9, ``streams/lapse_model.py``): the
+log likelihood of an app's summaries, its maximum, and the expected active days ahead.
+
+numpy and scipy here (``gammaln``, ``hyp2f1``, the optimiser): the likelihood is evaluated
+hundreds of times a fit over every cell of the summaries at once. The log odds of being dead
+are ``lapse_model.log_odds_dead``'s, vectorised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+from scipy.special import gammaln, hyp2f1
+
+from retention_tracker.streams.lapse_model import (
+    DAYS_PER_WEEK,
+    NEXT_30_DAYS_WEEKS,
+    LapseFit,
+    LapseParams,
+    Model,
+    Summaries,
+    p_alive,
+)
+
+Floats = NDArray[np.float64]
+
+
+def _columns(summaries: Summaries) -> tuple[Floats, Floats, Floats, Floats]:
+    """x, t_x (weeks), T (weeks), users as arrays, cells with no user left out."""
+    cells = [(x, t, big_t, n) for (x, t, big_t), n in summaries.items() if n]
+    if not cells:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    table = np.array(cells, dtype=np.float64)
+    return table[:, 0], table[:, 1] / DAYS_PER_WEEK, table[:, 2] / DAYS_PER_WEEK, table[:, 3]
+
+
+def _log_odds_dead_of(model: Model, params: LapseParams, x: Floats, t_x: Floats,
+                      big_t: Floats) -> Floats:
+    """``lapse_model.log_odds_dead`` of many summaries: the likelihood's second term over
+    its first."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    shift = 0.0 if model == "mbgnbd" else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        odds = (math.log(a) - np.log(b + x - shift)
+                + (r + x) * (np.log(alpha + big_t) - np.log(alpha + t_x)))
+    if model == "bgnbd":
+        odds = np.where(x > 0, odds, -np.inf)
+    return np.asarray(odds, dtype=np.float64)
+
+
+def _cell_log_likelihoods(model: Model, params: LapseParams, x: Floats, t_x: Floats,
+                          big_t: Floats) -> Floats:
+    """Each summary's log likelihood: P(history | alive at T) + P(history, dead after t_x)
+    (FHL 2005 eq. 6; Batislam et al. 2007 eq. 4), in logs."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    extra = 1.0 if model == "mbgnbd" else 0.0  # MBG/NBD: a dropout chance at the first day too
+    alive = (gammaln(r + x) - math.lgamma(r) + r * math.log(alpha)
+             + math.lgamma(a + b) + gammaln(b + x + extra) - math.lgamma(b)
+             - gammaln(a + b + x + extra) - (r + x) * np.log(alpha + big_t))
+    return np.asarray(alive + np.logaddexp(0.0, _log_odds_dead_of(model, params, x, t_x, big_t)),
+                      dtype=np.float64)
+
+
+def log_likelihood(model: Model, params: LapseParams, summaries: Summaries) -> float:
+    """The sample's log likelihood: the sum over users of their summary's."""
+    x, t_x, big_t, users = _columns(summaries)
+    return float(np.dot(users, _cell_log_likelihoods(model, params, x, t_x, big_t)))
+
+
+#: Where the search starts: the order of magnitude of every published fit.
+START = LapseParams(1.0, 1.0, 1.0, 1.0)
+
+
+def fit(model: Model, summaries: Summaries, start: LapseParams = START) -> LapseFit:
+    """Maximum likelihood over log parameters (they are positive): Nelder-Mead, which needs
+    no gradient and is robust on this four-parameter surface, then polished by L-BFGS-B.
+    The mean log likelihood is minimised so tolerances do not scale with the users."""
+    x, t_x, big_t, users = _columns(summaries)
+    total = float(users.sum())
+    if not total:
+        raise ValueError("no users to fit")
+
+    def negative_mean(log_params: Floats) -> float:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            value = -float(np.dot(users, _cell_log_likelihoods(
+                model, LapseParams(*map(float, np.exp(log_params))), x, t_x, big_t))) / total
+        return value if math.isfinite(value) else math.inf
+
+    guess = np.log([start.r, start.alpha, start.a, start.b])
+    coarse = minimize(negative_mean, guess, method="Nelder-Mead",
+                      options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 8000, "maxfev": 8000})
+    fine = minimize(negative_mean, coarse.x, method="L-BFGS-B",
+                    options={"ftol": 1e-15, "gtol": 1e-10})
+    best = fine.x if fine.fun <= coarse.fun else coarse.x
+    params = LapseParams(*map(float, np.exp(best)))
+    return LapseFit(model, params, log_likelihood(model, params, summaries), int(total))
+
+
+def expected_days(model: Model, params: LapseParams, x: int, t_x: float, big_t: float,
+                  weeks: float = NEXT_30_DAYS_WEEKS) -> float:
+    """E[active days in (T, T + weeks] | x, t_x, T] (FHL 2005 eq. 10; for MBG/NBD the
+    same with the dropout chance at the first activity): P(alive) times the expectation of
+    a user alive at T, whose rate and survival the history updated."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    extra = 1.0 if model == "mbgnbd" else 0.0
+    z = weeks / (alpha + big_t + weeks)
+    ratio_log = (r + x) * (math.log(alpha + big_t) - math.log(alpha + big_t + weeks))
+    hyp = float(hyp2f1(r + x, b + x + extra, a + b + x - 1 + extra, z))
+    alive_mean = (a + b + x - 1 + extra) / (a - 1) * (1 - math.exp(ratio_log) * hyp)
+    return alive_mean * p_alive(model, params, x, t_x, big_t)
+
+
