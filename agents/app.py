@@ -23,6 +23,7 @@ from retention_tracker.agents.ingest import Ingestor
 from retention_tracker.agents.metrics import Snapshot, SnapshotCollector, WorkerMetrics
 from retention_tracker.agents.web import add_views
 from retention_tracker.config.settings import ConfigError, Settings
+from retention_tracker.state.at_risk import refit_every_app
 from retention_tracker.state.connect import make_store
 from retention_tracker.state.queries import live_figures
 from retention_tracker.state.store import RedisStore
@@ -121,6 +122,15 @@ def create_app(settings: Settings) -> faust.App:
         except Exception:  # a failed refresh keeps the last snapshot; it is counted and logged
             worker_metrics.snapshot_errors.inc()
             log.exception("metrics snapshot failed")
+
+    if settings.at_risk_refit_seconds:
+        @app.timer(interval=settings.at_risk_refit_seconds)
+        async def refit_lapse_models() -> None:
+            """Refit every app's risk-of-lapsing model (METRICS.md §9) on the schedule."""
+            try:
+                await refit_every_app(store, settings)
+            except Exception:  # the fit kept before stays; the next tick tries again
+                log.exception("risk-of-lapsing refit failed")
 
     add_views(app, store, settings, registry, worker_metrics)
     return app

@@ -89,6 +89,11 @@ class Keyspace:
     def shards(self) -> str:
         return f"{self.prefix}:shards"
 
+    def lapse_fits(self) -> str:
+        """app -> its fitted risk-of-lapsing model (METRICS.md §9) as JSON: model, params,
+        log_likelihood, users, as_of_ms (``state/at_risk.py``)."""
+        return f"{self.prefix}:fits"
+
     def topology(self) -> str:
         """topic -> partition count the state was built with (a partition is a shard)."""
         return f"{self.prefix}:topology"

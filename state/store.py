@@ -524,7 +524,27 @@ class RedisStore:
         if problem:
             raise TimezoneConflict(problem)
 
+    async def write_lapse_fit(self, app: str, fit: bytes) -> None:
+        """Keep an app's fitted risk-of-lapsing model (JSON), replacing the one before."""
+        await self._registry_write(self.keys.lapse_fits(), "HSET", self.keys.lapse_fits(),
+                                   app, fit)
+
     # ---- read side --------------------------------------------------------------------
+
+    async def read_lapse_fit(self, app: str) -> bytes | None:
+        found = await self.client.hget(self.keys.lapse_fits(), app)
+        return found.encode() if isinstance(found, str) else found
+
+    async def read_user(self, app: str, user_id: str) -> UserState | None:
+        """One user's record, from whichever partition holds it (one read per partition,
+        sent at once)."""
+        bucket = self._user_bucket(user_id)
+        for raw in await self._fan_out([_Read("hget", self.keys.users(shard, app, bucket),
+                                              (user_id,))
+                                        for shard in await self.shard_ids()]):
+            if raw:
+                return decode_user(raw)
+        return None
 
     async def shard_ids(self) -> list[int]:
         return sorted(int(s) for s in await self.client.smembers(self.keys.shards()))

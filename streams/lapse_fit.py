@@ -29,8 +29,9 @@ Floats = NDArray[np.float64]
 
 
 def _columns(summaries: Summaries) -> tuple[Floats, Floats, Floats, Floats]:
-    """x, t_x (weeks), T (weeks), users as arrays, cells with no user left out."""
-    cells = [(x, t, big_t, n) for (x, t, big_t), n in summaries.items() if n]
+    """x, t_x (weeks), T (weeks), users as arrays, cells with no user left out. Sorted: the
+    sums, and so the optimiser's path, do not depend on the order the cells were read in."""
+    cells = sorted((x, t, big_t, n) for (x, t, big_t), n in summaries.items() if n)
     if not cells:
         empty = np.zeros(0)
         return empty, empty, empty, empty
@@ -106,6 +107,8 @@ def expected_days(model: Model, params: LapseParams, x: int, t_x: float, big_t: 
     same with the dropout chance at the first activity): P(alive) times the expectation of
     a user alive at T, whose rate and survival the history updated."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if abs(a - 1) < 1e-6:  # a removable singularity: (a - 1) divides a bracket that is 0
+        a = 1 + 1e-6
     extra = 1.0 if model == "mbgnbd" else 0.0
     z = weeks / (alpha + big_t + weeks)
     ratio_log = (r + x) * (math.log(alpha + big_t) - math.log(alpha + big_t + weeks))

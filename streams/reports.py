@@ -199,3 +199,37 @@ class ReplayReport(Report):
     messages: int
     seconds: float
     rejected: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AtRiskReport(Report):
+    """The app's risk-of-lapsing model (METRICS.md §9) and where its users stand now:
+    ``p_alive`` counts users by band of P(alive), ``at_risk`` those below the threshold."""
+
+    app: str
+    model: str
+    time_unit: str
+    users: int
+    params: Mapping[str, float]
+    log_likelihood: float
+    as_of: str
+    now: str
+    threshold: float
+    at_risk: int
+    at_risk_share: float
+    p_alive: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AtRiskUserReport(Report):
+    """One user's summary and risk: x repeat active days, t_x and T in weeks."""
+
+    app: str
+    user_id: str
+    model: str
+    x: int
+    t_x: float
+    T: float  # the paper's name, as METRICS.md §9 spells the field
+    p_alive: float
+    expected_days_30: float
+    at_risk: bool
