@@ -115,3 +115,32 @@ def distribution(values: Iterable[float], users: Iterable[int],
         counts[band] += count
     return [{"from": low, "to": high, "users": n}
             for low, high, n in zip(bounds, bounds[1:], counts, strict=False)]
+
+
+#: A crossing further than this (a thousand years) is no moment to schedule.
+NEVER_WEEKS = 52_000
+
+
+def at_risk_day(model: Model, params: LapseParams, x: int, t_x_days: int, first_day: int,
+                threshold: float) -> int | None:
+    """The first local day, from the last active one on, whose P(alive) (T = that day -
+    the first active day) is below ``threshold``: the day a user with this summary becomes
+    at risk if it stays away, so the moment can be scheduled like the inactivity ones (the
+    start of that day). None: never (BG/NBD with no repeat day), or not within
+    ``NEVER_WEEKS``. The closed-form crossing is checked against P(alive) on the days
+    beside it, so rounding never moves it a day."""
+    crossing = at_risk_after_weeks(model, params, x, t_x_days / DAYS_PER_WEEK, threshold)
+    if crossing is None or crossing > NEVER_WEEKS:
+        return None
+    last_day = first_day + t_x_days
+
+    def below(day: int) -> bool:
+        weeks = (day - first_day) / DAYS_PER_WEEK
+        return p_alive(model, params, x, t_x_days / DAYS_PER_WEEK, weeks) < threshold
+
+    day = max(last_day, first_day + math.floor(crossing * DAYS_PER_WEEK) + 1)
+    while day > last_day and below(day - 1):
+        day -= 1
+    while not below(day):
+        day += 1
+    return day

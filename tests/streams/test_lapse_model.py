@@ -142,3 +142,24 @@ def test_the_distribution_bands() -> None:
     bands = model.distribution([0.05, 0.5, 0.99, 1.0], [1, 2, 3, 4])
     assert sum(b["users"] for b in bands) == 10
     assert bands[0]["users"] == 1 and bands[5]["users"] == 2 and bands[-1]["users"] == 7
+
+
+@given(st.sampled_from(model.MODELS), positive, positive, positive, positive,
+       st.integers(0, 60), st.integers(0, 200), st.floats(0.05, 0.95))
+def test_the_at_risk_day_is_the_first_day_below_the_threshold(
+        name: model.Model, r: float, alpha: float, a: float, b: float, x: int,
+        t_x_days: int, threshold: float) -> None:
+    params = LapseParams(r, alpha, a, b)
+    x = min(x, t_x_days)  # at most one repeat day per day after the first
+    day = model.at_risk_day(name, params, x, t_x_days, 1000, threshold)
+    crossing = model.at_risk_after_weeks(name, params, x, t_x_days / 7, threshold)
+    if crossing is None or crossing > model.NEVER_WEEKS:
+        assert day is None
+        return
+
+    def p(on: int) -> float:
+        return model.p_alive(name, params, x, t_x_days / 7, (on - 1000) / 7)
+
+    assert day is not None and day >= 1000 + t_x_days
+    assert p(day) < threshold
+    assert day == 1000 + t_x_days or p(day - 1) >= threshold
