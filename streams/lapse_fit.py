@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
-from scipy.special import gammaln, hyp2f1
+from scipy.special import hyp2f1
 
 from retention_tracker.streams.lapse_model import (
     DAYS_PER_WEEK,
@@ -56,12 +56,21 @@ def _log_odds_dead_of(model: Model, params: LapseParams, x: Floats, t_x: Floats,
 def _cell_log_likelihoods(model: Model, params: LapseParams, x: Floats, t_x: Floats,
                           big_t: Floats) -> Floats:
     """Each summary's log likelihood: P(history | alive at T) + P(history, dead after t_x)
-    (FHL 2005 eq. 6; Batislam et al. 2007 eq. 4), in logs."""
+    (FHL 2005 eq. 6; Batislam et al. 2007 eq. 4), in logs.
+
+    The ratios of gamma functions are sums over the integer x (Gamma(r + x) / Gamma(r) =
+    r (r + 1) ... (r + x - 1)), taken once per value of x: the difference of two
+    ``gammaln`` of parameters near 1e14 (where a fit to a sample with nearly no dropout
+    goes) loses every digit, and the optimiser chased the rounding errors."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    extra = 1.0 if model == "mbgnbd" else 0.0  # MBG/NBD: a dropout chance at the first day too
-    alive = (gammaln(r + x) - math.lgamma(r) + r * math.log(alpha)
-             + math.lgamma(a + b) + gammaln(b + x + extra) - math.lgamma(b)
-             - gammaln(a + b + x + extra) - (r + x) * np.log(alpha + big_t))
+    extra = 1 if model == "mbgnbd" else 0  # MBG/NBD: a dropout chance at the first day too
+    counts = x.astype(np.int64)
+    steps = np.arange(int(counts.max(initial=0)) + extra, dtype=np.float64)
+    rate = np.concatenate(([0.0], np.cumsum(np.log(r + steps))))  # log Gamma(r+n)/Gamma(r)
+    # log B(a, b + n) / B(a, b) = sum over k < n of log((b + k) / (a + b + k))
+    stay = np.concatenate(([0.0], np.cumsum(np.log(b + steps) - np.log(a + b + steps))))
+    alive = (rate[counts] + r * math.log(alpha) + stay[counts + extra]
+             - (r + x) * np.log(alpha + big_t))
     return np.asarray(alive + np.logaddexp(0.0, _log_odds_dead_of(model, params, x, t_x, big_t)),
                       dtype=np.float64)
 
@@ -72,13 +81,18 @@ def log_likelihood(model: Model, params: LapseParams, summaries: Summaries) -> f
     return float(np.dot(users, _cell_log_likelihoods(model, params, x, t_x, big_t)))
 
 
-#: Where the search starts: the order of magnitude of every published fit.
-START = LapseParams(1.0, 1.0, 1.0, 1.0)
+#: Where the search starts. The surface has a ridge to "no dropout" (a -> 0) that a search
+#: from (1, 1, 1, 1) can end on when the sample has nearly no dropout (the simulator's users
+#: never leave for good), while the maximum is at "a constant dropout" (a, b -> infinity):
+#: each start is searched and the best end kept.
+STARTS = (LapseParams(1.0, 1.0, 1.0, 1.0), LapseParams(1.0, 10.0, 1.0, 10.0),
+          LapseParams(10.0, 20.0, 10.0, 100.0))
 
 
-def fit(model: Model, summaries: Summaries, start: LapseParams = START) -> LapseFit:
-    """Maximum likelihood over log parameters (they are positive): Nelder-Mead, which needs
-    no gradient and is robust on this four-parameter surface, then polished by L-BFGS-B.
+def fit(model: Model, summaries: Summaries,
+        starts: tuple[LapseParams, ...] = STARTS) -> LapseFit:
+    """Maximum likelihood over log parameters (they are positive): from each start
+    Nelder-Mead, which needs no gradient, then polished by L-BFGS-B; the best end wins.
     The mean log likelihood is minimised so tolerances do not scale with the users."""
     x, t_x, big_t, users = _columns(summaries)
     total = float(users.sum())
@@ -91,13 +105,16 @@ def fit(model: Model, summaries: Summaries, start: LapseParams = START) -> Lapse
                 model, LapseParams(*map(float, np.exp(log_params))), x, t_x, big_t))) / total
         return value if math.isfinite(value) else math.inf
 
-    guess = np.log([start.r, start.alpha, start.a, start.b])
-    coarse = minimize(negative_mean, guess, method="Nelder-Mead",
-                      options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 8000, "maxfev": 8000})
-    fine = minimize(negative_mean, coarse.x, method="L-BFGS-B",
-                    options={"ftol": 1e-15, "gtol": 1e-10})
-    best = fine.x if fine.fun <= coarse.fun else coarse.x
-    params = LapseParams(*map(float, np.exp(best)))
+    ends = []
+    for start in starts:
+        guess = np.log([start.r, start.alpha, start.a, start.b])
+        coarse = minimize(negative_mean, guess, method="Nelder-Mead", options={
+            "xatol": 1e-7, "fatol": 1e-12, "maxiter": 8000, "maxfev": 8000})
+        fine = minimize(negative_mean, coarse.x, method="L-BFGS-B",
+                        options={"ftol": 1e-15, "gtol": 1e-10})
+        ends += [(float(coarse.fun), tuple(coarse.x)), (float(fine.fun), tuple(fine.x))]
+    best = min(ends)[1]
+    params = LapseParams(*(math.exp(v) for v in best))
     return LapseFit(model, params, log_likelihood(model, params, summaries), int(total))
 
 

@@ -4,6 +4,7 @@ published fit and the independent product-form reference (bench/lapse_reference.
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,33 @@ def test_the_at_risk_day_is_the_first_day_below_the_threshold(
     assert day is not None and day >= 1000 + t_x_days
     assert p(day) < threshold
     assert day == 1000 + t_x_days or p(day - 1) >= threshold
+
+
+@pytest.mark.parametrize("name", model.MODELS)
+def test_the_likelihood_stays_exact_towards_a_constant_dropout(
+        name: model.Model, summaries: dict[tuple[int, int, int], int]) -> None:
+    """a, b -> infinity with a / (a + b) = p is a constant dropout chance: the likelihood
+    at a = 1e14 p is the one at a = 1e6 p (differences of gammaln there lost every digit,
+    and a fit on a sample without dropout chased them to a positive "log likelihood")."""
+    far = lapse_fit.log_likelihood(name, LapseParams(0.5, 5.0, 0.05e14, 0.95e14), summaries)
+    near = lapse_fit.log_likelihood(name, LapseParams(0.5, 5.0, 0.05e6, 0.95e6), summaries)
+    assert far == pytest.approx(near, abs=0.05)
+    assert far < 0
+
+
+def test_a_sample_without_dropout_is_fitted_from_every_start() -> None:
+    """Users who never leave (the simulator's): the search from (1, 1, 1, 1) alone ends on
+    the ridge a -> 0 for MBG/NBD; the best of the starts is kept."""
+    rng = random.Random(3)
+    sample: dict[tuple[int, int, int], int] = {}
+    for _ in range(3000):
+        first, rate = rng.randrange(60), rng.uniform(0.02, 0.4)
+        days = [d for d in range(first + 1, 90) if rng.random() < rate]
+        key = (len(days), (days[-1] - first) if days else 0, 89 - first)
+        sample[key] = sample.get(key, 0) + 1
+    for name in model.MODELS:
+        best = lapse_fit.fit(name, sample)
+        for start in lapse_fit.STARTS:
+            assert best.log_likelihood >= lapse_fit.fit(
+                name, sample, (start,)).log_likelihood - 1e-6
+        assert best.log_likelihood < 0
