@@ -23,7 +23,7 @@ from retention_tracker.agents.ingest import Ingestor
 from retention_tracker.agents.metrics import Snapshot, SnapshotCollector, WorkerMetrics
 from retention_tracker.agents.web import add_views
 from retention_tracker.config.settings import ConfigError, Settings
-from retention_tracker.state.at_risk import refit_every_app
+from retention_tracker.state.at_risk import at_risk_figures, refit_every_app
 from retention_tracker.state.connect import make_store
 from retention_tracker.state.queries import live_figures
 from retention_tracker.state.store import RedisStore
@@ -151,6 +151,7 @@ async def take_snapshot(store: RedisStore, settings: Settings) -> Snapshot:
             if progress.watermark_ms is not None
         },
         taken_at=time.time(),
+        at_risk=await at_risk_figures(store, settings),
     )
 
 

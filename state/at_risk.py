@@ -102,26 +102,61 @@ async def refit_every_app(store: RedisStore, settings: Settings) -> list[str]:
     return done
 
 
+@dataclass(frozen=True, slots=True)
+class RiskNow:
+    """Every user's P(alive) now under a kept fit, one entry per summary: what the report
+    and the metrics snapshot show."""
+
+    now_ms: int
+    alive: list[float]
+    users: list[int]
+    threshold: float
+
+    @property
+    def at_risk(self) -> int:
+        return sum(n for p, n in zip(self.alive, self.users, strict=True) if p < self.threshold)
+
+    @property
+    def tracked(self) -> int:
+        return sum(self.users)
+
+
+async def risk_now(store: RedisStore, settings: Settings, app: str, kept: StoredFit
+                   ) -> RiskNow:
+    calendar = await app_calendar(store, settings, app)
+    now = await now_ms(store, settings)
+    cells = list(summaries_on(await read_summaries(store, app), calendar.day_of(now)).items())
+    alive = [p_alive(kept.model, kept.params, x, t / DAYS_PER_WEEK, big_t / DAYS_PER_WEEK)
+             for (x, t, big_t), _ in cells]
+    return RiskNow(now, alive, [n for _, n in cells], settings.at_risk_threshold)
+
+
 async def at_risk_report(store: RedisStore, settings: Settings, app: str,
                          refit_now: bool = False) -> AtRiskReport:
     """The model, and every user's P(alive) now under it by band."""
-    calendar = await app_calendar(store, settings, app)
+    await app_calendar(store, settings, app)  # an unknown app: one line, before any fit
     kept = await current_fit(store, settings, app, refit_now)
-    now = await now_ms(store, settings)
-    summaries = summaries_on(await read_summaries(store, app), calendar.day_of(now))
-    cells = list(summaries.items())
-    alive = [p_alive(kept.model, kept.params, x, t / DAYS_PER_WEEK, big_t / DAYS_PER_WEEK)
-             for (x, t, big_t), _ in cells]
-    users = [n for _, n in cells]
-    at_risk = sum(n for p, n in zip(alive, users, strict=True)
-                  if p < settings.at_risk_threshold)
+    risk = await risk_now(store, settings, app, kept)
     return AtRiskReport(
         app=app, model=kept.model, time_unit=TIME_UNIT, users=kept.users,
         params=kept.params.as_json(), log_likelihood=round(kept.log_likelihood, 4),
-        as_of=iso_time(kept.as_of_ms), now=iso_time(now), threshold=settings.at_risk_threshold,
-        at_risk=at_risk, at_risk_share=rate(at_risk, sum(users)),
-        p_alive=tuple(distribution(alive, users)),
+        as_of=iso_time(kept.as_of_ms), now=iso_time(risk.now_ms),
+        threshold=settings.at_risk_threshold, users_now=risk.tracked, at_risk=risk.at_risk,
+        at_risk_share=rate(risk.at_risk, risk.tracked),
+        p_alive=tuple(distribution(risk.alive, risk.users)),
     )
+
+
+async def at_risk_figures(store: RedisStore, settings: Settings) -> dict[str, dict[str, int]]:
+    """For the metrics snapshot, per app with a kept fit (none is fitted here): the users
+    with activity and those at risk now."""
+    out = {}
+    for app in sorted(await store.app_timezones()):
+        raw = await store.read_lapse_fit(app)
+        if raw:
+            risk = await risk_now(store, settings, app, StoredFit.decode(raw))
+            out[app] = {"users": risk.tracked, "at_risk": risk.at_risk}
+    return out
 
 
 async def at_risk_user_report(store: RedisStore, settings: Settings, app: str, user_id: str

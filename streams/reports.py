@@ -215,6 +215,7 @@ class AtRiskReport(Report):
     as_of: str
     now: str
     threshold: float
+    users_now: int  # users with activity now (the fit's ``users`` were at ``as_of``)
     at_risk: int
     at_risk_share: float
     p_alive: tuple[Row, ...] = ()
