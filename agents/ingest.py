@@ -107,7 +107,7 @@ class Ingestor:
         shards = max(inputs.values())  # unequal counts are refused below, with the reason
         await create_missing_topics(
             s.kafka_options(),
-            [s.dlq_topic, s.reactivated_topic,
+            [s.dlq_topic, s.reactivated_topic, s.at_risk_topic,
              *map(s.inactive_topic, s.every_inactivity_threshold)],
         )
         await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
@@ -249,6 +249,8 @@ class Ingestor:
             applied = await self._process(tp, records)
             if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
                 await self.notifier.notify_due(tp.partition, applied)
+            if self.settings.clock == "event":
+                await self.notifier.notify_at_risk(tp.partition)
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
                        ) -> Plan | None:
@@ -286,9 +288,11 @@ class Ingestor:
             forwarded_from = min(start, forwarded_from)
             await self._send_dead_letters(outcome.dead_letters, records, rekeyed)
             await self.notifier.send(plan.notifications, plan.reactivations)
+            at_risk_due = await self.notifier.at_risk_after_batch(plan, loaded.states)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
-                                           self.batch_rules.winback.thresholds_of):
+                                           self.batch_rules.winback.thresholds_of,
+                                           at_risk_due):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
         self._observe(tp, records, start, started, plan)
@@ -332,15 +336,17 @@ class Ingestor:
     # ---- win-back notifications ----------------------------------------------------------
 
     async def notify_loop(self) -> None:
-        """Live mode: look for due users every tick on every partition this worker owns."""
-        if not self.batch_rules.winback.every_threshold:
-            return  # win-back is off
+        """Live mode: look for due users every tick on every partition this worker owns
+        (at-risk moments too: they exist once an app's model is fitted)."""
+        winback = bool(self.batch_rules.winback.every_threshold)
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
-                        await self._retrying(partial(self.notifier.notify_due, shard))
+                        if winback:
+                            await self._retrying(partial(self.notifier.notify_due, shard))
+                        await self._retrying(partial(self.notifier.notify_at_risk, shard))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)

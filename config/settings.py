@@ -108,6 +108,7 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("APP_AT_RISK_MODELS", "per-app models: app=mbgnbd,app2=bgnbd (others: "
                "AT_RISK_MODEL)"),
     SettingDoc("AT_RISK_THRESHOLD", "a user is at risk while P(alive) is below it (0 < t < 1)"),
+    SettingDoc("AT_RISK_TOPIC", "topic of users whose P(alive) fell below AT_RISK_THRESHOLD"),
     SettingDoc("AT_RISK_REFIT_SECONDS",
                "how often each worker refits every app's model; 0: only on demand"),
     SettingDoc("HORIZON_DAYS", "events older than this behind the watermark are rejected"),
@@ -435,6 +436,7 @@ class Settings:
     at_risk_model: str = "bgnbd"
     app_at_risk_models: Mapping[str, str] = field(default_factory=dict)
     at_risk_threshold: float = 0.5
+    at_risk_topic: str = "users.at_risk"
     at_risk_refit_seconds: int = 3600
     horizon_days: int = 400
     dedup_window_days: int = 7
@@ -517,6 +519,7 @@ class Settings:
             app_at_risk_models=_per_app("APP_AT_RISK_MODELS", env.get("APP_AT_RISK_MODELS", ""),
                                         _model),
             at_risk_threshold=_probability(env, "AT_RISK_THRESHOLD", d.at_risk_threshold),
+            at_risk_topic=raw("AT_RISK_TOPIC"),
             at_risk_refit_seconds=_int(env, "AT_RISK_REFIT_SECONDS", d.at_risk_refit_seconds),
             horizon_days=_int(env, "HORIZON_DAYS", d.horizon_days, minimum=31),
             dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),

@@ -82,6 +82,10 @@ class Keyspace:
         """Users by the moment they become inactive for ``days`` (last_active + days)."""
         return f"{self.prefix}:{{{shard}}}:due:{days}"
 
+    def due_at_risk(self, shard: int) -> str:
+        """Users by the moment their P(alive) falls below AT_RISK_THRESHOLD (METRICS.md §9)."""
+        return f"{self.prefix}:{{{shard}}}:due:risk"
+
     def apps(self) -> str:
         """app -> timezone, fixed by the app's first accepted event."""
         return f"{self.prefix}:apps"
@@ -232,9 +236,15 @@ _STAT_PREFIX = {
     Stat.ACCEPTED: "acc", Stat.REJECTED: "rej", Stat.DUPLICATE: "dup", Stat.FORWARDED: "fwd",
     Stat.ROUTE: "route", Stat.INACTIVE: "inactive", Stat.EXPIRED: "expired", Stat.SENT: "sent",
     Stat.FALSE_ALARM: "false", Stat.REACTIVATED: "react", Stat.BACK_WITHIN_7D: "back7",
+    Stat.AT_RISK_SENT: "risk_sent", Stat.AT_RISK_EXPIRED: "risk_expired",
+    Stat.AT_RISK_RETURNED: "risk_back", Stat.AT_RISK_BACK_7D: "risk_back7",
+    Stat.AT_RISK_FALSE_ALARM: "risk_false",
 }
 _STAT_FIELD_PREFIX = {s: f"{name}:" for s, name in _STAT_PREFIX.items()}
 _STAT_OF_NAME = {name: s for s, name in _STAT_PREFIX.items()}
+#: The at-risk stats (METRICS.md §9), whose tail is (app).
+AT_RISK_STATS = (Stat.AT_RISK_SENT, Stat.AT_RISK_EXPIRED, Stat.AT_RISK_RETURNED,
+                 Stat.AT_RISK_BACK_7D, Stat.AT_RISK_FALSE_ALARM)
 #: The win-back stats whose tail is (app, days, value segment[, churn type]).
 WINBACK_STATS = (Stat.SENT, Stat.FALSE_ALARM, Stat.REACTIVATED, Stat.BACK_WITHIN_7D)
 
@@ -267,7 +277,7 @@ def _parse_stat(name: str) -> Cell | None:
     if stat in (Stat.ACCEPTED, Stat.FORWARDED):
         app, _, last = rest.rpartition(":")
         return stat, app, last
-    if stat in (Stat.REJECTED, Stat.DUPLICATE):
+    if stat in (Stat.REJECTED, Stat.DUPLICATE, *AT_RISK_STATS):
         return stat, rest
     first, _, last = rest.partition(":")
     if stat is Stat.ROUTE:

@@ -77,6 +77,12 @@ class Stat(IntEnum):
     FALSE_ALARM = 9  # (app, days, value segment, churn type)
     REACTIVATED = 10  # (app, days, value segment, churn type)
     BACK_WITHIN_7D = 11  # (app, days, value segment, churn type)
+    # risk of lapsing (METRICS.md §9, streams/at_risk.py), per app
+    AT_RISK_SENT = 12  # (app): users.at_risk messages
+    AT_RISK_EXPIRED = 13  # (app): at-risk moments found too late to publish
+    AT_RISK_RETURNED = 14  # (app): users back after their at-risk moment was sent
+    AT_RISK_BACK_7D = 15  # (app): of those, back within 7 days of the moment
+    AT_RISK_FALSE_ALARM = 16  # (app): an activity dated before a sent moment arrived late
 
 
 #: A counter named by the domain: ``(Measure | Stat, *coordinates)``.

@@ -308,6 +308,9 @@ def add_events(
         answers=state.answers if state else (),
         returns=tuple((kind, frozenset(days)) for kind, days in sorted(returns.items()))
         if returns else (),
+        at_risk_episode_ms=state.at_risk_episode_ms if state else None,
+        at_risk_moment_ms=state.at_risk_moment_ms if state else 0,
+        at_risk_sent=state.at_risk_sent if state else False,
     )
 
 

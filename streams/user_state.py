@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import msgspec
 
-_FORMAT_VERSION = 5
-# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers
-_READABLE_VERSIONS = (3, 4, 5)
+_FORMAT_VERSION = 6
+# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers;
+# 5: before the at-risk mark
+_READABLE_VERSIONS = (3, 4, 5, 6)
 _DEFAULT_SURVEY = "nps"  # stored as an empty name: the one nearly every answer has
 ATTRIBUTES = ("platform", "country", "campaign")
 UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
@@ -59,6 +60,12 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     answers: tuple[Answer, ...] = ()  # sorted by (survey, day)
     # RETURN_EVENTS: per event type named there, the days the user sent one, by type
     returns: tuple[tuple[str, frozenset[int]], ...] = ()
+    # risk of lapsing (METRICS.md §9, streams/at_risk.py): last_active_ms of the episode
+    # whose at-risk moment was handled, that moment, and whether its message was sent
+    # (else it was found too late: expired)
+    at_risk_episode_ms: int | None = None
+    at_risk_moment_ms: int = 0
+    at_risk_sent: bool = False
 
     @property
     def seen(self) -> bool:
@@ -158,6 +165,12 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, len(days))
         for day in sorted(days):
             _put_varint(out, _zigzag(day - state.first_day))
+    if state.at_risk_episode_ms is None:
+        _put_varint(out, 0)
+    else:
+        _put_varint(out, 1 + state.at_risk_sent)
+        _put_varint(out, _zigzag(state.at_risk_episode_ms - state.first_seen_ms))
+        _put_varint(out, _zigzag(state.at_risk_moment_ms - state.first_seen_ms))
     span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -286,6 +299,15 @@ def decode_user(data: bytes) -> UserState:
     if data[0] >= 5:
         answers, pos = _decode_answers(data, pos, first_day, first_seen_ms)
         returns, pos = _decode_returns(data, pos, first_day)
+    risk_episode, risk_moment, risk_sent = None, 0, False
+    if data[0] >= 6:
+        mark, pos = _get_varint(data, pos)
+        if mark:
+            risk_sent = mark == 2
+            episode, pos = _get_varint(data, pos)
+            moment, pos = _get_varint(data, pos)
+            risk_episode = first_seen_ms + _unzigzag(episode)
+            risk_moment = first_seen_ms + _unzigzag(moment)
     active = _decode_active_days(data, pos, first_day)
     return UserState(
         first_seen_ms=first_seen_ms,
@@ -302,4 +324,7 @@ def decode_user(data: bytes) -> UserState:
         expired_days=tuple(expired),
         answers=tuple(answers),
         returns=tuple(returns),
+        at_risk_episode_ms=risk_episode,
+        at_risk_moment_ms=risk_moment,
+        at_risk_sent=risk_sent,
     )

@@ -61,6 +61,11 @@ STATS = {
     (Stat.FALSE_ALARM, "a", 2, "vip", "late"): "false:a:2:vip:late",
     (Stat.REACTIVATED, "a", 7, "payer", "late"): "react:a:7:payer:late",
     (Stat.BACK_WITHIN_7D, "a", 7, "payer", "quick"): "back7:a:7:payer:quick",
+    (Stat.AT_RISK_SENT, "a"): "risk_sent:a",
+    (Stat.AT_RISK_EXPIRED, "a"): "risk_expired:a",
+    (Stat.AT_RISK_RETURNED, "a"): "risk_back:a",
+    (Stat.AT_RISK_BACK_7D, "a"): "risk_back7:a",
+    (Stat.AT_RISK_FALSE_ALARM, "a"): "risk_false:a",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from retention_tracker.streams.user_state import (
     ATTRIBUTES,
@@ -22,13 +23,13 @@ BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, day 19723
 
 
 def test_a_small_state_in_bytes() -> None:
-    """Version 5; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
+    """Version 6; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
     last_active; first day 0; one install at offset 0; no attributes, purchases or cost;
-    one session; no win-back marks; no survey answers; no RETURN_EVENTS days; the active
-    days 0 and 2 as the bitmap 0b101."""
+    one session; no win-back marks; no survey answers; no RETURN_EVENTS days; no at-risk
+    mark; the active days 0 and 2 as the bitmap 0b101."""
     state = UserState(1000, 1000, 0, frozenset({0, 2}), frozenset({0}), sessions=1)
     raw = encode_user(state)
-    assert raw == bytes([5, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0b101])
+    assert raw == bytes([6, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0b101])
     assert decode_user(raw) == state
 
 
@@ -38,7 +39,7 @@ def test_an_answer_in_bytes() -> None:
     state = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("nps", 0, 1001, "s1", 9),))
     raw = encode_user(state)
-    assert raw[-10:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 0b1])
+    assert raw[-11:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 0, 0b1])
     assert decode_user(raw) == state
     named = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("csat", -3, 5, "x", 0),))  # before the first activity
@@ -84,6 +85,10 @@ def states(draw: st.DrawFn) -> UserState:
     kinds = draw(st.lists(st.sampled_from(["purchase", "bet", "level_up"]), unique=True))
     returns = tuple((kind, draw(st.frozensets(days, min_size=1, max_size=6)))
                     for kind in sorted(kinds))
+    risk_episode = draw(st.none() | st.integers(first_seen - 10**9, first_seen + 10**11))
+    risk = {"at_risk_episode_ms": risk_episode, "at_risk_sent": draw(st.booleans()),
+            "at_risk_moment_ms": draw(st.integers(first_seen - 10**9, first_seen + 10**11))
+            } if risk_episode is not None else {}
     if draw(st.booleans()) and answers:  # a user known only by survey answers
         return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
     return UserState(
@@ -101,6 +106,7 @@ def states(draw: st.DrawFn) -> UserState:
         notified_episode_ms=episode,
         notified_days=notified,
         expired_days=expired,
+        **risk,
     )
 
 
@@ -126,7 +132,7 @@ def test_format_3_records_still_decode() -> None:
     old[0] = 3
     index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
     old[index] = 1
-    del old[-3:-1]  # format 3 had no answers and returns (their counts before the bitmap)
+    del old[-4:-1]  # format 3 had no answers, returns, at-risk mark (before the bitmap)
     decoded = decode_user(bytes(old))
     assert (decoded.notified_days, decoded.expired_days) == ((1,), ())
     assert decoded.active_days == frozenset({19723})
@@ -137,12 +143,34 @@ def test_format_4_records_still_decode() -> None:
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
                       sessions=3, notified_episode_ms=BASE_MS + 5, notified_days=(2,))
     new = encode_user(state)
-    assert new[-3:-1] == bytes(2)  # no answers, no returns, then the one bitmap byte
-    old = bytes([4]) + new[1:-3] + new[-1:]
+    assert new[-4:-1] == bytes(3)  # no answers, returns, at-risk mark; the bitmap byte
+    old = bytes([4]) + new[1:-4] + new[-1:]
     assert decode_user(old) == state
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x06" + bytes(12), b"{}"])
+def test_format_5_records_still_decode() -> None:
+    """Version 5 had no at-risk mark: the same record without its byte."""
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
+                      sessions=3, answers=(("nps", 19723, BASE_MS, "s", 10),))
+    new = encode_user(state)
+    assert new[-2:-1] == bytes(1)
+    assert decode_user(bytes([5]) + new[1:-2] + new[-1:]) == state
+
+
+def test_an_at_risk_mark_in_bytes() -> None:
+    """Sent (2), the episode 5 ms after first_seen (zigzag 10), the moment 2 days after
+    (zigzag 2 x 172,800,000 as a varint); then the bitmap."""
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
+                      at_risk_episode_ms=BASE_MS + 5, at_risk_moment_ms=BASE_MS + 172_800_000,
+                      at_risk_sent=True)
+    raw = encode_user(state)
+    assert raw[-8:] == bytes([2, 10, 0x80, 0xE0, 0xE5, 0xA4, 0x01, 0b1])
+    assert decode_user(raw) == state
+    expired = replace(state, at_risk_sent=False)
+    assert decode_user(encode_user(expired)) == expired
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x07" + bytes(12), b"{}"])
 def test_other_formats_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError, match="unknown user record format"):
         decode_user(raw)
