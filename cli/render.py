@@ -259,4 +259,5 @@ def at_risk_text(report: AtRiskReport | AtRiskUserReport) -> str:
             f"at risk (P(alive) < {report.threshold:g}) as of {report.now}: {report.at_risk} "
             f"({_pct(report.at_risk_share)})")
     rows = [[f"{band['from']:.1f}-{band['to']:.1f}", band["users"]] for band in report.p_alive]
-    return _table(head, ["P(alive)", "users"], rows, left=(0,))
+    sent = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in report.messages.items())
+    return _table(head, ["P(alive)", "users"], rows, left=(0,)) + f"\nusers.at_risk: {sent}"

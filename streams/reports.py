@@ -219,6 +219,7 @@ class AtRiskReport(Report):
     at_risk: int
     at_risk_share: float
     p_alive: tuple[Row, ...] = ()
+    messages: Mapping[str, int] = field(default_factory=dict)  # users.at_risk counts
 
 
 @dataclass(frozen=True, slots=True)
