@@ -73,33 +73,42 @@ class Notifier:
 
     async def notify_at_risk(self, shard: int) -> None:
         """Send the at-risk moments due on ``shard``, then record them, a page at a time."""
-        s = self.settings
         while True:
-            now = self.clock_ms()
-            if s.clock == "event":
-                now = await self.store.shard_watermark_ms(shard) or 0
+            now = await self._now(shard)
             due = await self.store.at_risk_due_entries(shard, now)
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [user for user, _ in due], [], now)
             plan = plan_at_risk(due, loaded.states, now, await self.at_risk_rules(),
                                 self.calendar_for, self.rules.segments)
-            await self._send([(s.at_risk_topic, str(m["user_id"]), m) for m in plan.messages])
-            if await self.store.apply_at_risk(shard, loaded, plan):
-                self.metrics.notifications.inc(len(plan.messages))
-                if len(due) < DUE_PAGE:
-                    return
-            else:
-                self.metrics.conflicts.inc()
+            topic = self.settings.at_risk_topic
+            await self._send([(topic, str(m["user_id"]), m) for m in plan.messages])
+            if self._drained(await self.store.apply_at_risk(shard, loaded, plan),
+                             len(plan.messages), len(due)):
+                return
+
+    async def _now(self, shard: int) -> int:
+        """Now for a pass over ``shard``: the clock, or with CLOCK=event the partition's own
+        event time."""
+        if self.settings.clock == "event":
+            return await self.store.shard_watermark_ms(shard) or 0
+        return self.clock_ms()
+
+    def _drained(self, applied: bool, sent: int, due: int) -> bool:
+        """After a pass's apply: counted, and True when its due entries are drained (a
+        conflict reads them again)."""
+        if not applied:
+            self.metrics.conflicts.inc()
+            return False
+        self.metrics.notifications.inc(sent)
+        return due < DUE_PAGE
 
     async def notify_due(self, shard: int, applied: Plan | None = None) -> None:
         """Send what is due on ``shard``, then record it, a page at a time. ``applied``: the
         batch just applied (event clock), to tell when each moment came."""
         s = self.settings
         while True:
-            now = self.clock_ms()
-            if s.clock == "event":  # the partition's own event time
-                now = await self.store.shard_watermark_ms(shard) or 0
+            now = await self._now(shard)
             due = await self.store.due_entries(shard, s.every_inactivity_threshold, now)
             if not due:
                 return
@@ -110,12 +119,9 @@ class Notifier:
                 applied.arrivals if applied else (), applied.known_ms if applied else None,
             )
             await self.send(plan.messages, [])
-            if await self.store.apply_notifications(shard, loaded, plan):
-                self.metrics.notifications.inc(len(plan.messages))
-                if len(due) < DUE_PAGE:
-                    return
-            else:
-                self.metrics.conflicts.inc()
+            if self._drained(await self.store.apply_notifications(shard, loaded, plan),
+                             len(plan.messages), len(due)):
+                return
 
     async def send(self, inactive: list[dict[str, object]],
                    reactivated: list[dict[str, object]]) -> None:
