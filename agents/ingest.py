@@ -5,8 +5,8 @@ then one atomic Redis apply of the plan with the batch's offsets.
 It runs an aiokafka consumer inside the Faust app rather than a Faust agent, because the
 exactly-once design needs what an agent hides: offsets are read from Redis on assignment
 (``seek``), and a partition's batch is applied with its offsets in one Redis script call.
-Faust keeps the process frame (worker CLI, web server, timers). See README "Why an aiokafka
-loop inside Faust, not a Faust agent per event".
+Faust keeps the process frame (worker CLI, web server, timers). See docs/architecture.md
+"Why an aiokafka loop inside Faust, not a Faust agent per event".
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from retention_tracker.agents.rekey import (
     Router,
     partition_count_problem,
     read_records,
+    rekey_headers,
 )
 from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
@@ -57,6 +58,8 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.ingestor.assigned.difference_update(revoked)
         for tp in revoked:  # the new owner reports these now
+            self.ingestor.applied_to.pop(tp, None)
+            self.ingestor.idle_since.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.ingestor.metrics.lag.remove(tp.topic, str(tp.partition))
         self.ingestor.metrics.assigned.set(len(self.ingestor.assigned))
@@ -82,6 +85,10 @@ class Ingestor:
         self.backoff = backoff or Backoff()
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.assigned: set[TopicPartition] = set()
+        #: per partition assigned, the next offset applied (None: nothing yet), for lag 0
+        self.applied_to: dict[TopicPartition, int | None] = {}
+        #: when a partition was first found at lag 0 since its last batch (monotonic s)
+        self.idle_since: dict[TopicPartition, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self.batch_rules = BatchRules(settings.horizon_days, segment_rules(settings),
                                       settings.winback_rules(), settings.clock == "event")
@@ -209,6 +216,7 @@ class Ingestor:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, stored)
+            self.applied_to[tp] = stored
             self.assigned.add(tp)
         self.metrics.assigned.set(len(self.assigned))
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
@@ -247,10 +255,39 @@ class Ingestor:
     async def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         async with self.lock(tp.partition):
             applied = await self._process(tp, records)
-            if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
-                await self.notifier.notify_due(tp.partition, applied)
+            if applied is not None and tp in self.applied_to:
+                self.applied_to[tp] = records[-1].offset + 1
+            self.idle_since.pop(tp, None)  # records came: not idle
             if self.settings.clock == "event":
-                await self.notifier.notify_at_risk(tp.partition)
+                caught_up = self.caught_up(tp.partition)
+                if self.batch_rules.winback.every_threshold:
+                    await self.notifier.notify_due(tp.partition, applied, caught_up)
+                await self.notifier.notify_at_risk(tp.partition, caught_up)
+
+    def caught_up(self, shard: int) -> bool:
+        """Has ``shard`` caught up: its input partition (this worker's: another worker's is
+        not known here) and its re-key partition if this worker has it, each applied to
+        the end offset the consumer knows for at least EVENT_CLOCK_IDLE_MS? The wait, as
+        Flink's idle sources have, keeps a partition that a producer is still filling, but
+        that was read to its end a moment ago, on its own watermark."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        owned = consumer.assignment()
+        parts = [tp for tp in self.assigned if tp.partition == shard and tp in owned]
+        if all(tp.topic == self.settings.rekey_topic for tp in parts):
+            return False
+        now = time.monotonic()
+        idle_s = self.settings.event_clock_idle_ms / 1000
+        caught = True
+        for tp in parts:  # every one: each idle timer starts when it is first found at lag 0
+            end = consumer.highwater(tp)
+            if end is None or (self.applied_to.get(tp) or 0) < end:
+                self.idle_since.pop(tp, None)
+                caught = False
+            elif now - self.idle_since.setdefault(tp, now) < idle_s:
+                caught = False
+        return caught
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord]
                        ) -> Plan | None:
@@ -280,7 +317,7 @@ class Ingestor:
                 fresh_keys = keys[len(keys) - len(fresh.at_home):]
             outcome = outcome_of(fresh, fresh_keys, loaded.states, loaded.seen_dedup_keys,
                                  loaded.watermark_ms, self.calendar_of, self.batch_rules,
-                                 None if rekeyed else now)
+                                 None if rekeyed else now, loaded.read_watermark_ms)
             plan = outcome.plan
             # forwarded before the offsets are applied: after a crash in between they are
             # forwarded again, and their home drops the copies by event id (dedup)
@@ -336,17 +373,22 @@ class Ingestor:
     # ---- win-back notifications ----------------------------------------------------------
 
     async def notify_loop(self) -> None:
-        """Live mode: look for due users every tick on every partition this worker owns
-        (at-risk moments too: they exist once an app's model is fitted)."""
+        """Look for due users every tick on every partition this worker owns: live, the
+        wall clock moves on; with the event clock, a caught-up partition follows the
+        stream's watermark, which other partitions (and workers) move on. At-risk moments
+        too: they exist once an app's model is fitted."""
         winback = bool(self.batch_rules.winback.every_threshold)
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
+                        caught_up = self.caught_up(shard)
                         if winback:
-                            await self._retrying(partial(self.notifier.notify_due, shard))
-                        await self._retrying(partial(self.notifier.notify_at_risk, shard))
+                            await self._retrying(partial(self.notifier.notify_due, shard, None,
+                                                         caught_up))
+                        await self._retrying(partial(self.notifier.notify_at_risk, shard,
+                                                     caught_up))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)
@@ -356,7 +398,8 @@ class Ingestor:
 
     async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
         """Each event to its user's home partition of the re-key topic, as it was sent,
-        with where it was read (``source``, ``index``) for dead letters at home."""
+        with where it was read (``source``, ``index``) for dead letters at home and the
+        watermark it is judged against there (``rekey_headers``)."""
         if not away:
             return
         assert self.producer is not None
@@ -367,9 +410,7 @@ class Ingestor:
                 value=f.value,
                 key=f.event.user_id.encode(),
                 partition=f.partition,
-                headers=[("cause", f.cause.encode()),
-                         ("source", f"{origin}{f.offset}".encode()),
-                         ("index", str(f.index).encode())],
+                headers=rekey_headers(f, origin),
             )
             for f in away
         ]

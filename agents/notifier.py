@@ -28,7 +28,7 @@ from retention_tracker.streams.batch import BatchRules
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.plan import Plan
 from retention_tracker.streams.user_state import UserKey, UserState
-from retention_tracker.streams.winback import plan_notifications
+from retention_tracker.streams.winback import event_clock_now_ms, plan_notifications
 
 #: How often the kept fits are read again: a refit by any worker or the CLI is seen within it.
 FITS_REFRESH_S = 5.0
@@ -71,10 +71,11 @@ class Notifier:
         count_returns(plan.users, before, plan.stats, self.calendar_for)
         return schedule(plan.users, before, rules, self.calendar_for)
 
-    async def notify_at_risk(self, shard: int) -> None:
-        """Send the at-risk moments due on ``shard``, then record them, a page at a time."""
+    async def notify_at_risk(self, shard: int, caught_up: bool = False) -> None:
+        """Send the at-risk moments due on ``shard``, then record them, a page at a time
+        (``caught_up``: as for ``notify_due``)."""
         while True:
-            now = await self._now(shard)
+            now = await self._now(shard, caught_up)
             due = await self.store.at_risk_due_entries(shard, now)
             if not due:
                 return
@@ -87,11 +88,13 @@ class Notifier:
                              len(plan.messages), len(due)):
                 return
 
-    async def _now(self, shard: int) -> int:
+    async def _now(self, shard: int, caught_up: bool) -> int:
         """Now for a pass over ``shard``: the clock, or with CLOCK=event the partition's own
-        event time."""
+        event time (the stream's once it has caught up)."""
         if self.settings.clock == "event":
-            return await self.store.shard_watermark_ms(shard) or 0
+            return event_clock_now_ms(
+                await self.store.shard_watermark_ms(shard),
+                await self.store.watermark_ms() if caught_up else None, caught_up)
         return self.clock_ms()
 
     def _drained(self, applied: bool, sent: int, due: int) -> bool:
@@ -103,12 +106,14 @@ class Notifier:
         self.metrics.notifications.inc(sent)
         return due < DUE_PAGE
 
-    async def notify_due(self, shard: int, applied: Plan | None = None) -> None:
+    async def notify_due(self, shard: int, applied: Plan | None = None,
+                         caught_up: bool = False) -> None:
         """Send what is due on ``shard``, then record it, a page at a time. ``applied``: the
-        batch just applied (event clock), to tell when each moment came."""
+        batch just applied (event clock), to tell when each moment came; ``caught_up``: the
+        partition has no backlog (the event clock then follows the stream's watermark)."""
         s = self.settings
         while True:
-            now = await self._now(shard)
+            now = await self._now(shard, caught_up)
             due = await self.store.due_entries(shard, s.every_inactivity_threshold, now)
             if not due:
                 return

@@ -6,7 +6,9 @@ of a user is what Kafka's default partitioner gives for the key ``user_id`` (mur
 Java client and aiokafka compute it) over the shard count. Events read elsewhere (no key,
 another key, another partitioner, an array mixing users) are forwarded to the re-key topic,
 partition = home, and applied there by the same workers, the way Kafka Streams' repartition
-topics work. Events already at home pay one memoised hash.
+topics work. Events already at home pay one memoised hash. Each forward carries the read
+watermark of the partition it was read from (the ``watermark`` header), which its home
+judges it against for the horizon (``streams/batch.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from retention_tracker.streams.batch import Forward, ParsedBatch
 from retention_tracker.streams.events import NO_CUSTOM_TYPES, Event, parse_message
 
 _MEMO_USERS = 1 << 18  # ~30 MB at most: cleared, not evicted one by one, when full
+
+#: Re-key record header: the read watermark (ms) of the partition the event was read from,
+#: as it was then; empty when it had none yet. Records forwarded before it existed lack it.
+WATERMARK_HEADER = "watermark"
 
 
 def home_partition(user_id: str, partitions: int) -> int:
@@ -88,7 +94,7 @@ def read_records(
     """Parse a partition's records and split their events by home. ``router`` None: the
     records were routed already (the re-key topic), every event is at home.
     ``activity_types``: the custom activity types accepted (ACTIVITY_EVENTS)."""
-    batch = ParsedBatch()
+    batch = ParsedBatch(rekeyed=router is None)
     at_home, rejects = batch.at_home, batch.rejects
     for record in records:  # plain loops: the per-record path is the hot one
         parsed = parse_message(record.value, now_ms, max_message_bytes, max_events_per_message,
@@ -97,6 +103,9 @@ def read_records(
             if router is None:
                 offset = record.offset
                 at_home.extend((offset, index, event) for index, event in parsed.events)
+                for name, value in record.headers or ():
+                    if name == WATERMARK_HEADER and (not value or value.isdigit()):
+                        batch.carried[offset] = int(value) if value else None
             else:
                 router.split(partition, record.key, record.offset, parsed.events, at_home,
                              batch.away)
@@ -105,6 +114,17 @@ def read_records(
         for reject in parsed.rejects:
             rejects.append((record.offset, reject))
     return batch
+
+
+def rekey_headers(forward: Forward, origin: str) -> list[tuple[str, bytes]]:
+    """A forward's re-key record headers: why it was forwarded, where it was read (``origin``
+    is ``topic/partition/``; with ``index``, for dead letters at home) and the read
+    watermark it is judged against there."""
+    watermark = b"" if forward.watermark_ms is None else str(forward.watermark_ms).encode()
+    return [("cause", forward.cause.encode()),
+            ("source", f"{origin}{forward.offset}".encode()),
+            ("index", str(forward.index).encode()),
+            (WATERMARK_HEADER, watermark)]
 
 
 def _original_values(message: bytes, away: list[Forward]) -> None:
@@ -138,7 +158,7 @@ def partition_count_problem(
             return (f"topic {topic} has {count} partitions but the state under KEY_PREFIX "
                     f"{key_prefix!r} was built with {built}: users would be split across "
                     f"partitions; re-shard by replaying into a fresh KEY_PREFIX "
-                    f"(README 'Re-sharding')")
+                    f"(docs/operations.md 'Re-sharding')")
     if len(set(actual.values())) > 1:
         shown = ", ".join(f"{t}={n}" for t, n in sorted(actual.items()))
         return (f"input and re-key topics must have equal partition counts, a partition being "

@@ -36,6 +36,10 @@ from retention_tracker.streams.user_state import UserKey
 META_VERSION = "v"
 #: Field of the partition's event-time watermark (ms).
 META_WATERMARK = "wm"
+#: Field of the partition's read watermark (ms): the latest event time read from its input
+#: partitions, events kept or forwarded; what those events are judged against for the
+#: horizon (METRICS.md §1: the tracker's routing never makes an event late).
+META_READ_WATERMARK = "rwm"
 #: Field of the token of the last write (the state cache's check that nobody else wrote).
 META_TOKEN = "tok"
 #: Prefix of the per-topic next-offset fields: ``off:<topic>``.

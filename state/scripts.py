@@ -18,6 +18,7 @@ import msgpack
 
 from retention_tracker.state.schema import (
     META_OFFSET_PREFIX,
+    META_READ_WATERMARK,
     META_TOKEN,
     META_VERSION,
     META_WATERMARK,
@@ -33,6 +34,7 @@ def _lua_string(text: str) -> str:
 _PRELUDE = (
     f"local VERSION, WATERMARK, TOKEN, OFFSET = {_lua_string(META_VERSION)}, "
     f"{_lua_string(META_WATERMARK)}, {_lua_string(META_TOKEN)}, {_lua_string(META_OFFSET_PREFIX)}\n"
+    f"local READ_WATERMARK = {_lua_string(META_READ_WATERMARK)}\n"
 )
 
 # KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets, then dedup buckets.
@@ -40,14 +42,15 @@ _PRELUDE = (
 #           users = [[key_index, user_id, user_id, ...], ...]: one group per user bucket,
 #           ids = [[current_key_index, previous_key_index, id, id, ...], ...]: one group per
 #                 dedup bucket (``grouped`` below)}
-# Returns: version, watermark_ms, write token, next offset per topic, user record per user
-# ('' if none), then 1/0 per id (already seen in the current or previous dedup generation),
-# users and ids in their groups' order.
+# Returns: version, watermark_ms, write token, read watermark ms, next offset per topic, user
+# record per user ('' if none), then 1/0 per id (already seen in the current or previous
+# dedup generation), users and ids in their groups' order.
 LOAD_BATCH_LUA = _PRELUDE + """
 local meta = KEYS[1]
 local arg = cmsgpack.unpack(ARGV[1])
 local out = {redis.call('HGET', meta, VERSION) or '0', redis.call('HGET', meta, WATERMARK) or '',
-             redis.call('HGET', meta, TOKEN) or ''}
+             redis.call('HGET', meta, TOKEN) or '',
+             redis.call('HGET', meta, READ_WATERMARK) or ''}
 for _, topic in ipairs(arg.topics) do
   out[#out + 1] = redis.call('HGET', meta, OFFSET .. topic) or ''
 end
@@ -73,6 +76,7 @@ return out
 #   version   = the partition version the plan was computed from (the fence),
 #   token     = this write's token, unique to the call (state/cache.py),
 #   watermark = the new event-time watermark in ms, or '' to leave it,
+#   read_watermark = the new read watermark in ms (input batches), or '' to leave it,
 #   offsets   = [topic, next_offset, ...],
 #   users     = [[key_index, user_id, record, user_id, record, ...], ...]: per bucket,
 #   counters  = [[[key_index, ...], field, delta, field, delta, ...], ...]: each delta goes
@@ -93,6 +97,9 @@ local version = tonumber(redis.call('HGET', meta, VERSION) or '0')
 if version ~= arg.version then return 0 end
 redis.call('HSET', meta, VERSION, version + 1, TOKEN, arg.token)
 if arg.watermark ~= '' then redis.call('HSET', meta, WATERMARK, arg.watermark) end
+if (arg.read_watermark or '') ~= '' then
+  redis.call('HSET', meta, READ_WATERMARK, arg.read_watermark)
+end
 -- the offsets go in the same call as the state they produced: after a crash both roll
 -- back or forward together
 local offsets = arg.offsets

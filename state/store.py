@@ -67,6 +67,8 @@ class LoadedBatch:
     states: dict[UserKey, UserState | None]
     seen_dedup_keys: set[bytes]
     dedup_generation: int
+    #: the latest event time read from the partition's inputs (``META_READ_WATERMARK``)
+    read_watermark_ms: int | None = None
 
 
 class _Read(NamedTuple):
@@ -186,7 +188,7 @@ class RedisStore:
         if token is not None and reply[2] != token:
             self.cache.forget(shard)  # written by someone else since: load every user
             return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
-        pos = 3
+        pos = 4
         offsets = {}
         for topic in topics:
             offsets[topic] = int(reply[pos]) if reply[pos] else None
@@ -204,6 +206,7 @@ class RedisStore:
             states={user: held[user] if user in held else loaded[user] for user in users},
             seen_dedup_keys=seen,
             dedup_generation=generation,
+            read_watermark_ms=int(reply[3]) if reply[3] else None,
         )
 
     def _counter_groups(self, shard: int, keys: KeyIndex, plan: Plan) -> list[list[object]]:
@@ -264,6 +267,8 @@ class RedisStore:
         due_remove = self._at_risk_entries(shard, keys, at_risk_due or {}, due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
+            "read_watermark": ("" if plan.read_watermark_ms is None
+                               else str(plan.read_watermark_ms)),
             "offsets": [x for topic, offset in next_offsets.items() for x in (topic, str(offset))],
             "dedup": dedup, "due_add": due_add, "due_remove": due_remove,
         })
@@ -342,7 +347,8 @@ class RedisStore:
             counters = [*counters, stats_group]
         token = os.urandom(8)
         blob = pack({
-            "version": loaded.version, "token": token, "watermark": "", "offsets": [],
+            "version": loaded.version, "token": token, "watermark": "", "read_watermark": "",
+            "offsets": [],
             "users": user_args, "dedup_ttl": (2 * self.dedup_window_days + 1) * MS_PER_DAY // 1000,
             "dedup": [], "due_add": [], "due_remove": [], "counters": counters, **fields,
         })
@@ -382,7 +388,7 @@ class RedisStore:
         map is read again and the command sent to the new master. Returns the command's
         reply; a WAIT that falls short is logged and counted, not raised: the write is done
         on the master either way, and a failover before the replicas have it only sends
-        that partition back to its stored offset (README, "Redis Cluster")."""
+        that partition back to its stored offset (docs/operations.md, "Redis Cluster")."""
         async def once() -> tuple[Any, int]:
             server = await self._server_of(key)
             for loaded in (False, True):

@@ -5,6 +5,14 @@ at, rejects, events to forward to their home partition), loads the users' state,
 calls ``outcome_of``: the plan of state changes, the dead letters, the forwards and every
 counter they move, for the part of the batch not applied before. It then only sends and
 applies what that outcome says.
+
+Every event is judged for the horizon against the watermark of the partition it was first
+read from, as it was when the event was read (METRICS.md §1): the tracker's own routing
+never makes an event late. That watermark is the partition's *read watermark*, the latest
+event time read from its inputs (events kept or forwarded); a forwarded event carries the
+value it was read at to its home (``Forward.watermark_ms``, the re-key record's
+``watermark`` header). The home's own watermark, moved by every event it accepts, would
+be at the end of a long backlog before the forwards came back.
 """
 
 from __future__ import annotations
@@ -36,15 +44,22 @@ class Forward:
     partition: int
     cause: str
     value: bytes = b""
+    #: the read watermark of the partition it was read from, before it (None: none yet)
+    watermark_ms: int | None = None
 
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """One partition batch, parsed and routed: what to apply here, reject, and forward."""
+    """One partition batch, parsed and routed: what to apply here, reject, and forward.
+    ``rekeyed``: read from the re-key topic (every event at home, forwarded there), with
+    ``carried``: per offset, the watermark its event was first read at (None: none yet);
+    a record forwarded before that was carried has no entry."""
 
     at_home: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
     rejects: list[tuple[int, Reject]] = field(default_factory=list)  # (offset, reject)
     away: list[Forward] = field(default_factory=list)
+    rekeyed: bool = False
+    carried: dict[int, int | None] = field(default_factory=dict)
 
     def from_offset(self, start: int) -> ParsedBatch:
         """The part read at ``start`` or later (what was read before is applied already)."""
@@ -52,6 +67,8 @@ class ParsedBatch:
             [item for item in self.at_home if item[0] >= start],
             [item for item in self.rejects if item[0] >= start],
             [f for f in self.away if f.offset >= start],
+            self.rekeyed,
+            self.carried,
         )
 
 
@@ -94,14 +111,22 @@ def outcome_of(
     calendar_of: Callable[[str], AppCalendar],
     rules: BatchRules,
     arrival_ms: int | None,
+    read_watermark_ms: int | None = None,
 ) -> BatchOutcome:
     """The outcome of ``batch`` (already cut to what was not applied before);
     ``dedup_keys`` are its at-home events' keys, in order. ``arrival_ms``: when it was read
     at its source, for the route counters; None for the re-key topic, whose events were
-    counted where they were read first."""
+    counted where they were read first. ``watermark_ms`` and ``read_watermark_ms``: the
+    partition's watermark and read watermark as stored before the batch."""
+    if batch.rekeyed:  # judged where they were read; a record without it: at home
+        judged = [batch.carried.get(offset, watermark_ms) for offset, _, _ in batch.at_home]
+        read_after = None  # the re-key topic is no input: its events were read elsewhere
+    else:
+        judged, read_after = read_watermarks(batch, read_watermark_ms)
     plan = plan_batch(batch.at_home, states, seen_dedup_keys, watermark_ms, rules.horizon_days,
                       calendar_of, rules.segments, dedup_keys, rules.winback,
-                      event_clock=rules.event_clock)
+                      event_clock=rules.event_clock, judged_ms=judged)
+    plan.read_watermark_ms = read_after
     letters = [DeadLetter(offset, r.index, r.reason, r.detail) for offset, r in batch.rejects]
     for letter in letters:
         plan.stats[Stat.REJECTED, letter.reason] += 1
@@ -111,6 +136,38 @@ def outcome_of(
     if arrival_ms is not None:
         _count_routes(plan, len(batch.at_home), batch.away, arrival_ms)
     return BatchOutcome(plan, letters, batch.away)
+
+
+def read_watermarks(batch: ParsedBatch, watermark_ms: int | None
+                    ) -> tuple[list[int | None], int | None]:
+    """An input batch's events in the order they were read (kept and forwarded, by offset
+    and index in the message): the read watermark each is judged against (the latest event
+    time read before it, from ``watermark_ms`` on), for the kept ones as a list in
+    ``at_home`` order and for the forwarded ones in ``Forward.watermark_ms``; and the read
+    watermark after the batch. It depends on what was read only, not on when the forwards
+    come home nor on which worker reads: the batch read again after a crash gives the
+    same values."""
+    judged: list[int | None] = []
+    away = batch.away
+    pending = 0  # the next forward not given its watermark yet
+    for offset, index, event in batch.at_home:
+        while pending < len(away) and (away[pending].offset, away[pending].index) < (
+                offset, index):
+            watermark_ms = _judge_forward(away[pending], watermark_ms)
+            pending += 1
+        judged.append(watermark_ms)
+        if watermark_ms is None or event.ts_ms > watermark_ms:
+            watermark_ms = event.ts_ms
+    for forward in away[pending:]:
+        watermark_ms = _judge_forward(forward, watermark_ms)
+    return judged, watermark_ms
+
+
+def _judge_forward(forward: Forward, watermark_ms: int | None) -> int | None:
+    """Give a forward the read watermark before it; the read watermark after it."""
+    forward.watermark_ms = watermark_ms
+    ts_ms = forward.event.ts_ms
+    return ts_ms if watermark_ms is None or ts_ms > watermark_ms else watermark_ms
 
 
 def _count_routes(plan: Plan, at_home: int, away: list[Forward], arrival_ms: int) -> None:

@@ -492,6 +492,8 @@ class Plan:
     # event clock: users.inactive.{K}d messages whose moment came inside the batch
     notifications: list[dict[str, object]] = field(default_factory=list)
     watermark_ms: int | None = None
+    # input batches: the latest event time read from the partition (``streams/batch.py``)
+    read_watermark_ms: int | None = None
     arrivals: list[int] = field(default_factory=list)  # watermark after each accepted event
     # event clock: the watermark at the arrival of the event that set each user's final
     # last_active in this batch (its moments cannot have come before that)
@@ -579,11 +581,14 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
 def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[bytes],
             seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool,
             answered: dict[UserKey, list[Event]] | None = None,
+            judged_ms: Sequence[int | None] | None = None,
             ) -> tuple[dict[UserKey, list[Event]], dict[UserKey, list[int]]]:
     """Drop duplicates and events too old for the horizon (counted, and the latter kept
     for their dead letters), move the watermark; the accepted events by user, and with the
     event clock the watermark at each of them. Survey answers (no activity) go to
-    ``answered`` instead, by user."""
+    ``answered`` instead, by user. ``judged_ms``: the watermark each event is judged
+    against for the horizon (that of the partition it was first read from, as it was then;
+    None: none yet); not given, the running watermark."""
     horizon_ms = horizon_days * MS_PER_DAY
     seen = set(seen_dedup_keys)
     accepted: dict[UserKey, list[Event]] = {}
@@ -591,11 +596,13 @@ def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[byt
     by_type: Counter[tuple[str, str]] = Counter()  # accepted (app, type), filed once below
     new_keys, arrivals = plan.new_dedup_keys, plan.arrivals  # the per-event loop's locals
     watermark_ms = plan.watermark_ms
+    limits = iter(judged_ms) if judged_ms is not None else None
     for (offset, index, event), key in zip(events, keys, strict=True):
+        limit = next(limits) if limits is not None else watermark_ms
         if key in seen:
             plan.stats[Stat.DUPLICATE, event.app] += 1
             continue
-        if watermark_ms is not None and event.ts_ms < watermark_ms - horizon_ms:
+        if limit is not None and event.ts_ms < limit - horizon_ms:
             plan.too_old.append((offset, index, event))
             plan.stats[Stat.REJECTED, "too_old"] += 1
             continue
@@ -635,21 +642,24 @@ def plan_batch(
     dedup_keys: Sequence[bytes] | None = None,
     winback: WinbackRules = DEFAULT_WINBACK,
     event_clock: bool = False,
+    judged_ms: Sequence[int | None] | None = None,
 ) -> Plan:
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
     order; ``states`` must hold every user of the batch (None for a new user).
     ``dedup_keys``, when given, are the events' ``dedup_key``s in the same order (the caller
-    already hashed them to load the batch). With ``event_clock``, "now" is the watermark
-    and moves event by event: a user's inactivity moment that it passes before the user's
-    next event in the batch is handled right there (METRICS.md §7), so a gap that opens
-    and closes inside one batch is an episode like any other."""
+    already hashed them to load the batch). ``judged_ms``, when given, holds the watermark
+    each event is judged against for the horizon, in the same order (``streams/batch.py``);
+    else the partition's watermark as the batch moves it. With ``event_clock``, "now" is the
+    watermark and moves event by event: a user's inactivity moment that it passes before
+    the user's next event in the batch is handled right there (METRICS.md §7), so a gap
+    that opens and closes inside one batch is an episode like any other."""
     events = list(events)
     keys = dedup_keys if dedup_keys is not None else [
         dedup_key(event.app, event.event_id) for _, _, event in events]
     plan = Plan(watermark_ms=watermark_ms)
     answered: dict[UserKey, list[Event]] = {}
     accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
-                                event_clock, answered)
+                                event_clock, answered, judged_ms)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
     for user_key, user_events in accepted.items():
         app = user_key[0]

@@ -111,6 +111,17 @@ class WinbackRules:
 
 DEFAULT_WINBACK = WinbackRules()
 
+
+def event_clock_now_ms(own_ms: int | None, stream_ms: int | None, caught_up: bool) -> int:
+    """"Now" for a partition's due users with the event clock (METRICS.md §2): its own
+    watermark while it has a backlog (an event still to be read there may cancel a moment);
+    once caught up, the stream's (the latest event time accepted on any partition), so a
+    moment after the partition's last event does not wait for traffic that will not come
+    to it while the other partitions' events are later."""
+    own = own_ms or 0
+    return max(own, stream_ms or 0) if caught_up else own
+
+
 def moment_reached_ms(arrivals: Sequence[int], moment_ms: int, now_ms: int) -> int:
     """When "now" first reached ``moment_ms``. With the event clock, now moves event by
     event: ``arrivals`` are a batch's watermarks after each accepted event, in arrival

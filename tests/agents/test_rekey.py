@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,18 +19,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retention_tracker.agents.rekey import (
+    WATERMARK_HEADER,
     Router,
     home_partition,
     partition_count_problem,
     read_records,
+    rekey_headers,
 )
 from retention_tracker.bench import reference
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.batch import BatchRules, outcome_of
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key
 from tests.streams.real_apply import RealApply
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
@@ -38,8 +42,9 @@ ZONES = {"a": "UTC", "b": "Asia/Tokyo"}
 PARTITIONS = 3
 
 
-def record(offset: int, key: bytes | None, value: bytes, partition: int = 0) -> ConsumerRecord:
-    return ConsumerRecord("t", partition, offset, 0, 0, key, value, None, 0, len(value), ())
+def record(offset: int, key: bytes | None, value: bytes, partition: int = 0,
+           headers: tuple[tuple[str, bytes], ...] = ()) -> ConsumerRecord:
+    return ConsumerRecord("t", partition, offset, 0, 0, key, value, None, 0, len(value), headers)
 
 
 def session(user: str, n: int = 0) -> dict[str, Any]:
@@ -149,8 +154,9 @@ class Logs:
     inputs: list[list[ConsumerRecord]] = field(default_factory=list)
     rekey: list[list[ConsumerRecord]] = field(default_factory=list)
 
-    def append(self, log: list[ConsumerRecord], key: bytes | None, value: bytes) -> None:
-        log.append(record(len(log), key, value))
+    def append(self, log: list[ConsumerRecord], key: bytes | None, value: bytes,
+               headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+        log.append(record(len(log), key, value, headers=headers))
 
 
 def produce(events: list[Event], rng: random.Random) -> Logs:
@@ -178,10 +184,12 @@ def produce(events: list[Event], rng: random.Random) -> Logs:
     return logs
 
 
-async def consume(store: RedisStore, logs: Logs, rng: random.Random) -> None:
+async def consume(store: RedisStore, logs: Logs, rng: random.Random,
+                  rules: BatchRules) -> None:
     """Batches of any size from any partition in any interleaving, the way the ingest loop
-    applies them: forward what is away from home, then apply the rest with the offsets. Now
-    and then a worker dies after forwarding and before applying: the batch is read again."""
+    applies them: forward what is away from home (with the headers the worker sends), then
+    apply the rest with the offsets. Now and then a worker dies after forwarding and before
+    applying: the batch is read again."""
     router = Router(PARTITIONS)
     sources = [("in", p, logs.inputs[p]) for p in range(PARTITIONS)]
     sources += [("rk", p, logs.rekey[p]) for p in range(PARTITIONS)]
@@ -196,21 +204,23 @@ async def consume(store: RedisStore, logs: Logs, rng: random.Random) -> None:
         read = read_records(batch, partition, router if topic == "in" else None, NOW_MS,
                             1 << 20, 1000)
         events = read.at_home
+        keys = [dedup_key(e.app, e.event_id) for _, _, e in events]
         loaded = await store.load_batch(
-            partition, [topic], [(e.app, e.user_id) for _, _, e in events],
-            [dedup_key(e.app, e.event_id) for _, _, e in events], NOW_MS)
+            partition, [topic], [(e.app, e.user_id) for _, _, e in events], keys, NOW_MS)
         start = loaded.next_offsets[topic] or 0
-        for forward in read.away:
-            if forward.offset >= start:
-                logs.append(logs.rekey[forward.partition], forward.event.user_id.encode(),
-                            orjson.dumps(forward.event.to_json()))
+        fresh = read.from_offset(start)
+        outcome = outcome_of(fresh, keys[len(keys) - len(fresh.at_home):], loaded.states,
+                             loaded.seen_dedup_keys, loaded.watermark_ms,
+                             lambda app: AppCalendar(ZONES[app]), rules,
+                             None if topic == "rk" else NOW_MS, loaded.read_watermark_ms)
+        for forward in outcome.forwards:
+            logs.append(logs.rekey[forward.partition], forward.event.user_id.encode(),
+                        forward.value, tuple(rekey_headers(forward, f"in/{partition}/")))
         if rng.random() < 0.15:
             positions[topic, partition] = start  # killed: resume where the state says
             continue
-        fresh = [item for item in events if item[0] >= start]
-        plan = plan_batch(fresh, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
-                          400, lambda app: AppCalendar(ZONES[app]))
-        assert await store.apply_plan(partition, loaded, {topic: batch[-1].offset + 1}, plan)
+        assert await store.apply_plan(partition, loaded, {topic: batch[-1].offset + 1},
+                                      outcome.plan)
         positions[topic, partition] = batch[-1].offset + 1
 
 
@@ -248,15 +258,79 @@ def test_any_keying_partitioning_and_batching_gives_the_reference_figures(
     redis_url: str, events: list[Event], seed: int
 ) -> None:
     rng = random.Random(seed)
+    asyncio.run(keyed_any_way(redis_url, events, rng, state_cache_users=rng.choice([0, 100])))
 
-    async def scenario() -> None:
-        async with RealApply(redis_url, shards=PARTITIONS,
-                             state_cache_users=rng.choice([0, 100])) as state:
-            for app, zone in ZONES.items():
-                await state.store.fix_timezone(app, zone)
-            for shard in range(PARTITIONS):
-                await state.store.register_shard(shard)
-            await consume(state.store, produce(events, rng), rng)
-            await figures_equal_reference(state.store, state.settings.key_prefix, events)
 
-    asyncio.run(scenario())
+async def keyed_any_way(redis_url: str, events: list[Event], rng: random.Random,
+                        horizon_days: int = 400, state_cache_users: int = 0) -> Counter[str]:
+    """``events`` sent by imperfect producers (``produce``) and consumed as the worker
+    does (``consume``) on the real store; checks the figures are the reference's and
+    returns the counters."""
+    async with RealApply(redis_url, shards=PARTITIONS, horizon_days=horizon_days,
+                         state_cache_users=state_cache_users) as state:
+        for app, zone in ZONES.items():
+            await state.store.fix_timezone(app, zone)
+        for shard in range(PARTITIONS):
+            await state.store.register_shard(shard)
+        await consume(state.store, produce(events, rng), rng, BatchRules(horizon_days))
+        await figures_equal_reference(state.store, state.settings.key_prefix, events)
+        return await state.store.read_stats()
+
+
+# ---- the routing never makes an event late -------------------------------------------------
+
+HORIZON_DAYS = 3
+
+
+@st.composite
+def long_histories(draw: st.DrawFn) -> list[Event]:
+    """A history six times the horizon long, produced in event-time order but for events up
+    to a day late: against the watermark of the partition each is read from, none is older
+    than the horizon, whatever the keying."""
+    events = []
+    ts_ms = BASE_MS
+    for i in range(draw(st.integers(20, 60))):
+        ts_ms += draw(st.integers(0, 6 * HORIZON_DAYS * MS_PER_DAY // 20))
+        late = draw(st.sampled_from([0, 0, 0, 3_600_000, MS_PER_DAY]))
+        kind = draw(st.sampled_from(["install", "session", "purchase"]))
+        events.append(Event(app="a", event_id=f"e{i}", type=kind,
+                            user_id=f"u{draw(st.integers(0, 7))}", ts_ms=ts_ms - late,
+                            amount=0.99 if kind == "purchase" else None))
+    return events
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=long_histories(), seed=st.integers(0, 2**32 - 1))
+def test_forwarded_events_are_judged_by_the_watermark_they_were_read_at(
+    redis_url: str, events: list[Event], seed: int
+) -> None:
+    """METRICS.md §1: the tracker's own routing never makes an event late. Partitions read
+    at any pace (one may be at the end of the history while the re-key topic still holds
+    its first forwards, or another's forwards move a home past its own input) and crashes
+    between forward and apply: every event is accepted, as when keyed well, and the
+    figures are the reference's."""
+    stats = asyncio.run(keyed_any_way(redis_url, events, random.Random(seed), HORIZON_DAYS))
+    assert not any(k.startswith("rej:") and v for k, v in stats.items()), stats
+    accepted = sum(v for k, v in stats.items() if k.startswith("acc:"))
+    assert accepted == len(events)  # produce() repeats messages: duplicates
+
+
+def test_a_rekey_record_carries_the_watermark_it_was_read_at() -> None:
+    """The header the worker sends is what the home reads back; a record forwarded before it
+    existed (no header) is judged at home as before, and a junk value is ignored."""
+    router = Router(2)
+    away = next(u for u in (f"u{i}" for i in range(20)) if router.home(u) == 1)
+    read = read_records([record(4, None, orjson.dumps(session(away)))], 0, router, NOW_MS,
+                        1 << 20, 1000)
+    (forward,) = read.away
+    forward.watermark_ms = BASE_MS - 5
+    headers = tuple(rekey_headers(forward, "t/0/"))
+    assert dict(headers)[WATERMARK_HEADER] == str(BASE_MS - 5).encode()
+    forward.watermark_ms = None
+    unset = tuple(rekey_headers(forward, "t/0/"))
+    records = [record(0, None, forward.value, 1, headers), record(1, None, forward.value, 1),
+               record(2, None, forward.value, 1, unset),
+               record(3, None, forward.value, 1, ((WATERMARK_HEADER, b"x"),))]
+    home = read_records(records, 1, None, NOW_MS, 1 << 20, 1000)
+    assert home.rekeyed and home.carried == {0: BASE_MS - 5, 2: None}

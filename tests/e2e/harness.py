@@ -297,11 +297,11 @@ def event_messages(events: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]
     return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
 
 
-def simulated(days: int = 20, seed: int = 3, survey_rate: float = 0.05
-              ) -> list[dict[str, Any]]:
+def simulated(days: int = 20, seed: int = 3, survey_rate: float = 0.05,
+              installs_per_day: int = 25) -> list[dict[str, Any]]:
     """Simulated traffic ending now, with duplicates, late events and NPS survey answers."""
     cfg = SimulationConfig(
-        installs_per_day=25, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
+        installs_per_day=installs_per_day, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
         start_ms=utc_now_ms() - days * MS_PER_DAY, survey_rate=survey_rate,
     )
     return list(generate_events(cfg))
@@ -313,6 +313,13 @@ def get(url: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def get_json(url: str) -> Any:
+    """The JSON of a 200 answer (anything else fails the test, with the body)."""
+    status, body = get(url)
+    assert status == 200, body
+    return orjson.loads(body)
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -229,6 +229,65 @@ def test_replayed_history_notifies_every_episode_and_every_return(
             1 for _, d, _ in expected["expired"] if d == days)
 
 
+def partition_ends(events: list[dict[str, Any]], partitions: int) -> dict[int, int]:
+    """The time of each partition's last event (users placed by the default partitioner)."""
+    ends: dict[int, int] = {}
+    for e in events:
+        home = partition_of(e["user_id"], partitions)
+        ends[home] = max(ends.get(home, e["ts"]), e["ts"])
+    return ends
+
+
+def test_a_caught_up_partition_fires_its_last_moments_on_the_streams_watermark(
+    kafka_url: str, redis_url: str, unique: str, tmp_path: Path
+) -> None:
+    """Issue 26 item 3, METRICS.md §2: users with known gaps over 4 partitions, replayed
+    with the event clock and a delay long enough that nothing is stale. The ticker keeps
+    one partition going while the others' last events come before some of their users'
+    moments: once caught up, those partitions follow the stream's watermark, so every
+    episode is notified exactly once and every return reactivated, as a plain reading of
+    the contract over the whole stream finds."""
+    t0 = utc_now_ms() - 30 * MS_PER_DAY
+    events = gappy_history(t0, users=120, seed=29)
+    expected = reference_episodes(events, max_delay_ms=365 * MS_PER_DAY)
+    assert expected["expired"] == set() and len(expected["returns"]) > 100
+    ends = partition_ends(events, 4)
+    waiting = {(user, days, last) for user, days, last in expected["sent"]
+               if last + days * MS_PER_DAY > ends[partition_of(user, 4)]}
+    assert len(waiting) >= 3, "no moment after its partition's last event: not the case"
+    env = {"CLOCK": "event", "INACTIVITY_THRESHOLDS": "1,2", "WINBACK_MAX_DELAY": "365d",
+           "BATCH_MAX_RECORDS": "200", "WINBACK_TICK_MS": "200"}
+    with isolated_deployment(kafka_url, redis_url, unique, tmp_path) as d:
+        sent = produce(d.bootstrap, d.topic, event_messages(events))
+        with d.start_worker(**env)[0] as worker:
+            d.wait_applied(sent, worker=worker)
+
+            def notified() -> list[dict[str, Any]]:
+                return [orjson.loads(r.value) | {"days": days} for days in (1, 2)
+                        for r in read_topic(d.bootstrap, d.inactive_topic(days))]
+
+            def counted() -> bool:
+                assert worker.alive(), f"worker died; see {worker.log_path}"
+                figures = d.cli_json("summary", **env)["winback"]
+                return sum(f["notified"] for f in figures.values()) >= len(expected["sent"])
+
+            wait_for(counted, 60, "every episode notified")
+            notes = notified()
+            backs = [orjson.loads(r.value) for r in read_topic(d.bootstrap,
+                                                               d.reactivated_topic)]
+            figures = d.cli_json("summary", **env)["winback"]
+    got = {(n["user_id"], n["days"], iso_to_ms(n["last_active"])) for n in notes}
+    assert waiting <= got, sorted(waiting - got)[:5]
+    assert got == expected["sent"]
+    assert len(notes) == len({n["notification_id"] for n in notes})  # exactly one each
+    returns = {(b["user_id"], days, iso_to_ms(b["last_active"])) for b in backs
+               for days in b["threshold_days"]}
+    assert returns == expected["returns"]
+    for days in (1, 2):
+        assert figures[str(days)]["notified"] == sum(1 for _, k, _ in got if k == days)
+        assert figures[str(days)]["expired"] == 0
+
+
 def test_wall_clock_worker_on_old_history_publishes_nothing(deployment: Deployment) -> None:
     """A first start on two-month-old data: every moment is weeks behind the wall clock.
     Nothing is published; each is counted as expired, and the users as inactive."""

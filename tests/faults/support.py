@@ -99,7 +99,8 @@ def quick_client(url: str) -> redis.Redis:
 # ---- workloads ------------------------------------------------------------------------------
 
 
-def workload(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
+def workload(days: int = 20, seed: int = 3, installs_per_day: int = 25
+             ) -> list[dict[str, Any]]:
     """``tests.e2e.test_worker_exact.simulated`` (5 % duplicates, 10 % late events), plus,
     for every day, one purchase by a user first seen that day, so every cohort has a buyer.
 
@@ -107,7 +108,7 @@ def workload(days: int = 20, seed: int = 3) -> list[dict[str, Any]]:
     non-empty cohort (see ``test_core_bugs.test_rpr_lists_cohorts_without_buyers``); whether
     a workload has such a cohort depends on the weekday the suite runs, and these scenarios
     are about faults, so they do not depend on that path."""
-    raw = simulated(days=days, seed=seed)
+    raw = simulated(days=days, seed=seed, installs_per_day=installs_per_day)
     first_seen: dict[str, int] = {}
     first_position: dict[str, int] = {}
     for position, event in enumerate(raw):

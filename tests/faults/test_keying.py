@@ -1,6 +1,7 @@
 """Producers that key badly: no key, arrays mixing users, librdkafka's CRC32 partitioner, across
 a rebalance and a kill -9 between forwarding and applying. Every event is applied in its user's
-home partition, so the figures equal the reference and forwards are counted by cause."""
+home partition, so the figures equal the reference and forwards are counted by cause; and the
+forwarding never makes an event too old, on a history longer than the horizon."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 
 from retention_tracker.agents.local_stack import ensure_topics, wait_for
+from retention_tracker.streams.calendar import MS_PER_DAY
 from tests.e2e.harness import (
     RETENTION,
     Deployment,
@@ -52,18 +54,19 @@ def kafka_home(user_id: str, partitions: int) -> int:
     return DefaultPartitioner()(user_id.encode(), every, every)
 
 
-def miskeyed(raw: list[dict[str, Any]], partitions: int, seed: int
+def miskeyed(raw: list[dict[str, Any]], partitions: int, seed: int, other_key: bool = False
              ) -> tuple[list[Placed], Counter[str]]:
     """The events as three imperfect producers send them, in turn: one event per message
     with no key (placed at random), arrays of 2-5 events of different users keyed by the
     first one's id (a gateway batching uploads), one event keyed by its user but placed by
-    CRC32 (librdkafka's default). Also what each event away from home is forwarded for."""
+    CRC32 (librdkafka's default); with ``other_key``, a fourth: one event keyed by a session
+    id. Also what each event away from home is forwarded for."""
     rng = random.Random(seed)
     messages: list[Placed] = []
     expected: Counter[str] = Counter()
     i = 0
     while i < len(raw):
-        style = len(messages) % 3
+        style = len(messages) % (4 if other_key else 3)
         if style == 0:
             event = raw[i]
             partition = rng.randrange(partitions)
@@ -82,7 +85,7 @@ def miskeyed(raw: list[dict[str, Any]], partitions: int, seed: int
                     other = event["user_id"] != key
                     expected["mixed_array" if mixed and other else "other_partitioner"] += 1
             i += len(chunk)
-        else:
+        elif style == 2:
             event = raw[i]
             key = event["user_id"].encode()
             partition = zlib.crc32(key) % partitions
@@ -90,7 +93,20 @@ def miskeyed(raw: list[dict[str, Any]], partitions: int, seed: int
             if kafka_home(event["user_id"], partitions) != partition:
                 expected["other_partitioner"] += 1
             i += 1
+        else:
+            event = raw[i]
+            session = f"session-{rng.randrange(1000)}"
+            partition = kafka_home(session, partitions)
+            messages.append((session.encode(), orjson.dumps(event), partition))
+            if kafka_home(event["user_id"], partitions) != partition:
+                expected["other_key"] += 1
+            i += 1
     return messages, expected
+
+
+def well_keyed(raw: list[dict[str, Any]], partitions: int) -> list[Placed]:
+    return [(e["user_id"].encode(), orjson.dumps(e), kafka_home(e["user_id"], partitions))
+            for e in raw]
 
 
 def produce_placed(bootstrap: str, topic: str, messages: list[Placed]) -> int:
@@ -159,8 +175,7 @@ def test_no_key_mixed_arrays_and_crc32_equal_the_reference(deployment: Deploymen
 def test_well_keyed_traffic_is_never_forwarded(deployment: Deployment) -> None:
     d = deployment
     raw = workload(days=6, seed=5)
-    messages = [(e["user_id"].encode(), orjson.dumps(e), kafka_home(e["user_id"], d.partitions))
-                for e in raw]
+    messages = well_keyed(raw, d.partitions)
     produced = produce_placed(d.bootstrap, d.topic, messages)
     with d.start_worker(**FAST_GROUP)[0] as worker:
         d.wait_applied(produced, worker=worker)
@@ -239,8 +254,19 @@ def test_kill_9_between_forward_and_apply(own_redis: OwnRedis, own_deployment: D
     d = own_deployment
     raw = workload(days=20, seed=61)
     messages, expected = miskeyed(raw, d.partitions, seed=61)
-    produced = produce_placed(d.bootstrap, d.topic, messages)
     env = {**FAST_GROUP, "BATCH_MAX_RECORDS": "20", "WINBACK_TICK_MS": "3600000"}
+    kill_9_between_forward_and_apply(d, "13 kill -9 between forward and apply", raw,
+                                     messages, expected, env)
+
+
+def kill_9_between_forward_and_apply(
+    d: Deployment, scenario: str, raw: list[dict[str, Any]], messages: list[Placed],
+    expected: Counter[str], env: dict[str, str], expected_rejects: Counter[str] | None = None,
+) -> None:
+    """Produce ``messages``; hold Redis writes until a batch has forwarded events and waits
+    to apply, SIGKILL the worker then, let a successor finish; the forwards were sent again
+    and the figures are the reference's (``raw``: the valid events)."""
+    produced = produce_placed(d.bootstrap, d.topic, messages)
     client = quick_client(d.redis_url)
     tries = 0
     with LagMonitor(d, produced=produced) as monitor, contextlib.ExitStack() as stack:
@@ -270,12 +296,79 @@ def test_kill_9_between_forward_and_apply(own_redis: OwnRedis, own_deployment: D
     copies = reforwarded_copies(read_topic(d.bootstrap, d.rekey_topic))
     assert copies >= 1, "the killed batch's forwards were not sent again"
     assert forwarded_stats(d) == expected
-    report = FaultReport("13 kill -9 between forward and apply", produced, raw,
-                         resent_valid=copies, recovery_s=recovery, max_lag=monitor.max_lag,
+    report = FaultReport(scenario, produced, raw, resent_valid=copies, recovery_s=recovery,
+                         max_lag=monitor.max_lag,
                          extra={"reforwarded_copies": copies, "held_forwards": caught,
                                 "tries": tries})
     assert_figures_exact(d, raw)
-    report.finish(d)
+    report.finish(d, expected_rejects)
+
+
+#: A horizon far shorter than the history below, and the event clock (a replay).
+LONG_REPLAY = {"HORIZON_DAYS": "31", "CLOCK": "event"}
+
+
+def history_longer_than_the_horizon(seed: int) -> tuple[list[dict[str, Any]],
+                                                        list[dict[str, Any]]]:
+    """75 days of traffic (more than twice ``LONG_REPLAY``'s horizon) in the order it was
+    delivered (events up to 72 h late, 5 % duplicates); and events dated 200 days before
+    it, sent after it: older than the horizon behind any partition's watermark by then,
+    whatever the keying, so they are dead-lettered as ``too_old`` in every run."""
+    raw = workload(days=75, seed=seed, installs_per_day=6)
+    start_ms = min(e["ts"] for e in raw)
+    ancient = [{"event_id": f"ancient-{n}", "type": "session", "user_id": f"ancient-{n}",
+                "ts": start_ms - 200 * MS_PER_DAY} for n in range(8)]
+    return raw, ancient
+
+
+@pytest.mark.parametrize("keying", ["well_keyed", "every_shape"])
+def test_a_history_longer_than_the_horizon_loses_nothing_to_routing(
+    deployment: Deployment, keying: str
+) -> None:
+    """Scenario 14 (issue 26): a replay of a history longer than the horizon, well keyed or
+    by every imperfect producer in turn (no key, arrays mixing users, CRC32, another key).
+    The home events of the backlog move their partitions' watermarks to the end of the
+    history long before the forwards come home through the re-key topic; each forward is
+    judged by the watermark of the partition it was read from, so the same events are
+    accepted in both runs (only the ancient ones are too old) and the figures are the
+    reference's."""
+    d = deployment
+    raw, ancient = history_longer_than_the_horizon(seed=67)
+    if keying == "well_keyed":
+        messages, expected = well_keyed(raw + ancient, d.partitions), Counter[str]()
+    else:
+        messages, expected = miskeyed(raw + ancient, d.partitions, seed=67, other_key=True)
+        assert set(expected) == {"no_key", "mixed_array", "other_partitioner", "other_key"}
+    produced = produce_placed(d.bootstrap, d.topic, messages)
+    with LagMonitor(d, produced=produced) as monitor, contextlib.ExitStack() as stack:
+        worker, _ = d.start_worker(**FAST_GROUP, **LONG_REPLAY)
+        stack.enter_context(worker)
+        started = time.monotonic()
+        d.wait_applied(produced, worker=worker)
+        recovery = round(time.monotonic() - started, 2)
+    assert forwarded_stats(d) == expected
+    report = FaultReport(f"14 history of 75 days, horizon 31 days, {keying}", produced, raw,
+                         recovery_s=recovery, max_lag=monitor.max_lag,
+                         extra={"forwarded": dict(expected)})
+    assert_figures_exact(d, raw)
+    report.finish(d, Counter(too_old=len(ancient)))
+
+
+def test_kill_9_between_forward_and_apply_on_a_history_longer_than_the_horizon(
+    own_redis: OwnRedis, own_deployment: Deployment
+) -> None:
+    """Scenario 15: scenario 14's mis-keyed history with scenario 13's crash. The batch read
+    again after the crash forwards its events again with the same watermarks (the read
+    watermark is written only with that batch): the copies are duplicates at home, and
+    the same events are accepted as without the crash."""
+    d = own_deployment
+    raw, ancient = history_longer_than_the_horizon(seed=71)
+    messages, expected = miskeyed(raw + ancient, d.partitions, seed=71, other_key=True)
+    env = {**FAST_GROUP, **LONG_REPLAY, "BATCH_MAX_RECORDS": "200",
+           "WINBACK_TICK_MS": "3600000"}
+    kill_9_between_forward_and_apply(d, "15 kill -9 between forward and apply, horizon 31",
+                                     raw, messages, expected, env,
+                                     Counter(too_old=len(ancient)))
 
 
 def test_a_changed_partition_count_stops_the_worker_in_one_line(deployment: Deployment) -> None:

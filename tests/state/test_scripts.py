@@ -118,11 +118,11 @@ async def test_dedup_buckets_expire_from_their_latest_write(scripts: Scripts) ->
 async def test_load_reads_meta_users_and_both_dedup_generations(scripts: Scripts) -> None:
     keys = KeyIndex(scripts.meta)
     users, current, previous = (keys.of(scripts.key(n)) for n in ("u:app:0", "dd:1:0", "dd:0:0"))
-    assert await scripts.apply(keys, offsets=["t", "7"], watermark="9",
+    assert await scripts.apply(keys, offsets=["t", "7"], watermark="9", read_watermark="11",
                                users=[[users, "u1", "record"]], dedup=[[previous, "old"]])
     reply = await scripts.load(keys, topics=["t", "other"], users=[[users, "u1", "u2"]],
                                ids=[[current, previous, "old", "new"]])
-    assert reply == [b"1", b"9", b"t1", b"7", b"", b"record", b"", 1, 0]
+    assert reply == [b"1", b"9", b"t1", b"11", b"7", b"", b"record", b"", 1, 0]
 
 
 def test_grouped_keeps_buckets_in_first_seen_order_and_says_where_each_member_went() -> None:
@@ -145,5 +145,5 @@ async def test_buckets_larger_than_one_unpack_are_split(scripts: Scripts) -> Non
     assert await scripts.apply(keys, dedup=dedup)
     groups, order = grouped(((0, (i,)) for i in ids), lambda _: (current, previous))
     reply = await scripts.load(keys, ids=groups)
-    flags = dict(zip(order, reply[3:], strict=True))
+    flags = dict(zip(order, reply[4:], strict=True))
     assert [flags[n] for n in range(20_000)] == [1 - n % 2 for n in range(20_000)]

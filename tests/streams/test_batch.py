@@ -59,3 +59,35 @@ def test_the_rekey_topic_counts_no_routes_and_a_replayed_part_is_cut() -> None:
                          lambda _app: UTC, RULES, arrival_ms=None)
     assert not any(key[0] in (Stat.ROUTE, Stat.FORWARDED) for key in outcome.plan.stats)
     assert outcome.dead_letters == [] and set(outcome.plan.users) == {("a", "u2")}
+
+
+def test_each_event_is_judged_by_the_watermark_of_the_partition_it_was_read_from() -> None:
+    """An input batch: every event read (kept or forwarded, in the order read) moves the read
+    watermark, the forwards carry the value before them; at home a forwarded event is judged
+    by what it carries, not by the home's watermark at the end of a backlog."""
+    rules = BatchRules(horizon_days=3)
+    day = MS_PER_DAY
+    kept = [(1, -1, session("u1", "e1", BASE_MS)), (2, 1, session("u2", "e2", BASE_MS + day)),
+            (4, -1, session("u1", "e4", BASE_MS - 5 * day))]  # too old: 5 days behind e3
+    away = [Forward(2, 0, session("u9", "e9", BASE_MS + 2 * day), 3, "mixed_array"),
+            Forward(3, -1, session("u8", "e3", BASE_MS + 9 * day), 3, "no_key")]
+    batch = ParsedBatch(kept, [], away)
+    keys = [dedup_key(e.app, e.event_id) for _, _, e in kept]
+    outcome = outcome_of(batch, keys, {("a", "u1"): None, ("a", "u2"): None}, set(), None,
+                         lambda _app: UTC, rules, BASE_MS, read_watermark_ms=BASE_MS - day)
+    assert [f.watermark_ms for f in outcome.forwards] == [BASE_MS, BASE_MS + 2 * day]
+    assert outcome.plan.read_watermark_ms == BASE_MS + 9 * day
+    assert outcome.dead_letters == [DeadLetter(4, -1, "too_old", "older than the horizon")]
+    assert outcome.plan.watermark_ms == BASE_MS + day  # moved by what is accepted here only
+    # at home, where the watermark is at the end of a backlog: judged by what was carried
+    late = session("u9", "e9", BASE_MS + 2 * day)
+    home = ParsedBatch([(0, -1, late), (1, -1, session("u7", "e7", BASE_MS)),
+                        (2, -1, session("u6", "e6", BASE_MS))],
+                       rekeyed=True, carried={0: BASE_MS, 1: None})  # offset 2: no header
+    keys = [dedup_key("a", e) for e in ("e9", "e7", "e6")]
+    users = {("a", u): None for u in ("u9", "u7", "u6")}
+    outcome = outcome_of(home, keys, users, set(), BASE_MS + 300 * day, lambda _app: UTC,
+                         rules, None)
+    assert set(outcome.plan.users) == {("a", "u9"), ("a", "u7")}
+    assert outcome.dead_letters == [DeadLetter(2, -1, "too_old", "older than the horizon")]
+    assert outcome.plan.read_watermark_ms is None  # the re-key topic moves no read watermark

@@ -26,6 +26,7 @@ from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import (
     WinbackRules,
+    event_clock_now_ms,
     iso_ms,
     notification_id,
     plan_notifications,
@@ -293,3 +294,12 @@ def test_each_app_at_its_own_thresholds() -> None:
                                   DEFAULT_RULES, rules)
     assert sorted((m["app"], m["threshold_days"]) for m in notified.messages) == [
         ("fast", 1), ("slow", 2)]
+
+
+def test_a_caught_up_partition_follows_the_streams_watermark() -> None:
+    """METRICS.md §2: with a backlog, a partition's own watermark (its backlog may still
+    cancel a moment); caught up, the stream's, never behind its own."""
+    assert event_clock_now_ms(100, 900, caught_up=False) == 100
+    assert event_clock_now_ms(100, 900, caught_up=True) == 900
+    assert event_clock_now_ms(100, None, caught_up=True) == 100
+    assert event_clock_now_ms(None, None, caught_up=True) == 0  # nothing read anywhere yet
