@@ -113,7 +113,7 @@ class Ingestor:
         shards = max(inputs.values())  # unequal counts are refused below, with the reason
         await create_missing_topics(
             s.kafka_options(),
-            [s.dlq_topic, s.reactivated_topic,
+            [s.dlq_topic, s.reactivated_topic, s.at_risk_topic,
              *map(s.inactive_topic, s.every_inactivity_threshold)],
         )
         await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
@@ -254,9 +254,11 @@ class Ingestor:
             if applied is not None and tp in self.applied_to:
                 self.applied_to[tp] = records[-1].offset + 1
             self.idle_since.pop(tp, None)  # records came: not idle
-            if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
-                await self.notifier.notify_due(tp.partition, applied,
-                                               self.caught_up(tp.partition))
+            if self.settings.clock == "event":
+                caught_up = self.caught_up(tp.partition)
+                if self.batch_rules.winback.every_threshold:
+                    await self.notifier.notify_due(tp.partition, applied, caught_up)
+                await self.notifier.notify_at_risk(tp.partition, caught_up)
 
     def caught_up(self, shard: int) -> bool:
         """Has ``shard`` caught up: its input partition (this worker's: another worker's is
@@ -319,9 +321,11 @@ class Ingestor:
             forwarded_from = min(start, forwarded_from)
             await self._send_dead_letters(outcome.dead_letters, records, rekeyed)
             await self.notifier.send(plan.notifications, plan.reactivations)
+            at_risk_due = await self.notifier.at_risk_after_batch(plan, loaded.states)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
-                                           self.batch_rules.winback.thresholds_of):
+                                           self.batch_rules.winback.thresholds_of,
+                                           at_risk_due):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
         self._observe(tp, records, start, started, plan)
@@ -367,16 +371,20 @@ class Ingestor:
     async def notify_loop(self) -> None:
         """Look for due users every tick on every partition this worker owns: live, the
         wall clock moves on; with the event clock, a caught-up partition follows the
-        stream's watermark, which other partitions (and workers) move on."""
-        if not self.batch_rules.winback.every_threshold:
-            return  # win-back is off
+        stream's watermark, which other partitions (and workers) move on. At-risk moments
+        too: they exist once an app's model is fitted."""
+        winback = bool(self.batch_rules.winback.every_threshold)
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
-                        await self._retrying(partial(self.notifier.notify_due, shard, None,
-                                                     self.caught_up(shard)))
+                        caught_up = self.caught_up(shard)
+                        if winback:
+                            await self._retrying(partial(self.notifier.notify_due, shard, None,
+                                                         caught_up))
+                        await self._retrying(partial(self.notifier.notify_at_risk, shard,
+                                                     caught_up))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)

@@ -58,6 +58,9 @@ GLOBAL_GAUGES = {
     "retention_winback_back_within_7d_share": "share of notified users active again within "
     "7 days of their notification",
     "retention_worker_snapshot_timestamp_seconds": "when the Redis figures were last read",
+    "retention_at_risk_users": "users whose P(alive) is below AT_RISK_THRESHOLD now under "
+    "the app's kept BG/NBD (or MBG/NBD) fit",
+    "retention_tracked_users": "users with activity (the population of the at-risk model)",
 }
 GLOBAL_COUNTERS = {
     "retention_events_accepted": "events accepted, by app and type",
@@ -83,6 +86,7 @@ class Snapshot:
     stats: Mapping[Cell, int] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     taken_at: float = 0.0
+    at_risk: dict[str, dict[str, int]] = field(default_factory=dict)  # app -> users, at_risk
 
 
 class SnapshotCollector(Collector):
@@ -128,6 +132,9 @@ class SnapshotCollector(Collector):
             self._periods(gauges, app, figures.periods)
             self._nps(gauges, app, figures.nps)
             self._winback(gauges, counters, app, figures)
+        for app, risk in snap.at_risk.items():
+            gauges["retention_at_risk_users"].add_metric([app], risk["at_risk"])
+            gauges["retention_tracked_users"].add_metric([app], risk["users"])
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
@@ -289,6 +296,8 @@ _GAUGE_LABELS = {
     "retention_inactive_users": ["app", "threshold"],
     "retention_winback_back_within_7d_share": ["app", "threshold"],
     "retention_worker_snapshot_timestamp_seconds": [],
+    "retention_at_risk_users": ["app"],
+    "retention_tracked_users": ["app"],
 }
 _WINBACK_LABELS = ["app", "threshold", "segment", "churn_type"]
 _COUNTER_LABELS = {

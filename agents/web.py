@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from retention_tracker.agents.metrics import WorkerMetrics
 from retention_tracker.config.settings import Settings
+from retention_tracker.state.at_risk import at_risk_report, at_risk_user_report
 from retention_tracker.state.queries import (
     QueryError,
     apps_report,
@@ -76,6 +77,12 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
     async def pipeline(r: Request) -> Report:
         return replace(await pipeline_report(store, settings), lag=worker_lag(metrics))
 
+    async def at_risk(r: Request) -> Report:
+        if r.query.get("user"):
+            return await at_risk_user_report(store, settings, app_of(r), r.query["user"])
+        return await at_risk_report(store, settings, app_of(r),
+                                    r.query.get("refit", "") in ("1", "true"))
+
     return {
         "/retention/cohorts": lambda r: cohort_report(
             store, settings, app_of(r), r.query.get("granularity", "day"),
@@ -100,6 +107,7 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
         "/retention/apps": lambda r: apps_report(store, settings),
         "/retention/figures": lambda r: figures_report(),
         "/retention/pipeline": pipeline,
+        "/retention/at-risk": at_risk,
     }
 
 

@@ -1153,3 +1153,18 @@ def nps(
                      **_nps_counts(s for _, s in scores_in.get(current, []))})
         current = next_period_start(current, period)
     return rows
+
+
+# ---- Section 9: risk of lapsing, the per-user summaries --------------------------------------
+
+
+def lapse_summaries(events: Iterable[Event], app: str, tz: str) -> dict[tuple[int, int, date], int]:
+    """Section 9's summaries, counted: (x, t_x days, first active day) -> users, where x is
+    the user's distinct active days after the first and t_x the days from the first to the
+    last (T follows from the first day and the day of now)."""
+    data = _AppData(events, app, tz)
+    out: dict[tuple[int, int, date], int] = {}
+    for days in data.active_days.values():
+        key = (len(days) - 1, (max(days) - min(days)).days, min(days))
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -18,6 +18,7 @@ import redis.exceptions
 from aiokafka.errors import KafkaError
 
 from retention_tracker.cli.render import (
+    at_risk_text,
     kpis_table,
     nps_text,
     rpr_text,
@@ -26,6 +27,7 @@ from retention_tracker.cli.render import (
     triangle_table,
 )
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
+from retention_tracker.state.at_risk import at_risk_report, at_risk_user_report
 from retention_tracker.state.queries import (
     NPS_BY,
     QueryError,
@@ -42,7 +44,7 @@ from retention_tracker.streams.catalogue import CALENDAR, WINDOWS
 from retention_tracker.streams.events import DEFAULT_SURVEY
 from retention_tracker.streams.figures import KINDS, KPI_PERIODS, MONEY_KINDS
 from retention_tracker.streams.nps import NPS_PERIODS
-from retention_tracker.streams.reports import ReplayReport, Report
+from retention_tracker.streams.reports import AtRiskReport, AtRiskUserReport, ReplayReport, Report
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -232,6 +234,22 @@ def segments(app_name: str, as_json: bool) -> None:
     """VIP, payers and free users side by side: counts and D1/D7/D30 retention."""
     _show(lambda store, settings: value_segments_report(store, settings, app_name),
           as_json, segments_table)
+
+
+@cli.command("at-risk")
+@click.option("--app", "app_name", default="default", show_default=True)
+@click.option("--user", "user_id", default=None, help="one user's x, t_x, T and P(alive)")
+@click.option("--refit", is_flag=True, help="fit the model now (else the one kept)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def at_risk(app_name: str, user_id: str | None, refit: bool, as_json: bool) -> None:
+    """Risk of lapsing: the app's BG/NBD (or MBG/NBD) model and P(alive) of its users."""
+
+    async def build(store: RedisStore, settings: Settings) -> AtRiskReport | AtRiskUserReport:
+        if user_id is not None:
+            return await at_risk_user_report(store, settings, app_name, user_id)
+        return await at_risk_report(store, settings, app_name, refit)
+
+    _show(build, as_json, at_risk_text)
 
 
 @cli.command()

@@ -15,6 +15,8 @@ from retention_tracker.streams.catalogue import (
     Ratio,
 )
 from retention_tracker.streams.reports import (
+    AtRiskReport,
+    AtRiskUserReport,
     CohortReport,
     KpisReport,
     NpsReport,
@@ -256,3 +258,20 @@ def nps_text(report: NpsReport) -> str:
     if report.live_period is not None:
         text += f"\n{LIVE_MARK} the period has not ended yet: live numbers"
     return text
+
+
+def at_risk_text(report: AtRiskReport | AtRiskUserReport) -> str:
+    """The app's model and its users by P(alive), or one user's risk (METRICS.md §9)."""
+    if isinstance(report, AtRiskUserReport):
+        return (f"user {report.user_id} of app {report.app} ({report.model}): x={report.x} "
+                f"repeat days, t_x={report.t_x} T={report.T} weeks, P(alive)="
+                f"{report.p_alive:.3f}, expected active days in the next 30: "
+                f"{report.expected_days_30:.2f}" + (", AT RISK" if report.at_risk else ""))
+    params = ", ".join(f"{name}={value:.4g}" for name, value in report.params.items())
+    head = (f"{report.model} of app {report.app}, fitted {report.as_of} over {report.users} "
+            f"users: {params}, log likelihood {report.log_likelihood:.2f}\n"
+            f"at risk (P(alive) < {report.threshold:g}) as of {report.now}: {report.at_risk} "
+            f"({_pct(report.at_risk_share)})")
+    rows = [[f"{band['from']:.1f}-{band['to']:.1f}", band["users"]] for band in report.p_alive]
+    sent = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in report.messages.items())
+    return _table(head, ["P(alive)", "users"], rows, left=(0,)) + f"\nusers.at_risk: {sent}"

@@ -664,7 +664,8 @@ def winback() -> dash_b.Dashboard:
         "Inactivity notifications for push services and the users they brought back.",
         multi_app=False,
     )
-    panels = _winback_inactivity() + _winback_flows() + _winback_back_by() + _winback_sending()
+    panels = (_winback_inactivity() + _at_risk() + _winback_flows() + _winback_back_by()
+              + _winback_sending())
     return with_panels(board, panels)
 
 
@@ -689,6 +690,25 @@ def _winback_inactivity() -> list[Panel]:
                 "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
             unit="percentunit",
             description="Share of notified users active again within 7 days: does win-back work?",
+        ),
+    ]
+
+
+def _at_risk() -> list[Panel]:
+    """METRICS.md §9: the users the model holds at risk beside those inactive 2 days, both
+    as a share of the users with activity."""
+    tracked = f'clamp_min({app_gauge("retention_tracked_users")}, 1)'
+    inactive = app_gauge("retention_inactive_users", 'app="$app", threshold="2"')
+    return [
+        timeseries(
+            "At risk against inactive 2 days (share of users)",
+            [query(f'{app_gauge("retention_at_risk_users")} / {tracked}', "at risk", ("app",)),
+             query(f"{inactive} / {tracked}", "inactive 2 d", ("app",))],
+            unit="percentunit", width=24,
+            description="At risk: P(alive) below AT_RISK_THRESHOLD under the app's kept "
+            "BG/NBD (or MBG/NBD) fit; inactive 2 d: last activity 2 days ago or more. "
+            "Empty until the app's model is fitted (AT_RISK_REFIT_SECONDS or retention "
+            "at-risk).",
         ),
     ]
 

@@ -116,9 +116,10 @@ async def read_daily(store: RedisStore, app: str, segment: str = ALL_USERS) -> C
     return parse_daily(await store.read_family(app, DAILY_FAMILY, segment))
 
 
-async def read_measure(store: RedisStore, app: str, measure: Measure, granularity: str,
+async def read_measure(store: RedisStore, app: str, measure: Measure, granularity: str | None,
                        segment: str = ALL_USERS) -> Counter[Coordinates]:
-    """One period family of an app's segment, parsed to coordinates."""
+    """One period family of an app's segment (granularity None: an app-wide one, such as
+    the lapse summaries), parsed to coordinates."""
     found = await store.read_family(app, family_name(measure, granularity), segment)
     return parse_family(measure, found)
 

@@ -205,6 +205,7 @@ STORED_NAMES: dict[Measure, str] = {
     Measure.PERIOD_PAYERS: "ppay", Measure.REPEAT_PAYERS: "prep", Measure.REPEAT_BUYERS: "rpc",
     Measure.NPS: "nps", Measure.NPS_COHORT: "npsc", Measure.RETURNED: "ret",
     Measure.LAST_RETURN: "lret", Measure.WINDOW24: "w24", Measure.LAST_WINDOW24: "lw24",
+    Measure.LAPSE: "lapse",
 }
 assert set(STORED_NAMES) == set(Measure), "every counter needs a stored name"
 assert len(set(STORED_NAMES.values())) == len(STORED_NAMES), "stored names are unique"

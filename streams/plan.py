@@ -100,6 +100,7 @@ _COHORT_SIZE, _CLASSIC, _ACTIVE, _LOST, _LAST_ACTIVE, _COST = (
 _LTV, _PERIOD_REVENUE, _FIRST_PAYMENT, _PERIOD_PAYERS, _REPEAT_PAYERS, _REPEAT_BUYERS = (
     Measure.LTV, Measure.PERIOD_REVENUE, Measure.FIRST_PAYMENT, Measure.PERIOD_PAYERS,
     Measure.REPEAT_PAYERS, Measure.REPEAT_BUYERS)
+_LAPSE = Measure.LAPSE
 
 
 def user_contributions(
@@ -329,6 +330,9 @@ def add_events(
         if returns else (),
         utc_spans=None if spans is None
         else merge_spans(state.utc_spans if state is not None else (), spans),
+        at_risk_episode_ms=state.at_risk_episode_ms if state else None,
+        at_risk_moment_ms=state.at_risk_moment_ms if state else 0,
+        at_risk_sent=state.at_risk_sent if state else False,
     )
 
 
@@ -380,6 +384,35 @@ def _add_window_delta(pending: dict[Segments, Counter[Cell]], old: UserState,
         target = pending.setdefault(tuple(segments_of(new, rules)), Counter())
         for cell, delta in moved:
             target[cell] += delta
+#: The lapse summaries are kept for all users only: a fit per segment is not asked for,
+#: and the cells are nearly one per user.
+_ALL_ONLY: Segments = (ALL_USERS,)
+
+
+def lapse_cell(state: UserState) -> Cell | None:
+    """The user's cell of the app's lapse summaries (METRICS.md §9, streams/lapse_model.py):
+    (x repeat active days, t_x = last - first active day, first active day). The first
+    day, not T, so the cell does not move as days pass; None for a user with no activity."""
+    if not state.seen:
+        return None
+    return (_LAPSE, len(state.active_days) - 1, state.last_day - state.first_day,
+            state.first_day)
+
+
+def _add_lapse_delta(groups: dict[Segments, Counter[Cell]], old: UserState | None,
+                     new: UserState) -> None:
+    """lapse_cell(new) - lapse_cell(old). Active days are only ever added, so an equal
+    count means the same days and the same cell: the usual event costs one len."""
+    if old is not None and old.seen and len(old.active_days) == len(new.active_days):
+        return
+    before = lapse_cell(old) if old is not None else None
+    after = lapse_cell(new)
+    if before != after:
+        target = groups.setdefault(_ALL_ONLY, Counter())
+        if before is not None:
+            target[before] -= 1
+        if after is not None:
+            target[after] += 1
 
 
 def _only_new_active_days(old: UserState, new: UserState) -> bool:
@@ -691,7 +724,9 @@ def plan_batch(
         if active_old is None or new.last_active_ms != active_old.last_active_ms:
             plan.due[user_key] = new.last_active_ms
         plan.users[user_key] = new
-        _add_user_delta(pending.setdefault(app, {}), old, new, app_rules)
+        groups = pending.setdefault(app, {})
+        _add_user_delta(groups, old, new, app_rules)
+        _add_lapse_delta(groups, old, new)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
         new = _with_answers(old or _ANSWERS_ONLY, answers, calendars[app])

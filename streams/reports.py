@@ -215,3 +215,39 @@ class ReplayReport(Report):
     messages: int
     seconds: float
     rejected: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AtRiskReport(Report):
+    """The app's risk-of-lapsing model (METRICS.md §9) and where its users stand now:
+    ``p_alive`` counts users by band of P(alive), ``at_risk`` those below the threshold."""
+
+    app: str
+    model: str
+    time_unit: str
+    users: int
+    params: Mapping[str, float]
+    log_likelihood: float
+    as_of: str
+    now: str
+    threshold: float
+    users_now: int  # users with activity now (the fit's ``users`` were at ``as_of``)
+    at_risk: int
+    at_risk_share: float
+    p_alive: tuple[Row, ...] = ()
+    messages: Mapping[str, int] = field(default_factory=dict)  # users.at_risk counts
+
+
+@dataclass(frozen=True, slots=True)
+class AtRiskUserReport(Report):
+    """One user's summary and risk: x repeat active days, t_x and T in weeks."""
+
+    app: str
+    user_id: str
+    model: str
+    x: int
+    t_x: float
+    T: float  # the paper's name, as METRICS.md §9 spells the field
+    p_alive: float
+    expected_days_30: float
+    at_risk: bool

@@ -22,7 +22,7 @@ from retention_tracker.streams.calendar import MS_PER_DAY
 
 _FORMAT_VERSION = 6
 # 3: before expired thresholds (no flag bit on notified days); 4: before survey answers;
-# 5: before the UTC day spans (24-hour windows)
+# 5: before the UTC day spans (24-hour windows) and the at-risk mark
 _READABLE_VERSIONS = (3, 4, 5, 6)
 _DEFAULT_SURVEY = "nps"  # stored as an empty name: the one nearly every answer has
 ATTRIBUTES = ("platform", "country", "campaign")
@@ -68,6 +68,12 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     # 24-hour windows (streams/windows24.py): per UTC day with activity, its earliest and
     # latest event, sorted by day; None: unknown (a record from before format 6)
     utc_spans: tuple[Span, ...] | None = ()
+    # risk of lapsing (METRICS.md §9, streams/at_risk.py): last_active_ms of the episode
+    # whose at-risk moment was handled, that moment, and whether its message was sent
+    # (else it was found too late: expired)
+    at_risk_episode_ms: int | None = None
+    at_risk_moment_ms: int = 0
+    at_risk_sent: bool = False
 
     @property
     def seen(self) -> bool:
@@ -168,6 +174,12 @@ def encode_user(state: UserState) -> bytes:
         for day in sorted(days):
             _put_varint(out, _zigzag(day - state.first_day))
     _encode_spans(out, state)
+    if state.at_risk_episode_ms is None:
+        _put_varint(out, 0)
+    else:
+        _put_varint(out, 1 + state.at_risk_sent)
+        _put_varint(out, _zigzag(state.at_risk_episode_ms - state.first_seen_ms))
+        _put_varint(out, _zigzag(state.at_risk_moment_ms - state.first_seen_ms))
     span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -379,6 +391,15 @@ def decode_user(data: bytes) -> UserState:
     span_days: list[int] | None = None
     if data[0] >= 6:
         found, span_days, pos = _decode_spans(data, pos, first_day)
+    risk_episode, risk_moment, risk_sent = None, 0, False
+    if data[0] >= 6:
+        mark, pos = _get_varint(data, pos)
+        if mark:
+            risk_sent = mark == 2
+            episode, pos = _get_varint(data, pos)
+            moment, pos = _get_varint(data, pos)
+            risk_episode = first_seen_ms + _unzigzag(episode)
+            risk_moment = first_seen_ms + _unzigzag(moment)
     active = _decode_active_days(data, pos, first_day)
     spans = None if found is None else _spans(
         active if span_days is None else span_days, found, first_seen_ms,
@@ -399,4 +420,7 @@ def decode_user(data: bytes) -> UserState:
         answers=tuple(answers),
         returns=tuple(returns),
         utc_spans=spans,
+        at_risk_episode_ms=risk_episode,
+        at_risk_moment_ms=risk_moment,
+        at_risk_sent=risk_sent,
     )

@@ -220,6 +220,30 @@ function renderWinback(s) {
     "back within 7 days"], rows);
 }
 
+// METRICS.md §9: the users the model holds at risk beside those inactive 2 days, as shares of
+// the users with activity (all users only: the model is fitted per app).
+async function renderAtRisk(summary) {
+  const inactive = summary.winback && summary.winback["2"];
+  let doc;
+  try {
+    doc = await getJson("/retention/at-risk?" + new URLSearchParams({ app: state.app }));
+  } catch (err) {
+    $("at-risk-as-of").textContent = "(no model: " + (err.message || err) + ")";
+    $("at-risk-table").replaceChildren();
+    return;
+  }
+  $("at-risk-as-of").textContent = `${doc.model} fitted ${doc.as_of} over ${int(doc.users)} ` +
+    `users; P(alive) below ${doc.threshold} as of ${doc.now}`;
+  const row = (flag, label, users) => ({ attrs: { "data-flag": flag, "data-users": users,
+    "data-value": doc.users_now ? users / doc.users_now : null },
+    cells: [label, int(users), share(doc.users_now ? users / doc.users_now : null,
+      doc.users_now)] });
+  table("at-risk-table", ["flag", "users", "share of users"], [
+    row("at_risk", "at risk (" + doc.model + ")", doc.at_risk),
+    ...(inactive ? [row("inactive_2d", "inactive 2 days", inactive.inactive)] : []),
+  ]);
+}
+
 function renderHeadline(doc) {
   const h = doc.headline;
   $("headline").replaceChildren(...[1, 7, 30].map((n) => {
@@ -354,6 +378,7 @@ async function refresh() {
     renderKpis(kpis);
     renderNps(nps);
     renderPipeline(pipeline);
+    await renderAtRisk(summary);
     drawDaily(daily);
     drawCurves("chart-ltv", ltv);
     drawCurves("chart-roas", roas);

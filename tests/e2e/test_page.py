@@ -182,6 +182,15 @@ def test_the_page_shows_the_json_endpoints_numbers(served: Served, tmp_path: Pat
     assert number(page.by_id("headline-d1").get("data-value", "")) == headline["d1"]
     assert headline["d1"] is not None
 
+    # §9: the page's request fitted the model; the JSON reads the fit it kept
+    at_risk = served.json("/retention/at-risk?app=default")
+    flags = {n["data-flag"]: n for n in page.found if "data-flag" in n}
+    assert int(flags["at_risk"]["data-users"]) == at_risk["at_risk"]
+    assert int(flags["inactive_2d"]["data-users"]) == summary["winback"]["2"]["inactive"]
+    assert number(flags["at_risk"]["data-value"]) == pytest.approx(
+        at_risk["at_risk"] / at_risk["users_now"])
+    assert at_risk["model"] in page.by_id("at-risk-as-of")["text"]
+
 
 def test_the_page_shows_nps_money_split_and_live_points(served: Served, tmp_path: Path) -> None:
     page = rendered(served, "app=default&period=week", tmp_path / "profile")

@@ -32,10 +32,12 @@ from retention_tracker.state.queries import (
     kpis_report,
     nps_report,
     read_daily,
+    read_measure,
     repeat_purchase_report,
     summary_report,
 )
 from retention_tracker.streams.calendar import MS_PER_DAY, date_to_day
+from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import day_summary
 
@@ -159,6 +161,10 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     assert now_ms == max(e.ts_ms for e in events)
     rules = {app: reference_rules(cfg, app) for app in apps}
     for app in sorted(apps):
+        # §9: the lapse summaries (x, t_x days, first day) -> users
+        assert +await read_measure(store, app, Measure.LAPSE, None) == {
+            (x, t_x, date_to_day(first)): n
+            for (x, t_x, first), n in reference.lapse_summaries(events, app, tz).items()}, app
         for segment, where in SEGMENTS.items():
             query_where = () if where is None else (segment,)
             for granularity in ("day", "week", "month"):

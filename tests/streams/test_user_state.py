@@ -29,20 +29,20 @@ def test_a_small_state_in_bytes() -> None:
     attributes, purchases or cost; one session; no win-back marks; no survey answers; no
     RETURN_EVENTS days; two UTC day spans on the active days (code 1 + 2 x 2, days not
     written): the first's earliest is first_seen, its width 0; the last's latest is
-    last_active, its earliest 7 ms into day 2; the active days 0 and 2 as the bitmap
-    0b101."""
+    last_active, its earliest 7 ms into day 2; no at-risk mark; the active days 0 and 2 as
+    the bitmap 0b101."""
     state = UserState(1000, 2 * DAY_MS + 7, 0, frozenset({0, 2}), frozenset({0}), sessions=1,
                       utc_spans=((0, 1000, 1000), (2, 2 * DAY_MS + 7, 2 * DAY_MS + 7)))
     raw = encode_user(state)
     assert raw == bytes([6, 0xD0, 0x0F, 0x9F, 0xE8, 0xB2, 0x52, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0,
-                         5, 0, 7, 0b101])
+                         5, 0, 7, 0, 0b101])
     assert decode_user(raw) == state
     # in a timezone ahead of UTC, local day 0 began in UTC day -1: the spans' days are
     # written (code 1 + 1 x 2 + 1), day -1 from the first day (zigzag 1); the one span is
     # first_seen to last_active
     ahead = UserState(-DAY_MS + 5, -DAY_MS + 8, 0, frozenset({0}), frozenset(),
                       utc_spans=((-1, -DAY_MS + 5, -DAY_MS + 8),))
-    assert encode_user(ahead)[-5:] == bytes([0, 0, 4, 1, 0b1])
+    assert encode_user(ahead)[-6:] == bytes([0, 0, 4, 1, 0, 0b1])
     assert decode_user(encode_user(ahead)) == ahead
 
 
@@ -52,7 +52,8 @@ def test_an_answer_in_bytes() -> None:
     state = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("nps", 0, 1001, "s1", 9),))
     raw = encode_user(state)
-    assert raw[-11:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 2, 0b1])  # no spans
+    # no RETURN_EVENTS, no spans (code 2: none, known), no at-risk mark
+    assert raw[-12:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 2, 0, 0b1])
     assert decode_user(raw) == state
     named = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("csat", -3, 5, "x", 0),))  # before the first activity
@@ -107,6 +108,10 @@ def states(draw: st.DrawFn) -> UserState:
     known = spans and draw(st.booleans())
     if known:  # the spans run from first_seen to last_active (the codec leaves those out)
         first_seen = spans[0][1]
+    risk_episode = draw(st.none() | st.integers(first_seen - 10**9, first_seen + 10**11))
+    risk = {"at_risk_episode_ms": risk_episode, "at_risk_sent": draw(st.booleans()),
+            "at_risk_moment_ms": draw(st.integers(first_seen - 10**9, first_seen + 10**11))
+            } if risk_episode is not None else {}
     if draw(st.booleans()) and answers:  # a user known only by survey answers
         return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
     return UserState(
@@ -125,6 +130,7 @@ def states(draw: st.DrawFn) -> UserState:
         notified_days=notified,
         expired_days=expired,
         utc_spans=spans if known else None,
+        **risk,
     )
 
 
@@ -148,7 +154,7 @@ def test_format_3_records_still_decode() -> None:
                                           frozenset(), notified_episode_ms=BASE_MS,
                                           notified_days=(1,))))
     old[0] = 3
-    del old[-4:-1]  # format 3 had no answers, returns, spans (their counts before the bitmap)
+    del old[-5:-1]  # format 3 had no answers, returns, spans, at-risk mark (before the bitmap)
     index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
     old[index] = 1
     decoded = decode_user(bytes(old))
@@ -161,23 +167,36 @@ def test_format_4_records_still_decode() -> None:
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
                       sessions=3, notified_episode_ms=BASE_MS + 5, notified_days=(2,))
     new = encode_user(state)
-    assert new[-4:-2] == bytes(2)  # no answers, no returns, spans, the one bitmap byte
-    old = bytes([4]) + new[1:-4] + new[-1:]
+    assert new[-5:-3] == bytes(2)  # no answers, no returns; spans, the at-risk mark, the bitmap
+    old = bytes([4]) + new[1:-5] + new[-1:]
     assert decode_user(old) == replace(state, utc_spans=None)
 
 
 def test_format_5_records_decode_with_their_windows_unknown() -> None:
-    """Version 5 kept no UTC day spans: the record reads with ``utc_spans`` None (the
-    24-hour windows of that user unknown, docs/architecture.md "Memory"), kept so when written
-    again."""
+    """Version 5 kept no UTC day spans and no at-risk mark: the record reads with
+    ``utc_spans`` None (the 24-hour windows of that user unknown, docs/architecture.md
+    "Memory"), kept so when written again."""
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
                       utc_spans=((19723, BASE_MS, BASE_MS + 5),))
     new = encode_user(state)
-    assert new[-2] == 3  # the spans: one, on the active day, first_seen to last_active
-    old = bytes([5]) + new[1:-2] + new[-1:]
+    assert new[-3:-1] == bytes([3, 0])  # one span, first_seen to last_active; no mark
+    old = bytes([5]) + new[1:-3] + new[-1:]
     decoded = decode_user(old)
     assert decoded == replace(state, utc_spans=None)
     assert decode_user(encode_user(decoded)) == decoded
+
+
+def test_an_at_risk_mark_in_bytes() -> None:
+    """Sent (2), the episode 5 ms after first_seen (zigzag 10), the moment 2 days after
+    (zigzag 2 x 172,800,000 as a varint); then the bitmap."""
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
+                      at_risk_episode_ms=BASE_MS + 5, at_risk_moment_ms=BASE_MS + 172_800_000,
+                      at_risk_sent=True)
+    raw = encode_user(state)
+    assert raw[-8:] == bytes([2, 10, 0x80, 0xE0, 0xE5, 0xA4, 0x01, 0b1])
+    assert decode_user(raw) == state
+    expired = replace(state, at_risk_sent=False)
+    assert decode_user(encode_user(expired)) == expired
 
 
 @pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x07" + bytes(12), b"{}"])
