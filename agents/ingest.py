@@ -5,8 +5,8 @@ then one atomic Redis apply of the plan with the batch's offsets.
 It runs an aiokafka consumer inside the Faust app rather than a Faust agent, because the
 exactly-once design needs what an agent hides: offsets are read from Redis on assignment
 (``seek``), and a partition's batch is applied with its offsets in one Redis script call.
-Faust keeps the process frame (worker CLI, web server, timers). See README "Why an aiokafka
-loop inside Faust, not a Faust agent per event".
+Faust keeps the process frame (worker CLI, web server, timers). See docs/architecture.md
+"Why an aiokafka loop inside Faust, not a Faust agent per event".
 """
 
 from __future__ import annotations

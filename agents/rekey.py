@@ -158,7 +158,7 @@ def partition_count_problem(
             return (f"topic {topic} has {count} partitions but the state under KEY_PREFIX "
                     f"{key_prefix!r} was built with {built}: users would be split across "
                     f"partitions; re-shard by replaying into a fresh KEY_PREFIX "
-                    f"(README 'Re-sharding')")
+                    f"(docs/operations.md 'Re-sharding')")
     if len(set(actual.values())) > 1:
         shown = ", ".join(f"{t}={n}" for t, n in sorted(actual.items()))
         return (f"input and re-key topics must have equal partition counts, a partition being "

@@ -3,7 +3,7 @@
 This is what a Faust tutorial would write for "keep a per-user figure": ``async for`` over
 the stream, one Table update per event (each update also goes to the table's changelog
 topic). It answers "what does the obvious Faust design cost on this machine?", the number
-the README's choice of an aiokafka loop is measured against.
+docs/architecture.md's choice of an aiokafka loop is measured against.
 
 Run as a script in its own process, configured by environment variables, because a Faust
 worker owns its event loop, signals and logging::

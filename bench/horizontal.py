@@ -1,8 +1,9 @@
 """Horizontal scaling: two ``retention worker`` processes in one consumer group, one topic.
 
-Partitions are the unit of parallelism (README, "Architecture"): every state key is
-partition-local and a partition batch is applied by one Lua call, so two workers on
-separate partitions share nothing but Redis, the broker and the machine's cores. This run
+Partitions are the unit of parallelism (docs/architecture.md, "The path of an event"):
+every state key is partition-local and a partition batch is applied by one Lua call, so
+two workers on separate partitions share nothing but Redis, the broker and the machine's
+cores. This run
 measures whether each keeps the rate one worker had alone on the same topic.
 
 The figure must not include a rebalance, which pauses every member and re-seeks: both

@@ -10,6 +10,9 @@ wall-clock rates. Used to measure each change to plan.py and user_state.py:
     python -m retention_tracker.bench.plan_cpu --events 200000 --batch 500 --by-user  # batch50
     python -m retention_tracker.bench.plan_cpu --events 100000 --profile  # + cProfile top 25
     python -m retention_tracker.bench.plan_cpu --events 200000 --default-gc  # CPython's gc
+    python -m retention_tracker.bench.plan_cpu --events 200000 --return-events ''  # none
+
+It plans with the default settings' rules (RETURN_EVENTS=purchase) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from typing import Any
 import orjson
 
 from retention_tracker.agents.worker import tune_gc
+from retention_tracker.config.settings import ConfigError, Settings, segment_rules
 from retention_tracker.state.schema import render_stat
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
 from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.segments import SegmentRules
 from retention_tracker.streams.user_state import UserKey, decode_user, encode_user
 
 from .workload import WorkloadSpec, build_workload
@@ -57,13 +62,15 @@ def messages_per_partition(events: list[dict[str, Any]], by_user: bool, per_mess
 
 
 def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = None,
-           event_clock: bool = False) -> Counter[str]:
+           event_clock: bool = False, rules: SegmentRules | None = None) -> Counter[str]:
     """CPU seconds per phase over every partition's batches; ``stats``, when given, gets
     the plans' counts (accepted, duplicates, rejects), so a caller can see the harness
     planned every event (not timed). ``event_clock``: plan as a replaying worker does
     (CLOCK=event, as ``retention bench`` runs it); no notification pass runs between
-    batches here, so every return after a gap takes the moment path (an upper bound)."""
+    batches here, so every return after a gap takes the moment path (an upper bound).
+    ``rules``: the value bars and RETURN_EVENTS (default: the default settings')."""
     calendar = AppCalendar("UTC")
+    rules = rules or segment_rules(Settings())
     seconds: Counter[str] = Counter()
     for messages in parts:
         records: dict[UserKey, bytes] = {}
@@ -81,7 +88,8 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
             keys = [dedup_key(event.app, event.event_id) for _, _, event in items]
             t2 = time.process_time()
             plan = plan_batch(items, states, seen.intersection(keys), watermark, 400,
-                              lambda _app: calendar, dedup_keys=keys, event_clock=event_clock)
+                              lambda _app: calendar, rules, dedup_keys=keys,
+                              event_clock=event_clock)
             t3 = time.process_time()
             for user, state in plan.users.items():
                 records[user] = encode_user(state)
@@ -103,10 +111,17 @@ def main() -> None:
     parser.add_argument("--by-user", action="store_true", help="arrays of <= 50 user events")
     parser.add_argument("--event-clock", action="store_true",
                         help="plan as with CLOCK=event (the worker bench's setting)")
+    parser.add_argument("--return-events", default=None, metavar="TYPES",
+                        help="RETURN_EVENTS to plan with (default: the setting's default)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--default-gc", action="store_true",
                         help="CPython's collector thresholds, not the worker's (tune_gc)")
     args = parser.parse_args()
+    env = {} if args.return_events is None else {"RETURN_EVENTS": args.return_events}
+    try:
+        rules = segment_rules(Settings.from_env(env))
+    except ConfigError as exc:
+        parser.error(str(exc))
     workload = build_workload(WorkloadSpec(args.events, args.users or args.events // 10, 30))
     events = workload.by_user if args.by_user else workload.events
     parts = messages_per_partition(events, args.by_user, 50)
@@ -115,12 +130,14 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    seconds = replay(parts, args.batch, event_clock=args.event_clock)
+    seconds = replay(parts, args.batch, event_clock=args.event_clock, rules=rules)
     if profiler:
         profiler.disable()
     total = sum(seconds.values())
     shape = "by user, <=50 per message" if args.by_user else "single-event messages"
-    print(f"{len(events):,} events ({shape}), {args.batch} messages per partition batch: "
+    returns = ",".join(sorted(rules.return_types)) or "none"
+    print(f"{len(events):,} events ({shape}), {args.batch} messages per partition batch, "
+          f"RETURN_EVENTS {returns}: "
           f"{len(events) / total:,.0f} events per CPU-second")
     print("  " + ", ".join(f"{phase} {value:.2f} s" for phase, value in seconds.items()))
     if profiler:

@@ -100,7 +100,7 @@ EVENT_TYPES = ("install", "session", "purchase", "survey")  # + the ACTIVITY_EVE
 SURVEY = "survey"
 SURVEY_NAME_CHARS = _APP_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-MAX_MONEY = 1_000_000_000  # README "Guarantees": money at most 1e9 per event
+MAX_MONEY = 1_000_000_000  # docs/operations.md "Security": money at most 1e9 per event
 FUTURE_MS = 24 * 3_600_000
 
 

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 import uuid
@@ -436,8 +437,12 @@ def _render_horizontal(horizontal: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+REPORT_WIDTH = 100  # the printed report fits a terminal: longer lines wrap, indented
+
+
 def render(results: dict[str, Any]) -> str:
-    """The human-readable table (BENCHMARKS.md shows the same)."""
+    """The human-readable table (BENCHMARKS.md shows the same), at most REPORT_WIDTH
+    columns a line."""
     workload = results.get("workload", {})
     lines = [f"workload: {workload.get('events', 0):,} events, "
              f"{workload.get('distinct_users', 0):,} users, {workload.get('days')} days"]
@@ -446,22 +451,22 @@ def render(results: dict[str, Any]) -> str:
     lines += _render_latency(results)
     lines += _render_memory(results.get("redis_memory", {}))
     lines += _render_verdict(results)
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, REPORT_WIDTH, subsequent_indent="    ")
+                     if len(line) > REPORT_WIDTH else line for line in lines)
 
 
 def _render_throughput(results: dict[str, Any]) -> list[str]:
     """The table of every contender on every shape, then the worker's ratios."""
     workload_events = results.get("workload", {}).get("events", 0)
     throughput = results.get("throughput", {})
-    header = (f"{'shape':<26}{'contender':<27}{'events/s':>10}{'window':>9}{'startup':>9}"
-              f"{'core':>6}{'ev/CPU-s':>10}{'redis CPU':>10}{'peak RSS':>10}")
+    header = (f"{'shape / contender':<30}{'events/s':>10}{'window':>8}{'startup':>8}"
+              f"{'core':>6}{'ev/CPU-s':>9}{'redis CPU':>10}{'peak RSS':>10}")
     lines = ["", header, "-" * len(header)]
     for shape, runs in throughput.items():
         per_message = results.get("produce", {}).get(shape, {}).get("events_per_message")
         label = SHAPE_LABELS.get(shape, shape)
-        for index, (name, run) in enumerate(runs.items()):
-            first = label if index == 0 else (f"  mean {per_message} ev/msg" if index == 1 and
-                                              per_message else "")
+        lines.append(label + (f", mean {per_message} ev/msg" if per_message else ""))
+        for name, run in runs.items():
             note = " *" if name == "faust" and run["events"] < workload_events else ""
             share = run.get("contender_core_share")
             per_cpu = run.get("events_per_contender_cpu_s")
@@ -469,10 +474,10 @@ def _render_throughput(results: dict[str, Any]) -> list[str]:
             redis_share = f"{redis_cpu / run['window_s']:.2f}" if redis_cpu is not None and \
                 run["window_s"] > 0 else "-"
             lines.append(
-                f"{first:<26}{CONTENDER_LABELS.get(name, name) + note:<27}"
-                f"{run['events_per_s']:>10,.0f}{run['window_s']:>8.1f}s{run['startup_s']:>8.1f}s"
+                f"  {CONTENDER_LABELS.get(name, name) + note:<28}"
+                f"{run['events_per_s']:>10,.0f}{run['window_s']:>7.1f}s{run['startup_s']:>7.1f}s"
                 f"{'-' if share is None else f'{share:.2f}':>6}"
-                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>10}{redis_share:>10}"
+                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>9}{redis_share:>10}"
                 f"{_mib(run.get('peak_rss_bytes')):>10}"
             )
     for shape, ratios in results.get("ratios", {}).items():

@@ -19,7 +19,6 @@ topics, which creates none (a metadata request naming a topic would auto-create 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisClusterException
 
 from retention_tracker.agents.rekey import partition_count_problem
+from retention_tracker.cli.feeding import kafka_problem, quiet_kafka_logs
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
 from retention_tracker.state.connect import SyncClient, make_sync_client, redis_problem
 from retention_tracker.state.schema import Keyspace, parse_stat, text
@@ -297,19 +297,14 @@ async def _topics(settings: Settings) -> tuple[int, dict[str, int]]:
 
 def _kafka_checks(settings: Settings, report: _Report, stored: _Stored | None) -> None:
     where = mask_url(settings.kafka_broker)
-    quiet = logging.getLogger("aiokafka")  # it logs each refused connection; we say it once
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
     try:
-        brokers, topics = asyncio.run(_topics(settings))
+        with quiet_kafka_logs():
+            brokers, topics = asyncio.run(_topics(settings))
     except (KafkaError, OSError, TimeoutError) as exc:
-        report.add("broker", FAIL,
-                   f"cannot reach Kafka at {where}: {exc or type(exc).__name__}")
+        report.add("broker", FAIL, kafka_problem(exc, where))
         for name in ("input topics", "dlq topic", "rekey topic", "output topics"):
             report.add(name, SKIP, "not checked: the broker is unreachable")
         return
-    finally:
-        quiet.setLevel(level)
     report.add("broker", OK, f"Kafka at {where} answers ({brokers} broker(s))")
 
     inputs = list(settings.input_topics)

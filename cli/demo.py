@@ -63,6 +63,7 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
             installs_per_day=installs_per_day, days=days,
             start_ms=utc_now_ms() - days * MS_PER_DAY, duplicate_rate=0.01, late_rate=0.02,
             malformed_rate=0.001, survey_rate=0.05,  # NPS answers, so `retention nps` shows some
+            activity_types=settings.activity_events,  # the custom types ACTIVITY_EVENTS names
         )
         try:
             stats = asyncio.run(produce_events(

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from tqdm import tqdm
 
 from retention_tracker.streams.calendar import MS_PER_DAY
@@ -37,6 +40,31 @@ EVENT_FIELDS = (
 _NUMERIC_FIELDS = frozenset({"cost", "amount"})
 _CHUNK = 2000  # send futures awaited together; two chunks in flight keep the pipe full
 _MIN_SLEEP_S = 0.005  # pacing sleeps shorter than this cost more than they smooth
+
+
+class TopicMissing(Exception):
+    """A command was asked to read a topic the broker does not have."""
+
+
+@contextmanager
+def quiet_kafka_logs() -> Iterator[None]:
+    """aiokafka logs every refused connection; a command says it once, in its own line."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def kafka_problem(exc: BaseException, where: str) -> str:
+    """One readable line for a Kafka failure: an unreachable broker by the address it was
+    given (``where``, KAFKA_BROKER masked), not by aiokafka's resolved address tuples."""
+    if isinstance(exc, KafkaConnectionError | OSError | TimeoutError):
+        return (f"cannot reach Kafka at {where} (nothing answers there, or it is not a "
+                "Kafka broker; see KAFKA_BROKER)")
+    return f"Kafka at {where}: {exc or type(exc).__name__}"
 
 
 @dataclass(slots=True)
@@ -397,18 +425,25 @@ async def tail_topic(
     client_options: dict[str, Any] | None = None,
 ) -> int:
     """Consume ``topic`` and emit each message as one JSON line with its key and offset:
-    what a push service subscribed to ``users.inactive.2d`` receives."""
+    what a push service subscribed to ``users.inactive.2d`` receives. The headers, when a
+    message has some, come along: a dead letter's ``reason`` and ``detail`` are there.
+    A topic the broker does not have raises ``TopicMissing`` rather than waiting for ever
+    (the worker creates its output topics when it starts)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        topic, **{"bootstrap_servers": bootstrap_servers, **(client_options or {})},
+        **{"bootstrap_servers": bootstrap_servers, **(client_options or {})},
         group_id=group,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=group is not None,
     )
-    await consumer.start()
     seen = 0
     try:
+        await consumer.start()
+        if topic not in await consumer.topics():  # all topics' metadata: creates none
+            raise TopicMissing(f"topic {topic!r} does not exist (a worker creates its "
+                               "win-back and dead-letter topics when it starts)")
+        consumer.subscribe([topic])
         while not limit or seen < limit:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
@@ -417,11 +452,15 @@ async def tail_topic(
                         value: Any = orjson.loads(record.value) if record.value else None
                     except orjson.JSONDecodeError:
                         value = record.value.decode(errors="replace") if record.value else None
-                    emit(orjson.dumps({
+                    shown: dict[str, Any] = {
                         "partition": record.partition, "offset": record.offset,
                         "key": record.key.decode(errors="replace") if record.key else None,
                         "value": value,
-                    }).decode())
+                    }
+                    if record.headers:
+                        shown["headers"] = {name: raw.decode(errors="replace")
+                                            for name, raw in record.headers}
+                    emit(orjson.dumps(shown).decode())
                     seen += 1
                     if limit and seen >= limit:
                         return seen

@@ -25,7 +25,7 @@ from retention_tracker.cli.render import (
     summary_text,
     triangle_table,
 )
-from retention_tracker.config.settings import ConfigError, Settings
+from retention_tracker.config.settings import ConfigError, Settings, mask_url
 from retention_tracker.state.queries import (
     NPS_BY,
     QueryError,
@@ -71,8 +71,13 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         return await factory()
 
+    from retention_tracker.cli.feeding import TopicMissing, kafka_problem, quiet_kafka_logs
+
     try:
-        return asyncio.run(main())
+        with quiet_kafka_logs():
+            return asyncio.run(main())
+    except TopicMissing as exc:
+        raise Fatal(str(exc)) from None
     except QueryError as exc:
         raise Fatal(exc.shown("--")) from None
     except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
@@ -87,7 +92,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     except redis.exceptions.AuthenticationError as exc:
         raise Fatal(f"Redis refused the credentials: {exc}") from None
     except KafkaError as exc:
-        raise Fatal(f"Kafka: {exc}") from None
+        raise Fatal(kafka_problem(exc, mask_url(_settings().kafka_broker))) from None
 
 
 R = TypeVar("R", bound=Report)
@@ -230,7 +235,8 @@ def segments(app_name: str, as_json: bool) -> None:
 @click.option("--csv-map", default=None,
               help="CSV input: our field=their column, e.g. user_id=uid,ts=time,type=event")
 @click.option("--no-sort", is_flag=True,
-              help="keep file order (default: sort by event time, see README 'Replaying')")
+              help="keep file order (default: sort by event time, see "
+                   "docs/operations.md 'Replaying a history')")
 @click.option("--batch", "batch_size", default=1, show_default=True,
               help="events per Kafka message (JSON arrays of one user's events)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
@@ -293,12 +299,19 @@ def tail(topic: str, from_beginning: bool, limit: int, group: str | None) -> Non
 @click.option("--duplicate-rate", default=0.01, show_default=True)
 @click.option("--late-rate", default=0.01, show_default=True)
 @click.option("--malformed-rate", default=0.0, show_default=True)
+@click.option("--survey-rate", default=0.05, show_default=True,
+              help="NPS survey answers per active day (0: none)")
+@click.option("--activity-rate", default=0.5, show_default=True,
+              help="share of active days with events of the ACTIVITY_EVENTS types (0: none)")
+@click.option("--no-install-costs", is_flag=True, help="installs without a cost (no CAC, ROAS)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch", "batch_size", default=1, show_default=True,
               help="events per Kafka message")
 def simulate(days: int, installs_per_day: int, seconds_per_day: float, duplicate_rate: float,
-             late_rate: float, malformed_rate: float, seed: int, batch_size: int) -> None:
-    """Live synthetic traffic: installs, a retention curve, purchases, dirt on demand."""
+             late_rate: float, malformed_rate: float, survey_rate: float, activity_rate: float,
+             no_install_costs: bool, seed: int, batch_size: int) -> None:
+    """Live synthetic traffic: installs with costs, a retention curve, purchases, survey
+    answers, the custom types of ACTIVITY_EVENTS, dirt on demand."""
     from retention_tracker.cli.feeding import produce_events, simulated_stream
     from retention_tracker.streams.calendar import utc_now_ms
     from retention_tracker.streams.simulation import SimulationConfig
@@ -308,7 +321,9 @@ def simulate(days: int, installs_per_day: int, seconds_per_day: float, duplicate
         cfg = SimulationConfig(
             installs_per_day=installs_per_day, days=days, seed=seed,
             start_ms=utc_now_ms() - days * MS_PER_DAY, duplicate_rate=duplicate_rate,
-            late_rate=late_rate, malformed_rate=malformed_rate,
+            late_rate=late_rate, malformed_rate=malformed_rate, survey_rate=survey_rate,
+            activity_types=settings.activity_events, activity_rate=activity_rate,
+            install_costs=not no_install_costs,
         )
     except ValueError as exc:
         raise Fatal(str(exc)) from None

@@ -1,7 +1,7 @@
 """The one settings object: built once from environment variables, frozen, passed down.
 
 Every knob the tracker has is a field here, with its environment variable and default
-documented in ``SETTINGS_DOC`` (the README's configuration table is generated from it).
+documented in ``SETTINGS_DOC`` (docs/configuration.md's table is generated from it).
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
                "custom event types that count as activity like a session, e.g. "
                "bet,deposit,level_up (others: dead-lettered as unknown_type)"),
     SettingDoc("RETURN_EVENTS",
-               "event types that can define a return, e.g. purchase: report --returning "
-               "purchase counts a user back in a period only if it sent one then"),
+               "event types that can define a return: report --returning purchase counts "
+               "a user back in a period only if it sent one then (empty: none)"),
     SettingDoc("CURRENCY", "the apps' currency: purchases without one, costs, VIP bar"),
     SettingDoc("APP_CURRENCIES", "per-app currencies: app=EUR,app2=BRL (others: CURRENCY)"),
     SettingDoc("VIP_REVENUE", "lifetime revenue (the app's currency) that makes a user VIP"),
@@ -182,6 +182,22 @@ def _currency(raw: str) -> str:
     if not CURRENCY_RE.match(code):
         raise ConfigError(f"CURRENCY={raw!r} must be an ISO 4217 code such as USD")
     return code
+
+
+def _brokers(raw: str) -> str:
+    """KAFKA_BROKER: comma-separated host:port, each maybe prefixed kafka:// (Faust's form);
+    checked here so that a typo stops every command with this line, not deep in a client."""
+    for part in raw.split(","):
+        address = part.strip().removeprefix("kafka://")
+        try:
+            parts = urlsplit(f"//{address}")
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port or any(c in address for c in "/@ "):
+            raise ConfigError(f"KAFKA_BROKER={raw!r}: {part.strip()!r} is not host:port "
+                              "(e.g. kafka://127.0.0.1:9092; several: comma-separated)")
+    return raw
 
 
 def mask_url(url: str) -> str:
@@ -399,7 +415,8 @@ class Settings:
     timezone: str = "UTC"
     app_timezones: Mapping[str, str] = field(default_factory=dict)
     activity_events: tuple[str, ...] = ()
-    return_events: tuple[str, ...] = ()
+    # payer retention out of the box; its cost is in BENCHMARKS.md ("Payer retention")
+    return_events: tuple[str, ...] = ("purchase",)
     currency: str = "USD"
     app_currencies: Mapping[str, str] = field(default_factory=dict)
     vip_revenue: float = 100.0
@@ -444,7 +461,7 @@ class Settings:
 
         group_id = raw("GROUP_ID")
         return cls(
-            kafka_broker=raw("KAFKA_BROKER"),
+            kafka_broker=_brokers(raw("KAFKA_BROKER")),
             kafka_security_protocol=_choice(env, "KAFKA_SECURITY_PROTOCOL",
                                             d.kafka_security_protocol, SECURITY_PROTOCOLS),
             kafka_sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism,
@@ -470,7 +487,7 @@ class Settings:
             timezone=_zone(raw("TIMEZONE"), "TIMEZONE"),
             app_timezones=_app_timezones(env.get("APP_TIMEZONES", "")),
             activity_events=_activity_types(env.get("ACTIVITY_EVENTS", "")),
-            return_events=_return_types(env.get("RETURN_EVENTS", ""),
+            return_events=_return_types(env.get("RETURN_EVENTS", ",".join(d.return_events)),
                                         _activity_types(env.get("ACTIVITY_EVENTS", ""))),
             currency=_currency(raw("CURRENCY")),
             app_currencies=_per_app("APP_CURRENCIES", env.get("APP_CURRENCIES", ""),
@@ -597,6 +614,17 @@ def _duration_text(ms: int) -> str:
 
 
 DEFAULT_TEXT = {doc.env: doc.default for doc in SETTINGS_DOC}
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (variable, default, meaning): the reference in
+    docs/configuration.md, which a test holds equal to this."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for doc in SETTINGS_DOC:
+        default = f"`{doc.default}`" if doc.default else ""
+        rows.append(f"| `{doc.env}` | {default} | {doc.meaning} |")
+    return "\n".join(rows)
+
 
 def segment_rules(settings: Settings) -> SegmentRules:
     """The value-segment bars and default currency these settings give: the global ones,

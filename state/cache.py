@@ -12,7 +12,7 @@ A Redis Cluster failover does not break the argument. A script's writes reach th
 as one MULTI/EXEC block, in order, so a promoted replica holds the partition as some apply
 left it, with that apply's token: if it is this worker's last one, nothing was lost and the
 states held are current; if the replica missed later applies, its token is an older one and
-the partition's entries are dropped (README, "Redis Cluster").
+the partition's entries are dropped (docs/operations.md, "Redis Cluster").
 """
 
 from __future__ import annotations

@@ -146,13 +146,14 @@ VALUE_SEGMENTS = ("vip", "payer", "free")
 
 def segment_of(where: Sequence[str] = ()) -> str:
     """``--where attr=value`` -> the segment whose counters the state keeps. One attribute
-    at a time: combinations would need counters per combination (README "Money and segments")."""
+    at a time: combinations would need counters per combination (docs/architecture.md
+    "Money and segments")."""
     if not where:
         return ALL_USERS
     if len(where) > 1:
         raise QueryError(
             "one segment at a time: the state keeps counters per single attribute value, "
-            "not per combination (see README 'Money and segments')", "where",
+            "not per combination (see docs/architecture.md 'Money and segments')", "where",
         )
     name, sep, value = where[0].partition("=")
     if not sep or name not in SEGMENT_ATTRIBUTES or not value:
@@ -370,6 +371,18 @@ def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _headline_last_day(daily: Mapping[Cell, int], calendar: AppCalendar, now: int
+                       ) -> int | None:
+    """How far the headline's cohort rows reach: to today, so that a cohort whose day N has
+    ended counts even when no event came after it (§4: when the stream stops, D1 of the
+    last cohort is 0, not skipped for an older one), but no further than the last day with
+    data plus the largest headline offset (an old history needs no wider rows)."""
+    last = last_day_with_data(daily)
+    if last is None:
+        return None
+    return max(last, min(calendar.day_of(now), last + max(HEADLINE_DAYS)))
+
+
 async def headline_report(
     store: RedisStore, settings: Settings, app: str, where: Sequence[str] = ()
 ) -> HeadlineReport:
@@ -380,7 +393,7 @@ async def headline_report(
     rows = cohort_rows(
         await read_measure(store, app, Measure.COHORT_SIZE, "day", segment),
         await read_measure(store, app, Measure.CLASSIC, "day", segment), "classic", "day",
-        calendar, now, last_day_with_data(await read_daily(store, app, segment)),
+        calendar, now, _headline_last_day(await read_daily(store, app, segment), calendar, now),
     )
     return HeadlineReport(app, iso_time(now), calendar.timezone, _segment_shown(segment),
                           headline_figures(rows))
@@ -434,7 +447,9 @@ async def winback_figures(
         counted = {name: total(kind) for kind, name in _WINBACK_KINDS.items()
                    if kind is not Stat.BACK_WITHIN_7D}
         out: dict[str, float | None] = dict(counted)
-        out["back_within_7d_share"] = rate(total(Stat.BACK_WITHIN_7D), counted["notified"])
+        out["back_within_7d_share"] = (  # 0 of 0 notified is no rate: null, shown as -
+            rate(total(Stat.BACK_WITHIN_7D), counted["notified"]) if counted["notified"]
+            else None)
         return out
 
     result: dict[str, Any] = {}
@@ -565,7 +580,7 @@ async def value_segments_report(
         daily = await read_daily(store, app, segment)
         cells = await read_measure(store, app, Measure.CLASSIC, "day", segment)
         rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
-                           last_day_with_data(daily))
+                           _headline_last_day(daily, calendar, now))
         segments.append({"segment": value, "users": sum(sizes.values()),
                          **headline_figures(rows)})
     return ValueSegmentsReport(app, calendar.timezone, iso_time(now), tuple(segments))

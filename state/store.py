@@ -346,7 +346,7 @@ class RedisStore:
         map is read again and the command sent to the new master. Returns the command's
         reply; a WAIT that falls short is logged and counted, not raised: the write is done
         on the master either way, and a failover before the replicas have it only sends
-        that partition back to its stored offset (README, "Redis Cluster")."""
+        that partition back to its stored offset (docs/operations.md, "Redis Cluster")."""
         async def once() -> tuple[Any, int]:
             server = await self._server_of(key)
             for loaded in (False, True):

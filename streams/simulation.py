@@ -4,7 +4,9 @@ Pure on purpose (no Kafka, no files, no clock unless ``start_ms`` is left unset)
 seed gives the same events byte for byte, so an end-to-end test can replay a stream and
 compare the worker's figures with the reference computed from the very same list. The
 defects the tracker must absorb are built in and tunable: missing installs, reinstalls,
-exact duplicates, late (out-of-order) deliveries and malformed messages.
+exact duplicates, late (out-of-order) deliveries and malformed messages. The whole event
+model can be on: install costs, purchases, survey answers (``survey_rate``) and custom
+activity types (``activity_types``, the names of ACTIVITY_EVENTS), each one off on demand.
 
 Generation walks the simulated days in order and keeps only the undelivered tail (late
 events and duplicates) in a heap, so memory stays proportional to one day of traffic plus
@@ -26,7 +28,7 @@ from typing import Any
 import orjson
 
 from retention_tracker.streams.calendar import MS_PER_DAY
-from retention_tracker.streams.events import APP_NAME_RE
+from retention_tracker.streams.events import ACTIVITY_TYPE_RE, APP_NAME_RE, EVENT_TYPES
 
 HOUR_MS = 3_600_000
 
@@ -96,6 +98,11 @@ class SimulationConfig:
     late_max_hours: float = 72.0
     malformed_rate: float = 0.0  # extra malformed messages, per generated event
     survey_rate: float = 0.0  # probability of an NPS survey answer per active day (§8)
+    # custom activity (ACTIVITY_EVENTS): per active day, with ``activity_rate``, 1-3 events of
+    # one of these types; none by default (a type not named in ACTIVITY_EVENTS dead-letters)
+    activity_types: tuple[str, ...] = ()
+    activity_rate: float = 0.5
+    install_costs: bool = True  # paid installs carry their campaign's cost (CAC, ROAS)
 
     def __post_init__(self) -> None:
         if not self.apps or any(not APP_NAME_RE.match(a) for a in self.apps):
@@ -108,7 +115,8 @@ class SimulationConfig:
         if not 1 <= low <= high:
             raise ValueError("sessions_per_day must be (low, high) with 1 <= low <= high")
         for name in ("purchase_rate", "missing_install_rate", "reinstall_rate",
-                     "duplicate_rate", "late_rate", "malformed_rate", "survey_rate"):
+                     "duplicate_rate", "late_rate", "malformed_rate", "survey_rate",
+                     "activity_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.late_max_hours <= 0 or self.duplicate_max_seconds <= 0:
@@ -119,6 +127,8 @@ class SimulationConfig:
                 raise ValueError(f"{name} needs at least one positive weight")
         if any(amount < 0 for amount, _ in self.purchase_amounts):
             raise ValueError("purchase_amounts must be >= 0")
+        if any(not ACTIVITY_TYPE_RE.match(t) or t in EVENT_TYPES for t in self.activity_types):
+            raise ValueError("activity_types must be custom type names (not built-in ones)")
         costs = dict(self.campaign_costs)
         missing = [c for c, _ in self.campaigns if c not in costs]
         if missing or any(c < 0 for c in costs.values()):
@@ -262,7 +272,8 @@ class _Traffic:
         t0 = day_start + int(rand() * MS_PER_DAY)
         if rand() >= cfg.missing_install_rate:
             install = _new_event(user, "install", t0)
-            install["cost"] = self.costs[user.campaign]
+            if cfg.install_costs:
+                install["cost"] = self.costs[user.campaign]
             made.append(install)
         self._active_day(user, t0, day_end, made)
         curve, activity = self.curve, self.activity
@@ -293,6 +304,11 @@ class _Traffic:
             answer = _new_event(user, "survey", answered)
             answer["score"] = min(10, int(rand() * 12))  # 10 a little more often
             made.append(answer)
+        custom = self.cfg.activity_types
+        if custom and self.cfg.activity_rate and rand() < self.cfg.activity_rate:  # as above
+            kind = custom[int(rand() * len(custom))]
+            for _ in range(1 + int(rand() * 3)):
+                made.append(_new_event(user, kind, first_ms + int(rand() * span)))
 
     def _deliver(self, made: list[dict[str, Any]], day_end: int) -> list[Delivery]:
         """Delivery times for the day's events, with late ones, duplicates and malformed ones.

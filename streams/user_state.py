@@ -7,7 +7,7 @@ time of the event they came from, purchases summed per (day, currency), install 
 the user's survey answers (the latest per survey and day: enough to find the latest per
 week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
 the user sent one. A typical free user costs ~20 bytes of
-value; see README "Memory".
+value; see docs/architecture.md "Memory".
 
 A user known only by survey answers (they make no one active, METRICS.md §1) has a record
 with no active day: ``UserState.seen`` is false, and only its answers mean anything.

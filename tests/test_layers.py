@@ -1,5 +1,5 @@
-"""The layers of README "Package layout": each imports only the layers above it, and the pure
-domain imports no I/O library at all."""
+"""The layers of docs/architecture.md "Package layout": each imports only the layers above
+it, and the pure domain imports no I/O library at all."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The test tree's habits (README "Tests and benchmark"): no test module imports another
-(helpers and fixtures live in non-test modules and conftest.py), and the unit tests of a
-module sit in tests/<package>/test_<module>.py."""
+"""The test tree's habits (docs/development.md "Tests and benchmark"): no test module
+imports another (helpers and fixtures live in non-test modules and conftest.py), and the
+unit tests of a module sit in tests/<package>/test_<module>.py."""
 
 from __future__ import annotations
 
@@ -59,3 +59,20 @@ def test_unit_tests_sit_beside_their_module() -> None:
                     ROOT / package / f"{module}.py").exists():
                 misplaced.append(f"{path.relative_to(ROOT)} tests {other}/{module}.py")
     assert misplaced == []
+
+
+def test_every_importable_folder_is_a_declared_package() -> None:
+    """setuptools warns (about 40 lines each, before the demo's URL) for a folder under a
+    package that Python could import but `packages` leaves out, such as the page's static/."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(setuptools["packages"])
+    found = set()
+    for name, folder in setuptools["package-dir"].items():
+        for sub in [ROOT / folder, *(ROOT / folder).rglob("*")]:
+            rel = sub.relative_to(ROOT / folder).parts
+            if sub.is_dir() and all(p.isidentifier() and p != "__pycache__" for p in rel):
+                found.add(".".join([name, *rel]))
+    assert found - declared == set()
+    assert "retention_tracker.agents.static" in declared

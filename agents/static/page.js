@@ -91,6 +91,9 @@ function draw(id, series, data, opts = {}) {
   const target = $(id);
   const width = Math.max(280, target.clientWidth || 420);
   const key = series.map((s) => s.label).join("|");
+  // which series have a live (not yet ended) point: for readers of the DOM (and tests)
+  target.dataset.live = series.filter((s) => s.live && data[series.indexOf(s) + 1]
+    .some((v) => v !== null)).map((s) => s.live).join("|");
   const old = charts[id];
   if (old && old.key === key) {
     old.plot.setData(data);
@@ -102,24 +105,45 @@ function draw(id, series, data, opts = {}) {
     scales: opts.scales || { x: { time: opts.time !== false } },
     axes: opts.axes || [{}, { size: 60 }],
   }, data, target);
+  // a live part shares its series' legend entry: its own is hidden
+  const entries = plot.root.querySelectorAll(".u-legend .u-series");
+  series.forEach((s, i) => { if (s.live && entries[i]) entries[i].style.display = "none"; });
   charts[id] = { key, plot };
 }
 
 const line = (label, i, extra = {}) => ({ label, stroke: COLOURS[i % COLOURS.length], width: 2,
   ...extra });
 
+// A series whose last points are live (their day or period has not ended) as two: the
+// ended points as a solid line, the live ones dashed from the last ended point, with hollow
+// markers, so a day that is still filling up does not read as a drop.
+function withLive(def, ys, complete) {
+  const solid = ys.map((v, n) => (complete[n] ? v : null));
+  const live = ys.map((v, n) => (!complete[n] || complete[n + 1] === false ? v : null));
+  const liveDef = { ...def, label: def.label + " (live)", live: def.label, dash: [5, 4],
+    points: { show: true, size: 7, width: 2, fill: "#fff" } };
+  return [[def, liveDef], [solid, live]];
+}
+
+function drawLive(id, defs, xs, columns, complete, opts) {
+  const pairs = defs.map((d, i) => withLive(d, columns[i], complete));
+  draw(id, pairs.flatMap((p) => p[0]), [xs, ...pairs.flatMap((p) => p[1])], opts);
+}
+
 function drawDaily(doc) {
   const days = doc.days;
   const xs = days.map((d) => Date.parse(d.date + "T12:00:00Z") / 1000);
-  draw("chart-dau", [line("DAU", 0, { scale: "users" }), line("installs", 1, { scale: "ins" })],
-    [xs, days.map((d) => d.dau), days.map((d) => d.installs)], {
+  const complete = days.map((d) => d.complete);
+  const of = (key) => days.map((d) => d[key]);
+  drawLive("chart-dau", [line("DAU", 0, { scale: "users" }), line("installs", 1, { scale: "ins" })],
+    xs, [of("dau"), of("installs")], complete, {
       scales: { x: { time: true } },
       axes: [{}, { scale: "users", size: 60 }, { scale: "ins", side: 1, grid: { show: false } }],
     });
-  draw("chart-new", [line("new users", 2), line("returning users", 0)],
-    [xs, days.map((d) => d.new_users), days.map((d) => d.returning_users)]);
-  draw("chart-stickiness", [line("stickiness", 3, { value: (u, v) => pct(v) })],
-    [xs, days.map((d) => d.stickiness)], {
+  drawLive("chart-new", [line("new users", 2), line("returning users", 0)], xs,
+    [of("new_users"), of("returning_users")], complete);
+  drawLive("chart-stickiness", [line("stickiness", 3, { value: (u, v) => pct(v) })], xs,
+    [of("stickiness")], complete, {
       axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => pct(v)) }] });
 }
 
@@ -127,10 +151,15 @@ function drawCurves(id, doc) {
   const rows = doc.cohorts.slice(-COHORT_CURVES);
   const width = Math.max(1, ...rows.map((r) => r.values.length));
   const xs = Array.from({ length: width }, (_, n) => n);
-  const data = [xs, ...rows.map((r) => xs.map((n) => (n < r.values.length ? r.values[n] : null)))];
-  draw(id, rows.map((r, i) => line(r.cohort, i)), data, { time: false,
-    axes: [{ label: "periods since install", values: (u, v) => v.map((n) => "+" + n) },
-      { size: 60 }] });
+  const pairs = rows.map((r, i) => withLive(line(r.cohort, i),
+    xs.map((n) => (n < r.values.length ? r.values[n] : null)),
+    xs.map((n) => (n < r.complete.length ? r.complete[n] : true))));
+  // offsets are whole periods: ticks at whole steps only, from +0 to the widest row
+  draw(id, pairs.flatMap((p) => p[0]), [xs, ...pairs.flatMap((p) => p[1])], {
+    scales: { x: { time: false, range: (u, lo, hi) => [0, Math.max(1, hi)] } },
+    axes: [{ label: "periods since install", incrs: [1, 2, 5, 10, 20, 50],
+      values: (u, v) => { $(id).dataset.ticks = v.join(","); return v.map((n) => "+" + n); } },
+    { size: 60 }] });
 }
 
 // ---- panels ---------------------------------------------------------------------------------
@@ -211,9 +240,12 @@ function renderCohorts(doc) {
 }
 
 function renderKpis(doc) {
-  const money = (rev) => Object.entries(rev).map(([c, v]) => `${amount(v)} ${c}`).join(" ") || "0";
-  table("kpis", ["period", "active", "new", "returning", "CRR", "churn", "revenue", "payers",
-    "RPR"], doc.periods.map((p) => ({
+  // one line per currency, so that three money columns fit
+  const money = (rev) => ({ attrs: { class: "money" },
+    text: Object.entries(rev).map(([c, v]) => `${amount(v)} ${c}`).join("\n") || "0" });
+  table("kpis", ["period", "active", "new", "returning", "CRR", "churn", "revenue",
+    "from new users", "from returning", "payers", "new payers", "returning payers", "RPR"],
+  doc.periods.map((p) => ({
     attrs: { "data-period": p.period, "data-complete": p.complete, class: p.complete ? "" : "live" },
     cells: [p.period + (p.complete ? "" : " ~ not ended"),
       { text: int(p.active), attrs: { "data-field": "active", "data-value": p.active } },
@@ -221,8 +253,28 @@ function renderKpis(doc) {
       int(p.returning),
       { text: pct(p.crr), attrs: { "data-field": "crr", "data-value": p.crr } },
       { text: pct(p.churn), attrs: { "data-field": "churn", "data-value": p.churn } },
-      money(p.revenue), int(p.payers), share(p.rpr, p.payers)],
+      money(p.revenue),
+      { ...money(p.new_revenue), attrs: { class: "money", "data-field": "new_revenue" } },
+      { ...money(p.returning_revenue),
+        attrs: { class: "money", "data-field": "returning_revenue" } },
+      int(p.payers),
+      { text: int(p.new_payers), attrs: { "data-field": "new_payers", "data-value": p.new_payers } },
+      { text: int(p.returning_payers),
+        attrs: { "data-field": "returning_payers", "data-value": p.returning_payers } },
+      share(p.rpr, p.payers)],
   })));
+}
+
+function renderNps(doc) {
+  table("nps", ["period", "answers", "promoters", "passives", "detractors", "NPS"],
+    doc.rows.map((r) => {
+      const live = r.period === doc.live_period;
+      return { attrs: { "data-nps-period": r.period, class: live ? "live" : "" }, cells: [
+        r.period + (live ? " ~ not ended" : ""), int(r.answers), int(r.promoters),
+        int(r.passives), int(r.detractors),
+        { text: r.nps === null ? "-" : r.nps.toFixed(1), attrs: { "data-value": r.nps } }] };
+    }));
+  $("nps-empty").hidden = doc.rows.length > 0;
 }
 
 function renderPipeline(doc) {
@@ -248,9 +300,12 @@ async function loadApps() {
   const select = $("app");
   select.replaceChildren(...doc.apps.map((a) => el("option", { value: a.app },
     `${a.app} (${a.timezone})`)));
-  if (!state.app || !doc.apps.some((a) => a.app === state.app)) {
-    state.app = doc.apps.length ? doc.apps[0].app : "";
+  const names = doc.apps.map((a) => a.app);
+  if (state.app && !names.includes(state.app)) {  // a link to an app with no data
+    select.value = "";
+    throw new Error(`no such app: '${state.app}' (apps with data: ${names.join(", ") || "none yet"})`);
   }
+  state.app = state.app || names[0] || "";
   select.value = state.app;
   const chosen = doc.apps.find((a) => a.app === state.app);
   doc.appCurrency = (chosen && chosen.currency) || doc.currency;  // APP_CURRENCIES
@@ -263,7 +318,7 @@ async function refresh() {
     const apps = await loadApps();
     if (!state.app) throw new Error("no data yet: no app has sent an event");
     const money = { granularity: "week", currency: apps.appCurrency };
-    const [summary, daily, headline, cohorts, kpis, ltv, roas, pipeline] = await Promise.all([
+    const [summary, daily, headline, cohorts, kpis, ltv, roas, pipeline, nps] = await Promise.all([
       getJson("/retention/summary?" + query()),
       getJson("/retention/daily?" + query()),
       getJson("/retention/headline?" + query()),
@@ -272,11 +327,13 @@ async function refresh() {
       getJson("/retention/cohorts?" + query({ kind: "ltv", ...money })),
       getJson("/retention/cohorts?" + query({ kind: "roas", ...money })),
       getJson("/retention/pipeline"),
+      getJson("/retention/nps?" + query({ period: state.period })),
     ]);
     renderSummary(summary);
     renderHeadline(headline);
     renderCohorts(cohorts);
     renderKpis(kpis);
+    renderNps(nps);
     renderPipeline(pipeline);
     drawDaily(daily);
     drawCurves("chart-ltv", ltv);

@@ -37,6 +37,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
         ({"INACTIVITY_THRESHOLDS": "2,x"}, "INACTIVITY_THRESHOLDS='2,x'"),
         ({"CURRENCY": "dollars"}, "CURRENCY='dollars'"),
         ({"ACTIVITY_EVENTS": "bet,install"}, "ACTIVITY_EVENTS: 'install' is a built-in"),
+        ({"KAFKA_BROKER": "nonsense::::"}, "'nonsense::::' is not host:port"),
     ],
 )
 def test_a_bad_setting_stops_with_one_line(env: dict[str, str], expected: str) -> None:
@@ -88,3 +89,29 @@ def test_worker_refuses_a_second_calendar_for_an_app(redis_url: str, unique: str
     finally:
         client.delete(f"p-{unique}:apps")
         client.close()
+
+
+def test_check_names_a_malformed_broker_address_in_its_settings_line() -> None:
+    result = run("check", KAFKA_BROKER="nonsense::::")
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert "FAIL  settings" in result.stdout and "is not host:port" in result.stdout
+
+
+def test_an_unreachable_broker_is_one_line_with_its_address() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    for command in (["tail", "users.inactive.2d"], ["simulate", "--days", "1"]):
+        line = one_line_error(run(*command, KAFKA_BROKER=address))
+        assert line == (f"retention: error: cannot reach Kafka at {address} (nothing answers "
+                        "there, or it is not a Kafka broker; see KAFKA_BROKER)")
+    checked = run("check", KAFKA_BROKER=address).stdout
+    assert f"cannot reach Kafka at {address} (nothing" in checked
+    assert "AddressFamily" not in checked
+
+
+def test_tail_of_a_missing_topic_says_so_and_creates_nothing(kafka_url: str,
+                                                              unique: str) -> None:
+    topic = f"no.such.topic-{unique}"
+    line = one_line_error(run("tail", topic, KAFKA_BROKER=kafka_url))
+    assert f"topic {topic!r} does not exist" in line
+    again = one_line_error(run("tail", topic, "--from-beginning", KAFKA_BROKER=kafka_url))
+    assert "does not exist" in again  # the first look created no topic

@@ -48,6 +48,8 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
         capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    wide = [line for line in result.stdout.splitlines() if len(line) > runner.REPORT_WIDTH]
+    assert wide == [] and "correctness: OK" in result.stdout  # the report fits a terminal
     doc: dict[str, Any] = orjson.loads(out.read_bytes())
     assert doc["correctness"]["ok"] is True
     assert doc["correctness"]["mismatches"] == []

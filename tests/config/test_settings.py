@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -42,8 +43,10 @@ def test_segment_rules_come_from_the_settings() -> None:
     """VIP bars and the default currency, in money units (1/10000)."""
     rules = segment_rules(Settings(currency="EUR", vip_revenue=50, vip_purchases=3))
     assert rules == SegmentRules(default_currency="EUR", vip_revenue_units=500_000,
-                                 vip_purchases=3)
-    assert segment_rules(Settings()) == DEFAULT_RULES  # README: 100 USD, 10 purchases
+                                 vip_purchases=3, return_types=frozenset({"purchase"}))
+    # docs/configuration.md: 100 USD, 10 purchases, and payer retention (RETURN_EVENTS=purchase)
+    assert segment_rules(Settings()) == replace(DEFAULT_RULES,
+                                                return_types=frozenset({"purchase"}))
 
 
 def test_redis_cluster_and_wait_settings() -> None:
@@ -77,6 +80,12 @@ def test_activity_events_are_parsed_once_each_and_checked() -> None:
             Settings.from_env({"ACTIVITY_EVENTS": raw})
 
 
+def test_return_events_are_purchase_unless_set() -> None:
+    """Payer retention works out of the box; an empty RETURN_EVENTS turns it off."""
+    assert Settings.from_env({}).return_events == ("purchase",)
+    assert Settings.from_env({"RETURN_EVENTS": ""}).return_events == ()
+
+
 def test_return_events_are_activity_types() -> None:
     settings = Settings.from_env({"ACTIVITY_EVENTS": "deposit",
                                   "RETURN_EVENTS": "purchase,deposit"})
@@ -93,8 +102,9 @@ def test_per_app_currency_and_vip_bars_over_the_global_defaults() -> None:
     assert [settings.currency_of(app) for app in ("casino", "shop", "other")] == [
         "EUR", "BRL", "USD"]
     rules = segment_rules(settings)
-    assert rules.for_app("casino") == SegmentRules("EUR", 5_000_000, 10)
-    assert rules.for_app("shop") == SegmentRules("BRL", 1_000_000, 3)
+    payers = frozenset({"purchase"})  # RETURN_EVENTS' default
+    assert rules.for_app("casino") == SegmentRules("EUR", 5_000_000, 10, payers)
+    assert rules.for_app("shop") == SegmentRules("BRL", 1_000_000, 3, payers)
     assert rules.for_app("other") is rules and rules.default_currency == "USD"
     for name, raw in (("APP_CURRENCIES", "casino=eur"), ("APP_CURRENCIES", "casino"),
                       ("APP_VIP_REVENUE", "casino=-1"), ("APP_VIP_PURCHASES", "shop=0"),

@@ -35,6 +35,7 @@ RECORD_LABELS: dict[str, frozenset[str]] = {
     "topic:retention_worker_consumer_lag:sum": frozenset({"topic"}),
     "retention:events_rejected:rate5m": frozenset(),
     "retention:events_rejected:rate1d": frozenset(),
+    "retention:last_event_age_seconds": frozenset(),
 }
 #: Each alert's figure -- its expression without the comparison, which legitimately returns
 #: nothing when all is well -- and the labels of that figure's series.

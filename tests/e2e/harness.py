@@ -310,6 +310,13 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def get_json(url: str) -> Any:
+    """The JSON of a 200 answer (anything else fails the test, with the body)."""
+    status, body = get(url)
+    assert status == 200, body
+    return orjson.loads(body)
+
+
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     found = {}
     for family in text_string_to_metric_families(text):

@@ -8,14 +8,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import orjson
 import pytest
 
 from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 
-from .harness import Deployment, event_messages, get, produce, samples, simulated
+from .harness import Deployment, event_messages, get, get_json, produce, samples, simulated
 
 pytestmark = pytest.mark.e2e
 
@@ -58,9 +57,7 @@ def test_nps_yearly_kpis_and_custom_types_equal_the_reference(deployment: Deploy
     watermark = max(e.ts_ms for e in events)
 
     def report(path: str) -> Any:
-        status, body = get(f"{base}{path}")
-        assert status == 200, body
-        return orjson.loads(body)
+        return get_json(f"{base}{path}")
 
     with worker:
         deployment.wait_applied(sent, worker=worker)

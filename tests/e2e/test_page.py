@@ -64,6 +64,10 @@ def served(kafka_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp(f"page-{name}")
     with isolated_deployment(kafka_url, redis_url, name, tmp) as d:
         raw = simulated(days=24, seed=5)
+        # a purchase today whatever the time of day (early in the UTC day the simulated
+        # traffic of today may hold none): the summary's revenue table is then always there
+        raw.append({"event_id": "page-today", "type": "purchase", "user_id": "buyer-today",
+                    "ts": utc_now_ms() - 60_000, "amount": 4.99, "currency": "USD"})
         sent = produce(d.bootstrap, d.topic, event_messages(raw))
         worker, port = d.start_worker(CLOCK="event", METRICS_REFRESH_S="1")
         with worker:
@@ -124,14 +128,15 @@ class Elements(HTMLParser):
         return node
 
 
-def rendered(served: Served, query: str, profile: Path) -> Elements:
+def rendered(served: Served, query: str, profile: Path, ready: bool = True) -> Elements:
     result = chromium(f"--virtual-time-budget={VIRTUAL_TIME_MS}", "--dump-dom",
                       f"{served.base}/?{query}", profile=profile)
     assert result.returncode == 0, result.stderr[-2000:]
     page = Elements()
     page.feed(result.stdout)
     body = next(n for n in page.found if n["tag"] == "body")
-    assert body.get("data-ready") == "1", body.get("data-error") or result.stdout[:2000]
+    if ready:
+        assert body.get("data-ready") == "1", body.get("data-error") or result.stdout[:2000]
     return page
 
 
@@ -176,6 +181,43 @@ def test_the_page_shows_the_json_endpoints_numbers(served: Served, tmp_path: Pat
     headline = served.json("/retention/headline?app=default")["headline"]
     assert number(page.by_id("headline-d1").get("data-value", "")) == headline["d1"]
     assert headline["d1"] is not None
+
+
+def test_the_page_shows_nps_money_split_and_live_points(served: Served, tmp_path: Path) -> None:
+    page = rendered(served, "app=default&period=week", tmp_path / "profile")
+    kpis = served.json("/retention/kpis?app=default&period=week")["periods"]
+    for field in ("new_payers", "returning_payers"):
+        shown = [number(n.get("data-value", "")) for n in page.found
+                 if n.get("data-field") == field]
+        assert shown == [p[field] for p in kpis], field
+    money = [n["text"] for n in page.found if n.get("data-field") == "returning_revenue"]
+    last = kpis[-1]["returning_revenue"]
+    assert all(f"{v:,.2f} {c}" in money[-1] for c, v in last.items()) and last
+
+    nps = served.json("/retention/nps?app=default&period=week")
+    rows = {n["data-nps-period"]: n for n in page.found if "data-nps-period" in n}
+    assert list(rows) == [r["period"] for r in nps["rows"]] and sum(
+        r["answers"] for r in nps["rows"]) > 0
+    assert "not ended" in rows[nps["live_period"]]["text"]
+
+    # the day and the periods that have not ended are drawn apart (dashed, hollow points)
+    assert page.by_id("chart-dau")["data-live"] == "DAU|installs"
+    assert page.by_id("chart-stickiness")["data-live"] == "stickiness"
+    ltv = served.json("/retention/cohorts?app=default&kind=ltv&granularity=week&currency=USD")
+    live = [r["cohort"] for r in ltv["cohorts"][-8:] if not all(r["complete"])]
+    assert page.by_id("chart-ltv")["data-live"].split("|") == live and live
+    # offsets since install are whole periods, up to the widest row
+    for chart in ("chart-ltv", "chart-roas"):
+        ticks = [float(t) for t in page.by_id(chart)["data-ticks"].split(",")]
+        assert all(t == int(t) for t in ticks) and min(ticks) >= 0 and max(ticks) <= 5, ticks
+
+
+def test_an_app_without_data_is_named_not_replaced(served: Served, tmp_path: Path) -> None:
+    page = rendered(served, "app=nosuchapp", tmp_path / "profile", ready=False)
+    body = next(n for n in page.found if n["tag"] == "body")
+    assert body.get("data-ready") == "0"
+    assert body["data-error"] == "no such app: 'nosuchapp' (apps with data: default)"
+    assert "no such app" in page.by_id("status")["text"]
 
 
 def test_the_segment_picker_reads_the_segments_figures(served: Served, tmp_path: Path) -> None:

@@ -542,8 +542,8 @@ def test_the_earliest_accepted_timestamps_can_be_planned(ts: int | str, zone: st
 @pytest.mark.parametrize(("field", "value"), [("amount", 1e9), ("cost", 1e9),
                                               ("amount", 999_999_999.9999)])
 def test_accepted_money_fits_the_counters(field: str, value: float) -> None:
-    """The largest accepted amounts (README: at most 1e9 per event) fit a 64-bit counter
-    with room for 9e5 such events per field."""
+    """The largest accepted amounts (docs/operations.md "Security": at most 1e9 per event)
+    fit a 64-bit counter with room for 9e5 such events per field."""
     kind = "purchase" if field == "amount" else "install"
     obj = {"event_id": "e", "type": kind, "user_id": "u", "ts": NOW, "amount": 1, field: value}
     [(_, event)] = parse_message(orjson.dumps(obj), NOW).events

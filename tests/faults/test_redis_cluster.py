@@ -4,7 +4,7 @@ a master mid-replay, its replica promoted by the cluster) that the worker rides 
 
 One cluster for the module (built in ~3 s); the tests run in file order and the failover
 tests come last, since each leaves a master dead (its replica serving its slots alone).
-What the failover tests check is what README "Redis Cluster" promises: asynchronous
+What the failover tests check is what docs/operations.md "Redis Cluster" promises: asynchronous
 replication can lose the applies a master acknowledged and had not yet sent to its
 replica; each apply holds a partition's state and offsets, so both go back together and
 the worker reads the gap again from Kafka (exact figures); with ``REDIS_WAIT_REPLICAS=1``
@@ -291,7 +291,7 @@ def test_failover_with_wait_loses_nothing_acknowledged(
     mid-replay and its replica promoted: no apply the worker saw acknowledged is lost, so
     the worker never goes back, and the figures are exact. Until the old master is back
     (as the new one's replica) the new master has none: its applies wait the timeout and
-    are logged as short, as README says."""
+    are logged as short, as docs/operations.md says."""
     victim, replica, partitions = _victim(deployment, cluster)
     raw, sent, worker = _start_replay(deployment, seed=27, REDIS_WAIT_REPLICAS="1",
                                       REDIS_WAIT_TIMEOUT_MS="2000")

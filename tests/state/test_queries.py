@@ -11,6 +11,7 @@ import pytest
 from retention_tracker.state.queries import (
     QueryError,
     cohort_report,
+    headline_report,
     live_figures,
     repeat_purchase_report,
     segment_of,
@@ -61,6 +62,33 @@ async def test_headline_d1_against_the_7_cohorts_before_it(redis_url: str) -> No
         }
         assert by_value["payer"]["users"] == by_value["vip"]["users"] == 0
         assert by_value["payer"]["d1"] is None
+
+
+async def test_headline_counts_the_last_cohort_when_the_stream_stops(redis_url: str) -> None:
+    """METRICS.md §4 with a clock we move (CLOCK=event: the watermark, moved by another
+    app's event): app b's daily cohorts of 4 on days 0..8, half of each back the next day,
+    until its events stop on day 8. Once day 9 is over, D1 of the day-8 cohort is complete
+    and 0 of 4: the headline shows it (ingestion stopped), not the day-7 cohort's 2 of 4."""
+    events = []
+    for cohort in range(9):
+        for n in range(4):
+            user = f"b{cohort}u{n}"
+            events.append(Event("b", f"{user}-0", "install", user, day(cohort)))
+            if n < 2 and cohort < 8:
+                events.append(Event("b", f"{user}-1", "session", user, day(cohort + 1)))
+    async with RealApply(redis_url) as state:
+        await state.apply(events, day(9))
+        stopped = (await headline_report(state.store, state.settings, "b")).as_json()
+        # now is the watermark, day 8: D1 of the day-8 cohort (day 9) is not over yet; the
+        # latest complete D1 is the day-7 cohort's: 2 of 4
+        assert stopped["headline"]["d1"] == 0.5
+        await state.apply([Event("z", "clock", "session", "other", day(12))], day(12))
+        stopped = (await headline_report(state.store, state.settings, "b")).as_json()
+        assert (stopped["headline"]["d1"], stopped["headline"]["d1_mean7"]) == (0.0, 0.5)
+        segments = (await value_segments_report(state.store, state.settings, "b")).as_json()
+        assert segments["segments"][2]["d1"] == 0.0  # free users: all of app b
+        live = (await live_figures(state.store, state.settings)).apps["b"]
+        assert live.headline[1] == (0.0, 0.5)  # /metrics already counted it
 
 
 async def test_classic_and_rolling_reports(redis_url: str) -> None:

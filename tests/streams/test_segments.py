@@ -45,4 +45,4 @@ def test_bars_and_currency_decide_the_segment() -> None:
     assert segment_of([(50, "EUR")], rules) == "vip"
     assert segment_of([(50, "USD")], rules) == "payer"
     assert segment_of([(1, "USD")] * 3, rules) == "vip"
-    assert SegmentRules("USD", 1_000_000, 10) == DEFAULT_RULES  # README: 100 USD, 10
+    assert SegmentRules("USD", 1_000_000, 10) == DEFAULT_RULES  # docs/configuration.md: 100 USD, 10

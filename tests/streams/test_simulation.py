@@ -172,6 +172,9 @@ def test_default_start_ends_now() -> None:
         {"duplicate_rate": 1.5},
         {"sessions_per_day": (0, 2)},
         {"campaigns": (("organic", 1.0), ("unpriced", 1.0))},
+        {"activity_types": ("session",)},
+        {"activity_types": ("no spaces",)},
+        {"activity_rate": -0.1},
     ],
 )
 def test_bad_configs_are_refused(bad: dict[str, Any]) -> None:
@@ -210,3 +213,31 @@ def test_survey_answers_at_about_their_rate_and_valid() -> None:
                    if e["type"] != "survey"}
     assert 0.15 < len(answers) / len(active_days) < 0.25
     assert {validate_event(e, START + 11 * 86_400_000).score for e in answers} == set(range(11))
+
+
+def test_custom_activity_types_at_about_their_rate_and_valid() -> None:
+    """activity_types (ACTIVITY_EVENTS' names): events of one of them on about
+    activity_rate of active days; none when no type is named (the pinned stream)."""
+    cfg = SimulationConfig(installs_per_day=50, days=10, start_ms=START, seed=4,
+                           duplicate_rate=0.0, activity_types=("bet", "level_up"),
+                           activity_rate=0.4)
+    events = [e for e in generate_events(cfg) if isinstance(e, dict)]
+    custom = [e for e in events if e["type"] in ("bet", "level_up")]
+    custom_days = {(e["user_id"], e["ts"] // MS_PER_DAY) for e in custom}
+    active_days = {(e["user_id"], e["ts"] // MS_PER_DAY) for e in events
+                   if e["type"] in ("install", "session")}
+    assert custom_days <= active_days
+    assert 0.33 < len(custom_days) / len(active_days) < 0.47
+    assert {e["type"] for e in custom} == {"bet", "level_up"}
+    for event in custom:
+        validate_event(event, END + MS_PER_DAY, activity_types=frozenset({"bet", "level_up"}))
+    assert not any(e["type"] in ("bet", "level_up") for e in generate_events(
+        config(activity_rate=1.0)) if isinstance(e, dict))
+
+
+def test_install_costs_can_be_turned_off() -> None:
+    with_costs = [e for e in generate_events(config()) if isinstance(e, dict)]
+    without = [e for e in generate_events(config(install_costs=False)) if isinstance(e, dict)]
+    assert any(e.get("cost") for e in with_costs if e["type"] == "install")
+    assert not any("cost" in e for e in without)
+    assert [e["event_id"] for e in with_costs] == [e["event_id"] for e in without]
