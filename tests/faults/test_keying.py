@@ -40,6 +40,7 @@ from .support import (
     metric,
     quick_client,
     read_stats,
+    wait_moments_handled,
     workload,
 )
 
@@ -293,6 +294,7 @@ def kill_9_between_forward_and_apply(
         stack.enter_context(successor)
         d.wait_applied(produced, worker=successor)
         recovery = round(time.monotonic() - killed, 2)
+        wait_moments_handled(d, raw, successor)
     copies = reforwarded_copies(read_topic(d.bootstrap, d.rekey_topic))
     assert copies >= 1, "the killed batch's forwards were not sent again"
     assert forwarded_stats(d) == expected
@@ -349,6 +351,7 @@ def test_a_history_longer_than_the_horizon_loses_nothing_to_routing(
         started = time.monotonic()
         d.wait_applied(produced, worker=worker)
         recovery = round(time.monotonic() - started, 2)
+        wait_moments_handled(d, raw, worker)
     assert forwarded_stats(d) == expected
     report = FaultReport(f"14 history of 120 days, horizon 31 days, {keying}", produced, raw,
                          recovery_s=recovery, max_lag=monitor.max_lag,
