@@ -71,14 +71,20 @@ def test_each_event_is_judged_by_the_watermark_of_the_partition_it_was_read_from
     kept = [(1, -1, session("u1", "e1", BASE_MS)), (2, 1, session("u2", "e2", BASE_MS + day)),
             (4, -1, session("u1", "e4", BASE_MS - 5 * day))]  # too old: 5 days behind e3
     away = [Forward(2, 0, session("u9", "e9", BASE_MS + 2 * day), 3, "mixed_array"),
-            Forward(3, -1, session("u8", "e3", BASE_MS + 9 * day), 3, "no_key")]
+            Forward(3, -1, session("u8", "e3", BASE_MS + 9 * day), 3, "no_key"),
+            Forward(5, -1, session("u8", "e5", BASE_MS), 3, "no_key")]  # too old here
     batch = ParsedBatch(kept, [], away)
     keys = [dedup_key(e.app, e.event_id) for _, _, e in kept]
     outcome = outcome_of(batch, keys, {("a", "u1"): None, ("a", "u2"): None}, set(), None,
                          UTC_APPS, rules, BASE_MS, read_watermark_ms=BASE_MS - day)
+    # the one too old for the watermark it was read at is rejected here, once, not sent
+    assert outcome.forwards == away[:2]
     assert [f.watermark_ms for f in outcome.forwards] == [BASE_MS, BASE_MS + 2 * day]
     assert outcome.plan.read_watermark_ms == BASE_MS + 9 * day
-    assert outcome.dead_letters == [DeadLetter(4, -1, "too_old", "older than the horizon")]
+    assert outcome.dead_letters == [DeadLetter(4, -1, "too_old", "older than the horizon"),
+                                    DeadLetter(5, -1, "too_old", "older than the horizon")]
+    assert outcome.plan.stats[Stat.REJECTED, "too_old"] == 2
+    assert outcome.plan.stats[Stat.FORWARDED, "a", "no_key"] == 2  # read away, by its cause
     assert outcome.plan.watermark_ms == BASE_MS + day  # moved by what is accepted here only
     # at home, where the watermark is at the end of a backlog: judged by what was carried
     late = session("u9", "e9", BASE_MS + 2 * day)
