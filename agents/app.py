@@ -23,6 +23,7 @@ from retention_tracker.agents.ingest import Ingestor
 from retention_tracker.agents.metrics import Snapshot, SnapshotCollector, WorkerMetrics
 from retention_tracker.agents.web import add_views
 from retention_tracker.config.settings import ConfigError, Settings
+from retention_tracker.state.at_risk import at_risk_figures, refit_every_app
 from retention_tracker.state.connect import make_store
 from retention_tracker.state.queries import live_figures
 from retention_tracker.state.store import RedisStore
@@ -122,6 +123,15 @@ def create_app(settings: Settings) -> faust.App:
             worker_metrics.snapshot_errors.inc()
             log.exception("metrics snapshot failed")
 
+    if settings.at_risk_refit_seconds:
+        @app.timer(interval=settings.at_risk_refit_seconds)
+        async def refit_lapse_models() -> None:
+            """Refit every app's risk-of-lapsing model (METRICS.md §9) on the schedule."""
+            try:
+                await refit_every_app(store, settings)
+            except Exception:  # the fit kept before stays; the next tick tries again
+                log.exception("risk-of-lapsing refit failed")
+
     add_views(app, store, settings, registry, worker_metrics)
     return app
 
@@ -141,6 +151,7 @@ async def take_snapshot(store: RedisStore, settings: Settings) -> Snapshot:
             if progress.watermark_ms is not None
         },
         taken_at=time.time(),
+        at_risk=await at_risk_figures(store, settings),
     )
 
 

@@ -95,8 +95,7 @@ class Ingestor:
                                       settings.winback_rules(), settings.clock == "event")
         self._calendars: dict[str, AppCalendar] = {}
         self.activity_types = settings.activity_types  # ACTIVITY_EVENTS, parsed once
-        self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms,
-                                 self.calendar_for)
+        self.notifier = Notifier(settings, store, self.batch_rules, self.metrics, clock_ms)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.router: Router | None = None  # set on start, from the topics' partition count
@@ -115,7 +114,7 @@ class Ingestor:
         shards = max(inputs.values())  # unequal counts are refused below, with the reason
         await create_missing_topics(
             s.kafka_options(),
-            [s.dlq_topic, s.reactivated_topic,
+            [s.dlq_topic, s.reactivated_topic, s.at_risk_topic,
              *map(s.inactive_topic, s.every_inactivity_threshold)],
         )
         await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
@@ -239,9 +238,6 @@ class Ingestor:
 
     # ---- one partition batch -------------------------------------------------------------
 
-    def calendar_of(self, app: str) -> AppCalendar:
-        return self._calendars[app]
-
     async def _ensure_calendars(self, apps: set[str]) -> None:
         for app in apps - self._calendars.keys():
             timezone = self.settings.timezone_of(app)
@@ -259,9 +255,11 @@ class Ingestor:
             if applied is not None and tp in self.applied_to:
                 self.applied_to[tp] = records[-1].offset + 1
             self.idle_since.pop(tp, None)  # records came: not idle
-            if self.settings.clock == "event" and self.batch_rules.winback.every_threshold:
-                await self.notifier.notify_due(tp.partition, applied,
-                                               self.caught_up(tp.partition))
+            if self.settings.clock == "event":
+                caught_up = self.caught_up(tp.partition)
+                if self.batch_rules.winback.every_threshold:
+                    await self.notifier.notify_due(tp.partition, applied, caught_up)
+                await self.notifier.notify_at_risk(tp.partition, caught_up)
 
     def caught_up(self, shard: int) -> bool:
         """Has ``shard`` caught up: its input partition (this worker's: another worker's is
@@ -315,7 +313,7 @@ class Ingestor:
                 fresh = read.from_offset(start)  # at_home is in offset order: its tail
                 fresh_keys = keys[len(keys) - len(fresh.at_home):]
             outcome = outcome_of(fresh, fresh_keys, loaded.states, loaded.seen_dedup_keys,
-                                 loaded.watermark_ms, self.calendar_of, self.batch_rules,
+                                 loaded.watermark_ms, self._calendars, self.batch_rules,
                                  None if rekeyed else now, loaded.read_watermark_ms)
             plan = outcome.plan
             # forwarded before the offsets are applied: after a crash in between they are
@@ -324,9 +322,11 @@ class Ingestor:
             forwarded_from = min(start, forwarded_from)
             await self._send_dead_letters(outcome.dead_letters, records, rekeyed)
             await self.notifier.send(plan.notifications, plan.reactivations)
+            at_risk_due = await self.notifier.at_risk_after_batch(plan, loaded.states)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
-                                           self.batch_rules.winback.thresholds_of):
+                                           self.batch_rules.winback.thresholds_of,
+                                           at_risk_due):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan
         self._observe(tp, records, start, started, plan)
@@ -372,22 +372,23 @@ class Ingestor:
     async def notify_loop(self) -> None:
         """Look for due users every tick on every partition this worker owns: live, the
         wall clock moves on; with the event clock, a caught-up partition follows the
-        stream's watermark, which other partitions (and workers) move on."""
-        if not self.batch_rules.winback.every_threshold:
-            return  # win-back is off
+        stream's watermark, which other partitions (and workers) move on. At-risk moments
+        too: they exist once an app's model is fitted."""
+        winback = bool(self.batch_rules.winback.every_threshold)
         while True:
             await asyncio.sleep(self.settings.winback_tick_ms / 1000)
             for shard in sorted({tp.partition for tp in self.assigned}):
                 try:
                     async with self.lock(shard):
-                        await self._retrying(partial(self.notifier.notify_due, shard, None,
-                                                     self.caught_up(shard)))
+                        caught_up = self.caught_up(shard)
+                        if winback:
+                            await self._retrying(partial(self.notifier.notify_due, shard, None,
+                                                         caught_up))
+                        await self._retrying(partial(self.notifier.notify_at_risk, shard,
+                                                     caught_up))
                 except Exception:  # e.g. the broker away: due users wait for the next tick
                     self.metrics.notify_errors.inc()
                     log.exception("notification pass on partition %s failed", shard)
-
-    def calendar_for(self, app: str) -> AppCalendar:
-        return self._calendars.get(app) or AppCalendar(self.settings.timezone_of(app))
 
     async def _forward(self, away: list[Forward], source: TopicPartition) -> None:
         """Each event to its user's home partition of the re-key topic, as it was sent,

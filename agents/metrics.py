@@ -1,7 +1,8 @@
 """Prometheus exposition: global figures from a Redis snapshot, plus this worker's own health.
 
-The global figures (``retention_dau`` ... ``retention_events_accepted_total``) come from
-Redis, refreshed by a timer, and are the same on every worker: dashboards and rules take
+The global figures (the daily figures of ``streams/catalogue.py`` ...
+``retention_events_accepted_total``) come from Redis, refreshed by a timer, and are the
+same on every worker: dashboards and rules take
 ``max by (app)`` over workers. The per-worker series (``retention_worker_*``, lag, batch
 and latency histograms) describe one process: dashboards ``sum`` them. The collector
 never does I/O at scrape time; it renders the last snapshot it was given.
@@ -18,29 +19,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retention_tracker.state.queries import winback_counts
-from retention_tracker.state.schema import parse_stats
+from retention_tracker.streams.catalogue import COHORT24_GAUGES, CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
 from retention_tracker.streams.reports import AppFigures, LiveFigures
 
 # Every metric name the worker exports; dashboards and rules may use only these.
 GLOBAL_GAUGES = {
-    "retention_dau": "distinct users active today (app timezone)",
-    "retention_wau": "distinct users active in the 7 days ending today",
-    "retention_mau": "distinct users active in the 30 days ending today",
-    "retention_stickiness": "DAU / MAU today",
-    "retention_installs": "distinct users with an install event today",
-    "retention_new_users": "users first seen today",
-    "retention_returning_users": "DAU minus new users today",
-    "retention_revenue": "revenue today, per currency",
-    "retention_payers": "distinct users with a purchase today",
-    "retention_arpdau": "revenue today / DAU, per currency",
-    "retention_arppu": "revenue today / payers, per currency",
+    **{f.gauge: f.help for f in DAILY_FIGURES},
+    **{f.gauge: f.help for f in CURRENCY_FIGURES},
     "retention_cohort_size": "users of a recent daily cohort",
     "retention_cohort_retention": "share of a daily cohort active on day N (classic) or on "
     "day N or later (rolling)",
     "retention_cohort_complete": "1 when the cohort's day N has ended",
+    **COHORT24_GAUGES,
     "retention_cohort_returning": "share of a daily cohort that sent an event of the type "
     "(RETURN_EVENTS, e.g. purchase) on day N: retention on a returning event",
     "retention_cohort_ltv": "cumulative revenue per user of a recent daily cohort by day N, "
@@ -66,6 +58,9 @@ GLOBAL_GAUGES = {
     "retention_winback_back_within_7d_share": "share of notified users active again within "
     "7 days of their notification",
     "retention_worker_snapshot_timestamp_seconds": "when the Redis figures were last read",
+    "retention_at_risk_users": "users whose P(alive) is below AT_RISK_THRESHOLD now under "
+    "the app's kept BG/NBD (or MBG/NBD) fit",
+    "retention_tracked_users": "users with activity (the population of the at-risk model)",
 }
 GLOBAL_COUNTERS = {
     "retention_events_accepted": "events accepted, by app and type",
@@ -88,9 +83,10 @@ GLOBAL_COUNTERS = {
 @dataclass(slots=True)
 class Snapshot:
     figures: LiveFigures | None = None
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: Mapping[Cell, int] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     taken_at: float = 0.0
+    at_risk: dict[str, dict[str, int]] = field(default_factory=dict)  # app -> users, at_risk
 
 
 class SnapshotCollector(Collector):
@@ -128,14 +124,17 @@ class SnapshotCollector(Collector):
             for name, doc in GLOBAL_COUNTERS.items()
         }
         apps = snap.figures.apps if snap.figures is not None else {}
-        stats = parse_stats(snap.stats)
+        stats = snap.stats
         for app, figures in apps.items():
             self._summary(gauges, app, figures.summary)
             self._cohorts(gauges, app, figures)
             self._money(gauges, app, figures.money)
             self._periods(gauges, app, figures.periods)
             self._nps(gauges, app, figures.nps)
-            self._winback(gauges, counters, app, figures.winback, stats)
+            self._winback(gauges, counters, app, figures)
+        for app, risk in snap.at_risk.items():
+            gauges["retention_at_risk_users"].add_metric([app], risk["at_risk"])
+            gauges["retention_tracked_users"].add_metric([app], risk["users"])
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
@@ -146,13 +145,12 @@ class SnapshotCollector(Collector):
 
     def _summary(self, gauges: dict[str, GaugeMetricFamily], app: str,
                  summary: Mapping[str, Any]) -> None:
-        for name, key in _SUMMARY_FIELDS.items():
-            gauges[name].add_metric([app], summary[key])
-        gauges["retention_payers"].add_metric([app], summary.get("payers", 0))
-        for name in ("revenue", "arpdau", "arppu"):
-            own = self.app_currencies.get(app, self.currency)
-            for currency, value in {own: 0, **summary.get(name, {})}.items():
-                gauges[f"retention_{name}"].add_metric([app, currency], value)
+        for figure in DAILY_FIGURES:
+            gauges[figure.gauge].add_metric([app], summary.get(figure.key, 0))
+        own = self.app_currencies.get(app, self.currency)
+        for money in CURRENCY_FIGURES:
+            for currency, value in {own: 0, **summary.get(money.key, {})}.items():
+                gauges[money.gauge].add_metric([app, currency], value)
 
     def _cohorts(self, gauges: dict[str, GaugeMetricFamily], app: str,
                  figures: AppFigures) -> None:
@@ -160,13 +158,16 @@ class SnapshotCollector(Collector):
             for row in rows:
                 if kind == "classic":
                     gauges["retention_cohort_size"].add_metric([app, row["cohort"]], row["size"])
-                for offset in (n for n in self.offsets if n < len(row["values"])):
-                    gauges["retention_cohort_retention"].add_metric(
-                        [app, kind, row["cohort"], str(offset)], row["values"][offset])
-                    if kind == "classic":
-                        gauges["retention_cohort_complete"].add_metric(
-                            [app, row["cohort"], str(offset)],
-                            1.0 if row["complete"][offset] else 0.0)
+        for suffix, by_kind in (("", figures.cohorts), ("_24h", figures.cohorts24)):
+            for kind, rows in by_kind.items():
+                for row in rows:
+                    for offset in (n for n in self.offsets if n < len(row["values"])):
+                        labels = [row["cohort"], str(offset)]
+                        gauges["retention_cohort_retention" + suffix].add_metric(
+                            [app, kind, *labels], row["values"][offset])
+                        if kind == "classic":
+                            gauges["retention_cohort_complete" + suffix].add_metric(
+                                [app, *labels], 1.0 if row["complete"][offset] else 0.0)
         for returning, rows in figures.returning.items():
             for row in rows:
                 for offset in (n for n in self.offsets if n < len(row["values"])):
@@ -185,19 +186,18 @@ class SnapshotCollector(Collector):
 
     def _winback(self, gauges: dict[str, GaugeMetricFamily],
                  counters: dict[str, CounterMetricFamily], app: str,
-                 found: Mapping[str, Any], stats: Mapping[Cell, int]) -> None:
-        thresholds = self.app_thresholds.get(app, self.thresholds)
-        for days in thresholds:
-            figures = found.get(str(days), {})
+                 figures: AppFigures) -> None:
+        for days in self.app_thresholds.get(app, self.thresholds):
+            found = figures.winback.get(str(days), {})
             gauges["retention_inactive_users"].add_metric(
-                [app, str(days)], figures.get("inactive", 0))
-            share = figures.get("back_within_7d_share")
+                [app, str(days)], found.get("inactive", 0))
+            share = found.get("back_within_7d_share")
             if share is not None:
                 gauges["retention_winback_back_within_7d_share"].add_metric([app, str(days)],
                                                                            share)
             counters["retention_notifications_expired"].add_metric(
-                [app, str(days)], figures.get("expired", 0))
-        for (days, kind), by_segment in winback_counts(stats, app, thresholds).items():
+                [app, str(days)], found.get("expired", 0))
+        for (days, kind), by_segment in figures.winback_counts.items():
             for segment, by_churn in by_segment.items():
                 for churn, value in by_churn.items():
                     counters[_WINBACK_COUNTERS[kind]].add_metric(
@@ -274,24 +274,14 @@ _WINBACK_COUNTERS = {Stat.SENT: "retention_notifications_sent",
                      Stat.REACTIVATED: "retention_reactivations",
                      Stat.FALSE_ALARM: "retention_false_alarms",
                      Stat.BACK_WITHIN_7D: "retention_reactivations_within_7d"}
-_SUMMARY_FIELDS = {
-    "retention_dau": "dau",
-    "retention_wau": "wau",
-    "retention_mau": "mau",
-    "retention_stickiness": "stickiness",
-    "retention_installs": "installs",
-    "retention_new_users": "new_users",
-    "retention_returning_users": "returning_users",
-}
 _GAUGE_LABELS = {
-    **{name: ["app"] for name in _SUMMARY_FIELDS},
-    "retention_payers": ["app"],
-    "retention_revenue": ["app", "currency"],
-    "retention_arpdau": ["app", "currency"],
-    "retention_arppu": ["app", "currency"],
+    **{f.gauge: ["app"] for f in DAILY_FIGURES},
+    **{f.gauge: ["app", "currency"] for f in CURRENCY_FIGURES},
     "retention_cohort_size": ["app", "cohort"],
     "retention_cohort_retention": ["app", "kind", "cohort", "offset"],
     "retention_cohort_complete": ["app", "cohort", "offset"],
+    "retention_cohort_retention_24h": ["app", "kind", "cohort", "offset"],
+    "retention_cohort_complete_24h": ["app", "cohort", "offset"],
     "retention_cohort_returning": ["app", "type", "cohort", "offset"],
     "retention_cohort_ltv": ["app", "cohort", "offset", "currency"],
     "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
@@ -306,6 +296,8 @@ _GAUGE_LABELS = {
     "retention_inactive_users": ["app", "threshold"],
     "retention_winback_back_within_7d_share": ["app", "threshold"],
     "retention_worker_snapshot_timestamp_seconds": [],
+    "retention_at_risk_users": ["app"],
+    "retention_tracked_users": ["app"],
 }
 _WINBACK_LABELS = ["app", "threshold", "segment", "churn_type"]
 _COUNTER_LABELS = {

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from retention_tracker.agents.metrics import WorkerMetrics
 from retention_tracker.config.settings import Settings
+from retention_tracker.state.at_risk import at_risk_report, at_risk_user_report
 from retention_tracker.state.queries import (
     QueryError,
     apps_report,
@@ -37,8 +38,9 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import parse_date
+from retention_tracker.streams.catalogue import CALENDAR, catalogue_json
 from retention_tracker.streams.events import DEFAULT_SURVEY
-from retention_tracker.streams.reports import Report
+from retention_tracker.streams.reports import CatalogueReport, Report
 
 STATIC_DIR = Path(__file__).parent / "static"
 Answer = Callable[[Request], Awaitable[Report]]
@@ -75,11 +77,18 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
     async def pipeline(r: Request) -> Report:
         return replace(await pipeline_report(store, settings), lag=worker_lag(metrics))
 
+    async def at_risk(r: Request) -> Report:
+        if r.query.get("user"):
+            return await at_risk_user_report(store, settings, app_of(r), r.query["user"])
+        return await at_risk_report(store, settings, app_of(r),
+                                    r.query.get("refit", "") in ("1", "true"))
+
     return {
         "/retention/cohorts": lambda r: cohort_report(
             store, settings, app_of(r), r.query.get("granularity", "day"),
             r.query.get("kind", "classic"), _date_param(r, "from"), _date_param(r, "to"),
-            where(r), r.query.get("currency"), r.query.get("returning") or None),
+            where(r), r.query.get("currency"), r.query.get("returning") or None,
+            r.query.get("window", CALENDAR)),
         "/retention/summary": lambda r: summary_report(
             store, settings, app_of(r), _date_param(r, "date"), where(r)),
         "/retention/kpis": lambda r: kpis_report(
@@ -96,8 +105,15 @@ def report_routes(store: RedisStore, settings: Settings, metrics: WorkerMetrics
             where(r)),
         "/retention/headline": lambda r: headline_report(store, settings, app_of(r), where(r)),
         "/retention/apps": lambda r: apps_report(store, settings),
+        "/retention/figures": lambda r: figures_report(),
         "/retention/pipeline": pipeline,
+        "/retention/at-risk": at_risk,
     }
+
+
+async def figures_report() -> CatalogueReport:
+    """What ``/retention/figures`` answers: the catalogue of figures, no data."""
+    return CatalogueReport(catalogue_json())
 
 
 def authorized(request: Request, token: str) -> bool:

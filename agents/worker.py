@@ -15,7 +15,7 @@ from redis.exceptions import RedisClusterException
 
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import Settings, mask_url
-from retention_tracker.state.connect import make_sync_client, redis_problem
+from retention_tracker.state.connect import make_sync_client, redis_failure
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.state.store import timezone_problem
 
@@ -49,10 +49,8 @@ def preflight(settings: Settings) -> str | None:
             built_with = {k.decode(): int(v) for k, v in topology.items()}
         finally:
             client.close()
-    except redis.exceptions.AuthenticationError as exc:
-        return f"Redis at {where} refused the credentials: {exc}"
     except (redis.exceptions.RedisError, RedisClusterException) as exc:
-        return redis_problem(exc) or f"cannot reach Redis at {where}: {exc}"
+        return redis_failure(exc, where)
     for app, zone in stored.items():
         problem = timezone_problem(app.decode(), zone.decode(),
                                    settings.timezone_of(app.decode()))

@@ -88,7 +88,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
             keys = [dedup_key(event.app, event.event_id) for _, _, event in items]
             t2 = time.process_time()
             plan = plan_batch(items, states, seen.intersection(keys), watermark, 400,
-                              lambda _app: calendar, rules, dedup_keys=keys,
+                              {app: calendar for app, _ in users}, rules, dedup_keys=keys,
                               event_clock=event_clock)
             t3 = time.process_time()
             for user, state in plan.users.items():

@@ -67,6 +67,7 @@ DEFAULT_VIP_PURCHASES = 10
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+DAY_MS = 24 * 3600 * 1000  # a 24-hour window, in ms
 
 User = tuple[str, str]  # (app, user_id)
 
@@ -467,6 +468,7 @@ class _AppData:
         self.purchases_on: dict[date, list[tuple[User, str, Decimal]]] = {}
         self.install_cost: dict[User, Decimal] = {}  # sum of `cost` of the user's installs
         self.days_by_type: dict[User, dict[str, set[date]]] = {}  # days of each event type
+        self.activity_ms: dict[User, list[int]] = {}  # every activity's time (24-h windows)
         for event in dedup(events):
             if event.app != app or event.type == SURVEY:  # an answer is not activity
                 continue
@@ -475,6 +477,7 @@ class _AppData:
             if user not in self.first_seen_ms or event.ts_ms < self.first_seen_ms[user]:
                 self.first_seen_ms[user] = event.ts_ms
             self.active_days.setdefault(user, set()).add(day)
+            self.activity_ms.setdefault(user, []).append(event.ts_ms)
             self.days_by_type.setdefault(user, {}).setdefault(event.type, set()).add(day)
             self.users_active_on.setdefault(day, set()).add(user)
             if event.type == "install":
@@ -597,6 +600,7 @@ def triangle(
     vip_revenue: Decimal | int | str = DEFAULT_VIP_REVENUE,
     vip_purchases: int = DEFAULT_VIP_PURCHASES,
     returning: str | None = None,
+    window: str = "calendar",
 ) -> list[dict]:
     """The retention triangle of `app`, one dict per non-empty cohort, oldest first.
 
@@ -608,9 +612,18 @@ def triangle(
     the app's last period with data. `date_from`/`date_to` keep the cohorts whose period
     lies between the periods of those dates (inclusive); they do not shorten the rows.
     With `where`, everything (cohorts, sizes, the last period) is over the segment's users.
+
+    With `window` "24h" (daily cohorts, any activity), offset N is a user's 24-hour window
+    [first_seen + N*24h, first_seen + (N+1)*24h), first_seen its earliest event, instead
+    of the calendar day c+N; a row runs to the last day with data or to its users' latest
+    window if that is later (a day of 25 hours), and complete[N] is whether the cohort's
+    day ended (N+1)*24h ago.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if window not in ("calendar", "24h") or (window == "24h" and (
+            granularity != "day" or returning is not None)):
+        raise ValueError(f"24-hour windows are of daily cohorts on any activity, not {window!r}")
     framed = _frame(events, app, tz, granularity, where, default_currency, vip_revenue,
                     vip_purchases)
     if framed is None:
@@ -634,10 +647,16 @@ def triangle(
     for cohort in _selected_cohorts(cohort_users, granularity, date_from, date_to):
         users = cohort_users[cohort]
         size = len(users)
-        n_offsets = period_offset(cohort, last_period, granularity) + 1
+        offsets_of = {user: [period_offset(cohort, p, granularity) for p in active_periods[user]]
+                      for user in users}
+        if window == "24h":
+            offsets_of = {user: sorted({(ts - data.first_seen_ms[user]) // DAY_MS
+                                        for ts in data.activity_ms[user]}) for user in users}
+        n_offsets = max(period_offset(cohort, last_period, granularity),
+                        *(max(offsets, default=0) for offsets in offsets_of.values())) + 1
         counts = [0] * n_offsets
         for user in users:
-            offsets = [period_offset(cohort, p, granularity) for p in active_periods[user]]
+            offsets = offsets_of[user]
             if not offsets:  # never sent the returning event type
                 continue
             if kind == "classic":
@@ -658,7 +677,10 @@ def triangle(
                 "size": size,
                 "counts": counts,
                 "values": values,
-                "complete": _complete_flags(cohort, n_offsets, granularity, tz, now_ms),
+                "complete": _complete_flags(cohort, n_offsets, granularity, tz, now_ms)
+                if window == "calendar" else [
+                    period_end_ms(cohort, "day", tz) + (n + 1) * DAY_MS <= now_ms
+                    for n in range(n_offsets)],
             }
         )
     return rows
@@ -1131,3 +1153,18 @@ def nps(
                      **_nps_counts(s for _, s in scores_in.get(current, []))})
         current = next_period_start(current, period)
     return rows
+
+
+# ---- Section 9: risk of lapsing, the per-user summaries --------------------------------------
+
+
+def lapse_summaries(events: Iterable[Event], app: str, tz: str) -> dict[tuple[int, int, date], int]:
+    """Section 9's summaries, counted: (x, t_x days, first active day) -> users, where x is
+    the user's distinct active days after the first and t_x the days from the first to the
+    last (T follows from the first day and the day of now)."""
+    data = _AppData(events, app, tz)
+    out: dict[tuple[int, int, date], int] = {}
+    for days in data.active_days.values():
+        key = (len(days) - 1, (max(days) - min(days)).days, min(days))
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -51,7 +51,7 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
             keys = [dedup_key(e.app, e.event_id) for _, _, e in items]
             loaded = await store.load_batch(shard, ["t"], users, keys, NOW_MS)
             plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys,
-                              loaded.watermark_ms, 400, lambda _app: calendar,
+                              loaded.watermark_ms, 400, {app: calendar for app, _ in users},
                               dedup_keys=keys, event_clock=True)
             assert await store.apply_plan(shard, loaded, {"t": start + batch}, plan, [2])
             events += len(items)

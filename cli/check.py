@@ -38,7 +38,7 @@ from redis.exceptions import RedisClusterException
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.cli.feeding import kafka_problem, quiet_kafka_logs
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
-from retention_tracker.state.connect import SyncClient, make_sync_client, redis_problem
+from retention_tracker.state.connect import SyncClient, make_sync_client, redis_failure
 from retention_tracker.state.schema import Keyspace, parse_stat, text
 from retention_tracker.state.store import timezone_problem
 from retention_tracker.streams.calendar import MS_PER_DAY
@@ -101,7 +101,7 @@ def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
         report.add("redis", FAIL, f"REDIS_URL {where} is not usable: {exc}")
         return None
     except (redis.exceptions.RedisError, RedisClusterException) as exc:
-        report.add("redis", FAIL, redis_problem(exc) or f"cannot reach Redis at {where}: {exc}")
+        report.add("redis", FAIL, redis_failure(exc, where))
         return None
     try:
         client.ping()
@@ -115,11 +115,8 @@ def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
                 **client.config_get("appendfsync", **on), **client.config_get("save", **on)})
         except redis.exceptions.ResponseError:  # CONFIG is often disabled on managed Redis
             config = {}
-    except redis.exceptions.AuthenticationError as exc:
-        report.add("redis", FAIL, f"Redis at {where} refused the credentials: {exc}")
-        return None
     except (redis.exceptions.RedisError, RedisClusterException) as exc:
-        report.add("redis", FAIL, redis_problem(exc) or f"cannot reach Redis at {where}: {exc}")
+        report.add("redis", FAIL, redis_failure(exc, where))
         return None
     finally:
         client.close()

@@ -18,6 +18,7 @@ import redis.exceptions
 from aiokafka.errors import KafkaError
 
 from retention_tracker.cli.render import (
+    at_risk_text,
     kpis_table,
     nps_text,
     rpr_text,
@@ -26,6 +27,7 @@ from retention_tracker.cli.render import (
     triangle_table,
 )
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
+from retention_tracker.state.at_risk import at_risk_report, at_risk_user_report
 from retention_tracker.state.queries import (
     NPS_BY,
     QueryError,
@@ -38,10 +40,11 @@ from retention_tracker.state.queries import (
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import GRANULARITIES, MS_PER_DAY, parse_date
+from retention_tracker.streams.catalogue import CALENDAR, WINDOWS
 from retention_tracker.streams.events import DEFAULT_SURVEY
 from retention_tracker.streams.figures import KINDS, KPI_PERIODS, MONEY_KINDS
 from retention_tracker.streams.nps import NPS_PERIODS
-from retention_tracker.streams.reports import ReplayReport, Report
+from retention_tracker.streams.reports import AtRiskReport, AtRiskUserReport, ReplayReport, Report
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -80,17 +83,16 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
         raise Fatal(str(exc)) from None
     except QueryError as exc:
         raise Fatal(exc.shown("--")) from None
-    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
-        from retention_tracker.state.connect import redis_problem
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
+        from retention_tracker.state.connect import redis_failure, redis_problem
 
-        problem = redis_problem(exc)
-        if problem is None:
+        unreachable = isinstance(exc, (redis.exceptions.ConnectionError,
+                                       redis.exceptions.TimeoutError))
+        if not unreachable and redis_problem(exc) is None:
             raise
-        raise Fatal(problem) from None
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise Fatal(f"cannot reach Redis: {exc}") from None
-    except redis.exceptions.AuthenticationError as exc:
-        raise Fatal(f"Redis refused the credentials: {exc}") from None
+        # (refused credentials are a ConnectionError: redis_failure says which it was)
+        raise Fatal(redis_failure(exc, "REDIS_URL")) from None
     except KafkaError as exc:
         raise Fatal(kafka_problem(exc, mask_url(_settings().kafka_broker))) from None
 
@@ -153,18 +155,22 @@ def worker(loglevel: str) -> None:
 @click.option("--currency", default=None, help="money kinds: the currency (default CURRENCY)")
 @click.option("--returning", default=None, metavar="TYPE",
               help="count a user back only if it sent this event type (one of RETURN_EVENTS)")
+@click.option("--window", type=click.Choice(WINDOWS), default=CALENDAR, show_default=True,
+              help="24h: day N counted in 24-hour windows from each user's first event "
+              "(daily cohorts, classic or rolling)")
 @WHERE
 @click.option("--from", "date_from", callback=_date, help="first cohort (YYYY-MM-DD)")
 @click.option("--to", "date_to", callback=_date, help="last cohort (YYYY-MM-DD)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def report(
     app_name: str, granularity: str, kind: str, currency: str | None, returning: str | None,
-    where: tuple[str, ...], date_from: date | None, date_to: date | None, as_json: bool,
+    window: str, where: tuple[str, ...], date_from: date | None, date_to: date | None,
+    as_json: bool,
 ) -> None:
     """Print a cohort triangle (retention or money), read from Redis (no worker needed)."""
     _show(lambda store, settings: cohort_report(
         store, settings, app_name, granularity, kind, date_from, date_to, where, currency,
-        returning,
+        returning, window,
     ), as_json, triangle_table)
 
 
@@ -174,7 +180,7 @@ def report(
 @WHERE
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def summary(app_name: str, on: date | None, where: tuple[str, ...], as_json: bool) -> None:
-    """Print the day's DAU, WAU, MAU, stickiness, installs, new and returning users, money."""
+    """Print the day's figures: active, new and returning users, money, win-back."""
     _show(lambda store, settings: summary_report(store, settings, app_name, on, where),
           as_json, summary_text)
 
@@ -228,6 +234,22 @@ def segments(app_name: str, as_json: bool) -> None:
     """VIP, payers and free users side by side: counts and D1/D7/D30 retention."""
     _show(lambda store, settings: value_segments_report(store, settings, app_name),
           as_json, segments_table)
+
+
+@cli.command("at-risk")
+@click.option("--app", "app_name", default="default", show_default=True)
+@click.option("--user", "user_id", default=None, help="one user's x, t_x, T and P(alive)")
+@click.option("--refit", is_flag=True, help="fit the model now (else the one kept)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def at_risk(app_name: str, user_id: str | None, refit: bool, as_json: bool) -> None:
+    """Risk of lapsing: the app's BG/NBD (or MBG/NBD) model and P(alive) of its users."""
+
+    async def build(store: RedisStore, settings: Settings) -> AtRiskReport | AtRiskUserReport:
+        if user_id is not None:
+            return await at_risk_user_report(store, settings, app_name, user_id)
+        return await at_risk_report(store, settings, app_name, refit)
+
+    _show(build, as_json, at_risk_text)
 
 
 @cli.command()

@@ -7,7 +7,16 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
+from retention_tracker.streams.catalogue import (
+    CURRENCY_FIGURES,
+    DAILY_FIGURES,
+    PAYERS,
+    DailyFigure,
+    Ratio,
+)
 from retention_tracker.streams.reports import (
+    AtRiskReport,
+    AtRiskUserReport,
     CohortReport,
     KpisReport,
     NpsReport,
@@ -28,6 +37,8 @@ def triangle_table(report: CohortReport, width: int | None = None) -> str:
         + (f", {report.currency}" if report.currency is not None else "")
         + (f", segment {report.segment}" if report.segment is not None else "")
         + (f", back = sent {report.returning}" if report.returning is not None else "")
+        + (f", in {report.window} windows from each user's first event"
+           if report.window is not None else "")
     )
     if not rows:
         return head + "\n(no cohorts)"
@@ -74,12 +85,7 @@ def summary_text(report: SummaryReport) -> str:
         head += f", segment {report.segment}"
     if not report.complete:
         head += " (day not ended yet: live numbers)"
-    people = [
-        ["DAU", doc["dau"], ""], ["WAU", doc["wau"], ""], ["MAU", doc["mau"], ""],
-        ["stickiness", _share(doc["stickiness"], doc["mau"]), "DAU / MAU"],
-        ["installs", doc["installs"], "see note"], ["new users", doc["new_users"], "see note"],
-        ["returning users", doc["returning_users"], "DAU - new users"],
-    ]
+    people = [[f.label, _figure(f, doc), f.note] for f in DAILY_FIGURES if not f.money]
     blocks = [_table(head, ["figure", "value", ""], people, left=(0, 2)),
               f"note: {INSTALLS_NOTE}", _money_block(doc)]
     if report.winback is not None and report.winback_as_of is not None:
@@ -90,13 +96,23 @@ def summary_text(report: SummaryReport) -> str:
     return "\n\n".join(blocks)
 
 
+def _figure(figure: DailyFigure, doc: Mapping[str, Any]) -> Any:
+    """A daily figure as shown: a share as %, '-' when its denominator is 0."""
+    value = doc[figure.key]
+    if isinstance(figure.derived, Ratio):
+        return _share(value, doc[figure.derived.whole])
+    return value
+
+
 def _money_block(doc: Mapping[str, Any]) -> str:
-    head = f"money on {doc['date']}, payers: {doc['payers']}"
-    if not doc["revenue"]:
-        return head + ", no revenue"
-    rows = [[currency, f"{amount:,.2f}", _amount(doc["arpdau"].get(currency)),
-             _amount(doc["arppu"].get(currency))] for currency, amount in doc["revenue"].items()]
-    return _table(head, ["currency", "revenue", "ARPDAU", "ARPPU"], rows, left=(0,))
+    head = f"money on {doc['date']}, {PAYERS.label}: {doc[PAYERS.key]}"
+    revenue, *divided = CURRENCY_FIGURES
+    if not doc[revenue.key]:
+        return head + f", no {revenue.label}"
+    rows = [[currency, f"{amount:,.2f}", *(_amount(doc[f.key].get(currency)) for f in divided)]
+            for currency, amount in doc[revenue.key].items()]
+    return _table(head, ["currency", revenue.label, *(f.label for f in divided)], rows,
+                  left=(0,))
 
 
 def _amount(value: float | None) -> str | None:
@@ -242,3 +258,20 @@ def nps_text(report: NpsReport) -> str:
     if report.live_period is not None:
         text += f"\n{LIVE_MARK} the period has not ended yet: live numbers"
     return text
+
+
+def at_risk_text(report: AtRiskReport | AtRiskUserReport) -> str:
+    """The app's model and its users by P(alive), or one user's risk (METRICS.md §9)."""
+    if isinstance(report, AtRiskUserReport):
+        return (f"user {report.user_id} of app {report.app} ({report.model}): x={report.x} "
+                f"repeat days, t_x={report.t_x} T={report.T} weeks, P(alive)="
+                f"{report.p_alive:.3f}, expected active days in the next 30: "
+                f"{report.expected_days_30:.2f}" + (", AT RISK" if report.at_risk else ""))
+    params = ", ".join(f"{name}={value:.4g}" for name, value in report.params.items())
+    head = (f"{report.model} of app {report.app}, fitted {report.as_of} over {report.users} "
+            f"users: {params}, log likelihood {report.log_likelihood:.2f}\n"
+            f"at risk (P(alive) < {report.threshold:g}) as of {report.now}: {report.at_risk} "
+            f"({_pct(report.at_risk_share)})")
+    rows = [[f"{band['from']:.1f}-{band['to']:.1f}", band["users"]] for band in report.p_alive]
+    sent = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in report.messages.items())
+    return _table(head, ["P(alive)", "users"], rows, left=(0,)) + f"\nusers.at_risk: {sent}"

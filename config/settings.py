@@ -22,6 +22,7 @@ from retention_tracker.streams.events import (
     EVENT_TYPES,
     SURVEY,
 )
+from retention_tracker.streams.lapse_model import MODELS
 from retention_tracker.streams.segments import SegmentRules, money_units
 
 if TYPE_CHECKING:
@@ -105,6 +106,14 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("REACTIVATED_TOPIC", "topic of notified users back"),
     SettingDoc("QUICK_CHURN_DAYS", "churn_type is quick when a user lasted less than this"),
     SettingDoc("WINBACK_TICK_MS", "how often due notifications are looked for"),
+    SettingDoc("AT_RISK_MODEL", "risk-of-lapsing model: bgnbd (BG/NBD) or mbgnbd (MBG/NBD, "
+               "lets one-day users lapse too)"),
+    SettingDoc("APP_AT_RISK_MODELS", "per-app models: app=mbgnbd,app2=bgnbd (others: "
+               "AT_RISK_MODEL)"),
+    SettingDoc("AT_RISK_THRESHOLD", "a user is at risk while P(alive) is below it (0 < t < 1)"),
+    SettingDoc("AT_RISK_TOPIC", "topic of users whose P(alive) fell below AT_RISK_THRESHOLD"),
+    SettingDoc("AT_RISK_REFIT_SECONDS",
+               "how often each worker refits every app's model; 0: only on demand"),
     SettingDoc("HORIZON_DAYS", "events older than this behind the watermark are rejected"),
     SettingDoc("DEDUP_WINDOW_DAYS", "a repeated (app, event_id) in it is a duplicate"),
     SettingDoc("CLOCK", "'wall' (live) or 'event' (replaying history: now = watermark)"),
@@ -300,6 +309,19 @@ def _positive_number(text: str) -> float:
     return number
 
 
+def _model(text: str) -> str:
+    if text not in MODELS:
+        raise ValueError(f"{text!r} must be one of {', '.join(MODELS)}")
+    return text
+
+
+def _probability(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0 < value < 1:
+        raise ConfigError(f"{name}={value:g} must lie strictly between 0 and 1")
+    return value
+
+
 def _count(text: str) -> int:
     number = int(text)
     if number < 1:
@@ -434,6 +456,11 @@ class Settings:
     quick_churn_days: int = 7
     winback_max_delay_ms: int = MS_PER_DAY
     winback_tick_ms: int = 1000
+    at_risk_model: str = "bgnbd"
+    app_at_risk_models: Mapping[str, str] = field(default_factory=dict)
+    at_risk_threshold: float = 0.5
+    at_risk_topic: str = "users.at_risk"
+    at_risk_refit_seconds: int = 3600
     horizon_days: int = 400
     dedup_window_days: int = 7
     clock: str = "wall"
@@ -513,6 +540,12 @@ class Settings:
             reactivated_topic=raw("REACTIVATED_TOPIC"),
             quick_churn_days=_int(env, "QUICK_CHURN_DAYS", d.quick_churn_days, minimum=1),
             winback_tick_ms=_int(env, "WINBACK_TICK_MS", d.winback_tick_ms, minimum=10),
+            at_risk_model=_choice(env, "AT_RISK_MODEL", d.at_risk_model, MODELS),
+            app_at_risk_models=_per_app("APP_AT_RISK_MODELS", env.get("APP_AT_RISK_MODELS", ""),
+                                        _model),
+            at_risk_threshold=_probability(env, "AT_RISK_THRESHOLD", d.at_risk_threshold),
+            at_risk_topic=raw("AT_RISK_TOPIC"),
+            at_risk_refit_seconds=_int(env, "AT_RISK_REFIT_SECONDS", d.at_risk_refit_seconds),
             horizon_days=_int(env, "HORIZON_DAYS", d.horizon_days, minimum=31),
             dedup_window_days=_int(env, "DEDUP_WINDOW_DAYS", d.dedup_window_days, minimum=1),
             clock=_choice(env, "CLOCK", d.clock, CLOCKS),
@@ -556,6 +589,10 @@ class Settings:
 
         return WinbackRules(self.inactivity_thresholds, self.winback_max_delay_ms,
                             self.quick_churn_days, dict(self.app_inactivity_thresholds))
+
+    def at_risk_model_of(self, app: str) -> str:
+        """The app's risk-of-lapsing model (APP_AT_RISK_MODELS, else AT_RISK_MODEL)."""
+        return self.app_at_risk_models.get(app, self.at_risk_model)
 
     def inactivity_thresholds_of(self, app: str) -> tuple[int, ...]:
         """The app's thresholds (APP_INACTIVITY_THRESHOLDS, else INACTIVITY_THRESHOLDS)."""

@@ -36,6 +36,16 @@ from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import prometheus as prom_m
 
 from retention_tracker.config.settings import Settings
+from retention_tracker.streams.catalogue import (
+    CURRENCY_FIGURES,
+    DAILY_CHARTS,
+    DAILY_FIGURES,
+    FIGURE,
+    PAYERS,
+    SHARE,
+    USERS,
+    Chart,
+)
 
 OUT_DIR = Path(__file__).resolve().parent
 DATASOURCE = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -80,7 +90,7 @@ def app_variable(multi: bool) -> dash_b.QueryVariable:
         dash_b.QueryVariable("app")
         .label("App")
         .datasource(DATASOURCE)
-        .query("label_values(retention_dau, app)")
+        .query(f"label_values({DAILY_FIGURES[0].gauge}, app)")
         .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
     )
@@ -182,68 +192,57 @@ def app_gauge(metric: str, selector: str = 'app="$app"') -> str:
 
 
 def live() -> dash_b.Dashboard:
-    dau, installs = app_gauge("retention_dau"), app_gauge("retention_installs")
-    dau_last_week = 'max by (app) (retention_dau{app="$app"} offset 1w)'
-    returning, new = app_gauge("retention_returning_users"), app_gauge("retention_new_users")
-    wau, mau = app_gauge("retention_wau"), app_gauge("retention_mau")
-    stickiness = app_gauge("retention_stickiness")
+    """A stat per daily figure of the catalogue, then its charts (streams/catalogue.py)."""
     board = base(
         "Retention tracker / Live", "retention-live",
         "Today's activity of one app, in the app's timezone. The daily figures grow during "
         "the day and restart at midnight: compare them with the same time last week.",
         multi_app=False,
     )
-    for title, expr, unit in [
-        ("DAU", dau, "short"), ("WAU", wau, "short"), ("MAU", mau, "short"),
-        ("Stickiness (DAU/MAU)", stickiness, "percentunit"), ("Installs today", installs, "short"),
-        ("New users today", new, "short"),
-    ]:
-        board = board.with_panel(stat(title, [query(expr, "{{app}}", ("app",))], unit))
-    board = board.with_panel(right_axis(timeseries(
-        "DAU against installs",
-        [
-            query(dau, "DAU", ("app",)),
-            query(dau_last_week, "DAU same time last week", ("app",)),
-            query(returning, "returning users", ("app",)),
-            query(installs, "installs", ("app",)),
-        ],
-        description="Does activity hold up on its own, or is it bought with installs? DAU "
-        "that only rises with installs (right axis) while returning users stay flat means "
-        "retention is not holding: growth is paid for.",
-    ), "installs"))
-    board = board.with_panel(timeseries(
-        "Share of DAU that is new",
-        [query(f"{new} / {dau}", "new users / DAU", ("app",))],
-        unit="percentunit",
-        description="New users (first seen today) as a share of today's DAU.",
-    ))
-    board = board.with_panel(timeseries(
-        "New vs returning users",
-        [query(new, "new", ("app",)), query(returning, "returning", ("app",))],
-        stacked=True, description="DAU split into users first seen today and the others.",
-    ))
-    board = board.with_panel(timeseries(
-        "Stickiness (DAU / MAU)", [query(stickiness, "DAU/MAU", ("app",))], unit="percentunit",
-    ))
-    board = board.with_panel(timeseries(
-        "WAU and MAU",
-        [query(wau, "WAU", ("app",)), query(mau, "MAU", ("app",))],
-    ))
-    board = board.with_panel(timeseries(
-        "WAU / MAU", [query(f"{wau} / {mau}", "WAU/MAU", ("app",))], unit="percentunit",
-    ))
+    for figure in DAILY_FIGURES:
+        if not figure.money:
+            board = board.with_panel(stat(
+                figure.label if figure.label.isupper() else figure.label.capitalize(),
+                [query(app_gauge(figure.gauge), "{{app}}", ("app",))], _UNITS[figure.unit],
+                description=figure.help))
+    for chart in DAILY_CHARTS:
+        board = board.with_panel(_daily_chart(chart))
     return board
+
+
+_UNITS = {USERS: "short", SHARE: "percentunit"}
+
+
+def _daily_chart(chart: Chart) -> ts_b.Panel:
+    """One chart of the catalogue: its figures (a week back too, for ``last_week``), or
+    the ratio of two; those in ``right`` against a right axis."""
+    targets = []
+    if chart.ratio is not None:
+        part, whole = (FIGURE[key] for key in chart.ratio)
+        targets.append(query(f"{app_gauge(part.gauge)} / {app_gauge(whole.gauge)}",
+                             f"{part.label} / {whole.label}", ("app",)))
+    for key in (*chart.series, *chart.dashboard_only):
+        figure = FIGURE[key]
+        targets.append(query(app_gauge(figure.gauge), figure.label, ("app",)))
+        if key in chart.last_week:
+            targets.append(query(f'max by (app) ({figure.gauge}{{app="$app"}} offset 1w)',
+                                 f"{figure.label} same time last week", ("app",)))
+    panel = timeseries(chart.title, targets, unit=_UNITS[chart.unit], stacked=chart.stacked)
+    for key in chart.right:
+        panel = right_axis(panel, FIGURE[key].label)
+    return panel
 
 
 # ---- Retention -----------------------------------------------------------------------------
 
 
-def triangle_expr(kind: str) -> str:
-    """Complete cells of the daily cohort triangle, plus each cohort's size as offset=size."""
+def triangle_expr(kind: str, suffix: str = "") -> str:
+    """Complete cells of the daily cohort triangle, plus each cohort's size as offset=size;
+    ``suffix`` "_24h": the triangle of 24-hour windows."""
     return (
-        f'max by (cohort, offset) (retention_cohort_retention{{app="$app", kind="{kind}", '
-        f'offset!="0"}}) and on (cohort, offset) '
-        '(max by (cohort, offset) (retention_cohort_complete{app="$app"}) == 1) '
+        f'max by (cohort, offset) (retention_cohort_retention{suffix}{{app="$app", '
+        f'kind="{kind}", offset!="0"}}) and on (cohort, offset) '
+        f'(max by (cohort, offset) (retention_cohort_complete{suffix}{{app="$app"}}) == 1) '
         'or label_replace(max by (cohort) (retention_cohort_size{app="$app"}), '
         '"offset", "size", "", "")'
     )
@@ -338,6 +337,13 @@ def retention() -> dash_b.Dashboard:
     ))
     board = board.with_panel(triangle(
         "rolling", "Share of each daily cohort active on day N or later (rolling retention).",
+    ))
+    board = board.with_panel(triangle(
+        "classic", "Share of each daily cohort with an activity in the 24-hour window N after "
+        "its first event, [first_seen + N x 24h, first_seen + (N+1) x 24h): day N counted "
+        "from each user's own hour, as Amplitude and Mixpanel offer beside calendar days. "
+        "`retention report --window 24h` has rolling and live cells.",
+        triangle_expr("classic", "_24h"), "Daily cohorts, classic retention in 24-hour windows",
     ))
     board = board.with_variable(returning_variable())
     board = board.with_panel(triangle(
@@ -577,21 +583,18 @@ def money() -> dash_b.Dashboard:
         multi_app=False,
     )
     per_currency = ("app", "currency")
-    for metric, title, unit in (
-        ("retention_revenue", "Revenue today by currency", "short"),
-        ("retention_arpdau", "ARPDAU by currency", "short"),
-        ("retention_arppu", "ARPPU by currency", "short"),
-    ):
+    for money_figure in CURRENCY_FIGURES:
         board = board.with_panel(timeseries(
-            title,
-            [query(app_gauge(metric).replace("by (app)", "by (app, currency)"),
+            f"{money_figure.label.capitalize()} today by currency"
+            if money_figure.label.islower() else f"{money_figure.label} by currency",
+            [query(app_gauge(money_figure.gauge).replace("by (app)", "by (app, currency)"),
                    "{{currency}}", per_currency)],
-            unit=unit,
         ))
+    dau = DAILY_FIGURES[0]  # users active today: what the payers are compared with
     board = board.with_panel(timeseries(
-        "Payers against DAU today",
-        [query(app_gauge("retention_payers"), "payers", ("app",)),
-         query(app_gauge("retention_dau"), "DAU", ("app",))],
+        f"{PAYERS.label.capitalize()} against {dau.label} today",
+        [query(app_gauge(PAYERS.gauge), PAYERS.label, ("app",)),
+         query(app_gauge(dau.gauge), dau.label, ("app",))],
         description="How many of today's active users paid.",
     ))
     board = board.with_panel(timeseries(
@@ -661,7 +664,8 @@ def winback() -> dash_b.Dashboard:
         "Inactivity notifications for push services and the users they brought back.",
         multi_app=False,
     )
-    panels = _winback_inactivity() + _winback_flows() + _winback_back_by() + _winback_sending()
+    panels = (_winback_inactivity() + _at_risk() + _winback_flows() + _winback_back_by()
+              + _winback_sending())
     return with_panels(board, panels)
 
 
@@ -686,6 +690,25 @@ def _winback_inactivity() -> list[Panel]:
                 "by (app)", "by (app, threshold)"), "{{threshold}} d", per_threshold)],
             unit="percentunit",
             description="Share of notified users active again within 7 days: does win-back work?",
+        ),
+    ]
+
+
+def _at_risk() -> list[Panel]:
+    """METRICS.md §9: the users the model holds at risk beside those inactive 2 days, both
+    as a share of the users with activity."""
+    tracked = f'clamp_min({app_gauge("retention_tracked_users")}, 1)'
+    inactive = app_gauge("retention_inactive_users", 'app="$app", threshold="2"')
+    return [
+        timeseries(
+            "At risk against inactive 2 days (share of users)",
+            [query(f'{app_gauge("retention_at_risk_users")} / {tracked}', "at risk", ("app",)),
+             query(f"{inactive} / {tracked}", "inactive 2 d", ("app",))],
+            unit="percentunit", width=24,
+            description="At risk: P(alive) below AT_RISK_THRESHOLD under the app's kept "
+            "BG/NBD (or MBG/NBD) fit; inactive 2 d: last activity 2 days ago or more. "
+            "Empty until the app's model is fitted (AT_RISK_REFIT_SECONDS or retention "
+            "at-risk).",
         ),
     ]
 

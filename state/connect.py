@@ -89,6 +89,14 @@ def make_sync_client(settings: Settings, timeout_s: float = 5, retries: bool = T
     return redis.Redis.from_url(settings.redis_url, **options)  # type: ignore[arg-type]
 
 
+def redis_failure(exc: BaseException, where: str) -> str:
+    """The one line for a Redis that could not be used (``where``: its masked URL): the
+    credentials refused, a cluster mismatch (``redis_problem``), or not reachable."""
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return f"Redis at {where} refused the credentials: {exc}"
+    return redis_problem(exc) or f"cannot reach Redis at {where}: {exc}"
+
+
 def redis_problem(exc: BaseException) -> str | None:
     """One line for what redis-py raises when REDIS_CLUSTER does not match what REDIS_URL
     is, or when no node of a cluster can be reached; None for anything else."""

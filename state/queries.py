@@ -33,6 +33,14 @@ from retention_tracker.streams.calendar import (
     period_of_day,
     utc_now_ms,
 )
+from retention_tracker.streams.catalogue import (
+    CALENDAR,
+    COHORT_FAMILY,
+    DAY_MEASURES,
+    HOURS24,
+    RUN_MEASURES,
+    WINDOWS,
+)
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import (
     CURRENCY_RE,
@@ -54,11 +62,11 @@ from retention_tracker.streams.figures import (
     iso_time,
     kpi_rows,
     last_day_with_data,
-    money_of_day,
     money_rows,
     new_and_returning,
     rate,
     revenue_currencies,
+    window_sizes,
 )
 from retention_tracker.streams.nps import (
     NPS_PERIODS,
@@ -108,9 +116,10 @@ async def read_daily(store: RedisStore, app: str, segment: str = ALL_USERS) -> C
     return parse_daily(await store.read_family(app, DAILY_FAMILY, segment))
 
 
-async def read_measure(store: RedisStore, app: str, measure: Measure, granularity: str,
+async def read_measure(store: RedisStore, app: str, measure: Measure, granularity: str | None,
                        segment: str = ALL_USERS) -> Counter[Coordinates]:
-    """One period family of an app's segment, parsed to coordinates."""
+    """One period family of an app's segment (granularity None: an app-wide one, such as
+    the lapse summaries), parsed to coordinates."""
     found = await store.read_family(app, family_name(measure, granularity), segment)
     return parse_family(measure, found)
 
@@ -209,9 +218,16 @@ async def cohort_report(
     where: Sequence[str] = (),
     currency: str | None = None,
     returning: str | None = None,
+    window: str = CALENDAR,
 ) -> CohortReport:
     """A cohort triangle: retention (classic, rolling; on any activity, or with
-    ``returning`` on that event type of RETURN_EVENTS only) or money."""
+    ``returning`` on that event type of RETURN_EVENTS only; in calendar periods, or with
+    ``window`` "24h" in 24-hour windows from each user's first event) or money."""
+    if window not in WINDOWS:
+        raise QueryError(f"one of {', '.join(WINDOWS)}", "window")
+    if window != CALENDAR and (granularity != "day" or kind not in KINDS or returning):
+        raise QueryError("24-hour windows are counted for daily cohorts' classic or rolling "
+                         "retention on any activity (granularity day)", "window")
     if granularity not in GRANULARITIES:
         raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
     if kind not in KINDS + MONEY_KINDS:
@@ -234,13 +250,18 @@ async def cohort_report(
     last_day = last_day_with_data(await read_daily(store, app, segment))
     sizes = await family(Measure.COHORT_SIZE)
     shown_currency = None
-    if kind in KINDS and returning is not None:
+    if window != CALENDAR:
+        classic = await family(COHORT_FAMILY[window, "classic"].measure)
+        cells = classic if kind == "classic" else await family(COHORT_FAMILY[window, kind].measure)
+        rows = cohort_rows(window_sizes(classic), cells, kind, granularity, calendar, now, last_day,
+                           date_from, date_to, windows24=True)
+    elif kind in KINDS and returning is not None:
         typed = await family(Measure.RETURNED if kind == "classic" else Measure.LAST_RETURN)
         cells = Counter({(c, n): v for (c, n, t), v in typed.items() if t == returning})
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
     elif kind in KINDS:
-        cells = await family(Measure.CLASSIC if kind == "classic" else Measure.LAST_ACTIVE)
+        cells = await family(COHORT_FAMILY[CALENDAR, kind].measure)
         rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
                            date_from, date_to)
     else:
@@ -254,7 +275,8 @@ async def cohort_report(
         rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
                           last_day, date_from, date_to)
     return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
-                        shown_currency, iso_time(now), tuple(rows), returning)
+                        shown_currency, iso_time(now), tuple(rows), returning,
+                        None if window == CALENDAR else window)
 
 
 async def summary_report(
@@ -270,7 +292,6 @@ async def summary_report(
     day = date_to_day(on) if on else calendar.day_of(now)
     daily = await read_daily(store, app, segment)
     figures = day_summary(app, day, daily)
-    figures.update(money_of_day(daily, day, figures["dau"]))
     complete = calendar.period_end_ms(day, "day") <= now
     if segment != ALL_USERS:
         return SummaryReport(figures, complete, segment)
@@ -344,7 +365,6 @@ async def daily_report(
     days = []
     for day in range(first, last + 1):
         figures = day_summary(app, day, daily)
-        figures.update(money_of_day(daily, day, figures["dau"]))
         figures["complete"] = calendar.period_end_ms(day, "day") <= now
         days.append(figures)
     return replace(report, days=tuple(days))
@@ -592,21 +612,18 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     """What /metrics shows, per app: today's summary, recent daily cohorts (classic and
     rolling) and the headline D1/D7/D30. Reads only the fields it needs."""
     now = await now_ms(store, settings)
-    raw_stats = await store.read_stats()
-    stats = parse_stats(raw_stats)
+    stats = parse_stats(await store.read_stats())
     apps: dict[str, AppFigures] = {}
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
         today = calendar.day_of(now)
-        names = [field_name(m, today) for m in
-                 (Measure.DAU, Measure.INSTALLS, Measure.NEW_USERS, Measure.PAYERS)]
+        names = [field_name(m, today) for m in DAY_MEASURES]
         found = await store.read_fields(app, DAILY_FAMILY, names)
         # revenue: every day's, for the currencies
-        for measure in (Measure.REVENUE, Measure.WAU_EDGE, Measure.MAU_EDGE):
+        for measure in (Measure.REVENUE, *RUN_MEASURES):
             found.update(await store.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
         daily = parse_daily(found)
         summary = day_summary(app, today, daily)
-        summary.update(money_of_day(daily, today, summary["dau"]))
         # the headline needs D30 of the latest complete cohort (31 days back) and of the 7
         # before it: 39 days back at least
         span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 2)
@@ -615,16 +632,21 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
         sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
         rows = {
             kind: cohort_rows(
-                sizes, await read_cells(store, app, measure, "day", cells), kind, "day",
-                calendar, now, today,
-            )
-            for kind, measure in (("classic", Measure.CLASSIC), ("rolling", Measure.LAST_ACTIVE))
+                sizes, await read_cells(store, app, COHORT_FAMILY[CALENDAR, kind].measure,
+                                        "day", cells), kind, "day", calendar, now, today)
+            for kind in KINDS
         }
         first_shown = day_to_date(today - settings.metrics_cohort_days + 1).isoformat()
         shown = {  # daily labels are ISO dates: they sort as the days do
             kind: [r for r in kind_rows if r["cohort"] >= first_shown]
             for kind, kind_rows in rows.items()
         }
+        # 24-hour windows: one offset more than the days (a window ends later on a DST day)
+        cells24 = [(c, n) for c in cohorts if c >= today - settings.metrics_cohort_days + 1
+                   for n in range(today - c + 2)]
+        window_cells = {kind: await read_cells(store, app, COHORT_FAMILY[HOURS24, kind].measure,
+                                               "day", cells24) for kind in KINDS}
+        sizes24 = window_sizes(window_cells["classic"])
         periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
                                                    revenue_currencies(daily))
                    for g in KPI_PERIODS}
@@ -639,8 +661,12 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             returning[event_type] = tuple(r for r in rows_of if r["cohort"] >= first_shown)
         apps[app] = AppFigures(
             winback=await winback_figures(store, settings, app, stats),
+            winback_counts=winback_counts(stats, app, settings.inactivity_thresholds_of(app)),
             summary=summary,
             cohorts={kind: tuple(kind_rows) for kind, kind_rows in shown.items()},
+            cohorts24={kind: tuple(cohort_rows(sizes24, found, kind, "day", calendar, now,
+                                               today, windows24=True))
+                       for kind, found in window_cells.items()},
             money=await _recent_money(store, settings, app, calendar, now, today, daily),
             headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
@@ -648,7 +674,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
             nps=satisfaction,
             returning=returning,
         )
-    return LiveFigures(now, apps, raw_stats)
+    return LiveFigures(now, apps, stats)
 
 
 async def _current_period_money(store: RedisStore, app: str, granularity: str, today: int,

@@ -1,13 +1,15 @@
 """The stored schema, in one place: every Redis key name, hash field and counter spelling.
 
-The strings below are the on-disk format of existing deployments. Changing one silently
-splits a deployment's state into an old half nobody reads and a new half that starts from
-zero, so they stay exactly as they were first written (three-letter family names and all);
-new names may be added, old ones never respelt. Everything else in the tracker names these
-things through this module: the pure domain by the typed cells of ``streams/counters.py``
-(rendered here, ``render_cell`` / ``render_stat``), the Redis layer and the readers by the
-builders and parsers below, and the Lua scripts (``state/scripts.py``) by the constants
-this module hands them. Nothing outside this module slices a stored name.
+The strings below, and the counters' names declared with the figures
+(``streams/catalogue.py``, ``STORED_NAMES``), are the on-disk format of existing
+deployments. Changing one silently splits a deployment's state into an old half nobody
+reads and a new half that starts from zero, so they stay exactly as they were first
+written (three-letter family names and all); new names may be added, old ones never
+respelt. Everything else in the tracker names these things through this module: the pure
+domain by the typed cells of ``streams/counters.py`` (rendered here, ``render_cell`` /
+``render_stat``), the Redis layer and the readers by the builders and parsers below, and
+the Lua scripts (``state/scripts.py``) by the constants this module hands them. Nothing
+outside this module slices a stored name.
 
 Every key of a Kafka partition carries the hash tag ``{<partition>}``, so one partition's
 state lives in one Redis Cluster slot and each batch is a single atomic script call there.
@@ -21,7 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from retention_tracker.streams.calendar import PERIOD_GRANULARITIES
-from retention_tracker.streams.counters import DAILY_MEASURES, Cell, Measure, Stat
+from retention_tracker.streams.catalogue import DAILY_STORED, STORED_NAMES
+from retention_tracker.streams.counters import (
+    APP_MEASURES,
+    DAILY_MEASURES,
+    Cell,
+    Measure,
+    Stat,
+)
 from retention_tracker.streams.user_state import UserKey
 
 # ---- the partition's meta hash (written only by the apply script) ----------------------------
@@ -80,12 +89,21 @@ class Keyspace:
         """Users by the moment they become inactive for ``days`` (last_active + days)."""
         return f"{self.prefix}:{{{shard}}}:due:{days}"
 
+    def due_at_risk(self, shard: int) -> str:
+        """Users by the moment their P(alive) falls below AT_RISK_THRESHOLD (METRICS.md §9)."""
+        return f"{self.prefix}:{{{shard}}}:due:risk"
+
     def apps(self) -> str:
         """app -> timezone, fixed by the app's first accepted event."""
         return f"{self.prefix}:apps"
 
     def shards(self) -> str:
         return f"{self.prefix}:shards"
+
+    def lapse_fits(self) -> str:
+        """app -> its fitted risk-of-lapsing model (METRICS.md §9) as JSON: model, params,
+        log_likelihood, users, as_of_ms (``state/at_risk.py``)."""
+        return f"{self.prefix}:fits"
 
     def topology(self) -> str:
         """topic -> partition count the state was built with (a partition is a shard)."""
@@ -118,25 +136,14 @@ def parse_due_member(member: bytes) -> UserKey:
 
 #: The one family holding every daily measure, each field ``<measure>:<day>[:<currency>]``.
 DAILY_FAMILY = "daily"
-_DAILY_PREFIX = {
-    Measure.DAU: "dau", Measure.WAU_EDGE: "wae", Measure.MAU_EDGE: "mae",
-    Measure.INSTALLS: "ins", Measure.NEW_USERS: "new", Measure.PAYERS: "pay",
-    Measure.REVENUE: "rev",
-}
+#: The stored names are declared with the figures (streams/catalogue.py, STORED_NAMES).
+_DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in DAILY_STORED.items()}
+_DAILY_OF_NAME = {name: m for m, name in DAILY_STORED.items()}
 #: Period families are ``<name>:<granularity>``, fields the coordinates joined by ':'.
-_PERIOD_NAME = {
-    Measure.COHORT_SIZE: "coh", Measure.CLASSIC: "cls", Measure.ACTIVE: "act",
-    Measure.LOST: "lost", Measure.LAST_ACTIVE: "last", Measure.COST: "cost",
-    Measure.LTV: "ltv", Measure.PERIOD_REVENUE: "prev", Measure.FIRST_PAYMENT: "fpay",
-    Measure.PERIOD_PAYERS: "ppay", Measure.REPEAT_PAYERS: "prep", Measure.REPEAT_BUYERS: "rpc",
-    Measure.NPS: "nps", Measure.NPS_COHORT: "npsc", Measure.RETURNED: "ret",
-    Measure.LAST_RETURN: "lret",
-}
-assert set(_DAILY_PREFIX) == DAILY_MEASURES and set(_PERIOD_NAME).isdisjoint(DAILY_MEASURES)
-_DAILY_FIELD_PREFIX = {m: f"{name}:" for m, name in _DAILY_PREFIX.items()}
-_DAILY_OF_NAME = {name: m for m, name in _DAILY_PREFIX.items()}
-_PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in _PERIOD_NAME.items()
-                  for g in PERIOD_GRANULARITIES}
+_PERIOD_FAMILY = {(m, g): f"{name}:{g}" for m, name in STORED_NAMES.items()
+                  if m not in DAILY_MEASURES | APP_MEASURES for g in PERIOD_GRANULARITIES}
+#: Families kept once per app, fields the coordinates joined by ':'.
+_APP_FAMILY = {m: STORED_NAMES[m] for m in APP_MEASURES}
 #: Coordinates that are text (a currency, a survey name); every other one is an integer.
 _TEXT_LAST = frozenset({Measure.REVENUE, Measure.LTV, Measure.PERIOD_REVENUE, Measure.NPS,
                         Measure.NPS_COHORT, Measure.RETURNED, Measure.LAST_RETURN})
@@ -146,6 +153,8 @@ def family_name(measure: Measure, granularity: str | None = None) -> str:
     """The family (last part of the aggregate key) holding ``measure``."""
     if measure in DAILY_MEASURES:
         return DAILY_FAMILY
+    if measure in APP_MEASURES:
+        return _APP_FAMILY[measure]
     assert granularity is not None, f"{measure.name} is kept per granularity"
     return _PERIOD_FAMILY[measure, granularity]
 
@@ -183,6 +192,8 @@ def _render_cell(cell: Cell) -> tuple[str, str]:
     prefix = _DAILY_FIELD_PREFIX.get(head)
     if prefix is not None:
         return DAILY_FAMILY, prefix + ":".join(map(str, cell[1:]))
+    if head in APP_MEASURES:
+        return _APP_FAMILY[head], ":".join(map(str, cell[1:]))
     return _PERIOD_FAMILY[head, cell[1]], ":".join(map(str, cell[2:]))
 
 
@@ -218,9 +229,15 @@ _STAT_PREFIX = {
     Stat.ACCEPTED: "acc", Stat.REJECTED: "rej", Stat.DUPLICATE: "dup", Stat.FORWARDED: "fwd",
     Stat.ROUTE: "route", Stat.INACTIVE: "inactive", Stat.EXPIRED: "expired", Stat.SENT: "sent",
     Stat.FALSE_ALARM: "false", Stat.REACTIVATED: "react", Stat.BACK_WITHIN_7D: "back7",
+    Stat.AT_RISK_SENT: "risk_sent", Stat.AT_RISK_EXPIRED: "risk_expired",
+    Stat.AT_RISK_RETURNED: "risk_back", Stat.AT_RISK_BACK_7D: "risk_back7",
+    Stat.AT_RISK_FALSE_ALARM: "risk_false",
 }
 _STAT_FIELD_PREFIX = {s: f"{name}:" for s, name in _STAT_PREFIX.items()}
 _STAT_OF_NAME = {name: s for s, name in _STAT_PREFIX.items()}
+#: The at-risk stats (METRICS.md §9), whose tail is (app).
+AT_RISK_STATS = (Stat.AT_RISK_SENT, Stat.AT_RISK_EXPIRED, Stat.AT_RISK_RETURNED,
+                 Stat.AT_RISK_BACK_7D, Stat.AT_RISK_FALSE_ALARM)
 #: The win-back stats whose tail is (app, days, value segment[, churn type]).
 WINBACK_STATS = (Stat.SENT, Stat.FALSE_ALARM, Stat.REACTIVATED, Stat.BACK_WITHIN_7D)
 
@@ -253,7 +270,7 @@ def _parse_stat(name: str) -> Cell | None:
     if stat in (Stat.ACCEPTED, Stat.FORWARDED):
         app, _, last = rest.rpartition(":")
         return stat, app, last
-    if stat in (Stat.REJECTED, Stat.DUPLICATE):
+    if stat in (Stat.REJECTED, Stat.DUPLICATE, *AT_RISK_STATS):
         return stat, rest
     first, _, last = rest.partition(":")
     if stat is Stat.ROUTE:

@@ -43,6 +43,7 @@ from retention_tracker.state.scripts import (
     grouped,
     pack,
 )
+from retention_tracker.streams.at_risk import AtRiskPlan
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.plan import Plan
@@ -244,10 +245,12 @@ class RedisStore:
         next_offsets: Mapping[str, int],
         plan: Plan,
         inactivity_days: Iterable[int] | Callable[[str], Iterable[int]] = (),
+        at_risk_due: Mapping[UserKey, int | None] | None = None,
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
         conflict (nothing was written). ``inactivity_days``: the thresholds whose due sets
-        hold the users, or the thresholds of each app (APP_INACTIVITY_THRESHOLDS)."""
+        hold the users, or the thresholds of each app (APP_INACTIVITY_THRESHOLDS).
+        ``at_risk_due``: users' at-risk moments (None: no entry; streams/at_risk.py)."""
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
@@ -261,13 +264,52 @@ class RedisStore:
             for days in of_app(user[0]) if of_app is not None else every:
                 due_add += (keys.of(self.keys.due(shard, days)),
                             str(last_ms + days * MS_PER_DAY), due_member(user))
+        due_remove = self._at_risk_entries(shard, keys, at_risk_due or {}, due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
             "read_watermark": ("" if plan.read_watermark_ms is None
                                else str(plan.read_watermark_ms)),
             "offsets": [x for topic, offset in next_offsets.items() for x in (topic, str(offset))],
-            "dedup": dedup, "due_add": due_add,
+            "dedup": dedup, "due_add": due_add, "due_remove": due_remove,
         })
+
+    def _at_risk_entries(self, shard: int, keys: KeyIndex, moments: Mapping[UserKey, int | None],
+                         due_add: list[object]) -> list[object]:
+        """Users' at-risk moments into the due set: added to ``due_add``; the removals
+        (users with no moment) returned as ``due_remove``."""
+        due_remove: list[object] = []
+        if moments:
+            key = keys.of(self.keys.due_at_risk(shard))
+            for user, moment in moments.items():
+                if moment is None:
+                    due_remove += (key, due_member(user))
+                else:
+                    due_add += (key, str(moment), due_member(user))
+        return due_remove
+
+    async def apply_at_risk(self, shard: int, loaded: LoadedBatch, plan: AtRiskPlan) -> bool:
+        """Record an at-risk pass (user marks, entries dropped or moved, counters), fenced
+        by the partition version like a batch."""
+        keys = KeyIndex(self.keys.meta(shard))
+        due_add: list[object] = []
+        due_remove = self._at_risk_entries(
+            shard, keys, {**dict.fromkeys(plan.done), **plan.later}, due_add)
+        return await self._apply(shard, loaded, keys, plan.users, plan.stats, [],
+                                 {"due_add": due_add, "due_remove": due_remove})
+
+    async def at_risk_due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
+                                  ) -> list[tuple[UserKey, int]]:
+        """(user, due_ms) whose at-risk moment has come, oldest first, at most ``limit``."""
+        [entries] = await self._fan_out([_Read(
+            "zrangebyscore", self.keys.due_at_risk(shard), ("-inf", now_ms),
+            {"start": 0, "num": limit, "withscores": True})])
+        return [(parse_due_member(member), int(score)) for member, score in entries]
+
+    async def read_lapse_fits(self) -> dict[str, bytes]:
+        """Every app's kept fit (the worker's at-risk moments are computed under them)."""
+        raw = await self.client.hgetall(self.keys.lapse_fits())
+        return {text(app): fit.encode() if isinstance(fit, str) else fit
+                for app, fit in raw.items()}
 
     async def apply_notifications(
         self, shard: int, loaded: LoadedBatch, plan: NotificationPlan
@@ -530,7 +572,27 @@ class RedisStore:
         if problem:
             raise TimezoneConflict(problem)
 
+    async def write_lapse_fit(self, app: str, fit: bytes) -> None:
+        """Keep an app's fitted risk-of-lapsing model (JSON), replacing the one before."""
+        await self._registry_write(self.keys.lapse_fits(), "HSET", self.keys.lapse_fits(),
+                                   app, fit)
+
     # ---- read side --------------------------------------------------------------------
+
+    async def read_lapse_fit(self, app: str) -> bytes | None:
+        found = await self.client.hget(self.keys.lapse_fits(), app)
+        return found.encode() if isinstance(found, str) else found
+
+    async def read_user(self, app: str, user_id: str) -> UserState | None:
+        """One user's record, from whichever partition holds it (one read per partition,
+        sent at once)."""
+        bucket = self._user_bucket(user_id)
+        for raw in await self._fan_out([_Read("hget", self.keys.users(shard, app, bucket),
+                                              (user_id,))
+                                        for shard in await self.shard_ids()]):
+            if raw:
+                return decode_user(raw)
+        return None
 
     async def shard_ids(self) -> list[int]:
         return sorted(int(s) for s in await self.client.smembers(self.keys.shards()))

@@ -11,13 +11,14 @@ read from, as it was when the event was read (METRICS.md §1): the tracker's own
 never makes an event late. That watermark is the partition's *read watermark*, the latest
 event time read from its inputs (events kept or forwarded); a forwarded event carries the
 value it was read at to its home (``Forward.watermark_ms``, the re-key record's
-``watermark`` header). The home's own watermark, moved by every event it accepts, would
-be at the end of a long backlog before the forwards came back.
+``watermark`` header), and one too old for it is rejected where it was read. The home's
+own watermark, moved by every event it accepts, would be at the end of a long backlog
+before the forwards came back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
@@ -30,6 +31,7 @@ from retention_tracker.streams.winback import DEFAULT_WINBACK, WinbackRules
 
 AT_HOME = "home"  # the route of an event read in its user's home partition
 TOO_OLD = "too_old"
+OLDER_THAN_THE_HORIZON = "older than the horizon"
 
 
 @dataclass(slots=True)
@@ -108,7 +110,7 @@ def outcome_of(
     states: Mapping[UserKey, UserState | None],
     seen_dedup_keys: set[bytes],
     watermark_ms: int | None,
-    calendar_of: Callable[[str], AppCalendar],
+    calendars: Mapping[str, AppCalendar],
     rules: BatchRules,
     arrival_ms: int | None,
     read_watermark_ms: int | None = None,
@@ -124,18 +126,28 @@ def outcome_of(
     else:
         judged, read_after = read_watermarks(batch, read_watermark_ms)
     plan = plan_batch(batch.at_home, states, seen_dedup_keys, watermark_ms, rules.horizon_days,
-                      calendar_of, rules.segments, dedup_keys, rules.winback,
+                      calendars, rules.segments, dedup_keys, rules.winback,
                       event_clock=rules.event_clock, judged_ms=judged)
     plan.read_watermark_ms = read_after
     letters = [DeadLetter(offset, r.index, r.reason, r.detail) for offset, r in batch.rejects]
+    # a forward too old for the watermark it carries would be rejected at home: it is
+    # rejected here instead, counted once with this batch (a copy forwarded again after a
+    # crash would be rejected, and counted, again at home; dedup keeps no rejected id)
+    horizon_ms = rules.horizon_days * MS_PER_DAY
+    forwards = []
+    for f in batch.away:
+        if f.watermark_ms is not None and f.event.ts_ms < f.watermark_ms - horizon_ms:
+            letters.append(DeadLetter(f.offset, f.index, TOO_OLD, OLDER_THAN_THE_HORIZON))
+        else:
+            forwards.append(f)
     for letter in letters:
         plan.stats[Stat.REJECTED, letter.reason] += 1
-    letters += [DeadLetter(offset, index, TOO_OLD, "older than the horizon")
+    letters += [DeadLetter(offset, index, TOO_OLD, OLDER_THAN_THE_HORIZON)
                 for offset, index, _ in plan.too_old]  # counted by the plan itself
     letters.sort(key=lambda letter: (letter.offset, letter.index))
-    if arrival_ms is not None:
+    if arrival_ms is not None:  # every event read away from home counts by its cause
         _count_routes(plan, len(batch.at_home), batch.away, arrival_ms)
-    return BatchOutcome(plan, letters, batch.away)
+    return BatchOutcome(plan, letters, forwards)
 
 
 def read_watermarks(batch: ParsedBatch, watermark_ms: int | None

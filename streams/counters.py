@@ -6,7 +6,7 @@ tail is the counter's coordinates (day, granularity, cohort, offset, currency, a
 
 Why a vocabulary here and the stored spelling elsewhere: ``streams/`` is pure and comes
 before the Redis layer in the layer order, so it cannot import ``state/schema.py``; and the
-strings a deployment keeps in Redis (``"coh:day"``, ``"dau:19700"``, ``"acc:app:type"``)
+strings a deployment keeps in Redis (``"coh:day"``, ``"acc:app:type"``)
 are a storage format, not domain knowledge. ``state/schema.py`` renders cells to those
 strings when a plan is applied and parses stored names back to cells for the figures, so
 each name is spelt once. Cells are plain tuples headed by an ``IntEnum`` member: hashing one
@@ -52,10 +52,18 @@ class Measure(IntEnum):
     # RETURN_EVENTS (streams/returning.py): retention on a chosen returning event type
     RETURNED = 24  # (cohort, offset, type): users of the cohort sending type in cohort+offset
     LAST_RETURN = 25  # (cohort, offset, type): users whose last period with type is that one
+    # 24-hour windows from each user's first event (METRICS.md §4), daily cohorts only
+    WINDOW24 = 26  # (cohort, window): users of the cohort with an activity in window N
+    LAST_WINDOW24 = 27  # (cohort, window): users of the cohort last active in window N
+    # ---- per app, neither daily nor per granularity ---------------------------------------
+    # risk of lapsing (streams/lapse_model.py, METRICS.md §9), kept for all users only
+    LAPSE = 28  # (x, t_x days, first day): users with x repeat active days, t_x days apart
 
 
 #: The measures kept one per day (the others are kept per granularity).
 DAILY_MEASURES = frozenset(m for m in Measure if m < Measure.COHORT_SIZE)
+#: The measures kept once per app (not per day nor per granularity).
+APP_MEASURES = frozenset({Measure.LAPSE})
 
 
 class Stat(IntEnum):
@@ -72,6 +80,12 @@ class Stat(IntEnum):
     FALSE_ALARM = 9  # (app, days, value segment, churn type)
     REACTIVATED = 10  # (app, days, value segment, churn type)
     BACK_WITHIN_7D = 11  # (app, days, value segment, churn type)
+    # risk of lapsing (METRICS.md §9, streams/at_risk.py), per app
+    AT_RISK_SENT = 12  # (app): users.at_risk messages
+    AT_RISK_EXPIRED = 13  # (app): at-risk moments found too late to publish
+    AT_RISK_RETURNED = 14  # (app): users back after their at-risk moment was sent
+    AT_RISK_BACK_7D = 15  # (app): of those, back within 7 days of the moment
+    AT_RISK_FALSE_ALARM = 16  # (app): an activity dated before a sent moment arrived late
 
 
 #: A counter named by the domain: ``(Measure | Stat, *coordinates)``.

@@ -8,17 +8,26 @@ module reads them from Redis and parses the stored names (``state/schema.py``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from retention_tracker.streams.calendar import (
+    MS_PER_DAY,
     AppCalendar,
     date_to_day,
     day_to_date,
     period_label,
     period_of_day,
+)
+from retention_tracker.streams.catalogue import (
+    CURRENCY_FIGURES,
+    DAILY_FIGURES,
+    Count,
+    Edges,
+    Ratio,
 )
 from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.segments import money
@@ -57,25 +66,22 @@ def cohort_rows(
     last_day: int | None,
     date_from: date | None = None,
     date_to: date | None = None,
+    windows24: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows of the cohort triangle. ``sizes`` is the COHORT_SIZE family; ``cells`` the
     CLASSIC family (users of cohort c active in c+N) for classic, LAST_ACTIVE (users of c
-    last active in c+N) for rolling."""
-    if last_day is None:
-        return []
-    last_period = period_of_day(last_day, granularity)
-    low = period_of_day(date_to_day(date_from), granularity) if date_from else None
-    high = period_of_day(date_to_day(date_to), granularity) if date_to else None
+    last active in c+N) for rolling. With ``windows24`` (daily cohorts), the cells are
+    the 24-hour windows' (WINDOW24, LAST_WINDOW24: streams/windows24.py): a row runs to
+    the last day with data or to its latest window if later (a DST day), and cell N is
+    complete at the end of the cohort's day plus (N+1) x 24h (METRICS.md §4)."""
     by_cell: dict[int, dict[int, int]] = {}
     for (cohort, offset), count in cells.items():
         by_cell.setdefault(cohort, {})[offset] = count
     rows = []
-    for cohort in sorted(c for (c,), size in sizes.items() if size > 0):
-        if (low is not None and cohort < low) or (high is not None and cohort > high):
-            continue
-        size = sizes[cohort,]
-        width = last_period - cohort + 1
+    for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from, date_to):
         found = by_cell.get(cohort, {})
+        if windows24:
+            width = max(width, max((n for n, v in found.items() if v), default=-1) + 1)
         if kind == "classic":
             counts = [found.get(n, 0) for n in range(width)]
         else:
@@ -91,12 +97,44 @@ def cohort_rows(
                 "counts": counts,
                 "values": [rate(c, size) for c in counts],
                 "complete": [
-                    calendar.period_end_ms(cohort + n, granularity) <= now_ms
-                    for n in range(width)
+                    end_ms <= now_ms for end_ms in _cell_ends(calendar, cohort, granularity,
+                                                              width, windows24)
                 ],
             }
         )
     return rows
+
+
+def cohort_frames(sizes: Mapping[Coordinates, int], granularity: str, last_day: int | None,
+                  date_from: date | None = None, date_to: date | None = None
+                  ) -> list[tuple[int, int, int]]:
+    """What bounds a triangle's rows, retention or money: (cohort period, size, offsets up
+    to the app's last period with data) of each non-empty cohort between the periods of
+    ``date_from`` and ``date_to``, oldest first."""
+    if last_day is None:
+        return []
+    last_period = period_of_day(last_day, granularity)
+    low = period_of_day(date_to_day(date_from), granularity) if date_from else None
+    high = period_of_day(date_to_day(date_to), granularity) if date_to else None
+    return [(cohort, sizes[cohort,], last_period - cohort + 1)
+            for cohort in sorted(c for (c,), size in sizes.items() if size > 0)
+            if (low is None or cohort >= low) and (high is None or cohort <= high)]
+
+
+def window_sizes(window0: Mapping[Coordinates, int]) -> Counter[Coordinates]:
+    """The daily cohorts' sizes from their 24-hour windows' classic cells: every user of a
+    cohort has an activity in window 0 (its first event)."""
+    return Counter({(cohort,): v for (cohort, n), v in window0.items() if n == 0})
+
+
+def _cell_ends(calendar: AppCalendar, cohort: int, granularity: str, width: int,
+               windows24: bool) -> list[int]:
+    """When each cell of a row is complete: its period's end, or for 24-hour windows the
+    end of the cohort's day plus (N+1) x 24h."""
+    if windows24:
+        day_end = calendar.period_end_ms(cohort, "day")
+        return [day_end + (n + 1) * MS_PER_DAY for n in range(width)]
+    return [calendar.period_end_ms(cohort + n, granularity) for n in range(width)]
 
 
 def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
@@ -105,22 +143,21 @@ def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
 
 
 def day_summary(app: str, day: int, daily: Mapping[Cell, int]) -> dict[str, Any]:
-    def get(measure: Measure) -> int:
-        return int(daily.get((measure, day), 0))
-
-    dau, new = get(Measure.DAU), get(Measure.NEW_USERS)
-    mau = edges_up_to(daily, Measure.MAU_EDGE, day)
-    return {
-        "app": app,
-        "date": day_to_date(day).isoformat(),
-        "dau": dau,
-        "wau": edges_up_to(daily, Measure.WAU_EDGE, day),
-        "mau": mau,
-        "stickiness": rate(dau, mau),
-        "installs": get(Measure.INSTALLS),
-        "new_users": new,
-        "returning_users": dau - new,
-    }
+    """The day's figures (streams/catalogue.py): the DAILY_FIGURES, each from its
+    derivation, then the CURRENCY_FIGURES per currency."""
+    out: dict[str, Any] = {"app": app, "date": day_to_date(day).isoformat()}
+    for figure in DAILY_FIGURES:
+        how = figure.derived
+        if isinstance(how, Count):
+            out[figure.key] = int(daily.get((how.measure, day), 0))
+        elif isinstance(how, Edges):
+            out[figure.key] = edges_up_to(daily, how.measure, day)
+        elif isinstance(how, Ratio):
+            out[figure.key] = rate(out[how.part], out[how.whole])
+        else:
+            out[figure.key] = out[how.minuend] - out[how.subtrahend]
+    out.update(_money_of_day(daily, day, out))
+    return out
 
 
 def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
@@ -169,24 +206,20 @@ def money_rows(
     ``cells`` is the LTV family (revenue units of cohort c in period c+N, per currency)
     for ltv and roas, FIRST_PAYMENT (users of c first paying in c+N) for conversion; ``costs``
     the COST family."""
-    # the triangle's frame (cohorts, widths, completeness) is the retention one
-    rows = cohort_rows(sizes, {}, "classic", granularity, calendar, now_ms, last_day,
-                       date_from, date_to)
     by_cohort: dict[int, dict[int, int]] = {}
     for coordinates, value in cells.items():
         if kind != "payer_conversion" and coordinates[2] != currency:
             continue
         by_cohort.setdefault(coordinates[0], {})[coordinates[1]] = value
     out = []
-    for row in rows:
-        cohort = _period_of_label(row["cohort"], granularity)
+    # the triangle's frame (cohorts, widths, completeness) is the retention one
+    for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from, date_to):
         found = by_cohort.get(cohort, {})
         running, cumulative = 0, []
-        for n in range(len(row["complete"])):
+        for n in range(width):
             running += found.get(n, 0)
             cumulative.append(running)
-        size = row["size"]
-        doc: dict[str, Any] = {"cohort": row["cohort"], "size": size}
+        doc: dict[str, Any] = {"cohort": period_label(cohort, granularity), "size": size}
         if kind == "payer_conversion":
             doc["counts"] = cumulative
             doc["values"] = [rate(c, size) for c in cumulative]
@@ -201,19 +234,10 @@ def money_rows(
                 else [float(round(Decimal(units) / cost, 4)) if cost else None
                       for units in cumulative]
             )
-        doc["complete"] = row["complete"]
+        doc["complete"] = [end_ms <= now_ms for end_ms in _cell_ends(
+            calendar, cohort, granularity, width, windows24=False)]
         out.append(doc)
     return out
-
-
-def _period_of_label(label: str, granularity: str) -> int:
-    if granularity == "day":
-        return date_to_day(date.fromisoformat(label))
-    if granularity == "week":
-        year, week = label.split("-W")
-        return period_of_day(date_to_day(date.fromisocalendar(int(year), int(week), 1)), "week")
-    year, month = label.split("-")
-    return int(year) * 12 + int(month) - 1
 
 
 def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) -> list[str]:
@@ -222,17 +246,20 @@ def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) 
                    and (first_day is None or cell[1] >= first_day)})
 
 
-def money_of_day(daily: Mapping[Cell, int], day: int, dau: int) -> dict[str, Any]:
-    """revenue, payers, ARPDAU and ARPPU of one day, per currency."""
+def _money_of_day(daily: Mapping[Cell, int], day: int, figures: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """The day's CURRENCY_FIGURES (revenue, ARPDAU, ARPPU), per currency, from its revenue
+    counters and the day's ``figures`` (``day_summary``) they are divided by."""
     revenue = dict(sorted((cell[2], v) for cell, v in daily.items()
                           if cell[0] is Measure.REVENUE and cell[1] == day and v))
-    payers = int(daily.get((Measure.PAYERS, day), 0))
-    return {
-        "revenue": {cur: money(units) for cur, units in revenue.items()},
-        "payers": payers,
-        "arpdau": {cur: money(u, dau) for cur, u in revenue.items()} if dau else {},
-        "arppu": {cur: money(u, payers) for cur, u in revenue.items()} if payers else {},
-    }
+    out: dict[str, Any] = {}
+    for figure in CURRENCY_FIGURES:
+        whole = figures[figure.per] if figure.per is not None else None
+        out[figure.key] = (
+            {cur: money(units) for cur, units in revenue.items()} if whole is None
+            else {cur: money(units, whole) for cur, units in revenue.items()} if whole
+            else {})
+    return out
 
 
 #: The families the period KPIs are computed from. The split between new and returning

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -42,6 +42,11 @@ from retention_tracker.streams.winback import (
     handle_moment,
     moment_reached_ms,
     return_of,
+)
+from retention_tracker.streams.windows24 import (
+    add_window_contributions,
+    merge_spans,
+    window_delta,
 )
 
 WAU_DAYS = 7
@@ -95,6 +100,7 @@ _COHORT_SIZE, _CLASSIC, _ACTIVE, _LOST, _LAST_ACTIVE, _COST = (
 _LTV, _PERIOD_REVENUE, _FIRST_PAYMENT, _PERIOD_PAYERS, _REPEAT_PAYERS, _REPEAT_BUYERS = (
     Measure.LTV, Measure.PERIOD_REVENUE, Measure.FIRST_PAYMENT, Measure.PERIOD_PAYERS,
     Measure.REPEAT_PAYERS, Measure.REPEAT_BUYERS)
+_LAPSE = Measure.LAPSE
 
 
 def user_contributions(
@@ -110,7 +116,9 @@ def user_contributions(
     contributions is the difference of the full ones, at a fraction of the cost.
 
     With ``into``, the contributions times ``sign`` are added to it: a delta is new's
-    minus old's, with no Counter in between."""
+    minus old's, with no Counter in between. The 24-hour window counters are given only
+    when not scoped: first_seen may move within the first day and re-base every window,
+    so their delta is ``window_delta``'s (streams/windows24.py)."""
     contrib: Counter[Cell] = Counter() if into is None else into
     if not state.seen:  # known only by survey answers: they count, nothing else
         add_nps_contributions(contrib, state, None, sign)
@@ -131,6 +139,8 @@ def user_contributions(
         add_nps_contributions(contrib, state, near_days, sign)
     if state.returns:
         add_return_contributions(contrib, state, near_days, sign)
+    if not scoped:  # scoped: the caller adds the windows' own delta (window_delta)
+        add_window_contributions(contrib, state, sign)
     return contrib
 
 
@@ -262,9 +272,20 @@ def add_events(
     return_types = rules.return_types  # RETURN_EVENTS: the days of these types are kept
     returns: dict[str, set[int]] = (
         {kind: set(days) for kind, days in state.returns} if state and state.returns else {})
+    # 24-hour windows: per UTC day of these events, the earliest and latest (merged below)
+    spans: dict[int, list[int]] | None = (
+        None if state is not None and state.utc_spans is None else {})
     for event in events:
         day = calendar.day_of(event.ts_ms)
         active.add(day)
+        if spans is not None:
+            span = spans.get(event.ts_ms // MS_PER_DAY)
+            if span is None:
+                spans[event.ts_ms // MS_PER_DAY] = [event.ts_ms, event.ts_ms]
+            elif event.ts_ms < span[0]:
+                span[0] = event.ts_ms
+            elif event.ts_ms > span[1]:
+                span[1] = event.ts_ms
         if return_types and event.type in return_types:
             returns.setdefault(event.type, set()).add(day)
         if event.type == "install":
@@ -307,6 +328,11 @@ def add_events(
         answers=state.answers if state else (),
         returns=tuple((kind, frozenset(days)) for kind, days in sorted(returns.items()))
         if returns else (),
+        utc_spans=None if spans is None
+        else merge_spans(state.utc_spans if state is not None else (), spans),
+        at_risk_episode_ms=state.at_risk_episode_ms if state else None,
+        at_risk_moment_ms=state.at_risk_moment_ms if state else 0,
+        at_risk_sent=state.at_risk_sent if state else False,
     )
 
 
@@ -320,7 +346,10 @@ def _add_user_delta(
     was) in. Users with the same segments share one Counter, which the store applies to
     each of those segments: far cheaper than adding every user's delta to every segment."""
     if old is not None and _same_counted_facts(old, new):
-        return  # only last_active_ms or sessions moved: no counter can change
+        # only last_active_ms, sessions or the UTC day spans moved: the 24-hour windows
+        # may have (rarely: an event in a window already active moves none)
+        _add_window_delta(pending, old, new, rules)
+        return
     new_segments = tuple(segments_of(new, rules))
     if old is None:
         user_contributions(new, into=pending.setdefault(new_segments, Counter()))
@@ -329,8 +358,12 @@ def _add_user_delta(
     if old.seen and old_segments == new_segments and old.first_day == new.first_day:
         near = _changed_days(old, new)
         if not near and old.cost_units == new.cost_units:
-            return  # e.g. an earlier event carrying the same attribute value
+            # e.g. an earlier event carrying the same attribute value
+            _add_window_delta(pending, old, new, rules)
+            return
         target = pending.setdefault(new_segments, Counter())
+        for cell, delta in window_delta(old, new):
+            target[cell] += delta
         if _only_new_active_days(old, new):  # the usual change: another day of activity
             add_new_days_delta(target, old, new, near)
             return
@@ -340,6 +373,46 @@ def _add_user_delta(
     else:  # the user moved cohort or segment: every contribution moves
         user_contributions(new, into=pending.setdefault(new_segments, Counter()))
         user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
+
+
+def _add_window_delta(pending: dict[Segments, Counter[Cell]], old: UserState,
+                      new: UserState, rules: SegmentRules) -> None:
+    """The 24-hour windows' delta of a user whose other counted facts did not change,
+    filed under its segments (computed only when a window moved)."""
+    moved = window_delta(old, new)
+    if moved:
+        target = pending.setdefault(tuple(segments_of(new, rules)), Counter())
+        for cell, delta in moved:
+            target[cell] += delta
+#: The lapse summaries are kept for all users only: a fit per segment is not asked for,
+#: and the cells are nearly one per user.
+_ALL_ONLY: Segments = (ALL_USERS,)
+
+
+def lapse_cell(state: UserState) -> Cell | None:
+    """The user's cell of the app's lapse summaries (METRICS.md §9, streams/lapse_model.py):
+    (x repeat active days, t_x = last - first active day, first active day). The first
+    day, not T, so the cell does not move as days pass; None for a user with no activity."""
+    if not state.seen:
+        return None
+    return (_LAPSE, len(state.active_days) - 1, state.last_day - state.first_day,
+            state.first_day)
+
+
+def _add_lapse_delta(groups: dict[Segments, Counter[Cell]], old: UserState | None,
+                     new: UserState) -> None:
+    """lapse_cell(new) - lapse_cell(old). Active days are only ever added, so an equal
+    count means the same days and the same cell: the usual event costs one len."""
+    if old is not None and old.seen and len(old.active_days) == len(new.active_days):
+        return
+    before = lapse_cell(old) if old is not None else None
+    after = lapse_cell(new)
+    if before != after:
+        target = groups.setdefault(_ALL_ONLY, Counter())
+        if before is not None:
+            target[before] -= 1
+        if after is not None:
+            target[after] += 1
 
 
 def _only_new_active_days(old: UserState, new: UserState) -> bool:
@@ -602,7 +675,7 @@ def plan_batch(
     seen_dedup_keys: set[bytes],
     watermark_ms: int | None,
     horizon_days: int,
-    calendar_of: Callable[[str], AppCalendar],
+    calendars: Mapping[str, AppCalendar],
     rules: SegmentRules = DEFAULT_RULES,
     dedup_keys: Sequence[bytes] | None = None,
     winback: WinbackRules = DEFAULT_WINBACK,
@@ -610,7 +683,8 @@ def plan_batch(
     judged_ms: Sequence[int | None] | None = None,
 ) -> Plan:
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
-    order; ``states`` must hold every user of the batch (None for a new user).
+    order; ``states`` must hold every user of the batch (None for a new user), and
+    ``calendars`` the calendar of every app in it (data: the plan calls nothing back).
     ``dedup_keys``, when given, are the events' ``dedup_key``s in the same order (the caller
     already hashed them to load the batch). ``judged_ms``, when given, holds the watermark
     each event is judged against for the horizon, in the same order (``streams/batch.py``);
@@ -640,20 +714,22 @@ def plan_batch(
             if known_ms is not None:
                 plan.known_ms[user_key] = known_ms
         new = _apply_events(plan, user_key, active_old, user_events, user_arrivals, cuts,
-                            calendar_of(app), app_rules, winback)
+                            calendars[app], app_rules, winback)
         if old is not None and active_old is None:
             new = replace(new, answers=old.answers)
         if answered:
-            new = _with_answers(new, answered.pop(user_key, None), calendar_of(app))
+            new = _with_answers(new, answered.pop(user_key, None), calendars[app])
         if new == old:
             continue
         if active_old is None or new.last_active_ms != active_old.last_active_ms:
             plan.due[user_key] = new.last_active_ms
         plan.users[user_key] = new
-        _add_user_delta(pending.setdefault(app, {}), old, new, app_rules)
+        groups = pending.setdefault(app, {})
+        _add_user_delta(groups, old, new, app_rules)
+        _add_lapse_delta(groups, old, new)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
-        new = _with_answers(old or _ANSWERS_ONLY, answers, calendar_of(app))
+        new = _with_answers(old or _ANSWERS_ONLY, answers, calendars[app])
         if new != old:
             plan.users[user_key] = new
             _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))

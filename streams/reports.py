@@ -60,6 +60,8 @@ class CohortReport(Report):
     cohorts: tuple[Row, ...] = ()
     # RETURN_EVENTS: the event type a user must send in a period to count as back in it
     returning: str | None = field(default=None, metadata=OMIT_NONE)
+    # "24h": retention in 24-hour windows from each user's first event (None: calendar)
+    window: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class SummaryReport(Report):
     """One day. Win-back totals and forwarded events exist for all users only (they are
     live totals, not per segment)."""
 
-    figures: Row = field(metadata=FLATTEN)  # day_summary + money_of_day
+    figures: Row = field(metadata=FLATTEN)  # day_summary
     complete: bool
     segment: str | None = field(default=None, metadata=OMIT_NONE)
     winback: Mapping[str, Any] | None = field(default=None, metadata=OMIT_NONE)
@@ -82,6 +84,14 @@ class DailyReport(Report):
     timezone: str
     segment: str | None = field(default=None, metadata=OMIT_NONE)
     days: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueReport(Report):
+    """The figures the tracker shows (streams/catalogue.py): the page labels and formats
+    the daily figures and draws the charts from it, naming none of them itself."""
+
+    catalogue: Mapping[str, Any] = field(metadata=FLATTEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +190,21 @@ class AppFigures(Report):
     nps: Mapping[str, Mapping[str, Mapping[str, Row]]] = field(default_factory=dict)
     # RETURN_EVENTS type -> recent daily cohorts' classic retention on that type
     returning: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    # kind -> recent daily cohorts' retention in 24-hour windows (METRICS.md §4)
+    cohorts24: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    # (threshold, Stat) -> value segment -> churn type -> count: the win-back counters,
+    # every known label at zero (state/queries.winback_counts)
+    winback_counts: Mapping[tuple[int, Any], Mapping[str, Mapping[str, int]]] = field(
+        default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class LiveFigures(Report):
-    """What a metrics snapshot holds: every app's figures and the raw statistics."""
+    """What a metrics snapshot holds: every app's figures and the pipeline statistics."""
 
     now_ms: int
     apps: Mapping[str, AppFigures]
-    stats: Mapping[str, int]
+    stats: Mapping[Any, int]  # (Stat, *tail) -> count (streams/counters.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +215,39 @@ class ReplayReport(Report):
     messages: int
     seconds: float
     rejected: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AtRiskReport(Report):
+    """The app's risk-of-lapsing model (METRICS.md §9) and where its users stand now:
+    ``p_alive`` counts users by band of P(alive), ``at_risk`` those below the threshold."""
+
+    app: str
+    model: str
+    time_unit: str
+    users: int
+    params: Mapping[str, float]
+    log_likelihood: float
+    as_of: str
+    now: str
+    threshold: float
+    users_now: int  # users with activity now (the fit's ``users`` were at ``as_of``)
+    at_risk: int
+    at_risk_share: float
+    p_alive: tuple[Row, ...] = ()
+    messages: Mapping[str, int] = field(default_factory=dict)  # users.at_risk counts
+
+
+@dataclass(frozen=True, slots=True)
+class AtRiskUserReport(Report):
+    """One user's summary and risk: x repeat active days, t_x and T in weeks."""
+
+    app: str
+    user_id: str
+    model: str
+    x: int
+    t_x: float
+    T: float  # the paper's name, as METRICS.md §9 spells the field
+    p_alive: float
+    expected_days_30: float
+    at_risk: bool

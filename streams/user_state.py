@@ -6,7 +6,8 @@ anchored at the first-seen day, the days with an install event, the attributes w
 time of the event they came from, purchases summed per (day, currency), install cost, and
 the user's survey answers (the latest per survey and day: enough to find the latest per
 week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
-the user sent one. A typical free user costs ~20 bytes of
+the user sent one, and per UTC day with activity its earliest and latest event (what the
+24-hour windows need, streams/windows24.py). A typical free user costs ~30 bytes of
 value; see docs/architecture.md "Memory".
 
 A user known only by survey answers (they make no one active, METRICS.md §1) has a record
@@ -17,12 +18,17 @@ from __future__ import annotations
 
 import msgspec
 
-_FORMAT_VERSION = 5
-# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers
-_READABLE_VERSIONS = (3, 4, 5)
+from retention_tracker.streams.calendar import MS_PER_DAY
+
+_FORMAT_VERSION = 6
+# 3: before expired thresholds (no flag bit on notified days); 4: before survey answers;
+# 5: before the UTC day spans (24-hour windows) and the at-risk mark
+_READABLE_VERSIONS = (3, 4, 5, 6)
 _DEFAULT_SURVEY = "nps"  # stored as an empty name: the one nearly every answer has
 ATTRIBUTES = ("platform", "country", "campaign")
 UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
+#: Per UTC day with activity: (UTC day, earliest ts_ms, latest ts_ms) of its events.
+Span = tuple[int, int, int]
 #: One survey answer kept: (survey, local day, ts_ms, event_id, score), the latest of the
 #: user's answers to that survey on that day (equal times: the larger event_id).
 Answer = tuple[str, int, int, str, int]
@@ -59,6 +65,15 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     answers: tuple[Answer, ...] = ()  # sorted by (survey, day)
     # RETURN_EVENTS: per event type named there, the days the user sent one, by type
     returns: tuple[tuple[str, frozenset[int]], ...] = ()
+    # 24-hour windows (streams/windows24.py): per UTC day with activity, its earliest and
+    # latest event, sorted by day; None: unknown (a record from before format 6)
+    utc_spans: tuple[Span, ...] | None = ()
+    # risk of lapsing (METRICS.md §9, streams/at_risk.py): last_active_ms of the episode
+    # whose at-risk moment was handled, that moment, and whether its message was sent
+    # (else it was found too late: expired)
+    at_risk_episode_ms: int | None = None
+    at_risk_moment_ms: int = 0
+    at_risk_sent: bool = False
 
     @property
     def seen(self) -> bool:
@@ -158,6 +173,13 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, len(days))
         for day in sorted(days):
             _put_varint(out, _zigzag(day - state.first_day))
+    _encode_spans(out, state)
+    if state.at_risk_episode_ms is None:
+        _put_varint(out, 0)
+    else:
+        _put_varint(out, 1 + state.at_risk_sent)
+        _put_varint(out, _zigzag(state.at_risk_episode_ms - state.first_seen_ms))
+        _put_varint(out, _zigzag(state.at_risk_moment_ms - state.first_seen_ms))
     span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -165,6 +187,85 @@ def encode_user(state: UserState) -> bytes:
         bitmap[offset >> 3] |= 1 << (offset & 7)
     out += bitmap
     return bytes(out)
+
+
+def _encode_spans(out: bytearray, state: UserState) -> None:
+    """The UTC day spans: a code (0: unknown; else 1 + count * 2 + 1 when the days are
+    written, 0 when they are the active days, as in an app on UTC), then per span its day
+    (if written, from the previous one), the ms of its day its earliest event is at and
+    its latest - earliest, but what first_seen and last_active say already: the first
+    span's earliest is first_seen, the last's latest last_active. A middle span's earliest
+    carries a flag in its low bit: 1 when a width follows (0: one event, or several at
+    the same ms)."""
+    spans = state.utc_spans
+    if spans is None:
+        _put_varint(out, 0)
+        return
+    assert not spans or (spans[0][1] == state.first_seen_ms
+                         and spans[-1][2] == state.last_active_ms), "spans span the user"
+    active = state.active_days  # the usual (an app on UTC): the spans' days are these
+    explicit = len(spans) != len(active) or any(day not in active for day, _, _ in spans)
+    _put_varint(out, 1 + len(spans) * 2 + explicit)
+    previous, last = state.first_day, len(spans) - 1
+    for index, (day, first_ms, last_ms) in enumerate(spans):
+        if explicit:
+            _put_varint(out, _zigzag(day - previous))
+            previous = day
+        if index == 0:
+            if index != last:
+                _put_varint(out, last_ms - first_ms)
+        elif index == last:
+            _put_varint(out, first_ms - day * MS_PER_DAY)
+        else:
+            _put_varint(out, (first_ms - day * MS_PER_DAY) * 2 + (last_ms != first_ms))
+            if last_ms != first_ms:
+                _put_varint(out, last_ms - first_ms)
+
+
+#: A span as read: (ms of its day of the earliest event, latest - earliest), each None when
+#: first_seen or last_active gives it.
+_RawSpan = tuple[int | None, int | None]
+
+
+def _decode_spans(data: bytes, pos: int, first_day: int
+                  ) -> tuple[list[_RawSpan] | None, list[int] | None, int]:
+    """The spans as written (None: unknown), and their days when written (None: they are
+    the active days, from the bitmap after)."""
+    code, pos = _get_varint(data, pos)
+    if not code:
+        return None, None, pos
+    count, explicit = divmod(code - 1, 2)
+    days: list[int] | None = [] if explicit else None
+    found: list[_RawSpan] = []
+    previous, last = first_day, count - 1
+    for index in range(count):
+        if days is not None:
+            delta, pos = _get_varint(data, pos)
+            previous += _unzigzag(delta)
+            days.append(previous)
+        earliest: int | None = None
+        width: int | None = None
+        if index == 0:
+            if index != last:
+                width, pos = _get_varint(data, pos)
+        elif index == last:
+            earliest, pos = _get_varint(data, pos)
+        else:
+            flagged, pos = _get_varint(data, pos)
+            earliest, width = flagged >> 1, 0
+            if flagged & 1:
+                width, pos = _get_varint(data, pos)
+        found.append((earliest, width))
+    return found, days, pos
+
+
+def _spans(days: list[int], found: list[_RawSpan], first_seen_ms: int, last_active_ms: int
+           ) -> tuple[Span, ...]:
+    spans = []
+    for day, (earliest, width) in zip(days, found, strict=True):
+        first_ms = first_seen_ms if earliest is None else day * MS_PER_DAY + earliest
+        spans.append((day, first_ms, last_active_ms if width is None else first_ms + width))
+    return tuple(spans)
 
 
 def _encode_answers(out: bytearray, state: UserState) -> None:
@@ -286,7 +387,23 @@ def decode_user(data: bytes) -> UserState:
     if data[0] >= 5:
         answers, pos = _decode_answers(data, pos, first_day, first_seen_ms)
         returns, pos = _decode_returns(data, pos, first_day)
+    found: list[_RawSpan] | None = None  # before format 6: not kept, unknown
+    span_days: list[int] | None = None
+    if data[0] >= 6:
+        found, span_days, pos = _decode_spans(data, pos, first_day)
+    risk_episode, risk_moment, risk_sent = None, 0, False
+    if data[0] >= 6:
+        mark, pos = _get_varint(data, pos)
+        if mark:
+            risk_sent = mark == 2
+            episode, pos = _get_varint(data, pos)
+            moment, pos = _get_varint(data, pos)
+            risk_episode = first_seen_ms + _unzigzag(episode)
+            risk_moment = first_seen_ms + _unzigzag(moment)
     active = _decode_active_days(data, pos, first_day)
+    spans = None if found is None else _spans(
+        active if span_days is None else span_days, found, first_seen_ms,
+        first_seen_ms + span_ms)
     return UserState(
         first_seen_ms=first_seen_ms,
         last_active_ms=first_seen_ms + span_ms,
@@ -302,4 +419,8 @@ def decode_user(data: bytes) -> UserState:
         expired_days=tuple(expired),
         answers=tuple(answers),
         returns=tuple(returns),
+        utc_spans=spans,
+        at_risk_episode_ms=risk_episode,
+        at_risk_moment_ms=risk_moment,
+        at_risk_sent=risk_sent,
     )

@@ -12,7 +12,7 @@ import functools
 import hashlib
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +178,7 @@ def plan_notifications(
     due: Iterable[tuple[int, UserKey, int]],
     states: Mapping[UserKey, UserState | None],
     now_ms: int,
-    calendar_of: Callable[[str], AppCalendar],
+    calendars: Mapping[str, AppCalendar],
     rules: SegmentRules,
     winback: WinbackRules,
     arrivals: Sequence[int] = (),
@@ -203,7 +203,7 @@ def plan_notifications(
         reached_ms = moment_reached_ms(arrivals, due_ms, now_ms)
         if known_ms and user in known_ms:
             reached_ms = max(reached_ms, known_ms[user])
-        plan.users[user] = handle_moment(user, state, days, reached_ms, calendar_of(user[0]),
+        plan.users[user] = handle_moment(user, state, days, reached_ms, calendars[user[0]],
                                          rules.for_app(user[0]), winback, plan.messages,
                                          plan.stats)
     return plan

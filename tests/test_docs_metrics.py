@@ -21,8 +21,9 @@ import orjson
 import pytest
 
 from retention_tracker.agents.metrics import GLOBAL_COUNTERS, GLOBAL_GAUGES
-from retention_tracker.bench import reference
+from retention_tracker.bench import lapse_reference, reference
 from retention_tracker.config.settings import SETTINGS_DOC
+from retention_tracker.state.at_risk import StoredFit, at_risk_report, at_risk_user_report
 from retention_tracker.state.queries import (
     cohort_report,
     headline_report,
@@ -34,7 +35,7 @@ from retention_tracker.state.queries import (
     value_segments_report,
     winback_counts,
 )
-from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
     FORWARD_CAUSES,
@@ -42,7 +43,8 @@ from retention_tracker.streams.events import (
     Event,
     parse_message,
 )
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.lapse_model import LapseParams, at_risk_day
+from retention_tracker.streams.plan import dedup_key, lapse_cell, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import WinbackRules, plan_notifications
@@ -90,7 +92,7 @@ def by_label(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
 
 def test_the_examples_are_there() -> None:
     assert set(EXAMPLES) == {"dead-letters", "first-week", "winback", "casino",
-                             "satisfaction"}
+                             "satisfaction", "windows-24h", "at-risk"}
 
 
 # ---- the closed sets the document lists -------------------------------------------------
@@ -153,7 +155,7 @@ def test_too_old_is_behind_the_watermark_by_more_than_the_horizon() -> None:
     old = Event("a", "x", "session", "u", watermark - 400 * MS_PER_DAY - 1)
     edge = Event("a", "y", "session", "u", watermark - 400 * MS_PER_DAY)
     plan = plan_batch([(0, -1, old), (1, -1, edge)], {("a", "u"): None}, set(), watermark,
-                      400, lambda _app: AppCalendar("UTC"))
+                      400, {"a": AppCalendar("UTC")})
     assert [e for _, _, e in plan.too_old] == [old]
     assert sum(v for k, v in plan.stats.items() if "too_old" in k) == 1
 
@@ -275,10 +277,11 @@ async def check_example(name: str, state: RealApply, events: list[Event]) -> Non
             g, kind, returning = check["granularity"], check["kind"], check.get("returning")
             assert returning is None or returning in example["return_events"]
             assert set(example.get("return_events", ())) <= set(cfg.return_events)
-            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning)
-                   ).as_json()["cohorts"]
+            window = check.get("window", "calendar")  # "24h": 24-hour windows
+            got = (await cohort_report(store, cfg, "a", g, kind, returning=returning,
+                                       window=window)).as_json()["cohorts"]
             assert got == reference.triangle(events, "a", g, kind, tz, now,
-                                             returning=returning), check
+                                             returning=returning, window=window), check
             rows = by_label(got, "cohort")
             assert set(rows) >= set(check["rows"]), check
             for label, expected in check["rows"].items():
@@ -322,6 +325,22 @@ async def test_casino_in_one_batch_and_backwards(redis_url: str) -> None:
         await check_example("casino", state, events)
 
 
+async def test_windows_24h_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
+    events = events_of(EXAMPLES["windows-24h"])
+    now = max(e.ts_ms for e in events)
+    async with RealApply(redis_url) as state:
+        await state.apply(events, now)
+        await check_example("windows-24h", state, events)
+    async with RealApply(redis_url) as state:
+        for event in reversed(events):  # the late install first: nothing to re-base
+            await state.apply([event], now)
+        await check_example("windows-24h", state, events)
+    async with RealApply(redis_url) as state:
+        for event in events:  # the late install last: every window of w3 re-based
+            await state.apply([event], now)
+        await check_example("windows-24h", state, events)
+
+
 async def test_satisfaction_in_one_batch_and_one_at_a_time_backwards(redis_url: str) -> None:
     events = events_of(EXAMPLES["satisfaction"])
     async with RealApply(redis_url) as state:
@@ -351,7 +370,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
     for offset, event in enumerate(events):
         user = (event.app, event.user_id)
         plan = plan_batch([(offset, -1, event)], {user: states.get(user)}, seen, watermark,
-                          400, lambda _app: calendar, DEFAULT_RULES,
+                          400, {"a": calendar}, DEFAULT_RULES,
                           [dedup_key(event.app, event.event_id)], rules, event_clock=True)
         seen.update(plan.new_dedup_keys)
         watermark = plan.watermark_ms
@@ -365,7 +384,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
                 due[days, moved] = last_ms + days * MS_PER_DAY
         notified = plan_notifications(
             [(days, u, at) for (days, u), at in due.items()], states, watermark,
-            lambda _app: calendar, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
+            {"a": calendar}, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
         states.update(notified.users)
         stats.update(notified.stats)
         sent += notified.messages
@@ -414,3 +433,45 @@ def test_winback_example() -> None:
 def test_a_day_is_24_hours_in_utc() -> None:
     """The worked examples count gaps in 24-hour days."""
     assert timedelta(days=1) // timedelta(milliseconds=1) == MS_PER_DAY
+
+
+# ---- risk of lapsing (§9) ---------------------------------------------------------------------
+
+
+async def test_at_risk_example_one_event_at_a_time_backwards(redis_url: str) -> None:
+    """The document's parameters kept as the app's fit; each user's x, t_x, T, P(alive),
+    expected days and at-risk day as the document states, P(alive) also by the papers'
+    product form over the reference's summaries."""
+    example = EXAMPLES["at-risk"]
+    events = events_of(example)
+    params = LapseParams(**example["params"])
+    now = max(event.ts_ms for event in events)
+    async with RealApply(redis_url, timezone=example["timezone"]) as state:
+        for event in reversed(events):
+            await state.apply([event], now)
+        await state.store.write_lapse_fit("a", StoredFit("bgnbd", params, 0.0, 4, now).encode())
+        report = (await at_risk_report(state.store, state.settings, "a")).as_json()
+        assert report["params"] == example["params"]
+        assert {key: report[key] for key in example["report"]} == example["report"]
+        for user, expected in example["users"].items():
+            got = (await at_risk_user_report(state.store, state.settings, "a", user)).as_json()
+            for key in ("x", "t_x", "T", "at_risk"):
+                assert got[key] == expected[key], (user, key)
+            for key in ("p_alive", "expected_days_30"):
+                assert got[key] == pytest.approx(expected[key], abs=5e-5), (user, key)
+            state_of = await state.store.read_user("a", user)
+            assert state_of is not None
+            _, x, t_x_days, first_day = lapse_cell(state_of)  # type: ignore[misc]
+            day = at_risk_day("bgnbd", params, x, t_x_days, first_day, 0.5)
+            shown = expected["at_risk_day"]
+            assert day == (None if shown is None else date_to_day(date.fromisoformat(shown)))
+    today = reference.local_day(now, example["timezone"])
+    as_tuple = (params.r, params.alpha, params.a, params.b)
+    summaries = reference.lapse_summaries(events, "a", example["timezone"])
+    assert sum(summaries.values()) == len(example["users"])
+    for x, t_x, first in summaries:
+        big_t = (today - first).days
+        p = lapse_reference.p_alive("bgnbd", as_tuple, x, t_x / 7, big_t / 7)
+        assert any(u["x"] == x and u["T"] == round(big_t / 7, 4)
+                   and u["p_alive"] == pytest.approx(p, abs=5e-5)
+                   for u in example["users"].values()), (x, t_x, first)

@@ -7,6 +7,8 @@ const COHORT_CURVES = 8; // LTV/ROAS: the latest cohorts drawn
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
   "#17becf"];
 const charts = {};
+let catalogue = null; // the figures the page shows, from /retention/figures
+let figureOf = {};
 const $ = (id) => document.getElementById(id);
 
 // ---- state in the URL, so a view can be linked (and tested) --------------------------------
@@ -16,6 +18,7 @@ const state = {
   where: params.get("where") || "",
   kind: params.get("kind") || "classic",
   granularity: params.get("granularity") || "week",
+  window: params.get("window") || "calendar", // "24h": windows from each user's first event
   period: params.get("period") || "week",
 };
 
@@ -130,21 +133,31 @@ function drawLive(id, defs, xs, columns, complete, opts) {
   draw(id, pairs.flatMap((p) => p[0]), [xs, ...pairs.flatMap((p) => p[1])], opts);
 }
 
+// The daily charts the catalogue (/retention/figures) declares for the page: one figure per
+// chart, series labelled and formatted as the catalogue says, some against a right axis.
 function drawDaily(doc) {
   const days = doc.days;
   const xs = days.map((d) => Date.parse(d.date + "T12:00:00Z") / 1000);
   const complete = days.map((d) => d.complete);
-  const of = (key) => days.map((d) => d[key]);
-  drawLive("chart-dau", [line("DAU", 0, { scale: "users" }), line("installs", 1, { scale: "ins" })],
-    xs, [of("dau"), of("installs")], complete, {
-      scales: { x: { time: true } },
-      axes: [{}, { scale: "users", size: 60 }, { scale: "ins", side: 1, grid: { show: false } }],
-    });
-  drawLive("chart-new", [line("new users", 2), line("returning users", 0)], xs,
-    [of("new_users"), of("returning_users")], complete);
-  drawLive("chart-stickiness", [line("stickiness", 3, { value: (u, v) => pct(v) })], xs,
-    [of("stickiness")], complete, {
-      axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => pct(v)) }] });
+  const box = $("daily-charts");
+  for (const chart of catalogue.charts) {
+    const id = "chart-" + chart.id;
+    if (!$(id)) {
+      const right = chart.right.map((k) => figureOf[k].label).join(", ");
+      const figure = el("figure");
+      figure.append(el("figcaption", {},
+        chart.title + (right ? ` (right axis: ${right})` : "") + ", by day"), el("div", { id }));
+      box.append(figure);
+    }
+    const fmt = chart.unit === "share" ? { value: (u, v) => pct(v) } : {};
+    const series = chart.series.map((k, i) => line(figureOf[k].label, i,
+      { scale: chart.right.includes(k) ? "right" : "left", ...fmt }));
+    const axis = chart.unit === "share" ? { values: (u, vals) => vals.map((v) => pct(v)) } : {};
+    const axes = [{}, { scale: "left", size: 60, ...axis }];
+    if (chart.right.length) axes.push({ scale: "right", side: 1, grid: { show: false } });
+    drawLive(id, series, xs, chart.series.map((k) => days.map((d) => d[k])), complete,
+      { scales: { x: { time: true } }, axes });
+  }
 }
 
 function drawCurves(id, doc) {
@@ -165,23 +178,24 @@ function drawCurves(id, doc) {
 // ---- panels ---------------------------------------------------------------------------------
 function renderSummary(s) {
   $("today").textContent = s.date + (s.complete ? "" : " (day not ended: live)");
-  const stats = [["dau", "DAU", int(s.dau)], ["wau", "WAU", int(s.wau)],
-    ["mau", "MAU", int(s.mau)], ["stickiness", "stickiness", share(s.stickiness, s.mau)],
-    ["installs", "installs", int(s.installs)], ["new_users", "new users", int(s.new_users)],
-    ["returning_users", "returning users", int(s.returning_users)]];
+  const shown = (f) => (f.unit === "share" ? share(s[f.key], s[f.whole]) : int(s[f.key]));
+  const stats = catalogue.daily.filter((f) => !f.money).map((f) => [f.key, f.label, shown(f)]);
   $("stats").replaceChildren(...stats.map(([key, label, text]) => {
     const box = el("div", { class: "stat", id: "stat-" + key, "data-value": s[key] });
     box.append(el("span", { class: "value" }, text), el("span", { class: "label" }, label));
     return box;
   }));
-  const money = Object.keys(s.revenue).map((cur) => ({ attrs: { "data-currency": cur },
-    cells: [cur, { text: amount(s.revenue[cur]), attrs: { "data-value": s.revenue[cur] } },
-      amount(s.arpdau[cur], 4), amount(s.arppu[cur], 4)] }));
+  const [revenue, ...divided] = catalogue.currency;
+  const money = Object.keys(s[revenue.key]).map((cur) => ({ attrs: { "data-currency": cur },
+    cells: [cur, { text: amount(s[revenue.key][cur]),
+      attrs: { "data-value": s[revenue.key][cur] } },
+    ...divided.map((f) => amount(s[f.key][cur], 4))] }));
   const box = $("money-today");
-  box.replaceChildren(el("p", { id: "payers", "data-value": s.payers },
-    `today: ${int(s.payers)} payers` + (money.length ? "" : ", no revenue")));
-  if (money.length) box.append(table(el("table", { id: "revenue" }),
-    ["currency", "revenue", "ARPDAU", "ARPPU"], money));
+  const payers = catalogue.daily.find((f) => f.money);
+  box.replaceChildren(el("p", { id: payers.key, "data-value": s[payers.key] },
+    `today: ${int(s[payers.key])} ${payers.label}` + (money.length ? "" : ", no revenue")));
+  if (money.length) box.append(table(el("table", { id: revenue.key }),
+    ["currency", ...catalogue.currency.map((f) => f.label)], money));
   renderWinback(s);
 }
 
@@ -204,6 +218,30 @@ function renderWinback(s) {
   }
   table("winback-table", ["threshold", "segment", "inactive now", "notified", "reactivated",
     "back within 7 days"], rows);
+}
+
+// METRICS.md §9: the users the model holds at risk beside those inactive 2 days, as shares of
+// the users with activity (all users only: the model is fitted per app).
+async function renderAtRisk(summary) {
+  const inactive = summary.winback && summary.winback["2"];
+  let doc;
+  try {
+    doc = await getJson("/retention/at-risk?" + new URLSearchParams({ app: state.app }));
+  } catch (err) {
+    $("at-risk-as-of").textContent = "(no model: " + (err.message || err) + ")";
+    $("at-risk-table").replaceChildren();
+    return;
+  }
+  $("at-risk-as-of").textContent = `${doc.model} fitted ${doc.as_of} over ${int(doc.users)} ` +
+    `users; P(alive) below ${doc.threshold} as of ${doc.now}`;
+  const row = (flag, label, users) => ({ attrs: { "data-flag": flag, "data-users": users,
+    "data-value": doc.users_now ? users / doc.users_now : null },
+    cells: [label, int(users), share(doc.users_now ? users / doc.users_now : null,
+      doc.users_now)] });
+  table("at-risk-table", ["flag", "users", "share of users"], [
+    row("at_risk", "at risk (" + doc.model + ")", doc.at_risk),
+    ...(inactive ? [row("inactive_2d", "inactive 2 days", inactive.inactive)] : []),
+  ]);
 }
 
 function renderHeadline(doc) {
@@ -315,6 +353,10 @@ async function loadApps() {
 
 async function refresh() {
   try {
+    if (!catalogue) {
+      catalogue = await getJson("/retention/figures");
+      figureOf = Object.fromEntries(catalogue.daily.map((f) => [f.key, f]));
+    }
     const apps = await loadApps();
     if (!state.app) throw new Error("no data yet: no app has sent an event");
     const money = { granularity: "week", currency: apps.appCurrency };
@@ -322,7 +364,8 @@ async function refresh() {
       getJson("/retention/summary?" + query()),
       getJson("/retention/daily?" + query()),
       getJson("/retention/headline?" + query()),
-      getJson("/retention/cohorts?" + query({ kind: state.kind, granularity: state.granularity })),
+      getJson("/retention/cohorts?" + query({ kind: state.kind, window: state.window,
+        granularity: state.window === "24h" ? "day" : state.granularity })),
       getJson("/retention/kpis?" + query({ period: state.period })),
       getJson("/retention/cohorts?" + query({ kind: "ltv", ...money })),
       getJson("/retention/cohorts?" + query({ kind: "roas", ...money })),
@@ -335,6 +378,7 @@ async function refresh() {
     renderKpis(kpis);
     renderNps(nps);
     renderPipeline(pipeline);
+    await renderAtRisk(summary);
     drawDaily(daily);
     drawCurves("chart-ltv", ltv);
     drawCurves("chart-roas", roas);
@@ -356,6 +400,6 @@ function bind(id, key) {
 }
 
 for (const [id, key] of [["app", "app"], ["where", "where"], ["kind", "kind"],
-  ["granularity", "granularity"], ["period", "period"]]) bind(id, key);
+  ["granularity", "granularity"], ["window", "window"], ["period", "period"]]) bind(id, key);
 refresh();
 setInterval(refresh, REFRESH_MS);

@@ -37,6 +37,8 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
         ({"INACTIVITY_THRESHOLDS": "2,x"}, "INACTIVITY_THRESHOLDS='2,x'"),
         ({"CURRENCY": "dollars"}, "CURRENCY='dollars'"),
         ({"ACTIVITY_EVENTS": "bet,install"}, "ACTIVITY_EVENTS: 'install' is a built-in"),
+        ({"AT_RISK_MODEL": "pareto"}, "AT_RISK_MODEL='pareto' must be one of bgnbd, mbgnbd"),
+        ({"AT_RISK_THRESHOLD": "1.5"}, "AT_RISK_THRESHOLD=1.5 must lie strictly between"),
         ({"KAFKA_BROKER": "nonsense::::"}, "'nonsense::::' is not host:port"),
     ],
 )
@@ -77,6 +79,21 @@ def test_where_combinations_are_refused_in_one_line(redis_url: str) -> None:
     line = one_line_error(run("report", "--where", "platform=ios", "--where", "country=BR",
                               REDIS_URL=redis_url))
     assert "--where: one segment at a time" in line
+
+
+def test_at_risk_of_an_unknown_app_or_user_is_one_line(redis_url: str, unique: str) -> None:
+    line = one_line_error(run("at-risk", "--app", "nope", REDIS_URL=redis_url,
+                              KEY_PREFIX=f"p-{unique}"))
+    assert "no data for app 'nope'" in line
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"p-{unique}:apps", "casino", "UTC")
+    try:
+        line = one_line_error(run("at-risk", "--app", "casino", "--user", "u1",
+                                  REDIS_URL=redis_url, KEY_PREFIX=f"p-{unique}"))
+        assert line.endswith("--user: no activity of user 'u1' in app 'casino'")
+    finally:
+        client.delete(f"p-{unique}:apps")
+        client.close()
 
 
 def test_worker_refuses_a_second_calendar_for_an_app(redis_url: str, unique: str) -> None:

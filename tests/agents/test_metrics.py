@@ -6,10 +6,13 @@ worker's snapshot has (state/queries.live_figures)."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 from collections import Counter
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from retention_tracker.agents import metrics as metrics_module
 from retention_tracker.agents.metrics import (
     GLOBAL_COUNTERS,
     GLOBAL_GAUGES,
@@ -17,8 +20,10 @@ from retention_tracker.agents.metrics import (
     SnapshotCollector,
     WorkerMetrics,
 )
-from retention_tracker.state.schema import render_stats
+from retention_tracker.state.queries import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
+from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
+from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.events import REJECT_REASONS, Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.reports import AppFigures, LiveFigures
@@ -27,24 +32,25 @@ from retention_tracker.streams.winback import WinbackRules, handle_moment
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 
 
-def real_stats() -> Counter[str]:
-    """Two sessions and a purchase accepted, one duplicate, one notification sent: as the
-    stats hash holds them (the plan's typed cells, rendered by the schema)."""
+def real_stats() -> Counter[Cell]:
+    """Two sessions and a purchase accepted, one duplicate, one notification sent: the
+    plan's typed cells, as the snapshot carries them (parsed from the stats hash)."""
     events = [Event("a", "e1", "session", "u1", BASE_MS),
               Event("a", "e1", "session", "u1", BASE_MS),
               Event("a", "e2", "session", "u1", BASE_MS + 1),
               Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0)]
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
                       {("a", "u1"): None, ("a", "u2"): None}, set(), None, 400,
-                      lambda _app: UTC,
+                      UTC_APPS,
                       dedup_keys=[dedup_key(e.app, e.event_id) for e in events])
     stats = Counter(plan.stats)
     state = plan.users["a", "u2"]
     handle_moment(("a", "u2"), state, 2, state.last_active_ms + 2 * MS_PER_DAY, UTC,
                   DEFAULT_RULES, WinbackRules(), [], stats)
-    return Counter(dict(render_stats(stats.items())))
+    return stats
 
 
 def row(size: int, values: list[float], complete: list[bool]) -> dict[str, object]:
@@ -73,6 +79,9 @@ def snapshot() -> Snapshot:
                               "churned": {"answers": 0, "nps": None}},
                       "csat": {"retained": {"answers": 1, "nps": -100.0}}}},
         returning={"purchase": (row(4, [0.25, 0.5, 0.0], [True, True, False]),)},
+        cohorts24={"classic": (row(4, [1.0, 0.25, 0.0], [True, True, False]),),
+                   "rolling": (row(4, [1.0, 0.5, 0.0], [True, True, False]),)},
+        winback_counts=winback_counts(real_stats(), "a", (2,)),
     )
     stats = dict(real_stats())
     figures = LiveFigures(BASE_MS, {"a": app}, stats)
@@ -131,6 +140,10 @@ def test_cohorts_only_at_the_exported_offsets() -> None:
                  offset="1") == 0.5
     assert value("retention_cohort_returning", app="a", type="purchase", cohort="2024-01-01",
                  offset="0") is None  # offset 0 not exported here
+    assert value("retention_cohort_retention_24h", app="a", kind="rolling",
+                 cohort="2024-01-01", offset="1") == 0.5
+    assert value("retention_cohort_complete_24h", app="a", cohort="2024-01-01",
+                 offset="1") == 1
 
 
 def test_event_and_winback_counters_from_the_plans_counters() -> None:
@@ -189,6 +202,23 @@ def test_nps_now_and_of_the_last_period_by_churn() -> None:
                  group="churned") is None
     assert value("retention_nps", app="a", period="week", survey="csat") is None
     assert value("retention_nps_answers", app="a", period="week", survey="csat") == 0
+
+
+def test_every_daily_figure_of_the_catalogue_is_a_gauge() -> None:
+    """The collector iterates the catalogue: a figure declared there is exported, by the
+    name and help declared there, with no line of the collector naming it."""
+    registry = registry_with(snapshot())
+    helps = {family.name: family.documentation for family in registry.collect()}
+    for figure in (*DAILY_FIGURES, *CURRENCY_FIGURES):
+        assert helps[figure.gauge] == figure.help
+    assert "state" not in {name.split(".")[1] for name in _imports(metrics_module)}
+
+
+def _imports(module: object) -> set[str]:
+    """The retention_tracker modules a module imports (from its source)."""
+    tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and node.module and node.module.startswith("retention_tracker.")}
 
 
 def test_custom_activity_types_are_exported_from_the_start() -> None:

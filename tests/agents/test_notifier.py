@@ -16,14 +16,12 @@ from retention_tracker.agents.notifier import Notifier
 from retention_tracker.config.settings import Settings
 from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.streams.batch import BatchRules
-from retention_tracker.streams.calendar import AppCalendar
 
 
 def notifier() -> Notifier:
     settings = Settings(inactive_topic_pattern="lapsed.{days}d", reactivated_topic="back")
     return Notifier(settings, store=None, rules=BatchRules(400),  # type: ignore[arg-type]
-                    metrics=WorkerMetrics(CollectorRegistry()), clock_ms=lambda: 0,
-                    calendar_for=lambda _app: AppCalendar("UTC"))
+                    metrics=WorkerMetrics(CollectorRegistry()), clock_ms=lambda: 0)
 
 
 def test_each_threshold_has_its_topic_and_every_message_is_keyed_by_its_user() -> None:

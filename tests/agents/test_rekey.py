@@ -211,7 +211,7 @@ async def consume(store: RedisStore, logs: Logs, rng: random.Random,
         fresh = read.from_offset(start)
         outcome = outcome_of(fresh, keys[len(keys) - len(fresh.at_home):], loaded.states,
                              loaded.seen_dedup_keys, loaded.watermark_ms,
-                             lambda app: AppCalendar(ZONES[app]), rules,
+                             {app: AppCalendar(zone) for app, zone in ZONES.items()}, rules,
                              None if topic == "rk" else NOW_MS, loaded.read_watermark_ms)
         for forward in outcome.forwards:
             logs.append(logs.rekey[forward.partition], forward.event.user_id.encode(),

@@ -64,6 +64,10 @@ class Deployment:
         return f"reactivated-{self.name}"
 
     @property
+    def at_risk_topic(self) -> str:
+        return f"atrisk-{self.name}"
+
+    @property
     def rekey_topic(self) -> str:
         """Where the workers forward events read away from their user's partition (the
         default REKEY_TOPIC of this deployment's GROUP_ID)."""
@@ -81,6 +85,7 @@ class Deployment:
             KEY_PREFIX=f"rt-{self.name}",
             INACTIVE_TOPIC_PATTERN=f"inactive-{self.name}-{{days}}d",
             REACTIVATED_TOPIC=f"reactivated-{self.name}",
+            AT_RISK_TOPIC=f"atrisk-{self.name}",
             USER_BUCKETS="16",
             DEDUP_BUCKETS="16",
         )

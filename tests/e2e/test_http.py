@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_http_views_and_metrics_match_the_cli(deployment: Deployment) -> None:
-    sent = produce(deployment.bootstrap, deployment.topic, event_messages(simulated(days=10)))
+    events = simulated(days=10)
+    sent = produce(deployment.bootstrap, deployment.topic, event_messages(events))
     worker, port = deployment.start_worker(CLOCK="event", METRICS_REFRESH_S="1")
     base = f"http://127.0.0.1:{port}"
     with worker:
@@ -32,6 +33,15 @@ def test_http_views_and_metrics_match_the_cli(deployment: Deployment) -> None:
         status, body = get(f"{base}/retention/summary")
         summary = deployment.cli_json("summary", CLOCK="event")
         assert (status, orjson.loads(body)) == (200, summary)
+        # §9: the HTTP answer fits and keeps the model, the CLI reads the one kept
+        status, body = get(f"{base}/retention/at-risk?refit=1")
+        at_risk = orjson.loads(body)
+        assert status == 200 and at_risk["users"] > 0, body
+        assert at_risk == deployment.cli_json("at-risk", CLOCK="event")
+        user = next(e["user_id"] for e in events if isinstance(e, dict))
+        status, body = get(f"{base}/retention/at-risk?user={user}")
+        assert (status, orjson.loads(body)) == (
+            200, deployment.cli_json("at-risk", "--user", user, CLOCK="event"))
         status, body = get(f"{base}/retention/cohorts?granularity=hour")
         assert status == 400 and b"granularity" in body
         status, body = get(f"{base}/retention/summary?app=nope")

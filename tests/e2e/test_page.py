@@ -182,6 +182,15 @@ def test_the_page_shows_the_json_endpoints_numbers(served: Served, tmp_path: Pat
     assert number(page.by_id("headline-d1").get("data-value", "")) == headline["d1"]
     assert headline["d1"] is not None
 
+    # §9: the page's request fitted the model; the JSON reads the fit it kept
+    at_risk = served.json("/retention/at-risk?app=default")
+    flags = {n["data-flag"]: n for n in page.found if "data-flag" in n}
+    assert int(flags["at_risk"]["data-users"]) == at_risk["at_risk"]
+    assert int(flags["inactive_2d"]["data-users"]) == summary["winback"]["2"]["inactive"]
+    assert number(flags["at_risk"]["data-value"]) == pytest.approx(
+        at_risk["at_risk"] / at_risk["users_now"])
+    assert at_risk["model"] in page.by_id("at-risk-as-of")["text"]
+
 
 def test_the_page_shows_nps_money_split_and_live_points(served: Served, tmp_path: Path) -> None:
     page = rendered(served, "app=default&period=week", tmp_path / "profile")
@@ -251,6 +260,39 @@ def test_the_page_is_served_offline_with_its_library(served: Served) -> None:
     license_status, license_text = get(served.base + "/static/vendor/uplot-1.6.32/LICENSE")
     assert license_status == 200 and b"MIT" in license_text
     assert get(served.base + "/health") == (200, b'{"status":"OK"}')
+
+
+def test_the_window_toggle_shows_retention_in_24_hour_windows(served: Served,
+                                                              tmp_path: Path) -> None:
+    """The page's "days" toggle: daily cohorts in 24-hour windows, the endpoint's rows, which
+    are the reference's from the raw events; the CLI's --window 24h the same."""
+    page = rendered(served, "app=default&kind=classic&granularity=week&window=24h",
+                    tmp_path / "profile")
+    doc = served.json("/retention/cohorts?app=default&kind=classic&granularity=day&window=24h")
+    assert doc["window"] == "24h"
+    events = [validate_event(e, utc_now_ms()) for e in served.raw]
+    watermark = max(e.ts_ms for e in events)
+    assert doc["cohorts"] == reference.triangle(events, "default", "day", "classic", "UTC",
+                                                watermark, window="24h")
+    rows = [n["data-cohort"] for n in page.found if "data-cohort" in n]
+    assert rows == [r["cohort"] for r in doc["cohorts"]] and len(rows) >= 20  # daily
+    first = doc["cohorts"][0]
+    cell = next(n for n in page.found if n["tag"] == "td" and n.get("data-offset") == "1"
+                and n["title"].startswith(first["cohort"] + " "))
+    assert number(cell["data-value"]) == first["values"][1]
+    shown = orjson.loads(served.cli("report", "--window", "24h", "--kind", "rolling",
+                                    "--json").stdout)
+    assert shown["cohorts"] == reference.triangle(events, "default", "day", "rolling", "UTC",
+                                                  watermark, window="24h")
+    text = served.cli("report", "--window", "24h").stdout
+    assert "in 24h windows from each user's first event" in text.splitlines()[0]
+    refused = served.cli("report", "--window", "24h", "--granularity", "week")
+    assert "--window: 24-hour windows are counted for daily cohorts" in one_line(refused)
+    status, body = get(served.base + "/retention/cohorts?window=7h")
+    assert status == 400 and orjson.loads(body)["parameter"] == "window"
+    figures = served.json("/retention/figures")
+    assert [f["key"] for f in figures["daily"]][:3] == ["dau", "wau", "mau"]
+    assert figures["windows"] == ["calendar", "24h"]
 
 
 # ---- the JSON the page reads ----------------------------------------------------------------

@@ -72,7 +72,8 @@ def _stack(deployment: Deployment, tmp_path: Path
         ports = []
         for index in (1, 2):
             worker, port = deployment.start_worker(index, CLOCK="event", METRICS_REFRESH_S="1",
-                                                   RETURN_EVENTS="purchase")
+                                                   RETURN_EVENTS="purchase",
+                                                   AT_RISK_REFIT_SECONDS="2")
             workers.append(stack.enter_context(worker))
             ports.append(port)
         both = start_prometheus(binary, tmp_path / "both", ports)
@@ -108,6 +109,9 @@ def _stack(deployment: Deployment, tmp_path: Path
             return bool(got) and min(got.values()) > applied_at
 
         wait_for(fresh_snapshots_scraped, 60, "snapshots taken after the last batch")
+        # the at-risk gauges need a kept fit: the workers refit every 2 s
+        wait_for(lambda: bool(both.query("min(retention_at_risk_users)", time.time())), 60,
+                 "at-risk gauges")
         yield deployment, both, one, workers, sent
 
 

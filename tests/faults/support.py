@@ -32,13 +32,18 @@ from redis.retry import Retry
 
 from retention_tracker.bench import reference
 from retention_tracker.cli.main import cli
-from retention_tracker.devstack.processes import ManagedProcess
+from retention_tracker.devstack.processes import ManagedProcess, wait_for
 from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
 from tests.e2e.harness import Deployment
-from tests.e2e.test_worker_exact import MS_PER_DAY, assert_reports_match, simulated
+from tests.e2e.test_worker_exact import (
+    MS_PER_DAY,
+    assert_reports_match,
+    inactive_users,
+    simulated,
+)
 
 #: Short group timeouts: a killed worker's partitions go to the others once its session
 #: expires (Kafka allows sessions down to group.min.session.timeout.ms, 1 s in
@@ -183,6 +188,22 @@ class InProcessQueries:
             raise AssertionError(f"retention {' '.join(args)}: {result.output}") from (
                 result.exception)
         return orjson.loads(result.stdout)
+
+
+def wait_moments_handled(deployment: Deployment, raw: list[dict[str, Any]],
+                         worker: ManagedProcess, timeout_s: float = 60) -> None:
+    """Until the worker has handled (sent or expired) every 2-day inactivity moment the
+    wall clock has passed: its notification passes run after its batches are applied, and
+    on a caught-up partition only after EVENT_CLOCK_IDLE_MS, so the figures' check of the
+    inactive users (``assert_figures_exact``) waits for them."""
+    events = valid_events(raw)
+    queries = InProcessQueries(deployment)
+
+    def handled() -> bool:
+        inactive = queries.cli_json("summary")["winback"]["2"]["inactive"]
+        return bool(inactive >= inactive_users(events, utc_now_ms()))
+
+    wait_for(alive_predicate(worker, handled), timeout_s, "every passed moment handled")
 
 
 def assert_figures_exact(deployment: Deployment, raw: list[dict[str, Any]]) -> None:

@@ -46,7 +46,7 @@ async def test_rpr_lists_cohorts_without_buyers(store: RedisStore, unique: str) 
                                     [dedup_key(e.app, e.event_id) for e in events], JAN_1_2024)
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)], loaded.states,
                       loaded.seen_dedup_keys, loaded.watermark_ms, 400,
-                      lambda _: AppCalendar("UTC"))
+                      {"default": AppCalendar("UTC")})
     assert await store.apply_plan(0, loaded, {"t": len(events)}, plan)
     settings = Settings(key_prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
     doc = (await repeat_purchase_report(store, settings, "default", "week")).as_json()

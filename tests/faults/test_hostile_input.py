@@ -532,7 +532,7 @@ def test_the_earliest_accepted_timestamps_can_be_planned(ts: int | str, zone: st
     items = [(0, index, event) for index, event in parsed.events]
     assert len(items) == 1 and not parsed.rejects
     plan = plan_batch(items, {("default", "u"): None}, set(), None, 400,
-                      lambda _: AppCalendar(zone))
+                      {"default": AppCalendar(zone)})
     assert plan.stats == {(Stat.ACCEPTED, "default", "session"): 1}
     state = plan.users["default", "u"]
     assert state.first_seen_ms == 0

@@ -41,6 +41,7 @@ from .support import (
     metric,
     quick_client,
     read_stats,
+    wait_moments_handled,
     workload,
 )
 
@@ -294,6 +295,7 @@ def kill_9_between_forward_and_apply(
         stack.enter_context(successor)
         d.wait_applied(produced, worker=successor)
         recovery = round(time.monotonic() - killed, 2)
+        wait_moments_handled(d, raw, successor)
     copies = reforwarded_copies(read_topic(d.bootstrap, d.rekey_topic))
     assert copies >= 1, "the killed batch's forwards were not sent again"
     assert forwarded_stats(d) == expected
@@ -309,13 +311,13 @@ def kill_9_between_forward_and_apply(
 LONG_REPLAY = {"HORIZON_DAYS": "31", "CLOCK": "event"}
 
 
-def history_longer_than_the_horizon(seed: int) -> tuple[list[dict[str, Any]],
-                                                        list[dict[str, Any]]]:
-    """75 days of traffic (more than twice ``LONG_REPLAY``'s horizon) in the order it was
+def history_longer_than_the_horizon(seed: int, days: int, installs_per_day: int
+                                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``days`` of traffic (more than twice ``LONG_REPLAY``'s horizon) in the order it was
     delivered (events up to 72 h late, 5 % duplicates); and events dated 200 days before
     it, sent after it: older than the horizon behind any partition's watermark by then,
     whatever the keying, so they are dead-lettered as ``too_old`` in every run."""
-    raw = workload(days=75, seed=seed, installs_per_day=6)
+    raw = workload(days=days, seed=seed, installs_per_day=installs_per_day)
     start_ms = min(e["ts"] for e in raw)
     ancient = [{"event_id": f"ancient-{n}", "type": "session", "user_id": f"ancient-{n}",
                 "ts": start_ms - 200 * MS_PER_DAY} for n in range(8)]
@@ -326,7 +328,7 @@ def history_longer_than_the_horizon(seed: int) -> tuple[list[dict[str, Any]],
 def test_a_history_longer_than_the_horizon_loses_nothing_to_routing(
     deployment: Deployment, keying: str
 ) -> None:
-    """Scenario 14 (issue 26): a replay of a history longer than the horizon, well keyed or
+    """Scenario 14 (issue 26): a replay of 120 days, 31 days of horizon, well keyed or
     by every imperfect producer in turn (no key, arrays mixing users, CRC32, another key).
     The home events of the backlog move their partitions' watermarks to the end of the
     history long before the forwards come home through the re-key topic; each forward is
@@ -334,7 +336,10 @@ def test_a_history_longer_than_the_horizon_loses_nothing_to_routing(
     accepted in both runs (only the ancient ones are too old) and the figures are the
     reference's."""
     d = deployment
-    raw, ancient = history_longer_than_the_horizon(seed=67)
+    # four times the horizon: on main the mis-keyed run lost events to too_old in 2 of 5
+    # runs (1 of 3 with 75 days): it depends on how far a partition's home events run
+    # ahead of its forwards; a 120-day replay of this size lost 6,170 of 14,983 there
+    raw, ancient = history_longer_than_the_horizon(seed=67, days=120, installs_per_day=10)
     if keying == "well_keyed":
         messages, expected = well_keyed(raw + ancient, d.partitions), Counter[str]()
     else:
@@ -347,8 +352,9 @@ def test_a_history_longer_than_the_horizon_loses_nothing_to_routing(
         started = time.monotonic()
         d.wait_applied(produced, worker=worker)
         recovery = round(time.monotonic() - started, 2)
+        wait_moments_handled(d, raw, worker)
     assert forwarded_stats(d) == expected
-    report = FaultReport(f"14 history of 75 days, horizon 31 days, {keying}", produced, raw,
+    report = FaultReport(f"14 history of 120 days, horizon 31 days, {keying}", produced, raw,
                          recovery_s=recovery, max_lag=monitor.max_lag,
                          extra={"forwarded": dict(expected)})
     assert_figures_exact(d, raw)
@@ -363,9 +369,9 @@ def test_kill_9_between_forward_and_apply_on_a_history_longer_than_the_horizon(
     watermark is written only with that batch): the copies are duplicates at home, and
     the same events are accepted as without the crash."""
     d = own_deployment
-    raw, ancient = history_longer_than_the_horizon(seed=71)
+    raw, ancient = history_longer_than_the_horizon(seed=71, days=75, installs_per_day=6)
     messages, expected = miskeyed(raw + ancient, d.partitions, seed=71, other_key=True)
-    env = {**FAST_GROUP, **LONG_REPLAY, "BATCH_MAX_RECORDS": "200",
+    env = {**FAST_GROUP, **LONG_REPLAY, "BATCH_MAX_RECORDS": "20",
            "WINBACK_TICK_MS": "3600000"}
     kill_9_between_forward_and_apply(d, "15 kill -9 between forward and apply, horizon 31",
                                      raw, messages, expected, env,

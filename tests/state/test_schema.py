@@ -18,7 +18,7 @@ from retention_tracker.state.schema import (
     render_cell,
     render_stat,
 )
-from retention_tracker.streams.counters import DAILY_MEASURES, Measure, Stat
+from retention_tracker.streams.counters import APP_MEASURES, DAILY_MEASURES, Measure, Stat
 
 #: Each measure's stored (family, field) for a sample cell: these strings never change.
 STORED = {
@@ -46,6 +46,9 @@ STORED = {
     (Measure.NPS_COHORT, "year", 2024, -1, 0, "csat"): ("npsc:year", "2024:-1:0:csat"),
     (Measure.RETURNED, "week", 2800, 1, "purchase"): ("ret:week", "2800:1:purchase"),
     (Measure.LAST_RETURN, "day", 19700, 3, "bet"): ("lret:day", "19700:3:bet"),
+    (Measure.WINDOW24, "day", 19700, 2): ("w24:day", "19700:2"),
+    (Measure.LAST_WINDOW24, "day", 19700, 0): ("lw24:day", "19700:0"),
+    (Measure.LAPSE, 4, 12, 19700): ("lapse", "4:12:19700"),
 }
 
 STATS = {
@@ -60,6 +63,11 @@ STATS = {
     (Stat.FALSE_ALARM, "a", 2, "vip", "late"): "false:a:2:vip:late",
     (Stat.REACTIVATED, "a", 7, "payer", "late"): "react:a:7:payer:late",
     (Stat.BACK_WITHIN_7D, "a", 7, "payer", "quick"): "back7:a:7:payer:quick",
+    (Stat.AT_RISK_SENT, "a"): "risk_sent:a",
+    (Stat.AT_RISK_EXPIRED, "a"): "risk_expired:a",
+    (Stat.AT_RISK_RETURNED, "a"): "risk_back:a",
+    (Stat.AT_RISK_BACK_7D, "a"): "risk_back7:a",
+    (Stat.AT_RISK_FALSE_ALARM, "a"): "risk_false:a",
 }
 
 
@@ -75,9 +83,11 @@ def test_stored_names_parse_back_to_the_cells() -> None:
     for cell, (family, field) in STORED.items():
         if cell[0] in DAILY_MEASURES:
             continue
-        assert family_name(cell[0], cell[1]) == family
-        assert field_name(cell[0], *cell[2:]) == field
-        assert parse_family(cell[0], {field: 5}) == {cell[2:]: 5}
+        app_wide = cell[0] in APP_MEASURES  # no granularity in the cell
+        coordinates = cell[1:] if app_wide else cell[2:]
+        assert family_name(cell[0], None if app_wide else cell[1]) == family
+        assert field_name(cell[0], *coordinates) == field
+        assert parse_family(cell[0], {field: 5}) == {coordinates: 5}
 
 
 def test_daily_fields_of_no_known_measure_are_left_out() -> None:

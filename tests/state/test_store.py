@@ -20,6 +20,7 @@ from retention_tracker.streams.plan import dedup_key, plan_batch
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 
 
 @pytest.fixture(params=[0, 1000], ids=["no-cache", "state-cache"])
@@ -43,7 +44,7 @@ async def apply_batch(store: RedisStore, shard: int, events: list[Event], first_
     start = loaded.next_offsets["t"] or 0
     fresh = [item for item in items if item[0] >= start]
     plan = plan_batch(fresh, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms, 400,
-                      lambda _app: UTC)
+                      UTC_APPS)
     return await store.apply_plan(shard, loaded, {"t": first_offset + len(events)}, plan)
 
 
@@ -79,7 +80,7 @@ async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
     await store.register_shard(0)
     first = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     second = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
-    plan = plan_batch([(0, -1, event)], first.states, set(), None, 400, lambda _a: UTC)
+    plan = plan_batch([(0, -1, event)], first.states, set(), None, 400, UTC_APPS)
     assert await store.apply_plan(0, first, {"t": 1}, plan) is True
     assert await store.apply_plan(0, second, {"t": 1}, plan) is False  # stale: nothing written
     after = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
@@ -93,7 +94,7 @@ async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) ->
     key = dedup_key("a", "e1")
     loaded = await store.load_batch(0, ["t"], [("a", "u")], [key], BASE_MS)
     plan = plan_batch([(0, -1, Event("a", "e1", "session", "u", BASE_MS))], loaded.states,
-                      set(), None, 400, lambda _a: UTC)
+                      set(), None, 400, UTC_APPS)
     assert await store.apply_plan(0, loaded, {"t": 1}, plan)
     for later, remembered in [(window_ms, True), (2 * window_ms + MS_PER_DAY, False)]:
         again = await store.load_batch(0, ["t"], [], [key], BASE_MS + later)
@@ -159,7 +160,7 @@ async def test_every_key_the_apply_script_writes_is_declared_in_keys(
         loaded = await store.load_batch(0, ["t"], [(e.app, e.user_id) for e in events],
                                         [dedup_key(e.app, e.event_id) for e in events], BASE_MS)
         plan = plan_batch([(n, -1, e) for n, e in enumerate(events)], loaded.states,
-                          loaded.seen_dedup_keys, None, 400, lambda _a: UTC)
+                          loaded.seen_dedup_keys, None, 400, UTC_APPS)
         assert await store.apply_plan(0, loaded, {"t": 12}, plan, (2,))
         written = {k.decode() async for k in client.scan_iter(match=f"{prefix}:*")}
         assert any(":a:a:platform=ios:" in k for k in written)  # aggregates of a segment

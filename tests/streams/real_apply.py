@@ -81,7 +81,8 @@ class RealApply:
         start = loaded.next_offsets[TOPIC] or 0
         fresh = [item for item in items if item[0] >= start]
         plan = plan_batch(fresh, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
-                          self.settings.horizon_days, lambda _app: self.calendar, self.rules)
+                          self.settings.horizon_days,
+                          {app: self.calendar for app in {e.app for e in events}}, self.rules)
         applied = await self.store.apply_plan(
             shard, loaded, {TOPIC: max(start, first_offset + len(events))}, plan,
             self.settings.winback_rules().thresholds_of,

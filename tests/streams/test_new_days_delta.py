@@ -19,6 +19,7 @@ from retention_tracker.streams.plan import (
     add_new_days_delta,
     user_contributions,
 )
+from retention_tracker.streams.windows24 import window_delta
 
 BASE_MS = 1_703_980_800_000  # 2023-12-31T00:00:00Z: a year ends two days in
 UTC = AppCalendar("UTC")
@@ -52,4 +53,6 @@ def test_direct_delta_of_new_active_days_is_the_generic_one(
     user_contributions(old, into=expected, sign=-1)
     direct: Counter[Cell] = Counter()
     add_new_days_delta(direct, old, new, new.active_days - old.active_days)
+    for cell, delta in window_delta(old, new):  # the plan adds the windows' delta beside
+        direct[cell] += delta
     assert _nonzero(direct) == _nonzero(expected)

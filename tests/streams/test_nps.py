@@ -25,6 +25,7 @@ from retention_tracker.streams.plan import plan_batch
 from retention_tracker.streams.user_state import UserState
 
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 MONDAY_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 DAY_MS = 86_400_000
 MONDAY = date_to_day(date(2024, 1, 1))
@@ -86,7 +87,7 @@ def test_a_user_known_only_by_answers_counts_in_periods_not_cohorts() -> None:
     and the answer moves with it (the plan's contributions(new) - contributions(old))."""
     survey = answer("s1", MONDAY_MS + 3600_000, 10)
     plan = plan_batch([(0, -1, survey)], {("a", "u"): None}, set(), None, 400,
-                      lambda _app: UTC)
+                      UTC_APPS)
     only = plan.users["a", "u"]
     assert not only.seen and plan.due == {}  # no activity: no inactivity moment either
     cells = plan.deltas["a"][("all", "value=free")]
@@ -94,7 +95,7 @@ def test_a_user_known_only_by_answers_counts_in_periods_not_cohorts() -> None:
     assert cells[Measure.NPS, "week", 2818, PROMOTER, 0, "nps"] == 1
     session = Event("a", "e1", "session", "u", MONDAY_MS + 8 * DAY_MS)  # W02: retained now
     later = plan_batch([(1, -1, session)], {("a", "u"): only}, set(), plan.watermark_ms, 400,
-                       lambda _app: UTC)
+                       UTC_APPS)
     state = later.users["a", "u"]
     assert state.seen and state.answers == only.answers
     assert state.first_day == MONDAY + 8 and later.due == {("a", "u"): session.ts_ms}

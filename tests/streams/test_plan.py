@@ -17,6 +17,7 @@ from .real_apply import RealApply
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 
 
 def day(n: int) -> int:
@@ -29,7 +30,7 @@ def test_duplicates_inside_one_batch_count_once_in_the_plan() -> None:
     buy = Event("a", "b1", "purchase", "u", day(0), amount=2.5, currency="USD")
     other = Event("a", "b1", "purchase", "u", day(3), amount=9.0)  # same id, other content
     plan = plan_batch([(0, -1, buy), (1, -1, buy), (2, -1, other)], {("a", "u"): None},
-                      set(), None, 400, lambda _app: UTC)
+                      set(), None, 400, UTC_APPS)
     assert plan.stats == {(Stat.ACCEPTED, "a", "purchase"): 1, (Stat.DUPLICATE, "a"): 2}
     assert plan.new_dedup_keys == [dedup_key("a", "b1")]
     deltas = plan.deltas["a"][("all", "value=payer")]
@@ -127,3 +128,28 @@ async def test_money_is_exact_to_the_cent_and_duplicates_pay_once(redis_url: str
         assert got["revenue"] == {"USD": 0.3}  # not 0.30000000000000004
         roas = (await cohort_report(state.store, state.settings, "a", "day", "roas")).as_json()
         assert roas["cohorts"][0]["cac"] == 0.3 and roas["cohorts"][0]["values"][0] == 1.0
+
+
+def test_the_lapse_summaries_move_with_each_new_active_day_in_all_users_only() -> None:
+    """§9: a user is one count at (x, t_x days, first day). Days 0 and 3, then a late day 1
+    (x grows, t_x does not), then a day -2 (the first day moves: every coordinate does); a
+    second session on a known day moves nothing."""
+    d0 = date_to_day(date(2024, 1, 1))
+    ev = [Event("a", f"e{n}", "session", "u", day(n), platform="ios") for n in (0, 3, 1, -2)]
+    first = plan_batch([(0, -1, ev[0]), (1, -1, ev[1])], {("a", "u"): None}, set(), None, 400,
+                       UTC_APPS)
+    assert first.deltas["a"][("all",)] == {(Measure.LAPSE, 1, 3, d0): 1}
+    user = first.users["a", "u"]
+    late = plan_batch([(2, -1, ev[2])], {("a", "u"): user}, set(), None, 400, UTC_APPS)
+    assert late.deltas["a"][("all",)] == {(Measure.LAPSE, 1, 3, d0): -1,
+                                          (Measure.LAPSE, 2, 3, d0): 1}
+    earlier = plan_batch([(3, -1, ev[3])], {("a", "u"): late.users["a", "u"]}, set(), None,
+                         400, UTC_APPS)
+    assert earlier.deltas["a"][("all",)] == {(Measure.LAPSE, 2, 3, d0): -1,
+                                             (Measure.LAPSE, 3, 5, d0 - 2): 1}
+    again = Event("a", "e9", "session", "u", day(3) + 1000)
+    same = plan_batch([(4, -1, again)], {("a", "u"): earlier.users["a", "u"]}, set(), None,
+                      400, UTC_APPS)
+    assert ("all",) not in same.deltas.get("a", {})
+    assert not any(cell[0] is Measure.LAPSE for segments, group in first.deltas["a"].items()
+                   if segments != ("all",) for cell in group)  # not per platform or value

@@ -1,6 +1,7 @@
 """Property tests: incremental plans, applied by the real Lua scripts on a real Redis, over
 any batching, order and duplication of the events give exactly the batch reference's
-figures, for every family, segment, granularity, money curve, KPI and win-back due moment.
+figures, for every family, segment, granularity (24-hour windows too), money curve, KPI and
+win-back due moment.
 
 The dedup window and the horizon are modelled from the contract (§1, §2): copies delivered
 inside the window are duplicates, copies delivered after twice the window count again, and
@@ -31,12 +32,14 @@ from retention_tracker.state.queries import (
     kpis_report,
     nps_report,
     read_daily,
+    read_measure,
     repeat_purchase_report,
     summary_report,
 )
 from retention_tracker.streams.calendar import MS_PER_DAY, date_to_day
+from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.figures import day_summary, money_of_day
+from retention_tracker.streams.figures import day_summary
 
 from .real_apply import RealApply
 
@@ -122,7 +125,10 @@ def accepted_events(
     order, a copy of an id accepted in this round is a duplicate, an event older than the
     horizon behind the latest accepted time is too old, anything else counts. An id
     accepted again in a later round counts again: it gets a new id for the reference, whose
-    own dedup is global. Returns those events and the stats the worker must count."""
+    own dedup is global; the suffix starts with NUL so that the new id sorts against every
+    other id as the original does (NPS breaks ties of equal times by the larger event_id:
+    with "@1", "e1@1" sorted after "e14" where "e1" sorts before it). Returns those events
+    and the stats the worker must count."""
     accepted: list[Event] = []
     stats: Counter[str] = Counter()
     watermark: dict[int, int] = {}
@@ -140,7 +146,7 @@ def accepted_events(
             seen.add(key)
             stats[f"acc:{event.app}:{event.type}"] += 1
             watermark[shard] = max(watermark.get(shard, event.ts_ms), event.ts_ms)
-            accepted.append(msgspec.structs.replace(event, event_id=f"{event.event_id}@{number}")
+            accepted.append(msgspec.structs.replace(event, event_id=f"{event.event_id}\x00{number}")
                             if key in ever else event)
             ever.add(key)
     return accepted, stats
@@ -155,6 +161,10 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     assert now_ms == max(e.ts_ms for e in events)
     rules = {app: reference_rules(cfg, app) for app in apps}
     for app in sorted(apps):
+        # §9: the lapse summaries (x, t_x days, first day) -> users
+        assert +await read_measure(store, app, Measure.LAPSE, None) == {
+            (x, t_x, date_to_day(first)): n
+            for (x, t_x, first), n in reference.lapse_summaries(events, app, tz).items()}, app
         for segment, where in SEGMENTS.items():
             query_where = () if where is None else (segment,)
             for granularity in ("day", "week", "month"):
@@ -164,6 +174,12 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
                     got = (await cohort_report(store, cfg, app, granularity, kind,
                                               where=query_where)).as_json()
                     assert got["cohorts"] == expected, (app, segment, granularity, kind)
+                    if granularity == "day":  # 24-hour windows (METRICS.md §4)
+                        expected = reference.triangle(events, app, "day", kind, tz, now_ms,
+                                                      where=where, **rules[app], window="24h")
+                        got = (await cohort_report(store, cfg, app, granularity, kind,
+                                                  where=query_where, window="24h")).as_json()
+                        assert got["cohorts"] == expected, (app, segment, "24h", kind)
                     returns = {"all": ("purchase", "bet"), "platform=ios": ("purchase",)}
                     for returning in returns.get(segment, ()):
                         expected = reference.triangle(events, app, granularity, kind, tz,
@@ -206,7 +222,6 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
             series = reference.daily_series(events, app, tz, where=where, **rules[app])
             for day, figures in series.items():
                 got = day_summary(app, date_to_day(day), daily)
-                got.update(money_of_day(daily, date_to_day(day), got["dau"]))
                 assert got == figures, (app, segment, day)
             if series:  # the query path of the last day too, win-back figures aside
                 last = max(series)

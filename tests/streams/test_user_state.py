@@ -1,7 +1,7 @@
 """The user-state codec (streams/user_state.py): a Redis hash field value per user.
 
 Round trip for any state (survey answers and answers-only users included), the exact bytes
-of a small one (worked by hand from the format), records of formats 3 and 4 still decode,
+of a small one (worked by hand from the format), records of formats 3 to 5 still decode,
 and anything else is refused."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from retention_tracker.streams.user_state import (
     ATTRIBUTES,
@@ -19,17 +20,30 @@ from retention_tracker.streams.user_state import (
 )
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, day 19723
+DAY_MS = 86_400_000
 
 
 def test_a_small_state_in_bytes() -> None:
-    """Version 5; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 0 ms to
-    last_active; first day 0; one install at offset 0; no attributes, purchases or cost;
-    one session; no win-back marks; no survey answers; no RETURN_EVENTS days; the active
-    days 0 and 2 as the bitmap 0b101."""
-    state = UserState(1000, 1000, 0, frozenset({0, 2}), frozenset({0}), sessions=1)
+    """Version 6; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 172,799,007
+    ms to last_active (2 days + 7 ms - 1000 ms); first day 0; one install at offset 0; no
+    attributes, purchases or cost; one session; no win-back marks; no survey answers; no
+    RETURN_EVENTS days; two UTC day spans on the active days (code 1 + 2 x 2, days not
+    written): the first's earliest is first_seen, its width 0; the last's latest is
+    last_active, its earliest 7 ms into day 2; no at-risk mark; the active days 0 and 2 as
+    the bitmap 0b101."""
+    state = UserState(1000, 2 * DAY_MS + 7, 0, frozenset({0, 2}), frozenset({0}), sessions=1,
+                      utc_spans=((0, 1000, 1000), (2, 2 * DAY_MS + 7, 2 * DAY_MS + 7)))
     raw = encode_user(state)
-    assert raw == bytes([5, 0xD0, 0x0F, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0b101])
+    assert raw == bytes([6, 0xD0, 0x0F, 0x9F, 0xE8, 0xB2, 0x52, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0,
+                         5, 0, 7, 0, 0b101])
     assert decode_user(raw) == state
+    # in a timezone ahead of UTC, local day 0 began in UTC day -1: the spans' days are
+    # written (code 1 + 1 x 2 + 1), day -1 from the first day (zigzag 1); the one span is
+    # first_seen to last_active
+    ahead = UserState(-DAY_MS + 5, -DAY_MS + 8, 0, frozenset({0}), frozenset(),
+                      utc_spans=((-1, -DAY_MS + 5, -DAY_MS + 8),))
+    assert encode_user(ahead)[-6:] == bytes([0, 0, 4, 1, 0, 0b1])
+    assert decode_user(encode_user(ahead)) == ahead
 
 
 def test_an_answer_in_bytes() -> None:
@@ -38,7 +52,8 @@ def test_an_answer_in_bytes() -> None:
     state = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("nps", 0, 1001, "s1", 9),))
     raw = encode_user(state)
-    assert raw[-10:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 0b1])
+    # no RETURN_EVENTS, no spans (code 2: none, known), no at-risk mark
+    assert raw[-12:] == bytes([1, 0, 0, 2, 2]) + b"s1" + bytes([9, 0, 2, 0, 0b1])
     assert decode_user(raw) == state
     named = UserState(1000, 1000, 0, frozenset({0}), frozenset(),
                       answers=(("csat", -3, 5, "x", 0),))  # before the first activity
@@ -84,13 +99,26 @@ def states(draw: st.DrawFn) -> UserState:
     kinds = draw(st.lists(st.sampled_from(["purchase", "bet", "level_up"]), unique=True))
     returns = tuple((kind, draw(st.frozensets(days, min_size=1, max_size=6)))
                     for kind in sorted(kinds))
+    span_days = sorted(active) if draw(st.booleans()) else sorted(
+        draw(st.frozensets(st.integers(first_day - 1, first_day + 800), max_size=20)))
+    spans = tuple((day, day * DAY_MS + start, day * DAY_MS + start + width)
+                  for day in span_days
+                  for start in [draw(st.integers(0, DAY_MS - 1))]
+                  for width in [draw(st.integers(0, DAY_MS - 1 - start))])
+    known = spans and draw(st.booleans())
+    if known:  # the spans run from first_seen to last_active (the codec leaves those out)
+        first_seen = spans[0][1]
+    risk_episode = draw(st.none() | st.integers(first_seen - 10**9, first_seen + 10**11))
+    risk = {"at_risk_episode_ms": risk_episode, "at_risk_sent": draw(st.booleans()),
+            "at_risk_moment_ms": draw(st.integers(first_seen - 10**9, first_seen + 10**11))
+            } if risk_episode is not None else {}
     if draw(st.booleans()) and answers:  # a user known only by survey answers
         return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
     return UserState(
         answers=answers,
         returns=returns,
         first_seen_ms=first_seen,
-        last_active_ms=first_seen + draw(st.integers(0, 10**11)),
+        last_active_ms=spans[-1][2] if known else first_seen + draw(st.integers(0, 10**11)),
         first_day=first_day,
         active_days=frozenset(active),
         install_days=draw(st.frozensets(days, max_size=5)),
@@ -101,6 +129,8 @@ def states(draw: st.DrawFn) -> UserState:
         notified_episode_ms=episode,
         notified_days=notified,
         expired_days=expired,
+        utc_spans=spans if known else None,
+        **risk,
     )
 
 
@@ -124,9 +154,9 @@ def test_format_3_records_still_decode() -> None:
                                           frozenset(), notified_episode_ms=BASE_MS,
                                           notified_days=(1,))))
     old[0] = 3
+    del old[-5:-1]  # format 3 had no answers, returns, spans, at-risk mark (before the bitmap)
     index = old.rindex(2)  # the one notified day, flagged form, just before the bitmap byte
     old[index] = 1
-    del old[-3:-1]  # format 3 had no answers and returns (their counts before the bitmap)
     decoded = decode_user(bytes(old))
     assert (decoded.notified_days, decoded.expired_days) == ((1,), ())
     assert decoded.active_days == frozenset({19723})
@@ -137,12 +167,39 @@ def test_format_4_records_still_decode() -> None:
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
                       sessions=3, notified_episode_ms=BASE_MS + 5, notified_days=(2,))
     new = encode_user(state)
-    assert new[-3:-1] == bytes(2)  # no answers, no returns, then the one bitmap byte
-    old = bytes([4]) + new[1:-3] + new[-1:]
-    assert decode_user(old) == state
+    assert new[-5:-3] == bytes(2)  # no answers, no returns; spans, the at-risk mark, the bitmap
+    old = bytes([4]) + new[1:-5] + new[-1:]
+    assert decode_user(old) == replace(state, utc_spans=None)
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x06" + bytes(12), b"{}"])
+def test_format_5_records_decode_with_their_windows_unknown() -> None:
+    """Version 5 kept no UTC day spans and no at-risk mark: the record reads with
+    ``utc_spans`` None (the 24-hour windows of that user unknown, docs/architecture.md
+    "Memory"), kept so when written again."""
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
+                      utc_spans=((19723, BASE_MS, BASE_MS + 5),))
+    new = encode_user(state)
+    assert new[-3:-1] == bytes([3, 0])  # one span, first_seen to last_active; no mark
+    old = bytes([5]) + new[1:-3] + new[-1:]
+    decoded = decode_user(old)
+    assert decoded == replace(state, utc_spans=None)
+    assert decode_user(encode_user(decoded)) == decoded
+
+
+def test_an_at_risk_mark_in_bytes() -> None:
+    """Sent (2), the episode 5 ms after first_seen (zigzag 10), the moment 2 days after
+    (zigzag 2 x 172,800,000 as a varint); then the bitmap."""
+    state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723}), frozenset(),
+                      at_risk_episode_ms=BASE_MS + 5, at_risk_moment_ms=BASE_MS + 172_800_000,
+                      at_risk_sent=True)
+    raw = encode_user(state)
+    assert raw[-8:] == bytes([2, 10, 0x80, 0xE0, 0xE5, 0xA4, 0x01, 0b1])
+    assert decode_user(raw) == state
+    expired = replace(state, at_risk_sent=False)
+    assert decode_user(encode_user(expired)) == expired
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x07" + bytes(12), b"{}"])
 def test_other_formats_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError, match="unknown user record format"):
         decode_user(raw)

@@ -37,6 +37,7 @@ from .real_apply import RealApply
 HOUR_MS = 3_600_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 UTC = AppCalendar("UTC")
+UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 RULES = WinbackRules(thresholds=(1, 2), max_delay_ms=MS_PER_DAY, quick_churn_days=7)
 
 
@@ -54,7 +55,7 @@ def plan(events: list[Event], states: dict | None = None, watermark: int | None 
     items = [(i, -1, e) for i, e in enumerate(events)]
     users = {(e.app, e.user_id) for e in events}
     return plan_batch(items, {u: (states or {}).get(u) for u in users}, set(), watermark, 400,
-                      lambda _app: UTC, DEFAULT_RULES, winback=rules, event_clock=True)
+                      UTC_APPS, DEFAULT_RULES, winback=rules, event_clock=True)
 
 
 # ---- fixed examples ----------------------------------------------------------------------
@@ -100,7 +101,7 @@ def test_a_moment_found_later_than_the_max_delay_is_expired_not_sent() -> None:
     assert first.notifications == []
     after = plan_notifications(
         [(days, ("a", "u"), BASE_MS + days * MS_PER_DAY) for days in (1, 2)],
-        first.users, BASE_MS + 80 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES, RULES,
+        first.users, BASE_MS + 80 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES,
         first.arrivals)
     assert after.messages == []
     assert named(after.stats) == Counter({"expired:a:1": 1, "expired:a:2": 1, "inactive:a:1": 1,
@@ -121,7 +122,7 @@ def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
         session("t", n, BASE_MS + n * HOUR_MS) for n in (1, 25, 60, 90)]
     batch = plan(events, rules=WinbackRules((1,), MS_PER_DAY, 7))
     after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], batch.users,
-                               BASE_MS + 90 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
+                               BASE_MS + 90 * HOUR_MS, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), batch.arrivals)
     assert [m["user_id"] for m in after.messages] == ["u"]
     assert named(after.stats)["expired:a:1"] == 0
@@ -133,7 +134,7 @@ def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
     notified = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + 25 * HOUR_MS)],
                     rules=WinbackRules((1,), MS_PER_DAY, 7))
     after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], notified.users,
-                               BASE_MS + 25 * HOUR_MS, lambda _a: UTC, DEFAULT_RULES,
+                               BASE_MS + 25 * HOUR_MS, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), notified.arrivals)
     assert len(after.messages) == 1
     late = plan([session("u", 1, BASE_MS + 20 * HOUR_MS)], after.users,
@@ -150,7 +151,7 @@ def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
                                  frozenset()) for u, h in (("fresh", 2), ("stale", 0))}
     now = BASE_MS + 2 * HOUR_MS + MS_PER_DAY + 23 * HOUR_MS
     due = [(1, ("a", "fresh"), BASE_MS + 26 * HOUR_MS), (1, ("a", "stale"), BASE_MS + MS_PER_DAY)]
-    found = plan_notifications(due, state, now, lambda _a: UTC, DEFAULT_RULES,
+    found = plan_notifications(due, state, now, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7))
     assert [m["user_id"] for m in found.messages] == ["fresh"]
     assert named(found.stats)["expired:a:1"] == 1
@@ -190,7 +191,7 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         loaded = await store.load_batch(0, ["t"], [(e.app, e.user_id) for e in batch],
                                         [dedup_key(e.app, e.event_id) for e in batch], BASE_MS)
         found = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
-                           400, lambda _a: UTC, DEFAULT_RULES, winback=rules, event_clock=True)
+                           400, UTC_APPS, DEFAULT_RULES, winback=rules, event_clock=True)
         assert await store.apply_plan(0, loaded, {"t": offset}, found, rules.thresholds)
         messages = list(found.notifications)
         returns = list(found.reactivations)
@@ -200,7 +201,7 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         if due:
             users = [u for _, u, _ in due]
             held = await store.load_batch(0, [], users, [], BASE_MS)
-            passed = plan_notifications(due, held.states, now, lambda _a: UTC, DEFAULT_RULES,
+            passed = plan_notifications(due, held.states, now, UTC_APPS, DEFAULT_RULES,
                                         rules, found.arrivals, found.known_ms)
             assert await store.apply_notifications(0, held, passed)
             messages += passed.messages
@@ -284,14 +285,15 @@ def test_each_app_at_its_own_thresholds() -> None:
               Event("fast", "x", "session", "later", BASE_MS + 3 * MS_PER_DAY - HOUR_MS)]
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
                       {(e.app, e.user_id): None for e in events}, set(), None, 400,
-                      lambda _app: UTC, DEFAULT_RULES, winback=rules, event_clock=True)
+                      {"fast": UTC, "slow": UTC}, DEFAULT_RULES, winback=rules,
+                      event_clock=True)
     due = [(days, user, state.last_active_ms + days * MS_PER_DAY)
            for user, state in plan.users.items() for days in rules.thresholds_of(user[0])]
     assert sorted(due) == [(1, ("fast", "later"), BASE_MS + 4 * MS_PER_DAY - HOUR_MS),
                            (1, ("fast", "u"), BASE_MS + MS_PER_DAY),
                            (2, ("slow", "u"), BASE_MS + 2 * MS_PER_DAY)]
-    notified = plan_notifications(due, plan.users, plan.watermark_ms or 0, lambda _app: UTC,
-                                  DEFAULT_RULES, rules)
+    notified = plan_notifications(due, plan.users, plan.watermark_ms or 0,
+                                  {"fast": UTC, "slow": UTC}, DEFAULT_RULES, rules)
     assert sorted((m["app"], m["threshold_days"]) for m in notified.messages) == [
         ("fast", 1), ("slow", 2)]
 

@@ -1,0 +1,124 @@
+"""At-risk moments and messages (streams/at_risk.py), hand-worked on the paper's CDNOW
+parameters: when, what is sent, what a refit or a return does."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from datetime import date
+
+from msgspec.structs import replace
+
+from retention_tracker.streams.at_risk import (
+    AtRiskRules,
+    count_returns,
+    moment_ms,
+    notification_id,
+    plan_at_risk,
+    schedule,
+)
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
+from retention_tracker.streams.counters import Cell, Stat
+from retention_tracker.streams.lapse_model import LapseParams
+from retention_tracker.streams.segments import DEFAULT_RULES
+from retention_tracker.streams.user_state import UserState
+
+UTC = AppCalendar("UTC")
+PAPER = LapseParams(0.243, 4.414, 0.793, 2.426)
+D0 = date_to_day(date(2024, 1, 1))
+RULES = AtRiskRules(0.5, MS_PER_DAY, 7, {"a": ("bgnbd", PAPER)})
+USER = ("a", "v1")
+
+
+def at(day: int, hour: int = 10) -> int:
+    return UTC.day_start_ms(day) + hour * 3_600_000
+
+
+def v1() -> UserState:
+    """docs/metrics.md's v1: three Mondays from 2024-01-01; at risk from 2024-02-26."""
+    days = frozenset({D0, D0 + 7, D0 + 14})
+    return UserState(at(D0), at(D0 + 14), D0, days, frozenset())
+
+
+#: every app's calendar (the apps' calendars are handed down as data)
+CALENDARS: defaultdict[str, AppCalendar] = defaultdict(lambda: UTC)
+
+
+def test_the_moment_is_the_start_of_the_first_day_below_the_threshold() -> None:
+    assert moment_ms(v1(), ("bgnbd", PAPER), 0.5, UTC) == UTC.day_start_ms(D0 + 56)
+    one_day = UserState(at(D0), at(D0), D0, frozenset({D0}), frozenset())
+    assert moment_ms(one_day, ("bgnbd", PAPER), 0.5, UTC) is None  # never lapses
+    assert moment_ms(one_day, None, 0.5, UTC) is None  # no fit
+    # MBG/NBD with a > b: at risk on the very day; never before the last activity
+    assert moment_ms(one_day, ("mbgnbd", LapseParams(0.2, 4, 3, 1)), 0.5, UTC) == at(D0)
+
+
+def test_a_batch_schedules_users_with_a_new_day_or_last_activity() -> None:
+    old = v1()
+    same_day = replace(old, last_active_ms=old.last_active_ms + 1000)
+    new_day = replace(old, last_active_ms=at(D0 + 20), active_days=old.active_days | {D0 + 20})
+    late = replace(old, active_days=old.active_days | {D0 + 3})  # an earlier day, late
+    found = schedule({("a", "s"): same_day, ("a", "n"): new_day, ("a", "l"): late,
+                      ("a", "q"): old}, {("a", "s"): old, ("a", "n"): old, ("a", "l"): old,
+                                         ("a", "q"): old}, RULES, CALENDARS)
+    assert set(found) == {("a", "s"), ("a", "n"), ("a", "l")}  # q: nothing moved
+    assert found["a", "s"] == UTC.day_start_ms(D0 + 56)
+    assert found["a", "l"] is not None and found["a", "l"] < found["a", "s"]  # x up: sooner
+    assert schedule({("b", "s"): same_day}, {("b", "s"): old}, RULES, CALENDARS) == {}
+    one_day = UserState(at(D0), at(D0), D0, frozenset({D0}), frozenset())
+    assert schedule({("a", "new"): one_day}, {("a", "new"): None}, RULES, CALENDARS) == {}
+
+
+def test_a_fresh_moment_is_sent_once_per_episode() -> None:
+    moment = UTC.day_start_ms(D0 + 56)
+    first = plan_at_risk([(USER, moment)], {USER: v1()}, moment + 3_600_000, RULES,
+                         CALENDARS, DEFAULT_RULES)
+    [message] = first.messages
+    assert message["notification_id"] == notification_id("a", "v1", at(D0 + 14))
+    assert (message["x"], message["t_x"], message["T"]) == (2, 2.0, 8.0)
+    assert message["p_alive"] < 0.5 and message["at_risk_since"] == "2024-02-26T00:00:00.000+00:00"
+    assert first.done == [USER] and first.stats == {(Stat.AT_RISK_SENT, "a"): 1}
+    marked = first.users[USER]
+    assert (marked.at_risk_episode_ms, marked.at_risk_moment_ms, marked.at_risk_sent) == (
+        at(D0 + 14), moment, True)
+    again = plan_at_risk([(USER, moment)], {USER: marked}, moment + 7_200_000, RULES,
+                         CALENDARS, DEFAULT_RULES)
+    assert (again.messages, again.done, again.users) == ([], [USER], {})
+
+
+def test_a_late_moment_expires_and_a_refit_moves_it() -> None:
+    moment = UTC.day_start_ms(D0 + 56)
+    late = plan_at_risk([(USER, moment)], {USER: v1()}, moment + 2 * MS_PER_DAY, RULES,
+                        CALENDARS, DEFAULT_RULES)
+    assert late.messages == [] and late.stats == {(Stat.AT_RISK_EXPIRED, "a"): 1}
+    assert late.users[USER].at_risk_sent is False
+    # a refit with a slower dropout puts the moment later: rescheduled, no message
+    slower = dataclasses.replace(RULES, fits={"a": ("bgnbd", LapseParams(0.243, 4.414, 0.2, 8.0))})
+    moved = plan_at_risk([(USER, moment)], {USER: v1()}, moment + 3_600_000, slower,
+                         CALENDARS, DEFAULT_RULES)
+    assert moved.messages == [] and moved.done == [] and moved.later[USER] > moment
+    gone = plan_at_risk([(USER, moment)], {USER: v1()}, moment, dataclasses.replace(RULES, fits={}),
+                        CALENDARS, DEFAULT_RULES)
+    assert gone.done == [USER] and gone.messages == []
+
+
+def test_a_return_after_the_moment_counts_one_before_it_is_a_false_alarm() -> None:
+    moment = UTC.day_start_ms(D0 + 56)
+    sent = replace(v1(), at_risk_episode_ms=at(D0 + 14), at_risk_moment_ms=moment,
+                   at_risk_sent=True)
+    cases = {D0 + 60: {(Stat.AT_RISK_RETURNED, "a"): 1, (Stat.AT_RISK_BACK_7D, "a"): 1},
+             D0 + 70: {(Stat.AT_RISK_RETURNED, "a"): 1},
+             D0 + 30: {(Stat.AT_RISK_FALSE_ALARM, "a"): 1}}
+    for back, expected in cases.items():
+        users = {USER: replace(sent, last_active_ms=at(back),
+                               active_days=sent.active_days | {back})}
+        stats: Counter[Cell] = Counter()
+        count_returns(users, {USER: sent}, stats, CALENDARS)
+        assert stats == expected, back
+        assert users[USER].at_risk_episode_ms is None  # the next lapse is a new episode
+    expired = replace(sent, at_risk_sent=False)
+    users = {USER: replace(expired, last_active_ms=at(D0 + 60),
+                           active_days=sent.active_days | {D0 + 60})}
+    stats = Counter()
+    count_returns(users, {USER: expired}, stats, CALENDARS)
+    assert stats == {} and users[USER].at_risk_episode_ms is None
