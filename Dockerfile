@@ -8,6 +8,7 @@ COPY streams ./streams
 COPY config ./config
 COPY state ./state
 COPY agents ./agents
+COPY devstack ./devstack
 COPY cli ./cli
 COPY bench ./bench
 RUN pip install --no-cache-dir .

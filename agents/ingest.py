@@ -36,6 +36,7 @@ from retention_tracker.agents.rekey import (
     read_records,
     rekey_headers,
 )
+from retention_tracker.agents.replication import default_replication_factor
 from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
 from retention_tracker.state.store import RedisStore
@@ -124,7 +125,7 @@ class Ingestor:
             raise PartitionCountChanged(problem)
         await self._retrying(lambda: self.store.record_partition_counts(actual))
         self.router = Router(shards)
-        self.producer = AIOKafkaProducer(**s.kafka_options(), acks="all")
+        self.producer = AIOKafkaProducer(**s.producer_options())
         await self.producer.start()
         self.notifier.producer = self.producer
         self.consumer = AIOKafkaConsumer(
@@ -475,7 +476,9 @@ async def create_missing_topics(kafka_options: dict[str, Any], names: list[str],
     await admin.start()
     try:
         existing = {t["topic"] for t in await admin.describe_topics() if t["error_code"] == 0}
-        missing = [NewTopic(n, partitions, 1) for n in dict.fromkeys(names) if n not in existing]
+        replicas = await default_replication_factor(admin)
+        missing = [NewTopic(n, partitions, replicas) for n in dict.fromkeys(names)
+                   if n not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)

@@ -33,21 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retention_tracker.agents.local_stack import (
-    ensure_topics,
-    free_port,
-    start_broker,
-    start_redis,
-    start_redis_cluster,
-    wait_for,
-)
 from retention_tracker.cli.feeding import produce_events
 from retention_tracker.config.settings import Settings
+from retention_tracker.devstack.broker import start_broker
+from retention_tracker.devstack.processes import free_port, start_process, wait_for
+from retention_tracker.devstack.redis_server import start_redis, start_redis_cluster
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.connect import make_sync_client
 from retention_tracker.state.schema import Keyspace
 
 from .horizontal import assignments
-from .processes import RETENTION, CpuMeter, machine_busy_seconds, spawn
+from .processes import RETENTION, CpuMeter, machine_busy_seconds
 from .workload import WorkloadSpec, build_workload
 
 
@@ -102,9 +98,9 @@ def run_layout(layout: Layout, kafka_url: str, topic: str, partitions: int, tota
         workers = {}
         for index in range(layout.workers):
             name = f"{run}-worker-{index}"
-            workers[name] = stack.enter_context(spawn(
+            workers[name] = stack.enter_context(start_process(
                 [*RETENTION, "worker", "--loglevel", "info"], name,
-                {**env, "WEB_PORT": str(free_port())}, workdir / f"{name}.log", workdir))
+                {**env, "WEB_PORT": str(free_port())}, workdir / f"{name}.log", cwd=workdir))
 
         lines_seen = {"count": -1, "since": time.monotonic()}
 
@@ -174,7 +170,9 @@ def main() -> None:
     workload = build_workload(WorkloadSpec(args.events, args.events // 10, 30))
     workdir = Path(tempfile.mkdtemp(prefix="cluster-cpu-"))
     runs: list[dict[str, Any]] = []
-    broker, kafka_url = start_broker(log_dir=workdir)
+    broker = start_broker(log_dir=workdir)
+    kafka_url = broker.url
+    os.environ.update(broker.worker_env)  # the workers' environment starts from ours
     with broker:
         topic = "cluster-cpu"
         asyncio.run(ensure_topics(kafka_url, {topic: args.partitions}))

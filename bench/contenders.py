@@ -1,6 +1,6 @@
 """The three consumers raced on the same topic, each timed over its steady window.
 
-Startup and consumer-group join (seconds on Tansu, see ``local_stack``) never count: the
+Startup and consumer-group join (seconds on Tansu, see ``devstack.tansu``) never count: the
 Faust agent's and the worker's windows open when their first unit of work is done (the
 agent's first message, the worker's first applied partition batch as seen in Redis) and
 close when the last event is done; the events of that first unit are not counted. The raw
@@ -32,13 +32,17 @@ from typing import Any
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
-from retention_tracker.agents.local_stack import ManagedProcess, free_port
+from retention_tracker.agents.replication import config_value
 from retention_tracker.config.settings import Settings
+from retention_tracker.devstack.processes import ManagedProcess, free_port, start_process
 from retention_tracker.state.schema import Keyspace
 
-from .processes import FAUST_BASELINE, RETENTION, CpuMeter, peak_rss_bytes, spawn
+from .processes import FAUST_BASELINE, FAUST_TABLE, RETENTION, CpuMeter, peak_rss_bytes
 
 POLL_S = 0.02  # how often Redis is read for progress: the window's resolution
 
@@ -65,6 +69,7 @@ class Stack:
     progress: bool = True
     stall_s: float = 120.0  # a contender without progress for this long fails the bench
     service_pids: dict[str, int] = field(default_factory=dict)  # "broker", "redis"
+    worker_env: dict[str, str] = field(default_factory=dict)  # what the broker needs of them
 
     @property
     def bootstrap(self) -> str:
@@ -232,8 +237,8 @@ def faust_agent(stack: Stack, topic: str, shape: str, measure_events: int) -> Ru
     )
     client = stack.redis()
     spawned = time.time()
-    process = spawn([sys.executable, str(FAUST_BASELINE)], name, env,
-                    stack.workdir / f"{name}.log", stack.workdir)
+    process = start_process([sys.executable, str(FAUST_BASELINE)], name, env,
+                            stack.workdir / f"{name}.log", cwd=stack.workdir)
     bar = stack.bar(measure_events, f"faust agent {shape}")
     try:
         with process:
@@ -246,11 +251,31 @@ def faust_agent(stack: Stack, topic: str, shape: str, measure_events: int) -> Ru
         bar.close()
         client.close()
     count = int(fields["count"])
+    changelog = f"{name}-{FAUST_TABLE}-changelog"
     return RunResult(
         "faust", shape, count, count - int(fields["first_count"]),
         fields["last_ts"] - fields["first_ts"], fields["first_ts"] - spawned, rss,
-        {"measured_prefix_events": measure_events}, meter.used,
+        {"measured_prefix_events": measure_events,
+         "changelog_topic": changelog,
+         "changelog_cleanup_policy": run_async(
+             lambda: topic_setting(stack.bootstrap, changelog, "cleanup.policy"))},
+        meter.used,
     )
+
+
+async def topic_setting(bootstrap: str, topic: str, name: str) -> str | None:
+    """One setting of a topic as the broker reports it (None where it cannot: Tansu).
+    The Faust table's changelog must be compacted, as Faust creates it on Kafka."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses: Any = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})])
+    except KafkaError:
+        return None
+    finally:
+        await admin.close()
+    return config_value(responses, name)
 
 
 def _wait_progress(process: ManagedProcess, read: Callable[[], int], target: int, bar: tqdm,
@@ -313,6 +338,7 @@ class Deployment:
             KEY_PREFIX=self.prefix, WEB_PORT=str(free_port()), CLOCK="event",
             SESSION_TIMEOUT_MS="2000", HEARTBEAT_MS="500",
         )
+        env.update(self.stack.worker_env)
         env.update(extra)
         return env
 
@@ -321,8 +347,8 @@ class Deployment:
         group (own log, own web port); ``loglevel="info"`` keeps its "assigned [...]" lines,
         which say what it owns (the horizontal run reads them)."""
         name = f"worker-{self.name}" + (f"-{member}" if member else "")
-        return spawn([*RETENTION, "worker", "--loglevel", loglevel], name, self.env(),
-                     self.stack.workdir / f"{name}.log", self.stack.workdir)
+        return start_process([*RETENTION, "worker", "--loglevel", loglevel], name, self.env(),
+                             self.stack.workdir / f"{name}.log", cwd=self.stack.workdir)
 
     @property
     def rekey_topic(self) -> str:

@@ -12,10 +12,13 @@ worker owns its event loop, signals and logging::
     BENCH_PROGRESS_KEY=k BENCH_TOTAL=1000 BENCH_APP_ID=id BENCH_DATADIR=/tmp/x \
     python bench/faust_baseline.py
 
-Progress is written to the Redis hash ``BENCH_PROGRESS_KEY`` (``count``, ``first_ts``,
-``first_count``, ``last_ts``, wall-clock seconds), because the Tansu broker has no compaction
-and can undercount ListOffsets(latest), so lag read from Kafka would not say when it is done;
-counting processed events does. The parent stops this process by PID once ``count`` reaches
+On Apache Kafka the Table is what Faust's users run: every update goes to its changelog
+topic, which Faust creates compacted (``cleanup.policy=compact``; the bench reads it back
+and reports it as ``changelog_cleanup_policy``). Progress is written to the Redis hash
+``BENCH_PROGRESS_KEY`` (``count``, ``first_ts``, ``first_count``, ``last_ts``, wall-clock
+seconds): counting processed events says when it is done on either broker (the Tansu
+fallback can undercount ListOffsets(latest), so lag read from it would not). The parent
+stops this process by PID once ``count`` reaches
 ``BENCH_TOTAL``.
 """
 
@@ -29,6 +32,8 @@ from typing import Any
 import faust
 import orjson
 import redis
+
+from retention_tracker.bench.processes import FAUST_TABLE
 
 #: Events between two progress writes: often enough for a smooth progress bar, rare enough
 #: (one Redis round trip per 1000 events) not to weigh on the figure being measured.
@@ -59,7 +64,7 @@ def build_app(env: dict[str, str]) -> faust.App:
         env["BENCH_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw",
         value_serializer="raw", partitions=partitions,
     )
-    counts = app.Table("events_per_user", default=int, partitions=partitions)
+    counts = app.Table(FAUST_TABLE, default=int, partitions=partitions)
     seen = {"count": 0, "reported": 0}
 
     def report(now: float, done: bool = False) -> None:

@@ -10,9 +10,10 @@ The figure must not include a rebalance, which pauses every member and re-seeks:
 workers are started together on the already full single-event topic, and the window opens
 only at the first partition batch applied *after* both have logged their assignment
 (``assigned [...]``, written by the worker once it has sought to its stored offsets) and
-those assignments are disjoint and cover every partition. Tansu holds a JoinGroup for half
-the session timeout (``local_stack``), so two workers started together normally land in
-the same first generation and nothing is applied before the join; if one joined late, what
+those assignments are disjoint and cover every partition. Kafka's first JoinGroup waits
+for members no longer than ``group.initial.rebalance.delay.ms`` (0 here) and Tansu holds it
+for half the session timeout (``devstack.tansu``), so two workers started together often
+land in the same first generation and nothing is applied before the join; if one joined late, what
 the other applied alone is counted as ``events_applied_before_join`` and stays outside the
 window. Should a worker log another assignment before the last event (a rebalance inside
 the window, e.g. a heartbeat missed on a starved machine), the figure is void and the bench
@@ -35,7 +36,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from retention_tracker.agents.local_stack import ManagedProcess, wait_for
+from retention_tracker.devstack.processes import ManagedProcess, wait_for
 
 from .contenders import POLL_S, BenchFailure, Census, Deployment, RunResult
 from .processes import CpuMeter, peak_rss_bytes

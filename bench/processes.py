@@ -1,38 +1,20 @@
-"""Starting the bench's child processes in its work directory, and reading their peak RSS.
+"""What the bench measures of its child processes: CPU time, run-queue wait, peak RSS.
 
-``local_stack.start_process`` runs children in the current directory, where Faust leaves a
-``<app id>-data`` folder per worker; the bench runs them in its own work directory instead
-so a run leaves nothing in the source tree. Everything else (own process group, stop by
-PID, SIGKILL fallback, the atexit safety net) is ``local_stack.ManagedProcess``.
+The children themselves are started with ``devstack.processes.start_process`` in the bench's
+work directory (``cwd``: Faust leaves a ``<app id>-data`` folder per worker there, not in the
+source tree) and stopped by PID like every process of the local stack.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-from retention_tracker.agents.local_stack import ManagedProcess
 
 RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 FAUST_BASELINE = Path(__file__).resolve().parent / "faust_baseline.py"
-
-
-def spawn(args: list[str], name: str, env: dict[str, str], log_path: Path, cwd: Path
-          ) -> ManagedProcess:
-    """Like ``local_stack.start_process`` (exact env, log appended, own session), in ``cwd``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cwd.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(f"=== {time.strftime('%H:%M:%S')} starting {name}: {args}\n".encode())
-        log.flush()
-        popen = subprocess.Popen(
-            args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    return ManagedProcess(popen, name, log_path)
+#: The baseline's Table: its changelog topic is ``<app id>-events_per_user-changelog``.
+FAUST_TABLE = "events_per_user"
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -17,10 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from retention_tracker.agents.local_stack import ManagedProcess, wait_for
+from retention_tracker.devstack.processes import ManagedProcess, start_process, wait_for
 
 from .contenders import BenchFailure, Census, Deployment, RunResult, worker_replay
-from .processes import spawn
 
 TRUNK_SHARE = 0.95
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
@@ -83,10 +82,10 @@ def profile_replay(deployment: Deployment, census: Census, out_path: Path, rate_
     spies: list[ManagedProcess] = []
 
     def attach(worker: ManagedProcess) -> None:
-        spies.append(spawn(
+        spies.append(start_process(
             [binary, "record", "--pid", str(worker.pid), "--rate", str(rate_hz), "--format",
              "raw", "--nonblocking", "--output", str(out_path)],
-            "py-spy", dict(os.environ), stack.workdir / "py-spy.log", stack.workdir,
+            "py-spy", dict(os.environ), stack.workdir / "py-spy.log", cwd=stack.workdir,
         ))
 
     try:

@@ -1,8 +1,9 @@
 """One benchmark run, start to finish: services, workload, contenders, checks, report.
 
-Everything runs on throw-away services (a Tansu broker and a redis-server on free loopback
-ports, stopped by PID on the way out, also on failure), so a run needs nothing installed
-and measures the same stack the demo and the end-to-end tests use.
+Everything runs on throw-away services (Apache Kafka, or Tansu where no Java 17 is found,
+and a redis-server on free loopback ports, stopped by PID on the way out, also on failure),
+so a run needs nothing installed and measures the same stack the demo and the end-to-end
+tests use; ``--broker both`` runs it on each broker and sets the figures side by side.
 """
 
 from __future__ import annotations
@@ -17,20 +18,18 @@ import textwrap
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from retention_tracker.agents.local_stack import (
-    ensure_topics,
-    redis_server_binary,
-    start_broker,
-    start_redis,
-)
 from retention_tracker.agents.rekey import home_partition
 from retention_tracker.cli.feeding import ProduceStats, produce_events
+from retention_tracker.devstack.broker import BrokerKind, start_broker
+from retention_tracker.devstack.redis_server import redis_server_binary, start_redis
+from retention_tracker.devstack.topics import ensure_topics
 
 from .checks import Reference, Verdict, forwarded_events, redis_memory, verify
 from .contenders import (
@@ -96,6 +95,7 @@ class Options:
     progress: bool = True
     stall_s: float = 120.0
     command: str = ""
+    broker: BrokerKind = "auto"  # devstack.broker: Apache Kafka, else Tansu; or one of them
 
 
 def machine() -> dict[str, Any]:
@@ -163,13 +163,18 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
     code = 0
     try:
         with contextlib.ExitStack() as services:
-            broker, kafka_url = start_broker(log_dir=workdir)
-            services.enter_context(broker)
+            broker = services.enter_context(start_broker(log_dir=workdir, kind=options.broker,
+                                                         quick_start=False))
+            _say(f"broker: {broker.name} ({broker.why}), answering {broker.start_s:.1f} s "
+                 "after its start")
+            results["broker"] = {"name": broker.name, "why": broker.why,
+                                 "start_s": round(broker.start_s, 2)}
             server, redis_url = start_redis(data_dir=workdir / "redis")
             services.enter_context(server)
-            stack = Stack(kafka_url, redis_url, workdir, f"b{uuid.uuid4().hex[:6]}",
+            stack = Stack(broker.url, redis_url, workdir, f"b{uuid.uuid4().hex[:6]}",
                           options.partitions, options.progress, options.stall_s,
-                          {"broker": broker.pid, "redis": server.pid})
+                          {"broker": broker.processes[0].pid, "redis": server.pid},
+                          broker.worker_env)
             _run_all(stack, workload, options, results)
     except BenchFailure as exc:
         _say(f"FAILED: {exc}")
@@ -438,6 +443,41 @@ def _render_horizontal(horizontal: dict[str, Any] | None) -> list[str]:
 
 
 REPORT_WIDTH = 100  # the printed report fits a terminal: longer lines wrap, indented
+
+
+def render_side_by_side(by_broker: dict[str, dict[str, Any]]) -> str:
+    """The same workload on each broker, one column each: the worker's rate and its ratio
+    to the raw loop per shape, the latency, the broker's start."""
+    names = list(by_broker)
+    header = f"{'':<32}" + "".join(f"{by_broker[n].get('broker', {}).get('name', n):>20}"
+                                   for n in names)
+    lines = ["", "side by side (one run, same workload)", header, "-" * len(header)]
+
+    def row(label: str, value: Callable[[dict[str, Any]], str]) -> None:
+        cells = []
+        for name in names:
+            try:
+                cells.append(value(by_broker[name]))
+            except (KeyError, TypeError, ZeroDivisionError):
+                cells.append("-")
+        lines.append(f"{label:<32}" + "".join(f"{c:>20}" for c in cells))
+
+    row("broker answering after", lambda r: f"{r['broker']['start_s']:.1f} s")
+    shapes = next(iter(by_broker.values())).get("throughput", {})
+    for shape in shapes:
+        row(f"{shape}: worker events/s", lambda r, s=shape:
+            f"{r['throughput'][s]['worker']['events_per_s']:,.0f}")
+        row(f"{shape}: raw loop events/s", lambda r, s=shape:
+            f"{r['throughput'][s]['raw']['events_per_s']:,.0f}")
+        row(f"{shape}: worker / raw loop", lambda r, s=shape:
+            f"{r['ratios'][s]['worker_vs_raw']:.3f}x")
+        row(f"{shape}: worker per CPU-s", lambda r, s=shape:
+            f"{r['throughput'][s]['worker']['events_per_contender_cpu_s']:,.0f}")
+    row("latency rate", lambda r: f"{r['latency']['achieved_rate_events_per_s']:,.0f} ev/s")
+    row("latency p50 / p99", lambda r:
+        f"{r['latency']['p50_ms']:.0f} / {r['latency']['p99_ms']:.0f} ms")
+    row("figures equal the reference", lambda r: str(r["correctness"]["ok"]))
+    return "\n".join(lines)
 
 
 def render(results: dict[str, Any]) -> str:

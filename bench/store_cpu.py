@@ -19,7 +19,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from retention_tracker.agents.local_stack import start_redis
+from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message

@@ -27,13 +27,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from tqdm import tqdm
 
-from retention_tracker.agents.local_stack import (
-    ensure_topics,
-    free_port,
-    start_broker,
-    start_process,
-    start_redis,
-)
+from retention_tracker.devstack.broker import start_broker
+from retention_tracker.devstack.processes import free_port, start_process
+from retention_tracker.devstack.redis_server import start_redis
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.schema import Keyspace, due_member
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
@@ -109,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=int, default=60)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="winback-bench-"))
-    broker, kafka_url = start_broker(log_dir=workdir)
+    broker = start_broker(log_dir=workdir)
+    kafka_url = broker.url
     redis_server, redis_url = start_redis(data_dir=workdir)
     with broker, redis_server:
         bootstrap = kafka_url.removeprefix("kafka://")
@@ -120,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         start_ms = utc_now_ms() + 30_000  # preloading and the group join come first
         preload(redis_url, args.users, args.due, args.window_s * 1000, start_ms)
         env = {**os.environ, "KAFKA_BROKER": kafka_url, "REDIS_URL": redis_url,
-               "WEB_PORT": str(free_port()), "INACTIVITY_THRESHOLDS": str(THRESHOLD_DAYS)}
+               "WEB_PORT": str(free_port()), "INACTIVITY_THRESHOLDS": str(THRESHOLD_DAYS),
+               **broker.worker_env}
         worker = start_process([sys.executable, "-m", "retention_tracker.cli", "worker"],
                                "worker", env, workdir / "worker.log")
         with worker:

@@ -6,12 +6,17 @@ imported when the command runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import click
+
+if TYPE_CHECKING:
+    from retention_tracker.devstack.broker import BrokerKind
 
 QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
 
@@ -48,12 +53,16 @@ QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
 @click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="after the measured runs, replay the single-event topic once more with "
                    "py-spy attached; collapsed stacks go here, top functions to the report")
+@click.option("--broker", type=click.Choice(["auto", "kafka", "tansu", "both"]),
+              default="auto", show_default=True,
+              help="the local broker: Apache Kafka where Java 17 and its jars are found, else "
+                   "Tansu; kafka or tansu: that one; both: the run on each, side by side")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def bench(events: int | None, users: int | None, days: int | None, seed: int, partitions: int,
           skip_baselines: bool, skip_horizontal: bool, baseline_events: int,
           latency_seconds: float | None, latency_rate: float | None, quick: bool,
           json_out: Path | None, workdir: Path | None, profile: Path | None,
-          no_progress: bool) -> None:
+          broker: str, no_progress: bool) -> None:
     """Benchmark the worker against a raw aiokafka loop and a Faust agent, on a real broker
     and Redis; check its figures against the batch reference (exit 1 if they differ)."""
     from retention_tracker.bench import runner  # on use: it pulls in Faust and the baselines
@@ -76,10 +85,24 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
         workdir=workdir, profile=profile, progress=not no_progress,
         command=shlex.join(["retention", "bench", *args]),
     )
-    code, results = runner.run(options)
-    click.echo(runner.render(results))
-    if code:
-        sys.exit(code)
+    if broker != "both":
+        code, results = runner.run(dataclasses.replace(options, broker=cast("BrokerKind", broker)))
+        click.echo(runner.render(results))
+        if code:
+            sys.exit(code)
+        return
+    by_broker: dict[str, dict[str, Any]] = {}
+    codes = []
+    for kind in ("kafka", "tansu"):
+        code, by_broker[kind] = runner.run(dataclasses.replace(
+            options, broker=kind, workdir=workdir / kind if workdir else None,
+            json_out=json_out.with_suffix(f".{kind}.json") if json_out else None))
+        codes.append(code)
+        click.echo(f"\n== on {by_broker[kind].get('broker', {}).get('name', kind)} ==")
+        click.echo(runner.render(by_broker[kind]))
+    click.echo(runner.render_side_by_side(by_broker))
+    if any(codes):
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # python -m retention_tracker.cli.bench (before registration)

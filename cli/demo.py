@@ -1,8 +1,9 @@
 """``retention demo``: the whole tracker on embedded defaults, on this machine alone.
 
-Starts what is missing (Tansu broker, redis-server) on free loopback ports, a worker
-process and the simulator, prints where to look, and on Ctrl-C stops exactly what it
-started, by PID.
+Starts what is missing (Apache Kafka, or Tansu where no Java 17 is found, and a
+redis-server) on free loopback ports, a worker process and the simulator, prints which
+broker it started and why and where to look, and on Ctrl-C stops exactly what it started,
+by PID.
 """
 
 from __future__ import annotations
@@ -16,16 +17,12 @@ from pathlib import Path
 
 import click
 
-from retention_tracker.agents.local_stack import (
-    ensure_topics,
-    free_port,
-    start_broker,
-    start_process,
-    start_redis,
-    wait_for,
-)
 from retention_tracker.cli.feeding import produce_events, simulated_stream
 from retention_tracker.config.settings import Settings
+from retention_tracker.devstack.broker import start_broker
+from retention_tracker.devstack.processes import free_port, start_process, wait_for
+from retention_tracker.devstack.redis_server import start_redis
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.simulation import SimulationConfig
 
@@ -35,9 +32,12 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     with ExitStack() as started:
+        broker_line = f"{env.get('KAFKA_BROKER')} (KAFKA_BROKER, yours)"
         if "KAFKA_BROKER" not in env:
-            broker, env["KAFKA_BROKER"] = start_broker(log_dir=workdir)
-            started.enter_context(broker)
+            broker = started.enter_context(start_broker(log_dir=workdir))
+            env["KAFKA_BROKER"] = broker.url
+            env.update(broker.worker_env)
+            broker_line = f"{broker.url}  {broker.name}: {broker.why}"
         if "REDIS_URL" not in env:
             redis_server, env["REDIS_URL"] = start_redis(data_dir=workdir)
             started.enter_context(redis_server)
@@ -58,7 +58,7 @@ def run_demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: 
         if not worker.alive():
             click.echo(f"worker failed to start; see {workdir / 'worker.log'}", err=True)
             return 1
-        click.echo(_banner(env, web, workdir, days, seconds_per_day))
+        click.echo(_banner(env, broker_line, web, workdir, days, seconds_per_day))
         cfg = SimulationConfig(
             installs_per_day=installs_per_day, days=days,
             start_ms=utc_now_ms() - days * MS_PER_DAY, duplicate_rate=0.01, late_rate=0.02,
@@ -87,12 +87,15 @@ def _answers(web: str) -> bool:
         return getattr(exc, "code", None) == 400
 
 
-def _banner(env: dict[str, str], web: str, workdir: Path, days: int, spd: float) -> str:
+def _banner(env: dict[str, str], broker: str, web: str, workdir: Path, days: int, spd: float
+            ) -> str:
     exports = f"export KAFKA_BROKER={env['KAFKA_BROKER']} REDIS_URL={env['REDIS_URL']} CLOCK=event"
+    if env.get("KAFKA_IDEMPOTENCE"):
+        exports += f" KAFKA_IDEMPOTENCE={env['KAFKA_IDEMPOTENCE']}"
     return "\n".join([
         f"open {web}/  (the tracker's page: live charts, cohorts, money, win-back)",
         "retention demo is running",
-        f"  broker  {env['KAFKA_BROKER']}",
+        f"  broker  {broker}",
         f"  redis   {env['REDIS_URL']}",
         f"  worker  {web}/retention/summary  {web}/retention/cohorts?granularity=week",
         f"  logs    {workdir}",

@@ -367,8 +367,8 @@ def demo(days: int, installs_per_day: int, seconds_per_day: float, workdir: str 
     """Everything on embedded defaults: broker, Redis, a worker and the simulator."""
     from pathlib import Path
 
-    from retention_tracker.agents.local_stack import MissingLocalExtra
     from retention_tracker.cli.demo import run_demo
+    from retention_tracker.devstack import MissingLocalExtra
 
     try:
         code = run_demo(days, installs_per_day, seconds_per_day,

@@ -59,6 +59,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("KAFKA_SASL_USERNAME", "SASL user"),
     SettingDoc("KAFKA_SASL_PASSWORD", "SASL password (never logged)"),
     SettingDoc("KAFKA_SSL_CAFILE", "CA bundle for SSL/SASL_SSL (default: system CAs)"),
+    SettingDoc("KAFKA_IDEMPOTENCE",
+               "idempotent producers (re-key, dead letters, notifications); false only for a "
+               "broker without them (the Tansu fallback)"),
     SettingDoc("REDIS_URL", "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
     SettingDoc("REDIS_CLUSTER",
                "true: REDIS_URL is a seed node of a Redis Cluster (state sharded by partition)"),
@@ -422,6 +425,7 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_cafile: str = ""
+    kafka_idempotence: bool = True
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
     redis_wait_replicas: int = 0
@@ -496,6 +500,7 @@ class Settings:
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME", ""),
             kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),  # as typed: not stripped
             kafka_ssl_cafile=env.get("KAFKA_SSL_CAFILE", "").strip(),
+            kafka_idempotence=_bool(env, "KAFKA_IDEMPOTENCE", d.kafka_idempotence),
             redis_url=_redis_url(raw("REDIS_URL"), _bool(env, "REDIS_CLUSTER", d.redis_cluster)),
             redis_cluster=_bool(env, "REDIS_CLUSTER", d.redis_cluster),
             redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", d.redis_wait_replicas),
@@ -617,6 +622,13 @@ class Settings:
 
             options["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile or None)
         return options
+
+    def producer_options(self) -> dict[str, Any]:
+        """The worker's producer (re-key, dead letters, notifications): every write
+        acknowledged by all in-sync replicas, and idempotent, so a retried send after a
+        lost answer is not written twice (the broker drops the repeat by sequence)."""
+        return {**self.kafka_options(), "acks": "all",
+                "enable_idempotence": self.kafka_idempotence}
 
     @property
     def bootstrap_servers(self) -> str:

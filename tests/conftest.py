@@ -1,8 +1,11 @@
-"""Session-wide real services for the tests: one Tansu broker and one redis-server.
+"""Session-wide real services for the tests: one broker and one redis-server.
 
-Both run on free loopback ports and are stopped by PID when the session ends (and by the
-``atexit`` hook in ``local_stack`` if the session dies). ``KAFKA_BROKER`` / ``REDIS_URL``
-in the environment name existing services to use instead; a given Redis is never flushed,
+The broker is Apache Kafka (a single KRaft node, devstack.apache_kafka) wherever Java 17
+and the jars of ``scripts/setup`` are found, else Tansu (the session's summary says which
+and why). Both run on free loopback ports and are stopped by PID when the session ends
+(and by the ``atexit`` hook of ``devstack.processes`` if the session dies).
+``KAFKA_BROKER`` / ``REDIS_URL`` in the environment name existing services to use instead;
+a given Redis is never flushed,
 so tests isolate themselves with the ``unique`` fixture (topic names, group ids, key
 prefixes) and delete only their own keys. A SIGTERM to pytest (a CI timeout) is turned into
 an interrupt so the same teardown runs; only SIGKILL can still leave servers behind. When a
@@ -21,30 +24,42 @@ from pathlib import Path
 
 import pytest
 
-from retention_tracker.agents.local_stack import (
-    ManagedProcess,
-    start_broker,
-    start_redis,
-    started_processes,
-)
+from retention_tracker.devstack.broker import LocalBroker, start_broker
+from retention_tracker.devstack.processes import ManagedProcess, started_processes
+from retention_tracker.devstack.redis_server import start_redis
 
 #: Processes the session fixtures started; listed with every failing test.
 _SESSION_PROCESSES: list[ManagedProcess] = []
+#: The session's broker, once started: named in the terminal summary.
+_BROKER: list[LocalBroker] = []
 #: How many processes had been started when a test began (to list only its own ones).
 _STARTED_BEFORE = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")
 def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``kafka://host:port`` of the session's broker: $KAFKA_BROKER, else our own Tansu."""
+    """``kafka://host:port`` of the session's broker: $KAFKA_BROKER, else our own (Apache
+    Kafka, or Tansu where it cannot run). What a worker needs on it (on Tansu,
+    ``KAFKA_IDEMPOTENCE=false``) goes into this process's environment, which every
+    worker and CLI the tests start copies."""
     given = os.environ.get("KAFKA_BROKER")
     if given:
         yield given if "://" in given else f"kafka://{given}"
         return
-    process, url = start_broker(log_dir=tmp_path_factory.mktemp("broker"))
-    _SESSION_PROCESSES.append(process)
-    with process:
-        yield url
+    broker = start_broker(log_dir=tmp_path_factory.mktemp("broker"))
+    _SESSION_PROCESSES.extend(broker.processes)
+    _BROKER.append(broker)
+    saved = {name: os.environ.get(name) for name in broker.worker_env}
+    os.environ.update(broker.worker_env)
+    try:
+        with broker:
+            yield broker.url
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +129,11 @@ def pytest_runtest_makereport(
 
 def _state(process: ManagedProcess) -> str:
     return "running" if process.alive() else f"exited {process.returncode}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Which broker the session ran on and why: a run on the Tansu fallback must say so."""
+    for broker in _BROKER:
+        terminalreporter.write_line(
+            f"broker: {broker.name} ({broker.why}), answering {broker.start_s:.1f} s after "
+            "its start")

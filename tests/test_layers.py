@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["streams", "config", "state", "agents", "cli", "bench"]
+# devstack (the local brokers, Redis and processes) serves cli/ (`retention demo`), bench/ and
+# the tests, never the worker: it comes after agents/, so agents/ cannot import it
+LAYERS = ["streams", "config", "state", "agents", "devstack", "cli", "bench"]
 # what a pure module may not import: the outside world
 # the one edge against the order: `retention bench` (the flags, in cli/) runs the benchmark
 ALLOWED = {("cli/bench.py", "retention_tracker.bench")}

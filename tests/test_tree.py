@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
+PACKAGES = ("streams", "config", "state", "agents", "devstack", "cli", "bench")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -51,10 +52,10 @@ def test_unit_tests_sit_beside_their_module() -> None:
     misplaced = []
     for path in sorted(TESTS.glob("*/test_*.py")):
         package = path.parent.name
-        if package not in {"streams", "config", "state", "agents", "cli", "bench"}:
+        if package not in PACKAGES:
             continue
         module = path.stem.removeprefix("test_")
-        for other in ("streams", "config", "state", "agents", "cli", "bench"):
+        for other in PACKAGES:
             if other != package and (ROOT / other / f"{module}.py").exists() and not (
                     ROOT / package / f"{module}.py").exists():
                 misplaced.append(f"{path.relative_to(ROOT)} tests {other}/{module}.py")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import redis
 
-from retention_tracker.agents.local_stack import free_port
+from retention_tracker.devstack.processes import free_port
 
 RETENTION = [sys.executable, "-m", "retention_tracker.cli"]
 

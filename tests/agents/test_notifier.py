@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
-from retention_tracker.agents.local_stack import ensure_topics
 from retention_tracker.agents.metrics import WorkerMetrics
 from retention_tracker.agents.notifier import Notifier
 from retention_tracker.config.settings import Settings
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.streams.batch import BatchRules
 
 

@@ -7,10 +7,10 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from retention_tracker.agents.local_stack import start_redis
 from retention_tracker.bench.plan_cpu import messages_per_partition
 from retention_tracker.bench.store_cpu import PREFIX, replay
 from retention_tracker.bench.workload import WorkloadSpec, build_workload
+from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.state.store import RedisStore
 
 

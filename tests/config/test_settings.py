@@ -32,6 +32,16 @@ def test_plaintext_has_no_sasl_or_ssl_options() -> None:
                                                           "security_protocol"}
 
 
+def test_the_producer_is_idempotent_with_acks_all_unless_told_otherwise() -> None:
+    options = Settings.from_env({"KAFKA_BROKER": "kafka://b1:9092"}).producer_options()
+    assert (options["acks"], options["enable_idempotence"]) == ("all", True)
+    assert options["bootstrap_servers"] == "b1:9092"
+    tansu = Settings.from_env({"KAFKA_IDEMPOTENCE": "false"}).producer_options()
+    assert (tansu["acks"], tansu["enable_idempotence"]) == ("all", False)
+    with pytest.raises(ConfigError, match="KAFKA_IDEMPOTENCE"):
+        Settings.from_env({"KAFKA_IDEMPOTENCE": "maybe"})
+
+
 @pytest.mark.parametrize(("name", "value"), [("KAFKA_SECURITY_PROTOCOL", "TLS"),
                                              ("KAFKA_SASL_MECHANISM", "GSSAPI")])
 def test_unknown_security_choices_are_refused(name: str, value: str) -> None:

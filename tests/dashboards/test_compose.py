@@ -16,6 +16,12 @@ import pytest
 import yaml
 
 from retention_tracker.config.settings import SETTINGS_DOC
+from retention_tracker.devstack.apache_kafka import (
+    PER_NODE,
+    SERVER_PROPERTIES,
+    kafka_version,
+    read_properties,
+)
 
 from .promql import REPO
 
@@ -240,3 +246,33 @@ def test_the_image_holds_every_package_and_no_test_or_local_extra() -> None:
     runtime = " ".join(pyproject["project"]["dependencies"])
     for package in pyproject["project"]["optional-dependencies"]["local"]:
         assert package.split(">")[0] not in runtime, package
+
+
+def kafka_setting(variable: str) -> str:
+    """The broker setting an apache/kafka image variable sets: KAFKA_ dropped, lower case,
+    ``___`` -> ``-``, ``__`` -> ``_``, ``_`` -> ``.``."""
+    name = variable.removeprefix("KAFKA_").lower()
+    return name.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
+
+
+def test_compose_kafka_and_the_test_brokers_share_one_settings_file(
+    compose: dict[str, Any],
+) -> None:
+    """deploy/kafka/server.properties is the image's file input; the variables add only
+    what the tests' brokers add per node (devstack PER_NODE), and the image is the version
+    the tests run (deploy/kafka/pom.xml)."""
+    kafka = services(compose)["kafka"]
+    assert host_path(kafka, "/mnt/shared/config/server.properties") == SERVER_PROPERTIES.resolve()
+    shared = read_properties()
+    assert {"message.max.bytes", "group.initial.rebalance.delay.ms",
+            "offsets.topic.replication.factor"} <= set(shared)
+    variables = {kafka_setting(v) for v in kafka["environment"] if v.startswith("KAFKA_")}
+    assert variables == set(PER_NODE)
+    assert not variables & set(shared)
+    assert kafka["image"] == f"apache/kafka:{kafka_version()}"
+
+
+def test_the_variable_mapping_follows_the_image() -> None:
+    assert kafka_setting("KAFKA_LOG_DIRS") == "log.dirs"
+    assert kafka_setting("KAFKA_SOME__NAME") == "some_name"
+    assert kafka_setting("KAFKA_SOME___NAME") == "some-name"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,17 +18,14 @@ from typing import Any
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retention_tracker.agents.local_stack import (
-    ManagedProcess,
-    ensure_topics,
-    free_port,
-    start_process,
-    wait_for,
-)
+from retention_tracker.devstack.processes import ManagedProcess, free_port, start_process, wait_for
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.simulation import SimulationConfig, generate_events
@@ -200,7 +198,7 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     """Send (key, value) messages and wait for every ack; returns how many were sent."""
 
     async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
         await producer.start()
         try:
             futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
@@ -213,8 +211,9 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
 
 
 def topic_ends(bootstrap: str, topic: str, timeout_s: float = 30) -> dict[int, int]:
-    """Each partition's end offset, from a fetch's high watermark: the broker's ListOffsets
-    answer can be wrong when the last batch holds several records (Tansu)."""
+    """Each partition's end offset, from a fetch's high watermark, which every broker gets
+    right (the Tansu fallback's ListOffsets answer can be wrong when the last batch holds
+    several records)."""
     return asyncio.run(_read_partitions(bootstrap, topic, timeout_s, records=None))
 
 
@@ -233,9 +232,7 @@ async def _read_partitions(bootstrap: str, topic: str, timeout_s: float,
     await consumer.start()
     try:
         async with asyncio.timeout(timeout_s):
-            while not (partitions := consumer.partitions_for_topic(topic)):
-                await consumer.force_metadata_update()
-            parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+            parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             read_up_to = dict.fromkeys(parts, 0)
@@ -257,6 +254,28 @@ async def _read_partitions(bootstrap: str, topic: str, timeout_s: float,
         await consumer.stop()
 
 
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partitions of ``topic``, once it exists (polled). From the admin client: a
+    consumer without a subscription knows only the topics Kafka listed at its start (none:
+    an empty metadata request names no topic; Tansu lists them all)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            # described only once listed: describing asks for metadata with auto-creation,
+            # which would create the topic ahead of the worker, with the broker's default
+            # partition count. A node lost in a fault test may be asked: asked again.
+            with contextlib.suppress(KafkaError):
+                if topic in await admin.list_topics():
+                    for found in await admin.describe_topics([topic]):
+                        if found["topic"] == topic and found["error_code"] == 0 \
+                                and found["partitions"]:
+                            return sorted(p["partition"] for p in found["partitions"])
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
     """Every record of a topic (no group): read from the beginning until at least
     ``expected`` arrived (or the deadline), then on to the end offsets every partition has
@@ -269,12 +288,9 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30
         records: list[Any] = []
         try:
             async with asyncio.timeout(timeout_s):
-                # the topic may not exist yet (created by its first record): poll metadata
-                while not (known := consumer.partitions_for_topic(topic)):
-                    await consumer.topics()
-                    if not consumer.partitions_for_topic(topic):
-                        await asyncio.sleep(0.2)
-                partitions = [TopicPartition(topic, p) for p in sorted(known)]
+                # the topic may not exist yet (created by its first record)
+                partitions = [TopicPartition(topic, p)
+                              for p in await partitions_of(bootstrap, topic)]
                 consumer.assign(partitions)
                 await consumer.seek_to_beginning(*partitions)
                 while len(records) < expected:

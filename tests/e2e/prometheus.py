@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retention_tracker.agents.local_stack import ManagedProcess, free_port, start_process, wait_for
+from retention_tracker.devstack.processes import ManagedProcess, free_port, start_process, wait_for
 
 from ..dashboards.promql import RULE_FILES
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 
 from ..dashboards.promql import REPO, require_tool
 from .harness import Deployment

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 
 from .harness import Deployment, event_messages, get, produce, samples, simulated
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.streams.simulation import MALFORMED_KINDS
 
 from .harness import Deployment, get, get_json, topic_ends

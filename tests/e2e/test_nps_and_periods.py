@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 
 from .harness import Deployment, event_messages, get, get_json, produce, samples, simulated

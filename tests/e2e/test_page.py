@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.agents.local_stack import ManagedProcess, wait_for
 from retention_tracker.bench import reference
+from retention_tracker.devstack.processes import ManagedProcess, wait_for
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
 

@@ -20,10 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from retention_tracker.agents.local_stack import (
-    ManagedProcess,
-    wait_for,
-)
+from retention_tracker.devstack.processes import ManagedProcess, wait_for
 
 from ..dashboards.promql import (
     ALERT_VALUES,

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
-from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 from retention_tracker.streams.winback import notification_id
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 import redis
 
-from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
 from retention_tracker.cli.feeding import prepare_replay, read_jsonl
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms
 
 from .harness import Deployment, consume_all, event_messages, produce, simulated

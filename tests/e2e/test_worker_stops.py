@@ -7,7 +7,7 @@ import orjson
 import pytest
 import redis
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 
 from .harness import Deployment, produce
 

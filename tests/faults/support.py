@@ -30,9 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retention_tracker.agents.local_stack import ManagedProcess, start_redis, wait_for
 from retention_tracker.bench import reference
 from retention_tracker.cli.main import cli
+from retention_tracker.devstack.processes import ManagedProcess, wait_for
+from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams.calendar import utc_now_ms
 from retention_tracker.streams.events import validate_event
@@ -44,8 +45,10 @@ from tests.e2e.test_worker_exact import (
     simulated,
 )
 
-#: Short group timeouts: Tansu answers a JoinGroup after half the session timeout and gives
-#: a killed member's partitions back after about twice it (see agents/local_stack.py).
+#: Short group timeouts: a killed worker's partitions go to the others once its session
+#: expires (Kafka allows sessions down to group.min.session.timeout.ms, 1 s in
+#: deploy/kafka/server.properties); on the Tansu fallback a JoinGroup is also answered only
+#: after half the session timeout (devstack/tansu.py).
 FAST_GROUP = {"SESSION_TIMEOUT_MS": "2000", "HEARTBEAT_MS": "500"}
 
 #: Every report of this session, for the terminal summary (tests/faults/conftest.py).
@@ -275,7 +278,7 @@ def produce_recorded(bootstrap: str, topic: str,
     """Send (key, value) messages, wait for every ack; the (partition, offset) of each."""
 
     async def run() -> list[RecordMetadata]:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
                                     max_request_size=4 << 20)
         await producer.start()
         try:

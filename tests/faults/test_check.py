@@ -14,9 +14,11 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from retention_tracker.agents.local_stack import ensure_topics, free_port, start_redis
 from retention_tracker.cli.check import check
 from retention_tracker.config.settings import mask_url
+from retention_tracker.devstack.processes import free_port
+from retention_tracker.devstack.redis_server import start_redis
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.schema import Keyspace
 from tests.e2e.harness import Deployment
 

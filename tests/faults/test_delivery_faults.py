@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.streams.calendar import utc_now_ms
 from tests.e2e.harness import Deployment, event_messages, produce
 

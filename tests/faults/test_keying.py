@@ -19,7 +19,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 
-from retention_tracker.agents.local_stack import ensure_topics, wait_for
+from retention_tracker.devstack.processes import wait_for
+from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.streams.calendar import MS_PER_DAY
 from tests.e2e.harness import (
     RETENTION,

@@ -25,8 +25,9 @@ import redis
 import redis.asyncio as aioredis
 from click.testing import CliRunner
 
-from retention_tracker.agents.local_stack import LocalCluster, start_redis_cluster, wait_for
 from retention_tracker.cli.main import cli
+from retention_tracker.devstack.processes import wait_for
+from retention_tracker.devstack.redis_server import LocalCluster, start_redis_cluster
 from retention_tracker.state.store import RedisStore
 from tests.e2e.harness import Deployment, event_messages, isolated_deployment, produce
 

@@ -17,7 +17,7 @@ import time
 import pytest
 import redis
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.state.schema import Keyspace
 from tests.e2e.harness import Deployment, event_messages, produce
 

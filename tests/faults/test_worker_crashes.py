@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from retention_tracker.agents.local_stack import wait_for
+from retention_tracker.devstack.processes import wait_for
 from tests.e2e.harness import Deployment, event_messages, produce
 
 from .support import (

@@ -1,4 +1,4 @@
-"""The local stack the other end-to-end tests stand on: broker, topics, groups, Redis, PIDs."""
+"""The local stack the end-to-end tests stand on: processes by PID, topics, groups, Redis."""
 
 from __future__ import annotations
 
@@ -17,13 +17,9 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from retention_tracker.agents.local_stack import (
-    SYSTEM_REDIS_PORT,
-    ensure_topics,
-    start_process,
-    start_redis,
-    wait_for,
-)
+from retention_tracker.devstack.processes import SYSTEM_REDIS_PORT, start_process, wait_for
+from retention_tracker.devstack.redis_server import start_redis
+from retention_tracker.devstack.topics import ensure_topics
 
 pytestmark = pytest.mark.e2e
 
@@ -162,7 +158,7 @@ def test_graceful_stop_and_kill(tmp_path: Path) -> None:
 ORPHANING_PARENT = """
 import os, sys, time
 from pathlib import Path
-from retention_tracker.agents.local_stack import start_process
+from retention_tracker.devstack.processes import start_process
 child = start_process([sys.executable, "-c", "import time; time.sleep(60)"], "orphan",
                       dict(os.environ), Path(sys.argv[1]))
 print(child.pid, flush=True)
