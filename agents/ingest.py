@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
+from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from retention_tracker.agents.metrics import WorkerMetrics
@@ -41,7 +41,14 @@ from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.backoff import Backoff
-from retention_tracker.streams.batch import BatchRules, DeadLetter, Forward, outcome_of
+from retention_tracker.streams.batch import (
+    KEY_COPY_MAX_BYTES,
+    VALUE_COPY_MAX_BYTES,
+    BatchRules,
+    DeadLetter,
+    Forward,
+    outcome_of,
+)
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
 from retention_tracker.streams.plan import Plan, dedup_key
 
@@ -222,12 +229,20 @@ class Ingestor:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis step until it succeeds: while Redis is away (or a cluster fails over
-        a master to its replica), consumption pauses here instead of dropping or buffering."""
+        """Run a step until it succeeds: while Redis is away (or a cluster fails over a
+        master to its replica), or Kafka does not take what a batch sends (forwards, dead
+        letters, win-back messages, all sent before the batch is applied, so the batch is
+        simply planned and sent again), consumption pauses here, counted and logged,
+        instead of dropping, buffering or stopping the worker."""
         delays = self.backoff.delays()
         while True:
             try:
                 return await step()
+            except KafkaError as exc:
+                self.metrics.send_errors.inc()
+                delay = next(delays)
+                log.warning("Kafka did not take a record (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
             except Exception as exc:
                 if not isinstance(exc, REDIS_UNAVAILABLE) and not torn_down_under_a_call(exc):
                     raise
@@ -424,8 +439,8 @@ class Ingestor:
             record = by_offset[letter.offset]
             futures.append(await self.producer.send(
                 self.settings.dlq_topic,
-                value=record.value if record.value is not None else b"",
-                key=record.key,
+                value=(record.value or b"")[:VALUE_COPY_MAX_BYTES],  # a too_large one: cut
+                key=None if record.key is None else record.key[:KEY_COPY_MAX_BYTES],
                 headers=dead_letter_headers(letter, record, forwarded),
             ))
         await asyncio.gather(*futures)
@@ -435,7 +450,10 @@ def dead_letter_headers(letter: DeadLetter, record: ConsumerRecord, forwarded: b
                         ) -> list[tuple[str, bytes]]:
     """Why and where: ``source`` is the topic/partition/offset the event was first read at
     (for a forwarded one, the headers it was forwarded with say it; ``via`` then names the
-    re-key record, whose value is the event alone, as its producer sent it)."""
+    re-key record, whose value is the event alone, as its producer sent it); ``size`` is
+    the length of the record's value, of which the dead letter holds at most the first
+    ``VALUE_COPY_MAX_BYTES`` (a message over MAX_MESSAGE_BYTES is read whole at
+    ``source``)."""
     here = f"{record.topic}/{record.partition}/{record.offset}".encode()
     origin = dict(record.headers or ()) if forwarded else {}
     headers = [
@@ -443,6 +461,7 @@ def dead_letter_headers(letter: DeadLetter, record: ConsumerRecord, forwarded: b
         ("detail", letter.detail.encode()),
         ("index", origin.get("index") or str(letter.index).encode()),
         ("source", origin.get("source") or here),
+        ("size", str(len(record.value or b"")).encode()),
     ]
     if forwarded:
         headers.append(("via", here))

@@ -328,6 +328,9 @@ class WorkerMetrics:
         self.redis_errors = Counter("retention_worker_redis_errors",
                                     "failed Redis calls (retried with back-off)",
                                     registry=registry)
+        self.send_errors = Counter("retention_worker_send_errors",
+                                   "failed sends to Kafka (the batch retried with back-off)",
+                                   registry=registry)
         self.snapshot_errors = Counter("retention_worker_snapshot_errors",
                                        "failed refreshes of the Redis figures", registry=registry)
         self.batch_seconds = Histogram(

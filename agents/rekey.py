@@ -20,7 +20,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.partitioner import murmur2
 
 from retention_tracker.config.settings import ConfigError
-from retention_tracker.streams.batch import Forward, ParsedBatch
+from retention_tracker.streams.batch import VALUE_COPY_MAX_BYTES, Forward, ParsedBatch
 from retention_tracker.streams.events import NO_CUSTOM_TYPES, Event, parse_message
 
 _MEMO_USERS = 1 << 18  # ~30 MB at most: cleared, not evicted one by one, when full
@@ -129,17 +129,23 @@ def rekey_headers(forward: Forward, origin: str) -> list[tuple[str, bytes]]:
 
 def _original_values(message: bytes, away: list[Forward]) -> None:
     """Fill in the sent form of this message's forwarded events (at the end of ``away``);
-    the message is decoded a second time only when it has such events, which is rare."""
+    the message is decoded a second time only when it has such events, which is rare. An
+    event whose sent form is longer than ``VALUE_COPY_MAX_BYTES`` (fields the contract
+    ignores made it so) is forwarded in its §1 form instead: the same event at home, in a
+    record the producer can always send."""
     offset = away[-1].offset
     decoded = None
     for forward in reversed(away):
         if forward.offset != offset:
             break
         if forward.index < 0:
-            forward.value = message
+            value = message
         else:
             decoded = orjson.loads(message) if decoded is None else decoded
-            forward.value = orjson.dumps(decoded[forward.index])
+            value = orjson.dumps(decoded[forward.index])
+        if len(value) > VALUE_COPY_MAX_BYTES:
+            value = orjson.dumps(forward.event.to_json())
+        forward.value = value
 
 
 class PartitionCountChanged(ConfigError):

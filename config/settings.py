@@ -123,7 +123,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("BATCH_MAX_RECORDS", "Kafka records per fetch and partition batch at most "
                "(replay speed vs memory and Redis script time)"),
     SettingDoc("FETCH_MAX_WAIT_MS", "longest a fetch waits for data (latency vs requests)"),
-    SettingDoc("MAX_MESSAGE_BYTES", "larger messages are dead-lettered whole"),
+    SettingDoc("MAX_MESSAGE_BYTES", "larger messages are dead-lettered as too_large "
+               "(their first 512 KiB; every dead letter holds at most that)"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records"),
     SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding event ids"),

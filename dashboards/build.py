@@ -553,12 +553,14 @@ def _pipeline_freshness() -> list[Panel]:
             unit="s", description="How old the Redis figures each worker serves are.",
         ),
         timeseries(
-            "Redis and snapshot errors/s",
+            "Redis, Kafka send and snapshot errors/s",
             [
                 query(per_worker_rate("retention_worker_redis_errors_total"),
                       "Redis {{instance}}", ("instance",)),
                 query(per_worker_rate("retention_worker_snapshot_errors_total"),
                       "snapshot {{instance}}", ("instance",)),
+                query(per_worker_rate("retention_worker_send_errors_total"),
+                      "Kafka sends {{instance}}", ("instance",)),
                 query(per_worker_rate("retention_worker_version_conflicts_total"),
                       "version conflicts {{instance}}", ("instance",)),
             ],

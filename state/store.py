@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
 from redis.exceptions import AskError, MovedError, NoScriptError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -127,6 +128,9 @@ class RedisStore:
         #: applies (and registry writes) fewer replicas acknowledged than asked in time
         self.wait_shortfalls = 0
         self._masters: dict[str, aioredis.Redis] = {}  # cluster: a plain client per master
+        #: cluster: slot -> "host:port" a MOVED reply named, followed until the cluster
+        #: client's own slot map agrees (see ``_redirected``)
+        self._moved: dict[int, str] = {}
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
@@ -414,21 +418,36 @@ class RedisStore:
         return reply
 
     async def _redirected(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call`` against the cluster's masters. A redirection (the slot moved: a
-        failover, resharding) means nothing ran: the slot map is read again and the call
-        made again, three times at most. A lost connection marks the map stale for the next
-        call and raises (the worker's retry loop waits for Redis)."""
-        for attempt in (1, 2, 3):
+        """``call`` against the cluster's masters. A redirection means nothing ran. A MOVED
+        reply names the master that serves the slot now: it is followed at once (the slot
+        is sent there, ``_server_of``) and the cluster client asked to read its map again,
+        which redis-py does at most once a second (``topology_refresh_min_interval``, from
+        redis-py 8): waiting for that map made a read fail with MOVED after three quick
+        tries. The call is made again as long as each MOVED names a new master for its
+        slot; one that names the master already followed (the nodes disagree) is raised,
+        and the worker's retry loop waits. An ASK (a slot half migrated) reads the map
+        again, three tries at most. A lost connection forgets what MOVED replies said,
+        marks the map stale for the next call and raises (the worker's retry loop waits
+        for Redis)."""
+        asked = 0
+        while True:
             try:
                 return await call()
-            except (MovedError, AskError):
-                if attempt == 3:
+            except MovedError as moved:
+                target = f"{moved.host}:{moved.port}"
+                if self._moved.get(moved.slot_id) == target:
+                    raise
+                self._moved[moved.slot_id] = target
+                await self._relearn_slots()
+            except AskError:
+                asked += 1
+                if asked == 3:
                     raise
                 await self._relearn_slots()
             except (RedisConnectionError, RedisTimeoutError):
+                self._moved.clear()
                 await self._relearn_slots(later=True)
                 raise
-        raise AssertionError("unreachable")
 
     async def _fan_out(self, calls: Sequence[_Read]) -> list[Any]:
         """Reads of one key each, replies in order: one pipeline on a single Redis; in a
@@ -465,26 +484,43 @@ class RedisStore:
         return await self._redirected(once)
 
     async def _server_of(self, key: str) -> aioredis.Redis:
-        """The single Redis, or a plain client of the master serving ``key`` (one per master,
-        with the cluster client's connection settings: TLS, user, password)."""
+        """The single Redis, or a plain client of the master serving ``key``: the one a
+        MOVED reply named for its slot while the cluster client's map says otherwise, else
+        the one of that map."""
         client = self.client
         if not isinstance(client, aioredis.RedisCluster):
             return client
         if client._initialize:  # a failed call asked for a new slot map
             await client.initialize()
         node = client.get_node_from_key(key)
+        slot = client.keyslot(key)
+        moved = self._moved.get(slot)
+        if moved is not None and node is not None and node.name == moved:
+            del self._moved[slot]  # the map has caught up
+            moved = None
+        if moved is not None:
+            host, port = moved.rsplit(":", 1)
+            return await self._master(moved, client.get_node(host=host, port=int(port))
+                                      or client.get_default_node(), host, int(port))
         if node is None:
             raise SlotNotCoveredError(f"no master serves the slot of {key}")
-        server = self._masters.get(node.name)
+        return await self._master(node.name, node, node.host, int(node.port))
+
+    async def _master(self, name: str, like: ClusterNode, host: str, port: int
+                      ) -> aioredis.Redis:
+        """The plain client of master ``name`` (one per master), with the connection
+        settings (TLS, user, password) of the cluster node ``like``."""
+        server = self._masters.get(name)
         if server is None:
-            pool = aioredis.ConnectionPool(connection_class=node.connection_class,
-                                           **node.connection_kwargs)
+            pool = aioredis.ConnectionPool(connection_class=like.connection_class,
+                                           **{**like.connection_kwargs, "host": host,
+                                              "port": port})
             server = aioredis.Redis(connection_pool=pool)
             # a master new to this worker (a promoted replica) may not have the scripts: a
             # NOSCRIPT in a pipeline would still run its WAIT, for nothing
             await server.script_load(LOAD_BATCH_LUA)
             await server.script_load(APPLY_PLAN_LUA)
-            self._masters[node.name] = server
+            self._masters[name] = server
         return server
 
     async def _relearn_slots(self, later: bool = False) -> None:

@@ -32,13 +32,24 @@ from retention_tracker.streams.winback import DEFAULT_WINBACK, WinbackRules
 AT_HOME = "home"  # the route of an event read in its user's home partition
 TOO_OLD = "too_old"
 OLDER_THAN_THE_HORIZON = "older than the horizon"
+#: The most bytes of a consumed message the worker copies into a record it produces (a dead
+#: letter's value, a forward's value): half of what a producer sends in one request and a
+#: broker takes in one record by default (aiokafka's ``max_request_size``, Kafka's
+#: ``message.max.bytes``: 1 MiB), so every record the worker produces fits, whatever
+#: MAX_MESSAGE_BYTES lets in. Larger values are cut (a dead letter; its ``size`` header says
+#: how long the original was, its ``source`` where to read it whole) or re-encoded in their
+#: §1 form (a forward, whose ignored fields made it large).
+VALUE_COPY_MAX_BYTES = 512 << 10
+#: The same for a dead letter's key: the rejected record's own key, which nothing bounds.
+KEY_COPY_MAX_BYTES = 4 << 10
 
 
 @dataclass(slots=True)
 class Forward:
     """An event read at ``offset`` (``index`` in its message) that belongs to ``partition``.
     ``value``: the event as the producer sent it (the message's bytes for a single event,
-    its object in the array re-encoded otherwise), so a dead letter at home keeps it."""
+    its object in the array re-encoded otherwise), so a dead letter at home keeps it; its
+    §1 form when that is longer than ``VALUE_COPY_MAX_BYTES``."""
 
     offset: int
     index: int

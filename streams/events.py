@@ -41,7 +41,7 @@ _ATTRIBUTES = ("platform", "country", "campaign")
 # The closed set of reasons; counters are labelled by these, so cardinality stays bounded.
 REJECT_REASONS = (
     "empty_message",
-    "message_too_large",
+    "too_large",
     "invalid_utf8",
     "invalid_json",
     "not_an_object",
@@ -317,7 +317,7 @@ def parse_message(
     if not raw:
         return ParsedMessage([], [Reject("empty_message", "null or empty message")])
     if len(raw) > max_bytes:
-        return ParsedMessage([], [Reject("message_too_large", f"{len(raw)} bytes > {max_bytes}")])
+        return ParsedMessage([], [Reject("too_large", f"{len(raw)} bytes > {max_bytes}")])
     if fast:
         parsed = _read_fast(raw, now_ms, max_events, activity_types)
         if parsed is not None:

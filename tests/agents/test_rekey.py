@@ -30,7 +30,7 @@ from retention_tracker.bench import reference
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.state.store import RedisStore
-from retention_tracker.streams.batch import BatchRules, outcome_of
+from retention_tracker.streams.batch import VALUE_COPY_MAX_BYTES, BatchRules, outcome_of
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key
@@ -95,6 +95,31 @@ def test_events_at_home_are_not_forwarded_and_keep_their_position() -> None:
     assert sorted(f.event.user_id for f in read.away) == sorted(
         u for u in users if home_of[u] != target)
     assert not read.rejects
+
+
+@pytest.mark.parametrize("array", [False, True])
+def test_a_forward_made_large_by_ignored_fields_is_sent_in_its_contract_form(array: bool
+                                                                           ) -> None:
+    """A forward is the event as sent, unless fields the contract ignores make it longer
+    than the worker may copy into a record (``VALUE_COPY_MAX_BYTES``): then its §1 form,
+    which its home reads as the same event (the worker's producer refused the original)."""
+    router = Router(4)
+    away_partition = next(p for p in range(4) if p != router.home("alice"))
+    small = {**session("alice", 1), "note": "kept"}
+    large = {**session("alice", 2), "type": "purchase", "amount": 4.99, "currency": "EUR",
+             "platform": "ios", "blob": "x" * VALUE_COPY_MAX_BYTES}
+    for obj, kept in [(small, True), (large, False)]:
+        value = orjson.dumps([obj] if array else obj)
+        [forward] = read_records([record(5, None, value, away_partition)], away_partition,
+                                 router, NOW_MS, 2 << 20, 1000).away
+        assert len(forward.value) <= VALUE_COPY_MAX_BYTES
+        if kept:
+            assert forward.value == (orjson.dumps(obj) if array else value)
+        else:
+            assert forward.value == orjson.dumps(forward.event.to_json())
+        at_home = read_records([record(0, None, forward.value)], forward.partition, None,
+                               NOW_MS, 2 << 20, 1000).at_home
+        assert [e for _, _, e in at_home] == [forward.event]
 
 
 def test_rekeyed_records_are_taken_as_home_and_rejects_stay_with_their_record() -> None:

@@ -314,13 +314,24 @@ def event_messages(events: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]
 
 
 def simulated(days: int = 20, seed: int = 3, survey_rate: float = 0.05,
-              installs_per_day: int = 25) -> list[dict[str, Any]]:
-    """Simulated traffic ending now, with duplicates, late events and NPS survey answers."""
+              installs_per_day: int = 25, end_ms: int | None = None) -> list[dict[str, Any]]:
+    """Simulated traffic ending now (or at ``end_ms``), with duplicates, late events and NPS
+    survey answers. A test that reads the last day's figures gives an ``end_ms`` at a fixed
+    time of day (``yesterday_at``): ending now, the last day holds what the simulation made
+    of the hours since midnight UTC, and none of its purchases early in the day."""
     cfg = SimulationConfig(
-        installs_per_day=installs_per_day, days=days, seed=seed, duplicate_rate=0.05, late_rate=0.1,
-        start_ms=utc_now_ms() - days * MS_PER_DAY, survey_rate=survey_rate,
+        installs_per_day=installs_per_day, days=days, seed=seed, duplicate_rate=0.05,
+        late_rate=0.1, start_ms=(utc_now_ms() if end_ms is None else end_ms) - days * MS_PER_DAY,
+        survey_rate=survey_rate,
     )
     return list(generate_events(cfg))
+
+
+def yesterday_at(hour_utc: int) -> int:
+    """Epoch ms of ``hour_utc``:00 UTC yesterday: an end for simulated data whose days are
+    the same whatever the time of day the test runs (the simulation is a function of its
+    seed and of the time since its start)."""
+    return (utc_now_ms() // MS_PER_DAY - 1) * MS_PER_DAY + hour_utc * 3_600_000
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -297,6 +297,8 @@ class DeadLetter:
     reason: str
     value: bytes | None
     via: str | None = None  # the re-key record it was read from, when forwarded home first
+    size: int | None = None  # the length of the record's value (the dead letter: its head)
+    key: bytes | None = None
 
 
 def read_dead_letters(bootstrap: str, topic: str, expected: set[tuple[str, int]],
@@ -315,9 +317,10 @@ def read_dead_letters(bootstrap: str, topic: str, expected: set[tuple[str, int]]
                     for part in (await consumer.getmany(timeout_ms=300)).values():
                         for record in part:
                             headers = {k: v.decode() for k, v in record.headers}
-                            letters.append(DeadLetter(headers["source"], int(headers["index"]),
-                                                      headers["reason"], record.value,
-                                                      headers.get("via")))
+                            letters.append(DeadLetter(
+                                headers["source"], int(headers["index"]), headers["reason"],
+                                record.value, headers.get("via"), int(headers["size"]),
+                                record.key))
         except TimeoutError:
             pass
         finally:

@@ -24,7 +24,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from retention_tracker.agents.rekey import home_partition
 from retention_tracker.bench import reference
+from retention_tracker.streams.batch import KEY_COPY_MAX_BYTES, VALUE_COPY_MAX_BYTES
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, utc_now_ms
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
@@ -231,7 +233,7 @@ def test_huge_strings_and_huge_arrays(obj: dict[str, Any], size: int, count: int
     raw = dumps([obj] * count)
     parsed = check(parse_message(raw, NOW, MAX_BYTES, MAX_EVENTS))
     if len(raw) > MAX_BYTES:
-        assert (reasons(parsed), parsed.events) == (["message_too_large"], [])
+        assert (reasons(parsed), parsed.events) == (["too_large"], [])
     elif count > MAX_EVENTS:
         assert (reasons(parsed), parsed.events) == (["too_many_events"], [])
 
@@ -394,7 +396,7 @@ def hand_written(now: int) -> list[tuple[bytes | None, bytes | None, dict[int, s
         (b"k7", text.replace(str(now).encode(), b"1e999"), {-1: "invalid_json"}, []),
         (b"k8", b"[" * 3000 + b"]" * 3000, {-1: "invalid_json"}, []),
         (b"k9", orjson.dumps({**event, "platform": "x" * 100_000}),
-         {-1: "message_too_large"}, []),
+         {-1: "too_large"}, []),
         (b"hx-2", orjson.dumps(too_many), {-1: "too_many_events"}, []),
         (b"k10", b"5", {-1: "not_an_object"}, []),
         (b"k11", b'"a string"', {-1: "not_an_object"}, []),
@@ -502,6 +504,65 @@ def test_worker_survives_hostile_messages(deployment: Deployment) -> None:
                          extra={"hostile_messages": len(hostile), "dead_letters": len(got)})
     assert_figures_exact(d, raw)
     report.finish(d, expected_rejects=Counter(got.values()))
+
+
+def test_huge_messages_are_dead_lettered_at_the_default_limits(deployment: Deployment
+                                                                ) -> None:
+    """Issue 26: at the default limits (MAX_MESSAGE_BYTES and the producer's request size
+    both 1 MiB), a 1.5 MB message stopped the worker (``MessageSizeTooLargeError``: its
+    dead letter was the whole message). Now every record the worker produces is bounded:
+    a too-large message, a message of exactly MAX_MESSAGE_BYTES that is not JSON and one
+    with a 1.2 MB key are dead-lettered with the first ``VALUE_COPY_MAX_BYTES`` of their
+    value (and of their key, the first ``KEY_COPY_MAX_BYTES``), their source and their size
+    in headers, and counted; an event in a mixed array of MAX_MESSAGE_BYTES, made large by
+    a field the contract ignores, is forwarded home in its §1 form and counted; the events
+    after them all count: the worker never stops. Each of the four stopped it before."""
+    d = deployment
+    now = utc_now_ms()
+    before = [good(f"b{i}", f"big-{i % 3}", now - 60_000 + i) for i in range(6)]
+    after = [good(f"a{i}", f"big-{i % 3}", now - 30_000 + i) for i in range(6)]
+    key_user = "big-0"
+    away = next(f"far-{i}" for i in range(100)
+                if home_partition(f"far-{i}", d.partitions)
+                != home_partition(key_user, d.partitions))
+    bulky = {**good("bulky", away, now - 45_000, "install"), "blob": ""}
+    mixed = [good("beside", key_user, now - 44_000), bulky]
+    bulky["blob"] = "y" * ((1 << 20) - len(orjson.dumps(mixed)))  # the array: the limit
+    huge = orjson.dumps({**good("huge", "big-1", now - 50_000), "blob": "x" * 1_500_000})
+    not_json = b"{" + b"z" * ((1 << 20) - 1)  # exactly MAX_MESSAGE_BYTES
+    messages: list[tuple[bytes | None, bytes]] = [
+        *((e["user_id"].encode(), orjson.dumps(e)) for e in before),
+        (b"big-1", huge),
+        (b"big-2", not_json),
+        (b"k" * 1_200_000, b"{not json"),
+        (key_user.encode(), orjson.dumps(mixed)),
+        *((e["user_id"].encode(), orjson.dumps(e)) for e in after),
+    ]
+    metas = produce_recorded(d.bootstrap, d.topic, messages)
+    assert len(huge) > 1_500_000 and len(not_json) == len(messages[9][1]) == 1 << 20
+    worker, _ = d.start_worker(**FAST_GROUP)  # the default limits
+    with worker:
+        d.wait_applied(len(metas), worker=worker)
+        expected = {source_of(d.topic, metas[i]): (reason, messages[i])
+                    for i, reason in [(6, "too_large"), (7, "invalid_json"),
+                                      (8, "invalid_json")]}
+        letters = read_dead_letters(d.bootstrap, d.dlq, {(s, -1) for s in expected})
+        assert worker.alive()
+    got = {x.source: x for x in letters if x.source in expected}
+    assert set(got) == set(expected)
+    for source, (reason, (key, value)) in expected.items():
+        letter = got[source]
+        assert (letter.reason, letter.index, letter.size) == (reason, -1, len(value))
+        assert letter.value == value[:VALUE_COPY_MAX_BYTES]
+        assert letter.key == (key[:KEY_COPY_MAX_BYTES] if key else None)
+    assert len(got[source_of(d.topic, metas[6])].value or b"") == VALUE_COPY_MAX_BYTES
+    stats = read_stats(d)
+    assert stats["rej:too_large"] == 1 and stats["rej:invalid_json"] == 2, stats
+    raw = [*before, *mixed, *after]
+    assert_figures_exact(d, raw)
+    FaultReport("7 huge messages at the default limits", len(metas), raw,
+                extra={"largest_message_bytes": len(huge)}).finish(
+        d, expected_rejects=Counter({"too_large": 1, "invalid_json": 2}))
 
 
 # ---- known bugs: hostile input the core does not survive today -------------------------

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from retention_tracker.cli.main import cli
 from retention_tracker.devstack.processes import wait_for
 from retention_tracker.devstack.redis_server import LocalCluster, start_redis_cluster
+from retention_tracker.state.schema import due_member
 from retention_tracker.state.store import RedisStore
 from tests.e2e.harness import Deployment, event_messages, isolated_deployment, produce
 
@@ -163,37 +164,59 @@ def test_rebalance_between_two_workers_on_a_cluster(deployment: Deployment) -> N
 async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
                                                           unique: str) -> None:
     """A slot moved to another master after the store read the slot map (resharding, or a
-    failover the store learns of only by a redirection): the store reads the map again
-    and its read reaches the new master. Seen in a failover run before the fix: every
-    call of the worker's plain per-master clients met MOVED, and the map was never read
-    again (``RedisCluster.initialize()`` is a no-op unless the client is marked for it).
-    A shard no deployment uses, so its slot holds no key and can move by SETSLOT alone."""
+    failover the store learns of only by a redirection): the store's read follows the
+    MOVED reply to the new master at once, and follows the slot back again. Seen before
+    the fixes: the plain per-master clients met MOVED and the map was never read again
+    (``RedisCluster.initialize()`` is a no-op unless the client is marked for it); then,
+    with redis-py 8, which reads the map at most once a second, three quick tries all met
+    MOVED (``MovedError ... ZRANGEBYSCORE ... 835`` on a fresh clone). A shard no
+    deployment uses, so its slot holds no key but the test's and can move by SETSLOT."""
     client = aioredis.RedisCluster.from_url(cluster.url)
     store = RedisStore(client, prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
     shard = 999
     key = store.keys.due(shard, 2)
     slot = client.keyslot(key)
+    user = ("default", "moved-user")
     try:
-        assert await store.due_entries(shard, [2], 0) == []  # the map read, its master used
+        assert await store.due_entries(shard, [2], 10) == []  # the map read, its master used
         source = int(client.get_node_from_key(key).port)
         target = next(port for port in cluster.masters if port != source)
         with contextlib.closing(cluster.client(source)) as node:
             assert node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
         _move_slot(cluster, slot, target)
         try:
-            assert await store.due_entries(shard, [2], 0) == []  # MOVED, then followed
-            assert int(client.get_node_from_key(key).port) == target
+            with contextlib.closing(cluster.client(target)) as node:
+                node.zadd(key, {due_member(user): 5})  # only the new master holds it
+                try:
+                    assert await store.due_entries(shard, [2], 10) == [(2, user, 5)]
+                finally:
+                    node.delete(key)
         finally:
             _move_slot(cluster, slot, source)
+        with contextlib.closing(cluster.client(source)) as node:
+            node.zadd(key, {due_member(user): 6})
+            try:  # MOVED back: the store follows it again
+                assert await store.due_entries(shard, [2], 10) == [(2, user, 6)]
+            finally:
+                node.delete(key)
     finally:
         await store.close()  # the cluster client and the per-master ones
 
 
 def _move_slot(cluster: LocalCluster, slot: int, port: int) -> None:
-    """An empty slot to the master on ``port``, told to every master; returns once every
-    node, replicas included, says so (redis-py reads the map from any node it knows, and a
-    replica learns of the move by gossip)."""
-    node = cluster.node_ids()[port]
+    """An empty slot to the master on ``port`` the way a resharding moves it (IMPORTING on
+    the target, MIGRATING on the source, then SETSLOT NODE on the target first, which bumps
+    its config epoch, then on every other master); returns once every node, replicas
+    included, says so (a replica learns of the move by gossip, and believes it only from a
+    node whose config epoch is higher than the old owner's: without the bump, a move to a
+    master of a lower epoch never reached the replicas and the test timed out)."""
+    ids = cluster.node_ids()
+    node = ids[port]
+    source = _owner(cluster, port, slot)
+    with contextlib.closing(cluster.client(port)) as target:
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    with contextlib.closing(cluster.client(source)) as old:
+        old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node)
     for master in [port, *(m for m in cluster.masters if m != port)]:
         with contextlib.closing(cluster.client(master)) as client:
             client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node)

@@ -92,7 +92,7 @@ def test_messages_arrays_and_positions() -> None:
     assert [(r.reason, r.index) for r in parsed.rejects] == [("unknown_type", 1)]
     single = parse_message(orjson.dumps(good), NOW)
     assert [index for index, _ in single.events] == [-1]
-    assert parse_message(b"x" * 11, NOW, max_bytes=10).rejects[0].reason == "message_too_large"
+    assert parse_message(b"x" * 11, NOW, max_bytes=10).rejects[0].reason == "too_large"
     assert parse_message(orjson.dumps([good] * 3), NOW,
                          max_events=2).rejects[0].reason == "too_many_events"
     assert parse_message(b"\xff\xfe", NOW).rejects[0].reason == "invalid_utf8"
