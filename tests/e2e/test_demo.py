@@ -51,7 +51,9 @@ def test_the_demo_stops_and_says_why_when_its_worker_dies(phase: str, tmp_path: 
         assert found, log.read_text()
         pids = {name: int(pid) for name, pid in
                 (part.rsplit(" ", 1) for part in found.group(1).split(", "))}
-        assert set(pids) == {"tansu", "redis-server", "worker"}, pids
+        # the broker it started: one Apache Kafka node, or Tansu where no Java 17 is found
+        assert set(pids) - {"redis-server", "worker"} in ({"kafka-1"}, {"tansu"}), pids
+        assert {"redis-server", "worker"} <= set(pids), pids
         os.kill(pids["worker"], signal.SIGKILL)
         wait_for(lambda: not demo.alive(), 60, "the demo's exit")
         code = demo.stop()
