@@ -62,6 +62,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("KAFKA_IDEMPOTENCE",
                "idempotent producers (re-key, dead letters, notifications); false only for a "
                "broker without them (the Tansu fallback)"),
+    SettingDoc("KAFKA_METADATA_MAX_AGE_MS",
+               "longest a client trusts its map of partition leaders (after a leader change "
+               "aiokafka may retry the old leader until it re-reads the map)"),
     SettingDoc("REDIS_URL", "Redis with all state; rediss:// for TLS, user:password@ for AUTH/ACL"),
     SettingDoc("REDIS_CLUSTER",
                "true: REDIS_URL is a seed node of a Redis Cluster (state sharded by partition)"),
@@ -427,6 +430,10 @@ class Settings:
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_cafile: str = ""
     kafka_idempotence: bool = True
+    #: aiokafka's default is 5 minutes; after a broker was fenced and came back, its fetcher
+    #: retried an offset lookup on the stale leader without re-reading metadata until then
+    #: (the 3-broker fault suite's paused-broker case): 30 s bounds that stall
+    kafka_metadata_max_age_ms: int = 30_000
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
     redis_wait_replicas: int = 0
@@ -502,6 +509,8 @@ class Settings:
             kafka_sasl_password=env.get("KAFKA_SASL_PASSWORD", ""),  # as typed: not stripped
             kafka_ssl_cafile=env.get("KAFKA_SSL_CAFILE", "").strip(),
             kafka_idempotence=_bool(env, "KAFKA_IDEMPOTENCE", d.kafka_idempotence),
+            kafka_metadata_max_age_ms=_int(env, "KAFKA_METADATA_MAX_AGE_MS",
+                                           d.kafka_metadata_max_age_ms, minimum=1000),
             redis_url=_redis_url(raw("REDIS_URL"), _bool(env, "REDIS_CLUSTER", d.redis_cluster)),
             redis_cluster=_bool(env, "REDIS_CLUSTER", d.redis_cluster),
             redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", d.redis_wait_replicas),
@@ -613,6 +622,7 @@ class Settings:
         options: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.kafka_security_protocol,
+            "metadata_max_age_ms": self.kafka_metadata_max_age_ms,
         }
         if self.kafka_security_protocol.startswith("SASL"):
             options.update(sasl_mechanism=self.kafka_sasl_mechanism,

@@ -28,8 +28,14 @@ def test_sasl_ssl_options_are_passed_and_the_password_is_not_shown() -> None:
 
 
 def test_plaintext_has_no_sasl_or_ssl_options() -> None:
-    assert set(Settings.from_env({}).kafka_options()) == {"bootstrap_servers",
-                                                          "security_protocol"}
+    assert set(Settings.from_env({}).kafka_options()) == {
+        "bootstrap_servers", "security_protocol", "metadata_max_age_ms"}
+
+
+def test_clients_reread_the_partition_leaders_every_30_s_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).kafka_options()["metadata_max_age_ms"] == 30_000
+    assert Settings.from_env({"KAFKA_METADATA_MAX_AGE_MS": "5000"}).kafka_options()[
+        "metadata_max_age_ms"] == 5000
 
 
 def test_the_producer_is_idempotent_with_acks_all_unless_told_otherwise() -> None:

@@ -294,12 +294,6 @@ def test_a_broker_stopped_and_started_again_on_its_log(
                for node in cluster.nodes)
 
 
-@pytest.mark.xfail(reason=(
-    "open: after SIGCONT the worker may loop 'Failed fetch offsets from <paused node>: "
-    "NotLeaderForPartitionError' for that node's old partition: aiokafka 0.14's fetcher "
-    "retries an offset reset on its stale leader without a metadata refresh, until "
-    "metadata_max_age_ms (5 min); passed 3 runs, failed the 2 after main's issue 26/28/32 "
-    "merge"), strict=False)
 def test_a_broker_paused_longer_than_its_session_then_resumed(
         cluster: KafkaCluster, deployment: Deployment) -> None:
     """SIGSTOP of a partition's leader for 8 s: the controller fences it after 4 s of
