@@ -96,6 +96,16 @@ class PartitionProgress:
     offsets: dict[str, int]
 
 
+def summed(parts: Iterable[Iterable[tuple[bytes | str, bytes | str]]]) -> Counter[str]:
+    """Counter fields read from every partition's copy of a hash, summed field by field:
+    each partition counts its own users, a figure is the sum over partitions."""
+    total: Counter[str] = Counter()
+    for part in parts:
+        for field, value in part:
+            total[text(field)] += int(value)
+    return total
+
+
 class TimezoneConflict(ConfigError):
     """An app's data was built in one timezone and this worker is configured with another."""
 
@@ -244,13 +254,11 @@ class RedisStore:
         loaded: LoadedBatch,
         next_offsets: Mapping[str, int],
         plan: Plan,
-        inactivity_days: Iterable[int] | Callable[[str], Iterable[int]] = (),
         at_risk_due: Mapping[UserKey, int | None] | None = None,
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
-        conflict (nothing was written). ``inactivity_days``: the thresholds whose due sets
-        hold the users, or the thresholds of each app (APP_INACTIVITY_THRESHOLDS).
-        ``at_risk_due``: users' at-risk moments (None: no entry; streams/at_risk.py)."""
+        conflict (nothing was written). The plan's due entries go to the due sets as they
+        are; ``at_risk_due``: users' at-risk moments (None: no entry; streams/at_risk.py)."""
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
@@ -258,12 +266,8 @@ class RedisStore:
             ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
             lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
         due_add: list[object] = []
-        of_app = inactivity_days if callable(inactivity_days) else None
-        every = () if callable(inactivity_days) else tuple(inactivity_days)
-        for user, last_ms in plan.due.items():
-            for days in of_app(user[0]) if of_app is not None else every:
-                due_add += (keys.of(self.keys.due(shard, days)),
-                            str(last_ms + days * MS_PER_DAY), due_member(user))
+        for (days, user), due_ms in plan.due.items():
+            due_add += (keys.of(self.keys.due(shard, days)), str(due_ms), due_member(user))
         due_remove = self._at_risk_entries(shard, keys, at_risk_due or {}, due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
@@ -603,29 +607,23 @@ class RedisStore:
 
     async def read_family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
         """One aggregate family of an app's segment, summed over every partition."""
-        total: Counter[str] = Counter()
-        for part in await self._fan_out([
-                _Read("hgetall", self.keys.aggregate(shard, app, segment, family))
-                for shard in await self.shard_ids()]):
-            for field, value in part.items():
-                total[field.decode()] += int(value)
-        return total
+        return summed(part.items() for part in await self._fan_out([
+            _Read("hgetall", self.keys.aggregate(shard, app, segment, family))
+            for shard in await self.shard_ids()]))
 
     async def read_fields(
         self, app: str, family: str, fields: list[str], segment: str = "all"
     ) -> Counter[str]:
         """Chosen fields of one aggregate family, summed over every partition (for the
         metrics snapshot, which must not read whole families on every refresh)."""
-        total: Counter[str] = Counter()
         if not fields:
-            return total
-        for values in await self._fan_out([
+            return Counter()
+        return summed(
+            ((name, value) for name, value in zip(fields, values, strict=True)
+             if value is not None)
+            for values in await self._fan_out([
                 _Read("hmget", self.keys.aggregate(shard, app, segment, family), (fields,))
-                for shard in await self.shard_ids()]):
-            for name, value in zip(fields, values, strict=True):
-                if value is not None:
-                    total[name] += int(value)
-        return total
+                for shard in await self.shard_ids()]))
 
     async def read_matching(self, app: str, family: str, match: str,
                             segment: str = "all") -> Counter[str]:
@@ -636,11 +634,7 @@ class RedisStore:
             key = self.keys.aggregate(shard, app, segment, family)
             return [item async for item in self.client.hscan_iter(key, match=match)]
 
-        total: Counter[str] = Counter()
-        for found in await asyncio.gather(*map(scan, await self.shard_ids())):
-            for field, value in found:
-                total[field.decode()] += int(value)
-        return total
+        return summed(await asyncio.gather(*map(scan, await self.shard_ids())))
 
     async def scan_users(self, app: str, batch: int = 256) -> AsyncIterator[UserState]:
         """Every user record of an app, ``batch`` buckets per pipeline (for queries no counter
@@ -657,12 +651,9 @@ class RedisStore:
                     yield decode_user(raw)
 
     async def read_stats(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for part in await self._fan_out([_Read("hgetall", self.keys.stats(shard))
-                                          for shard in await self.shard_ids()]):
-            for field, value in part.items():
-                total[field.decode()] += int(value)
-        return total
+        """The stats hashes, summed over every partition."""
+        return summed(part.items() for part in await self._fan_out([
+            _Read("hgetall", self.keys.stats(shard)) for shard in await self.shard_ids()]))
 
     async def partition_progress(self, topics: Iterable[str]) -> dict[int, PartitionProgress]:
         """Per partition: next offsets and watermark, for lag, health and the event clock."""
