@@ -33,8 +33,8 @@ from retention_tracker.state.queries import (
     repeat_purchase_report,
     summary_report,
     value_segments_report,
-    winback_counts,
 )
+from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
