@@ -1,6 +1,8 @@
 """The query side shared by the CLI and the HTTP views: Redis counters -> report documents.
 
-Both read Redis directly, so reports work with no worker running.
+Both read Redis directly, so reports work with no worker running. Parameters are checked by
+``state/params.py``, the reports' parts built by the pure ``streams/builders.py`` and
+``streams/figures.py``: what is left here is which counters each report reads.
 """
 
 from __future__ import annotations
