@@ -340,7 +340,6 @@ class Ingestor:
             at_risk_due = await self.notifier.at_risk_after_batch(plan, loaded.states)
             if await self.store.apply_plan(tp.partition, loaded,
                                            {tp.topic: records[-1].offset + 1}, plan,
-                                           self.batch_rules.winback.thresholds_of,
                                            at_risk_due):
                 break
             self.metrics.conflicts.inc()  # someone applied in between: reload and re-plan

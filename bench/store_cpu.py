@@ -53,7 +53,7 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
             plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys,
                               loaded.watermark_ms, 400, {app: calendar for app, _ in users},
                               dedup_keys=keys, event_clock=True)
-            assert await store.apply_plan(shard, loaded, {"t": start + batch}, plan, [2])
+            assert await store.apply_plan(shard, loaded, {"t": start + batch}, plan)
             events += len(items)
     redis_s = (cpu_seconds(pid) or 0.0) - before
     wall_s = time.perf_counter() - started

@@ -29,7 +29,8 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from retention_tracker.config.settings import Settings
-from retention_tracker.state.store import AsyncClient, RedisStore
+from retention_tracker.state.cluster import AsyncClient
+from retention_tracker.state.store import RedisStore
 
 #: Errors that mean "Redis is (for now) not there": a node down, a failover under way (the
 #: cluster refuses queries until a replica has taken over), slots moving. The worker waits

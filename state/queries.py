@@ -1,6 +1,8 @@
 """The query side shared by the CLI and the HTTP views: Redis counters -> report documents.
 
-Both read Redis directly, so reports work with no worker running.
+Both read Redis directly, so reports work with no worker running. Parameters are checked by
+``state/params.py``, the reports' parts built by the pure ``streams/builders.py`` and
+``streams/figures.py``: what is left here is which counters each report reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,14 @@ from datetime import date
 from typing import Any
 
 from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.state.params import (
+    SEGMENT_ATTRIBUTES,
+    QueryError,
+    check_cohort_query,
+    check_window,
+    money_currency,
+    segment_of,
+)
 from retention_tracker.state.schema import (
     DAILY_FAMILY,
     WINBACK_STATS,
@@ -24,6 +34,22 @@ from retention_tracker.state.schema import (
     parse_stats,
 )
 from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.builders import (
+    HEADLINE_COHORTS,
+    HEADLINE_DAYS,
+    VALUE_SEGMENTS,
+    WINBACK_KINDS,
+    current_nps,
+    daily_rows,
+    forwarded_figures,
+    headline_figures,
+    headline_last_day,
+    kpi_period_rows,
+    pipeline_counts,
+    rpr_figures,
+    winback_counts,
+)
+from retention_tracker.streams.builders import winback_figures as build_winback_figures
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     AppCalendar,
@@ -39,20 +65,16 @@ from retention_tracker.streams.catalogue import (
     DAY_MEASURES,
     HOURS24,
     RUN_MEASURES,
-    WINDOWS,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import (
-    CURRENCY_RE,
     DEFAULT_SURVEY,
-    FORWARD_CAUSES,
     SURVEY_NAME_RE,
 )
 from retention_tracker.streams.figures import (
     KINDS,
     KPI_MEASURES,
     KPI_PERIODS,
-    MONEY_KINDS,
     Coordinates,
     cohort_rows,
     day_summary,
@@ -60,11 +82,9 @@ from retention_tracker.streams.figures import (
     headline,
     headline_cohort_size,
     iso_time,
-    kpi_rows,
     last_day_with_data,
     money_rows,
     new_and_returning,
-    rate,
     revenue_currencies,
     window_sizes,
 )
@@ -72,7 +92,6 @@ from retention_tracker.streams.nps import (
     NPS_PERIODS,
     nps_churn_rows,
     nps_cohort_rows,
-    nps_figures,
     nps_rows,
     surveys_of,
 )
@@ -91,24 +110,6 @@ from retention_tracker.streams.reports import (
     SummaryReport,
     ValueSegmentsReport,
 )
-
-HEADLINE_DAYS = (1, 7, 30)
-_HEADLINE_COHORTS = 7
-
-
-class QueryError(ValueError):
-    """A bad query parameter or an unknown app: shown to the user as one line.
-
-    ``param`` names the parameter at fault the way HTTP spells it (``from``, ``where``); the
-    CLI shows it as its flag (``--from``), so neither side names the other's syntax."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-    def shown(self, prefix: str = "") -> str:
-        """The line to show: ``prefix`` is ``"--"`` for the CLI, empty for HTTP."""
-        return f"{prefix}{self.param}: {self}" if self.param else str(self)
 
 
 async def read_daily(store: RedisStore, app: str, segment: str = ALL_USERS) -> Counter[Cell]:
@@ -149,59 +150,6 @@ async def app_calendar(store: RedisStore, settings: Settings, app: str) -> AppCa
     return AppCalendar(zones[app])
 
 
-SEGMENT_ATTRIBUTES = ("platform", "country", "campaign", "value")
-VALUE_SEGMENTS = ("vip", "payer", "free")
-
-
-def segment_of(where: Sequence[str] = ()) -> str:
-    """``--where attr=value`` -> the segment whose counters the state keeps. One attribute
-    at a time: combinations would need counters per combination (docs/architecture.md
-    "Money and segments")."""
-    if not where:
-        return ALL_USERS
-    if len(where) > 1:
-        raise QueryError(
-            "one segment at a time: the state keeps counters per single attribute value, "
-            "not per combination (see docs/architecture.md 'Money and segments')", "where",
-        )
-    name, sep, value = where[0].partition("=")
-    if not sep or name not in SEGMENT_ATTRIBUTES or not value:
-        raise QueryError(f"{where[0]!r}: expected one of "
-                         f"{', '.join(SEGMENT_ATTRIBUTES)} as attr=value", "where")
-    if name == "value" and value not in VALUE_SEGMENTS:
-        raise QueryError(f"value=...: one of {', '.join(VALUE_SEGMENTS)}", "where")
-    return f"{name}={value}"
-
-
-def check_window(date_from: date | None, date_to: date | None) -> None:
-    """A reversed window is a typo, not an empty answer."""
-    if date_from and date_to and date_from > date_to:
-        raise QueryError(
-            f"{date_from.isoformat()} is after the window's end ({date_to.isoformat()})", "from")
-
-
-
-
-def money_currency(
-    settings: Settings, app: str, kind: str, currency: str | None,
-    ltv_cells: Counter[Coordinates]) -> str:
-    """The currency of an ltv or roas triangle: one the app has revenue in (or the app's
-    currency); ROAS only in the app's currency, the one install costs are kept in (no FX)."""
-    own = settings.currency_of(app)
-    currency = currency or own
-    if not CURRENCY_RE.match(currency):
-        raise QueryError(f"{currency!r} must be an ISO 4217 code such as USD", "currency")
-    if kind == "roas" and currency != own:
-        raise QueryError(
-            f"ROAS divides revenue by install costs, which are kept in {own} (the app's "
-            f"currency); ROAS in {currency} would need exchange rates", "currency")
-    known = {cell[-1] for cell, v in ltv_cells.items() if v} | {own}
-    if currency not in known:
-        raise QueryError(f"no revenue in {currency} for app {app!r} "
-                         f"(currencies: {', '.join(sorted(known))})", "currency")
-    return currency
-
-
 def _segment_shown(segment: str) -> str | None:
     """A report names its segment, unless it is all users."""
     return None if segment == ALL_USERS else segment
@@ -223,22 +171,7 @@ async def cohort_report(
     """A cohort triangle: retention (classic, rolling; on any activity, or with
     ``returning`` on that event type of RETURN_EVENTS only; in calendar periods, or with
     ``window`` "24h" in 24-hour windows from each user's first event) or money."""
-    if window not in WINDOWS:
-        raise QueryError(f"one of {', '.join(WINDOWS)}", "window")
-    if window != CALENDAR and (granularity != "day" or kind not in KINDS or returning):
-        raise QueryError("24-hour windows are counted for daily cohorts' classic or rolling "
-                         "retention on any activity (granularity day)", "window")
-    if granularity not in GRANULARITIES:
-        raise QueryError(f"one of {', '.join(GRANULARITIES)}", "granularity")
-    if kind not in KINDS + MONEY_KINDS:
-        raise QueryError(f"one of {', '.join(KINDS + MONEY_KINDS)}", "kind")
-    if returning is not None:
-        if returning not in settings.return_events:
-            named = ", ".join(settings.return_events) or "none"
-            raise QueryError(f"{returning!r} is not in RETURN_EVENTS (set: {named}): its days "
-                             "are not kept", "returning")
-        if kind not in KINDS:
-            raise QueryError("retention on a returning event is classic or rolling", "kind")
+    check_cohort_query(settings, granularity, kind, returning, window)
     check_window(date_from, date_to)
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
@@ -301,43 +234,7 @@ async def summary_report(
                          forwarded_figures(stats, app))
 
 
-def forwarded_figures(stats: Mapping[Cell, int], app: str) -> dict[str, int]:
-    """The app's events read away from their user's home partition, by cause (all time):
-    exact figures all the same, but a sign that a producer needs fixing."""
-    return {cause: stats.get((Stat.FORWARDED, app, cause), 0) for cause in FORWARD_CAUSES}
-
-
-CHURN_TYPES = ("quick", "late")
-_WINBACK_KINDS = {Stat.SENT: "notified", Stat.FALSE_ALARM: "false_alarms",
-                  Stat.REACTIVATED: "reactivated", Stat.BACK_WITHIN_7D: "back7"}
-assert tuple(_WINBACK_KINDS) == WINBACK_STATS
-
-
-WinbackCounts = dict[tuple[int, Stat], dict[str, dict[str, int]]]
-
-
-def winback_counts(stats: Mapping[Cell, int], app: str, thresholds: Sequence[int]
-                   ) -> WinbackCounts:
-    """(threshold, kind) -> value segment -> churn type -> count, from the win-back
-    statistics (sent, false alarms, reactivated, back within 7 days), with every known
-    label at zero."""
-    counts: WinbackCounts = {
-        (days, kind): {seg: dict.fromkeys(CHURN_TYPES, 0) for seg in VALUE_SEGMENTS}
-        for days in thresholds for kind in _WINBACK_KINDS
-    }
-    for key, value in stats.items():
-        kind = key[0]
-        if kind not in _WINBACK_KINDS:
-            continue
-        found_app, days, *labels = key[1:]
-        if found_app != app or not labels:
-            continue
-        by_segment = counts.get((days, kind), {}).get(labels[0])
-        if by_segment is not None:  # records from before churn types count as "late"
-            churn = labels[1] if len(labels) > 1 else "late"
-            by_segment[churn] = by_segment.get(churn, 0) + value
-    return counts
-
+assert tuple(WINBACK_KINDS) == WINBACK_STATS  # the report's kinds are the stored ones
 
 DAILY_DAYS = 90
 
@@ -362,12 +259,7 @@ async def daily_report(
     if last - first + 1 > settings.horizon_days:
         raise QueryError(f"at most {settings.horizon_days} days (HORIZON_DAYS) at a time",
                          "from")
-    days = []
-    for day in range(first, last + 1):
-        figures = day_summary(app, day, daily)
-        figures["complete"] = calendar.period_end_ms(day, "day") <= now
-        days.append(figures)
-    return replace(report, days=tuple(days))
+    return replace(report, days=daily_rows(app, daily, first, last, calendar, now))
 
 
 async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
@@ -381,28 +273,6 @@ async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
                       tuple(SEGMENT_ATTRIBUTES), tuple(VALUE_SEGMENTS))
 
 
-def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """D1/D7/D30 of the latest complete daily cohort and the mean of the 7 latest (§4)."""
-    out: dict[str, Any] = {}
-    for n in HEADLINE_DAYS:
-        found = headline(rows, n, _HEADLINE_COHORTS)
-        out[f"d{n}"] = found[0] if found else None
-        out[f"d{n}_mean7"] = found[1] if found else None
-    return out
-
-
-def _headline_last_day(daily: Mapping[Cell, int], calendar: AppCalendar, now: int
-                       ) -> int | None:
-    """How far the headline's cohort rows reach: to today, so that a cohort whose day N has
-    ended counts even when no event came after it (§4: when the stream stops, D1 of the
-    last cohort is 0, not skipped for an older one), but no further than the last day with
-    data plus the largest headline offset (an old history needs no wider rows)."""
-    last = last_day_with_data(daily)
-    if last is None:
-        return None
-    return max(last, min(calendar.day_of(now), last + max(HEADLINE_DAYS)))
-
-
 async def headline_report(
     store: RedisStore, settings: Settings, app: str, where: Sequence[str] = ()
 ) -> HeadlineReport:
@@ -413,7 +283,7 @@ async def headline_report(
     rows = cohort_rows(
         await read_measure(store, app, Measure.COHORT_SIZE, "day", segment),
         await read_measure(store, app, Measure.CLASSIC, "day", segment), "classic", "day",
-        calendar, now, _headline_last_day(await read_daily(store, app, segment), calendar, now),
+        calendar, now, headline_last_day(await read_daily(store, app, segment), calendar, now),
     )
     return HeadlineReport(app, iso_time(now), calendar.timezone, _segment_shown(segment),
                           headline_figures(rows))
@@ -423,24 +293,13 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> PipelineRepo
     """Pipeline health from Redis (the same on every worker): accepted events by app and
     type, rejects by reason, duplicates by app, and each partition's event-time watermark."""
     now = await now_ms(store, settings)
-    accepted: dict[str, dict[str, int]] = {}
-    rejected: dict[str, int] = {}
-    duplicates: dict[str, int] = {}
-    forwarded: dict[str, dict[str, int]] = {}
     raw = await store.read_stats()
     stats = parse_stats(raw)
-    for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}:
-        forwarded[app] = forwarded_figures(stats, app)
-    for name, value in sorted(raw.items()):  # in the stored names' order, as always shown
-        key = parse_stat(name)
-        if key is None:
-            continue
-        if key[0] is Stat.ACCEPTED:
-            accepted.setdefault(key[1], {})[key[2]] = value
-        elif key[0] is Stat.REJECTED:
-            rejected[key[1]] = value
-        elif key[0] is Stat.DUPLICATE:
-            duplicates[key[1]] = value
+    forwarded = {app: forwarded_figures(stats, app)
+                 for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}}
+    accepted, rejected, duplicates = pipeline_counts(
+        (key, value) for name, value in sorted(raw.items())  # in the stored names' order
+        if (key := parse_stat(name)) is not None)
     marks = {shard: p.watermark_ms for shard, p in
              (await store.partition_progress([])).items() if p.watermark_ms is not None}
     return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded,
@@ -457,31 +316,7 @@ async def winback_figures(
     stats = stats if stats is not None else parse_stats(await store.read_stats())
     thresholds = settings.inactivity_thresholds_of(app)
     due_now = await store.due_counts(app, thresholds, await now_ms(store, settings))
-    counts = winback_counts(stats, app, thresholds)
-
-    def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
-        def total(kind: Stat) -> int:
-            return sum(n for seg, per in counts[days, kind].items()
-                       if segment in (None, seg) for c, n in per.items() if churn in (None, c))
-
-        counted = {name: total(kind) for kind, name in _WINBACK_KINDS.items()
-                   if kind is not Stat.BACK_WITHIN_7D}
-        out: dict[str, float | None] = dict(counted)
-        out["back_within_7d_share"] = (  # 0 of 0 notified is no rate: null, shown as -
-            rate(total(Stat.BACK_WITHIN_7D), counted["notified"]) if counted["notified"]
-            else None)
-        return out
-
-    result: dict[str, Any] = {}
-    for days in thresholds:
-        result[str(days)] = {
-            "inactive": stats.get((Stat.INACTIVE, app, days), 0) + due_now[days],
-            "expired": stats.get((Stat.EXPIRED, app, days), 0),
-            **figures(days, None, None),
-            "by_segment": {seg: figures(days, seg, None) for seg in VALUE_SEGMENTS},
-            "by_churn_type": {churn: figures(days, None, churn) for churn in CHURN_TYPES},
-        }
-    return result
+    return build_winback_figures(stats, app, thresholds, due_now)
 
 
 async def kpis_report(
@@ -497,11 +332,7 @@ async def kpis_report(
         measure: await read_measure(store, app, measure, period, segment)
         for measure in KPI_MEASURES
     }
-    periods = [p for (p,), n in families[Measure.ACTIVE].items() if n > 0]
-    rows = kpi_rows(families, period, min(periods), max(periods)) if periods else []
-    for number, row in enumerate(rows, start=min(periods, default=0)):
-        # §6: a period that has not ended is flagged; its CRR and churn are live numbers
-        row["complete"] = calendar.period_end_ms(number, period) <= now
+    rows = kpi_period_rows(families, period, calendar, now)
     return KpisReport(app, period, calendar.timezone, _segment_shown(segment), tuple(rows))
 
 
@@ -557,15 +388,12 @@ async def repeat_purchase_report(
     sizes = await read_measure(store, app, Measure.COHORT_SIZE, granularity, segment)
     cohorts = sorted(c for (c,), size in sizes.items() if size > 0)  # buyers or not
 
-    def rpr_doc(buyers: int, repeat: int) -> dict[str, Any]:
-        return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}
-
     report = RepeatPurchaseReport(
         app, granularity, calendar.timezone, _segment_shown(segment),
-        rpr_doc(sum(v for (_, n), v in per_cohort.items() if n == 1),
+        rpr_figures(sum(v for (_, n), v in per_cohort.items() if n == 1),
                 sum(v for (_, n), v in per_cohort.items() if n == 2)),
         tuple({"cohort": period_label(c, granularity),
-               **rpr_doc(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
+               **rpr_figures(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
               for c in cohorts),
     )
     if date_from or date_to:
@@ -582,7 +410,7 @@ async def repeat_purchase_report(
         report = replace(report, window={
             "from": date_from.isoformat() if date_from else None,
             "to": date_to.isoformat() if date_to else None,
-            **rpr_doc(buyers, repeat),
+            **rpr_figures(buyers, repeat),
         })
     return report
 
@@ -600,12 +428,10 @@ async def value_segments_report(
         daily = await read_daily(store, app, segment)
         cells = await read_measure(store, app, Measure.CLASSIC, "day", segment)
         rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
-                           _headline_last_day(daily, calendar, now))
+                           headline_last_day(daily, calendar, now))
         segments.append({"segment": value, "users": sum(sizes.values()),
                          **headline_figures(rows)})
     return ValueSegmentsReport(app, calendar.timezone, iso_time(now), tuple(segments))
-
-
 
 
 async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
@@ -626,7 +452,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
         summary = day_summary(app, today, daily)
         # the headline needs D30 of the latest complete cohort (31 days back) and of the 7
         # before it: 39 days back at least
-        span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + _HEADLINE_COHORTS + 2)
+        span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + HEADLINE_COHORTS + 2)
         cohorts = range(today - span + 1, today + 1)
         cells = [(c, n) for c in cohorts for n in range(today - c + 1)]
         sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
@@ -650,7 +476,8 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
         periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
                                                    revenue_currencies(daily))
                    for g in KPI_PERIODS}
-        satisfaction = {g: await _current_nps(store, app, g, calendar.day_of(now))
+        satisfaction = {g: current_nps(await read_measure(store, app, Measure.NPS, g), g,
+                                       calendar.day_of(now))
                         for g in NPS_PERIODS}
         returning: dict[str, tuple[dict[str, Any], ...]] = {}  # RETURN_EVENTS: per type
         for event_type in settings.return_events:
@@ -668,7 +495,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
                                                today, windows24=True))
                        for kind, found in window_cells.items()},
             money=await _recent_money(store, settings, app, calendar, now, today, daily),
-            headline={n: headline(rows["classic"], n, _HEADLINE_COHORTS) for n in HEADLINE_DAYS},
+            headline={n: headline(rows["classic"], n, HEADLINE_COHORTS) for n in HEADLINE_DAYS},
             headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
             periods=periods,
             nps=satisfaction,
@@ -693,24 +520,6 @@ async def _current_period_money(store: RedisStore, app: str, granularity: str, t
                                                 [(period, 0)]),
     }
     return {"period": period_label(period, granularity), **new_and_returning(families, period)}
-
-
-async def _current_nps(store: RedisStore, app: str, granularity: str, today: int
-                       ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per survey with answers in the current or the previous week, month or year: the
-    current period's NPS so far, and the previous period's answerers split between those
-    active in the current period (retained) and the others (churned)."""
-    period = period_of_day(today, granularity)
-    cells = await read_measure(store, app, Measure.NPS, granularity)
-    out: dict[str, dict[str, dict[int, int]]] = {}
-    for (number, kind, retained, survey), n in cells.items():
-        if number not in (period, period - 1) or not n:
-            continue
-        group = "current" if number == period else ("retained" if retained else "churned")
-        counts = out.setdefault(survey, {}).setdefault(group, {})
-        counts[kind] = counts.get(kind, 0) + n
-    return {survey: {group: nps_figures(counts) for group, counts in groups.items()}
-            for survey, groups in out.items()}
 
 
 async def _recent_money(

@@ -3,30 +3,22 @@
 Key names and stored spellings are ``state/schema.py``'s, the Lua scripts
 ``state/scripts.py``'s. The partition's applied offsets live in its meta hash, written by
 the same script as the state they produced: after a crash, state and offsets roll back (or
-forward) together.
+forward) together. How calls reach a single Redis or a cluster's masters is
+``state/cluster.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
-
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode
-from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, MovedError, NoScriptError, SlotNotCoveredError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import EncodableT
 
 from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
+from retention_tracker.state.cluster import AsyncClient, Read, Transport
 from retention_tracker.state.schema import (
     META_WATERMARK,
     Keyspace,
@@ -51,14 +43,6 @@ from retention_tracker.streams.plan import Plan
 from retention_tracker.streams.user_state import UserKey, UserState, decode_user, encode_user
 from retention_tracker.streams.winback import NotificationPlan
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-#: A single Redis or a Redis Cluster (``REDIS_CLUSTER``): the store speaks to either the
-#: same way, since every key of a partition shares its hash tag and nothing else is read or
-#: written by more than one key at a time.
-AsyncClient = aioredis.Redis | aioredis.RedisCluster
-
 
 @dataclass(slots=True)
 class LoadedBatch:
@@ -72,18 +56,6 @@ class LoadedBatch:
     read_watermark_ms: int | None = None
 
 
-class _Read(NamedTuple):
-    """One read of one key, queued on a pipeline as ``pipe.<method>(key, *args, **options)``."""
-
-    method: str
-    key: str
-    args: tuple[Any, ...] = ()
-    options: Mapping[str, Any] = {}
-
-    def queue(self, pipe: Any) -> None:
-        getattr(pipe, self.method)(self.key, *self.args, **self.options)
-
-
 #: Due entries read per threshold and pass: a pass that got fewer has drained them.
 DUE_PAGE = 500
 
@@ -95,6 +67,16 @@ class PartitionProgress:
 
     watermark_ms: int | None
     offsets: dict[str, int]
+
+
+def summed(parts: Iterable[Iterable[tuple[bytes | str, bytes | str]]]) -> Counter[str]:
+    """Counter fields read from every partition's copy of a hash, summed field by field:
+    each partition counts its own users, a figure is the sum over partitions."""
+    total: Counter[str] = Counter()
+    for part in parts:
+        for field, value in part:
+            total[text(field)] += int(value)
+    return total
 
 
 class TimezoneConflict(ConfigError):
@@ -123,14 +105,8 @@ class RedisStore:
         wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
-        self.wait_replicas = wait_replicas
-        self.wait_timeout_ms = wait_timeout_ms
-        #: applies (and registry writes) fewer replicas acknowledged than asked in time
-        self.wait_shortfalls = 0
-        self._masters: dict[str, aioredis.Redis] = {}  # cluster: a plain client per master
-        #: cluster: slot -> "host:port" a MOVED reply named, followed until the cluster
-        #: client's own slot map agrees (see ``_redirected``)
-        self._moved: dict[int, str] = {}
+        self.transport = Transport(client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA), wait_replicas,
+                                   wait_timeout_ms)
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
@@ -140,12 +116,8 @@ class RedisStore:
         self._apply_script = client.register_script(APPLY_PLAN_LUA)
 
     async def close(self) -> None:
-        """Close the client and the per-master ones (a process that ends without it logs
-        every unclosed cluster node)."""
-        for server in self._masters.values():
-            await server.aclose()
-        self._masters.clear()
-        await self.client.aclose()
+        """Close the client and the per-master ones (``Transport.close``)."""
+        await self.transport.close()
 
     # ---- write side -------------------------------------------------------------------
 
@@ -188,7 +160,7 @@ class RedisStore:
             lambda bucket: (keys.of(dedup(shard, generation, bucket)),
                             keys.of(dedup(shard, generation - 1, bucket))))
         blob = pack({"topics": topics, "users": user_groups, "ids": id_groups})
-        reply = await self._script(self._load, LOAD_BATCH_LUA, keys.names(), blob)
+        reply = await self.transport.script(self._load, LOAD_BATCH_LUA, keys.names(), blob)
         if token is not None and reply[2] != token:
             self.cache.forget(shard)  # written by someone else since: load every user
             return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
@@ -248,13 +220,11 @@ class RedisStore:
         loaded: LoadedBatch,
         next_offsets: Mapping[str, int],
         plan: Plan,
-        inactivity_days: Iterable[int] | Callable[[str], Iterable[int]] = (),
         at_risk_due: Mapping[UserKey, int | None] | None = None,
     ) -> bool:
         """Apply a plan and the offsets it covers in one atomic call; False on a version
-        conflict (nothing was written). ``inactivity_days``: the thresholds whose due sets
-        hold the users, or the thresholds of each app (APP_INACTIVITY_THRESHOLDS).
-        ``at_risk_due``: users' at-risk moments (None: no entry; streams/at_risk.py)."""
+        conflict (nothing was written). The plan's due entries go to the due sets as they
+        are; ``at_risk_due``: users' at-risk moments (None: no entry; streams/at_risk.py)."""
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
         generation = loaded.dedup_generation
@@ -262,12 +232,8 @@ class RedisStore:
             ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
             lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
         due_add: list[object] = []
-        of_app = inactivity_days if callable(inactivity_days) else None
-        every = () if callable(inactivity_days) else tuple(inactivity_days)
-        for user, last_ms in plan.due.items():
-            for days in of_app(user[0]) if of_app is not None else every:
-                due_add += (keys.of(self.keys.due(shard, days)),
-                            str(last_ms + days * MS_PER_DAY), due_member(user))
+        for (days, user), due_ms in plan.due.items():
+            due_add += (keys.of(self.keys.due(shard, days)), str(due_ms), due_member(user))
         due_remove = self._at_risk_entries(shard, keys, at_risk_due or {}, due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
@@ -304,7 +270,7 @@ class RedisStore:
     async def at_risk_due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
                                   ) -> list[tuple[UserKey, int]]:
         """(user, due_ms) whose at-risk moment has come, oldest first, at most ``limit``."""
-        [entries] = await self._fan_out([_Read(
+        [entries] = await self.transport.fan_out([Read(
             "zrangebyscore", self.keys.due_at_risk(shard), ("-inf", now_ms),
             {"start": 0, "num": limit, "withscores": True})])
         return [(parse_due_member(member), int(score)) for member, score in entries]
@@ -357,8 +323,9 @@ class RedisStore:
             "dedup": [], "due_add": [], "due_remove": [], "counters": counters, **fields,
         })
         try:
-            applied = bool(await self._script(self._apply_script, APPLY_PLAN_LUA, keys.names(),
-                                              blob, wait=self.wait_replicas))
+            applied = bool(await self.transport.script(
+                self._apply_script, APPLY_PLAN_LUA, keys.names(), blob,
+                wait=self.transport.wait_replicas))
         except BaseException:  # written or not, we cannot tell: trust nothing held
             self.cache.forget(shard)
             raise
@@ -370,196 +337,13 @@ class RedisStore:
         self.cache.written(shard, token, {**current, **users})
         return True
 
-    async def _script(self, script: AsyncScript, source: str, keys: list[str], blob: bytes,
-                      wait: int = 0) -> Any:
-        """One call of a registered script whose KEYS all share the first key's slot. On a
-        single Redis without WAIT, redis-py's script object (EVALSHA, loading on NOSCRIPT);
-        else straight to the master of that slot (``_on_master``): the cluster client would
-        hash every one of the call's hundreds of keys to find the slot, twice, per call."""
-        if not wait and not isinstance(self.client, aioredis.RedisCluster):
-            return await script(keys=keys, args=[blob])
-        return await self._on_master(keys[0], wait,
-                                     ("EVALSHA", script.sha, len(keys), *keys, blob), source)
-
-    async def _on_master(self, key: str, replicas: int, command: tuple[EncodableT, ...],
-                         script: str | None = None) -> Any:
-        """``command`` (on ``key``), sent to the master serving ``key``'s slot through a
-        plain client of that master (``_server_of``); with ``replicas``, followed by ``WAIT
-        replicas REDIS_WAIT_TIMEOUT_MS`` on the same connection, since WAIT counts the
-        acknowledgements of that connection's writes (the cluster pipeline would re-route a
-        redirected or retried command on its own, and the WAIT would ask another one).
-        A redirection (the slot moved: a failover, resharding) means nothing ran: the slot
-        map is read again and the command sent to the new master. Returns the command's
-        reply; a WAIT that falls short is logged and counted, not raised: the write is done
-        on the master either way, and a failover before the replicas have it only sends
-        that partition back to its stored offset (docs/operations.md, "Redis Cluster")."""
-        async def once() -> tuple[Any, int]:
-            server = await self._server_of(key)
-            for loaded in (False, True):
-                try:
-                    if not replicas:
-                        return await server.execute_command(*command), 0
-                    async with server.pipeline(transaction=False) as pipe:
-                        pipe.execute_command(*command)
-                        pipe.execute_command("WAIT", replicas, self.wait_timeout_ms)
-                        reply, acknowledged = await pipe.execute()
-                        return reply, int(acknowledged)
-                except NoScriptError:  # a promoted replica has no script cache; nothing ran
-                    if script is None or loaded:
-                        raise
-                    await server.script_load(script)
-            raise AssertionError("unreachable")
-
-        reply, acknowledged = await self._redirected(once)
-        if acknowledged < replicas:
-            self.wait_shortfalls += 1
-            log.warning("write to %s acknowledged by %s of %s replica(s) within %s ms",
-                        key, acknowledged, replicas, self.wait_timeout_ms)
-        return reply
-
-    async def _redirected(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call`` against the cluster's masters. A redirection means nothing ran. A MOVED
-        reply names the master that serves the slot now: it is followed at once (the slot
-        is sent there, ``_server_of``) and the cluster client asked to read its map again,
-        which redis-py does at most once a second (``topology_refresh_min_interval``, from
-        redis-py 8): waiting for that map made a read fail with MOVED after three quick
-        tries. The call is made again as long as each MOVED names a new master for its
-        slot; one that names the master already followed (the nodes disagree) is raised,
-        and the worker's retry loop waits. An ASK (a slot half migrated) reads the map
-        again, three tries at most. A lost connection forgets what MOVED replies said,
-        marks the map stale for the next call and raises (the worker's retry loop waits
-        for Redis)."""
-        asked = 0
-        while True:
-            try:
-                return await call()
-            except MovedError as moved:
-                target = f"{moved.host}:{moved.port}"
-                if self._moved.get(moved.slot_id) == target:
-                    raise
-                self._moved[moved.slot_id] = target
-                await self._relearn_slots()
-            except AskError:
-                asked += 1
-                if asked == 3:
-                    raise
-                await self._relearn_slots()
-            except (RedisConnectionError, RedisTimeoutError):
-                self._moved.clear()
-                await self._relearn_slots(later=True)
-                raise
-
-    async def _fan_out(self, calls: Sequence[_Read]) -> list[Any]:
-        """Reads of one key each, replies in order: one pipeline on a single Redis; in a
-        cluster one pipeline per master, sent to all masters at once through the plain
-        clients (the cluster pipeline spends more CPU routing each command than the read
-        costs). A redirection reads again with a new
-        slot map (reads are idempotent)."""
-        client = self.client
-        if not isinstance(client, aioredis.RedisCluster):
-            async with client.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    call.queue(pipe)
-                return list(await pipe.execute())
-
-        async def once() -> list[Any]:
-            by_server: dict[int, tuple[aioredis.Redis, list[int]]] = {}
-            for index, call in enumerate(calls):
-                server = await self._server_of(call.key)
-                by_server.setdefault(id(server), (server, []))[1].append(index)
-
-            async def run(server: aioredis.Redis, indexes: list[int]) -> list[Any]:
-                async with server.pipeline(transaction=False) as pipe:
-                    for index in indexes:
-                        calls[index].queue(pipe)
-                    return list(await pipe.execute())
-
-            parts = await asyncio.gather(*(run(*group) for group in by_server.values()))
-            out: list[Any] = [None] * len(calls)
-            for (_server, indexes), replies in zip(by_server.values(), parts, strict=True):
-                for index, reply in zip(indexes, replies, strict=True):
-                    out[index] = reply
-            return out
-
-        return await self._redirected(once)
-
-    async def _server_of(self, key: str) -> aioredis.Redis:
-        """The single Redis, or a plain client of the master serving ``key``: the one a
-        MOVED reply named for its slot while the cluster client's map says otherwise, else
-        the one of that map."""
-        client = self.client
-        if not isinstance(client, aioredis.RedisCluster):
-            return client
-        if client._initialize:  # a failed call asked for a new slot map
-            await client.initialize()
-        node = client.get_node_from_key(key)
-        slot = client.keyslot(key)
-        moved = self._moved.get(slot)
-        if moved is not None and node is not None and node.name == moved:
-            del self._moved[slot]  # the map has caught up
-            moved = None
-        if moved is not None:
-            host, port = moved.rsplit(":", 1)
-            return await self._master(moved, client.get_node(host=host, port=int(port))
-                                      or client.get_default_node(), host, int(port))
-        if node is None:
-            raise SlotNotCoveredError(f"no master serves the slot of {key}")
-        return await self._master(node.name, node, node.host, int(node.port))
-
-    async def _master(self, name: str, like: ClusterNode, host: str, port: int
-                      ) -> aioredis.Redis:
-        """The plain client of master ``name`` (one per master), with the connection
-        settings (TLS, user, password) of the cluster node ``like``."""
-        server = self._masters.get(name)
-        if server is None:
-            pool = aioredis.ConnectionPool(connection_class=like.connection_class,
-                                           **{**like.connection_kwargs, "host": host,
-                                              "port": port})
-            server = aioredis.Redis(connection_pool=pool)
-            # a master new to this worker (a promoted replica) may not have the scripts: a
-            # NOSCRIPT in a pipeline would still run its WAIT, for nothing
-            await server.script_load(LOAD_BATCH_LUA)
-            await server.script_load(APPLY_PLAN_LUA)
-            self._masters[name] = server
-        return server
-
-    async def _relearn_slots(self, later: bool = False) -> None:
-        """Read the cluster's slot map again: now (a redirection), or at the next call
-        (``later``: the node may be down; the next call reads it from any node).
-        ``RedisCluster.initialize()`` reads the map only when the client is marked for
-        it, so the mark comes first: without it a redirection met by these plain
-        clients, which the cluster client never sees, left the old map in place and the
-        worker retried the old master for ever."""
-        client = self.client
-        if isinstance(client, aioredis.RedisCluster):
-            client._initialize = True
-            if not later:
-                await client.initialize()
-
-    def _replicas_of(self, key: str) -> int:
-        """Replicas the master of ``key`` has, as the cluster's slot map says (a single
-        Redis: REDIS_WAIT_REPLICAS, since it does not tell its client)."""
-        if isinstance(self.client, aioredis.RedisCluster):
-            nodes = self.client.nodes_manager.slots_cache.get(self.client.keyslot(key), [])
-            return max(0, len(nodes) - 1)
-        return self.wait_replicas
-
-    async def _registry_write(self, key: str, *command: EncodableT) -> object:
-        """A write to a key outside the partitions (apps, shards, topology): rare, and not
-        covered by any partition's offsets, so a failover that lost it would not replay it.
-        It waits for the master's replicas (at most the WAIT timeout) before going on."""
-        replicas = self._replicas_of(key)
-        if not replicas:
-            return await self.client.execute_command(*command)
-        return await self._on_master(key, replicas, command)
-
     async def due_entries(
         self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = DUE_PAGE
     ) -> list[tuple[int, UserKey, int]]:
         """(days, user, due_ms) whose moment has come, oldest first, at most ``limit`` each."""
         thresholds = list(thresholds)
-        replies = await self._fan_out([
-            _Read("zrangebyscore", self.keys.due(shard, days), ("-inf", now_ms),
+        replies = await self.transport.fan_out([
+            Read("zrangebyscore", self.keys.due(shard, days), ("-inf", now_ms),
                   {"start": 0, "num": limit, "withscores": True})
             for days in thresholds])
         return [
@@ -575,8 +359,8 @@ class RedisStore:
         shards = await self.shard_ids()
         thresholds = list(thresholds)
         prefix = due_member((app, "")).encode()
-        replies = await self._fan_out([
-            _Read("zrangebyscore", self.keys.due(shard, days), ("-inf", now_ms))
+        replies = await self.transport.fan_out([
+            Read("zrangebyscore", self.keys.due(shard, days), ("-inf", now_ms))
             for days in thresholds for shard in shards])
         per = len(shards)
         return {
@@ -593,16 +377,17 @@ class RedisStore:
         """Record the counts of topics seen for the first time; returns all stored counts
         (an earlier worker's record wins, so a changed count is found, not overwritten)."""
         for topic, count in counts.items():
-            await self._registry_write(self.keys.topology(), "HSETNX", self.keys.topology(),
-                                       topic, count)
+            await self.transport.replicated_write(self.keys.topology(), "HSETNX",
+                                                  self.keys.topology(), topic, count)
         return await self.partition_counts()
 
     async def register_shard(self, shard: int) -> None:
-        await self._registry_write(self.keys.shards(), "SADD", self.keys.shards(), shard)
+        await self.transport.replicated_write(self.keys.shards(), "SADD", self.keys.shards(), shard)
 
     async def fix_timezone(self, app: str, timezone: str) -> None:
         """Record the app's timezone on its first data; refuse to mix two calendars."""
-        await self._registry_write(self.keys.apps(), "HSETNX", self.keys.apps(), app, timezone)
+        await self.transport.replicated_write(self.keys.apps(), "HSETNX", self.keys.apps(), app,
+                                              timezone)
         stored = await self.client.hget(self.keys.apps(), app)
         problem = timezone_problem(app, text(stored) if stored else None, timezone)
         if problem:
@@ -610,8 +395,8 @@ class RedisStore:
 
     async def write_lapse_fit(self, app: str, fit: bytes) -> None:
         """Keep an app's fitted risk-of-lapsing model (JSON), replacing the one before."""
-        await self._registry_write(self.keys.lapse_fits(), "HSET", self.keys.lapse_fits(),
-                                   app, fit)
+        await self.transport.replicated_write(self.keys.lapse_fits(), "HSET",
+                                              self.keys.lapse_fits(), app, fit)
 
     # ---- read side --------------------------------------------------------------------
 
@@ -623,7 +408,7 @@ class RedisStore:
         """One user's record, from whichever partition holds it (one read per partition,
         sent at once)."""
         bucket = self._user_bucket(user_id)
-        for raw in await self._fan_out([_Read("hget", self.keys.users(shard, app, bucket),
+        for raw in await self.transport.fan_out([Read("hget", self.keys.users(shard, app, bucket),
                                               (user_id,))
                                         for shard in await self.shard_ids()]):
             if raw:
@@ -639,29 +424,23 @@ class RedisStore:
 
     async def read_family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
         """One aggregate family of an app's segment, summed over every partition."""
-        total: Counter[str] = Counter()
-        for part in await self._fan_out([
-                _Read("hgetall", self.keys.aggregate(shard, app, segment, family))
-                for shard in await self.shard_ids()]):
-            for field, value in part.items():
-                total[field.decode()] += int(value)
-        return total
+        return summed(part.items() for part in await self.transport.fan_out([
+            Read("hgetall", self.keys.aggregate(shard, app, segment, family))
+            for shard in await self.shard_ids()]))
 
     async def read_fields(
         self, app: str, family: str, fields: list[str], segment: str = "all"
     ) -> Counter[str]:
         """Chosen fields of one aggregate family, summed over every partition (for the
         metrics snapshot, which must not read whole families on every refresh)."""
-        total: Counter[str] = Counter()
         if not fields:
-            return total
-        for values in await self._fan_out([
-                _Read("hmget", self.keys.aggregate(shard, app, segment, family), (fields,))
-                for shard in await self.shard_ids()]):
-            for name, value in zip(fields, values, strict=True):
-                if value is not None:
-                    total[name] += int(value)
-        return total
+            return Counter()
+        return summed(
+            ((name, value) for name, value in zip(fields, values, strict=True)
+             if value is not None)
+            for values in await self.transport.fan_out([
+                Read("hmget", self.keys.aggregate(shard, app, segment, family), (fields,))
+                for shard in await self.shard_ids()]))
 
     async def read_matching(self, app: str, family: str, match: str,
                             segment: str = "all") -> Counter[str]:
@@ -672,11 +451,7 @@ class RedisStore:
             key = self.keys.aggregate(shard, app, segment, family)
             return [item async for item in self.client.hscan_iter(key, match=match)]
 
-        total: Counter[str] = Counter()
-        for found in await asyncio.gather(*map(scan, await self.shard_ids())):
-            for field, value in found:
-                total[field.decode()] += int(value)
-        return total
+        return summed(await asyncio.gather(*map(scan, await self.shard_ids())))
 
     async def scan_users(self, app: str, batch: int = 256) -> AsyncIterator[UserState]:
         """Every user record of an app, ``batch`` buckets per pipeline (for queries no counter
@@ -688,17 +463,14 @@ class RedisStore:
         ]
         for start in range(0, len(names), batch):
             chunk = names[start : start + batch]
-            for values in await self._fan_out([_Read("hvals", name) for name in chunk]):
+            for values in await self.transport.fan_out([Read("hvals", name) for name in chunk]):
                 for raw in values:
                     yield decode_user(raw)
 
     async def read_stats(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for part in await self._fan_out([_Read("hgetall", self.keys.stats(shard))
-                                          for shard in await self.shard_ids()]):
-            for field, value in part.items():
-                total[field.decode()] += int(value)
-        return total
+        """The stats hashes, summed over every partition."""
+        return summed(part.items() for part in await self.transport.fan_out([
+            Read("hgetall", self.keys.stats(shard)) for shard in await self.shard_ids()]))
 
     async def partition_progress(self, topics: Iterable[str]) -> dict[int, PartitionProgress]:
         """Per partition: next offsets and watermark, for lag, health and the event clock."""
@@ -706,7 +478,7 @@ class RedisStore:
         topics = list(topics)
         out: dict[int, PartitionProgress] = {}
         fields = [META_WATERMARK, *map(offset_field, topics)]
-        replies = await self._fan_out([_Read("hmget", self.keys.meta(shard), (fields,))
+        replies = await self.transport.fan_out([Read("hmget", self.keys.meta(shard), (fields,))
                                        for shard in shards])
         for shard, values in zip(shards, replies, strict=True):
             out[shard] = PartitionProgress(

@@ -525,7 +525,9 @@ class Plan:
     new_dedup_keys: list[bytes] = field(default_factory=list)
     stats: Counter[Cell] = field(default_factory=Counter)  # (Stat, *tail) -> delta
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
-    due: dict[UserKey, int] = field(default_factory=dict)  # users whose last_active_ms moved
+    # the due-set entries of users whose last_active_ms moved: (days, user) -> due_ms, one
+    # per inactivity threshold of the user's app (the store writes them as they are)
+    due: dict[tuple[int, UserKey], int] = field(default_factory=dict)
     reactivations: list[dict[str, object]] = field(default_factory=list)  # users.reactivated
     # event clock: users.inactive.{K}d messages whose moment came inside the batch
     notifications: list[dict[str, object]] = field(default_factory=list)
@@ -722,7 +724,8 @@ def plan_batch(
         if new == old:
             continue
         if active_old is None or new.last_active_ms != active_old.last_active_ms:
-            plan.due[user_key] = new.last_active_ms
+            for days in winback.thresholds_of(app):
+                plan.due[days, user_key] = new.last_active_ms + days * MS_PER_DAY
         plan.users[user_key] = new
         groups = pending.setdefault(app, {})
         _add_user_delta(groups, old, new, app_rules)

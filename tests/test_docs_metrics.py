@@ -33,8 +33,8 @@ from retention_tracker.state.queries import (
     repeat_purchase_report,
     summary_report,
     value_segments_report,
-    winback_counts,
 )
+from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
@@ -379,9 +379,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
         stats.update(plan.stats)
         sent += plan.notifications
         returned += plan.reactivations
-        for moved, last_ms in plan.due.items():
-            for days in thresholds:
-                due[days, moved] = last_ms + days * MS_PER_DAY
+        due.update(plan.due)
         notified = plan_notifications(
             [(days, u, at) for (days, u), at in due.items()], states, watermark,
             {"a": calendar}, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)

@@ -20,7 +20,7 @@ from retention_tracker.agents.metrics import (
     SnapshotCollector,
     WorkerMetrics,
 )
-from retention_tracker.state.queries import winback_counts
+from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell

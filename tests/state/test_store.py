@@ -161,7 +161,7 @@ async def test_every_key_the_apply_script_writes_is_declared_in_keys(
                                         [dedup_key(e.app, e.event_id) for e in events], BASE_MS)
         plan = plan_batch([(n, -1, e) for n, e in enumerate(events)], loaded.states,
                           loaded.seen_dedup_keys, None, 400, UTC_APPS)
-        assert await store.apply_plan(0, loaded, {"t": 12}, plan, (2,))
+        assert await store.apply_plan(0, loaded, {"t": 12}, plan)
         written = {k.decode() async for k in client.scan_iter(match=f"{prefix}:*")}
         assert any(":a:a:platform=ios:" in k for k in written)  # aggregates of a segment
         assert written <= declared

@@ -82,11 +82,10 @@ class RealApply:
         fresh = [item for item in items if item[0] >= start]
         plan = plan_batch(fresh, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
                           self.settings.horizon_days,
-                          {app: self.calendar for app in {e.app for e in events}}, self.rules)
+                          {app: self.calendar for app in {e.app for e in events}}, self.rules,
+                          winback=self.settings.winback_rules())
         applied = await self.store.apply_plan(
-            shard, loaded, {TOPIC: max(start, first_offset + len(events))}, plan,
-            self.settings.winback_rules().thresholds_of,
-        )
+            shard, loaded, {TOPIC: max(start, first_offset + len(events))}, plan)
         assert applied, "nobody else writes this prefix: the version cannot have moved"
         return [event for _, _, event in plan.too_old]
 

@@ -192,7 +192,7 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
                                         [dedup_key(e.app, e.event_id) for e in batch], BASE_MS)
         found = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
                            400, UTC_APPS, DEFAULT_RULES, winback=rules, event_clock=True)
-        assert await store.apply_plan(0, loaded, {"t": offset}, found, rules.thresholds)
+        assert await store.apply_plan(0, loaded, {"t": offset}, found)
         messages = list(found.notifications)
         returns = list(found.reactivations)
         stats.update(found.stats)
