@@ -34,7 +34,8 @@ from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import WinbackRules
 
 from .real_apply import RealApply
-from .test_winback import named
+from .test_plan_properties import random_batches
+from .test_winback import in_arrival_order, named
 
 HOUR_MS = 3_600_000
 UTC = AppCalendar("UTC")
@@ -200,13 +201,13 @@ def histories(draw: st.DrawFn) -> list[Event]:
         ts = at(D0) + draw(st.integers(0, 72)) * HOUR_MS
         for n in range(draw(st.integers(1, 9))):
             events.append(Event("a", f"u{u}-{n}", "session", f"u{u}", ts))
-            ts += draw(st.sampled_from([3, 20, 30, 72, 170, 500, 900, 1100, 1300, 1700])) * HOUR_MS
+            gap = draw(st.sampled_from([3, 20, 30, 72, 170, 500, 900, 1100, 1300, 1700]))
+            ts += gap * HOUR_MS
     end, step = max(e.ts_ms for e in events), draw(st.sampled_from([8, 20, 50])) * HOUR_MS
     events += [Event("a", f"tick-{n}", "session", "ticker", at(D0) + n * step)
                for n in range((end - at(D0)) // step + 1)]
     delays = [draw(st.sampled_from([0, 0, 0, 2, 30, 100])) * HOUR_MS for _ in events]
-    return [e for _, e in sorted(zip(delays, events, strict=True),
-                                 key=lambda p: p[1].ts_ms + p[0])]
+    return in_arrival_order(events, delays)
 
 
 @settings(max_examples=60, deadline=None,
@@ -218,11 +219,7 @@ def test_any_batching_gives_the_references_episodes(redis_url: str, stream: list
     for the same batches (the moments are looked for after each batch, by both): the
     messages, one per episode with its deterministic id, and every counter."""
     rng = random.Random(seed)
-    batches, i = [], 0
-    while i < len(stream):
-        size = rng.randint(1, 8)
-        batches.append(stream[i:i + size])
-        i += size
+    batches = random_batches(stream, rng)
     paper = (PAPER.r, PAPER.alpha, PAPER.a, PAPER.b)
     expected = reference.at_risk_episodes(batches, "bgnbd", paper, 0.5, MS_PER_DAY)
 

@@ -109,9 +109,15 @@ def deliver(events: list[Event], rng: random.Random, dup_share: float) -> list[l
     """Shuffle, duplicate some events, and cut the stream into random batches."""
     stream = list(events) + [e for e in events if rng.random() < dup_share]
     rng.shuffle(stream)
+    return random_batches(stream, rng, 12)
+
+
+def random_batches(stream: list[Event], rng: random.Random, largest: int = 8
+                   ) -> list[list[Event]]:
+    """The stream cut into batches of 1 to ``largest`` events."""
     batches, i = [], 0
     while i < len(stream):
-        size = rng.randint(1, 12)
+        size = rng.randint(1, largest)
         batches.append(stream[i : i + size])
         i += size
     return batches

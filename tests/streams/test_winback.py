@@ -33,6 +33,7 @@ from retention_tracker.streams.winback import (
 )
 
 from .real_apply import RealApply
+from .test_plan_properties import random_batches
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -237,6 +238,11 @@ def histories(draw: st.DrawFn) -> list[Event]:
             events.append(session(f"u{u}", n, ts))
             ts += draw(st.sampled_from([1, 5, 20, 26, 40, 50, 75])) * HOUR_MS
     delays = [draw(st.sampled_from([0, 0, 0, 2, 30])) * HOUR_MS for _ in events]
+    return in_arrival_order(events, delays)
+
+
+def in_arrival_order(events: list[Event], delays: list[int]) -> list[Event]:
+    """The events as they arrive, each ``delay`` ms after its time."""
     return [e for _, e in sorted(zip(delays, events, strict=True),
                                  key=lambda p: p[1].ts_ms + p[0])]
 
@@ -247,11 +253,7 @@ def histories(draw: st.DrawFn) -> list[Event]:
 def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: list[Event],
                                                      seed: int) -> None:
     rng = random.Random(seed)
-    batches, i = [], 0
-    while i < len(stream):
-        size = rng.randint(1, 8)
-        batches.append(stream[i:i + size])
-        i += size
+    batches = random_batches(stream, rng)
     expected = reference.inactivity_episodes(stream, RULES.thresholds, RULES.max_delay_ms)
 
     async def scenario() -> Outcome:
