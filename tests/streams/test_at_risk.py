@@ -33,9 +33,8 @@ from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import WinbackRules
 
+from .delivery import in_arrival_order, named, random_batches
 from .real_apply import RealApply
-from .test_plan_properties import random_batches
-from .test_winback import in_arrival_order, named
 
 HOUR_MS = 3_600_000
 UTC = AppCalendar("UTC")

@@ -41,6 +41,7 @@ from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import day_summary
 
+from .delivery import random_batches
 from .real_apply import RealApply
 
 BASE_MS = 1_701_648_000_000  # 2023-12-04T00:00:00Z, a Monday
@@ -110,17 +111,6 @@ def deliver(events: list[Event], rng: random.Random, dup_share: float) -> list[l
     stream = list(events) + [e for e in events if rng.random() < dup_share]
     rng.shuffle(stream)
     return random_batches(stream, rng, 12)
-
-
-def random_batches(stream: list[Event], rng: random.Random, largest: int = 8
-                   ) -> list[list[Event]]:
-    """The stream cut into batches of 1 to ``largest`` events."""
-    batches, i = [], 0
-    while i < len(stream):
-        size = rng.randint(1, largest)
-        batches.append(stream[i : i + size])
-        i += size
-    return batches
 
 
 def accepted_events(
