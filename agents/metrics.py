@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retention_tracker.streams.at_risk import MESSAGE_COUNTS
 from retention_tracker.streams.catalogue import COHORT24_GAUGES, CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
@@ -77,6 +78,9 @@ GLOBAL_COUNTERS = {
     "retention_reactivations": "notified users active again after the moment, by threshold, "
     "value segment and churn type",
     "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
+    "retention_at_risk_messages": "users.at_risk episodes by outcome: sent, expired (found "
+    "later than WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
+    "those, within 7 days of it), false_alarms (a late event dated before a sent moment)",
 }
 
 
@@ -135,6 +139,7 @@ class SnapshotCollector(Collector):
         for app, risk in snap.at_risk.items():
             gauges["retention_at_risk_users"].add_metric([app], risk["at_risk"])
             gauges["retention_tracked_users"].add_metric([app], risk["users"])
+        self._at_risk_messages(counters, snap.at_risk, stats)
         for shard, mark_ms in snap.watermarks.items():
             gauges["retention_watermark_seconds"].add_metric([str(shard)], mark_ms / 1000)
         if snap.taken_at:
@@ -202,6 +207,17 @@ class SnapshotCollector(Collector):
                 for churn, value in by_churn.items():
                     counters[_WINBACK_COUNTERS[kind]].add_metric(
                         [app, str(days), segment, churn], value)
+
+    @staticmethod
+    def _at_risk_messages(counters: dict[str, CounterMetricFamily], fitted: Mapping[str, Any],
+                          stats: Mapping[Cell, int]) -> None:
+        """The users.at_risk counts of every app with a fit (each outcome from 0) or with
+        counts left from an earlier one."""
+        apps = set(fitted) | {cell[1] for cell in stats if cell[0] in MESSAGE_COUNTS}
+        for app in sorted(apps):
+            for stat, outcome in MESSAGE_COUNTS.items():
+                counters["retention_at_risk_messages"].add_metric([app, outcome],
+                                                                  stats.get((stat, app), 0))
 
     @staticmethod
     def _events(counters: dict[str, CounterMetricFamily], apps: list[str],
@@ -310,6 +326,7 @@ _COUNTER_LABELS = {
     "retention_events_rejected": ["reason"],
     "retention_events_duplicate": ["app"],
     "retention_events_forwarded": ["app", "cause"],
+    "retention_at_risk_messages": ["app", "outcome"],
 }
 
 

@@ -51,6 +51,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from retention_tracker.bench.lapse_reference import p_alive  # §9: the papers' closed forms
 from retention_tracker.streams.events import Event
 
 GRANULARITIES = ("day", "week", "month")
@@ -1167,4 +1168,96 @@ def lapse_summaries(events: Iterable[Event], app: str, tz: str) -> dict[tuple[in
     for days in data.active_days.values():
         key = (len(days) - 1, (max(days) - min(days)).days, min(days))
         out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _at_risk_day(model: str, params: tuple[float, float, float, float], x: int,
+                 first: date, last: date, threshold: float) -> date | None:
+    """The first day from ``last`` on whose P(alive) (T = that day - ``first``) is below
+    ``threshold``, by doubling then halving over days (P(alive) falls as T grows); None
+    when not within 52,000 weeks (BG/NBD with no repeat day never falls)."""
+    t_x = (last - first).days / 7
+
+    def below(day: date) -> bool:
+        return p_alive(model, params, x, t_x, (day - first).days / 7) < threshold
+
+    horizon = first + timedelta(weeks=52_000)
+    if below(last):
+        return last
+    low, step = last, 1  # below(low) is False
+    while not below(low + timedelta(days=step)):
+        low += timedelta(days=step)
+        step *= 2
+        if low > horizon:
+            return None
+    high = low + timedelta(days=step)  # below(high) is True
+    while (high - low).days > 1:
+        middle = low + timedelta(days=(high - low).days // 2)
+        low, high = (low, middle) if below(middle) else (middle, high)
+    return high if high <= horizon else None
+
+
+def at_risk_episodes(
+    batches: Iterable[Iterable[Event]], model: str, params: tuple[float, float, float, float],
+    threshold: float, max_delay_ms: int, tz: str = "UTC",
+) -> dict[str, set]:
+    """Section 9's ``users.at_risk`` read plainly under a fixed fit, for one partition's
+    stream cut into batches (deduplicated, one app), as the worker looks for the moments:
+    after each batch (never between the events of one), now = the latest `ts` so far. A
+    user's episode is its last activity; its moment is the start of the first local day
+    from its last active day on whose P(alive | x, t_x, T) is below ``threshold``, never
+    before the last activity. Every user whose moment of the current episode is at or
+    before now is at risk in that episode, once: published if now is at most
+    ``max_delay_ms`` past the moment, expired otherwise. A batch that moves the user's last
+    activity past the episode ends it; for a published one, the first day back (the first
+    active day after the episode's last active day, else that day itself, an activity of
+    the same day arriving late) at or after the moment's day is a return (and back within
+    7 days when at most 7 days after it), before it a false alarm.
+
+    Returns sets of (user_id, episode last_active ms): "sent", "expired", "returns",
+    "back_7d", "false_alarms"."""
+    out: dict[str, set] = {name: set() for name in
+                           ("sent", "expired", "returns", "back_7d", "false_alarms")}
+    last: dict[str, int] = {}
+    days: dict[str, set[date]] = {}
+    handled: dict[str, tuple[int, date, bool]] = {}  # user -> episode, moment day, sent
+    seen: set[tuple[str, str]] = set()
+    now = 0
+    for batch in batches:
+        for event in batch:
+            if (event.app, event.event_id) in seen:
+                continue
+            seen.add((event.app, event.event_id))
+            now = max(now, event.ts_ms)
+            if event.type == SURVEY:
+                continue
+            user = event.user_id
+            days.setdefault(user, set()).add(local_day(event.ts_ms, tz))
+            last[user] = max(last.get(user, event.ts_ms), event.ts_ms)
+        for user, (episode, moment_day, sent) in list(handled.items()):
+            if last[user] == episode:
+                continue
+            del handled[user]
+            if not sent:
+                continue
+            ended = local_day(episode, tz)
+            back = min((d for d in days[user] if d > ended), default=ended)
+            if back >= moment_day:
+                out["returns"].add((user, episode))
+                if (back - moment_day).days <= 7:
+                    out["back_7d"].add((user, episode))
+            else:
+                out["false_alarms"].add((user, episode))
+        for user, last_ms in last.items():
+            if user in handled:
+                continue
+            mine = days[user]
+            day = _at_risk_day(model, params, len(mine) - 1, min(mine), max(mine), threshold)
+            if day is None:
+                continue
+            moment = max(day_start_ms(day, tz), last_ms)
+            if moment <= now:
+                fresh = now - moment <= max_delay_ms
+                handled[user] = (last_ms, local_day(moment, tz), fresh)
+                out["sent" if fresh else "expired"].add((user, last_ms))
     return out

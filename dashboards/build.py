@@ -712,6 +712,16 @@ def _at_risk() -> list[Panel]:
             "Empty until the app's model is fitted (AT_RISK_REFIT_SECONDS or retention "
             "at-risk).",
         ),
+        timeseries(
+            "At-risk messages and returns/s",
+            [query('max by (outcome) (rate(retention_at_risk_messages_total{app="$app"}'
+                   f'[{RATE}]))', "{{outcome}}", ("outcome",))],
+            width=24,
+            description="users.at_risk episodes by outcome: sent; expired (found later than "
+            "WINBACK_MAX_DELAY, not sent); returned (active again after a sent moment) and, "
+            "of those, back within 7 days of it; false alarms (a late event dated before "
+            "a sent moment). Max over the workers: each exports the same Redis counts.",
+        ),
     ]
 
 

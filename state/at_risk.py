@@ -18,7 +18,8 @@ from retention_tracker.config.settings import Settings
 from retention_tracker.state.queries import QueryError, app_calendar, now_ms, read_measure
 from retention_tracker.state.schema import parse_stats
 from retention_tracker.state.store import RedisStore
-from retention_tracker.streams.counters import Measure, Stat
+from retention_tracker.streams.at_risk import MESSAGE_COUNTS
+from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.figures import iso_time, rate
 from retention_tracker.streams.lapse_model import (
     DAYS_PER_WEEK,
@@ -149,16 +150,13 @@ async def at_risk_report(store: RedisStore, settings: Settings, app: str,
     )
 
 
-_MESSAGE_COUNTS = {Stat.AT_RISK_SENT: "sent", Stat.AT_RISK_EXPIRED: "expired",
-                   Stat.AT_RISK_RETURNED: "returned", Stat.AT_RISK_BACK_7D: "back_within_7d",
-                   Stat.AT_RISK_FALSE_ALARM: "false_alarms"}
 
 
 async def message_counts(store: RedisStore, app: str) -> dict[str, int]:
     """The app's users.at_risk counts: sent, expired, returned (and within 7 days of the
     moment), false alarms."""
     stats = parse_stats(await store.read_stats())
-    return {name: stats.get((stat, app), 0) for stat, name in _MESSAGE_COUNTS.items()}
+    return {name: stats.get((stat, app), 0) for stat, name in MESSAGE_COUNTS.items()}
 
 
 async def at_risk_figures(store: RedisStore, settings: Settings) -> dict[str, dict[str, int]]:

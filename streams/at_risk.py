@@ -37,6 +37,11 @@ from retention_tracker.streams.winback import BACK_WITHIN_DAYS, churn_type, iso_
 
 AppFit = tuple[Model, LapseParams]
 
+#: The app's users.at_risk counters by the names the CLI, HTTP and gauges give them.
+MESSAGE_COUNTS = {Stat.AT_RISK_SENT: "sent", Stat.AT_RISK_EXPIRED: "expired",
+                  Stat.AT_RISK_RETURNED: "returned", Stat.AT_RISK_BACK_7D: "back_within_7d",
+                  Stat.AT_RISK_FALSE_ALARM: "false_alarms"}
+
 
 @dataclass(frozen=True, slots=True)
 class AtRiskRules:

@@ -23,7 +23,7 @@ from retention_tracker.agents.metrics import (
 from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
-from retention_tracker.streams.counters import Cell
+from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import REJECT_REASONS, Event
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.reports import AppFigures, LiveFigures
@@ -250,3 +250,23 @@ def test_worker_metrics_count_batches_in_their_own_registry() -> None:
                                      {"le": "0.025"}) == 1
     assert registry.get_sample_value("retention_worker_batch_seconds_bucket",
                                      {"le": "0.01"}) == 0
+
+
+def test_at_risk_message_counts_from_the_snapshots_counters() -> None:
+    """The users.at_risk counts are the counters the at-risk pass and the batches write
+    (streams/at_risk.py), carried by the snapshot: each outcome of an app with a fit from 0,
+    and an app whose fit is gone still shows what it counted."""
+    stats = {**real_stats(), (Stat.AT_RISK_SENT, "a"): 5, (Stat.AT_RISK_RETURNED, "a"): 2,
+             (Stat.AT_RISK_BACK_7D, "a"): 1, (Stat.AT_RISK_EXPIRED, "gone"): 3}
+    registry = registry_with(Snapshot(stats=stats,
+                                      at_risk={"a": {"users": 9, "at_risk": 4}}))
+
+    def value(app: str, outcome: str) -> float | None:
+        return registry.get_sample_value("retention_at_risk_messages_total",
+                                         {"app": app, "outcome": outcome})
+
+    assert [value("a", o) for o in ("sent", "expired", "returned", "back_within_7d",
+                                     "false_alarms")] == [5, 0, 2, 1, 0]
+    assert value("gone", "expired") == 3 and value("gone", "sent") == 0
+    assert value("b", "sent") is None  # no fit, no counts: no series
+    assert registry.get_sample_value("retention_at_risk_users", {"app": "a"}) == 4

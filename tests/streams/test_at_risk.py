@@ -3,12 +3,19 @@ parameters: when, what is sent, what a refit or a return does."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
 from collections import Counter, defaultdict
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, datetime
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
+from retention_tracker.bench import reference
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.at_risk import (
     AtRiskRules,
     count_returns,
@@ -19,10 +26,17 @@ from retention_tracker.streams.at_risk import (
 )
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Cell, Stat
+from retention_tracker.streams.events import Event
 from retention_tracker.streams.lapse_model import LapseParams
+from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.user_state import UserState
+from retention_tracker.streams.winback import WinbackRules
 
+from .delivery import in_arrival_order, named, random_batches
+from .real_apply import RealApply
+
+HOUR_MS = 3_600_000
 UTC = AppCalendar("UTC")
 PAPER = LapseParams(0.243, 4.414, 0.793, 2.426)
 D0 = date_to_day(date(2024, 1, 1))
@@ -122,3 +136,105 @@ def test_a_return_after_the_moment_counts_one_before_it_is_a_false_alarm() -> No
     stats = Counter()
     count_returns(users, {USER: expired}, stats, CALENDARS)
     assert stats == {} and users[USER].at_risk_episode_ms is None
+
+
+# ---- the property: any batching gives the plain reading's episodes --------------------------
+
+#: the rules of the property: the paper's fit, a day's delay (so some moments expire)
+PROPERTY_RULES = AtRiskRules(0.5, MS_PER_DAY, 7, {"a": ("bgnbd", PAPER)})
+
+
+@dataclass
+class Outcome:
+    """Episodes as (user, episode last_active ms), by what became of them; counters."""
+
+    sent: set[tuple[str, int]] = field(default_factory=set)
+    ids: list[str] = field(default_factory=list)
+    stats: Counter[Cell] = field(default_factory=Counter)
+
+
+async def replay(store: RedisStore, batches: list[list[Event]]) -> Outcome:
+    """The worker's event-clock loop on one partition with a kept fit: each batch planned,
+    its returns counted and its at-risk entries moved, applied, then the pass over the due
+    at-risk entries at the new watermark (agents/ingest.py, agents/notifier.py)."""
+    out = Outcome()
+    offset = 0
+    no_winback = WinbackRules((), MS_PER_DAY, 7)
+    for batch in batches:
+        items = [(offset + i, -1, e) for i, e in enumerate(batch)]
+        offset += len(batch)
+        loaded = await store.load_batch(0, ["t"], [(e.app, e.user_id) for e in batch],
+                                        [dedup_key(e.app, e.event_id) for e in batch], at(D0))
+        found = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
+                           400, CALENDARS, DEFAULT_RULES, winback=no_winback, event_clock=True)
+        count_returns(found.users, loaded.states, found.stats, CALENDARS)
+        moves = schedule(found.users, loaded.states, PROPERTY_RULES, CALENDARS)
+        assert await store.apply_plan(0, loaded, {"t": offset}, found, (), moves)
+        out.stats.update(found.stats)
+        now = found.watermark_ms or 0
+        while due := await store.at_risk_due_entries(0, now):
+            held = await store.load_batch(0, [], [user for user, _ in due], [], at(D0))
+            passed = plan_at_risk(due, held.states, now, PROPERTY_RULES, CALENDARS,
+                                  DEFAULT_RULES)
+            assert await store.apply_at_risk(0, held, passed)
+            out.stats.update(passed.stats)
+            for m in passed.messages:
+                out.sent.add((m["user_id"], ms_of(m["last_active"])))
+                out.ids.append(m["notification_id"])
+    return out
+
+
+def ms_of(iso: str) -> int:
+    return round(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Event]:
+    """A few users active on and off for months (gaps of hours to ten weeks, so under the
+    paper's fit some lapse and some return) and a ticker that moves the watermark every 8,
+    20 or 50 hours (so moments are found fresh, or a day too late: expired), delivered
+    roughly in time order: each event may arrive up to 100 h late (a return dated before
+    its moment arriving after it: a false alarm)."""
+    events = []
+    for u in range(draw(st.integers(1, 5))):
+        ts = at(D0) + draw(st.integers(0, 72)) * HOUR_MS
+        for n in range(draw(st.integers(1, 9))):
+            events.append(Event("a", f"u{u}-{n}", "session", f"u{u}", ts))
+            gap = draw(st.sampled_from([3, 20, 30, 72, 170, 500, 900, 1100, 1300, 1700]))
+            ts += gap * HOUR_MS
+    end, step = max(e.ts_ms for e in events), draw(st.sampled_from([8, 20, 50])) * HOUR_MS
+    events += [Event("a", f"tick-{n}", "session", "ticker", at(D0) + n * step)
+               for n in range((end - at(D0)) // step + 1)]
+    delays = [draw(st.sampled_from([0, 0, 0, 2, 30, 100])) * HOUR_MS for _ in events]
+    return in_arrival_order(events, delays)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=histories(), seed=st.integers(0, 2**32 - 1))
+def test_any_batching_gives_the_references_episodes(redis_url: str, stream: list[Event],
+                                                    seed: int) -> None:
+    """The worker's path on the real store equals bench/reference.py's plain reading of §9
+    for the same batches (the moments are looked for after each batch, by both): the
+    messages, one per episode with its deterministic id, and every counter."""
+    rng = random.Random(seed)
+    batches = random_batches(stream, rng)
+    paper = (PAPER.r, PAPER.alpha, PAPER.a, PAPER.b)
+    expected = reference.at_risk_episodes(batches, "bgnbd", paper, 0.5, MS_PER_DAY)
+
+    async def scenario() -> Outcome:
+        async with RealApply(redis_url, thresholds=(), shards=1,
+                             state_cache_users=rng.choice([0, 50])) as state:
+            return await replay(state.store, batches)
+
+    got = asyncio.run(scenario())
+    assert got.sent == expected["sent"]
+    assert sorted(got.ids) == sorted(notification_id("a", user, ms)
+                                     for user, ms in expected["sent"])
+    risk = {s for s in Stat if s.name.startswith("AT_RISK_")}
+    assert named(Counter({k: v for k, v in got.stats.items() if k[0] in risk})) == named(Counter({
+        (Stat.AT_RISK_SENT, "a"): len(expected["sent"]),
+        (Stat.AT_RISK_EXPIRED, "a"): len(expected["expired"]),
+        (Stat.AT_RISK_RETURNED, "a"): len(expected["returns"]),
+        (Stat.AT_RISK_BACK_7D, "a"): len(expected["back_7d"]),
+        (Stat.AT_RISK_FALSE_ALARM, "a"): len(expected["false_alarms"])}))

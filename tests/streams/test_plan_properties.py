@@ -41,6 +41,7 @@ from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import day_summary
 
+from .delivery import random_batches
 from .real_apply import RealApply
 
 BASE_MS = 1_701_648_000_000  # 2023-12-04T00:00:00Z, a Monday
@@ -109,12 +110,7 @@ def deliver(events: list[Event], rng: random.Random, dup_share: float) -> list[l
     """Shuffle, duplicate some events, and cut the stream into random batches."""
     stream = list(events) + [e for e in events if rng.random() < dup_share]
     rng.shuffle(stream)
-    batches, i = [], 0
-    while i < len(stream):
-        size = rng.randint(1, 12)
-        batches.append(stream[i : i + size])
-        i += size
-    return batches
+    return random_batches(stream, rng, 12)
 
 
 def accepted_events(

@@ -9,14 +9,12 @@ import asyncio
 import datetime as dt
 import random
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retention_tracker.bench import reference
-from retention_tracker.state.schema import render_stat
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Cell, Stat
@@ -32,6 +30,7 @@ from retention_tracker.streams.winback import (
     plan_notifications,
 )
 
+from .delivery import in_arrival_order, named, random_batches
 from .real_apply import RealApply
 
 HOUR_MS = 3_600_000
@@ -39,11 +38,6 @@ BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 UTC = AppCalendar("UTC")
 UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
 RULES = WinbackRules(thresholds=(1, 2), max_delay_ms=MS_PER_DAY, quick_churn_days=7)
-
-
-def named(stats: Mapping[Cell, int]) -> Counter[str]:
-    """Statistics by their stored names (state/schema.py), as the readers see them."""
-    return Counter({render_stat(key): value for key, value in stats.items()})
 
 
 def session(user: str, n: int, ts_ms: int) -> Event:
@@ -237,8 +231,7 @@ def histories(draw: st.DrawFn) -> list[Event]:
             events.append(session(f"u{u}", n, ts))
             ts += draw(st.sampled_from([1, 5, 20, 26, 40, 50, 75])) * HOUR_MS
     delays = [draw(st.sampled_from([0, 0, 0, 2, 30])) * HOUR_MS for _ in events]
-    return [e for _, e in sorted(zip(delays, events, strict=True),
-                                 key=lambda p: p[1].ts_ms + p[0])]
+    return in_arrival_order(events, delays)
 
 
 @settings(max_examples=60, deadline=None,
@@ -247,11 +240,7 @@ def histories(draw: st.DrawFn) -> list[Event]:
 def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: list[Event],
                                                      seed: int) -> None:
     rng = random.Random(seed)
-    batches, i = [], 0
-    while i < len(stream):
-        size = rng.randint(1, 8)
-        batches.append(stream[i:i + size])
-        i += size
+    batches = random_batches(stream, rng)
     expected = reference.inactivity_episodes(stream, RULES.thresholds, RULES.max_delay_ms)
 
     async def scenario() -> Outcome:
