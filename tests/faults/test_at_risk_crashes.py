@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.agents.local_stack import wait_for
 from retention_tracker.bench import reference
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.state.at_risk import StoredFit
 from retention_tracker.streams.at_risk import notification_id
 from retention_tracker.streams.calendar import MS_PER_DAY, utc_now_ms

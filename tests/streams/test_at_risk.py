@@ -169,7 +169,7 @@ async def replay(store: RedisStore, batches: list[list[Event]]) -> Outcome:
                            400, CALENDARS, DEFAULT_RULES, winback=no_winback, event_clock=True)
         count_returns(found.users, loaded.states, found.stats, CALENDARS)
         moves = schedule(found.users, loaded.states, PROPERTY_RULES, CALENDARS)
-        assert await store.apply_plan(0, loaded, {"t": offset}, found, (), moves)
+        assert await store.apply_plan(0, loaded, {"t": offset}, found, moves)
         out.stats.update(found.stats)
         now = found.watermark_ms or 0
         while due := await store.at_risk_due_entries(0, now):
