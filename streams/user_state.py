@@ -174,12 +174,7 @@ def encode_user(state: UserState) -> bytes:
         for day in sorted(days):
             _put_varint(out, _zigzag(day - state.first_day))
     _encode_spans(out, state)
-    if state.at_risk_episode_ms is None:
-        _put_varint(out, 0)
-    else:
-        _put_varint(out, 1 + state.at_risk_sent)
-        _put_varint(out, _zigzag(state.at_risk_episode_ms - state.first_seen_ms))
-        _put_varint(out, _zigzag(state.at_risk_moment_ms - state.first_seen_ms))
+    _encode_at_risk_mark(out, state)
     span = max(state.active_days) - state.first_day + 1 if state.active_days else 0
     bitmap = bytearray((span + 7) // 8)
     for day in state.active_days:
@@ -349,6 +344,29 @@ def _decode_active_days(data: bytes, pos: int, first_day: int) -> list[int]:
     return active
 
 
+def _encode_at_risk_mark(out: bytearray, state: UserState) -> None:
+    """The at-risk mark (format 6): 0 for none, else 1 (expired) or 2 (sent), then the
+    episode and its moment from first_seen, zigzagged."""
+    if state.at_risk_episode_ms is None:
+        _put_varint(out, 0)
+        return
+    _put_varint(out, 1 + state.at_risk_sent)
+    _put_varint(out, _zigzag(state.at_risk_episode_ms - state.first_seen_ms))
+    _put_varint(out, _zigzag(state.at_risk_moment_ms - state.first_seen_ms))
+
+
+def _decode_at_risk_mark(data: bytes, pos: int, first_seen_ms: int
+                         ) -> tuple[int | None, int, bool, int]:
+    """``_encode_at_risk_mark`` read back: episode (None: no mark), moment, sent, and the
+    position after it."""
+    mark, pos = _get_varint(data, pos)
+    if not mark:
+        return None, 0, False, pos
+    episode, pos = _get_varint(data, pos)
+    moment, pos = _get_varint(data, pos)
+    return first_seen_ms + _unzigzag(episode), first_seen_ms + _unzigzag(moment), mark == 2, pos
+
+
 def decode_user(data: bytes) -> UserState:
     if not data or data[0] not in _READABLE_VERSIONS:
         raise ValueError(f"unknown user record format {data[:1]!r}")
@@ -393,13 +411,8 @@ def decode_user(data: bytes) -> UserState:
         found, span_days, pos = _decode_spans(data, pos, first_day)
     risk_episode, risk_moment, risk_sent = None, 0, False
     if data[0] >= 6:
-        mark, pos = _get_varint(data, pos)
-        if mark:
-            risk_sent = mark == 2
-            episode, pos = _get_varint(data, pos)
-            moment, pos = _get_varint(data, pos)
-            risk_episode = first_seen_ms + _unzigzag(episode)
-            risk_moment = first_seen_ms + _unzigzag(moment)
+        risk_episode, risk_moment, risk_sent, pos = _decode_at_risk_mark(data, pos,
+                                                                         first_seen_ms)
     active = _decode_active_days(data, pos, first_day)
     spans = None if found is None else _spans(
         active if span_days is None else span_days, found, first_seen_ms,
