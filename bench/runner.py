@@ -69,7 +69,9 @@ METHOD = (
     "(faust: first message; worker: first partition batch seen applied in Redis, polled "
     "every 20 ms) to its last event, events of that first unit not counted; the raw loop "
     "(no group join) from the request of its first fetch that returned records, that "
-    "fetch counted, so a topic read in one fetch still has a window. Startup and "
+    "fetch counted, so a topic read in one fetch still has a window; the Flink job from its "
+    "first progress line (1,024 events read, by its own clock) to the line of its last event, "
+    "the events before that line not counted. Startup and "
     "consumer-group join are therefore excluded for all. "
     "Contenders run one after another on the same topic, never at the same time. "
     "Horizontal: two workers in one group replay the single topic together; both are started "
@@ -261,8 +263,7 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
 def _flink_setup(options: Options) -> dict[str, Any]:
     """Whether the Flink job runs (Java 17, and the job built or Maven to build it), built
     here if it is not yet; ``{"skipped": why}`` otherwise."""
-    why = ("--skip-flink" if options.skip_flink else "--skip-baselines"
-           if options.skip_baselines else flink_unavailable())
+    why = "--skip-flink" if options.skip_flink else flink_unavailable()
     if why is not None:
         _say(f"the Apache Flink job is skipped: {why}")
         return {"skipped": why}

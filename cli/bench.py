@@ -31,8 +31,8 @@ QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
 @click.option("--seed", default=0, show_default=True, help="simulation seed")
 @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--skip-baselines", is_flag=True,
-              help="skip the Faust baseline and the Apache Flink job (the raw loop always runs: "
-                   "it is also the census of the topics the worker's progress is measured with)")
+              help="skip the Faust baseline (the raw loop always runs: it is also the census "
+                   "of the topics the worker's progress is measured with)")
 @click.option("--skip-flink", is_flag=True,
               help="skip the Apache Flink job (it runs where Java 17 is found; the first run "
                    "builds it with Maven unless scripts/setup did)")
