@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -78,7 +79,7 @@ def flink_unavailable() -> str | None:
     return None
 
 
-def build_job(say: Any = None) -> Path:
+def build_job(say: Callable[[str], None] | None = None) -> Path:
     """Build the job once per pom and source (the first time downloads Flink from Maven
     Central: tens of seconds); returns its home. A failed build raises BenchFailure with the
     end of Maven's log."""
