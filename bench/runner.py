@@ -536,7 +536,7 @@ def _render_throughput(results: dict[str, Any]) -> list[str]:
     workload_events = results.get("workload", {}).get("events", 0)
     throughput = results.get("throughput", {})
     header = (f"{'shape / contender':<30}{'events/s':>10}{'window':>8}{'startup':>8}"
-              f"{'core':>6}{'ev/CPU-s':>9}{'redis CPU':>10}{'peak RSS':>10}")
+              f"{'core':>6}{'ev/CPU-s':>10}{'redis CPU':>10}{'peak RSS':>10}")
     lines = ["", header, "-" * len(header)]
     for shape, runs in throughput.items():
         per_message = results.get("produce", {}).get(shape, {}).get("events_per_message")
@@ -553,7 +553,7 @@ def _render_throughput(results: dict[str, Any]) -> list[str]:
                 f"  {CONTENDER_LABELS.get(name, name) + note:<28}"
                 f"{run['events_per_s']:>10,.0f}{run['window_s']:>7.1f}s{run['startup_s']:>7.1f}s"
                 f"{'-' if share is None else f'{share:.2f}':>6}"
-                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>9}{redis_share:>10}"
+                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>10}{redis_share:>10}"
                 f"{_mib(run.get('peak_rss_bytes')):>10}"
             )
     for shape, ratios in results.get("ratios", {}).items():
