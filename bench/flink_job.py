@@ -29,7 +29,7 @@ from typing import Any
 from retention_tracker.devstack.java import java_binary, java_unavailable, pom_property
 from retention_tracker.devstack.processes import start_process
 
-from .checks import APP, Reference, Verdict
+from .checks import APP, TIMEZONE, Reference, Verdict
 from .contenders import BenchFailure, RunResult, Stack, wait_progress
 from .processes import peak_rss_bytes
 
@@ -200,7 +200,8 @@ def flink_job(stack: Stack, topic: str, shape: str, expected_events: int
     java = java_binary() or "java"
     args = [java, *JVM_OPTIONS, "-cp", f"{home / 'job.jar'}:{home / 'libs'}/*", MAIN_CLASS,
             "--bootstrap", stack.bootstrap, "--topic", topic, "--out", str(out),
-            "--events", str(expected_events), "--checkpoint-ms", str(CHECKPOINT_MS),
+            "--events", str(expected_events), "--timezone", TIMEZONE,
+            "--checkpoint-ms", str(CHECKPOINT_MS),
             "--checkpoint-dir", str(stack.workdir / f"{name}-checkpoints")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA_TOOL", "FLINK_"))}
     spawned = time.time()
