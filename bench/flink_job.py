@@ -212,15 +212,16 @@ def flink_job(stack: Stack, topic: str, shape: str, expected_events: int
         with process:
             meter = stack.cpu_meter(process.pid)
             wait_progress(process, progress.events, expected_events, bar, stack.stall_s,
-                           "flink job", meter)
+                          "flink job", meter)
             rss = peak_rss_bytes(process.pid)
             deadline = time.monotonic() + stack.stall_s
             while process.alive() and time.monotonic() < deadline:  # writing its figures
                 time.sleep(0.05)
             code = None if process.alive() else process.stop()  # reaps it
             if code != 0 or not out.exists():
-                raise BenchFailure(f"flink job did not finish with its figures (exit {code}"
-                                   f" after {stack.stall_s:g} s); log {process.log_path}:\n"
+                why = "still running" if code is None else f"exit {code}"
+                raise BenchFailure(f"flink job: no figures {stack.stall_s:g} s after its last "
+                                   f"event ({why}); log {process.log_path}:\n"
                                    f"{process.log_tail(2000)}")
     finally:
         bar.close()
