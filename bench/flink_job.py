@@ -1,4 +1,4 @@
-"""(d) The Apache Flink contender: the DataStream job of ``bench/flink/`` on the bench's topic.
+"""(d) The Apache Flink contender: the DataStream job of ``bench/flink-job/`` on the bench's topic.
 
 The job (Flink 2 from Maven Central, a local MiniCluster at parallelism 1, heap keyed state)
 reads the topic to its end offsets and computes DAU per (app, day) and classic day-N retention
@@ -33,7 +33,7 @@ from .checks import APP, TIMEZONE, Reference, Verdict
 from .contenders import BenchFailure, RunResult, Stack, wait_progress
 from .processes import peak_rss_bytes
 
-SOURCE = Path(__file__).resolve().parent / "flink"
+SOURCE = Path(__file__).resolve().parent / "flink-job"
 POM = SOURCE / "pom.xml"
 MAIN_CLASS = "retention.flink.RetentionJob"
 #: The JVM: a fixed heap ceiling (the state of 60,000 users is tens of MiB) and the JVM's
@@ -46,7 +46,7 @@ _EPOCH = date(1970, 1, 1)
 
 
 def flink_version() -> str:
-    """The pinned Flink version (``bench/flink/pom.xml``)."""
+    """The pinned Flink version (``bench/flink-job/pom.xml``)."""
     return pom_property(POM, "flink.version")
 
 
