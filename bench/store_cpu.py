@@ -23,7 +23,7 @@ from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 
 from .plan_cpu import NOW_MS, messages_per_partition
 from .processes import cpu_seconds
@@ -48,7 +48,7 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
                      for offset, message in enumerate(messages[start:start + batch], start)
                      for index, event in parse_message(message, NOW_MS).events]
             users = [(e.app, e.user_id) for _, _, e in items]
-            keys = [dedup_key(e.app, e.event_id) for _, _, e in items]
+            keys = [dedup_key_of(e) for _, _, e in items]
             loaded = await store.load_batch(shard, ["t"], users, keys, NOW_MS)
             plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys,
                               loaded.watermark_ms, 400, {app: calendar for app, _ in users},

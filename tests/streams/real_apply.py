@@ -21,7 +21,7 @@ from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 
 TOPIC = "t"
 
@@ -76,7 +76,7 @@ class RealApply:
         items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
         loaded = await self.store.load_batch(
             shard, [TOPIC], [(e.app, e.user_id) for e in events],
-            [dedup_key(e.app, e.event_id) for e in events], arrival_ms,
+            [dedup_key_of(e) for e in events], arrival_ms,
         )
         start = loaded.next_offsets[TOPIC] or 0
         fresh = [item for item in items if item[0] >= start]
