@@ -141,14 +141,14 @@ class RedisStore:
         shard: int,
         topics: Iterable[str],
         users: Iterable[UserKey],
-        dedup_keys: Iterable[bytes | None],
+        given_keys: Iterable[bytes | None],
         now_ms: int,
     ) -> LoadedBatch:
-        """The partition's meta, the batch's users and which of ``dedup_keys`` are
+        """The partition's meta, the batch's users and which of ``given_keys`` are
         remembered (None: an event whose id is not kept, ``streams.plan.adds_up``)."""
         topics = list(topics)
         users = list(dict.fromkeys(users))
-        dedup_keys = [key for key in dict.fromkeys(dedup_keys) if key is not None]
+        dedup_keys = [key for key in dict.fromkeys(given_keys) if key is not None]
         generation = self.dedup_generation(now_ms)
         token = self.cache.token(shard)
         held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)

@@ -4,8 +4,9 @@ Per user we keep only what the counters need to be updated exactly when any even
 however late, arrives: first and last activity, the set of active days as a bitmap
 anchored at the first-seen day, the days with an install event, the attributes with the
 time of the event they came from, purchases summed per (day, currency), install cost, the
-days with a session (the win-back payload's count), the user's survey answers (the latest per survey and day: enough to find the latest per
-week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
+days with a session (the win-back payload's count), the user's survey answers (the latest
+per survey and day: enough to find the latest per week, month or year whatever the
+arrival order) and, per type of RETURN_EVENTS, the days
 the user sent one, and per UTC day with activity its earliest and latest event (what the
 24-hour windows need, streams/windows24.py). A typical free user costs ~30 bytes of
 value; see docs/architecture.md "Memory".

@@ -16,7 +16,7 @@ from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import cohort_rows, last_day_with_data
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key, dedup_key_of, plan_batch
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
@@ -39,7 +39,7 @@ async def apply_batch(store: RedisStore, shard: int, events: list[Event], first_
     items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
     loaded = await store.load_batch(
         shard, ["t"], [(e.app, e.user_id) for e in events],
-        [dedup_key(e.app, e.event_id) for e in events], now_ms,
+        [dedup_key_of(e) for e in events], now_ms,
     )
     start = loaded.next_offsets["t"] or 0
     fresh = [item for item in items if item[0] >= start]
@@ -76,7 +76,7 @@ async def test_redis_state_equals_reference_over_shards_and_redelivery(store: Re
 
 
 async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
-    event = Event("a", "e1", "session", "u1", BASE_MS)
+    event = Event("a", "e1", "purchase", "u1", BASE_MS, amount=1.0)  # its id is remembered
     await store.register_shard(0)
     first = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     second = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
@@ -93,8 +93,8 @@ async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) ->
     window_ms = store.dedup_window_days * MS_PER_DAY
     key = dedup_key("a", "e1")
     loaded = await store.load_batch(0, ["t"], [("a", "u")], [key], BASE_MS)
-    plan = plan_batch([(0, -1, Event("a", "e1", "session", "u", BASE_MS))], loaded.states,
-                      set(), None, 400, UTC_APPS)
+    plan = plan_batch([(0, -1, Event("a", "e1", "purchase", "u", BASE_MS, amount=1.0))],
+                      loaded.states, set(), None, 400, UTC_APPS)
     assert await store.apply_plan(0, loaded, {"t": 1}, plan)
     for later, remembered in [(window_ms, True), (2 * window_ms + MS_PER_DAY, False)]:
         again = await store.load_batch(0, ["t"], [], [key], BASE_MS + later)
