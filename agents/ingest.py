@@ -213,6 +213,8 @@ class Ingestor:
         assert self.consumer is not None
         for tp in assigned:
             await self._retrying(partial(self.store.register_shard, tp.partition))
+            await self._retrying(partial(self.store.adopt_due_sets, tp.partition,
+                                         self.settings.every_inactivity_threshold))
         for tp in assigned:
             progress = await self._retrying(
                 partial(self.store.partition_progress, [tp.topic])

@@ -58,7 +58,7 @@ def preload(url: str, users: int, due: int, window_ms: int, start_ms: int) -> No
         state = UserState(first, last, calendar.day_of(first), active,
                           frozenset({calendar.day_of(first)}), session_days=active)
         pipe.hset(store.user_key(shard, "default", user), user, encode_user(state))
-        pipe.zadd(keys.due(shard, THRESHOLD_DAYS), {due_member(("default", user)): due_ms})
+        pipe.zadd(keys.due(shard), {due_member(("default", user)): due_ms})
         if n % 5000 == 4999:
             pipe.execute()
     pipe.execute()

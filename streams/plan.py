@@ -47,6 +47,7 @@ from retention_tracker.streams.winback import (
     WinbackRules,
     handle_moment,
     moment_reached_ms,
+    next_moment_ms,
     return_of,
 )
 from retention_tracker.streams.windows24 import (
@@ -548,9 +549,9 @@ class Plan:
     new_dedup_keys: list[bytes] = field(default_factory=list)
     stats: Counter[Cell] = field(default_factory=Counter)  # (Stat, *tail) -> delta
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
-    # the due-set entries of users whose last_active_ms moved: (days, user) -> due_ms, one
-    # per inactivity threshold of the user's app (the store writes them as they are)
-    due: dict[tuple[int, UserKey], int] = field(default_factory=dict)
+    # the due entries that move: user -> its next inactivity moment, None to drop it (one
+    # per user, streams/winback.py next_moment_ms; the store writes them as they are)
+    due: dict[UserKey, int | None] = field(default_factory=dict)
     reactivations: list[dict[str, object]] = field(default_factory=list)  # users.reactivated
     # event clock: users.inactive.{K}d messages whose moment came inside the batch
     notifications: list[dict[str, object]] = field(default_factory=list)
@@ -749,9 +750,11 @@ def plan_batch(
             new = _with_answers(new, answered.pop(user_key, None), calendars[app])
         if new == old:
             continue
-        if active_old is None or new.last_active_ms != active_old.last_active_ms:
-            for days in winback.thresholds_of(app):
-                plan.due[days, user_key] = new.last_active_ms + days * MS_PER_DAY
+        thresholds = winback.thresholds_of(app)
+        if thresholds:
+            moment_ms = next_moment_ms(new, thresholds)
+            if active_old is None or moment_ms != next_moment_ms(active_old, thresholds):
+                plan.due[user_key] = moment_ms
         plan.users[user_key] = new
         groups = pending.setdefault(app, {})
         _add_user_delta(groups, old, new, app_rules)

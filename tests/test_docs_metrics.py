@@ -364,7 +364,7 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
     calendar = AppCalendar("UTC")
     rules = WinbackRules(thresholds=thresholds)
     states: dict[tuple[str, str], UserState | None] = {}
-    due: dict[tuple[int, tuple[str, str]], int] = {}
+    due: dict[tuple[str, str], int | None] = {}
     seen: set[bytes] = set()
     watermark: int | None = None
     stats: Counter[str] = Counter()
@@ -384,13 +384,12 @@ def winback_run(events: list[Event], thresholds: tuple[int, ...]) -> dict[str, A
         returned += plan.reactivations
         due.update(plan.due)
         notified = plan_notifications(
-            [(days, u, at) for (days, u), at in due.items()], states, watermark,
-            {"a": calendar}, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
+            [(u, at) for u, at in due.items() if at is not None and at <= watermark], states,
+            watermark, {"a": calendar}, DEFAULT_RULES, rules, plan.arrivals, plan.known_ms)
         states.update(notified.users)
         stats.update(notified.stats)
         sent += notified.messages
-        for days, u in notified.sent:
-            due.pop((days, u), None)
+        due.update(notified.due)
     return {"states": states, "stats": stats, "sent": sent, "returned": returned,
             "now": watermark}
 

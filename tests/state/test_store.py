@@ -1,4 +1,5 @@
-"""The Redis layer on a real Redis: atomic apply with offsets, version fencing, dedup memory."""
+"""The Redis layer on a real Redis: atomic apply with offsets, version fencing, dedup memory,
+the due set."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from msgspec.structs import replace
 
 from retention_tracker.bench import reference
 from retention_tracker.state.queries import read_daily, read_measure
@@ -17,6 +19,7 @@ from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import cohort_rows, last_day_with_data
 from retention_tracker.streams.plan import dedup_key, dedup_key_of, plan_batch
+from retention_tracker.streams.user_state import UserState, encode_user
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
@@ -170,3 +173,38 @@ async def test_every_key_the_apply_script_writes_is_declared_in_keys(
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_the_per_threshold_due_sets_of_before_merge_at_each_users_earliest(
+    store: RedisStore,
+) -> None:
+    """Issue 31: one due entry per user. A deployment's per-threshold sets are merged into
+    it when a worker takes the partition, each user at its earliest entry, and dropped."""
+    client, keys = store.client, store.keys
+    await client.zadd(keys.due_per_threshold(0, 1), {"a\x00u": 100, "a\x00v": 300})
+    await client.zadd(keys.due_per_threshold(0, 7), {"a\x00u": 700, "a\x00x": 900})
+    await client.zadd(keys.due(0), {"a\x00w": 50, "a\x00v": 250})
+    await store.adopt_due_sets(0, (1, 2, 7))
+    assert await store.due_entries(0, 10**6) == [
+        (("a", "w"), 50), (("a", "u"), 100), (("a", "v"), 250), (("a", "x"), 900)]
+    assert not await client.exists(*(keys.due_per_threshold(0, d) for d in (1, 2, 7)))
+    await store.adopt_due_sets(0, (1, 2, 7))  # nothing left to merge: unchanged
+    assert len(await store.due_entries(0, 10**6)) == 4
+
+
+async def test_users_due_now_are_counted_per_threshold_from_their_records(
+    store: RedisStore,
+) -> None:
+    """The due set holds u's next moment only (1 day after its last activity); at 3 days
+    both of its thresholds have come, and once the first is handled, only the second."""
+    await store.register_shard(0)
+    state = UserState(BASE_MS, BASE_MS, UTC.day_of(BASE_MS), frozenset({UTC.day_of(BASE_MS)}),
+                      frozenset())
+    await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(state))
+    await store.client.zadd(store.keys.due(0), {"a\x00u": BASE_MS + MS_PER_DAY})
+    now = BASE_MS + 3 * MS_PER_DAY
+    assert await store.due_counts("a", (1, 2, 7), now) == {1: 1, 2: 1, 7: 0}
+    assert await store.due_counts("b", (1, 2, 7), now) == {1: 0, 2: 0, 7: 0}
+    handled = replace(state, notified_episode_ms=BASE_MS, notified_days=(1,))
+    await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(handled))
+    assert await store.due_counts("a", (1, 2, 7), now) == {1: 0, 2: 1, 7: 0}

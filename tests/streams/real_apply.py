@@ -89,14 +89,12 @@ class RealApply:
         assert applied, "nobody else writes this prefix: the version cannot have moved"
         return [event for _, _, event in plan.too_old]
 
-    async def due(self) -> dict[tuple[str, str, int], int]:
-        """(app, user_id, threshold) -> due moment, from every shard's due sets."""
+    async def due(self) -> dict[tuple[str, str], int]:
+        """(app, user_id) -> its next inactivity moment, from every shard's due set."""
         found = {}
         for shard in range(self.shards):
-            entries = await self.store.due_entries(
-                shard, self.settings.every_inactivity_threshold, 2**62, limit=10_000)
-            for days, (app, user_id), due_ms in entries:
-                found[app, user_id, days] = due_ms
+            for user, due_ms in await self.store.due_entries(shard, 2**62, limit=10_000):
+                found[user] = due_ms
         return found
 
     async def close(self) -> None:

@@ -94,10 +94,12 @@ def test_a_moment_found_later_than_the_max_delay_is_expired_not_sent() -> None:
     first = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + HOUR_MS),
                   session("t", 1, BASE_MS + 80 * HOUR_MS)])
     assert first.notifications == []
+    assert first.due[("a", "u")] == BASE_MS + MS_PER_DAY  # one entry: its earliest moment
     after = plan_notifications(
-        [(days, ("a", "u"), BASE_MS + days * MS_PER_DAY) for days in (1, 2)],
+        [(("a", "u"), BASE_MS + MS_PER_DAY)],
         first.users, BASE_MS + 80 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES,
         first.arrivals)
+    assert after.due == {("a", "u"): None}  # both thresholds handled: the entry goes
     assert after.messages == []
     assert named(after.stats) == Counter({"expired:a:1": 1, "expired:a:2": 1, "inactive:a:1": 1,
                                    "inactive:a:2": 1})
@@ -116,11 +118,29 @@ def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
     events = [session("u", 0, BASE_MS)] + [
         session("t", n, BASE_MS + n * HOUR_MS) for n in (1, 25, 60, 90)]
     batch = plan(events, rules=WinbackRules((1,), MS_PER_DAY, 7))
-    after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], batch.users,
+    after = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], batch.users,
                                BASE_MS + 90 * HOUR_MS, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), batch.arrivals)
     assert [m["user_id"] for m in after.messages] == ["u"]
     assert named(after.stats)["expired:a:1"] == 0
+
+
+def test_one_due_entry_per_user_moves_from_threshold_to_threshold() -> None:
+    """Issue 31: u's one entry is its 24 h moment; handled at 25 h, it moves to the 48 h
+    moment; handled at 50 h, it goes. An entry of an episode handled already only moves."""
+    first = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + HOUR_MS)])
+    assert first.due[("a", "u")] == BASE_MS + MS_PER_DAY
+    at_25h = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], first.users,
+                                BASE_MS + 25 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES)
+    assert [m["threshold_days"] for m in at_25h.messages] == [1]
+    assert at_25h.due == {("a", "u"): BASE_MS + 2 * MS_PER_DAY}
+    again = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], at_25h.users,
+                               BASE_MS + 26 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES)
+    assert again.messages == [] and again.due == {("a", "u"): BASE_MS + 2 * MS_PER_DAY}
+    at_50h = plan_notifications([(("a", "u"), BASE_MS + 2 * MS_PER_DAY)], at_25h.users,
+                                BASE_MS + 50 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES)
+    assert [m["threshold_days"] for m in at_50h.messages] == [2]
+    assert at_50h.due == {("a", "u"): None}
 
 
 def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
@@ -128,7 +148,7 @@ def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
     inactive for a day after all. A false alarm, never a reactivation."""
     notified = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + 25 * HOUR_MS)],
                     rules=WinbackRules((1,), MS_PER_DAY, 7))
-    after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], notified.users,
+    after = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], notified.users,
                                BASE_MS + 25 * HOUR_MS, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), notified.arrivals)
     assert len(after.messages) == 1
@@ -145,7 +165,7 @@ def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
     state = {("a", u): UserState(BASE_MS, BASE_MS + h * HOUR_MS, 0, frozenset({0}),
                                  frozenset()) for u, h in (("fresh", 2), ("stale", 0))}
     now = BASE_MS + 2 * HOUR_MS + MS_PER_DAY + 23 * HOUR_MS
-    due = [(1, ("a", "fresh"), BASE_MS + 26 * HOUR_MS), (1, ("a", "stale"), BASE_MS + MS_PER_DAY)]
+    due = [(("a", "fresh"), BASE_MS + 26 * HOUR_MS), (("a", "stale"), BASE_MS + MS_PER_DAY)]
     found = plan_notifications(due, state, now, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7))
     assert [m["user_id"] for m in found.messages] == ["fresh"]
@@ -193,9 +213,9 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         returns = list(found.reactivations)
         stats.update(found.stats)
         now = found.watermark_ms or 0
-        due = await store.due_entries(0, rules.thresholds, now)
+        due = await store.due_entries(0, now)
         if due:
-            users = [u for _, u, _ in due]
+            users = [u for u, _ in due]
             held = await store.load_batch(0, [], users, [], BASE_MS)
             passed = plan_notifications(due, held.states, now, UTC_APPS, DEFAULT_RULES,
                                         rules, found.arrivals, found.known_ms)
@@ -286,11 +306,10 @@ def test_each_app_at_its_own_thresholds() -> None:
                       {(e.app, e.user_id): None for e in events}, set(), None, 400,
                       {"fast": UTC, "slow": UTC}, DEFAULT_RULES, winback=rules,
                       event_clock=True)
-    due = [(days, user, state.last_active_ms + days * MS_PER_DAY)
-           for user, state in plan.users.items() for days in rules.thresholds_of(user[0])]
-    assert sorted(due) == [(1, ("fast", "later"), BASE_MS + 4 * MS_PER_DAY - HOUR_MS),
-                           (1, ("fast", "u"), BASE_MS + MS_PER_DAY),
-                           (2, ("slow", "u"), BASE_MS + 2 * MS_PER_DAY)]
+    assert plan.due == {("fast", "later"): BASE_MS + 4 * MS_PER_DAY - HOUR_MS,
+                        ("fast", "u"): BASE_MS + MS_PER_DAY,
+                        ("slow", "u"): BASE_MS + 2 * MS_PER_DAY}
+    due = [(user, due_ms) for user, due_ms in plan.due.items() if due_ms is not None]
     notified = plan_notifications(due, plan.users, plan.watermark_ms or 0,
                                   {"fast": UTC, "slow": UTC}, DEFAULT_RULES, rules)
     assert sorted((m["app"], m["threshold_days"]) for m in notified.messages) == [
