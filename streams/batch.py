@@ -128,8 +128,8 @@ def outcome_of(
 ) -> BatchOutcome:
     """The outcome of ``batch`` (already cut to what was not applied before);
     ``dedup_keys`` are its at-home events' ``dedup_key_of``, in order. ``arrival_ms``: when
-    it was read at its source, for the route counters; None for the re-key topic, whose events were
-    counted where they were read first. ``watermark_ms`` and ``read_watermark_ms``: the
+    it was read at its source, for the route counters; None for the re-key topic, whose
+    events were counted where they were read first. ``watermark_ms`` and ``read_watermark_ms``: the
     partition's watermark and read watermark as stored before the batch."""
     if batch.rekeyed:  # judged where they were read; a record without it: at home
         judged = [batch.carried.get(offset, watermark_ms) for offset, _, _ in batch.at_home]
