@@ -23,7 +23,7 @@ from retention_tracker.streams.at_risk import MESSAGE_COUNTS
 from retention_tracker.streams.catalogue import COHORT24_GAUGES, CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
-from retention_tracker.streams.reports import AppFigures, LiveFigures
+from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
 
 # Every metric name the worker exports; dashboards and rules may use only these.
 GLOBAL_GAUGES = {
@@ -162,22 +162,22 @@ class SnapshotCollector(Collector):
         for kind, rows in figures.cohorts.items():
             for row in rows:
                 if kind == "classic":
-                    gauges["retention_cohort_size"].add_metric([app, row["cohort"]], row["size"])
+                    gauges["retention_cohort_size"].add_metric([app, row.cohort], row.size)
         for suffix, by_kind in (("", figures.cohorts), ("_24h", figures.cohorts24)):
             for kind, rows in by_kind.items():
                 for row in rows:
-                    for offset in (n for n in self.offsets if n < len(row["values"])):
-                        labels = [row["cohort"], str(offset)]
+                    for offset in (n for n in self.offsets if n < len(row.values)):
+                        labels = [row.cohort, str(offset)]
                         gauges["retention_cohort_retention" + suffix].add_metric(
-                            [app, kind, *labels], row["values"][offset])
+                            [app, kind, *labels], row.values[offset])
                         if kind == "classic":
                             gauges["retention_cohort_complete" + suffix].add_metric(
-                                [app, *labels], 1.0 if row["complete"][offset] else 0.0)
+                                [app, *labels], 1.0 if row.complete[offset] else 0.0)
         for returning, rows in figures.returning.items():
             for row in rows:
-                for offset in (n for n in self.offsets if n < len(row["values"])):
+                for offset in (n for n in self.offsets if n < len(row.values)):
                     gauges["retention_cohort_returning"].add_metric(
-                        [app, returning, row["cohort"], str(offset)], row["values"][offset])
+                        [app, returning, row.cohort, str(offset)], row.values[offset])
         for day, pair in figures.headline.items():
             if pair is not None:
                 for stat, value in zip(("latest", "mean7"), pair, strict=True):
@@ -270,16 +270,16 @@ class SnapshotCollector(Collector):
                                                                     value)
 
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
-               money: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
+               money: Mapping[str, Mapping[str, Sequence[MoneyRow]]]) -> None:
         """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
         for kind, by_currency in money.items():
             for currency, rows in by_currency.items():
                 for row in rows:
-                    for offset in (n for n in self.offsets if n < len(row["values"])):
-                        value = row["values"][offset]
+                    for offset in (n for n in self.offsets if n < len(row.values)):
+                        value = row.values[offset]
                         if value is not None:  # ROAS of a cohort without costs
                             gauges[f"retention_cohort_{kind}"].add_metric(
-                                [app, row["cohort"], str(offset), currency], value)
+                                [app, row.cohort, str(offset), currency], value)
 
 
 _EVENT_COUNTERS = {Stat.ACCEPTED: "retention_events_accepted",

@@ -1,24 +1,52 @@
-"""The pure builders of the reports: counters already read (with "now" and the app's
-calendar) in, report parts out. ``state/queries.py`` checks the parameters and reads the
-counters; nothing here does I/O, so each builder is tested with plain values."""
+"""The pure builders of the reports: every counter a report needs, already read (with
+"now" and the app's calendar), in; the report, or its parts, out. Which families a report
+is made of, and which rows of ``streams/figures.py`` it shows, is decided here;
+``streams/figures.py`` does the arithmetic of one family of rows (a triangle, a day, a
+period's KPIs) and knows no report. ``state/queries.py`` checks the parameters and reads
+the counters a builder names; nothing here does I/O, so each builder is tested with plain
+values."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-from retention_tracker.streams.calendar import AppCalendar, period_of_day
+from retention_tracker.streams.calendar import (
+    AppCalendar,
+    day_to_date,
+    period_label,
+    period_of_day,
+)
+from retention_tracker.streams.catalogue import CALENDAR, COHORT_FAMILY
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import FORWARD_CAUSES
 from retention_tracker.streams.figures import (
+    KINDS,
     Coordinates,
+    cohort_rows,
+    conversion_rows,
     day_summary,
     headline,
+    headline_cohort_size,
     kpi_rows,
     last_day_with_data,
+    money_rows,
+    new_and_returning,
     rate,
+    window_sizes,
 )
 from retention_tracker.streams.nps import nps_figures
+from retention_tracker.streams.reports import (
+    AppFigures,
+    CohortRow,
+    MoneyRow,
+    TriangleRow,
+)
+
+Family = Mapping[Coordinates, int]  # one period family, read and parsed to coordinates
 
 HEADLINE_DAYS = (1, 7, 30)
 #: the headline's baseline: the mean over this many latest complete cohorts (§4)
@@ -95,8 +123,12 @@ def winback_figures(stats: Mapping[Cell, int], app: str, thresholds: Sequence[in
     return result
 
 
-def headline_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """D1/D7/D30 of the latest complete daily cohort and the mean of the 7 latest (§4)."""
+def headline_figures(sizes: Family, cells: Family, daily: Mapping[Cell, int],
+                     calendar: AppCalendar, now: int) -> dict[str, Any]:
+    """D1/D7/D30 of the latest complete daily cohort and the mean of the 7 latest (§4),
+    from the daily cohorts' sizes and CLASSIC cells and the daily measures."""
+    rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
+                       headline_last_day(daily, calendar, now))
     out: dict[str, Any] = {}
     for n in HEADLINE_DAYS:
         found = headline(rows, n, HEADLINE_COHORTS)
@@ -176,3 +208,140 @@ def current_nps(cells: Mapping[Coordinates, int], granularity: str, today: int
 def rpr_figures(buyers: int, repeat: int) -> dict[str, Any]:
     """Buyers, repeat buyers and the repeat purchase rate (METRICS.md §5)."""
     return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}
+
+
+@dataclass(frozen=True, slots=True)
+class Triangle:
+    """A cohort triangle asked for (METRICS.md §4, §5): what it counts (``kind``; in
+    calendar periods or 24-hour ``window``s; on any activity or, with ``returning``, on
+    that event type only), hence the families it is built from: ``sizes``, ``cells`` and
+    ``costs``, the ones ``state/queries.cohort_report`` reads."""
+
+    kind: str
+    granularity: str
+    window: str = CALENDAR
+    returning: str | None = None
+
+    @property
+    def sizes(self) -> Measure:
+        """The cohorts' sizes: COHORT_SIZE, or in 24-hour windows the classic cells (every
+        user of a cohort is active in its window 0)."""
+        if self.window != CALENDAR:
+            return COHORT_FAMILY[self.window, "classic"].measure
+        return Measure.COHORT_SIZE
+
+    @property
+    def cells(self) -> Measure:
+        if self.window != CALENDAR or (self.kind in KINDS and self.returning is None):
+            return COHORT_FAMILY[self.window, self.kind].measure
+        if self.returning is not None:
+            return Measure.RETURNED if self.kind == "classic" else Measure.LAST_RETURN
+        return Measure.FIRST_PAYMENT if self.kind == "payer_conversion" else Measure.LTV
+
+    @property
+    def costs(self) -> Measure | None:
+        return Measure.COST if self.kind == "roas" else None
+
+    @property
+    def in_currency(self) -> bool:
+        """LTV and ROAS are amounts of one currency; the others count users."""
+        return self.kind in ("ltv", "roas")
+
+    def rows(self, sizes: Family, cells: Family, costs: Family, currency: str | None,
+             calendar: AppCalendar, now: int, last_day: int | None,
+             date_from: date | None = None, date_to: date | None = None
+             ) -> list[TriangleRow]:
+        """The triangle's rows from its families as read (``costs`` empty but for ROAS;
+        ``currency``: LTV's and ROAS's, None for the others)."""
+        frame = (calendar, now, last_day, date_from, date_to)
+        if self.kind == "payer_conversion":
+            return list(conversion_rows(sizes, cells, self.granularity, *frame))
+        if self.kind not in KINDS:
+            assert currency is not None, "LTV and ROAS are in one currency"
+            return list(money_rows(sizes, cells, costs, self.kind, self.granularity,
+                                   currency, *frame))
+        if self.window != CALENDAR:
+            return list(cohort_rows(window_sizes(sizes), cells, self.kind, self.granularity,
+                                    *frame, windows24=True))
+        if self.returning is not None:
+            cells = Counter({(c, n): v for (c, n, t), v in cells.items()
+                             if t == self.returning})
+        return list(cohort_rows(sizes, cells, self.kind, self.granularity, *frame))
+
+
+def live_span(cohort_days: int) -> int:
+    """How many daily cohorts back the live figures read: the METRICS_COHORT_DAYS shown,
+    and at least what the headline needs, D30 of the latest complete cohort (31 days back)
+    and of the 7 before it: 39 days."""
+    return max(cohort_days, max(HEADLINE_DAYS) + HEADLINE_COHORTS + 2)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveReads:
+    """The counters one app's live figures are built from (``app_figures``), as
+    ``state/queries.live_figures`` reads them: cells of the daily cohorts of the last
+    ``live_span`` days, or of the shown ones (the last METRICS_COHORT_DAYS) where said."""
+
+    daily: Mapping[Cell, int]  # today's daily measures, every day's edges and revenue
+    sizes: Family  # COHORT_SIZE
+    cells: Mapping[str, Family]  # kind -> the calendar cells (CLASSIC, LAST_ACTIVE)
+    windows24: Mapping[str, Family]  # kind -> the 24-hour windows' cells, shown cohorts
+    returned: Mapping[str, Family]  # RETURN_EVENTS type -> RETURNED cells, shown cohorts
+    ltv: Mapping[str, Family]  # currency with revenue in the shown days -> its LTV cells
+    costs: Family  # COST, shown cohorts
+    # week, month, year -> the current period's PERIOD_REVENUE, LTV, PERIOD_PAYERS and
+    # FIRST_PAYMENT cells (new_and_returning)
+    periods: Mapping[str, Mapping[Measure, Family]]
+    nps: Mapping[str, Family]  # week, month, year -> the NPS family
+    due_now: Mapping[int, int]  # threshold -> users due but not yet handled
+
+
+def app_figures(app: str, read: LiveReads, stats: Mapping[Cell, int], calendar: AppCalendar,
+                now: int, *, cohort_days: int, currency: str, thresholds: Sequence[int]
+                ) -> AppFigures:
+    """One app's figures on /metrics (the collector's snapshot): today's summary; the shown
+    daily cohorts' retention (classic and rolling, in days and in 24-hour windows, on each
+    returning event), LTV and ROAS (in ``currency``, the app's, that of install costs); the
+    headline; the current periods' money and NPS; win-back."""
+    today = calendar.day_of(now)
+    first_shown = today - cohort_days + 1
+    shown = day_to_date(first_shown)
+
+    def recent(kind: str, sizes: Family, cells: Family, since: date | None = None,
+               windows24: bool = False) -> tuple[CohortRow, ...]:
+        return tuple(cohort_rows(sizes, cells, kind, "day", calendar, now, today, since,
+                                 windows24=windows24))
+
+    rows = {kind: recent(kind, read.sizes, cells) for kind, cells in read.cells.items()}
+    sizes24 = window_sizes(read.windows24["classic"])
+    money: dict[str, dict[str, tuple[MoneyRow, ...]]] = {"ltv": {}, "roas": {}}
+    for each, cells in read.ltv.items():
+        for kind in ("ltv", "roas") if each == currency else ("ltv",):
+            money[kind][each] = tuple(money_rows(read.sizes, cells, read.costs, kind, "day",
+                                                 each, calendar, now, today, shown))
+    return AppFigures(
+        winback=winback_figures(stats, app, thresholds, read.due_now),
+        winback_counts=winback_counts(stats, app, thresholds),
+        summary=day_summary(app, today, read.daily),
+        cohorts={kind: tuple(r for r in kind_rows if r.period >= first_shown)
+                 for kind, kind_rows in rows.items()},
+        cohorts24={kind: recent(kind, sizes24, cells, windows24=True)
+                   for kind, cells in read.windows24.items()},
+        money=money,
+        headline={n: headline(rows["classic"], n, HEADLINE_COHORTS) for n in HEADLINE_DAYS},
+        headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
+        periods={g: current_period_money(families, g, today)
+                 for g, families in read.periods.items()},
+        nps={g: current_nps(cells, g, today) for g, cells in read.nps.items()},
+        returning={event_type: recent("classic", read.sizes, Counter(
+            {(c, n): v for (c, n, _), v in typed.items()}), shown)
+            for event_type, typed in read.returned.items()},
+    )
+
+
+def current_period_money(families: Mapping[Measure, Family], granularity: str, today: int
+                         ) -> dict[str, Any]:
+    """The current week, month or year's revenue and payers split between its new and its
+    returning users (METRICS.md §6)."""
+    period = period_of_day(today, granularity)
+    return {"period": period_label(period, granularity), **new_and_returning(families, period)}

@@ -9,9 +9,10 @@ module reads them from Redis and parses the stored names (``state/schema.py``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 from retention_tracker.streams.calendar import (
@@ -30,6 +31,7 @@ from retention_tracker.streams.catalogue import (
     Ratio,
 )
 from retention_tracker.streams.counters import Cell, Measure
+from retention_tracker.streams.reports import CohortRow, MoneyRow
 from retention_tracker.streams.segments import money
 
 Coordinates = tuple[Any, ...]  # of one counter in its family: (cohort, offset), (period,) ...
@@ -67,7 +69,7 @@ def cohort_rows(
     date_from: date | None = None,
     date_to: date | None = None,
     windows24: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[CohortRow]:
     """Rows of the cohort triangle. ``sizes`` is the COHORT_SIZE family; ``cells`` the
     CLASSIC family (users of cohort c active in c+N) for classic, LAST_ACTIVE (users of c
     last active in c+N) for rolling. With ``windows24`` (daily cohorts), the cells are
@@ -90,18 +92,10 @@ def cohort_rows(
             for n in range(width - 1, -1, -1):
                 running += found.get(n, 0)
                 counts[n] = running
-        rows.append(
-            {
-                "cohort": period_label(cohort, granularity),
-                "size": size,
-                "counts": counts,
-                "values": [rate(c, size) for c in counts],
-                "complete": [
-                    end_ms <= now_ms for end_ms in _cell_ends(calendar, cohort, granularity,
-                                                              width, windows24)
-                ],
-            }
-        )
+        rows.append(CohortRow(
+            cohort, period_label(cohort, granularity), size, tuple(counts),
+            tuple(rate(c, size) for c in counts),
+            _completeness(calendar, cohort, granularity, width, now_ms, windows24)))
     return rows
 
 
@@ -127,14 +121,16 @@ def window_sizes(window0: Mapping[Coordinates, int]) -> Counter[Coordinates]:
     return Counter({(cohort,): v for (cohort, n), v in window0.items() if n == 0})
 
 
-def _cell_ends(calendar: AppCalendar, cohort: int, granularity: str, width: int,
-               windows24: bool) -> list[int]:
-    """When each cell of a row is complete: its period's end, or for 24-hour windows the
-    end of the cohort's day plus (N+1) x 24h."""
+def _completeness(calendar: AppCalendar, cohort: int, granularity: str, width: int,
+                  now_ms: int, windows24: bool) -> tuple[bool, ...]:
+    """Whether each cell of a row has ended by ``now_ms``: its period, or for 24-hour
+    windows the end of the cohort's day plus (N+1) x 24h."""
     if windows24:
         day_end = calendar.period_end_ms(cohort, "day")
-        return [day_end + (n + 1) * MS_PER_DAY for n in range(width)]
-    return [calendar.period_end_ms(cohort + n, granularity) for n in range(width)]
+        ends = [day_end + (n + 1) * MS_PER_DAY for n in range(width)]
+    else:
+        ends = [calendar.period_end_ms(cohort + n, granularity) for n in range(width)]
+    return tuple(end_ms <= now_ms for end_ms in ends)
 
 
 def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
@@ -160,7 +156,7 @@ def day_summary(app: str, day: int, daily: Mapping[Cell, int]) -> dict[str, Any]
     return out
 
 
-def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
+def headline(rows: Sequence[CohortRow], offset: int, cohorts: int = 7
              ) -> tuple[float, float | None] | None:
     """Day-N classic retention of the latest daily cohort whose day N is complete, and the
     mean over the ``cohorts`` such cohorts before it (METRICS.md §4 "Headline D1/D7/D30"):
@@ -170,20 +166,20 @@ def headline(rows: list[dict[str, Any]], offset: int, cohorts: int = 7
     if not done:
         return None
     latest = done[-1]
-    before = [r["counts"][offset] / r["size"] for r in done[-cohorts - 1:-1]]
+    before = [r.counts[offset] / r.size for r in done[-cohorts - 1:-1]]
     baseline = round(sum(before) / len(before), 4) if before else None
-    return rate(latest["counts"][offset], latest["size"]), baseline
+    return rate(latest.counts[offset], latest.size), baseline
 
 
-def headline_cohort_size(rows: list[dict[str, Any]], offset: int) -> int | None:
+def headline_cohort_size(rows: Sequence[CohortRow], offset: int) -> int | None:
     """Users of the cohort the headline day-N figure is of (alerts ignore small ones)."""
     done = _complete_at(rows, offset)
-    return done[-1]["size"] if done else None
+    return done[-1].size if done else None
 
 
-def _complete_at(rows: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
+def _complete_at(rows: Sequence[CohortRow], offset: int) -> list[CohortRow]:
     """The cohorts (oldest first) whose day ``offset`` has ended."""
-    return [r for r in rows if len(r["complete"]) > offset and r["complete"][offset]]
+    return [r for r in rows if len(r.complete) > offset and r.complete[offset]]
 
 
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")
@@ -201,43 +197,59 @@ def money_rows(
     last_day: int | None,
     date_from: date | None = None,
     date_to: date | None = None,
-) -> list[dict[str, Any]]:
-    """Cohort curves of money (METRICS.md §5): cumulative LTV, payer conversion, ROAS.
-    ``cells`` is the LTV family (revenue units of cohort c in period c+N, per currency)
-    for ltv and roas, FIRST_PAYMENT (users of c first paying in c+N) for conversion; ``costs``
-    the COST family."""
+) -> list[MoneyRow]:
+    """Cohort curves of money (METRICS.md §5): cumulative LTV or ROAS. ``cells`` is the
+    LTV family (revenue units of cohort c in period c+N, per currency: ``currency``'s are
+    used), ``costs`` the COST family."""
+    rows = []
+    for cohort, size, cumulative, complete in _cumulative_rows(
+            sizes, {k: v for k, v in cells.items() if k[2] == currency}, granularity,
+            calendar, now_ms, last_day, date_from, date_to):
+        cost = costs.get((cohort,), 0)
+        values = (tuple(money(units, size) for units in cumulative) if kind == "ltv"
+                  else tuple(float(round(Decimal(units) / cost, 4)) if cost else None
+                             for units in cumulative))
+        rows.append(MoneyRow(cohort, period_label(cohort, granularity), size,
+                             money(cost, size) if cost else None,
+                             tuple(money(units) for units in cumulative), values, complete,
+                             roas=kind == "roas"))
+    return rows
+
+
+def conversion_rows(
+    sizes: Mapping[Coordinates, int],
+    first_payments: Mapping[Coordinates, int],
+    granularity: str,
+    calendar: AppCalendar,
+    now_ms: int,
+    last_day: int | None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+) -> list[CohortRow]:
+    """Payer conversion (METRICS.md §5): the share of each cohort that has paid by period
+    c+N, from FIRST_PAYMENT (users of c first paying in c+N)."""
+    return [CohortRow(cohort, period_label(cohort, granularity), size, cumulative,
+                      tuple(rate(c, size) for c in cumulative), complete)
+            for cohort, size, cumulative, complete in _cumulative_rows(
+                sizes, first_payments, granularity, calendar, now_ms, last_day, date_from,
+                date_to)]
+
+
+def _cumulative_rows(
+    sizes: Mapping[Coordinates, int], cells: Mapping[Coordinates, int], granularity: str,
+    calendar: AppCalendar, now_ms: int, last_day: int | None, date_from: date | None,
+    date_to: date | None,
+) -> list[tuple[int, int, tuple[int, ...], tuple[bool, ...]]]:
+    """(cohort, size, cumulative sums of ``cells`` by offset, completeness) of each row of
+    a money triangle, whose frame (cohorts, widths, completeness) is the retention one."""
     by_cohort: dict[int, dict[int, int]] = {}
     for coordinates, value in cells.items():
-        if kind != "payer_conversion" and coordinates[2] != currency:
-            continue
         by_cohort.setdefault(coordinates[0], {})[coordinates[1]] = value
-    out = []
-    # the triangle's frame (cohorts, widths, completeness) is the retention one
-    for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from, date_to):
-        found = by_cohort.get(cohort, {})
-        running, cumulative = 0, []
-        for n in range(width):
-            running += found.get(n, 0)
-            cumulative.append(running)
-        doc: dict[str, Any] = {"cohort": period_label(cohort, granularity), "size": size}
-        if kind == "payer_conversion":
-            doc["counts"] = cumulative
-            doc["values"] = [rate(c, size) for c in cumulative]
-        else:
-            cost = costs.get((cohort,), 0)
-            if kind == "roas":
-                doc["cac"] = money(cost, size) if cost else None
-            doc["revenue"] = [money(units) for units in cumulative]
-            doc["values"] = (
-                [money(units, size) for units in cumulative]
-                if kind == "ltv"
-                else [float(round(Decimal(units) / cost, 4)) if cost else None
-                      for units in cumulative]
-            )
-        doc["complete"] = [end_ms <= now_ms for end_ms in _cell_ends(
-            calendar, cohort, granularity, width, windows24=False)]
-        out.append(doc)
-    return out
+    return [(cohort, size,
+             tuple(accumulate(by_cohort.get(cohort, {}).get(n, 0) for n in range(width))),
+             _completeness(calendar, cohort, granularity, width, now_ms, windows24=False))
+            for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from,
+                                                     date_to)]
 
 
 def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) -> list[str]:

@@ -3,16 +3,16 @@ read out. Every expected value is worked out from METRICS.md by hand in the comm
 
 from __future__ import annotations
 
-from typing import Any
-
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.figures import cohort_rows, headline
+from retention_tracker.streams.reports import CohortRow
 
 UTC = AppCalendar("UTC")
 
 
-def row(d1_count: int, size: int = 4, d1_complete: bool = True) -> dict[str, Any]:
-    return {"size": size, "counts": [size, d1_count], "complete": [True, d1_complete]}
+def row(d1_count: int, size: int = 4, d1_complete: bool = True) -> CohortRow:
+    return CohortRow(100, "1970-04-11", size, (size, d1_count), (1.0, d1_count / size),
+                     (True, d1_complete))
 
 
 def test_headline_baseline_is_the_7_complete_cohorts_before_the_latest() -> None:
@@ -38,7 +38,7 @@ def test_rolling_triangle_is_the_suffix_sum_of_last_active_offsets() -> None:
     >= 1: 3, >= 2: 3, >= 3: 1."""
     last = {(100, 0): 1, (100, 2): 2, (100, 3): 1}
     rows = cohort_rows({(100,): 4}, last, "rolling", "day", UTC, 103 * MS_PER_DAY, 103)
-    assert rows == [{
+    assert [r.as_json() for r in rows] == [{
         "cohort": "1970-04-11", "size": 4, "counts": [4, 3, 3, 1],
         "values": [1.0, 0.75, 0.75, 0.25],
         # day 100 + N ends at the start of day 101 + N: by day 103 00:00, days 100-102 have
@@ -50,7 +50,7 @@ def test_classic_triangle_is_the_cells_as_they_are_with_gaps_as_zero() -> None:
     cells = {(100, 0): 4, (100, 3): 1, (101, 0): 2, (101, 1): 1}
     rows = cohort_rows({(100,): 4, (101,): 2, (102,): 0}, cells, "classic", "day", UTC,
                        104 * MS_PER_DAY, 103)
-    assert [(r["cohort"], r["counts"], r["values"]) for r in rows] == [
-        ("1970-04-11", [4, 0, 0, 1], [1.0, 0.0, 0.0, 0.25]),
-        ("1970-04-12", [2, 1, 0], [1.0, 0.5, 0.0]),  # day 102: an empty cohort, not listed
+    assert [(r.period, r.cohort, r.counts, r.values) for r in rows] == [
+        (100, "1970-04-11", (4, 0, 0, 1), (1.0, 0.0, 0.0, 0.25)),
+        (101, "1970-04-12", (2, 1, 0), (1.0, 0.5, 0.0)),  # day 102: an empty cohort, not listed
     ]
