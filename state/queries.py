@@ -45,7 +45,9 @@ from retention_tracker.streams.builders import (
     headline_figures,
     kpi_period_rows,
     live_span,
+    nps_figures_by,
     pipeline_counts,
+    rpr_by_cohort,
     rpr_figures,
 )
 from retention_tracker.streams.builders import winback_figures as build_winback_figures
@@ -53,7 +55,6 @@ from retention_tracker.streams.calendar import (
     GRANULARITIES,
     AppCalendar,
     date_to_day,
-    period_label,
     period_of_day,
     utc_now_ms,
 )
@@ -82,9 +83,6 @@ from retention_tracker.streams.figures import (
 )
 from retention_tracker.streams.nps import (
     NPS_PERIODS,
-    nps_churn_rows,
-    nps_cohort_rows,
-    nps_rows,
     surveys_of,
 )
 from retention_tracker.streams.plan import ALL_USERS, segments_of
@@ -334,20 +332,9 @@ async def nps_report(
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
     cells = await read_measure(store, app, Measure.NPS, period, segment)
-
-    def label(number: int) -> str:
-        return period_label(number, period)
-
-    if by == "cohort":
-        rows = nps_cohort_rows(await read_measure(store, app, Measure.NPS_COHORT, period,
-                                                  segment), survey, label)
-    elif by == "churn":
-        rows = [{**row, "complete": calendar.period_end_ms(number + 1, period) <= now}
-                for number, row in nps_churn_rows(cells, survey, label)]
-    else:
-        rows = nps_rows(cells, survey, label)
-    current = label(period_of_day(calendar.day_of(now), period))
-    live = current if by != "cohort" and any(r["period"] == current for r in rows) else None
+    cohort_cells = (await read_measure(store, app, Measure.NPS_COHORT, period, segment)
+                    if by == "cohort" else Counter())
+    rows, live = nps_figures_by(by, survey, period, cells, cohort_cells, calendar, now)
     return NpsReport(app, period, survey, by, calendar.timezone, _segment_shown(segment),
                      iso_time(now), tuple(surveys_of(cells)), live, tuple(rows))
 
@@ -365,16 +352,8 @@ async def repeat_purchase_report(
     calendar = await app_calendar(store, settings, app)
     per_cohort = await read_measure(store, app, Measure.REPEAT_BUYERS, granularity, segment)
     sizes = await read_measure(store, app, Measure.COHORT_SIZE, granularity, segment)
-    cohorts = sorted(c for (c,), size in sizes.items() if size > 0)  # buyers or not
-
-    report = RepeatPurchaseReport(
-        app, granularity, calendar.timezone, _segment_shown(segment),
-        rpr_figures(sum(v for (_, n), v in per_cohort.items() if n == 1),
-                sum(v for (_, n), v in per_cohort.items() if n == 2)),
-        tuple({"cohort": period_label(c, granularity),
-               **rpr_figures(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
-              for c in cohorts),
-    )
+    report = RepeatPurchaseReport(app, granularity, calendar.timezone, _segment_shown(segment),
+                                  *rpr_by_cohort(per_cohort, sizes, granularity))
     if date_from or date_to:
         low = date_to_day(date_from) if date_from else None
         high = date_to_day(date_to) if date_to else None

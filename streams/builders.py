@@ -38,7 +38,12 @@ from retention_tracker.streams.figures import (
     rate,
     window_sizes,
 )
-from retention_tracker.streams.nps import nps_figures
+from retention_tracker.streams.nps import (
+    nps_churn_rows,
+    nps_cohort_rows,
+    nps_figures,
+    nps_rows,
+)
 from retention_tracker.streams.reports import (
     AppFigures,
     CohortRow,
@@ -345,3 +350,39 @@ def current_period_money(families: Mapping[Measure, Family], granularity: str, t
     returning users (METRICS.md §6)."""
     period = period_of_day(today, granularity)
     return {"period": period_label(period, granularity), **new_and_returning(families, period)}
+
+
+def nps_figures_by(by: str, survey: str, period: str, cells: Family, cohort_cells: Family,
+                   calendar: AppCalendar, now: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of an NPS report (METRICS.md §8) of ``survey`` by ``period``: per period
+    (``by`` "period"), per cohort ("cohort", from ``cohort_cells``, the NPS_COHORT family)
+    or per period split between answerers active in the next period and the others
+    ("churn", each flagged complete once the next period has ended); and the label of the
+    period holding now when a row is of it (its figures are live numbers)."""
+
+    def label(number: int) -> str:
+        return period_label(number, period)
+
+    if by == "cohort":
+        rows = nps_cohort_rows(cohort_cells, survey, label)
+    elif by == "churn":
+        rows = [{**row, "complete": calendar.period_end_ms(number + 1, period) <= now}
+                for number, row in nps_churn_rows(cells, survey, label)]
+    else:
+        rows = nps_rows(cells, survey, label)
+    current = label(period_of_day(calendar.day_of(now), period))
+    live = current if by != "cohort" and any(r["period"] == current for r in rows) else None
+    return rows, live
+
+
+def rpr_by_cohort(per_cohort: Family, sizes: Family, granularity: str
+                  ) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """Lifetime repeat purchase rate overall and of every non-empty cohort (buyers or not),
+    from the REPEAT_BUYERS family (coordinates (cohort, 1): buyers, (cohort, 2): repeat
+    buyers) and the cohorts' sizes."""
+    cohorts = sorted(c for (c,), size in sizes.items() if size > 0)
+    lifetime = rpr_figures(sum(v for (_, n), v in per_cohort.items() if n == 1),
+                           sum(v for (_, n), v in per_cohort.items() if n == 2))
+    return lifetime, tuple({"cohort": period_label(c, granularity),
+                            **rpr_figures(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
+                           for c in cohorts)
