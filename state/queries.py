@@ -1,8 +1,10 @@
-"""The query side shared by the CLI and the HTTP views: Redis counters -> report documents.
+"""The query side shared by the CLI and the HTTP views: reads of Redis counters, handed to
+the pure builders of reports.
 
 Both read Redis directly, so reports work with no worker running. Parameters are checked by
-``state/params.py``, the reports' parts built by the pure ``streams/builders.py`` and
-``streams/figures.py``: what is left here is which counters each report reads.
+``state/params.py``; the reports are built by the pure ``streams/builders.py`` (which
+families each is made of) from the figures of ``streams/figures.py``. What is left here is
+I/O: each report reads the counters its builder names and hands them over.
 """
 
 from __future__ import annotations
@@ -35,22 +37,16 @@ from retention_tracker.state.schema import (
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.builders import (
-    VALUE_SEGMENTS,
-    WINBACK_KINDS,
     LiveReads,
     Triangle,
     app_figures,
     daily_rows,
-    forwarded_figures,
     headline_figures,
     kpi_period_rows,
     live_span,
     nps_figures_by,
-    pipeline_counts,
     rpr_by_cohort,
-    rpr_figures,
 )
-from retention_tracker.streams.builders import winback_figures as build_winback_figures
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     AppCalendar,
@@ -74,13 +70,19 @@ from retention_tracker.streams.figures import (
     KINDS,
     KPI_MEASURES,
     KPI_PERIODS,
+    VALUE_SEGMENTS,
+    WINBACK_KINDS,
     Coordinates,
     day_summary,
     days_with_data,
+    forwarded_figures,
     iso_time,
     last_day_with_data,
+    pipeline_counts,
     revenue_currencies,
+    rpr_figures,
 )
+from retention_tracker.streams.figures import winback_figures as build_winback_figures
 from retention_tracker.streams.nps import (
     NPS_PERIODS,
     surveys_of,

@@ -1,15 +1,15 @@
-"""The pure builders of the reports: every counter a report needs, already read (with
-"now" and the app's calendar), in; the report, or its parts, out. Which families a report
-is made of, and which rows of ``streams/figures.py`` it shows, is decided here;
-``streams/figures.py`` does the arithmetic of one family of rows (a triangle, a day, a
-period's KPIs) and knows no report. ``state/queries.py`` checks the parameters and reads
-the counters a builder names; nothing here does I/O, so each builder is tested with plain
-values."""
+"""The reports of figures: which families each report (and the live snapshot of
+/metrics) is made of, and which rows of ``streams/figures.py`` it shows, flagged complete
+once they have ended. Counters already read (with "now" and the app's calendar) in, the
+report or its parts out: ``Triangle`` and ``LiveReads`` name the families that
+``state/queries.py`` reads, which checks the parameters and does the I/O; nothing here
+does, so each builder is tested with plain values. The arithmetic of one family is
+``streams/figures.py``'s."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -21,13 +21,13 @@ from retention_tracker.streams.calendar import (
     period_of_day,
 )
 from retention_tracker.streams.catalogue import CALENDAR, COHORT_FAMILY
-from retention_tracker.streams.counters import Cell, Measure, Stat
-from retention_tracker.streams.events import FORWARD_CAUSES
+from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.figures import (
     KINDS,
     Coordinates,
     cohort_rows,
     conversion_rows,
+    current_nps,
     day_summary,
     headline,
     headline_cohort_size,
@@ -35,13 +35,14 @@ from retention_tracker.streams.figures import (
     last_day_with_data,
     money_rows,
     new_and_returning,
-    rate,
+    rpr_figures,
+    winback_counts,
+    winback_figures,
     window_sizes,
 )
 from retention_tracker.streams.nps import (
     nps_churn_rows,
     nps_cohort_rows,
-    nps_figures,
     nps_rows,
 )
 from retention_tracker.streams.reports import (
@@ -56,76 +57,6 @@ Family = Mapping[Coordinates, int]  # one period family, read and parsed to coor
 HEADLINE_DAYS = (1, 7, 30)
 #: the headline's baseline: the mean over this many latest complete cohorts (§4)
 HEADLINE_COHORTS = 7
-VALUE_SEGMENTS = ("vip", "payer", "free")
-CHURN_TYPES = ("quick", "late")
-#: the win-back statistics counted per (threshold, value segment, churn type), as named in
-#: the reports (sent, false alarms, reactivated, back within 7 days)
-WINBACK_KINDS = {Stat.SENT: "notified", Stat.FALSE_ALARM: "false_alarms",
-                 Stat.REACTIVATED: "reactivated", Stat.BACK_WITHIN_7D: "back7"}
-
-WinbackCounts = dict[tuple[int, Stat], dict[str, dict[str, int]]]
-
-
-def forwarded_figures(stats: Mapping[Cell, int], app: str) -> dict[str, int]:
-    """The app's events read away from their user's home partition, by cause (all time):
-    exact figures all the same, but a sign that a producer needs fixing."""
-    return {cause: stats.get((Stat.FORWARDED, app, cause), 0) for cause in FORWARD_CAUSES}
-
-
-def winback_counts(stats: Mapping[Cell, int], app: str, thresholds: Sequence[int]
-                   ) -> WinbackCounts:
-    """(threshold, kind) -> value segment -> churn type -> count, from the win-back
-    statistics (sent, false alarms, reactivated, back within 7 days), with every known
-    label at zero."""
-    counts: WinbackCounts = {
-        (days, kind): {seg: dict.fromkeys(CHURN_TYPES, 0) for seg in VALUE_SEGMENTS}
-        for days in thresholds for kind in WINBACK_KINDS
-    }
-    for key, value in stats.items():
-        kind = key[0]
-        if kind not in WINBACK_KINDS:
-            continue
-        found_app, days, *labels = key[1:]
-        if found_app != app or not labels:
-            continue
-        by_segment = counts.get((days, kind), {}).get(labels[0])
-        if by_segment is not None:  # records from before churn types count as "late"
-            churn = labels[1] if len(labels) > 1 else "late"
-            by_segment[churn] = by_segment.get(churn, 0) + value
-    return counts
-
-
-def winback_figures(stats: Mapping[Cell, int], app: str, thresholds: Sequence[int],
-                    due_now: Mapping[int, int]) -> dict[str, Any]:
-    """Per threshold: users inactive now (those marked, plus ``due_now``: due but not yet
-    handled), notifications sent, moments found too late to publish (expired), false
-    alarms, reactivations and the share of notified users back within 7 days, overall,
-    per value segment and per churn type."""
-    counts = winback_counts(stats, app, thresholds)
-
-    def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
-        def total(kind: Stat) -> int:
-            return sum(n for seg, per in counts[days, kind].items()
-                       if segment in (None, seg) for c, n in per.items() if churn in (None, c))
-
-        counted = {name: total(kind) for kind, name in WINBACK_KINDS.items()
-                   if kind is not Stat.BACK_WITHIN_7D}
-        out: dict[str, float | None] = dict(counted)
-        out["back_within_7d_share"] = (  # 0 of 0 notified is no rate: null, shown as -
-            rate(total(Stat.BACK_WITHIN_7D), counted["notified"]) if counted["notified"]
-            else None)
-        return out
-
-    result: dict[str, Any] = {}
-    for days in thresholds:
-        result[str(days)] = {
-            "inactive": stats.get((Stat.INACTIVE, app, days), 0) + due_now[days],
-            "expired": stats.get((Stat.EXPIRED, app, days), 0),
-            **figures(days, None, None),
-            "by_segment": {seg: figures(days, seg, None) for seg in VALUE_SEGMENTS},
-            "by_churn_type": {churn: figures(days, None, churn) for churn in CHURN_TYPES},
-        }
-    return result
 
 
 def headline_figures(sizes: Family, cells: Family, daily: Mapping[Cell, int],
@@ -174,45 +105,6 @@ def kpi_period_rows(families: Mapping[Measure, Mapping[Coordinates, int]], perio
     for number, row in enumerate(rows, start=min(periods, default=0)):
         row["complete"] = calendar.period_end_ms(number, period) <= now
     return rows
-
-
-def pipeline_counts(stats: Iterable[tuple[Cell, int]]
-                    ) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
-    """Accepted events by app and type, rejects by reason, duplicates by app, in the order
-    ``stats`` comes (the stored names' order, as always shown)."""
-    accepted: dict[str, dict[str, int]] = {}
-    rejected: dict[str, int] = {}
-    duplicates: dict[str, int] = {}
-    for key, value in stats:
-        if key[0] is Stat.ACCEPTED:
-            accepted.setdefault(key[1], {})[key[2]] = value
-        elif key[0] is Stat.REJECTED:
-            rejected[key[1]] = value
-        elif key[0] is Stat.DUPLICATE:
-            duplicates[key[1]] = value
-    return accepted, rejected, duplicates
-
-
-def current_nps(cells: Mapping[Coordinates, int], granularity: str, today: int
-                ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per survey with answers in the current or the previous week, month or year: the
-    current period's NPS so far, and the previous period's answerers split between those
-    active in the current period (retained) and the others (churned)."""
-    period = period_of_day(today, granularity)
-    out: dict[str, dict[str, dict[int, int]]] = {}
-    for (number, kind, retained, survey), n in cells.items():
-        if number not in (period, period - 1) or not n:
-            continue
-        group = "current" if number == period else ("retained" if retained else "churned")
-        counts = out.setdefault(survey, {}).setdefault(group, {})
-        counts[kind] = counts.get(kind, 0) + n
-    return {survey: {group: nps_figures(counts) for group, counts in groups.items()}
-            for survey, groups in out.items()}
-
-
-def rpr_figures(buyers: int, repeat: int) -> dict[str, Any]:
-    """Buyers, repeat buyers and the repeat purchase rate (METRICS.md §5)."""
-    return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}
 
 
 @dataclass(frozen=True, slots=True)

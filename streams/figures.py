@@ -1,4 +1,8 @@
-"""Aggregate counters -> the figures people read: cohort triangles and the daily summary.
+"""The figures of counters: the arithmetic of METRICS.md on counters already read. A
+triangle's rows, a day's figures, a period's KPIs, the headline of a triangle, the win-back
+and pipeline figures of the statistics: each function takes one family (or the
+statistics) and knows no report. Which families a report is made of, and which of these
+rows it shows, is ``streams/builders.py``'s job.
 
 Pure functions over the counters the plan maintains (see plan.user_contributions), named by
 the cells of ``streams/counters.py``: a daily mapping is keyed ``(measure, day[, currency])``,
@@ -9,7 +13,7 @@ module reads them from Redis and parses the stored names (``state/schema.py``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import accumulate
@@ -30,7 +34,9 @@ from retention_tracker.streams.catalogue import (
     Edges,
     Ratio,
 )
-from retention_tracker.streams.counters import Cell, Measure
+from retention_tracker.streams.counters import Cell, Measure, Stat
+from retention_tracker.streams.events import FORWARD_CAUSES
+from retention_tracker.streams.nps import nps_figures
 from retention_tracker.streams.reports import CohortRow, MoneyRow
 from retention_tracker.streams.segments import money
 
@@ -328,3 +334,116 @@ def kpi_rows(families: Mapping[Measure, Mapping[Coordinates, int]], granularity:
             **new_and_returning(families, period),
         })
     return rows
+
+
+# ---- figures of the statistics (win-back, the pipeline), the current NPS, RPR ----------
+
+VALUE_SEGMENTS = ("vip", "payer", "free")
+CHURN_TYPES = ("quick", "late")
+#: the win-back statistics counted per (threshold, value segment, churn type), as named in
+#: the reports (sent, false alarms, reactivated, back within 7 days)
+WINBACK_KINDS = {Stat.SENT: "notified", Stat.FALSE_ALARM: "false_alarms",
+                 Stat.REACTIVATED: "reactivated", Stat.BACK_WITHIN_7D: "back7"}
+
+WinbackCounts = dict[tuple[int, Stat], dict[str, dict[str, int]]]
+
+
+def forwarded_figures(stats: Mapping[Cell, int], app: str) -> dict[str, int]:
+    """The app's events read away from their user's home partition, by cause (all time):
+    exact figures all the same, but a sign that a producer needs fixing."""
+    return {cause: stats.get((Stat.FORWARDED, app, cause), 0) for cause in FORWARD_CAUSES}
+
+
+def winback_counts(stats: Mapping[Cell, int], app: str, thresholds: Sequence[int]
+                   ) -> WinbackCounts:
+    """(threshold, kind) -> value segment -> churn type -> count, from the win-back
+    statistics (sent, false alarms, reactivated, back within 7 days), with every known
+    label at zero."""
+    counts: WinbackCounts = {
+        (days, kind): {seg: dict.fromkeys(CHURN_TYPES, 0) for seg in VALUE_SEGMENTS}
+        for days in thresholds for kind in WINBACK_KINDS
+    }
+    for key, value in stats.items():
+        kind = key[0]
+        if kind not in WINBACK_KINDS:
+            continue
+        found_app, days, *labels = key[1:]
+        if found_app != app or not labels:
+            continue
+        by_segment = counts.get((days, kind), {}).get(labels[0])
+        if by_segment is not None:  # records from before churn types count as "late"
+            churn = labels[1] if len(labels) > 1 else "late"
+            by_segment[churn] = by_segment.get(churn, 0) + value
+    return counts
+
+
+def winback_figures(stats: Mapping[Cell, int], app: str, thresholds: Sequence[int],
+                    due_now: Mapping[int, int]) -> dict[str, Any]:
+    """Per threshold: users inactive now (those marked, plus ``due_now``: due but not yet
+    handled), notifications sent, moments found too late to publish (expired), false
+    alarms, reactivations and the share of notified users back within 7 days, overall,
+    per value segment and per churn type."""
+    counts = winback_counts(stats, app, thresholds)
+
+    def figures(days: int, segment: str | None, churn: str | None) -> dict[str, Any]:
+        def total(kind: Stat) -> int:
+            return sum(n for seg, per in counts[days, kind].items()
+                       if segment in (None, seg) for c, n in per.items() if churn in (None, c))
+
+        counted = {name: total(kind) for kind, name in WINBACK_KINDS.items()
+                   if kind is not Stat.BACK_WITHIN_7D}
+        out: dict[str, float | None] = dict(counted)
+        out["back_within_7d_share"] = (  # 0 of 0 notified is no rate: null, shown as -
+            rate(total(Stat.BACK_WITHIN_7D), counted["notified"]) if counted["notified"]
+            else None)
+        return out
+
+    result: dict[str, Any] = {}
+    for days in thresholds:
+        result[str(days)] = {
+            "inactive": stats.get((Stat.INACTIVE, app, days), 0) + due_now[days],
+            "expired": stats.get((Stat.EXPIRED, app, days), 0),
+            **figures(days, None, None),
+            "by_segment": {seg: figures(days, seg, None) for seg in VALUE_SEGMENTS},
+            "by_churn_type": {churn: figures(days, None, churn) for churn in CHURN_TYPES},
+        }
+    return result
+
+
+def pipeline_counts(stats: Iterable[tuple[Cell, int]]
+                    ) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
+    """Accepted events by app and type, rejects by reason, duplicates by app, in the order
+    ``stats`` comes (the stored names' order, as always shown)."""
+    accepted: dict[str, dict[str, int]] = {}
+    rejected: dict[str, int] = {}
+    duplicates: dict[str, int] = {}
+    for key, value in stats:
+        if key[0] is Stat.ACCEPTED:
+            accepted.setdefault(key[1], {})[key[2]] = value
+        elif key[0] is Stat.REJECTED:
+            rejected[key[1]] = value
+        elif key[0] is Stat.DUPLICATE:
+            duplicates[key[1]] = value
+    return accepted, rejected, duplicates
+
+
+def current_nps(cells: Mapping[Coordinates, int], granularity: str, today: int
+                ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per survey with answers in the current or the previous week, month or year: the
+    current period's NPS so far, and the previous period's answerers split between those
+    active in the current period (retained) and the others (churned)."""
+    period = period_of_day(today, granularity)
+    out: dict[str, dict[str, dict[int, int]]] = {}
+    for (number, kind, retained, survey), n in cells.items():
+        if number not in (period, period - 1) or not n:
+            continue
+        group = "current" if number == period else ("retained" if retained else "churned")
+        counts = out.setdefault(survey, {}).setdefault(group, {})
+        counts[kind] = counts.get(kind, 0) + n
+    return {survey: {group: nps_figures(counts) for group, counts in groups.items()}
+            for survey, groups in out.items()}
+
+
+def rpr_figures(buyers: int, repeat: int) -> dict[str, Any]:
+    """Buyers, repeat buyers and the repeat purchase rate (METRICS.md §5)."""
+    return {"buyers": buyers, "repeat_buyers": repeat, "rpr": rate(repeat, buyers)}

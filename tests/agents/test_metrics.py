@@ -20,11 +20,11 @@ from retention_tracker.agents.metrics import (
     SnapshotCollector,
     WorkerMetrics,
 )
-from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import REJECT_REASONS, Event
+from retention_tracker.streams.figures import winback_counts
 from retention_tracker.streams.plan import dedup_key, plan_batch
 from retention_tracker.streams.reports import AppFigures, CohortRow, LiveFigures, MoneyRow
 from retention_tracker.streams.segments import DEFAULT_RULES

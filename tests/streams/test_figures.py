@@ -3,8 +3,18 @@ read out. Every expected value is worked out from METRICS.md by hand in the comm
 
 from __future__ import annotations
 
-from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
-from retention_tracker.streams.figures import cohort_rows, headline
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_of_day
+from retention_tracker.streams.counters import Stat
+from retention_tracker.streams.figures import (
+    cohort_rows,
+    current_nps,
+    headline,
+    pipeline_counts,
+    rpr_figures,
+    winback_counts,
+    winback_figures,
+)
+from retention_tracker.streams.nps import DETRACTOR, PROMOTER
 from retention_tracker.streams.reports import CohortRow
 
 UTC = AppCalendar("UTC")
@@ -54,3 +64,44 @@ def test_classic_triangle_is_the_cells_as_they_are_with_gaps_as_zero() -> None:
         (100, "1970-04-11", (4, 0, 0, 1), (1.0, 0.0, 0.0, 0.25)),
         (101, "1970-04-12", (2, 1, 0), (1.0, 0.5, 0.0)),  # day 102: an empty cohort, not listed
     ]
+
+
+def test_winback_counts_show_every_label_and_count_old_records_as_late() -> None:
+    stats = {(Stat.SENT, "a", 2, "vip", "quick"): 3, (Stat.SENT, "a", 2, "free"): 2,
+             (Stat.SENT, "b", 2, "vip", "quick"): 7}
+    counts = winback_counts(stats, "a", (2,))
+    assert counts[2, Stat.SENT] == {"vip": {"quick": 3, "late": 0},
+                                    "payer": {"quick": 0, "late": 0},
+                                    "free": {"quick": 0, "late": 2}}
+    assert counts[2, Stat.REACTIVATED]["vip"] == {"quick": 0, "late": 0}
+
+
+def test_winback_figures_add_the_users_due_now_and_have_no_share_of_nobody() -> None:
+    stats = {(Stat.INACTIVE, "a", 2): 4, (Stat.SENT, "a", 2, "vip", "late"): 2,
+             (Stat.BACK_WITHIN_7D, "a", 2, "vip", "late"): 1}
+    figures = winback_figures(stats, "a", (2,), {2: 3})["2"]
+    assert (figures["inactive"], figures["notified"]) == (7, 2)
+    assert figures["back_within_7d_share"] == 0.5
+    assert figures["by_segment"]["free"]["back_within_7d_share"] is None
+
+
+def test_pipeline_counts_keep_the_order_given() -> None:
+    accepted, rejected, duplicates = pipeline_counts([
+        ((Stat.ACCEPTED, "b", "session"), 2), ((Stat.ACCEPTED, "a", "install"), 1),
+        ((Stat.REJECTED, "bad_json"), 5), ((Stat.DUPLICATE, "a"), 4)])
+    assert list(accepted) == ["b", "a"] and accepted["a"] == {"install": 1}
+    assert (rejected, duplicates) == ({"bad_json": 5}, {"a": 4})
+
+
+def test_current_nps_splits_the_previous_period_by_retention() -> None:
+    week = period_of_day(100, "week")
+    cells = {(week, PROMOTER, 0, "s"): 2, (week - 1, PROMOTER, 1, "s"): 1,
+             (week - 1, DETRACTOR, 0, "s"): 1, (week - 2, PROMOTER, 1, "s"): 9}
+    found = current_nps(cells, "week", 100)["s"]
+    assert found["current"]["nps"] == 100.0
+    assert (found["retained"]["answers"], found["churned"]["detractors"]) == (1, 1)
+
+
+def test_rpr_is_repeat_buyers_over_buyers() -> None:
+    assert rpr_figures(4, 1) == {"buyers": 4, "repeat_buyers": 1, "rpr": 0.25}
+    assert rpr_figures(0, 0)["rpr"] == 0.0
