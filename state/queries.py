@@ -32,7 +32,6 @@ from retention_tracker.state.schema import (
     field_pattern,
     parse_daily,
     parse_family,
-    parse_stat,
     parse_stats,
 )
 from retention_tracker.state.store import RedisStore
@@ -45,6 +44,7 @@ from retention_tracker.streams.builders import (
     kpi_period_rows,
     live_span,
     nps_figures_by,
+    pipeline_figures,
     rpr_by_cohort,
 )
 from retention_tracker.streams.calendar import (
@@ -61,7 +61,7 @@ from retention_tracker.streams.catalogue import (
     HOURS24,
     RUN_MEASURES,
 )
-from retention_tracker.streams.counters import Cell, Measure, Stat
+from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.events import (
     DEFAULT_SURVEY,
     SURVEY_NAME_RE,
@@ -78,7 +78,6 @@ from retention_tracker.streams.figures import (
     forwarded_figures,
     iso_time,
     last_day_with_data,
-    pipeline_counts,
     revenue_currencies,
     rpr_figures,
 )
@@ -272,17 +271,10 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> PipelineRepo
     """Pipeline health from Redis (the same on every worker): accepted events by app and
     type, rejects by reason, duplicates by app, and each partition's event-time watermark."""
     now = await now_ms(store, settings)
-    raw = await store.read_stats()
-    stats = parse_stats(raw)
-    forwarded = {app: forwarded_figures(stats, app)
-                 for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}}
-    accepted, rejected, duplicates = pipeline_counts(
-        (key, value) for name, value in sorted(raw.items())  # in the stored names' order
-        if (key := parse_stat(name)) is not None)
+    stats = parse_stats(dict(sorted((await store.read_stats()).items())))  # names' order
     marks = {shard: p.watermark_ms for shard, p in
              (await store.partition_progress([])).items() if p.watermark_ms is not None}
-    return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded,
-                          {str(shard): iso_time(int(ms)) for shard, ms in sorted(marks.items())})
+    return pipeline_figures(stats, marks, now)
 
 
 async def winback_figures(

@@ -21,7 +21,7 @@ from retention_tracker.streams.calendar import (
     period_of_day,
 )
 from retention_tracker.streams.catalogue import CALENDAR, COHORT_FAMILY
-from retention_tracker.streams.counters import Cell, Measure
+from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.figures import (
     KINDS,
     Coordinates,
@@ -29,12 +29,15 @@ from retention_tracker.streams.figures import (
     conversion_rows,
     current_nps,
     day_summary,
+    forwarded_figures,
     headline,
     headline_cohort_size,
+    iso_time,
     kpi_rows,
     last_day_with_data,
     money_rows,
     new_and_returning,
+    pipeline_counts,
     rpr_figures,
     winback_counts,
     winback_figures,
@@ -49,6 +52,7 @@ from retention_tracker.streams.reports import (
     AppFigures,
     CohortRow,
     MoneyRow,
+    PipelineReport,
     TriangleRow,
 )
 
@@ -278,3 +282,15 @@ def rpr_by_cohort(per_cohort: Family, sizes: Family, granularity: str
     return lifetime, tuple({"cohort": period_label(c, granularity),
                             **rpr_figures(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
                            for c in cohorts)
+
+
+def pipeline_figures(stats: Mapping[Cell, int], watermarks: Mapping[int, int], now: int
+                     ) -> PipelineReport:
+    """Pipeline health from the statistics (in the stored names' order, as always shown):
+    accepted events by app and type, rejects by reason, duplicates by app, forwarded
+    events by app and cause, and each partition's event-time watermark."""
+    forwarded = {app: forwarded_figures(stats, app)
+                 for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}}
+    accepted, rejected, duplicates = pipeline_counts(stats.items())
+    marks = {str(shard): iso_time(int(ms)) for shard, ms in sorted(watermarks.items())}
+    return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded, marks)

@@ -8,6 +8,7 @@ from retention_tracker.streams.builders import (
     app_figures,
     headline_last_day,
     nps_figures_by,
+    pipeline_figures,
     rpr_by_cohort,
 )
 from retention_tracker.streams.calendar import AppCalendar, period_of_day
@@ -116,3 +117,13 @@ def test_rpr_by_cohort_lists_every_cohort_with_users() -> None:
     assert lifetime == {"buyers": 6, "repeat_buyers": 1, "rpr": 0.1667}
     assert [(c["cohort"], c["buyers"], c["rpr"]) for c in cohorts] == [
         ("1970-02", 4, 0.25), ("1970-03", 0, 0.0), ("1970-04", 2, 0.0)]
+
+
+def test_the_pipeline_forwards_per_app_with_accepted_events_and_marks_in_iso() -> None:
+    stats = {(Stat.ACCEPTED, "b", "session"): 2, (Stat.FORWARDED, "b", "no_key"): 1,
+             (Stat.REJECTED, "bad_json"): 5, (Stat.FORWARDED, "gone", "no_key"): 3}
+    report = pipeline_figures(stats, {1: DAY_MS, 0: 0}, DAY_MS)
+    assert report.accepted == {"b": {"session": 2}} and report.rejected == {"bad_json": 5}
+    assert list(report.forwarded) == ["b"] and report.forwarded["b"]["no_key"] == 1
+    assert report.watermarks == {"0": "1970-01-01T00:00:00+00:00",
+                                 "1": "1970-01-02T00:00:00+00:00"}
