@@ -72,6 +72,7 @@ from retention_tracker.streams.figures import (
     KPI_PERIODS,
     VALUE_SEGMENTS,
     WINBACK_KINDS,
+    Bounds,
     Coordinates,
     day_summary,
     days_with_data,
@@ -178,8 +179,8 @@ async def cohort_report(
     costs = await family(triangle.costs) if triangle.costs is not None else Counter()
     shown_currency = (money_currency(settings, app, kind, currency, cells)
                       if triangle.in_currency else None)
-    rows = triangle.rows(sizes, cells, costs, shown_currency, calendar, now, last_day,
-                         date_from, date_to)
+    rows = triangle.rows(sizes, cells, costs, shown_currency,
+                         Bounds(calendar, now, last_day, date_from, date_to))
     return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
                         shown_currency, iso_time(now), tuple(rows), returning,
                         None if window == CALENDAR else window)

@@ -24,6 +24,7 @@ from retention_tracker.streams.catalogue import CALENDAR, COHORT_FAMILY
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.figures import (
     KINDS,
+    Bounds,
     Coordinates,
     cohort_rows,
     conversion_rows,
@@ -67,8 +68,8 @@ def headline_figures(sizes: Family, cells: Family, daily: Mapping[Cell, int],
                      calendar: AppCalendar, now: int) -> dict[str, Any]:
     """D1/D7/D30 of the latest complete daily cohort and the mean of the 7 latest (§4),
     from the daily cohorts' sizes and CLASSIC cells and the daily measures."""
-    rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
-                       headline_last_day(daily, calendar, now))
+    rows = cohort_rows(sizes, cells, "classic", "day",
+                       Bounds(calendar, now, headline_last_day(daily, calendar, now)))
     out: dict[str, Any] = {}
     for n in HEADLINE_DAYS:
         found = headline(rows, n, HEADLINE_COHORTS)
@@ -149,25 +150,22 @@ class Triangle:
         return self.kind in ("ltv", "roas")
 
     def rows(self, sizes: Family, cells: Family, costs: Family, currency: str | None,
-             calendar: AppCalendar, now: int, last_day: int | None,
-             date_from: date | None = None, date_to: date | None = None
-             ) -> list[TriangleRow]:
+             bounds: Bounds) -> list[TriangleRow]:
         """The triangle's rows from its families as read (``costs`` empty but for ROAS;
         ``currency``: LTV's and ROAS's, None for the others)."""
-        frame = (calendar, now, last_day, date_from, date_to)
         if self.kind == "payer_conversion":
-            return list(conversion_rows(sizes, cells, self.granularity, *frame))
+            return list(conversion_rows(sizes, cells, self.granularity, bounds))
         if self.kind not in KINDS:
             assert currency is not None, "LTV and ROAS are in one currency"
             return list(money_rows(sizes, cells, costs, self.kind, self.granularity,
-                                   currency, *frame))
+                                   currency, bounds))
         if self.window != CALENDAR:
             return list(cohort_rows(window_sizes(sizes), cells, self.kind, self.granularity,
-                                    *frame, windows24=True))
+                                    bounds, windows24=True))
         if self.returning is not None:
             cells = Counter({(c, n): v for (c, n, t), v in cells.items()
                              if t == self.returning})
-        return list(cohort_rows(sizes, cells, self.kind, self.granularity, *frame))
+        return list(cohort_rows(sizes, cells, self.kind, self.granularity, bounds))
 
 
 def live_span(cohort_days: int) -> int:
@@ -210,8 +208,8 @@ def app_figures(app: str, read: LiveReads, stats: Mapping[Cell, int], calendar: 
 
     def recent(kind: str, sizes: Family, cells: Family, since: date | None = None,
                windows24: bool = False) -> tuple[CohortRow, ...]:
-        return tuple(cohort_rows(sizes, cells, kind, "day", calendar, now, today, since,
-                                 windows24=windows24))
+        return tuple(cohort_rows(sizes, cells, kind, "day",
+                                 Bounds(calendar, now, today, since), windows24))
 
     rows = {kind: recent(kind, read.sizes, cells) for kind, cells in read.cells.items()}
     sizes24 = window_sizes(read.windows24["classic"])
@@ -219,7 +217,7 @@ def app_figures(app: str, read: LiveReads, stats: Mapping[Cell, int], calendar: 
     for each, cells in read.ltv.items():
         for kind in ("ltv", "roas") if each == currency else ("ltv",):
             money[kind][each] = tuple(money_rows(read.sizes, cells, read.costs, kind, "day",
-                                                 each, calendar, now, today, shown))
+                                                 each, Bounds(calendar, now, today, shown)))
     return AppFigures(
         winback=winback_figures(stats, app, thresholds, read.due_now),
         winback_counts=winback_counts(stats, app, thresholds),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import accumulate
@@ -69,11 +70,7 @@ def cohort_rows(
     cells: Mapping[Coordinates, int],
     kind: str,
     granularity: str,
-    calendar: AppCalendar,
-    now_ms: int,
-    last_day: int | None,
-    date_from: date | None = None,
-    date_to: date | None = None,
+    bounds: Bounds,
     windows24: bool = False,
 ) -> list[CohortRow]:
     """Rows of the cohort triangle. ``sizes`` is the COHORT_SIZE family; ``cells`` the
@@ -86,7 +83,7 @@ def cohort_rows(
     for (cohort, offset), count in cells.items():
         by_cell.setdefault(cohort, {})[offset] = count
     rows = []
-    for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from, date_to):
+    for cohort, size, width in cohort_frames(sizes, granularity, bounds):
         found = by_cell.get(cohort, {})
         if windows24:
             width = max(width, max((n for n, v in found.items() if v), default=-1) + 1)
@@ -101,21 +98,32 @@ def cohort_rows(
         rows.append(CohortRow(
             cohort, period_label(cohort, granularity), size, tuple(counts),
             tuple(rate(c, size) for c in counts),
-            _completeness(calendar, cohort, granularity, width, now_ms, windows24)))
+            _completeness(bounds, cohort, granularity, width, windows24)))
     return rows
 
 
-def cohort_frames(sizes: Mapping[Coordinates, int], granularity: str, last_day: int | None,
-                  date_from: date | None = None, date_to: date | None = None
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What bounds a triangle's rows, retention or money, and says which cells have ended:
+    the app's calendar, now, the app's last day with data (None: no data, no rows) and the
+    cohorts asked for (those of the periods of ``date_from`` .. ``date_to``, each optional)."""
+
+    calendar: AppCalendar
+    now_ms: int
+    last_day: int | None
+    date_from: date | None = None
+    date_to: date | None = None
+
+
+def cohort_frames(sizes: Mapping[Coordinates, int], granularity: str, bounds: Bounds
                   ) -> list[tuple[int, int, int]]:
-    """What bounds a triangle's rows, retention or money: (cohort period, size, offsets up
-    to the app's last period with data) of each non-empty cohort between the periods of
-    ``date_from`` and ``date_to``, oldest first."""
-    if last_day is None:
+    """(cohort period, size, offsets up to the app's last period with data) of each
+    non-empty cohort within ``bounds``, oldest first."""
+    if bounds.last_day is None:
         return []
-    last_period = period_of_day(last_day, granularity)
-    low = period_of_day(date_to_day(date_from), granularity) if date_from else None
-    high = period_of_day(date_to_day(date_to), granularity) if date_to else None
+    last_period = period_of_day(bounds.last_day, granularity)
+    low = period_of_day(date_to_day(bounds.date_from), granularity) if bounds.date_from else None
+    high = period_of_day(date_to_day(bounds.date_to), granularity) if bounds.date_to else None
     return [(cohort, sizes[cohort,], last_period - cohort + 1)
             for cohort in sorted(c for (c,), size in sizes.items() if size > 0)
             if (low is None or cohort >= low) and (high is None or cohort <= high)]
@@ -127,16 +135,17 @@ def window_sizes(window0: Mapping[Coordinates, int]) -> Counter[Coordinates]:
     return Counter({(cohort,): v for (cohort, n), v in window0.items() if n == 0})
 
 
-def _completeness(calendar: AppCalendar, cohort: int, granularity: str, width: int,
-                  now_ms: int, windows24: bool) -> tuple[bool, ...]:
-    """Whether each cell of a row has ended by ``now_ms``: its period, or for 24-hour
-    windows the end of the cohort's day plus (N+1) x 24h."""
+def _completeness(bounds: Bounds, cohort: int, granularity: str, width: int,
+                  windows24: bool) -> tuple[bool, ...]:
+    """Whether each cell of a row has ended by now: its period, or for 24-hour windows the
+    end of the cohort's day plus (N+1) x 24h."""
+    calendar = bounds.calendar
     if windows24:
         day_end = calendar.period_end_ms(cohort, "day")
         ends = [day_end + (n + 1) * MS_PER_DAY for n in range(width)]
     else:
         ends = [calendar.period_end_ms(cohort + n, granularity) for n in range(width)]
-    return tuple(end_ms <= now_ms for end_ms in ends)
+    return tuple(end_ms <= bounds.now_ms for end_ms in ends)
 
 
 def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
@@ -191,26 +200,15 @@ def _complete_at(rows: Sequence[CohortRow], offset: int) -> list[CohortRow]:
 MONEY_KINDS = ("ltv", "payer_conversion", "roas")
 
 
-def money_rows(
-    sizes: Mapping[Coordinates, int],
-    cells: Mapping[Coordinates, int],
-    costs: Mapping[Coordinates, int],
-    kind: str,
-    granularity: str,
-    currency: str,
-    calendar: AppCalendar,
-    now_ms: int,
-    last_day: int | None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-) -> list[MoneyRow]:
+def money_rows(sizes: Mapping[Coordinates, int], cells: Mapping[Coordinates, int],
+               costs: Mapping[Coordinates, int], kind: str, granularity: str, currency: str,
+               bounds: Bounds) -> list[MoneyRow]:
     """Cohort curves of money (METRICS.md §5): cumulative LTV or ROAS. ``cells`` is the
     LTV family (revenue units of cohort c in period c+N, per currency: ``currency``'s are
     used), ``costs`` the COST family."""
     rows = []
     for cohort, size, cumulative, complete in _cumulative_rows(
-            sizes, {k: v for k, v in cells.items() if k[2] == currency}, granularity,
-            calendar, now_ms, last_day, date_from, date_to):
+            sizes, {k: v for k, v in cells.items() if k[2] == currency}, granularity, bounds):
         cost = costs.get((cohort,), 0)
         values = (tuple(money(units, size) for units in cumulative) if kind == "ltv"
                   else tuple(float(round(Decimal(units) / cost, 4)) if cost else None
@@ -222,30 +220,19 @@ def money_rows(
     return rows
 
 
-def conversion_rows(
-    sizes: Mapping[Coordinates, int],
-    first_payments: Mapping[Coordinates, int],
-    granularity: str,
-    calendar: AppCalendar,
-    now_ms: int,
-    last_day: int | None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-) -> list[CohortRow]:
+def conversion_rows(sizes: Mapping[Coordinates, int], first_payments: Mapping[Coordinates, int],
+                    granularity: str, bounds: Bounds) -> list[CohortRow]:
     """Payer conversion (METRICS.md §5): the share of each cohort that has paid by period
     c+N, from FIRST_PAYMENT (users of c first paying in c+N)."""
     return [CohortRow(cohort, period_label(cohort, granularity), size, cumulative,
                       tuple(rate(c, size) for c in cumulative), complete)
             for cohort, size, cumulative, complete in _cumulative_rows(
-                sizes, first_payments, granularity, calendar, now_ms, last_day, date_from,
-                date_to)]
+                sizes, first_payments, granularity, bounds)]
 
 
-def _cumulative_rows(
-    sizes: Mapping[Coordinates, int], cells: Mapping[Coordinates, int], granularity: str,
-    calendar: AppCalendar, now_ms: int, last_day: int | None, date_from: date | None,
-    date_to: date | None,
-) -> list[tuple[int, int, tuple[int, ...], tuple[bool, ...]]]:
+def _cumulative_rows(sizes: Mapping[Coordinates, int], cells: Mapping[Coordinates, int],
+                     granularity: str, bounds: Bounds
+                     ) -> list[tuple[int, int, tuple[int, ...], tuple[bool, ...]]]:
     """(cohort, size, cumulative sums of ``cells`` by offset, completeness) of each row of
     a money triangle, whose frame (cohorts, widths, completeness) is the retention one."""
     by_cohort: dict[int, dict[int, int]] = {}
@@ -253,9 +240,8 @@ def _cumulative_rows(
         by_cohort.setdefault(coordinates[0], {})[coordinates[1]] = value
     return [(cohort, size,
              tuple(accumulate(by_cohort.get(cohort, {}).get(n, 0) for n in range(width))),
-             _completeness(calendar, cohort, granularity, width, now_ms, windows24=False))
-            for cohort, size, width in cohort_frames(sizes, granularity, last_day, date_from,
-                                                     date_to)]
+             _completeness(bounds, cohort, granularity, width, windows24=False))
+            for cohort, size, width in cohort_frames(sizes, granularity, bounds)]
 
 
 def revenue_currencies(daily: Mapping[Cell, int], first_day: int | None = None) -> list[str]:

@@ -13,6 +13,7 @@ from retention_tracker.streams.builders import (
 )
 from retention_tracker.streams.calendar import AppCalendar, period_of_day
 from retention_tracker.streams.counters import Measure, Stat
+from retention_tracker.streams.figures import Bounds
 from retention_tracker.streams.nps import DETRACTOR, PROMOTER
 from retention_tracker.streams.reports import CohortRow, MoneyRow
 
@@ -45,7 +46,7 @@ def test_a_triangle_on_a_returning_event_counts_that_type_only() -> None:
     """Cohort day 100 of 2: one purchased on day 101, the other only sent a bet."""
     cells = {(100, 1, "purchase"): 1, (100, 1, "bet"): 1}
     [row] = Triangle("classic", "day", returning="purchase").rows(
-        {(100,): 2}, cells, {}, None, UTC, 102 * DAY_MS, 101)
+        {(100,): 2}, cells, {}, None, Bounds(UTC, 102 * DAY_MS, 101))
     assert isinstance(row, CohortRow)
     assert (row.period, row.counts, row.values) == (100, (0, 1), (0.0, 0.5))
 
@@ -53,7 +54,7 @@ def test_a_triangle_on_a_returning_event_counts_that_type_only() -> None:
 def test_payer_conversion_is_the_cumulative_share_of_first_payers() -> None:
     """Cohort of 4: one first pays at +0, one at +2: paid by +0, +1, +2: 1, 1, 2."""
     [row] = Triangle("payer_conversion", "day").rows(
-        {(100,): 4}, {(100, 0): 1, (100, 2): 1}, {}, None, UTC, 103 * DAY_MS, 102)
+        {(100,): 4}, {(100, 0): 1, (100, 2): 1}, {}, None, Bounds(UTC, 103 * DAY_MS, 102))
     assert isinstance(row, CohortRow)
     assert (row.counts, row.values) == ((1, 1, 2), (0.25, 0.25, 0.5))
 

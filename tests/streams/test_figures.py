@@ -6,6 +6,7 @@ from __future__ import annotations
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, period_of_day
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.figures import (
+    Bounds,
     cohort_rows,
     current_nps,
     headline,
@@ -47,7 +48,7 @@ def test_rolling_triangle_is_the_suffix_sum_of_last_active_offsets() -> None:
     active at offsets 0 (one), 2 (two) and 3 (one); data up to day 103: active at >= 0: 4,
     >= 1: 3, >= 2: 3, >= 3: 1."""
     last = {(100, 0): 1, (100, 2): 2, (100, 3): 1}
-    rows = cohort_rows({(100,): 4}, last, "rolling", "day", UTC, 103 * MS_PER_DAY, 103)
+    rows = cohort_rows({(100,): 4}, last, "rolling", "day", Bounds(UTC, 103 * MS_PER_DAY, 103))
     assert [r.as_json() for r in rows] == [{
         "cohort": "1970-04-11", "size": 4, "counts": [4, 3, 3, 1],
         "values": [1.0, 0.75, 0.75, 0.25],
@@ -58,8 +59,8 @@ def test_rolling_triangle_is_the_suffix_sum_of_last_active_offsets() -> None:
 
 def test_classic_triangle_is_the_cells_as_they_are_with_gaps_as_zero() -> None:
     cells = {(100, 0): 4, (100, 3): 1, (101, 0): 2, (101, 1): 1}
-    rows = cohort_rows({(100,): 4, (101,): 2, (102,): 0}, cells, "classic", "day", UTC,
-                       104 * MS_PER_DAY, 103)
+    rows = cohort_rows({(100,): 4, (101,): 2, (102,): 0}, cells, "classic", "day",
+                       Bounds(UTC, 104 * MS_PER_DAY, 103))
     assert [(r.period, r.cohort, r.counts, r.values) for r in rows] == [
         (100, "1970-04-11", (4, 0, 0, 1), (1.0, 0.0, 0.0, 0.25)),
         (101, "1970-04-12", (2, 1, 0), (1.0, 0.5, 0.0)),  # day 102: an empty cohort, not listed
