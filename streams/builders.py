@@ -287,8 +287,9 @@ def pipeline_figures(stats: Mapping[Cell, int], watermarks: Mapping[int, int], n
     """Pipeline health from the statistics (in the stored names' order, as always shown):
     accepted events by app and type, rejects by reason, duplicates by app, forwarded
     events by app and cause, and each partition's event-time watermark."""
+    # the apps sorted: a set's order changed with the process's hash seed
     forwarded = {app: forwarded_figures(stats, app)
-                 for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}}
+                 for app in sorted({key[1] for key in stats if key[0] is Stat.ACCEPTED})}
     accepted, rejected, duplicates = pipeline_counts(stats.items())
     marks = {str(shard): iso_time(int(ms)) for shard, ms in sorted(watermarks.items())}
     return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded, marks)
