@@ -214,10 +214,10 @@ def app_figures(app: str, read: LiveReads, stats: Mapping[Cell, int], calendar: 
     rows = {kind: recent(kind, read.sizes, cells) for kind, cells in read.cells.items()}
     sizes24 = window_sizes(read.windows24["classic"])
     money: dict[str, dict[str, tuple[MoneyRow, ...]]] = {"ltv": {}, "roas": {}}
-    for each, cells in read.ltv.items():
-        for kind in ("ltv", "roas") if each == currency else ("ltv",):
-            money[kind][each] = tuple(money_rows(read.sizes, cells, read.costs, kind, "day",
-                                                 each, Bounds(calendar, now, today, shown)))
+    for found, cells in read.ltv.items():  # ROAS in the currency of install costs only
+        for kind in ("ltv", "roas") if found == currency else ("ltv",):
+            money[kind][found] = tuple(money_rows(read.sizes, cells, read.costs, kind, "day",
+                                                  found, Bounds(calendar, now, today, shown)))
     return AppFigures(
         winback=winback_figures(stats, app, thresholds, read.due_now),
         winback_counts=winback_counts(stats, app, thresholds),

@@ -235,7 +235,7 @@ class AppFigures(Report):
     # kind -> recent daily cohorts' retention in 24-hour windows (METRICS.md §4)
     cohorts24: Mapping[str, tuple[CohortRow, ...]] = field(default_factory=dict)
     # (threshold, Stat) -> value segment -> churn type -> count: the win-back counters,
-    # every known label at zero (streams/builders.winback_counts)
+    # every known label at zero (streams/figures.winback_counts)
     winback_counts: Mapping[tuple[int, Any], Mapping[str, Mapping[str, int]]] = field(
         default_factory=dict)
 
