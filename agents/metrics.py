@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retention_tracker.streams.at_risk import MESSAGE_COUNTS
-from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES, GAUGES
+from retention_tracker.streams.catalogue import COUNTERS, CURRENCY_FIGURES, DAILY_FIGURES, GAUGES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
 from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
@@ -28,25 +28,8 @@ from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
 # Every metric name the worker exports; dashboards and rules may use only these. The gauges
 # are the catalogue's (streams/catalogue.py: name, labels, help).
 GLOBAL_GAUGES = {g.name: g.help for g in GAUGES}
-GLOBAL_COUNTERS = {
-    "retention_events_accepted": "events accepted, by app and type",
-    "retention_events_rejected": "events dead-lettered, by reason",
-    "retention_events_duplicate": "duplicate events ignored, by app",
-    "retention_events_forwarded": "events read away from their user's home partition and "
-    "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
-    "retention_notifications_sent": "inactivity notifications sent, by threshold, value "
-    "segment and churn type",
-    "retention_notifications_expired": "inactivity moments found later than WINBACK_MAX_DELAY "
-    "behind now (a backfill, an outage): counted, not sent",
-    "retention_false_alarms": "notifications shown wrong by a late event dated before their "
-    "moment, by threshold, value segment and churn type",
-    "retention_reactivations": "notified users active again after the moment, by threshold, "
-    "value segment and churn type",
-    "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
-    "retention_at_risk_messages": "users.at_risk episodes by outcome: sent, expired (found "
-    "later than WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
-    "those, within 7 days of it), false_alarms (a late event dated before a sent moment)",
-}
+# The snapshot's counters (streams/catalogue.py: name without "_total", help).
+GLOBAL_COUNTERS = COUNTERS
 
 
 @dataclass(slots=True)

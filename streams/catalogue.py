@@ -255,6 +255,28 @@ GAUGES: tuple[GaugeFamily, ...] = (
     GaugeFamily("retention_tracked_users", ("app",),
                 "users with activity (the population of the at-risk model)"),
 )
+
+# The counters of the metrics snapshot (METRICS.md §10), summed over the workers' stats in
+# Redis: name without "_total" -> help. The collector exports these and no other.
+COUNTERS: dict[str, str] = {
+    "retention_events_accepted": "events accepted, by app and type",
+    "retention_events_rejected": "events dead-lettered, by reason",
+    "retention_events_duplicate": "duplicate events ignored, by app",
+    "retention_events_forwarded": "events read away from their user's home partition and "
+    "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
+    "retention_notifications_sent": "inactivity notifications sent, by threshold, value "
+    "segment and churn type",
+    "retention_notifications_expired": "inactivity moments found later than WINBACK_MAX_DELAY "
+    "behind now (a backfill, an outage): counted, not sent",
+    "retention_false_alarms": "notifications shown wrong by a late event dated before their "
+    "moment, by threshold, value segment and churn type",
+    "retention_reactivations": "notified users active again after the moment, by threshold, "
+    "value segment and churn type",
+    "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
+    "retention_at_risk_messages": "users.at_risk episodes by outcome: sent, expired (found "
+    "later than WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
+    "those, within 7 days of it), false_alarms (a late event dated before a sent moment)",
+}
 assert len({g.name for g in GAUGES}) == len(GAUGES), "gauge names are unique"
 
 
