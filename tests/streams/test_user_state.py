@@ -7,7 +7,7 @@ and anything else is refused."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
@@ -136,6 +136,7 @@ def states(draw: st.DrawFn) -> UserState:
     )
 
 
+@settings(deadline=None)  # a shared 2-core machine: one example may take 200 ms under load
 @given(states())
 def test_any_state_round_trips(state: UserState) -> None:
     assert decode_user(encode_user(state)) == state
