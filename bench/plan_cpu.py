@@ -32,7 +32,7 @@ from retention_tracker.config.settings import ConfigError, Settings, segment_rul
 from retention_tracker.state.schema import render_stat
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 from retention_tracker.streams.segments import SegmentRules
 from retention_tracker.streams.user_state import UserKey, decode_user, encode_user
 
@@ -85,7 +85,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
             t1 = time.process_time()
             users = {(event.app, event.user_id) for _, _, event in items}
             states = {u: decode_user(records[u]) if u in records else None for u in users}
-            keys = [dedup_key(event.app, event.event_id) for _, _, event in items]
+            keys = [dedup_key_of(event) for _, _, event in items]
             t2 = time.process_time()
             plan = plan_batch(items, states, seen.intersection(keys), watermark, 400,
                               {app: calendar for app, _ in users}, rules, dedup_keys=keys,

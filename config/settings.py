@@ -130,7 +130,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
                "(their first 512 KiB; every dead letter holds at most that)"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records"),
-    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding event ids"),
+    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding the ids of purchases "
+               "and costed installs (about such ids per partition and window / 100)"),
     SettingDoc("STATE_CACHE_USERS",
                "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
     SettingDoc("KEY_PREFIX", "prefix of every Redis key"),

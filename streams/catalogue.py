@@ -261,7 +261,8 @@ GAUGES: tuple[GaugeFamily, ...] = (
 COUNTERS: dict[str, str] = {
     "retention_events_accepted": "events accepted, by app and type",
     "retention_events_rejected": "events dead-lettered, by reason",
-    "retention_events_duplicate": "duplicate events ignored, by app",
+    "retention_events_duplicate": "copies of remembered events (purchases, installs with a "
+    "cost) ignored, by app; a copy of another event changes nothing and counts as accepted",
     "retention_events_forwarded": "events read away from their user's home partition and "
     "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
     "retention_notifications_sent": "inactivity notifications sent, by threshold, value "

@@ -25,7 +25,7 @@ from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import REJECT_REASONS, Event
 from retention_tracker.streams.figures import winback_counts
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 from retention_tracker.streams.reports import AppFigures, CohortRow, LiveFigures, MoneyRow
 from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.winback import WinbackRules, handle_moment
@@ -36,16 +36,16 @@ UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests
 
 
 def real_stats() -> Counter[Cell]:
-    """Two sessions and a purchase accepted, one duplicate, one notification sent: the
-    plan's typed cells, as the snapshot carries them (parsed from the stats hash)."""
+    """Two sessions and a purchase accepted, one duplicate (a copy of the purchase), one
+    notification sent: the plan's typed cells, as the snapshot carries them (parsed from
+    the stats hash)."""
     events = [Event("a", "e1", "session", "u1", BASE_MS),
-              Event("a", "e1", "session", "u1", BASE_MS),
               Event("a", "e2", "session", "u1", BASE_MS + 1),
+              Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0),
               Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0)]
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
                       {("a", "u1"): None, ("a", "u2"): None}, set(), None, 400,
-                      UTC_APPS,
-                      dedup_keys=[dedup_key(e.app, e.event_id) for e in events])
+                      UTC_APPS, dedup_keys=[dedup_key_of(e) for e in events])
     stats = Counter(plan.stats)
     state = plan.users["a", "u2"]
     handle_moment(("a", "u2"), state, 2, state.last_active_ms + 2 * MS_PER_DAY, UTC,

@@ -99,7 +99,7 @@ def test_a_user_known_only_by_answers_counts_in_periods_not_cohorts() -> None:
     state = later.users["a", "u"]
     assert state.seen and state.answers == only.answers
     assert state.first_day == MONDAY + 8
-    assert later.due == {(2, ("a", "u")): session.ts_ms + 2 * DAY_MS}  # its moment at 2 days
+    assert later.due == {("a", "u"): session.ts_ms + 2 * DAY_MS}  # its moment at 2 days
     moved = later.deltas["a"][("all", "value=free")]
     assert moved[Measure.NPS, "week", 2818, PROMOTER, 0, "nps"] == -1
     assert moved[Measure.NPS, "week", 2818, PROMOTER, 1, "nps"] == 1
