@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
+from retention_tracker.streams import engine
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     MS_PER_DAY,
@@ -48,6 +50,9 @@ from retention_tracker.streams.windows24 import (
     merge_spans,
     window_delta,
 )
+
+if TYPE_CHECKING:
+    from retention_tracker.streams._native import NewDaysSums
 
 WAU_DAYS = 7
 MAU_DAYS = 30
@@ -341,10 +346,13 @@ def _add_user_delta(
     old: UserState | None,
     new: UserState,
     rules: SegmentRules,
+    native_sums: NewDaysSums | None = None,
 ) -> None:
     """contributions(new) - contributions(old), filed under the segments the user is (or
     was) in. Users with the same segments share one Counter, which the store applies to
-    each of those segments: far cheaper than adding every user's delta to every segment."""
+    each of those segments: far cheaper than adding every user's delta to every segment.
+    ``native_sums``: the native engine's sums of the usual change (streams/engine.py),
+    rendered into ``pending`` by the caller once per batch; None: the Python engine."""
     if old is not None and _same_counted_facts(old, new):
         # only last_active_ms, sessions or the UTC day spans moved: the 24-hour windows
         # may have (rarely: an event in a window already active moves none)
@@ -365,7 +373,10 @@ def _add_user_delta(
         for cell, delta in window_delta(old, new):
             target[cell] += delta
         if _only_new_active_days(old, new):  # the usual change: another day of activity
-            add_new_days_delta(target, old, new, near)
+            if native_sums is not None:
+                native_sums.add_new_days(new_segments, old.active_days, near)
+            else:
+                add_new_days_delta(target, old, new, near)
             return
         years = _years_move(old, new, near)
         user_contributions(new, near, into=target, years=years)
@@ -702,6 +713,8 @@ def plan_batch(
     accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
                                 event_clock, answered, judged_ms)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
+    native = engine.native()  # None: the Python engine computes every delta
+    native_sums: dict[str, NewDaysSums] = {}  # per app
     for user_key, user_events in accepted.items():
         app = user_key[0]
         app_rules = rules.for_app(app)  # the app's currency and VIP bars
@@ -728,7 +741,12 @@ def plan_batch(
                 plan.due[days, user_key] = new.last_active_ms + days * MS_PER_DAY
         plan.users[user_key] = new
         groups = pending.setdefault(app, {})
-        _add_user_delta(groups, old, new, app_rules)
+        app_sums = None
+        if native is not None:
+            app_sums = native_sums.get(app)
+            if app_sums is None:
+                app_sums = native_sums[app] = native.NewDaysSums()
+        _add_user_delta(groups, old, new, app_rules, app_sums)
         _add_lapse_delta(groups, old, new)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
@@ -736,6 +754,8 @@ def plan_batch(
         if new != old:
             plan.users[user_key] = new
             _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))
+    for app, app_sums in native_sums.items():
+        app_sums.render_into(pending[app])
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan
 

@@ -1,0 +1,13 @@
+"""Types of the native engine (streams/_native.pyx, compiled by Cython): mypy reads this."""
+
+from collections import Counter
+
+from retention_tracker.streams.counters import Cell
+
+def month_of_day(day: int) -> int: ...
+def first_day_of(period: int, granularity: str) -> int: ...
+
+class NewDaysSums:
+    def add_new_days(self, segments: tuple[str, ...], old_days: frozenset[int],
+                     added: frozenset[int]) -> None: ...
+    def render_into(self, pending: dict[tuple[str, ...], Counter[Cell]]) -> None: ...
