@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The plan's hot core in C (issue 29): the "new active days" delta summed per (segments,
-cell) in a C hash table, rendered once per batch into the plan's Counters.
+"""The plan's hot core in C (issue 29): the "new active days" delta and a whole user's
+contributions (without money, answers or returning events) summed per (segments, cell) in a
+C hash table, rendered once per batch into the plan's Counters.
 
 Why native: that delta is the usual change of a batch (a user active on a day not counted
 yet, nothing else counted moving), and in Python it is sets, tuples and Counter updates
@@ -34,16 +35,26 @@ cdef enum:
     YEAR = 3
     NO_GRAN = 7  # a daily measure: cell (measure, day)
 
-_GRANULARITY_NAMES = ("day", "week", "month", "year")
-_MEASURES = {int(m): m for m in Measure}
+cdef tuple GRANULARITY_NAMES = ("day", "week", "month", "year")
+# Measure's members by value (a list: the render indexes it per sum)
+cdef list MEASURES = [None] * (max(Measure) + 1)
+for _m in Measure:
+    MEASURES[_m] = _m
 
 cdef int32_t M_DAU = Measure.DAU
+cdef int32_t M_INSTALLS = Measure.INSTALLS
+cdef int32_t M_NEW_USERS = Measure.NEW_USERS
+cdef int32_t M_COHORT_SIZE = Measure.COHORT_SIZE
+cdef int32_t M_COST = Measure.COST
 cdef int32_t M_WAU_EDGE = Measure.WAU_EDGE
 cdef int32_t M_MAU_EDGE = Measure.MAU_EDGE
 cdef int32_t M_CLASSIC = Measure.CLASSIC
 cdef int32_t M_ACTIVE = Measure.ACTIVE
 cdef int32_t M_LOST = Measure.LOST
 cdef int32_t M_LAST_ACTIVE = Measure.LAST_ACTIVE
+# a user's install cost the native sums take (1/10,000ths: 110 million in money); a larger
+# one takes the Python path, so a batch's sum (at most 2^15 users) stays far from 2^63
+MAX_NATIVE_COST = 1 << 40
 cdef int64_t WAU_DAYS = 7
 cdef int64_t MAU_DAYS = 30
 
@@ -127,7 +138,7 @@ def month_of_day(int64_t day):
 
 def first_day_of(int64_t period, str granularity):
     """The native calendar's first day of a period (tests compare it with calendar.py)."""
-    return period_start(period, _GRANULARITY_NAMES.index(granularity))
+    return period_start(period, GRANULARITY_NAMES.index(granularity))
 
 
 # ---- sorting the added days -----------------------------------------------------------
@@ -144,7 +155,7 @@ cdef struct Slot:
     int64_t a  # first coordinate (day, cohort or period)
     int64_t b  # second coordinate (offset), 0 when the cell has one
     int64_t value
-    int32_t group  # the segments' index in NewDaysSums.groups
+    int32_t group  # the segments' index in DeltaSums.groups
     int32_t kind  # measure * 8 + granularity index (NO_GRAN: daily); 0: empty slot
 
 
@@ -157,11 +168,12 @@ cdef inline uint64_t slot_hash(int32_t group, int32_t kind, int64_t a, int64_t b
     return h ^ (h >> 32)
 
 
-cdef class NewDaysSums:
-    """The "new active days" deltas of one batch, summed per (segments, cell) in C.
-
-    ``add_new_days`` takes one user (``plan._only_new_active_days`` held);
-    ``render_into`` adds the sums to the plan's per-segments Counters."""
+cdef class DeltaSums:
+    """The deltas of one batch's users that the native engine computes, summed per
+    (segments, cell) in C: ``add_new_days`` (the usual change, ``plan._only_new_active_days``)
+    and ``add_user`` (a whole user's contributions, for a new user or one moving cohort or
+    segment, without money, answers or returning events); ``render_into`` adds the sums to
+    the plan's per-segments Counters once per batch."""
 
     cdef Slot* slots
     cdef Py_ssize_t capacity  # a power of two
@@ -239,6 +251,15 @@ cdef class NewDaysSums:
         slot.value += value
         return 0
 
+    cdef int32_t group_of(self, tuple segments) except -1:
+        """The index of ``segments`` among the groups summed (added when new)."""
+        cdef object found = self.group_ids.get(segments)
+        if found is not None:
+            return found
+        self.groups.append(segments)
+        self.group_ids[segments] = len(self.groups) - 1
+        return len(self.groups) - 1
+
     cdef int reserve(self, Py_ssize_t words, Py_ssize_t days) except -1:
         cdef void* p
         if words > self.bit_words:
@@ -267,14 +288,7 @@ cdef class NewDaysSums:
         """Add contributions(new) - contributions(old) of a user whose new state only adds
         the active days ``added`` (none of them in ``old_days``, all after its first day)
         to the sums of ``segments``."""
-        cdef object found = self.group_ids.get(segments)
-        cdef int32_t group
-        if found is None:
-            group = len(self.groups)
-            self.groups.append(segments)
-            self.group_ids[segments] = group
-        else:
-            group = found
+        cdef int32_t group = self.group_of(segments)
         cdef int64_t first = 0, old_last = 0, lo = 0, hi = 0, d, top
         cdef bint empty = True
         for day in old_days:
@@ -390,30 +404,101 @@ cdef class NewDaysSums:
                 self.add(group, M_LAST_ACTIVE, g, cohort, last_n - cohort, 1)
         return 0
 
+    def add_user(self, tuple segments, state, int64_t sign):
+        """Add ``sign`` times the full contributions of ``state`` (a UserState), as
+        plan.user_contributions gives them without the 24-hour windows (the caller adds
+        those): a new user, or one moving cohort or segment. False, and nothing added,
+        where the native sums do not take the user: purchases, survey answers, returning
+        events or no activity (the Python engine's), or an install cost above
+        MAX_NATIVE_COST (so no batch's sum can overflow)."""
+        cdef frozenset days = state.active_days
+        if not days or state.purchases or state.answers or state.returns:
+            return False
+        cost = state.cost_units
+        if cost > MAX_NATIVE_COST or cost < -MAX_NATIVE_COST:
+            return False
+        cdef int64_t cost_units = cost, first_day = state.first_day
+        cdef frozenset install_days = state.install_days
+        cdef int32_t group = self.group_of(segments)
+        cdef Py_ssize_t n = len(days), i = 0, w
+        self.reserve(0, n)
+        for day in days:
+            self.added[i] = day
+            i += 1
+        qsort(self.added, n, sizeof(int64_t), compare_days)
+        cdef int64_t d, end = 0, width, last = self.added[n - 1]
+        cdef int32_t measure
+        cdef Py_ssize_t n_periods
+        for i in range(n):
+            self.add(group, M_DAU, NO_GRAN, self.added[i], 0, sign)
+        for w in range(2):  # plan._window_edges: +1 where a covered run starts, -1 after
+            measure = M_WAU_EDGE if w == 0 else M_MAU_EDGE
+            width = WAU_DAYS if w == 0 else MAU_DAYS
+            for i in range(n):
+                d = self.added[i]
+                if i == 0 or d > end:
+                    if i > 0:
+                        self.add(group, measure, NO_GRAN, end, 0, -sign)
+                    self.add(group, measure, NO_GRAN, d, 0, sign)
+                end = d + width
+            self.add(group, measure, NO_GRAN, end, 0, -sign)
+        for day in install_days:
+            self.add(group, M_INSTALLS, NO_GRAN, day, 0, sign)
+        self.add(group, M_NEW_USERS, NO_GRAN, first_day, 0, sign)
+        cdef int g
+        cdef int64_t cohort, p, previous = 0
+        for g in range(4):
+            cohort = period_of(first_day, g)
+            self.add(group, M_COHORT_SIZE, g, cohort, 0, sign)
+            n_periods = 0
+            for i in range(n):  # sorted days: their periods come in order
+                p = period_of(self.added[i], g)
+                if n_periods and p == previous:
+                    continue
+                self.fresh[n_periods] = previous = p
+                n_periods += 1
+            for i in range(n_periods):
+                p = self.fresh[i]
+                if g != YEAR:
+                    self.add(group, M_CLASSIC, g, cohort, p - cohort, sign)
+                self.add(group, M_ACTIVE, g, p, 0, sign)
+                if i + 1 == n_periods or self.fresh[i + 1] != p + 1:
+                    self.add(group, M_LOST, g, p + 1, 0, sign)  # lost the period after
+            if g != YEAR:
+                self.add(group, M_LAST_ACTIVE, g, cohort, period_of(last, g) - cohort, sign)
+                if cost_units:
+                    self.add(group, M_COST, g, cohort, 0, sign * cost_units)
+        return True
+
     def render_into(self, dict pending):
         """Add every sum to ``pending`` (segments -> Counter of cells), as plan.py's
         Python engine would have: cells (measure, day) or (measure, granularity, ...)."""
         cdef Py_ssize_t i
         cdef Slot* slot
         cdef int g
-        cdef object measure, cell, counter
+        cdef int32_t measure
+        cdef object cell, counter
+        cdef list counters = []
+        for segments in self.groups:  # the Counter of each group, found once
+            counter = pending.get(segments)
+            if counter is None:
+                counter = pending[segments] = Counter()
+            counters.append(counter)
         for i in range(self.capacity):
             slot = &self.slots[i]
             if slot.kind == 0 or slot.value == 0:
                 continue
-            measure = _MEASURES[slot.kind // 8]
+            measure = slot.kind // 8
             g = slot.kind % 8
             if g == NO_GRAN:
-                cell = (measure, slot.a)
-            elif slot.kind // 8 == M_CLASSIC or slot.kind // 8 == M_LAST_ACTIVE:
-                cell = (measure, _GRANULARITY_NAMES[g], slot.a, slot.b)
+                cell = (MEASURES[measure], slot.a)
+            elif measure == M_CLASSIC or measure == M_LAST_ACTIVE:
+                cell = (MEASURES[measure], GRANULARITY_NAMES[g], slot.a, slot.b)
             else:
-                cell = (measure, _GRANULARITY_NAMES[g], slot.a)
-            segments = self.groups[slot.group]
-            counter = pending.get(segments)
-            if counter is None:
-                counter = pending[segments] = Counter()
-            counter[cell] += slot.value
+                cell = (MEASURES[measure], GRANULARITY_NAMES[g], slot.a)
+            counter = counters[slot.group]
+            # dict's get and set: Counter's += would call its Python __missing__
+            counter[cell] = counter.get(cell, 0) + slot.value
 
 
 cdef inline void memcpy_words(uint64_t* to, const uint64_t* source, Py_ssize_t words) noexcept:

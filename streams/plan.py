@@ -52,7 +52,7 @@ from retention_tracker.streams.windows24 import (
 )
 
 if TYPE_CHECKING:
-    from retention_tracker.streams._native import NewDaysSums
+    from retention_tracker.streams._native import DeltaSums
 
 WAU_DAYS = 7
 MAU_DAYS = 30
@@ -346,7 +346,7 @@ def _add_user_delta(
     old: UserState | None,
     new: UserState,
     rules: SegmentRules,
-    native_sums: NewDaysSums | None = None,
+    native_sums: DeltaSums | None = None,
 ) -> None:
     """contributions(new) - contributions(old), filed under the segments the user is (or
     was) in. Users with the same segments share one Counter, which the store applies to
@@ -360,7 +360,7 @@ def _add_user_delta(
         return
     new_segments = tuple(segments_of(new, rules))
     if old is None:
-        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
+        _add_whole(pending, new_segments, new, 1, native_sums)
         return
     old_segments = tuple(segments_of(old, rules))
     if old.seen and old_segments == new_segments and old.first_day == new.first_day:
@@ -382,8 +382,20 @@ def _add_user_delta(
         user_contributions(new, near, into=target, years=years)
         user_contributions(old, near, into=target, sign=-1, years=years)
     else:  # the user moved cohort or segment: every contribution moves
-        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
-        user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
+        _add_whole(pending, new_segments, new, 1, native_sums)
+        _add_whole(pending, old_segments, old, -1, native_sums)
+
+
+def _add_whole(pending: dict[Segments, Counter[Cell]], segments: Segments, state: UserState,
+               sign: int, native_sums: DeltaSums | None) -> None:
+    """``sign`` times all of the user's contributions, under ``segments``: the native
+    engine's sums take what they can (no money, answers or returning events), the 24-hour
+    windows always here; the Python engine, or a user the native sums leave, in full."""
+    target = pending.setdefault(segments, Counter())
+    if native_sums is not None and native_sums.add_user(segments, state, sign):
+        add_window_contributions(target, state, sign)
+    else:
+        user_contributions(state, into=target, sign=sign)
 
 
 def _add_window_delta(pending: dict[Segments, Counter[Cell]], old: UserState,
@@ -714,7 +726,7 @@ def plan_batch(
                                 event_clock, answered, judged_ms)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
     native = engine.native()  # None: the Python engine computes every delta
-    native_sums: dict[str, NewDaysSums] = {}  # per app
+    native_sums: dict[str, DeltaSums] = {}  # per app
     for user_key, user_events in accepted.items():
         app = user_key[0]
         app_rules = rules.for_app(app)  # the app's currency and VIP bars
@@ -745,7 +757,7 @@ def plan_batch(
         if native is not None:
             app_sums = native_sums.get(app)
             if app_sums is None:
-                app_sums = native_sums[app] = native.NewDaysSums()
+                app_sums = native_sums[app] = native.DeltaSums()
         _add_user_delta(groups, old, new, app_rules, app_sums)
         _add_lapse_delta(groups, old, new)
     for user_key, answers in answered.items():  # answers of users with no event here

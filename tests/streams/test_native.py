@@ -21,8 +21,15 @@ from retention_tracker.streams.calendar import (
 )
 from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.plan import Plan, add_new_days_delta, plan_batch
+from retention_tracker.streams.plan import (
+    Plan,
+    add_events,
+    add_new_days_delta,
+    plan_batch,
+    user_contributions,
+)
 from retention_tracker.streams.user_state import UserKey, UserState
+from retention_tracker.streams.windows24 import add_window_contributions
 
 pytestmark = pytest.mark.skipif(not engine.native_built(),
                                 reason=f"the native engine is not built: {engine.why_not_built()}")
@@ -58,7 +65,7 @@ users = st.lists(
 @given(base=st.one_of(st.integers(-25_000, 80_000), st.sampled_from([10_956, 73_040, -1])),
        batch=users)
 def test_new_days_sums_are_the_python_delta(base: int, batch: list) -> None:
-    native = _native.NewDaysSums()
+    native = _native.DeltaSums()
     python: dict[tuple[str, ...], Counter[Cell]] = {}
     rendered: dict[tuple[str, ...], Counter[Cell]] = {}
     for segments, before, after in batch:
@@ -71,6 +78,41 @@ def test_new_days_sums_are_the_python_delta(base: int, batch: list) -> None:
         native.add_new_days(segments, old_days, added)
     native.render_into(rendered)
     assert _nonzero(rendered) == _nonzero(python)
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.integers(-3_000, 80_000),
+       sessions=st.lists(st.integers(0, 1100), min_size=1, max_size=15),
+       installs=st.lists(st.integers(0, 1100), max_size=3),
+       cost=st.sampled_from([None, 0.5, 2.0**40 / 10_000, 9e14]),
+       zone=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]),
+       sign=st.sampled_from([1, -1]))
+def test_a_whole_user_natively_is_the_python_contributions(
+        base: int, sessions: list[int], installs: list[int], cost: float | None, zone: str,
+        sign: int) -> None:
+    calendar = AppCalendar(zone)
+    events = [Event("a", f"s{i}", "session", "u", (base + d) * MS_PER_DAY + 5_000_000 * i)
+              for i, d in enumerate(sessions)]
+    events += [Event("a", f"i{i}", "install", "u", (base + d) * MS_PER_DAY, cost=cost)
+               for i, d in enumerate(installs)]
+    state = add_events(None, events, calendar)
+    native = _native.DeltaSums()
+    found: Groups = {("all",): Counter()}
+    taken = native.add_user(("all",), state, sign)
+    assert taken == (abs(state.cost_units) <= _native.MAX_NATIVE_COST)
+    if not taken:
+        return  # the plan computes this user in Python (the plan-level property holds it)
+    add_window_contributions(found[("all",)], state, sign)
+    native.render_into(found)
+    assert _nonzero(found) == _nonzero({("all",): user_contributions(state, sign=sign)})
+
+
+def test_the_native_sums_leave_money_answers_and_returns_to_python() -> None:
+    buyer = add_events(None, [Event("a", "p", "purchase", "u", BASE_MS, amount=1.0)],
+                       AppCalendar("UTC"))
+    assert buyer.purchases and not _native.DeltaSums().add_user(("all",), buyer, 1)
+    answers_only = UserState(0, 0, 0, frozenset(), frozenset())
+    assert not _native.DeltaSums().add_user(("all",), answers_only, 1)
 
 
 def test_the_native_calendar_is_the_python_one() -> None:
