@@ -81,11 +81,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     except engine.EngineError as exc:
         print(f"retention: error: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    print(f"retention: engine: {engine.describe()}", file=sys.stderr)
     problem = preflight(settings)
     if problem:
         print(f"retention: error: {problem}", file=sys.stderr)
         return EXIT_FATAL
+    print(f"retention: engine: {engine.describe()}", file=sys.stderr)
     from retention_tracker.agents.app import create_app, stop_reason
 
     app = create_app(settings)
