@@ -191,9 +191,7 @@ cdef class DeltaSums:
 
     def __cinit__(self):
         self.capacity = 1024
-        self.slots = <Slot*>realloc(NULL, self.capacity * sizeof(Slot))
-        if self.slots == NULL:
-            raise MemoryError()
+        self.slots = <Slot*>grown(NULL, self.capacity * sizeof(Slot))
         memset(self.slots, 0, self.capacity * sizeof(Slot))
         self.used = 0
         self.groups = []
@@ -214,11 +212,8 @@ cdef class DeltaSums:
         cdef Py_ssize_t old_capacity = self.capacity, i
         cdef Slot* old = self.slots
         cdef Slot* slot
-        self.capacity *= 2
-        self.slots = <Slot*>realloc(NULL, self.capacity * sizeof(Slot))
-        if self.slots == NULL:
-            self.slots, self.capacity = old, old_capacity
-            raise MemoryError()
+        self.slots = <Slot*>grown(NULL, 2 * old_capacity * sizeof(Slot))
+        self.capacity = 2 * old_capacity
         memset(self.slots, 0, self.capacity * sizeof(Slot))
         for i in range(old_capacity):
             if old[i].kind:
@@ -261,26 +256,14 @@ cdef class DeltaSums:
         return len(self.groups) - 1
 
     cdef int reserve(self, Py_ssize_t words, Py_ssize_t days) except -1:
-        cdef void* p
+        """Room for a bitmap of ``words`` words and ``days`` days in the scratch arrays."""
         if words > self.bit_words:
-            p = realloc(self.old_bits, words * sizeof(uint64_t))
-            if p == NULL:
-                raise MemoryError()
-            self.old_bits = <uint64_t*>p
-            p = realloc(self.new_bits, words * sizeof(uint64_t))
-            if p == NULL:
-                raise MemoryError()
-            self.new_bits = <uint64_t*>p
+            self.old_bits = <uint64_t*>grown(self.old_bits, words * sizeof(uint64_t))
+            self.new_bits = <uint64_t*>grown(self.new_bits, words * sizeof(uint64_t))
             self.bit_words = words
         if days > self.added_cap:
-            p = realloc(self.added, days * sizeof(int64_t))
-            if p == NULL:
-                raise MemoryError()
-            self.added = <int64_t*>p
-            p = realloc(self.fresh, days * sizeof(int64_t))
-            if p == NULL:
-                raise MemoryError()
-            self.fresh = <int64_t*>p
+            self.added = <int64_t*>grown(self.added, days * sizeof(int64_t))
+            self.fresh = <int64_t*>grown(self.fresh, days * sizeof(int64_t))
             self.added_cap = days
         return 0
 
@@ -499,6 +482,14 @@ cdef class DeltaSums:
             counter = counters[slot.group]
             # dict's get and set: Counter's += would call its Python __missing__
             counter[cell] = counter.get(cell, 0) + slot.value
+
+
+cdef void* grown(void* p, size_t size) except NULL:
+    """``p`` reallocated to ``size`` bytes; MemoryError (``p`` still valid) when it fails."""
+    cdef void* found = realloc(p, size)
+    if found == NULL:
+        raise MemoryError()
+    return found
 
 
 cdef inline void memcpy_words(uint64_t* to, const uint64_t* source, Py_ssize_t words) noexcept:

@@ -351,8 +351,9 @@ def _add_user_delta(
     """contributions(new) - contributions(old), filed under the segments the user is (or
     was) in. Users with the same segments share one Counter, which the store applies to
     each of those segments: far cheaper than adding every user's delta to every segment.
-    ``native_sums``: the native engine's sums of the usual change (streams/engine.py),
-    rendered into ``pending`` by the caller once per batch; None: the Python engine."""
+    ``native_sums``: the native engine's sums (streams/engine.py) of the usual change and
+    of whole users, rendered into ``pending`` by the caller once per batch; None: the
+    Python engine."""
     if old is not None and _same_counted_facts(old, new):
         # only last_active_ms, sessions or the UTC day spans moved: the 24-hour windows
         # may have (rarely: an event in a window already active moves none)
