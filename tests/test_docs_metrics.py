@@ -34,7 +34,6 @@ from retention_tracker.state.queries import (
     summary_report,
     value_segments_report,
 )
-from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
@@ -43,6 +42,7 @@ from retention_tracker.streams.events import (
     Event,
     parse_message,
 )
+from retention_tracker.streams.figures import winback_counts
 from retention_tracker.streams.lapse_model import LapseParams, at_risk_day
 from retention_tracker.streams.plan import dedup_key, lapse_cell, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
