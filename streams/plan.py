@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
+from retention_tracker.streams import engine
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     MS_PER_DAY,
@@ -55,6 +57,9 @@ from retention_tracker.streams.windows24 import (
     merge_spans,
     window_delta,
 )
+
+if TYPE_CHECKING:
+    from retention_tracker.streams._native import DeltaSums
 
 WAU_DAYS = 7
 MAU_DAYS = 30
@@ -365,10 +370,14 @@ def _add_user_delta(
     old: UserState | None,
     new: UserState,
     rules: SegmentRules,
+    native_sums: DeltaSums | None = None,
 ) -> None:
     """contributions(new) - contributions(old), filed under the segments the user is (or
     was) in. Users with the same segments share one Counter, which the store applies to
-    each of those segments: far cheaper than adding every user's delta to every segment."""
+    each of those segments: far cheaper than adding every user's delta to every segment.
+    ``native_sums``: the native engine's sums (streams/engine.py) of the usual change and
+    of whole users, rendered into ``pending`` by the caller once per batch; None: the
+    Python engine."""
     if old is not None and _same_counted_facts(old, new):
         # only last_active_ms, session days or the UTC day spans moved: the 24-hour windows
         # may have (rarely: an event in a window already active moves none)
@@ -376,7 +385,7 @@ def _add_user_delta(
         return
     new_segments = tuple(segments_of(new, rules))
     if old is None:
-        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
+        _add_whole(pending, new_segments, new, 1, native_sums)
         return
     old_segments = tuple(segments_of(old, rules))
     if old.seen and old_segments == new_segments and old.first_day == new.first_day:
@@ -389,14 +398,29 @@ def _add_user_delta(
         for cell, delta in window_delta(old, new):
             target[cell] += delta
         if _only_new_active_days(old, new):  # the usual change: another day of activity
-            add_new_days_delta(target, old, new, near)
+            if native_sums is not None:
+                native_sums.add_new_days(new_segments, old.active_days, near)
+            else:
+                add_new_days_delta(target, old, new, near)
             return
         years = _years_move(old, new, near)
         user_contributions(new, near, into=target, years=years)
         user_contributions(old, near, into=target, sign=-1, years=years)
     else:  # the user moved cohort or segment: every contribution moves
-        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
-        user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
+        _add_whole(pending, new_segments, new, 1, native_sums)
+        _add_whole(pending, old_segments, old, -1, native_sums)
+
+
+def _add_whole(pending: dict[Segments, Counter[Cell]], segments: Segments, state: UserState,
+               sign: int, native_sums: DeltaSums | None) -> None:
+    """``sign`` times all of the user's contributions, under ``segments``: the native
+    engine's sums take what they can (no money, answers or returning events), the 24-hour
+    windows always here; the Python engine, or a user the native sums leave, in full."""
+    target = pending.setdefault(segments, Counter())
+    if native_sums is not None and native_sums.add_user(segments, state, sign):
+        add_window_contributions(target, state, sign)
+    else:
+        user_contributions(state, into=target, sign=sign)
 
 
 def _add_window_delta(pending: dict[Segments, Counter[Cell]], old: UserState,
@@ -729,6 +753,8 @@ def plan_batch(
     accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
                                 event_clock, answered, judged_ms)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
+    native = engine.native()  # None: the Python engine computes every delta
+    native_sums: dict[str, DeltaSums] = {}  # per app
     for user_key, user_events in accepted.items():
         app = user_key[0]
         app_rules = rules.for_app(app)  # the app's currency and VIP bars
@@ -757,7 +783,12 @@ def plan_batch(
                 plan.due[user_key] = moment_ms
         plan.users[user_key] = new
         groups = pending.setdefault(app, {})
-        _add_user_delta(groups, old, new, app_rules)
+        app_sums = None
+        if native is not None:
+            app_sums = native_sums.get(app)
+            if app_sums is None:
+                app_sums = native_sums[app] = native.DeltaSums()
+        _add_user_delta(groups, old, new, app_rules, app_sums)
         _add_lapse_delta(groups, old, new)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
@@ -765,6 +796,8 @@ def plan_batch(
         if new != old:
             plan.users[user_key] = new
             _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))
+    for app, app_sums in native_sums.items():
+        app_sums.render_into(pending[app])
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan
 

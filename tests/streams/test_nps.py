@@ -8,6 +8,8 @@ import itertools
 from collections import Counter
 from datetime import date
 
+import pytest
+
 from retention_tracker.streams.calendar import AppCalendar, date_to_day
 from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.events import Event
@@ -23,6 +25,9 @@ from retention_tracker.streams.nps import (
 )
 from retention_tracker.streams.plan import plan_batch
 from retention_tracker.streams.user_state import UserState
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 UTC = AppCalendar("UTC")
 UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC

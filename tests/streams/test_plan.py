@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from datetime import date
 
+import pytest
+
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Measure, Stat
@@ -14,6 +16,9 @@ from retention_tracker.streams.events import Event
 from retention_tracker.streams.plan import dedup_key, dedup_key_of, plan_batch
 
 from .real_apply import RealApply
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 UTC = AppCalendar("UTC")

@@ -21,6 +21,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,6 +45,9 @@ from retention_tracker.streams.plan import adds_up
 
 from .delivery import random_batches
 from .real_apply import RealApply
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 BASE_MS = 1_701_648_000_000  # 2023-12-04T00:00:00Z, a Monday
 ZONES = ["UTC", "America/New_York", "Asia/Tokyo"]

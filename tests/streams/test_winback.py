@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,9 @@ from retention_tracker.streams.winback import (
 
 from .delivery import in_arrival_order, named, random_batches
 from .real_apply import RealApply
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z

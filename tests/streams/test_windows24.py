@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,9 @@ from retention_tracker.streams.figures import (
 from retention_tracker.streams.plan import ALL_USERS, add_events, dedup_key, plan_batch
 from retention_tracker.streams.user_state import UserKey, UserState
 from retention_tracker.streams.windows24 import active_windows
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 BASE_MS = 1_710_000_000_000  # 2024-03-09T16:00Z: a DST change (US) the next day
 ZONES = ["UTC", "America/New_York", "Asia/Kolkata"]
