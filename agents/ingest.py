@@ -50,7 +50,7 @@ from retention_tracker.streams.batch import (
     outcome_of,
 )
 from retention_tracker.streams.calendar import AppCalendar, utc_now_ms
-from retention_tracker.streams.plan import Plan, dedup_key
+from retention_tracker.streams.plan import Plan, dedup_key_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -213,6 +213,8 @@ class Ingestor:
         assert self.consumer is not None
         for tp in assigned:
             await self._retrying(partial(self.store.register_shard, tp.partition))
+            await self._retrying(partial(self.store.adopt_due_sets, tp.partition,
+                                         self.settings.every_inactivity_threshold))
         for tp in assigned:
             progress = await self._retrying(
                 partial(self.store.partition_progress, [tp.topic])
@@ -313,7 +315,7 @@ class Ingestor:
                             self.activity_types)
         await self._ensure_calendars({event.app for _, _, event in read.at_home})
         users = [(e.app, e.user_id) for _, _, e in read.at_home]
-        keys = [dedup_key(e.app, e.event_id) for _, _, e in read.at_home]  # hashed once
+        keys = [dedup_key_of(e) for _, _, e in read.at_home]  # hashed once
         forwarded_from = records[-1].offset + 1  # forwards at or after it were sent
         while True:
             loaded = await self.store.load_batch(tp.partition, [tp.topic], users, keys, now)

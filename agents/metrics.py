@@ -1,6 +1,6 @@
 """Prometheus exposition: global figures from a Redis snapshot, plus this worker's own health.
 
-The global figures (the daily figures of ``streams/catalogue.py`` ...
+The global figures (the gauges of ``streams/catalogue.py`` ...
 ``retention_events_accepted_total``) come from Redis, refreshed by a timer, and are the
 same on every worker: dashboards and rules take
 ``max by (app)`` over workers. The per-worker series (``retention_worker_*``, lag, batch
@@ -20,68 +20,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retention_tracker.streams.at_risk import MESSAGE_COUNTS
-from retention_tracker.streams.catalogue import COHORT24_GAUGES, CURRENCY_FIGURES, DAILY_FIGURES
+from retention_tracker.streams.catalogue import COUNTERS, CURRENCY_FIGURES, DAILY_FIGURES, GAUGES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
-from retention_tracker.streams.reports import AppFigures, LiveFigures
+from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
 
-# Every metric name the worker exports; dashboards and rules may use only these.
-GLOBAL_GAUGES = {
-    **{f.gauge: f.help for f in DAILY_FIGURES},
-    **{f.gauge: f.help for f in CURRENCY_FIGURES},
-    "retention_cohort_size": "users of a recent daily cohort",
-    "retention_cohort_retention": "share of a daily cohort active on day N (classic) or on "
-    "day N or later (rolling)",
-    "retention_cohort_complete": "1 when the cohort's day N has ended",
-    **COHORT24_GAUGES,
-    "retention_cohort_returning": "share of a daily cohort that sent an event of the type "
-    "(RETURN_EVENTS, e.g. purchase) on day N: retention on a returning event",
-    "retention_cohort_ltv": "cumulative revenue per user of a recent daily cohort by day N, "
-    "per currency",
-    "retention_cohort_roas": "LTV / CAC of a recent daily cohort by day N (in the currency of "
-    "install costs)",
-    "retention_headline_retention": "D1/D7/D30 classic retention: latest complete cohort and "
-    "mean of the 7 complete cohorts before it",
-    "retention_headline_cohort_size": "users of the cohort the headline D1/D7/D30 is of (the "
-    "latest whose day N has ended): the drop alert ignores small ones",
-    "retention_period_revenue": "revenue of the current week, month or year, per currency, "
-    "of its new users (first seen in it) or of returning users",
-    "retention_period_payers": "users paying in the current week, month or year: its new "
-    "users or returning users",
-    "retention_nps": "NPS (promoters - detractors, per 100 answers) of the current week, "
-    "month or year so far, per survey",
-    "retention_nps_answers": "survey answers in the current week, month or year so far "
-    "(each user's latest per period)",
-    "retention_nps_previous": "NPS of the previous week, month or year's answerers, those "
-    "active in the current period (retained) against the others (churned)",
-    "retention_watermark_seconds": "latest event time applied, per partition",
-    "retention_inactive_users": "users inactive for at least the threshold now",
-    "retention_winback_back_within_7d_share": "share of notified users active again within "
-    "7 days of their notification",
-    "retention_worker_snapshot_timestamp_seconds": "when the Redis figures were last read",
-    "retention_at_risk_users": "users whose P(alive) is below AT_RISK_THRESHOLD now under "
-    "the app's kept BG/NBD (or MBG/NBD) fit",
-    "retention_tracked_users": "users with activity (the population of the at-risk model)",
-}
-GLOBAL_COUNTERS = {
-    "retention_events_accepted": "events accepted, by app and type",
-    "retention_events_rejected": "events dead-lettered, by reason",
-    "retention_events_duplicate": "duplicate events ignored, by app",
-    "retention_events_forwarded": "events read away from their user's home partition and "
-    "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
-    "retention_notifications_sent": "inactivity notifications sent, by threshold, value "
-    "segment and churn type",
-    "retention_notifications_expired": "inactivity moments found later than WINBACK_MAX_DELAY "
-    "behind now (a backfill, an outage): counted, not sent",
-    "retention_false_alarms": "notifications shown wrong by a late event dated before their "
-    "moment, by threshold, value segment and churn type",
-    "retention_reactivations": "notified users active again after the moment, by threshold, "
-    "value segment and churn type",
-    "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
-    "retention_at_risk_messages": "users.at_risk episodes by outcome: sent, expired (found "
-    "later than WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
-    "those, within 7 days of it), false_alarms (a late event dated before a sent moment)",
-}
+# Every metric name the worker exports; dashboards and rules may use only these. The gauges
+# are the catalogue's (streams/catalogue.py: name, labels, help).
+GLOBAL_GAUGES = {g.name: g.help for g in GAUGES}
+# The snapshot's counters (streams/catalogue.py: name without "_total", help).
+GLOBAL_COUNTERS = COUNTERS
 
 
 @dataclass(slots=True)
@@ -162,22 +110,22 @@ class SnapshotCollector(Collector):
         for kind, rows in figures.cohorts.items():
             for row in rows:
                 if kind == "classic":
-                    gauges["retention_cohort_size"].add_metric([app, row["cohort"]], row["size"])
+                    gauges["retention_cohort_size"].add_metric([app, row.cohort], row.size)
         for suffix, by_kind in (("", figures.cohorts), ("_24h", figures.cohorts24)):
             for kind, rows in by_kind.items():
                 for row in rows:
-                    for offset in (n for n in self.offsets if n < len(row["values"])):
-                        labels = [row["cohort"], str(offset)]
+                    for offset in (n for n in self.offsets if n < len(row.values)):
+                        labels = [row.cohort, str(offset)]
                         gauges["retention_cohort_retention" + suffix].add_metric(
-                            [app, kind, *labels], row["values"][offset])
+                            [app, kind, *labels], row.values[offset])
                         if kind == "classic":
                             gauges["retention_cohort_complete" + suffix].add_metric(
-                                [app, *labels], 1.0 if row["complete"][offset] else 0.0)
+                                [app, *labels], 1.0 if row.complete[offset] else 0.0)
         for returning, rows in figures.returning.items():
             for row in rows:
-                for offset in (n for n in self.offsets if n < len(row["values"])):
+                for offset in (n for n in self.offsets if n < len(row.values)):
                     gauges["retention_cohort_returning"].add_metric(
-                        [app, returning, row["cohort"], str(offset)], row["values"][offset])
+                        [app, returning, row.cohort, str(offset)], row.values[offset])
         for day, pair in figures.headline.items():
             if pair is not None:
                 for stat, value in zip(("latest", "mean7"), pair, strict=True):
@@ -270,16 +218,16 @@ class SnapshotCollector(Collector):
                                                                     value)
 
     def _money(self, gauges: dict[str, GaugeMetricFamily], app: str,
-               money: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
+               money: Mapping[str, Mapping[str, Sequence[MoneyRow]]]) -> None:
         """LTV and ROAS cells at the exported offsets only (cohorts x offsets x currency)."""
         for kind, by_currency in money.items():
             for currency, rows in by_currency.items():
                 for row in rows:
-                    for offset in (n for n in self.offsets if n < len(row["values"])):
-                        value = row["values"][offset]
+                    for offset in (n for n in self.offsets if n < len(row.values)):
+                        value = row.values[offset]
                         if value is not None:  # ROAS of a cohort without costs
                             gauges[f"retention_cohort_{kind}"].add_metric(
-                                [app, row["cohort"], str(offset), currency], value)
+                                [app, row.cohort, str(offset), currency], value)
 
 
 _EVENT_COUNTERS = {Stat.ACCEPTED: "retention_events_accepted",
@@ -290,31 +238,7 @@ _WINBACK_COUNTERS = {Stat.SENT: "retention_notifications_sent",
                      Stat.REACTIVATED: "retention_reactivations",
                      Stat.FALSE_ALARM: "retention_false_alarms",
                      Stat.BACK_WITHIN_7D: "retention_reactivations_within_7d"}
-_GAUGE_LABELS = {
-    **{f.gauge: ["app"] for f in DAILY_FIGURES},
-    **{f.gauge: ["app", "currency"] for f in CURRENCY_FIGURES},
-    "retention_cohort_size": ["app", "cohort"],
-    "retention_cohort_retention": ["app", "kind", "cohort", "offset"],
-    "retention_cohort_complete": ["app", "cohort", "offset"],
-    "retention_cohort_retention_24h": ["app", "kind", "cohort", "offset"],
-    "retention_cohort_complete_24h": ["app", "cohort", "offset"],
-    "retention_cohort_returning": ["app", "type", "cohort", "offset"],
-    "retention_cohort_ltv": ["app", "cohort", "offset", "currency"],
-    "retention_cohort_roas": ["app", "cohort", "offset", "currency"],
-    "retention_headline_retention": ["app", "day", "stat"],
-    "retention_headline_cohort_size": ["app", "day"],
-    "retention_period_revenue": ["app", "period", "users", "currency"],
-    "retention_period_payers": ["app", "period", "users"],
-    "retention_nps": ["app", "period", "survey"],
-    "retention_nps_answers": ["app", "period", "survey"],
-    "retention_nps_previous": ["app", "period", "survey", "group"],
-    "retention_watermark_seconds": ["partition"],
-    "retention_inactive_users": ["app", "threshold"],
-    "retention_winback_back_within_7d_share": ["app", "threshold"],
-    "retention_worker_snapshot_timestamp_seconds": [],
-    "retention_at_risk_users": ["app"],
-    "retention_tracked_users": ["app"],
-}
+_GAUGE_LABELS = {g.name: list(g.labels) for g in GAUGES}
 _WINBACK_LABELS = ["app", "threshold", "segment", "churn_type"]
 _COUNTER_LABELS = {
     "retention_notifications_sent": _WINBACK_LABELS,

@@ -115,14 +115,13 @@ class Notifier:
         """Send what is due on ``shard``, then record it, a page at a time. ``applied``: the
         batch just applied (event clock), to tell when each moment came; ``caught_up``: the
         partition has no backlog (the event clock then follows the stream's watermark)."""
-        s = self.settings
         while True:
             now = await self._now(shard, caught_up)
-            due = await self.store.due_entries(shard, s.every_inactivity_threshold, now)
+            due = await self.store.due_entries(shard, now)
             if not due:
                 return
-            loaded = await self.store.load_batch(shard, [], [u for _, u, _ in due], [], now)
-            calendars = self.calendars({u[0] for _, u, _ in due})
+            loaded = await self.store.load_batch(shard, [], [u for u, _ in due], [], now)
+            calendars = self.calendars({u[0] for u, _ in due})
             plan = plan_notifications(
                 due, loaded.states, now, calendars, self.rules.segments,
                 self.rules.winback,

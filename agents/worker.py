@@ -18,6 +18,7 @@ from retention_tracker.config.settings import Settings, mask_url
 from retention_tracker.state.connect import make_sync_client, redis_failure
 from retention_tracker.state.schema import Keyspace
 from retention_tracker.state.store import timezone_problem
+from retention_tracker.streams import engine
 
 EXIT_FATAL = 2
 # CPython's young-generation threshold (700 container allocations) makes a batch of 20,000
@@ -75,10 +76,16 @@ def preflight(settings: Settings) -> str | None:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> int:
+    try:  # the plan's engine (ENGINE), said at start: a figure is the engine's that ran
+        engine.select(settings.engine)
+    except engine.EngineError as exc:
+        print(f"retention: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     problem = preflight(settings)
     if problem:
         print(f"retention: error: {problem}", file=sys.stderr)
         return EXIT_FATAL
+    print(f"retention: engine: {engine.describe()}", file=sys.stderr)
     from retention_tracker.agents.app import create_app, stop_reason
 
     app = create_app(settings)

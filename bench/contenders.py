@@ -41,6 +41,7 @@ from retention_tracker.agents.replication import config_value
 from retention_tracker.config.settings import Settings
 from retention_tracker.devstack.processes import ManagedProcess, free_port, start_process
 from retention_tracker.state.schema import Keyspace
+from retention_tracker.streams import engine
 
 from .processes import FAUST_BASELINE, FAUST_TABLE, RETENTION, CpuMeter, peak_rss_bytes
 
@@ -55,6 +56,19 @@ def batch_records() -> int:
 
 class BenchFailure(Exception):
     """The bench cannot produce a trustworthy figure (a contender died, stalled, or lied)."""
+
+
+def worker_engine() -> dict[str, Any]:
+    """The plan's engine the workers run (their environment's ENGINE, as this install
+    resolves it: streams/engine.py). ``worker_figure`` is false when it is the Python
+    fallback: then the figures are not the worker's (it runs native where it is built)."""
+    choice = os.environ.get("ENGINE") or Settings().engine
+    try:
+        native = engine.resolve(choice)
+    except engine.EngineError as exc:
+        raise BenchFailure(str(exc)) from None
+    return {"choice": choice, "name": engine.NATIVE if native is not None else engine.PYTHON,
+            "detail": engine.describe(choice), "worker_figure": native is not None}
 
 
 @dataclass(slots=True)

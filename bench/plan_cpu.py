@@ -11,6 +11,11 @@ wall-clock rates. Used to measure each change to plan.py and user_state.py:
     python -m retention_tracker.bench.plan_cpu --events 100000 --profile  # + cProfile top 25
     python -m retention_tracker.bench.plan_cpu --events 200000 --default-gc  # CPython's gc
     python -m retention_tracker.bench.plan_cpu --events 200000 --return-events ''  # none
+    python -m retention_tracker.bench.plan_cpu --events 200000 --engine python  # fallback
+    python -m retention_tracker.bench.plan_cpu --events 200000 --engines 5  # A/B, 5 rounds
+
+``--engines N`` replays the same batches N times with each engine in turn (python, native,
+python, ...; a shared machine's load falls on both alike) and prints the medians.
 
 It plans with the default settings' rules (RETURN_EVENTS=purchase) unless told otherwise.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import time
 import zlib
 from collections import Counter
@@ -30,9 +36,10 @@ import orjson
 from retention_tracker.agents.worker import tune_gc
 from retention_tracker.config.settings import ConfigError, Settings, segment_rules
 from retention_tracker.state.schema import render_stat
+from retention_tracker.streams import engine
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 from retention_tracker.streams.segments import SegmentRules
 from retention_tracker.streams.user_state import UserKey, decode_user, encode_user
 
@@ -85,7 +92,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
             t1 = time.process_time()
             users = {(event.app, event.user_id) for _, _, event in items}
             states = {u: decode_user(records[u]) if u in records else None for u in users}
-            keys = [dedup_key(event.app, event.event_id) for _, _, event in items]
+            keys = [dedup_key_of(event) for _, _, event in items]
             t2 = time.process_time()
             plan = plan_batch(items, states, seen.intersection(keys), watermark, 400,
                               {app: calendar for app, _ in users}, rules, dedup_keys=keys,
@@ -103,6 +110,26 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
     return seconds
 
 
+def compare_engines(parts: list[list[bytes]], batch: int, rounds: int, event_clock: bool,
+                    rules: SegmentRules, events: int) -> None:
+    """Python and native in turn on the same batches, ``rounds`` times each: the medians
+    of the plan phase (µs per event) and of the whole path (events per CPU-second)."""
+    if not engine.native_built():
+        raise SystemExit(f"plan_cpu: no native engine to compare: {engine.why_not_built()}")
+    plan_us: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
+    per_cpu_s: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
+    for _ in range(rounds):
+        for name in (engine.PYTHON, engine.NATIVE):
+            engine.select(name)
+            seconds = replay(parts, batch, event_clock=event_clock, rules=rules)
+            plan_us[name].append(seconds["plan"] / events * 1e6)
+            per_cpu_s[name].append(events / sum(seconds.values()))
+    for name in (engine.PYTHON, engine.NATIVE):
+        print(f"{name:>6}: plan {statistics.median(plan_us[name]):.2f} µs per event "
+              f"(rounds: {', '.join(f'{v:.2f}' for v in plan_us[name])}); whole path "
+              f"{statistics.median(per_cpu_s[name]):,.0f} events per CPU-second")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -113,6 +140,10 @@ def main() -> None:
                         help="plan as with CLOCK=event (the worker bench's setting)")
     parser.add_argument("--return-events", default=None, metavar="TYPES",
                         help="RETURN_EVENTS to plan with (default: the setting's default)")
+    parser.add_argument("--engine", choices=engine.ENGINES, default="auto",
+                        help="the plan's engine (ENGINE; default auto: native when built)")
+    parser.add_argument("--engines", type=int, default=0, metavar="ROUNDS",
+                        help="A/B: replay ROUNDS times with each engine in turn, print medians")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--default-gc", action="store_true",
                         help="CPython's collector thresholds, not the worker's (tune_gc)")
@@ -127,6 +158,13 @@ def main() -> None:
     parts = messages_per_partition(events, args.by_user, 50)
     if not args.default_gc:
         tune_gc()
+    try:
+        engine.select(args.engine)
+    except engine.EngineError as exc:
+        parser.error(str(exc))
+    if args.engines:
+        compare_engines(parts, args.batch, args.engines, args.event_clock, rules, len(events))
+        return
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -137,7 +175,7 @@ def main() -> None:
     shape = "by user, <=50 per message" if args.by_user else "single-event messages"
     returns = ",".join(sorted(rules.return_types)) or "none"
     print(f"{len(events):,} events ({shape}), {args.batch} messages per partition batch, "
-          f"RETURN_EVENTS {returns}: "
+          f"RETURN_EVENTS {returns}, engine {engine.running()}: "
           f"{len(events) / total:,.0f} events per CPU-second")
     print("  " + ", ".join(f"{phase} {value:.2f} s" for phase, value in seconds.items()))
     if profiler:

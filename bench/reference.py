@@ -1017,7 +1017,7 @@ def kpis(
 
 
 def inactivity_episodes(
-    stream: Iterable[Event], thresholds: Iterable[int], max_delay_ms: int
+    stream: Iterable[Event], thresholds: Iterable[int], max_delay_ms: int, tz: str = "UTC"
 ) -> dict[str, set]:
     """Section 7 read plainly, for one partition's stream in arrival order (deduplicated,
     one app): after each arrival, now = the latest `ts` so far; every user whose last
@@ -1029,10 +1029,13 @@ def inactivity_episodes(
     judged at that event's arrival.
 
     Returns sets of (user_id, K, episode last_active ms): "sent", "expired", "returns",
-    "false_alarms"."""
+    "false_alarms"; and "sessions": (user_id, K, episode last_active ms, n) per message
+    sent, n its payload's `sessions`: the distinct days (in `tz`) on which the user had a
+    session among the events arrived before it."""
     day_ms = 86_400_000
     out: dict[str, set] = {"sent": set(), "expired": set(), "returns": set(),
-                           "false_alarms": set()}
+                           "false_alarms": set(), "sessions": set()}
+    session_days: dict[str, set[date]] = {}
     thresholds = sorted(set(thresholds))
     last: dict[str, int] = {}
     handled: dict[str, dict[int, bool]] = {}  # user -> K -> sent (True) or expired (False)
@@ -1046,6 +1049,9 @@ def inactivity_episodes(
                     fresh = now - moment <= max_delay_ms
                     handled[user][days] = fresh
                     out["sent" if fresh else "expired"].add((user, days, last[user]))
+                    if fresh:
+                        out["sessions"].add((user, days, last[user],
+                                             len(session_days.get(user, ()))))
 
     for event in stream:
         now = max(now, event.ts_ms)
@@ -1053,6 +1059,8 @@ def inactivity_episodes(
         if event.type == SURVEY:  # an answer moves now, but makes no one active
             continue
         user = event.user_id
+        if event.type == "session":
+            session_days.setdefault(user, set()).add(local_day(event.ts_ms, tz))
         if user in last and event.ts_ms > last[user]:
             for days, sent in handled.get(user, {}).items():
                 if sent:

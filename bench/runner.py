@@ -41,6 +41,7 @@ from .contenders import (
     faust_agent,
     raw_loop,
     run_async,
+    worker_engine,
     worker_replay,
 )
 from .flink_job import FlinkFigures, build_job, check_figures, flink_job, flink_unavailable
@@ -162,6 +163,12 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
         "method": METHOD,
         "workdir": str(workdir),
     }
+    try:  # which engine the workers run: the fallback's figures are not the worker's
+        results["engine"] = worker_engine()
+    except BenchFailure as exc:
+        _say(f"FAILED: {exc}")
+        return 1, {**results, "error": str(exc)}
+    _say(f"engine: {results['engine']['detail']}")
     _say(f"generating the workload (~{options.events:,} events, ~{options.users:,} users, "
          f"{options.days} days); logs in {workdir}")
     workload = build_workload(WorkloadSpec(options.events, options.users, options.days,
@@ -521,6 +528,7 @@ def render(results: dict[str, Any]) -> str:
     workload = results.get("workload", {})
     lines = [f"workload: {workload.get('events', 0):,} events, "
              f"{workload.get('distinct_users', 0):,} users, {workload.get('days')} days"]
+    lines += _render_engine(results.get("engine"))
     lines += _render_throughput(results)
     lines += _render_flink(results)
     lines += _render_horizontal(results.get("horizontal"))
@@ -529,6 +537,18 @@ def render(results: dict[str, Any]) -> str:
     lines += _render_verdict(results)
     return "\n".join(textwrap.fill(line, REPORT_WIDTH, subsequent_indent="    ")
                      if len(line) > REPORT_WIDTH else line for line in lines)
+
+
+def _render_engine(found: dict[str, Any] | None) -> list[str]:
+    """Which engine the workers ran; the Python fallback's figures are said not to be the
+    worker's (a worker runs the native engine wherever it is built)."""
+    if found is None:  # a result from before the engines
+        return []
+    if found["worker_figure"]:
+        return [f"engine: {found['detail']}"]
+    return [f"engine: {found['detail']}",
+            "NOT the worker's figures: the Python fallback ran (the worker runs the native "
+            "engine where it is built; ENGINE=auto)"]
 
 
 def _render_throughput(results: dict[str, Any]) -> list[str]:

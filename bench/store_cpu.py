@@ -23,7 +23,8 @@ from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
+from retention_tracker.streams.winback import DEFAULT_WINBACK, WinbackRules
 
 from .plan_cpu import NOW_MS, messages_per_partition
 from .processes import cpu_seconds
@@ -33,11 +34,15 @@ PREFIX = "storecpu"
 
 
 async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
-                 cache_users: int) -> tuple[float, float, int, dict[str, int]]:
+                 cache_users: int, winback: WinbackRules = DEFAULT_WINBACK,
+                 dedup_buckets: int = 1024) -> tuple[float, float, int, dict[str, int]]:
     """Every partition's batches through the store; Redis CPU-s, wall s, events, and the
-    commands Redis ran (``INFO commandstats`` calls, scripts' inner calls included)."""
+    commands Redis ran (``INFO commandstats`` calls, scripts' inner calls included).
+    ``winback``: the inactivity thresholds whose due entries the plans write;
+    ``dedup_buckets``: the store's ``DEDUP_BUCKETS``."""
     client = aioredis.from_url(url)
-    store = RedisStore(client, prefix=PREFIX, state_cache_users=cache_users)
+    store = RedisStore(client, prefix=PREFIX, state_cache_users=cache_users,
+                       dedup_buckets=dedup_buckets)
     calendar = AppCalendar("UTC")
     await client.config_resetstat()
     before, started, events = cpu_seconds(pid) or 0.0, time.perf_counter(), 0
@@ -48,11 +53,11 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
                      for offset, message in enumerate(messages[start:start + batch], start)
                      for index, event in parse_message(message, NOW_MS).events]
             users = [(e.app, e.user_id) for _, _, e in items]
-            keys = [dedup_key(e.app, e.event_id) for _, _, e in items]
+            keys = [dedup_key_of(e) for _, _, e in items]
             loaded = await store.load_batch(shard, ["t"], users, keys, NOW_MS)
             plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys,
                               loaded.watermark_ms, 400, {app: calendar for app, _ in users},
-                              dedup_keys=keys, event_clock=True)
+                              dedup_keys=keys, winback=winback, event_clock=True)
             assert await store.apply_plan(shard, loaded, {"t": start + batch}, plan)
             events += len(items)
     redis_s = (cpu_seconds(pid) or 0.0) - before

@@ -54,11 +54,11 @@ def preload(url: str, users: int, due: int, window_ms: int, start_ms: int) -> No
         due_ms = start_ms + (n * window_ms // due if n < due else 10 * MS_PER_DAY + n)
         last = due_ms - THRESHOLD_DAYS * MS_PER_DAY
         first = last - 3 * MS_PER_DAY
-        state = UserState(first, last, calendar.day_of(first),
-                          frozenset({calendar.day_of(first), calendar.day_of(last)}),
-                          frozenset({calendar.day_of(first)}), sessions=3)
+        active = frozenset({calendar.day_of(first), calendar.day_of(last)})
+        state = UserState(first, last, calendar.day_of(first), active,
+                          frozenset({calendar.day_of(first)}), session_days=active)
         pipe.hset(store.user_key(shard, "default", user), user, encode_user(state))
-        pipe.zadd(keys.due(shard, THRESHOLD_DAYS), {due_member(("default", user)): due_ms})
+        pipe.zadd(keys.due(shard), {due_member(("default", user)): due_ms})
         if n % 5000 == 4999:
             pipe.execute()
     pipe.execute()

@@ -1,12 +1,13 @@
 """``retention check``: is this environment fit to run a worker? One line per check.
 
 It reads the same settings as a worker (``Settings.from_env``) and checks, in order: the
-settings themselves; Redis (reachable, authenticated, its version, persistence and eviction
-policy on every master; for a Redis Cluster its state and slot coverage); the broker
-(reachable); the input topics (exist, equal partition counts, the counts the state was
-built with); the DLQ, re-key and output topics (exist, or the worker creates them on start);
-the app timezones recorded in Redis against the configured ones; how the producers key
-their events (the share of recent events forwarded to their home partition).
+settings themselves; the plan's engine (native, or the Python fallback); Redis (reachable,
+authenticated, its version, persistence and eviction policy on every master; for a Redis
+Cluster its state and slot coverage); the broker (reachable); the input topics (exist, equal
+partition counts, the counts the state was built with); the DLQ, re-key and output topics
+(exist, or the worker creates them on start); the app timezones recorded in Redis against
+the configured ones; how the producers key their events (the share of recent events
+forwarded to their home partition).
 Each check prints ``ok``, ``warn``, ``FAIL`` (or ``skip`` when an earlier failure makes it
 impossible) and what exactly is wrong; the exit status is 1 if
 any check FAILed. ``--json`` prints the same as a list of objects. Passwords in URLs are
@@ -41,6 +42,7 @@ from retention_tracker.config.settings import ConfigError, Settings, mask_url
 from retention_tracker.state.connect import SyncClient, make_sync_client, redis_failure
 from retention_tracker.state.schema import Keyspace, parse_stat, text
 from retention_tracker.state.store import timezone_problem
+from retention_tracker.streams import engine
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import FORWARD_CAUSES
@@ -383,6 +385,17 @@ def _timezone_checks(settings: Settings, report: _Report, stored_all: _Stored | 
         report.add("timezones", OK, f"no app has data under key prefix {settings.key_prefix!r}")
 
 
+def _engine_check(settings: Settings, report: _Report) -> None:
+    """Which engine a worker with these settings runs (ENGINE, streams/engine.py): the
+    fallback is a warning (it is exact, only slower), ENGINE=native unbuilt a failure."""
+    try:
+        native = engine.resolve(settings.engine)
+    except engine.EngineError as exc:
+        report.add("engine", FAIL, str(exc))
+        return
+    report.add("engine", OK if native is not None else WARN, engine.describe(settings.engine))
+
+
 def run_checks() -> list[Check]:
     """Every check, in order; never raises for an expected failure."""
     report = _Report(_secrets(os.environ.get("REDIS_URL", ""), os.environ.get("KAFKA_BROKER", "")))
@@ -390,12 +403,13 @@ def run_checks() -> list[Check]:
         settings = Settings.from_env()
     except ConfigError as exc:
         report.add("settings", FAIL, str(exc))
-        for name in ("redis", "broker", "timezones", "keying"):
+        for name in ("engine", "redis", "broker", "timezones", "keying"):
             report.add(name, SKIP, "not checked: the settings are invalid")
         return report.checks
     report.add("settings", OK,
                f"group {settings.group_id!r}, key prefix {settings.key_prefix!r}, input "
                f"{', '.join(settings.input_topics)}")
+    _engine_check(settings, report)
     stored = _redis_checks(settings, report)
     _kafka_checks(settings, report, stored)
     _timezone_checks(settings, report, stored)

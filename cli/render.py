@@ -42,22 +42,22 @@ def triangle_table(report: CohortReport, width: int | None = None) -> str:
     )
     if not rows:
         return head + "\n(no cohorts)"
-    label_w = max(len("cohort"), *(len(r["cohort"]) for r in rows))
-    size_w = max(len("size"), *(len(str(r["size"])) for r in rows))
+    label_w = max(len("cohort"), *(len(r.cohort) for r in rows))
+    size_w = max(len("size"), *(len(str(r.size)) for r in rows))
     cell_w = 7
     fit = max(1, (width - label_w - size_w - 2) // (cell_w + 1))
-    offsets = min(fit, max(len(r["values"]) for r in rows))
+    offsets = min(fit, max(len(r.values) for r in rows))
     lines = [head]
     header = f"{'cohort':<{label_w}} {'size':>{size_w}}"
     header += "".join(f" {'+' + str(n):>{cell_w}}" for n in range(offsets))
     lines.append(header)
     for row in rows:
-        line = f"{row['cohort']:<{label_w}} {row['size']:>{size_w}}"
-        for value, complete in list(zip(row["values"], row["complete"], strict=True))[:offsets]:
+        line = f"{row.cohort:<{label_w}} {row.size:>{size_w}}"
+        for value, complete in list(zip(row.values, row.complete, strict=True))[:offsets]:
             cell = _cell(report.kind, value) + ("" if complete else "~")
             line += f" {cell:>{cell_w}}"
         lines.append(line)
-    hidden = max(len(r["values"]) for r in rows) - offsets
+    hidden = max(len(r.values) for r in rows) - offsets
     if hidden > 0:
         lines.append(f"({hidden} more offsets: widen the terminal or use --json)")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from retention_tracker.streams.calendar import MS_PER_DAY
+from retention_tracker.streams.engine import ENGINES
 from retention_tracker.streams.events import (
     ACTIVITY_TYPE_RE,
     APP_NAME_RE,
@@ -125,12 +126,15 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
                "the stream's watermark"),
     SettingDoc("BATCH_MAX_RECORDS", "Kafka records per fetch and partition batch at most "
                "(replay speed vs memory and Redis script time)"),
+    SettingDoc("ENGINE", "the plan's engine: 'native' (compiled by pip install where a C "
+               "compiler is found), 'python' (the fallback) or 'auto' (native when built)"),
     SettingDoc("FETCH_MAX_WAIT_MS", "longest a fetch waits for data (latency vs requests)"),
     SettingDoc("MAX_MESSAGE_BYTES", "larger messages are dead-lettered as too_large "
                "(their first 512 KiB; every dead letter holds at most that)"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records"),
-    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding event ids"),
+    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding the ids of purchases "
+               "and costed installs (about such ids per partition and window / 100)"),
     SettingDoc("STATE_CACHE_USERS",
                "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
     SettingDoc("KEY_PREFIX", "prefix of every Redis key"),
@@ -475,6 +479,7 @@ class Settings:
     clock_speed: float = 1.0
     event_clock_idle_ms: int = 5000
     batch_max_records: int = 20000
+    engine: str = "auto"
     fetch_max_wait_ms: int = 50
     max_message_bytes: int = 1 << 20
     max_events_per_message: int = 1000
@@ -563,6 +568,7 @@ class Settings:
             event_clock_idle_ms=_int(env, "EVENT_CLOCK_IDLE_MS", d.event_clock_idle_ms,
                                      minimum=0),
             batch_max_records=_int(env, "BATCH_MAX_RECORDS", d.batch_max_records, minimum=1),
+            engine=_choice(env, "ENGINE", d.engine, ENGINES),
             fetch_max_wait_ms=_int(env, "FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms, minimum=0),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=64),
             max_events_per_message=_int(

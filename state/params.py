@@ -7,11 +7,10 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 
 from retention_tracker.config.settings import Settings
-from retention_tracker.streams.builders import VALUE_SEGMENTS
 from retention_tracker.streams.calendar import GRANULARITIES
 from retention_tracker.streams.catalogue import CALENDAR, WINDOWS
 from retention_tracker.streams.events import CURRENCY_RE
-from retention_tracker.streams.figures import KINDS, MONEY_KINDS, Coordinates
+from retention_tracker.streams.figures import KINDS, MONEY_KINDS, VALUE_SEGMENTS, Coordinates
 from retention_tracker.streams.plan import ALL_USERS
 
 

@@ -1,8 +1,10 @@
-"""The query side shared by the CLI and the HTTP views: Redis counters -> report documents.
+"""The query side shared by the CLI and the HTTP views: reads of Redis counters, handed to
+the pure builders of reports.
 
 Both read Redis directly, so reports work with no worker running. Parameters are checked by
-``state/params.py``, the reports' parts built by the pure ``streams/builders.py`` and
-``streams/figures.py``: what is left here is which counters each report reads.
+``state/params.py``; the reports are built by the pure ``streams/builders.py`` (which
+families each is made of) from the figures of ``streams/figures.py``. What is left here is
+I/O: each report reads the counters its builder names and hands them over.
 """
 
 from __future__ import annotations
@@ -30,32 +32,25 @@ from retention_tracker.state.schema import (
     field_pattern,
     parse_daily,
     parse_family,
-    parse_stat,
     parse_stats,
 )
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.builders import (
-    HEADLINE_COHORTS,
-    HEADLINE_DAYS,
-    VALUE_SEGMENTS,
-    WINBACK_KINDS,
-    current_nps,
+    LiveReads,
+    Triangle,
+    app_figures,
     daily_rows,
-    forwarded_figures,
     headline_figures,
-    headline_last_day,
     kpi_period_rows,
-    pipeline_counts,
-    rpr_figures,
-    winback_counts,
+    live_span,
+    nps_figures_by,
+    pipeline_figures,
+    rpr_by_cohort,
 )
-from retention_tracker.streams.builders import winback_figures as build_winback_figures
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     AppCalendar,
     date_to_day,
-    day_to_date,
-    period_label,
     period_of_day,
     utc_now_ms,
 )
@@ -66,7 +61,7 @@ from retention_tracker.streams.catalogue import (
     HOURS24,
     RUN_MEASURES,
 )
-from retention_tracker.streams.counters import Cell, Measure, Stat
+from retention_tracker.streams.counters import Cell, Measure
 from retention_tracker.streams.events import (
     DEFAULT_SURVEY,
     SURVEY_NAME_RE,
@@ -75,24 +70,21 @@ from retention_tracker.streams.figures import (
     KINDS,
     KPI_MEASURES,
     KPI_PERIODS,
+    VALUE_SEGMENTS,
+    WINBACK_KINDS,
+    Bounds,
     Coordinates,
-    cohort_rows,
     day_summary,
     days_with_data,
-    headline,
-    headline_cohort_size,
+    forwarded_figures,
     iso_time,
     last_day_with_data,
-    money_rows,
-    new_and_returning,
     revenue_currencies,
-    window_sizes,
+    rpr_figures,
 )
+from retention_tracker.streams.figures import winback_figures as build_winback_figures
 from retention_tracker.streams.nps import (
     NPS_PERIODS,
-    nps_churn_rows,
-    nps_cohort_rows,
-    nps_rows,
     surveys_of,
 )
 from retention_tracker.streams.plan import ALL_USERS, segments_of
@@ -176,37 +168,19 @@ async def cohort_report(
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
+    triangle = Triangle(kind, granularity, window, returning)
 
     async def family(measure: Measure) -> Counter[Coordinates]:
         return await read_measure(store, app, measure, granularity, segment)
 
     last_day = last_day_with_data(await read_daily(store, app, segment))
-    sizes = await family(Measure.COHORT_SIZE)
-    shown_currency = None
-    if window != CALENDAR:
-        classic = await family(COHORT_FAMILY[window, "classic"].measure)
-        cells = classic if kind == "classic" else await family(COHORT_FAMILY[window, kind].measure)
-        rows = cohort_rows(window_sizes(classic), cells, kind, granularity, calendar, now, last_day,
-                           date_from, date_to, windows24=True)
-    elif kind in KINDS and returning is not None:
-        typed = await family(Measure.RETURNED if kind == "classic" else Measure.LAST_RETURN)
-        cells = Counter({(c, n): v for (c, n, t), v in typed.items() if t == returning})
-        rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
-                           date_from, date_to)
-    elif kind in KINDS:
-        cells = await family(COHORT_FAMILY[CALENDAR, kind].measure)
-        rows = cohort_rows(sizes, cells, kind, granularity, calendar, now, last_day,
-                           date_from, date_to)
-    else:
-        cells = await family(Measure.FIRST_PAYMENT if kind == "payer_conversion"
-                             else Measure.LTV)
-        if kind != "payer_conversion":
-            currency = shown_currency = money_currency(settings, app, kind, currency, cells)
-        else:
-            currency = currency or settings.currency_of(app)  # unused: counts users
-        costs = await family(Measure.COST) if kind == "roas" else Counter()
-        rows = money_rows(sizes, cells, costs, kind, granularity, currency, calendar, now,
-                          last_day, date_from, date_to)
+    sizes = await family(triangle.sizes)
+    cells = sizes if triangle.cells is triangle.sizes else await family(triangle.cells)
+    costs = await family(triangle.costs) if triangle.costs is not None else Counter()
+    shown_currency = (money_currency(settings, app, kind, currency, cells)
+                      if triangle.in_currency else None)
+    rows = triangle.rows(sizes, cells, costs, shown_currency,
+                         Bounds(calendar, now, last_day, date_from, date_to))
     return CohortReport(app, granularity, kind, calendar.timezone, _segment_shown(segment),
                         shown_currency, iso_time(now), tuple(rows), returning,
                         None if window == CALENDAR else window)
@@ -280,30 +254,28 @@ async def headline_report(
     segment = segment_of(where)
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
-    rows = cohort_rows(
-        await read_measure(store, app, Measure.COHORT_SIZE, "day", segment),
-        await read_measure(store, app, Measure.CLASSIC, "day", segment), "classic", "day",
-        calendar, now, headline_last_day(await read_daily(store, app, segment), calendar, now),
-    )
     return HeadlineReport(app, iso_time(now), calendar.timezone, _segment_shown(segment),
-                          headline_figures(rows))
+                          headline_figures(*await _headline_reads(store, app, segment),
+                                           calendar, now))
+
+
+async def _headline_reads(store: RedisStore, app: str, segment: str
+                          ) -> tuple[Counter[Coordinates], Counter[Coordinates], Counter[Cell]]:
+    """What a segment's headline is built from (builders.headline_figures): the daily
+    cohorts' sizes and classic cells, the daily measures."""
+    return (await read_measure(store, app, Measure.COHORT_SIZE, "day", segment),
+            await read_measure(store, app, Measure.CLASSIC, "day", segment),
+            await read_daily(store, app, segment))
 
 
 async def pipeline_report(store: RedisStore, settings: Settings) -> PipelineReport:
     """Pipeline health from Redis (the same on every worker): accepted events by app and
     type, rejects by reason, duplicates by app, and each partition's event-time watermark."""
     now = await now_ms(store, settings)
-    raw = await store.read_stats()
-    stats = parse_stats(raw)
-    forwarded = {app: forwarded_figures(stats, app)
-                 for app in {key[1] for key in stats if key[0] is Stat.ACCEPTED}}
-    accepted, rejected, duplicates = pipeline_counts(
-        (key, value) for name, value in sorted(raw.items())  # in the stored names' order
-        if (key := parse_stat(name)) is not None)
+    stats = parse_stats(dict(sorted((await store.read_stats()).items())))  # names' order
     marks = {shard: p.watermark_ms for shard, p in
              (await store.partition_progress([])).items() if p.watermark_ms is not None}
-    return PipelineReport(iso_time(now), accepted, rejected, duplicates, forwarded,
-                          {str(shard): iso_time(int(ms)) for shard, ms in sorted(marks.items())})
+    return pipeline_figures(stats, marks, now)
 
 
 async def winback_figures(
@@ -355,20 +327,9 @@ async def nps_report(
     calendar = await app_calendar(store, settings, app)
     now = await now_ms(store, settings)
     cells = await read_measure(store, app, Measure.NPS, period, segment)
-
-    def label(number: int) -> str:
-        return period_label(number, period)
-
-    if by == "cohort":
-        rows = nps_cohort_rows(await read_measure(store, app, Measure.NPS_COHORT, period,
-                                                  segment), survey, label)
-    elif by == "churn":
-        rows = [{**row, "complete": calendar.period_end_ms(number + 1, period) <= now}
-                for number, row in nps_churn_rows(cells, survey, label)]
-    else:
-        rows = nps_rows(cells, survey, label)
-    current = label(period_of_day(calendar.day_of(now), period))
-    live = current if by != "cohort" and any(r["period"] == current for r in rows) else None
+    cohort_cells = (await read_measure(store, app, Measure.NPS_COHORT, period, segment)
+                    if by == "cohort" else Counter())
+    rows, live = nps_figures_by(by, survey, period, cells, cohort_cells, calendar, now)
     return NpsReport(app, period, survey, by, calendar.timezone, _segment_shown(segment),
                      iso_time(now), tuple(surveys_of(cells)), live, tuple(rows))
 
@@ -386,16 +347,8 @@ async def repeat_purchase_report(
     calendar = await app_calendar(store, settings, app)
     per_cohort = await read_measure(store, app, Measure.REPEAT_BUYERS, granularity, segment)
     sizes = await read_measure(store, app, Measure.COHORT_SIZE, granularity, segment)
-    cohorts = sorted(c for (c,), size in sizes.items() if size > 0)  # buyers or not
-
-    report = RepeatPurchaseReport(
-        app, granularity, calendar.timezone, _segment_shown(segment),
-        rpr_figures(sum(v for (_, n), v in per_cohort.items() if n == 1),
-                sum(v for (_, n), v in per_cohort.items() if n == 2)),
-        tuple({"cohort": period_label(c, granularity),
-               **rpr_figures(per_cohort.get((c, 1), 0), per_cohort.get((c, 2), 0))}
-              for c in cohorts),
-    )
+    report = RepeatPurchaseReport(app, granularity, calendar.timezone, _segment_shown(segment),
+                                  *rpr_by_cohort(per_cohort, sizes, granularity))
     if date_from or date_to:
         low = date_to_day(date_from) if date_from else None
         high = date_to_day(date_to) if date_to else None
@@ -423,123 +376,78 @@ async def value_segments_report(
     now = await now_ms(store, settings)
     segments = []
     for value in VALUE_SEGMENTS:
-        segment = f"value={value}"
-        sizes = await read_measure(store, app, Measure.COHORT_SIZE, "day", segment)
-        daily = await read_daily(store, app, segment)
-        cells = await read_measure(store, app, Measure.CLASSIC, "day", segment)
-        rows = cohort_rows(sizes, cells, "classic", "day", calendar, now,
-                           headline_last_day(daily, calendar, now))
+        sizes, cells, daily = await _headline_reads(store, app, f"value={value}")
         segments.append({"segment": value, "users": sum(sizes.values()),
-                         **headline_figures(rows)})
+                         **headline_figures(sizes, cells, daily, calendar, now)})
     return ValueSegmentsReport(app, calendar.timezone, iso_time(now), tuple(segments))
 
 
 async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
-    """What /metrics shows, per app: today's summary, recent daily cohorts (classic and
-    rolling) and the headline D1/D7/D30. Reads only the fields it needs."""
+    """What /metrics shows, per app (streams/builders.app_figures), from the few fields it
+    needs."""
     now = await now_ms(store, settings)
     stats = parse_stats(await store.read_stats())
     apps: dict[str, AppFigures] = {}
     for app, zone in (await store.app_timezones()).items():
         calendar = AppCalendar(zone)
-        today = calendar.day_of(now)
-        names = [field_name(m, today) for m in DAY_MEASURES]
-        found = await store.read_fields(app, DAILY_FAMILY, names)
-        # revenue: every day's, for the currencies
-        for measure in (Measure.REVENUE, *RUN_MEASURES):
-            found.update(await store.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
-        daily = parse_daily(found)
-        summary = day_summary(app, today, daily)
-        # the headline needs D30 of the latest complete cohort (31 days back) and of the 7
-        # before it: 39 days back at least
-        span = max(settings.metrics_cohort_days, max(HEADLINE_DAYS) + HEADLINE_COHORTS + 2)
-        cohorts = range(today - span + 1, today + 1)
-        cells = [(c, n) for c in cohorts for n in range(today - c + 1)]
-        sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
-        rows = {
-            kind: cohort_rows(
-                sizes, await read_cells(store, app, COHORT_FAMILY[CALENDAR, kind].measure,
-                                        "day", cells), kind, "day", calendar, now, today)
-            for kind in KINDS
-        }
-        first_shown = day_to_date(today - settings.metrics_cohort_days + 1).isoformat()
-        shown = {  # daily labels are ISO dates: they sort as the days do
-            kind: [r for r in kind_rows if r["cohort"] >= first_shown]
-            for kind, kind_rows in rows.items()
-        }
-        # 24-hour windows: one offset more than the days (a window ends later on a DST day)
-        cells24 = [(c, n) for c in cohorts if c >= today - settings.metrics_cohort_days + 1
-                   for n in range(today - c + 2)]
-        window_cells = {kind: await read_cells(store, app, COHORT_FAMILY[HOURS24, kind].measure,
-                                               "day", cells24) for kind in KINDS}
-        sizes24 = window_sizes(window_cells["classic"])
-        periods = {g: await _current_period_money(store, app, g, calendar.day_of(now),
-                                                   revenue_currencies(daily))
-                   for g in KPI_PERIODS}
-        satisfaction = {g: current_nps(await read_measure(store, app, Measure.NPS, g), g,
-                                       calendar.day_of(now))
-                        for g in NPS_PERIODS}
-        returning: dict[str, tuple[dict[str, Any], ...]] = {}  # RETURN_EVENTS: per type
-        for event_type in settings.return_events:
-            typed = await read_cells(store, app, Measure.RETURNED, "day",
-                                     [(c, n, event_type) for c, n in cells])
-            rows_of = cohort_rows(sizes, Counter({(c, n): v for (c, n, _), v in typed.items()}),
-                                  "classic", "day", calendar, now, today)
-            returning[event_type] = tuple(r for r in rows_of if r["cohort"] >= first_shown)
-        apps[app] = AppFigures(
-            winback=await winback_figures(store, settings, app, stats),
-            winback_counts=winback_counts(stats, app, settings.inactivity_thresholds_of(app)),
-            summary=summary,
-            cohorts={kind: tuple(kind_rows) for kind, kind_rows in shown.items()},
-            cohorts24={kind: tuple(cohort_rows(sizes24, found, kind, "day", calendar, now,
-                                               today, windows24=True))
-                       for kind, found in window_cells.items()},
-            money=await _recent_money(store, settings, app, calendar, now, today, daily),
-            headline={n: headline(rows["classic"], n, HEADLINE_COHORTS) for n in HEADLINE_DAYS},
-            headline_size={n: headline_cohort_size(rows["classic"], n) for n in HEADLINE_DAYS},
-            periods=periods,
-            nps=satisfaction,
-            returning=returning,
-        )
+        read = await _live_reads(store, settings, app, calendar.day_of(now), now)
+        apps[app] = app_figures(app, read, stats, calendar, now,
+                                cohort_days=settings.metrics_cohort_days,
+                                currency=settings.currency_of(app),
+                                thresholds=settings.inactivity_thresholds_of(app))
     return LiveFigures(now, apps, stats)
 
 
-async def _current_period_money(store: RedisStore, app: str, granularity: str, today: int,
-                                currencies: list[str]) -> dict[str, Any]:
-    """The current week, month or year's revenue and payers split between its new and its
-    returning users (METRICS.md §6), from the few counters that hold them."""
+async def _live_reads(store: RedisStore, settings: Settings, app: str, today: int, now: int
+                      ) -> LiveReads:
+    """The fields an app's live figures are built from (builders.LiveReads)."""
+    found = await store.read_fields(app, DAILY_FAMILY,
+                                    [field_name(m, today) for m in DAY_MEASURES])
+    for measure in (Measure.REVENUE, *RUN_MEASURES):  # every day's: currencies, edge sums
+        found.update(await store.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
+    daily = parse_daily(found)
+    first_shown = today - settings.metrics_cohort_days + 1
+    cohorts = range(today - live_span(settings.metrics_cohort_days) + 1, today + 1)
+    shown = range(first_shown, today + 1)
+
+    def offsets(days: range, more: int = 0) -> list[Coordinates]:
+        return [(c, n) for c in days for n in range(today - c + 1 + more)]
+
+    async def cells(measure: Measure, wanted: Sequence[Coordinates]) -> Counter[Coordinates]:
+        return await read_cells(store, app, measure, "day", wanted)
+
+    currencies = revenue_currencies(daily)
+    return LiveReads(
+        daily=daily,
+        sizes=await cells(Measure.COHORT_SIZE, [(c,) for c in cohorts]),
+        cells={kind: await cells(COHORT_FAMILY[CALENDAR, kind].measure, offsets(cohorts))
+               for kind in KINDS},
+        # 24-hour windows: one offset more than the days (a window ends later on a DST day)
+        windows24={kind: await cells(COHORT_FAMILY[HOURS24, kind].measure, offsets(shown, 1))
+                   for kind in KINDS},
+        returned={event_type: await cells(Measure.RETURNED,
+                                          [(*cell, event_type) for cell in offsets(shown)])
+                  for event_type in settings.return_events},
+        ltv={currency: await cells(Measure.LTV, [(*cell, currency) for cell in offsets(shown)])
+             for currency in revenue_currencies(daily, first_shown)},
+        costs=await cells(Measure.COST, [(c,) for c in shown]),
+        periods={g: await _current_period_reads(store, app, g, today, currencies)
+                 for g in KPI_PERIODS},
+        nps={g: await read_measure(store, app, Measure.NPS, g) for g in NPS_PERIODS},
+        due_now=await store.due_counts(app, settings.inactivity_thresholds_of(app), now),
+    )
+
+
+async def _current_period_reads(store: RedisStore, app: str, granularity: str, today: int,
+                                currencies: list[str]) -> dict[Measure, Counter[Coordinates]]:
+    """The few counters that hold the current week, month or year's revenue and payers of
+    its new and its returning users (builders.current_period_money)."""
     period = period_of_day(today, granularity)
-    families = {
-        Measure.PERIOD_REVENUE: await read_cells(store, app, Measure.PERIOD_REVENUE, granularity,
-                                                 [(period, c) for c in currencies]),
-        Measure.LTV: await read_cells(store, app, Measure.LTV, granularity,
-                                      [(period, 0, c) for c in currencies]),
-        Measure.PERIOD_PAYERS: await read_cells(store, app, Measure.PERIOD_PAYERS, granularity,
-                                                [(period,)]),
-        Measure.FIRST_PAYMENT: await read_cells(store, app, Measure.FIRST_PAYMENT, granularity,
-                                                [(period, 0)]),
+    wanted: dict[Measure, list[Coordinates]] = {
+        Measure.PERIOD_REVENUE: [(period, c) for c in currencies],
+        Measure.LTV: [(period, 0, c) for c in currencies],
+        Measure.PERIOD_PAYERS: [(period,)],
+        Measure.FIRST_PAYMENT: [(period, 0)],
     }
-    return {"period": period_label(period, granularity), **new_and_returning(families, period)}
-
-
-async def _recent_money(
-    store: RedisStore, settings: Settings, app: str, calendar: AppCalendar, now: int,
-    today: int, daily: Counter[Cell],
-) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """LTV (per currency with revenue in the window) and ROAS (in CURRENCY, the currency of
-    costs) of the last METRICS_COHORT_DAYS daily cohorts: kind -> currency -> rows."""
-    first = today - settings.metrics_cohort_days + 1
-    currencies = revenue_currencies(daily, first)
-    cohorts = range(first, today + 1)
-    sizes = await read_cells(store, app, Measure.COHORT_SIZE, "day", [(c,) for c in cohorts])
-    costs = await read_cells(store, app, Measure.COST, "day", [(c,) for c in cohorts])
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {"ltv": {}, "roas": {}}
-    for currency in currencies:
-        fields = [(c, n, currency) for c in cohorts for n in range(today - c + 1)]
-        cells = await read_cells(store, app, Measure.LTV, "day", fields)
-        out["ltv"][currency] = money_rows(sizes, cells, costs, "ltv", "day", currency,
-                                          calendar, now, today)
-        if currency == settings.currency_of(app):
-            out["roas"][currency] = money_rows(sizes, cells, costs, "roas", "day", currency,
-                                               calendar, now, today)
-    return out
+    return {measure: await read_cells(store, app, measure, granularity, cells)
+            for measure, cells in wanted.items()}

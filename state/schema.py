@@ -85,8 +85,13 @@ class Keyspace:
     def dedup(self, shard: int, generation: int, bucket: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
 
-    def due(self, shard: int, days: int) -> str:
-        """Users by the moment they become inactive for ``days`` (last_active + days)."""
+    def due(self, shard: int) -> str:
+        """Users by their next inactivity moment (``streams.winback.next_moment_ms``)."""
+        return f"{self.prefix}:{{{shard}}}:due:next"
+
+    def due_per_threshold(self, shard: int, days: int) -> str:
+        """Before issue 31, users by the moment they become inactive for ``days``, one set
+        per threshold: a worker merges them into ``due`` (``RedisStore.adopt_due_sets``)."""
         return f"{self.prefix}:{{{shard}}}:due:{days}"
 
     def due_at_risk(self, shard: int) -> str:

@@ -141,12 +141,14 @@ class RedisStore:
         shard: int,
         topics: Iterable[str],
         users: Iterable[UserKey],
-        dedup_keys: Iterable[bytes],
+        given_keys: Iterable[bytes | None],
         now_ms: int,
     ) -> LoadedBatch:
+        """The partition's meta, the batch's users and which of ``given_keys`` are
+        remembered (None: an event whose id is not kept, ``streams.plan.adds_up``)."""
         topics = list(topics)
         users = list(dict.fromkeys(users))
-        dedup_keys = list(dict.fromkeys(dedup_keys))
+        dedup_keys = [key for key in dict.fromkeys(given_keys) if key is not None]
         generation = self.dedup_generation(now_ms)
         token = self.cache.token(shard)
         held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
@@ -232,9 +234,10 @@ class RedisStore:
             ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
             lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
         due_add: list[object] = []
-        for (days, user), due_ms in plan.due.items():
-            due_add += (keys.of(self.keys.due(shard, days)), str(due_ms), due_member(user))
-        due_remove = self._at_risk_entries(shard, keys, at_risk_due or {}, due_add)
+        due_remove = self._due_changes(keys.of(self.keys.due(shard)), plan.due, due_add)
+        if at_risk_due:
+            due_remove += self._due_changes(keys.of(self.keys.due_at_risk(shard)), at_risk_due,
+                                            due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
             "read_watermark": ("" if plan.read_watermark_ms is None
@@ -243,18 +246,17 @@ class RedisStore:
             "dedup": dedup, "due_add": due_add, "due_remove": due_remove,
         })
 
-    def _at_risk_entries(self, shard: int, keys: KeyIndex, moments: Mapping[UserKey, int | None],
-                         due_add: list[object]) -> list[object]:
-        """Users' at-risk moments into the due set: added to ``due_add``; the removals
-        (users with no moment) returned as ``due_remove``."""
+    @staticmethod
+    def _due_changes(key: int, moments: Mapping[UserKey, int | None], due_add: list[object]
+                     ) -> list[object]:
+        """Users' moments into the due set of key index ``key``: added to ``due_add``; the
+        removals (users with no moment) returned as ``due_remove``."""
         due_remove: list[object] = []
-        if moments:
-            key = keys.of(self.keys.due_at_risk(shard))
-            for user, moment in moments.items():
-                if moment is None:
-                    due_remove += (key, due_member(user))
-                else:
-                    due_add += (key, str(moment), due_member(user))
+        for user, moment in moments.items():
+            if moment is None:
+                due_remove += (key, due_member(user))
+            else:
+                due_add += (key, str(moment), due_member(user))
         return due_remove
 
     async def apply_at_risk(self, shard: int, loaded: LoadedBatch, plan: AtRiskPlan) -> bool:
@@ -262,18 +264,40 @@ class RedisStore:
         by the partition version like a batch."""
         keys = KeyIndex(self.keys.meta(shard))
         due_add: list[object] = []
-        due_remove = self._at_risk_entries(
-            shard, keys, {**dict.fromkeys(plan.done), **plan.later}, due_add)
+        due_remove = self._due_changes(keys.of(self.keys.due_at_risk(shard)),
+                                       {**dict.fromkeys(plan.done), **plan.later}, due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, [],
                                  {"due_add": due_add, "due_remove": due_remove})
 
     async def at_risk_due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
                                   ) -> list[tuple[UserKey, int]]:
         """(user, due_ms) whose at-risk moment has come, oldest first, at most ``limit``."""
+        return await self._due_page(self.keys.due_at_risk(shard), now_ms, limit)
+
+    async def due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
+                          ) -> list[tuple[UserKey, int]]:
+        """(user, due_ms) whose next inactivity moment has come, oldest first, at most
+        ``limit``."""
+        return await self._due_page(self.keys.due(shard), now_ms, limit)
+
+    async def _due_page(self, key: str, now_ms: int, limit: int | None
+                        ) -> list[tuple[UserKey, int]]:
+        page = {"start": 0, "num": limit} if limit is not None else {}
         [entries] = await self.transport.fan_out([Read(
-            "zrangebyscore", self.keys.due_at_risk(shard), ("-inf", now_ms),
-            {"start": 0, "num": limit, "withscores": True})])
+            "zrangebyscore", key, ("-inf", now_ms), {**page, "withscores": True})])
         return [(parse_due_member(member), int(score)) for member, score in entries]
+
+    async def adopt_due_sets(self, shard: int, thresholds: Iterable[int]) -> None:
+        """Merge the per-threshold due sets of before issue 31 into the one due set, each
+        user at its earliest entry, and drop them (once: none is left after). An entry
+        earlier than the user's next moment only moves when it comes due
+        (``plan_notifications``), so nothing pending is lost."""
+        old = [self.keys.due_per_threshold(shard, days) for days in thresholds]
+        if old and await self.client.exists(*old):
+            key = self.keys.due(shard)
+            await self.transport.replicated_write(key, "ZUNIONSTORE", key, len(old) + 1, key,
+                                                  *old, "AGGREGATE", "MIN")
+            await self.transport.replicated_write(key, "DEL", *old)
 
     async def read_lapse_fits(self) -> dict[str, bytes]:
         """Every app's kept fit (the worker's at-risk moments are computed under them)."""
@@ -287,11 +311,10 @@ class RedisStore:
         """Record sent notifications (user marks, due entries gone, counters), fenced by the
         partition version like a batch."""
         keys = KeyIndex(self.keys.meta(shard))
-        due_remove: list[object] = []
-        for days, user in plan.sent:
-            due_remove += (keys.of(self.keys.due(shard, days)), due_member(user))
+        due_add: list[object] = []
+        due_remove = self._due_changes(keys.of(self.keys.due(shard)), plan.due, due_add)
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, [],
-                                 {"due_remove": due_remove})
+                                 {"due_add": due_add, "due_remove": due_remove})
 
     async def _apply(
         self,
@@ -337,36 +360,26 @@ class RedisStore:
         self.cache.written(shard, token, {**current, **users})
         return True
 
-    async def due_entries(
-        self, shard: int, thresholds: Iterable[int], now_ms: int, limit: int = DUE_PAGE
-    ) -> list[tuple[int, UserKey, int]]:
-        """(days, user, due_ms) whose moment has come, oldest first, at most ``limit`` each."""
-        thresholds = list(thresholds)
-        replies = await self.transport.fan_out([
-            Read("zrangebyscore", self.keys.due(shard, days), ("-inf", now_ms),
-                  {"start": 0, "num": limit, "withscores": True})
-            for days in thresholds])
-        return [
-            (days, parse_due_member(member), int(score))
-            for days, entries in zip(thresholds, replies, strict=True)
-            for member, score in entries
-        ]
-
     async def due_counts(self, app: str, thresholds: Iterable[int], now_ms: int
                          ) -> dict[int, int]:
         """An app's users due now but not yet notified (normally few: the notifier drains
-        them every tick), per threshold, over all partitions."""
-        shards = await self.shard_ids()
+        them every tick), per threshold, over all partitions: the due set holds each user's
+        next moment only, so the records of the users due say which thresholds have come."""
         thresholds = list(thresholds)
-        prefix = due_member((app, "")).encode()
-        replies = await self.transport.fan_out([
-            Read("zrangebyscore", self.keys.due(shard, days), ("-inf", now_ms))
-            for days in thresholds for shard in shards])
-        per = len(shards)
-        return {
-            days: sum(m.startswith(prefix) for r in replies[i * per:(i + 1) * per] for m in r)
-            for i, days in enumerate(thresholds)
-        }
+        counts = dict.fromkeys(thresholds, 0)
+        for shard in await self.shard_ids():
+            users = [user for user, _ in await self._due_page(self.keys.due(shard), now_ms, None)
+                     if user[0] == app]
+            raws = await self.transport.fan_out([
+                Read("hget", self.user_key(shard, app, user_id), (user_id,))
+                for _, user_id in users])
+            for raw in raws:
+                state = decode_user(raw) if raw else None
+                for days in thresholds:
+                    if (state is not None and state.seen and not state.handled(days)
+                            and state.last_active_ms + days * MS_PER_DAY <= now_ms):
+                        counts[days] += 1
+        return counts
 
     async def partition_counts(self) -> dict[str, int]:
         """The partition count of every topic the state was built from."""

@@ -117,7 +117,7 @@ class BatchOutcome:
 
 def outcome_of(
     batch: ParsedBatch,
-    dedup_keys: Sequence[bytes],
+    dedup_keys: Sequence[bytes | None],
     states: Mapping[UserKey, UserState | None],
     seen_dedup_keys: set[bytes],
     watermark_ms: int | None,
@@ -127,9 +127,9 @@ def outcome_of(
     read_watermark_ms: int | None = None,
 ) -> BatchOutcome:
     """The outcome of ``batch`` (already cut to what was not applied before);
-    ``dedup_keys`` are its at-home events' keys, in order. ``arrival_ms``: when it was read
-    at its source, for the route counters; None for the re-key topic, whose events were
-    counted where they were read first. ``watermark_ms`` and ``read_watermark_ms``: the
+    ``dedup_keys`` are its at-home events' ``dedup_key_of``, in order. ``arrival_ms``: when
+    it was read at its source, for the route counters; None for the re-key topic, whose
+    events were counted where they were read first. ``watermark_ms`` and ``read_watermark_ms``: the
     partition's watermark and read watermark as stored before the batch."""
     if batch.rekeyed:  # judged where they were read; a record without it: at home
         judged = [batch.carried.get(offset, watermark_ms) for offset, _, _ in batch.at_home]

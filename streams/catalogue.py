@@ -180,13 +180,105 @@ COHORT_FAMILIES: tuple[CohortFamily, ...] = (
                  "users of the daily cohort whose last activity is in window N"),
 )
 COHORT_FAMILY = {(f.window, f.kind): f for f in COHORT_FAMILIES}
-#: Cohort gauges of the 24-hour family (daily cohorts only).
-COHORT24_GAUGES = {
-    "retention_cohort_retention_24h": "share of a daily cohort with an activity in the 24-hour "
-    "window N after its first event (classic), or in window N or later (rolling)",
-    "retention_cohort_complete_24h": "1 when window N has ended for every user the cohort's "
-    "day could hold (the end of the day plus (N+1) x 24h)",
+
+
+# ---- gauges ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeFamily:
+    """A gauge family of the metrics snapshot (METRICS.md §10): its name, its labels and
+    its help. The daily and currency figures' are derived from their declarations above;
+    the others are declared here, and the collector (``agents/metrics.py``) exports these
+    and no other."""
+
+    name: str
+    labels: tuple[str, ...]
+    help: str
+
+
+GAUGES: tuple[GaugeFamily, ...] = (
+    *(GaugeFamily(f.gauge, ("app",), f.help) for f in DAILY_FIGURES),
+    *(GaugeFamily(f.gauge, ("app", "currency"), f.help) for f in CURRENCY_FIGURES),
+    GaugeFamily("retention_cohort_size", ("app", "cohort"), "users of a recent daily cohort"),
+    GaugeFamily("retention_cohort_retention", ("app", "kind", "cohort", "offset"),
+                "share of a daily cohort active on day N (classic) or on day N or later "
+                "(rolling)"),
+    GaugeFamily("retention_cohort_complete", ("app", "cohort", "offset"),
+                "1 when the cohort's day N has ended"),
+    GaugeFamily("retention_cohort_retention_24h", ("app", "kind", "cohort", "offset"),
+                "share of a daily cohort with an activity in the 24-hour window N after its "
+                "first event (classic), or in window N or later (rolling)"),
+    GaugeFamily("retention_cohort_complete_24h", ("app", "cohort", "offset"),
+                "1 when window N has ended for every user the cohort's day could hold (the "
+                "end of the day plus (N+1) x 24h)"),
+    GaugeFamily("retention_cohort_returning", ("app", "type", "cohort", "offset"),
+                "share of a daily cohort that sent an event of the type (RETURN_EVENTS, e.g. "
+                "purchase) on day N: retention on a returning event"),
+    GaugeFamily("retention_cohort_ltv", ("app", "cohort", "offset", "currency"),
+                "cumulative revenue per user of a recent daily cohort by day N, per currency"),
+    GaugeFamily("retention_cohort_roas", ("app", "cohort", "offset", "currency"),
+                "LTV / CAC of a recent daily cohort by day N (in the currency of install "
+                "costs)"),
+    GaugeFamily("retention_headline_retention", ("app", "day", "stat"),
+                "D1/D7/D30 classic retention: latest complete cohort and mean of the 7 "
+                "complete cohorts before it"),
+    GaugeFamily("retention_headline_cohort_size", ("app", "day"),
+                "users of the cohort the headline D1/D7/D30 is of (the latest whose day N has "
+                "ended): the drop alert ignores small ones"),
+    GaugeFamily("retention_period_revenue", ("app", "period", "users", "currency"),
+                "revenue of the current week, month or year, per currency, of its new users "
+                "(first seen in it) or of returning users"),
+    GaugeFamily("retention_period_payers", ("app", "period", "users"),
+                "users paying in the current week, month or year: its new users or returning "
+                "users"),
+    GaugeFamily("retention_nps", ("app", "period", "survey"),
+                "NPS (promoters - detractors, per 100 answers) of the current week, month or "
+                "year so far, per survey"),
+    GaugeFamily("retention_nps_answers", ("app", "period", "survey"),
+                "survey answers in the current week, month or year so far (each user's "
+                "latest per period)"),
+    GaugeFamily("retention_nps_previous", ("app", "period", "survey", "group"),
+                "NPS of the previous week, month or year's answerers, those active in the "
+                "current period (retained) against the others (churned)"),
+    GaugeFamily("retention_watermark_seconds", ("partition",),
+                "latest event time applied, per partition"),
+    GaugeFamily("retention_inactive_users", ("app", "threshold"),
+                "users inactive for at least the threshold now"),
+    GaugeFamily("retention_winback_back_within_7d_share", ("app", "threshold"),
+                "share of notified users active again within 7 days of their notification"),
+    GaugeFamily("retention_worker_snapshot_timestamp_seconds", (),
+                "when the Redis figures were last read"),
+    GaugeFamily("retention_at_risk_users", ("app",),
+                "users whose P(alive) is below AT_RISK_THRESHOLD now under the app's kept "
+                "BG/NBD (or MBG/NBD) fit"),
+    GaugeFamily("retention_tracked_users", ("app",),
+                "users with activity (the population of the at-risk model)"),
+)
+
+# The counters of the metrics snapshot (METRICS.md §10), summed over the workers' stats in
+# Redis: name without "_total" -> help. The collector exports these and no other.
+COUNTERS: dict[str, str] = {
+    "retention_events_accepted": "events accepted, by app and type",
+    "retention_events_rejected": "events dead-lettered, by reason",
+    "retention_events_duplicate": "copies of remembered events (purchases, installs with a "
+    "cost) ignored, by app; a copy of another event changes nothing and counts as accepted",
+    "retention_events_forwarded": "events read away from their user's home partition and "
+    "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
+    "retention_notifications_sent": "inactivity notifications sent, by threshold, value "
+    "segment and churn type",
+    "retention_notifications_expired": "inactivity moments found later than WINBACK_MAX_DELAY "
+    "behind now (a backfill, an outage): counted, not sent",
+    "retention_false_alarms": "notifications shown wrong by a late event dated before their "
+    "moment, by threshold, value segment and churn type",
+    "retention_reactivations": "notified users active again after the moment, by threshold, "
+    "value segment and churn type",
+    "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
+    "retention_at_risk_messages": "users.at_risk episodes by outcome: sent, expired (found "
+    "later than WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
+    "those, within 7 days of it), false_alarms (a late event dated before a sent moment)",
 }
+assert len({g.name for g in GAUGES}) == len(GAUGES), "gauge names are unique"
 
 
 # ---- stored names ----------------------------------------------------------------------------

@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
+from retention_tracker.streams import engine
 from retention_tracker.streams.calendar import (
     GRANULARITIES,
     MS_PER_DAY,
@@ -35,12 +37,19 @@ from retention_tracker.streams.segments import (
     money_units,
     value_segment,
 )
-from retention_tracker.streams.user_state import ATTRIBUTES, Purchases, UserKey, UserState
+from retention_tracker.streams.user_state import (
+    ATTRIBUTES,
+    Purchases,
+    UserKey,
+    UserState,
+    shared_days,
+)
 from retention_tracker.streams.winback import (
     DEFAULT_WINBACK,
     WinbackRules,
     handle_moment,
     moment_reached_ms,
+    next_moment_ms,
     return_of,
 )
 from retention_tracker.streams.windows24 import (
@@ -48,6 +57,9 @@ from retention_tracker.streams.windows24 import (
     merge_spans,
     window_delta,
 )
+
+if TYPE_CHECKING:
+    from retention_tracker.streams._native import DeltaSums
 
 WAU_DAYS = 7
 MAU_DAYS = 30
@@ -61,6 +73,21 @@ def dedup_key(app: str, event_id: str) -> bytes:
     """96-bit digest of (app, event_id): fixed size whatever the id length (collisions ~1e-13
     at 1e8 ids per window)."""
     return hashlib.blake2b(f"{app}\x00{event_id}".encode(), digest_size=12).digest()
+
+
+def adds_up(event: Event) -> bool:
+    """Does a copy of this event change a figure? Only when its effect adds up (METRICS.md
+    §1): a purchase (revenue, purchase counts) or an install carrying a cost (CAC). Every
+    other fact a user's state keeps is a set, a minimum, a maximum or a latest-wins (active,
+    session, install and return days, first_seen, last_active, attributes, the latest answer
+    per survey and day, ties by event_id): applying a copy again leaves it as it was, so such
+    an event's id is neither looked up nor kept (issue 31: ~19 B of Redis per event)."""
+    return event.type == "purchase" or (event.type == "install" and bool(event.cost))
+
+
+def dedup_key_of(event: Event) -> bytes | None:
+    """The event's dedup key when its id must be remembered (``adds_up``), else None."""
+    return dedup_key(event.app, event.event_id) if adds_up(event) else None
 
 
 def segments_of(state: UserState, rules: SegmentRules) -> list[str]:
@@ -258,7 +285,8 @@ def add_events(
     calendar: AppCalendar,
     rules: SegmentRules = DEFAULT_RULES,
 ) -> UserState:
-    """The user's state after these (accepted, deduplicated) events, in any order."""
+    """The user's state after these accepted events, in any order. A copy of an event
+    whose id is not remembered (``adds_up``) may be among them: it changes nothing."""
     first_ms = state.first_seen_ms if state else None
     last_ms = state.last_active_ms if state else None
     active = set(state.active_days) if state else set()
@@ -268,7 +296,7 @@ def add_events(
         {(day, cur): p for day, cur, p in state.purchases} if state else {}
     )
     cost = state.cost_units if state else 0
-    sessions = state.sessions if state else 0
+    session_days = set(state.session_days) if state else set()
     return_types = rules.return_types  # RETURN_EVENTS: the days of these types are kept
     returns: dict[str, set[int]] = (
         {kind: set(days) for kind, days in state.returns} if state and state.returns else {})
@@ -293,7 +321,7 @@ def add_events(
             if event.cost:
                 cost += money_units(event.cost)
         elif event.type == "session":
-            sessions += 1
+            session_days.add(day)
         elif event.type == "purchase":
             key = (day, event.currency or rules.default_currency)
             old = purchases.get(key, Purchases(0, 0))
@@ -312,16 +340,17 @@ def add_events(
         if last_ms is None or event.ts_ms > last_ms:
             last_ms = event.ts_ms
     assert first_ms is not None and last_ms is not None, "add_events needs at least one event"
+    active_days = frozenset(active)
     return UserState(
         first_seen_ms=first_ms,
         last_active_ms=last_ms,
         first_day=calendar.day_of(first_ms),
-        active_days=frozenset(active),
+        active_days=active_days,
         install_days=frozenset(installs),
         attributes=tuple((name, *attributes[name]) for name in ATTRIBUTES if name in attributes),
         purchases=tuple((day, cur, p) for (day, cur), p in sorted(purchases.items())),
         cost_units=cost,
-        sessions=sessions,
+        session_days=shared_days(session_days, active_days),
         notified_episode_ms=state.notified_episode_ms if state else None,
         notified_days=state.notified_days if state else (),
         expired_days=state.expired_days if state else (),
@@ -341,18 +370,22 @@ def _add_user_delta(
     old: UserState | None,
     new: UserState,
     rules: SegmentRules,
+    native_sums: DeltaSums | None = None,
 ) -> None:
     """contributions(new) - contributions(old), filed under the segments the user is (or
     was) in. Users with the same segments share one Counter, which the store applies to
-    each of those segments: far cheaper than adding every user's delta to every segment."""
+    each of those segments: far cheaper than adding every user's delta to every segment.
+    ``native_sums``: the native engine's sums (streams/engine.py) of the usual change and
+    of whole users, rendered into ``pending`` by the caller once per batch; None: the
+    Python engine."""
     if old is not None and _same_counted_facts(old, new):
-        # only last_active_ms, sessions or the UTC day spans moved: the 24-hour windows
+        # only last_active_ms, session days or the UTC day spans moved: the 24-hour windows
         # may have (rarely: an event in a window already active moves none)
         _add_window_delta(pending, old, new, rules)
         return
     new_segments = tuple(segments_of(new, rules))
     if old is None:
-        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
+        _add_whole(pending, new_segments, new, 1, native_sums)
         return
     old_segments = tuple(segments_of(old, rules))
     if old.seen and old_segments == new_segments and old.first_day == new.first_day:
@@ -365,14 +398,29 @@ def _add_user_delta(
         for cell, delta in window_delta(old, new):
             target[cell] += delta
         if _only_new_active_days(old, new):  # the usual change: another day of activity
-            add_new_days_delta(target, old, new, near)
+            if native_sums is not None:
+                native_sums.add_new_days(new_segments, old.active_days, near)
+            else:
+                add_new_days_delta(target, old, new, near)
             return
         years = _years_move(old, new, near)
         user_contributions(new, near, into=target, years=years)
         user_contributions(old, near, into=target, sign=-1, years=years)
     else:  # the user moved cohort or segment: every contribution moves
-        user_contributions(new, into=pending.setdefault(new_segments, Counter()))
-        user_contributions(old, into=pending.setdefault(old_segments, Counter()), sign=-1)
+        _add_whole(pending, new_segments, new, 1, native_sums)
+        _add_whole(pending, old_segments, old, -1, native_sums)
+
+
+def _add_whole(pending: dict[Segments, Counter[Cell]], segments: Segments, state: UserState,
+               sign: int, native_sums: DeltaSums | None) -> None:
+    """``sign`` times all of the user's contributions, under ``segments``: the native
+    engine's sums take what they can (no money, answers or returning events), the 24-hour
+    windows always here; the Python engine, or a user the native sums leave, in full."""
+    target = pending.setdefault(segments, Counter())
+    if native_sums is not None and native_sums.add_user(segments, state, sign):
+        add_window_contributions(target, state, sign)
+    else:
+        user_contributions(state, into=target, sign=sign)
 
 
 def _add_window_delta(pending: dict[Segments, Counter[Cell]], old: UserState,
@@ -525,9 +573,9 @@ class Plan:
     new_dedup_keys: list[bytes] = field(default_factory=list)
     stats: Counter[Cell] = field(default_factory=Counter)  # (Stat, *tail) -> delta
     too_old: list[tuple[int, int, Event]] = field(default_factory=list)  # (offset, index, ev)
-    # the due-set entries of users whose last_active_ms moved: (days, user) -> due_ms, one
-    # per inactivity threshold of the user's app (the store writes them as they are)
-    due: dict[tuple[int, UserKey], int] = field(default_factory=dict)
+    # the due entries that move: user -> its next inactivity moment, None to drop it (one
+    # per user, streams/winback.py next_moment_ms; the store writes them as they are)
+    due: dict[UserKey, int | None] = field(default_factory=dict)
     reactivations: list[dict[str, object]] = field(default_factory=list)  # users.reactivated
     # event clock: users.inactive.{K}d messages whose moment came inside the batch
     notifications: list[dict[str, object]] = field(default_factory=list)
@@ -618,13 +666,14 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
     return new
 
 
-def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[bytes],
+def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[bytes | None],
             seen_dedup_keys: set[bytes], horizon_days: int, event_clock: bool,
             answered: dict[UserKey, list[Event]] | None = None,
             judged_ms: Sequence[int | None] | None = None,
             ) -> tuple[dict[UserKey, list[Event]], dict[UserKey, list[int]]]:
-    """Drop duplicates and events too old for the horizon (counted, and the latter kept
-    for their dead letters), move the watermark; the accepted events by user, and with the
+    """Drop duplicates (copies of the events whose id is remembered, ``adds_up``) and events
+    too old for the horizon (counted, and the latter kept for their dead letters), move the
+    watermark; the accepted events by user, and with the
     event clock the watermark at each of them. Survey answers (no activity) go to
     ``answered`` instead, by user. ``judged_ms``: the watermark each event is judged
     against for the horizon (that of the partition it was first read from, as it was then;
@@ -639,15 +688,16 @@ def _accept(plan: Plan, events: list[tuple[int, int, Event]], keys: Sequence[byt
     limits = iter(judged_ms) if judged_ms is not None else None
     for (offset, index, event), key in zip(events, keys, strict=True):
         limit = next(limits) if limits is not None else watermark_ms
-        if key in seen:
+        if key is not None and key in seen:
             plan.stats[Stat.DUPLICATE, event.app] += 1
             continue
         if limit is not None and event.ts_ms < limit - horizon_ms:
             plan.too_old.append((offset, index, event))
             plan.stats[Stat.REJECTED, "too_old"] += 1
             continue
-        seen.add(key)
-        new_keys.append(key)
+        if key is not None:  # None: a copy would change nothing (adds_up), not remembered
+            seen.add(key)
+            new_keys.append(key)
         by_type[event.app, event.type] += 1
         if watermark_ms is None or event.ts_ms > watermark_ms:
             watermark_ms = event.ts_ms
@@ -679,7 +729,7 @@ def plan_batch(
     horizon_days: int,
     calendars: Mapping[str, AppCalendar],
     rules: SegmentRules = DEFAULT_RULES,
-    dedup_keys: Sequence[bytes] | None = None,
+    dedup_keys: Sequence[bytes | None] | None = None,
     winback: WinbackRules = DEFAULT_WINBACK,
     event_clock: bool = False,
     judged_ms: Sequence[int | None] | None = None,
@@ -687,8 +737,9 @@ def plan_batch(
     """Plan one partition batch. ``events`` are (offset, index in message, event) in offset
     order; ``states`` must hold every user of the batch (None for a new user), and
     ``calendars`` the calendar of every app in it (data: the plan calls nothing back).
-    ``dedup_keys``, when given, are the events' ``dedup_key``s in the same order (the caller
-    already hashed them to load the batch). ``judged_ms``, when given, holds the watermark
+    ``dedup_keys``, when given, are the events' ``dedup_key_of`` in the same order (the
+    caller already hashed them to load the batch; None: the event's copies are not told
+    apart, ``adds_up``). ``judged_ms``, when given, holds the watermark
     each event is judged against for the horizon, in the same order (``streams/batch.py``);
     else the partition's watermark as the batch moves it. With ``event_clock``, "now" is the
     watermark and moves event by event: a user's inactivity moment that it passes before
@@ -696,12 +747,14 @@ def plan_batch(
     that opens and closes inside one batch is an episode like any other."""
     events = list(events)
     keys = dedup_keys if dedup_keys is not None else [
-        dedup_key(event.app, event.event_id) for _, _, event in events]
+        dedup_key_of(event) for _, _, event in events]
     plan = Plan(watermark_ms=watermark_ms)
     answered: dict[UserKey, list[Event]] = {}
     accepted, arrived = _accept(plan, events, keys, seen_dedup_keys, horizon_days,
                                 event_clock, answered, judged_ms)
     pending: dict[str, dict[Segments, Counter[Cell]]] = {}
+    native = engine.native()  # None: the Python engine computes every delta
+    native_sums: dict[str, DeltaSums] = {}  # per app
     for user_key, user_events in accepted.items():
         app = user_key[0]
         app_rules = rules.for_app(app)  # the app's currency and VIP bars
@@ -723,12 +776,19 @@ def plan_batch(
             new = _with_answers(new, answered.pop(user_key, None), calendars[app])
         if new == old:
             continue
-        if active_old is None or new.last_active_ms != active_old.last_active_ms:
-            for days in winback.thresholds_of(app):
-                plan.due[days, user_key] = new.last_active_ms + days * MS_PER_DAY
+        thresholds = winback.thresholds_of(app)
+        if thresholds:
+            moment_ms = next_moment_ms(new, thresholds)
+            if active_old is None or moment_ms != next_moment_ms(active_old, thresholds):
+                plan.due[user_key] = moment_ms
         plan.users[user_key] = new
         groups = pending.setdefault(app, {})
-        _add_user_delta(groups, old, new, app_rules)
+        app_sums = None
+        if native is not None:
+            app_sums = native_sums.get(app)
+            if app_sums is None:
+                app_sums = native_sums[app] = native.DeltaSums()
+        _add_user_delta(groups, old, new, app_rules, app_sums)
         _add_lapse_delta(groups, old, new)
     for user_key, answers in answered.items():  # answers of users with no event here
         app, old = user_key[0], states[user_key]
@@ -736,6 +796,8 @@ def plan_batch(
         if new != old:
             plan.users[user_key] = new
             _add_user_delta(pending.setdefault(app, {}), old, new, rules.for_app(app))
+    for app, app_sums in native_sums.items():
+        app_sums.render_into(pending[app])
     plan.deltas = {app: _nonzero(groups) for app, groups in pending.items()}
     return plan
 

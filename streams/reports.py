@@ -1,23 +1,27 @@
-"""The reports, as every surface gets them: frozen values that the queries (``state/queries``)
-build once and the surfaces only render: HTTP and ``--json`` as ``as_json()``, the CLI's
-text tables from the fields, the Prometheus collector from ``LiveFigures``.
+"""The reports, as every surface gets them: frozen values that the pure builders
+(``streams/figures.py``, ``streams/builders.py``) build once and the surfaces only render:
+HTTP and ``--json`` as ``as_json()``, the CLI's text tables from the fields, the Prometheus
+collector from ``LiveFigures``.
 
-A report's fields are in the order its JSON shows them. Rows (a cohort, a day, a period)
-are the mappings the pure figures module computes, shown as they are. A field whose
-metadata says ``omit_none`` is left out of the JSON when it is None (a segment for all
-users, a currency for a kind that has none), ``flatten`` merges a mapping into the report.
+A report's fields are in the order its JSON shows them. A triangle's rows are typed
+(``CohortRow``, ``MoneyRow``: read by attribute, shown by the same ``as_json()``); the other
+rows (a day, a period) are the mappings the figures module computes, keyed by the
+catalogue's names, shown as they are. A field whose metadata says ``omit_none`` is left out
+of the JSON when it is None (a segment for all users, a currency for a kind that has none),
+``flatten`` merges a mapping into the report, ``hidden`` is data the JSON does not show.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-Row = Mapping[str, Any]  # figures of one cohort, day or period, as figures.py builds them
+Row = Mapping[str, Any]  # figures of one day or period, as figures.py builds them
 
 OMIT_NONE = {"omit_none": True}
 FLATTEN = {"flatten": True}
+HIDDEN = {"hidden": True}
 
 
 def _plain(value: object) -> object:
@@ -39,13 +43,51 @@ class Report:
         doc: dict[str, Any] = {}
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if value is None and spec.metadata.get("omit_none"):
+            if spec.metadata.get("hidden") or (value is None and spec.metadata.get("omit_none")):
                 continue
             if spec.metadata.get("flatten"):
                 doc.update(_plain(value))  # type: ignore[call-overload]
             else:
                 doc[spec.name] = _plain(value)
         return doc
+
+
+@dataclass(frozen=True, slots=True)
+class CohortRow(Report):
+    """One cohort of a retention triangle (or of payer conversion): its users counted at
+    each offset, their share of its size, and whether each cell has ended (METRICS.md §4)."""
+
+    period: int = field(metadata=HIDDEN)  # the cohort's period number: compared, not its label
+    cohort: str  # the period's label, as shown
+    size: int
+    counts: tuple[int, ...]
+    values: tuple[float, ...]
+    complete: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyRow(Report):
+    """One cohort of a money curve (METRICS.md §5): cumulative revenue by offset, per user
+    (LTV) or per unit of install cost (ROAS, None without costs). ``cac`` is ROAS's alone,
+    shown (null without costs) only when ``roas``."""
+
+    period: int = field(metadata=HIDDEN)
+    cohort: str
+    size: int
+    cac: float | None
+    revenue: tuple[float, ...]
+    values: tuple[float | None, ...]
+    complete: tuple[bool, ...]
+    roas: bool = field(default=False, metadata=HIDDEN)
+
+    def as_json(self) -> dict[str, Any]:
+        doc = Report.as_json(self)  # (no bare super() in a slotted dataclass)
+        if not self.roas:
+            del doc["cac"]
+        return doc
+
+
+TriangleRow = CohortRow | MoneyRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +99,7 @@ class CohortReport(Report):
     segment: str | None = field(default=None, metadata=OMIT_NONE)
     currency: str | None = field(default=None, metadata=OMIT_NONE)
     as_of: str = ""
-    cohorts: tuple[Row, ...] = ()
+    cohorts: tuple[TriangleRow, ...] = ()
     # RETURN_EVENTS: the event type a user must send in a period to count as back in it
     returning: str | None = field(default=None, metadata=OMIT_NONE)
     # "24h": retention in 24-hour windows from each user's first event (None: calendar)
@@ -179,8 +221,8 @@ class AppFigures(Report):
 
     winback: Mapping[str, Any]
     summary: Row
-    cohorts: Mapping[str, tuple[Row, ...]]  # kind -> rows
-    money: Mapping[str, Mapping[str, Sequence[Row]]]  # kind -> currency -> rows
+    cohorts: Mapping[str, tuple[CohortRow, ...]]  # kind -> rows
+    money: Mapping[str, Mapping[str, tuple[MoneyRow, ...]]]  # kind -> currency -> rows
     headline: Mapping[int, Any]
     headline_size: Mapping[int, Any]
     # week, month, year -> the current period's revenue and payers, new vs returning users
@@ -189,11 +231,11 @@ class AppFigures(Report):
     # previous period's answerers, split by activity in the current one}
     nps: Mapping[str, Mapping[str, Mapping[str, Row]]] = field(default_factory=dict)
     # RETURN_EVENTS type -> recent daily cohorts' classic retention on that type
-    returning: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    returning: Mapping[str, tuple[CohortRow, ...]] = field(default_factory=dict)
     # kind -> recent daily cohorts' retention in 24-hour windows (METRICS.md §4)
-    cohorts24: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    cohorts24: Mapping[str, tuple[CohortRow, ...]] = field(default_factory=dict)
     # (threshold, Stat) -> value segment -> churn type -> count: the win-back counters,
-    # every known label at zero (streams/builders.winback_counts)
+    # every known label at zero (streams/figures.winback_counts)
     winback_counts: Mapping[tuple[int, Any], Mapping[str, Mapping[str, int]]] = field(
         default_factory=dict)
 

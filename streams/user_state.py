@@ -3,9 +3,10 @@
 Per user we keep only what the counters need to be updated exactly when any event,
 however late, arrives: first and last activity, the set of active days as a bitmap
 anchored at the first-seen day, the days with an install event, the attributes with the
-time of the event they came from, purchases summed per (day, currency), install cost, and
-the user's survey answers (the latest per survey and day: enough to find the latest per
-week, month or year whatever the arrival order) and, per type of RETURN_EVENTS, the days
+time of the event they came from, purchases summed per (day, currency), install cost, the
+days with a session (the win-back payload's count), the user's survey answers (the latest
+per survey and day: enough to find the latest per week, month or year whatever the
+arrival order) and, per type of RETURN_EVENTS, the days
 the user sent one, and per UTC day with activity its earliest and latest event (what the
 24-hour windows need, streams/windows24.py). A typical free user costs ~30 bytes of
 value; see docs/architecture.md "Memory".
@@ -20,10 +21,11 @@ import msgspec
 
 from retention_tracker.streams.calendar import MS_PER_DAY
 
-_FORMAT_VERSION = 6
+_FORMAT_VERSION = 7
 # 3: before expired thresholds (no flag bit on notified days); 4: before survey answers;
-# 5: before the UTC day spans (24-hour windows) and the at-risk mark
-_READABLE_VERSIONS = (3, 4, 5, 6)
+# 5: before the UTC day spans (24-hour windows) and the at-risk mark; 6: a count of session
+# events where 7 keeps the days with a session (read as: every active day, if any session)
+_READABLE_VERSIONS = (3, 4, 5, 6, 7)
 _DEFAULT_SURVEY = "nps"  # stored as an empty name: the one nearly every answer has
 ATTRIBUTES = ("platform", "country", "campaign")
 UserKey = tuple[str, str]  # (app, user_id): who a state belongs to
@@ -56,7 +58,10 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     attributes: tuple[tuple[str, str, int], ...] = ()
     purchases: tuple[tuple[int, str, Purchases], ...] = ()  # (day, currency, totals), sorted
     cost_units: int = 0
-    sessions: int = 0
+    # the days with a session (app calendar): the win-back payload's ``sessions`` is their
+    # number, which a copy of a session cannot change (METRICS.md §7); ``shared_days`` makes
+    # it the active days' own frozenset when equal (the usual: a record stores one code byte)
+    session_days: frozenset[int] = frozenset()
     # win-back (METRICS.md §7): last_active_ms of the episode handled, the thresholds (days)
     # whose message was sent, and those whose moment was found too late to publish (expired)
     notified_episode_ms: int | None = None
@@ -84,6 +89,11 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
         """Was threshold ``days`` of the current episode sent or expired already?"""
         return self.notified_episode_ms == self.last_active_ms and (
             days in self.notified_days or days in self.expired_days)
+
+    @property
+    def sessions(self) -> int:
+        """The win-back payload's ``sessions``: distinct days with a session (§7)."""
+        return len(self.session_days)
 
     @property
     def last_day(self) -> int:
@@ -155,7 +165,7 @@ def encode_user(state: UserState) -> bytes:
         _put_varint(out, totals.count)
         _put_varint(out, totals.units)
     _put_varint(out, state.cost_units)
-    _put_varint(out, state.sessions)
+    _encode_session_days(out, state)
     marks: list[int] = []  # low bit of each: expired, not sent
     if state.notified_episode_ms is not None:
         marks = [d * 2 for d in state.notified_days] + [d * 2 + 1 for d in state.expired_days]
@@ -344,6 +354,52 @@ def _decode_active_days(data: bytes, pos: int, first_day: int) -> list[int]:
     return active
 
 
+def shared_days(days: set[int] | frozenset[int], active_days: frozenset[int]
+                ) -> frozenset[int]:
+    """``days`` (a subset of the active days) as a frozenset, the active days' own object
+    when equal: a cached state then holds one set where most users have one."""
+    return active_days if days == active_days else frozenset(days)
+
+
+def _encode_session_days(out: bytearray, state: UserState) -> None:
+    """The session days (format 7), as one bit per active day: a code 0 (none), 1 (every
+    active day: the usual, one byte) or 2 + the length of a mask whose bit i says whether
+    the i-th active day (ascending) had a session."""
+    days = state.session_days
+    if not days or days == state.active_days:
+        _put_varint(out, 1 if days else 0)
+        return
+    mask = bytearray((len(state.active_days) + 7) // 8)
+    for index, day in enumerate(sorted(state.active_days)):
+        if day in days:
+            mask[index >> 3] |= 1 << (index & 7)
+    _put_varint(out, 2 + len(mask))
+    out += mask
+
+
+def _decode_session_days(data: bytes, pos: int) -> tuple[bytes | int, int]:
+    """What ``_encode_session_days`` wrote: the code 0 or 1, or the mask (resolved once the
+    active days are read, ``_session_days``). Before format 7 this is a count of session
+    events."""
+    code, pos = _get_varint(data, pos)
+    if data[0] < 7 or code < 2:
+        return code, pos
+    return data[pos:pos + code - 2], pos + code - 2
+
+
+def _session_days(found: bytes | int, active: list[int], active_days: frozenset[int],
+                  days_kept: bool) -> frozenset[int]:
+    """The session days from ``_decode_session_days``'s value and the active days. A record
+    before format 7 counted session events, which cannot be turned into days: any session
+    reads as a session on every active day (an upper bound, exact for users who had one on
+    each: docs/architecture.md "Memory"). ``active``: the active days ascending, as read."""
+    if isinstance(found, int):
+        every = found == 1 if days_kept else found > 0
+        return active_days if every else frozenset()
+    return frozenset(day for index, day in enumerate(active)
+                     if found[index >> 3] >> (index & 7) & 1)
+
+
 def _encode_at_risk_mark(out: bytearray, state: UserState) -> None:
     """The at-risk mark (format 6): 0 for none, else 1 (expired) or 2 (sent), then the
     episode and its moment from first_seen, zigzagged."""
@@ -398,7 +454,7 @@ def decode_user(data: bytes) -> UserState:
         units, pos = _get_varint(data, pos)
         purchases.append((first_day + offset, currency, Purchases(n, units)))
     cost_units, pos = _get_varint(data, pos)
-    sessions, pos = _get_varint(data, pos)
+    session_mask, pos = _decode_session_days(data, pos)
     episode_ms, notified, expired, pos = _decode_marks(data, pos, first_seen_ms, flagged)
     answers: list[Answer] = []
     returns: list[tuple[str, frozenset[int]]] = []
@@ -414,6 +470,7 @@ def decode_user(data: bytes) -> UserState:
         risk_episode, risk_moment, risk_sent, pos = _decode_at_risk_mark(data, pos,
                                                                          first_seen_ms)
     active = _decode_active_days(data, pos, first_day)
+    active_days = frozenset(active)
     spans = None if found is None else _spans(
         active if span_days is None else span_days, found, first_seen_ms,
         first_seen_ms + span_ms)
@@ -421,12 +478,12 @@ def decode_user(data: bytes) -> UserState:
         first_seen_ms=first_seen_ms,
         last_active_ms=first_seen_ms + span_ms,
         first_day=first_day,
-        active_days=frozenset(active),
+        active_days=active_days,
         install_days=frozenset(installs),
         attributes=tuple(attributes),
         purchases=tuple(purchases),
         cost_units=cost_units,
-        sessions=sessions,
+        session_days=_session_days(session_mask, active, active_days, data[0] >= 7),
         notified_episode_ms=episode_ms,
         notified_days=tuple(notified),
         expired_days=tuple(expired),

@@ -131,13 +131,25 @@ def moment_reached_ms(arrivals: Sequence[int], moment_ms: int, now_ms: int) -> i
     return arrivals[index] if index < len(arrivals) else now_ms
 
 
+def next_moment_ms(state: UserState, thresholds: Sequence[int]) -> int | None:
+    """The user's one due entry: the earliest inactivity moment of its episode not handled
+    yet (``thresholds`` ascending), None when every one was (or there is none). One entry
+    per user, not one per threshold (issue 31: ~115 B of Redis each): when it comes due,
+    the thresholds are read from the record again."""
+    for days in thresholds:
+        if not state.handled(days):
+            return state.last_active_ms + days * MS_PER_DAY
+    return None
+
+
 @dataclass(slots=True)
 class NotificationPlan:
     """What one emission pass sends and records, applied atomically after the sends."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     users: dict[UserKey, UserState] = field(default_factory=dict)
-    sent: list[tuple[int, UserKey]] = field(default_factory=list)  # (days, user): leave due set
+    # users whose due entry moves: their next moment, None to drop it (next_moment_ms)
+    due: dict[UserKey, int | None] = field(default_factory=dict)
     stats: Counter[Cell] = field(default_factory=Counter)
 
 
@@ -175,7 +187,7 @@ def handle_moment(
 
 
 def plan_notifications(
-    due: Iterable[tuple[int, UserKey, int]],
+    due: Iterable[tuple[UserKey, int]],
     states: Mapping[UserKey, UserState | None],
     now_ms: int,
     calendars: Mapping[str, AppCalendar],
@@ -184,28 +196,36 @@ def plan_notifications(
     arrivals: Sequence[int] = (),
     known_ms: Mapping[UserKey, int] | None = None,
 ) -> NotificationPlan:
-    """``due`` holds (days, user, due_ms) read from the due sets. A user is handled when its
-    record agrees that ``last_active + days`` has passed; an entry the record contradicts
-    (the user was active since) is dropped from the due set without a message.
-    ``arrivals``: the last batch's watermarks (event clock), to tell when each moment came;
-    ``known_ms``: for its users, when their last activity arrived (no moment comes before)."""
+    """``due`` holds (user, due_ms) read from the due set, oldest first. Each user's
+    thresholds whose moment ``last_active + days`` has passed by ``now_ms`` and that its
+    episode has not handled yet are handled, in order; its entry then moves to its next
+    moment, or goes (``next_moment_ms``). The record decides, not the entry: one from an
+    earlier episode or threshold (a retried pass, a moment handled inside a batch) only
+    moves. ``arrivals``: the last batch's watermarks (event clock), to tell when each
+    moment came; ``known_ms``: for its users, when their last activity arrived (no moment
+    comes before)."""
     plan = NotificationPlan()
-    for days, user, due_ms in sorted(due, key=lambda d: (d[2], d[0], d[1])):
+    for user, due_ms in sorted(due, key=lambda entry: (entry[1], entry[0])):
         state = plan.users.get(user) or states.get(user)
-        plan.sent.append((days, user))
-        if state is None or state.last_active_ms + days * MS_PER_DAY != due_ms:
-            continue  # stale entry: a newer last activity has its own entry
-        if due_ms > now_ms:
-            plan.sent.pop()
+        if state is None or not state.seen:
+            plan.due[user] = None
             continue
-        if state.handled(days):
-            continue  # already sent or expired in this episode (a retried pass)
-        reached_ms = moment_reached_ms(arrivals, due_ms, now_ms)
-        if known_ms and user in known_ms:
-            reached_ms = max(reached_ms, known_ms[user])
-        plan.users[user] = handle_moment(user, state, days, reached_ms, calendars[user[0]],
-                                         rules.for_app(user[0]), winback, plan.messages,
-                                         plan.stats)
+        thresholds = winback.thresholds_of(user[0])
+        for days in thresholds:
+            moment_ms = state.last_active_ms + days * MS_PER_DAY
+            if moment_ms > now_ms:
+                break
+            if state.handled(days):
+                continue  # already sent or expired in this episode
+            reached_ms = moment_reached_ms(arrivals, moment_ms, now_ms)
+            if known_ms and user in known_ms:
+                reached_ms = max(reached_ms, known_ms[user])
+            state = handle_moment(user, state, days, reached_ms, calendars[user[0]],
+                                  rules.for_app(user[0]), winback, plan.messages, plan.stats)
+            plan.users[user] = state
+        next_ms = next_moment_ms(state, thresholds)
+        if next_ms != due_ms:
+            plan.due[user] = next_ms
     return plan
 
 

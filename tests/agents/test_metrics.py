@@ -20,13 +20,13 @@ from retention_tracker.agents.metrics import (
     SnapshotCollector,
     WorkerMetrics,
 )
-from retention_tracker.streams.builders import winback_counts
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import REJECT_REASONS, Event
-from retention_tracker.streams.plan import dedup_key, plan_batch
-from retention_tracker.streams.reports import AppFigures, LiveFigures
+from retention_tracker.streams.figures import winback_counts
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
+from retention_tracker.streams.reports import AppFigures, CohortRow, LiveFigures, MoneyRow
 from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.winback import WinbackRules, handle_moment
 
@@ -36,16 +36,16 @@ UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests
 
 
 def real_stats() -> Counter[Cell]:
-    """Two sessions and a purchase accepted, one duplicate, one notification sent: the
-    plan's typed cells, as the snapshot carries them (parsed from the stats hash)."""
+    """Two sessions and a purchase accepted, one duplicate (a copy of the purchase), one
+    notification sent: the plan's typed cells, as the snapshot carries them (parsed from
+    the stats hash)."""
     events = [Event("a", "e1", "session", "u1", BASE_MS),
-              Event("a", "e1", "session", "u1", BASE_MS),
               Event("a", "e2", "session", "u1", BASE_MS + 1),
+              Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0),
               Event("a", "e3", "purchase", "u2", BASE_MS + 2, amount=1.0)]
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)],
                       {("a", "u1"): None, ("a", "u2"): None}, set(), None, 400,
-                      UTC_APPS,
-                      dedup_keys=[dedup_key(e.app, e.event_id) for e in events])
+                      UTC_APPS, dedup_keys=[dedup_key_of(e) for e in events])
     stats = Counter(plan.stats)
     state = plan.users["a", "u2"]
     handle_moment(("a", "u2"), state, 2, state.last_active_ms + 2 * MS_PER_DAY, UTC,
@@ -53,9 +53,12 @@ def real_stats() -> Counter[Cell]:
     return stats
 
 
-def row(size: int, values: list[float], complete: list[bool]) -> dict[str, object]:
-    return {"cohort": "2024-01-01", "size": size, "counts": [], "values": values,
-            "complete": complete}
+def row(size: int, values: list[float], complete: list[bool]) -> CohortRow:
+    return CohortRow(19723, "2024-01-01", size, (), tuple(values), tuple(complete))
+
+
+def money_row(size: int, values: list[float | None], complete: list[bool]) -> MoneyRow:
+    return MoneyRow(19723, "2024-01-01", size, None, (), tuple(values), tuple(complete))
 
 
 def snapshot() -> Snapshot:
@@ -68,8 +71,8 @@ def snapshot() -> Snapshot:
                  "rolling": (row(4, [1.0, 0.75, 0.25], [True, True, False]),)},
         headline={1: (0.5, None), 7: None},
         headline_size={1: 4, 7: None},
-        money={"ltv": {"USD": (row(4, [0.0, 2.5, 2.5], [True, True, False]),)},
-               "roas": {"USD": (row(4, [None, None, None], [True, True, False]),)}},
+        money={"ltv": {"USD": (money_row(4, [0.0, 2.5, 2.5], [True, True, False]),)},
+               "roas": {"USD": (money_row(4, [None, None, None], [True, True, False]),)}},
         winback={"2": {"inactive": 3, "expired": 1, "back_within_7d_share": 0.25}},
         periods={"week": {"period": "2024-W01", "new_revenue": {"EUR": 1.5},
                           "returning_revenue": {"USD": 10.0}, "new_payers": 1,

@@ -19,8 +19,17 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.bench import checks, horizontal, profile, reference, runner, workload
+from retention_tracker.bench import (
+    checks,
+    contenders,
+    horizontal,
+    profile,
+    reference,
+    runner,
+    workload,
+)
 from retention_tracker.bench.flink_job import flink_unavailable
+from retention_tracker.streams import engine
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +69,7 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     assert len(doc["correctness"]["checks"]) == 24 + (4 if FLINK else 0)
     assert {"broker", "command", "machine", "code", "method", "workload", "produce", "throughput",
             "ratios", "horizontal", "latency", "latency_raw_consumer", "redis_memory",
-            "worker_peak_rss_bytes"} <= doc.keys()
+            "worker_peak_rss_bytes", "engine"} <= doc.keys()
     events = doc["workload"]["events"]
     assert 15_000 <= events <= 25_000
     assert set(doc["throughput"]) == SHAPES
@@ -176,6 +185,25 @@ def test_assignments_are_read_from_the_worker_log(
 def test_a_skipped_horizontal_run_says_so(bench_modules: dict[str, ModuleType]) -> None:
     text = bench_modules["runner"].render({"horizontal": {"skipped": "--skip-horizontal"}})
     assert "horizontal: skipped (--skip-horizontal)" in text
+
+
+def test_the_fallback_engine_is_never_the_workers_figure(
+        bench_modules: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 29: the result records which engine the workers ran, and a run on the Python
+    fallback says in its table that its figures are not the worker's."""
+    monkeypatch.setenv("ENGINE", "python")
+    found = contenders.worker_engine()
+    assert (found["name"], found["worker_figure"]) == ("python", False)
+    text = bench_modules["runner"].render({"engine": found})
+    assert "NOT the worker's figures: the Python fallback ran" in text
+    monkeypatch.setenv("ENGINE", "auto")
+    auto = contenders.worker_engine()
+    assert auto["worker_figure"] == engine.native_built()
+    if engine.native_built():
+        assert "NOT" not in bench_modules["runner"].render({"engine": auto})
+    monkeypatch.setenv("ENGINE", "fast")
+    with pytest.raises(contenders.BenchFailure, match="ENGINE='fast'"):
+        contenders.worker_engine()
 
 
 def test_workload_sizing_hits_the_asked_events_and_users(

@@ -139,3 +139,11 @@ def test_per_app_inactivity_thresholds() -> None:
     for raw in ("casino=0", "casino=x", "casino="):
         with pytest.raises(ConfigError, match="APP_INACTIVITY_THRESHOLDS"):
             Settings.from_env({"APP_INACTIVITY_THRESHOLDS": raw})
+
+
+def test_the_engine_is_auto_unless_told_and_only_a_known_one() -> None:
+    """ENGINE (issue 29): auto by default (native where it was built); a typo stops."""
+    assert Settings.from_env({}).engine == "auto"
+    assert Settings.from_env({"ENGINE": "python"}).engine == "python"
+    with pytest.raises(ConfigError, match=r"ENGINE='fast' must be one of auto, native, python"):
+        Settings.from_env({"ENGINE": "fast"})

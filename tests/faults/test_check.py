@@ -20,6 +20,7 @@ from retention_tracker.devstack.processes import free_port
 from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.schema import Keyspace
+from retention_tracker.streams import engine
 from tests.e2e.harness import Deployment
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +39,7 @@ def lines(result: Result) -> dict[str, tuple[str, str]]:
     for line in result.output.splitlines():
         status, rest = line.split(None, 1)
         for name in ("redis persistence", "redis memory", "input topics", "dlq topic",
-                     "rekey topic", "output topics", "settings", "redis", "broker",
+                     "rekey topic", "output topics", "settings", "engine", "redis", "broker",
                      "timezones", "keying"):
             if rest.startswith(name + " "):
                 out[name] = (status, rest[len(name):].strip())
@@ -57,6 +58,8 @@ def test_a_good_setup_passes(deployment: Deployment) -> None:
     assert found["dlq topic"] == ("ok", f"{deployment.dlq} exists")
     assert found["rekey topic"] == ("ok", f"{deployment.rekey_topic} will be created on start")
     assert found["keying"] == ("ok", "no events read in the last 2 days")
+    if engine.native_built():  # CI builds it (tests/streams/test_engine.py)
+        assert found["engine"] == ("ok", "native (Cython, streams/_native.pyx)")
     assert "will be created on start" in found["output topics"][1]
     assert found["redis persistence"][0] == "warn"  # the session Redis runs without an AOF
     assert "appendonly is off" in found["redis persistence"][1]
@@ -69,8 +72,8 @@ def test_json_lists_every_check(deployment: Deployment, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     checks: list[dict[str, Any]] = orjson.loads(result.output)
     assert [c["check"] for c in checks] == [
-        "settings", "redis", "redis persistence", "redis memory", "broker", "input topics",
-        "dlq topic", "rekey topic", "output topics", "timezones", "keying"]
+        "settings", "engine", "redis", "redis persistence", "redis memory", "broker",
+        "input topics", "dlq topic", "rekey topic", "output topics", "timezones", "keying"]
     assert all(set(c) == {"check", "status", "detail"} for c in checks)
     persistence = next(c for c in checks if c["check"] == "redis persistence")
     assert persistence == {"check": "redis persistence", "status": "ok",
@@ -122,6 +125,17 @@ def test_bad_settings_fail_in_one_line(deployment: Deployment) -> None:
     assert result.exit_code == 1
     failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
     assert failed == ["FAIL  settings   TIMEZONE: unknown IANA timezone 'Mars/Olympus'"]
+
+
+def test_engine_native_where_not_built_fails_in_one_line(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_built", None)
+    monkeypatch.setattr(engine, "_why_not", "no compiler")
+    result = run(deployment, ENGINE="native")
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith("FAIL  engine")
+    assert "ENGINE=native but the native engine was not built (no compiler)" in failed[0]
 
 
 def test_missing_and_unequal_input_topics_fail(deployment: Deployment) -> None:

@@ -200,8 +200,8 @@ async def test_payer_retention_on_metrics_and_its_refusals(redis_url: str) -> No
         await state.apply(events, day(3))
         live = (await live_figures(state.store, state.settings)).apps["a"]
         [row, *_] = live.returning["purchase"]
-        assert (row["cohort"], row["counts"][:2]) == ("2024-01-01", [0, 1])
-        assert live.returning["bet"][0]["counts"][:2] == [0, 0]
+        assert (row.cohort, row.counts[:2]) == ("2024-01-01", (0, 1))
+        assert live.returning["bet"][0].counts[:2] == (0, 0)
         with pytest.raises(QueryError, match="not in RETURN_EVENTS") as refused:
             await cohort_report(state.store, state.settings, "a", returning="session")
         assert refused.value.param == "returning"

@@ -1,4 +1,5 @@
-"""The Redis layer on a real Redis: atomic apply with offsets, version fencing, dedup memory."""
+"""The Redis layer on a real Redis: atomic apply with offsets, version fencing, dedup memory,
+the due set."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from msgspec.structs import replace
 
 from retention_tracker.bench import reference
 from retention_tracker.state.queries import read_daily, read_measure
@@ -15,8 +17,9 @@ from retention_tracker.state.store import RedisStore, TimezoneConflict
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.figures import cohort_rows, last_day_with_data
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.figures import Bounds, cohort_rows, last_day_with_data
+from retention_tracker.streams.plan import dedup_key, dedup_key_of, plan_batch
+from retention_tracker.streams.user_state import UserState, encode_user
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
@@ -39,7 +42,7 @@ async def apply_batch(store: RedisStore, shard: int, events: list[Event], first_
     items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
     loaded = await store.load_batch(
         shard, ["t"], [(e.app, e.user_id) for e in events],
-        [dedup_key(e.app, e.event_id) for e in events], now_ms,
+        [dedup_key_of(e) for e in events], now_ms,
     )
     start = loaded.next_offsets["t"] or 0
     fresh = [item for item in items if item[0] >= start]
@@ -70,13 +73,14 @@ async def test_redis_state_equals_reference_over_shards_and_redelivery(store: Re
         rows = cohort_rows(
             await read_measure(store, "a", Measure.COHORT_SIZE, granularity),
             await read_measure(store, "a", Measure.CLASSIC, granularity),
-            "classic", granularity, UTC, now, last_day_with_data(daily),
+            "classic", granularity, Bounds(UTC, now, last_day_with_data(daily)),
         )
-        assert rows == reference.triangle(events, "a", granularity, "classic", "UTC", now)
+        assert [r.as_json() for r in rows] == reference.triangle(events, "a", granularity,
+                                                                  "classic", "UTC", now)
 
 
 async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
-    event = Event("a", "e1", "session", "u1", BASE_MS)
+    event = Event("a", "e1", "purchase", "u1", BASE_MS, amount=1.0)  # its id is remembered
     await store.register_shard(0)
     first = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     second = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
@@ -93,8 +97,8 @@ async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) ->
     window_ms = store.dedup_window_days * MS_PER_DAY
     key = dedup_key("a", "e1")
     loaded = await store.load_batch(0, ["t"], [("a", "u")], [key], BASE_MS)
-    plan = plan_batch([(0, -1, Event("a", "e1", "session", "u", BASE_MS))], loaded.states,
-                      set(), None, 400, UTC_APPS)
+    plan = plan_batch([(0, -1, Event("a", "e1", "purchase", "u", BASE_MS, amount=1.0))],
+                      loaded.states, set(), None, 400, UTC_APPS)
     assert await store.apply_plan(0, loaded, {"t": 1}, plan)
     for later, remembered in [(window_ms, True), (2 * window_ms + MS_PER_DAY, False)]:
         again = await store.load_batch(0, ["t"], [], [key], BASE_MS + later)
@@ -170,3 +174,38 @@ async def test_every_key_the_apply_script_writes_is_declared_in_keys(
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_the_per_threshold_due_sets_of_before_merge_at_each_users_earliest(
+    store: RedisStore,
+) -> None:
+    """Issue 31: one due entry per user. A deployment's per-threshold sets are merged into
+    it when a worker takes the partition, each user at its earliest entry, and dropped."""
+    client, keys = store.client, store.keys
+    await client.zadd(keys.due_per_threshold(0, 1), {"a\x00u": 100, "a\x00v": 300})
+    await client.zadd(keys.due_per_threshold(0, 7), {"a\x00u": 700, "a\x00x": 900})
+    await client.zadd(keys.due(0), {"a\x00w": 50, "a\x00v": 250})
+    await store.adopt_due_sets(0, (1, 2, 7))
+    assert await store.due_entries(0, 10**6) == [
+        (("a", "w"), 50), (("a", "u"), 100), (("a", "v"), 250), (("a", "x"), 900)]
+    assert not await client.exists(*(keys.due_per_threshold(0, d) for d in (1, 2, 7)))
+    await store.adopt_due_sets(0, (1, 2, 7))  # nothing left to merge: unchanged
+    assert len(await store.due_entries(0, 10**6)) == 4
+
+
+async def test_users_due_now_are_counted_per_threshold_from_their_records(
+    store: RedisStore,
+) -> None:
+    """The due set holds u's next moment only (1 day after its last activity); at 3 days
+    both of its thresholds have come, and once the first is handled, only the second."""
+    await store.register_shard(0)
+    state = UserState(BASE_MS, BASE_MS, UTC.day_of(BASE_MS), frozenset({UTC.day_of(BASE_MS)}),
+                      frozenset())
+    await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(state))
+    await store.client.zadd(store.keys.due(0), {"a\x00u": BASE_MS + MS_PER_DAY})
+    now = BASE_MS + 3 * MS_PER_DAY
+    assert await store.due_counts("a", (1, 2, 7), now) == {1: 1, 2: 1, 7: 0}
+    assert await store.due_counts("b", (1, 2, 7), now) == {1: 0, 2: 0, 7: 0}
+    handled = replace(state, notified_episode_ms=BASE_MS, notified_days=(1,))
+    await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(handled))
+    assert await store.due_counts("a", (1, 2, 7), now) == {1: 0, 2: 1, 7: 0}

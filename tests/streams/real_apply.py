@@ -21,7 +21,7 @@ from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 
 TOPIC = "t"
 
@@ -76,7 +76,7 @@ class RealApply:
         items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
         loaded = await self.store.load_batch(
             shard, [TOPIC], [(e.app, e.user_id) for e in events],
-            [dedup_key(e.app, e.event_id) for e in events], arrival_ms,
+            [dedup_key_of(e) for e in events], arrival_ms,
         )
         start = loaded.next_offsets[TOPIC] or 0
         fresh = [item for item in items if item[0] >= start]
@@ -89,14 +89,12 @@ class RealApply:
         assert applied, "nobody else writes this prefix: the version cannot have moved"
         return [event for _, _, event in plan.too_old]
 
-    async def due(self) -> dict[tuple[str, str, int], int]:
-        """(app, user_id, threshold) -> due moment, from every shard's due sets."""
+    async def due(self) -> dict[tuple[str, str], int]:
+        """(app, user_id) -> its next inactivity moment, from every shard's due set."""
         found = {}
         for shard in range(self.shards):
-            entries = await self.store.due_entries(
-                shard, self.settings.every_inactivity_threshold, 2**62, limit=10_000)
-            for days, (app, user_id), due_ms in entries:
-                found[app, user_id, days] = due_ms
+            for user, due_ms in await self.store.due_entries(shard, 2**62, limit=10_000):
+                found[user] = due_ms
         return found
 
     async def close(self) -> None:

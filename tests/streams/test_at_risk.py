@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
@@ -35,6 +36,9 @@ from retention_tracker.streams.winback import WinbackRules
 
 from .delivery import in_arrival_order, named, random_batches
 from .real_apply import RealApply
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 HOUR_MS = 3_600_000
 UTC = AppCalendar("UTC")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from retention_tracker.streams.batch import (
     AT_HOME,
     BatchRules,
@@ -14,6 +16,9 @@ from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import Event, Reject
 from retention_tracker.streams.plan import dedup_key
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 UTC = AppCalendar("UTC")

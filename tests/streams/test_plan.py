@@ -7,13 +7,18 @@ from __future__ import annotations
 import random
 from datetime import date
 
+import pytest
+
 from retention_tracker.state.queries import cohort_report, kpis_report, summary_report
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
 from retention_tracker.streams.counters import Measure, Stat
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key, dedup_key_of, plan_batch
 
 from .real_apply import RealApply
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
 UTC = AppCalendar("UTC")
@@ -41,13 +46,38 @@ def test_duplicates_inside_one_batch_count_once_in_the_plan() -> None:
 
 
 async def test_duplicates_inside_one_batch_count_once_in_redis(redis_url: str) -> None:
+    """§1: copies of a purchase are remembered by id, counted as duplicates and pay once;
+    copies of a session change nothing by construction (a day is active or not), so their
+    id is not kept: they count as accepted events, and no dedup key is written for them."""
     async with RealApply(redis_url) as state:
         copies = [Event("a", "s1", "session", "u", day(0))] * 3
         assert await state.apply(copies, day(0)) == []
         summary = (await summary_report(state.store, state.settings, "a",
                                         date(2024, 1, 1))).as_json()
         assert (summary["dau"], summary["new_users"]) == (1, 1)
-        assert +await state.store.read_stats() == {"acc:a:session": 1, "dup:a": 2}
+        assert +await state.store.read_stats() == {"acc:a:session": 3}
+        assert [k async for k in state.client.scan_iter(match="*:dd:*")] == []
+        buys = [Event("a", "b1", "purchase", "u", day(0), amount=1.5, currency="USD")] * 3
+        assert await state.apply(buys, day(0)) == []
+        summary = (await summary_report(state.store, state.settings, "a",
+                                        date(2024, 1, 1))).as_json()
+        assert (summary["dau"], summary["revenue"]) == (1, {"USD": 1.5})
+        assert +await state.store.read_stats() == {"acc:a:session": 3, "acc:a:purchase": 1,
+                                                   "dup:a": 2}
+        assert len([k async for k in state.client.scan_iter(match="*:dd:*")]) == 1
+
+
+def test_only_events_whose_effect_adds_up_are_remembered() -> None:
+    """Purchases and installs with a cost have a dedup key; sessions, custom activities,
+    installs without cost and survey answers have none (their copies change nothing)."""
+    kept = [Event("a", "p", "purchase", "u", day(0), amount=0.0),
+            Event("a", "i", "install", "u", day(0), cost=0.5)]
+    not_kept = [Event("a", "s", "session", "u", day(0)), Event("a", "b", "bet", "u", day(0)),
+                Event("a", "i0", "install", "u", day(0)), Event("a", "i1", "install", "u",
+                                                                day(0), cost=0.0),
+                Event("a", "q", "survey", "u", day(0), score=9)]
+    assert [dedup_key_of(e) for e in kept] == [dedup_key("a", "p"), dedup_key("a", "i")]
+    assert [dedup_key_of(e) for e in not_kept] == [None] * len(not_kept)
 
 
 async def test_weekly_cohorts_are_iso_weeks_and_count_each_offset(redis_url: str) -> None:

@@ -1,13 +1,13 @@
 """The user-state codec (streams/user_state.py): a Redis hash field value per user.
 
 Round trip for any state (survey answers and answers-only users included), the exact bytes
-of a small one (worked by hand from the format), records of formats 3 to 5 still decode,
+of a small one (worked by hand from the format), records of formats 3 to 6 still decode,
 and anything else is refused."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
@@ -24,18 +24,20 @@ DAY_MS = 86_400_000
 
 
 def test_a_small_state_in_bytes() -> None:
-    """Version 6; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 172,799,007
+    """Version 7; first_seen 1000 ms zigzagged (2000 = 0xD0 0x0F as a varint); 172,799,007
     ms to last_active (2 days + 7 ms - 1000 ms); first day 0; one install at offset 0; no
-    attributes, purchases or cost; one session; no win-back marks; no survey answers; no
+    attributes, purchases or cost; a session on day 0 only (code 2 + a 1-byte mask, 0b01:
+    the first of the two active days); no win-back marks; no survey answers; no
     RETURN_EVENTS days; two UTC day spans on the active days (code 1 + 2 x 2, days not
     written): the first's earliest is first_seen, its width 0; the last's latest is
     last_active, its earliest 7 ms into day 2; no at-risk mark; the active days 0 and 2 as
     the bitmap 0b101."""
-    state = UserState(1000, 2 * DAY_MS + 7, 0, frozenset({0, 2}), frozenset({0}), sessions=1,
+    state = UserState(1000, 2 * DAY_MS + 7, 0, frozenset({0, 2}), frozenset({0}),
+                      session_days=frozenset({0}),
                       utc_spans=((0, 1000, 1000), (2, 2 * DAY_MS + 7, 2 * DAY_MS + 7)))
     raw = encode_user(state)
-    assert raw == bytes([6, 0xD0, 0x0F, 0x9F, 0xE8, 0xB2, 0x52, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0,
-                         5, 0, 7, 0, 0b101])
+    assert raw == bytes([7, 0xD0, 0x0F, 0x9F, 0xE8, 0xB2, 0x52, 0, 1, 0, 0, 0, 0, 3, 0b01, 0,
+                         0, 0, 5, 0, 7, 0, 0b101])
     assert decode_user(raw) == state
     # in a timezone ahead of UTC, local day 0 began in UTC day -1: the spans' days are
     # written (code 1 + 1 x 2 + 1), day -1 from the first day (zigzag 1); the one span is
@@ -125,7 +127,7 @@ def states(draw: st.DrawFn) -> UserState:
         attributes=attributes,
         purchases=purchases,
         cost_units=draw(st.integers(0, 10**13)),
-        sessions=draw(st.integers(0, 10**6)),
+        session_days=draw(st.frozensets(st.sampled_from(sorted(active)))),
         notified_episode_ms=episode,
         notified_days=notified,
         expired_days=expired,
@@ -134,6 +136,7 @@ def states(draw: st.DrawFn) -> UserState:
     )
 
 
+@settings(deadline=None)  # a shared 2-core machine: one example may take 200 ms under load
 @given(states())
 def test_any_state_round_trips(state: UserState) -> None:
     assert decode_user(encode_user(state)) == state
@@ -165,7 +168,8 @@ def test_format_3_records_still_decode() -> None:
 def test_format_4_records_still_decode() -> None:
     """Version 4 had no survey answers: the same record without their count."""
     state = UserState(BASE_MS, BASE_MS + 5, 19723, frozenset({19723, 19725}), frozenset(),
-                      sessions=3, notified_episode_ms=BASE_MS + 5, notified_days=(2,))
+                      session_days=frozenset({19723, 19725}), notified_episode_ms=BASE_MS + 5,
+                      notified_days=(2,))
     new = encode_user(state)
     assert new[-5:-3] == bytes(2)  # no answers, no returns; spans, the at-risk mark, the bitmap
     old = bytes([4]) + new[1:-5] + new[-1:]
@@ -186,6 +190,34 @@ def test_format_5_records_decode_with_their_windows_unknown() -> None:
     assert decode_user(encode_user(decoded)) == decoded
 
 
+def test_session_days_cost_one_byte_when_they_are_the_active_days() -> None:
+    """The usual user had a session on every active day: code 1, and the decoded state
+    shares the active days' frozenset (a cached state holds one set). No session: code 0."""
+    every = UserState(BASE_MS, BASE_MS + 2 * DAY_MS, 19723, frozenset({19723, 19725}),
+                      frozenset(), session_days=frozenset({19723, 19725}))
+    none = replace(every, session_days=frozenset())
+    assert len(encode_user(every)) == len(encode_user(none))
+    decoded = decode_user(encode_user(every))
+    assert decoded.session_days is decoded.active_days and decoded.sessions == 2
+    assert decode_user(encode_user(none)).sessions == 0
+
+
+@pytest.mark.parametrize(("count", "days"), [(0, frozenset()), (1, {19723, 19725}),
+                                             (9, {19723, 19725})])
+def test_format_6_session_counts_read_as_every_active_day(count: int, days: set[int]) -> None:
+    """Format 6 kept a count of session events, which cannot be turned into days: none
+    reads as none, any reads as a session on every active day (an upper bound of the
+    days, exact for a user with a session on each; docs/architecture.md "Memory")."""
+    state = UserState(BASE_MS, BASE_MS + 2 * DAY_MS, 19723, frozenset({19723, 19725}),
+                      frozenset())
+    new = bytearray(encode_user(state))
+    every = encode_user(replace(state, session_days=state.active_days))
+    # the one byte where they differ: the session days' code, where format 6 had the count
+    [index] = [i for i, (a, b) in enumerate(zip(new, every, strict=True)) if a != b]
+    new[0], new[index] = 6, count
+    assert decode_user(bytes(new)).session_days == days
+
+
 def test_an_at_risk_mark_in_bytes() -> None:
     """Sent (2), the episode 5 ms after first_seen (zigzag 10), the moment 2 days after
     (zigzag 2 x 172,800,000 as a varint); then the bitmap."""
@@ -199,7 +231,7 @@ def test_an_at_risk_mark_in_bytes() -> None:
     assert decode_user(encode_user(expired)) == expired
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x07" + bytes(12), b"{}"])
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x02\x00\x00", b"\x08" + bytes(12), b"{}"])
 def test_other_formats_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError, match="unknown user record format"):
         decode_user(raw)

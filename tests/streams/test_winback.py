@@ -11,6 +11,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,7 @@ from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Event
-from retention_tracker.streams.plan import dedup_key, plan_batch
+from retention_tracker.streams.plan import dedup_key_of, plan_batch
 from retention_tracker.streams.segments import DEFAULT_RULES
 from retention_tracker.streams.user_state import UserState
 from retention_tracker.streams.winback import (
@@ -32,6 +34,9 @@ from retention_tracker.streams.winback import (
 
 from .delivery import in_arrival_order, named, random_batches
 from .real_apply import RealApply
+
+# every plan here runs on each engine (tests/streams/conftest.py)
+pytestmark = pytest.mark.usefixtures("engine")
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -93,10 +98,12 @@ def test_a_moment_found_later_than_the_max_delay_is_expired_not_sent() -> None:
     first = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + HOUR_MS),
                   session("t", 1, BASE_MS + 80 * HOUR_MS)])
     assert first.notifications == []
+    assert first.due[("a", "u")] == BASE_MS + MS_PER_DAY  # one entry: its earliest moment
     after = plan_notifications(
-        [(days, ("a", "u"), BASE_MS + days * MS_PER_DAY) for days in (1, 2)],
+        [(("a", "u"), BASE_MS + MS_PER_DAY)],
         first.users, BASE_MS + 80 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES,
         first.arrivals)
+    assert after.due == {("a", "u"): None}  # both thresholds handled: the entry goes
     assert after.messages == []
     assert named(after.stats) == Counter({"expired:a:1": 1, "expired:a:2": 1, "inactive:a:1": 1,
                                    "inactive:a:2": 1})
@@ -115,11 +122,29 @@ def test_the_max_delay_counts_from_when_now_reached_the_moment() -> None:
     events = [session("u", 0, BASE_MS)] + [
         session("t", n, BASE_MS + n * HOUR_MS) for n in (1, 25, 60, 90)]
     batch = plan(events, rules=WinbackRules((1,), MS_PER_DAY, 7))
-    after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], batch.users,
+    after = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], batch.users,
                                BASE_MS + 90 * HOUR_MS, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), batch.arrivals)
     assert [m["user_id"] for m in after.messages] == ["u"]
     assert named(after.stats)["expired:a:1"] == 0
+
+
+def test_one_due_entry_per_user_moves_from_threshold_to_threshold() -> None:
+    """Issue 31: u's one entry is its 24 h moment; handled at 25 h, it moves to the 48 h
+    moment; handled at 50 h, it goes. An entry of an episode handled already only moves."""
+    first = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + HOUR_MS)])
+    assert first.due[("a", "u")] == BASE_MS + MS_PER_DAY
+    at_25h = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], first.users,
+                                BASE_MS + 25 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES)
+    assert [m["threshold_days"] for m in at_25h.messages] == [1]
+    assert at_25h.due == {("a", "u"): BASE_MS + 2 * MS_PER_DAY}
+    again = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], at_25h.users,
+                               BASE_MS + 26 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES)
+    assert again.messages == [] and again.due == {("a", "u"): BASE_MS + 2 * MS_PER_DAY}
+    at_50h = plan_notifications([(("a", "u"), BASE_MS + 2 * MS_PER_DAY)], at_25h.users,
+                                BASE_MS + 50 * HOUR_MS, UTC_APPS, DEFAULT_RULES, RULES)
+    assert [m["threshold_days"] for m in at_50h.messages] == [2]
+    assert at_50h.due == {("a", "u"): None}
 
 
 def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
@@ -127,7 +152,7 @@ def test_a_late_event_before_a_sent_moment_is_a_false_alarm() -> None:
     inactive for a day after all. A false alarm, never a reactivation."""
     notified = plan([session("u", 0, BASE_MS), session("t", 0, BASE_MS + 25 * HOUR_MS)],
                     rules=WinbackRules((1,), MS_PER_DAY, 7))
-    after = plan_notifications([(1, ("a", "u"), BASE_MS + MS_PER_DAY)], notified.users,
+    after = plan_notifications([(("a", "u"), BASE_MS + MS_PER_DAY)], notified.users,
                                BASE_MS + 25 * HOUR_MS, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7), notified.arrivals)
     assert len(after.messages) == 1
@@ -144,7 +169,7 @@ def test_live_clock_sends_fresh_moments_and_expires_old_ones() -> None:
     state = {("a", u): UserState(BASE_MS, BASE_MS + h * HOUR_MS, 0, frozenset({0}),
                                  frozenset()) for u, h in (("fresh", 2), ("stale", 0))}
     now = BASE_MS + 2 * HOUR_MS + MS_PER_DAY + 23 * HOUR_MS
-    due = [(1, ("a", "fresh"), BASE_MS + 26 * HOUR_MS), (1, ("a", "stale"), BASE_MS + MS_PER_DAY)]
+    due = [(("a", "fresh"), BASE_MS + 26 * HOUR_MS), (("a", "stale"), BASE_MS + MS_PER_DAY)]
     found = plan_notifications(due, state, now, UTC_APPS, DEFAULT_RULES,
                                WinbackRules((1,), MS_PER_DAY, 7))
     assert [m["user_id"] for m in found.messages] == ["fresh"]
@@ -170,6 +195,7 @@ class Outcome:
     expired: Counter[int] = field(default_factory=Counter)  # per threshold
     returns: set[tuple[str, int, int]] = field(default_factory=set)
     false_alarms: Counter[int] = field(default_factory=Counter)
+    sessions: set[tuple[str, int, int, int]] = field(default_factory=set)  # + payload's
 
 
 async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRules
@@ -183,7 +209,7 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         items = [(offset + i, -1, e) for i, e in enumerate(batch)]
         offset += len(batch)
         loaded = await store.load_batch(0, ["t"], [(e.app, e.user_id) for e in batch],
-                                        [dedup_key(e.app, e.event_id) for e in batch], BASE_MS)
+                                        [dedup_key_of(e) for e in batch], BASE_MS)
         found = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms,
                            400, UTC_APPS, DEFAULT_RULES, winback=rules, event_clock=True)
         assert await store.apply_plan(0, loaded, {"t": offset}, found)
@@ -191,9 +217,9 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         returns = list(found.reactivations)
         stats.update(found.stats)
         now = found.watermark_ms or 0
-        due = await store.due_entries(0, rules.thresholds, now)
+        due = await store.due_entries(0, now)
         if due:
-            users = [u for _, u, _ in due]
+            users = [u for u, _ in due]
             held = await store.load_batch(0, [], users, [], BASE_MS)
             passed = plan_notifications(due, held.states, now, UTC_APPS, DEFAULT_RULES,
                                         rules, found.arrivals, found.known_ms)
@@ -204,12 +230,13 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
             key = (m["user_id"], m["threshold_days"], _ms(m["last_active"]))
             assert key not in out.sent, f"sent twice: {key}"
             out.sent.add(key)
+            out.sessions.add((*key, m["sessions"]))
         for m in returns:
             out.returns |= {(m["user_id"], d, _ms(m["last_active"])) for d in m["threshold_days"]}
     for key, value in stats.items():
-        kind, _app, days, *_ = key
+        kind = key[0]
         if kind in (Stat.FALSE_ALARM, Stat.EXPIRED):
-            (out.false_alarms if kind is Stat.FALSE_ALARM else out.expired)[days] += value
+            (out.false_alarms if kind is Stat.FALSE_ALARM else out.expired)[key[2]] += value
     out.false_alarms, out.expired = +out.false_alarms, +out.expired
     return out
 
@@ -223,14 +250,19 @@ def _ms(iso: str) -> int:
 @st.composite
 def histories(draw: st.DrawFn) -> list[Event]:
     """A few users with gaps of hours to days, delivered roughly in time order: each event
-    may arrive up to 30 h late."""
+    may arrive up to 30 h late. Some events are purchases (activity, but no session day),
+    and some are delivered twice, the copy up to 50 h after the original."""
     events = []
     for u in range(draw(st.integers(1, 5))):
         ts = BASE_MS + draw(st.integers(0, 48)) * HOUR_MS
         for n in range(draw(st.integers(1, 8))):
-            events.append(session(f"u{u}", n, ts))
+            event = session(f"u{u}", n, ts)
+            if draw(st.integers(0, 3)) == 0:
+                event = msgspec.structs.replace(event, type="purchase", amount=1.0)
+            events.append(event)
             ts += draw(st.sampled_from([1, 5, 20, 26, 40, 50, 75])) * HOUR_MS
-    delays = [draw(st.sampled_from([0, 0, 0, 2, 30])) * HOUR_MS for _ in events]
+    events += [e for e in list(events) if draw(st.integers(0, 4)) == 0]  # copies
+    delays = [draw(st.sampled_from([0, 0, 0, 2, 30, 50])) * HOUR_MS for _ in events]
     return in_arrival_order(events, delays)
 
 
@@ -241,7 +273,8 @@ def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: lis
                                                      seed: int) -> None:
     rng = random.Random(seed)
     batches = random_batches(stream, rng)
-    expected = reference.inactivity_episodes(stream, RULES.thresholds, RULES.max_delay_ms)
+    expected = reference.inactivity_episodes(reference.dedup(stream), RULES.thresholds,
+                                             RULES.max_delay_ms)
 
     async def scenario() -> Outcome:
         async with RealApply(redis_url, thresholds=RULES.thresholds, shards=1,
@@ -253,6 +286,7 @@ def test_any_batching_gives_the_simulations_episodes(redis_url: str, stream: lis
     assert got.expired == Counter(d for _, d, _ in expected["expired"])
     assert got.returns == expected["returns"]
     assert got.false_alarms == Counter(d for _, d, _ in expected["false_alarms"])
+    assert got.sessions == expected["sessions"]  # the payload's distinct session days
 
 
 @given(ts_ms=st.integers(0, 253_402_300_799_999))  # 1970 to the end of year 9999
@@ -276,11 +310,10 @@ def test_each_app_at_its_own_thresholds() -> None:
                       {(e.app, e.user_id): None for e in events}, set(), None, 400,
                       {"fast": UTC, "slow": UTC}, DEFAULT_RULES, winback=rules,
                       event_clock=True)
-    due = [(days, user, state.last_active_ms + days * MS_PER_DAY)
-           for user, state in plan.users.items() for days in rules.thresholds_of(user[0])]
-    assert sorted(due) == [(1, ("fast", "later"), BASE_MS + 4 * MS_PER_DAY - HOUR_MS),
-                           (1, ("fast", "u"), BASE_MS + MS_PER_DAY),
-                           (2, ("slow", "u"), BASE_MS + 2 * MS_PER_DAY)]
+    assert plan.due == {("fast", "later"): BASE_MS + 4 * MS_PER_DAY - HOUR_MS,
+                        ("fast", "u"): BASE_MS + MS_PER_DAY,
+                        ("slow", "u"): BASE_MS + 2 * MS_PER_DAY}
+    due = [(user, due_ms) for user, due_ms in plan.due.items() if due_ms is not None]
     notified = plan_notifications(due, plan.users, plan.watermark_ms or 0,
                                   {"fast": UTC, "slow": UTC}, DEFAULT_RULES, rules)
     assert sorted((m["app"], m["threshold_days"]) for m in notified.messages) == [

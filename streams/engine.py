@@ -1,0 +1,80 @@
+"""Which implementation of the plan's hot core this process runs: the native one (Cython,
+``streams/_native.pyx``, compiled when the project is pip-installed on a machine with a C
+compiler) or the pure-Python fallback (today's code in ``streams/plan.py``).
+
+The one place that imports the native module. Both engines give exactly the same plan
+(tests/streams run every plan property against each); the native one is faster. Chosen
+once per process at start (``ENGINE=auto|native|python``, config/settings.py), like the
+collector tuning: a worker, ``retention check`` and the benchmark say which one ran, so a
+figure measured on the fallback is never taken for the worker's.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+ENGINES = ("auto", "native", "python")
+NATIVE, PYTHON = "native", "python"
+
+_built: ModuleType | None
+_why_not = ""
+try:
+    from retention_tracker.streams import _native as _built
+except ImportError as exc:  # no compiler when the project was installed, or a stale build
+    _built, _why_not = None, str(exc)
+
+_running: ModuleType | None = _built  # auto: native when built
+
+
+class EngineError(ValueError):
+    """ENGINE=native where the native module was not built: one readable line."""
+
+
+def native_built() -> bool:
+    """Was the native module compiled and importable here?"""
+    return _built is not None
+
+
+def why_not_built() -> str:
+    """Why the native module cannot be imported ('' when it can)."""
+    return _why_not
+
+
+def resolve(choice: str) -> ModuleType | None:
+    """The module ``choice`` (auto, native or python) would run (None: the Python engine),
+    without selecting it; ``native`` where it was not built raises EngineError."""
+    if choice not in ENGINES:
+        raise EngineError(f"ENGINE={choice!r}: expected one of {', '.join(ENGINES)}")
+    if choice == NATIVE and _built is None:
+        raise EngineError(
+            f"ENGINE=native but the native engine was not built ({_why_not}); reinstall "
+            "the project with a C compiler (scripts/setup), or set ENGINE=auto")
+    return None if choice == PYTHON else _built
+
+
+def select(choice: str) -> str:
+    """Run ``choice`` from now on in this process (``resolve``); returns the engine's name."""
+    global _running
+    _running = resolve(choice)
+    return running()
+
+
+def running() -> str:
+    """The engine this process runs now: 'native' or 'python'."""
+    return NATIVE if _running is not None else PYTHON
+
+
+def native() -> ModuleType | None:
+    """The native module when it runs (None: the Python fallback runs)."""
+    return _running
+
+
+def describe(choice: str | None = None) -> str:
+    """One line for logs, ``retention check`` and the benchmark's table: the engine that
+    runs, or that ``choice`` would run."""
+    module = _running if choice is None else resolve(choice)
+    if module is not None:
+        return "native (Cython, streams/_native.pyx)"
+    if _built is None:
+        return f"python (fallback: the native module is not built: {_why_not})"
+    return "python (ENGINE=python; the native module is built)"
