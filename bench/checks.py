@@ -45,6 +45,7 @@ class Reference:
     watermark_ms: int
     triangles: dict[tuple[str, str], list[dict[str, Any]]]
     summaries: dict[date, dict[str, Any]]
+    dau: dict[date, int]  # every day from the first to the last with data (the Flink job's)
 
     @classmethod
     def of(cls, raw_events: list[dict[str, Any]]) -> Reference:
@@ -59,7 +60,9 @@ class Reference:
             day: reference.summary(events, APP, day, TIMEZONE)
             for day in (last_day, last_day - timedelta(days=7))
         }
-        return cls(watermark, triangles, summaries)
+        dau = {day: figures["dau"]
+               for day, figures in reference.daily_series(events, APP, TIMEZONE).items()}
+        return cls(watermark, triangles, summaries, dau)
 
 
 @dataclass(slots=True)

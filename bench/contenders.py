@@ -257,8 +257,8 @@ def faust_agent(stack: Stack, topic: str, shape: str, measure_events: int) -> Ru
     try:
         with process:
             meter = stack.cpu_meter(process.pid)
-            _wait_progress(process, lambda: int(client.hget(progress_key, "count") or 0),
-                           measure_events, bar, stack.stall_s, "faust agent", meter)
+            wait_progress(process, lambda: int(client.hget(progress_key, "count") or 0),
+                          measure_events, bar, stack.stall_s, "faust agent", meter)
             rss = peak_rss_bytes(process.pid)
         fields = {k.decode(): float(v) for k, v in client.hgetall(progress_key).items()}
     finally:
@@ -292,8 +292,8 @@ async def topic_setting(bootstrap: str, topic: str, name: str) -> str | None:
     return config_value(responses, name)
 
 
-def _wait_progress(process: ManagedProcess, read: Callable[[], int], target: int, bar: tqdm,
-                   timeout_s: float, what: str, meter: CpuMeter) -> None:
+def wait_progress(process: ManagedProcess, read: Callable[[], int], target: int, bar: tqdm,
+                  timeout_s: float, what: str, meter: CpuMeter) -> None:
     """Poll ``read`` until it reaches ``target``; fail if the process dies or stalls. The
     CPU meter runs from the first progress seen to the target."""
     last_change = time.monotonic()

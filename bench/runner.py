@@ -44,6 +44,7 @@ from .contenders import (
     worker_engine,
     worker_replay,
 )
+from .flink_job import FlinkFigures, build_job, check_figures, flink_job, flink_unavailable
 from .horizontal import WORKERS, horizontal_replay
 from .latency import measure_latency, raw_latency
 from .profile import profile_replay
@@ -55,18 +56,23 @@ SHAPE_LABELS = {"single": "single (1 event/msg)", "batch50": "batch (<=50 events
 # Every event of this shape is sent without a key to the partition after its user's home,
 # so the worker forwards each one through its re-key topic: the cost of a mis-keyed producer.
 MISKEYED = "miskeyed"
-BASELINE_SHAPES = ("single", "batch50")  # the Faust agent is measured on these
+BASELINE_SHAPES = ("single", "batch50")  # the Faust agent and the Flink job run on these
 CONTENDER_LABELS = {
     "raw": "(a) raw aiokafka loop",
     "faust": "(b) faust agent + table",
     "worker": "(c) retention worker",
+    "flink": "(d) Apache Flink job",
 }
+#: Nexmark q15 (count and count-distinct per day) on Flink: the published figure per core.
+FLINK_ANCHOR = "Nexmark q15 ~72,000 events/s per core"
 METHOD = (
     "events/s over each contender's steady window: from the end of its first unit of work "
     "(faust: first message; worker: first partition batch seen applied in Redis, polled "
     "every 20 ms) to its last event, events of that first unit not counted; the raw loop "
     "(no group join) from the request of its first fetch that returned records, that "
-    "fetch counted, so a topic read in one fetch still has a window. Startup and "
+    "fetch counted, so a topic read in one fetch still has a window; the Flink job from its "
+    "first progress line (1,024 events read, by its own clock) to the line of its last event, "
+    "the events before that line not counted. Startup and "
     "consumer-group join are therefore excluded for all. "
     "Contenders run one after another on the same topic, never at the same time. "
     "Horizontal: two workers in one group replay the single topic together; both are started "
@@ -86,6 +92,7 @@ class Options:
     seed: int = 0
     partitions: int = 4
     skip_baselines: bool = False
+    skip_flink: bool = False
     skip_horizontal: bool = False
     baseline_events: int = 200_000  # the Faust baseline is measured on this prefix
     latency_seconds: float = 10.0
@@ -243,6 +250,7 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
     results["produce"] = produced
     verdict = Verdict()
     results["correctness"] = {**verdict.as_dict(), "ok": False}  # nothing checked yet
+    results["flink"] = _flink_setup(options)
     censuses, expected = _throughput(stack, workload, options, plan, produced, verdict,
                                      results)
     single_rate = results["throughput"]["single"]["worker"]["events_per_s"]
@@ -257,6 +265,17 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
         profiled, summary = profile_replay(plan.profile, censuses["single"], options.profile)
         summary["replay_events_per_s_while_sampled"] = round(profiled.events_per_s, 1)
         results["profile"] = summary
+
+
+def _flink_setup(options: Options) -> dict[str, Any]:
+    """Whether the Flink job runs (Java 17, and the job built or Maven to build it), built
+    here if it is not yet; ``{"skipped": why}`` otherwise."""
+    why = "--skip-flink" if options.skip_flink else flink_unavailable()
+    if why is not None:
+        _say(f"the Apache Flink job is skipped: {why}")
+        return {"skipped": why}
+    build_job(_say)
+    return {"anchor": FLINK_ANCHOR}
 
 
 def _produce(stack: Stack, workload: Workload, topics: dict[str, str]) -> dict[str, Any]:
@@ -291,22 +310,26 @@ def _throughput(stack: Stack, workload: Workload, options: Options, plan: _Deplo
     each topic's census and the reference figures, for the runs that follow."""
     throughput: dict[str, dict[str, Any]] = {}
     memory: dict[str, Any] = {}
-    expected: Reference | None = None
     censuses: dict[str, Census] = {}
+    _say("computing the batch reference figures (bench/reference.py)")
+    expected = Reference.of(workload.events)
+    with_flink = "skipped" not in results["flink"]
     for shape in SHAPES:
         total = produced[shape]["events"]
         forwarded = total if shape == MISKEYED and stack.partitions > 1 else 0
-        runs, censuses[shape], used = _race(stack, options, plan, shape, total, forwarded)
+        runs, censuses[shape], used, flink_figures = _race(stack, options, plan, shape, total,
+                                                           forwarded, with_flink)
         throughput[shape] = {name: r.as_dict() for name, r in runs.items()}
         results["throughput"] = throughput  # kept even if the figures turn out wrong
         for name, r in runs.items():
             _say(f"{shape}: {name}: {r.events_per_s:,.0f} events/s "
                  f"({r.window_events:,} events in {r.window_s:.2f} s)")
-        if expected is None:
-            _say("computing the batch reference figures (bench/reference.py)")
-            expected = Reference.of(workload.events)
         _say(f"{shape}: checking the worker's figures against the reference")
         _judge(plan.shapes[shape], expected, verdict, results)
+        if flink_figures is not None:
+            _say(f"{shape}: checking the Flink job's figures against the reference")
+            _record(check_figures(f"flink-{shape}", flink_figures, expected), "flink-" + shape,
+                    verdict, results)
         if forwarded:
             results.setdefault("forwarded_events", {})[shape] = found = forwarded_events(
                 plan.shapes[shape])
@@ -319,16 +342,17 @@ def _throughput(stack: Stack, workload: Workload, options: Options, plan: _Deplo
     results["worker_peak_rss_bytes"] = {
         shape: throughput[shape]["worker"]["peak_rss_bytes"] for shape in throughput
     }
-    assert expected is not None
     return censuses, expected
 
 
 def _race(stack: Stack, options: Options, plan: _Deployments, shape: str, total: int,
-          forwarded: int) -> tuple[dict[str, RunResult], Census, dict[str, int]]:
+          forwarded: int, with_flink: bool
+          ) -> tuple[dict[str, RunResult], Census, dict[str, int], FlinkFigures | None]:
     """One shape's contenders in turn: the raw loop (which takes the census), the Faust
-    baseline on a prefix, our worker. Returns their runs, the census and the worker's
-    INFO used_memory before and after."""
+    baseline on a prefix, our worker, the Flink job. Returns their runs, the census, the
+    worker's INFO used_memory before and after, and the Flink job's figures if it ran."""
     runs: dict[str, RunResult] = {}
+    figures: FlinkFigures | None = None
     topic = plan.topics[shape]
     _say(f"{shape}: (a) raw aiokafka loop")
     runs["raw"], census = run_async(lambda: raw_loop(stack, topic, shape, total))
@@ -339,7 +363,10 @@ def _race(stack: Stack, options: Options, plan: _Deployments, shape: str, total:
     _say(f"{shape}: (c) retention worker")
     runs["worker"], used = worker_replay(plan.shapes[shape], shape, census,
                                          forwarded_events=forwarded)
-    return runs, census, used
+    if with_flink and shape in BASELINE_SHAPES:
+        _say(f"{shape}: (d) Apache Flink job (MiniCluster, parallelism 1)")
+        runs["flink"], figures = flink_job(stack, topic, shape, total)
+    return runs, census, used, figures
 
 
 def _horizontal(deployment: Deployment, census: Census, single_rate: float,
@@ -376,13 +403,17 @@ def _judge(deployment: Deployment, expected: Reference, verdict: Verdict,
            results: dict[str, Any]) -> None:
     """Check a deployment's figures against the reference into the run's verdict; a mismatch
     stops the run (after recording it), since its throughput would be a wrong answer's."""
-    found = verify(deployment, expected)
+    _record(verify(deployment, expected), deployment.name, verdict, results)
+
+
+def _record(found: Verdict, name: str, verdict: Verdict, results: dict[str, Any]) -> None:
+    """Add one contender's checks to the run's verdict; a mismatch stops the run."""
     verdict.checks += found.checks
     verdict.mismatches += found.mismatches
     verdict.ok = verdict.ok and found.ok
     results["correctness"] = verdict.as_dict()
     if not found.ok:
-        raise BenchFailure(f"the figures of {deployment.name} differ from the reference: "
+        raise BenchFailure(f"the figures of {name} differ from the reference: "
                            + "; ".join(found.mismatches)[:2000])
 
 
@@ -396,6 +427,10 @@ def _ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
             f"worker_vs_{name}": round(ours / run["events_per_s"], 4)
             for name, run in runs.items() if name != "worker" and run["events_per_s"] > 0
         }
+        ours_per_cpu = runs["worker"].get("events_per_contender_cpu_s")
+        flink_per_cpu = runs.get("flink", {}).get("events_per_contender_cpu_s")
+        if ours_per_cpu and flink_per_cpu:  # the issue's comparison: per core
+            out[shape]["worker_vs_flink_per_cpu_s"] = round(ours_per_cpu / flink_per_cpu, 4)
     well_keyed = throughput.get("single", {}).get("worker", {}).get("events_per_s")
     if MISKEYED in out and well_keyed:
         out[MISKEYED]["worker_vs_well_keyed"] = round(
@@ -495,6 +530,7 @@ def render(results: dict[str, Any]) -> str:
              f"{workload.get('distinct_users', 0):,} users, {workload.get('days')} days"]
     lines += _render_engine(results.get("engine"))
     lines += _render_throughput(results)
+    lines += _render_flink(results)
     lines += _render_horizontal(results.get("horizontal"))
     lines += _render_latency(results)
     lines += _render_memory(results.get("redis_memory", {}))
@@ -520,7 +556,7 @@ def _render_throughput(results: dict[str, Any]) -> list[str]:
     workload_events = results.get("workload", {}).get("events", 0)
     throughput = results.get("throughput", {})
     header = (f"{'shape / contender':<30}{'events/s':>10}{'window':>8}{'startup':>8}"
-              f"{'core':>6}{'ev/CPU-s':>9}{'redis CPU':>10}{'peak RSS':>10}")
+              f"{'core':>6}{'ev/CPU-s':>10}{'redis CPU':>10}{'peak RSS':>10}")
     lines = ["", header, "-" * len(header)]
     for shape, runs in throughput.items():
         per_message = results.get("produce", {}).get(shape, {}).get("events_per_message")
@@ -537,7 +573,7 @@ def _render_throughput(results: dict[str, Any]) -> list[str]:
                 f"  {CONTENDER_LABELS.get(name, name) + note:<28}"
                 f"{run['events_per_s']:>10,.0f}{run['window_s']:>7.1f}s{run['startup_s']:>7.1f}s"
                 f"{'-' if share is None else f'{share:.2f}':>6}"
-                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>9}{redis_share:>10}"
+                f"{'-' if per_cpu is None else f'{per_cpu:,.0f}':>10}{redis_share:>10}"
                 f"{_mib(run.get('peak_rss_bytes')):>10}"
             )
     for shape, ratios in results.get("ratios", {}).items():
@@ -548,6 +584,28 @@ def _render_throughput(results: dict[str, Any]) -> list[str]:
     if any(run["contender"] == "faust" and run["events"] < workload_events
            for runs in throughput.values() for run in runs.values()):
         lines.append("* faust measured on a prefix of the topic (see measured_prefix_events)")
+    return lines
+
+
+def _render_flink(results: dict[str, Any]) -> list[str]:
+    """Per CPU-second, Flink beside the worker and the raw ceiling: the issue's figure."""
+    flink = results.get("flink")
+    if not flink:
+        return []
+    if "skipped" in flink:
+        return [f"flink: skipped ({flink['skipped']})"]
+    lines = []
+    for shape, runs in results.get("throughput", {}).items():
+        if "flink" not in runs:
+            continue
+        per_cpu = {name: runs[name].get("events_per_contender_cpu_s")
+                   for name in ("worker", "flink", "raw")}
+        ratio = results.get("ratios", {}).get(shape, {}).get("worker_vs_flink_per_cpu_s")
+        parts = ", ".join(f"{name} {'-' if value is None else f'{value:,.0f}'}"
+                          for name, value in per_cpu.items())
+        lines.append(f"per CPU-second, {shape}: {parts} ev/CPU-s; worker / flink "
+                     f"{'-' if ratio is None else f'{ratio:.2f}x'}")
+    lines.append(f"flink: the JVM's CPU (all its threads); anchor: {flink['anchor']}")
     return lines
 
 

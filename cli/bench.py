@@ -33,6 +33,9 @@ QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
 @click.option("--skip-baselines", is_flag=True,
               help="skip the Faust baseline (the raw loop always runs: it is also the census "
                    "of the topics the worker's progress is measured with)")
+@click.option("--skip-flink", is_flag=True,
+              help="skip the Apache Flink job (it runs where Java 17 is found; the first run "
+                   "builds it with Maven unless scripts/setup did)")
 @click.option("--skip-horizontal", is_flag=True,
               help="skip the horizontal run (two workers in one group on the single-event "
                    "topic, against one worker's rate)")
@@ -59,12 +62,13 @@ QUICK = {"events": 20_000, "users": 2_000, "days": 30, "latency_seconds": 3.0}
                    "Tansu; kafka or tansu: that one; both: the run on each, side by side")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def bench(events: int | None, users: int | None, days: int | None, seed: int, partitions: int,
-          skip_baselines: bool, skip_horizontal: bool, baseline_events: int,
+          skip_baselines: bool, skip_flink: bool, skip_horizontal: bool, baseline_events: int,
           latency_seconds: float | None, latency_rate: float | None, quick: bool,
           json_out: Path | None, workdir: Path | None, profile: Path | None,
           broker: str, no_progress: bool) -> None:
-    """Benchmark the worker against a raw aiokafka loop and a Faust agent, on a real broker
-    and Redis; check its figures against the batch reference (exit 1 if they differ)."""
+    """Benchmark the worker against a raw aiokafka loop, a Faust agent and an Apache Flink job,
+    on a real broker and Redis; check its figures against the batch reference (exit 1 if
+    they differ)."""
     from retention_tracker.bench import runner  # on use: it pulls in Faust and the baselines
 
     args = sys.argv[1:]
@@ -78,7 +82,7 @@ def bench(events: int | None, users: int | None, days: int | None, seed: int, pa
     options = runner.Options(
         events=events or int(size["events"]), users=users or int(size["users"]),
         days=days or int(size["days"]), seed=seed, partitions=partitions,
-        skip_baselines=skip_baselines, skip_horizontal=skip_horizontal,
+        skip_baselines=skip_baselines, skip_flink=skip_flink, skip_horizontal=skip_horizontal,
         baseline_events=baseline_events,
         latency_seconds=latency_seconds or size["latency_seconds"], latency_rate=latency_rate,
         json_out=json_out,

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import base64
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from retention_tracker.devstack.java import java_binary, java_unavailable, pom_property
 from retention_tracker.devstack.processes import (
     LOOPBACK,
     PORT_ATTEMPTS,
@@ -65,7 +63,6 @@ __all__ = [
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
 SERVER_PROPERTIES = DEPLOY / "server.properties"
 POM = DEPLOY / "pom.xml"
-JAVA_MAJOR = 17
 
 #: A cluster of three as production runs it: every topic on three brokers, a write
 #: acknowledged (acks=all) once two have it, so one broker may die without losing any.
@@ -102,12 +99,7 @@ _LOG4J2 = """Configuration:
 
 def kafka_version() -> str:
     """The pinned Apache Kafka version (``deploy/kafka/pom.xml``)."""
-    root = ET.parse(POM).getroot()
-    found = root.find("{http://maven.apache.org/POM/4.0.0}properties/"
-                      "{http://maven.apache.org/POM/4.0.0}kafka.version")
-    if found is None or not found.text:
-        raise ValueError(f"no kafka.version in {POM}")
-    return found.text.strip()
+    return pom_property(POM, "kafka.version")
 
 
 def kafka_libs() -> Path:
@@ -115,29 +107,11 @@ def kafka_libs() -> Path:
     return Path(sys.prefix) / f"kafka-{kafka_version()}" / "libs"
 
 
-def _java() -> str | None:
-    home = os.environ.get("JAVA_HOME")
-    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
-        return str(Path(home) / "bin" / "java")
-    return shutil.which("java")
-
-
 def kafka_unavailable() -> str | None:
     """Why Apache Kafka cannot run here (None: it can): no Java 17 or newer, or no jars."""
-    java = _java()
-    if java is None:
-        return f"no Java {JAVA_MAJOR} (no java on PATH or in JAVA_HOME)"
-    try:
-        shown = subprocess.run([java, "-version"], capture_output=True, text=True,
-                               timeout=30).stderr
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"{java} -version failed: {exc}"
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', shown)
-    major = 0 if match is None else int(match.group(1))
-    if major == 1 and match is not None and match.group(2):  # "1.8.0" is Java 8
-        major = int(match.group(2))
-    if major < JAVA_MAJOR:
-        return f"no Java {JAVA_MAJOR} ({java} is {major or 'of an unknown version'})"
+    problem = java_unavailable()
+    if problem is not None:
+        return problem
     libs = kafka_libs()
     if not any(libs.glob("kafka_2.13-*.jar")):
         return f"no Kafka jars in {libs} (scripts/setup copies them from Maven Central)"
@@ -333,7 +307,7 @@ def _properties(node: KafkaNode, cluster: KafkaCluster) -> dict[str, str]:
 def _format(cluster: KafkaCluster) -> None:
     """Write each node's properties and format its storage, all nodes at once (each format
     is a JVM start, ~1.5 s)."""
-    java = _java() or "java"
+    java = java_binary() or "java"
 
     def run(node: KafkaNode) -> subprocess.CompletedProcess[str]:
         node.log_dir.mkdir(parents=True, exist_ok=True)
@@ -359,7 +333,7 @@ def _spawn(node: KafkaNode, heap: str, quick_start: bool) -> ManagedProcess:
     """``quick_start``: the C1 compiler only (``-XX:TieredStopAtLevel=1``): the JVM compiles
     less while starting (measured here under load: answering after 5.7 s instead of 9.9 s)
     and runs slower for long; the bench starts without it."""
-    java = _java() or "java"
+    java = java_binary() or "java"
     jit = ["-XX:TieredStopAtLevel=1"] if quick_start else []
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL"))}
     return start_process(

@@ -28,13 +28,16 @@ from retention_tracker.bench import (
     runner,
     workload,
 )
+from retention_tracker.bench.flink_job import flink_unavailable
 from retention_tracker.streams import engine
 
 pytestmark = pytest.mark.e2e
 
 SHAPES = {"single", "batch50", "miskeyed"}
-CONTENDERS = {"raw", "faust", "worker"}
-BASELINE_SHAPES = {"single", "batch50"}  # the Faust agent runs on these only
+#: The Apache Flink job runs where Java 17 is found (CI: always; scripts/setup builds it).
+FLINK = flink_unavailable() is None
+CONTENDERS = {"raw", "faust", "worker"} | ({"flink"} if FLINK else set())
+BASELINE_SHAPES = {"single", "batch50"}  # the Faust agent and the Flink job run on these only
 RUN_KEYS = {"contender", "shape", "events", "window_events", "window_s", "events_per_s",
             "startup_s", "peak_rss_bytes"}
 LATENCY_KEYS = {"p50_ms", "p99_ms", "max_ms", "events", "target_rate_events_per_s",
@@ -54,7 +57,7 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     result = subprocess.run(
         [sys.executable, "-m", "retention_tracker.cli.bench", "--quick", "--no-progress",
          "--json-out", str(out), "--workdir", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=420,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     wide = [line for line in result.stdout.splitlines() if len(line) > runner.REPORT_WIDTH]
@@ -62,8 +65,8 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     doc: dict[str, Any] = orjson.loads(out.read_bytes())
     assert doc["correctness"]["ok"] is True
     assert doc["correctness"]["mismatches"] == []
-    # 6 each: single, batch50, miskeyed, horizontal
-    assert len(doc["correctness"]["checks"]) == 24
+    # 6 each: single, batch50, miskeyed, horizontal; 2 each for Flink on single and batch50
+    assert len(doc["correctness"]["checks"]) == 24 + (4 if FLINK else 0)
     assert {"broker", "command", "machine", "code", "method", "workload", "produce", "throughput",
             "ratios", "horizontal", "latency", "latency_raw_consumer", "redis_memory",
             "worker_peak_rss_bytes", "engine"} <= doc.keys()
@@ -78,6 +81,10 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
         # the ceiling has a window even when a quick topic fits in one fetch: never 0
         assert runs["raw"]["window_events"] > 0 and runs["raw"]["events_per_s"] > 0, shape
         assert doc["ratios"][shape]["worker_vs_raw"] > 0, shape
+        if "flink" in runs:  # the whole topic, its figures among the checks above
+            assert runs["flink"]["events"] == events and runs["flink"]["window_events"] > 0
+            assert runs["flink"]["events_per_contender_cpu_s"] > 0
+            assert doc["ratios"][shape]["worker_vs_flink_per_cpu_s"] > 0
         if "faust" in runs:
             assert runs["faust"]["events"] >= min(events,
                                                   runs["faust"]["measured_prefix_events"])
@@ -88,7 +95,9 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
     assert doc["forwarded_events"] == {"miskeyed": events}  # every one of them went home
     assert set(doc["ratios"]["miskeyed"]) == {"worker_vs_raw", "worker_vs_well_keyed"}
     assert doc["produce"]["batch50"]["events_per_message"] > 1
-    assert set(doc["ratios"]["single"]) == {"worker_vs_raw", "worker_vs_faust"}
+    assert set(doc["ratios"]["single"]) == {"worker_vs_raw", "worker_vs_faust"} | (
+        {"worker_vs_flink", "worker_vs_flink_per_cpu_s"} if FLINK else set())
+    assert ("per CPU-second, single: worker " in result.stdout) is FLINK
     assert doc["latency"].keys() >= LATENCY_KEYS
     for shape in SHAPES:
         assert doc["redis_memory"][shape].keys() >= MEMORY_KEYS
@@ -141,7 +150,8 @@ def test_a_wrong_answer_fails_the_bench(
     monkeypatch.setattr(reference, "triangle", off_by_one)
     runner = bench_modules["runner"]
     code, doc = runner.run(runner.Options(
-        events=3_000, users=300, days=10, skip_baselines=True, latency_seconds=0.5,
+        events=3_000, users=300, days=10, skip_baselines=True, skip_flink=True,
+        latency_seconds=0.5,
         workdir=tmp_path / "work", progress=False, json_out=tmp_path / "bench.json",
     ))
     assert code == 1
