@@ -49,11 +49,13 @@ class WorkerSampler:
         started = time.perf_counter()
         try:
             while True:
+                stopping = self._stop.is_set()  # one more sample after stop: the ends
                 rss = status_bytes(pid, "VmRSS")
                 offsets = self.deployment.stored_offsets(client)
                 self.samples.append(Sample(time.perf_counter() - started, rss, offsets))
-                if self._stop.wait(self.every_s):
+                if stopping:
                     return
+                self._stop.wait(self.every_s)
         finally:
             client.close()
 

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import math
 import random
-import sys
 import tempfile
 import time
 import uuid
@@ -55,7 +54,7 @@ from retention_tracker.streams.calendar import AppCalendar
 from .checks import key_families
 from .contenders import Deployment, RunResult, Stack, raw_loop, run_async, worker_replay
 from .processes import cpu_seconds
-from .runner import code_version, machine
+from .runner import code_version, machine, say
 from .sampling import WorkerSampler
 from .store_cpu import apply_messages
 from .workload import MS_PER_DAY, START_MS
@@ -159,6 +158,7 @@ async def bulk_load(url: str, prefix: str, users: int, partitions: int, settings
         pending[shard] = []
 
     try:
+        await store.fix_timezone("default", settings.timezone)  # as the worker's first batch
         for shard in range(partitions):
             await store.register_shard(shard)
         for number in range(users):
@@ -207,7 +207,7 @@ def run_size(users: int, stack: Stack, live_events: int) -> dict[str, Any]:
     topic = f"{stack.run_id}-live{users}"
     events = live_stream(users, live_events)
     run_async(lambda: ensure_topics(stack.bootstrap, {topic: stack.partitions}))
-    _say(f"producing the live stream: {len(events):,} events to {topic}")
+    say(f"producing the live stream: {len(events):,} events to {topic}")
     run_async(lambda: produce_events(stack.bootstrap, topic, events, progress=stack.progress))
     census = run_async(lambda: raw_loop(stack, topic, "live", len(events)))[1]
     server, url = start_redis(data_dir=stack.workdir / f"redis-{users}")
@@ -221,14 +221,14 @@ def run_size(users: int, stack: Stack, live_events: int) -> dict[str, Any]:
         deployment = Deployment(sized, topic, f"scale{users}")
         settings = Settings.from_env(deployment.env())
         redis_cpu = cpu_seconds(server.pid) or 0.0
-        _say(f"{users:,} users: loading through the apply path ({user_buckets} user buckets, "
+        say(f"{users:,} users: loading through the apply path ({user_buckets} user buckets, "
              f"{dedup_buckets} dedup buckets a partition)")
         load = asyncio.run(bulk_load(url, deployment.prefix, users, stack.partitions, settings,
                                      progress=stack.progress))
         load["redis_cpu_s"] = round((cpu_seconds(server.pid) or 0.0) - redis_cpu, 1)
-        _say(f"{users:,} users loaded: {load['events']:,} events in {load['seconds']:,.0f} s")
+        say(f"{users:,} users loaded: {load['events']:,} events in {load['seconds']:,.0f} s")
         after_load = redis_figures(url, deployment.prefix, users)
-        _say(f"{users:,} users: Redis {after_load['used_memory_bytes'] / 2**20:,.0f} MiB, "
+        say(f"{users:,} users: Redis {after_load['used_memory_bytes'] / 2**20:,.0f} MiB, "
              f"{after_load['used_memory_per_user']:.0f} B a user; the live stream now")
         sampler = WorkerSampler(deployment)
         try:
@@ -238,13 +238,14 @@ def run_size(users: int, stack: Stack, live_events: int) -> dict[str, Any]:
             sampler.stop()
         after_live = redis_figures(url, deployment.prefix, users)
         return {"users": users, "user_buckets": user_buckets, "dedup_buckets": dedup_buckets,
-                "load": load, "redis_after_load": after_load, "live": _live(run),
+                "load": load, "redis_after_load": after_load, "live": replay_figures(run),
                 "worker_rss": sampler.rss_figures(),
                 "redis_after_live": after_live,
                 "live_used_memory_growth_bytes": used["after"] - used["before"]}
 
 
-def _live(run: RunResult) -> dict[str, Any]:
+def replay_figures(run: RunResult) -> dict[str, Any]:
+    """A replay's figures with its worker's and Redis' CPU microseconds per event."""
     figures = run.as_dict()
     redis_cpu = run.cpu_s.get("redis")
     figures["worker_cpu_us_per_event"] = round(
@@ -253,10 +254,6 @@ def _live(run: RunResult) -> dict[str, Any]:
     figures["redis_cpu_us_per_event"] = round(redis_cpu / run.window_events * 1e6, 2) \
         if redis_cpu else None
     return figures
-
-
-def _say(message: str) -> None:
-    print(f"[scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, progress: bool
