@@ -301,19 +301,33 @@ def main() -> None:
                         help="the small size the per-event figures are compared with")
     parser.add_argument("--live-events", type=int, default=600_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--json-out", type=Path)
-    parser.add_argument("--no-progress", action="store_true")
+    add_output_flags(parser)
     args = parser.parse_args()
     if min(args.users, args.compare_users, args.live_events, args.partitions) < 1:
         parser.error("--users, --compare-users, --live-events and --partitions must be >= 1")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="retention-scale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     sizes = sorted({args.compare_users, args.users})
-    results = run(sizes, args.live_events, args.partitions, workdir, not args.no_progress)
+    results = run(sizes, args.live_events, args.partitions, workdir_of(args, "scale"),
+                  not args.no_progress)
+    write_results(args, results)
+    print(render(results))
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """--workdir, --json-out, --no-progress: where the scaled and skewed runs put things."""
+    parser.add_argument("--workdir", type=Path, help="logs and data (default: a new one)")
+    parser.add_argument("--json-out", type=Path, help="every figure, as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def workdir_of(args: argparse.Namespace, name: str) -> Path:
+    workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix=f"retention-{name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if args.json_out:
         args.json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(render(results))
 
 
 if __name__ == "__main__":

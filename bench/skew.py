@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from retention_tracker.bench import reference
 from retention_tracker.cli.feeding import produce_events
@@ -45,7 +42,7 @@ from .contenders import Deployment, Stack, raw_loop, run_async, worker_replay
 from .latency import measure_latency
 from .runner import code_version, machine, say
 from .sampling import WorkerSampler
-from .scale import replay_figures
+from .scale import add_output_flags, replay_figures, workdir_of, write_results
 from .workload import (
     WHALE_CAMPAIGN,
     SkewFacts,
@@ -192,19 +189,14 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--whale-events", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--json-out", type=Path)
-    parser.add_argument("--no-progress", action="store_true")
+    add_output_flags(parser)
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="retention-skew-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = run(WorkloadSpec(args.events, args.users, args.days),
-                  SkewSpec(whale_events=args.whale_events), workdir, not args.no_progress,
-                  args.latency_seconds)
+                  SkewSpec(whale_events=args.whale_events), workdir_of(args, "skew"),
+                  not args.no_progress, args.latency_seconds)
     results["seconds"] = round(time.monotonic() - started, 1)
-    if args.json_out:
-        args.json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    write_results(args, results)
     print(render(results))
     raise SystemExit(0 if results["correctness"]["ok"] else 1)
 
