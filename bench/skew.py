@@ -13,7 +13,11 @@ own: the summary of its day and the day triangle for its campaign, which it alon
 Then a fresh worker gets the whale's day (from its first event on) at half the skewed
 replay's rate (``latency.measure_latency``).
 
-    python -m retention_tracker.bench.skew --events 1000000 --users 100000 --json-out skew.json
+    python -m retention_tracker.bench.skew --events 1500000 --users 150000 --json-out skew.json
+
+The whale's events count among the heavy users' half: with 1,000,000 of them the uniform
+workload needs well over 1,000,000 events for the other heavy users to get extras at all
+(at 1,500,000 they get ~300 each; at 1,000,000 the whale alone would be the half).
 """
 
 from __future__ import annotations
@@ -184,8 +188,8 @@ def render(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--events", type=int, default=1_000_000, help="the uniform workload's")
-    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_500_000, help="the uniform workload's")
+    parser.add_argument("--users", type=int, default=150_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--whale-events", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
