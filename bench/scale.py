@@ -4,9 +4,10 @@ whether a worker's memory and CPU per event stay flat as the users grow.
 For each size (the small one first, default 100,000 users, then ``--users``, default
 10,000,000), a fresh redis-server gets that many users' history through the worker's own
 write path (``store_cpu.apply_messages``: parse, load, plan, ``RedisStore.apply_plan``; not
-keys written by hand), with a progress bar. Then one live stream, the same topic of
-single-event messages for every size, is replayed on Apache Kafka by a real ``retention
-worker`` on that Redis: its CPU per event, its RSS every second (flat?), and Redis'
+keys written by hand), with a progress bar, and is saved (``dump.rdb``). Then, in rounds
+that alternate the sizes (so each sees the same busy machine), a Redis started from that
+saved state gets a live stream of single-event messages, replayed on Apache Kafka by a real
+``retention worker``: its CPU per event, its RSS every second (flat?), and Redis'
 ``used_memory`` per user and ``MEMORY USAGE`` per key kind after the load and after the
 stream.
 
@@ -35,6 +36,7 @@ import random
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 
 from .checks import key_families
-from .contenders import Deployment, RunResult, Stack, raw_loop, run_async, worker_replay
+from .contenders import Census, Deployment, RunResult, Stack, raw_loop, run_async, worker_replay
 from .processes import cpu_seconds
 from .runner import code_version, machine, say
 from .sampling import WorkerSampler
@@ -201,46 +203,81 @@ def redis_figures(url: str, prefix: str, users: int) -> dict[str, Any]:
     }
 
 
-def run_size(users: int, stack: Stack, live_events: int) -> dict[str, Any]:
-    """Produce the live topic drawn from ``users``, load them into a fresh Redis, replay the
-    topic on it through a worker, measure."""
+@dataclass(slots=True)
+class LoadedSize:
+    """One size, loaded and saved: its live topic and census, the Redis data folder whose
+    ``dump.rdb`` holds the users (each live round starts a Redis from it), the settings."""
+
+    users: int
+    topic: str
+    census: Census
+    data_dir: Path
+    env: dict[str, str]
+    figures: dict[str, Any]
+
+
+def load_size(users: int, stack: Stack, live_events: int) -> LoadedSize:
+    """Produce the live topic drawn from ``users``, load the users into a fresh Redis and
+    save it (SAVE: ``dump.rdb``), so every live round starts from the same loaded state."""
     topic = f"{stack.run_id}-live{users}"
     events = live_stream(users, live_events)
     run_async(lambda: ensure_topics(stack.bootstrap, {topic: stack.partitions}))
     say(f"producing the live stream: {len(events):,} events to {topic}")
     run_async(lambda: produce_events(stack.bootstrap, topic, events, progress=stack.progress))
     census = run_async(lambda: raw_loop(stack, topic, "live", len(events)))[1]
-    server, url = start_redis(data_dir=stack.workdir / f"redis-{users}")
+    data_dir = stack.workdir / f"redis-{users}"
+    user_buckets = buckets(users + live_events, stack.partitions)
+    dedup_buckets = buckets(users * 3 + live_events, stack.partitions)
+    env = {"USER_BUCKETS": str(user_buckets), "DEDUP_BUCKETS": str(dedup_buckets)}
+    server, url = start_redis(data_dir=data_dir)
     with server:
-        user_buckets = buckets(users + live_events, stack.partitions)
-        dedup_buckets = buckets(users * 3 + live_events, stack.partitions)
-        env = {"USER_BUCKETS": str(user_buckets), "DEDUP_BUCKETS": str(dedup_buckets)}
-        sized = Stack(stack.kafka_url, url, stack.workdir, stack.run_id, stack.partitions,
-                      stack.progress, stack.stall_s, {**stack.service_pids, "redis": server.pid},
-                      {**stack.worker_env, **env})
-        deployment = Deployment(sized, topic, f"scale{users}")
+        deployment = _deployment(stack, url, server.pid, topic, users, env)
         settings = Settings.from_env(deployment.env())
         redis_cpu = cpu_seconds(server.pid) or 0.0
         say(f"{users:,} users: loading through the apply path ({user_buckets} user buckets, "
-             f"{dedup_buckets} dedup buckets a partition)")
+            f"{dedup_buckets} dedup buckets a partition)")
         load = asyncio.run(bulk_load(url, deployment.prefix, users, stack.partitions, settings,
                                      progress=stack.progress))
         load["redis_cpu_s"] = round((cpu_seconds(server.pid) or 0.0) - redis_cpu, 1)
         say(f"{users:,} users loaded: {load['events']:,} events in {load['seconds']:,.0f} s")
         after_load = redis_figures(url, deployment.prefix, users)
         say(f"{users:,} users: Redis {after_load['used_memory_bytes'] / 2**20:,.0f} MiB, "
-             f"{after_load['used_memory_per_user']:.0f} B a user; the live stream now")
+            f"{after_load['used_memory_per_user']:.0f} B a user; saving it")
+        client = deployment.stack.redis()
+        try:
+            client.save()
+        finally:
+            client.close()
+    return LoadedSize(users, topic, census, data_dir, env, {
+        "users": users, "user_buckets": user_buckets, "dedup_buckets": dedup_buckets,
+        "load": load, "redis_after_load": after_load, "rounds": []})
+
+
+def _deployment(stack: Stack, url: str, redis_pid: int, topic: str, users: int,
+                env: dict[str, str]) -> Deployment:
+    """The size's deployment on the Redis at ``url`` (one prefix for every round)."""
+    sized = Stack(stack.kafka_url, url, stack.workdir, stack.run_id, stack.partitions,
+                  stack.progress, stack.stall_s, {**stack.service_pids, "redis": redis_pid},
+                  {**stack.worker_env, **env})
+    return Deployment(sized, topic, f"scale{users}")
+
+
+def live_round(size: LoadedSize, stack: Stack, round_: int) -> dict[str, Any]:
+    """A Redis started from the size's saved state; a fresh worker (own consumer group)
+    replays the live topic on it; its CPU, RSS over time and Redis' memory after."""
+    server, url = start_redis(data_dir=size.data_dir)  # loads dump.rdb: the users as loaded
+    with server:
+        env = {**size.env, "GROUP_ID": f"{stack.run_id}-scale{size.users}-r{round_}"}
+        deployment = _deployment(stack, url, server.pid, size.topic, size.users, env)
+        say(f"{size.users:,} users, round {round_}: the live stream through a worker")
         sampler = WorkerSampler(deployment)
         try:
-            run, used = worker_replay(deployment, "live", census,
+            run, used = worker_replay(deployment, "live", size.census,
                                       on_first_progress=lambda p: sampler.start(p.pid))
         finally:
             sampler.stop()
-        after_live = redis_figures(url, deployment.prefix, users)
-        return {"users": users, "user_buckets": user_buckets, "dedup_buckets": dedup_buckets,
-                "load": load, "redis_after_load": after_load, "live": replay_figures(run),
-                "worker_rss": sampler.rss_figures(),
-                "redis_after_live": after_live,
+        return {"live": replay_figures(run), "worker_rss": sampler.rss_figures(),
+                "redis_after_live": redis_figures(url, deployment.prefix, size.users),
                 "live_used_memory_growth_bytes": used["after"] - used["before"]}
 
 
@@ -256,9 +293,9 @@ def replay_figures(run: RunResult) -> dict[str, Any]:
     return figures
 
 
-def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, progress: bool
-        ) -> dict[str, Any]:
-    """Every size in turn on one broker and one live topic."""
+def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, progress: bool,
+        rounds: int = 2) -> dict[str, Any]:
+    """Every size loaded on one broker, then ``rounds`` live replays of each, alternating."""
     results: dict[str, Any] = {"machine": machine(), "code": code_version(),
                                "live_events": live_events, "partitions": partitions,
                                "workdir": str(workdir), "sizes": {}}
@@ -267,8 +304,12 @@ def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, prog
         results["broker"] = broker.name
         stack = Stack(broker.url, "", workdir, f"s{uuid.uuid4().hex[:6]}", partitions,
                       progress, 300.0, {"broker": broker.processes[0].pid}, broker.worker_env)
-        for users in sizes:
-            results["sizes"][str(users)] = run_size(users, stack, live_events)
+        loaded = [load_size(users, stack, live_events) for users in sizes]
+        for size in loaded:
+            results["sizes"][str(size.users)] = size.figures
+        for round_ in range(rounds):  # sizes alternate: each round sees the same machine
+            for size in loaded:
+                size.figures["rounds"].append(live_round(size, stack, round_))
     return results
 
 
@@ -276,21 +317,24 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"live stream: {results['live_events']:,} single-event messages, "
              f"{results['partitions']} partitions, {results.get('broker')}"]
     for users, size in results["sizes"].items():
-        load, live, rss = size["load"], size["live"], size["worker_rss"]
+        load, after_load = size["load"], size["redis_after_load"]
         lines.append(
             f"{int(users):,} users: loaded {load['events']:,} events in {load['seconds']:,.0f} s;"
-            f" Redis {size['redis_after_load']['used_memory_per_user']:.0f} B/user after the "
-            f"load, {size['redis_after_live']['used_memory_per_user']:.0f} after the stream "
-            f"(peak {size['redis_after_live']['used_memory_peak_bytes'] / 2**30:.2f} GiB)")
-        lines.append(
-            f"  worker: {live['events_per_s']:,.0f} ev/s, {live['worker_cpu_us_per_event']} µs "
-            f"CPU/event, Redis {live['redis_cpu_us_per_event']} µs/event; RSS "
-            f"{rss.get('first_bytes', 0) / 2**20:.0f} -> {rss.get('last_bytes', 0) / 2**20:.0f} "
-            f"MiB (peak {rss.get('peak_bytes', 0) / 2**20:.0f}, second half "
-            f"{rss.get('second_half_growth_bytes', 0) / 2**20:+.1f} MiB)")
-        for name, family in size["redis_after_live"]["families"].items():
+            f" Redis {after_load['used_memory_per_user']:.0f} B/user (used_memory "
+            f"{after_load['used_memory_bytes'] / 2**20:,.0f} MiB)")
+        for name, family in after_load["families"].items():
             lines.append(f"    {name}: {family['keys']:,} keys, "
                          f"{family['bytes_per_user']:.1f} B/user")
+        for index, round_ in enumerate(size["rounds"]):
+            live, rss = round_["live"], round_["worker_rss"]
+            lines.append(
+                f"  round {index}: {live['events_per_s']:,.0f} ev/s, worker "
+                f"{live['worker_cpu_us_per_event']} µs CPU/event (core "
+                f"{live['contender_core_share']}), Redis {live['redis_cpu_us_per_event']} "
+                f"µs/event; RSS {rss.get('first_bytes', 0) / 2**20:.0f} -> "
+                f"{rss.get('last_bytes', 0) / 2**20:.0f} MiB (peak "
+                f"{rss.get('peak_bytes', 0) / 2**20:.0f}, second half "
+                f"{rss.get('second_half_growth_bytes', 0) / 2**20:+.1f} MiB)")
     return "\n".join(lines)
 
 
@@ -301,13 +345,16 @@ def main() -> None:
                         help="the small size the per-event figures are compared with")
     parser.add_argument("--live-events", type=int, default=600_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="live replays of each size, alternating, from its saved state")
     add_output_flags(parser)
     args = parser.parse_args()
-    if min(args.users, args.compare_users, args.live_events, args.partitions) < 1:
-        parser.error("--users, --compare-users, --live-events and --partitions must be >= 1")
+    if min(args.users, args.compare_users, args.live_events, args.partitions, args.rounds) < 1:
+        parser.error("--users, --compare-users, --live-events, --partitions and --rounds "
+                     "must be >= 1")
     sizes = sorted({args.compare_users, args.users})
     results = run(sizes, args.live_events, args.partitions, workdir_of(args, "scale"),
-                  not args.no_progress)
+                  not args.no_progress, args.rounds)
     write_results(args, results)
     print(render(results))
 
