@@ -166,6 +166,24 @@ def _short(value: Any, limit: int = 200) -> str:
 # ---- memory --------------------------------------------------------------------------------
 
 
+def key_families(client: redis.Redis, prefix: str) -> tuple[list[str], dict[str, Any]]:
+    """Every key under ``prefix`` and, per key kind (``schema.key_kind``), how many keys
+    and their bytes by ``MEMORY USAGE key SAMPLES 0`` (every field, not an estimate)."""
+    keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    families: dict[str, Any] = {}
+    for start in range(0, len(keys), 1000):  # pipelines of a bounded size: a big keyspace
+        chunk = keys[start:start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for key in chunk:
+            pipe.memory_usage(key, samples=0)
+        for key, size in zip(chunk, pipe.execute(), strict=True):
+            family = families.setdefault(key_kind(key, prefix),
+                                         {"keys": 0, "bytes": 0, "example_key": key})
+            family["keys"] += 1
+            family["bytes"] += int(size or 0)
+    return keys, families
+
+
 def redis_memory(deployment: Deployment, used: dict[str, int], users: int, events: int
                  ) -> dict[str, Any]:
     """Bytes per tracked user, split by key family; then the dedup keys are deleted to see
@@ -173,16 +191,7 @@ def redis_memory(deployment: Deployment, used: dict[str, int], users: int, event
     client: redis.Redis = deployment.stack.redis()
     prefix = deployment.prefix
     try:
-        keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.memory_usage(key, samples=0)  # 0: every field, not an estimate from 5
-        families: dict[str, dict[str, int]] = {}
-        for key, size in zip(keys, pipe.execute(), strict=True):
-            family = families.setdefault(key_kind(key, prefix),
-                                         {"keys": 0, "bytes": 0, "example_key": key})
-            family["keys"] += 1
-            family["bytes"] += int(size or 0)
+        keys, families = key_families(client, prefix)
         encodings = {}
         for family, marker in (("user_records", ":u:"), ("dedup_ids", ":dd:")):
             sample = next((k for k in keys if marker in k), None)

@@ -101,10 +101,15 @@ def peak_rss_bytes(pid: int) -> int | None:
 
     Read while the process still runs (the figure disappears with it); None if it is gone.
     """
+    return status_bytes(pid, "VmHWM")
+
+
+def status_bytes(pid: int, name: str) -> int | None:
+    """One ``kB`` line of ``/proc/<pid>/status`` (VmHWM, VmRSS) in bytes; None if gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{name}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None

@@ -146,7 +146,7 @@ def code_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_files": changed}
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -166,10 +166,10 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
     try:  # which engine the workers run: the fallback's figures are not the worker's
         results["engine"] = worker_engine()
     except BenchFailure as exc:
-        _say(f"FAILED: {exc}")
+        say(f"FAILED: {exc}")
         return 1, {**results, "error": str(exc)}
-    _say(f"engine: {results['engine']['detail']}")
-    _say(f"generating the workload (~{options.events:,} events, ~{options.users:,} users, "
+    say(f"engine: {results['engine']['detail']}")
+    say(f"generating the workload (~{options.events:,} events, ~{options.users:,} users, "
          f"{options.days} days); logs in {workdir}")
     workload = build_workload(WorkloadSpec(options.events, options.users, options.days,
                                            options.seed))
@@ -179,7 +179,7 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
         with contextlib.ExitStack() as services:
             broker = services.enter_context(start_broker(log_dir=workdir, kind=options.broker,
                                                          quick_start=False))
-            _say(f"broker: {broker.name} ({broker.why}), answering {broker.start_s:.1f} s "
+            say(f"broker: {broker.name} ({broker.why}), answering {broker.start_s:.1f} s "
                  "after its start")
             results["broker"] = {"name": broker.name, "why": broker.why,
                                  "start_s": round(broker.start_s, 2)}
@@ -191,12 +191,12 @@ def run(options: Options) -> tuple[int, dict[str, Any]]:
                           broker.worker_env)
             _run_all(stack, workload, options, results)
     except BenchFailure as exc:
-        _say(f"FAILED: {exc}")
+        say(f"FAILED: {exc}")
         results["error"] = str(exc)
         code = 1
     except Exception as exc:  # still write what was measured, and say why it stopped
         traceback.print_exc()
-        _say(f"FAILED: {type(exc).__name__}: {exc}")
+        say(f"FAILED: {type(exc).__name__}: {exc}")
         results["error"] = f"{type(exc).__name__}: {exc}"
         code = 1
     if not results.get("correctness", {}).get("ok", False):
@@ -261,7 +261,7 @@ def _run_all(stack: Stack, workload: Workload, options: Options, results: dict[s
                     results)
     _latency(stack, plan, workload, options, single_rate, results)
     if options.profile is not None:
-        _say(f"profile: an extra replay of the single topic under py-spy -> {options.profile}")
+        say(f"profile: an extra replay of the single topic under py-spy -> {options.profile}")
         profiled, summary = profile_replay(plan.profile, censuses["single"], options.profile)
         summary["replay_events_per_s_while_sampled"] = round(profiled.events_per_s, 1)
         results["profile"] = summary
@@ -272,9 +272,9 @@ def _flink_setup(options: Options) -> dict[str, Any]:
     here if it is not yet; ``{"skipped": why}`` otherwise."""
     why = "--skip-flink" if options.skip_flink else flink_unavailable()
     if why is not None:
-        _say(f"the Apache Flink job is skipped: {why}")
+        say(f"the Apache Flink job is skipped: {why}")
         return {"skipped": why}
-    build_job(_say)
+    build_job(say)
     return {"anchor": FLINK_ANCHOR}
 
 
@@ -289,7 +289,7 @@ def _produce(stack: Stack, workload: Workload, topics: dict[str, str]) -> dict[s
     for shape, per_message in SHAPES.items():
         source = workload.events if per_message == 1 else workload.by_user
         placement = away_from_home if shape == MISKEYED and partitions > 1 else None
-        _say(f"producing {len(source):,} events to {topics[shape]} ({shape})")
+        say(f"producing {len(source):,} events to {topics[shape]} ({shape})")
         stats: ProduceStats = run_async(
             lambda source=source, topic=topics[shape], per_message=per_message,
             placement=placement: produce_events(
@@ -311,7 +311,7 @@ def _throughput(stack: Stack, workload: Workload, options: Options, plan: _Deplo
     throughput: dict[str, dict[str, Any]] = {}
     memory: dict[str, Any] = {}
     censuses: dict[str, Census] = {}
-    _say("computing the batch reference figures (bench/reference.py)")
+    say("computing the batch reference figures (bench/reference.py)")
     expected = Reference.of(workload.events)
     with_flink = "skipped" not in results["flink"]
     for shape in SHAPES:
@@ -322,12 +322,12 @@ def _throughput(stack: Stack, workload: Workload, options: Options, plan: _Deplo
         throughput[shape] = {name: r.as_dict() for name, r in runs.items()}
         results["throughput"] = throughput  # kept even if the figures turn out wrong
         for name, r in runs.items():
-            _say(f"{shape}: {name}: {r.events_per_s:,.0f} events/s "
+            say(f"{shape}: {name}: {r.events_per_s:,.0f} events/s "
                  f"({r.window_events:,} events in {r.window_s:.2f} s)")
-        _say(f"{shape}: checking the worker's figures against the reference")
+        say(f"{shape}: checking the worker's figures against the reference")
         _judge(plan.shapes[shape], expected, verdict, results)
         if flink_figures is not None:
-            _say(f"{shape}: checking the Flink job's figures against the reference")
+            say(f"{shape}: checking the Flink job's figures against the reference")
             _record(check_figures(f"flink-{shape}", flink_figures, expected), "flink-" + shape,
                     verdict, results)
         if forwarded:
@@ -354,17 +354,17 @@ def _race(stack: Stack, options: Options, plan: _Deployments, shape: str, total:
     runs: dict[str, RunResult] = {}
     figures: FlinkFigures | None = None
     topic = plan.topics[shape]
-    _say(f"{shape}: (a) raw aiokafka loop")
+    say(f"{shape}: (a) raw aiokafka loop")
     runs["raw"], census = run_async(lambda: raw_loop(stack, topic, shape, total))
     if not options.skip_baselines and shape in BASELINE_SHAPES:
         measured = min(total, options.baseline_events)
-        _say(f"{shape}: (b) faust agent + table (first {measured:,} events)")
+        say(f"{shape}: (b) faust agent + table (first {measured:,} events)")
         runs["faust"] = faust_agent(stack, topic, shape, measured)
-    _say(f"{shape}: (c) retention worker")
+    say(f"{shape}: (c) retention worker")
     runs["worker"], used = worker_replay(plan.shapes[shape], shape, census,
                                          forwarded_events=forwarded)
     if with_flink and shape in BASELINE_SHAPES:
-        _say(f"{shape}: (d) Apache Flink job (MiniCluster, parallelism 1)")
+        say(f"{shape}: (d) Apache Flink job (MiniCluster, parallelism 1)")
         runs["flink"], figures = flink_job(stack, topic, shape, total)
     return runs, census, used, figures
 
@@ -372,11 +372,11 @@ def _race(stack: Stack, options: Options, plan: _Deployments, shape: str, total:
 def _horizontal(deployment: Deployment, census: Census, single_rate: float,
                 expected: Reference, verdict: Verdict, results: dict[str, Any]) -> None:
     """Two workers in one group on the single topic, then their figures checked too."""
-    _say(f"horizontal: {WORKERS} retention workers in one group replay the single topic")
+    say(f"horizontal: {WORKERS} retention workers in one group replay the single topic")
     horizontal = horizontal_replay(deployment, census, single_rate)
     results["horizontal"] = horizontal
     if "skipped" not in horizontal:
-        _say(f"horizontal: {horizontal['events_per_s']:,.0f} events/s combined "
+        say(f"horizontal: {horizontal['events_per_s']:,.0f} events/s combined "
              f"({horizontal['combined_vs_single_worker']:.2f}x one worker); checking the "
              "figures against the reference")
         horizontal["correctness_ok"] = False  # what the JSON says if the check raises
@@ -389,11 +389,11 @@ def _latency(stack: Stack, plan: _Deployments, workload: Workload, options: Opti
     """Produce-to-Redis latency at a steady rate, and the same stream read by a bare loop."""
     rate = options.latency_rate or single_rate / 2
     why = "as asked" if options.latency_rate else "half the worker's rate"
-    _say(f"latency: single-event messages at {rate:,.0f} events/s ({why}) "
+    say(f"latency: single-event messages at {rate:,.0f} events/s ({why}) "
          f"for {options.latency_seconds:g} s")
     results["latency"] = measure_latency(plan.latency, workload.events, rate,
                                          options.latency_seconds)
-    _say("latency: the same stream read by a bare aiokafka loop (broker + client share)")
+    say("latency: the same stream read by a bare aiokafka loop (broker + client share)")
     results["latency_raw_consumer"] = raw_latency(stack, plan.raw_latency_topic,
                                                   workload.events, rate,
                                                   options.latency_seconds)

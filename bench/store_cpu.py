@@ -24,6 +24,7 @@ from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
 from retention_tracker.streams.plan import dedup_key_of, plan_batch
+from retention_tracker.streams.segments import DEFAULT_RULES, SegmentRules
 from retention_tracker.streams.winback import DEFAULT_WINBACK, WinbackRules
 
 from .plan_cpu import NOW_MS, messages_per_partition
@@ -31,6 +32,29 @@ from .processes import cpu_seconds
 from .workload import WorkloadSpec, build_workload
 
 PREFIX = "storecpu"
+
+
+async def apply_messages(store: RedisStore, shard: int, topic: str, messages: list[bytes],
+                         first_offset: int, calendar: AppCalendar,
+                         rules: SegmentRules = DEFAULT_RULES,
+                         winback: WinbackRules = DEFAULT_WINBACK) -> int:
+    """One partition batch through the worker's write path: parse, load, plan (event
+    clock), apply with the topic's next offset; returns the events parsed. Nothing is
+    sent: the plan's win-back messages, if any, are dropped (their due entries are kept)."""
+    items = [(offset, index, event)
+             for offset, message in enumerate(messages, first_offset)
+             for index, event in parse_message(message, NOW_MS).events]
+    users = [(e.app, e.user_id) for _, _, e in items]
+    keys = [dedup_key_of(e) for _, _, e in items]
+    loaded = await store.load_batch(shard, [topic], users, keys, NOW_MS)
+    plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms, 400,
+                      {app: calendar for app, _ in users}, rules, dedup_keys=keys,
+                      winback=winback, event_clock=True)
+    applied = await store.apply_plan(shard, loaded, {topic: first_offset + len(messages)},
+                                     plan)
+    if not applied:
+        raise RuntimeError(f"shard {shard}: a version conflict, another writer on the prefix")
+    return len(items)
 
 
 async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
@@ -49,17 +73,8 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
     for shard, messages in enumerate(parts):
         await store.register_shard(shard)  # as a worker does on assignment
         for start in range(0, len(messages), batch):
-            items = [(offset, index, event)
-                     for offset, message in enumerate(messages[start:start + batch], start)
-                     for index, event in parse_message(message, NOW_MS).events]
-            users = [(e.app, e.user_id) for _, _, e in items]
-            keys = [dedup_key_of(e) for _, _, e in items]
-            loaded = await store.load_batch(shard, ["t"], users, keys, NOW_MS)
-            plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys,
-                              loaded.watermark_ms, 400, {app: calendar for app, _ in users},
-                              dedup_keys=keys, winback=winback, event_clock=True)
-            assert await store.apply_plan(shard, loaded, {"t": start + batch}, plan)
-            events += len(items)
+            events += await apply_messages(store, shard, "t", messages[start:start + batch],
+                                           start, calendar, winback=winback)
     redis_s = (cpu_seconds(pid) or 0.0) - before
     wall_s = time.perf_counter() - started
     stats = await client.info("commandstats")

@@ -1,0 +1,381 @@
+"""Millions of tracked users on this machine (issue 31): what Redis holds per user, and
+whether a worker's memory and CPU per event stay flat as the users grow.
+
+For each size (the small one first, default 100,000 users, then ``--users``, default
+10,000,000), a fresh redis-server gets that many users' history through the worker's own
+write path (``store_cpu.apply_messages``: parse, load, plan, ``RedisStore.apply_plan``; not
+keys written by hand), with a progress bar, and is saved (``dump.rdb``). Then, in rounds
+that alternate the sizes (so each sees the same busy machine), a Redis started from that
+saved state gets a live stream of single-event messages, replayed on Apache Kafka by a real
+``retention worker``: its CPU per event, its RSS every second (flat?), and Redis'
+``used_memory`` per user and ``MEMORY USAGE`` per key kind after the load and after the
+stream.
+
+The history of a user: an install and one or two sessions within an hour of it, a purchase
+for 3%, and a return 16 to 38 hours later for 40%, all in the 40 hours before the live
+stream (so every due entry lies after the stream's hour of event time: no win-back pass
+fires on the loaded users and the CPU figures compare the apply path alone). The live
+stream is an hour of event time: 85% sessions and 3% purchases of loaded users drawn at
+random (at 10 million they miss the worker's state cache, at 100,000 most hit it), 12%
+installs of new users. User records are thus of users one or two days old (smaller than
+the 30-day users of ``retention bench``). ``USER_BUCKETS`` and ``DEDUP_BUCKETS`` are sized
+as docs/architecture.md "Memory" says (users or events per partition / 400), for the load
+and the worker alike.
+
+    python -m retention_tracker.bench.scale --users 10000000 --json-out scale.json
+    python -m retention_tracker.bench.scale --users 1000000 --live-events 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import random
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from tqdm import tqdm
+
+from retention_tracker.agents.rekey import home_partition
+from retention_tracker.cli.feeding import produce_events
+from retention_tracker.config.settings import Settings, segment_rules
+from retention_tracker.devstack.broker import start_broker
+from retention_tracker.devstack.redis_server import start_redis
+from retention_tracker.devstack.topics import ensure_topics
+from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.calendar import AppCalendar
+
+from .checks import key_families
+from .contenders import Census, Deployment, RunResult, Stack, raw_loop, run_async, worker_replay
+from .processes import cpu_seconds
+from .runner import code_version, machine, say
+from .sampling import WorkerSampler
+from .store_cpu import apply_messages
+from .workload import MS_PER_DAY, START_MS
+
+HOUR_MS = 3_600_000
+#: The live stream starts here; the loaded history lies in the 40 hours before it.
+LIVE_START_MS = START_MS + 30 * MS_PER_DAY
+PLATFORMS = ("ios", "android", "web")
+COUNTRIES = ("US", "DE", "BR", "IN", "JP", "FR", "GB", "ID")
+CAMPAIGNS = ("organic", "fb", "google", "tiktok")
+PER_BUCKET = 400  # docs/architecture.md "Memory": a hash's fields, well inside a listpack
+
+
+def user_id(number: int) -> str:
+    return f"s{number:09d}"
+
+
+def _attributes(number: int) -> dict[str, str]:
+    return {"platform": PLATFORMS[number % 3], "country": COUNTRIES[number % 8],
+            "campaign": CAMPAIGNS[number % 4]}
+
+
+def history(number: int, rng: random.Random) -> list[dict[str, Any]]:
+    """One loaded user's events (see the module's docstring)."""
+    uid = user_id(number)
+    base = {"user_id": uid, "app": "default", **_attributes(number)}
+    t0 = LIVE_START_MS - 40 * HOUR_MS + rng.randrange(38 * HOUR_MS)
+    times = [("install", t0)] + [("session", t0 + rng.randrange(HOUR_MS))
+                                 for _ in range(1 + (rng.random() < 0.5))]
+    if rng.random() < 0.03:
+        times.append(("purchase", t0 + rng.randrange(HOUR_MS)))
+    if rng.random() < 0.4:
+        back = t0 + 16 * HOUR_MS + rng.randrange(22 * HOUR_MS)
+        if back < LIVE_START_MS:
+            times.append(("session", back))
+    events = []
+    for n, (kind, ts) in enumerate(times):
+        event = {**base, "event_id": f"default-{uid}-{n}", "type": kind, "ts": ts}
+        if kind == "purchase":
+            event.update(amount=4.99, currency="USD")
+        events.append(event)
+    return events
+
+
+def live_stream(users: int, count: int, seed: int = 1) -> list[dict[str, Any]]:
+    """The live hour (see the module's docstring): the same draws for every size, a
+    returning user's number scaled to the ``users`` loaded (uniform over all of them)."""
+    rng = random.Random(seed)
+    events = []
+    fresh = 0
+    for n in range(count):
+        ts = LIVE_START_MS + n * HOUR_MS // count
+        roll = rng.random()
+        if roll < 0.12:
+            number, kind = 2_000_000_000 + fresh, "install"  # beyond any loaded user
+            fresh += 1
+        else:
+            number = int(rng.random() * users)
+            kind = "purchase" if roll < 0.15 else "session"
+        uid = user_id(number)
+        event = {"user_id": uid, "app": "default", **_attributes(number),
+                 "event_id": f"default-{uid}-live{n}", "type": kind, "ts": ts}
+        if kind == "purchase":
+            event.update(amount=4.99, currency="USD")
+        events.append(event)
+    return events
+
+
+def buckets(items: int, partitions: int) -> int:
+    """Hashes per partition for ``items`` fields in all, PER_BUCKET each (at least 1024,
+    the setting's default), a power of two."""
+    wanted = max(1024, math.ceil(items / partitions / PER_BUCKET))
+    return 1 << (wanted - 1).bit_length()
+
+
+async def bulk_load(url: str, prefix: str, users: int, partitions: int, settings: Settings,
+                    batch_events: int = 5000, progress: bool = True, seed: int = 0
+                    ) -> dict[str, Any]:
+    """Load ``users`` users' history into Redis through the worker's write path, partition
+    batches of about ``batch_events``; returns the events, seconds and CPU seconds."""
+    client = aioredis.from_url(url)
+    store = RedisStore(client, prefix=prefix, user_buckets=settings.user_buckets,
+                       dedup_buckets=settings.dedup_buckets,
+                       dedup_window_days=settings.dedup_window_days)
+    calendar = AppCalendar(settings.timezone)
+    rules, winback = segment_rules(settings), settings.winback_rules()
+    rng = random.Random(seed)
+    pending: list[list[bytes]] = [[] for _ in range(partitions)]
+    offsets = [0] * partitions
+    events = 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    bar = tqdm(total=users, desc=f"loading {users:,} users", unit="user", unit_scale=True,
+               disable=not progress, smoothing=0.05)
+
+    async def flush(shard: int) -> None:
+        nonlocal events
+        messages = pending[shard]
+        events += await apply_messages(store, shard, "bulk-load", messages, offsets[shard],
+                                       calendar, rules, winback)
+        offsets[shard] += len(messages)
+        pending[shard] = []
+
+    try:
+        await store.fix_timezone("default", settings.timezone)  # as the worker's first batch
+        for shard in range(partitions):
+            await store.register_shard(shard)
+        for number in range(users):
+            shard = home_partition(user_id(number), partitions)
+            pending[shard].extend(orjson.dumps(e) for e in history(number, rng))
+            if len(pending[shard]) >= batch_events:
+                await flush(shard)
+            if number % 10_000 == 9_999:
+                bar.update(10_000)
+        for shard in range(partitions):
+            if pending[shard]:
+                await flush(shard)
+        bar.update(users - bar.n)
+    finally:
+        bar.close()
+        await client.aclose()
+    return {"users": users, "events": events, "seconds": round(time.perf_counter() - started, 1),
+            "loader_cpu_s": round(time.process_time() - cpu_started, 1)}
+
+
+def redis_figures(url: str, prefix: str, users: int) -> dict[str, Any]:
+    """used_memory (and its peak, the RSS Redis holds) per user, and MEMORY USAGE per key
+    kind, in bytes per user."""
+    import redis  # the bench's synchronous client, as checks.py uses
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("memory")
+        _, families = key_families(client, prefix)
+    finally:
+        client.close()
+    used = int(info["used_memory"])
+    return {
+        "used_memory_bytes": used,
+        "used_memory_peak_bytes": int(info["used_memory_peak"]),
+        "used_memory_rss_bytes": int(info["used_memory_rss"]),
+        "used_memory_per_user": round(used / users, 1),
+        "families": {name: {**f, "bytes_per_user": round(f["bytes"] / users, 1)}
+                     for name, f in sorted(families.items())},
+    }
+
+
+@dataclass(slots=True)
+class LoadedSize:
+    """One size, loaded and saved: its live topic and census, the Redis data folder whose
+    ``dump.rdb`` holds the users (each live round starts a Redis from it), the settings."""
+
+    users: int
+    topic: str
+    census: Census
+    data_dir: Path
+    env: dict[str, str]
+    figures: dict[str, Any]
+
+
+def load_size(users: int, stack: Stack, live_events: int) -> LoadedSize:
+    """Produce the live topic drawn from ``users``, load the users into a fresh Redis and
+    save it (SAVE: ``dump.rdb``), so every live round starts from the same loaded state."""
+    topic = f"{stack.run_id}-live{users}"
+    events = live_stream(users, live_events)
+    run_async(lambda: ensure_topics(stack.bootstrap, {topic: stack.partitions}))
+    say(f"producing the live stream: {len(events):,} events to {topic}")
+    run_async(lambda: produce_events(stack.bootstrap, topic, events, progress=stack.progress))
+    census = run_async(lambda: raw_loop(stack, topic, "live", len(events)))[1]
+    data_dir = stack.workdir / f"redis-{users}"
+    user_buckets = buckets(users + live_events, stack.partitions)
+    dedup_buckets = buckets(users * 3 + live_events, stack.partitions)
+    env = {"USER_BUCKETS": str(user_buckets), "DEDUP_BUCKETS": str(dedup_buckets)}
+    server, url = start_redis(data_dir=data_dir)
+    with server:
+        deployment = _deployment(stack, url, server.pid, topic, users, env)
+        settings = Settings.from_env(deployment.env())
+        redis_cpu = cpu_seconds(server.pid) or 0.0
+        say(f"{users:,} users: loading through the apply path ({user_buckets} user buckets, "
+            f"{dedup_buckets} dedup buckets a partition)")
+        load = asyncio.run(bulk_load(url, deployment.prefix, users, stack.partitions, settings,
+                                     progress=stack.progress))
+        load["redis_cpu_s"] = round((cpu_seconds(server.pid) or 0.0) - redis_cpu, 1)
+        say(f"{users:,} users loaded: {load['events']:,} events in {load['seconds']:,.0f} s")
+        after_load = redis_figures(url, deployment.prefix, users)
+        say(f"{users:,} users: Redis {after_load['used_memory_bytes'] / 2**20:,.0f} MiB, "
+            f"{after_load['used_memory_per_user']:.0f} B a user; saving it")
+        client = deployment.stack.redis()
+        try:
+            client.save()
+        finally:
+            client.close()
+    return LoadedSize(users, topic, census, data_dir, env, {
+        "users": users, "user_buckets": user_buckets, "dedup_buckets": dedup_buckets,
+        "load": load, "redis_after_load": after_load, "rounds": []})
+
+
+def _deployment(stack: Stack, url: str, redis_pid: int, topic: str, users: int,
+                env: dict[str, str]) -> Deployment:
+    """The size's deployment on the Redis at ``url`` (one prefix for every round)."""
+    sized = Stack(stack.kafka_url, url, stack.workdir, stack.run_id, stack.partitions,
+                  stack.progress, stack.stall_s, {**stack.service_pids, "redis": redis_pid},
+                  {**stack.worker_env, **env})
+    return Deployment(sized, topic, f"scale{users}")
+
+
+def live_round(size: LoadedSize, stack: Stack, round_: int) -> dict[str, Any]:
+    """A Redis started from the size's saved state; a fresh worker (own consumer group)
+    replays the live topic on it; its CPU, RSS over time and Redis' memory after."""
+    server, url = start_redis(data_dir=size.data_dir)  # loads dump.rdb: the users as loaded
+    with server:
+        env = {**size.env, "GROUP_ID": f"{stack.run_id}-scale{size.users}-r{round_}"}
+        deployment = _deployment(stack, url, server.pid, size.topic, size.users, env)
+        say(f"{size.users:,} users, round {round_}: the live stream through a worker")
+        sampler = WorkerSampler(deployment)
+        try:
+            run, used = worker_replay(deployment, "live", size.census,
+                                      on_first_progress=lambda p: sampler.start(p.pid))
+        finally:
+            sampler.stop()
+        return {"live": replay_figures(run), "worker_rss": sampler.rss_figures(),
+                "redis_after_live": redis_figures(url, deployment.prefix, size.users),
+                "live_used_memory_growth_bytes": used["after"] - used["before"]}
+
+
+def replay_figures(run: RunResult) -> dict[str, Any]:
+    """A replay's figures with its worker's and Redis' CPU microseconds per event."""
+    figures = run.as_dict()
+    redis_cpu = run.cpu_s.get("redis")
+    figures["worker_cpu_us_per_event"] = round(
+        run.cpu_s["contender"] / run.window_events * 1e6, 2) if run.cpu_s.get("contender") \
+        else None
+    figures["redis_cpu_us_per_event"] = round(redis_cpu / run.window_events * 1e6, 2) \
+        if redis_cpu else None
+    return figures
+
+
+def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, progress: bool,
+        rounds: int = 2) -> dict[str, Any]:
+    """Every size loaded on one broker, then ``rounds`` live replays of each, alternating."""
+    results: dict[str, Any] = {"machine": machine(), "code": code_version(),
+                               "live_events": live_events, "partitions": partitions,
+                               "workdir": str(workdir), "sizes": {}}
+    with contextlib.ExitStack() as services:
+        broker = services.enter_context(start_broker(log_dir=workdir, quick_start=False))
+        results["broker"] = broker.name
+        stack = Stack(broker.url, "", workdir, f"s{uuid.uuid4().hex[:6]}", partitions,
+                      progress, 300.0, {"broker": broker.processes[0].pid}, broker.worker_env)
+        loaded = [load_size(users, stack, live_events) for users in sizes]
+        for size in loaded:
+            results["sizes"][str(size.users)] = size.figures
+        for round_ in range(rounds):  # sizes alternate: each round sees the same machine
+            for size in loaded:
+                size.figures["rounds"].append(live_round(size, stack, round_))
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"live stream: {results['live_events']:,} single-event messages, "
+             f"{results['partitions']} partitions, {results.get('broker')}"]
+    for users, size in results["sizes"].items():
+        load, after_load = size["load"], size["redis_after_load"]
+        lines.append(
+            f"{int(users):,} users: loaded {load['events']:,} events in {load['seconds']:,.0f} s;"
+            f" Redis {after_load['used_memory_per_user']:.0f} B/user (used_memory "
+            f"{after_load['used_memory_bytes'] / 2**20:,.0f} MiB)")
+        for name, family in after_load["families"].items():
+            lines.append(f"    {name}: {family['keys']:,} keys, "
+                         f"{family['bytes_per_user']:.1f} B/user")
+        for index, round_ in enumerate(size["rounds"]):
+            live, rss = round_["live"], round_["worker_rss"]
+            lines.append(
+                f"  round {index}: {live['events_per_s']:,.0f} ev/s, worker "
+                f"{live['worker_cpu_us_per_event']} µs CPU/event (core "
+                f"{live['contender_core_share']}), Redis {live['redis_cpu_us_per_event']} "
+                f"µs/event; RSS {rss.get('first_bytes', 0) / 2**20:.0f} -> "
+                f"{rss.get('last_bytes', 0) / 2**20:.0f} MiB (peak "
+                f"{rss.get('peak_bytes', 0) / 2**20:.0f}, second half "
+                f"{rss.get('second_half_growth_bytes', 0) / 2**20:+.1f} MiB)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--users", type=int, default=10_000_000)
+    parser.add_argument("--compare-users", type=int, default=100_000,
+                        help="the small size the per-event figures are compared with")
+    parser.add_argument("--live-events", type=int, default=600_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="live replays of each size, alternating, from its saved state")
+    add_output_flags(parser)
+    args = parser.parse_args()
+    if min(args.users, args.compare_users, args.live_events, args.partitions, args.rounds) < 1:
+        parser.error("--users, --compare-users, --live-events, --partitions and --rounds "
+                     "must be >= 1")
+    sizes = sorted({args.compare_users, args.users})
+    results = run(sizes, args.live_events, args.partitions, workdir_of(args, "scale"),
+                  not args.no_progress, args.rounds)
+    write_results(args, results)
+    print(render(results))
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """--workdir, --json-out, --no-progress: where the scaled and skewed runs put things."""
+    parser.add_argument("--workdir", type=Path, help="logs and data (default: a new one)")
+    parser.add_argument("--json-out", type=Path, help="every figure, as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def workdir_of(args: argparse.Namespace, name: str) -> Path:
+    workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix=f"retention-{name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    if args.json_out:
+        args.json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()
