@@ -133,7 +133,7 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding the ids of purchases "
                "and costed installs (about such ids per partition and window / 100)"),
     SettingDoc("DUE_BUCKETS", "small Redis sorted sets per partition holding win-back and "
-               "at-risk due entries (about tracked users per partition / 100: each stays a "
+               "at-risk due entries (about tracked users per partition / 64: each stays a "
                "listpack under 128 entries); fixed for a deployment's life"),
     SettingDoc("STATE_CACHE_USERS",
                "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
