@@ -10,6 +10,7 @@ is worthless.
 
     python -m retention_tracker.bench.memory --events 200000 --duplicates 0.05
     python -m retention_tracker.bench.memory --events 200000 --thresholds 1,2,7,30
+    python -m retention_tracker.bench.memory --events 200000 --due-buckets 64
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def with_copies(events: list[dict[str, Any]], share: float, seed: int = 0
     return out
 
 
-def families(client: redis.Redis) -> dict[str, dict[str, int]]:
-    """Bytes (``MEMORY USAGE``, every field), keys and fields per key family."""
-    keys = [k.decode() for k in client.scan_iter(match=f"{PREFIX}:*", count=1000)]
+def families(client: redis.Redis, match: str = f"{PREFIX}:*") -> dict[str, dict[str, int]]:
+    """Bytes (``MEMORY USAGE``, every field), keys and fields per key family, of the keys
+    that ``match``."""
+    keys = [k.decode() for k in client.scan_iter(match=match, count=1000)]
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
@@ -95,6 +97,7 @@ def main() -> None:
                         help="share of the events delivered twice")
     parser.add_argument("--thresholds", default="2", help="inactivity thresholds, days")
     parser.add_argument("--dedup-buckets", type=int, default=1024, help="DEDUP_BUCKETS")
+    parser.add_argument("--due-buckets", type=int, default=4096, help="DUE_BUCKETS")
     args = parser.parse_args()
     workload = build_workload(WorkloadSpec(args.events, args.users or args.events // 10,
                                            args.days))
@@ -109,10 +112,11 @@ def main() -> None:
         client = redis.Redis.from_url(url)
         before = int(client.info("memory")["used_memory"])
         asyncio.run(replay(url, server.pid, parts, args.batch, 0, WinbackRules(thresholds),
-                           args.dedup_buckets))
+                           args.dedup_buckets, args.due_buckets))
         grown = int(client.info("memory")["used_memory"]) - before
         mismatches = asyncio.run(figures_match(url, raw))
         found = families(client)
+        due_index = families(client, f"{PREFIX}:*:due:*:index")
         dedup_keys = [k for k in client.scan_iter(match=f"{PREFIX}:*:dd:*", count=1000)]
         held = int(client.info("memory")["used_memory"])
         if dedup_keys:
@@ -131,9 +135,14 @@ def main() -> None:
     for name, family in sorted(found.items()):
         print(f"  {name}: {family['keys']:,} keys, {family['fields']:,} fields, "
               f"{family['bytes']:,} B = {family['bytes'] / users:.1f} B per user")
-    due = found.get("due", {"bytes": 0})["bytes"]
-    print(f"  due sets: {due / users / len(thresholds):.1f} B per user per threshold "
-          f"({len(thresholds)} thresholds)")
+    empty = {"keys": 0, "bytes": 0, "fields": 0}
+    due, index = found.get("due", empty), due_index.get("due", empty)
+    entries = due["fields"] - index["fields"]
+    print(f"  due sets, DUE_BUCKETS {args.due_buckets}: {due['bytes'] / users:.1f} B per user "
+          f"({len(thresholds)} thresholds), {due['bytes'] / max(entries, 1):.1f} B per entry "
+          f"({entries:,} entries in {due['keys'] - index['keys']:,} buckets, "
+          f"{entries / max(due['keys'] - index['keys'], 1):.0f} a bucket; the indexes "
+          f"{index['bytes']:,} B)")
     print("  figures equal the reference" if not mismatches
           else "  FIGURES DIFFER: " + "; ".join(mismatches))
     if mismatches:

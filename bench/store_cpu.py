@@ -59,14 +59,15 @@ async def apply_messages(store: RedisStore, shard: int, topic: str, messages: li
 
 async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
                  cache_users: int, winback: WinbackRules = DEFAULT_WINBACK,
-                 dedup_buckets: int = 1024) -> tuple[float, float, int, dict[str, int]]:
+                 dedup_buckets: int = 1024, due_buckets: int = 4096
+                 ) -> tuple[float, float, int, dict[str, int]]:
     """Every partition's batches through the store; Redis CPU-s, wall s, events, and the
     commands Redis ran (``INFO commandstats`` calls, scripts' inner calls included).
     ``winback``: the inactivity thresholds whose due entries the plans write;
-    ``dedup_buckets``: the store's ``DEDUP_BUCKETS``."""
+    ``dedup_buckets``, ``due_buckets``: the store's ``DEDUP_BUCKETS``, ``DUE_BUCKETS``."""
     client = aioredis.from_url(url)
     store = RedisStore(client, prefix=PREFIX, state_cache_users=cache_users,
-                       dedup_buckets=dedup_buckets)
+                       dedup_buckets=dedup_buckets, due_buckets=due_buckets)
     calendar = AppCalendar("UTC")
     await client.config_resetstat()
     before, started, events = cpu_seconds(pid) or 0.0, time.perf_counter(), 0

@@ -135,6 +135,9 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records"),
     SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding the ids of purchases "
                "and costed installs (about such ids per partition and window / 100)"),
+    SettingDoc("DUE_BUCKETS", "small Redis sorted sets per partition holding win-back and "
+               "at-risk due entries (about tracked users per partition / 64: each stays a "
+               "listpack under 128 entries); fixed for a deployment's life"),
     SettingDoc("STATE_CACHE_USERS",
                "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
     SettingDoc("KEY_PREFIX", "prefix of every Redis key"),
@@ -485,6 +488,7 @@ class Settings:
     max_events_per_message: int = 1000
     user_buckets: int = 1024
     dedup_buckets: int = 1024
+    due_buckets: int = 4096
     state_cache_users: int = 100_000
     key_prefix: str = "rt"
     metrics_cohort_days: int = 35
@@ -576,6 +580,7 @@ class Settings:
             ),
             user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
             dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
+            due_buckets=_int(env, "DUE_BUCKETS", d.due_buckets, minimum=1),
             state_cache_users=_int(env, "STATE_CACHE_USERS", d.state_cache_users),
             key_prefix=_key_prefix(raw("KEY_PREFIX")),
             metrics_cohort_days=_int(env, "METRICS_COHORT_DAYS", d.metrics_cohort_days, minimum=1),

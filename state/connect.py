@@ -120,6 +120,7 @@ def make_store(settings: Settings) -> RedisStore:
         prefix=settings.key_prefix,
         user_buckets=settings.user_buckets,
         dedup_buckets=settings.dedup_buckets,
+        due_buckets=settings.due_buckets,
         dedup_window_days=settings.dedup_window_days,
         state_cache_users=settings.state_cache_users,
         wait_replicas=settings.redis_wait_replicas,

@@ -63,6 +63,12 @@ def offset_field(topic: str) -> str:
 # ---- key names ----------------------------------------------------------------------------
 
 
+#: The kinds of due entries: a user's next inactivity moment (win-back, METRICS.md §7) and
+#: the moment its P(alive) falls below AT_RISK_THRESHOLD (§9).
+DUE_NEXT = "next"
+DUE_RISK = "risk"
+
+
 @dataclass(frozen=True, slots=True)
 class Keyspace:
     """Every Redis key name the tracker uses; nothing else builds one."""
@@ -85,18 +91,32 @@ class Keyspace:
     def dedup(self, shard: int, generation: int, bucket: int) -> str:
         return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
 
+    def due_bucket(self, shard: int, kind: str, bucket: int) -> str:
+        """One of the partition's ``DUE_BUCKETS`` small sorted sets of a kind (``DUE_NEXT``,
+        ``DUE_RISK``): users by their moment, few enough for Redis to keep a listpack
+        (~30 B an entry against ~120 B in one big set's skiplist)."""
+        return f"{self.prefix}:{{{shard}}}:due:{kind}:{bucket}"
+
+    def due_index(self, shard: int, kind: str) -> str:
+        """Bucket numbers of a kind's non-empty due buckets, each scored by its earliest
+        entry: where a due page starts."""
+        return f"{self.prefix}:{{{shard}}}:due:{kind}:index"
+
     def due(self, shard: int) -> str:
-        """Users by their next inactivity moment (``streams.winback.next_moment_ms``)."""
-        return f"{self.prefix}:{{{shard}}}:due:next"
+        """Before the due buckets, users by their next inactivity moment in one sorted set
+        (``streams.winback.next_moment_ms``): merged into the buckets when a worker takes
+        the partition (``RedisStore.adopt_due_sets``)."""
+        return f"{self.prefix}:{{{shard}}}:due:{DUE_NEXT}"
 
     def due_per_threshold(self, shard: int, days: int) -> str:
         """Before issue 31, users by the moment they become inactive for ``days``, one set
-        per threshold: a worker merges them into ``due`` (``RedisStore.adopt_due_sets``)."""
+        per threshold: merged into the buckets like ``due``."""
         return f"{self.prefix}:{{{shard}}}:due:{days}"
 
     def due_at_risk(self, shard: int) -> str:
-        """Users by the moment their P(alive) falls below AT_RISK_THRESHOLD (METRICS.md §9)."""
-        return f"{self.prefix}:{{{shard}}}:due:risk"
+        """Before the due buckets, users by the moment their P(alive) falls below
+        AT_RISK_THRESHOLD (METRICS.md §9) in one sorted set: merged like ``due``."""
+        return f"{self.prefix}:{{{shard}}}:due:{DUE_RISK}"
 
     def apps(self) -> str:
         """app -> timezone, fixed by the app's first accepted event."""

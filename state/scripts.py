@@ -84,8 +84,9 @@ return out
 #               aggregate hashes of one family, or the stats hash),
 #   dedup_ttl = seconds a dedup bucket lives after its last write,
 #   dedup     = [[key_index, id, id, ...], ...]: per dedup bucket,
-#   due_add   = [key_index, score, member, ...],
-#   due_remove = [key_index, member, ...]}
+#   due_add   = [[bucket_key_index, index_key_index, bucket, score, member, ...], ...]: per
+#               due bucket (``state/schema.py`` ``due_bucket``, ``due_index``),
+#   due_remove = [[bucket_key_index, index_key_index, bucket, member, ...], ...]: likewise}
 # Returns 0 (nothing written) when the version moved since LOAD_BATCH: another worker or an
 # earlier attempt applied first, and the caller must reload and re-plan. Else 1.
 APPLY_PLAN_LUA = _PRELUDE + """
@@ -136,13 +137,26 @@ for _, group in ipairs(arg.dedup) do
     expiring[bucket] = true
   end
 end
-local due_add = arg.due_add
-for i = 1, #due_add, 3 do
-  redis.call('ZADD', KEYS[due_add[i]], due_add[i + 1], due_add[i + 2])
+-- due entries: one ZADD or ZREM per bucket, then each bucket touched has its index entry
+-- set to its earliest moment, or dropped once it is empty (Redis deletes an empty key)
+local touched, order = {}, {}
+for _, step in ipairs({{'ZADD', arg.due_add}, {'ZREM', arg.due_remove}}) do
+  for _, group in ipairs(step[2]) do
+    redis.call(step[1], KEYS[group[1]], unpack(group, 4))
+    if not touched[group[1]] then
+      touched[group[1]] = group
+      order[#order + 1] = group[1]
+    end
+  end
 end
-local due_remove = arg.due_remove
-for i = 1, #due_remove, 2 do
-  redis.call('ZREM', KEYS[due_remove[i]], due_remove[i + 1])
+for _, bucket in ipairs(order) do
+  local group = touched[bucket]
+  local first = redis.call('ZRANGE', KEYS[bucket], 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', KEYS[group[2]], first[2], group[3])
+  else
+    redis.call('ZREM', KEYS[group[2]], group[3])
+  end
 end
 return 1
 """

@@ -10,6 +10,7 @@ forward) together. How calls reach a single Redis or a cluster's masters is
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import zlib
 from collections import Counter
@@ -20,6 +21,8 @@ from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
 from retention_tracker.state.cluster import AsyncClient, Read, Transport
 from retention_tracker.state.schema import (
+    DUE_NEXT,
+    DUE_RISK,
     META_WATERMARK,
     Keyspace,
     due_member,
@@ -99,6 +102,7 @@ class RedisStore:
         prefix: str = "rt",
         user_buckets: int = 1024,
         dedup_buckets: int = 1024,
+        due_buckets: int = 4096,
         dedup_window_days: int = 7,
         state_cache_users: int = 0,
         wait_replicas: int = 0,
@@ -110,6 +114,7 @@ class RedisStore:
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
+        self.due_buckets = due_buckets
         self.dedup_window_days = dedup_window_days
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
@@ -130,6 +135,14 @@ class RedisStore:
 
     def _dedup_bucket(self, key: bytes) -> int:
         return int.from_bytes(key[:4], "little") % self.dedup_buckets
+
+    def due_bucket(self, user: UserKey) -> int:
+        """The due bucket holding ``user``'s entries (the same number in every kind). A
+        digest, not a CRC: a CRC of the member is the user id's CRC xor a constant, so its
+        low bits would follow any CRC-based partitioning (bench/plan_cpu.py's: with 4
+        partitions, each partition's users filled only a quarter of its buckets)."""
+        digest = hashlib.blake2b(due_member(user).encode(), digest_size=4).digest()
+        return int.from_bytes(digest) % self.due_buckets
 
     def dedup_generation(self, now_ms: int) -> int:
         """Ids live in rotating generations of the window's length: one is remembered for
@@ -233,71 +246,111 @@ class RedisStore:
         dedup, _ = grouped(
             ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
             lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
-        due_add: list[object] = []
-        due_remove = self._due_changes(keys.of(self.keys.due(shard)), plan.due, due_add)
-        if at_risk_due:
-            due_remove += self._due_changes(keys.of(self.keys.due_at_risk(shard)), at_risk_due,
-                                            due_add)
+        due = self._due_changes(shard, keys, {DUE_NEXT: plan.due, DUE_RISK: at_risk_due or {}})
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
             "read_watermark": ("" if plan.read_watermark_ms is None
                                else str(plan.read_watermark_ms)),
             "offsets": [x for topic, offset in next_offsets.items() for x in (topic, str(offset))],
-            "dedup": dedup, "due_add": due_add, "due_remove": due_remove,
+            "dedup": dedup, **due,
         })
 
-    @staticmethod
-    def _due_changes(key: int, moments: Mapping[UserKey, int | None], due_add: list[object]
-                     ) -> list[object]:
-        """Users' moments into the due set of key index ``key``: added to ``due_add``; the
-        removals (users with no moment) returned as ``due_remove``."""
-        due_remove: list[object] = []
-        for user, moment in moments.items():
-            if moment is None:
-                due_remove += (key, due_member(user))
-            else:
-                due_add += (key, str(moment), due_member(user))
-        return due_remove
+    def _due_changes(self, shard: int, keys: KeyIndex,
+                     moments: Mapping[str, Mapping[UserKey, int | None]]) -> dict[str, object]:
+        """Users' moments per due kind as the apply script's ``due_add`` and ``due_remove``
+        (None: the user's entry goes), grouped per due bucket: one ZADD or ZREM per bucket,
+        and the script sets each touched bucket's index entry after."""
+        def head(bucket: tuple[str, int]) -> tuple[object, ...]:
+            kind, number = bucket
+            return (keys.of(self.keys.due_bucket(shard, kind, number)),
+                    keys.of(self.keys.due_index(shard, kind)), str(number))
+        added: list[tuple[tuple[str, int], tuple[str, ...]]] = []
+        removed: list[tuple[tuple[str, int], tuple[str, ...]]] = []
+        for kind, by_user in moments.items():
+            for user, moment in by_user.items():
+                bucket = (kind, self.due_bucket(user))
+                if moment is None:
+                    removed.append((bucket, (due_member(user),)))
+                else:
+                    added.append((bucket, (str(moment), due_member(user))))
+        return {"due_add": grouped(added, head)[0], "due_remove": grouped(removed, head)[0]}
 
     async def apply_at_risk(self, shard: int, loaded: LoadedBatch, plan: AtRiskPlan) -> bool:
         """Record an at-risk pass (user marks, entries dropped or moved, counters), fenced
         by the partition version like a batch."""
         keys = KeyIndex(self.keys.meta(shard))
-        due_add: list[object] = []
-        due_remove = self._due_changes(keys.of(self.keys.due_at_risk(shard)),
-                                       {**dict.fromkeys(plan.done), **plan.later}, due_add)
-        return await self._apply(shard, loaded, keys, plan.users, plan.stats, [],
-                                 {"due_add": due_add, "due_remove": due_remove})
+        due = self._due_changes(shard, keys, {DUE_RISK: {**dict.fromkeys(plan.done),
+                                                         **plan.later}})
+        return await self._apply(shard, loaded, keys, plan.users, plan.stats, [], due)
 
     async def at_risk_due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
                                   ) -> list[tuple[UserKey, int]]:
         """(user, due_ms) whose at-risk moment has come, oldest first, at most ``limit``."""
-        return await self._due_page(self.keys.due_at_risk(shard), now_ms, limit)
+        return await self._due_page(shard, DUE_RISK, now_ms, limit)
 
     async def due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
                           ) -> list[tuple[UserKey, int]]:
         """(user, due_ms) whose next inactivity moment has come, oldest first, at most
         ``limit``."""
-        return await self._due_page(self.keys.due(shard), now_ms, limit)
+        return await self._due_page(shard, DUE_NEXT, now_ms, limit)
 
-    async def _due_page(self, key: str, now_ms: int, limit: int | None
+    async def _due_page(self, shard: int, kind: str, now_ms: int, limit: int | None
                         ) -> list[tuple[UserKey, int]]:
+        """A kind's entries due by ``now_ms``, oldest first (then by member, as one sorted
+        set orders them), at most ``limit``: the index gives the buckets whose earliest
+        entry has come, and the ``limit`` oldest entries lie in the ``limit`` buckets that
+        start earliest (each starts with an entry at least as old) and any that start with
+        the last of them; their due entries, merged, make the page."""
         page = {"start": 0, "num": limit} if limit is not None else {}
-        [entries] = await self.transport.fan_out([Read(
-            "zrangebyscore", key, ("-inf", now_ms), {**page, "withscores": True})])
-        return [(parse_due_member(member), int(score)) for member, score in entries]
+        index = self.keys.due_index(shard, kind)
+        [first] = await self.transport.fan_out([Read(
+            "zrangebyscore", index, ("-inf", now_ms), {**page, "withscores": True})])
+        buckets = {int(number) for number, _ in first}
+        if first and len(first) == limit:
+            last = first[-1][1]
+            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (last, last))])
+            buckets.update(int(number) for number in tied)
+        parts = await self.transport.fan_out([
+            Read("zrangebyscore", self.keys.due_bucket(shard, kind, number), ("-inf", now_ms),
+                 {**page, "withscores": True}) for number in sorted(buckets)])
+        entries = sorted((score, member) for part in parts for member, score in part)
+        return [(parse_due_member(member), int(score)) for score, member in entries[:limit]]
 
     async def adopt_due_sets(self, shard: int, thresholds: Iterable[int]) -> None:
-        """Merge the per-threshold due sets of before issue 31 into the one due set, each
-        user at its earliest entry, and drop them (once: none is left after). An entry
-        earlier than the user's next moment only moves when it comes due
-        (``plan_notifications``), so nothing pending is lost."""
-        old = [self.keys.due_per_threshold(shard, days) for days in thresholds]
-        if old and await self.client.exists(*old):
-            key = self.keys.due(shard)
-            await self.transport.replicated_write(key, "ZUNIONSTORE", key, len(old) + 1, key,
-                                                  *old, "AGGREGATE", "MIN")
-            await self.transport.replicated_write(key, "DEL", *old)
+        """Merge the due sets of before into the due buckets, each user at its earliest
+        entry, and drop them (once: none is left after): the per-threshold sets of before
+        issue 31 and the single sorted set per kind that came after them. An entry earlier
+        than the user's next moment only moves when it comes due (``plan_notifications``),
+        so nothing pending is lost. One fenced apply: all of it or nothing."""
+        old = {DUE_NEXT: [*(self.keys.due_per_threshold(shard, days) for days in thresholds),
+                          self.keys.due(shard)],
+               DUE_RISK: [self.keys.due_at_risk(shard)]}
+        names = [name for kind_names in old.values() for name in kind_names]
+        if not await self.client.exists(*names):
+            return
+        while True:
+            loaded = await self.load_batch(shard, [], [], [], 0)  # the fence's version
+            earliest: dict[str, dict[UserKey, int]] = {}
+            for kind, kind_names in old.items():
+                moments = earliest[kind] = {}
+                for part in await self.transport.fan_out([
+                        Read("zrange", name, (0, -1), {"withscores": True})
+                        for name in kind_names]):
+                    for member, score in part:
+                        user = parse_due_member(member)
+                        moments[user] = min(int(score), moments.get(user, int(score)))
+                users = list(moments)
+                held = await self.transport.fan_out([
+                    Read("zscore", self.keys.due_bucket(shard, kind, self.due_bucket(user)),
+                         (due_member(user),)) for user in users])
+                for user, score in zip(users, held, strict=True):
+                    if score is not None:
+                        moments[user] = min(moments[user], int(score))
+            keys = KeyIndex(self.keys.meta(shard))
+            due = self._due_changes(shard, keys, earliest)
+            if await self._apply(shard, loaded, keys, {}, {}, [], due):
+                break
+        await self.transport.replicated_write(names[0], "DEL", *names)
 
     async def read_lapse_fits(self) -> dict[str, bytes]:
         """Every app's kept fit (the worker's at-risk moments are computed under them)."""
@@ -311,10 +364,8 @@ class RedisStore:
         """Record sent notifications (user marks, due entries gone, counters), fenced by the
         partition version like a batch."""
         keys = KeyIndex(self.keys.meta(shard))
-        due_add: list[object] = []
-        due_remove = self._due_changes(keys.of(self.keys.due(shard)), plan.due, due_add)
-        return await self._apply(shard, loaded, keys, plan.users, plan.stats, [],
-                                 {"due_add": due_add, "due_remove": due_remove})
+        due = self._due_changes(shard, keys, {DUE_NEXT: plan.due})
+        return await self._apply(shard, loaded, keys, plan.users, plan.stats, [], due)
 
     async def _apply(
         self,
@@ -368,7 +419,7 @@ class RedisStore:
         thresholds = list(thresholds)
         counts = dict.fromkeys(thresholds, 0)
         for shard in await self.shard_ids():
-            users = [user for user, _ in await self._due_page(self.keys.due(shard), now_ms, None)
+            users = [user for user, _ in await self._due_page(shard, DUE_NEXT, now_ms, None)
                      if user[0] == app]
             raws = await self.transport.fan_out([
                 Read("hget", self.user_key(shard, app, user_id), (user_id,))

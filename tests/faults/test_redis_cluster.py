@@ -28,8 +28,9 @@ from click.testing import CliRunner
 from retention_tracker.cli.main import cli
 from retention_tracker.devstack.processes import wait_for
 from retention_tracker.devstack.redis_server import LocalCluster, start_redis_cluster
-from retention_tracker.state.schema import due_member
+from retention_tracker.state.schema import DUE_NEXT, DUE_RISK, due_member
 from retention_tracker.state.store import RedisStore
+from retention_tracker.streams.plan import Plan
 from tests.e2e.harness import Deployment, event_messages, isolated_deployment, produce
 
 from .support import (
@@ -174,9 +175,16 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
     client = aioredis.RedisCluster.from_url(cluster.url)
     store = RedisStore(client, prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
     shard = 999
-    key = store.keys.due(shard)
-    slot = client.keyslot(key)
     user = ("default", "moved-user")
+    bucket = store.due_bucket(user)
+    key = store.keys.due_bucket(shard, DUE_NEXT, bucket)
+    index = store.keys.due_index(shard, DUE_NEXT)
+    slot = client.keyslot(key)
+    assert client.keyslot(index) == slot  # the partition's hash tag
+
+    def held_at(node: redis.Redis, moment: int) -> None:
+        node.zadd(key, {due_member(user): moment})
+        node.zadd(index, {str(bucket): moment})
     try:
         assert await store.due_entries(shard, 10) == []  # the map read, its master used
         source = int(client.get_node_from_key(key).port)
@@ -186,21 +194,53 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
         _move_slot(cluster, slot, target)
         try:
             with contextlib.closing(cluster.client(target)) as node:
-                node.zadd(key, {due_member(user): 5})  # only the new master holds it
+                held_at(node, 5)  # only the new master holds it
                 try:
                     assert await store.due_entries(shard, 10) == [(user, 5)]
                 finally:
-                    node.delete(key)
+                    node.delete(key, index)
         finally:
             _move_slot(cluster, slot, source)
         with contextlib.closing(cluster.client(source)) as node:
-            node.zadd(key, {due_member(user): 6})
+            held_at(node, 6)
             try:  # MOVED back: the store follows it again
                 assert await store.due_entries(shard, 10) == [(user, 6)]
             finally:
-                node.delete(key)
+                node.delete(key, index)
     finally:
         await store.close()  # the cluster client and the per-master ones
+
+
+async def test_due_buckets_and_their_adoption_on_a_cluster(cluster: LocalCluster,
+                                                          unique: str) -> None:
+    """The due buckets, their index and the older single sets of a partition share its
+    hash tag: the apply script, the page reads and the adoption run on a cluster as on one
+    Redis (a cross-slot key would fail the call)."""
+    client = aioredis.RedisCluster.from_url(cluster.url)
+    store = RedisStore(client, prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4,
+                       due_buckets=4)
+    users = [("default", f"u{n}") for n in range(10)]
+    try:
+        for shard in (0, 1, 2):  # partitions on different masters
+            await client.zadd(store.keys.due(shard), {due_member(users[0]): 1})
+            await store.adopt_due_sets(shard, (2,))
+            loaded = await store.load_batch(shard, [], [], [], 0)
+            assert await store.apply_plan(shard, loaded, {}, Plan(
+                due={user: 10 + n for n, user in enumerate(users)} | {users[1]: None}),
+                {users[2]: 5})
+            assert await store.due_entries(shard, 12, limit=1) == [(users[0], 10)]
+            assert await store.due_entries(shard, 14) == [(users[0], 10), (users[2], 12),
+                                                          (users[3], 13), (users[4], 14)]
+            assert await store.at_risk_due_entries(shard, 10) == [(users[2], 5)]
+            assert not await client.exists(store.keys.due(shard))
+    finally:
+        for shard in (0, 1, 2):
+            names = [store.keys.meta(shard), store.keys.due(shard)]
+            for kind in (DUE_NEXT, DUE_RISK):
+                names += [store.keys.due_index(shard, kind),
+                          *(store.keys.due_bucket(shard, kind, n) for n in range(4))]
+            await client.delete(*names)
+        await store.close()
 
 
 def _move_slot(cluster: LocalCluster, slot: int, port: int) -> None:

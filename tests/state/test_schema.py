@@ -6,6 +6,8 @@ import pytest
 
 from retention_tracker.state.schema import (
     DAILY_FAMILY,
+    DUE_NEXT,
+    DUE_RISK,
     Keyspace,
     due_member,
     family_name,
@@ -118,11 +120,14 @@ def test_key_names_carry_the_partition_hash_tag() -> None:
     assert keys.aggregate(3, "app", "platform=ios", "coh:day") == (
         "rt:{3}:a:app:platform=ios:coh:day")
     assert keys.dedup(3, 100, 2) == "rt:{3}:dd:100:2"
-    assert keys.due(3) == "rt:{3}:due:next"
+    assert keys.due_bucket(3, DUE_NEXT, 9) == "rt:{3}:due:next:9"
+    assert keys.due_index(3, DUE_RISK) == "rt:{3}:due:risk:index"
+    assert keys.due(3) == "rt:{3}:due:next"  # before the due buckets
     assert keys.due_per_threshold(3, 2) == "rt:{3}:due:2"  # before issue 31
     assert (keys.apps(), keys.shards(), keys.topology()) == ("rt:apps", "rt:shards", "rt:topology")
     assert key_kind(keys.users(3, "app", 7), "rt") == "user_records"
-    assert key_kind(keys.due(3), "rt") == "due"
+    assert key_kind(keys.due_bucket(3, DUE_NEXT, 9), "rt") == "due"
+    assert key_kind(keys.due_index(3, DUE_NEXT), "rt") == "due"
 
 
 def test_due_members_round_trip() -> None:

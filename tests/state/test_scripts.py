@@ -84,14 +84,26 @@ async def test_a_big_integer_is_added_exactly(scripts: Scripts) -> None:
     assert await scripts.client.hget(scripts.key("a:app:all:daily"), "rev:1:USD") == big.encode()
 
 
-async def test_sent_notifications_leave_the_due_sets(scripts: Scripts) -> None:
+async def test_due_buckets_keep_their_index_at_their_earliest_entry(scripts: Scripts) -> None:
+    """Entries added to and removed from two due buckets: the index scores each bucket by
+    its earliest entry, and drops it with its last one (Redis deletes the empty bucket)."""
     keys = KeyIndex(scripts.meta)
-    due1, due2 = keys.of(scripts.key("due:1")), keys.of(scripts.key("due:2"))
-    assert await scripts.apply(keys, due_add=[due1, "100", "a\x00u", due1, "200", "a\x00v",
-                                              due2, "300", "a\x00u"])
-    assert await scripts.apply(keys, version=1, due_remove=[due1, "a\x00u", due2, "a\x00u"])
-    assert await scripts.client.zrange(scripts.key("due:1"), 0, -1) == [b"a\x00v"]
-    assert not await scripts.client.exists(scripts.key("due:2"))
+    b1, b2, index = (keys.of(scripts.key(name)) for name in ("due:next:1", "due:next:2",
+                                                             "due:next:index"))
+    assert await scripts.apply(keys, due_add=[[b1, index, "1", "100", "a\x00u", "200", "a\x00v"],
+                                              [b2, index, "2", "300", "a\x00w"]])
+    assert await scripts.client.zrange(scripts.key("due:next:index"), 0, -1,
+                                       withscores=True) == [(b"1", 100), (b"2", 300)]
+    assert await scripts.apply(keys, version=1, due_remove=[[b1, index, "1", "a\x00u"],
+                                                            [b2, index, "2", "a\x00w"]])
+    assert await scripts.client.zrange(scripts.key("due:next:1"), 0, -1) == [b"a\x00v"]
+    assert not await scripts.client.exists(scripts.key("due:next:2"))
+    assert await scripts.client.zrange(scripts.key("due:next:index"), 0, -1,
+                                       withscores=True) == [(b"1", 200)]
+    assert await scripts.apply(keys, version=2, due_add=[[b1, index, "1", "50", "a\x00v"]],
+                               due_remove=[[b1, index, "1", "a\x00u"]])  # moved earlier
+    assert await scripts.client.zrange(scripts.key("due:next:index"), 0, -1,
+                                       withscores=True) == [(b"1", 50)]
 
 
 async def test_a_stale_version_is_refused_and_nothing_written(scripts: Scripts) -> None:

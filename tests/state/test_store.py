@@ -3,23 +3,29 @@ the due set."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import uuid
 import zlib
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from retention_tracker.bench import reference
 from retention_tracker.state.queries import read_daily, read_measure
+from retention_tracker.state.schema import DUE_NEXT, DUE_RISK, due_member, parse_due_member
 from retention_tracker.state.store import RedisStore, TimezoneConflict
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import Bounds, cohort_rows, last_day_with_data
-from retention_tracker.streams.plan import dedup_key, dedup_key_of, plan_batch
-from retention_tracker.streams.user_state import UserState, encode_user
+from retention_tracker.streams.plan import Plan, dedup_key, dedup_key_of, plan_batch
+from retention_tracker.streams.user_state import UserKey, UserState, encode_user
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
@@ -182,15 +188,23 @@ async def test_the_per_threshold_due_sets_of_before_merge_at_each_users_earliest
     """Issue 31: one due entry per user. A deployment's per-threshold sets are merged into
     it when a worker takes the partition, each user at its earliest entry, and dropped."""
     client, keys = store.client, store.keys
+    loaded = await store.load_batch(0, [], [], [], 0)
+    assert await store.apply_plan(0, loaded, {}, Plan(due={("a", "x"): 800, ("a", "y"): 60}),
+                                  {("a", "y"): 70})  # already in the due buckets
     await client.zadd(keys.due_per_threshold(0, 1), {"a\x00u": 100, "a\x00v": 300})
     await client.zadd(keys.due_per_threshold(0, 7), {"a\x00u": 700, "a\x00x": 900})
+    # the single sorted set per kind that came after (never released, on a dev deployment)
     await client.zadd(keys.due(0), {"a\x00w": 50, "a\x00v": 250})
+    await client.zadd(keys.due_at_risk(0), {"a\x00u": 40, "a\x00y": 90})
     await store.adopt_due_sets(0, (1, 2, 7))
-    assert await store.due_entries(0, 10**6) == [
-        (("a", "w"), 50), (("a", "u"), 100), (("a", "v"), 250), (("a", "x"), 900)]
-    assert not await client.exists(*(keys.due_per_threshold(0, d) for d in (1, 2, 7)))
+    merged = [(("a", "w"), 50), (("a", "y"), 60), (("a", "u"), 100), (("a", "v"), 250),
+              (("a", "x"), 800)]
+    assert await store.due_entries(0, 10**6) == merged
+    assert await store.at_risk_due_entries(0, 10**6) == [(("a", "u"), 40), (("a", "y"), 70)]
+    old = [*(keys.due_per_threshold(0, d) for d in (1, 2, 7)), keys.due(0), keys.due_at_risk(0)]
+    assert not await client.exists(*old)
     await store.adopt_due_sets(0, (1, 2, 7))  # nothing left to merge: unchanged
-    assert len(await store.due_entries(0, 10**6)) == 4
+    assert await store.due_entries(0, 10**6) == merged
 
 
 async def test_users_due_now_are_counted_per_threshold_from_their_records(
@@ -202,10 +216,77 @@ async def test_users_due_now_are_counted_per_threshold_from_their_records(
     state = UserState(BASE_MS, BASE_MS, UTC.day_of(BASE_MS), frozenset({UTC.day_of(BASE_MS)}),
                       frozenset())
     await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(state))
-    await store.client.zadd(store.keys.due(0), {"a\x00u": BASE_MS + MS_PER_DAY})
+    loaded = await store.load_batch(0, [], [], [], 0)
+    assert await store.apply_plan(0, loaded, {}, Plan(due={("a", "u"): BASE_MS + MS_PER_DAY}))
     now = BASE_MS + 3 * MS_PER_DAY
     assert await store.due_counts("a", (1, 2, 7), now) == {1: 1, 2: 1, 7: 0}
     assert await store.due_counts("b", (1, 2, 7), now) == {1: 0, 2: 0, 7: 0}
     handled = replace(state, notified_episode_ms=BASE_MS, notified_days=(1,))
     await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(handled))
     assert await store.due_counts("a", (1, 2, 7), now) == {1: 0, 2: 1, 7: 0}
+
+
+# ---- due buckets: the two-level structure against a plain model --------------------------
+
+DUE_USERS = [("a", f"u{n}") for n in range(12)] + [("b", "u0")]
+due_changes = st.dictionaries(st.sampled_from(DUE_USERS),
+                              st.one_of(st.none(), st.integers(0, 40)), max_size=8)
+
+
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "35")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(due_changes, due_changes), min_size=1, max_size=10),
+       now=st.integers(-1, 45), limit=st.integers(1, 6))
+def test_due_buckets_hold_a_plain_models_entries_and_pages(
+    redis_url: str, steps: list[tuple[dict[UserKey, int | None], dict[UserKey, int | None]]],
+    now: int, limit: int,
+) -> None:
+    """Random moves and drops of win-back and at-risk entries through the apply script, on
+    3 buckets (several users a bucket, buckets emptied and refilled, ties): after each
+    call every bucket holds exactly the model's users of that bucket, and the index scores
+    each non-empty bucket at its earliest entry and lists no other; a page is the model's
+    entries due by ``now`` in order (moment, then member), at most ``limit``."""
+    asyncio.run(_check_due_buckets(redis_url, steps, now, limit))
+
+
+async def _check_due_buckets(
+    redis_url: str, steps: list[tuple[dict[UserKey, int | None], dict[UserKey, int | None]]],
+    now: int, limit: int,
+) -> None:
+    client = aioredis.from_url(redis_url)
+    store = RedisStore(client, prefix=f"due-{uuid.uuid4().hex[:8]}", due_buckets=3)
+    model: dict[str, dict[UserKey, int]] = {DUE_NEXT: {}, DUE_RISK: {}}
+    try:
+        for next_moments, risk_moments in steps:
+            loaded = await store.load_batch(0, [], [], [], 0)
+            assert await store.apply_plan(0, loaded, {}, Plan(due=dict(next_moments)),
+                                          risk_moments)
+            for kind, moments in ((DUE_NEXT, next_moments), (DUE_RISK, risk_moments)):
+                for user, moment in moments.items():
+                    if moment is None:
+                        model[kind].pop(user, None)
+                    else:
+                        model[kind][user] = moment
+                await _assert_two_levels(store, kind, model[kind])
+        for kind, read in ((DUE_NEXT, store.due_entries), (DUE_RISK, store.at_risk_due_entries)):
+            expected = sorted((moment, due_member(user).encode(), user)
+                              for user, moment in model[kind].items() if moment <= now)
+            assert await read(0, now, limit) == [(user, m) for m, _, user in expected][:limit]
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{store.keys.prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def _assert_two_levels(store: RedisStore, kind: str, model: dict[UserKey, int]) -> None:
+    buckets: dict[int, dict[UserKey, int]] = {}
+    for user, moment in model.items():
+        buckets.setdefault(store.due_bucket(user), {})[user] = moment
+    for number in range(store.due_buckets):
+        held = await store.client.zrange(store.keys.due_bucket(0, kind, number), 0, -1,
+                                         withscores=True)
+        assert {parse_due_member(m): int(s) for m, s in held} == buckets.get(number, {})
+    index = await store.client.zrange(store.keys.due_index(0, kind), 0, -1, withscores=True)
+    assert {int(n): int(s) for n, s in index} == {
+        number: min(entries.values()) for number, entries in buckets.items()}
