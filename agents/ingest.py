@@ -39,7 +39,7 @@ from retention_tracker.agents.rekey import (
 from retention_tracker.agents.replication import default_replication_factor
 from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
-from retention_tracker.state.store import RedisStore
+from retention_tracker.state.store import LayoutChanged, RedisStore, layout_problem
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.batch import (
     KEY_COPY_MAX_BYTES,
@@ -131,6 +131,10 @@ class Ingestor:
         if problem:
             raise PartitionCountChanged(problem)
         await self._retrying(lambda: self.store.record_partition_counts(actual))
+        built = await self._retrying(self.store.record_layout)
+        problem = layout_problem(built, self.store.layout())
+        if problem:
+            raise LayoutChanged(problem)
         self.router = Router(shards)
         self.producer = AIOKafkaProducer(**s.producer_options())
         await self.producer.start()

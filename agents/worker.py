@@ -17,7 +17,7 @@ from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import Settings, mask_url
 from retention_tracker.state.connect import make_sync_client, redis_failure
 from retention_tracker.state.schema import Keyspace
-from retention_tracker.state.store import timezone_problem
+from retention_tracker.state.store import bucket_layout, layout_problem, timezone_problem
 from retention_tracker.streams import engine
 
 EXIT_FATAL = 2
@@ -48,6 +48,7 @@ def preflight(settings: Settings) -> str | None:
             stored = cast("dict[bytes, bytes]", client.hgetall(keys.apps()))
             topology = cast("dict[bytes, bytes]", client.hgetall(keys.topology()))
             built_with = {k.decode(): int(v) for k, v in topology.items()}
+            layout = cast("dict[bytes, bytes]", client.hgetall(keys.layout()))
         finally:
             client.close()
     except (redis.exceptions.RedisError, RedisClusterException) as exc:
@@ -57,6 +58,10 @@ def preflight(settings: Settings) -> str | None:
                                    settings.timezone_of(app.decode()))
         if problem:
             return problem
+    problem = layout_problem({k.decode(): int(v) for k, v in layout.items()},
+                             bucket_layout(settings.user_buckets, settings.due_buckets))
+    if problem:
+        return problem
 
     async def broker_problem() -> str | None:
         admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=5000)

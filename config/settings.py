@@ -132,12 +132,14 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("MAX_MESSAGE_BYTES", "larger messages are dead-lettered as too_large "
                "(their first 512 KiB; every dead letter holds at most that)"),
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
-    SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records"),
+    SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records; "
+               "fixed for a deployment's life (a worker with another count refuses to start)"),
     SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding the ids of purchases "
                "and costed installs (about such ids per partition and window / 100)"),
     SettingDoc("DUE_BUCKETS", "small Redis sorted sets per partition holding win-back and "
                "at-risk due entries (about tracked users per partition / 64: each stays a "
-               "listpack under 128 entries); fixed for a deployment's life"),
+               "listpack under 128 entries); fixed for a deployment's life (a worker with another "
+               "count refuses to start)"),
     SettingDoc("STATE_CACHE_USERS",
                "decoded user states a worker keeps between batches (~1.2 kB each; 0: none)"),
     SettingDoc("KEY_PREFIX", "prefix of every Redis key"),

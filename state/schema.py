@@ -130,6 +130,12 @@ class Keyspace:
         log_likelihood, users, as_of_ms (``state/at_risk.py``)."""
         return f"{self.prefix}:fits"
 
+    def layout(self) -> str:
+        """The bucket counts the state was built with (``USER_BUCKETS``, ``DUE_BUCKETS``): a
+        key's bucket is a hash modulo the count, so another count would lose what is
+        written (``state.store.layout_problem``)."""
+        return f"{self.prefix}:layout"
+
     def topology(self) -> str:
         """topic -> partition count the state was built with (a partition is a shard)."""
         return f"{self.prefix}:topology"

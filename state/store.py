@@ -82,6 +82,29 @@ def summed(parts: Iterable[Iterable[tuple[bytes | str, bytes | str]]]) -> Counte
     return total
 
 
+def bucket_layout(user_buckets: int, due_buckets: int) -> dict[str, int]:
+    """The bucket counts a state is built with, by their settings' names."""
+    return {"USER_BUCKETS": user_buckets, "DUE_BUCKETS": due_buckets}
+
+
+class LayoutChanged(ConfigError):
+    """The state was built with other bucket counts than this worker's settings."""
+
+
+def layout_problem(stored: Mapping[str, int], configured: Mapping[str, int]) -> str | None:
+    """One line when a bucket count differs from the one the state was built with, else
+    None. A user's record and due entry sit in the bucket its hash names modulo the count:
+    with another count the worker would read a new user where a record exists, and an old
+    due entry could never be removed again (it would come due at every pass)."""
+    changed = [f"{name}={configured[name]} but the state was built with {stored[name]}"
+               for name in sorted(configured)
+               if name in stored and stored[name] != configured[name]]
+    if not changed:
+        return None
+    return (f"{'; '.join(changed)}: bucket counts are fixed for the state's life; restore the "
+            f"setting, or replay into a fresh KEY_PREFIX (docs/operations.md 'Re-sharding')")
+
+
 class TimezoneConflict(ConfigError):
     """An app's data was built in one timezone and this worker is configured with another."""
 
@@ -444,6 +467,18 @@ class RedisStore:
             await self.transport.replicated_write(self.keys.topology(), "HSETNX",
                                                   self.keys.topology(), topic, count)
         return await self.partition_counts()
+
+    def layout(self) -> dict[str, int]:
+        """This store's bucket counts, by their settings' names."""
+        return bucket_layout(self.user_buckets, self.due_buckets)
+
+    async def record_layout(self) -> dict[str, int]:
+        """Record the bucket counts on the state's first worker; returns the stored ones (an
+        earlier worker's record wins, so a changed count is found, not overwritten)."""
+        key = self.keys.layout()
+        for name, count in self.layout().items():
+            await self.transport.replicated_write(key, "HSETNX", key, name, count)
+        return {text(k): int(v) for k, v in (await self.client.hgetall(key)).items()}
 
     async def register_shard(self, shard: int) -> None:
         await self.transport.replicated_write(self.keys.shards(), "SADD", self.keys.shards(), shard)

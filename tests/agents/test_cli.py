@@ -108,6 +108,19 @@ def test_worker_refuses_a_second_calendar_for_an_app(redis_url: str, unique: str
         client.close()
 
 
+def test_worker_refuses_other_bucket_counts_than_the_state_was_built_with(
+        redis_url: str, unique: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"p-{unique}:layout", mapping={"USER_BUCKETS": 1024, "DUE_BUCKETS": 64})
+    try:
+        line = one_line_error(run("worker", REDIS_URL=redis_url, KEY_PREFIX=f"p-{unique}",
+                                  DUE_BUCKETS="128"))
+        assert "DUE_BUCKETS=128 but the state was built with 64" in line
+    finally:
+        client.delete(f"p-{unique}:layout")
+        client.close()
+
+
 def test_check_names_a_malformed_broker_address_in_its_settings_line() -> None:
     result = run("check", KAFKA_BROKER="nonsense::::")
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout

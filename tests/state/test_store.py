@@ -19,7 +19,7 @@ from msgspec.structs import replace
 from retention_tracker.bench import reference
 from retention_tracker.state.queries import read_daily, read_measure
 from retention_tracker.state.schema import DUE_NEXT, DUE_RISK, due_member, parse_due_member
-from retention_tracker.state.store import RedisStore, TimezoneConflict
+from retention_tracker.state.store import RedisStore, TimezoneConflict, layout_problem
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
@@ -116,6 +116,19 @@ async def test_timezone_is_fixed_by_first_data(store: RedisStore) -> None:
     await store.fix_timezone("a", "Europe/Paris")
     with pytest.raises(TimezoneConflict, match="Europe/Paris"):
         await store.fix_timezone("a", "UTC")
+
+
+async def test_bucket_counts_are_fixed_by_the_first_worker(store: RedisStore) -> None:
+    first = await store.record_layout()
+    assert first == store.layout() and layout_problem(first, store.layout()) is None
+    other = RedisStore(store.client, prefix=store.keys.prefix,
+                       user_buckets=store.user_buckets, due_buckets=store.due_buckets * 2)
+    assert await other.record_layout() == first  # the earlier record wins
+    problem = layout_problem(first, other.layout())
+    assert problem is not None and "\n" not in problem
+    assert f"DUE_BUCKETS={store.due_buckets * 2} but the state was built with " \
+        f"{store.due_buckets}" in problem and "USER_BUCKETS" not in problem
+    assert layout_problem({}, other.layout()) is None  # a state from before the record
 
 
 async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_writes(
