@@ -96,28 +96,25 @@ def test_at_risk_of_an_unknown_app_or_user_is_one_line(redis_url: str, unique: s
         client.close()
 
 
-def test_worker_refuses_a_second_calendar_for_an_app(redis_url: str, unique: str) -> None:
+@pytest.mark.parametrize(("key", "stored", "settings", "expected"), [
+    # a second calendar for an app with data (METRICS.md §2)
+    ("apps", {"casino": "Europe/Berlin"}, {"APP_TIMEZONES": "casino=Asia/Tokyo"},
+     "'casino' has data in timezone 'Europe/Berlin'"),
+    # other bucket counts than the state was built with (state.store.layout_problem)
+    ("layout", {"USER_BUCKETS": 1024, "DUE_BUCKETS": 64}, {"DUE_BUCKETS": "128"},
+     "DUE_BUCKETS=128 but the state was built with 64"),
+])
+def test_worker_refuses_to_run_on_a_state_built_otherwise(
+        redis_url: str, unique: str, key: str, stored: dict[str, object],
+        settings: dict[str, str], expected: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    client.hset(f"p-{unique}:apps", "casino", "Europe/Berlin")
+    client.hset(f"p-{unique}:{key}", mapping=stored)  # type: ignore[arg-type]
     try:
         line = one_line_error(run("worker", REDIS_URL=redis_url, KEY_PREFIX=f"p-{unique}",
-                                  APP_TIMEZONES="casino=Asia/Tokyo"))
-        assert "'casino' has data in timezone 'Europe/Berlin'" in line
+                                  **settings))
+        assert expected in line
     finally:
-        client.delete(f"p-{unique}:apps")
-        client.close()
-
-
-def test_worker_refuses_other_bucket_counts_than_the_state_was_built_with(
-        redis_url: str, unique: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.hset(f"p-{unique}:layout", mapping={"USER_BUCKETS": 1024, "DUE_BUCKETS": 64})
-    try:
-        line = one_line_error(run("worker", REDIS_URL=redis_url, KEY_PREFIX=f"p-{unique}",
-                                  DUE_BUCKETS="128"))
-        assert "DUE_BUCKETS=128 but the state was built with 64" in line
-    finally:
-        client.delete(f"p-{unique}:layout")
+        client.delete(f"p-{unique}:{key}")
         client.close()
 
 
