@@ -125,10 +125,10 @@ def live_stream(users: int, count: int, seed: int = 1) -> list[dict[str, Any]]:
     return events
 
 
-def buckets(items: int, partitions: int) -> int:
-    """Hashes per partition for ``items`` fields in all, PER_BUCKET each (at least 1024,
-    the setting's default), a power of two."""
-    wanted = max(1024, math.ceil(items / partitions / PER_BUCKET))
+def buckets(items: int, partitions: int, per_bucket: int = PER_BUCKET) -> int:
+    """Keys per partition for ``items`` fields or members in all, ``per_bucket`` each (at
+    least 1024), a power of two."""
+    wanted = max(1024, math.ceil(items / partitions / per_bucket))
     return 1 << (wanted - 1).bit_length()
 
 
@@ -140,6 +140,7 @@ async def bulk_load(url: str, prefix: str, users: int, partitions: int, settings
     client = aioredis.from_url(url)
     store = RedisStore(client, prefix=prefix, user_buckets=settings.user_buckets,
                        dedup_buckets=settings.dedup_buckets,
+                       due_buckets=settings.due_buckets,
                        dedup_window_days=settings.dedup_window_days)
     calendar = AppCalendar(settings.timezone)
     rules, winback = segment_rules(settings), settings.winback_rules()
@@ -228,14 +229,17 @@ def load_size(users: int, stack: Stack, live_events: int) -> LoadedSize:
     data_dir = stack.workdir / f"redis-{users}"
     user_buckets = buckets(users + live_events, stack.partitions)
     dedup_buckets = buckets(users * 3 + live_events, stack.partitions)
-    env = {"USER_BUCKETS": str(user_buckets), "DEDUP_BUCKETS": str(dedup_buckets)}
+    # a due entry per user, ~64 a bucket (docs/architecture.md "Memory": DUE_BUCKETS)
+    due_buckets = buckets(users, stack.partitions, per_bucket=64)
+    env = {"USER_BUCKETS": str(user_buckets), "DEDUP_BUCKETS": str(dedup_buckets),
+           "DUE_BUCKETS": str(due_buckets)}
     server, url = start_redis(data_dir=data_dir)
     with server:
         deployment = _deployment(stack, url, server.pid, topic, users, env)
         settings = Settings.from_env(deployment.env())
         redis_cpu = cpu_seconds(server.pid) or 0.0
         say(f"{users:,} users: loading through the apply path ({user_buckets} user buckets, "
-            f"{dedup_buckets} dedup buckets a partition)")
+            f"{dedup_buckets} dedup and {due_buckets} due buckets a partition)")
         load = asyncio.run(bulk_load(url, deployment.prefix, users, stack.partitions, settings,
                                      progress=stack.progress))
         load["redis_cpu_s"] = round((cpu_seconds(server.pid) or 0.0) - redis_cpu, 1)
