@@ -48,6 +48,7 @@ from retention_tracker.agents.rekey import home_partition
 from retention_tracker.cli.feeding import produce_events
 from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.devstack.broker import start_broker
+from retention_tracker.devstack.processes import wait_for
 from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.devstack.topics import ensure_topics
 from retention_tracker.state.store import RedisStore
@@ -248,8 +249,14 @@ def load_size(users: int, stack: Stack, live_events: int) -> LoadedSize:
         say(f"{users:,} users: Redis {after_load['used_memory_bytes'] / 2**20:,.0f} MiB, "
             f"{after_load['used_memory_per_user']:.0f} B a user; saving it")
         client = deployment.stack.redis()
-        try:
-            client.save()
+        try:  # in the background: a synchronous SAVE of gigabytes outlasts the socket timeout
+            client.bgsave()
+            wait_for(lambda: not client.info("persistence")["rdb_bgsave_in_progress"], 1800,
+                     f"the snapshot of {users:,} users")
+            status = client.info("persistence")["rdb_last_bgsave_status"]
+            if status != "ok":
+                raise RuntimeError(f"the snapshot of {users:,} users failed ({status}): "
+                                   f"{data_dir}/redis.log")
         finally:
             client.close()
     return LoadedSize(users, topic, census, data_dir, env, {
