@@ -402,17 +402,28 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
     process = deployment.start()
     bar = stack.bar(total, f"worker      {shape}")
     meter = stack.cpu_meter(process.pid)
+    whole_run = stack.cpu_meter(process.pid)
+    whole_run.start()
     try:
         with process:
             first, last = _follow_worker(deployment, client, census, process, bar, meter,
                                          on_first_progress, forwarded_events)
+            whole_run.stop()
             rss = peak_rss_bytes(process.pid)
             memory["after"] = int(client.info("memory")["used_memory"])
     finally:
         bar.close()
         client.close()
-    result = RunResult("worker", shape, total, total - first[1], last - first[0],
-                       first[0] - spawned, rss, cpu_s=meter.used)
+    if first[1] < total:
+        result = RunResult("worker", shape, total, total - first[1], last - first[0],
+                           first[0] - spawned, rss, cpu_s=meter.used)
+    else:
+        # The whole topic was applied between two polls (a small topic, a fast worker): the
+        # steady window is empty, so the figures are the whole run's from the spawn, start-up
+        # included, and say so.
+        result = RunResult("worker", shape, total, total, last - spawned, 0.0, rss,
+                           extra={"window": "whole run from spawn (the steady window was empty)"},
+                           cpu_s=whole_run.used)
     return result, memory
 
 

@@ -296,11 +296,12 @@ def replay_figures(run: RunResult) -> dict[str, Any]:
     """A replay's figures with its worker's and Redis' CPU microseconds per event."""
     figures = run.as_dict()
     redis_cpu = run.cpu_s.get("redis")
-    figures["worker_cpu_us_per_event"] = round(
-        run.cpu_s["contender"] / run.window_events * 1e6, 2) if run.cpu_s.get("contender") \
-        else None
-    figures["redis_cpu_us_per_event"] = round(redis_cpu / run.window_events * 1e6, 2) \
-        if redis_cpu else None
+    events = run.window_events
+    worker_cpu = run.cpu_s.get("contender")
+    figures["worker_cpu_us_per_event"] = round(worker_cpu / events * 1e6, 2) \
+        if worker_cpu and events else None
+    figures["redis_cpu_us_per_event"] = round(redis_cpu / events * 1e6, 2) \
+        if redis_cpu and events else None
     return figures
 
 
