@@ -334,9 +334,9 @@ def yesterday_at(hour_utc: int) -> int:
     return (utc_now_ms() // MS_PER_DAY - 1) * MS_PER_DAY + hour_utc * 3_600_000
 
 
-def get(url: str) -> tuple[int, bytes]:
+def get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
