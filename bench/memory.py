@@ -48,16 +48,17 @@ from .workload import WorkloadSpec, build_workload
 def with_copies(events: list[dict[str, Any]], share: float, within_ms: int, seed: int = 0
                 ) -> list[dict[str, Any]]:
     """The events with a copy of ``share`` of them, each delivered again at a random later
-    position (so mostly in a later batch) among the events up to ``within_ms`` after its
-    own (event time; the events are in delivery order, times nearly sorted): a copy later
-    than the dedup window would be counted again, by the contract (METRICS.md §1)."""
+    position (so mostly in a later batch) at most ``within_ms`` after the event arrived (a
+    position's arrival: the latest event time delivered up to it, as ``store_cpu``'s live
+    batches take it): a copy later than the dedup window would be counted again, by the
+    contract (METRICS.md §1)."""
     rng = random.Random(seed)
-    latest = list(itertools.accumulate((e["ts"] for e in events), max))
+    arrived = list(itertools.accumulate((e["ts"] for e in events), max))
     out = list(events)
     for position in sorted(rng.sample(range(len(events)), int(len(events) * share)),
                            reverse=True):
-        last = bisect.bisect_right(latest, events[position]["ts"] + within_ms)
-        out.insert(rng.randint(position + 1, max(last, position + 1)), events[position])
+        last = bisect.bisect_right(arrived, arrived[position] + within_ms)
+        out.insert(rng.randint(position + 1, last), events[position])
     return out
 
 
