@@ -54,7 +54,8 @@ _PRELUDE = (
 # Returns: version, watermark_ms, write token, read watermark ms, the current generation's
 # recorded bucket count, the previous one's bucket count, ids and uncounted flag ('' for
 # any not recorded), next offset per topic, user record per user ('' if none), then 1/0
-# per id of ids, then of old_ids (already in that generation), users and ids in their
+# per id of ids, then of old_ids (already in that generation; 0 without a lookup when the
+# current generation's record proves the previous one empty), users and ids in their
 # groups' order.
 LOAD_BATCH_LUA = _PRELUDE + """
 local meta = KEYS[1]
@@ -62,11 +63,15 @@ local arg = cmsgpack.unpack(ARGV[1])
 local out = {redis.call('HGET', meta, VERSION) or '0', redis.call('HGET', meta, WATERMARK) or '',
              redis.call('HGET', meta, TOKEN) or '',
              redis.call('HGET', meta, READ_WATERMARK) or '', '', '', '', ''}
-local sizes = arg.sizes or {}
+local sizes, none_before = arg.sizes or {}, false
 if #sizes == 2 then
-  out[5] = redis.call('HGET', KEYS[sizes[1]], BUCKETS) or ''
+  local current = redis.call('HMGET', KEYS[sizes[1]], BUCKETS, UNCOUNTED)
   local previous = redis.call('HMGET', KEYS[sizes[2]], BUCKETS, IDS, UNCOUNTED)
+  out[5] = current[1] or ''
   for i = 1, 3 do out[5 + i] = previous[i] or '' end
+  -- a count recorded without ids from before (state/dedup.py) was chosen on a fresh
+  -- partition or after a recorded generation: the one before, unrecorded, holds no id
+  none_before = current[1] and not current[2] and not previous[1]
 end
 for _, topic in ipairs(arg.topics) do
   out[#out + 1] = redis.call('HGET', meta, OFFSET .. topic) or ''
@@ -79,10 +84,14 @@ for _, group in ipairs(arg.users) do
 end
 -- an id is remembered in the generation it arrived in, and the window spans two, each
 -- with its own bucket count: the ids are looked up in each generation's buckets
-for _, groups in ipairs({arg.ids, arg.old_ids or {}}) do
+for step, groups in ipairs({arg.ids, arg.old_ids or {}}) do
   for _, group in ipairs(groups) do
-    for _, found in ipairs(redis.call('HMGET', KEYS[group[1]], unpack(group, 2))) do
-      out[#out + 1] = found and 1 or 0
+    if step == 2 and none_before then
+      for _ = 2, #group do out[#out + 1] = 0 end
+    else
+      for _, found in ipairs(redis.call('HMGET', KEYS[group[1]], unpack(group, 2))) do
+        out[#out + 1] = found and 1 or 0
+      end
     end
   end
 end

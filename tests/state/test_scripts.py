@@ -145,6 +145,27 @@ async def test_load_reads_meta_sizes_users_and_both_dedup_generations(
                      b"", 0, 0, 1, 0]
 
 
+async def test_an_unrecorded_generation_before_a_recorded_one_is_not_looked_up(
+        scripts: Scripts) -> None:
+    """A count recorded without ids from before proves the unrecorded generation before it
+    empty (state/dedup.py): no lookup there, however many buckets a legacy read would
+    take. Recorded with them ('u'), the generation before is read."""
+    keys = KeyIndex(scripts.meta)
+    current, previous = keys.of(scripts.key("dd:1:0")), keys.of(scripts.key("dd:0:0"))
+    sizes = [keys.of(scripts.key("ddn:1")), keys.of(scripts.key("ddn:0"))]
+    # "seen" stands in the previous generation's bucket without a count: a probe, as no
+    # worker writes ids without their count
+    assert await scripts.apply(keys, dedup=[[previous, "seen"]],
+                               dedup_sizes=[sizes[0], "1", "", "0"])
+    reply = await scripts.load(keys, sizes=sizes, ids=[[current, "seen"]],
+                               old_ids=[[previous, "seen"]])
+    assert reply[4:] == [b"1", b"", b"", b"", 0, 0]
+    assert await scripts.apply(keys, version=1, dedup_sizes=[sizes[0], "", "1", "0"])
+    reply = await scripts.load(keys, sizes=sizes, ids=[[current, "seen"]],
+                               old_ids=[[previous, "seen"]])
+    assert reply[4:] == [b"1", b"", b"", b"", 0, 1]
+
+
 async def test_a_generation_count_is_recorded_once_and_its_ids_add_up(
         scripts: Scripts) -> None:
     """The first write records the count (and whether ids from before go uncounted); every
