@@ -5,7 +5,7 @@ The workload's batches go through the real store on a private redis-server (``st
 replay), with copies of a share of the events delivered again at later positions (across
 batches, within a day of their event). Each batch arrives at its latest event's time, so
 the dedup generations (``DEDUP_WINDOW_DAYS``, 7 days) follow the workload's days: its 30
-days span five generations, each with the bucket count its partition chose. Then
+days span four or five generations, each with the bucket count its partition chose. Then
 ``MEMORY USAGE key SAMPLES 0`` is summed per key family, the dedup keys are deleted to see
 ``used_memory`` drop by as much, and the figures are compared with the batch reference
 (``bench/checks.py``'s): a memory figure of a store that got the numbers wrong is

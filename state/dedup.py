@@ -11,8 +11,8 @@ partition's worker first writes the generation, from the ids its previous genera
 kept, and recorded with it (``Keyspace.dedup_sizes``) in that same apply call. Lookups
 read each generation with its recorded count.
 
-State written before counts were recorded has none: it is read with ``legacy`` (the
-fixed ``DEDUP_BUCKETS`` of then), and a generation that may hold such ids keeps that
+State written before counts were recorded has none: it is read with ``legacy_buckets``
+(the fixed ``DEDUP_BUCKETS`` of then), and a generation that may hold such ids keeps that
 count when it is first recorded, so a worker upgraded mid-generation still finds them.
 """
 
@@ -29,7 +29,8 @@ FIRST_BUCKETS = 16
 #: Ids a bucket should hold on average. Each id is a 12-byte digest with an empty value,
 #: well inside ``hash-max-listpack-value`` (64); 100 ids a hash leave ~5x headroom under
 #: ``hash-max-listpack-entries`` (512) for growth from one generation to the next and for
-#: the fullest buckets, while the key overhead falls to ~1-2 B an id.
+#: the fullest buckets, while the key overhead falls to ~1-2 B an id. (Redis's default
+#: limits; a server configured lower keeps fewer ids a listpack.)
 IDS_PER_BUCKET = 100
 #: The most buckets a generation gets (~100,000,000 ids a partition and generation).
 MAX_BUCKETS = 1 << 20
