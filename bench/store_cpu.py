@@ -38,16 +38,19 @@ PREFIX = "storecpu"
 async def apply_messages(store: RedisStore, shard: int, topic: str, messages: list[bytes],
                          first_offset: int, calendar: AppCalendar,
                          rules: SegmentRules = DEFAULT_RULES,
-                         winback: WinbackRules = DEFAULT_WINBACK) -> int:
+                         winback: WinbackRules = DEFAULT_WINBACK, live: bool = False) -> int:
     """One partition batch through the worker's write path: parse, load, plan (event
     clock), apply with the topic's next offset; returns the events parsed. Nothing is
-    sent: the plan's win-back messages, if any, are dropped (their due entries are kept)."""
+    sent: the plan's win-back messages, if any, are dropped (their due entries are kept).
+    ``live``: the batch arrives at its latest event's time (the dedup generations follow
+    the events, as a live worker's wall clock does), not after the whole workload."""
     items = [(offset, index, event)
              for offset, message in enumerate(messages, first_offset)
              for index, event in parse_message(message, NOW_MS).events]
     users = [(e.app, e.user_id) for _, _, e in items]
     keys = [dedup_key_of(e) for _, _, e in items]
-    loaded = await store.load_batch(shard, [topic], users, keys, NOW_MS)
+    now_ms = max((e.ts_ms for _, _, e in items), default=NOW_MS) if live else NOW_MS
+    loaded = await store.load_batch(shard, [topic], users, keys, now_ms)
     plan = plan_batch(items, loaded.states, loaded.seen_dedup_keys, loaded.watermark_ms, 400,
                       {app: calendar for app, _ in users}, rules, dedup_keys=keys,
                       winback=winback, event_clock=True)
@@ -60,12 +63,13 @@ async def apply_messages(store: RedisStore, shard: int, topic: str, messages: li
 
 async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
                  cache_users: int, winback: WinbackRules = DEFAULT_WINBACK,
-                 dedup_buckets: int = 1024, due_buckets: int = 4096
+                 dedup_buckets: int | None = None, due_buckets: int = 4096, live: bool = False
                  ) -> tuple[float, float, int, dict[str, int]]:
     """Every partition's batches through the store; Redis CPU-s, wall s, events, and the
     commands Redis ran (``INFO commandstats`` calls, scripts' inner calls included).
     ``winback``: the inactivity thresholds whose due entries the plans write;
-    ``dedup_buckets``, ``due_buckets``: the store's ``DEDUP_BUCKETS``, ``DUE_BUCKETS``."""
+    ``dedup_buckets``, ``due_buckets``: the store's ``DEDUP_BUCKETS`` (None: auto),
+    ``DUE_BUCKETS``; ``live``: ``apply_messages``'s."""
     client = aioredis.from_url(url)
     store = RedisStore(client, prefix=PREFIX, state_cache_users=cache_users,
                        dedup_buckets=dedup_buckets, due_buckets=due_buckets)
@@ -76,7 +80,7 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
         await store.register_shard(shard)  # as a worker does on assignment
         for start in range(0, len(messages), batch):
             events += await apply_messages(store, shard, "t", messages[start:start + batch],
-                                           start, calendar, winback=winback)
+                                           start, calendar, winback=winback, live=live)
     redis_s = (cpu_seconds(pid) or 0.0) - before
     wall_s = time.perf_counter() - started
     stats = await client.info("commandstats")

@@ -134,8 +134,10 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("MAX_EVENTS_PER_MESSAGE", "larger JSON arrays are dead-lettered whole"),
     SettingDoc("USER_BUCKETS", "Redis hashes per partition and app holding user records; "
                "fixed for a deployment's life (a worker with another count refuses to start)"),
-    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition holding the ids of purchases "
-               "and costed installs (about such ids per partition and window / 100)"),
+    SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition and dedup generation holding the "
+               "ids of purchases and costed installs; auto: each generation sized from the "
+               "ids its previous one kept (~100 a hash); a number: every new generation gets "
+               "it (see the notes: upgrading)", shown="auto"),
     SettingDoc("DUE_BUCKETS", "small Redis sorted sets per partition holding win-back and "
                "at-risk due entries (about tracked users per partition / 64: each stays a "
                "listpack under 128 entries); fixed for a deployment's life (a worker with another "
@@ -162,6 +164,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _auto_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """An integer, or None for ``auto`` (the default)."""
+    raw = env.get(name, "").strip()
+    if raw.lower() in ("", "auto"):
+        return None
+    if not raw.lstrip("-").isdigit():
+        raise ConfigError(f"{name}={raw!r} must be auto or an integer")
+    return _int(env, name, minimum, minimum)
 
 
 CLOCKS = ("wall", "event")
@@ -489,7 +501,7 @@ class Settings:
     max_message_bytes: int = 1 << 20
     max_events_per_message: int = 1000
     user_buckets: int = 1024
-    dedup_buckets: int = 1024
+    dedup_buckets: int | None = None  # auto
     due_buckets: int = 4096
     state_cache_users: int = 100_000
     key_prefix: str = "rt"
@@ -581,7 +593,7 @@ class Settings:
                 env, "MAX_EVENTS_PER_MESSAGE", d.max_events_per_message, minimum=1
             ),
             user_buckets=_int(env, "USER_BUCKETS", d.user_buckets, minimum=1),
-            dedup_buckets=_int(env, "DEDUP_BUCKETS", d.dedup_buckets, minimum=1),
+            dedup_buckets=_auto_int(env, "DEDUP_BUCKETS", minimum=1),
             due_buckets=_int(env, "DUE_BUCKETS", d.due_buckets, minimum=1),
             state_cache_users=_int(env, "STATE_CACHE_USERS", d.state_cache_users),
             key_prefix=_key_prefix(raw("KEY_PREFIX")),

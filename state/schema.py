@@ -49,6 +49,17 @@ META_TOKEN = "tok"
 META_OFFSET_PREFIX = "off:"
 
 
+# ---- a dedup generation's sizes (``Keyspace.dedup_sizes``, written only by the apply script)
+
+#: Field of the generation's bucket count (``state/dedup.py``), recorded by its first write.
+SIZES_BUCKETS = "b"
+#: Field of the ids the generation kept since its count was recorded.
+SIZES_IDS = "n"
+#: Field set when the count was recorded on state from before counts were recorded: ids
+#: the generation held then are not in ``SIZES_IDS``.
+SIZES_UNCOUNTED = "u"
+
+
 def text(value: bytes | str) -> str:
     """A name or value as read: bytes from this project's clients (they never decode
     replies), text from one that does."""
@@ -89,7 +100,14 @@ class Keyspace:
         return f"{self.prefix}:{{{shard}}}:a:{app}:{segment}:{family}"
 
     def dedup(self, shard: int, generation: int, bucket: int) -> str:
+        """One bucket of a dedup generation's ids (``state/dedup.py``)."""
         return f"{self.prefix}:{{{shard}}}:dd:{generation}:{bucket}"
+
+    def dedup_sizes(self, shard: int, generation: int) -> str:
+        """A dedup generation's bucket count and ids kept (``SIZES_*`` fields): how its
+        ids are found, and how many buckets the next generation gets. It expires with the
+        generation's buckets (refreshed by the same writes)."""
+        return f"{self.prefix}:{{{shard}}}:ddn:{generation}"
 
     def due_bucket(self, shard: int, kind: str, bucket: int) -> str:
         """One of the partition's ``DUE_BUCKETS`` small sorted sets of a kind (``DUE_NEXT``,
@@ -142,7 +160,8 @@ class Keyspace:
 
 
 #: What each kind of partition key is called in memory reports (``<prefix>:{p}:<kind>:...``).
-KEY_KINDS = {"u": "user_records", "dd": "dedup_ids", "a": "aggregates"}
+KEY_KINDS = {"u": "user_records", "dd": "dedup_ids", "ddn": "dedup_sizes",
+             "a": "aggregates"}
 
 
 def key_kind(key: str, prefix: str) -> str:

@@ -22,6 +22,9 @@ from retention_tracker.state.schema import (
     META_TOKEN,
     META_VERSION,
     META_WATERMARK,
+    SIZES_BUCKETS,
+    SIZES_IDS,
+    SIZES_UNCOUNTED,
 )
 
 
@@ -35,22 +38,41 @@ _PRELUDE = (
     f"local VERSION, WATERMARK, TOKEN, OFFSET = {_lua_string(META_VERSION)}, "
     f"{_lua_string(META_WATERMARK)}, {_lua_string(META_TOKEN)}, {_lua_string(META_OFFSET_PREFIX)}\n"
     f"local READ_WATERMARK = {_lua_string(META_READ_WATERMARK)}\n"
+    f"local BUCKETS, IDS, UNCOUNTED = {_lua_string(SIZES_BUCKETS)}, {_lua_string(SIZES_IDS)}, "
+    f"{_lua_string(SIZES_UNCOUNTED)}\n"
 )
 
-# KEYS[1]: the partition's meta hash; KEYS[2..]: user buckets, then dedup buckets.
+# KEYS[1]: the partition's meta hash; KEYS[2..]: the dedup generations' sizes, user
+# buckets, dedup buckets.
 # ARGV[1]: {topics = [topic, ...],
 #           users = [[key_index, user_id, user_id, ...], ...]: one group per user bucket,
-#           ids = [[current_key_index, previous_key_index, id, id, ...], ...]: one group per
-#                 dedup bucket (``grouped`` below)}
-# Returns: version, watermark_ms, write token, read watermark ms, next offset per topic, user
-# record per user ('' if none), then 1/0 per id (already seen in the current or previous
-# dedup generation), users and ids in their groups' order.
+#           sizes = [current_key_index, previous_key_index]: the current and previous dedup
+#                   generations' sizes (``Keyspace.dedup_sizes``), or [] when no id is read,
+#           ids = [[key_index, id, id, ...], ...]: one group per bucket of the current
+#                 dedup generation (``grouped`` below),
+#           old_ids = the same ids grouped per bucket of the previous generation}
+# Returns: version, watermark_ms, write token, read watermark ms, the current generation's
+# recorded bucket count, the previous one's bucket count, ids and uncounted flag ('' for
+# any not recorded), next offset per topic, user record per user ('' if none), then 1/0
+# per id of ids, then of old_ids (already in that generation; 0 without a lookup when the
+# current generation's record proves the previous one empty), users and ids in their
+# groups' order.
 LOAD_BATCH_LUA = _PRELUDE + """
 local meta = KEYS[1]
 local arg = cmsgpack.unpack(ARGV[1])
 local out = {redis.call('HGET', meta, VERSION) or '0', redis.call('HGET', meta, WATERMARK) or '',
              redis.call('HGET', meta, TOKEN) or '',
-             redis.call('HGET', meta, READ_WATERMARK) or ''}
+             redis.call('HGET', meta, READ_WATERMARK) or '', '', '', '', ''}
+local sizes, none_before = arg.sizes or {}, false
+if #sizes == 2 then
+  local current = redis.call('HMGET', KEYS[sizes[1]], BUCKETS, UNCOUNTED)
+  local previous = redis.call('HMGET', KEYS[sizes[2]], BUCKETS, IDS, UNCOUNTED)
+  out[5] = current[1] or ''
+  for i = 1, 3 do out[5 + i] = previous[i] or '' end
+  -- a count recorded without ids from before (state/dedup.py) was chosen on a fresh
+  -- partition or after a recorded generation: the one before, unrecorded, holds no id
+  none_before = current[1] and not current[2] and not previous[1]
+end
 for _, topic in ipairs(arg.topics) do
   out[#out + 1] = redis.call('HGET', meta, OFFSET .. topic) or ''
 end
@@ -60,12 +82,17 @@ for _, group in ipairs(arg.users) do
     out[#out + 1] = record or ''
   end
 end
-for _, group in ipairs(arg.ids) do
-  -- an id is remembered in the generation it arrived in, and the window spans two
-  local current = redis.call('HMGET', KEYS[group[1]], unpack(group, 3))
-  local previous = redis.call('HMGET', KEYS[group[2]], unpack(group, 3))
-  for i = 1, #current do
-    out[#out + 1] = (current[i] or previous[i]) and 1 or 0
+-- an id is remembered in the generation it arrived in, and the window spans two, each
+-- with its own bucket count: the ids are looked up in each generation's buckets
+for step, groups in ipairs({arg.ids, arg.old_ids or {}}) do
+  for _, group in ipairs(groups) do
+    if step == 2 and none_before then
+      for _ = 2, #group do out[#out + 1] = 0 end
+    else
+      for _, found in ipairs(redis.call('HMGET', KEYS[group[1]], unpack(group, 2))) do
+        out[#out + 1] = found and 1 or 0
+      end
+    end
   end
 end
 return out
@@ -84,6 +111,10 @@ return out
 #               aggregate hashes of one family, or the stats hash),
 #   dedup_ttl = seconds a dedup bucket lives after its last write,
 #   dedup     = [[key_index, id, id, ...], ...]: per dedup bucket,
+#   dedup_sizes = [key_index, buckets, uncounted, ids] or []: the written generation's
+#               sizes (``Keyspace.dedup_sizes``): its bucket count to record ('' when
+#               recorded already) with '1' as uncounted when recorded on state from before
+#               (else ''), and the ids this call adds to it,
 #   due_add   = [[bucket_key_index, index_key_index, bucket, score, member, ...], ...]: per
 #               due bucket (``state/schema.py`` ``due_bucket``, ``due_index``),
 #   due_remove = [[bucket_key_index, index_key_index, bucket, member, ...], ...]: likewise}
@@ -136,6 +167,15 @@ for _, group in ipairs(arg.dedup) do
     redis.call('EXPIRE', bucket, arg.dedup_ttl)
     expiring[bucket] = true
   end
+end
+-- a generation's bucket count goes with its first write: no id of it is ever without one
+local sizes = arg.dedup_sizes or {}
+if #sizes == 4 then
+  local key = KEYS[sizes[1]]
+  if sizes[2] ~= '' then redis.call('HSET', key, BUCKETS, sizes[2]) end
+  if sizes[3] ~= '' then redis.call('HSET', key, UNCOUNTED, sizes[3]) end
+  if sizes[4] ~= '0' then redis.call('HINCRBY', key, IDS, sizes[4]) end
+  redis.call('EXPIRE', key, arg.dedup_ttl)  -- outlives its buckets: the same writes
 end
 -- due entries: one ZADD or ZREM per bucket, then each bucket touched has its index entry
 -- set to its earliest moment, or dropped once it is empty (Redis deletes an empty key)

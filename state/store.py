@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
 from retention_tracker.state.cluster import AsyncClient, Read, Transport
+from retention_tracker.state.dedup import (
+    DedupLayout,
+    Recorded,
+    bucket_of,
+    layout,
+    legacy_buckets,
+)
 from retention_tracker.state.schema import (
     DUE_NEXT,
     DUE_RISK,
@@ -54,7 +61,8 @@ class LoadedBatch:
     next_offsets: dict[str, int | None]
     states: dict[UserKey, UserState | None]
     seen_dedup_keys: set[bytes]
-    dedup_generation: int
+    #: the dedup generations' bucket counts the batch was looked up in and writes with
+    dedup: DedupLayout
     #: the latest event time read from the partition's inputs (``META_READ_WATERMARK``)
     read_watermark_ms: int | None = None
 
@@ -124,7 +132,7 @@ class RedisStore:
         client: AsyncClient,
         prefix: str = "rt",
         user_buckets: int = 1024,
-        dedup_buckets: int = 1024,
+        dedup_buckets: int | None = None,
         due_buckets: int = 4096,
         dedup_window_days: int = 7,
         state_cache_users: int = 0,
@@ -136,7 +144,11 @@ class RedisStore:
                                    wait_timeout_ms)
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
+        #: DEDUP_BUCKETS: a fixed count for every new generation, None for ``auto``
         self.dedup_buckets = dedup_buckets
+        #: recorded bucket counts by (shard, generation), as last read: a guess for the
+        #: next load, which reads them again and looks the ids up again if they differ
+        self._dedup_counts: dict[tuple[int, int], int] = {}
         self.due_buckets = due_buckets
         self.dedup_window_days = dedup_window_days
         self.cache = StateCache(state_cache_users)
@@ -155,9 +167,6 @@ class RedisStore:
 
     def _user_bucket(self, user_id: str) -> int:
         return zlib.crc32(user_id.encode()) % self.user_buckets
-
-    def _dedup_bucket(self, key: bytes) -> int:
-        return int.from_bytes(key[:4], "little") % self.dedup_buckets
 
     def due_bucket(self, user: UserKey) -> int:
         """The due bucket holding ``user``'s entries (the same number in every kind). A
@@ -186,23 +195,38 @@ class RedisStore:
         users = list(dict.fromkeys(users))
         dedup_keys = [key for key in dict.fromkeys(given_keys) if key is not None]
         generation = self.dedup_generation(now_ms)
+        counts, legacy = self._dedup_counts, legacy_buckets(self.dedup_buckets)
+        counts.pop((shard, generation - 2), None)  # read no more
+        read = (counts.get((shard, generation), legacy),
+                counts.get((shard, generation - 1), legacy))
         token = self.cache.token(shard)
         held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
         keys = KeyIndex(self.keys.meta(shard))
+        sizes = [keys.of(self.keys.dedup_sizes(shard, generation)),
+                 keys.of(self.keys.dedup_sizes(shard, generation - 1))]
         user_groups, user_order = grouped(
             (((app, self._user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
             lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
-        dedup = self.keys.dedup
-        id_groups, id_order = grouped(
-            ((self._dedup_bucket(key), (key,)) for key in dedup_keys),
-            lambda bucket: (keys.of(dedup(shard, generation, bucket)),
-                            keys.of(dedup(shard, generation - 1, bucket))))
-        blob = pack({"topics": topics, "users": user_groups, "ids": id_groups})
+        id_groups = [self._id_groups(shard, keys, generation, read[0], dedup_keys),
+                     self._id_groups(shard, keys, generation - 1, read[1], dedup_keys)]
+        blob = pack({"topics": topics, "users": user_groups, "sizes": sizes,
+                     "ids": id_groups[0][0], "old_ids": id_groups[1][0]})
         reply = await self.transport.script(self._load, LOAD_BATCH_LUA, keys.names(), blob)
+        recorded = Recorded(int(reply[4]) if reply[4] else None,
+                            int(reply[5]) if reply[5] else None,
+                            int(reply[6]) if reply[6] else 0, bool(reply[7]))
+        for g, count in ((generation, recorded.current), (generation - 1, recorded.previous)):
+            if count is None:
+                counts.pop((shard, g), None)
+            else:
+                counts[shard, g] = count
         if token is not None and reply[2] != token:
             self.cache.forget(shard)  # written by someone else since: load every user
             return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
-        pos = 4
+        if dedup_keys and read != (recorded.current or legacy, recorded.previous or legacy):
+            # looked up with counts recorded since, or by another worker: again with these
+            return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
+        pos = 8
         offsets = {}
         for topic in topics:
             offsets[topic] = int(reply[pos]) if reply[pos] else None
@@ -211,17 +235,29 @@ class RedisStore:
         for position in user_order:
             loaded[to_load[position]] = decode_user(reply[pos]) if reply[pos] else None
             pos += 1
-        seen = {dedup_keys[position]
-                for position, flag in zip(id_order, reply[pos:], strict=True) if flag}
+        seen: set[bytes] = set()
+        for _, order in id_groups:
+            seen.update(dedup_keys[position]
+                        for position, flag in zip(order, reply[pos:pos + len(order)], strict=True)
+                        if flag)
+            pos += len(order)
+        version = int(reply[0])
         return LoadedBatch(
-            version=int(reply[0]),
+            version=version,
             watermark_ms=int(reply[1]) if reply[1] else None,
             next_offsets=offsets,
             states={user: held[user] if user in held else loaded[user] for user in users},
             seen_dedup_keys=seen,
-            dedup_generation=generation,
+            dedup=layout(generation, recorded, self.dedup_buckets, version == 0),
             read_watermark_ms=int(reply[3]) if reply[3] else None,
         )
+
+    def _id_groups(self, shard: int, keys: KeyIndex, generation: int, buckets: int,
+                   ids: list[bytes]) -> tuple[list[list[object]], list[int]]:
+        """``ids`` grouped per bucket of a dedup generation of ``buckets`` buckets (the
+        scripts' ``ids``, ``old_ids`` and ``dedup``), and their positions in that order."""
+        return grouped(((bucket_of(key, buckets), (key,)) for key in ids),
+                       lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
 
     def _counter_groups(self, shard: int, keys: KeyIndex, plan: Plan) -> list[list[object]]:
         """The plan's deltas as the apply script's ``counters``: one group per aggregate
@@ -265,18 +301,25 @@ class RedisStore:
         are; ``at_risk_due``: users' at-risk moments (None: no entry; streams/at_risk.py)."""
         keys = KeyIndex(self.keys.meta(shard))
         counters = self._counter_groups(shard, keys, plan)
-        generation = loaded.dedup_generation
-        dedup, _ = grouped(
-            ((self._dedup_bucket(key), (key,)) for key in plan.new_dedup_keys),
-            lambda bucket: (keys.of(self.keys.dedup(shard, generation, bucket)),))
+        written = loaded.dedup
+        dedup, _ = self._id_groups(shard, keys, written.generation, written.current,
+                                   plan.new_dedup_keys)
+        sizes: list[object] = []
+        if written.record or dedup:
+            sizes = [keys.of(self.keys.dedup_sizes(shard, written.generation)),
+                     str(written.current) if written.record else "",
+                     "1" if written.uncounted else "", str(len(plan.new_dedup_keys))]
         due = self._due_changes(shard, keys, {DUE_NEXT: plan.due, DUE_RISK: at_risk_due or {}})
-        return await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
+        applied = await self._apply(shard, loaded, keys, plan.users, plan.stats, counters, {
             "watermark": "" if plan.watermark_ms is None else str(plan.watermark_ms),
             "read_watermark": ("" if plan.read_watermark_ms is None
                                else str(plan.read_watermark_ms)),
             "offsets": [x for topic, offset in next_offsets.items() for x in (topic, str(offset))],
-            "dedup": dedup, **due,
+            "dedup": dedup, "dedup_sizes": sizes, **due,
         })
+        if applied and written.record:
+            self._dedup_counts[shard, written.generation] = written.current
+        return applied
 
     def _due_changes(self, shard: int, keys: KeyIndex,
                      moments: Mapping[str, Mapping[UserKey, int | None]]) -> dict[str, object]:
@@ -417,7 +460,8 @@ class RedisStore:
             "version": loaded.version, "token": token, "watermark": "", "read_watermark": "",
             "offsets": [],
             "users": user_args, "dedup_ttl": (2 * self.dedup_window_days + 1) * MS_PER_DAY // 1000,
-            "dedup": [], "due_add": [], "due_remove": [], "counters": counters, **fields,
+            "dedup": [], "dedup_sizes": [], "due_add": [], "due_remove": [],
+            "counters": counters, **fields,
         })
         try:
             applied = bool(await self.transport.script(

@@ -147,3 +147,13 @@ def test_the_engine_is_auto_unless_told_and_only_a_known_one() -> None:
     assert Settings.from_env({"ENGINE": "python"}).engine == "python"
     with pytest.raises(ConfigError, match=r"ENGINE='fast' must be one of auto, native, python"):
         Settings.from_env({"ENGINE": "fast"})
+
+
+def test_dedup_buckets_are_auto_unless_a_number_is_given() -> None:
+    assert Settings.from_env({}).dedup_buckets is None
+    assert Settings.from_env({"DEDUP_BUCKETS": " Auto "}).dedup_buckets is None
+    assert Settings.from_env({"DEDUP_BUCKETS": "64"}).dedup_buckets == 64
+    for bad, says in (("many", "DEDUP_BUCKETS='many' must be auto or an integer"),
+                      ("0", "DEDUP_BUCKETS=0 must be at least 1")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Settings.from_env({"DEDUP_BUCKETS": bad})

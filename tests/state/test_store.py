@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from retention_tracker.bench import reference
+from retention_tracker.state.dedup import FIRST_BUCKETS, LEGACY_BUCKETS, sized
 from retention_tracker.state.queries import read_daily, read_measure
 from retention_tracker.state.schema import DUE_NEXT, DUE_RISK, due_member, parse_due_member
 from retention_tracker.state.store import RedisStore, TimezoneConflict, layout_problem
@@ -303,3 +304,166 @@ async def _assert_two_levels(store: RedisStore, kind: str, model: dict[UserKey, 
     index = await store.client.zrange(store.keys.due_index(0, kind), 0, -1, withscores=True)
     assert {int(n): int(s) for n, s in index} == {
         number: min(entries.values()) for number, entries in buckets.items()}
+
+
+# ---- dedup generations: a bucket count each, recorded with the generation ------------------
+
+WEEK_MS = 7 * MS_PER_DAY
+
+
+def purchases(names: list[str], ts_ms: int) -> list[Event]:
+    """Purchases (ids remembered) of a few users, one per name."""
+    return [Event("a", name, "purchase", f"u{n % 5}", ts_ms, amount=1.0)
+            for n, name in enumerate(names)]
+
+
+async def generation_sizes(store: RedisStore, shard: int, generation: int) -> dict[str, int]:
+    """A generation's recorded sizes (``Keyspace.dedup_sizes``), by field."""
+    raw = await store.client.hgetall(store.keys.dedup_sizes(shard, generation))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def buckets_used(store: RedisStore, shard: int, generation: int) -> set[int]:
+    pattern = store.keys.dedup(shard, generation, 0)[:-1] + "*"
+    return {int(k.rsplit(b":", 1)[1]) async for k in store.client.scan_iter(match=pattern)}
+
+
+async def test_each_generation_is_sized_from_the_last_and_copies_cross_the_change(
+        store: RedisStore) -> None:
+    """Auto: a fresh partition's first generation gets FIRST_BUCKETS; the next is sized
+    from the 250 ids the first kept (16 buckets at ~24 ids), and copies of ids written in
+    the first are found through its own count after the change."""
+    auto = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
+                      state_cache_users=store.cache.capacity)
+    first = auto.dedup_generation(BASE_MS)
+    await auto.register_shard(0)
+    assert await apply_batch(auto, 0, purchases([f"p{n}" for n in range(250)], BASE_MS), 0)
+    assert await generation_sizes(auto, 0, first) == {"b": FIRST_BUCKETS, "n": 250}
+    used = await buckets_used(auto, 0, first)
+    assert used <= set(range(FIRST_BUCKETS)) and len(used) > FIRST_BUCKETS // 2
+    later = BASE_MS + WEEK_MS
+    batch = purchases([f"p{n}" for n in range(200, 250)] + [f"q{n}" for n in range(10)], later)
+    assert await apply_batch(auto, 0, batch, 250, later)
+    assert await generation_sizes(auto, 0, first + 1) == {"b": sized(250), "n": 10}
+    assert sized(250) == 16
+    assert await buckets_used(auto, 0, first + 1) <= set(range(16))
+    stats = await auto.read_stats()
+    assert stats["dup:a"] == 50 and stats["acc:a:purchase"] == 260
+    # a worker started since (nothing cached) finds both generations' ids
+    fresh = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8)
+    keys = [dedup_key("a", f"p{n}") for n in (0, 249)] + [dedup_key("a", "q3"),
+                                                          dedup_key("a", "r")]
+    loaded = await fresh.load_batch(0, ["t"], [], keys, later)
+    assert loaded.seen_dedup_keys == set(keys[:3])
+
+
+async def test_a_worker_upgraded_mid_generation_finds_the_ids_written_before(
+        store: RedisStore) -> None:
+    """State as the version before wrote it (1,024 buckets, no recorded count): the
+    upgraded worker reads it with that count, records it for this generation and the next
+    (this one's ids from before are uncounted), and sizes the one after."""
+    old = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
+                     dedup_buckets=LEGACY_BUCKETS)
+    await old.register_shard(0)
+    generation = old.dedup_generation(BASE_MS)
+    assert await apply_batch(old, 0, purchases([f"p{n}" for n in range(300)], BASE_MS), 0)
+    await store.client.delete(old.keys.dedup_sizes(0, generation))  # as written before
+    assert len(await buckets_used(old, 0, generation)) > 200
+    new = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
+                     state_cache_users=store.cache.capacity)
+    copies = [f"p{n}" for n in range(0, 300, 10)]
+    assert await apply_batch(new, 0, purchases([*copies, "q0", "q1"], BASE_MS + 1), 300,
+                             BASE_MS + 1)
+    assert await generation_sizes(new, 0, generation) == {"b": LEGACY_BUCKETS, "u": 1, "n": 2}
+    later = BASE_MS + WEEK_MS
+    assert await apply_batch(new, 0, purchases([*copies, "q0", "q1", "r0"], later), 332,
+                             later)
+    assert await generation_sizes(new, 0, generation + 1) == {"b": LEGACY_BUCKETS, "n": 1}
+    last = later + WEEK_MS
+    assert await apply_batch(new, 0, purchases(["r0", "s0"], last), 365, last)
+    assert await generation_sizes(new, 0, generation + 2) == {"b": 1, "n": 1}
+    stats = await new.read_stats()
+    assert stats["dup:a"] == 2 * len(copies) + 2 + 1
+    assert stats["acc:a:purchase"] == 300 + 2 + 1 + 1
+
+
+async def test_a_number_set_later_applies_to_new_generations_only(store: RedisStore) -> None:
+    """DEDUP_BUCKETS changed mid-generation: the recorded count still finds the ids."""
+    auto = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8)
+    await auto.register_shard(0)
+    generation = auto.dedup_generation(BASE_MS)
+    assert await apply_batch(auto, 0, purchases([f"p{n}" for n in range(40)], BASE_MS), 0)
+    forced = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
+                        dedup_buckets=3)
+    assert await apply_batch(forced, 0, purchases([f"p{n}" for n in range(40)], BASE_MS), 40)
+    later = BASE_MS + WEEK_MS
+    assert await apply_batch(forced, 0, purchases(["p1", "q"], later), 80, later)
+    assert (await generation_sizes(forced, 0, generation))["b"] == FIRST_BUCKETS
+    assert (await generation_sizes(forced, 0, generation + 1))["b"] == 3
+    assert (await forced.read_stats())["dup:a"] == 41
+
+
+dedup_batches = st.lists(
+    st.tuples(st.booleans(), st.sampled_from([None, 1, 2, 7]),
+              st.lists(st.integers(0, 19), max_size=12)),
+    min_size=1, max_size=8)
+
+
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "35")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(batches=dedup_batches, upgraded_after=st.integers(0, 3),
+       before=st.sampled_from([None, 7]))
+def test_copies_are_found_across_generations_settings_and_an_upgrade(
+    redis_url: str, batches: list[tuple[bool, int | None, list[int]]], upgraded_after: int,
+    before: int | None,
+) -> None:
+    """Purchases delivered in batches over generations (a batch may start the next one),
+    each batch by a worker with its DEDUP_BUCKETS (auto or a number), the first
+    ``upgraded_after`` batches written as the version before did (DEDUP_BUCKETS
+    ``before``, unset: 1,024; no count recorded), which the upgraded workers keep while
+    those generations are looked up (docs/configuration.md): a copy is dropped exactly
+    when its id was kept in this generation or the previous one (METRICS.md §1, the dedup
+    window), whatever the bucket counts."""
+    asyncio.run(_check_dedup_generations(redis_url, batches, upgraded_after, before))
+
+
+async def _check_dedup_generations(redis_url: str,
+                                   batches: list[tuple[bool, int | None, list[int]]],
+                                   upgraded_after: int, before: int | None) -> None:
+    client = aioredis.from_url(redis_url)
+    prefix = f"dd-{uuid.uuid4().hex[:8]}"
+    workers: dict[int | None, RedisStore] = {}
+    kept: dict[int, int] = {}  # event number -> generation its id was last kept in
+    expected = {"dup:a": 0, "acc:a:purchase": 0}
+    now, offset, last_before = BASE_MS, 0, None
+    try:
+        await RedisStore(client, prefix=prefix).register_shard(0)
+        for position, (next_generation, buckets, numbers) in enumerate(batches):
+            now += WEEK_MS if next_generation else 1
+            generation = RedisStore(client).dedup_generation(now)
+            old = position < upgraded_after
+            if old:
+                last_before, buckets = generation, before or LEGACY_BUCKETS
+            elif last_before is not None and generation <= last_before + 1:
+                buckets = before
+            worker = workers.setdefault(buckets, RedisStore(
+                client, prefix=prefix, user_buckets=4, dedup_buckets=buckets,
+                state_cache_users=100))
+            assert await apply_batch(worker, 0, purchases([f"e{n}" for n in numbers], now),
+                                     offset, now)
+            offset += len(numbers)
+            if old:  # the version before recorded no count
+                await client.delete(worker.keys.dedup_sizes(0, generation))
+            for number in numbers:
+                if kept.get(number, generation - 2) >= generation - 1:
+                    expected["dup:a"] += 1
+                else:
+                    expected["acc:a:purchase"] += 1
+                    kept[number] = generation
+        stats = await RedisStore(client, prefix=prefix).read_stats()
+        assert {name: stats[name] for name in expected} == expected
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

@@ -38,11 +38,12 @@ class RealApply:
         self.settings = Settings(
             key_prefix=f"test-{uuid.uuid4().hex[:10]}", timezone=timezone, clock="event",
             horizon_days=horizon_days, dedup_window_days=dedup_window_days,
-            user_buckets=4, dedup_buckets=4, inactivity_thresholds=tuple(thresholds),
+            user_buckets=4, inactivity_thresholds=tuple(thresholds),
             activity_events=("bet",), return_events=("purchase", "bet"), **(per_app or {}),
         )
+        # DEDUP_BUCKETS auto, the default: each dedup generation sized and recorded
         self.store = RedisStore(self.client, prefix=self.settings.key_prefix, user_buckets=4,
-                                dedup_buckets=4, dedup_window_days=dedup_window_days,
+                                dedup_window_days=dedup_window_days,
                                 state_cache_users=state_cache_users)
         self.calendar = AppCalendar(timezone)
         self.shards = shards
