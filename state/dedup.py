@@ -4,12 +4,13 @@ Ids live in rotating generations (``RedisStore.dedup_generation``), each spread 
 buckets, Redis hashes named by ``bucket_of``. A hash costs ~90 B of key overhead, so the
 count must follow the ids kept: too many buckets and a few ids each pay that overhead
 (48 B an id at 1,024 buckets for ~3,500 ids a partition, BENCHMARKS.md "Dedup and due
-sets"); too few and the hashes grow past ``hash-max-listpack-entries`` (64 in the tracker's
-Redis, docs/operations.md "Redis configuration") and become hashtables (~63 B an id). No fixed count suits every deployment, and changing a
-count moves ids to other buckets, so each generation gets its own: chosen when the
-partition's worker first writes the generation, from the ids its previous generation
-kept, and recorded with it (``Keyspace.dedup_sizes``) in that same apply call. Lookups
-read each generation with its recorded count.
+sets"); too few and the hashes grow past ``hash-max-listpack-entries`` (64 in the
+tracker's Redis, docs/operations.md "Redis configuration") and become hashtables (~63 B an
+id). No fixed count suits every deployment, and changing a count moves ids to other
+buckets, so each generation gets its own: chosen when the partition's worker first writes
+the generation, from the ids its previous generation kept, and recorded with it
+(``Keyspace.dedup_sizes``) in that same apply call. Lookups read each generation with its
+recorded count.
 
 State written before counts were recorded has none: it is read with ``legacy_buckets``
 (the fixed ``DEDUP_BUCKETS`` of then), and a generation that may hold such ids keeps that
