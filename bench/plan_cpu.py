@@ -41,7 +41,7 @@ from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
 from retention_tracker.streams.plan import dedup_key_of, plan_batch
 from retention_tracker.streams.segments import SegmentRules
-from retention_tracker.streams.user_state import UserKey, decode_user, encode_user
+from retention_tracker.streams.user_state import UserKey
 
 from .workload import WorkloadSpec, build_workload
 
@@ -91,6 +91,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
                 items.extend((offset, index, event) for index, event in parsed.events)
             t1 = time.process_time()
             users = {(event.app, event.user_id) for _, _, event in items}
+            decode_user = engine.codec().decode_user
             states = {u: decode_user(records[u]) if u in records else None for u in users}
             keys = [dedup_key_of(event) for _, _, event in items]
             t2 = time.process_time()
@@ -98,6 +99,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
                               {app: calendar for app, _ in users}, rules, dedup_keys=keys,
                               event_clock=event_clock)
             t3 = time.process_time()
+            encode_user = engine.codec().encode_user
             for user, state in plan.users.items():
                 records[user] = encode_user(state)
             seen.update(plan.new_dedup_keys)
