@@ -13,9 +13,12 @@ wall-clock rates. Used to measure each change to plan.py and user_state.py:
     python -m retention_tracker.bench.plan_cpu --events 200000 --return-events ''  # none
     python -m retention_tracker.bench.plan_cpu --events 200000 --engine python  # fallback
     python -m retention_tracker.bench.plan_cpu --events 200000 --engines 5  # A/B, 5 rounds
+    python -m retention_tracker.bench.plan_cpu --events 378000 --users 60000 --codec 5
 
 ``--engines N`` replays the same batches N times with each engine in turn (python, native,
 python, ...; a shared machine's load falls on both alike) and prints the medians.
+``--codec N`` times the user record codec alone the same way, on the records the replay
+left (every user's final state), after checking both engines write the same bytes.
 
 It plans with the default settings' rules (RETURN_EVENTS=purchase) unless told otherwise.
 """
@@ -69,13 +72,15 @@ def messages_per_partition(events: list[dict[str, Any]], by_user: bool, per_mess
 
 
 def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = None,
-           event_clock: bool = False, rules: SegmentRules | None = None) -> Counter[str]:
+           event_clock: bool = False, rules: SegmentRules | None = None,
+           records_out: list[bytes] | None = None) -> Counter[str]:
     """CPU seconds per phase over every partition's batches; ``stats``, when given, gets
     the plans' counts (accepted, duplicates, rejects), so a caller can see the harness
     planned every event (not timed). ``event_clock``: plan as a replaying worker does
     (CLOCK=event, as ``retention bench`` runs it); no notification pass runs between
     batches here, so every return after a gap takes the moment path (an upper bound).
-    ``rules``: the value bars and RETURN_EVENTS (default: the default settings')."""
+    ``rules``: the value bars and RETURN_EVENTS (default: the default settings').
+    ``records_out``, when given, gets every user's last record."""
     calendar = AppCalendar("UTC")
     rules = rules or segment_rules(Settings())
     seconds: Counter[str] = Counter()
@@ -109,6 +114,8 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
                 stats.update({render_stat(key): n for key, n in plan.stats.items()})
             seconds.update({"parse": t1 - t0, "decode": t2 - t1, "plan": t3 - t2,
                             "encode": t4 - t3})
+        if records_out is not None:
+            records_out.extend(records.values())
     return seconds
 
 
@@ -132,6 +139,43 @@ def compare_engines(parts: list[list[bytes]], batch: int, rounds: int, event_clo
               f"{statistics.median(per_cpu_s[name]):,.0f} events per CPU-second")
 
 
+def compare_codecs(records: list[bytes], rounds: int) -> None:
+    """The codec alone, Python and native in turn ``rounds`` times: µs per record to encode
+    every user's final state and to decode its record (medians), once both engines were
+    seen to write the same bytes for each."""
+    if not engine.native_built():
+        raise SystemExit(f"plan_cpu: no native codec to compare: {engine.why_not_built()}")
+    engine.select(engine.PYTHON)
+    states = [engine.codec().decode_user(raw) for raw in records]
+    written = {}
+    for name in (engine.PYTHON, engine.NATIVE):
+        engine.select(name)
+        written[name] = [engine.codec().encode_user(state) for state in states]
+    if written[engine.PYTHON] != written[engine.NATIVE] or written[engine.PYTHON] != records:
+        raise SystemExit("plan_cpu: the engines' codecs wrote different records")
+    timings: dict[str, dict[str, list[float]]] = {
+        name: {"encode": [], "decode": []} for name in (engine.PYTHON, engine.NATIVE)}
+    for _ in range(rounds):
+        for name in (engine.PYTHON, engine.NATIVE):
+            engine.select(name)
+            encode_user, decode_user = engine.codec().encode_user, engine.codec().decode_user
+            t0 = time.process_time()
+            for state in states:
+                encode_user(state)
+            t1 = time.process_time()
+            for raw in records:
+                decode_user(raw)
+            t2 = time.process_time()
+            timings[name]["encode"].append((t1 - t0) / len(states) * 1e6)
+            timings[name]["decode"].append((t2 - t1) / len(records) * 1e6)
+    size = sum(map(len, records)) / len(records)
+    print(f"{len(records):,} user records ({size:.1f} bytes on average), {rounds} rounds:")
+    for name in (engine.PYTHON, engine.NATIVE):
+        print(f"{name:>6}: " + ", ".join(
+            f"{phase} {statistics.median(values):.2f} µs per record"
+            for phase, values in timings[name].items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -146,6 +190,8 @@ def main() -> None:
                         help="the plan's engine (ENGINE; default auto: native when built)")
     parser.add_argument("--engines", type=int, default=0, metavar="ROUNDS",
                         help="A/B: replay ROUNDS times with each engine in turn, print medians")
+    parser.add_argument("--codec", type=int, default=0, metavar="ROUNDS",
+                        help="time the user record codec alone, each engine ROUNDS times")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--default-gc", action="store_true",
                         help="CPython's collector thresholds, not the worker's (tune_gc)")
@@ -164,6 +210,12 @@ def main() -> None:
         engine.select(args.engine)
     except engine.EngineError as exc:
         parser.error(str(exc))
+    if args.codec:
+        records: list[bytes] = []
+        replay(parts, args.batch, event_clock=args.event_clock, rules=rules,
+               records_out=records)
+        compare_codecs(records, args.codec)
+        return
     if args.engines:
         compare_engines(parts, args.batch, args.engines, args.event_clock, rules, len(events))
         return

@@ -21,14 +21,16 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
+from msgspec.structs import astuple
+
 from retention_tracker.streams import user_state as _python
 from retention_tracker.streams.user_state import Purchases, UserState
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
-    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
 
 cdef extern from *:
+    int __builtin_ctz(unsigned int) noexcept nogil
     bint add_overflow "__builtin_add_overflow" (int64_t, int64_t, int64_t*) noexcept nogil
     bint sub_overflow "__builtin_sub_overflow" (int64_t, int64_t, int64_t*) noexcept nogil
     bint mul_overflow "__builtin_mul_overflow" (int64_t, int64_t, int64_t*) noexcept nogil
@@ -42,6 +44,27 @@ _FIELDS = ("first_seen_ms", "last_active_ms", "first_day", "active_days", "insta
 if UserState.__struct_fields__ != _FIELDS or _python._FORMAT_VERSION != 7 or \
         _python._READABLE_VERSIONS != (3, 4, 5, 6, 7):
     raise ImportError("streams/_codec.pyx is stale: UserState or the record format changed")
+
+# a UserState's fields by position (msgspec.structs.astuple: one call, not 18 lookups)
+cdef enum:
+    FIRST_SEEN = 0
+    LAST_ACTIVE = 1
+    FIRST_DAY = 2
+    ACTIVE_DAYS = 3
+    INSTALL_DAYS = 4
+    ATTRIBUTE_LIST = 5
+    PURCHASES = 6
+    COST_UNITS = 7
+    SESSION_DAYS = 8
+    EPISODE = 9
+    NOTIFIED = 10
+    EXPIRED = 11
+    ANSWERS = 12
+    RETURNS = 13
+    SPANS = 14
+    RISK_EPISODE = 15
+    RISK_MOMENT = 16
+    RISK_SENT = 17
 
 cdef int64_t MS_PER_DAY = _python.MS_PER_DAY
 cdef str DEFAULT_SURVEY = _python._DEFAULT_SURVEY
@@ -180,14 +203,11 @@ cdef inline const char* utf8(object text, Py_ssize_t* size) except NULL:
 
 
 cdef inline int64_t number(object value) except? -1:
-    """A Python int within int64 (a subclass, bool included, goes to the Python codec)."""
-    cdef int overflow = 0
+    """A Python int within int64 (a subclass, bool included, goes to the Python codec;
+    beyond int64, Cython's conversion raises OverflowError, which goes there too)."""
     if not PyLong_CheckExact(value):
         raise _NotNative()
-    cdef long long found = PyLong_AsLongLongAndOverflow(value, &overflow)
-    if overflow:
-        raise _NotNative()
-    return found
+    return <int64_t>value
 
 
 cdef inline int64_t minus(int64_t a, int64_t b) except? -1:
@@ -239,34 +259,52 @@ cdef int64_t* room(Days* days, Py_ssize_t words) except NULL:
     return found
 
 
-cdef Py_ssize_t sorted_days(Days* days, object found) except -1:
-    """The days of a set into ``days.bits``, ascending; their number."""
+cdef Py_ssize_t collect_days(Days* days, object found) except -1:
+    """The days of a set into ``days.bits``, in the set's order; their number."""
     cdef Py_ssize_t n = len(found), i = 0
     cdef int64_t* into = room(days, n)
-    for day in found:
-        into[i] = number(day)
-        i += 1
-    qsort(into, n, sizeof(int64_t), compare_days)
+    cdef frozenset frozen
+    if type(found) is frozenset:  # Cython walks a frozenset's table without an iterator
+        frozen = found
+        for day in frozen:
+            into[i] = number(day)
+            i += 1
+    else:
+        for day in found:
+            into[i] = number(day)
+            i += 1
+    if i != n:
+        raise _NotNative()
+    return n
+
+
+cdef Py_ssize_t sorted_days(Days* days, object found) except -1:
+    """The days of a set into ``days.bits``, ascending; their number."""
+    cdef Py_ssize_t n = collect_days(days, found)
+    qsort(days.bits, n, sizeof(int64_t), compare_days)
     return n
 
 
 cdef int write_user(Out* out, Days* scratch, Bits* bits, object state) except -1:
     """``encode_user`` (user_state.py), field by field in the same order."""
-    cdef int64_t first_seen = number(state.first_seen_ms)
-    cdef int64_t last_active = number(state.last_active_ms)
-    cdef int64_t first_day = number(state.first_day)
-    active = state.active_days
+    if type(state) is not UserState:  # a subclass may read its fields otherwise
+        raise _NotNative()
+    cdef tuple f = astuple(state)
+    cdef int64_t first_seen = number(f[FIRST_SEEN])
+    cdef int64_t last_active = number(f[LAST_ACTIVE])
+    cdef int64_t first_day = number(f[FIRST_DAY])
+    active = f[ACTIVE_DAYS]
     cdef Py_ssize_t n, i
     out.data[0] = 7
     out.size = 1
     put_signed(out, first_seen)
     put_unsigned(out, minus(last_active, first_seen))
     put_signed(out, first_day)
-    n = sorted_days(scratch, state.install_days)
+    n = sorted_days(scratch, f[INSTALL_DAYS])
     put(out, n)
     for i in range(n):
         put_unsigned(out, minus(scratch.bits[i], first_day))
-    cdef tuple items = state.attributes
+    cdef tuple items = f[ATTRIBUTE_LIST]
     put(out, len(items))
     for name, value, ts_ms in items:
         index = ATTRIBUTE_INDEX.get(name)
@@ -275,21 +313,21 @@ cdef int write_user(Out* out, Days* scratch, Bits* bits, object state) except -1
         put(out, <uint64_t>(<int>index))  # < 128: one byte, as ``out.append``
         put_text(out, value)
         put_signed(out, minus(number(ts_ms), first_seen))
-    items = state.purchases
+    items = f[PURCHASES]
     put(out, len(items))
     for day, currency, totals in items:
         put_unsigned(out, minus(number(day), first_day))
         put_currency(out, currency)
         put_unsigned(out, number(totals.count))
         put_unsigned(out, number(totals.units))
-    put_unsigned(out, number(state.cost_units))
+    put_unsigned(out, number(f[COST_UNITS]))
     # the active days' bitmap, now: the session days and the spans test membership in it
-    cdef Py_ssize_t bitmap_size = active_bitmap(bits, active, first_day)
+    cdef Py_ssize_t bitmap_size = active_bitmap(bits, scratch, active, first_day)
     cdef const unsigned char* bitmap = bits.data
-    write_session_days(out, state, active, bitmap, bitmap_size, first_day)
-    write_marks(out, state, first_seen)
-    write_answers(out, state.answers, first_day, first_seen)
-    items = state.returns
+    write_session_days(out, f, active, bitmap, bitmap_size, first_day)
+    write_marks(out, f, first_seen)
+    write_answers(out, f[ANSWERS], first_day, first_seen)
+    items = f[RETURNS]
     put(out, len(items))
     for kind, kind_days in items:
         put_text(out, kind)
@@ -297,9 +335,9 @@ cdef int write_user(Out* out, Days* scratch, Bits* bits, object state) except -1
         put(out, n)
         for i in range(n):
             put_signed(out, minus(scratch.bits[i], first_day))
-    write_spans(out, state.utc_spans, first_seen, last_active, first_day, len(active),
+    write_spans(out, f[SPANS], first_seen, last_active, first_day, len(active),
                 bitmap, bitmap_size)
-    write_at_risk_mark(out, state, first_seen)
+    write_at_risk_mark(out, f, first_seen)
     return put_raw(out, <const char*>bitmap, bitmap_size)
 
 
@@ -321,18 +359,20 @@ cdef struct Bits:
     unsigned char stack[384]
 
 
-cdef Py_ssize_t active_bitmap(Bits* bits, object active, int64_t first_day) except -1:
+cdef Py_ssize_t active_bitmap(Bits* bits, Days* scratch, object active, int64_t first_day
+                              ) except -1:
     """The active days as the record's bitmap in ``bits``; its size in bytes. A day
     before the first is no bitmap the format can hold (the Python codec's to judge)."""
-    cdef int64_t last = first_day, day, offset
-    if not active:
-        return 0
-    for found in active:
-        day = number(found)
-        if day < first_day:
+    cdef int64_t last = first_day, offset
+    cdef Py_ssize_t n = collect_days(scratch, active), i
+    cdef int64_t* days = scratch.bits
+    for i in range(n):
+        if days[i] < first_day:
             raise _NotNative()
-        if day > last:
-            last = day
+        if days[i] > last:
+            last = days[i]
+    if not n:
+        return 0
     if last - first_day >= (1 << 34):  # 2 GB of bitmap: not for this module
         raise _NotNative()
     cdef Py_ssize_t size = <Py_ssize_t>((last - first_day + 8) // 8)
@@ -342,8 +382,8 @@ cdef Py_ssize_t active_bitmap(Bits* bits, object active, int64_t first_day) exce
             raise MemoryError()
         bits.heap = True
     memset(bits.data, 0, size)
-    for found in active:
-        offset = <int64_t>found - first_day
+    for i in range(n):
+        offset = days[i] - first_day
         bits.data[offset >> 3] |= 1 << (offset & 7)
     return size
 
@@ -353,13 +393,13 @@ cdef inline bint in_bitmap(const unsigned char* bitmap, Py_ssize_t size, int64_t
     return 0 <= offset < size * 8 and (bitmap[offset >> 3] >> (offset & 7)) & 1
 
 
-cdef int write_session_days(Out* out, object state, object active,
+cdef int write_session_days(Out* out, tuple f, object active,
                             const unsigned char* bitmap, Py_ssize_t bitmap_size,
                             int64_t first_day) except -1:
     """``_encode_session_days``: 0, 1 (every active day) or 2 + a mask over the active
     days ascending."""
-    days = state.session_days
-    if not days or days == active:
+    days = f[SESSION_DAYS]
+    if not days or days is active or days == active:
         return put(out, 1 if days else 0)
     cdef Py_ssize_t mask_size = (len(active) + 7) // 8, index = 0
     cdef int64_t offset
@@ -378,13 +418,13 @@ cdef int write_session_days(Out* out, object state, object active,
     return 0
 
 
-cdef int write_marks(Out* out, object state, int64_t first_seen) except -1:
+cdef int write_marks(Out* out, tuple f, int64_t first_seen) except -1:
     """The win-back marks: each threshold sent (mark d * 2) or expired (d * 2 + 1), after
     the episode they belong to; none without an episode."""
-    episode = state.notified_episode_ms
+    episode = f[EPISODE]
     if episode is None:
         return put(out, 0)
-    cdef tuple notified = state.notified_days, expired = state.expired_days
+    cdef tuple notified = f[NOTIFIED], expired = f[EXPIRED]
     cdef Py_ssize_t count = len(notified) + len(expired)
     put(out, count)
     if not count:
@@ -459,12 +499,12 @@ cdef int write_spans(Out* out, object spans, int64_t first_seen, int64_t last_ac
     return 0
 
 
-cdef int write_at_risk_mark(Out* out, object state, int64_t first_seen) except -1:
+cdef int write_at_risk_mark(Out* out, tuple f, int64_t first_seen) except -1:
     """``_encode_at_risk_mark``: 0, or 1 (expired) / 2 (sent), the episode, the moment."""
-    episode = state.at_risk_episode_ms
+    episode = f[RISK_EPISODE]
     if episode is None:
         return put(out, 0)
-    sent = state.at_risk_sent
+    sent = f[RISK_SENT]
     if sent is True:
         put(out, 2)
     elif sent is False:
@@ -472,7 +512,7 @@ cdef int write_at_risk_mark(Out* out, object state, int64_t first_seen) except -
     else:
         raise _NotNative()
     put_signed(out, minus(number(episode), first_seen))
-    return put_signed(out, minus(number(state.at_risk_moment_ms), first_seen))
+    return put_signed(out, minus(number(f[RISK_MOMENT]), first_seen))
 
 
 # ---- reading ----------------------------------------------------------------------------
@@ -600,9 +640,10 @@ cdef object read_user(bytes data):
         raise _NotNative()
     for index in range(rec.size - rec.pos):
         byte = rec.data[rec.pos + index]
-        for bit in range(8):
-            if byte >> bit & 1:
-                active.append(plus(first_day, index * 8 + bit))
+        while byte:  # its set bits, lowest first
+            bit = __builtin_ctz(byte)
+            active.append(plus(first_day, index * 8 + bit))
+            byte &= byte - 1
     active_days = frozenset(active)
     if mask != NULL:
         if active and (len(active) - 1) >> 3 >= mask_size:
