@@ -6,10 +6,10 @@ the pure-Python fallback (``streams/plan.py``, ``streams/user_state.py``).
 The one place that imports the native modules: both or neither run (one missing makes the
 native engine "not built"). Both engines give exactly the same plan and the same bytes
 (tests/streams run every plan property against each, and hold the codecs to each other);
-the native one is faster. Chosen
-once per process at start (``ENGINE=auto|native|python``, config/settings.py), like the
-collector tuning: a worker, ``retention check`` and the benchmark say which one ran, so a
-figure measured on the fallback is never taken for the worker's.
+the native one is faster. Chosen once per process at start (``ENGINE=auto|native|python``,
+config/settings.py), like the collector tuning: a worker, ``retention check`` and the
+benchmark say which one ran, so a figure measured on the fallback is never taken for the
+worker's.
 """
 
 from __future__ import annotations
@@ -47,16 +47,16 @@ _running_codec: Codec = _built_codec or user_state
 
 
 class EngineError(ValueError):
-    """ENGINE=native where the native module was not built: one readable line."""
+    """ENGINE=native where the native modules were not built: one readable line."""
 
 
 def native_built() -> bool:
-    """Was the native module compiled and importable here?"""
+    """Were the native modules compiled and importable here?"""
     return _built is not None
 
 
 def why_not_built() -> str:
-    """Why the native module cannot be imported ('' when it can)."""
+    """Why the native modules cannot be imported ('' when they can)."""
     return _why_not
 
 

@@ -93,6 +93,14 @@ def test_any_state_in_an_older_format_reads_as_that_format_kept_it(
         state, version, sessions)
 
 
+@pytest.mark.parametrize("wrong", [{"cost_units": -1}, {"last_active_ms": BASE_MS - 1}])
+def test_a_negative_number_is_refused_not_looped_on(wrong: dict[str, int]) -> None:
+    """The format has no negative varint: a clear error (the loop once ran forever)."""
+    state = UserState(BASE_MS, BASE_MS, 19723, frozenset({19723}), frozenset())
+    with pytest.raises(ValueError, match="cannot hold a negative number"):
+        encode_user(replace(state, **wrong))
+
+
 def test_an_episode_without_marks_is_not_stored() -> None:
     state = UserState(BASE_MS, BASE_MS, 19723, frozenset({19723}), frozenset(),
                       notified_episode_ms=BASE_MS)
