@@ -122,20 +122,24 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
 def compare_engines(parts: list[list[bytes]], batch: int, rounds: int, event_clock: bool,
                     rules: SegmentRules, events: int) -> None:
     """Python and native in turn on the same batches, ``rounds`` times each: the medians
-    of the plan phase (µs per event) and of the whole path (events per CPU-second)."""
+    of the plan phase and of the codec's phases (load: the records decoded, with the dedup
+    keys; encode), in µs per event, and of the whole path (events per CPU-second)."""
     if not engine.native_built():
         raise SystemExit(f"plan_cpu: no native engine to compare: {engine.why_not_built()}")
     plan_us: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
+    codec_us: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
     per_cpu_s: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
     for _ in range(rounds):
         for name in (engine.PYTHON, engine.NATIVE):
             engine.select(name)
             seconds = replay(parts, batch, event_clock=event_clock, rules=rules)
             plan_us[name].append(seconds["plan"] / events * 1e6)
+            codec_us[name].append((seconds["decode"] + seconds["encode"]) / events * 1e6)
             per_cpu_s[name].append(events / sum(seconds.values()))
     for name in (engine.PYTHON, engine.NATIVE):
         print(f"{name:>6}: plan {statistics.median(plan_us[name]):.2f} µs per event "
-              f"(rounds: {', '.join(f'{v:.2f}' for v in plan_us[name])}); whole path "
+              f"(rounds: {', '.join(f'{v:.2f}' for v in plan_us[name])}); load + encode "
+              f"{statistics.median(codec_us[name]):.2f} µs per event; whole path "
               f"{statistics.median(per_cpu_s[name]):,.0f} events per CPU-second")
 
 
