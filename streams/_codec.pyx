@@ -271,6 +271,8 @@ cdef Py_ssize_t collect_days(Days* days, object found) except -1:
             i += 1
     else:
         for day in found:
+            if i == n:  # more than its len() said: no room for it
+                raise _NotNative()
             into[i] = number(day)
             i += 1
     if i != n:
@@ -294,6 +296,8 @@ cdef int write_user(Out* out, Days* scratch, Bits* bits, object state) except -1
     cdef int64_t last_active = number(f[LAST_ACTIVE])
     cdef int64_t first_day = number(f[FIRST_DAY])
     active = f[ACTIVE_DAYS]
+    if type(active) is not frozenset and type(active) is not set:  # len() = distinct days
+        raise _NotNative()
     cdef Py_ssize_t n, i
     out.data[0] = 7
     out.size = 1
