@@ -8,6 +8,7 @@ a codec that handed everything to Python would pass the equality alone."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -102,6 +103,18 @@ def test_a_damaged_record_reads_as_python_reads_it(state: UserState, data: st.Da
     damaged = bytes(raw)
     assert outcome(lambda: _codec.decode_user(damaged)) == outcome(
         lambda: user_state.decode_user(damaged))
+
+
+@pytest.mark.parametrize("days", [set, list, tuple, lambda d: [*d, *d]])
+def test_days_in_other_containers_give_the_python_bytes(days: Callable[[frozenset[int]], Any]
+                                                       ) -> None:
+    """A state built by hand with sets, lists or repeated days: the Python codec's bytes
+    (or its error), whichever codec writes them."""
+    state = replace(USUAL, active_days=days(USUAL.active_days),
+                    install_days=days(USUAL.install_days), session_days=days({19723}),
+                    returns=(("purchase", days({19726})),))
+    assert outcome(lambda: _codec.encode_user(state)) == outcome(
+        lambda: user_state.encode_user(state))
 
 
 def test_session_days_on_every_active_day_share_the_active_days_set() -> None:
