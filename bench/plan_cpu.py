@@ -13,9 +13,12 @@ wall-clock rates. Used to measure each change to plan.py and user_state.py:
     python -m retention_tracker.bench.plan_cpu --events 200000 --return-events ''  # none
     python -m retention_tracker.bench.plan_cpu --events 200000 --engine python  # fallback
     python -m retention_tracker.bench.plan_cpu --events 200000 --engines 5  # A/B, 5 rounds
+    python -m retention_tracker.bench.plan_cpu --events 378000 --users 60000 --codec 5
 
 ``--engines N`` replays the same batches N times with each engine in turn (python, native,
 python, ...; a shared machine's load falls on both alike) and prints the medians.
+``--codec N`` times the user record codec alone the same way, on the records the replay
+left (every user's final state), after checking both engines write the same bytes.
 
 It plans with the default settings' rules (RETURN_EVENTS=purchase) unless told otherwise.
 """
@@ -41,7 +44,7 @@ from retention_tracker.streams.calendar import AppCalendar
 from retention_tracker.streams.events import parse_message
 from retention_tracker.streams.plan import dedup_key_of, plan_batch
 from retention_tracker.streams.segments import SegmentRules
-from retention_tracker.streams.user_state import UserKey, decode_user, encode_user
+from retention_tracker.streams.user_state import UserKey
 
 from .workload import WorkloadSpec, build_workload
 
@@ -69,13 +72,15 @@ def messages_per_partition(events: list[dict[str, Any]], by_user: bool, per_mess
 
 
 def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = None,
-           event_clock: bool = False, rules: SegmentRules | None = None) -> Counter[str]:
+           event_clock: bool = False, rules: SegmentRules | None = None,
+           records_out: list[bytes] | None = None) -> Counter[str]:
     """CPU seconds per phase over every partition's batches; ``stats``, when given, gets
     the plans' counts (accepted, duplicates, rejects), so a caller can see the harness
     planned every event (not timed). ``event_clock``: plan as a replaying worker does
     (CLOCK=event, as ``retention bench`` runs it); no notification pass runs between
     batches here, so every return after a gap takes the moment path (an upper bound).
-    ``rules``: the value bars and RETURN_EVENTS (default: the default settings')."""
+    ``rules``: the value bars and RETURN_EVENTS (default: the default settings').
+    ``records_out``, when given, gets every user's last record."""
     calendar = AppCalendar("UTC")
     rules = rules or segment_rules(Settings())
     seconds: Counter[str] = Counter()
@@ -91,6 +96,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
                 items.extend((offset, index, event) for index, event in parsed.events)
             t1 = time.process_time()
             users = {(event.app, event.user_id) for _, _, event in items}
+            decode_user = engine.codec().decode_user
             states = {u: decode_user(records[u]) if u in records else None for u in users}
             keys = [dedup_key_of(event) for _, _, event in items]
             t2 = time.process_time()
@@ -98,6 +104,7 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
                               {app: calendar for app, _ in users}, rules, dedup_keys=keys,
                               event_clock=event_clock)
             t3 = time.process_time()
+            encode_user = engine.codec().encode_user
             for user, state in plan.users.items():
                 records[user] = encode_user(state)
             seen.update(plan.new_dedup_keys)
@@ -107,27 +114,70 @@ def replay(parts: list[list[bytes]], batch: int, stats: Counter[str] | None = No
                 stats.update({render_stat(key): n for key, n in plan.stats.items()})
             seconds.update({"parse": t1 - t0, "decode": t2 - t1, "plan": t3 - t2,
                             "encode": t4 - t3})
+        if records_out is not None:
+            records_out.extend(records.values())
     return seconds
 
 
 def compare_engines(parts: list[list[bytes]], batch: int, rounds: int, event_clock: bool,
                     rules: SegmentRules, events: int) -> None:
     """Python and native in turn on the same batches, ``rounds`` times each: the medians
-    of the plan phase (µs per event) and of the whole path (events per CPU-second)."""
+    of the plan phase and of the codec's phases (load: the records decoded, with the dedup
+    keys; encode), in µs per event, and of the whole path (events per CPU-second)."""
     if not engine.native_built():
         raise SystemExit(f"plan_cpu: no native engine to compare: {engine.why_not_built()}")
     plan_us: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
+    codec_us: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
     per_cpu_s: dict[str, list[float]] = {engine.PYTHON: [], engine.NATIVE: []}
     for _ in range(rounds):
         for name in (engine.PYTHON, engine.NATIVE):
             engine.select(name)
             seconds = replay(parts, batch, event_clock=event_clock, rules=rules)
             plan_us[name].append(seconds["plan"] / events * 1e6)
+            codec_us[name].append((seconds["decode"] + seconds["encode"]) / events * 1e6)
             per_cpu_s[name].append(events / sum(seconds.values()))
     for name in (engine.PYTHON, engine.NATIVE):
         print(f"{name:>6}: plan {statistics.median(plan_us[name]):.2f} µs per event "
-              f"(rounds: {', '.join(f'{v:.2f}' for v in plan_us[name])}); whole path "
+              f"(rounds: {', '.join(f'{v:.2f}' for v in plan_us[name])}); load + encode "
+              f"{statistics.median(codec_us[name]):.2f} µs per event; whole path "
               f"{statistics.median(per_cpu_s[name]):,.0f} events per CPU-second")
+
+
+def compare_codecs(records: list[bytes], rounds: int) -> None:
+    """The codec alone, Python and native in turn ``rounds`` times: µs per record to encode
+    every user's final state and to decode its record (medians), once both engines were
+    seen to write the same bytes for each."""
+    if not engine.native_built():
+        raise SystemExit(f"plan_cpu: no native codec to compare: {engine.why_not_built()}")
+    engine.select(engine.PYTHON)
+    states = [engine.codec().decode_user(raw) for raw in records]
+    written = {}
+    for name in (engine.PYTHON, engine.NATIVE):
+        engine.select(name)
+        written[name] = [engine.codec().encode_user(state) for state in states]
+    if written[engine.PYTHON] != written[engine.NATIVE] or written[engine.PYTHON] != records:
+        raise SystemExit("plan_cpu: the engines' codecs wrote different records")
+    timings: dict[str, dict[str, list[float]]] = {
+        name: {"encode": [], "decode": []} for name in (engine.PYTHON, engine.NATIVE)}
+    for _ in range(rounds):
+        for name in (engine.PYTHON, engine.NATIVE):
+            engine.select(name)
+            encode_user, decode_user = engine.codec().encode_user, engine.codec().decode_user
+            t0 = time.process_time()
+            for state in states:
+                encode_user(state)
+            t1 = time.process_time()
+            for raw in records:
+                decode_user(raw)
+            t2 = time.process_time()
+            timings[name]["encode"].append((t1 - t0) / len(states) * 1e6)
+            timings[name]["decode"].append((t2 - t1) / len(records) * 1e6)
+    size = sum(map(len, records)) / len(records)
+    print(f"{len(records):,} user records ({size:.1f} bytes on average), {rounds} rounds:")
+    for name in (engine.PYTHON, engine.NATIVE):
+        print(f"{name:>6}: " + ", ".join(
+            f"{phase} {statistics.median(values):.2f} µs per record"
+            for phase, values in timings[name].items()))
 
 
 def main() -> None:
@@ -144,6 +194,8 @@ def main() -> None:
                         help="the plan's engine (ENGINE; default auto: native when built)")
     parser.add_argument("--engines", type=int, default=0, metavar="ROUNDS",
                         help="A/B: replay ROUNDS times with each engine in turn, print medians")
+    parser.add_argument("--codec", type=int, default=0, metavar="ROUNDS",
+                        help="time the user record codec alone, each engine ROUNDS times")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--default-gc", action="store_true",
                         help="CPython's collector thresholds, not the worker's (tune_gc)")
@@ -162,6 +214,12 @@ def main() -> None:
         engine.select(args.engine)
     except engine.EngineError as exc:
         parser.error(str(exc))
+    if args.codec:
+        records: list[bytes] = []
+        replay(parts, args.batch, event_clock=args.event_clock, rules=rules,
+               records_out=records)
+        compare_codecs(records, args.codec)
+        return
     if args.engines:
         compare_engines(parts, args.batch, args.engines, args.event_clock, rules, len(events))
         return

@@ -46,11 +46,12 @@ from retention_tracker.state.scripts import (
     grouped,
     pack,
 )
+from retention_tracker.streams import engine
 from retention_tracker.streams.at_risk import AtRiskPlan
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.counters import Cell
 from retention_tracker.streams.plan import Plan
-from retention_tracker.streams.user_state import UserKey, UserState, decode_user, encode_user
+from retention_tracker.streams.user_state import UserKey, UserState
 from retention_tracker.streams.winback import NotificationPlan
 
 
@@ -232,6 +233,7 @@ class RedisStore:
             offsets[topic] = int(reply[pos]) if reply[pos] else None
             pos += 1
         loaded: dict[UserKey, UserState | None] = {}
+        decode_user = engine.codec().decode_user  # the engine's, native where it runs
         for position in user_order:
             loaded[to_load[position]] = decode_user(reply[pos]) if reply[pos] else None
             pos += 1
@@ -445,6 +447,7 @@ class RedisStore:
     ) -> bool:
         """One fenced apply call: ``fields`` are the script's arguments beyond what every
         call carries (version, token, dedup TTL, users, counters with the stats)."""
+        encode_user = engine.codec().encode_user  # the engine's, native where it runs
         user_args, _ = grouped(
             (((app, self._user_bucket(user_id)), (user_id, encode_user(state)))
              for (app, user_id), state in users.items()),
@@ -492,7 +495,7 @@ class RedisStore:
                 Read("hget", self.user_key(shard, app, user_id), (user_id,))
                 for _, user_id in users])
             for raw in raws:
-                state = decode_user(raw) if raw else None
+                state = engine.codec().decode_user(raw) if raw else None
                 for days in thresholds:
                     if (state is not None and state.seen and not state.handled(days)
                             and state.last_active_ms + days * MS_PER_DAY <= now_ms):
@@ -555,7 +558,7 @@ class RedisStore:
                                               (user_id,))
                                         for shard in await self.shard_ids()]):
             if raw:
-                return decode_user(raw)
+                return engine.codec().decode_user(raw)
         return None
 
     async def shard_ids(self) -> list[int]:
@@ -608,7 +611,7 @@ class RedisStore:
             chunk = names[start : start + batch]
             for values in await self.transport.fan_out([Read("hvals", name) for name in chunk]):
                 for raw in values:
-                    yield decode_user(raw)
+                    yield engine.codec().decode_user(raw)
 
     async def read_stats(self) -> Counter[str]:
         """The stats hashes, summed over every partition."""

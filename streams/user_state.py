@@ -114,14 +114,18 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
 
 
 def _put_varint(out: bytearray, value: int) -> None:
+    """``value`` (>= 0) 7 bits a byte, low first, the high bit set where more follow. A
+    negative number has no varint: ValueError (where the loop would run forever), tested
+    only past the first byte so the usual one-byte value costs nothing more."""
     while True:
         byte = value & 0x7F
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
+        if not value:
             out.append(byte)
             return
+        if value < 0:
+            raise ValueError("a user record cannot hold a negative number here")
+        out.append(byte | 0x80)
 
 
 def _get_varint(data: bytes, pos: int) -> tuple[int, int]:

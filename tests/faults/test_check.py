@@ -60,7 +60,8 @@ def test_a_good_setup_passes(deployment: Deployment) -> None:
     assert found["rekey topic"] == ("ok", f"{deployment.rekey_topic} will be created on start")
     assert found["keying"] == ("ok", "no events read in the last 2 days")
     if engine.native_built():  # CI builds it (tests/streams/test_engine.py)
-        assert found["engine"] == ("ok", "native (Cython, streams/_native.pyx)")
+        assert found["engine"] == (
+            "ok", "native (Cython: streams/_native.pyx, the deltas; streams/_codec.pyx, the codec)")
     assert "will be created on start" in found["output topics"][1]
     assert found["redis persistence"][0] == "warn"  # the session Redis runs without an AOF
     assert "appendonly is off" in found["redis persistence"][1]

@@ -2,7 +2,9 @@
 
 Round trip for any state (survey answers and answers-only users included), the exact bytes
 of a small one (worked by hand from the format), records of formats 3 to 6 still decode,
-and anything else is refused."""
+and anything else is refused. Once per engine: the codec the engine runs
+(``engine.codec()``; the native one is also held to the Python one byte for byte in
+tests/streams/test_codec_native.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from retention_tracker.streams.user_state import (
-    ATTRIBUTES,
-    Purchases,
-    UserState,
-    decode_user,
-    encode_user,
-)
+from retention_tracker.streams import engine
+from retention_tracker.streams.user_state import UserState
 
+from .user_records import DAY_MS, older_record, read_as_older, states
+
+pytestmark = pytest.mark.usefixtures("engine")
 BASE_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, day 19723
-DAY_MS = 86_400_000
+
+
+def encode_user(state: UserState) -> bytes:
+    return engine.codec().encode_user(state)
+
+
+def decode_user(data: bytes) -> UserState:
+    return engine.codec().decode_user(data)
 
 
 def test_a_small_state_in_bytes() -> None:
@@ -70,76 +77,28 @@ def test_a_user_known_only_by_answers() -> None:
     assert decode_user(encode_user(state)) == state
 
 
-@st.composite
-def states(draw: st.DrawFn) -> UserState:
-    first_day = draw(st.integers(-30_000, 30_000))
-    first_seen = draw(st.integers(0, 2**45))
-    days = st.integers(first_day, first_day + 800)
-    active = draw(st.frozensets(days, max_size=20)) | {first_day}
-    names = draw(st.lists(st.sampled_from(ATTRIBUTES), unique=True))
-    attributes = tuple(
-        (name, draw(st.text(min_size=1, max_size=64)), draw(st.integers(0, 2**45)))
-        for name in names)
-    keys = draw(st.sets(st.tuples(days, st.sampled_from(["USD", "EUR", "BRL"])), max_size=4))
-    purchases = tuple(
-        (day, currency, Purchases(draw(st.integers(1, 500)), draw(st.integers(0, 10**13))))
-        for day, currency in sorted(keys))
-    episode = draw(st.none() | st.integers(first_seen - 10**9, first_seen + 10**11))
-    marks = st.lists(st.integers(1, 90), unique=True, max_size=3).map(lambda x: tuple(sorted(x)))
-    notified = draw(marks) if episode is not None else ()
-    expired = draw(marks) if episode is not None else ()
-    if not notified and not expired:
-        # an episode is recorded only with a threshold sent or expired (winback.handle_moment
-        # always marks one): without marks the codec stores no episode
-        episode = None
-    answer_keys = draw(st.sets(st.tuples(st.sampled_from(["nps", "csat", "a.b-c_1"]), days),
-                               max_size=4))
-    answers = tuple(
-        (survey, day, draw(st.integers(0, 2**45)), draw(st.text(min_size=1, max_size=128)),
-         draw(st.integers(0, 10)))
-        for survey, day in sorted(answer_keys))
-    kinds = draw(st.lists(st.sampled_from(["purchase", "bet", "level_up"]), unique=True))
-    returns = tuple((kind, draw(st.frozensets(days, min_size=1, max_size=6)))
-                    for kind in sorted(kinds))
-    span_days = sorted(active) if draw(st.booleans()) else sorted(
-        draw(st.frozensets(st.integers(first_day - 1, first_day + 800), max_size=20)))
-    spans = tuple((day, day * DAY_MS + start, day * DAY_MS + start + width)
-                  for day in span_days
-                  for start in [draw(st.integers(0, DAY_MS - 1))]
-                  for width in [draw(st.integers(0, DAY_MS - 1 - start))])
-    known = spans and draw(st.booleans())
-    if known:  # the spans run from first_seen to last_active (the codec leaves those out)
-        first_seen = spans[0][1]
-    risk_episode = draw(st.none() | st.integers(first_seen - 10**9, first_seen + 10**11))
-    risk = {"at_risk_episode_ms": risk_episode, "at_risk_sent": draw(st.booleans()),
-            "at_risk_moment_ms": draw(st.integers(first_seen - 10**9, first_seen + 10**11))
-            } if risk_episode is not None else {}
-    if draw(st.booleans()) and answers:  # a user known only by survey answers
-        return UserState(0, 0, 0, frozenset(), frozenset(), answers=answers)
-    return UserState(
-        answers=answers,
-        returns=returns,
-        first_seen_ms=first_seen,
-        last_active_ms=spans[-1][2] if known else first_seen + draw(st.integers(0, 10**11)),
-        first_day=first_day,
-        active_days=frozenset(active),
-        install_days=draw(st.frozensets(days, max_size=5)),
-        attributes=attributes,
-        purchases=purchases,
-        cost_units=draw(st.integers(0, 10**13)),
-        session_days=draw(st.frozensets(st.sampled_from(sorted(active)))),
-        notified_episode_ms=episode,
-        notified_days=notified,
-        expired_days=expired,
-        utc_spans=spans if known else None,
-        **risk,
-    )
-
-
 @settings(deadline=None)  # a shared 2-core machine: one example may take 200 ms under load
 @given(states())
 def test_any_state_round_trips(state: UserState) -> None:
     assert decode_user(encode_user(state)) == state
+
+
+@settings(deadline=None)
+@given(states(), st.integers(3, 6), st.integers(0, 300))
+def test_any_state_in_an_older_format_reads_as_that_format_kept_it(
+        state: UserState, version: int, sessions: int) -> None:
+    """Formats 3-6 (user_records.older_record): what each did not keep reads as absent or
+    unknown, a count of session events as a session on every active day."""
+    assert decode_user(older_record(state, version, sessions)) == read_as_older(
+        state, version, sessions)
+
+
+@pytest.mark.parametrize("wrong", [{"cost_units": -1}, {"last_active_ms": BASE_MS - 1}])
+def test_a_negative_number_is_refused_not_looped_on(wrong: dict[str, int]) -> None:
+    """The format has no negative varint: a clear error (the loop once ran forever)."""
+    state = UserState(BASE_MS, BASE_MS, 19723, frozenset({19723}), frozenset())
+    with pytest.raises(ValueError, match="cannot hold a negative number"):
+        encode_user(replace(state, **wrong))
 
 
 def test_an_episode_without_marks_is_not_stored() -> None:
