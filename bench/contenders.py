@@ -383,7 +383,9 @@ class Deployment:
 
 def worker_replay(deployment: Deployment, shape: str, census: Census,
                   on_first_progress: Callable[[ManagedProcess], Any] | None = None,
-                  forwarded_events: int = 0) -> tuple[RunResult, dict[str, int]]:
+                  forwarded_events: int = 0,
+                  before_stop: Callable[[ManagedProcess], Any] | None = None,
+                  ) -> tuple[RunResult, dict[str, int]]:
     """Replay the topic through a fresh worker; returns the result and INFO used_memory
     before and after (the state it built is still in Redis, for checks and memory figures).
 
@@ -392,7 +394,8 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
     progress counts those (an event is applied when it reached home).
 
     ``on_first_progress`` is called once the window opens (a profiler attaches there, so
-    imports and the group join stay out of the profile).
+    imports and the group join stay out of the profile), ``before_stop`` once it closed,
+    with the worker still up (its /metrics, Redis' counters for the window).
     """
     stack = deployment.stack
     client = stack.redis()
@@ -409,6 +412,8 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
             first, last = _follow_worker(deployment, client, census, process, bar, meter,
                                          on_first_progress, forwarded_events)
             whole_run.stop()
+            if before_stop is not None:
+                before_stop(process)
             rss = peak_rss_bytes(process.pid)
             memory["after"] = int(client.info("memory")["used_memory"])
     finally:

@@ -187,7 +187,7 @@ class RedisStore:
         dedup_keys = [key for key in dict.fromkeys(given_keys) if key is not None]
         generation = self.dedup_generation(now_ms)
         token = self.cache.token(shard)
-        held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
+        held, to_load = self.cache.split(shard, users, current=token is not None)
         keys = KeyIndex(self.keys.meta(shard))
         user_groups, user_order = grouped(
             (((app, self._user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
