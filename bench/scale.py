@@ -226,9 +226,17 @@ class LoadedSize:
     run_id: str  # of the run that loaded it: its key prefix is ``<run_id>-scale<users>``
 
 
+#: The worker's group settings in a live round: a partition batch of 20,000 events blocks
+#: the worker's event loop for seconds (~4 s at 10,000,000 users on a busy machine), longer
+#: than the bench's usual 2 s session, and every rebalance then reads and looks up whole
+#: batches again (2.5 user lookups an event were seen): a steady group keeps that out.
+STEADY_GROUP = {"SESSION_TIMEOUT_MS": "30000", "HEARTBEAT_MS": "3000"}
+
+
 def bucket_env(users: int, partitions: int, live_events: int) -> dict[str, str]:
     """A size's bucket settings (docs/architecture.md "Memory"), for the load and the
-    worker alike: users and events per partition / 400, a due entry per user ~64 a bucket."""
+    worker alike: users and events per partition / 400, a due entry per user ~64 a bucket.
+    ``users`` may be another size's (``--bucket-users``): the same keys, fewer users."""
     return {"USER_BUCKETS": str(buckets(users + live_events, partitions)),
             "DEDUP_BUCKETS": str(buckets(users * 3 + live_events, partitions)),
             "DUE_BUCKETS": str(buckets(users, partitions, per_bucket=64))}
@@ -244,12 +252,13 @@ def live_topic(users: int, stack: Stack, live_events: int) -> tuple[str, Census]
     return topic, run_async(lambda: raw_loop(stack, topic, "live", len(events)))[1]
 
 
-def load_size(users: int, stack: Stack, live_events: int) -> LoadedSize:
+def load_size(users: int, stack: Stack, live_events: int, bucket_users: int | None = None
+              ) -> LoadedSize:
     """Produce the live topic drawn from ``users``, load the users into a fresh Redis and
     save it (BGSAVE: ``dump.rdb``), so every live round starts from the same loaded state."""
     topic, census = live_topic(users, stack, live_events)
     data_dir = stack.workdir / f"redis-{users}"
-    env = bucket_env(users, stack.partitions, live_events)
+    env = bucket_env(bucket_users or users, stack.partitions, live_events)
     user_buckets, dedup_buckets, due_buckets = (
         int(env[name]) for name in ("USER_BUCKETS", "DEDUP_BUCKETS", "DUE_BUCKETS"))
     server, url = start_redis(data_dir=data_dir)
@@ -279,7 +288,8 @@ def load_size(users: int, stack: Stack, live_events: int) -> LoadedSize:
             client.close()
     return LoadedSize(users, topic, census, data_dir, env, {
         "users": users, "user_buckets": user_buckets, "dedup_buckets": dedup_buckets,
-        "load": load, "redis_after_load": after_load, "rounds": []}, stack.run_id)
+        "due_buckets": due_buckets, "load": load, "redis_after_load": after_load,
+        "rounds": []}, stack.run_id)
 
 
 class ReuseMismatch(Exception):
@@ -292,19 +302,21 @@ def saved_state(source: Path, users: int) -> Path | None:
     return dump if dump.is_file() else None
 
 
-def reuse_size(users: int, dump: Path, stack: Stack, live_events: int) -> LoadedSize:
+def reuse_size(users: int, dump: Path, stack: Stack, live_events: int,
+               bucket_users: int | None = None) -> LoadedSize:
     """A size whose users an earlier run loaded and saved: its ``dump.rdb`` copied into this
     run's workdir (the source is never written), checked (one key prefix ``<run>-scale<N>``
     holding this run's partitions and bucket counts) and used as the loaded state; the
     live stream produced again on this run's broker. The load's figures are the earlier
     run's (its result JSON)."""
     data_dir = stack.workdir / f"redis-{users}"
-    env = bucket_env(users, stack.partitions, live_events)
+    env = bucket_env(bucket_users or users, stack.partitions, live_events)
     run_id = copy_saved_state(dump, data_dir, users, stack.partitions, env)
     topic, census = live_topic(users, stack, live_events)
     return LoadedSize(users, topic, census, data_dir, env, {
         "users": users, "user_buckets": int(env["USER_BUCKETS"]),
-        "dedup_buckets": int(env["DEDUP_BUCKETS"]), "reused": str(dump),
+        "dedup_buckets": int(env["DEDUP_BUCKETS"]), "due_buckets": int(env["DUE_BUCKETS"]),
+        "reused": str(dump),
         "load": None, "redis_after_load": None, "rounds": []}, run_id)
 
 
@@ -387,7 +399,7 @@ def live_round(size: LoadedSize, stack: Stack, round_: int, cache_users: int | N
         cache = "" if cache_users is None else f"-c{cache_users}"
         port = free_port()
         env = {**size.env, "GROUP_ID": f"{stack.run_id}-scale{size.users}-r{round_}{cache}",
-               "WEB_PORT": str(port)}
+               "WEB_PORT": str(port), **STEADY_GROUP}
         if cache_users is not None:
             env["STATE_CACHE_USERS"] = str(cache_users)
         deployment = _deployment(stack, url, server.pid, size.topic, size.users, env,
@@ -413,14 +425,16 @@ def live_round(size: LoadedSize, stack: Stack, round_: int, cache_users: int | N
             sampler.stop()
             client.close()
         (redis_before, worker_before), (redis_after, worker_after) = readings
-        return {"state_cache_users": cache_users if cache_users is not None
-                else Settings().state_cache_users,
-                "live": replay_figures(run), "worker_rss": sampler.rss_figures(),
-                "redis_in_window": redis_after.since(redis_before, run.window_events),
-                "worker_in_window": worker_window(worker_before, worker_after,
-                                                  run.window_events),
-                "redis_after_live": redis_figures(url, deployment.prefix, size.users),
-                "live_used_memory_growth_bytes": used["after"] - used["before"]}
+        figures = {"state_cache_users": cache_users if cache_users is not None
+                   else Settings().state_cache_users,
+                   "live": replay_figures(run), "worker_rss": sampler.rss_figures(),
+                   "redis_in_window": redis_after.since(redis_before, run.window_events),
+                   "worker_in_window": worker_window(worker_before, worker_after,
+                                                     run.window_events),
+                   "redis_after_live": redis_figures(url, deployment.prefix, size.users),
+                   "live_used_memory_growth_bytes": used["after"] - used["before"]}
+    say(round_line(figures))
+    return figures
 
 
 def worker_counters(port: int) -> dict[str, float]:
@@ -448,7 +462,10 @@ def worker_window(before: dict[str, float], after: dict[str, float], events: int
     return {"batches": int(batches),
             "events_per_batch": round(events / batches, 1) if batches else None,
             "state_cache_held": int(hits), "state_cache_loaded": int(misses),
-            "state_cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None}
+            "state_cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            # a batch read again (a rebalance, a version conflict) looks its users up again
+            "user_lookups_per_event": round((hits + misses) / events, 3) if events else None,
+            "counters": {name: value for name, value in delta.items() if value}}
 
 
 def replay_figures(run: RunResult) -> dict[str, Any]:
@@ -466,11 +483,14 @@ def replay_figures(run: RunResult) -> dict[str, Any]:
 
 def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, progress: bool,
         rounds: int = 2, reuse: Path | None = None,
-        cache_users: list[int | None] | None = None) -> dict[str, Any]:
+        cache_users: list[int | None] | None = None, bucket_users: int | None = None
+        ) -> dict[str, Any]:
     """Every size loaded on one broker (or its saved state in ``reuse`` copied, where it has
-    one), then ``rounds`` live replays of each per ``cache_users`` setting, alternating."""
+    one), then ``rounds`` live replays of each per ``cache_users`` setting, alternating.
+    ``bucket_users``: every size's buckets as for that many users (None: its own)."""
     results: dict[str, Any] = {"machine": machine(), "code": code_version(),
                                "live_events": live_events, "partitions": partitions,
+                               "bucket_users": bucket_users, "steady_group": STEADY_GROUP,
                                "workdir": str(workdir), "sizes": {}}
     with contextlib.ExitStack() as services:
         broker = services.enter_context(start_broker(log_dir=workdir, quick_start=False))
@@ -482,8 +502,9 @@ def run(sizes: list[int], live_events: int, partitions: int, workdir: Path, prog
             dump = saved_state(reuse, users) if reuse is not None else None
             if reuse is not None and dump is None:
                 say(f"{users:,} users: no saved state in {reuse}; loading them")
-            loaded.append(reuse_size(users, dump, stack, live_events) if dump is not None
-                          else load_size(users, stack, live_events))
+            loaded.append(reuse_size(users, dump, stack, live_events, bucket_users)
+                          if dump is not None
+                          else load_size(users, stack, live_events, bucket_users))
         for size in loaded:
             results["sizes"][str(size.users)] = size.figures
         for round_ in range(rounds):  # sizes alternate: each round sees the same machine
@@ -510,20 +531,23 @@ def render(results: dict[str, Any]) -> str:
                 lines.append(f"    {name}: {family['keys']:,} keys, "
                              f"{family['bytes_per_user']:.1f} B/user")
         for index, round_ in enumerate(size["rounds"]):
-            live, rss = round_["live"], round_["worker_rss"]
-            worker = round_["worker_in_window"]
-            lines.append(
-                f"  round {index} (STATE_CACHE_USERS={round_['state_cache_users']}, hit rate "
-                f"{worker['state_cache_hit_rate']}, {worker['events_per_batch']} events a "
-                f"batch): {live['events_per_s']:,.0f} ev/s, worker "
-                f"{live['worker_cpu_us_per_event']} µs CPU/event (core "
-                f"{live['contender_core_share']}), Redis {live['redis_cpu_us_per_event']} "
-                f"µs/event; RSS {rss.get('first_bytes', 0) / 2**20:.0f} -> "
-                f"{rss.get('last_bytes', 0) / 2**20:.0f} MiB (peak "
-                f"{rss.get('peak_bytes', 0) / 2**20:.0f}, second half "
-                f"{rss.get('second_half_growth_bytes', 0) / 2**20:+.1f} MiB)")
-            lines.append(f"    {redis_counters.render(round_['redis_in_window'])}")
+            lines.append(f"  round {index} {round_line(round_)}")
     return "\n".join(lines)
+
+
+def round_line(round_: dict[str, Any]) -> str:
+    """A live round's figures in two lines: the worker's, then what Redis ran."""
+    live, rss, worker = round_["live"], round_["worker_rss"], round_["worker_in_window"]
+    return (f"(STATE_CACHE_USERS={round_['state_cache_users']}, hit rate "
+            f"{worker['state_cache_hit_rate']}, {worker['user_lookups_per_event']} user "
+            f"lookups and 1/{worker['events_per_batch']} batch an event): "
+            f"{live['events_per_s']:,.0f} ev/s, worker {live['worker_cpu_us_per_event']} µs "
+            f"CPU/event (core {live['contender_core_share']}), Redis "
+            f"{live['redis_cpu_us_per_event']} µs/event; RSS "
+            f"{rss.get('first_bytes', 0) / 2**20:.0f} -> {rss.get('last_bytes', 0) / 2**20:.0f}"
+            f" MiB (peak {rss.get('peak_bytes', 0) / 2**20:.0f}, second half "
+            f"{rss.get('second_half_growth_bytes', 0) / 2**20:+.1f} MiB)\n"
+            f"    {redis_counters.render(round_['redis_in_window'])}")
 
 
 def main() -> None:
@@ -541,8 +565,13 @@ def main() -> None:
     parser.add_argument("--state-cache-users", type=int, nargs="+", metavar="N",
                         help="the workers' STATE_CACHE_USERS (default: the worker's); several: "
                              "each round runs every one, alternating (0: the cache off)")
+    parser.add_argument("--bucket-users", type=int, metavar="N",
+                        help="size every size's buckets as for N users (default: each its "
+                             "own): the same keys and calls per batch, fewer users in them")
     add_output_flags(parser)
     args = parser.parse_args()
+    if args.bucket_users is not None and args.bucket_users < 1:
+        parser.error("--bucket-users must be >= 1")
     if min(args.users, args.compare_users, args.live_events, args.partitions, args.rounds) < 1:
         parser.error("--users, --compare-users, --live-events, --partitions and --rounds "
                      "must be >= 1")
@@ -553,7 +582,8 @@ def main() -> None:
     sizes = sorted({args.compare_users, args.users})
     try:
         results = run(sizes, args.live_events, args.partitions, workdir_of(args, "scale"),
-                      not args.no_progress, args.rounds, args.reuse, args.state_cache_users)
+                      not args.no_progress, args.rounds, args.reuse, args.state_cache_users,
+                      args.bucket_users)
     except ReuseMismatch as exc:
         parser.exit(2, f"scale: {exc}\n")
     write_results(args, results)
