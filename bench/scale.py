@@ -439,9 +439,14 @@ def live_round(size: LoadedSize, stack: Stack, round_: int, cache_users: int | N
 
 def worker_counters(port: int) -> dict[str, float]:
     """The worker's counters from its /metrics (``retention_worker_*`` samples by name and
-    labels): batches, records, state-cache lookups."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+    labels): batches, records, state-cache lookups. Its event loop answers between two
+    batches, seconds apart on a busy machine; none (empty) if it does not in two minutes."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as reply:
+            text = reply.read().decode()
+    except OSError as exc:
+        say(f"the worker's /metrics did not answer ({exc}): no worker counters this round")
+        return {}
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -455,6 +460,9 @@ def worker_window(before: dict[str, float], after: dict[str, float], events: int
                   ) -> dict[str, Any]:
     """The worker's batches and state-cache lookups in the window: events per batch, and
     the share of the users a batch needed that the cache held (None: no cache)."""
+    if not before or not after:  # a reading missed (worker_counters): nothing to say
+        return dict.fromkeys(("batches", "events_per_batch", "state_cache_hit_rate",
+                              "user_lookups_per_event"))
     delta = {name: value - before.get(name, 0.0) for name, value in after.items()}
     batches = delta.get("retention_worker_batches_total", 0.0)
     hits = delta.get("retention_worker_state_cache_lookups_total{outcome=held}", 0.0)
