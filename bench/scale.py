@@ -22,8 +22,16 @@ the 30-day users of ``retention bench``). ``USER_BUCKETS`` and ``DEDUP_BUCKETS``
 as docs/architecture.md "Memory" says (users or events per partition / 400), for the load
 and the worker alike.
 
+Each live round also records what Redis ran in its window (``redis_counters``: commands
+per event and µs per call) and the worker's batches and state-cache lookups (its
+/metrics). ``--reuse DIR`` starts a size from an earlier run's saved state (``DIR/redis-<N>/
+dump.rdb``, copied and checked, never written) instead of loading it again;
+``--state-cache-users 100000 0`` runs every round with the cache on and off;
+``--bucket-users N`` gives every size the bucket counts of N users.
+
     python -m retention_tracker.bench.scale --users 10000000 --json-out scale.json
     python -m retention_tracker.bench.scale --users 1000000 --live-events 300000
+    python -m retention_tracker.bench.scale --reuse /earlier/workdir --state-cache-users 100000 0
 """
 
 from __future__ import annotations
@@ -226,10 +234,11 @@ class LoadedSize:
     run_id: str  # of the run that loaded it: its key prefix is ``<run_id>-scale<users>``
 
 
-#: The worker's group settings in a live round: a partition batch of 20,000 events blocks
-#: the worker's event loop for seconds (~4 s at 10,000,000 users on a busy machine), longer
-#: than the bench's usual 2 s session, and every rebalance then reads and looks up whole
-#: batches again (2.5 user lookups an event were seen): a steady group keeps that out.
+#: The worker's group settings in a live round: a partition batch of 20,000 events holds
+#: the worker's event loop for seconds on a busy machine, longer than the bench's usual
+#: 2 s session, and every rebalance has the fetched batches read and looked up again (up
+#: to 2.5 user lookups an event). With 30 s the group still rebalanced 1-3 times a round,
+#: cause not found (BENCHMARKS.md "Why Redis paid 4.8x"): the rounds report their lookups.
 STEADY_GROUP = {"SESSION_TIMEOUT_MS": "30000", "HEARTBEAT_MS": "3000"}
 
 
