@@ -20,7 +20,12 @@ from faust.app.base import BootStrategy
 from prometheus_client import CollectorRegistry
 
 from retention_tracker.agents.ingest import Ingestor
-from retention_tracker.agents.metrics import Snapshot, SnapshotCollector, WorkerMetrics
+from retention_tracker.agents.metrics import (
+    Snapshot,
+    SnapshotCollector,
+    StateCacheLookups,
+    WorkerMetrics,
+)
 from retention_tracker.agents.web import add_views
 from retention_tracker.config.settings import ConfigError, Settings
 from retention_tracker.state.at_risk import at_risk_figures, refit_every_app
@@ -98,6 +103,7 @@ def create_app(settings: Settings) -> faust.App:
                                   settings.currency, settings.activity_events,
                                   settings.app_currencies, settings.app_inactivity_thresholds)
     registry.register(collector)
+    registry.register(StateCacheLookups(store.cache))
     ingestor = Ingestor(settings, store, clock_ms=accelerated_clock(settings.clock_speed),
                         metrics=worker_metrics)
     app.ingestor = ingestor  # type: ignore[attr-defined]

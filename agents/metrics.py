@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -252,6 +252,31 @@ _COUNTER_LABELS = {
     "retention_events_forwarded": ["app", "cause"],
     "retention_at_risk_messages": ["app", "outcome"],
 }
+
+
+class CacheCounts(Protocol):
+    """What ``state.cache.StateCache`` counts (this module reads no state: a protocol)."""
+
+    held: int
+    loaded: int
+
+
+class StateCacheLookups(Collector):
+    """The users batches needed, held in this worker's state cache or loaded from Redis
+    (``state.cache.StateCache`` counts them): a hit rate far below 1 on a steady stream
+    says ``STATE_CACHE_USERS`` is short of the users active between two of their events."""
+
+    def __init__(self, cache: CacheCounts) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "retention_worker_state_cache_lookups",
+            "users a batch needed: held in the state cache, or loaded from Redis",
+            labels=["outcome"])
+        family.add_metric(["held"], self.cache.held)
+        family.add_metric(["loaded"], self.cache.loaded)
+        yield family
 
 
 class WorkerMetrics:

@@ -44,7 +44,7 @@ from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams import engine
 
 from .processes import FAUST_BASELINE, FAUST_TABLE, RETENTION, CpuMeter, peak_rss_bytes
-from .redis_commands import CommandMeter
+from .redis_counters import CounterMeter
 
 POLL_S = 0.02  # how often Redis is read for progress: the window's resolution
 
@@ -384,7 +384,9 @@ class Deployment:
 
 def worker_replay(deployment: Deployment, shape: str, census: Census,
                   on_first_progress: Callable[[ManagedProcess], Any] | None = None,
-                  forwarded_events: int = 0) -> tuple[RunResult, dict[str, int]]:
+                  forwarded_events: int = 0,
+                  before_stop: Callable[[ManagedProcess], Any] | None = None,
+                  ) -> tuple[RunResult, dict[str, int]]:
     """Replay the topic through a fresh worker; returns the result and INFO used_memory
     before and after (the state it built is still in Redis, for checks and memory figures).
 
@@ -393,7 +395,8 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
     progress counts those (an event is applied when it reached home).
 
     ``on_first_progress`` is called once the window opens (a profiler attaches there, so
-    imports and the group join stay out of the profile).
+    imports and the group join stay out of the profile), ``before_stop`` once it closed,
+    with the worker still up (its /metrics, Redis' counters for the window).
     """
     stack = deployment.stack
     client = stack.redis()
@@ -403,7 +406,7 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
     process = deployment.start()
     bar = stack.bar(total, f"worker      {shape}")
     meter = stack.cpu_meter(process.pid)
-    commands, whole_run_commands = CommandMeter(client), CommandMeter(client)
+    commands, whole_run_commands = CounterMeter(client), CounterMeter(client)
     whole_run = stack.cpu_meter(process.pid)
     whole_run.start()
     whole_run_commands.start()
@@ -414,6 +417,8 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
                                          forwarded_events)
             whole_run.stop()
             whole_run_commands.stop()
+            if before_stop is not None:
+                before_stop(process)
             rss = peak_rss_bytes(process.pid)
             memory["after"] = int(client.info("memory")["used_memory"])
     finally:
@@ -430,12 +435,12 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
                            extra={"window": "whole run from spawn (the steady window was empty)"},
                            cpu_s=whole_run.used)
         commands = whole_run_commands
-    result.extra["redis_commands"] = commands.per_event(result.window_events)
+    result.extra["redis"] = commands.per_event(result.window_events)
     return result, memory
 
 
 def _follow_worker(deployment: Deployment, client: redis.Redis, census: Census,
-                   process: ManagedProcess, bar: tqdm, meters: tuple[CpuMeter, CommandMeter],
+                   process: ManagedProcess, bar: tqdm, meters: tuple[CpuMeter, CounterMeter],
                    on_first_progress: Callable[[ManagedProcess], Any] | None,
                    forwarded_events: int) -> tuple[tuple[float, int], float]:
     """Poll the applied offsets until the whole topic (and every forwarded event) is

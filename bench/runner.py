@@ -31,6 +31,7 @@ from retention_tracker.devstack.broker import BrokerKind, start_broker
 from retention_tracker.devstack.redis_server import redis_server_binary, start_redis
 from retention_tracker.devstack.topics import ensure_topics
 
+from . import redis_counters
 from .checks import Reference, Verdict, forwarded_events, redis_memory, verify
 from .contenders import (
     BenchFailure,
@@ -48,7 +49,6 @@ from .flink_job import FlinkFigures, build_job, check_figures, flink_job, flink_
 from .horizontal import WORKERS, horizontal_replay
 from .latency import measure_latency, raw_latency
 from .profile import profile_replay
-from .redis_commands import summary
 from .workload import Workload, WorkloadSpec, build_workload
 
 SHAPES = {"single": 1, "batch50": 50, "miskeyed": 1}  # shape -> events per message (at most)
@@ -646,10 +646,10 @@ def _render_memory(redis_memory: dict[str, Any]) -> list[str]:
 
 
 def _render_commands(throughput: dict[str, Any]) -> list[str]:
-    """The worker's costliest Redis commands per shape (bench/redis_commands.py)."""
-    return [f"redis commands per event, {shape}: {summary(commands)}"
+    """What Redis ran for the worker, per shape (bench/redis_counters.py)."""
+    return [f"redis, worker {shape}: {redis_counters.render(figures, top=4)}"
             for shape, runs in throughput.items()
-            if (commands := runs.get("worker", {}).get("redis_commands"))]
+            if (figures := runs.get("worker", {}).get("redis"))]
 
 
 def _render_verdict(results: dict[str, Any]) -> list[str]:

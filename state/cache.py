@@ -28,25 +28,32 @@ class StateCache:
         self.capacity = capacity
         self._states: OrderedDict[tuple[int, str, str], UserState] = OrderedDict()
         self._tokens: dict[int, bytes] = {}
+        # users a batch found here and users it loaded from Redis, since start: the
+        # worker's /metrics (retention_worker_state_cache_lookups), to size the cache by
+        self.held = 0
+        self.loaded = 0
 
     def token(self, shard: int) -> bytes | None:
         """The token of this worker's last write to the partition, if the cache holds it."""
         return self._tokens.get(shard)
 
-    def split(self, shard: int, users: Iterable[UserKey]
+    def split(self, shard: int, users: Iterable[UserKey], current: bool = True
               ) -> tuple[dict[UserKey, UserState], list[UserKey]]:
-        """(states held, users to load) for a partition whose token is current."""
+        """(states held, users to load) for a partition; every user is to load unless its
+        token is ``current``."""
         held: dict[UserKey, UserState] = {}
         missing: list[UserKey] = []
-        states = self._states
+        states = self._states if current else {}
         for user in users:
             key = (shard, *user)
             state = states.get(key)
             if state is None:
                 missing.append(user)
             else:
-                states.move_to_end(key)
+                self._states.move_to_end(key)
                 held[user] = state
+        self.held += len(held)
+        self.loaded += len(missing)
         return held, missing
 
     def written(self, shard: int, token: bytes, states: Mapping[UserKey, UserState]) -> None:

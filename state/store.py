@@ -201,7 +201,7 @@ class RedisStore:
         read = (counts.get((shard, generation), legacy),
                 counts.get((shard, generation - 1), legacy))
         token = self.cache.token(shard)
-        held, to_load = self.cache.split(shard, users) if token is not None else ({}, users)
+        held, to_load = self.cache.split(shard, users, current=token is not None)
         keys = KeyIndex(self.keys.meta(shard))
         sizes = [keys.of(self.keys.dedup_sizes(shard, generation)),
                  keys.of(self.keys.dedup_sizes(shard, generation - 1))]

@@ -18,8 +18,10 @@ from retention_tracker.agents.metrics import (
     GLOBAL_GAUGES,
     Snapshot,
     SnapshotCollector,
+    StateCacheLookups,
     WorkerMetrics,
 )
+from retention_tracker.state.cache import StateCache
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.catalogue import CURRENCY_FIGURES, DAILY_FIGURES
 from retention_tracker.streams.counters import Cell, Stat
@@ -253,6 +255,17 @@ def test_worker_metrics_count_batches_in_their_own_registry() -> None:
                                      {"le": "0.025"}) == 1
     assert registry.get_sample_value("retention_worker_batch_seconds_bucket",
                                      {"le": "0.01"}) == 0
+
+
+def test_state_cache_lookups_are_the_caches_counts() -> None:
+    registry = CollectorRegistry()
+    cache = StateCache(capacity=10)
+    registry.register(StateCacheLookups(cache))
+    cache.split(0, [("a", "u1"), ("a", "u2")])
+    assert registry.get_sample_value("retention_worker_state_cache_lookups_total",
+                                     {"outcome": "loaded"}) == 2
+    assert registry.get_sample_value("retention_worker_state_cache_lookups_total",
+                                     {"outcome": "held"}) == 0
 
 
 def test_at_risk_message_counts_from_the_snapshots_counters() -> None:

@@ -35,3 +35,13 @@ def test_capacity_zero_holds_nothing() -> None:
     cache = StateCache(capacity=0)
     cache.written(0, b"t", {("a", "u1"): state(1)})
     assert cache.token(0) is None and len(cache) == 0
+
+
+def test_lookups_are_counted_held_or_loaded() -> None:
+    cache = StateCache(capacity=10)
+    cache.written(0, b"t", {("a", "u1"): state(1)})
+    cache.split(0, [("a", "u1"), ("a", "u2")])
+    assert (cache.held, cache.loaded) == (1, 1)
+    held, missing = cache.split(0, [("a", "u1")], current=False)  # another writer since
+    assert held == {} and missing == [("a", "u1")]
+    assert (cache.held, cache.loaded) == (1, 2)
