@@ -85,8 +85,8 @@ CAMPAIGNS = ("organic", "fb", "google", "tiktok")
 #: Records a user hash holds: the saved 10,000,000-user states were built so. Past the
 #: tracker's hash-max-listpack-entries (64) the hashes are hashtables (~120 B a record
 #: against ~92 B); users per partition / 48 keeps them listpacks, for more buckets and so
-#: more Redis calls per event (docs/architecture.md "Memory", BENCHMARKS.md "Why Redis
-#: paid 4.8x").
+#: more Redis calls per event (docs/architecture.md "Memory";
+#: BENCHMARKS.md "Why Redis paid 4.8x").
 PER_BUCKET = 400
 
 

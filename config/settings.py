@@ -136,7 +136,8 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
                "fixed for a deployment's life (a worker with another count refuses to start)"),
     SettingDoc("DEDUP_BUCKETS", "Redis hashes per partition and dedup generation holding the "
                "ids of purchases and costed installs; auto: each generation sized from the "
-               "ids its previous one kept (~100 a hash); a number: every new generation gets "
+               "ids its previous one kept (~24 a hash, under the listpack limit of 64); a "
+               "number: every new generation gets "
                "it (see the notes: upgrading)", shown="auto"),
     SettingDoc("DUE_BUCKETS", "small Redis sorted sets per partition holding win-back and "
                "at-risk due entries (about tracked users per partition / 64: each stays a "
