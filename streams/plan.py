@@ -658,7 +658,8 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
              calendar: AppCalendar, rules: SegmentRules, winback: WinbackRules) -> UserState:
     """The state after a run of events; when an episode was handled, the run may be the
     user's return (a users.reactivated message) or show a false alarm."""
-    new = add_events(state, run, calendar, rules)
+    native = engine.native()  # None: the Python engine builds the state
+    new = (add_events if native is None else native.add_events)(state, run, calendar, rules)
     if state is not None and (state.notified_days or state.expired_days):
         new, message = return_of(user, state, new, run, rules, winback, plan.stats)
         if message is not None:
