@@ -538,10 +538,15 @@ cdef inline int64_t last_bit_at_or_before(const uint64_t* bits, int64_t pos) noe
 # ---- state building: plan.add_events natively ---------------------------------------------
 
 from retention_tracker.streams.segments import money_units
-from retention_tracker.streams.user_state import ATTRIBUTES, Purchases, UserState
+from retention_tracker.streams.user_state import MONEY_UNITS, ATTRIBUTES, Purchases, UserState
 from retention_tracker.streams.windows24 import merge_spans
 
+from cpython.mem cimport PyMem_Free
 from cpython.set cimport PyFrozenSet_New, PySet_Add, PySet_Contains
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int* ptype) except NULL
 
 cdef int64_t MS_DAY = 86_400_000  # calendar.MS_PER_DAY
 # Python's day_of goes through float seconds (ts_ms / 1000), exact to the ms below 2^33 s
@@ -671,6 +676,79 @@ cdef Py_ssize_t sort_unique(int64_t* values, Py_ssize_t n) noexcept:
     return kept
 
 
+# ---- money: segments.money_units of a float without Decimal ----------------------------------
+
+cdef int64_t MONEY_DIGITS = 4  # MONEY_UNITS = 10^4
+assert MONEY_UNITS == 10 ** MONEY_DIGITS
+cdef uint64_t MAX_EXACT_UNITS = (<uint64_t>1) << 62  # larger: Python's ints
+
+
+cdef bint float_units(double amount, int64_t* units) except -1:
+    """money_units(amount) into ``units``: Python's shortest repr of the float (the digits
+    ``str`` gives, which money_units reads as a Decimal) times 10^4, rounded half to even
+    like Decimal's default context. False for what it leaves to money_units: inf, nan,
+    and results beyond 2^62."""
+    cdef char* text = PyOS_double_to_string(amount, c'r', 0, 0, NULL)
+    cdef char* c = text
+    cdef bint negative = False, ok = True, exponent_negative = False
+    cdef uint64_t mantissa = 0, power = 1, quotient, remainder
+    cdef int64_t exponent = 0, written = 0, digits = 0, i
+    try:
+        if c[0] == c'-':
+            negative = True
+            c += 1
+        while c'0' <= c[0] <= c'9' or c[0] == c'.':
+            if c[0] == c'.':
+                digits = -1
+            else:
+                mantissa = mantissa * 10 + <uint64_t>(c[0] - c'0')
+                if digits < 0:
+                    exponent -= 1
+            c += 1
+        if c[0] == c'e':
+            c += 1
+            if c[0] == c'-' or c[0] == c'+':
+                exponent_negative = c[0] == c'-'
+                c += 1
+            while c'0' <= c[0] <= c'9':
+                written = written * 10 + (c[0] - c'0')
+                c += 1
+            exponent += -written if exponent_negative else written
+        if c[0] != 0:  # inf, nan
+            return False
+    finally:
+        PyMem_Free(text)
+    exponent += MONEY_DIGITS  # units = mantissa * 10^exponent, rounded
+    if exponent >= 0:
+        for i in range(exponent):
+            if mantissa > MAX_EXACT_UNITS // 10:
+                return False
+            mantissa *= 10
+        if mantissa > MAX_EXACT_UNITS:
+            return False
+        quotient = mantissa
+    elif exponent < -19:  # mantissa < 10^17: far below half of 10^19
+        quotient = 0
+    else:
+        for i in range(-exponent):
+            power *= 10
+        quotient, remainder = mantissa // power, mantissa % power
+        if 2 * remainder > power or (2 * remainder == power and quotient & 1):
+            quotient += 1
+    units[0] = -<int64_t>quotient if negative else <int64_t>quotient
+    return True
+
+
+def units_of(amount):
+    """segments.money_units(amount), a float's without Decimal (tests hold them equal)."""
+    cdef int64_t units
+    if type(amount) is float and float_units(amount, &units):
+        return units
+    if type(amount) is int:
+        return amount * MONEY_UNITS
+    return money_units(amount)
+
+
 cdef frozenset NO_DAYS = frozenset()
 
 
@@ -736,7 +814,7 @@ def add_events(state, events, calendar, rules):
     table, the UTC day spans) and the state's day sets taken as they are where nothing
     new is added to them.
 
-    Left to Python, for the whole user: no events, a state with no active day (known by
+    Money without Decimal (``units_of``). Left to Python, for the whole user: no events, a state with no active day (known by
     survey answers only; the plan never passes one), a state attribute outside ATTRIBUTES,
     a time or attribute time beyond int64. Done with Python objects, as plan.py does:
     purchases, install cost and RETURN_EVENTS days when an event adds some (exact at any
@@ -801,14 +879,14 @@ cdef object build_state(state, list events, calendar, rules):
             EV_INSTALL[n_install] = day
             n_install += 1
             if event.cost:
-                cost = cost + money_units(event.cost)
+                cost = cost + units_of(event.cost)
         elif kind == "purchase":
             if purchases is None:
                 purchases = ({(d, cur): p for d, cur, p in state.purchases} if have else {})
             key = (day, event.currency or rules.default_currency)
             old = purchases.get(key)
             amount = event.amount
-            units = money_units(amount) if amount else 0
+            units = units_of(amount) if amount else 0
             purchases[key] = (Purchases(1, units) if old is None
                               else Purchases(old.count + 1, old.units + units))
         value = event.platform  # ATTRIBUTES, in their order

@@ -30,7 +30,7 @@ from retention_tracker.streams.plan import (
     plan_batch,
     user_contributions,
 )
-from retention_tracker.streams.segments import SegmentRules
+from retention_tracker.streams.segments import SegmentRules, money_units
 from retention_tracker.streams.user_state import UserKey, UserState, decode_user, encode_user
 from retention_tracker.streams.windows24 import add_window_contributions
 
@@ -258,3 +258,15 @@ def test_the_native_local_day_is_the_calendars(zone: str) -> None:
                 assert _native.day_of(calendar, instant) == calendar.day_of(instant), instant
     for instant in (0, 1, MS_PER_DAY - 1, 2**33 * 1000 - 1, 2**33 * 1000, 2**33 * 1000 + 1):
         assert _native.day_of(calendar, instant) == calendar.day_of(instant), instant
+
+
+@settings(max_examples=2000, deadline=None)
+@given(amount=st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(-1e10, 1e10, allow_nan=False),
+    st.builds(lambda units, places: units / 10**places, st.integers(0, 10**12),
+              st.integers(0, 9)),  # prices as typed: 4.99, 0.00025 (a half unit)
+    st.integers(-10**20, 10**20)))
+def test_native_money_units_are_the_decimal_ones(amount: float) -> None:
+    """A float's units from its repr without Decimal: half units to even, as Decimal."""
+    assert _native.units_of(amount) == money_units(amount)
