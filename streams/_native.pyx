@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The plan's hot core in C (issue 29): the "new active days" delta and a whole user's
 contributions (without money, answers or returning events) summed per (segments, cell) in a
-C hash table, rendered once per batch into the plan's Counters.
+C hash table, rendered once per batch into the plan's Counters; and a user's state built
+from its events of the batch (``add_events``, at the end of this file).
 
 Why native: that delta is the usual change of a batch (a user active on a day not counted
 yet, nothing else counted moving), and in Python it is sets, tuples and Counter updates
@@ -11,9 +12,10 @@ table (arithmetic outside it), and each contribution is one probe of an open-add
 table keyed by (segments, measure, granularity, coordinates). Python objects are touched
 only to read the two day sets and to render the distinct sums.
 
-It computes exactly ``plan.add_new_days_delta`` (the pure-Python engine, kept as the
-fallback): tests/streams/test_native.py holds the two to the same sums on random states
-and calendars, and every plan property runs against both engines (streams/engine.py).
+It computes exactly ``plan.add_new_days_delta`` and ``plan.add_events`` (the pure-Python
+engine, kept as the fallback): tests/streams/test_native.py holds each pair to the same
+sums and states on random states, events and calendars, and every plan property runs
+against both engines (streams/engine.py).
 """
 
 from collections import Counter
@@ -640,7 +642,9 @@ def day_of(calendar, int64_t ts_ms):
 
 
 # scratch of add_events, grown as needed: per event its time and local day, the times
-# sorted, the install and session days (the GIL keeps one add_events at a time)
+# sorted, the install and session days. One user at a time: Python code it calls (money,
+# calendar, spans) may let another thread in, which then takes the Python engine (BUSY)
+cdef bint BUSY = False
 cdef int64_t* EV_TS = NULL
 cdef int64_t* EV_DAY = NULL
 cdef int64_t* EV_SORTED = NULL
@@ -812,21 +816,28 @@ def add_events(state, events, calendar, rules):
     """``plan.add_events`` natively: the same UserState (equal field by field) for every
     input, from one pass over the user's events in C (times, local days from the zone's
     table, the UTC day spans) and the state's day sets taken as they are where nothing
-    new is added to them.
+    new is added to them; money without Decimal (``units_of``).
 
-    Money without Decimal (``units_of``). Left to Python, for the whole user: no events, a state with no active day (known by
-    survey answers only; the plan never passes one), a state attribute outside ATTRIBUTES,
-    a time or attribute time beyond int64. Done with Python objects, as plan.py does:
-    purchases, install cost and RETURN_EVENTS days when an event adds some (exact at any
-    size), the spans when a late event lands before the last UTC day with activity
-    (``windows24.merge_spans``), and the local day of an instant in a UTC day with a
-    timezone transition or past 2242 (``calendar.day_of``)."""
+    Left to the Python engine, for the whole user: no events, a state with no active day
+    (known by survey answers only; the plan never passes one), a state attribute outside
+    ATTRIBUTES, a time or attribute time beyond int64, a call while another thread's is
+    under way (BUSY). Done with Python objects, as plan.py does: purchases, install cost
+    and RETURN_EVENTS days when an event adds some (exact at any size), the spans when a
+    late event lands before the last UTC day with activity (``windows24.merge_spans``),
+    the local day of an instant in a UTC day with a timezone transition or past 2242
+    (``calendar.day_of``)."""
+    global BUSY
     if type(events) is not list:
         events = list(events)
-    try:
-        found = build_state(state, <list>events, calendar, rules)
-    except OverflowError:  # a time or attribute time beyond int64
-        found = None
+    found = None
+    if not BUSY:
+        BUSY = True
+        try:
+            found = build_state(state, <list>events, calendar, rules)
+        except OverflowError:  # a time or attribute time beyond int64
+            pass
+        finally:
+            BUSY = False
     return python_add_events(state, events, calendar, rules) if found is None else found
 
 
