@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -270,3 +271,27 @@ def test_the_native_local_day_is_the_calendars(zone: str) -> None:
 def test_native_money_units_are_the_decimal_ones(amount: float) -> None:
     """A float's units from its repr without Decimal: half units to even, as Decimal."""
     assert _native.units_of(amount) == money_units(amount)
+
+
+class _Reentrant(AppCalendar):
+    """A calendar whose day_of (asked by the native add_events past 2242) builds another
+    user's state natively, as another thread let in by a Python callback would."""
+
+    inner: ClassVar[list[UserState]] = []
+
+    def day_of(self, ts_ms: int) -> int:
+        self.inner.append(_native.add_events(None, [Event("a", "x", "session", "v", 5)],
+                                             AppCalendar("UTC"), SegmentRules()))
+        return super().day_of(ts_ms)
+
+
+def test_a_native_add_events_inside_another_takes_the_python_engine() -> None:
+    calendar = _Reentrant("Asia/Kathmandu")  # a zone no other test tabulates
+    late = 2**33 * 1000 + MS_PER_DAY  # past the zone table: calendar.day_of per instant
+    events = [Event("a", "s", "session", "u", late, platform="ios"),
+              Event("a", "t", "session", "u", late + 2 * MS_PER_DAY)]
+    built = _native.add_events(None, events, calendar, SegmentRules())
+    assert built == add_events(None, events, AppCalendar("Asia/Kathmandu"), SegmentRules())
+    assert _Reentrant.inner and all(
+        state == add_events(None, [Event("a", "x", "session", "v", 5)], AppCalendar("UTC"))
+        for state in _Reentrant.inner)
