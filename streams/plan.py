@@ -286,7 +286,8 @@ def add_events(
     rules: SegmentRules = DEFAULT_RULES,
 ) -> UserState:
     """The user's state after these accepted events, in any order. A copy of an event
-    whose id is not remembered (``adds_up``) may be among them: it changes nothing."""
+    whose id is not remembered (``adds_up``) may be among them: it changes nothing. The
+    Python engine's; the native one's (``_native.add_events``) gives the same state."""
     first_ms = state.first_seen_ms if state else None
     last_ms = state.last_active_ms if state else None
     active = set(state.active_days) if state else set()
