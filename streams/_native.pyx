@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The plan's hot core in C (issue 29): the "new active days" delta and a whole user's
 contributions (without money, answers or returning events) summed per (segments, cell) in a
-C hash table, rendered once per batch into the plan's Counters.
+C hash table, rendered once per batch into the plan's Counters; and a user's state built
+from its events of the batch (``add_events``, at the end of this file).
 
 Why native: that delta is the usual change of a batch (a user active on a day not counted
 yet, nothing else counted moving), and in Python it is sets, tuples and Counter updates
@@ -11,9 +12,10 @@ table (arithmetic outside it), and each contribution is one probe of an open-add
 table keyed by (segments, measure, granularity, coordinates). Python objects are touched
 only to read the two day sets and to render the distinct sums.
 
-It computes exactly ``plan.add_new_days_delta`` (the pure-Python engine, kept as the
-fallback): tests/streams/test_native.py holds the two to the same sums on random states
-and calendars, and every plan property runs against both engines (streams/engine.py).
+It computes exactly ``plan.add_new_days_delta`` and ``plan.add_events`` (the pure-Python
+engine, kept as the fallback): tests/streams/test_native.py holds each pair to the same
+sums and states on random states, events and calendars, and every plan property runs
+against both engines (streams/engine.py).
 """
 
 from collections import Counter
@@ -533,3 +535,467 @@ cdef inline int64_t last_bit_at_or_before(const uint64_t* bits, int64_t pos) noe
         w -= 1
         word = bits[w]
     return w * 64 + 63 - __builtin_clzll(word)
+
+
+# ---- state building: plan.add_events natively ---------------------------------------------
+
+from retention_tracker.streams.segments import money_units
+from retention_tracker.streams.user_state import MONEY_UNITS, ATTRIBUTES, Purchases, UserState
+from retention_tracker.streams.windows24 import merge_spans
+
+from cpython.mem cimport PyMem_Free
+from cpython.set cimport PyFrozenSet_New, PySet_Add, PySet_Contains
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int* ptype) except NULL
+
+cdef int64_t MS_DAY = 86_400_000  # calendar.MS_PER_DAY
+# Python's day_of goes through float seconds (ts_ms / 1000), exact to the ms below 2^33 s
+# (year 2242); later instants are left to it
+cdef int64_t ZONE_TABLE_END_MS = (<int64_t>1 << 33) * 1000
+cdef Py_ssize_t MAX_ZONE_DAYS = 1 << 16  # ~179 years of UTC days per zone
+cdef int64_t ZONE_MARGIN_DAYS = 32  # tabulated around a missing day at once
+
+
+cdef class ZoneDays:
+    """A non-UTC calendar's offsets, tabulated per UTC day from the calendar's own
+    ``utc_offset_ms`` (zoneinfo): the offset at the start of each UTC day. A UTC day whose
+    start and the next day's start have the same offset lies in one offset (tzdata has no
+    two transitions within a day: after 1970 the closest two of 410 zone files are 6.9
+    days apart), and its events' local day is ``floor((ts + offset) / day)``; a day with
+    a transition in it (DST changes: two a year) asks the calendar's
+    ``day_of`` per event, as the Python engine does. Kept per timezone for the process,
+    grown around the days events fall on."""
+
+    cdef object calendar
+    cdef int64_t base  # the UTC day of starts[0]
+    cdef Py_ssize_t count
+    cdef int64_t* starts  # ms offset at the start of UTC day base + i
+
+    def __cinit__(self, calendar):
+        self.calendar = calendar
+        self.base = 0
+        self.count = 0
+        self.starts = NULL
+
+    def __dealloc__(self):
+        free(self.starts)
+
+    cdef bint cover(self, int64_t lo, int64_t hi) except -1:
+        """Tabulate UTC days lo..hi (with the days already held); False when that would
+        hold more than MAX_ZONE_DAYS (the caller asks the calendar instead)."""
+        cdef int64_t old_hi = self.base + self.count - 1, v
+        if self.count:
+            lo = lo if lo < self.base else self.base
+            hi = hi if hi > old_hi else old_hi
+        if hi - lo + 1 > MAX_ZONE_DAYS:
+            return False
+        cdef int64_t* table = <int64_t*>grown(NULL, (hi - lo + 1) * sizeof(int64_t))
+        offset_of = self.calendar.utc_offset_ms
+        try:
+            for v in range(lo, hi + 1):
+                if self.count and self.base <= v <= old_hi:
+                    table[v - lo] = self.starts[v - self.base]
+                else:
+                    table[v - lo] = offset_of(v * MS_DAY)
+        except BaseException:
+            free(table)
+            raise
+        free(self.starts)
+        self.starts, self.base, self.count = table, lo, hi - lo + 1
+        return True
+
+    cdef int64_t day_of(self, int64_t ts) except? -1:
+        """The calendar's day_of(ts), from the table where the UTC day has one offset."""
+        cdef int64_t u = floordiv(ts, MS_DAY), offset
+        if 0 <= ts < ZONE_TABLE_END_MS:
+            if (u < self.base or u + 1 >= self.base + self.count) and not self.cover(
+                    u - ZONE_MARGIN_DAYS, u + ZONE_MARGIN_DAYS):
+                return self.calendar.day_of(ts)
+            offset = self.starts[u - self.base]
+            if offset == self.starts[u + 1 - self.base]:
+                return floordiv(ts + offset, MS_DAY)
+        return self.calendar.day_of(ts)
+
+
+cdef dict ZONES = {}  # timezone -> its ZoneDays, for the process
+
+
+cdef ZoneDays zone_days(calendar):
+    """The calendar's offset table (None: UTC, whose day is plain division)."""
+    timezone = calendar.timezone
+    if timezone == "UTC":
+        return None
+    cdef ZoneDays found = ZONES.get(timezone)
+    if found is None:
+        found = ZONES[timezone] = ZoneDays(calendar)
+    return found
+
+
+cdef inline int64_t local_day(ZoneDays zone, int64_t ts) except? -1:
+    return floordiv(ts, MS_DAY) if zone is None else zone.day_of(ts)
+
+
+def day_of(calendar, int64_t ts_ms):
+    """The native engine's local day of an instant (tests compare it with calendar.py)."""
+    return local_day(zone_days(calendar), ts_ms)
+
+
+# scratch of add_events, grown as needed: per event its time and local day, the times
+# sorted, the install and session days. One user at a time: Python code it calls (money,
+# calendar, spans) may let another thread in, which then takes the Python engine (BUSY)
+cdef bint BUSY = False
+cdef int64_t* EV_TS = NULL
+cdef int64_t* EV_DAY = NULL
+cdef int64_t* EV_SORTED = NULL
+cdef int64_t* EV_INSTALL = NULL
+cdef int64_t* EV_SESSION = NULL
+cdef Py_ssize_t EV_CAP = 0
+
+
+cdef int reserve_events(Py_ssize_t n) except -1:
+    global EV_TS, EV_DAY, EV_SORTED, EV_INSTALL, EV_SESSION, EV_CAP
+    if n <= EV_CAP:
+        return 0
+    cdef Py_ssize_t size = n * sizeof(int64_t)
+    EV_TS = <int64_t*>grown(EV_TS, size)
+    EV_DAY = <int64_t*>grown(EV_DAY, size)
+    EV_SORTED = <int64_t*>grown(EV_SORTED, size)
+    EV_INSTALL = <int64_t*>grown(EV_INSTALL, size)
+    EV_SESSION = <int64_t*>grown(EV_SESSION, size)
+    EV_CAP = n
+    return 0
+
+
+cdef Py_ssize_t sort_unique(int64_t* values, Py_ssize_t n) noexcept:
+    """Sort values[:n] and drop repeats; returns how many are left."""
+    if n < 2:
+        return n
+    qsort(values, n, sizeof(int64_t), compare_days)
+    cdef Py_ssize_t i, kept = 1
+    for i in range(1, n):
+        if values[i] != values[kept - 1]:
+            values[kept] = values[i]
+            kept += 1
+    return kept
+
+
+# ---- money: segments.money_units of a float without Decimal ----------------------------------
+
+cdef int64_t MONEY_DIGITS = 4  # MONEY_UNITS = 10^4
+assert MONEY_UNITS == 10 ** MONEY_DIGITS
+cdef uint64_t MAX_EXACT_UNITS = (<uint64_t>1) << 62  # larger: Python's ints
+
+
+cdef bint float_units(double amount, int64_t* units) except -1:
+    """money_units(amount) into ``units``: Python's shortest repr of the float (the digits
+    ``str`` gives, which money_units reads as a Decimal) times 10^4, rounded half to even
+    like Decimal's default context. False for what it leaves to money_units: inf, nan,
+    and results beyond 2^62."""
+    cdef char* text = PyOS_double_to_string(amount, c'r', 0, 0, NULL)
+    cdef char* c = text
+    cdef bint negative = False, ok = True, exponent_negative = False
+    cdef uint64_t mantissa = 0, power = 1, quotient, remainder
+    cdef int64_t exponent = 0, written = 0, digits = 0, i
+    try:
+        if c[0] == c'-':
+            negative = True
+            c += 1
+        while c'0' <= c[0] <= c'9' or c[0] == c'.':
+            if c[0] == c'.':
+                digits = -1
+            else:
+                mantissa = mantissa * 10 + <uint64_t>(c[0] - c'0')
+                if digits < 0:
+                    exponent -= 1
+            c += 1
+        if c[0] == c'e':
+            c += 1
+            if c[0] == c'-' or c[0] == c'+':
+                exponent_negative = c[0] == c'-'
+                c += 1
+            while c'0' <= c[0] <= c'9':
+                written = written * 10 + (c[0] - c'0')
+                c += 1
+            exponent += -written if exponent_negative else written
+        if c[0] != 0:  # inf, nan
+            return False
+    finally:
+        PyMem_Free(text)
+    exponent += MONEY_DIGITS  # units = mantissa * 10^exponent, rounded
+    if exponent >= 0:
+        for i in range(exponent):
+            if mantissa > MAX_EXACT_UNITS // 10:
+                return False
+            mantissa *= 10
+        if mantissa > MAX_EXACT_UNITS:
+            return False
+        quotient = mantissa
+    elif exponent < -19:  # mantissa < 10^17: far below half of 10^19
+        quotient = 0
+    else:
+        for i in range(-exponent):
+            power *= 10
+        quotient, remainder = mantissa // power, mantissa % power
+        if 2 * remainder > power or (2 * remainder == power and quotient & 1):
+            quotient += 1
+    units[0] = -<int64_t>quotient if negative else <int64_t>quotient
+    return True
+
+
+def units_of(amount):
+    """segments.money_units(amount), a float's without Decimal (tests hold them equal)."""
+    cdef int64_t units
+    if type(amount) is float and float_units(amount, &units):
+        return units
+    if type(amount) is int:
+        return amount * MONEY_UNITS
+    return money_units(amount)
+
+
+cdef frozenset NO_DAYS = frozenset()
+
+
+cdef object with_days(object old, const int64_t* days, Py_ssize_t n):
+    """``old`` (a frozenset of days) with ``days`` (sorted, unique) added: ``old`` itself
+    when it holds them all (the usual: another event on a day counted)."""
+    cdef Py_ssize_t i, first_new = -1
+    for i in range(n):
+        if not PySet_Contains(old, days[i]):
+            first_new = i
+            break
+    if first_new < 0:
+        return old
+    cdef object found = PyFrozenSet_New(old)  # a new set: filled before anyone sees it
+    for i in range(first_new, n):
+        PySet_Add(found, days[i])
+    return found
+
+
+cdef bint earlier_value(list values, int64_t* best_ts, int a, object value, int64_t ts
+                        ) except -1:
+    """Does this event's value of attribute ``a`` win over the one kept (then kept)? The
+    earliest event carrying it wins; equal times: the smallest value (plan.add_events)."""
+    if values[a] is None or ts < best_ts[a] or (ts == best_ts[a] and value < values[a]):
+        values[a] = value
+        best_ts[a] = ts
+        return True
+    return False
+
+
+cdef Py_ssize_t count_new(object old, const int64_t* days, Py_ssize_t n) except -1:
+    """How many of ``days`` ``old`` (a frozenset) does not hold."""
+    cdef Py_ssize_t i, found = 0
+    for i in range(n):
+        if not PySet_Contains(old, days[i]):
+            found += 1
+    return found
+
+
+cdef bint sorted_by_key(tuple entries, Py_ssize_t width) except -1:
+    """Are ``entries`` tuples of ``width`` whose keys (all but the last item) strictly
+    ascend? Then the Python engine's dict-and-sort rebuilds them equal, and they are kept."""
+    cdef object previous = None, key
+    for entry in entries:
+        if type(entry) is not tuple or len(<tuple>entry) != width:
+            return False
+        key = (<tuple>entry)[:width - 1]
+        if previous is not None and not previous < key:
+            return False
+        previous = key
+    return True
+
+
+cdef object python_add_events(state, events, calendar, rules):
+    """The Python engine's add_events (streams/plan.py), for the cases left to it."""
+    from retention_tracker.streams.plan import add_events as python
+    return python(state, events, calendar, rules)
+
+
+def add_events(state, events, calendar, rules):
+    """``plan.add_events`` natively: the same UserState (equal field by field) for every
+    input, from one pass over the user's events in C (times, local days from the zone's
+    table, the UTC day spans) and the state's day sets taken as they are where nothing
+    new is added to them; money without Decimal (``units_of``).
+
+    Left to the Python engine, for the whole user: no events, a state with no active day
+    (known by survey answers only; the plan never passes one), a state attribute outside
+    ATTRIBUTES, a time or attribute time beyond int64, a call while another thread's is
+    under way (BUSY). Done with Python objects, as plan.py does: purchases, install cost
+    and RETURN_EVENTS days when an event adds some (exact at any size), the spans when a
+    late event lands before the last UTC day with activity (``windows24.merge_spans``),
+    the local day of an instant in a UTC day with a timezone transition or past 2242
+    (``calendar.day_of``)."""
+    global BUSY
+    if type(events) is not list:
+        events = list(events)
+    found = None
+    if not BUSY:
+        BUSY = True
+        try:
+            found = build_state(state, <list>events, calendar, rules)
+        except OverflowError:  # a time or attribute time beyond int64
+            pass
+        finally:
+            BUSY = False
+    return python_add_events(state, events, calendar, rules) if found is None else found
+
+
+cdef object build_state(state, list events, calendar, rules):
+    cdef Py_ssize_t n = len(events), i, n_install = 0, n_session = 0, a
+    if n == 0 or (state is not None and not state.active_days):
+        return None
+    cdef ZoneDays zone = zone_days(calendar)
+    reserve_events(n)
+    cdef bint have = state is not None
+    cdef int64_t ts, day, first_ms = 0, last_ms = 0
+    cdef int64_t best_ts[3]
+    cdef bint attributes_kept = True  # the state's attributes tuple stays as it is
+    values = [None, None, None]  # of ATTRIBUTES, with their times in best_ts
+    best_ts[0] = best_ts[1] = best_ts[2] = 0
+    if have:
+        first_ms, last_ms = state.first_seen_ms, state.last_active_ms
+        a = -1
+        for entry in state.attributes:
+            name, value, at = entry
+            if name not in ATTRIBUTES:
+                return None
+            i = ATTRIBUTES.index(name)
+            if type(entry) is not tuple or i <= a:
+                attributes_kept = False
+            a = i
+            values[i], best_ts[i] = value, at
+    return_types = rules.return_types
+    cost = state.cost_units if have else 0
+    purchases = None  # (day, currency) -> Purchases, made when an event adds one
+    returns = None  # kind -> set of days, likewise
+    for i in range(n):
+        event = events[i]
+        ts = event.ts_ms
+        kind = event.type
+        day = local_day(zone, ts)
+        EV_TS[i] = ts
+        EV_DAY[i] = day
+        if return_types and kind in return_types:
+            if returns is None:
+                returns = {k: set(days) for k, days in state.returns} if have else {}
+            found = returns.get(kind)
+            if found is None:
+                found = returns[kind] = set()
+            found.add(day)
+        if kind == "session":
+            EV_SESSION[n_session] = day
+            n_session += 1
+        elif kind == "install":
+            EV_INSTALL[n_install] = day
+            n_install += 1
+            if event.cost:
+                cost = cost + units_of(event.cost)
+        elif kind == "purchase":
+            if purchases is None:
+                purchases = ({(d, cur): p for d, cur, p in state.purchases} if have else {})
+            key = (day, event.currency or rules.default_currency)
+            old = purchases.get(key)
+            amount = event.amount
+            units = units_of(amount) if amount else 0
+            purchases[key] = (Purchases(1, units) if old is None
+                              else Purchases(old.count + 1, old.units + units))
+        value = event.platform  # ATTRIBUTES, in their order
+        if value is not None and earlier_value(values, best_ts, 0, value, ts):
+            attributes_kept = False
+        value = event.country
+        if value is not None and earlier_value(values, best_ts, 1, value, ts):
+            attributes_kept = False
+        value = event.campaign
+        if value is not None and earlier_value(values, best_ts, 2, value, ts):
+            attributes_kept = False
+        if not have and i == 0:
+            first_ms = last_ms = ts
+        if ts < first_ms:
+            first_ms = ts
+        if ts > last_ms:
+            last_ms = ts
+    old_active = state.active_days if have else NO_DAYS
+    for i in range(n):
+        EV_SORTED[i] = EV_DAY[i]
+    cdef Py_ssize_t n_days = sort_unique(EV_SORTED, n)
+    cdef Py_ssize_t added = count_new(old_active, EV_SORTED, n_days)
+    active = old_active if added == 0 else with_days(old_active, EV_SORTED, n_days)
+    n_install = sort_unique(EV_INSTALL, n_install)
+    installs = with_days(state.install_days if have else NO_DAYS, EV_INSTALL, n_install)
+    n_session = sort_unique(EV_SESSION, n_session)
+    old_sessions = state.session_days if have else NO_DAYS
+    if old_sessions is old_active and count_new(old_sessions, EV_SESSION, n_session) == added:
+        sessions = active  # a session on every active day, before and after (the usual)
+    else:  # plan.add_events' shared_days: the active days' own set when equal
+        sessions = with_days(old_sessions, EV_SESSION, n_session)
+        if sessions is not active and sessions == active:
+            sessions = active
+    if attributes_kept and have:
+        attributes = state.attributes
+    else:
+        attributes = tuple((ATTRIBUTES[a], values[a], best_ts[a]) for a in range(3)
+                           if values[a] is not None)
+    if purchases is None and have and state.purchases and not sorted_by_key(
+            state.purchases, 3):
+        purchases = {(d, cur): p for d, cur, p in state.purchases}
+    if purchases is not None:
+        purchase_items = tuple((d, cur, p) for (d, cur), p in sorted(purchases.items()))
+    else:
+        purchase_items = state.purchases if have else ()
+    if returns is None and have and state.returns and not sorted_by_key(state.returns, 2):
+        returns = {k: set(days) for k, days in state.returns}
+    if returns is not None:
+        return_items = (tuple((k, frozenset(days)) for k, days in sorted(returns.items()))
+                        if returns else ())
+    else:
+        return_items = state.returns if have else ()
+    spans = None if have and state.utc_spans is None else merged_spans(
+        state.utc_spans if have else (), n)
+    return UserState(
+        first_ms, last_ms, local_day(zone, first_ms), active, installs, attributes,
+        purchase_items, cost, sessions,
+        state.notified_episode_ms if have else None,
+        state.notified_days if have else (),
+        state.expired_days if have else (),
+        state.answers if have else (),
+        return_items,
+        spans,
+        state.at_risk_episode_ms if have else None,
+        state.at_risk_moment_ms if have else 0,
+        state.at_risk_sent if have else False,
+    )
+
+
+cdef tuple merged_spans(tuple spans, Py_ssize_t n):
+    """``windows24.merge_spans`` of the state's spans and the events' times (EV_TS[:n]):
+    per UTC day, the earliest and latest. The usual, events on the last UTC day with
+    activity or later, and a new user's, here; a late event before it, in Python."""
+    cdef Py_ssize_t i, k = 0, kept
+    for i in range(n):
+        EV_SORTED[i] = EV_TS[i]
+    qsort(EV_SORTED, n, sizeof(int64_t), compare_days)
+    cdef int64_t first_day = floordiv(EV_SORTED[0], MS_DAY), u, last_u, lo, hi
+    cdef list found = []  # (day, earliest, latest) per UTC day, ascending
+    lo = hi = EV_SORTED[0]
+    last_u = first_day
+    for i in range(1, n):
+        u = floordiv(EV_SORTED[i], MS_DAY)
+        if u != last_u:
+            found.append((last_u, lo, hi))
+            last_u, lo = u, EV_SORTED[i]
+        hi = EV_SORTED[i]
+    found.append((last_u, lo, hi))
+    if not spans:
+        return tuple(found)
+    last = spans[len(spans) - 1]
+    if first_day < last[0]:
+        return merge_spans(spans, {d: [f, l] for d, f, l in found})
+    kept = len(spans) - 1
+    if first_day == last[0]:  # the last span grows
+        u, lo, hi = found[0]
+        found[0] = (u, min(lo, last[1]), max(hi, last[2]))
+    else:
+        kept += 1
+    return spans[:kept] + tuple(found)

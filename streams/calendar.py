@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 GRANULARITIES = ("day", "week", "month")
@@ -19,6 +19,7 @@ GRANULARITIES = ("day", "week", "month")
 PERIOD_GRANULARITIES = (*GRANULARITIES, "year")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MS_PER_DAY = 86_400_000  # the one definition: every module takes it from here
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def day_to_date(day: int) -> date:
@@ -97,6 +98,16 @@ class AppCalendar:
             return ts_ms // MS_PER_DAY
         local = datetime.fromtimestamp(ts_ms / 1000, self._zone)
         return local.date().toordinal() - _EPOCH_ORDINAL
+
+    def utc_offset_ms(self, ts_ms: int) -> int:
+        """The zone's offset from UTC at this instant, in ms (DST-aware): ``day_of`` is the
+        day of ``ts_ms`` plus it. The native engine tabulates it per UTC day
+        (streams/_native.pyx ``ZoneDays``) instead of asking zoneinfo per event."""
+        if self.timezone == "UTC":
+            return 0
+        offset = datetime.fromtimestamp(ts_ms / 1000, self._zone).utcoffset()
+        assert offset is not None, "an IANA zone has an offset at every instant"
+        return offset // _ONE_MS
 
     def day_start_ms(self, day: int) -> int:
         """Local midnight that starts ``day``, as epoch ms (DST-aware)."""

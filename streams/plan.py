@@ -286,7 +286,8 @@ def add_events(
     rules: SegmentRules = DEFAULT_RULES,
 ) -> UserState:
     """The user's state after these accepted events, in any order. A copy of an event
-    whose id is not remembered (``adds_up``) may be among them: it changes nothing."""
+    whose id is not remembered (``adds_up``) may be among them: it changes nothing. The
+    Python engine's; the native one's (``_native.add_events``) gives the same state."""
     first_ms = state.first_seen_ms if state else None
     last_ms = state.last_active_ms if state else None
     active = set(state.active_days) if state else set()
@@ -658,7 +659,8 @@ def _add_run(plan: Plan, user: UserKey, state: UserState | None, run: list[Event
              calendar: AppCalendar, rules: SegmentRules, winback: WinbackRules) -> UserState:
     """The state after a run of events; when an episode was handled, the run may be the
     user's return (a users.reactivated message) or show a false alarm."""
-    new = add_events(state, run, calendar, rules)
+    native = engine.native()  # None: the Python engine builds the state
+    new = (add_events if native is None else native.add_events)(state, run, calendar, rules)
     if state is not None and (state.notified_days or state.expired_days):
         new, message = return_of(user, state, new, run, rules, winback, plan.stats)
         if message is not None:
