@@ -1,5 +1,5 @@
-"""The Lua scripts: load a batch's inputs, apply a plan atomically (fenced), count the
-due entries.
+"""The Lua scripts: load a batch's inputs, apply a plan atomically (fenced), read and
+count due entries.
 
 They take their arguments as one MessagePack map (ARGV[1], decoded by Redis's built-in
 cmsgpack) whose fields are named below: packing thousands of small arguments one by one in
@@ -160,6 +160,29 @@ for _, bucket in ipairs(order) do
   end
 end
 return 1
+"""
+
+
+# KEYS: due buckets of one partition and kind (``state/schema.py`` ``due_bucket``).
+# ARGV[1]: {most = the latest moment wanted, in ms, limit = entries per bucket at most
+#           (0: all)}
+# Returns [member, score, member, score, ...]: each bucket's entries up to ``most``, oldest
+# first, bucket after bucket: one call for a due page's hundreds of buckets, where a
+# pipeline of one read each cost the worker more than the entries (``RedisStore._due_page``).
+DUE_RANGE_LUA = """
+local arg = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local part
+  if arg.limit > 0 then
+    part = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', arg.most, 'WITHSCORES', 'LIMIT', 0,
+                      arg.limit)
+  else
+    part = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', arg.most, 'WITHSCORES')
+  end
+  for j = 1, #part do out[#out + 1] = part[j] end
+end
+return out
 """
 
 

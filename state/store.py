@@ -35,6 +35,7 @@ from retention_tracker.state.schema import (
 from retention_tracker.state.scripts import (
     APPLY_PLAN_LUA,
     DUE_COUNTS_LUA,
+    DUE_RANGE_LUA,
     LOAD_BATCH_LUA,
     KeyIndex,
     grouped,
@@ -133,8 +134,9 @@ class RedisStore:
         wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
-        self.transport = Transport(client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA, DUE_COUNTS_LUA),
-                                   wait_replicas, wait_timeout_ms)
+        self.transport = Transport(
+            client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA, DUE_RANGE_LUA, DUE_COUNTS_LUA),
+            wait_replicas, wait_timeout_ms)
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         self.dedup_buckets = dedup_buckets
@@ -143,6 +145,7 @@ class RedisStore:
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
         self._apply_script = client.register_script(APPLY_PLAN_LUA)
+        self._due_range = client.register_script(DUE_RANGE_LUA)
         self._due_counts = client.register_script(DUE_COUNTS_LUA)
 
     async def close(self) -> None:
@@ -325,21 +328,27 @@ class RedisStore:
         set orders them), at most ``limit``: the index gives the buckets whose earliest
         entry has come, and the ``limit`` oldest entries lie in the ``limit`` buckets that
         start earliest (each starts with an entry at least as old) and any that start with
-        the last of them; their due entries, merged, make the page."""
+        the last of them; their due entries up to that one's earliest, read in one call and
+        merged, make the page."""
         page = {"start": 0, "num": limit} if limit is not None else {}
         index = self.keys.due_index(shard, kind)
         [first] = await self.transport.fan_out([Read(
             "zrangebyscore", index, ("-inf", now_ms), {**page, "withscores": True})])
+        if not first:
+            return []
         buckets = {int(number) for number, _ in first}
-        if first and len(first) == limit:
-            last = first[-1][1]
-            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (last, last))])
+        most = now_ms
+        if len(first) == limit:
+            # those buckets hold ``limit`` entries at or before the last one's earliest:
+            # no later entry can make the page
+            most = int(first[-1][1])
+            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (most, most))])
             buckets.update(int(number) for number in tied)
-        parts = await self.transport.fan_out([
-            Read("zrangebyscore", self.keys.due_bucket(shard, kind, number), ("-inf", now_ms),
-                 {**page, "withscores": True}) for number in sorted(buckets)])
-        entries = sorted((score, member) for part in parts for member, score in part)
-        return [(parse_due_member(member), int(score)) for score, member in entries[:limit]]
+        names = [self.keys.due_bucket(shard, kind, number) for number in sorted(buckets)]
+        flat = await self.transport.script(self._due_range, DUE_RANGE_LUA, names,
+                                           pack({"most": str(most), "limit": limit or 0}))
+        entries = sorted((int(flat[i + 1]), flat[i]) for i in range(0, len(flat), 2))
+        return [(parse_due_member(member), score) for score, member in entries[:limit]]
 
     async def adopt_due_sets(self, shard: int, thresholds: Iterable[int]) -> None:
         """Merge the due sets of before into the due buckets, each user at its earliest
