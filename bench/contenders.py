@@ -44,6 +44,7 @@ from retention_tracker.state.schema import Keyspace
 from retention_tracker.streams import engine
 
 from .processes import FAUST_BASELINE, FAUST_TABLE, RETENTION, CpuMeter, peak_rss_bytes
+from .redis_commands import CommandMeter
 
 POLL_S = 0.02  # how often Redis is read for progress: the window's resolution
 
@@ -402,13 +403,17 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
     process = deployment.start()
     bar = stack.bar(total, f"worker      {shape}")
     meter = stack.cpu_meter(process.pid)
+    commands, whole_run_commands = CommandMeter(client), CommandMeter(client)
     whole_run = stack.cpu_meter(process.pid)
     whole_run.start()
+    whole_run_commands.start()
     try:
         with process:
-            first, last = _follow_worker(deployment, client, census, process, bar, meter,
-                                         on_first_progress, forwarded_events)
+            first, last = _follow_worker(deployment, client, census, process, bar,
+                                         (meter, commands), on_first_progress,
+                                         forwarded_events)
             whole_run.stop()
+            whole_run_commands.stop()
             rss = peak_rss_bytes(process.pid)
             memory["after"] = int(client.info("memory")["used_memory"])
     finally:
@@ -424,16 +429,19 @@ def worker_replay(deployment: Deployment, shape: str, census: Census,
         result = RunResult("worker", shape, total, total, last - spawned, 0.0, rss,
                            extra={"window": "whole run from spawn (the steady window was empty)"},
                            cpu_s=whole_run.used)
+        commands = whole_run_commands
+    result.extra["redis_commands"] = commands.per_event(result.window_events)
     return result, memory
 
 
 def _follow_worker(deployment: Deployment, client: redis.Redis, census: Census,
-                   process: ManagedProcess, bar: tqdm, meter: CpuMeter,
+                   process: ManagedProcess, bar: tqdm, meters: tuple[CpuMeter, CommandMeter],
                    on_first_progress: Callable[[ManagedProcess], Any] | None,
                    forwarded_events: int) -> tuple[tuple[float, int], float]:
     """Poll the applied offsets until the whole topic (and every forwarded event) is
-    applied; returns the window's opening (time, events done then) and its end time.
-    Fails if the worker exits or stalls for ``stall_s``."""
+    applied; returns the window's opening (time, events done then) and its end time; the
+    meters run over that window. Fails if the worker exits or stalls for ``stall_s``."""
+    meter, commands = meters
     stack = deployment.stack
     ends = census.end_offsets()
     total = census.events
@@ -453,11 +461,13 @@ def _follow_worker(deployment: Deployment, client: redis.Redis, census: Census,
             if first is None:
                 first = (now, done)
                 meter.start()
+                commands.start()
                 if on_first_progress is not None:
                     on_first_progress(process)
         if all(offsets.get(p, 0) >= end for p, end in ends.items()) and (
                 not forwarded_events or done >= forwarded_events):
             meter.stop()
+            commands.stop()
             assert first is not None
             return first, now
         if not process.alive():

@@ -48,6 +48,7 @@ from .flink_job import FlinkFigures, build_job, check_figures, flink_job, flink_
 from .horizontal import WORKERS, horizontal_replay
 from .latency import measure_latency, raw_latency
 from .profile import profile_replay
+from .redis_commands import summary
 from .workload import Workload, WorkloadSpec, build_workload
 
 SHAPES = {"single": 1, "batch50": 50, "miskeyed": 1}  # shape -> events per message (at most)
@@ -534,6 +535,7 @@ def render(results: dict[str, Any]) -> str:
     lines += _render_horizontal(results.get("horizontal"))
     lines += _render_latency(results)
     lines += _render_memory(results.get("redis_memory", {}))
+    lines += _render_commands(results.get("throughput", {}))
     lines += _render_verdict(results)
     return "\n".join(textwrap.fill(line, REPORT_WIDTH, subsequent_indent="    ")
                      if len(line) > REPORT_WIDTH else line for line in lines)
@@ -641,6 +643,13 @@ def _render_memory(redis_memory: dict[str, Any]) -> list[str]:
             f"{_mib(families.get('aggregates', {}).get('bytes', 0))}"
         )
     return lines
+
+
+def _render_commands(throughput: dict[str, Any]) -> list[str]:
+    """The worker's costliest Redis commands per shape (bench/redis_commands.py)."""
+    return [f"redis commands per event, {shape}: {summary(commands)}"
+            for shape, runs in throughput.items()
+            if (commands := runs.get("worker", {}).get("redis_commands"))]
 
 
 def _render_verdict(results: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import time
 
+import redis
 import redis.asyncio as aioredis
 
 from retention_tracker.devstack.redis_server import start_redis
@@ -84,6 +85,17 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
     return redis_s, wall_s, events, calls
 
 
+def configure(url: str, settings: list[str]) -> None:
+    """CONFIG SET each NAME=VALUE on the private Redis (its encodings' thresholds, say)."""
+    client = redis.Redis.from_url(url)
+    try:
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            client.config_set(name, value)
+    finally:
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -92,18 +104,28 @@ def main() -> None:
     parser.add_argument("--by-user", action="store_true", help="arrays of <= 50 user events")
     parser.add_argument("--cache-users", type=int, default=100_000,
                         help="the worker's STATE_CACHE_USERS")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                        help="a CONFIG SET on the private Redis before the replay, e.g. "
+                             "hash-max-listpack-entries=64 (repeatable)")
     args = parser.parse_args()
     workload = build_workload(WorkloadSpec(args.events, args.users or args.events // 10, 30))
     events = workload.by_user if args.by_user else workload.events
     parts = messages_per_partition(events, args.by_user, 50)
     server, url = start_redis()
     with server:
+        configure(url, args.redis_config)
         redis_s, wall_s, count, calls = asyncio.run(
             replay(url, server.pid, parts, args.batch, args.cache_users))
+        client = redis.Redis.from_url(url)
+        try:
+            used = int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
     shape = "by user, <=50 per message" if args.by_user else "single-event messages"
     print(f"{count:,} events ({shape}), {args.batch} messages per partition batch: "
           f"Redis {redis_s:.2f} CPU-s = {redis_s / count * 1e6:.2f} µs per event "
-          f"({count / redis_s:,.0f} events per Redis CPU-second); wall {wall_s:.1f} s")
+          f"({count / redis_s:,.0f} events per Redis CPU-second); wall {wall_s:.1f} s; "
+          f"used_memory {used / 2**20:.1f} MiB")
     inner = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1])
              if k not in ("evalsha", "eval", "config|resetstat", "info")}
     print("  Redis commands per event: " + ", ".join(

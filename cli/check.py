@@ -39,6 +39,7 @@ from redis.exceptions import RedisClusterException
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.cli.feeding import kafka_problem, quiet_kafka_logs
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
+from retention_tracker.devstack.redis_server import HASH_MAX_LISTPACK_ENTRIES
 from retention_tracker.state.connect import SyncClient, make_sync_client, redis_failure
 from retention_tracker.state.schema import Keyspace, parse_stat, text
 from retention_tracker.state.store import timezone_problem
@@ -114,7 +115,8 @@ def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
         stored = _read_stored(client, Keyspace(settings.key_prefix))
         try:
             config = _per_master(client, lambda **on: {
-                **client.config_get("appendfsync", **on), **client.config_get("save", **on)})
+                **client.config_get("appendfsync", **on), **client.config_get("save", **on),
+                **client.config_get("hash-max-*-entries", **on)})
         except redis.exceptions.ResponseError:  # CONFIG is often disabled on managed Redis
             config = {}
     except (redis.exceptions.RedisError, RedisClusterException) as exc:
@@ -129,6 +131,7 @@ def _redis_checks(settings: Settings, report: _Report) -> _Stored | None:
         report.add(*cluster.slots_check())
     _persistence_check(report, persistence, config)
     _memory_check(report, memory)
+    _encoding_check(report, config)
     return stored
 
 
@@ -199,6 +202,29 @@ def _memory_check(report: _Report, memory: dict[str, dict[str, Any]]) -> None:
         policy, _ = _agreed({n: m.get("maxmemory_policy", "noeviction")
                              for n, m in memory.items()})
         report.add("redis memory", OK, f"maxmemory-policy {policy}")
+
+
+def _encoding_check(report: _Report, config: dict[str, dict[str, Any]]) -> None:
+    """Redis keeps a hash of up to ``hash-max-listpack-entries`` fields as a listpack that
+    each HINCRBY scans: above the tested value the counters cost Redis 1.4-2x the CPU per
+    event (devstack/redis_server.py). No line where CONFIG is disabled (managed Redis)."""
+    limits: dict[str, int] = {}
+    for name, values in config.items():
+        limit = values.get("hash-max-listpack-entries", values.get("hash-max-ziplist-entries"))
+        if limit is not None:
+            limits[name] = int(limit)
+    if not limits:
+        return
+    limit, others = _agreed(limits)
+    high = sorted(n for n, value in limits.items() if value > HASH_MAX_LISTPACK_ENTRIES)
+    if high:
+        on = "" if len(limits) == 1 else f" on {', '.join(high)}"
+        report.add("redis encodings", WARN,
+                   f"hash-max-listpack-entries {limit}{on}: the counters' hashes stay "
+                   "listpacks scanned on every update, Redis spends 1.4-2x the CPU per event "
+                   f"(set {HASH_MAX_LISTPACK_ENTRIES}; docs/operations.md)")
+    else:
+        report.add("redis encodings", OK, f"hash-max-listpack-entries {limit}{_except(others)}")
 
 
 CLUSTER_SLOTS = 16384

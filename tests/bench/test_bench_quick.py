@@ -78,6 +78,8 @@ def test_quick_bench_is_correct_and_reports_every_figure(tmp_path: Path) -> None
         for run in runs.values():
             assert run.keys() >= RUN_KEYS
         assert runs["raw"]["events"] == runs["worker"]["events"] == events
+        # what Redis spent the window on: the apply script is called, and costs something
+        assert runs["worker"]["redis_commands"]["evalsha"]["calls_per_event"] > 0, shape
         # the ceiling has a window even when a quick topic fits in one fetch: never 0
         assert runs["raw"]["window_events"] > 0 and runs["raw"]["events_per_s"] > 0, shape
         assert doc["ratios"][shape]["worker_vs_raw"] > 0, shape

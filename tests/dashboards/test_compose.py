@@ -22,6 +22,7 @@ from retention_tracker.devstack.apache_kafka import (
     kafka_version,
     read_properties,
 )
+from retention_tracker.devstack.redis_server import HASH_MAX_LISTPACK_ENTRIES
 
 from .promql import REPO
 
@@ -276,3 +277,11 @@ def test_the_variable_mapping_follows_the_image() -> None:
     assert kafka_setting("KAFKA_LOG_DIRS") == "log.dirs"
     assert kafka_setting("KAFKA_SOME__NAME") == "some_name"
     assert kafka_setting("KAFKA_SOME___NAME") == "some-name"
+
+
+def test_compose_redis_keeps_hashes_as_the_test_redis_does(compose: dict[str, Any]) -> None:
+    """The counters' hashes turn into hash tables past the same number of fields in the
+    shipped stack as in the tests and the benchmarks (devstack/redis_server.py says why)."""
+    command = services(compose)["redis"]["command"]
+    at = command.index("--hash-max-listpack-entries")
+    assert command[at + 1] == str(HASH_MAX_LISTPACK_ENTRIES)

@@ -38,7 +38,8 @@ def lines(result: Result) -> dict[str, tuple[str, str]]:
     out = {}
     for line in result.output.splitlines():
         status, rest = line.split(None, 1)
-        for name in ("redis persistence", "redis memory", "input topics", "dlq topic",
+        for name in ("redis persistence", "redis memory", "redis encodings", "input topics",
+                     "dlq topic",
                      "rekey topic", "output topics", "settings", "engine", "redis", "broker",
                      "timezones", "keying"):
             if rest.startswith(name + " "):
@@ -63,6 +64,21 @@ def test_a_good_setup_passes(deployment: Deployment) -> None:
     assert "will be created on start" in found["output topics"][1]
     assert found["redis persistence"][0] == "warn"  # the session Redis runs without an AOF
     assert "appendonly is off" in found["redis persistence"][1]
+    assert found["redis encodings"] == ("ok", "hash-max-listpack-entries 64")
+
+
+def test_hashes_kept_as_long_listpacks_warn(deployment: Deployment, tmp_path: Path) -> None:
+    server, url = start_redis(data_dir=tmp_path / "redis")
+    with server:
+        client = redis.Redis.from_url(url)
+        try:
+            client.config_set("hash-max-listpack-entries", 512)  # Redis' own default
+        finally:
+            client.close()
+        result = run(deployment, REDIS_URL=url)
+    assert result.exit_code == 0, result.output  # slower, not wrong: a warning
+    status, detail = lines(result)["redis encodings"]
+    assert status == "warn" and detail.startswith("hash-max-listpack-entries 512:")
 
 
 def test_json_lists_every_check(deployment: Deployment, tmp_path: Path) -> None:
@@ -72,8 +88,9 @@ def test_json_lists_every_check(deployment: Deployment, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     checks: list[dict[str, Any]] = orjson.loads(result.output)
     assert [c["check"] for c in checks] == [
-        "settings", "engine", "redis", "redis persistence", "redis memory", "broker",
-        "input topics", "dlq topic", "rekey topic", "output topics", "timezones", "keying"]
+        "settings", "engine", "redis", "redis persistence", "redis memory", "redis encodings",
+        "broker", "input topics", "dlq topic", "rekey topic", "output topics", "timezones",
+        "keying"]
     assert all(set(c) == {"check", "status", "detail"} for c in checks)
     persistence = next(c for c in checks if c["check"] == "redis persistence")
     assert persistence == {"check": "redis persistence", "status": "ok",
