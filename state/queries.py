@@ -287,8 +287,8 @@ async def winback_figures(
     already read, when the caller covers several apps."""
     stats = stats if stats is not None else parse_stats(await store.read_stats())
     thresholds = settings.inactivity_thresholds_of(app)
-    due_now = await store.due_counts(app, thresholds, await now_ms(store, settings))
-    return build_winback_figures(stats, app, thresholds, due_now)
+    due_now = await store.due_counts({app: thresholds}, await now_ms(store, settings))
+    return build_winback_figures(stats, app, thresholds, due_now[app])
 
 
 async def kpis_report(
@@ -388,9 +388,13 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     now = await now_ms(store, settings)
     stats = parse_stats(await store.read_stats())
     apps: dict[str, AppFigures] = {}
-    for app, zone in (await store.app_timezones()).items():
+    zones = await store.app_timezones()
+    # every app's due users in one pass over the due sets (they hold every app's entries)
+    due_now = await store.due_counts(
+        {app: settings.inactivity_thresholds_of(app) for app in zones}, now)
+    for app, zone in zones.items():
         calendar = AppCalendar(zone)
-        read = await _live_reads(store, settings, app, calendar.day_of(now), now)
+        read = await _live_reads(store, settings, app, calendar.day_of(now), due_now[app])
         apps[app] = app_figures(app, read, stats, calendar, now,
                                 cohort_days=settings.metrics_cohort_days,
                                 currency=settings.currency_of(app),
@@ -398,9 +402,10 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     return LiveFigures(now, apps, stats)
 
 
-async def _live_reads(store: RedisStore, settings: Settings, app: str, today: int, now: int
-                      ) -> LiveReads:
-    """The fields an app's live figures are built from (builders.LiveReads)."""
+async def _live_reads(store: RedisStore, settings: Settings, app: str, today: int,
+                      due_now: dict[int, int]) -> LiveReads:
+    """The fields an app's live figures are built from (builders.LiveReads); ``due_now``:
+    its users due and not yet handled, per threshold (``RedisStore.due_counts``)."""
     found = await store.read_fields(app, DAILY_FAMILY,
                                     [field_name(m, today) for m in DAY_MEASURES])
     for measure in (Measure.REVENUE, *RUN_MEASURES):  # every day's: currencies, edge sums
@@ -434,7 +439,7 @@ async def _live_reads(store: RedisStore, settings: Settings, app: str, today: in
         periods={g: await _current_period_reads(store, app, g, today, currencies)
                  for g in KPI_PERIODS},
         nps={g: await read_measure(store, app, Measure.NPS, g) for g in NPS_PERIODS},
-        due_now=await store.due_counts(app, settings.inactivity_thresholds_of(app), now),
+        due_now=due_now,
     )
 
 

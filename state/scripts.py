@@ -1,6 +1,7 @@
-"""The two Lua scripts: load a batch's inputs, apply a plan atomically (fenced).
+"""The Lua scripts: load a batch's inputs, apply a plan atomically (fenced), read and
+count due entries.
 
-Both take their arguments as one MessagePack map (ARGV[1], decoded by Redis's built-in
+They take their arguments as one MessagePack map (ARGV[1], decoded by Redis's built-in
 cmsgpack) whose fields are named below: packing thousands of small arguments one by one in
 redis-py cost ~11% of the worker's CPU, one packb call ~1/15 of that. Values that Redis
 stores or adds up are sent as strings: Lua numbers are doubles and would round integers
@@ -199,6 +200,59 @@ for _, bucket in ipairs(order) do
   end
 end
 return 1
+"""
+
+
+# KEYS: due buckets of one partition and kind (``state/schema.py`` ``due_bucket``).
+# ARGV[1]: {most = the latest moment wanted, in ms, limit = entries per bucket at most
+#           (0: all)}
+# Returns [member, score, member, score, ...]: each bucket's entries up to ``most``, oldest
+# first, bucket after bucket: one call for a due page's hundreds of buckets, where a
+# pipeline of one read each cost the worker more than the entries (``RedisStore._due_page``).
+DUE_RANGE_LUA = """
+local arg = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local part
+  if arg.limit > 0 then
+    part = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', arg.most, 'WITHSCORES', 'LIMIT', 0,
+                      arg.limit)
+  else
+    part = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', arg.most, 'WITHSCORES')
+  end
+  for j = 1, #part do out[#out + 1] = part[j] end
+end
+return out
+"""
+
+
+# KEYS: due buckets of one partition and kind (``state/schema.py`` ``due_bucket``), those
+#       whose earliest entry has come (the kind's index says which).
+# ARGV[1]: {now = "now" in ms, per_app = true to count per app (a member is
+#           ``app NUL user_id``), false for one total}
+# Returns [app, count, app, count, ...] (one total: a single pair whose app is ''). Read
+# only: the entries due by now, counted where they lie, with no member or record sent
+# back (``RedisStore.due_counts``).
+DUE_COUNTS_LUA = """
+local arg = cmsgpack.unpack(ARGV[1])
+local now = arg.now
+if not arg.per_app then
+  local total = 0
+  for i = 1, #KEYS do total = total + redis.call('ZCOUNT', KEYS[i], '-inf', now) end
+  return {'', total}
+end
+local counts, out = {}, {}
+for i = 1, #KEYS do
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now)) do
+    local app = string.sub(member, 1, string.find(member, '\\0', 1, true) - 1)
+    counts[app] = (counts[app] or 0) + 1
+  end
+end
+for app, count in pairs(counts) do
+  out[#out + 1] = app
+  out[#out + 1] = count
+end
+return out
 """
 
 

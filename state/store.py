@@ -14,7 +14,7 @@ import hashlib
 import os
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from retention_tracker.config.settings import ConfigError
@@ -41,6 +41,8 @@ from retention_tracker.state.schema import (
 )
 from retention_tracker.state.scripts import (
     APPLY_PLAN_LUA,
+    DUE_COUNTS_LUA,
+    DUE_RANGE_LUA,
     LOAD_BATCH_LUA,
     KeyIndex,
     grouped,
@@ -141,8 +143,9 @@ class RedisStore:
         wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
-        self.transport = Transport(client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA), wait_replicas,
-                                   wait_timeout_ms)
+        self.transport = Transport(
+            client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA, DUE_RANGE_LUA, DUE_COUNTS_LUA),
+            wait_replicas, wait_timeout_ms)
         self.keys = Keyspace(prefix)
         self.user_buckets = user_buckets
         #: DEDUP_BUCKETS: a fixed count for every new generation, None for ``auto``
@@ -155,6 +158,8 @@ class RedisStore:
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
         self._apply_script = client.register_script(APPLY_PLAN_LUA)
+        self._due_range = client.register_script(DUE_RANGE_LUA)
+        self._due_counts = client.register_script(DUE_COUNTS_LUA)
 
     async def close(self) -> None:
         """Close the client and the per-master ones (``Transport.close``)."""
@@ -368,21 +373,27 @@ class RedisStore:
         set orders them), at most ``limit``: the index gives the buckets whose earliest
         entry has come, and the ``limit`` oldest entries lie in the ``limit`` buckets that
         start earliest (each starts with an entry at least as old) and any that start with
-        the last of them; their due entries, merged, make the page."""
+        the last of them; their due entries up to that one's earliest, read in one call and
+        merged, make the page."""
         page = {"start": 0, "num": limit} if limit is not None else {}
         index = self.keys.due_index(shard, kind)
         [first] = await self.transport.fan_out([Read(
             "zrangebyscore", index, ("-inf", now_ms), {**page, "withscores": True})])
+        if not first:
+            return []
         buckets = {int(number) for number, _ in first}
-        if first and len(first) == limit:
-            last = first[-1][1]
-            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (last, last))])
+        most = now_ms
+        if len(first) == limit:
+            # those buckets hold ``limit`` entries at or before the last one's earliest:
+            # no later entry can make the page
+            most = int(first[-1][1])
+            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (most, most))])
             buckets.update(int(number) for number in tied)
-        parts = await self.transport.fan_out([
-            Read("zrangebyscore", self.keys.due_bucket(shard, kind, number), ("-inf", now_ms),
-                 {**page, "withscores": True}) for number in sorted(buckets)])
-        entries = sorted((score, member) for part in parts for member, score in part)
-        return [(parse_due_member(member), int(score)) for score, member in entries[:limit]]
+        names = [self.keys.due_bucket(shard, kind, number) for number in sorted(buckets)]
+        flat = await self.transport.script(self._due_range, DUE_RANGE_LUA, names,
+                                           pack({"most": str(most), "limit": limit or 0}))
+        entries = sorted((int(flat[i + 1]), flat[i]) for i in range(0, len(flat), 2))
+        return [(parse_due_member(member), score) for score, member in entries[:limit]]
 
     async def adopt_due_sets(self, shard: int, thresholds: Iterable[int]) -> None:
         """Merge the due sets of before into the due buckets, each user at its earliest
@@ -481,26 +492,71 @@ class RedisStore:
         self.cache.written(shard, token, {**current, **users})
         return True
 
-    async def due_counts(self, app: str, thresholds: Iterable[int], now_ms: int
-                         ) -> dict[int, int]:
-        """An app's users due now but not yet notified (normally few: the notifier drains
-        them every tick), per threshold, over all partitions: the due set holds each user's
-        next moment only, so the records of the users due say which thresholds have come."""
-        thresholds = list(thresholds)
-        counts = dict.fromkeys(thresholds, 0)
+    async def due_counts(self, thresholds: Mapping[str, Sequence[int]], now_ms: int
+                         ) -> dict[str, dict[int, int]]:
+        """Per app of ``thresholds`` (its thresholds, ascending) and threshold: its users
+        due by ``now_ms`` but not yet handled, over all partitions (the notifier drains them
+        every pass, but a replay or any backlog leaves many: thousands every refresh).
+
+        A user's one due entry is its record's next moment, ``last_active`` + its first
+        threshold not yet handled (every apply that writes a record moves its entry with
+        it; a handled last threshold drops it). So for an app with one threshold (the
+        default) the entries due by now ARE its users due: they are counted in Redis, where
+        they lie (``DUE_COUNTS_LUA``: one ZCOUNT per due bucket while the state holds one
+        app, else a tally by the member's app), and neither entries nor records come back:
+        the cost follows the number of due buckets, not the backlog. Which thresholds a due
+        user of several has reached follows from its last activity and what its episode
+        handled, which only its record holds: for those apps the due users' records are
+        read, a page at a time, exact, at a cost that grows with their backlog (an entry
+        that carried its threshold would spare them, at a byte or two per user)."""
+        counts = {app: dict.fromkeys(days, 0) for app, days in thresholds.items()}
+        several = {app for app, days in thresholds.items() if len(days) > 1}
+        registry = list(await self.app_timezones())
+        only = registry[0] if len(registry) == 1 else None
         for shard in await self.shard_ids():
-            users = [user for user, _ in await self._due_page(shard, DUE_NEXT, now_ms, None)
-                     if user[0] == app]
+            for app, count in (await self._count_due(shard, DUE_NEXT, now_ms, only)).items():
+                days = thresholds.get(app, ())
+                if len(days) == 1:
+                    counts[app][days[0]] += count
+            if several:
+                await self._count_due_records(shard, several, thresholds, now_ms, counts)
+        return counts
+
+    async def _count_due(self, shard: int, kind: str, now_ms: int, only: str | None
+                         ) -> dict[str, int]:
+        """Entries of a kind due by ``now_ms`` on ``shard``, per app; ``only``: the one app
+        the state holds, all of them its own (one ZCOUNT per bucket, no member read)."""
+        [due] = await self.transport.fan_out([
+            Read("zrangebyscore", self.keys.due_index(shard, kind), ("-inf", now_ms))])
+        if not due:
+            return {}
+        names = [self.keys.due_bucket(shard, kind, int(number)) for number in due]
+        reply = await self.transport.script(self._due_counts, DUE_COUNTS_LUA, names,
+                                            pack({"now": str(now_ms), "per_app": only is None}))
+        if only is not None:
+            return {only: int(reply[1])}
+        return {text(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def _count_due_records(self, shard: int, apps: set[str],
+                                 thresholds: Mapping[str, Sequence[int]], now_ms: int,
+                                 counts: dict[str, dict[int, int]]) -> None:
+        """Add the due users of ``apps`` on ``shard`` to ``counts`` per threshold their
+        records say has come and is not handled, reading DUE_PAGE records at a time."""
+        users = [user for user, _ in await self._due_page(shard, DUE_NEXT, now_ms, None)
+                 if user[0] in apps]
+        for start in range(0, len(users), DUE_PAGE):
+            page = users[start:start + DUE_PAGE]
             raws = await self.transport.fan_out([
                 Read("hget", self.user_key(shard, app, user_id), (user_id,))
-                for _, user_id in users])
-            for raw in raws:
+                for app, user_id in page])
+            for (app, _), raw in zip(page, raws, strict=True):
                 state = engine.codec().decode_user(raw) if raw else None
-                for days in thresholds:
-                    if (state is not None and state.seen and not state.handled(days)
+                if state is None or not state.seen:
+                    continue
+                for days in thresholds[app]:
+                    if (not state.handled(days)
                             and state.last_active_ms + days * MS_PER_DAY <= now_ms):
-                        counts[days] += 1
-        return counts
+                        counts[app][days] += 1
 
     async def partition_counts(self) -> dict[str, int]:
         """The partition count of every topic the state was built from."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, day_to_date, period_label
+from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, day_to_date
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import Event
 from retention_tracker.streams.segments import SegmentRules, money, value_segment
@@ -34,17 +34,24 @@ def notification_id(app: str, user_id: str, days: int, episode_ms: int) -> str:
 
 
 def iso_ms(ts_ms: int) -> str:
-    """``datetime.isoformat`` in UTC to the millisecond, from a cached date and integer
-    arithmetic: a payload carries three, and datetime's took ~1.5 µs each in a replay."""
+    """``datetime.isoformat`` in UTC to the millisecond: the date from a cache, the time of
+    day from three small tables (a payload carries three times; datetime's took ~1.5 µs
+    each in a replay, an f-string of its five fields 3x what the tables take)."""
     day, ms_of_day = divmod(ts_ms, MS_PER_DAY)
-    seconds, ms = divmod(ms_of_day, 1000)
-    minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return f"{_utc_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{ms:03d}+00:00"
+    minute, ms_of_minute = divmod(ms_of_day, 60_000)
+    second, ms = divmod(ms_of_minute, 1000)
+    return _iso_date(day) + _HOURS_MINUTES[minute] + _SECONDS[second] + _MILLIS[ms]
+
+
+#: What follows a time's date: "T00:00:".."T23:59:", "00.".."59.", "000+00:00".."999+00:00".
+_HOURS_MINUTES = tuple(f"T{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60))
+_SECONDS = tuple(f"{second:02d}." for second in range(60))
+_MILLIS = tuple(f"{ms:03d}+00:00" for ms in range(1000))
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _utc_date(day: int) -> str:
+def _iso_date(day: int) -> str:
+    """A day number's date, ``YYYY-MM-DD``: a pass's times fall on few distinct days."""
     return day_to_date(day).isoformat()
 
 
@@ -65,6 +72,7 @@ def notification_payload(
 ) -> dict[str, Any]:
     episode = state.last_active_ms
     revenue = sum(p.units for _, cur, p in state.purchases if cur == rules.default_currency)
+    attributes = {key: value for key, value, _ in state.attributes}
     return {
         "notification_id": notification_id(app, user_id, days, episode),
         "app": app,
@@ -73,15 +81,15 @@ def notification_payload(
         "last_active": iso_ms(episode),
         "inactive_since": iso_ms(episode + days * MS_PER_DAY),
         "first_seen": iso_ms(state.first_seen_ms),
-        "cohort": period_label(state.first_day, "day"),
+        "cohort": _iso_date(state.first_day),  # period_label(first_day, "day"), cached
         "active_days": len(state.active_days),
         "sessions": state.sessions,
-        "purchases": state.purchase_count(),
-        "revenue": money(revenue),
+        "purchases": state.purchase_count() if state.purchases else 0,
+        "revenue": money(revenue) if revenue else 0.0,
         "currency": rules.default_currency,
-        "platform": state.attribute("platform"),
-        "country": state.attribute("country"),
-        "campaign": state.attribute("campaign"),
+        "platform": attributes.get("platform"),
+        "country": attributes.get("country"),
+        "campaign": attributes.get("campaign"),
         "churn_type": churn_type(state, quick_churn_days),
         "value_segment": value_segment(state, rules),
     }

@@ -27,6 +27,7 @@ from retention_tracker.streams.events import Event
 from retention_tracker.streams.figures import Bounds, cohort_rows, last_day_with_data
 from retention_tracker.streams.plan import Plan, dedup_key, dedup_key_of, plan_batch
 from retention_tracker.streams.user_state import UserKey, UserState, encode_user
+from retention_tracker.streams.winback import next_moment_ms
 
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
@@ -233,11 +234,54 @@ async def test_users_due_now_are_counted_per_threshold_from_their_records(
     loaded = await store.load_batch(0, [], [], [], 0)
     assert await store.apply_plan(0, loaded, {}, Plan(due={("a", "u"): BASE_MS + MS_PER_DAY}))
     now = BASE_MS + 3 * MS_PER_DAY
-    assert await store.due_counts("a", (1, 2, 7), now) == {1: 1, 2: 1, 7: 0}
-    assert await store.due_counts("b", (1, 2, 7), now) == {1: 0, 2: 0, 7: 0}
+    assert await store.due_counts({"a": (1, 2, 7), "b": (1, 2, 7)}, now) == {
+        "a": {1: 1, 2: 1, 7: 0}, "b": {1: 0, 2: 0, 7: 0}}
     handled = replace(state, notified_episode_ms=BASE_MS, notified_days=(1,))
     await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(handled))
-    assert await store.due_counts("a", (1, 2, 7), now) == {1: 0, 2: 1, 7: 0}
+    assert await store.due_counts({"a": (1, 2, 7)}, now) == {"a": {1: 0, 2: 1, 7: 0}}
+
+
+@pytest.mark.parametrize("apps", [("a",), ("a", "b")], ids=["one-app", "two-apps"])
+async def test_a_due_backlog_larger_than_any_page_is_counted_exactly(
+    store: RedisStore, apps: tuple[str, ...],
+) -> None:
+    """1,500 users an app on two partitions, 900 of each app due: more than a page
+    (DUE_PAGE) and more than one due bucket holds. "a" has one threshold (counted in Redis,
+    one ZCOUNT per bucket when it is the state's only app, else tallied per app), "b" two
+    (records read: a third had their first moment handled and are due at the second). Each count
+    equals the plain one from the records."""
+    thresholds = {"a": (2,), "b": (1, 3)}
+    now = BASE_MS + 3 * MS_PER_DAY
+    records: dict[UserKey, UserState] = {}
+    for app in apps:
+        await store.fix_timezone(app, "UTC")
+        for n in range(1500):
+            last_ms = BASE_MS + (n % 5) * MS_PER_DAY * 6 // 10  # due for "a": n % 5 < 2
+            day = UTC.day_of(last_ms)
+            state = UserState(BASE_MS, last_ms, day, frozenset({day}), frozenset())
+            if app == "b" and n % 3 == 0:  # its 1-day moment handled: due at 3 days
+                state = replace(state, notified_episode_ms=last_ms, notified_days=(1,))
+            records[app, f"u{n}"] = state
+    for shard in (0, 1):
+        await store.register_shard(shard)
+        mine = {user: state for user, state in records.items()
+                if zlib.crc32(user[1].encode()) % 2 == shard}
+        for (app, user_id), state in mine.items():
+            await store.client.hset(store.user_key(shard, app, user_id), user_id,
+                                    encode_user(state))
+        loaded = await store.load_batch(shard, [], [], [], 0)
+        assert await store.apply_plan(shard, loaded, {}, Plan(due={
+            user: next_moment_ms(state, thresholds[user[0]]) for user, state in mine.items()}))
+    expected = {app: {days: sum(1 for (a, _), state in records.items() if a == app
+                                and not state.handled(days)
+                                and state.last_active_ms + days * MS_PER_DAY <= now)
+                      for days in thresholds[app]} for app in apps}
+    assert expected["a"] == {2: 600}
+    assert expected.get("b", {1: 800, 3: 300}) == {1: 800, 3: 300}
+    assert await store.due_counts({app: thresholds[app] for app in apps}, now) == expected
+    # a moment later, the next fifth of "a" is due too: the count follows "now"
+    later = now + MS_PER_DAY * 6 // 10
+    assert (await store.due_counts({"a": (2,)}, later))["a"] == {2: 900}
 
 
 # ---- due buckets: the two-level structure against a plain model --------------------------
