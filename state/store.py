@@ -218,14 +218,7 @@ class RedisStore:
         blob = pack({"topics": topics, "users": user_groups, "sizes": sizes,
                      "ids": id_groups[0][0], "old_ids": id_groups[1][0]})
         reply = await self.transport.script(self._load, LOAD_BATCH_LUA, keys.names(), blob)
-        recorded = Recorded(int(reply[4]) if reply[4] else None,
-                            int(reply[5]) if reply[5] else None,
-                            int(reply[6]) if reply[6] else 0, bool(reply[7]))
-        for g, count in ((generation, recorded.current), (generation - 1, recorded.previous)):
-            if count is None:
-                counts.pop((shard, g), None)
-            else:
-                counts[shard, g] = count
+        recorded = self._note_dedup_counts(shard, generation, reply[4:8])
         if token is not None and reply[2] != token:
             self.cache.forget(shard)  # written by someone else since: load every user
             return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
@@ -258,6 +251,22 @@ class RedisStore:
             dedup=layout(generation, recorded, self.dedup_buckets, version == 0),
             read_watermark_ms=int(reply[3]) if reply[3] else None,
         )
+
+    def _note_dedup_counts(self, shard: int, generation: int,
+                           fields: Sequence[bytes | None]) -> Recorded:
+        """The load script's reading of this generation's and the previous one's recorded
+        bucket counts (count, count, the previous one's ids, its upgrade flag), kept as the
+        guess the next load looks ids up with."""
+        current, previous, previous_ids, uncounted = fields
+        recorded = Recorded(int(current) if current else None,
+                            int(previous) if previous else None,
+                            int(previous_ids) if previous_ids else 0, bool(uncounted))
+        for g, count in ((generation, recorded.current), (generation - 1, recorded.previous)):
+            if count is None:
+                self._dedup_counts.pop((shard, g), None)
+            else:
+                self._dedup_counts[shard, g] = count
+        return recorded
 
     def _id_groups(self, shard: int, keys: KeyIndex, generation: int, buckets: int,
                    ids: list[bytes]) -> tuple[list[list[object]], list[int]]:
