@@ -10,7 +10,6 @@ from typing import Any
 from retention_tracker.streams.catalogue import (
     CURRENCY_FIGURES,
     DAILY_FIGURES,
-    PAYERS,
     DailyFigure,
     Ratio,
 )
@@ -105,7 +104,8 @@ def _figure(figure: DailyFigure, doc: Mapping[str, Any]) -> Any:
 
 
 def _money_block(doc: Mapping[str, Any]) -> str:
-    head = f"money on {doc['date']}, {PAYERS.label}: {doc[PAYERS.key]}"
+    head = f"money on {doc['date']}" + "".join(
+        f", {figure.label}: {doc[figure.key]}" for figure in DAILY_FIGURES if figure.money)
     revenue, *divided = CURRENCY_FIGURES
     if not doc[revenue.key]:
         return head + f", no {revenue.label}"

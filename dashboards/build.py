@@ -41,7 +41,6 @@ from retention_tracker.streams.catalogue import (
     DAILY_CHARTS,
     DAILY_FIGURES,
     FIGURE,
-    PAYERS,
     SHARE,
     USERS,
     Chart,
@@ -592,13 +591,15 @@ def money() -> dash_b.Dashboard:
             [query(app_gauge(money_figure.gauge).replace("by (app)", "by (app, currency)"),
                    "{{currency}}", per_currency)],
         ))
-    dau = DAILY_FIGURES[0]  # users active today: what the payers are compared with
-    board = board.with_panel(timeseries(
-        f"{PAYERS.label.capitalize()} against {dau.label} today",
-        [query(app_gauge(PAYERS.gauge), PAYERS.label, ("app",)),
-         query(app_gauge(dau.gauge), dau.label, ("app",))],
-        description="How many of today's active users paid.",
-    ))
+    dau = DAILY_FIGURES[0]  # users active today: what the money's daily figures are against
+    for figure in DAILY_FIGURES:
+        if figure.money:
+            board = board.with_panel(timeseries(
+                f"{figure.label.capitalize()} against {dau.label} today",
+                [query(app_gauge(figure.gauge), figure.label, ("app",)),
+                 query(app_gauge(dau.gauge), dau.label, ("app",))],
+                description=f"{figure.help.capitalize()}, against the users active today.",
+            ))
     board = board.with_panel(timeseries(
         "Revenue this week, month and year: new vs returning users",
         [query('max by (app, period, users, currency) (retention_period_revenue{app="$app"})',

@@ -66,7 +66,7 @@ class DailyFigure:
     derived: Derivation
     unit: str = USERS
     note: str = ""  # what the CLI shows beside it
-    money: bool = False  # shown with the money of the day rather than with the users
+    money: bool = False  # shown on the money of the day's line and panels, not with the users
 
     @property
     def gauge(self) -> str:
@@ -116,8 +116,6 @@ CURRENCY_FIGURES: tuple[CurrencyFigure, ...] = (
     CurrencyFigure("arpdau", "ARPDAU", "revenue today / DAU, per currency", "dau"),
     CurrencyFigure("arppu", "ARPPU", "revenue today / payers, per currency", "payers"),
 )
-#: The day's payers: the money block's own line.
-PAYERS = FIGURE["payers"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,9 +191,11 @@ function renderSummary(s) {
       attrs: { "data-value": s[revenue.key][cur] } },
     ...divided.map((f) => amount(s[f.key][cur], 4))] }));
   const box = $("money-today");
-  const payers = catalogue.daily.find((f) => f.money);
-  box.replaceChildren(el("p", { id: payers.key, "data-value": s[payers.key] },
-    `today: ${int(s[payers.key])} ${payers.label}` + (money.length ? "" : ", no revenue")));
+  const counts = catalogue.daily.filter((f) => f.money).flatMap((f, i) => [i ? ", " : "",
+    el("span", { id: f.key, "data-value": s[f.key] }, int(s[f.key])), " " + f.label]);
+  const line = el("p");
+  line.append("today: ", ...counts, money.length ? "" : ", no revenue");
+  box.replaceChildren(line);
   if (money.length) box.append(table(el("table", { id: revenue.key }),
     ["currency", ...catalogue.currency.map((f) => f.label)], money));
   renderWinback(s);
