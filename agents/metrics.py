@@ -28,8 +28,8 @@ from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
 # Every metric name the worker exports; dashboards and rules may use only these. The gauges
 # are the catalogue's (streams/catalogue.py: name, labels, help).
 GLOBAL_GAUGES = {g.name: g.help for g in GAUGES}
-# The snapshot's counters (streams/catalogue.py: name without "_total", help).
-GLOBAL_COUNTERS = COUNTERS
+# The snapshot's counters (streams/catalogue.py: name without "_total", labels, help).
+GLOBAL_COUNTERS = {c.name: c.help for c in COUNTERS}
 
 
 @dataclass(slots=True)
@@ -67,14 +67,9 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         snap = self.snapshot
-        gauges = {
-            name: GaugeMetricFamily(name, doc, labels=_GAUGE_LABELS[name])
-            for name, doc in GLOBAL_GAUGES.items()
-        }
-        counters = {
-            name: CounterMetricFamily(name, doc, labels=_COUNTER_LABELS[name])
-            for name, doc in GLOBAL_COUNTERS.items()
-        }
+        gauges = {g.name: GaugeMetricFamily(g.name, g.help, labels=g.labels) for g in GAUGES}
+        counters = {c.name: CounterMetricFamily(c.name, c.help, labels=c.labels)
+                    for c in COUNTERS}
         apps = snap.figures.apps if snap.figures is not None else {}
         stats = snap.stats
         for app, figures in apps.items():
@@ -238,20 +233,6 @@ _WINBACK_COUNTERS = {Stat.SENT: "retention_notifications_sent",
                      Stat.REACTIVATED: "retention_reactivations",
                      Stat.FALSE_ALARM: "retention_false_alarms",
                      Stat.BACK_WITHIN_7D: "retention_reactivations_within_7d"}
-_GAUGE_LABELS = {g.name: list(g.labels) for g in GAUGES}
-_WINBACK_LABELS = ["app", "threshold", "segment", "churn_type"]
-_COUNTER_LABELS = {
-    "retention_notifications_sent": _WINBACK_LABELS,
-    "retention_notifications_expired": ["app", "threshold"],
-    "retention_false_alarms": _WINBACK_LABELS,
-    "retention_reactivations": _WINBACK_LABELS,
-    "retention_reactivations_within_7d": _WINBACK_LABELS,
-    "retention_events_accepted": ["app", "type"],
-    "retention_events_rejected": ["reason"],
-    "retention_events_duplicate": ["app"],
-    "retention_events_forwarded": ["app", "cause"],
-    "retention_at_risk_messages": ["app", "outcome"],
-}
 
 
 class CacheCounts(Protocol):

@@ -254,29 +254,49 @@ GAUGES: tuple[GaugeFamily, ...] = (
                 "users with activity (the population of the at-risk model)"),
 )
 
-# The counters of the metrics snapshot (METRICS.md §10), summed over the workers' stats in
-# Redis: name without "_total" -> help. The collector exports these and no other.
-COUNTERS: dict[str, str] = {
-    "retention_events_accepted": "events accepted, by app and type",
-    "retention_events_rejected": "events dead-lettered, by reason",
-    "retention_events_duplicate": "copies of remembered events (purchases, installs with a "
-    "cost) ignored, by app; a copy of another event changes nothing and counts as accepted",
-    "retention_events_forwarded": "events read away from their user's home partition and "
-    "forwarded there, by app and cause (no_key, other_key, mixed_array, other_partitioner)",
-    "retention_notifications_sent": "inactivity notifications sent, by threshold, value "
-    "segment and churn type",
-    "retention_notifications_expired": "inactivity moments found later than WINBACK_MAX_DELAY "
-    "behind now (a backfill, an outage): counted, not sent",
-    "retention_false_alarms": "notifications shown wrong by a late event dated before their "
-    "moment, by threshold, value segment and churn type",
-    "retention_reactivations": "notified users active again after the moment, by threshold, "
-    "value segment and churn type",
-    "retention_reactivations_within_7d": "of those, back within 7 days of the moment",
-    "retention_at_risk_messages": "users.at_risk episodes by outcome: sent, expired (found "
-    "later than WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
-    "those, within 7 days of it), false_alarms (a late event dated before a sent moment)",
-}
-assert len({g.name for g in GAUGES}) == len(GAUGES), "gauge names are unique"
+@dataclass(frozen=True, slots=True)
+class CounterFamily:
+    """A counter family of the metrics snapshot (METRICS.md §10), summed over the workers'
+    stats in Redis: its name without ``_total``, its labels and its help. The collector
+    exports these and no other."""
+
+    name: str
+    labels: tuple[str, ...]
+    help: str
+
+
+_WINBACK_LABELS = ("app", "threshold", "segment", "churn_type")
+COUNTERS: tuple[CounterFamily, ...] = (
+    CounterFamily("retention_events_accepted", ("app", "type"),
+                  "events accepted, by app and type"),
+    CounterFamily("retention_events_rejected", ("reason",), "events dead-lettered, by reason"),
+    CounterFamily("retention_events_duplicate", ("app",),
+                  "copies of remembered events (purchases, installs with a cost) ignored, by "
+                  "app; a copy of another event changes nothing and counts as accepted"),
+    CounterFamily("retention_events_forwarded", ("app", "cause"),
+                  "events read away from their user's home partition and forwarded there, by "
+                  "app and cause (no_key, other_key, mixed_array, other_partitioner)"),
+    CounterFamily("retention_notifications_sent", _WINBACK_LABELS,
+                  "inactivity notifications sent, by threshold, value segment and churn type"),
+    CounterFamily("retention_notifications_expired", ("app", "threshold"),
+                  "inactivity moments found later than WINBACK_MAX_DELAY behind now (a "
+                  "backfill, an outage): counted, not sent"),
+    CounterFamily("retention_false_alarms", _WINBACK_LABELS,
+                  "notifications shown wrong by a late event dated before their moment, by "
+                  "threshold, value segment and churn type"),
+    CounterFamily("retention_reactivations", _WINBACK_LABELS,
+                  "notified users active again after the moment, by threshold, value "
+                  "segment and churn type"),
+    CounterFamily("retention_reactivations_within_7d", _WINBACK_LABELS,
+                  "of those, back within 7 days of the moment"),
+    CounterFamily("retention_at_risk_messages", ("app", "outcome"),
+                  "users.at_risk episodes by outcome: sent, expired (found later than "
+                  "WINBACK_MAX_DELAY), returned (back after a sent moment), back_within_7d (of "
+                  "those, within 7 days of it), false_alarms (a late event dated before a sent "
+                  "moment)"),
+)
+assert len({g.name for g in GAUGES} | {c.name for c in COUNTERS}) == len(GAUGES) + len(COUNTERS), \
+    "metric names are unique"
 
 
 # ---- stored names ----------------------------------------------------------------------------
