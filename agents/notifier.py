@@ -58,7 +58,7 @@ class Notifier:
         """The at-risk rules with every app's kept fit of its configured model."""
         if time.monotonic() - self._fits_read_s >= FITS_REFRESH_S:
             kept = {app: StoredFit.decode(raw)
-                    for app, raw in (await self.store.read_lapse_fits()).items()}
+                    for app, raw in (await self.store.registry.read_lapse_fits()).items()}
             self._at_risk = replace(self._at_risk, fits={
                 app: (fit.model, fit.params) for app, fit in kept.items()
                 if fit.model == self.settings.at_risk_model_of(app)})

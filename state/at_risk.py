@@ -76,7 +76,7 @@ async def refit(store: RedisStore, settings: Settings, app: str) -> StoredFit:
     model: Model = settings.at_risk_model_of(app)  # type: ignore[assignment]
     fitted = await asyncio.to_thread(fit, model, summaries)
     stored = StoredFit(model, fitted.params, fitted.log_likelihood, fitted.users, now)
-    await store.write_lapse_fit(app, stored.encode())
+    await store.registry.write_lapse_fit(app, stored.encode())
     return stored
 
 
@@ -84,7 +84,7 @@ async def current_fit(store: RedisStore, settings: Settings, app: str, refit_now
                       ) -> StoredFit:
     """The app's kept fit; fitted now when asked, when there is none, or when the kept one
     is of another model than the app's setting."""
-    raw = None if refit_now else await store.read_lapse_fit(app)
+    raw = None if refit_now else await store.registry.read_lapse_fit(app)
     kept = StoredFit.decode(raw) if raw else None
     if kept is None or kept.model != settings.at_risk_model_of(app):
         return await refit(store, settings, app)
@@ -95,7 +95,7 @@ async def refit_every_app(store: RedisStore, settings: Settings) -> list[str]:
     """The worker's schedule (AT_RISK_REFIT_SECONDS): refit each app with data; returns the
     apps refitted."""
     done = []
-    for app in sorted(await store.app_timezones()):
+    for app in sorted(await store.registry.app_timezones()):
         try:
             await refit(store, settings, app)
         except QueryError:  # no user yet (answers only)
@@ -163,8 +163,8 @@ async def at_risk_figures(store: RedisStore, settings: Settings) -> dict[str, di
     """For the metrics snapshot, per app with a kept fit (none is fitted here): the users
     with activity and those at risk now."""
     out = {}
-    for app in sorted(await store.app_timezones()):
-        raw = await store.read_lapse_fit(app)
+    for app in sorted(await store.registry.app_timezones()):
+        raw = await store.registry.read_lapse_fit(app)
         if raw:
             risk = await risk_now(store, settings, app, StoredFit.decode(raw))
             out[app] = {"users": risk.tracked, "at_risk": risk.at_risk}

@@ -135,7 +135,7 @@ async def now_ms(store: RedisStore, settings: Settings) -> int:
 
 
 async def app_calendar(store: RedisStore, settings: Settings, app: str) -> AppCalendar:
-    zones = await store.app_timezones()
+    zones = await store.registry.app_timezones()
     if app not in zones:
         known = ", ".join(sorted(zones)) or "none yet"
         raise QueryError(f"no data for app {app!r} (apps with data: {known})")
@@ -238,7 +238,7 @@ async def daily_report(
 
 async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
     """The apps with data and what the page's pickers offer."""
-    zones = await store.app_timezones()
+    zones = await store.registry.app_timezones()
     return AppsReport(tuple({"app": app, "timezone": zones[app],
                              "currency": settings.currency_of(app),
                              "thresholds": list(settings.inactivity_thresholds_of(app))}
@@ -388,7 +388,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     now = await now_ms(store, settings)
     stats = parse_stats(await store.read_stats())
     apps: dict[str, AppFigures] = {}
-    zones = await store.app_timezones()
+    zones = await store.registry.app_timezones()
     # every app's due users in one pass over the due sets (they hold every app's entries)
     due_now = await store.due_counts(
         {app: settings.inactivity_thresholds_of(app) for app in zones}, now)

@@ -10,14 +10,11 @@ forward) together. How calls reach a single Redis or a cluster's masters is
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
 from retention_tracker.state.cluster import AsyncClient, Read, Transport
 from retention_tracker.state.dedup import (
@@ -27,6 +24,8 @@ from retention_tracker.state.dedup import (
     layout,
     legacy_buckets,
 )
+from retention_tracker.state.layout import Layout
+from retention_tracker.state.registry import Registry
 from retention_tracker.state.schema import (
     DUE_NEXT,
     DUE_RISK,
@@ -93,42 +92,6 @@ def summed(parts: Iterable[Iterable[tuple[bytes | str, bytes | str]]]) -> Counte
     return total
 
 
-def bucket_layout(user_buckets: int, due_buckets: int) -> dict[str, int]:
-    """The bucket counts a state is built with, by their settings' names."""
-    return {"USER_BUCKETS": user_buckets, "DUE_BUCKETS": due_buckets}
-
-
-class LayoutChanged(ConfigError):
-    """The state was built with other bucket counts than this worker's settings."""
-
-
-def layout_problem(stored: Mapping[str, int], configured: Mapping[str, int]) -> str | None:
-    """One line when a bucket count differs from the one the state was built with, else
-    None. A user's record and due entry sit in the bucket its hash names modulo the count:
-    with another count the worker would read a new user where a record exists, and an old
-    due entry could never be removed again (it would come due at every pass)."""
-    changed = [f"{name}={configured[name]} but the state was built with {stored[name]}"
-               for name in sorted(configured)
-               if name in stored and stored[name] != configured[name]]
-    if not changed:
-        return None
-    return (f"{'; '.join(changed)}: bucket counts are fixed for the state's life; restore the "
-            f"setting, or replay into a fresh KEY_PREFIX (docs/operations.md 'Re-sharding')")
-
-
-class TimezoneConflict(ConfigError):
-    """An app's data was built in one timezone and this worker is configured with another."""
-
-
-def timezone_problem(app: str, stored: str | None, configured: str) -> str | None:
-    """One line when an app's data was built in another timezone than the configured one
-    (its days would be cut at other hours and mix two calendars), else None."""
-    if stored is None or stored == configured:
-        return None
-    return (f"app {app!r} has data in timezone {stored!r} but TIMEZONE/APP_TIMEZONES give "
-            f"{configured!r}; fix the setting")
-
-
 class RedisStore:
     def __init__(
         self,
@@ -146,14 +109,16 @@ class RedisStore:
         self.transport = Transport(
             client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA, DUE_RANGE_LUA, DUE_COUNTS_LUA),
             wait_replicas, wait_timeout_ms)
-        self.keys = Keyspace(prefix)
-        self.user_buckets = user_buckets
+        #: where each thing lives: one layout for the write path and every room
+        self.layout = Layout(Keyspace(prefix), user_buckets, due_buckets)
+        self.keys = self.layout.keys
+        #: what the state records about itself
+        self.registry = Registry(self.transport, self.layout)
         #: DEDUP_BUCKETS: a fixed count for every new generation, None for ``auto``
         self.dedup_buckets = dedup_buckets
         #: recorded bucket counts by (shard, generation), as last read: a guess for the
         #: next load, which reads them again and looks the ids up again if they differ
         self._dedup_counts: dict[tuple[int, int], int] = {}
-        self.due_buckets = due_buckets
         self.dedup_window_days = dedup_window_days
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
@@ -166,21 +131,6 @@ class RedisStore:
         await self.transport.close()
 
     # ---- write side -------------------------------------------------------------------
-
-    def user_key(self, shard: int, app: str, user_id: str) -> str:
-        """The hash holding this user's record."""
-        return self.keys.users(shard, app, self._user_bucket(user_id))
-
-    def _user_bucket(self, user_id: str) -> int:
-        return zlib.crc32(user_id.encode()) % self.user_buckets
-
-    def due_bucket(self, user: UserKey) -> int:
-        """The due bucket holding ``user``'s entries (the same number in every kind). A
-        digest, not a CRC: a CRC of the member is the user id's CRC xor a constant, so its
-        low bits would follow any CRC-based partitioning (bench/plan_cpu.py's: with 4
-        partitions, each partition's users filled only a quarter of its buckets)."""
-        digest = hashlib.blake2b(due_member(user).encode(), digest_size=4).digest()
-        return int.from_bytes(digest) % self.due_buckets
 
     def dedup_generation(self, now_ms: int) -> int:
         """Ids live in rotating generations of the window's length: one is remembered for
@@ -211,7 +161,7 @@ class RedisStore:
         sizes = [keys.of(self.keys.dedup_sizes(shard, generation)),
                  keys.of(self.keys.dedup_sizes(shard, generation - 1))]
         user_groups, user_order = grouped(
-            (((app, self._user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
+            (((app, self.layout.user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
             lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
         id_groups = [self._id_groups(shard, keys, generation, read[0], dedup_keys),
                      self._id_groups(shard, keys, generation - 1, read[1], dedup_keys)]
@@ -350,7 +300,7 @@ class RedisStore:
         removed: list[tuple[tuple[str, int], tuple[str, ...]]] = []
         for kind, by_user in moments.items():
             for user, moment in by_user.items():
-                bucket = (kind, self.due_bucket(user))
+                bucket = (kind, self.layout.due_bucket(user))
                 if moment is None:
                     removed.append((bucket, (due_member(user),)))
                 else:
@@ -429,7 +379,7 @@ class RedisStore:
                         moments[user] = min(int(score), moments.get(user, int(score)))
                 users = list(moments)
                 held = await self.transport.fan_out([
-                    Read("zscore", self.keys.due_bucket(shard, kind, self.due_bucket(user)),
+                    Read("zscore", self.keys.due_bucket(shard, kind, self.layout.due_bucket(user)),
                          (due_member(user),)) for user in users])
                 for user, score in zip(users, held, strict=True):
                     if score is not None:
@@ -439,12 +389,6 @@ class RedisStore:
             if await self._apply(shard, loaded, keys, {}, {}, [], due):
                 break
         await self.transport.replicated_write(names[0], "DEL", *names)
-
-    async def read_lapse_fits(self) -> dict[str, bytes]:
-        """Every app's kept fit (the worker's at-risk moments are computed under them)."""
-        raw = await self.client.hgetall(self.keys.lapse_fits())
-        return {text(app): fit.encode() if isinstance(fit, str) else fit
-                for app, fit in raw.items()}
 
     async def apply_notifications(
         self, shard: int, loaded: LoadedBatch, plan: NotificationPlan
@@ -469,7 +413,7 @@ class RedisStore:
         call carries (version, token, dedup TTL, users, counters with the stats)."""
         encode_user = engine.codec().encode_user  # the engine's, native where it runs
         user_args, _ = grouped(
-            (((app, self._user_bucket(user_id)), (user_id, encode_user(state)))
+            (((app, self.layout.user_bucket(user_id)), (user_id, encode_user(state)))
              for (app, user_id), state in users.items()),
             lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
         stats_group: list[object] = [[keys.of(self.keys.stats(shard))]]
@@ -520,9 +464,9 @@ class RedisStore:
         that carried its threshold would spare them, at a byte or two per user)."""
         counts = {app: dict.fromkeys(days, 0) for app, days in thresholds.items()}
         several = {app for app, days in thresholds.items() if len(days) > 1}
-        registry = list(await self.app_timezones())
+        registry = list(await self.registry.app_timezones())
         only = registry[0] if len(registry) == 1 else None
-        for shard in await self.shard_ids():
+        for shard in await self.registry.shard_ids():
             for app, count in (await self._count_due(shard, DUE_NEXT, now_ms, only)).items():
                 days = thresholds.get(app, ())
                 if len(days) == 1:
@@ -556,7 +500,7 @@ class RedisStore:
         for start in range(0, len(users), DUE_PAGE):
             page = users[start:start + DUE_PAGE]
             raws = await self.transport.fan_out([
-                Read("hget", self.user_key(shard, app, user_id), (user_id,))
+                Read("hget", self.layout.user_key(shard, app, user_id), (user_id,))
                 for app, user_id in page])
             for (app, _), raw in zip(page, raws, strict=True):
                 state = engine.codec().decode_user(raw) if raw else None
@@ -567,77 +511,24 @@ class RedisStore:
                             and state.last_active_ms + days * MS_PER_DAY <= now_ms):
                         counts[app][days] += 1
 
-    async def partition_counts(self) -> dict[str, int]:
-        """The partition count of every topic the state was built from."""
-        raw = await self.client.hgetall(self.keys.topology())
-        return {text(k): int(v) for k, v in raw.items()}
-
-    async def record_partition_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """Record the counts of topics seen for the first time; returns all stored counts
-        (an earlier worker's record wins, so a changed count is found, not overwritten)."""
-        for topic, count in counts.items():
-            await self.transport.replicated_write(self.keys.topology(), "HSETNX",
-                                                  self.keys.topology(), topic, count)
-        return await self.partition_counts()
-
-    def layout(self) -> dict[str, int]:
-        """This store's bucket counts, by their settings' names."""
-        return bucket_layout(self.user_buckets, self.due_buckets)
-
-    async def record_layout(self) -> dict[str, int]:
-        """Record the bucket counts on the state's first worker; returns the stored ones (an
-        earlier worker's record wins, so a changed count is found, not overwritten)."""
-        key = self.keys.layout()
-        for name, count in self.layout().items():
-            await self.transport.replicated_write(key, "HSETNX", key, name, count)
-        return {text(k): int(v) for k, v in (await self.client.hgetall(key)).items()}
-
-    async def register_shard(self, shard: int) -> None:
-        await self.transport.replicated_write(self.keys.shards(), "SADD", self.keys.shards(), shard)
-
-    async def fix_timezone(self, app: str, timezone: str) -> None:
-        """Record the app's timezone on its first data; refuse to mix two calendars."""
-        await self.transport.replicated_write(self.keys.apps(), "HSETNX", self.keys.apps(), app,
-                                              timezone)
-        stored = await self.client.hget(self.keys.apps(), app)
-        problem = timezone_problem(app, text(stored) if stored else None, timezone)
-        if problem:
-            raise TimezoneConflict(problem)
-
-    async def write_lapse_fit(self, app: str, fit: bytes) -> None:
-        """Keep an app's fitted risk-of-lapsing model (JSON), replacing the one before."""
-        await self.transport.replicated_write(self.keys.lapse_fits(), "HSET",
-                                              self.keys.lapse_fits(), app, fit)
-
     # ---- read side --------------------------------------------------------------------
-
-    async def read_lapse_fit(self, app: str) -> bytes | None:
-        found = await self.client.hget(self.keys.lapse_fits(), app)
-        return found.encode() if isinstance(found, str) else found
 
     async def read_user(self, app: str, user_id: str) -> UserState | None:
         """One user's record, from whichever partition holds it (one read per partition,
         sent at once)."""
-        bucket = self._user_bucket(user_id)
+        bucket = self.layout.user_bucket(user_id)
         for raw in await self.transport.fan_out([Read("hget", self.keys.users(shard, app, bucket),
                                               (user_id,))
-                                        for shard in await self.shard_ids()]):
+                                        for shard in await self.registry.shard_ids()]):
             if raw:
                 return engine.codec().decode_user(raw)
         return None
-
-    async def shard_ids(self) -> list[int]:
-        return sorted(int(s) for s in await self.client.smembers(self.keys.shards()))
-
-    async def app_timezones(self) -> dict[str, str]:
-        raw = await self.client.hgetall(self.keys.apps())
-        return {text(k): text(v) for k, v in raw.items()}
 
     async def read_family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
         """One aggregate family of an app's segment, summed over every partition."""
         return summed(part.items() for part in await self.transport.fan_out([
             Read("hgetall", self.keys.aggregate(shard, app, segment, family))
-            for shard in await self.shard_ids()]))
+            for shard in await self.registry.shard_ids()]))
 
     async def read_fields(
         self, app: str, family: str, fields: list[str], segment: str = "all"
@@ -651,7 +542,7 @@ class RedisStore:
              if value is not None)
             for values in await self.transport.fan_out([
                 Read("hmget", self.keys.aggregate(shard, app, segment, family), (fields,))
-                for shard in await self.shard_ids()]))
+                for shard in await self.registry.shard_ids()]))
 
     async def read_matching(self, app: str, family: str, match: str,
                             segment: str = "all") -> Counter[str]:
@@ -662,15 +553,15 @@ class RedisStore:
             key = self.keys.aggregate(shard, app, segment, family)
             return [item async for item in self.client.hscan_iter(key, match=match)]
 
-        return summed(await asyncio.gather(*map(scan, await self.shard_ids())))
+        return summed(await asyncio.gather(*map(scan, await self.registry.shard_ids())))
 
     async def scan_users(self, app: str, batch: int = 256) -> AsyncIterator[UserState]:
         """Every user record of an app, ``batch`` buckets per pipeline (for queries no counter
         answers); in a cluster each pipeline is split by master and sent to all at once."""
         names = [
             self.keys.users(shard, app, bucket)
-            for shard in await self.shard_ids()
-            for bucket in range(self.user_buckets)
+            for shard in await self.registry.shard_ids()
+            for bucket in range(self.layout.user_buckets)
         ]
         for start in range(0, len(names), batch):
             chunk = names[start : start + batch]
@@ -681,11 +572,11 @@ class RedisStore:
     async def read_stats(self) -> Counter[str]:
         """The stats hashes, summed over every partition."""
         return summed(part.items() for part in await self.transport.fan_out([
-            Read("hgetall", self.keys.stats(shard)) for shard in await self.shard_ids()]))
+            Read("hgetall", self.keys.stats(shard)) for shard in await self.registry.shard_ids()]))
 
     async def partition_progress(self, topics: Iterable[str]) -> dict[int, PartitionProgress]:
         """Per partition: next offsets and watermark, for lag, health and the event clock."""
-        shards = await self.shard_ids()
+        shards = await self.registry.shard_ids()
         topics = list(topics)
         out: dict[int, PartitionProgress] = {}
         fields = [META_WATERMARK, *map(offset_field, topics)]

@@ -449,7 +449,8 @@ async def test_at_risk_example_one_event_at_a_time_backwards(redis_url: str) -> 
     async with RealApply(redis_url, timezone=example["timezone"]) as state:
         for event in reversed(events):
             await state.apply([event], now)
-        await state.store.write_lapse_fit("a", StoredFit("bgnbd", params, 0.0, 4, now).encode())
+        fit = StoredFit("bgnbd", params, 0.0, 4, now)
+        await state.store.registry.write_lapse_fit("a", fit.encode())
         report = (await at_risk_report(state.store, state.settings, "a")).as_json()
         assert report["params"] == example["params"]
         assert {key: report[key] for key in example["report"]} == example["report"]

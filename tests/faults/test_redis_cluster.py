@@ -176,7 +176,7 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
     store = RedisStore(client, prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
     shard = 999
     user = ("default", "moved-user")
-    bucket = store.due_bucket(user)
+    bucket = store.layout.due_bucket(user)
     key = store.keys.due_bucket(shard, DUE_NEXT, bucket)
     index = store.keys.due_index(shard, DUE_NEXT)
     slot = client.keyslot(key)

@@ -71,9 +71,9 @@ class RealApply:
                        arrival_ms: int) -> list[Event]:
         """Apply events of one shard as the records ``first_offset...``: records below the
         shard's stored next offset are skipped, as after a worker restart."""
-        await self.store.register_shard(shard)
+        await self.store.registry.register_shard(shard)
         for app in {e.app for e in events}:
-            await self.store.fix_timezone(app, self.calendar.timezone)
+            await self.store.registry.fix_timezone(app, self.calendar.timezone)
         items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
         loaded = await self.store.load_batch(
             shard, [TOPIC], [(e.app, e.user_id) for e in events],
