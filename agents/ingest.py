@@ -222,7 +222,7 @@ class Ingestor:
                                          self.settings.every_inactivity_threshold))
         for tp in assigned:
             progress = await self._retrying(
-                partial(self.store.partition_progress, [tp.topic])
+                partial(self.store.reads.partition_progress, [tp.topic])
             )
             found = progress.get(tp.partition)
             stored = found.offsets.get(tp.topic) if found is not None else None

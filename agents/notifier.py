@@ -97,8 +97,8 @@ class Notifier:
         event time (the stream's once it has caught up)."""
         if self.settings.clock == "event":
             return event_clock_now_ms(
-                await self.store.shard_watermark_ms(shard),
-                await self.store.watermark_ms() if caught_up else None, caught_up)
+                await self.store.reads.shard_watermark_ms(shard),
+                await self.store.reads.watermark_ms() if caught_up else None, caught_up)
         return self.clock_ms()
 
     def _drained(self, applied: bool, sent: int, due: int) -> bool:

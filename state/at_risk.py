@@ -155,7 +155,7 @@ async def at_risk_report(store: RedisStore, settings: Settings, app: str,
 async def message_counts(store: RedisStore, app: str) -> dict[str, int]:
     """The app's users.at_risk counts: sent, expired, returned (and within 7 days of the
     moment), false alarms."""
-    stats = parse_stats(await store.read_stats())
+    stats = parse_stats(await store.reads.read_stats())
     return {name: stats.get((stat, app), 0) for stat, name in MESSAGE_COUNTS.items()}
 
 
@@ -177,7 +177,7 @@ async def at_risk_user_report(store: RedisStore, settings: Settings, app: str, u
     from retention_tracker.streams.lapse_fit import expected_days
 
     calendar = await app_calendar(store, settings, app)
-    state = await store.read_user(app, user_id)
+    state = await store.reads.read_user(app, user_id)
     cell = lapse_cell(state) if state is not None else None
     if cell is None:
         raise QueryError(f"no activity of user {user_id!r} in app {app!r}", "user")

@@ -299,7 +299,7 @@ async def keyed_any_way(redis_url: str, events: list[Event], rng: random.Random,
             await state.store.registry.register_shard(shard)
         await consume(state.store, produce(events, rng), rng, BatchRules(horizon_days))
         await figures_equal_reference(state.store, state.settings.key_prefix, events)
-        return await state.store.read_stats()
+        return await state.store.reads.read_stats()
 
 
 # ---- the routing never makes an event late -------------------------------------------------

@@ -100,7 +100,7 @@ async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
     after = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     assert after.next_offsets == {"t": 1}
     assert after.seen_dedup_keys == {dedup_key("a", "e1")}
-    assert (await store.read_family("a", "daily"))[f"dau:{UTC.day_of(BASE_MS)}"] == 1
+    assert (await store.reads.read_family("a", "daily"))[f"dau:{UTC.day_of(BASE_MS)}"] == 1
 
 
 async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) -> None:
@@ -394,7 +394,7 @@ async def test_each_generation_is_sized_from_the_last_and_copies_cross_the_chang
     assert await generation_sizes(auto, 0, first + 1) == {"b": sized(250), "n": 10}
     assert sized(250) == 16
     assert await buckets_used(auto, 0, first + 1) <= set(range(16))
-    stats = await auto.read_stats()
+    stats = await auto.reads.read_stats()
     assert stats["dup:a"] == 50 and stats["acc:a:purchase"] == 260
     # a worker started since (nothing cached) finds both generations' ids
     fresh = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8)
@@ -429,7 +429,7 @@ async def test_a_worker_upgraded_mid_generation_finds_the_ids_written_before(
     last = later + WEEK_MS
     assert await apply_batch(new, 0, purchases(["r0", "s0"], last), 365, last)
     assert await generation_sizes(new, 0, generation + 2) == {"b": 1, "n": 1}
-    stats = await new.read_stats()
+    stats = await new.reads.read_stats()
     assert stats["dup:a"] == 2 * len(copies) + 2 + 1
     assert stats["acc:a:purchase"] == 300 + 2 + 1 + 1
 
@@ -447,7 +447,7 @@ async def test_a_number_set_later_applies_to_new_generations_only(store: RedisSt
     assert await apply_batch(forced, 0, purchases(["p1", "q"], later), 80, later)
     assert (await generation_sizes(forced, 0, generation))["b"] == FIRST_BUCKETS
     assert (await generation_sizes(forced, 0, generation + 1))["b"] == 3
-    assert (await forced.read_stats())["dup:a"] == 41
+    assert (await forced.reads.read_stats())["dup:a"] == 41
 
 
 dedup_batches = st.lists(
@@ -507,7 +507,7 @@ async def _check_dedup_generations(redis_url: str,
                 else:
                     expected["acc:a:purchase"] += 1
                     kept[number] = generation
-        stats = await RedisStore(client, prefix=prefix).read_stats()
+        stats = await RedisStore(client, prefix=prefix).reads.read_stats()
         assert {name: stats[name] for name in expected} == expected
     finally:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
