@@ -22,7 +22,8 @@ from retention_tracker.agents.metrics import WorkerMetrics
 from retention_tracker.agents.rekey import Router
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.at_risk import StoredFit
-from retention_tracker.state.store import DUE_PAGE, RedisStore
+from retention_tracker.state.due_sets import DUE_PAGE
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.at_risk import AtRiskRules, count_returns, plan_at_risk, schedule
 from retention_tracker.streams.batch import BatchRules
 from retention_tracker.streams.calendar import AppCalendar
@@ -79,7 +80,7 @@ class Notifier:
         (``caught_up``: as for ``notify_due``)."""
         while True:
             now = await self._now(shard, caught_up)
-            due = await self.store.at_risk_due_entries(shard, now)
+            due = await self.store.due.at_risk_due_entries(shard, now)
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [user for user, _ in due], [], now)
@@ -117,7 +118,7 @@ class Notifier:
         partition has no backlog (the event clock then follows the stream's watermark)."""
         while True:
             now = await self._now(shard, caught_up)
-            due = await self.store.due_entries(shard, now)
+            due = await self.store.due.due_entries(shard, now)
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [u for u, _ in due], [], now)

@@ -287,7 +287,7 @@ async def winback_figures(
     already read, when the caller covers several apps."""
     stats = stats if stats is not None else parse_stats(await store.reads.read_stats())
     thresholds = settings.inactivity_thresholds_of(app)
-    due_now = await store.due_counts({app: thresholds}, await now_ms(store, settings))
+    due_now = await store.due.due_counts({app: thresholds}, await now_ms(store, settings))
     return build_winback_figures(stats, app, thresholds, due_now[app])
 
 
@@ -390,7 +390,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     apps: dict[str, AppFigures] = {}
     zones = await store.registry.app_timezones()
     # every app's due users in one pass over the due sets (they hold every app's entries)
-    due_now = await store.due_counts(
+    due_now = await store.due.due_counts(
         {app: settings.inactivity_thresholds_of(app) for app in zones}, now)
     for app, zone in zones.items():
         calendar = AppCalendar(zone)
@@ -405,7 +405,7 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
 async def _live_reads(store: RedisStore, settings: Settings, app: str, today: int,
                       due_now: dict[int, int]) -> LiveReads:
     """The fields an app's live figures are built from (builders.LiveReads); ``due_now``:
-    its users due and not yet handled, per threshold (``RedisStore.due_counts``)."""
+    its users due and not yet handled, per threshold (``DueSets.due_counts``)."""
     found = await store.reads.read_fields(app, DAILY_FAMILY,
                                     [field_name(m, today) for m in DAY_MEASURES])
     for measure in (Measure.REVENUE, *RUN_MEASURES):  # every day's: currencies, edge sums

@@ -1,10 +1,14 @@
-"""The store: loading a batch and applying a plan, and the reads behind every report.
+"""The store's write path: loading a batch and applying a plan (or an at-risk pass, sent
+notifications, the merge of the due sets of before) in one fenced script call each.
 
 Key names and stored spellings are ``state/schema.py``'s, the Lua scripts
 ``state/scripts.py``'s. The partition's applied offsets live in its meta hash, written by
 the same script as the state they produced: after a crash, state and offsets roll back (or
-forward) together. How calls reach a single Redis or a cluster's masters is
-``state/cluster.py``'s.
+forward) together. ``RedisStore`` builds the other rooms on its one client and transport
+and holds them: ``layout`` (where a thing lives, ``state/layout.py``), ``registry`` (what
+the state records about itself, ``state/registry.py``), ``reads`` (the reads behind
+reports, ``state/reads.py``) and ``due`` (reading the due sets, ``state/due_sets.py``).
+How calls reach a single Redis or a cluster's masters is ``state/cluster.py``'s.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from retention_tracker.state.dedup import (
     layout,
     legacy_buckets,
 )
+from retention_tracker.state.due_sets import DueSets
 from retention_tracker.state.layout import Layout
 from retention_tracker.state.reads import Reads
 from retention_tracker.state.registry import Registry
@@ -33,7 +38,6 @@ from retention_tracker.state.schema import (
     parse_due_member,
     render_cell,
     render_stat,
-    text,
 )
 from retention_tracker.state.scripts import (
     APPLY_PLAN_LUA,
@@ -66,11 +70,10 @@ class LoadedBatch:
     read_watermark_ms: int | None = None
 
 
-#: Due entries read per threshold and pass: a pass that got fewer has drained them.
-DUE_PAGE = 500
-
-
 class RedisStore:
+    """The write path, and the rooms every caller reads through (``store.reads``,
+    ``store.due``, ``store.registry``, ``store.layout``): one client, one transport."""
+
     def __init__(
         self,
         client: AsyncClient,
@@ -89,11 +92,13 @@ class RedisStore:
             wait_replicas, wait_timeout_ms)
         #: where each thing lives: one layout for the write path and every room
         self.layout = Layout(Keyspace(prefix), user_buckets, due_buckets)
-        self.keys = self.layout.keys
+        self.keys = self.layout.keys  # the write path names keys on every call
         #: what the state records about itself
         self.registry = Registry(self.transport, self.layout)
         #: the reads behind reports
         self.reads = Reads(self.transport, self.layout, self.registry)
+        #: reading the due sets
+        self.due = DueSets(self.transport, self.layout, self.registry)
         #: DEDUP_BUCKETS: a fixed count for every new generation, None for ``auto``
         self.dedup_buckets = dedup_buckets
         #: recorded bucket counts by (shard, generation), as last read: a guess for the
@@ -103,14 +108,10 @@ class RedisStore:
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
         self._apply_script = client.register_script(APPLY_PLAN_LUA)
-        self._due_range = client.register_script(DUE_RANGE_LUA)
-        self._due_counts = client.register_script(DUE_COUNTS_LUA)
 
     async def close(self) -> None:
         """Close the client and the per-master ones (``Transport.close``)."""
         await self.transport.close()
-
-    # ---- write side -------------------------------------------------------------------
 
     def dedup_generation(self, now_ms: int) -> int:
         """Ids live in rotating generations of the window's length: one is remembered for
@@ -295,45 +296,6 @@ class RedisStore:
                                                          **plan.later}})
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, [], due)
 
-    async def at_risk_due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
-                                  ) -> list[tuple[UserKey, int]]:
-        """(user, due_ms) whose at-risk moment has come, oldest first, at most ``limit``."""
-        return await self._due_page(shard, DUE_RISK, now_ms, limit)
-
-    async def due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
-                          ) -> list[tuple[UserKey, int]]:
-        """(user, due_ms) whose next inactivity moment has come, oldest first, at most
-        ``limit``."""
-        return await self._due_page(shard, DUE_NEXT, now_ms, limit)
-
-    async def _due_page(self, shard: int, kind: str, now_ms: int, limit: int | None
-                        ) -> list[tuple[UserKey, int]]:
-        """A kind's entries due by ``now_ms``, oldest first (then by member, as one sorted
-        set orders them), at most ``limit``: the index gives the buckets whose earliest
-        entry has come, and the ``limit`` oldest entries lie in the ``limit`` buckets that
-        start earliest (each starts with an entry at least as old) and any that start with
-        the last of them; their due entries up to that one's earliest, read in one call and
-        merged, make the page."""
-        page = {"start": 0, "num": limit} if limit is not None else {}
-        index = self.keys.due_index(shard, kind)
-        [first] = await self.transport.fan_out([Read(
-            "zrangebyscore", index, ("-inf", now_ms), {**page, "withscores": True})])
-        if not first:
-            return []
-        buckets = {int(number) for number, _ in first}
-        most = now_ms
-        if len(first) == limit:
-            # those buckets hold ``limit`` entries at or before the last one's earliest:
-            # no later entry can make the page
-            most = int(first[-1][1])
-            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (most, most))])
-            buckets.update(int(number) for number in tied)
-        names = [self.keys.due_bucket(shard, kind, number) for number in sorted(buckets)]
-        flat = await self.transport.script(self._due_range, DUE_RANGE_LUA, names,
-                                           pack({"most": str(most), "limit": limit or 0}))
-        entries = sorted((int(flat[i + 1]), flat[i]) for i in range(0, len(flat), 2))
-        return [(parse_due_member(member), score) for score, member in entries[:limit]]
-
     async def adopt_due_sets(self, shard: int, thresholds: Iterable[int]) -> None:
         """Merge the due sets of before into the due buckets, each user at its earliest
         entry, and drop them (once: none is left after): the per-threshold sets of before
@@ -424,69 +386,3 @@ class RedisStore:
         current = {user: state for user, state in loaded.states.items() if state is not None}
         self.cache.written(shard, token, {**current, **users})
         return True
-
-    async def due_counts(self, thresholds: Mapping[str, Sequence[int]], now_ms: int
-                         ) -> dict[str, dict[int, int]]:
-        """Per app of ``thresholds`` (its thresholds, ascending) and threshold: its users
-        due by ``now_ms`` but not yet handled, over all partitions (the notifier drains them
-        every pass, but a replay or any backlog leaves many: thousands every refresh).
-
-        A user's one due entry is its record's next moment, ``last_active`` + its first
-        threshold not yet handled (every apply that writes a record moves its entry with
-        it; a handled last threshold drops it). So for an app with one threshold (the
-        default) the entries due by now ARE its users due: they are counted in Redis, where
-        they lie (``DUE_COUNTS_LUA``: one ZCOUNT per due bucket while the state holds one
-        app, else a tally by the member's app), and neither entries nor records come back:
-        the cost follows the number of due buckets, not the backlog. Which thresholds a due
-        user of several has reached follows from its last activity and what its episode
-        handled, which only its record holds: for those apps the due users' records are
-        read, a page at a time, exact, at a cost that grows with their backlog (an entry
-        that carried its threshold would spare them, at a byte or two per user)."""
-        counts = {app: dict.fromkeys(days, 0) for app, days in thresholds.items()}
-        several = {app for app, days in thresholds.items() if len(days) > 1}
-        registry = list(await self.registry.app_timezones())
-        only = registry[0] if len(registry) == 1 else None
-        for shard in await self.registry.shard_ids():
-            for app, count in (await self._count_due(shard, DUE_NEXT, now_ms, only)).items():
-                days = thresholds.get(app, ())
-                if len(days) == 1:
-                    counts[app][days[0]] += count
-            if several:
-                await self._count_due_records(shard, several, thresholds, now_ms, counts)
-        return counts
-
-    async def _count_due(self, shard: int, kind: str, now_ms: int, only: str | None
-                         ) -> dict[str, int]:
-        """Entries of a kind due by ``now_ms`` on ``shard``, per app; ``only``: the one app
-        the state holds, all of them its own (one ZCOUNT per bucket, no member read)."""
-        [due] = await self.transport.fan_out([
-            Read("zrangebyscore", self.keys.due_index(shard, kind), ("-inf", now_ms))])
-        if not due:
-            return {}
-        names = [self.keys.due_bucket(shard, kind, int(number)) for number in due]
-        reply = await self.transport.script(self._due_counts, DUE_COUNTS_LUA, names,
-                                            pack({"now": str(now_ms), "per_app": only is None}))
-        if only is not None:
-            return {only: int(reply[1])}
-        return {text(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
-
-    async def _count_due_records(self, shard: int, apps: set[str],
-                                 thresholds: Mapping[str, Sequence[int]], now_ms: int,
-                                 counts: dict[str, dict[int, int]]) -> None:
-        """Add the due users of ``apps`` on ``shard`` to ``counts`` per threshold their
-        records say has come and is not handled, reading DUE_PAGE records at a time."""
-        users = [user for user, _ in await self._due_page(shard, DUE_NEXT, now_ms, None)
-                 if user[0] in apps]
-        for start in range(0, len(users), DUE_PAGE):
-            page = users[start:start + DUE_PAGE]
-            raws = await self.transport.fan_out([
-                Read("hget", self.layout.user_key(shard, app, user_id), (user_id,))
-                for app, user_id in page])
-            for (app, _), raw in zip(page, raws, strict=True):
-                state = engine.codec().decode_user(raw) if raw else None
-                if state is None or not state.seen:
-                    continue
-                for days in thresholds[app]:
-                    if (not state.handled(days)
-                            and state.last_active_ms + days * MS_PER_DAY <= now_ms):
-                        counts[app][days] += 1

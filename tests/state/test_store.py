@@ -217,12 +217,12 @@ async def test_the_per_threshold_due_sets_of_before_merge_at_each_users_earliest
     await store.adopt_due_sets(0, (1, 2, 7))
     merged = [(("a", "w"), 50), (("a", "y"), 60), (("a", "u"), 100), (("a", "v"), 250),
               (("a", "x"), 800)]
-    assert await store.due_entries(0, 10**6) == merged
-    assert await store.at_risk_due_entries(0, 10**6) == [(("a", "u"), 40), (("a", "y"), 70)]
+    assert await store.due.due_entries(0, 10**6) == merged
+    assert await store.due.at_risk_due_entries(0, 10**6) == [(("a", "u"), 40), (("a", "y"), 70)]
     old = [*(keys.due_per_threshold(0, d) for d in (1, 2, 7)), keys.due(0), keys.due_at_risk(0)]
     assert not await client.exists(*old)
     await store.adopt_due_sets(0, (1, 2, 7))  # nothing left to merge: unchanged
-    assert await store.due_entries(0, 10**6) == merged
+    assert await store.due.due_entries(0, 10**6) == merged
 
 
 async def test_users_due_now_are_counted_per_threshold_from_their_records(
@@ -237,11 +237,11 @@ async def test_users_due_now_are_counted_per_threshold_from_their_records(
     loaded = await store.load_batch(0, [], [], [], 0)
     assert await store.apply_plan(0, loaded, {}, Plan(due={("a", "u"): BASE_MS + MS_PER_DAY}))
     now = BASE_MS + 3 * MS_PER_DAY
-    assert await store.due_counts({"a": (1, 2, 7), "b": (1, 2, 7)}, now) == {
+    assert await store.due.due_counts({"a": (1, 2, 7), "b": (1, 2, 7)}, now) == {
         "a": {1: 1, 2: 1, 7: 0}, "b": {1: 0, 2: 0, 7: 0}}
     handled = replace(state, notified_episode_ms=BASE_MS, notified_days=(1,))
     await store.client.hset(store.layout.user_key(0, "a", "u"), "u", encode_user(handled))
-    assert await store.due_counts({"a": (1, 2, 7)}, now) == {"a": {1: 0, 2: 1, 7: 0}}
+    assert await store.due.due_counts({"a": (1, 2, 7)}, now) == {"a": {1: 0, 2: 1, 7: 0}}
 
 
 @pytest.mark.parametrize("apps", [("a",), ("a", "b")], ids=["one-app", "two-apps"])
@@ -281,10 +281,10 @@ async def test_a_due_backlog_larger_than_any_page_is_counted_exactly(
                       for days in thresholds[app]} for app in apps}
     assert expected["a"] == {2: 600}
     assert expected.get("b", {1: 800, 3: 300}) == {1: 800, 3: 300}
-    assert await store.due_counts({app: thresholds[app] for app in apps}, now) == expected
+    assert await store.due.due_counts({app: thresholds[app] for app in apps}, now) == expected
     # a moment later, the next fifth of "a" is due too: the count follows "now"
     later = now + MS_PER_DAY * 6 // 10
-    assert (await store.due_counts({"a": (2,)}, later))["a"] == {2: 900}
+    assert (await store.due.due_counts({"a": (2,)}, later))["a"] == {2: 900}
 
 
 # ---- due buckets: the two-level structure against a plain model --------------------------
@@ -329,7 +329,8 @@ async def _check_due_buckets(
                     else:
                         model[kind][user] = moment
                 await _assert_two_levels(store, kind, model[kind])
-        for kind, read in ((DUE_NEXT, store.due_entries), (DUE_RISK, store.at_risk_due_entries)):
+        for kind, read in ((DUE_NEXT, store.due.due_entries),
+                           (DUE_RISK, store.due.at_risk_due_entries)):
             expected = sorted((moment, due_member(user).encode(), user)
                               for user, moment in model[kind].items() if moment <= now)
             assert await read(0, now, limit) == [(user, m) for m, _, user in expected][:limit]

@@ -94,7 +94,7 @@ class RealApply:
         """(app, user_id) -> its next inactivity moment, from every shard's due set."""
         found = {}
         for shard in range(self.shards):
-            for user, due_ms in await self.store.due_entries(shard, 2**62, limit=10_000):
+            for user, due_ms in await self.store.due.due_entries(shard, 2**62, limit=10_000):
                 found[user] = due_ms
         return found
 
