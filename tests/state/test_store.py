@@ -18,9 +18,7 @@ from msgspec.structs import replace
 
 from retention_tracker.bench import reference
 from retention_tracker.state.dedup import FIRST_BUCKETS, LEGACY_BUCKETS, sized
-from retention_tracker.state.layout import layout_problem
 from retention_tracker.state.queries import read_daily, read_measure
-from retention_tracker.state.registry import TimezoneConflict
 from retention_tracker.state.schema import DUE_NEXT, DUE_RISK, due_member, parse_due_member
 from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
@@ -34,17 +32,6 @@ from retention_tracker.streams.winback import next_moment_ms
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
 UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
-
-
-@pytest.fixture(params=[0, 1000], ids=["no-cache", "state-cache"])
-async def store(redis_url: str, unique: str, request: pytest.FixtureRequest):
-    client = aioredis.from_url(redis_url)
-    yield RedisStore(client, prefix=f"test-{unique}", user_buckets=8, dedup_buckets=4,
-                     state_cache_users=request.param)
-    keys = [k async for k in client.scan_iter(match=f"test-{unique}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def apply_batch(store: RedisStore, shard: int, events: list[Event], first_offset: int,
@@ -113,27 +100,6 @@ async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) ->
     for later, remembered in [(window_ms, True), (2 * window_ms + MS_PER_DAY, False)]:
         again = await store.load_batch(0, ["t"], [], [key], BASE_MS + later)
         assert (key in again.seen_dedup_keys) is remembered
-
-
-async def test_timezone_is_fixed_by_first_data(store: RedisStore) -> None:
-    await store.registry.fix_timezone("a", "Europe/Paris")
-    await store.registry.fix_timezone("a", "Europe/Paris")
-    with pytest.raises(TimezoneConflict, match="Europe/Paris"):
-        await store.registry.fix_timezone("a", "UTC")
-
-
-async def test_bucket_counts_are_fixed_by_the_first_worker(store: RedisStore) -> None:
-    first = await store.registry.record_layout()
-    assert first == store.layout.counts() and layout_problem(first, store.layout.counts()) is None
-    other = RedisStore(store.client, prefix=store.keys.prefix,
-                       user_buckets=store.layout.user_buckets,
-                       due_buckets=store.layout.due_buckets * 2)
-    assert await other.registry.record_layout() == first  # the earlier record wins
-    problem = layout_problem(first, other.layout.counts())
-    assert problem is not None and "\n" not in problem
-    assert f"DUE_BUCKETS={store.layout.due_buckets * 2} but the state was built with " \
-        f"{store.layout.due_buckets}" in problem and "USER_BUCKETS" not in problem
-    assert layout_problem({}, other.layout.counts()) is None  # a state from before the record
 
 
 async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_writes(
