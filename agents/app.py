@@ -153,7 +153,7 @@ async def take_snapshot(store: RedisStore, settings: Settings) -> Snapshot:
         stats=dict(figures.stats),
         watermarks={
             shard: progress.watermark_ms
-            for shard, progress in (await store.partition_progress([])).items()
+            for shard, progress in (await store.reads.partition_progress([])).items()
             if progress.watermark_ms is not None
         },
         taken_at=time.time(),

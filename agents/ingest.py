@@ -39,7 +39,8 @@ from retention_tracker.agents.rekey import (
 from retention_tracker.agents.replication import default_replication_factor
 from retention_tracker.config.settings import Settings, segment_rules
 from retention_tracker.state.connect import REDIS_UNAVAILABLE, torn_down_under_a_call
-from retention_tracker.state.store import LayoutChanged, RedisStore, layout_problem
+from retention_tracker.state.layout import LayoutChanged, layout_problem
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.backoff import Backoff
 from retention_tracker.streams.batch import (
     KEY_COPY_MAX_BYTES,
@@ -126,13 +127,13 @@ class Ingestor:
         )
         await create_missing_topics(s.kafka_options(), [s.rekey_topic], partitions=shards)
         actual = {**inputs, **await wait_for_topics(s.kafka_options(), [s.rekey_topic])}
-        stored = await self._retrying(self.store.partition_counts)
+        stored = await self._retrying(self.store.registry.partition_counts)
         problem = partition_count_problem(actual, stored, s.key_prefix)  # type: ignore[arg-type]
         if problem:
             raise PartitionCountChanged(problem)
-        await self._retrying(lambda: self.store.record_partition_counts(actual))
-        built = await self._retrying(self.store.record_layout)
-        problem = layout_problem(built, self.store.layout())
+        await self._retrying(lambda: self.store.registry.record_partition_counts(actual))
+        built = await self._retrying(self.store.registry.record_layout)
+        problem = layout_problem(built, self.store.layout.counts())
         if problem:
             raise LayoutChanged(problem)
         self.router = Router(shards)
@@ -216,12 +217,12 @@ class Ingestor:
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
         for tp in assigned:
-            await self._retrying(partial(self.store.register_shard, tp.partition))
+            await self._retrying(partial(self.store.registry.register_shard, tp.partition))
             await self._retrying(partial(self.store.adopt_due_sets, tp.partition,
                                          self.settings.every_inactivity_threshold))
         for tp in assigned:
             progress = await self._retrying(
-                partial(self.store.partition_progress, [tp.topic])
+                partial(self.store.reads.partition_progress, [tp.topic])
             )
             found = progress.get(tp.partition)
             stored = found.offsets.get(tp.topic) if found is not None else None
@@ -262,7 +263,8 @@ class Ingestor:
     async def _ensure_calendars(self, apps: set[str]) -> None:
         for app in apps - self._calendars.keys():
             timezone = self.settings.timezone_of(app)
-            await self.store.fix_timezone(app, timezone)  # TimezoneConflict stops the worker
+            # TimezoneConflict stops the worker
+            await self.store.registry.fix_timezone(app, timezone)
             self._calendars[app] = AppCalendar(timezone)
 
     def lock(self, shard: int) -> asyncio.Lock:

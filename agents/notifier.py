@@ -22,7 +22,8 @@ from retention_tracker.agents.metrics import WorkerMetrics
 from retention_tracker.agents.rekey import Router
 from retention_tracker.config.settings import Settings
 from retention_tracker.state.at_risk import StoredFit
-from retention_tracker.state.store import DUE_PAGE, RedisStore
+from retention_tracker.state.due_sets import DUE_PAGE
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.at_risk import AtRiskRules, count_returns, plan_at_risk, schedule
 from retention_tracker.streams.batch import BatchRules
 from retention_tracker.streams.calendar import AppCalendar
@@ -58,7 +59,7 @@ class Notifier:
         """The at-risk rules with every app's kept fit of its configured model."""
         if time.monotonic() - self._fits_read_s >= FITS_REFRESH_S:
             kept = {app: StoredFit.decode(raw)
-                    for app, raw in (await self.store.read_lapse_fits()).items()}
+                    for app, raw in (await self.store.registry.read_lapse_fits()).items()}
             self._at_risk = replace(self._at_risk, fits={
                 app: (fit.model, fit.params) for app, fit in kept.items()
                 if fit.model == self.settings.at_risk_model_of(app)})
@@ -79,7 +80,7 @@ class Notifier:
         (``caught_up``: as for ``notify_due``)."""
         while True:
             now = await self._now(shard, caught_up)
-            due = await self.store.at_risk_due_entries(shard, now)
+            due = await self.store.due.at_risk_due_entries(shard, now)
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [user for user, _ in due], [], now)
@@ -97,8 +98,8 @@ class Notifier:
         event time (the stream's once it has caught up)."""
         if self.settings.clock == "event":
             return event_clock_now_ms(
-                await self.store.shard_watermark_ms(shard),
-                await self.store.watermark_ms() if caught_up else None, caught_up)
+                await self.store.reads.shard_watermark_ms(shard),
+                await self.store.reads.watermark_ms() if caught_up else None, caught_up)
         return self.clock_ms()
 
     def _drained(self, applied: bool, sent: int, due: int) -> bool:
@@ -117,7 +118,7 @@ class Notifier:
         partition has no backlog (the event clock then follows the stream's watermark)."""
         while True:
             now = await self._now(shard, caught_up)
-            due = await self.store.due_entries(shard, now)
+            due = await self.store.due.due_entries(shard, now)
             if not due:
                 return
             loaded = await self.store.load_batch(shard, [], [u for u, _ in due], [], now)

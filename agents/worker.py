@@ -16,8 +16,9 @@ from redis.exceptions import RedisClusterException
 from retention_tracker.agents.rekey import partition_count_problem
 from retention_tracker.config.settings import Settings, mask_url
 from retention_tracker.state.connect import make_sync_client, redis_failure
+from retention_tracker.state.layout import Layout, layout_problem
+from retention_tracker.state.registry import timezone_problem
 from retention_tracker.state.schema import Keyspace
-from retention_tracker.state.store import bucket_layout, layout_problem, timezone_problem
 from retention_tracker.streams import engine
 
 EXIT_FATAL = 2
@@ -59,7 +60,7 @@ def preflight(settings: Settings) -> str | None:
         if problem:
             return problem
     problem = layout_problem({k.decode(): int(v) for k, v in layout.items()},
-                             bucket_layout(settings.user_buckets, settings.due_buckets))
+                             Layout(keys, settings.user_buckets, settings.due_buckets).counts())
     if problem:
         return problem
 

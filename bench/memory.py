@@ -107,7 +107,7 @@ async def figures_match(url: str, raw: list[dict[str, Any]]) -> list[str]:
     settings = Settings(key_prefix=PREFIX, redis_url=url, clock="event")
     client = aioredis.from_url(url)
     store = RedisStore(client, prefix=PREFIX)
-    await store.fix_timezone("default", "UTC")  # as a worker does on an app's first data
+    await store.registry.fix_timezone("default", "UTC")  # as a worker does on an app's first data
     found = []
     for (g, kind), rows in expected.triangles.items():
         got = (await cohort_report(store, settings, "default", g, kind)).as_json()["cohorts"]

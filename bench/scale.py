@@ -62,8 +62,9 @@ from retention_tracker.devstack.broker import start_broker
 from retention_tracker.devstack.processes import ManagedProcess, free_port, wait_for
 from retention_tracker.devstack.redis_server import start_redis
 from retention_tracker.devstack.topics import ensure_topics
+from retention_tracker.state.layout import layout_problem
 from retention_tracker.state.schema import DUE_NEXT, due_member
-from retention_tracker.state.store import RedisStore, layout_problem
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import AppCalendar
 
 from . import redis_counters
@@ -181,10 +182,11 @@ async def bulk_load(url: str, prefix: str, users: int, partitions: int, settings
         pending[shard] = []
 
     try:
-        await store.record_layout()  # as a worker on a fresh state: a reuse checks it
-        await store.fix_timezone("default", settings.timezone)  # as the worker's first batch
+        await store.registry.record_layout()  # as a worker on a fresh state: a reuse checks it
+        # as the worker's first batch
+        await store.registry.fix_timezone("default", settings.timezone)
         for shard in range(partitions):
-            await store.register_shard(shard)
+            await store.registry.register_shard(shard)
         for number in range(users):
             shard = home_partition(user_id(number), partitions)
             pending[shard].extend(orjson.dumps(e) for e in history(number, rng))
@@ -366,10 +368,10 @@ async def check_saved_state(url: str, dump: Path, users: int, partitions: int,
         [prefix] = found
         store = RedisStore(client, prefix=prefix, user_buckets=int(env["USER_BUCKETS"]),
                            due_buckets=int(env["DUE_BUCKETS"]))
-        shards = await store.shard_ids()
+        shards = await store.registry.shard_ids()
         stored = {k.decode(): int(v) for k, v in
                   (await client.hgetall(store.keys.layout())).items()}
-        problem = layout_problem(stored, store.layout())
+        problem = layout_problem(stored, store.layout.counts())
         if problem is None and len(shards) != partitions:
             problem = f"it has {len(shards)} partitions, this run {partitions} (--partitions)"
         for number in range(min(probes, users)):
@@ -377,13 +379,13 @@ async def check_saved_state(url: str, dump: Path, users: int, partitions: int,
                 break
             user = ("default", user_id(number))
             shard = home_partition(user[1], partitions)
-            due = store.keys.due_bucket(shard, DUE_NEXT, store.due_bucket(user))
-            if await client.hget(store.user_key(shard, *user), user[1]) is None:
+            due = store.keys.due_bucket(shard, DUE_NEXT, store.layout.due_bucket(user))
+            if await client.hget(store.layout.user_key(shard, *user), user[1]) is None:
                 problem = (f"user {user[1]}'s record is not where USER_BUCKETS="
-                           f"{store.user_buckets} puts it")
+                           f"{store.layout.user_buckets} puts it")
             elif await client.zscore(due, due_member(user)) is None:
                 problem = (f"user {user[1]}'s due entry is not where DUE_BUCKETS="
-                           f"{store.due_buckets} puts it")
+                           f"{store.layout.due_buckets} puts it")
     finally:
         await client.aclose()
     if problem is not None:

@@ -77,7 +77,7 @@ async def replay(url: str, pid: int, parts: list[list[bytes]], batch: int,
     await client.config_resetstat()
     before, started, events = cpu_seconds(pid) or 0.0, time.perf_counter(), 0
     for shard, messages in enumerate(parts):
-        await store.register_shard(shard)  # as a worker does on assignment
+        await store.registry.register_shard(shard)  # as a worker does on assignment
         for start in range(0, len(messages), batch):
             events += await apply_messages(store, shard, "t", messages[start:start + batch],
                                            start, calendar, winback=winback, live=live)

@@ -57,7 +57,7 @@ def preload(url: str, users: int, due: int, window_ms: int, start_ms: int) -> No
         active = frozenset({calendar.day_of(first), calendar.day_of(last)})
         state = UserState(first, last, calendar.day_of(first), active,
                           frozenset({calendar.day_of(first)}), session_days=active)
-        pipe.hset(store.user_key(shard, "default", user), user, encode_user(state))
+        pipe.hset(store.layout.user_key(shard, "default", user), user, encode_user(state))
         pipe.zadd(keys.due(shard), {due_member(("default", user)): due_ms})
         if n % 5000 == 4999:
             pipe.execute()

@@ -41,8 +41,8 @@ from retention_tracker.cli.feeding import kafka_problem, quiet_kafka_logs
 from retention_tracker.config.settings import ConfigError, Settings, mask_url
 from retention_tracker.devstack.redis_server import HASH_MAX_LISTPACK_ENTRIES
 from retention_tracker.state.connect import SyncClient, make_sync_client, redis_failure
+from retention_tracker.state.registry import timezone_problem
 from retention_tracker.state.schema import Keyspace, parse_stat, text
-from retention_tracker.state.store import timezone_problem
 from retention_tracker.streams import engine
 from retention_tracker.streams.calendar import MS_PER_DAY
 from retention_tracker.streams.counters import Stat

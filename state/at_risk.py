@@ -76,7 +76,7 @@ async def refit(store: RedisStore, settings: Settings, app: str) -> StoredFit:
     model: Model = settings.at_risk_model_of(app)  # type: ignore[assignment]
     fitted = await asyncio.to_thread(fit, model, summaries)
     stored = StoredFit(model, fitted.params, fitted.log_likelihood, fitted.users, now)
-    await store.write_lapse_fit(app, stored.encode())
+    await store.registry.write_lapse_fit(app, stored.encode())
     return stored
 
 
@@ -84,7 +84,7 @@ async def current_fit(store: RedisStore, settings: Settings, app: str, refit_now
                       ) -> StoredFit:
     """The app's kept fit; fitted now when asked, when there is none, or when the kept one
     is of another model than the app's setting."""
-    raw = None if refit_now else await store.read_lapse_fit(app)
+    raw = None if refit_now else await store.registry.read_lapse_fit(app)
     kept = StoredFit.decode(raw) if raw else None
     if kept is None or kept.model != settings.at_risk_model_of(app):
         return await refit(store, settings, app)
@@ -95,7 +95,7 @@ async def refit_every_app(store: RedisStore, settings: Settings) -> list[str]:
     """The worker's schedule (AT_RISK_REFIT_SECONDS): refit each app with data; returns the
     apps refitted."""
     done = []
-    for app in sorted(await store.app_timezones()):
+    for app in sorted(await store.registry.app_timezones()):
         try:
             await refit(store, settings, app)
         except QueryError:  # no user yet (answers only)
@@ -155,7 +155,7 @@ async def at_risk_report(store: RedisStore, settings: Settings, app: str,
 async def message_counts(store: RedisStore, app: str) -> dict[str, int]:
     """The app's users.at_risk counts: sent, expired, returned (and within 7 days of the
     moment), false alarms."""
-    stats = parse_stats(await store.read_stats())
+    stats = parse_stats(await store.reads.read_stats())
     return {name: stats.get((stat, app), 0) for stat, name in MESSAGE_COUNTS.items()}
 
 
@@ -163,8 +163,8 @@ async def at_risk_figures(store: RedisStore, settings: Settings) -> dict[str, di
     """For the metrics snapshot, per app with a kept fit (none is fitted here): the users
     with activity and those at risk now."""
     out = {}
-    for app in sorted(await store.app_timezones()):
-        raw = await store.read_lapse_fit(app)
+    for app in sorted(await store.registry.app_timezones()):
+        raw = await store.registry.read_lapse_fit(app)
         if raw:
             risk = await risk_now(store, settings, app, StoredFit.decode(raw))
             out[app] = {"users": risk.tracked, "at_risk": risk.at_risk}
@@ -177,7 +177,7 @@ async def at_risk_user_report(store: RedisStore, settings: Settings, app: str, u
     from retention_tracker.streams.lapse_fit import expected_days
 
     calendar = await app_calendar(store, settings, app)
-    state = await store.read_user(app, user_id)
+    state = await store.reads.read_user(app, user_id)
     cell = lapse_cell(state) if state is not None else None
     if cell is None:
         raise QueryError(f"no activity of user {user_id!r} in app {app!r}", "user")

@@ -106,14 +106,14 @@ from retention_tracker.streams.reports import (
 
 async def read_daily(store: RedisStore, app: str, segment: str = ALL_USERS) -> Counter[Cell]:
     """An app's daily measures for one segment, parsed to cells."""
-    return parse_daily(await store.read_family(app, DAILY_FAMILY, segment))
+    return parse_daily(await store.reads.read_family(app, DAILY_FAMILY, segment))
 
 
 async def read_measure(store: RedisStore, app: str, measure: Measure, granularity: str | None,
                        segment: str = ALL_USERS) -> Counter[Coordinates]:
     """One period family of an app's segment (granularity None: an app-wide one, such as
     the lapse summaries), parsed to coordinates."""
-    found = await store.read_family(app, family_name(measure, granularity), segment)
+    found = await store.reads.read_family(app, family_name(measure, granularity), segment)
     return parse_family(measure, found)
 
 
@@ -121,21 +121,21 @@ async def read_cells(store: RedisStore, app: str, measure: Measure, granularity:
                      cells: Sequence[Coordinates]) -> Counter[Coordinates]:
     """Chosen counters of one period family (all users), parsed to coordinates."""
     fields = [field_name(measure, *c) for c in cells]
-    found = await store.read_fields(app, family_name(measure, granularity), fields)
+    found = await store.reads.read_fields(app, family_name(measure, granularity), fields)
     return parse_family(measure, found)
 
 
 async def now_ms(store: RedisStore, settings: Settings) -> int:
     """'Now' of the contract: the wall clock live, the event-time watermark in replays."""
     if settings.clock == "event":
-        mark = await store.watermark_ms()
+        mark = await store.reads.watermark_ms()
         if mark is not None:
             return mark
     return utc_now_ms()
 
 
 async def app_calendar(store: RedisStore, settings: Settings, app: str) -> AppCalendar:
-    zones = await store.app_timezones()
+    zones = await store.registry.app_timezones()
     if app not in zones:
         known = ", ".join(sorted(zones)) or "none yet"
         raise QueryError(f"no data for app {app!r} (apps with data: {known})")
@@ -202,7 +202,7 @@ async def summary_report(
     complete = calendar.period_end_ms(day, "day") <= now
     if segment != ALL_USERS:
         return SummaryReport(figures, complete, segment)
-    stats = parse_stats(await store.read_stats())
+    stats = parse_stats(await store.reads.read_stats())
     return SummaryReport(figures, complete, None,
                          await winback_figures(store, settings, app, stats), iso_time(now),
                          forwarded_figures(stats, app))
@@ -238,7 +238,7 @@ async def daily_report(
 
 async def apps_report(store: RedisStore, settings: Settings) -> AppsReport:
     """The apps with data and what the page's pickers offer."""
-    zones = await store.app_timezones()
+    zones = await store.registry.app_timezones()
     return AppsReport(tuple({"app": app, "timezone": zones[app],
                              "currency": settings.currency_of(app),
                              "thresholds": list(settings.inactivity_thresholds_of(app))}
@@ -272,9 +272,9 @@ async def pipeline_report(store: RedisStore, settings: Settings) -> PipelineRepo
     """Pipeline health from Redis (the same on every worker): accepted events by app and
     type, rejects by reason, duplicates by app, and each partition's event-time watermark."""
     now = await now_ms(store, settings)
-    stats = parse_stats(dict(sorted((await store.read_stats()).items())))  # names' order
+    stats = parse_stats(dict(sorted((await store.reads.read_stats()).items())))  # names' order
     marks = {shard: p.watermark_ms for shard, p in
-             (await store.partition_progress([])).items() if p.watermark_ms is not None}
+             (await store.reads.partition_progress([])).items() if p.watermark_ms is not None}
     return pipeline_figures(stats, marks, now)
 
 
@@ -285,9 +285,9 @@ async def winback_figures(
     publish (expired), false alarms, reactivations and the share of notified users back
     within 7 days, overall, per value segment and per churn type. ``stats``: the counters
     already read, when the caller covers several apps."""
-    stats = stats if stats is not None else parse_stats(await store.read_stats())
+    stats = stats if stats is not None else parse_stats(await store.reads.read_stats())
     thresholds = settings.inactivity_thresholds_of(app)
-    due_now = await store.due_counts({app: thresholds}, await now_ms(store, settings))
+    due_now = await store.due.due_counts({app: thresholds}, await now_ms(store, settings))
     return build_winback_figures(stats, app, thresholds, due_now[app])
 
 
@@ -354,7 +354,7 @@ async def repeat_purchase_report(
         high = date_to_day(date_to) if date_to else None
         rules = segment_rules(settings).for_app(app)
         buyers = repeat = 0
-        async for state in store.scan_users(app):
+        async for state in store.reads.scan_users(app):
             if segment != ALL_USERS and segment not in segments_of(state, rules):
                 continue
             count = state.purchase_count(low, high)
@@ -386,11 +386,11 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
     """What /metrics shows, per app (streams/builders.app_figures), from the few fields it
     needs."""
     now = await now_ms(store, settings)
-    stats = parse_stats(await store.read_stats())
+    stats = parse_stats(await store.reads.read_stats())
     apps: dict[str, AppFigures] = {}
-    zones = await store.app_timezones()
+    zones = await store.registry.app_timezones()
     # every app's due users in one pass over the due sets (they hold every app's entries)
-    due_now = await store.due_counts(
+    due_now = await store.due.due_counts(
         {app: settings.inactivity_thresholds_of(app) for app in zones}, now)
     for app, zone in zones.items():
         calendar = AppCalendar(zone)
@@ -405,11 +405,11 @@ async def live_figures(store: RedisStore, settings: Settings) -> LiveFigures:
 async def _live_reads(store: RedisStore, settings: Settings, app: str, today: int,
                       due_now: dict[int, int]) -> LiveReads:
     """The fields an app's live figures are built from (builders.LiveReads); ``due_now``:
-    its users due and not yet handled, per threshold (``RedisStore.due_counts``)."""
-    found = await store.read_fields(app, DAILY_FAMILY,
+    its users due and not yet handled, per threshold (``DueSets.due_counts``)."""
+    found = await store.reads.read_fields(app, DAILY_FAMILY,
                                     [field_name(m, today) for m in DAY_MEASURES])
     for measure in (Measure.REVENUE, *RUN_MEASURES):  # every day's: currencies, edge sums
-        found.update(await store.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
+        found.update(await store.reads.read_matching(app, DAILY_FAMILY, field_pattern(measure)))
     daily = parse_daily(found)
     first_shown = today - settings.metrics_cohort_days + 1
     cohorts = range(today - live_span(settings.metrics_cohort_days) + 1, today + 1)

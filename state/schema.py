@@ -151,7 +151,7 @@ class Keyspace:
     def layout(self) -> str:
         """The bucket counts the state was built with (``USER_BUCKETS``, ``DUE_BUCKETS``): a
         key's bucket is a hash modulo the count, so another count would lose what is
-        written (``state.store.layout_problem``)."""
+        written (``state.layout.layout_problem``)."""
         return f"{self.prefix}:layout"
 
     def topology(self) -> str:

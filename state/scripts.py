@@ -208,7 +208,7 @@ return 1
 #           (0: all)}
 # Returns [member, score, member, score, ...]: each bucket's entries up to ``most``, oldest
 # first, bucket after bucket: one call for a due page's hundreds of buckets, where a
-# pipeline of one read each cost the worker more than the entries (``RedisStore._due_page``).
+# pipeline of one read each cost the worker more than the entries (``DueSets._due_page``).
 DUE_RANGE_LUA = """
 local arg = cmsgpack.unpack(ARGV[1])
 local out = {}
@@ -232,7 +232,7 @@ return out
 #           ``app NUL user_id``), false for one total}
 # Returns [app, count, app, count, ...] (one total: a single pair whose app is ''). Read
 # only: the entries due by now, counted where they lie, with no member or record sent
-# back (``RedisStore.due_counts``).
+# back (``DueSets.due_counts``).
 DUE_COUNTS_LUA = """
 local arg = cmsgpack.unpack(ARGV[1])
 local now = arg.now

@@ -1,23 +1,22 @@
-"""The store: loading a batch and applying a plan, and the reads behind every report.
+"""The store's write path: loading a batch and applying a plan (or an at-risk pass, sent
+notifications, the merge of the due sets of before) in one fenced script call each.
 
 Key names and stored spellings are ``state/schema.py``'s, the Lua scripts
 ``state/scripts.py``'s. The partition's applied offsets live in its meta hash, written by
 the same script as the state they produced: after a crash, state and offsets roll back (or
-forward) together. How calls reach a single Redis or a cluster's masters is
-``state/cluster.py``'s.
+forward) together. ``RedisStore`` builds the other rooms on its one client and transport
+and holds them: ``layout`` (where a thing lives, ``state/layout.py``), ``registry`` (what
+the state records about itself, ``state/registry.py``), ``reads`` (the reads behind
+reports, ``state/reads.py``) and ``due`` (reading the due sets, ``state/due_sets.py``).
+How calls reach a single Redis or a cluster's masters is ``state/cluster.py``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import zlib
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from retention_tracker.config.settings import ConfigError
 from retention_tracker.state.cache import StateCache
 from retention_tracker.state.cluster import AsyncClient, Read, Transport
 from retention_tracker.state.dedup import (
@@ -27,17 +26,18 @@ from retention_tracker.state.dedup import (
     layout,
     legacy_buckets,
 )
+from retention_tracker.state.due_sets import DueSets
+from retention_tracker.state.layout import Layout
+from retention_tracker.state.reads import Reads
+from retention_tracker.state.registry import Registry
 from retention_tracker.state.schema import (
     DUE_NEXT,
     DUE_RISK,
-    META_WATERMARK,
     Keyspace,
     due_member,
-    offset_field,
     parse_due_member,
     render_cell,
     render_stat,
-    text,
 )
 from retention_tracker.state.scripts import (
     APPLY_PLAN_LUA,
@@ -70,66 +70,10 @@ class LoadedBatch:
     read_watermark_ms: int | None = None
 
 
-#: Due entries read per threshold and pass: a pass that got fewer has drained them.
-DUE_PAGE = 500
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    """How far one partition's state goes: its event-time watermark and, per topic, the
-    next offset to apply."""
-
-    watermark_ms: int | None
-    offsets: dict[str, int]
-
-
-def summed(parts: Iterable[Iterable[tuple[bytes | str, bytes | str]]]) -> Counter[str]:
-    """Counter fields read from every partition's copy of a hash, summed field by field:
-    each partition counts its own users, a figure is the sum over partitions."""
-    total: Counter[str] = Counter()
-    for part in parts:
-        for field, value in part:
-            total[text(field)] += int(value)
-    return total
-
-
-def bucket_layout(user_buckets: int, due_buckets: int) -> dict[str, int]:
-    """The bucket counts a state is built with, by their settings' names."""
-    return {"USER_BUCKETS": user_buckets, "DUE_BUCKETS": due_buckets}
-
-
-class LayoutChanged(ConfigError):
-    """The state was built with other bucket counts than this worker's settings."""
-
-
-def layout_problem(stored: Mapping[str, int], configured: Mapping[str, int]) -> str | None:
-    """One line when a bucket count differs from the one the state was built with, else
-    None. A user's record and due entry sit in the bucket its hash names modulo the count:
-    with another count the worker would read a new user where a record exists, and an old
-    due entry could never be removed again (it would come due at every pass)."""
-    changed = [f"{name}={configured[name]} but the state was built with {stored[name]}"
-               for name in sorted(configured)
-               if name in stored and stored[name] != configured[name]]
-    if not changed:
-        return None
-    return (f"{'; '.join(changed)}: bucket counts are fixed for the state's life; restore the "
-            f"setting, or replay into a fresh KEY_PREFIX (docs/operations.md 'Re-sharding')")
-
-
-class TimezoneConflict(ConfigError):
-    """An app's data was built in one timezone and this worker is configured with another."""
-
-
-def timezone_problem(app: str, stored: str | None, configured: str) -> str | None:
-    """One line when an app's data was built in another timezone than the configured one
-    (its days would be cut at other hours and mix two calendars), else None."""
-    if stored is None or stored == configured:
-        return None
-    return (f"app {app!r} has data in timezone {stored!r} but TIMEZONE/APP_TIMEZONES give "
-            f"{configured!r}; fix the setting")
-
-
 class RedisStore:
+    """The write path, and the rooms every caller reads through (``store.reads``,
+    ``store.due``, ``store.registry``, ``store.layout``): one client, one transport."""
+
     def __init__(
         self,
         client: AsyncClient,
@@ -146,41 +90,28 @@ class RedisStore:
         self.transport = Transport(
             client, (LOAD_BATCH_LUA, APPLY_PLAN_LUA, DUE_RANGE_LUA, DUE_COUNTS_LUA),
             wait_replicas, wait_timeout_ms)
-        self.keys = Keyspace(prefix)
-        self.user_buckets = user_buckets
+        #: where each thing lives: one layout for the write path and every room
+        self.layout = Layout(Keyspace(prefix), user_buckets, due_buckets)
+        self.keys = self.layout.keys  # the write path names keys on every call
+        #: what the state records about itself
+        self.registry = Registry(self.transport, self.layout)
+        #: the reads behind reports
+        self.reads = Reads(self.transport, self.layout, self.registry)
+        #: reading the due sets
+        self.due = DueSets(self.transport, self.layout, self.registry)
         #: DEDUP_BUCKETS: a fixed count for every new generation, None for ``auto``
         self.dedup_buckets = dedup_buckets
         #: recorded bucket counts by (shard, generation), as last read: a guess for the
         #: next load, which reads them again and looks the ids up again if they differ
         self._dedup_counts: dict[tuple[int, int], int] = {}
-        self.due_buckets = due_buckets
         self.dedup_window_days = dedup_window_days
         self.cache = StateCache(state_cache_users)
         self._load = client.register_script(LOAD_BATCH_LUA)
         self._apply_script = client.register_script(APPLY_PLAN_LUA)
-        self._due_range = client.register_script(DUE_RANGE_LUA)
-        self._due_counts = client.register_script(DUE_COUNTS_LUA)
 
     async def close(self) -> None:
         """Close the client and the per-master ones (``Transport.close``)."""
         await self.transport.close()
-
-    # ---- write side -------------------------------------------------------------------
-
-    def user_key(self, shard: int, app: str, user_id: str) -> str:
-        """The hash holding this user's record."""
-        return self.keys.users(shard, app, self._user_bucket(user_id))
-
-    def _user_bucket(self, user_id: str) -> int:
-        return zlib.crc32(user_id.encode()) % self.user_buckets
-
-    def due_bucket(self, user: UserKey) -> int:
-        """The due bucket holding ``user``'s entries (the same number in every kind). A
-        digest, not a CRC: a CRC of the member is the user id's CRC xor a constant, so its
-        low bits would follow any CRC-based partitioning (bench/plan_cpu.py's: with 4
-        partitions, each partition's users filled only a quarter of its buckets)."""
-        digest = hashlib.blake2b(due_member(user).encode(), digest_size=4).digest()
-        return int.from_bytes(digest) % self.due_buckets
 
     def dedup_generation(self, now_ms: int) -> int:
         """Ids live in rotating generations of the window's length: one is remembered for
@@ -211,7 +142,7 @@ class RedisStore:
         sizes = [keys.of(self.keys.dedup_sizes(shard, generation)),
                  keys.of(self.keys.dedup_sizes(shard, generation - 1))]
         user_groups, user_order = grouped(
-            (((app, self._user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
+            (((app, self.layout.user_bucket(user_id)), (user_id,)) for app, user_id in to_load),
             lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
         id_groups = [self._id_groups(shard, keys, generation, read[0], dedup_keys),
                      self._id_groups(shard, keys, generation - 1, read[1], dedup_keys)]
@@ -350,7 +281,7 @@ class RedisStore:
         removed: list[tuple[tuple[str, int], tuple[str, ...]]] = []
         for kind, by_user in moments.items():
             for user, moment in by_user.items():
-                bucket = (kind, self.due_bucket(user))
+                bucket = (kind, self.layout.due_bucket(user))
                 if moment is None:
                     removed.append((bucket, (due_member(user),)))
                 else:
@@ -364,45 +295,6 @@ class RedisStore:
         due = self._due_changes(shard, keys, {DUE_RISK: {**dict.fromkeys(plan.done),
                                                          **plan.later}})
         return await self._apply(shard, loaded, keys, plan.users, plan.stats, [], due)
-
-    async def at_risk_due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
-                                  ) -> list[tuple[UserKey, int]]:
-        """(user, due_ms) whose at-risk moment has come, oldest first, at most ``limit``."""
-        return await self._due_page(shard, DUE_RISK, now_ms, limit)
-
-    async def due_entries(self, shard: int, now_ms: int, limit: int = DUE_PAGE
-                          ) -> list[tuple[UserKey, int]]:
-        """(user, due_ms) whose next inactivity moment has come, oldest first, at most
-        ``limit``."""
-        return await self._due_page(shard, DUE_NEXT, now_ms, limit)
-
-    async def _due_page(self, shard: int, kind: str, now_ms: int, limit: int | None
-                        ) -> list[tuple[UserKey, int]]:
-        """A kind's entries due by ``now_ms``, oldest first (then by member, as one sorted
-        set orders them), at most ``limit``: the index gives the buckets whose earliest
-        entry has come, and the ``limit`` oldest entries lie in the ``limit`` buckets that
-        start earliest (each starts with an entry at least as old) and any that start with
-        the last of them; their due entries up to that one's earliest, read in one call and
-        merged, make the page."""
-        page = {"start": 0, "num": limit} if limit is not None else {}
-        index = self.keys.due_index(shard, kind)
-        [first] = await self.transport.fan_out([Read(
-            "zrangebyscore", index, ("-inf", now_ms), {**page, "withscores": True})])
-        if not first:
-            return []
-        buckets = {int(number) for number, _ in first}
-        most = now_ms
-        if len(first) == limit:
-            # those buckets hold ``limit`` entries at or before the last one's earliest:
-            # no later entry can make the page
-            most = int(first[-1][1])
-            [tied] = await self.transport.fan_out([Read("zrangebyscore", index, (most, most))])
-            buckets.update(int(number) for number in tied)
-        names = [self.keys.due_bucket(shard, kind, number) for number in sorted(buckets)]
-        flat = await self.transport.script(self._due_range, DUE_RANGE_LUA, names,
-                                           pack({"most": str(most), "limit": limit or 0}))
-        entries = sorted((int(flat[i + 1]), flat[i]) for i in range(0, len(flat), 2))
-        return [(parse_due_member(member), score) for score, member in entries[:limit]]
 
     async def adopt_due_sets(self, shard: int, thresholds: Iterable[int]) -> None:
         """Merge the due sets of before into the due buckets, each user at its earliest
@@ -429,7 +321,7 @@ class RedisStore:
                         moments[user] = min(int(score), moments.get(user, int(score)))
                 users = list(moments)
                 held = await self.transport.fan_out([
-                    Read("zscore", self.keys.due_bucket(shard, kind, self.due_bucket(user)),
+                    Read("zscore", self.keys.due_bucket(shard, kind, self.layout.due_bucket(user)),
                          (due_member(user),)) for user in users])
                 for user, score in zip(users, held, strict=True):
                     if score is not None:
@@ -439,12 +331,6 @@ class RedisStore:
             if await self._apply(shard, loaded, keys, {}, {}, [], due):
                 break
         await self.transport.replicated_write(names[0], "DEL", *names)
-
-    async def read_lapse_fits(self) -> dict[str, bytes]:
-        """Every app's kept fit (the worker's at-risk moments are computed under them)."""
-        raw = await self.client.hgetall(self.keys.lapse_fits())
-        return {text(app): fit.encode() if isinstance(fit, str) else fit
-                for app, fit in raw.items()}
 
     async def apply_notifications(
         self, shard: int, loaded: LoadedBatch, plan: NotificationPlan
@@ -469,7 +355,7 @@ class RedisStore:
         call carries (version, token, dedup TTL, users, counters with the stats)."""
         encode_user = engine.codec().encode_user  # the engine's, native where it runs
         user_args, _ = grouped(
-            (((app, self._user_bucket(user_id)), (user_id, encode_user(state)))
+            (((app, self.layout.user_bucket(user_id)), (user_id, encode_user(state)))
              for (app, user_id), state in users.items()),
             lambda bucket: (keys.of(self.keys.users(shard, *bucket)),))
         stats_group: list[object] = [[keys.of(self.keys.stats(shard))]]
@@ -500,209 +386,3 @@ class RedisStore:
         current = {user: state for user, state in loaded.states.items() if state is not None}
         self.cache.written(shard, token, {**current, **users})
         return True
-
-    async def due_counts(self, thresholds: Mapping[str, Sequence[int]], now_ms: int
-                         ) -> dict[str, dict[int, int]]:
-        """Per app of ``thresholds`` (its thresholds, ascending) and threshold: its users
-        due by ``now_ms`` but not yet handled, over all partitions (the notifier drains them
-        every pass, but a replay or any backlog leaves many: thousands every refresh).
-
-        A user's one due entry is its record's next moment, ``last_active`` + its first
-        threshold not yet handled (every apply that writes a record moves its entry with
-        it; a handled last threshold drops it). So for an app with one threshold (the
-        default) the entries due by now ARE its users due: they are counted in Redis, where
-        they lie (``DUE_COUNTS_LUA``: one ZCOUNT per due bucket while the state holds one
-        app, else a tally by the member's app), and neither entries nor records come back:
-        the cost follows the number of due buckets, not the backlog. Which thresholds a due
-        user of several has reached follows from its last activity and what its episode
-        handled, which only its record holds: for those apps the due users' records are
-        read, a page at a time, exact, at a cost that grows with their backlog (an entry
-        that carried its threshold would spare them, at a byte or two per user)."""
-        counts = {app: dict.fromkeys(days, 0) for app, days in thresholds.items()}
-        several = {app for app, days in thresholds.items() if len(days) > 1}
-        registry = list(await self.app_timezones())
-        only = registry[0] if len(registry) == 1 else None
-        for shard in await self.shard_ids():
-            for app, count in (await self._count_due(shard, DUE_NEXT, now_ms, only)).items():
-                days = thresholds.get(app, ())
-                if len(days) == 1:
-                    counts[app][days[0]] += count
-            if several:
-                await self._count_due_records(shard, several, thresholds, now_ms, counts)
-        return counts
-
-    async def _count_due(self, shard: int, kind: str, now_ms: int, only: str | None
-                         ) -> dict[str, int]:
-        """Entries of a kind due by ``now_ms`` on ``shard``, per app; ``only``: the one app
-        the state holds, all of them its own (one ZCOUNT per bucket, no member read)."""
-        [due] = await self.transport.fan_out([
-            Read("zrangebyscore", self.keys.due_index(shard, kind), ("-inf", now_ms))])
-        if not due:
-            return {}
-        names = [self.keys.due_bucket(shard, kind, int(number)) for number in due]
-        reply = await self.transport.script(self._due_counts, DUE_COUNTS_LUA, names,
-                                            pack({"now": str(now_ms), "per_app": only is None}))
-        if only is not None:
-            return {only: int(reply[1])}
-        return {text(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
-
-    async def _count_due_records(self, shard: int, apps: set[str],
-                                 thresholds: Mapping[str, Sequence[int]], now_ms: int,
-                                 counts: dict[str, dict[int, int]]) -> None:
-        """Add the due users of ``apps`` on ``shard`` to ``counts`` per threshold their
-        records say has come and is not handled, reading DUE_PAGE records at a time."""
-        users = [user for user, _ in await self._due_page(shard, DUE_NEXT, now_ms, None)
-                 if user[0] in apps]
-        for start in range(0, len(users), DUE_PAGE):
-            page = users[start:start + DUE_PAGE]
-            raws = await self.transport.fan_out([
-                Read("hget", self.user_key(shard, app, user_id), (user_id,))
-                for app, user_id in page])
-            for (app, _), raw in zip(page, raws, strict=True):
-                state = engine.codec().decode_user(raw) if raw else None
-                if state is None or not state.seen:
-                    continue
-                for days in thresholds[app]:
-                    if (not state.handled(days)
-                            and state.last_active_ms + days * MS_PER_DAY <= now_ms):
-                        counts[app][days] += 1
-
-    async def partition_counts(self) -> dict[str, int]:
-        """The partition count of every topic the state was built from."""
-        raw = await self.client.hgetall(self.keys.topology())
-        return {text(k): int(v) for k, v in raw.items()}
-
-    async def record_partition_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """Record the counts of topics seen for the first time; returns all stored counts
-        (an earlier worker's record wins, so a changed count is found, not overwritten)."""
-        for topic, count in counts.items():
-            await self.transport.replicated_write(self.keys.topology(), "HSETNX",
-                                                  self.keys.topology(), topic, count)
-        return await self.partition_counts()
-
-    def layout(self) -> dict[str, int]:
-        """This store's bucket counts, by their settings' names."""
-        return bucket_layout(self.user_buckets, self.due_buckets)
-
-    async def record_layout(self) -> dict[str, int]:
-        """Record the bucket counts on the state's first worker; returns the stored ones (an
-        earlier worker's record wins, so a changed count is found, not overwritten)."""
-        key = self.keys.layout()
-        for name, count in self.layout().items():
-            await self.transport.replicated_write(key, "HSETNX", key, name, count)
-        return {text(k): int(v) for k, v in (await self.client.hgetall(key)).items()}
-
-    async def register_shard(self, shard: int) -> None:
-        await self.transport.replicated_write(self.keys.shards(), "SADD", self.keys.shards(), shard)
-
-    async def fix_timezone(self, app: str, timezone: str) -> None:
-        """Record the app's timezone on its first data; refuse to mix two calendars."""
-        await self.transport.replicated_write(self.keys.apps(), "HSETNX", self.keys.apps(), app,
-                                              timezone)
-        stored = await self.client.hget(self.keys.apps(), app)
-        problem = timezone_problem(app, text(stored) if stored else None, timezone)
-        if problem:
-            raise TimezoneConflict(problem)
-
-    async def write_lapse_fit(self, app: str, fit: bytes) -> None:
-        """Keep an app's fitted risk-of-lapsing model (JSON), replacing the one before."""
-        await self.transport.replicated_write(self.keys.lapse_fits(), "HSET",
-                                              self.keys.lapse_fits(), app, fit)
-
-    # ---- read side --------------------------------------------------------------------
-
-    async def read_lapse_fit(self, app: str) -> bytes | None:
-        found = await self.client.hget(self.keys.lapse_fits(), app)
-        return found.encode() if isinstance(found, str) else found
-
-    async def read_user(self, app: str, user_id: str) -> UserState | None:
-        """One user's record, from whichever partition holds it (one read per partition,
-        sent at once)."""
-        bucket = self._user_bucket(user_id)
-        for raw in await self.transport.fan_out([Read("hget", self.keys.users(shard, app, bucket),
-                                              (user_id,))
-                                        for shard in await self.shard_ids()]):
-            if raw:
-                return engine.codec().decode_user(raw)
-        return None
-
-    async def shard_ids(self) -> list[int]:
-        return sorted(int(s) for s in await self.client.smembers(self.keys.shards()))
-
-    async def app_timezones(self) -> dict[str, str]:
-        raw = await self.client.hgetall(self.keys.apps())
-        return {text(k): text(v) for k, v in raw.items()}
-
-    async def read_family(self, app: str, family: str, segment: str = "all") -> Counter[str]:
-        """One aggregate family of an app's segment, summed over every partition."""
-        return summed(part.items() for part in await self.transport.fan_out([
-            Read("hgetall", self.keys.aggregate(shard, app, segment, family))
-            for shard in await self.shard_ids()]))
-
-    async def read_fields(
-        self, app: str, family: str, fields: list[str], segment: str = "all"
-    ) -> Counter[str]:
-        """Chosen fields of one aggregate family, summed over every partition (for the
-        metrics snapshot, which must not read whole families on every refresh)."""
-        if not fields:
-            return Counter()
-        return summed(
-            ((name, value) for name, value in zip(fields, values, strict=True)
-             if value is not None)
-            for values in await self.transport.fan_out([
-                Read("hmget", self.keys.aggregate(shard, app, segment, family), (fields,))
-                for shard in await self.shard_ids()]))
-
-    async def read_matching(self, app: str, family: str, match: str,
-                            segment: str = "all") -> Counter[str]:
-        """Fields of a family matching a glob (e.g. today's revenue in every currency): the
-        partitions scanned concurrently (in a cluster, on their masters at once)."""
-
-        async def scan(shard: int) -> list[tuple[bytes, bytes]]:
-            key = self.keys.aggregate(shard, app, segment, family)
-            return [item async for item in self.client.hscan_iter(key, match=match)]
-
-        return summed(await asyncio.gather(*map(scan, await self.shard_ids())))
-
-    async def scan_users(self, app: str, batch: int = 256) -> AsyncIterator[UserState]:
-        """Every user record of an app, ``batch`` buckets per pipeline (for queries no counter
-        answers); in a cluster each pipeline is split by master and sent to all at once."""
-        names = [
-            self.keys.users(shard, app, bucket)
-            for shard in await self.shard_ids()
-            for bucket in range(self.user_buckets)
-        ]
-        for start in range(0, len(names), batch):
-            chunk = names[start : start + batch]
-            for values in await self.transport.fan_out([Read("hvals", name) for name in chunk]):
-                for raw in values:
-                    yield engine.codec().decode_user(raw)
-
-    async def read_stats(self) -> Counter[str]:
-        """The stats hashes, summed over every partition."""
-        return summed(part.items() for part in await self.transport.fan_out([
-            Read("hgetall", self.keys.stats(shard)) for shard in await self.shard_ids()]))
-
-    async def partition_progress(self, topics: Iterable[str]) -> dict[int, PartitionProgress]:
-        """Per partition: next offsets and watermark, for lag, health and the event clock."""
-        shards = await self.shard_ids()
-        topics = list(topics)
-        out: dict[int, PartitionProgress] = {}
-        fields = [META_WATERMARK, *map(offset_field, topics)]
-        replies = await self.transport.fan_out([Read("hmget", self.keys.meta(shard), (fields,))
-                                       for shard in shards])
-        for shard, values in zip(shards, replies, strict=True):
-            out[shard] = PartitionProgress(
-                int(values[0]) if values[0] else None,
-                {t: int(v) for t, v in zip(topics, values[1:], strict=True) if v},
-            )
-        return out
-
-    async def shard_watermark_ms(self, shard: int) -> int | None:
-        value = await self.client.hget(self.keys.meta(shard), META_WATERMARK)
-        return int(value) if value else None
-
-    async def watermark_ms(self) -> int | None:
-        progress = await self.partition_progress([])
-        marks = [p.watermark_ms for p in progress.values() if p.watermark_ms is not None]
-        return max(marks) if marks else None

@@ -179,7 +179,7 @@ async def check_first_week(state: RealApply, events: list[Event]) -> None:
     tz = example["timezone"]
     store, cfg = state.store, state.settings
     now = max(e.ts_ms for e in events)
-    assert await store.watermark_ms() == now
+    assert await store.reads.watermark_ms() == now
     for check in example["expect"]:
         figure = check["figure"]
         if figure == "pipeline":
@@ -449,7 +449,8 @@ async def test_at_risk_example_one_event_at_a_time_backwards(redis_url: str) -> 
     async with RealApply(redis_url, timezone=example["timezone"]) as state:
         for event in reversed(events):
             await state.apply([event], now)
-        await state.store.write_lapse_fit("a", StoredFit("bgnbd", params, 0.0, 4, now).encode())
+        fit = StoredFit("bgnbd", params, 0.0, 4, now)
+        await state.store.registry.write_lapse_fit("a", fit.encode())
         report = (await at_risk_report(state.store, state.settings, "a")).as_json()
         assert report["params"] == example["params"]
         assert {key: report[key] for key in example["report"]} == example["report"]
@@ -459,7 +460,7 @@ async def test_at_risk_example_one_event_at_a_time_backwards(redis_url: str) -> 
                 assert got[key] == expected[key], (user, key)
             for key in ("p_alive", "expected_days_30"):
                 assert got[key] == pytest.approx(expected[key], abs=5e-5), (user, key)
-            state_of = await state.store.read_user("a", user)
+            state_of = await state.store.reads.read_user("a", user)
             assert state_of is not None
             _, x, t_x_days, first_day = lapse_cell(state_of)  # type: ignore[misc]
             day = at_risk_day("bgnbd", params, x, t_x_days, first_day, 0.5)

@@ -100,7 +100,7 @@ def test_at_risk_of_an_unknown_app_or_user_is_one_line(redis_url: str, unique: s
     # a second calendar for an app with data (METRICS.md §2)
     ("apps", {"casino": "Europe/Berlin"}, {"APP_TIMEZONES": "casino=Asia/Tokyo"},
      "'casino' has data in timezone 'Europe/Berlin'"),
-    # other bucket counts than the state was built with (state.store.layout_problem)
+    # other bucket counts than the state was built with (state.layout.layout_problem)
     ("layout", {"USER_BUCKETS": 1024, "DUE_BUCKETS": 64}, {"DUE_BUCKETS": "128"},
      "DUE_BUCKETS=128 but the state was built with 64"),
 ])

@@ -294,12 +294,12 @@ async def keyed_any_way(redis_url: str, events: list[Event], rng: random.Random,
     async with RealApply(redis_url, shards=PARTITIONS, horizon_days=horizon_days,
                          state_cache_users=state_cache_users) as state:
         for app, zone in ZONES.items():
-            await state.store.fix_timezone(app, zone)
+            await state.store.registry.fix_timezone(app, zone)
         for shard in range(PARTITIONS):
-            await state.store.register_shard(shard)
+            await state.store.registry.register_shard(shard)
         await consume(state.store, produce(events, rng), rng, BatchRules(horizon_days))
         await figures_equal_reference(state.store, state.settings.key_prefix, events)
-        return await state.store.read_stats()
+        return await state.store.reads.read_stats()
 
 
 # ---- the routing never makes an event late -------------------------------------------------

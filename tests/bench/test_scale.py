@@ -59,8 +59,8 @@ async def read(url: str, settings: Settings, ts: int) -> tuple[int, int, dict[st
     client = aioredis.from_url(url)
     store = RedisStore(client, prefix=settings.key_prefix)
     try:
-        users = [u async for u in store.scan_users(APP)]
-        stats = await store.read_stats()
+        users = [u async for u in store.reads.scan_users(APP)]
+        stats = await store.reads.read_stats()
         day = reference.local_day(ts, TIMEZONE)
         summary = (await summary_report(store, settings, APP, day)).as_json()
     finally:

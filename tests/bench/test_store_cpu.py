@@ -26,7 +26,7 @@ def test_replay_applies_each_unique_event_once_and_counts_redis_work() -> None:
         async def accepted() -> int:
             client = aioredis.from_url(url)
             store = RedisStore(client, prefix=PREFIX)
-            stats = await store.read_stats()
+            stats = await store.reads.read_stats()
             await client.aclose()
             return sum(n for name, n in stats.items() if name.startswith("acc:"))
 
@@ -50,7 +50,7 @@ def test_a_live_replay_spans_dedup_generations_and_still_drops_every_copy() -> N
         async def read() -> tuple[int, int]:
             client = aioredis.from_url(url)
             store = RedisStore(client, prefix=PREFIX)
-            stats = await store.read_stats()
+            stats = await store.reads.read_stats()
             recorded = [k async for k in client.scan_iter(
                 match=store.keys.dedup_sizes(0, 0).replace(":0", ":*"))]
             await client.aclose()

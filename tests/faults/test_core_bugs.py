@@ -40,8 +40,8 @@ async def test_rpr_lists_cohorts_without_buyers(store: RedisStore, unique: str) 
         Event("default", "e2", "purchase", "payer", JAN_1_2024 + 1, amount=0.99),
         Event("default", "e3", "install", "free", JAN_1_2024 + 7 * MS_PER_DAY),  # next week
     ]
-    await store.register_shard(0)
-    await store.fix_timezone("default", "UTC")
+    await store.registry.register_shard(0)
+    await store.registry.fix_timezone("default", "UTC")
     loaded = await store.load_batch(0, ["t"], [(e.app, e.user_id) for e in events],
                                     [dedup_key(e.app, e.event_id) for e in events], JAN_1_2024)
     plan = plan_batch([(i, -1, e) for i, e in enumerate(events)], loaded.states,

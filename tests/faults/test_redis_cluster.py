@@ -176,7 +176,7 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
     store = RedisStore(client, prefix=f"rt-{unique}", user_buckets=4, dedup_buckets=4)
     shard = 999
     user = ("default", "moved-user")
-    bucket = store.due_bucket(user)
+    bucket = store.layout.due_bucket(user)
     key = store.keys.due_bucket(shard, DUE_NEXT, bucket)
     index = store.keys.due_index(shard, DUE_NEXT)
     slot = client.keyslot(key)
@@ -186,7 +186,7 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
         node.zadd(key, {due_member(user): moment})
         node.zadd(index, {str(bucket): moment})
     try:
-        assert await store.due_entries(shard, 10) == []  # the map read, its master used
+        assert await store.due.due_entries(shard, 10) == []  # the map read, its master used
         source = int(client.get_node_from_key(key).port)
         target = next(port for port in cluster.masters if port != source)
         with contextlib.closing(cluster.client(source)) as node:
@@ -196,7 +196,7 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
             with contextlib.closing(cluster.client(target)) as node:
                 held_at(node, 5)  # only the new master holds it
                 try:
-                    assert await store.due_entries(shard, 10) == [(user, 5)]
+                    assert await store.due.due_entries(shard, 10) == [(user, 5)]
                 finally:
                     node.delete(key, index)
         finally:
@@ -204,7 +204,7 @@ async def test_a_slot_moved_under_the_store_is_followed(cluster: LocalCluster,
         with contextlib.closing(cluster.client(source)) as node:
             held_at(node, 6)
             try:  # MOVED back: the store follows it again
-                assert await store.due_entries(shard, 10) == [(user, 6)]
+                assert await store.due.due_entries(shard, 10) == [(user, 6)]
             finally:
                 node.delete(key, index)
     finally:
@@ -228,10 +228,10 @@ async def test_due_buckets_and_their_adoption_on_a_cluster(cluster: LocalCluster
             assert await store.apply_plan(shard, loaded, {}, Plan(
                 due={user: 10 + n for n, user in enumerate(users)} | {users[1]: None}),
                 {users[2]: 5})
-            assert await store.due_entries(shard, 12, limit=1) == [(users[0], 10)]
-            assert await store.due_entries(shard, 14) == [(users[0], 10), (users[2], 12),
+            assert await store.due.due_entries(shard, 12, limit=1) == [(users[0], 10)]
+            assert await store.due.due_entries(shard, 14) == [(users[0], 10), (users[2], 12),
                                                           (users[3], 13), (users[4], 14)]
-            assert await store.at_risk_due_entries(shard, 10) == [(users[2], 5)]
+            assert await store.due.at_risk_due_entries(shard, 10) == [(users[2], 5)]
             assert not await client.exists(store.keys.due(shard))
     finally:
         for shard in (0, 1, 2):

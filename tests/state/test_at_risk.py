@@ -69,7 +69,7 @@ async def test_the_report_is_the_fit_over_the_reference_summaries(
         for start in range(0, len(events), 97):  # batches in arrival order, any cut
             await state.apply(events[start:start + 97], BASE_MS)
         report = (await at_risk_report(state.store, state.settings, "a")).as_json()
-        kept = StoredFit.decode(await state.store.read_lapse_fit("a") or b"")
+        kept = StoredFit.decode(await state.store.registry.read_lapse_fit("a") or b"")
         assert await refit_every_app(state.store, state.settings) == ["a"]
     summaries = reference_summaries(events)
     expected = lapse_fit.fit("bgnbd", summaries)
@@ -119,7 +119,8 @@ async def test_another_model_for_the_app_is_fitted_on_the_next_read(
         modified = replace(state.settings, app_at_risk_models={"a": "mbgnbd"})
         report = (await at_risk_report(state.store, modified, "a")).as_json()
         assert first.model == "bgnbd" and report["model"] == "mbgnbd"
-        assert StoredFit.decode(await state.store.read_lapse_fit("a") or b"").model == "mbgnbd"
+        kept = StoredFit.decode(await state.store.registry.read_lapse_fit("a") or b"")
+        assert kept.model == "mbgnbd"
         expected = lapse_fit.fit("mbgnbd", reference_summaries(events))
         assert report["params"] == expected.params.as_json()
         with pytest.raises(QueryError):

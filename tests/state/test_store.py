@@ -20,7 +20,7 @@ from retention_tracker.bench import reference
 from retention_tracker.state.dedup import FIRST_BUCKETS, LEGACY_BUCKETS, sized
 from retention_tracker.state.queries import read_daily, read_measure
 from retention_tracker.state.schema import DUE_NEXT, DUE_RISK, due_member, parse_due_member
-from retention_tracker.state.store import RedisStore, TimezoneConflict, layout_problem
+from retention_tracker.state.store import RedisStore
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar
 from retention_tracker.streams.counters import Measure
 from retention_tracker.streams.events import Event
@@ -32,17 +32,6 @@ from retention_tracker.streams.winback import next_moment_ms
 BASE_MS = 1_704_067_200_000
 UTC = AppCalendar("UTC")
 UTC_APPS = {app: UTC for app in ("a", "b", "default")}  # every app of the tests, in UTC
-
-
-@pytest.fixture(params=[0, 1000], ids=["no-cache", "state-cache"])
-async def store(redis_url: str, unique: str, request: pytest.FixtureRequest):
-    client = aioredis.from_url(redis_url)
-    yield RedisStore(client, prefix=f"test-{unique}", user_buckets=8, dedup_buckets=4,
-                     state_cache_users=request.param)
-    keys = [k async for k in client.scan_iter(match=f"test-{unique}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def apply_batch(store: RedisStore, shard: int, events: list[Event], first_offset: int,
@@ -70,7 +59,7 @@ async def test_redis_state_equals_reference_over_shards_and_redelivery(store: Re
     for event in events:
         by_shard.setdefault(zlib.crc32(event.user_id.encode()) % 3, []).append(event)
     for shard, shard_events in by_shard.items():
-        await store.register_shard(shard)
+        await store.registry.register_shard(shard)
         for start in range(0, len(shard_events), 50):
             assert await apply_batch(store, shard, shard_events[start:start + 50], start)
         # a restart re-reads the first half from Kafka: offsets skip it, nothing changes
@@ -89,7 +78,7 @@ async def test_redis_state_equals_reference_over_shards_and_redelivery(store: Re
 
 async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
     event = Event("a", "e1", "purchase", "u1", BASE_MS, amount=1.0)  # its id is remembered
-    await store.register_shard(0)
+    await store.registry.register_shard(0)
     first = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     second = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     plan = plan_batch([(0, -1, event)], first.states, set(), None, 400, UTC_APPS)
@@ -98,7 +87,7 @@ async def test_apply_is_fenced_by_version(store: RedisStore) -> None:
     after = await store.load_batch(0, ["t"], [("a", "u1")], [dedup_key("a", "e1")], BASE_MS)
     assert after.next_offsets == {"t": 1}
     assert after.seen_dedup_keys == {dedup_key("a", "e1")}
-    assert (await store.read_family("a", "daily"))[f"dau:{UTC.day_of(BASE_MS)}"] == 1
+    assert (await store.reads.read_family("a", "daily"))[f"dau:{UTC.day_of(BASE_MS)}"] == 1
 
 
 async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) -> None:
@@ -113,26 +102,6 @@ async def test_dedup_memory_spans_previous_generation_only(store: RedisStore) ->
         assert (key in again.seen_dedup_keys) is remembered
 
 
-async def test_timezone_is_fixed_by_first_data(store: RedisStore) -> None:
-    await store.fix_timezone("a", "Europe/Paris")
-    await store.fix_timezone("a", "Europe/Paris")
-    with pytest.raises(TimezoneConflict, match="Europe/Paris"):
-        await store.fix_timezone("a", "UTC")
-
-
-async def test_bucket_counts_are_fixed_by_the_first_worker(store: RedisStore) -> None:
-    first = await store.record_layout()
-    assert first == store.layout() and layout_problem(first, store.layout()) is None
-    other = RedisStore(store.client, prefix=store.keys.prefix,
-                       user_buckets=store.user_buckets, due_buckets=store.due_buckets * 2)
-    assert await other.record_layout() == first  # the earlier record wins
-    problem = layout_problem(first, other.layout())
-    assert problem is not None and "\n" not in problem
-    assert f"DUE_BUCKETS={store.due_buckets * 2} but the state was built with " \
-        f"{store.due_buckets}" in problem and "USER_BUCKETS" not in problem
-    assert layout_problem({}, other.layout()) is None  # a state from before the record
-
-
 async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_writes(
     store: RedisStore,
 ) -> None:
@@ -142,11 +111,11 @@ async def test_state_cache_serves_own_writes_and_drops_them_when_another_worker_
         pytest.skip("needs the state cache")
     other = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8, dedup_buckets=4,
                        state_cache_users=1000)
-    await store.register_shard(0)
+    await store.registry.register_shard(0)
     day = [Event("a", f"e{n}", "session", "u1", BASE_MS + n * MS_PER_DAY) for n in range(3)]
     assert await apply_batch(store, 0, day[:1], 0)
     # the cache, not Redis, answers for this worker's own last write
-    bucket = store.user_key(0, "a", "u1")
+    bucket = store.layout.user_key(0, "a", "u1")
     record = await store.client.hget(bucket, "u1")
     await store.client.hdel(bucket, "u1")
     loaded = await store.load_batch(0, ["t"], [("a", "u1")], [], BASE_MS)
@@ -214,12 +183,12 @@ async def test_the_per_threshold_due_sets_of_before_merge_at_each_users_earliest
     await store.adopt_due_sets(0, (1, 2, 7))
     merged = [(("a", "w"), 50), (("a", "y"), 60), (("a", "u"), 100), (("a", "v"), 250),
               (("a", "x"), 800)]
-    assert await store.due_entries(0, 10**6) == merged
-    assert await store.at_risk_due_entries(0, 10**6) == [(("a", "u"), 40), (("a", "y"), 70)]
+    assert await store.due.due_entries(0, 10**6) == merged
+    assert await store.due.at_risk_due_entries(0, 10**6) == [(("a", "u"), 40), (("a", "y"), 70)]
     old = [*(keys.due_per_threshold(0, d) for d in (1, 2, 7)), keys.due(0), keys.due_at_risk(0)]
     assert not await client.exists(*old)
     await store.adopt_due_sets(0, (1, 2, 7))  # nothing left to merge: unchanged
-    assert await store.due_entries(0, 10**6) == merged
+    assert await store.due.due_entries(0, 10**6) == merged
 
 
 async def test_users_due_now_are_counted_per_threshold_from_their_records(
@@ -227,18 +196,18 @@ async def test_users_due_now_are_counted_per_threshold_from_their_records(
 ) -> None:
     """The due set holds u's next moment only (1 day after its last activity); at 3 days
     both of its thresholds have come, and once the first is handled, only the second."""
-    await store.register_shard(0)
+    await store.registry.register_shard(0)
     state = UserState(BASE_MS, BASE_MS, UTC.day_of(BASE_MS), frozenset({UTC.day_of(BASE_MS)}),
                       frozenset())
-    await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(state))
+    await store.client.hset(store.layout.user_key(0, "a", "u"), "u", encode_user(state))
     loaded = await store.load_batch(0, [], [], [], 0)
     assert await store.apply_plan(0, loaded, {}, Plan(due={("a", "u"): BASE_MS + MS_PER_DAY}))
     now = BASE_MS + 3 * MS_PER_DAY
-    assert await store.due_counts({"a": (1, 2, 7), "b": (1, 2, 7)}, now) == {
+    assert await store.due.due_counts({"a": (1, 2, 7), "b": (1, 2, 7)}, now) == {
         "a": {1: 1, 2: 1, 7: 0}, "b": {1: 0, 2: 0, 7: 0}}
     handled = replace(state, notified_episode_ms=BASE_MS, notified_days=(1,))
-    await store.client.hset(store.user_key(0, "a", "u"), "u", encode_user(handled))
-    assert await store.due_counts({"a": (1, 2, 7)}, now) == {"a": {1: 0, 2: 1, 7: 0}}
+    await store.client.hset(store.layout.user_key(0, "a", "u"), "u", encode_user(handled))
+    assert await store.due.due_counts({"a": (1, 2, 7)}, now) == {"a": {1: 0, 2: 1, 7: 0}}
 
 
 @pytest.mark.parametrize("apps", [("a",), ("a", "b")], ids=["one-app", "two-apps"])
@@ -254,7 +223,7 @@ async def test_a_due_backlog_larger_than_any_page_is_counted_exactly(
     now = BASE_MS + 3 * MS_PER_DAY
     records: dict[UserKey, UserState] = {}
     for app in apps:
-        await store.fix_timezone(app, "UTC")
+        await store.registry.fix_timezone(app, "UTC")
         for n in range(1500):
             last_ms = BASE_MS + (n % 5) * MS_PER_DAY * 6 // 10  # due for "a": n % 5 < 2
             day = UTC.day_of(last_ms)
@@ -263,11 +232,11 @@ async def test_a_due_backlog_larger_than_any_page_is_counted_exactly(
                 state = replace(state, notified_episode_ms=last_ms, notified_days=(1,))
             records[app, f"u{n}"] = state
     for shard in (0, 1):
-        await store.register_shard(shard)
+        await store.registry.register_shard(shard)
         mine = {user: state for user, state in records.items()
                 if zlib.crc32(user[1].encode()) % 2 == shard}
         for (app, user_id), state in mine.items():
-            await store.client.hset(store.user_key(shard, app, user_id), user_id,
+            await store.client.hset(store.layout.user_key(shard, app, user_id), user_id,
                                     encode_user(state))
         loaded = await store.load_batch(shard, [], [], [], 0)
         assert await store.apply_plan(shard, loaded, {}, Plan(due={
@@ -278,10 +247,10 @@ async def test_a_due_backlog_larger_than_any_page_is_counted_exactly(
                       for days in thresholds[app]} for app in apps}
     assert expected["a"] == {2: 600}
     assert expected.get("b", {1: 800, 3: 300}) == {1: 800, 3: 300}
-    assert await store.due_counts({app: thresholds[app] for app in apps}, now) == expected
+    assert await store.due.due_counts({app: thresholds[app] for app in apps}, now) == expected
     # a moment later, the next fifth of "a" is due too: the count follows "now"
     later = now + MS_PER_DAY * 6 // 10
-    assert (await store.due_counts({"a": (2,)}, later))["a"] == {2: 900}
+    assert (await store.due.due_counts({"a": (2,)}, later))["a"] == {2: 900}
 
 
 # ---- due buckets: the two-level structure against a plain model --------------------------
@@ -326,7 +295,8 @@ async def _check_due_buckets(
                     else:
                         model[kind][user] = moment
                 await _assert_two_levels(store, kind, model[kind])
-        for kind, read in ((DUE_NEXT, store.due_entries), (DUE_RISK, store.at_risk_due_entries)):
+        for kind, read in ((DUE_NEXT, store.due.due_entries),
+                           (DUE_RISK, store.due.at_risk_due_entries)):
             expected = sorted((moment, due_member(user).encode(), user)
                               for user, moment in model[kind].items() if moment <= now)
             assert await read(0, now, limit) == [(user, m) for m, _, user in expected][:limit]
@@ -340,8 +310,8 @@ async def _check_due_buckets(
 async def _assert_two_levels(store: RedisStore, kind: str, model: dict[UserKey, int]) -> None:
     buckets: dict[int, dict[UserKey, int]] = {}
     for user, moment in model.items():
-        buckets.setdefault(store.due_bucket(user), {})[user] = moment
-    for number in range(store.due_buckets):
+        buckets.setdefault(store.layout.due_bucket(user), {})[user] = moment
+    for number in range(store.layout.due_buckets):
         held = await store.client.zrange(store.keys.due_bucket(0, kind, number), 0, -1,
                                          withscores=True)
         assert {parse_due_member(m): int(s) for m, s in held} == buckets.get(number, {})
@@ -380,7 +350,7 @@ async def test_each_generation_is_sized_from_the_last_and_copies_cross_the_chang
     auto = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
                       state_cache_users=store.cache.capacity)
     first = auto.dedup_generation(BASE_MS)
-    await auto.register_shard(0)
+    await auto.registry.register_shard(0)
     assert await apply_batch(auto, 0, purchases([f"p{n}" for n in range(250)], BASE_MS), 0)
     assert await generation_sizes(auto, 0, first) == {"b": FIRST_BUCKETS, "n": 250}
     used = await buckets_used(auto, 0, first)
@@ -391,7 +361,7 @@ async def test_each_generation_is_sized_from_the_last_and_copies_cross_the_chang
     assert await generation_sizes(auto, 0, first + 1) == {"b": sized(250), "n": 10}
     assert sized(250) == 16
     assert await buckets_used(auto, 0, first + 1) <= set(range(16))
-    stats = await auto.read_stats()
+    stats = await auto.reads.read_stats()
     assert stats["dup:a"] == 50 and stats["acc:a:purchase"] == 260
     # a worker started since (nothing cached) finds both generations' ids
     fresh = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8)
@@ -408,7 +378,7 @@ async def test_a_worker_upgraded_mid_generation_finds_the_ids_written_before(
     (this one's ids from before are uncounted), and sizes the one after."""
     old = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
                      dedup_buckets=LEGACY_BUCKETS)
-    await old.register_shard(0)
+    await old.registry.register_shard(0)
     generation = old.dedup_generation(BASE_MS)
     assert await apply_batch(old, 0, purchases([f"p{n}" for n in range(300)], BASE_MS), 0)
     await store.client.delete(old.keys.dedup_sizes(0, generation))  # as written before
@@ -426,7 +396,7 @@ async def test_a_worker_upgraded_mid_generation_finds_the_ids_written_before(
     last = later + WEEK_MS
     assert await apply_batch(new, 0, purchases(["r0", "s0"], last), 365, last)
     assert await generation_sizes(new, 0, generation + 2) == {"b": 1, "n": 1}
-    stats = await new.read_stats()
+    stats = await new.reads.read_stats()
     assert stats["dup:a"] == 2 * len(copies) + 2 + 1
     assert stats["acc:a:purchase"] == 300 + 2 + 1 + 1
 
@@ -434,7 +404,7 @@ async def test_a_worker_upgraded_mid_generation_finds_the_ids_written_before(
 async def test_a_number_set_later_applies_to_new_generations_only(store: RedisStore) -> None:
     """DEDUP_BUCKETS changed mid-generation: the recorded count still finds the ids."""
     auto = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8)
-    await auto.register_shard(0)
+    await auto.registry.register_shard(0)
     generation = auto.dedup_generation(BASE_MS)
     assert await apply_batch(auto, 0, purchases([f"p{n}" for n in range(40)], BASE_MS), 0)
     forced = RedisStore(store.client, prefix=store.keys.prefix, user_buckets=8,
@@ -444,7 +414,7 @@ async def test_a_number_set_later_applies_to_new_generations_only(store: RedisSt
     assert await apply_batch(forced, 0, purchases(["p1", "q"], later), 80, later)
     assert (await generation_sizes(forced, 0, generation))["b"] == FIRST_BUCKETS
     assert (await generation_sizes(forced, 0, generation + 1))["b"] == 3
-    assert (await forced.read_stats())["dup:a"] == 41
+    assert (await forced.reads.read_stats())["dup:a"] == 41
 
 
 dedup_batches = st.lists(
@@ -481,7 +451,7 @@ async def _check_dedup_generations(redis_url: str,
     expected = {"dup:a": 0, "acc:a:purchase": 0}
     now, offset, last_before = BASE_MS, 0, None
     try:
-        await RedisStore(client, prefix=prefix).register_shard(0)
+        await RedisStore(client, prefix=prefix).registry.register_shard(0)
         for position, (next_generation, buckets, numbers) in enumerate(batches):
             now += WEEK_MS if next_generation else 1
             generation = RedisStore(client).dedup_generation(now)
@@ -504,7 +474,7 @@ async def _check_dedup_generations(redis_url: str,
                 else:
                     expected["acc:a:purchase"] += 1
                     kept[number] = generation
-        stats = await RedisStore(client, prefix=prefix).read_stats()
+        stats = await RedisStore(client, prefix=prefix).reads.read_stats()
         assert {name: stats[name] for name in expected} == expected
     finally:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]

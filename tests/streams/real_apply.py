@@ -71,9 +71,9 @@ class RealApply:
                        arrival_ms: int) -> list[Event]:
         """Apply events of one shard as the records ``first_offset...``: records below the
         shard's stored next offset are skipped, as after a worker restart."""
-        await self.store.register_shard(shard)
+        await self.store.registry.register_shard(shard)
         for app in {e.app for e in events}:
-            await self.store.fix_timezone(app, self.calendar.timezone)
+            await self.store.registry.fix_timezone(app, self.calendar.timezone)
         items = [(first_offset + i, -1, e) for i, e in enumerate(events)]
         loaded = await self.store.load_batch(
             shard, [TOPIC], [(e.app, e.user_id) for e in events],
@@ -94,7 +94,7 @@ class RealApply:
         """(app, user_id) -> its next inactivity moment, from every shard's due set."""
         found = {}
         for shard in range(self.shards):
-            for user, due_ms in await self.store.due_entries(shard, 2**62, limit=10_000):
+            for user, due_ms in await self.store.due.due_entries(shard, 2**62, limit=10_000):
                 found[user] = due_ms
         return found
 

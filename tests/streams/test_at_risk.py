@@ -176,7 +176,7 @@ async def replay(store: RedisStore, batches: list[list[Event]]) -> Outcome:
         assert await store.apply_plan(0, loaded, {"t": offset}, found, moves)
         out.stats.update(found.stats)
         now = found.watermark_ms or 0
-        while due := await store.at_risk_due_entries(0, now):
+        while due := await store.due.at_risk_due_entries(0, now):
             held = await store.load_batch(0, [], [user for user, _ in due], [], at(D0))
             passed = plan_at_risk(due, held.states, now, PROPERTY_RULES, CALENDARS,
                                   DEFAULT_RULES)

@@ -55,14 +55,14 @@ async def test_duplicates_inside_one_batch_count_once_in_redis(redis_url: str) -
         summary = (await summary_report(state.store, state.settings, "a",
                                         date(2024, 1, 1))).as_json()
         assert (summary["dau"], summary["new_users"]) == (1, 1)
-        assert +await state.store.read_stats() == {"acc:a:session": 3}
+        assert +await state.store.reads.read_stats() == {"acc:a:session": 3}
         assert [k async for k in state.client.scan_iter(match="*:dd:*")] == []
         buys = [Event("a", "b1", "purchase", "u", day(0), amount=1.5, currency="USD")] * 3
         assert await state.apply(buys, day(0)) == []
         summary = (await summary_report(state.store, state.settings, "a",
                                         date(2024, 1, 1))).as_json()
         assert (summary["dau"], summary["revenue"]) == (1, {"USD": 1.5})
-        assert +await state.store.read_stats() == {"acc:a:session": 3, "acc:a:purchase": 1,
+        assert +await state.store.reads.read_stats() == {"acc:a:session": 3, "acc:a:purchase": 1,
                                                    "dup:a": 2}
         assert len([k async for k in state.client.scan_iter(match="*:dd:*")]) == 1
 
@@ -114,9 +114,9 @@ async def test_events_older_than_horizon_are_rejected_not_counted(redis_url: str
         await state.apply([Event("a", "1", "session", "u", day(100))], day(100))
         old = Event("a", "2", "session", "v", day(0))
         assert await state.apply([old], day(100)) == [old]
-        assert await state.store.read_family("a", "coh:day") == {
+        assert await state.store.reads.read_family("a", "coh:day") == {
             str(date_to_day(date(2024, 4, 10))): 1}
-        assert (await state.store.read_stats())["rej:too_old"] == 1
+        assert (await state.store.reads.read_stats())["rej:too_old"] == 1
 
 
 async def test_summary_counts_reinstall_days_and_new_users_once(redis_url: str) -> None:

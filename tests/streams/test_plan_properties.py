@@ -163,7 +163,7 @@ async def assert_same_figures(state: RealApply, events: list[Event], tz: str,
     """Every figure the queries serve equals the reference over the accepted events, for
     every app delivered (an app whose events were all rejected has empty figures)."""
     store, cfg = state.store, state.settings
-    now_ms = await store.watermark_ms()  # CLOCK=event: now is the latest event applied
+    now_ms = await store.reads.watermark_ms()  # CLOCK=event: now is the latest event applied
     assert now_ms == max(e.ts_ms for e in events)
     rules = {app: reference_rules(cfg, app) for app in apps}
     for app in sorted(apps):
@@ -310,7 +310,7 @@ async def run_example(redis_url: str, events: list[Event], seed: int, tz: str,
         for batch in second:
             rejected.update((e.app, e.event_id) for e in await state.apply(batch, arrival))
         assert sum(rejected.values()) == stats["rej:too_old"]
-        assert +await state.store.read_stats() == +stats
+        assert +await state.store.reads.read_stats() == +stats
         if expected:
             await assert_same_figures(state, expected, tz, {e.app for e in events})
 

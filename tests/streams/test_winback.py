@@ -217,7 +217,7 @@ async def replay(store: RedisStore, batches: list[list[Event]], rules: WinbackRu
         returns = list(found.reactivations)
         stats.update(found.stats)
         now = found.watermark_ms or 0
-        due = await store.due_entries(0, now)
+        due = await store.due.due_entries(0, now)
         if due:
             users = [u for u, _ in due]
             held = await store.load_batch(0, [], users, [], BASE_MS)
