@@ -91,8 +91,8 @@ class DedupLayout:
     uncounted: bool = False
 
 
-def layout(generation: int, recorded: Recorded, forced: int | None, fresh: bool
-           ) -> DedupLayout:
+def generation_layout(generation: int, recorded: Recorded, forced: int | None, fresh: bool
+                      ) -> DedupLayout:
     """The counts of a batch in ``generation``. ``forced``: DEDUP_BUCKETS when a number
     (every new generation gets it; ids from before counts were recorded are read with it),
     None for ``auto``. ``fresh``: the partition was never written (no ids from before).

@@ -23,7 +23,7 @@ from retention_tracker.state.dedup import (
     DedupLayout,
     Recorded,
     bucket_of,
-    layout,
+    generation_layout,
     legacy_buckets,
 )
 from retention_tracker.state.due_sets import DueSets
@@ -179,7 +179,7 @@ class RedisStore:
             next_offsets=offsets,
             states={user: held[user] if user in held else loaded[user] for user in users},
             seen_dedup_keys=seen,
-            dedup=layout(generation, recorded, self.dedup_buckets, version == 0),
+            dedup=generation_layout(generation, recorded, self.dedup_buckets, version == 0),
             read_watermark_ms=int(reply[3]) if reply[3] else None,
         )
 

@@ -14,7 +14,7 @@ from retention_tracker.state.dedup import (
     DedupLayout,
     Recorded,
     bucket_of,
-    layout,
+    generation_layout,
     sized,
 )
 
@@ -41,34 +41,37 @@ def test_an_id_has_one_bucket_among_any_count(key: bytes, buckets: int) -> None:
 
 def test_a_recorded_generation_is_read_and_written_with_its_count_whatever_the_setting() -> None:
     for forced in (None, 8):
-        assert layout(9, Recorded(32, 16, 900), forced, fresh=False) == DedupLayout(9, 32, 16)
+        got = generation_layout(9, Recorded(32, 16, 900), forced, fresh=False)
+        assert got == DedupLayout(9, 32, 16)
 
 
 def test_a_new_generation_is_sized_from_the_previous_one() -> None:
-    assert layout(9, Recorded(None, 16, 3_500), None, fresh=False) == DedupLayout(
+    assert generation_layout(9, Recorded(None, 16, 3_500), None, fresh=False) == DedupLayout(
         9, 256, 16, record=True)
-    assert layout(9, Recorded(None, 16, 0), None, fresh=False) == DedupLayout(
+    assert generation_layout(9, Recorded(None, 16, 0), None, fresh=False) == DedupLayout(
         9, 1, 16, record=True)
 
 
 def test_a_fresh_partition_starts_small() -> None:
-    assert layout(9, Recorded(None, None), None, fresh=True) == DedupLayout(
+    assert generation_layout(9, Recorded(None, None), None, fresh=True) == DedupLayout(
         9, FIRST_BUCKETS, LEGACY_BUCKETS, record=True)
 
 
 def test_state_from_before_keeps_the_legacy_count_for_two_generations() -> None:
     """Upgraded mid-generation: ids of before lie in this generation's legacy buckets, and
     its count of ids misses them, so the next one is not sized from it either."""
-    upgraded = layout(9, Recorded(None, None), None, fresh=False)
+    upgraded = generation_layout(9, Recorded(None, None), None, fresh=False)
     assert upgraded == DedupLayout(9, LEGACY_BUCKETS, LEGACY_BUCKETS, record=True,
                                    uncounted=True)
-    assert layout(10, Recorded(None, LEGACY_BUCKETS, 50, previous_uncounted=True), None,
-                  fresh=False) == DedupLayout(10, LEGACY_BUCKETS, LEGACY_BUCKETS, record=True)
-    assert layout(11, Recorded(None, LEGACY_BUCKETS, 50), None, fresh=False).current == sized(50)
+    second = generation_layout(10, Recorded(None, LEGACY_BUCKETS, 50, previous_uncounted=True),
+                               None, fresh=False)
+    assert second == DedupLayout(10, LEGACY_BUCKETS, LEGACY_BUCKETS, record=True)
+    after = generation_layout(11, Recorded(None, LEGACY_BUCKETS, 50), None, fresh=False)
+    assert after.current == sized(50)
 
 
 def test_a_number_forces_every_new_generation_and_is_the_legacy_count() -> None:
-    assert layout(9, Recorded(None, 16, 3_500), 8, fresh=False) == DedupLayout(
+    assert generation_layout(9, Recorded(None, 16, 3_500), 8, fresh=False) == DedupLayout(
         9, 8, 16, record=True)
-    assert layout(9, Recorded(None, None), 8, fresh=False) == DedupLayout(
+    assert generation_layout(9, Recorded(None, None), 8, fresh=False) == DedupLayout(
         9, 8, 8, record=True, uncounted=True)
