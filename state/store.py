@@ -156,29 +156,21 @@ class RedisStore:
         if dedup_keys and read != (recorded.current or legacy, recorded.previous or legacy):
             # looked up with counts recorded since, or by another worker: again with these
             return await self.load_batch(shard, topics, users, dedup_keys, now_ms)
-        pos = 8
-        offsets = {}
-        for topic in topics:
-            offsets[topic] = int(reply[pos]) if reply[pos] else None
-            pos += 1
-        loaded: dict[UserKey, UserState | None] = {}
+        # after 8 fields: each topic's next offset, each loaded record, each id's flag
+        records = 8 + len(topics)
+        flags = iter(reply[records + len(user_order):])
         decode_user = engine.codec().decode_user  # the engine's, native where it runs
-        for position in user_order:
-            loaded[to_load[position]] = decode_user(reply[pos]) if reply[pos] else None
-            pos += 1
-        seen: set[bytes] = set()
-        for _, order in id_groups:
-            seen.update(dedup_keys[position]
-                        for position, flag in zip(order, reply[pos:pos + len(order)], strict=True)
-                        if flag)
-            pos += len(order)
+        loaded = {to_load[position]: decode_user(raw) if raw else None
+                  for position, raw in zip(user_order, reply[records:], strict=False)}
         version = int(reply[0])
         return LoadedBatch(
             version=version,
             watermark_ms=int(reply[1]) if reply[1] else None,
-            next_offsets=offsets,
+            next_offsets={topic: int(offset) if offset else None
+                          for topic, offset in zip(topics, reply[8:records], strict=True)},
             states={user: held[user] if user in held else loaded[user] for user in users},
-            seen_dedup_keys=seen,
+            seen_dedup_keys={dedup_keys[position] for _, order in id_groups
+                             for position in order if next(flags)},
             dedup=generation_layout(generation, recorded, self.dedup_buckets, version == 0),
             read_watermark_ms=int(reply[3]) if reply[3] else None,
         )
