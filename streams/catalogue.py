@@ -2,12 +2,13 @@
 help, its label, its unit and how it is derived from the stored counters.
 
 The surfaces iterate this module instead of naming figures: ``streams/figures.py`` computes
-the daily rows from the derivations, the Prometheus collector builds its families from the
-gauge names and helps, the CLI and the page (through ``/retention/figures``) label and
-format them, the dashboard builder draws the charts declared here. Adding a daily figure is
-one entry here plus, when it needs a counter of its own, the plan's contribution to it
-(and its stored name below). The independent reference (``bench/reference.py``) computes
-the same figures its own way, by name, and the property tests hold the two equal.
+the daily rows and the period KPI rows from the derivations, the Prometheus collector
+builds its families from the gauge names and helps, the CLI and the page (through
+``/retention/figures``) label and format them, the dashboard builder draws the charts
+declared here. Adding a daily figure or a KPI is one entry here plus, when it needs a
+counter of its own, the plan's contribution to it (and its stored name below). The
+independent reference (``bench/reference.py``) computes the same figures its own way, by
+name, and the property tests hold the two equal.
 """
 
 from __future__ import annotations

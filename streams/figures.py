@@ -164,7 +164,7 @@ def day_summary(app: str, day: int, daily: Mapping[Cell, int]) -> dict[str, Any]
     """The day's figures (streams/catalogue.py): the DAILY_FIGURES, each from its
     derivation, then the CURRENCY_FIGURES per currency."""
 
-    def count(how: Count | Edges | PeriodCount, money: bool) -> int:
+    def count(how: Count | Edges | PeriodCount, per_currency: bool) -> int:
         if isinstance(how, Count):
             return int(daily.get((how.measure, day), 0))
         if isinstance(how, Edges):
@@ -319,13 +319,13 @@ def _period_counter(families: Mapping[Measure, Mapping[Coordinates, int]], perio
                     ) -> Counting:
     """Reads a KPI's counters (catalogue.PeriodCount) of ``period`` in ``families``."""
 
-    def count(how: Count | Edges | PeriodCount, money: bool) -> Any:
+    def count(how: Count | Edges | PeriodCount, per_currency: bool) -> Any:
         if not isinstance(how, PeriodCount):
             raise TypeError(f"a period KPI counts a period's counters, not {how}")
         number = period - 1 if how.previous else period
         cell = (number, 0) if how.own_cohort else (number,)
         family = families[how.measure]
-        if money:
+        if per_currency:
             return {c[-1]: v for c, v in family.items() if c[:-1] == cell and v}
         return family.get(cell, 0)
 
