@@ -217,29 +217,28 @@ class Kpi:
 
 _S = PeriodCount(Measure.ACTIVE, previous=True)  # users active in the period before
 KPIS: tuple[Kpi, ...] = (
-    Kpi("active", "active", "users active in the period (E)", PeriodCount(Measure.ACTIVE)),
-    Kpi("new_users", "new", "users first seen in the period (Nn)",
-        PeriodCount(Measure.COHORT_SIZE)),
-    Kpi("returning", "returning", "active users first seen before the period (E - Nn)",
+    Kpi("active", "active", "users active in the period", PeriodCount(Measure.ACTIVE)),
+    Kpi("new_users", "new", "users first seen in the period", PeriodCount(Measure.COHORT_SIZE)),
+    Kpi("returning", "returning", "active users first seen before the period (active - new)",
         Difference("active", "new_users")),
-    Kpi("crr", "CRR", "customer retention rate (E - Nn) / S, S the users active in the "
-        "period before", Ratio("returning", _S, None), SHARE),
-    Kpi("churn", "churn", "users active in the period before and not in this one, over S",
-        Ratio(PeriodCount(Measure.LOST), _S, None), SHARE),
+    Kpi("crr", "CRR", "customer retention rate: (active - new) / users active in the period "
+        "before", Ratio("returning", _S, None), SHARE),
+    Kpi("churn", "churn", "users active in the period before and not in this one / users "
+        "active in the period before", Ratio(PeriodCount(Measure.LOST), _S, None), SHARE),
     Kpi("revenue", "revenue", "revenue of the period, per currency",
         PeriodCount(Measure.PERIOD_REVENUE), MONEY),
     Kpi("payers", "payers", "users with a purchase in the period",
         PeriodCount(Measure.PERIOD_PAYERS)),
     Kpi("rpr", "RPR", "repeat purchase rate: payers with two purchases or more / payers",
         Ratio(PeriodCount(Measure.REPEAT_PAYERS), "payers"), SHARE),
-    Kpi("new_revenue", "new users' revenue", "revenue of the users first seen in the period",
+    Kpi("new_revenue", "new revenue", "revenue of the period's new users, per currency",
         PeriodCount(Measure.LTV, own_cohort=True), MONEY, Split("revenue", "new")),
-    Kpi("returning_revenue", "returning users' revenue",
-        "revenue of the users first seen before the period",
+    Kpi("returning_revenue", "returning revenue",
+        "revenue of returning users (first seen before the period), per currency",
         Difference("revenue", "new_revenue"), MONEY, Split("revenue", "returning")),
-    Kpi("new_payers", "paying new users", "payers first seen in the period",
+    Kpi("new_payers", "new payers", "payers among the period's new users",
         PeriodCount(Measure.FIRST_PAYMENT, own_cohort=True), split=Split("payers", "new")),
-    Kpi("returning_payers", "paying returning users", "payers first seen before the period",
+    Kpi("returning_payers", "returning payers", "payers among returning users",
         Difference("payers", "new_payers"), split=Split("payers", "returning")),
 )
 #: The KPIs split between new and returning users (the CLI's second table, the gauges).
