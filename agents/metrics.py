@@ -20,7 +20,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retention_tracker.streams.at_risk import MESSAGE_COUNTS
-from retention_tracker.streams.catalogue import COUNTERS, CURRENCY_FIGURES, DAILY_FIGURES, GAUGES
+from retention_tracker.streams.catalogue import (
+    COUNTERS,
+    CURRENCY_FIGURES,
+    DAILY_FIGURES,
+    GAUGES,
+    KPI_SPLITS,
+    MONEY,
+)
 from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
 from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
@@ -183,16 +190,21 @@ class SnapshotCollector(Collector):
 
     def _periods(self, gauges: dict[str, GaugeMetricFamily], app: str,
                  periods: Mapping[str, Mapping[str, Any]]) -> None:
-        """The current period's revenue and payers, new against returning users."""
+        """The current period's KPIs split between new and returning users (the catalogue's
+        KPI_SPLITS), each on its gauge labelled ``users``; money in every currency of the
+        splits and the app's own, 0 where the other side has none."""
         for period, row in periods.items():
-            currencies = {self.app_currencies.get(app, self.currency), *row["new_revenue"],
-                          *row["returning_revenue"]}
-            for users in ("new", "returning"):
-                gauges["retention_period_payers"].add_metric([app, period, users],
-                                                             row[f"{users}_payers"])
-                for currency in sorted(currencies):
-                    gauges["retention_period_revenue"].add_metric(
-                        [app, period, users, currency], row[f"{users}_revenue"].get(currency, 0))
+            currencies = sorted({self.app_currencies.get(app, self.currency), *(
+                currency for kpi in KPI_SPLITS if kpi.unit == MONEY for currency in row[kpi.key])})
+            for kpi in KPI_SPLITS:
+                assert kpi.split is not None
+                labels, value = [app, period, kpi.split.users], row[kpi.key]
+                family = gauges[kpi.split.gauge]
+                if kpi.unit == MONEY:
+                    for currency in currencies:
+                        family.add_metric([*labels, currency], value.get(currency, 0))
+                else:
+                    family.add_metric(labels, value)
 
     @staticmethod
     def _nps(gauges: dict[str, GaugeMetricFamily], app: str,

@@ -10,8 +10,13 @@ from typing import Any
 from retention_tracker.streams.catalogue import (
     CURRENCY_FIGURES,
     DAILY_FIGURES,
+    KPI_SPLITS,
+    KPIS,
+    MONEY,
+    SHARE,
     DailyFigure,
-    Ratio,
+    Kpi,
+    share_whole,
 )
 from retention_tracker.streams.reports import (
     AtRiskReport,
@@ -95,12 +100,14 @@ def summary_text(report: SummaryReport) -> str:
     return "\n\n".join(blocks)
 
 
-def _figure(figure: DailyFigure, doc: Mapping[str, Any]) -> Any:
-    """A daily figure as shown: a share as %, '-' when its denominator is 0."""
+def _figure(figure: DailyFigure | Kpi, doc: Mapping[str, Any]) -> Any:
+    """A figure of a row as shown by its unit: a share as % ('-' when its whole in the
+    row is 0, or when it is None), money per currency, users as they are."""
     value = doc[figure.key]
-    if isinstance(figure.derived, Ratio):
-        return _share(value, doc[figure.derived.whole])
-    return value
+    if figure.unit == SHARE:
+        whole = share_whole(figure.derived)
+        return _pct(value) if whole is None else _share(value, doc[whole])
+    return _money(value) if figure.unit == MONEY else value
 
 
 def _money_block(doc: Mapping[str, Any]) -> str:
@@ -180,22 +187,18 @@ def _money(amounts: dict[str, float]) -> str:
 
 
 def kpis_table(report: KpisReport) -> str:
-    """Period KPIs; a period that has not ended carries '~' (its CRR and churn are live)."""
+    """Period KPIs (streams/catalogue.py), then the ones split between new and returning
+    users; a period that has not ended carries '~' (its CRR and churn are live)."""
     head = f"KPIs of app {report.app} by {report.period}, {report.timezone}"
     if report.segment is not None:
         head += f", segment {report.segment}"
-    columns = ["period", "active", "new", "returning", "CRR", "churn", "revenue", "payers", "RPR"]
-    rows = [[p["period"] + ("" if p["complete"] else LIVE_MARK), p["active"], p["new_users"],
-             p["returning"], _pct(p["crr"]), _pct(p["churn"]), _money(p["revenue"]),
-             p["payers"], _share(p["rpr"], p["payers"])]
-            for p in report.periods]
-    text = _table(head, columns, rows)
-    split = [[p["period"] + ("" if p["complete"] else LIVE_MARK), _money(p["new_revenue"]),
-              _money(p["returning_revenue"]), p["new_payers"], p["returning_payers"]]
-             for p in report.periods]
-    text += "\n\n" + _table("revenue and payers: new users of the period vs returning users",
-                            ["period", "new revenue", "returning revenue", "new payers",
-                             "returning payers"], split)
+    tables = [(head, [k for k in KPIS if k.split is None]),
+              ("revenue and payers of the period's new users vs returning users", KPI_SPLITS)]
+    text = "\n\n".join(
+        _table(title, ["period", *(k.label for k in kpis)],
+               [[p["period"] + ("" if p["complete"] else LIVE_MARK),
+                 *(_figure(k, p) for k in kpis)] for p in report.periods])
+        for title, kpis in tables)
     if any(not p["complete"] for p in report.periods):
         text += (f"\n{LIVE_MARK} the period has not ended yet: its CRR and churn are live "
                  "numbers, not results")

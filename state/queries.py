@@ -59,6 +59,7 @@ from retention_tracker.streams.catalogue import (
     COHORT_FAMILY,
     DAY_MEASURES,
     HOURS24,
+    KPI_MEASURES,
     RUN_MEASURES,
 )
 from retention_tracker.streams.counters import Cell, Measure
@@ -68,7 +69,6 @@ from retention_tracker.streams.events import (
 )
 from retention_tracker.streams.figures import (
     KINDS,
-    KPI_MEASURES,
     KPI_PERIODS,
     VALUE_SEGMENTS,
     WINBACK_KINDS,

@@ -20,7 +20,7 @@ from retention_tracker.streams.calendar import (
     period_label,
     period_of_day,
 )
-from retention_tracker.streams.catalogue import CALENDAR, COHORT_FAMILY
+from retention_tracker.streams.catalogue import CALENDAR, COHORT_FAMILY, KPI_SPLITS
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.figures import (
     KINDS,
@@ -37,7 +37,6 @@ from retention_tracker.streams.figures import (
     kpi_rows,
     last_day_with_data,
     money_rows,
-    new_and_returning,
     pipeline_counts,
     rpr_figures,
     winback_counts,
@@ -189,7 +188,7 @@ class LiveReads:
     ltv: Mapping[str, Family]  # currency with revenue in the shown days -> its LTV cells
     costs: Family  # COST, shown cohorts
     # week, month, year -> the current period's PERIOD_REVENUE, LTV, PERIOD_PAYERS and
-    # FIRST_PAYMENT cells (new_and_returning)
+    # FIRST_PAYMENT cells (what the catalogue's KPI_SPLITS are derived from)
     periods: Mapping[str, Mapping[Measure, Family]]
     nps: Mapping[str, Family]  # week, month, year -> the NPS family
     due_now: Mapping[int, int]  # threshold -> users due but not yet handled
@@ -241,9 +240,9 @@ def app_figures(app: str, read: LiveReads, stats: Mapping[Cell, int], calendar: 
 def current_period_money(families: Mapping[Measure, Family], granularity: str, today: int
                          ) -> dict[str, Any]:
     """The current week, month or year's revenue and payers split between its new and its
-    returning users (METRICS.md §6)."""
+    returning users (METRICS.md §6): its KPI row of the catalogue's KPI_SPLITS."""
     period = period_of_day(today, granularity)
-    return {"period": period_label(period, granularity), **new_and_returning(families, period)}
+    return kpi_rows(families, granularity, period, period, KPI_SPLITS)[0]
 
 
 def nps_figures_by(by: str, survey: str, period: str, cells: Family, cohort_cells: Family,

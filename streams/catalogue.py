@@ -2,12 +2,13 @@
 help, its label, its unit and how it is derived from the stored counters.
 
 The surfaces iterate this module instead of naming figures: ``streams/figures.py`` computes
-the daily rows from the derivations, the Prometheus collector builds its families from the
-gauge names and helps, the CLI and the page (through ``/retention/figures``) label and
-format them, the dashboard builder draws the charts declared here. Adding a daily figure is
-one entry here plus, when it needs a counter of its own, the plan's contribution to it
-(and its stored name below). The independent reference (``bench/reference.py``) computes
-the same figures its own way, by name, and the property tests hold the two equal.
+the daily rows and the period KPI rows from the derivations, the Prometheus collector
+builds its families from the gauge names and helps, the CLI and the page (through
+``/retention/figures``) label and format them, the dashboard builder draws the charts
+declared here. Adding a daily figure or a KPI is one entry here plus, when it needs a
+counter of its own, the plan's contribution to it (and its stored name below). The
+independent reference (``bench/reference.py``) computes the same figures its own way, by
+name, and the property tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from retention_tracker.streams.counters import DAILY_MEASURES, Measure
 GAUGE_PREFIX = "retention_"
 USERS, SHARE, MONEY = "users", "share", "money"  # units: a count, a 0..1 ratio, an amount
 
-# ---- how a daily figure is derived ------------------------------------------------------------
+# ---- how a figure is derived: a day's, a period's --------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,22 +39,57 @@ class Edges:
 
 
 @dataclass(frozen=True, slots=True)
-class Ratio:
-    """``part / whole`` of two figures declared before it (0 when ``whole`` is 0)."""
+class PeriodCount:
+    """A counter of period P's families (METRICS.md §6): ``measure``'s cell of P, of the
+    period before it with ``previous`` (S, the users active in P-1), or with ``own_cohort``
+    a cohort family's cell of P's own cohort in P itself (offset 0: P's new users, who pay
+    nothing before their first event). Per currency when the figure is money."""
 
-    part: str
-    whole: str
+    measure: Measure
+    previous: bool = False
+    own_cohort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """``part / whole`` to 4 places, of figures declared before it or of a period's
+    counters; ``empty`` when ``whole`` is 0: 0.0 (stickiness, RPR) or None (CRR and churn
+    without S, METRICS.md §6)."""
+
+    part: str | PeriodCount
+    whole: str | PeriodCount
+    empty: float | None = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Difference:
-    """``minuend - subtrahend`` of two figures declared before it."""
+    """``minuend - subtrahend`` of two figures declared before it; of money, per currency
+    (the currencies of ``minuend``, those with a non-zero difference)."""
 
     minuend: str
     subtrahend: str
 
 
 Derivation = Count | Edges | Ratio | Difference
+KpiDerivation = PeriodCount | Ratio | Difference
+
+
+def terms(derived: Derivation | KpiDerivation) -> tuple[str | PeriodCount, ...]:
+    """What a derivation reads: figures of the row (declared before the figure it derives)
+    and a period's counters. A day's counters (``Count``, ``Edges``) are not terms."""
+    if isinstance(derived, Ratio):
+        return derived.part, derived.whole
+    if isinstance(derived, Difference):
+        return derived.minuend, derived.subtrahend
+    return (derived,) if isinstance(derived, PeriodCount) else ()
+
+
+def share_whole(derived: Derivation | KpiDerivation) -> str | None:
+    """The figure of the row a share is divided by: the share is shown '-' when that is 0
+    (0 of 0 is no rate, though the share says 0.0). None for other derivations, and for a
+    share of counters (CRR, churn: None themselves then)."""
+    return derived.whole if isinstance(derived, Ratio) and isinstance(derived.whole, str) \
+        else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +183,79 @@ DAILY_CHARTS: tuple[Chart, ...] = (
     Chart("wau_mau", "WAU and MAU", ("wau", "mau"), page=False),
     Chart("wau_over_mau", "WAU / MAU", ratio=("wau", "mau"), page=False, unit=SHARE),
 )
+
+
+# ---- period KPIs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A KPI that is the part of the period's KPI ``total`` brought by its new users (first
+    seen in it, ``users`` "new") or by returning ones (first seen before, "returning"),
+    METRICS.md §6: the CLI's second table, and the current period's gauge ``gauge``
+    labelled ``users``."""
+
+    total: str
+    users: str
+
+    @property
+    def gauge(self) -> str:
+        return f"{GAUGE_PREFIX}period_{self.total}"
+
+
+@dataclass(frozen=True, slots=True)
+class Kpi:
+    """One figure of a week, month or year (METRICS.md §6) in the KPI rows, in row order."""
+
+    key: str  # in rows and JSON
+    label: str  # the CLI's and the page's
+    help: str  # the page's column title
+    derived: KpiDerivation
+    unit: str = USERS
+    split: Split | None = None
+
+
+_S = PeriodCount(Measure.ACTIVE, previous=True)  # users active in the period before
+KPIS: tuple[Kpi, ...] = (
+    Kpi("active", "active", "users active in the period", PeriodCount(Measure.ACTIVE)),
+    Kpi("new_users", "new", "users first seen in the period", PeriodCount(Measure.COHORT_SIZE)),
+    Kpi("returning", "returning", "active users first seen before the period (active - new)",
+        Difference("active", "new_users")),
+    Kpi("crr", "CRR", "customer retention rate: (active - new) / users active in the period "
+        "before", Ratio("returning", _S, None), SHARE),
+    Kpi("churn", "churn", "users active in the period before and not in this one / users "
+        "active in the period before", Ratio(PeriodCount(Measure.LOST), _S, None), SHARE),
+    Kpi("revenue", "revenue", "revenue of the period, per currency",
+        PeriodCount(Measure.PERIOD_REVENUE), MONEY),
+    Kpi("payers", "payers", "users with a purchase in the period",
+        PeriodCount(Measure.PERIOD_PAYERS)),
+    Kpi("rpr", "RPR", "repeat purchase rate: payers with two purchases or more / payers",
+        Ratio(PeriodCount(Measure.REPEAT_PAYERS), "payers"), SHARE),
+    Kpi("new_revenue", "new revenue", "revenue of the period's new users, per currency",
+        PeriodCount(Measure.LTV, own_cohort=True), MONEY, Split("revenue", "new")),
+    Kpi("returning_revenue", "returning revenue",
+        "revenue of returning users (first seen before the period), per currency",
+        Difference("revenue", "new_revenue"), MONEY, Split("revenue", "returning")),
+    Kpi("new_payers", "new payers", "payers among the period's new users",
+        PeriodCount(Measure.FIRST_PAYMENT, own_cohort=True), split=Split("payers", "new")),
+    Kpi("returning_payers", "returning payers", "payers among returning users",
+        Difference("payers", "new_payers"), split=Split("payers", "returning")),
+)
+#: The KPIs split between new and returning users (the CLI's second table, the gauges).
+KPI_SPLITS = tuple(k for k in KPIS if k.split is not None)
+#: The families the period KPIs are computed from, read per granularity.
+KPI_MEASURES = tuple(dict.fromkeys(
+    t.measure for k in KPIS for t in terms(k.derived) if isinstance(t, PeriodCount)))
+
+
+def with_inputs(wanted: tuple[Kpi, ...]) -> tuple[Kpi, ...]:
+    """``wanted`` and the KPIs they are derived from, in row order: what computing the
+    ``wanted`` ones takes (the current period's splits read only their own counters)."""
+    names = {k.key for k in wanted}
+    for kpi in reversed(KPIS):  # a KPI reads only KPIs declared before it
+        if kpi.key in names:
+            names.update(t for t in terms(kpi.derived) if isinstance(t, str))
+    return tuple(k for k in KPIS if k.key in names)
 
 
 # ---- cohort families ---------------------------------------------------------------------------
@@ -324,17 +433,17 @@ DAILY_STORED = {m: name for m, name in STORED_NAMES.items() if m in DAILY_MEASUR
 
 def catalogue_json() -> dict[str, Any]:
     """The catalogue as ``/retention/figures`` lists it, for the page."""
-    def plain(figure: object) -> dict[str, Any]:
-        doc: dict[str, Any] = asdict(figure)  # type: ignore[call-overload]
-        derived = doc.pop("derived", None)
-        if derived is not None:  # a share is shown as '-' when its whole is 0
-            doc["whole"] = derived.get("whole")
-        doc.pop("help", None)
+    def plain(figure: DailyFigure | CurrencyFigure | Kpi | Chart) -> dict[str, Any]:
+        doc: dict[str, Any] = asdict(figure)
+        if isinstance(figure, DailyFigure | Kpi):  # a share is shown '-' when its whole is 0
+            del doc["derived"]
+            doc["whole"] = share_whole(figure.derived)
         return doc
 
     return {
         "daily": [plain(f) for f in DAILY_FIGURES],
         "currency": [plain(f) for f in CURRENCY_FIGURES],
+        "kpis": [plain(k) for k in KPIS],
         "charts": [plain(c) for c in DAILY_CHARTS if c.page],
         "windows": list(WINDOWS),
     }

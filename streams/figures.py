@@ -13,7 +13,7 @@ module reads them from Redis and parses the stored names (``state/schema.py``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -31,9 +31,16 @@ from retention_tracker.streams.calendar import (
 from retention_tracker.streams.catalogue import (
     CURRENCY_FIGURES,
     DAILY_FIGURES,
+    KPIS,
+    MONEY,
     Count,
+    DailyFigure,
+    Difference,
     Edges,
+    Kpi,
+    PeriodCount,
     Ratio,
+    with_inputs,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
 from retention_tracker.streams.events import FORWARD_CAUSES
@@ -156,18 +163,45 @@ def edges_up_to(daily: Mapping[Cell, int], measure: Measure, day: int) -> int:
 def day_summary(app: str, day: int, daily: Mapping[Cell, int]) -> dict[str, Any]:
     """The day's figures (streams/catalogue.py): the DAILY_FIGURES, each from its
     derivation, then the CURRENCY_FIGURES per currency."""
-    out: dict[str, Any] = {"app": app, "date": day_to_date(day).isoformat()}
-    for figure in DAILY_FIGURES:
-        how = figure.derived
+
+    def count(how: Count | Edges | PeriodCount, per_currency: bool) -> int:
         if isinstance(how, Count):
-            out[figure.key] = int(daily.get((how.measure, day), 0))
-        elif isinstance(how, Edges):
-            out[figure.key] = edges_up_to(daily, how.measure, day)
-        elif isinstance(how, Ratio):
-            out[figure.key] = rate(out[how.part], out[how.whole])
-        else:
-            out[figure.key] = out[how.minuend] - out[how.subtrahend]
+            return int(daily.get((how.measure, day), 0))
+        if isinstance(how, Edges):
+            return edges_up_to(daily, how.measure, day)
+        raise TypeError(f"a daily figure counts a day's counters, not {how}")
+
+    out: dict[str, Any] = {"app": app, "date": day_to_date(day).isoformat()}
+    out.update(derive(DAILY_FIGURES, count))
     out.update(_money_of_day(daily, day, out))
+    return out
+
+
+Counting = Callable[[Count | Edges | PeriodCount, bool], Any]
+
+
+def derive(figures: Sequence[DailyFigure] | Sequence[Kpi], count: Counting) -> dict[str, Any]:
+    """Each of ``figures`` (a row's, in declaration order) from its derivation: a counter
+    read by ``count`` (told whether the figure is money: then per currency, {currency:
+    units}), a ratio or a difference of the figures before it or of counters."""
+    out: dict[str, Any] = {}
+
+    def value(term: str | PeriodCount) -> Any:
+        return out[term] if isinstance(term, str) else count(term, False)
+
+    for figure in figures:
+        how = figure.derived
+        if isinstance(how, Ratio):
+            whole = value(how.whole)
+            out[figure.key] = rate(value(how.part), whole) if whole else how.empty
+        elif isinstance(how, Difference):
+            minuend, subtrahend = out[how.minuend], out[how.subtrahend]
+            out[figure.key] = (
+                {c: v - subtrahend.get(c, 0) for c, v in minuend.items()
+                 if v != subtrahend.get(c, 0)} if figure.unit == MONEY
+                else minuend - subtrahend)
+        else:
+            out[figure.key] = count(how, figure.unit == MONEY)
     return out
 
 
@@ -266,60 +300,40 @@ def _money_of_day(daily: Mapping[Cell, int], day: int, figures: Mapping[str, Any
     return out
 
 
-#: The families the period KPIs are computed from. The split between new and returning
-#: users reads the cohort money families at offset 0: the revenue (LTV) and the payers
-#: (FIRST_PAYMENT: nobody pays before its first event) of period P's own cohort in P.
-KPI_MEASURES = (Measure.ACTIVE, Measure.COHORT_SIZE, Measure.LOST, Measure.PERIOD_PAYERS,
-                Measure.REPEAT_PAYERS, Measure.PERIOD_REVENUE, Measure.LTV,
-                Measure.FIRST_PAYMENT)
-
-
-def new_and_returning(families: Mapping[Measure, Mapping[Coordinates, int]], period: int
-                      ) -> dict[str, Any]:
-    """Revenue (per currency) and payers of period ``period`` split between its new users
-    (first seen in it) and returning users (first seen before), METRICS.md §6."""
-    total = {currency: v for (p, currency), v in families[Measure.PERIOD_REVENUE].items()
-             if p == period and v}
-    new = {currency: v for (cohort, offset, currency), v in families[Measure.LTV].items()
-           if cohort == period and offset == 0 and v}
-    payers = families[Measure.PERIOD_PAYERS].get((period,), 0)
-    new_payers = families[Measure.FIRST_PAYMENT].get((period, 0), 0)
-    returning = {c: v - new.get(c, 0) for c, v in total.items() if v - new.get(c, 0)}
-    return {
-        "new_revenue": {c: money(v) for c, v in sorted(new.items())},
-        "returning_revenue": {c: money(v) for c, v in sorted(returning.items())},
-        "new_payers": new_payers,
-        "returning_payers": payers - new_payers,
-    }
-
-
 def kpi_rows(families: Mapping[Measure, Mapping[Coordinates, int]], granularity: str,
-             first: int, last: int) -> list[dict[str, Any]]:
+             first: int, last: int, kpis: tuple[Kpi, ...] = KPIS) -> list[dict[str, Any]]:
     """Period KPIs (METRICS.md §6) for periods first..last from the KPI_MEASURES families
-    of that granularity."""
-    act, coh = families[Measure.ACTIVE], families[Measure.COHORT_SIZE]
-    lost = families[Measure.LOST]
+    of that granularity: the catalogue's KPIS (or ``kpis`` only, from what they are
+    derived from), each from its derivation; money per currency, non-zero ones only."""
+    needed = with_inputs(kpis)
     rows = []
     for period in range(first, last + 1):
-        active, new, start = act.get((period,), 0), coh.get((period,), 0), act.get(
-            (period - 1,), 0)
-        payers = families[Measure.PERIOD_PAYERS].get((period,), 0)
-        revenue = {currency: money(v) for (p, currency), v
-                   in sorted(families[Measure.PERIOD_REVENUE].items())
-                   if p == period and v}
-        rows.append({
-            "period": period_label(period, granularity),
-            "active": active,
-            "new_users": new,
-            "returning": active - new,
-            "crr": round((active - new) / start, 4) if start else None,
-            "churn": round(lost.get((period,), 0) / start, 4) if start else None,
-            "revenue": revenue,
-            "payers": payers,
-            "rpr": rate(families[Measure.REPEAT_PAYERS].get((period,), 0), payers),
-            **new_and_returning(families, period),
-        })
+        found = derive(needed, _period_counter(families, period))
+        rows.append({"period": period_label(period, granularity),
+                     **{k.key: _money_out(found[k.key]) if k.unit == MONEY else found[k.key]
+                        for k in kpis}})
     return rows
+
+
+def _period_counter(families: Mapping[Measure, Mapping[Coordinates, int]], period: int
+                    ) -> Counting:
+    """Reads a KPI's counters (catalogue.PeriodCount) of ``period`` in ``families``."""
+
+    def count(how: Count | Edges | PeriodCount, per_currency: bool) -> Any:
+        if not isinstance(how, PeriodCount):
+            raise TypeError(f"a period KPI counts a period's counters, not {how}")
+        number = period - 1 if how.previous else period
+        cell = (number, 0) if how.own_cohort else (number,)
+        family = families[how.measure]
+        if per_currency:
+            return {c[-1]: v for c, v in family.items() if c[:-1] == cell and v}
+        return family.get(cell, 0)
+
+    return count
+
+
+def _money_out(units: Mapping[str, int]) -> dict[str, float]:
+    return {currency: money(v) for currency, v in sorted(units.items())}
 
 
 # ---- figures of the statistics (win-back, the pipeline), the current NPS, RPR ----------

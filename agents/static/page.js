@@ -61,6 +61,17 @@ const amount = (v, places = 2) => (v === null || v === undefined ? "-"
   : Number(v).toLocaleString("en-US", { minimumFractionDigits: places,
     maximumFractionDigits: places }));
 
+// A figure of a row (a day's, a period's KPI) as its unit says: a share as % ('-' when its
+// whole in the row is 0), money one line per currency (so that money columns fit), users.
+function shown(f, row) {
+  const v = row[f.key];
+  if (f.unit === "share") return f.whole ? share(v, row[f.whole]) : pct(v);
+  if (f.unit === "money") {
+    return Object.entries(v).map(([c, a]) => `${amount(a)} ${c}`).join("\n") || "0";
+  }
+  return int(v);
+}
+
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -75,7 +86,9 @@ function table(target, columns, rows) {
   const t = typeof target === "string" ? $(target) : target;
   t.replaceChildren();
   const head = el("tr");
-  for (const c of columns) head.append(el("th", {}, c));
+  // a column is its heading, or {text, title}: the title shown on hovering it
+  for (const c of columns) head.append(typeof c === "string" ? el("th", {}, c)
+    : el("th", { title: c.title }, c.text));
   t.append(el("thead"), el("tbody"));
   t.tHead.append(head);
   for (const row of rows) {
@@ -178,8 +191,8 @@ function drawCurves(id, doc) {
 // ---- panels ---------------------------------------------------------------------------------
 function renderSummary(s) {
   $("today").textContent = s.date + (s.complete ? "" : " (day not ended: live)");
-  const shown = (f) => (f.unit === "share" ? share(s[f.key], s[f.whole]) : int(s[f.key]));
-  const stats = catalogue.daily.filter((f) => !f.money).map((f) => [f.key, f.label, shown(f)]);
+  const stats = catalogue.daily.filter((f) => !f.money).map((f) => [f.key, f.label,
+    shown(f, s)]);
   $("stats").replaceChildren(...stats.map(([key, label, text]) => {
     const box = el("div", { class: "stat", id: "stat-" + key, "data-value": s[key] });
     box.append(el("span", { class: "value" }, text), el("span", { class: "label" }, label));
@@ -279,30 +292,19 @@ function renderCohorts(doc) {
   ] })));
 }
 
+// The period KPIs the catalogue declares (/retention/figures), in row order: a cell each,
+// its key in data-field and its raw value in data-value (money: its amounts as JSON).
 function renderKpis(doc) {
-  // one line per currency, so that three money columns fit
-  const money = (rev) => ({ attrs: { class: "money" },
-    text: Object.entries(rev).map(([c, v]) => `${amount(v)} ${c}`).join("\n") || "0" });
-  table("kpis", ["period", "active", "new", "returning", "CRR", "churn", "revenue",
-    "from new users", "from returning", "payers", "new payers", "returning payers", "RPR"],
-  doc.periods.map((p) => ({
-    attrs: { "data-period": p.period, "data-complete": p.complete, class: p.complete ? "" : "live" },
-    cells: [p.period + (p.complete ? "" : " ~ not ended"),
-      { text: int(p.active), attrs: { "data-field": "active", "data-value": p.active } },
-      { text: int(p.new_users), attrs: { "data-field": "new_users", "data-value": p.new_users } },
-      int(p.returning),
-      { text: pct(p.crr), attrs: { "data-field": "crr", "data-value": p.crr } },
-      { text: pct(p.churn), attrs: { "data-field": "churn", "data-value": p.churn } },
-      money(p.revenue),
-      { ...money(p.new_revenue), attrs: { class: "money", "data-field": "new_revenue" } },
-      { ...money(p.returning_revenue),
-        attrs: { class: "money", "data-field": "returning_revenue" } },
-      int(p.payers),
-      { text: int(p.new_payers), attrs: { "data-field": "new_payers", "data-value": p.new_payers } },
-      { text: int(p.returning_payers),
-        attrs: { "data-field": "returning_payers", "data-value": p.returning_payers } },
-      share(p.rpr, p.payers)],
-  })));
+  const cell = (f, p) => ({ text: shown(f, p), attrs: { "data-field": f.key,
+    "data-value": f.unit === "money" ? JSON.stringify(p[f.key]) : p[f.key],
+    class: f.unit === "money" ? "money" : undefined } });
+  table("kpis", ["period", ...catalogue.kpis.map((f) => ({ text: f.label, title: f.help }))],
+    doc.periods.map((p) => ({
+      attrs: { "data-period": p.period, "data-complete": p.complete,
+        class: p.complete ? "" : "live" },
+      cells: [p.period + (p.complete ? "" : " ~ not ended"),
+        ...catalogue.kpis.map((f) => cell(f, p))],
+    })));
 }
 
 function renderNps(doc) {
