@@ -196,10 +196,9 @@ class SnapshotCollector(Collector):
         for period, row in periods.items():
             currencies = sorted({self.app_currencies.get(app, self.currency), *(
                 currency for kpi in KPI_SPLITS if kpi.unit == MONEY for currency in row[kpi.key])})
-            for kpi in KPI_SPLITS:
-                assert kpi.split is not None
-                labels, value = [app, period, kpi.split.users], row[kpi.key]
-                family = gauges[kpi.split.gauge]
+            for kpi, split in ((k, k.split) for k in KPI_SPLITS if k.split is not None):
+                labels, value = [app, period, split.users], row[kpi.key]
+                family = gauges[split.gauge]
                 if kpi.unit == MONEY:
                     for currency in currencies:
                         family.add_metric([*labels, currency], value.get(currency, 0))

@@ -39,6 +39,7 @@ from retention_tracker.streams.builders import (
     LiveReads,
     Triangle,
     app_figures,
+    current_period_cells,
     daily_rows,
     headline_figures,
     kpi_period_rows,
@@ -51,7 +52,6 @@ from retention_tracker.streams.calendar import (
     GRANULARITIES,
     AppCalendar,
     date_to_day,
-    period_of_day,
     utc_now_ms,
 )
 from retention_tracker.streams.catalogue import (
@@ -445,14 +445,8 @@ async def _live_reads(store: RedisStore, settings: Settings, app: str, today: in
 
 async def _current_period_reads(store: RedisStore, app: str, granularity: str, today: int,
                                 currencies: list[str]) -> dict[Measure, Counter[Coordinates]]:
-    """The few counters that hold the current week, month or year's revenue and payers of
-    its new and its returning users (builders.current_period_money)."""
-    period = period_of_day(today, granularity)
-    wanted: dict[Measure, list[Coordinates]] = {
-        Measure.PERIOD_REVENUE: [(period, c) for c in currencies],
-        Measure.LTV: [(period, 0, c) for c in currencies],
-        Measure.PERIOD_PAYERS: [(period,)],
-        Measure.FIRST_PAYMENT: [(period, 0)],
-    }
+    """The few counters that hold the current week, month or year's KPIs split between its
+    new and its returning users (builders.current_period_cells names them)."""
+    wanted = current_period_cells(granularity, today, currencies)
     return {measure: await read_cells(store, app, measure, granularity, cells)
             for measure, cells in wanted.items()}

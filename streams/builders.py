@@ -34,6 +34,7 @@ from retention_tracker.streams.figures import (
     headline,
     headline_cohort_size,
     iso_time,
+    kpi_cells,
     kpi_rows,
     last_day_with_data,
     money_rows,
@@ -235,6 +236,12 @@ def app_figures(app: str, read: LiveReads, stats: Mapping[Cell, int], calendar: 
             {(c, n): v for (c, n, _), v in typed.items()}), shown)
             for event_type, typed in read.returned.items()},
     )
+
+
+def current_period_cells(granularity: str, today: int, currencies: Sequence[str]
+                         ) -> dict[Measure, list[Coordinates]]:
+    """The counter cells ``current_period_money`` reads, in each of ``currencies``."""
+    return kpi_cells(KPI_SPLITS, period_of_day(today, granularity), currencies)
 
 
 def current_period_money(families: Mapping[Measure, Family], granularity: str, today: int

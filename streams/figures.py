@@ -40,6 +40,7 @@ from retention_tracker.streams.catalogue import (
     Kpi,
     PeriodCount,
     Ratio,
+    terms,
     with_inputs,
 )
 from retention_tracker.streams.counters import Cell, Measure, Stat
@@ -322,14 +323,36 @@ def _period_counter(families: Mapping[Measure, Mapping[Coordinates, int]], perio
     def count(how: Count | Edges | PeriodCount, per_currency: bool) -> Any:
         if not isinstance(how, PeriodCount):
             raise TypeError(f"a period KPI counts a period's counters, not {how}")
-        number = period - 1 if how.previous else period
-        cell = (number, 0) if how.own_cohort else (number,)
+        cell = _period_cell(how, period)
         family = families[how.measure]
         if per_currency:
             return {c[-1]: v for c, v in family.items() if c[:-1] == cell and v}
         return family.get(cell, 0)
 
     return count
+
+
+def _period_cell(how: PeriodCount, period: int) -> Coordinates:
+    """The cell of a KPI's counter for ``period`` (per currency, one more coordinate)."""
+    number = period - 1 if how.previous else period
+    return (number, 0) if how.own_cohort else (number,)
+
+
+def kpi_cells(kpis: Sequence[Kpi], period: int, currencies: Sequence[str]
+              ) -> dict[Measure, list[Coordinates]]:
+    """The counter cells computing ``kpis`` of ``period`` reads (those of the KPIs they are
+    derived from too), a money counter's in each of ``currencies``: what to read from Redis
+    when only those KPIs of one period are wanted (the live snapshot's current period)."""
+    cells: dict[Measure, dict[Coordinates, None]] = {}
+    for kpi in with_inputs(tuple(kpis)):
+        for term in terms(kpi.derived):
+            if isinstance(term, PeriodCount):
+                cell = _period_cell(term, period)
+                per_currency = term is kpi.derived and kpi.unit == MONEY
+                family = cells.setdefault(term.measure, {})  # read, even with no currency
+                for wanted in [(*cell, c) for c in currencies] if per_currency else [cell]:
+                    family[wanted] = None
+    return {measure: list(wanted) for measure, wanted in cells.items()}
 
 
 def _money_out(units: Mapping[str, int]) -> dict[str, float]:

@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from retention_tracker.streams.builders import current_period_money
+from retention_tracker.streams.builders import current_period_cells, current_period_money
 from retention_tracker.streams.catalogue import (
     COHORT_FAMILIES,
     CURRENCY_FIGURES,
@@ -43,8 +43,9 @@ KPI_NAMES = {k.key for k in KPIS} & {f.key for f in (*DAILY_FIGURES, *CURRENCY_F
 NAMES_OF_OTHER_REPORTS = {"active", "returning", "churn", "rpr"}
 #: Where KPI rows are computed and shown: module -> functions.
 KPI_SURFACES = {
-    "streams/figures.py": ("kpi_rows", "_period_counter"),
-    "streams/builders.py": ("kpi_period_rows", "current_period_money"),
+    "streams/figures.py": ("kpi_rows", "_period_counter", "kpi_cells"),
+    "streams/builders.py": ("kpi_period_rows", "current_period_cells", "current_period_money"),
+    "state/queries.py": ("_current_period_reads",),
     "cli/render.py": ("kpis_table",),
     "agents/metrics.py": ("_periods",),
     "agents/static/page.js": ("renderKpis",),
@@ -121,10 +122,16 @@ def test_kpi_rows_are_the_catalogue_derived_from_the_period_counters() -> None:
 
 
 def test_the_current_period_money_is_its_splits_from_their_own_counters() -> None:
-    """The live snapshot reads only what the splits are derived from."""
+    """The live snapshot reads only the cells the splits are derived from, as
+    current_period_cells names them (in each currency it is given)."""
     families = kpi_families()
-    own = {m: families[m] for m in (Measure.PERIOD_REVENUE, Measure.LTV,
-                                    Measure.PERIOD_PAYERS, Measure.FIRST_PAYMENT)}
+    cells = current_period_cells("week", 8 * 7 + 3, ["EUR", "USD"])
+    assert cells == {Measure.PERIOD_REVENUE: [(8, "EUR"), (8, "USD")],
+                     Measure.PERIOD_PAYERS: [(8,)], Measure.LTV: [(8, 0, "EUR"), (8, 0, "USD")],
+                     Measure.FIRST_PAYMENT: [(8, 0)]}
+    assert current_period_cells("week", 8 * 7 + 3, [])[Measure.LTV] == []  # no revenue yet
+    own = {m: Counter({c: families[m][c] for c in wanted if c in families[m]})
+           for m, wanted in cells.items()}
     got = current_period_money(own, "week", 8 * 7 + 3)
     row = kpi_rows(families, "week", 8, 8)[0]
     assert got == {"period": row["period"], **{k.key: row[k.key] for k in KPI_SPLITS}}
@@ -193,7 +200,8 @@ def test_the_functions_that_compute_and_show_kpi_rows_name_no_kpi() -> None:
             else:
                 source = next((ast.get_source_segment(text, node) or "")
                               for node in ast.walk(ast.parse(text))
-                              if isinstance(node, ast.FunctionDef) and node.name == function)
+                              if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                              and node.name == function)
             assert source, (module, function)
             named_there = [k.key for k in KPIS if named(k.key).search(source)]
             assert not named_there, (module, function, named_there)
