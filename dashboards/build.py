@@ -41,6 +41,9 @@ from retention_tracker.streams.catalogue import (
     DAILY_CHARTS,
     DAILY_FIGURES,
     FIGURE,
+    KPI,
+    KPI_SPLITS,
+    MONEY,
     SHARE,
     USERS,
     Chart,
@@ -600,22 +603,19 @@ def money() -> dash_b.Dashboard:
                  query(app_gauge(dau.gauge), dau.label, ("app",))],
                 description=f"{figure.help.capitalize()}, against the users active today.",
             ))
-    board = board.with_panel(timeseries(
-        "Revenue this week, month and year: new vs returning users",
-        [query('max by (app, period, users, currency) (retention_period_revenue{app="$app"})',
-               "{{period}} {{users}} {{currency}}", ("app", "period", "users", "currency"))],
-        description="Revenue of the current week, month and year so far, from the users "
-        "first seen in it (new) and from the others (returning): how much of the money "
-        "comes from users who came back. `retention kpis --period week|month|year` has "
-        "every period.",
-    ))
-    board = board.with_panel(timeseries(
-        "Payers this week, month and year: new vs returning users",
-        [query('max by (app, period, users) (retention_period_payers{app="$app"})',
-               "{{period}} {{users}}", ("app", "period", "users"))],
-        description="Users paying in the current week, month and year so far: first seen "
-        "in it (new) or before (returning).",
-    ))
+    splits = {k.split.gauge: k.split.total for k in KPI_SPLITS if k.split is not None}
+    for gauge, total in splits.items():
+        kpi, by = KPI[total], ["app", "period", "users"]  # the KPI its splits are parts of
+        if kpi.unit == MONEY:
+            by.append("currency")
+        board = board.with_panel(timeseries(
+            f"{kpi.label.capitalize()} this week, month and year: new vs returning users",
+            [query(f'max by ({", ".join(by)}) ({gauge}{{app="$app"}})',
+                   " ".join(f"{{{{{label}}}}}" for label in by[1:]), tuple(by))],
+            description=f"The current week, month and year so far: {kpi.help}, from the "
+            "users first seen in it (new) and from the others (returning). `retention kpis "
+            "--period week|month|year` has every period.",
+        ))
     board = board.with_panel(cohort_money(
         "LTV by daily cohort and day N", "retention_cohort_ltv", "short",
         "Cumulative revenue per user of each recent daily cohort by day N, one row per "

@@ -241,6 +241,7 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("returning_payers", "returning payers", "payers among returning users",
         Difference("payers", "new_payers"), split=Split("payers", "returning")),
 )
+KPI = {kpi.key: kpi for kpi in KPIS}
 #: The KPIs split between new and returning users (the CLI's second table, the gauges).
 KPI_SPLITS = tuple(k for k in KPIS if k.split is not None)
 #: The families the period KPIs are computed from, read per granularity.
