@@ -121,6 +121,7 @@ function draw(id, series, data, opts = {}) {
     scales: opts.scales || { x: { time: opts.time !== false } },
     axes: opts.axes || [{}, { size: 60 }],
   }, data, target);
+  target.dataset.width = width; // the width it is drawn at: for readers of the DOM (and tests)
   // a live part shares its series' legend entry: its own is hidden
   const entries = plot.root.querySelectorAll(".u-legend .u-series");
   series.forEach((s, i) => { if (s.live && entries[i]) entries[i].style.display = "none"; });
@@ -153,6 +154,8 @@ function drawDaily(doc) {
   const xs = days.map((d) => Date.parse(d.date + "T12:00:00Z") / 1000);
   const complete = days.map((d) => d.complete);
   const box = $("daily-charts");
+  // every chart's place first: a chart's width is its grid cell's when it is drawn, and
+  // the grid shares the row among the cells it holds then
   for (const chart of catalogue.charts) {
     const id = "chart-" + chart.id;
     if (!$(id)) {
@@ -162,6 +165,9 @@ function drawDaily(doc) {
         chart.title + (right ? ` (right axis: ${right})` : "") + ", by day"), el("div", { id }));
       box.append(figure);
     }
+  }
+  for (const chart of catalogue.charts) {
+    const id = "chart-" + chart.id;
     const fmt = chart.unit === "share" ? { value: (u, v) => pct(v) } : {};
     const series = chart.series.map((k, i) => line(figureOf[k].label, i,
       { scale: chart.right.includes(k) ? "right" : "left", ...fmt }));

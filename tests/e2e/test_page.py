@@ -127,8 +127,11 @@ class Elements(HTMLParser):
         return node
 
 
-def rendered(served: Served, query: str, profile: Path, ready: bool = True) -> Elements:
-    result = chromium(f"--virtual-time-budget={VIRTUAL_TIME_MS}", "--dump-dom",
+def rendered(served: Served, query: str, profile: Path, ready: bool = True,
+             window: str | None = None) -> Elements:
+    """The page's DOM once its data is drawn; ``window``: Chromium's window size (W,H)."""
+    size = [f"--window-size={window}"] if window else []
+    result = chromium(f"--virtual-time-budget={VIRTUAL_TIME_MS}", *size, "--dump-dom",
                       f"{served.base}/?{query}", profile=profile)
     assert result.returncode == 0, result.stderr[-2000:]
     page = Elements()
@@ -234,6 +237,16 @@ def test_the_segment_picker_reads_the_segments_figures(served: Served, tmp_path:
     everyone = served.json("/retention/summary?app=default")
     assert int(page.by_id("stat-mau")["data-value"]) == summary["mau"] < everyone["mau"]
     assert "per app only" in page.by_id("winback-as-of")["text"]
+
+
+def test_the_daily_charts_share_a_wide_row_equally(served: Served, tmp_path: Path) -> None:
+    """On a wide screen the catalogue's daily charts stand side by side, each drawn at its
+    own cell's width (drawn as each cell was added, the first took the whole row and the
+    others were drawn over it)."""
+    page = rendered(served, "app=default", tmp_path / "profile", window="1400,2300")
+    charts = [c["id"] for c in served.json("/retention/figures")["charts"]]
+    widths = [int(page.by_id(f"chart-{chart}")["data-width"]) for chart in charts]
+    assert len(charts) == 3 and len(set(widths)) == 1 and sum(widths) < 1400, widths
 
 
 def test_screenshot_of_the_page(served: Served, tmp_path: Path) -> None:
