@@ -32,12 +32,6 @@ from retention_tracker.streams.counters import Cell, Stat
 from retention_tracker.streams.events import EVENT_TYPES, FORWARD_CAUSES, REJECT_REASONS
 from retention_tracker.streams.reports import AppFigures, LiveFigures, MoneyRow
 
-# Every metric name the worker exports; dashboards and rules may use only these. The gauges
-# are the catalogue's (streams/catalogue.py: name, labels, help).
-GLOBAL_GAUGES = {g.name: g.help for g in GAUGES}
-# The snapshot's counters (streams/catalogue.py: name without "_total", labels, help).
-GLOBAL_COUNTERS = {c.name: c.help for c in COUNTERS}
-
 
 @dataclass(slots=True)
 class Snapshot:

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 
-from retention_tracker.agents.metrics import GLOBAL_COUNTERS, GLOBAL_GAUGES
 from retention_tracker.bench import lapse_reference, reference
 from retention_tracker.config.settings import SETTINGS_DOC
 from retention_tracker.state.at_risk import StoredFit, at_risk_report, at_risk_user_report
@@ -35,6 +34,7 @@ from retention_tracker.state.queries import (
     value_segments_report,
 )
 from retention_tracker.streams.calendar import MS_PER_DAY, AppCalendar, date_to_day
+from retention_tracker.streams.catalogue import COUNTERS, GAUGES
 from retention_tracker.streams.counters import Stat
 from retention_tracker.streams.events import (
     FORWARD_CAUSES,
@@ -118,7 +118,7 @@ def test_the_causes_table_is_the_closed_set_of_forward_causes() -> None:
 
 
 def test_every_exported_metric_is_defined() -> None:
-    for name in (*GLOBAL_GAUGES, *GLOBAL_COUNTERS):
+    for name in [*(g.name for g in GAUGES), *(c.name for c in COUNTERS)]:
         assert f"`{name}" in DOC, name
 
 

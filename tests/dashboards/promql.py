@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from retention_tracker.agents.metrics import GLOBAL_COUNTERS, GLOBAL_GAUGES, WorkerMetrics
+from retention_tracker.agents.metrics import WorkerMetrics
+from retention_tracker.streams.catalogue import COUNTERS, GAUGES
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = REPO / "dashboards"
@@ -188,7 +189,7 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_names() -> set[str]:
     """Every series name a worker's /metrics can carry (agents/metrics.py)."""
-    names = set(GLOBAL_GAUGES) | {f"{name}_total" for name in GLOBAL_COUNTERS}
+    names = {g.name for g in GAUGES} | {f"{c.name}_total" for c in COUNTERS}
     for family in WorkerMetrics(CollectorRegistry()).registry.collect():
         if family.type == "counter":
             names.add(f"{family.name}_total")
